@@ -1,0 +1,267 @@
+//! AWS adapters: the SQS FIFO deploy queue and the Parameter Store ledger.
+
+use async_trait::async_trait;
+use aws_sdk_sqs::types::SendMessageBatchRequestEntry;
+use aws_sdk_ssm::error::DisplayErrorContext;
+use aws_sdk_ssm::types::ParameterType;
+use chrono::{DateTime, Utc};
+
+use crate::job::DeployJob;
+use crate::ports::{Enqueued, HistoryEntry, JobQueue, Ledger, LockInfo, PortError};
+
+/// Loads the SDK config from the environment (region, credentials, `AWS_ENDPOINT_URL`).
+pub async fn sdk_config() -> aws_config::SdkConfig {
+    aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await
+}
+
+fn sdk_err<E: std::error::Error + Send + Sync + 'static>(what: &str, e: E) -> PortError {
+    format!("{what}: {}", DisplayErrorContext(e)).into()
+}
+
+/// SQS FIFO: one message group per app+env keeps its deploys in order; the job id is the
+/// deduplication id, so SQS drops a second copy of the same event (within its 5-minute
+/// window; beyond it the Step Functions execution name, also the job id, catches it).
+pub struct SqsQueue {
+    client: aws_sdk_sqs::Client,
+    url: String,
+}
+
+impl SqsQueue {
+    pub fn new(client: aws_sdk_sqs::Client, url: impl Into<String>) -> SqsQueue {
+        SqsQueue {
+            client,
+            url: url.into(),
+        }
+    }
+}
+
+/// SendMessageBatch takes at most 10 entries.
+const SQS_BATCH: usize = 10;
+
+#[async_trait]
+impl JobQueue for SqsQueue {
+    async fn enqueue(&self, jobs: &[DeployJob]) -> Result<Vec<Enqueued>, PortError> {
+        for chunk in jobs.chunks(SQS_BATCH) {
+            let entries = chunk
+                .iter()
+                .enumerate()
+                .map(|(i, job)| {
+                    SendMessageBatchRequestEntry::builder()
+                        .id(i.to_string())
+                        .message_body(job.to_json())
+                        .message_group_id(job.group())
+                        .message_deduplication_id(job.id.as_str())
+                        .build()
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            let out = self
+                .client
+                .send_message_batch()
+                .queue_url(&self.url)
+                .set_entries(Some(entries))
+                .send()
+                .await
+                .map_err(|e| sdk_err("SQS SendMessageBatch", e))?;
+            if let Some(f) = out.failed.first() {
+                return Err(format!(
+                    "SQS refused {} of {} jobs: {} {}",
+                    out.failed.len(),
+                    chunk.len(),
+                    f.code,
+                    f.message.as_deref().unwrap_or("")
+                )
+                .into());
+            }
+        }
+        // SQS drops duplicates silently and answers as if it had queued them.
+        Ok(vec![Enqueued::Queued; jobs.len()])
+    }
+}
+
+/// Parameter Store: `{prefix}/live/{app}/{env}` holds the live job (its parameter
+/// history is the deploy history); `{prefix}/lock/{app}/{env}` exists while someone holds
+/// the app+env, created without overwrite so only one can.
+pub struct SsmLedger {
+    client: aws_sdk_ssm::Client,
+    prefix: String,
+}
+
+impl SsmLedger {
+    pub fn new(client: aws_sdk_ssm::Client, prefix: &str) -> SsmLedger {
+        SsmLedger {
+            client,
+            prefix: prefix.trim_end_matches('/').to_string(),
+        }
+    }
+
+    fn live(&self, app: &str, env: &str) -> String {
+        format!("{}/live/{app}/{env}", self.prefix)
+    }
+
+    fn lock(&self, app: &str, env: &str) -> String {
+        format!("{}/lock/{app}/{env}", self.prefix)
+    }
+
+    async fn read_lock(&self, name: &str) -> Result<Option<LockInfo>, PortError> {
+        match self.client.get_parameter().name(name).send().await {
+            Ok(out) => match out.parameter.and_then(|p| p.value) {
+                Some(v) => Ok(Some(serde_json::from_str(&v)?)),
+                None => Ok(None),
+            },
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|s| s.is_parameter_not_found()) =>
+            {
+                Ok(None)
+            }
+            Err(e) => Err(sdk_err("SSM GetParameter", e)),
+        }
+    }
+
+    async fn create_lock(&self, name: &str, value: &str) -> Result<bool, PortError> {
+        match self
+            .client
+            .put_parameter()
+            .name(name)
+            .value(value)
+            .r#type(ParameterType::String)
+            .overwrite(false)
+            .send()
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|s| s.is_parameter_already_exists()) =>
+            {
+                Ok(false)
+            }
+            Err(e) => Err(sdk_err("SSM PutParameter", e)),
+        }
+    }
+
+    async fn delete(&self, name: &str) -> Result<(), PortError> {
+        match self.client.delete_parameter().name(name).send().await {
+            Ok(_) => Ok(()),
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|s| s.is_parameter_not_found()) =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(sdk_err("SSM DeleteParameter", e)),
+        }
+    }
+}
+
+#[async_trait]
+impl Ledger for SsmLedger {
+    async fn record(&self, job: &DeployJob, now: DateTime<Utc>) -> Result<(), PortError> {
+        let entry = HistoryEntry {
+            job: job.clone(),
+            recorded_at: now,
+        };
+        self.client
+            .put_parameter()
+            .name(self.live(&job.app, &job.env))
+            .value(serde_json::to_string(&entry)?)
+            .r#type(ParameterType::String)
+            .overwrite(true)
+            .send()
+            .await
+            .map_err(|e| sdk_err("SSM PutParameter", e))?;
+        Ok(())
+    }
+
+    async fn history(
+        &self,
+        app: &str,
+        env: &str,
+        limit: usize,
+    ) -> Result<Vec<HistoryEntry>, PortError> {
+        let mut pages = self
+            .client
+            .get_parameter_history()
+            .name(self.live(app, env))
+            .into_paginator()
+            .send();
+        let mut values = vec![];
+        while let Some(page) = pages.next().await {
+            match page {
+                Ok(p) => values.extend(
+                    p.parameters
+                        .unwrap_or_default()
+                        .into_iter()
+                        .filter_map(|p| p.value),
+                ),
+                Err(e)
+                    if e.as_service_error()
+                        .is_some_and(|s| s.is_parameter_not_found()) =>
+                {
+                    return Ok(vec![])
+                }
+                Err(e) => return Err(sdk_err("SSM GetParameterHistory", e)),
+            }
+        }
+        // Parameter Store lists versions oldest first.
+        values
+            .iter()
+            .rev()
+            .take(limit)
+            .map(|v| Ok(serde_json::from_str(v)?))
+            .collect()
+    }
+
+    async fn try_lock(
+        &self,
+        app: &str,
+        env: &str,
+        lock: &LockInfo,
+        now: DateTime<Utc>,
+    ) -> Result<Result<(), LockInfo>, PortError> {
+        let name = self.lock(app, env);
+        let value = serde_json::to_string(lock)?;
+        if self.create_lock(&name, &value).await? {
+            return Ok(Ok(()));
+        }
+        match self.read_lock(&name).await? {
+            Some(held) if !held.is_expired(now) => Ok(Err(held)),
+            // Expired (or deleted meanwhile): clear it and try once more. Parameter Store
+            // has no compare-and-delete, so two takers racing on the same expired lock
+            // within milliseconds could both succeed; deploys keep it far shorter than
+            // its expiry, so it only expires after a crash.
+            _ => {
+                self.delete(&name).await?;
+                if self.create_lock(&name, &value).await? {
+                    Ok(Ok(()))
+                } else {
+                    Ok(Err(self
+                        .read_lock(&name)
+                        .await?
+                        .unwrap_or_else(|| lock.clone())))
+                }
+            }
+        }
+    }
+
+    async fn unlock(&self, app: &str, env: &str) -> Result<Option<LockInfo>, PortError> {
+        let name = self.lock(app, env);
+        let held = self.read_lock(&name).await?;
+        if held.is_some() {
+            self.delete(&name).await?;
+        }
+        Ok(held)
+    }
+
+    async fn lock_state(
+        &self,
+        app: &str,
+        env: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Option<LockInfo>, PortError> {
+        Ok(self
+            .read_lock(&self.lock(app, env))
+            .await?
+            .filter(|l| !l.is_expired(now)))
+    }
+}

@@ -1,0 +1,184 @@
+//! Ingress: turns signed webhooks, package uploads and slash commands into deploy jobs.
+//!
+//! The handlers are plain async functions over headers and raw bytes, shared by the
+//! Lambda functions and `shipit serve`, so both answer every request the same way.
+
+pub mod github;
+pub mod package;
+pub mod slack;
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use serde_json::{json, Value};
+
+use crate::config::{App, Config};
+use crate::job::{DeployJob, Source};
+use crate::ports::{Enqueued, JobQueue, Ledger};
+use crate::secrets::{SecretError, Secrets};
+use crate::version::Version;
+
+/// An HTTP answer: status and JSON body.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reply {
+    pub status: u16,
+    pub body: Value,
+}
+
+impl Reply {
+    pub fn new(status: u16, body: Value) -> Reply {
+        Reply { status, body }
+    }
+
+    /// A refusal: the status and a reason a person can act on.
+    pub fn error(status: u16, reason: impl Into<String>) -> Reply {
+        Reply::new(
+            status,
+            json!({ "status": "error", "reason": reason.into() }),
+        )
+    }
+
+    /// Understood and deliberately not acted on.
+    pub fn ignored(status: u16, reason: impl Into<String>) -> Reply {
+        Reply::new(
+            status,
+            json!({ "status": "ignored", "reason": format!("ignored: {}", reason.into()) }),
+        )
+    }
+
+    pub fn reason(&self) -> &str {
+        self.body
+            .get("reason")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+    }
+}
+
+/// One queued (or already queued) job, as reported back to the sender.
+#[derive(Debug, Clone, Serialize)]
+pub struct JobReceipt {
+    pub job: String,
+    pub app: String,
+    pub env: String,
+    pub version: String,
+    pub result: Enqueued,
+}
+
+/// What the handlers share: the config, the queue, the ledger and the resolved secrets.
+pub struct Ingress {
+    pub config: Arc<Config>,
+    pub queue: Arc<dyn JobQueue>,
+    pub ledger: Arc<dyn Ledger>,
+    github_secret: Option<String>,
+    slack_secret: Option<String>,
+}
+
+impl Ingress {
+    /// Resolves the signing secrets once; a configured secret that cannot be read is an
+    /// error at start-up, not a 401 for every request later.
+    pub async fn new(
+        config: Arc<Config>,
+        queue: Arc<dyn JobQueue>,
+        ledger: Arc<dyn Ledger>,
+        secrets: &Secrets,
+    ) -> Result<Ingress, SecretError> {
+        let github_secret = match &config.github_secret {
+            Some(s) => Some(secrets.resolve(s).await?),
+            None => None,
+        };
+        let slack_secret = match &config.slack_secret {
+            Some(s) => Some(secrets.resolve(s).await?),
+            None => None,
+        };
+        Ok(Ingress {
+            config,
+            queue,
+            ledger,
+            github_secret,
+            slack_secret,
+        })
+    }
+
+    /// Jobs for every environment the app deploys to automatically.
+    fn auto_jobs(
+        app: &App,
+        version: &Version,
+        source: &Source,
+        now: DateTime<Utc>,
+    ) -> Vec<DeployJob> {
+        app.auto_deploy
+            .iter()
+            .map(|env| {
+                DeployJob::new(
+                    &app.name,
+                    env,
+                    app.package.clone(),
+                    version.clone(),
+                    source.clone(),
+                    now,
+                )
+            })
+            .collect()
+    }
+
+    /// Queues the jobs and answers 202 with receipts, or 503 if the queue is down (the
+    /// sender should retry; the job ids make that safe).
+    async fn enqueue(&self, jobs: Vec<DeployJob>) -> Result<Vec<JobReceipt>, Reply> {
+        match self.queue.enqueue(&jobs).await {
+            Ok(results) => Ok(jobs
+                .iter()
+                .zip(results)
+                .map(|(j, result)| {
+                    tracing::info!(job_id = %j.id, app = %j.app, env = %j.env, version = %j.version, ?result, "job queued");
+                    JobReceipt {
+                        job: j.id.to_string(),
+                        app: j.app.clone(),
+                        env: j.env.clone(),
+                        version: j.version.to_string(),
+                        result,
+                    }
+                })
+                .collect()),
+            Err(e) => {
+                tracing::error!(error = %e, "queue unavailable");
+                Err(Reply::error(503, format!("queue unavailable, nothing was queued; retry: {e}")))
+            }
+        }
+    }
+
+    async fn enqueue_reply(&self, jobs: Vec<DeployJob>) -> Reply {
+        match self.enqueue(jobs).await {
+            Ok(receipts) => Reply::new(202, json!({ "status": "queued", "jobs": receipts })),
+            Err(reply) => reply,
+        }
+    }
+}
+
+/// Constant-time check of `expected_hex` (lower-case hex of an HMAC-SHA256) against the
+/// MAC of `parts` under `key`.
+pub(crate) fn verify_hmac_sha256(key: &[u8], parts: &[&[u8]], presented_hex: &str) -> bool {
+    use hmac::{Hmac, Mac};
+    let Ok(presented) = hex::decode(presented_hex) else {
+        return false;
+    };
+    let Ok(mut mac) = Hmac::<sha2::Sha256>::new_from_slice(key) else {
+        return false;
+    };
+    for p in parts {
+        mac.update(p);
+    }
+    // `verify_slice` compares in constant time (subtle underneath).
+    mac.verify_slice(&presented).is_ok()
+}
+
+/// Hex HMAC-SHA256, for signing test requests and sample events.
+pub fn sign_hex(key: &[u8], parts: &[&[u8]]) -> String {
+    use hmac::{Hmac, Mac};
+    // HMAC accepts keys of any length, so this cannot fail.
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(key).unwrap_or_else(|_| unreachable!());
+    for p in parts {
+        mac.update(p);
+    }
+    hex::encode(mac.finalize().into_bytes())
+}

@@ -1,0 +1,462 @@
+//! `POST /hooks/slack`: the `/deploy` slash command.
+//!
+//! Slack shows a non-200 answer as a generic failure, so everything past the signature
+//! check is answered 200 with an ephemeral message saying what happened or what was wrong.
+
+use chrono::{DateTime, Utc};
+use http::HeaderMap;
+use serde::Deserialize;
+use serde_json::json;
+
+use super::{verify_hmac_sha256, Ingress, Reply};
+use crate::config::{App, Environment};
+use crate::job::{DeployJob, Source};
+use crate::ports::{rollback_target, LockInfo};
+use crate::version::Version;
+
+/// Slack's advice: refuse requests more than five minutes from now (replays).
+pub const MAX_SKEW_SECONDS: i64 = 300;
+
+pub const USAGE: &str = "\
+Usage:
+  /deploy APP VERSION [ENV]     deploy a version (e.g. /deploy hello 1.4.2)
+  /deploy rollback APP [ENV]    put the previous version back
+  /deploy status [APP]          what is live, and what is locked
+  /deploy history APP [ENV]     the last deploys
+  /deploy lock APP [ENV] REASON stop deploys until unlocked
+  /deploy unlock APP [ENV]
+  /deploy help";
+
+/// The form Slack posts; see api.slack.com/interactivity/slash-commands.
+#[derive(Debug, Deserialize)]
+pub struct SlashCommand {
+    pub command: String,
+    #[serde(default)]
+    pub text: String,
+    pub user_id: String,
+    #[serde(default)]
+    pub user_name: String,
+    #[serde(default)]
+    pub channel_id: String,
+    #[serde(default)]
+    pub channel_name: String,
+    #[serde(default)]
+    pub trigger_id: String,
+    pub response_url: Option<String>,
+}
+
+fn say(text: impl Into<String>) -> Reply {
+    Reply::new(
+        200,
+        json!({ "response_type": "ephemeral", "text": text.into() }),
+    )
+}
+
+fn header<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// Verifies `X-Slack-Signature` (v0) and the timestamp window.
+fn verify(secret: &str, headers: &HeaderMap, body: &[u8], now: DateTime<Utc>) -> Result<(), Reply> {
+    let ts = header(headers, "x-slack-request-timestamp")
+        .ok_or_else(|| Reply::error(401, "missing X-Slack-Request-Timestamp header"))?;
+    let ts_num: i64 = ts
+        .parse()
+        .map_err(|_| Reply::error(401, "X-Slack-Request-Timestamp is not a Unix time"))?;
+    if (now.timestamp() - ts_num).abs() > MAX_SKEW_SECONDS {
+        return Err(Reply::error(
+            401,
+            format!("stale request: timestamp is more than {MAX_SKEW_SECONDS} s from now"),
+        ));
+    }
+    let sig = header(headers, "x-slack-signature")
+        .ok_or_else(|| Reply::error(401, "missing X-Slack-Signature header"))?;
+    let valid = sig.strip_prefix("v0=").is_some_and(|hex| {
+        verify_hmac_sha256(secret.as_bytes(), &[b"v0:", ts.as_bytes(), b":", body], hex)
+    });
+    if valid {
+        Ok(())
+    } else {
+        Err(Reply::error(
+            401,
+            "X-Slack-Signature does not match the request",
+        ))
+    }
+}
+
+impl SlashCommand {
+    fn source(&self) -> Source {
+        Source::Chat {
+            user_id: self.user_id.clone(),
+            user_name: self.user_name.clone(),
+            channel_id: self.channel_id.clone(),
+            channel_name: self.channel_name.clone(),
+            trigger_id: self.trigger_id.clone(),
+        }
+    }
+
+    fn who(&self) -> String {
+        if self.user_name.is_empty() {
+            format!("<@{}>", self.user_id)
+        } else {
+            format!("@{}", self.user_name)
+        }
+    }
+
+    fn may_deploy(&self, env: &Environment) -> bool {
+        env.chat_deployers.iter().any(|d| {
+            d == "*"
+                || *d == self.user_id
+                || (!self.user_name.is_empty() && *d == format!("@{}", self.user_name))
+        })
+    }
+}
+
+fn describe_lock(app: &str, env: &str, l: &LockInfo) -> String {
+    match &l.job {
+        Some(job) => format!(
+            "{app}/{env} is being deployed by job {job} (since {})",
+            l.since.format("%H:%M:%S UTC")
+        ),
+        None => format!("{app}/{env} is locked by {}: {}", l.holder, l.reason),
+    }
+}
+
+impl Ingress {
+    pub async fn slack(&self, headers: &HeaderMap, body: &[u8], now: DateTime<Utc>) -> Reply {
+        let Some(secret) = &self.slack_secret else {
+            return Reply::error(
+                503,
+                "no slack.signing_secret is configured; refusing unsigned commands",
+            );
+        };
+        if let Err(reply) = verify(secret, headers, body, now) {
+            return reply;
+        }
+        let cmd: SlashCommand = match serde_urlencoded::from_bytes(body) {
+            Ok(c) => c,
+            Err(e) => return Reply::error(400, format!("malformed slash command form: {e}")),
+        };
+        let words: Vec<&str> = cmd.text.split_whitespace().collect();
+        match words.as_slice() {
+            [] | ["help", ..] => say(USAGE),
+            ["status"] => self.status(None, now).await,
+            ["status", app] => self.status(Some(app), now).await,
+            ["history", rest @ ..] => match self.target(rest, 0) {
+                Ok((app, env, _)) => self.history_text(app, env).await,
+                Err(e) => say(e),
+            },
+            ["rollback", rest @ ..] => match self.target(rest, 0) {
+                Ok((app, env, _)) => self.chat_rollback(&cmd, app, env, now).await,
+                Err(e) => say(e),
+            },
+            ["lock", rest @ ..] => match self.target(rest, 1) {
+                Ok((app, env, reason)) => {
+                    self.chat_lock(&cmd, app, env, &reason.join(" "), now).await
+                }
+                Err(e) => say(e),
+            },
+            ["unlock", rest @ ..] => match self.target(rest, 0) {
+                Ok((app, env, _)) => self.chat_unlock(&cmd, app, env).await,
+                Err(e) => say(e),
+            },
+            ["deploy", app, version, env @ ..] | [app, version, env @ ..] if env.len() <= 1 => {
+                self.chat_deploy(&cmd, app, version, env.first().copied(), now)
+                    .await
+            }
+            _ => say(format!("I did not understand {:?}.\n{USAGE}", cmd.text)),
+        }
+    }
+
+    /// Resolves `APP [ENV] REST…`: ENV is taken only if the app has it; `min_rest` words
+    /// must remain (a lock needs a reason).
+    fn target<'c, 'w>(
+        &'c self,
+        words: &[&'w str],
+        min_rest: usize,
+    ) -> Result<(&'c App, &'c Environment, Vec<&'w str>), String> {
+        let Some((app_name, rest)) = words.split_first() else {
+            return Err(format!("Which app?\n{USAGE}"));
+        };
+        let app = self.app(app_name)?;
+        let (env, rest) = match rest.split_first() {
+            Some((e, r)) if app.environments.contains_key(*e) => (*e, r),
+            _ => (app.default_env.as_str(), rest),
+        };
+        if rest.len() < min_rest {
+            return Err(format!(
+                "A reason is needed: /deploy lock {} [ENV] REASON…",
+                app.name
+            ));
+        }
+        if min_rest == 0 && !rest.is_empty() {
+            return Err(format!(
+                "{:?} is not an environment of {} ({}).",
+                rest[0],
+                app.name,
+                envs(app)
+            ));
+        }
+        let env = app
+            .environments
+            .get(env)
+            .ok_or_else(|| format!("{} has no environment {env:?}.", app.name))?;
+        Ok((app, env, rest.to_vec()))
+    }
+
+    fn app(&self, name: &str) -> Result<&App, String> {
+        self.config.app(name).ok_or_else(|| {
+            format!(
+                "Unknown app {name:?}. Known apps: {}.",
+                self.config
+                    .apps
+                    .keys()
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        })
+    }
+
+    /// Refuses with a message unless the user may deploy there and nobody holds a manual lock.
+    async fn deploy_gate(
+        &self,
+        cmd: &SlashCommand,
+        app: &App,
+        env: &Environment,
+        now: DateTime<Utc>,
+    ) -> Result<(), Reply> {
+        if !cmd.may_deploy(env) {
+            return Err(say(format!(
+                "{} may not deploy {} to {} from chat; ask an admin to add you to chat_deployers.",
+                cmd.who(),
+                app.name,
+                env.name
+            )));
+        }
+        match self.ledger.lock_state(&app.name, &env.name, now).await {
+            Ok(Some(l)) if l.job.is_none() => Err(say(format!(
+                "{}. Nothing was queued; `/deploy unlock {} {}` lifts it.",
+                describe_lock(&app.name, &env.name, &l),
+                app.name,
+                env.name
+            ))),
+            Ok(_) => Ok(()),
+            Err(e) => Err(say(format!(
+                "Cannot read the lock of {}/{} ({e}); nothing was queued, try again.",
+                app.name, env.name
+            ))),
+        }
+    }
+
+    async fn chat_deploy(
+        &self,
+        cmd: &SlashCommand,
+        app: &str,
+        version: &str,
+        env: Option<&str>,
+        now: DateTime<Utc>,
+    ) -> Reply {
+        let app = match self.app(app) {
+            Ok(a) => a,
+            Err(e) => return say(e),
+        };
+        let env_name = env.unwrap_or(&app.default_env);
+        let Some(env) = app.environments.get(env_name) else {
+            return say(format!(
+                "{} has no environment {env_name:?} ({}).",
+                app.name,
+                envs(app)
+            ));
+        };
+        let version = match Version::parse(version) {
+            Ok(v) => v,
+            Err(e) => {
+                return say(format!(
+                    "{e}. Nothing was queued. Example: /deploy {} 1.4.2",
+                    app.name
+                ))
+            }
+        };
+        if let Err(r) = self.deploy_gate(cmd, app, env, now).await {
+            return r;
+        }
+        let job = DeployJob::new(
+            &app.name,
+            &env.name,
+            app.package.clone(),
+            version,
+            cmd.source(),
+            now,
+        );
+        self.chat_enqueue(job, "").await
+    }
+
+    async fn chat_enqueue(&self, job: DeployJob, what: &str) -> Reply {
+        let text = format!(
+            "Queued {what}{} {} to {} (job {}). Progress will be posted here.",
+            job.app, job.version, job.env, job.id
+        );
+        match self.enqueue(vec![job]).await {
+            Ok(_) => say(text),
+            Err(r) => say(format!("Nothing was queued: {}", r.reason())),
+        }
+    }
+
+    async fn chat_rollback(
+        &self,
+        cmd: &SlashCommand,
+        app: &App,
+        env: &Environment,
+        now: DateTime<Utc>,
+    ) -> Reply {
+        if let Err(r) = self.deploy_gate(cmd, app, env, now).await {
+            return r;
+        }
+        let history = match self.ledger.history(&app.name, &env.name, 50).await {
+            Ok(h) => h,
+            Err(e) => {
+                return say(format!(
+                    "Cannot read the history of {}/{} ({e}); nothing was queued.",
+                    app.name, env.name
+                ))
+            }
+        };
+        let Some((live, previous)) = rollback_target(&history) else {
+            return say(format!(
+                "Nothing to roll back to: {}/{} has no earlier version on record.",
+                app.name, env.name
+            ));
+        };
+        let job = previous.rollback(Some(&live.id), cmd.source(), now);
+        self.chat_enqueue(job, &format!("rollback from {} to ", live.version))
+            .await
+    }
+
+    async fn chat_lock(
+        &self,
+        cmd: &SlashCommand,
+        app: &App,
+        env: &Environment,
+        reason: &str,
+        now: DateTime<Utc>,
+    ) -> Reply {
+        if !cmd.may_deploy(env) {
+            return say(format!(
+                "{} may not lock {}/{}.",
+                cmd.who(),
+                app.name,
+                env.name
+            ));
+        }
+        let lock = LockInfo {
+            holder: cmd.who(),
+            reason: reason.to_string(),
+            since: now,
+            expires: None,
+            job: None,
+        };
+        match self.ledger.try_lock(&app.name, &env.name, &lock, now).await {
+            Ok(Ok(())) => say(format!(
+                "Locked {}/{}: {reason}. Deploys wait until `/deploy unlock {} {}`.",
+                app.name, env.name, app.name, env.name
+            )),
+            Ok(Err(held)) => say(format!(
+                "Already held: {}.",
+                describe_lock(&app.name, &env.name, &held)
+            )),
+            Err(e) => say(format!("Could not lock {}/{}: {e}", app.name, env.name)),
+        }
+    }
+
+    async fn chat_unlock(&self, cmd: &SlashCommand, app: &App, env: &Environment) -> Reply {
+        if !cmd.may_deploy(env) {
+            return say(format!(
+                "{} may not unlock {}/{}.",
+                cmd.who(),
+                app.name,
+                env.name
+            ));
+        }
+        match self.ledger.unlock(&app.name, &env.name).await {
+            Ok(Some(l)) => say(format!(
+                "Unlocked {}/{} (was: {}).",
+                app.name,
+                env.name,
+                describe_lock(&app.name, &env.name, &l)
+            )),
+            Ok(None) => say(format!("{}/{} was not locked.", app.name, env.name)),
+            Err(e) => say(format!("Could not unlock {}/{}: {e}", app.name, env.name)),
+        }
+    }
+
+    async fn status(&self, app: Option<&str>, now: DateTime<Utc>) -> Reply {
+        let apps: Vec<&App> = match app {
+            Some(name) => match self.app(name) {
+                Ok(a) => vec![a],
+                Err(e) => return say(e),
+            },
+            None => self.config.apps.values().collect(),
+        };
+        let mut lines = vec![];
+        for app in apps {
+            for env in app.environments.values() {
+                let live = match self.ledger.history(&app.name, &env.name, 1).await {
+                    Ok(h) => h.first().map_or("nothing deployed yet".to_string(), |e| {
+                        format!(
+                            "{} (job {}, {} by {})",
+                            e.job.version,
+                            e.job.id,
+                            e.recorded_at.format("%Y-%m-%d %H:%M UTC"),
+                            e.job.requested_by
+                        )
+                    }),
+                    Err(e) => format!("history unavailable: {e}"),
+                };
+                let lock = match self.ledger.lock_state(&app.name, &env.name, now).await {
+                    Ok(Some(l)) => format!(" — {}", describe_lock(&app.name, &env.name, &l)),
+                    Ok(None) => String::new(),
+                    Err(e) => format!(" — lock unknown: {e}"),
+                };
+                lines.push(format!("{}/{}: {live}{lock}", app.name, env.name));
+            }
+        }
+        say(lines.join("\n"))
+    }
+
+    async fn history_text(&self, app: &App, env: &Environment) -> Reply {
+        match self.ledger.history(&app.name, &env.name, 10).await {
+            Ok(h) if h.is_empty() => {
+                say(format!("{}/{}: nothing deployed yet.", app.name, env.name))
+            }
+            Ok(h) => {
+                let mut lines = vec![format!(
+                    "Last deploys of {}/{} (newest first):",
+                    app.name, env.name
+                )];
+                lines.extend(h.iter().map(|e| {
+                    format!(
+                        "• {} — job {} — {} — by {}",
+                        e.job.version,
+                        e.job.id,
+                        e.recorded_at.format("%Y-%m-%d %H:%M UTC"),
+                        e.job.requested_by
+                    )
+                }));
+                say(lines.join("\n"))
+            }
+            Err(e) => say(format!(
+                "History of {}/{} is unavailable: {e}",
+                app.name, env.name
+            )),
+        }
+    }
+}
+
+fn envs(app: &App) -> String {
+    app.environments
+        .keys()
+        .cloned()
+        .collect::<Vec<_>>()
+        .join(", ")
+}

@@ -1,0 +1,273 @@
+//! The deploy job: the one thing every trigger turns into.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::version::{PackageName, Version};
+
+/// Bumped on any change a reader of older jobs could misread; readers refuse versions
+/// they do not know rather than guessing.
+pub const JOB_SCHEMA: u32 = 1;
+
+/// Deterministic from (app, env, version, source identity): the same event delivered
+/// twice yields the same id, which the queues use to drop the second copy. Only hex
+/// digits, so it is valid as an SQS deduplication id and a Step Functions execution name.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
+#[serde(transparent)]
+pub struct JobId(String);
+
+impl JobId {
+    pub fn derive(app: &str, env: &str, version: &Version, source_identity: &str) -> JobId {
+        let mut h = Sha256::new();
+        for part in [app, env, version.as_str(), source_identity] {
+            // Length-prefix each part so ("ab","c") and ("a","bc") cannot collide.
+            h.update((part.len() as u64).to_be_bytes());
+            h.update(part.as_bytes());
+        }
+        JobId(hex::encode(&h.finalize()[..10]))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for JobId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// What caused the job. Everything needed to explain the deploy later is kept here.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Source {
+    /// A tag push or a published release on GitHub.
+    Tag {
+        event: String,
+        repo: String,
+        tag: String,
+        commit: Option<String>,
+        delivery: Option<String>,
+        pusher: Option<String>,
+    },
+    /// A package file appeared in the package index.
+    Upload { location: String },
+    /// A `/deploy` slash command.
+    Chat {
+        user_id: String,
+        user_name: String,
+        channel_id: String,
+        channel_name: String,
+        trigger_id: String,
+    },
+    /// `shipit deploy` on the command line.
+    Cli { user: String, nonce: String },
+    /// A re-send of `restores`, the job that was live before `replaces`.
+    Rollback {
+        restores: JobId,
+        replaces: Option<JobId>,
+        requested_via: Box<Source>,
+    },
+}
+
+impl Source {
+    /// What makes two deliveries of this source "the same event".
+    pub fn identity(&self) -> String {
+        match self {
+            // Keyed on repo and tag, not on event or delivery: a tag push and the release
+            // published for the same tag are one deploy, not two.
+            Source::Tag { repo, tag, .. } => format!("tag:{repo}:{tag}"),
+            Source::Upload { location } => format!("upload:{location}"),
+            Source::Chat { trigger_id, .. } => format!("chat:{trigger_id}"),
+            Source::Cli { user, nonce } => format!("cli:{user}:{nonce}"),
+            Source::Rollback {
+                restores,
+                requested_via,
+                ..
+            } => format!("rollback:{restores}:{}", requested_via.identity()),
+        }
+    }
+
+    /// Who to name in chat and APM as having asked for this deploy.
+    pub fn requester(&self) -> String {
+        match self {
+            Source::Tag { pusher, repo, .. } => {
+                pusher.clone().unwrap_or_else(|| format!("github:{repo}"))
+            }
+            Source::Upload { .. } => "package upload".to_string(),
+            Source::Chat { user_name, .. } => format!("@{user_name}"),
+            Source::Cli { user, .. } => user.clone(),
+            Source::Rollback { requested_via, .. } => requested_via.requester(),
+        }
+    }
+
+    /// Automatic triggers may be superseded by a newer version; human requests never are.
+    pub fn is_automatic(&self) -> bool {
+        matches!(self, Source::Tag { .. } | Source::Upload { .. })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeployJob {
+    pub schema: u32,
+    pub id: JobId,
+    pub app: String,
+    pub env: String,
+    pub version: Version,
+    pub package: PackageName,
+    pub source: Source,
+    pub requested_by: String,
+    pub requested_at: DateTime<Utc>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum JobDecodeError {
+    #[error("job is not valid JSON for a deploy job: {0}")]
+    Malformed(#[from] serde_json::Error),
+    #[error("job schema {0} is newer than this shipit understands ({JOB_SCHEMA})")]
+    UnknownSchema(u32),
+}
+
+impl DeployJob {
+    pub fn new(
+        app: &str,
+        env: &str,
+        package: PackageName,
+        version: Version,
+        source: Source,
+        now: DateTime<Utc>,
+    ) -> DeployJob {
+        DeployJob {
+            schema: JOB_SCHEMA,
+            id: JobId::derive(app, env, &version, &source.identity()),
+            app: app.to_string(),
+            env: env.to_string(),
+            requested_by: source.requester(),
+            version,
+            package,
+            source,
+            requested_at: now,
+        }
+    }
+
+    /// The job that puts `self` back in place of `replaces`: same app, env, package and
+    /// version, a new id, and a source saying what it restores.
+    pub fn rollback(
+        &self,
+        replaces: Option<&JobId>,
+        requested_via: Source,
+        now: DateTime<Utc>,
+    ) -> DeployJob {
+        DeployJob::new(
+            &self.app,
+            &self.env,
+            self.package.clone(),
+            self.version.clone(),
+            Source::Rollback {
+                restores: self.id.clone(),
+                replaces: replaces.cloned(),
+                requested_via: Box::new(requested_via),
+            },
+            now,
+        )
+    }
+
+    /// The FIFO group: deploys of one app+env are strictly ordered, others run freely.
+    pub fn group(&self) -> String {
+        format!("{}/{}", self.app, self.env)
+    }
+
+    pub fn to_json(&self) -> String {
+        // Serializing this type cannot fail: every field is a string, number or map.
+        serde_json::to_string(self).unwrap_or_default()
+    }
+
+    pub fn from_json(s: &str) -> Result<DeployJob, JobDecodeError> {
+        #[derive(Deserialize)]
+        struct Probe {
+            schema: u32,
+        }
+        let probe: Probe = serde_json::from_str(s)?;
+        if probe.schema > JOB_SCHEMA {
+            return Err(JobDecodeError::UnknownSchema(probe.schema));
+        }
+        Ok(serde_json::from_str(s)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::str::FromStr;
+
+    fn tag_source(delivery: &str) -> Source {
+        Source::Tag {
+            event: "push".into(),
+            repo: "acme/hello".into(),
+            tag: "v1.4.2".into(),
+            commit: Some("abc".into()),
+            delivery: Some(delivery.into()),
+            pusher: Some("octocat".into()),
+        }
+    }
+
+    fn job(source: Source) -> DeployJob {
+        DeployJob::new(
+            "hello",
+            "production",
+            PackageName::from_str("hello-app").unwrap(),
+            Version::parse("1.4.2").unwrap(),
+            source,
+            Utc::now(),
+        )
+    }
+
+    #[test]
+    fn same_event_same_id_other_event_other_id() {
+        assert_eq!(job(tag_source("d1")).id, job(tag_source("d2")).id);
+        let other = JobId::derive(
+            "hello",
+            "staging",
+            &Version::parse("1.4.2").unwrap(),
+            "tag:acme/hello:v1.4.2",
+        );
+        assert_ne!(job(tag_source("d1")).id, other);
+        assert_ne!(
+            JobId::derive("ab", "c", &Version::parse("1").unwrap(), "x"),
+            JobId::derive("a", "bc", &Version::parse("1").unwrap(), "x")
+        );
+    }
+
+    #[test]
+    fn json_round_trip_and_schema_guard() {
+        let j = job(tag_source("d1"));
+        let back = DeployJob::from_json(&j.to_json()).unwrap();
+        assert_eq!(back, j);
+        let newer = j.to_json().replace("\"schema\":1", "\"schema\":2");
+        assert!(matches!(
+            DeployJob::from_json(&newer),
+            Err(JobDecodeError::UnknownSchema(2))
+        ));
+        let hostile = j.to_json().replace("\"1.4.2\"", "\"1.4.2;id\"");
+        assert!(DeployJob::from_json(&hostile).is_err());
+    }
+
+    #[test]
+    fn rollback_restores_version_with_new_id() {
+        let live = job(tag_source("d1"));
+        let chat = Source::Chat {
+            user_id: "U1".into(),
+            user_name: "ann".into(),
+            channel_id: "C1".into(),
+            channel_name: "ops".into(),
+            trigger_id: "t1".into(),
+        };
+        let rb = live.rollback(None, chat, Utc::now());
+        assert_eq!(rb.version, live.version);
+        assert_ne!(rb.id, live.id);
+        assert_eq!(rb.requested_by, "@ann");
+        assert!(matches!(rb.source, Source::Rollback { ref restores, .. } if *restores == live.id));
+    }
+}

@@ -1,0 +1,112 @@
+//! Glue between Lambda events and the ingress handlers, shared by `functions/*` and by
+//! `shipit ingest` (which replays the same sample events locally).
+
+use aws_lambda_events::encodings::Body;
+use aws_lambda_events::event::apigw::{ApiGatewayV2httpRequest, ApiGatewayV2httpResponse};
+use aws_lambda_events::event::s3::S3Event;
+use base64::Engine;
+use chrono::{DateTime, Utc};
+use http::header::{HeaderValue, CONTENT_TYPE};
+use serde_json::{json, Value};
+
+use crate::ingress::package::{eventbridge_detail, CodeArtifactDetail};
+use crate::ingress::{Ingress, Reply};
+
+/// Which handler an API Gateway route goes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hook {
+    GitHub,
+    Slack,
+}
+
+/// The raw body bytes: API Gateway base64-encodes bodies it does not take for text.
+pub fn apigw_body(req: &ApiGatewayV2httpRequest) -> Result<Vec<u8>, Reply> {
+    let body = req.body.as_deref().unwrap_or_default();
+    if req.is_base64_encoded {
+        base64::engine::general_purpose::STANDARD
+            .decode(body)
+            .map_err(|_| Reply::error(400, "body is marked base64 but does not decode"))
+    } else {
+        Ok(body.as_bytes().to_vec())
+    }
+}
+
+pub fn apigw_response(reply: Reply) -> ApiGatewayV2httpResponse {
+    let mut resp = ApiGatewayV2httpResponse::default();
+    resp.status_code = i64::from(reply.status);
+    resp.headers
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp.body = Some(Body::Text(reply.body.to_string()));
+    resp
+}
+
+pub async fn handle_apigw(
+    ingress: &Ingress,
+    hook: Hook,
+    req: &ApiGatewayV2httpRequest,
+    now: DateTime<Utc>,
+) -> ApiGatewayV2httpResponse {
+    let reply = match apigw_body(req) {
+        Ok(body) => match hook {
+            Hook::GitHub => ingress.github(&req.headers, &body, now).await,
+            Hook::Slack => ingress.slack(&req.headers, &body, now).await,
+        },
+        Err(reply) => reply,
+    };
+    apigw_response(reply)
+}
+
+/// The package-upload function's input: an S3 notification or a CodeArtifact event.
+/// An `Err` makes Lambda retry the event (queueing is idempotent by job id).
+pub async fn handle_package_event(
+    ingress: &Ingress,
+    event: Value,
+    now: DateTime<Utc>,
+) -> Result<Value, String> {
+    if event.get("Records").is_some() {
+        let s3: S3Event =
+            serde_json::from_value(event).map_err(|e| format!("malformed S3 event: {e}"))?;
+        Ok(json!(ingress.s3_event(&s3, now).await?))
+    } else if event.get("detail-type").and_then(Value::as_str)
+        == Some("CodeArtifact Package Version State Change")
+    {
+        let detail: CodeArtifactDetail = eventbridge_detail(&event)?;
+        Ok(json!([ingress.codeartifact_event(&detail, now).await?]))
+    } else {
+        // Retrying would not help: say what arrived and drop it.
+        tracing::warn!(event = %event, "package-upload got an event it does not handle");
+        Ok(
+            json!([{ "status": "ignored", "reason": "neither an S3 notification nor a CodeArtifact event" }]),
+        )
+    }
+}
+
+/// Any sample event from `events/`, routed as AWS would route it.
+pub async fn handle_any(
+    ingress: &Ingress,
+    event: Value,
+    now: DateTime<Utc>,
+) -> Result<Value, String> {
+    if event.get("requestContext").is_some() {
+        let req: ApiGatewayV2httpRequest = serde_json::from_value(event)
+            .map_err(|e| format!("malformed API Gateway event: {e}"))?;
+        let path = req.raw_path.clone().unwrap_or_default();
+        let hook = if path.ends_with("/github") {
+            Hook::GitHub
+        } else if path.ends_with("/slack") {
+            Hook::Slack
+        } else {
+            return Err(format!(
+                "no route for {path:?}: expected …/hooks/github or …/hooks/slack"
+            ));
+        };
+        let resp = handle_apigw(ingress, hook, &req, now).await;
+        let body = match resp.body {
+            Some(Body::Text(t)) => serde_json::from_str(&t).unwrap_or(Value::String(t)),
+            _ => Value::Null,
+        };
+        Ok(json!({ "statusCode": resp.status_code, "body": body }))
+    } else {
+        handle_package_event(ingress, event, now).await
+    }
+}

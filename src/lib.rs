@@ -1,0 +1,15 @@
+//! shipit: tag pushes, package uploads and chat commands become deploy jobs; a
+//! step-driven deploy installs in parallel and restarts one node at a time.
+
+pub mod aws;
+pub mod config;
+pub mod ingress;
+pub mod job;
+pub mod lambda;
+pub mod ports;
+pub mod secrets;
+pub mod server;
+pub mod store;
+pub mod template;
+pub mod version;
+pub mod wiring;

@@ -1,0 +1,91 @@
+//! The ports the core talks through; adapters live in `store` (SQLite) and `aws`.
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::job::{DeployJob, JobId};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Enqueued {
+    Queued,
+    /// The queue already had this job id; nothing new was queued.
+    Duplicate,
+}
+
+/// Boxed so adapters can carry their SDK's error without the core naming it.
+pub type PortError = Box<dyn std::error::Error + Send + Sync>;
+
+#[async_trait]
+pub trait JobQueue: Send + Sync {
+    /// Queues jobs in order; all of them or, on error, as many as the error says nothing
+    /// about (callers treat an error as "retry the whole event", which dedupe makes safe).
+    async fn enqueue(&self, jobs: &[DeployJob]) -> Result<Vec<Enqueued>, PortError>;
+}
+
+/// A hold on an app+env. Deploys take one with an expiry, so a crashed deploy cannot hold
+/// it forever; people take one from chat (no job, no expiry) to stop deploys for a while.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LockInfo {
+    pub holder: String,
+    pub reason: String,
+    pub since: DateTime<Utc>,
+    pub expires: Option<DateTime<Utc>>,
+    pub job: Option<JobId>,
+}
+
+impl LockInfo {
+    pub fn is_expired(&self, now: DateTime<Utc>) -> bool {
+        self.expires.is_some_and(|e| e <= now)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryEntry {
+    pub job: DeployJob,
+    pub recorded_at: DateTime<Utc>,
+}
+
+/// What is live where, and who holds which app+env.
+#[async_trait]
+pub trait Ledger: Send + Sync {
+    /// `job` is now live on its app+env.
+    async fn record(&self, job: &DeployJob, now: DateTime<Utc>) -> Result<(), PortError>;
+    /// Newest first.
+    async fn history(
+        &self,
+        app: &str,
+        env: &str,
+        limit: usize,
+    ) -> Result<Vec<HistoryEntry>, PortError>;
+    /// Takes the lock, replacing an expired one. `Err(current)` if someone holds it.
+    async fn try_lock(
+        &self,
+        app: &str,
+        env: &str,
+        lock: &LockInfo,
+        now: DateTime<Utc>,
+    ) -> Result<Result<(), LockInfo>, PortError>;
+    /// Releases the lock whoever holds it; returns what was released.
+    async fn unlock(&self, app: &str, env: &str) -> Result<Option<LockInfo>, PortError>;
+    /// The unexpired lock, if any.
+    async fn lock_state(
+        &self,
+        app: &str,
+        env: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Option<LockInfo>, PortError>;
+}
+
+/// The live job and the one a rollback would restore: the newest earlier entry with a
+/// different version (re-deploys of the live version are skipped).
+pub fn rollback_target(history: &[HistoryEntry]) -> Option<(&DeployJob, &DeployJob)> {
+    let live = &history.first()?.job;
+    let previous = history
+        .iter()
+        .skip(1)
+        .map(|h| &h.job)
+        .find(|j| j.version != live.version)?;
+    Some((live, previous))
+}

@@ -1,0 +1,105 @@
+//! `shipit serve`: the same ingress handlers behind HTTP, plus the package directory
+//! watcher, on one machine.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use chrono::Utc;
+use serde_json::json;
+use tokio::net::TcpListener;
+
+use crate::ingress::github::MAX_BODY;
+use crate::ingress::package::UploadOutcome;
+use crate::ingress::{Ingress, Reply};
+use crate::store::Store;
+
+#[derive(Clone)]
+struct AppState {
+    ingress: Arc<Ingress>,
+    store: Store,
+}
+
+fn respond(reply: Reply) -> Response {
+    let status = StatusCode::from_u16(reply.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    (status, Json(reply.body)).into_response()
+}
+
+async fn github(State(s): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
+    respond(s.ingress.github(&headers, &body, Utc::now()).await)
+}
+
+async fn slack(State(s): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
+    respond(s.ingress.slack(&headers, &body, Utc::now()).await)
+}
+
+async fn jobs(State(s): State<AppState>) -> Response {
+    match s.store.jobs(None).await {
+        Ok(jobs) => Json(json!({ "jobs": jobs })).into_response(),
+        Err(e) => respond(Reply::error(503, format!("store unavailable: {e}"))),
+    }
+}
+
+pub fn router(ingress: Arc<Ingress>, store: Store) -> Router {
+    Router::new()
+        .route("/hooks/github", post(github))
+        .route("/hooks/slack", post(slack))
+        .route(
+            "/healthz",
+            get(|| async { Json(json!({ "status": "ok" })) }),
+        )
+        .route("/api/jobs", get(jobs))
+        // One byte over GitHub's cap reaches the handler, which answers 413 with a reason.
+        .layer(DefaultBodyLimit::max(MAX_BODY + 1))
+        .with_state(AppState { ingress, store })
+}
+
+/// Polls the package directory; polling (not inotify) works the same on every
+/// filesystem, network mounts included, and a 2 s delay is nothing next to a deploy.
+async fn watch_packages(ingress: Arc<Ingress>, store: Store) {
+    let Some(dir) = ingress.config.server.package_dir.clone() else {
+        return;
+    };
+    let mut tick = tokio::time::interval(Duration::from_secs(2));
+    loop {
+        tick.tick().await;
+        match ingress.scan_package_dir(&store, &dir, Utc::now()).await {
+            Ok(outcomes) => {
+                for o in outcomes {
+                    match o {
+                        UploadOutcome::Queued { location, jobs } => {
+                            tracing::info!(%location, jobs = jobs.len(), "upload queued")
+                        }
+                        UploadOutcome::Ignored { location, reason } => {
+                            tracing::info!(%location, %reason, "upload ignored")
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(dir = %dir.display(), error = %e, "package directory scan failed; retrying")
+            }
+        }
+    }
+}
+
+/// Serves until `shutdown` resolves, then finishes the requests in flight.
+pub async fn serve(
+    ingress: Arc<Ingress>,
+    store: Store,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let watcher = tokio::spawn(watch_packages(ingress.clone(), store.clone()));
+    let result = axum::serve(listener, router(ingress, store))
+        .with_graceful_shutdown(shutdown)
+        .await;
+    watcher.abort();
+    result
+}

@@ -1,0 +1,81 @@
+//! Builds the ports from where shipit runs: the environment on Lambda, the config file
+//! on one machine.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::{anyhow, Context};
+
+use crate::aws::{sdk_config, SqsQueue, SsmLedger};
+use crate::config::Config;
+use crate::ingress::Ingress;
+use crate::secrets::{Secret, Secrets};
+use crate::store::Store;
+
+/// Lambda: `SHIPIT_CONFIG` (a file path, or `ssm:/path` of a String parameter holding the
+/// TOML), `SHIPIT_QUEUE_URL`, and `SHIPIT_SSM_PREFIX` (default `/shipit`).
+pub async fn aws_ingress_from_env() -> anyhow::Result<Ingress> {
+    let sdk = sdk_config().await;
+    let ssm = aws_sdk_ssm::Client::new(&sdk);
+    let secrets = Secrets::new(Some(ssm.clone()));
+    let where_ = std::env::var("SHIPIT_CONFIG").context("SHIPIT_CONFIG is not set")?;
+    let text = match where_.parse::<Secret>() {
+        Ok(s @ Secret::Ssm(_)) => secrets.resolve(&s).await?,
+        _ => std::fs::read_to_string(&where_)
+            .with_context(|| format!("reading SHIPIT_CONFIG {where_}"))?,
+    };
+    let config =
+        Config::parse(&text, Path::new(&where_)).map_err(|r| anyhow!("invalid config:\n{r}"))?;
+    let queue_url = std::env::var("SHIPIT_QUEUE_URL").context("SHIPIT_QUEUE_URL is not set")?;
+    let prefix = std::env::var("SHIPIT_SSM_PREFIX").unwrap_or_else(|_| "/shipit".into());
+    let queue = SqsQueue::new(aws_sdk_sqs::Client::new(&sdk), queue_url);
+    let ledger = SsmLedger::new(ssm, &prefix);
+    Ok(Ingress::new(
+        Arc::new(config),
+        Arc::new(queue),
+        Arc::new(ledger),
+        &secrets,
+    )
+    .await?)
+}
+
+/// One machine: the SQLite store named by the config is both queue and ledger.
+pub async fn local_ingress(config: Config) -> anyhow::Result<(Ingress, Store)> {
+    let store = Store::open(&config.server.state)
+        .with_context(|| format!("opening the store {}", config.server.state.display()))?;
+    let ssm = if config_uses_ssm(&config) {
+        Some(aws_sdk_ssm::Client::new(&sdk_config().await))
+    } else {
+        None
+    };
+    let secrets = Secrets::new(ssm);
+    let store_ports = Arc::new(store.clone());
+    let ingress =
+        Ingress::new(Arc::new(config), store_ports.clone(), store_ports, &secrets).await?;
+    Ok((ingress, store))
+}
+
+fn config_uses_ssm(c: &Config) -> bool {
+    [&c.github_secret, &c.slack_secret]
+        .into_iter()
+        .flatten()
+        .any(|s| matches!(s, Secret::Ssm(_)))
+}
+
+/// JSON logs on Lambda (CloudWatch), human ones on a terminal; `RUST_LOG` filters both.
+pub fn init_tracing(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder
+            .json()
+            .with_current_span(false)
+            .without_time()
+            .init();
+    } else {
+        builder.init();
+    }
+}
