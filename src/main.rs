@@ -6,7 +6,7 @@ use anyhow::{anyhow, Context};
 use chrono::Utc;
 use clap::{Parser, Subcommand};
 use shipit::config::{self, Config};
-use shipit::wiring::{init_tracing, local_ingress};
+use shipit::wiring::{init_tracing, local_ingress, open_store};
 
 #[derive(Parser)]
 #[command(
@@ -117,7 +117,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Jobs { json } => {
             let config = load(&cli.config)?;
-            let store = shipit::store::Store::open(&config.server.state)?;
+            let store = open_store(&config)?;
             let jobs = store.jobs(None).await.map_err(|e| anyhow!("{e}"))?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&jobs)?);

@@ -57,7 +57,10 @@ pub struct QueuedJob {
 }
 
 impl Store {
-    pub fn open(path: &Path) -> Result<Store, rusqlite::Error> {
+    pub fn open(path: &Path) -> Result<Store, PortError> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)?;
+        }
         let conn = Connection::open(path)?;
         // WAL lets the CLI read while `serve` writes; FULL sync because a job the webhook
         // answered 202 for must survive a power cut.

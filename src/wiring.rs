@@ -41,8 +41,7 @@ pub async fn aws_ingress_from_env() -> anyhow::Result<Ingress> {
 
 /// One machine: the SQLite store named by the config is both queue and ledger.
 pub async fn local_ingress(config: Config) -> anyhow::Result<(Ingress, Store)> {
-    let store = Store::open(&config.server.state)
-        .with_context(|| format!("opening the store {}", config.server.state.display()))?;
+    let store = open_store(&config)?;
     let ssm = if config_uses_ssm(&config) {
         Some(aws_sdk_ssm::Client::new(&sdk_config().await))
     } else {
@@ -53,6 +52,11 @@ pub async fn local_ingress(config: Config) -> anyhow::Result<(Ingress, Store)> {
     let ingress =
         Ingress::new(Arc::new(config), store_ports.clone(), store_ports, &secrets).await?;
     Ok((ingress, store))
+}
+
+pub fn open_store(config: &Config) -> anyhow::Result<Store> {
+    Store::open(&config.server.state)
+        .map_err(|e| anyhow!("opening the store {}: {e}", config.server.state.display()))
 }
 
 fn config_uses_ssm(c: &Config) -> bool {
