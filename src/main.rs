@@ -1,4 +1,4 @@
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -45,7 +45,7 @@ enum Command {
     },
 }
 
-fn load(path: &PathBuf) -> anyhow::Result<Config> {
+fn load(path: &Path) -> anyhow::Result<Config> {
     Config::load(path).map_err(|report| anyhow!("{report}run `shipit check` for details"))
 }
 
@@ -125,8 +125,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 println!("no jobs");
             } else {
                 println!(
-                    "{:<22} {:<8} {:<22} {:<12} {}",
-                    "JOB", "STATUS", "APP/ENV", "VERSION", "REQUESTED BY"
+                    "{:<22} {:<8} {:<22} {:<12} REQUESTED BY",
+                    "JOB", "STATUS", "APP/ENV", "VERSION"
                 );
                 for q in jobs {
                     let j = &q.job;

@@ -155,30 +155,32 @@ impl Ingress {
     }
 }
 
-/// Constant-time check of `expected_hex` (lower-case hex of an HMAC-SHA256) against the
-/// MAC of `parts` under `key`.
-pub(crate) fn verify_hmac_sha256(key: &[u8], parts: &[&[u8]], presented_hex: &str) -> bool {
-    use hmac::{Hmac, Mac};
-    let Ok(presented) = hex::decode(presented_hex) else {
-        return false;
-    };
-    let Ok(mut mac) = Hmac::<sha2::Sha256>::new_from_slice(key) else {
-        return false;
-    };
+type HmacSha256 = hmac::Hmac<sha2::Sha256>;
+
+fn hmac_sha256(key: &[u8], parts: &[&[u8]]) -> Option<HmacSha256> {
+    use hmac::Mac;
+    // HMAC takes keys of any length, so this is always Some.
+    let mut mac = HmacSha256::new_from_slice(key).ok()?;
     for p in parts {
         mac.update(p);
     }
-    // `verify_slice` compares in constant time (subtle underneath).
-    mac.verify_slice(&presented).is_ok()
+    Some(mac)
 }
 
-/// Hex HMAC-SHA256, for signing test requests and sample events.
-pub fn sign_hex(key: &[u8], parts: &[&[u8]]) -> String {
-    use hmac::{Hmac, Mac};
-    // HMAC accepts keys of any length, so this cannot fail.
-    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(key).unwrap_or_else(|_| unreachable!());
-    for p in parts {
-        mac.update(p);
+/// Checks `presented_hex` against the HMAC-SHA256 of `parts` under `key`, in constant
+/// time (`verify_slice` compares with `subtle`).
+pub(crate) fn verify_hmac_sha256(key: &[u8], parts: &[&[u8]], presented_hex: &str) -> bool {
+    use hmac::Mac;
+    match (hex::decode(presented_hex), hmac_sha256(key, parts)) {
+        (Ok(presented), Some(mac)) => mac.verify_slice(&presented).is_ok(),
+        _ => false,
     }
-    hex::encode(mac.finalize().into_bytes())
+}
+
+/// Hex HMAC-SHA256, as GitHub and Slack sign: for test requests and sample events.
+pub fn sign_hex(key: &[u8], parts: &[&[u8]]) -> String {
+    use hmac::Mac;
+    hmac_sha256(key, parts)
+        .map(|m| hex::encode(m.finalize().into_bytes()))
+        .unwrap_or_default()
 }

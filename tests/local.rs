@@ -1,0 +1,248 @@
+//! One machine: `shipit serve` over real HTTP, the package directory watcher, and the CLI.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+use std::sync::Arc;
+
+use chrono::Utc;
+use common::*;
+use shipit::config::Config;
+use shipit::ingress::package::UploadOutcome;
+use shipit::wiring::local_ingress;
+
+fn local_config(dir: &Path) -> Config {
+    let text = format!(
+        r#"
+[server]
+state = "state/shipit.db"
+package_dir = "wheelhouse"
+[github]
+webhook_secret = "{GITHUB_SECRET}"
+[slack]
+signing_secret = "{SLACK_SECRET}"
+[apps.hello]
+package = "hello-app"
+repo = "acme/hello"
+install = "venv/bin/pip install -U {{package}}=={{version}}"
+restart = "kill -HUP $(cat service.pid)"
+health = "true"
+[apps.hello.environments.production]
+nodes = [{{ name = "node1", dir = "nodes/node1" }}]
+"#
+    );
+    std::fs::create_dir_all(dir.join("wheelhouse")).unwrap();
+    let path = dir.join("shipit.toml");
+    std::fs::write(&path, &text).unwrap();
+    Config::load(&path).unwrap()
+}
+
+#[tokio::test]
+async fn serve_accepts_signed_webhooks_and_refuses_the_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ingress, store) = local_ingress(local_config(dir.path())).await.unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(shipit::server::serve(
+        Arc::new(ingress),
+        store.clone(),
+        listener,
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    let http = reqwest::Client::new();
+
+    let health = http.get(format!("{base}/healthz")).send().await.unwrap();
+    assert_eq!(health.status(), 200);
+
+    let body = tag_push("acme/hello", "v1.0.0");
+    let post = |headers: http::HeaderMap, body: Vec<u8>| {
+        let mut req = http.post(format!("{base}/hooks/github")).body(body);
+        for (k, v) in &headers {
+            req = req.header(k.as_str(), v.to_str().unwrap());
+        }
+        req.send()
+    };
+    let unsigned = post(headers(&[("x-github-event", "push")]), body.clone())
+        .await
+        .unwrap();
+    assert_eq!(unsigned.status(), 401);
+    let big = vec![b'x'; shipit::ingress::github::MAX_BODY + 1];
+    let too_big = post(github_headers("push", "d0", &big), big).await.unwrap();
+    assert_eq!(too_big.status(), 413);
+    assert!(
+        store.jobs(None).await.unwrap().is_empty(),
+        "refused webhooks queued something"
+    );
+
+    let ok = post(github_headers("push", "d1", &body), body.clone())
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), 202);
+    let reply: serde_json::Value = ok.json().await.unwrap();
+    let again = post(github_headers("push", "d1", &body), body.clone())
+        .await
+        .unwrap();
+    let again: serde_json::Value = again.json().await.unwrap();
+    assert_eq!(again["jobs"][0]["result"], "duplicate");
+
+    let now = Utc::now();
+    let form = slack_form("U2CERLKJA", "roadrunner", "help", "t");
+    let mut req = http.post(format!("{base}/hooks/slack")).body(form.clone());
+    for (k, v) in &slack_headers(&form, now) {
+        req = req.header(k.as_str(), v.to_str().unwrap());
+    }
+    let help: serde_json::Value = req.send().await.unwrap().json().await.unwrap();
+    assert!(help["text"]
+        .as_str()
+        .unwrap()
+        .contains("/deploy rollback APP [ENV]"));
+
+    let listed: serde_json::Value = http
+        .get(format!("{base}/api/jobs"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let jobs = listed["jobs"].as_array().unwrap();
+    assert_eq!(jobs.len(), 1);
+    assert_eq!(jobs[0]["job"]["id"], reply["jobs"][0]["job"]);
+    assert_eq!(jobs[0]["status"], "queued");
+
+    stop.send(()).unwrap();
+    server.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn new_files_in_the_package_directory_are_uploads() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = local_config(dir.path());
+    let wheelhouse = config.server.package_dir.clone().unwrap();
+    std::fs::write(wheelhouse.join("hello_app-0.9.0-py3-none-any.whl"), b"old").unwrap();
+    let (ingress, store) = local_ingress(config).await.unwrap();
+    let now = Utc::now();
+
+    // What was there before shipit looked is history, not an upload.
+    assert!(ingress
+        .scan_package_dir(&store, &wheelhouse, now)
+        .await
+        .unwrap()
+        .is_empty());
+    std::fs::write(wheelhouse.join("hello_app-1.1.0-py3-none-any.whl"), b"new").unwrap();
+    std::fs::write(wheelhouse.join("other_pkg-1.0.tar.gz"), b"x").unwrap();
+    std::fs::write(wheelhouse.join("README.txt"), b"x").unwrap();
+    std::fs::write(
+        wheelhouse.join(".hello_app-1.2.0-py3-none-any.whl.part"),
+        b"x",
+    )
+    .unwrap();
+    let outcomes = ingress
+        .scan_package_dir(&store, &wheelhouse, now)
+        .await
+        .unwrap();
+    let summary: Vec<String> = outcomes
+        .iter()
+        .map(|o| match o {
+            UploadOutcome::Queued { location, jobs } => format!(
+                "queued {} {}",
+                location.rsplit('/').next().unwrap(),
+                jobs.len()
+            ),
+            UploadOutcome::Ignored { location, .. } => {
+                format!("ignored {}", location.rsplit('/').next().unwrap())
+            }
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            "ignored README.txt",
+            "queued hello_app-1.1.0-py3-none-any.whl 1",
+            "ignored other_pkg-1.0.tar.gz"
+        ]
+    );
+    assert!(
+        ingress
+            .scan_package_dir(&store, &wheelhouse, now)
+            .await
+            .unwrap()
+            .is_empty(),
+        "a file counted twice"
+    );
+    let jobs = store.jobs(None).await.unwrap();
+    assert_eq!(jobs.len(), 1);
+    assert_eq!(jobs[0].job.version.as_str(), "1.1.0");
+}
+
+fn shipit(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_shipit"))
+        .args(args)
+        .env_remove("SHIPIT_CONFIG")
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
+}
+
+#[test]
+fn check_reports_every_problem_with_key_and_hint() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("broken.toml");
+    std::fs::write(
+        &path,
+        r#"
+[github]
+webhook_secret = "env:"
+[apps.hello]
+package = "hello app"
+repo = "acme"
+install = "pip install {package}=={verison}"
+restart = "kill -HUP {pid"
+[apps.hello.environments.production]
+chat_deployers = ["everyone"]
+"#,
+    )
+    .unwrap();
+    let (code, stdout, stderr) = shipit(&["check", "--config", path.to_str().unwrap()]);
+    assert_eq!(code, 1, "{stdout}{stderr}");
+    let file = path.display().to_string();
+    for (key, message) in [
+        ("github.webhook_secret", "env: needs a variable name"),
+        ("apps.hello.package", "is not a valid PEP 508 package name"),
+        ("apps.hello.repo", "is not owner/name"),
+        ("apps.hello.install", "unknown placeholder(s): verison"),
+        ("apps.hello.restart", "unclosed '{'"),
+        ("apps.hello.environments.production", "no nodes"),
+        (
+            "apps.hello.environments.production.chat_deployers[0]",
+            "is not a Slack user id",
+        ),
+    ] {
+        let line = format!("{file}: error: {key}: ");
+        let at = stdout
+            .find(&line)
+            .unwrap_or_else(|| panic!("no {line:?} in:\n{stdout}"));
+        let rest = &stdout[at + line.len()..];
+        let (first, next) = rest.split_once('\n').unwrap();
+        assert!(first.contains(message), "{key}: {first}");
+        assert!(next.starts_with("  hint: "), "{key} has no hint: {next}");
+    }
+    assert!(stderr.contains("7 error(s)"), "{stderr}");
+
+    let (code, stdout, _) = shipit(&["check", "--config", "examples/local/shipit.toml"]);
+    assert_eq!(
+        (code, stdout.trim()),
+        (0, "examples/local/shipit.toml: ok (1 app(s): hello)")
+    );
+    let (code, stdout, _) = shipit(&["check", "--config", "/nonexistent/shipit.toml"]);
+    assert_eq!(code, 1);
+    assert!(stdout.contains("error: (file): cannot read"), "{stdout}");
+}
