@@ -5,6 +5,7 @@ use std::sync::Arc;
 use anyhow::{anyhow, Context};
 use chrono::Utc;
 use clap::{Parser, Subcommand};
+use serde_json::Value;
 use shipit::config::{self, Config};
 use shipit::wiring::{init_tracing, local_ingress, open_store};
 
@@ -37,6 +38,9 @@ enum Command {
     Ingest {
         #[arg(required = true)]
         events: Vec<PathBuf>,
+        /// Print the full replies instead of one line per result.
+        #[arg(long)]
+        json: bool,
     },
     /// List the jobs in the local store.
     Jobs {
@@ -97,7 +101,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             shipit::server::serve(Arc::new(ingress), store, listener, shutdown).await?;
         }
-        Command::Ingest { events } => {
+        Command::Ingest { events, json } => {
             let config = load(&cli.config)?;
             let (ingress, _store) = local_ingress(config).await?;
             for path in events {
@@ -108,11 +112,17 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 let out = shipit::lambda::handle_any(&ingress, event, Utc::now())
                     .await
                     .map_err(|e| anyhow!("{}: {e}", path.display()))?;
-                println!(
-                    "{}: {}",
-                    path.display(),
-                    serde_json::to_string_pretty(&out)?
-                );
+                if json {
+                    println!(
+                        "{}: {}",
+                        path.display(),
+                        serde_json::to_string_pretty(&out)?
+                    );
+                } else {
+                    for line in summarize(&out) {
+                        println!("{}: {line}", path.display());
+                    }
+                }
             }
         }
         Command::Jobs { json } => {
@@ -143,6 +153,41 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// One line per job or refusal in an ingest result (API Gateway reply or upload outcomes).
+fn summarize(out: &Value) -> Vec<String> {
+    let job = |j: &Value| {
+        format!(
+            "{} {}/{} {} (job {})",
+            j["result"].as_str().unwrap_or("?"),
+            text(&j["app"]),
+            text(&j["env"]),
+            text(&j["version"]),
+            text(&j["job"])
+        )
+    };
+    let results = |status: String, body: &Value| match body["jobs"].as_array() {
+        Some(jobs) => jobs.iter().map(|j| format!("{status}{}", job(j))).collect(),
+        None => vec![format!(
+            "{status}{}",
+            body["reason"]
+                .as_str()
+                .or(body["status"].as_str())
+                .unwrap_or_default()
+        )],
+    };
+    match out {
+        Value::Array(outcomes) => outcomes
+            .iter()
+            .flat_map(|o| results(String::new(), o))
+            .collect(),
+        reply => results(format!("{} ", reply["statusCode"]), &reply["body"]),
+    }
+}
+
+fn text(v: &Value) -> &str {
+    v.as_str().unwrap_or("?")
 }
 
 #[tokio::main]
