@@ -7,6 +7,7 @@ use aws_lambda_events::event::s3::S3Event;
 use base64::Engine;
 use chrono::{DateTime, Utc};
 use http::header::{HeaderValue, CONTENT_TYPE};
+use lambda_runtime::{service_fn, LambdaEvent};
 use serde_json::{json, Value};
 
 use crate::ingress::package::{eventbridge_detail, CodeArtifactDetail};
@@ -109,4 +110,34 @@ pub async fn handle_any(
     } else {
         handle_package_event(ingress, event, now).await
     }
+}
+
+/// The whole of an HTTP API function: the ingress from the environment, then every API
+/// Gateway event answered by `hook`'s handler.
+pub async fn run_http_function(hook: Hook) -> Result<(), lambda_runtime::Error> {
+    crate::wiring::init_tracing(true);
+    let ingress = crate::wiring::aws_ingress_from_env().await?;
+    let ingress = &ingress;
+    lambda_runtime::run(service_fn(
+        move |event: LambdaEvent<ApiGatewayV2httpRequest>| async move {
+            Ok::<_, lambda_runtime::Error>(
+                handle_apigw(ingress, hook, &event.payload, Utc::now()).await,
+            )
+        },
+    ))
+    .await
+}
+
+/// The whole of the package-upload function. An error makes Lambda retry the event;
+/// job ids make the retry harmless.
+pub async fn run_package_function() -> Result<(), lambda_runtime::Error> {
+    crate::wiring::init_tracing(true);
+    let ingress = crate::wiring::aws_ingress_from_env().await?;
+    let ingress = &ingress;
+    lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| async move {
+        handle_package_event(ingress, event.payload, Utc::now())
+            .await
+            .map_err(lambda_runtime::Error::from)
+    }))
+    .await
 }
