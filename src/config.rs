@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::secrets::Secret;
 use crate::template::Template;
@@ -132,7 +132,7 @@ pub struct LocalNode {
     pub vars: BTreeMap<String, String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Rollout {
     /// Restart the first node alone and check it before touching the others.
@@ -152,6 +152,15 @@ pub struct Rollout {
     /// Seconds one command may run on one node before it counts as failed.
     #[serde(default = "default_command_timeout")]
     pub command_timeout_seconds: u64,
+    /// Health checks a restarted node gets before it counts as unhealthy.
+    #[serde(default = "default_health_attempts")]
+    pub health_attempts: u32,
+    /// Seconds between two health checks of one node.
+    #[serde(default = "default_health_interval")]
+    pub health_interval_seconds: u64,
+    /// How long a deploy waits for a lock someone else holds before giving up.
+    #[serde(default = "default_lock_wait")]
+    pub lock_wait_seconds: u64,
 }
 
 impl Default for Rollout {
@@ -163,6 +172,9 @@ impl Default for Rollout {
             install_concurrency: 0,
             auto_rollback: true,
             command_timeout_seconds: default_command_timeout(),
+            health_attempts: default_health_attempts(),
+            health_interval_seconds: default_health_interval(),
+            lock_wait_seconds: default_lock_wait(),
         }
     }
 }
@@ -173,6 +185,18 @@ fn yes() -> bool {
 
 fn default_command_timeout() -> u64 {
     600
+}
+
+fn default_health_attempts() -> u32 {
+    5
+}
+
+fn default_health_interval() -> u64 {
+    2
+}
+
+fn default_lock_wait() -> u64 {
+    3600
 }
 
 #[derive(Debug, Clone, Default)]
@@ -775,6 +799,13 @@ fn check_text(text: &str, path: &Path) -> (Option<Config>, Vec<Problem>) {
                 Some(None)
             }
         };
+        if a.rollout.health_attempts == 0 {
+            c.error(
+                format!("{k}.rollout.health_attempts"),
+                "must be at least 1",
+                "health checks a restarted node gets before it counts as unhealthy",
+            );
+        }
         if a.rollout.command_timeout_seconds == 0 {
             c.error(
                 format!("{k}.rollout.command_timeout_seconds"),

@@ -3,6 +3,7 @@
 
 pub mod aws;
 pub mod config;
+pub mod engine;
 pub mod ingress;
 pub mod job;
 pub mod lambda;

@@ -1,0 +1,825 @@
+//! The deploy engine: a pure state machine with no I/O and no clock.
+//!
+//! A driver (Step Functions, the local worker, the simulator) loops:
+//! `let a = deploy.action()` → perform `a` → `deploy.observe(now, result)` → save the
+//! state. `action()` depends only on the state, and every command carries a key derived
+//! from the job, so a driver that crashes and replays a step asks for the same command
+//! again; fleets run a key at most once and answer a repeat with its status. That is what
+//! keeps a node from being restarted twice.
+
+use chrono::{DateTime, Duration, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::config::Rollout;
+use crate::job::{DeployJob, JobId};
+use crate::ports::LockInfo;
+use crate::version::Version;
+
+/// How long a deploy's lock outlives a crash of its driver.
+pub const LOCK_TTL_SECONDS: i64 = 2 * 3600;
+/// How often to look at a command still running.
+pub const POLL_SECONDS: u64 = 2;
+/// Longest pause between two tries of a held lock.
+pub const LOCK_RETRY_MAX_SECONDS: u64 = 60;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CommandKind {
+    Install,
+    Restart,
+    Health,
+}
+
+/// A command for the fleet: run `kind` for `version` on `nodes`, at most `concurrency` at
+/// once (0: all). Asking again with the same key returns its status; it never runs twice.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Command {
+    pub key: String,
+    pub kind: CommandKind,
+    pub version: Version,
+    pub nodes: Vec<String>,
+    pub concurrency: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum NodeResult {
+    Running,
+    Succeeded,
+    Failed {
+        exit_code: Option<i32>,
+        output: String,
+    },
+}
+
+/// What the driver must do next.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "action", rename_all = "snake_case")]
+pub enum Action {
+    /// Take `lock` on the job's app+env; answer `Observation::Lock`.
+    Lock { lock: LockInfo },
+    /// Read the live job and any newer queued version; answer `Observation::Inspected`.
+    Inspect,
+    /// Find the job's nodes, in a stable order; answer `Observation::Nodes`.
+    ResolveNodes,
+    /// Answer `Observation::Ran` with a result for every node of the command.
+    Run(Command),
+    /// Answer `Observation::Waited` after this long.
+    Wait { seconds: u64 },
+    /// The job is now live: record it; answer `Observation::Recorded`.
+    Record,
+    /// Release the lock; answer `Observation::Unlocked`.
+    Unlock,
+    /// Nothing more to do.
+    Finished(Outcome),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "observation", rename_all = "snake_case")]
+pub enum Observation {
+    Lock {
+        taken: bool,
+        holder: Option<LockInfo>,
+    },
+    Inspected {
+        live: Option<Box<DeployJob>>,
+        newer_queued: Option<Version>,
+    },
+    Nodes {
+        nodes: Vec<String>,
+    },
+    Ran {
+        key: String,
+        results: Vec<(String, NodeResult)>,
+    },
+    Waited,
+    Recorded,
+    Unlocked,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum Outcome {
+    /// Live on every node that installed (installs that failed within `max_errors` are listed).
+    Succeeded { failed_installs: Vec<String> },
+    /// Nothing was restarted (or everything restarted was put back); the old version serves.
+    Failed { reason: String, rolled_back: bool },
+    /// A rollback did not bring a node back healthy: someone must look.
+    RollbackFailed { reason: String },
+    /// Not deployed, on purpose.
+    Skipped { reason: String },
+}
+
+/// What happened, for chat, APM and logs. Sent best-effort; never blocks the deploy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Notice {
+    Started {
+        from: Option<Version>,
+        nodes: usize,
+    },
+    WaitingForLock {
+        holder: LockInfo,
+    },
+    Installed {
+        node: String,
+    },
+    InstallFailed {
+        node: String,
+        detail: String,
+    },
+    Restarted {
+        node: String,
+    },
+    Healthy {
+        node: String,
+    },
+    Unhealthy {
+        node: String,
+        detail: String,
+    },
+    RollingBack {
+        to: Version,
+        nodes: Vec<String>,
+        reason: String,
+    },
+    Finished {
+        outcome: Outcome,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NodeState {
+    Pending,
+    Installed,
+    InstallFailed,
+    Restarted,
+    Healthy,
+    Unhealthy,
+    /// Back on the previous version (reinstalled, and restarted if it had been).
+    Reverted,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Node {
+    pub name: String,
+    pub state: NodeState,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "phase", rename_all = "snake_case")]
+pub enum Phase {
+    Lock,
+    Inspect,
+    Resolve,
+    Install,
+    /// Restart `nodes[index]`, then health-check it.
+    Restart {
+        index: usize,
+    },
+    Health {
+        index: usize,
+        attempt: u32,
+    },
+    /// Watch the canary for `bake_seconds`, then check it once more.
+    Bake,
+    /// Put the previous version back on disk wherever the new one was installed; then
+    /// restart, in order, the nodes this deploy restarted.
+    Revert {
+        to: Version,
+        reason: String,
+    },
+    RevertRestart {
+        to: Version,
+        index: usize,
+        reason: String,
+    },
+    RevertHealth {
+        to: Version,
+        index: usize,
+        attempt: u32,
+        reason: String,
+    },
+    Record,
+    Unlock,
+    Done,
+}
+
+/// One deploy in flight: everything a driver needs to continue it, small enough to travel
+/// as a Step Functions execution's state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Deploy {
+    pub job: DeployJob,
+    pub policy: Rollout,
+    pub phase: Phase,
+    pub nodes: Vec<Node>,
+    /// The version live before this deploy: what a rollback puts back.
+    pub previous: Option<Version>,
+    /// Set while the driver should wait before doing the phase's work.
+    pub wait: Option<u64>,
+    pub lock_waiting_since: Option<DateTime<Utc>>,
+    /// Lock tries so far while someone else holds it (for the back-off).
+    pub lock_tries: u32,
+    /// Held once taken, so that a rollback or failure still releases it.
+    pub locked: bool,
+    pub outcome: Option<Outcome>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("observation {got} does not answer {expected}")]
+pub struct Mismatch {
+    pub expected: String,
+    pub got: String,
+}
+
+impl Deploy {
+    pub fn new(job: DeployJob, policy: Rollout) -> Deploy {
+        Deploy {
+            job,
+            policy,
+            phase: Phase::Lock,
+            nodes: vec![],
+            previous: None,
+            wait: None,
+            lock_waiting_since: None,
+            lock_tries: 0,
+            locked: false,
+            outcome: None,
+        }
+    }
+
+    pub fn id(&self) -> &JobId {
+        &self.job.id
+    }
+
+    pub fn is_done(&self) -> bool {
+        self.phase == Phase::Done
+    }
+
+    fn key(&self, what: &str) -> String {
+        format!("{}:{what}", self.job.id)
+    }
+
+    fn run(&self, key: String, kind: CommandKind, version: &Version, nodes: Vec<String>) -> Action {
+        Action::Run(Command {
+            key,
+            kind,
+            version: version.clone(),
+            nodes,
+            concurrency: if kind == CommandKind::Install {
+                self.policy.install_concurrency
+            } else {
+                0
+            },
+        })
+    }
+
+    fn names_where(&self, keep: impl Fn(NodeState) -> bool) -> Vec<String> {
+        self.nodes
+            .iter()
+            .filter(|n| keep(n.state))
+            .map(|n| n.name.clone())
+            .collect()
+    }
+
+    /// What to do now. A pure function of the state: asking twice gives the same answer.
+    pub fn action(&self) -> Action {
+        if let Some(seconds) = self.wait {
+            return Action::Wait { seconds };
+        }
+        let v = &self.job.version;
+        match &self.phase {
+            Phase::Lock => Action::Lock {
+                lock: LockInfo {
+                    holder: format!("job {}", self.job.id),
+                    reason: format!("deploying {} {}", self.job.app, v),
+                    // Both fixed by the job, so that a replayed step asks for the same lock.
+                    since: self.job.requested_at,
+                    expires: None,
+                    job: Some(self.job.id.clone()),
+                },
+            },
+            Phase::Inspect => Action::Inspect,
+            Phase::Resolve => Action::ResolveNodes,
+            Phase::Install => self.run(
+                self.key("install"),
+                CommandKind::Install,
+                v,
+                self.nodes.iter().map(|n| n.name.clone()).collect(),
+            ),
+            Phase::Restart { index } => self.run(
+                self.key(&format!("restart:{}", self.nodes[*index].name)),
+                CommandKind::Restart,
+                v,
+                vec![self.nodes[*index].name.clone()],
+            ),
+            Phase::Health { index, attempt } => {
+                let name = &self.nodes[*index].name;
+                self.run(
+                    self.key(&format!("health:{name}:{attempt}")),
+                    CommandKind::Health,
+                    v,
+                    vec![name.clone()],
+                )
+            }
+            Phase::Bake => {
+                let name = &self.nodes[0].name;
+                self.run(
+                    self.key(&format!("bake:{name}")),
+                    CommandKind::Health,
+                    v,
+                    vec![name.clone()],
+                )
+            }
+            Phase::Revert { to, .. } => self.run(
+                self.key("revert:install"),
+                CommandKind::Install,
+                to,
+                self.names_where(has_new_version),
+            ),
+            Phase::RevertRestart { to, index, .. } => {
+                let name = &self.nodes[*index].name;
+                self.run(
+                    self.key(&format!("revert:restart:{name}")),
+                    CommandKind::Restart,
+                    to,
+                    vec![name.clone()],
+                )
+            }
+            Phase::RevertHealth {
+                to, index, attempt, ..
+            } => {
+                let name = &self.nodes[*index].name;
+                self.run(
+                    self.key(&format!("revert:health:{name}:{attempt}")),
+                    CommandKind::Health,
+                    to,
+                    vec![name.clone()],
+                )
+            }
+            Phase::Record => Action::Record,
+            Phase::Unlock => Action::Unlock,
+            Phase::Done => Action::Finished(self.outcome.clone().unwrap_or(Outcome::Failed {
+                reason: "finished without an outcome".into(),
+                rolled_back: false,
+            })),
+        }
+    }
+
+    /// Advances on the result of the last `action()`. A result that does not answer it
+    /// is refused and changes nothing.
+    pub fn observe(
+        &mut self,
+        now: DateTime<Utc>,
+        obs: Observation,
+    ) -> Result<Vec<Notice>, Mismatch> {
+        let mismatch = |expected: &Action, got: &Observation| Mismatch {
+            expected: format!("{expected:?}"),
+            got: format!("{got:?}"),
+        };
+        let action = self.action();
+        let mut notices = vec![];
+        match (&action, obs) {
+            (Action::Wait { .. }, Observation::Waited) => self.wait = None,
+            (Action::Lock { .. }, Observation::Lock { taken, holder }) => {
+                let ours = holder
+                    .as_ref()
+                    .is_some_and(|h| h.job.as_ref() == Some(&self.job.id));
+                if taken || ours {
+                    self.locked = true;
+                    self.lock_waiting_since = None;
+                    self.phase = Phase::Inspect;
+                } else {
+                    let since = *self.lock_waiting_since.get_or_insert(now);
+                    if self.lock_tries == 0 {
+                        if let Some(h) = holder.clone() {
+                            notices.push(Notice::WaitingForLock { holder: h });
+                        }
+                    }
+                    if now - since >= Duration::seconds(self.policy.lock_wait_seconds as i64) {
+                        let who = holder.map_or("someone".to_string(), |h| {
+                            format!("{} ({})", h.holder, h.reason)
+                        });
+                        self.finish(
+                            Outcome::Failed {
+                                reason: format!(
+                                    "gave up after waiting {} s for the lock held by {who}",
+                                    self.policy.lock_wait_seconds
+                                ),
+                                rolled_back: false,
+                            },
+                            &mut notices,
+                        );
+                    } else {
+                        // 2, 4, 8 … up to a minute between tries.
+                        self.wait = Some(
+                            (POLL_SECONDS << self.lock_tries.min(5)).min(LOCK_RETRY_MAX_SECONDS),
+                        );
+                        self.lock_tries += 1;
+                    }
+                }
+            }
+            (Action::Inspect, Observation::Inspected { live, newer_queued }) => {
+                let skip = if let (true, Some(newer)) =
+                    (self.job.source.is_automatic(), newer_queued.as_ref())
+                {
+                    Some(format!("superseded by {newer}, queued behind it"))
+                } else {
+                    match &live {
+                        Some(l)
+                            if self.job.source.is_automatic() && l.version == self.job.version =>
+                        {
+                            Some(format!("{} is already live (job {})", l.version, l.id))
+                        }
+                        Some(l)
+                            if self.job.source.is_automatic()
+                                && l.requested_at > self.job.requested_at
+                                && is_newer(&l.version, &self.job.version) =>
+                        {
+                            Some(format!(
+                                "superseded: {} went live while this job waited",
+                                l.version
+                            ))
+                        }
+                        _ => None,
+                    }
+                };
+                self.previous = live.map(|l| l.version);
+                match skip {
+                    Some(reason) => self.finish(Outcome::Skipped { reason }, &mut notices),
+                    None => self.phase = Phase::Resolve,
+                }
+            }
+            (Action::ResolveNodes, Observation::Nodes { nodes }) => {
+                if nodes.is_empty() {
+                    self.finish(
+                        Outcome::Failed {
+                            reason: format!("no nodes found for {}/{}", self.job.app, self.job.env),
+                            rolled_back: false,
+                        },
+                        &mut notices,
+                    );
+                } else {
+                    self.nodes = nodes
+                        .into_iter()
+                        .map(|name| Node {
+                            name,
+                            state: NodeState::Pending,
+                        })
+                        .collect();
+                    notices.push(Notice::Started {
+                        from: self.previous.clone(),
+                        nodes: self.nodes.len(),
+                    });
+                    self.phase = Phase::Install;
+                }
+            }
+            (Action::Run(cmd), Observation::Ran { key, results }) if key == cmd.key => {
+                if results.iter().any(|(_, r)| *r == NodeResult::Running)
+                    || !cmd
+                        .nodes
+                        .iter()
+                        .all(|n| results.iter().any(|(r, _)| r == n))
+                {
+                    self.wait = Some(POLL_SECONDS);
+                    return Ok(notices);
+                }
+                let result_of = |node: &str| {
+                    results
+                        .iter()
+                        .find(|(n, _)| n == node)
+                        .map(|(_, r)| r.clone())
+                        .unwrap_or(NodeResult::Running)
+                };
+                self.on_command(cmd.clone(), &result_of, &mut notices);
+            }
+            (Action::Record, Observation::Recorded) => {
+                self.phase = Phase::Unlock;
+            }
+            (Action::Unlock, Observation::Unlocked) => {
+                self.locked = false;
+                self.phase = Phase::Done;
+                if let Some(outcome) = self.outcome.clone() {
+                    notices.push(Notice::Finished { outcome });
+                }
+            }
+            (action, got) => return Err(mismatch(action, &got)),
+        }
+        Ok(notices)
+    }
+
+    /// Ends with `outcome`: through Unlock if the lock is ours.
+    fn finish(&mut self, outcome: Outcome, notices: &mut Vec<Notice>) {
+        self.outcome = Some(outcome.clone());
+        if self.locked {
+            self.phase = Phase::Unlock;
+        } else {
+            self.phase = Phase::Done;
+            notices.push(Notice::Finished { outcome });
+        }
+    }
+
+    fn on_command(
+        &mut self,
+        cmd: Command,
+        result_of: &dyn Fn(&str) -> NodeResult,
+        notices: &mut Vec<Notice>,
+    ) {
+        let detail = |r: &NodeResult| match r {
+            NodeResult::Failed { exit_code, output } => format!(
+                "exit {}: {}",
+                exit_code.map_or("?".to_string(), |c| c.to_string()),
+                output.trim()
+            ),
+            _ => String::new(),
+        };
+        match self.phase.clone() {
+            Phase::Install => {
+                for node in &mut self.nodes {
+                    match result_of(&node.name) {
+                        NodeResult::Succeeded => {
+                            node.state = NodeState::Installed;
+                            notices.push(Notice::Installed {
+                                node: node.name.clone(),
+                            });
+                        }
+                        r => {
+                            node.state = NodeState::InstallFailed;
+                            notices.push(Notice::InstallFailed {
+                                node: node.name.clone(),
+                                detail: detail(&r),
+                            });
+                        }
+                    }
+                }
+                let failed = self.names_where(|s| s == NodeState::InstallFailed);
+                if failed.len() as u64 > u64::from(self.policy.max_errors)
+                    || failed.len() == self.nodes.len()
+                {
+                    let reason = format!(
+                        "install of {} failed on {}; nothing was restarted",
+                        self.job.version,
+                        failed.join(", ")
+                    );
+                    self.revert_or_fail(reason, notices);
+                } else {
+                    self.restart_from(0);
+                }
+            }
+            Phase::Restart { index } => match result_of(&self.nodes[index].name) {
+                NodeResult::Succeeded => {
+                    self.nodes[index].state = NodeState::Restarted;
+                    notices.push(Notice::Restarted {
+                        node: self.nodes[index].name.clone(),
+                    });
+                    self.phase = Phase::Health { index, attempt: 1 };
+                }
+                r => {
+                    // A failed restart may have stopped the service: count the node as restarted.
+                    self.nodes[index].state = NodeState::Unhealthy;
+                    let name = self.nodes[index].name.clone();
+                    notices.push(Notice::Unhealthy {
+                        node: name.clone(),
+                        detail: detail(&r),
+                    });
+                    self.revert_or_fail(
+                        format!("restart of {name} failed ({})", detail(&r)),
+                        notices,
+                    );
+                }
+            },
+            Phase::Health { index, attempt } => {
+                let name = self.nodes[index].name.clone();
+                match result_of(&name) {
+                    NodeResult::Succeeded => {
+                        self.nodes[index].state = NodeState::Healthy;
+                        notices.push(Notice::Healthy { node: name });
+                        if index == 0
+                            && self.policy.canary
+                            && self.policy.bake_seconds > 0
+                            && self.nodes.len() > 1
+                        {
+                            self.phase = Phase::Bake;
+                            self.wait = Some(self.policy.bake_seconds);
+                        } else {
+                            self.restart_from(index + 1);
+                        }
+                    }
+                    _ if attempt < self.policy.health_attempts => {
+                        self.phase = Phase::Health {
+                            index,
+                            attempt: attempt + 1,
+                        };
+                        self.wait = Some(self.policy.health_interval_seconds);
+                    }
+                    r => {
+                        self.nodes[index].state = NodeState::Unhealthy;
+                        notices.push(Notice::Unhealthy {
+                            node: name.clone(),
+                            detail: detail(&r),
+                        });
+                        let reason = format!(
+                            "{name} failed its health check after {attempt} attempt(s) ({})",
+                            detail(&r)
+                        );
+                        self.revert_or_fail(reason, notices);
+                    }
+                }
+            }
+            Phase::Bake => {
+                let name = self.nodes[0].name.clone();
+                match result_of(&name) {
+                    NodeResult::Succeeded => self.restart_from(1),
+                    r => {
+                        self.nodes[0].state = NodeState::Unhealthy;
+                        notices.push(Notice::Unhealthy {
+                            node: name.clone(),
+                            detail: detail(&r),
+                        });
+                        self.revert_or_fail(
+                            format!(
+                                "canary {name} turned unhealthy while baking ({})",
+                                detail(&r)
+                            ),
+                            notices,
+                        );
+                    }
+                }
+            }
+            Phase::Revert { to, reason } => {
+                let failed: Vec<String> = cmd
+                    .nodes
+                    .iter()
+                    .filter(|n| result_of(n) != NodeResult::Succeeded)
+                    .cloned()
+                    .collect();
+                if !failed.is_empty() {
+                    let why = format!(
+                        "{reason}; then reinstalling {to} failed on {}",
+                        failed.join(", ")
+                    );
+                    return self.finish(Outcome::RollbackFailed { reason: why }, notices);
+                }
+                for node in &mut self.nodes {
+                    if cmd.nodes.contains(&node.name) && !was_restarted(node.state) {
+                        node.state = NodeState::Reverted;
+                    }
+                }
+                self.revert_restart_from(to, 0, reason, notices);
+            }
+            Phase::RevertRestart { to, index, reason } => {
+                let name = self.nodes[index].name.clone();
+                match result_of(&name) {
+                    NodeResult::Succeeded => {
+                        self.phase = Phase::RevertHealth {
+                            to,
+                            index,
+                            attempt: 1,
+                            reason,
+                        }
+                    }
+                    r => {
+                        let why = format!(
+                            "{reason}; then restarting {name} on {to} failed ({})",
+                            detail(&r)
+                        );
+                        self.finish(Outcome::RollbackFailed { reason: why }, notices);
+                    }
+                }
+            }
+            Phase::RevertHealth {
+                to,
+                index,
+                attempt,
+                reason,
+            } => {
+                let name = self.nodes[index].name.clone();
+                match result_of(&name) {
+                    NodeResult::Succeeded => {
+                        self.nodes[index].state = NodeState::Reverted;
+                        notices.push(Notice::Healthy { node: name });
+                        self.revert_restart_from(to, index + 1, reason, notices);
+                    }
+                    _ if attempt < self.policy.health_attempts => {
+                        self.phase = Phase::RevertHealth {
+                            to,
+                            index,
+                            attempt: attempt + 1,
+                            reason,
+                        };
+                        self.wait = Some(self.policy.health_interval_seconds);
+                    }
+                    r => {
+                        let why = format!(
+                            "{reason}; then {name} stayed unhealthy on {to} ({})",
+                            detail(&r)
+                        );
+                        self.finish(Outcome::RollbackFailed { reason: why }, notices);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Restarts the next node that installed, from `index` on; records when none is left.
+    fn restart_from(&mut self, index: usize) {
+        match (index..self.nodes.len()).find(|&i| self.nodes[i].state == NodeState::Installed) {
+            Some(i) => self.phase = Phase::Restart { index: i },
+            None => {
+                self.outcome = Some(Outcome::Succeeded {
+                    failed_installs: self.names_where(|s| s == NodeState::InstallFailed),
+                });
+                self.phase = Phase::Record;
+            }
+        }
+    }
+
+    /// After a failure: put the previous version back where the new one was installed and
+    /// restart the nodes this deploy restarted, or stop if the policy or history forbids it.
+    fn revert_or_fail(&mut self, reason: String, notices: &mut Vec<Notice>) {
+        let installed = self.names_where(has_new_version);
+        match (
+            &self.previous,
+            self.policy.auto_rollback,
+            installed.is_empty(),
+        ) {
+            (Some(to), true, false) => {
+                let to = to.clone();
+                notices.push(Notice::RollingBack {
+                    to: to.clone(),
+                    nodes: self.names_where(was_restarted),
+                    reason: reason.clone(),
+                });
+                self.phase = Phase::Revert { to, reason };
+            }
+            (None, true, false) => {
+                let why = format!("{reason}; no earlier version is on record to roll back to");
+                self.finish(
+                    Outcome::Failed {
+                        reason: why,
+                        rolled_back: false,
+                    },
+                    notices,
+                );
+            }
+            _ => self.finish(
+                Outcome::Failed {
+                    reason,
+                    rolled_back: false,
+                },
+                notices,
+            ),
+        }
+    }
+
+    /// Restarts, in node order, the next node from `index` on that this deploy restarted.
+    fn revert_restart_from(
+        &mut self,
+        to: Version,
+        index: usize,
+        reason: String,
+        notices: &mut Vec<Notice>,
+    ) {
+        match (index..self.nodes.len()).find(|&i| was_restarted(self.nodes[i].state)) {
+            Some(index) => self.phase = Phase::RevertRestart { to, index, reason },
+            None => self.finish(
+                Outcome::Failed {
+                    reason,
+                    rolled_back: true,
+                },
+                notices,
+            ),
+        }
+    }
+}
+
+/// The node has the new version on disk.
+fn has_new_version(s: NodeState) -> bool {
+    matches!(
+        s,
+        NodeState::Installed | NodeState::Restarted | NodeState::Healthy | NodeState::Unhealthy
+    )
+}
+
+fn was_restarted(s: NodeState) -> bool {
+    matches!(
+        s,
+        NodeState::Restarted | NodeState::Healthy | NodeState::Unhealthy
+    )
+}
+
+fn is_newer(a: &Version, b: &Version) -> bool {
+    use std::str::FromStr;
+    match (
+        pep440_rs::Version::from_str(a.as_str()),
+        pep440_rs::Version::from_str(b.as_str()),
+    ) {
+        (Ok(a), Ok(b)) => a > b,
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,614 @@
+//! Engine unit tests, driven by an in-memory twin of the fleet, queue and ledger.
+
+use std::collections::{BTreeMap, HashMap};
+
+use chrono::{DateTime, Duration, TimeZone, Utc};
+
+use super::*;
+use crate::job::Source;
+
+fn t0() -> DateTime<Utc> {
+    Utc.timestamp_opt(1_800_000_000, 0).unwrap()
+}
+
+fn job(version: &str, automatic: bool) -> DeployJob {
+    let source = if automatic {
+        Source::Upload {
+            location: format!("wheelhouse/hello_app-{version}-py3-none-any.whl"),
+        }
+    } else {
+        Source::Cli {
+            user: "ann".into(),
+            nonce: version.into(),
+        }
+    };
+    DeployJob::new(
+        "hello",
+        "production",
+        "hello-app".parse().unwrap(),
+        Version::parse(version).unwrap(),
+        source,
+        t0(),
+    )
+}
+
+fn policy() -> Rollout {
+    Rollout {
+        health_attempts: 2,
+        bake_seconds: 0,
+        ..Rollout::default()
+    }
+}
+
+/// The twin: runs each command key once, fails what it is told to, logs what ran.
+#[derive(Default)]
+struct Twin {
+    nodes: Vec<String>,
+    /// (kind, node, version) → the result that command gets.
+    fail: HashMap<(CommandKind, String, String), NodeResult>,
+    /// Keys answered `Running` once before their result.
+    slow: Vec<String>,
+    results: BTreeMap<String, Vec<(String, NodeResult)>>,
+    /// What really ran, in order: "install 1.1.0 n1,n2,n3", "restart n1 1.1.0", …
+    log: Vec<String>,
+    lock: Option<LockInfo>,
+    live: Option<DeployJob>,
+    newer: Option<Version>,
+    recorded: Vec<JobId>,
+    waited: Vec<u64>,
+    /// Seconds of virtual time each wait advances.
+    clock: i64,
+}
+
+impl Twin {
+    fn new(nodes: &[&str], live: Option<&str>) -> Twin {
+        Twin {
+            nodes: nodes.iter().map(|s| s.to_string()).collect(),
+            live: live.map(|v| job(v, false)),
+            ..Twin::default()
+        }
+    }
+
+    fn fail(mut self, kind: CommandKind, node: &str, version: &str) -> Twin {
+        self.fail.insert(
+            (kind, node.into(), version.into()),
+            NodeResult::Failed {
+                exit_code: Some(1),
+                output: format!("{node} broke"),
+            },
+        );
+        self
+    }
+
+    fn now(&self) -> DateTime<Utc> {
+        t0() + Duration::seconds(self.clock)
+    }
+
+    fn execute(&mut self, action: &Action) -> Observation {
+        match action {
+            Action::Lock { lock } => match &self.lock {
+                Some(held) if held.job != lock.job => Observation::Lock {
+                    taken: false,
+                    holder: Some(held.clone()),
+                },
+                _ => {
+                    self.lock = Some(lock.clone());
+                    Observation::Lock {
+                        taken: true,
+                        holder: None,
+                    }
+                }
+            },
+            Action::Inspect => Observation::Inspected {
+                live: self.live.clone().map(Box::new),
+                newer_queued: self.newer.clone(),
+            },
+            Action::ResolveNodes => Observation::Nodes {
+                nodes: self.nodes.clone(),
+            },
+            Action::Run(cmd) => {
+                if let Some(pos) = self.slow.iter().position(|k| *k == cmd.key) {
+                    self.slow.remove(pos);
+                    return Observation::Ran {
+                        key: cmd.key.clone(),
+                        results: cmd
+                            .nodes
+                            .iter()
+                            .map(|n| (n.clone(), NodeResult::Running))
+                            .collect(),
+                    };
+                }
+                if !self.results.contains_key(&cmd.key) {
+                    let kind = format!("{:?}", cmd.kind).to_lowercase();
+                    self.log.push(match cmd.kind {
+                        CommandKind::Install => {
+                            format!("{kind} {} {}", cmd.version, cmd.nodes.join(","))
+                        }
+                        _ => format!("{kind} {} {}", cmd.nodes.join(","), cmd.version),
+                    });
+                    let results = cmd
+                        .nodes
+                        .iter()
+                        .map(|n| {
+                            let r = self
+                                .fail
+                                .get(&(cmd.kind, n.clone(), cmd.version.to_string()))
+                                .cloned()
+                                .unwrap_or(NodeResult::Succeeded);
+                            (n.clone(), r)
+                        })
+                        .collect();
+                    self.results.insert(cmd.key.clone(), results);
+                }
+                Observation::Ran {
+                    key: cmd.key.clone(),
+                    results: self.results[&cmd.key].clone(),
+                }
+            }
+            Action::Wait { seconds } => {
+                self.waited.push(*seconds);
+                self.clock += *seconds as i64;
+                Observation::Waited
+            }
+            Action::Record => {
+                self.recorded
+                    .push(self.live.as_ref().map(|j| j.id.clone()).unwrap_or_else(|| {
+                        JobId::derive("x", "x", &Version::parse("0").unwrap(), "x")
+                    }));
+                Observation::Recorded
+            }
+            Action::Unlock => {
+                self.lock = None;
+                Observation::Unlocked
+            }
+            Action::Finished(_) => unreachable!("the driver stops at Finished"),
+        }
+    }
+
+    /// Drives `deploy` to the end; `crash_every` replays every n-th step from the state
+    /// saved before it, as a driver that died after acting but before saving would.
+    fn drive(&mut self, deploy: &mut Deploy, crash_every: Option<usize>) -> (Outcome, Vec<Notice>) {
+        let mut notices = vec![];
+        for step in 1..10_000 {
+            let action = deploy.action();
+            assert_eq!(action, deploy.action(), "action() is not pure");
+            if let Action::Finished(outcome) = action {
+                assert!(
+                    self.lock.is_none()
+                        || self.lock.as_ref().unwrap().job != Some(deploy.job.id.clone()),
+                    "finished holding the lock"
+                );
+                return (outcome, notices);
+            }
+            if let Action::Record = action {
+                self.live = Some(deploy.job.clone());
+            }
+            let obs = self.execute(&action);
+            if crash_every.is_some_and(|n| step % n == 0) {
+                continue; // the observation is lost; the saved state asks again
+            }
+            notices.extend(
+                deploy
+                    .observe(self.now(), obs)
+                    .expect("observation answers the action"),
+            );
+        }
+        panic!("deploy did not finish");
+    }
+}
+
+fn run(twin: &mut Twin, job: DeployJob, policy: Rollout) -> (Outcome, Vec<Notice>) {
+    let mut d = Deploy::new(job, policy);
+    twin.drive(&mut d, None)
+}
+
+#[test]
+fn happy_path_installs_everywhere_then_restarts_one_at_a_time_in_order() {
+    let mut twin = Twin::new(&["n1", "n2", "n3"], Some("1.0.0"));
+    let (outcome, notices) = run(&mut twin, job("1.1.0", false), policy());
+    assert_eq!(
+        outcome,
+        Outcome::Succeeded {
+            failed_installs: vec![]
+        }
+    );
+    assert_eq!(
+        twin.log,
+        [
+            "install 1.1.0 n1,n2,n3",
+            "restart n1 1.1.0",
+            "health n1 1.1.0",
+            "restart n2 1.1.0",
+            "health n2 1.1.0",
+            "restart n3 1.1.0",
+            "health n3 1.1.0"
+        ]
+    );
+    assert_eq!(twin.recorded.len(), 1);
+    assert!(twin.lock.is_none());
+    assert_eq!(
+        notices.first(),
+        Some(&Notice::Started {
+            from: Some(Version::parse("1.0.0").unwrap()),
+            nodes: 3
+        })
+    );
+    assert_eq!(
+        notices.last(),
+        Some(&Notice::Finished {
+            outcome: Outcome::Succeeded {
+                failed_installs: vec![]
+            }
+        })
+    );
+}
+
+#[test]
+fn install_failure_restarts_nothing_and_puts_the_old_version_back_on_disk() {
+    let mut twin =
+        Twin::new(&["n1", "n2", "n3"], Some("1.0.0")).fail(CommandKind::Install, "n2", "1.1.0");
+    let (outcome, notices) = run(&mut twin, job("1.1.0", false), policy());
+    assert!(
+        matches!(&outcome, Outcome::Failed { reason, rolled_back: true } if reason.contains("install of 1.1.0 failed on n2; nothing was restarted")),
+        "{outcome:?}"
+    );
+    assert_eq!(twin.log, ["install 1.1.0 n1,n2,n3", "install 1.0.0 n1,n3"]);
+    assert!(twin.recorded.is_empty() && twin.lock.is_none());
+    assert!(notices.contains(&Notice::InstallFailed {
+        node: "n2".into(),
+        detail: "exit 1: n2 broke".into()
+    }));
+
+    // Without auto-rollback it just stops.
+    let mut twin =
+        Twin::new(&["n1", "n2"], Some("1.0.0")).fail(CommandKind::Install, "n2", "1.1.0");
+    let (outcome, _) = run(
+        &mut twin,
+        job("1.1.0", false),
+        Rollout {
+            auto_rollback: false,
+            ..policy()
+        },
+    );
+    assert!(matches!(
+        outcome,
+        Outcome::Failed {
+            rolled_back: false,
+            ..
+        }
+    ));
+    assert_eq!(twin.log, ["install 1.1.0 n1,n2"]);
+}
+
+#[test]
+fn install_failures_within_max_errors_skip_those_nodes() {
+    let mut twin =
+        Twin::new(&["n1", "n2", "n3"], Some("1.0.0")).fail(CommandKind::Install, "n2", "1.1.0");
+    let (outcome, _) = run(
+        &mut twin,
+        job("1.1.0", false),
+        Rollout {
+            max_errors: 1,
+            ..policy()
+        },
+    );
+    assert_eq!(
+        outcome,
+        Outcome::Succeeded {
+            failed_installs: vec!["n2".into()]
+        }
+    );
+    assert_eq!(
+        twin.log,
+        [
+            "install 1.1.0 n1,n2,n3",
+            "restart n1 1.1.0",
+            "health n1 1.1.0",
+            "restart n3 1.1.0",
+            "health n3 1.1.0"
+        ]
+    );
+}
+
+#[test]
+fn health_failure_on_node_k_rolls_back_nodes_1_to_k_and_fails_the_job() {
+    let mut twin =
+        Twin::new(&["n1", "n2", "n3"], Some("1.0.0")).fail(CommandKind::Health, "n2", "1.1.0");
+    let (outcome, notices) = run(&mut twin, job("1.1.0", false), policy());
+    assert!(
+        matches!(&outcome, Outcome::Failed { reason, rolled_back: true } if reason.contains("n2 failed its health check after 2 attempt(s)")),
+        "{outcome:?}"
+    );
+    assert_eq!(
+        twin.log,
+        [
+            "install 1.1.0 n1,n2,n3",
+            "restart n1 1.1.0",
+            "health n1 1.1.0",
+            "restart n2 1.1.0",
+            "health n2 1.1.0",
+            "health n2 1.1.0",
+            // Back to 1.0.0 on disk everywhere the new version landed; restarts only
+            // where this deploy restarted, in the same order.
+            "install 1.0.0 n1,n2,n3",
+            "restart n1 1.0.0",
+            "health n1 1.0.0",
+            "restart n2 1.0.0",
+            "health n2 1.0.0"
+        ]
+    );
+    assert!(
+        twin.recorded.is_empty(),
+        "a failed deploy was recorded as live"
+    );
+    assert!(notices.iter().any(|n| matches!(n, Notice::RollingBack { to, nodes, .. } if to.as_str() == "1.0.0" && nodes == &["n1", "n2"])));
+    assert_eq!(twin.waited, [policy().health_interval_seconds]);
+}
+
+#[test]
+fn a_failed_first_deploy_has_nothing_to_roll_back_to() {
+    let mut twin = Twin::new(&["n1", "n2"], None).fail(CommandKind::Restart, "n1", "1.0.0");
+    let (outcome, _) = run(&mut twin, job("1.0.0", false), policy());
+    assert!(
+        matches!(&outcome, Outcome::Failed { reason, rolled_back: false } if reason.contains("no earlier version is on record")),
+        "{outcome:?}"
+    );
+    assert_eq!(twin.log, ["install 1.0.0 n1,n2", "restart n1 1.0.0"]);
+}
+
+#[test]
+fn a_rollback_that_fails_says_so() {
+    let mut twin = Twin::new(&["n1", "n2"], Some("1.0.0"))
+        .fail(CommandKind::Health, "n1", "1.1.0")
+        .fail(CommandKind::Health, "n1", "1.0.0");
+    let (outcome, _) = run(&mut twin, job("1.1.0", false), policy());
+    assert!(
+        matches!(&outcome, Outcome::RollbackFailed { reason } if reason.contains("n1 stayed unhealthy on 1.0.0")),
+        "{outcome:?}"
+    );
+    assert!(twin.lock.is_none(), "the lock must be released even then");
+}
+
+#[test]
+fn replayed_steps_never_send_a_second_command() {
+    for crash_every in [2, 3, 5, 7] {
+        let mut twin =
+            Twin::new(&["n1", "n2", "n3"], Some("1.0.0")).fail(CommandKind::Health, "n3", "1.1.0");
+        twin.slow = vec!["x".into()];
+        let mut d = Deploy::new(job("1.1.0", false), policy());
+        let (outcome, _) = twin.drive(&mut d, Some(crash_every));
+        assert!(
+            matches!(
+                outcome,
+                Outcome::Failed {
+                    rolled_back: true,
+                    ..
+                }
+            ),
+            "crash every {crash_every}: {outcome:?}"
+        );
+        let mut clean =
+            Twin::new(&["n1", "n2", "n3"], Some("1.0.0")).fail(CommandKind::Health, "n3", "1.1.0");
+        run(&mut clean, job("1.1.0", false), policy());
+        assert_eq!(twin.log, clean.log, "crash every {crash_every}");
+    }
+}
+
+#[test]
+fn a_replayed_or_stale_observation_is_refused_and_changes_nothing() {
+    let mut d = Deploy::new(job("1.1.0", false), policy());
+    let before = d.clone();
+    assert!(d.observe(t0(), Observation::Recorded).is_err());
+    assert!(d
+        .observe(
+            t0(),
+            Observation::Ran {
+                key: "other".into(),
+                results: vec![]
+            }
+        )
+        .is_err());
+    assert_eq!(d, before);
+}
+
+#[test]
+fn commands_still_running_are_polled_not_resent() {
+    let mut twin = Twin::new(&["n1", "n2"], Some("1.0.0"));
+    let j = job("1.1.0", false);
+    twin.slow = vec![format!("{}:install", j.id), format!("{}:restart:n2", j.id)];
+    let (outcome, _) = run(&mut twin, j, policy());
+    assert_eq!(
+        outcome,
+        Outcome::Succeeded {
+            failed_installs: vec![]
+        }
+    );
+    assert_eq!(
+        twin.log.iter().filter(|l| l.starts_with("install")).count(),
+        1
+    );
+    assert_eq!(
+        twin.log
+            .iter()
+            .filter(|l| l.starts_with("restart n2"))
+            .count(),
+        1
+    );
+    assert_eq!(twin.waited, [POLL_SECONDS, POLL_SECONDS]);
+}
+
+#[test]
+fn a_held_lock_makes_the_deploy_wait_then_go() {
+    let other = job("0.9.0", false);
+    let mut twin = Twin::new(&["n1"], Some("1.0.0"));
+    twin.lock = Some(LockInfo {
+        holder: format!("job {}", other.id),
+        reason: "deploying".into(),
+        since: t0(),
+        expires: None,
+        job: Some(other.id.clone()),
+    });
+    let mut d = Deploy::new(job("1.1.0", false), policy());
+    let mut notices = vec![];
+    for _ in 0..4 {
+        let obs = twin.execute(&d.action());
+        notices.extend(d.observe(twin.now(), obs).unwrap());
+    }
+    assert!(twin.log.is_empty(), "ran commands without the lock");
+    assert!(
+        matches!(notices.as_slice(), [Notice::WaitingForLock { .. }]),
+        "{notices:?}"
+    );
+    twin.lock = None;
+    let (outcome, _) = twin.drive(&mut d, None);
+    assert_eq!(
+        outcome,
+        Outcome::Succeeded {
+            failed_installs: vec![]
+        }
+    );
+    assert_eq!(twin.waited[..2], [2, 4], "back-off between tries");
+}
+
+#[test]
+fn a_lock_held_too_long_fails_the_deploy_without_touching_nodes() {
+    let mut twin = Twin::new(&["n1"], Some("1.0.0"));
+    twin.lock = Some(LockInfo {
+        holder: "@ann".into(),
+        reason: "db migration".into(),
+        since: t0(),
+        expires: None,
+        job: None,
+    });
+    let (outcome, _) = run(
+        &mut twin,
+        job("1.1.0", false),
+        Rollout {
+            lock_wait_seconds: 300,
+            ..policy()
+        },
+    );
+    assert!(
+        matches!(&outcome, Outcome::Failed { reason, .. } if reason.contains("waiting 300 s for the lock held by @ann (db migration)")),
+        "{outcome:?}"
+    );
+    assert!(twin.log.is_empty());
+    assert!(twin.waited.iter().all(|w| *w <= LOCK_RETRY_MAX_SECONDS));
+    assert_eq!(
+        twin.lock.as_ref().map(|l| l.holder.as_str()),
+        Some("@ann"),
+        "someone else's lock was released"
+    );
+}
+
+#[test]
+fn a_lock_already_ours_is_taken_over_after_a_crash() {
+    let j = job("1.1.0", false);
+    let mut twin = Twin::new(&["n1"], Some("1.0.0"));
+    let mut d = Deploy::new(j, policy());
+    let Action::Lock { lock } = d.action() else {
+        panic!()
+    };
+    twin.lock = Some(lock.clone());
+    let obs = Observation::Lock {
+        taken: false,
+        holder: Some(lock),
+    };
+    d.observe(t0(), obs).unwrap();
+    assert_eq!(d.phase, Phase::Inspect);
+}
+
+#[test]
+fn superseded_and_already_live_automatic_jobs_are_skipped() {
+    let mut twin = Twin::new(&["n1"], Some("1.0.0"));
+    twin.newer = Some(Version::parse("1.2.0").unwrap());
+    let (outcome, notices) = run(&mut twin, job("1.1.0", true), policy());
+    assert_eq!(
+        outcome,
+        Outcome::Skipped {
+            reason: "superseded by 1.2.0, queued behind it".into()
+        }
+    );
+    assert!(twin.log.is_empty() && twin.recorded.is_empty() && twin.lock.is_none());
+    assert_eq!(notices, [Notice::Finished { outcome }]);
+
+    // A person asking for a version gets it, newer queued or not.
+    let (outcome, _) = run(&mut twin, job("1.1.0", false), policy());
+    assert_eq!(
+        outcome,
+        Outcome::Succeeded {
+            failed_installs: vec![]
+        }
+    );
+
+    let mut twin = Twin::new(&["n1"], Some("1.1.0"));
+    let (outcome, _) = run(&mut twin, job("1.1.0", true), policy());
+    assert!(
+        matches!(&outcome, Outcome::Skipped { reason } if reason.starts_with("1.1.0 is already live")),
+        "{outcome:?}"
+    );
+
+    // A newer version that went live while this automatic job waited wins.
+    let mut twin = Twin::new(&["n1"], None);
+    let mut newer = job("1.2.0", false);
+    newer.requested_at = t0() + Duration::seconds(5);
+    twin.live = Some(newer);
+    let (outcome, _) = run(&mut twin, job("1.1.0", true), policy());
+    assert!(
+        matches!(&outcome, Outcome::Skipped { reason } if reason.contains("1.2.0 went live while this job waited")),
+        "{outcome:?}"
+    );
+}
+
+#[test]
+fn the_canary_bakes_and_is_checked_again_before_the_rest() {
+    let mut twin = Twin::new(&["n1", "n2"], Some("1.0.0"));
+    let (outcome, _) = run(
+        &mut twin,
+        job("1.1.0", false),
+        Rollout {
+            bake_seconds: 30,
+            ..policy()
+        },
+    );
+    assert_eq!(
+        outcome,
+        Outcome::Succeeded {
+            failed_installs: vec![]
+        }
+    );
+    assert_eq!(
+        twin.log,
+        [
+            "install 1.1.0 n1,n2",
+            "restart n1 1.1.0",
+            "health n1 1.1.0",
+            "health n1 1.1.0",
+            "restart n2 1.1.0",
+            "health n2 1.1.0"
+        ]
+    );
+    assert_eq!(twin.waited, [30]);
+}
+
+#[test]
+fn no_nodes_is_a_failure_not_a_success() {
+    let mut twin = Twin::new(&[], Some("1.0.0"));
+    let (outcome, _) = run(&mut twin, job("1.1.0", false), policy());
+    assert!(
+        matches!(&outcome, Outcome::Failed { reason, .. } if reason == "no nodes found for hello/production")
+    );
+    assert!(twin.lock.is_none());
+}
+
+#[test]
+fn the_state_survives_a_json_round_trip_mid_deploy() {
+    let mut twin = Twin::new(&["n1", "n2"], Some("1.0.0"));
+    let mut d = Deploy::new(job("1.1.0", false), policy());
+    for _ in 0..6 {
+        let obs = twin.execute(&d.action());
+        d.observe(twin.now(), obs).unwrap();
+        let json = serde_json::to_string(&d).unwrap();
+        assert_eq!(serde_json::from_str::<Deploy>(&json).unwrap(), d);
+    }
+}
