@@ -6,7 +6,7 @@ use aws_sdk_ssm::error::DisplayErrorContext;
 use aws_sdk_ssm::types::ParameterType;
 use chrono::{DateTime, Utc};
 
-use crate::job::DeployJob;
+use crate::job::{DeployJob, JobId};
 use crate::ports::{Enqueued, HistoryEntry, JobQueue, Ledger, LockInfo, PortError};
 
 /// Loads the SDK config from the environment (region, credentials, `AWS_ENDPOINT_URL`).
@@ -102,7 +102,11 @@ impl SsmLedger {
         format!("{}/lock/{app}/{env}", self.prefix)
     }
 
-    async fn read_lock(&self, name: &str) -> Result<Option<LockInfo>, PortError> {
+    /// The JSON value of parameter `name`, if it exists.
+    async fn read<T: serde::de::DeserializeOwned>(
+        &self,
+        name: &str,
+    ) -> Result<Option<T>, PortError> {
         match self.client.get_parameter().name(name).send().await {
             Ok(out) => match out.parameter.and_then(|p| p.value) {
                 Some(v) => Ok(Some(serde_json::from_str(&v)?)),
@@ -116,6 +120,14 @@ impl SsmLedger {
             }
             Err(e) => Err(sdk_err("SSM GetParameter", e)),
         }
+    }
+
+    async fn read_lock(&self, name: &str) -> Result<Option<LockInfo>, PortError> {
+        self.read(name).await
+    }
+
+    async fn live_entry(&self, app: &str, env: &str) -> Result<Option<HistoryEntry>, PortError> {
+        self.read(&self.live(app, env)).await
     }
 
     async fn create_lock(&self, name: &str, value: &str) -> Result<bool, PortError> {
@@ -157,6 +169,14 @@ impl SsmLedger {
 #[async_trait]
 impl Ledger for SsmLedger {
     async fn record(&self, job: &DeployJob, now: DateTime<Utc>) -> Result<(), PortError> {
+        // A replayed step records once: the job is live already.
+        if self
+            .live_entry(&job.app, &job.env)
+            .await?
+            .is_some_and(|e| e.job.id == job.id)
+        {
+            return Ok(());
+        }
         let entry = HistoryEntry {
             job: job.clone(),
             recorded_at: now,
@@ -242,6 +262,20 @@ impl Ledger for SsmLedger {
                 }
             }
         }
+    }
+
+    async fn release(&self, app: &str, env: &str, job: &JobId) -> Result<(), PortError> {
+        let name = self.lock(app, env);
+        // Parameter Store cannot delete conditionally; between this read and the delete
+        // only a chat `unlock` + `lock` could slip in, and a deploy ends in milliseconds.
+        if self
+            .read_lock(&name)
+            .await?
+            .is_some_and(|l| l.job.as_ref() == Some(job))
+        {
+            self.delete(&name).await?;
+        }
+        Ok(())
     }
 
     async fn unlock(&self, app: &str, env: &str) -> Result<Option<LockInfo>, PortError> {

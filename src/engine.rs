@@ -435,7 +435,7 @@ impl Deploy {
                         Some(l)
                             if self.job.source.is_automatic()
                                 && l.requested_at > self.job.requested_at
-                                && is_newer(&l.version, &self.job.version) =>
+                                && l.version.is_newer_than(&self.job.version) =>
                         {
                             Some(format!(
                                 "superseded: {} went live while this job waited",
@@ -808,17 +808,6 @@ fn was_restarted(s: NodeState) -> bool {
         s,
         NodeState::Restarted | NodeState::Healthy | NodeState::Unhealthy
     )
-}
-
-fn is_newer(a: &Version, b: &Version) -> bool {
-    use std::str::FromStr;
-    match (
-        pep440_rs::Version::from_str(a.as_str()),
-        pep440_rs::Version::from_str(b.as_str()),
-    ) {
-        (Ok(a), Ok(b)) => a > b,
-        _ => false,
-    }
 }
 
 #[cfg(test)]

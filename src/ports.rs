@@ -50,7 +50,7 @@ pub struct HistoryEntry {
 /// What is live where, and who holds which app+env.
 #[async_trait]
 pub trait Ledger: Send + Sync {
-    /// `job` is now live on its app+env.
+    /// `job` is now live on its app+env. Recording the live job again changes nothing.
     async fn record(&self, job: &DeployJob, now: DateTime<Utc>) -> Result<(), PortError>;
     /// Newest first.
     async fn history(
@@ -67,6 +67,8 @@ pub trait Ledger: Send + Sync {
         lock: &LockInfo,
         now: DateTime<Utc>,
     ) -> Result<Result<(), LockInfo>, PortError>;
+    /// Releases the lock if `job` holds it (a deploy ending); anyone else's stays.
+    async fn release(&self, app: &str, env: &str, job: &JobId) -> Result<(), PortError>;
     /// Releases the lock whoever holds it; returns what was released.
     async fn unlock(&self, app: &str, env: &str) -> Result<Option<LockInfo>, PortError>;
     /// The unexpired lock, if any.

@@ -8,8 +8,10 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use rusqlite::{params, Connection, OptionalExtension};
 
-use crate::job::DeployJob;
+use crate::engine::{Deploy, NodeResult, Notice};
+use crate::job::{DeployJob, JobId};
 use crate::ports::{Enqueued, HistoryEntry, JobQueue, Ledger, LockInfo, PortError};
+use crate::version::Version;
 
 #[derive(Clone)]
 pub struct Store {
@@ -40,6 +42,26 @@ CREATE TABLE IF NOT EXISTS locks (
     info TEXT NOT NULL,
     PRIMARY KEY (app, env)
 );
+CREATE TABLE IF NOT EXISTS deploys (
+    job_id     TEXT PRIMARY KEY,
+    state      TEXT NOT NULL,
+    updated_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS commands (
+    key        TEXT NOT NULL,
+    node       TEXT NOT NULL,
+    status     TEXT NOT NULL,
+    result     TEXT,
+    updated_at TEXT NOT NULL,
+    PRIMARY KEY (key, node)
+);
+CREATE TABLE IF NOT EXISTS notices (
+    seq     INTEGER PRIMARY KEY AUTOINCREMENT,
+    job_id  TEXT NOT NULL,
+    notice  TEXT NOT NULL,
+    at      TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS notices_by_job ON notices(job_id, seq);
 CREATE TABLE IF NOT EXISTS seen_files (
     dir     TEXT NOT NULL,
     name    TEXT NOT NULL,
@@ -47,6 +69,11 @@ CREATE TABLE IF NOT EXISTS seen_files (
     PRIMARY KEY (dir, name)
 );
 ";
+
+/// Where a job is: `queued`, `running`, then its outcome (`succeeded`, `failed`,
+/// `rollback_failed`, `skipped`).
+pub const QUEUED: &str = "queued";
+pub const RUNNING: &str = "running";
 
 /// A queued job as the store keeps it.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -152,6 +179,233 @@ impl Store {
         .await
     }
 
+    /// Marks the oldest queued job whose app+env has nothing running as running, and
+    /// returns it: deploys of one app+env never overlap, others run side by side.
+    pub async fn claim_next(&self) -> Result<Option<QueuedJob>, PortError> {
+        let row: Option<(i64, String)> = self
+            .with(|c| {
+                let tx = c.transaction()?;
+                let row: Option<(i64, String)> = tx
+                    .query_row(
+                        "SELECT seq, job FROM jobs j WHERE status = 'queued' AND NOT EXISTS
+                           (SELECT 1 FROM jobs r WHERE r.grp = j.grp AND r.status = 'running')
+                         ORDER BY seq LIMIT 1",
+                        [],
+                        |r| Ok((r.get(0)?, r.get(1)?)),
+                    )
+                    .optional()?;
+                if let Some((seq, _)) = &row {
+                    tx.execute(
+                        "UPDATE jobs SET status = 'running' WHERE seq = ?1",
+                        params![seq],
+                    )?;
+                }
+                tx.commit()?;
+                Ok(row)
+            })
+            .await?;
+        row.map(|(seq, job)| {
+            Ok(QueuedJob {
+                seq,
+                status: RUNNING.into(),
+                job: DeployJob::from_json(&job)?,
+            })
+        })
+        .transpose()
+    }
+
+    pub async fn set_status(&self, job: &JobId, status: &str) -> Result<(), PortError> {
+        let (id, status) = (job.to_string(), status.to_string());
+        self.with(move |c| {
+            c.execute(
+                "UPDATE jobs SET status = ?2 WHERE id = ?1",
+                params![id, status],
+            )
+            .map(drop)
+        })
+        .await
+    }
+
+    pub async fn job(&self, job: &JobId) -> Result<Option<QueuedJob>, PortError> {
+        let id = job.to_string();
+        let row: Option<(i64, String, String)> = self
+            .with(move |c| {
+                c.query_row(
+                    "SELECT seq, status, job FROM jobs WHERE id = ?1",
+                    params![id],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                )
+                .optional()
+            })
+            .await?;
+        row.map(|(seq, status, job)| {
+            Ok(QueuedJob {
+                seq,
+                status,
+                job: DeployJob::from_json(&job)?,
+            })
+        })
+        .transpose()
+    }
+
+    /// The newest version queued behind `job` for its app+env, if newer than it.
+    pub async fn newer_queued(&self, job: &DeployJob) -> Result<Option<Version>, PortError> {
+        let (id, grp) = (job.id.to_string(), job.group());
+        let bodies: Vec<String> = self
+            .with(move |c| {
+                let mut st = c.prepare(
+                    "SELECT job FROM jobs WHERE grp = ?2 AND status = 'queued'
+                       AND seq > (SELECT seq FROM jobs WHERE id = ?1)",
+                )?;
+                let rows = st.query_map(params![id, grp], |r| r.get(0))?;
+                rows.collect()
+            })
+            .await?;
+        let mut newest: Option<Version> = None;
+        for body in bodies {
+            let v = DeployJob::from_json(&body)?.version;
+            if v.is_newer_than(newest.as_ref().unwrap_or(&job.version)) {
+                newest = Some(v);
+            }
+        }
+        Ok(newest)
+    }
+
+    /// Checkpoints a deploy; called after every step.
+    pub async fn save_deploy(&self, deploy: &Deploy, now: DateTime<Utc>) -> Result<(), PortError> {
+        let (id, state) = (deploy.job.id.to_string(), serde_json::to_string(deploy)?);
+        self.with(move |c| {
+            c.execute(
+                "INSERT INTO deploys (job_id, state, updated_at) VALUES (?1, ?2, ?3)
+                 ON CONFLICT(job_id) DO UPDATE SET state = excluded.state, updated_at = excluded.updated_at",
+                params![id, state, now.to_rfc3339()],
+            )
+            .map(drop)
+        })
+        .await
+    }
+
+    pub async fn load_deploy(&self, job: &JobId) -> Result<Option<Deploy>, PortError> {
+        let id = job.to_string();
+        let state: Option<String> = self
+            .with(move |c| {
+                c.query_row(
+                    "SELECT state FROM deploys WHERE job_id = ?1",
+                    params![id],
+                    |r| r.get(0),
+                )
+                .optional()
+            })
+            .await?;
+        Ok(state.map(|s| serde_json::from_str(&s)).transpose()?)
+    }
+
+    /// Jobs marked running: after a crash, these are the deploys to resume.
+    pub async fn running_jobs(&self) -> Result<Vec<QueuedJob>, PortError> {
+        self.jobs(Some(RUNNING)).await
+    }
+
+    /// The recorded result of every node of command `key` that has one; `None` while the
+    /// node's command was started but not finished (by this process or one that died).
+    pub async fn command_results(
+        &self,
+        key: &str,
+    ) -> Result<Vec<(String, Option<NodeResult>)>, PortError> {
+        let key = key.to_string();
+        let rows: Vec<(String, Option<String>)> = self
+            .with(move |c| {
+                let mut st = c.prepare("SELECT node, result FROM commands WHERE key = ?1")?;
+                let rows = st.query_map(params![key], |r| Ok((r.get(0)?, r.get(1)?)))?;
+                rows.collect()
+            })
+            .await?;
+        rows.into_iter()
+            .map(|(node, result)| Ok((node, result.map(|r| serde_json::from_str(&r)).transpose()?)))
+            .collect()
+    }
+
+    /// Notes, durably and before anything runs, that `key` is starting on `node`.
+    pub async fn command_started(
+        &self,
+        key: &str,
+        node: &str,
+        now: DateTime<Utc>,
+    ) -> Result<(), PortError> {
+        let (key, node) = (key.to_string(), node.to_string());
+        self.with(move |c| {
+            c.execute(
+                "INSERT INTO commands (key, node, status, updated_at) VALUES (?1, ?2, 'running', ?3)
+                 ON CONFLICT(key, node) DO UPDATE SET status = 'running', updated_at = excluded.updated_at",
+                params![key, node, now.to_rfc3339()],
+            )
+            .map(drop)
+        })
+        .await
+    }
+
+    pub async fn command_finished(
+        &self,
+        key: &str,
+        node: &str,
+        result: &NodeResult,
+        now: DateTime<Utc>,
+    ) -> Result<(), PortError> {
+        let (key, node, result) = (
+            key.to_string(),
+            node.to_string(),
+            serde_json::to_string(result)?,
+        );
+        self.with(move |c| {
+            c.execute(
+                "UPDATE commands SET status = 'done', result = ?3, updated_at = ?4 WHERE key = ?1 AND node = ?2",
+                params![key, node, result, now.to_rfc3339()],
+            )
+            .map(drop)
+        })
+        .await
+    }
+
+    pub async fn add_notices(
+        &self,
+        job: &JobId,
+        notices: &[Notice],
+        now: DateTime<Utc>,
+    ) -> Result<(), PortError> {
+        let id = job.to_string();
+        let rows = notices
+            .iter()
+            .map(serde_json::to_string)
+            .collect::<Result<Vec<_>, _>>()?;
+        self.with(move |c| {
+            let tx = c.transaction()?;
+            for n in rows {
+                tx.execute(
+                    "INSERT INTO notices (job_id, notice, at) VALUES (?1, ?2, ?3)",
+                    params![id, n, now.to_rfc3339()],
+                )?;
+            }
+            tx.commit()
+        })
+        .await
+    }
+
+    /// The job's notices after `after` (a sequence number), oldest first.
+    pub async fn notices(&self, job: &JobId, after: i64) -> Result<Vec<(i64, Notice)>, PortError> {
+        let id = job.to_string();
+        let rows: Vec<(i64, String)> = self
+            .with(move |c| {
+                let mut st = c.prepare(
+                    "SELECT seq, notice FROM notices WHERE job_id = ?1 AND seq > ?2 ORDER BY seq",
+                )?;
+                let rows = st.query_map(params![id, after], |r| Ok((r.get(0)?, r.get(1)?)))?;
+                rows.collect()
+            })
+            .await?;
+        rows.into_iter()
+            .map(|(seq, n)| Ok((seq, serde_json::from_str(&n)?)))
+            .collect()
+    }
+
     pub async fn has_seen_dir(&self, dir: &str) -> Result<bool, PortError> {
         let dir = dir.to_string();
         self.with(move |c| {
@@ -212,13 +466,34 @@ fn decode_lock(info: Option<String>) -> Result<Option<LockInfo>, rusqlite::Error
 #[async_trait]
 impl Ledger for Store {
     async fn record(&self, job: &DeployJob, now: DateTime<Utc>) -> Result<(), PortError> {
-        let (app, env, json) = (job.app.clone(), job.env.clone(), job.to_json());
+        let (app, env, json, id) = (
+            job.app.clone(),
+            job.env.clone(),
+            job.to_json(),
+            job.id.clone(),
+        );
         self.with(move |c| {
-            c.execute(
-                "INSERT INTO history (app, env, job, recorded_at) VALUES (?1, ?2, ?3, ?4)",
-                params![app, env, json, now.to_rfc3339()],
-            )
-            .map(drop)
+            let tx = c.transaction()?;
+            let latest: Option<String> = tx
+                .query_row(
+                    "SELECT job FROM history WHERE app = ?1 AND env = ?2 ORDER BY seq DESC LIMIT 1",
+                    params![app, env],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            // A replayed step records once: the job is live already.
+            let already = latest
+                .map(|l| DeployJob::from_json(&l).map(|j| j.id == id))
+                .transpose()
+                .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?
+                .unwrap_or(false);
+            if !already {
+                tx.execute(
+                    "INSERT INTO history (app, env, job, recorded_at) VALUES (?1, ?2, ?3, ?4)",
+                    params![app, env, json, now.to_rfc3339()],
+                )?;
+            }
+            tx.commit()
         })
         .await
     }
@@ -280,6 +555,29 @@ impl Ledger for Store {
             )?;
             tx.commit()?;
             Ok(Ok(()))
+        })
+        .await
+    }
+
+    async fn release(&self, app: &str, env: &str, job: &JobId) -> Result<(), PortError> {
+        let (app, env, job) = (app.to_string(), env.to_string(), job.clone());
+        self.with(move |c| {
+            let tx = c.transaction()?;
+            let held = decode_lock(
+                tx.query_row(
+                    "SELECT info FROM locks WHERE app = ?1 AND env = ?2",
+                    params![app, env],
+                    |r| r.get(0),
+                )
+                .optional()?,
+            )?;
+            if held.is_some_and(|l| l.job.as_ref() == Some(&job)) {
+                tx.execute(
+                    "DELETE FROM locks WHERE app = ?1 AND env = ?2",
+                    params![app, env],
+                )?;
+            }
+            tx.commit()
         })
         .await
     }

@@ -45,6 +45,17 @@ impl Version {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// PEP 440 ordering (`1.10` > `1.9`, `2.0rc1` < `2.0`).
+    pub fn is_newer_than(&self, other: &Version) -> bool {
+        match (
+            pep440_rs::Version::from_str(&self.0),
+            pep440_rs::Version::from_str(&other.0),
+        ) {
+            (Ok(a), Ok(b)) => a > b,
+            _ => false,
+        }
+    }
 }
 
 impl TryFrom<String> for Version {

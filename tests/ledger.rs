@@ -60,6 +60,7 @@ async fn ledger_contract(ledger: &dyn Ledger) {
     let mut staging = job("9.9.9", "other-env");
     staging.env = "staging".into();
     ledger.record(&staging, now).await.unwrap();
+    ledger.record(&j3, now).await.unwrap(); // a replayed step
     let h = ledger.history("hello", "production", 10).await.unwrap();
     let ids: Vec<_> = h.iter().map(|e| e.job.id.clone()).collect();
     assert_eq!(
@@ -113,6 +114,33 @@ async fn ledger_contract(ledger: &dyn Ledger) {
         "maintenance"
     );
     assert_eq!(ledger.unlock("hello", "production").await.unwrap(), None);
+
+    // A deploy ending releases its own lock, never someone else's.
+    let deploying = LockInfo {
+        job: Some(j1.id.clone()),
+        ..manual("deploying")
+    };
+    assert_eq!(
+        ledger
+            .try_lock("hello", "production", &deploying, now)
+            .await
+            .unwrap(),
+        Ok(())
+    );
+    ledger.release("hello", "production", &j2.id).await.unwrap();
+    assert_eq!(held_reason(ledger, now).await.as_deref(), Some("deploying"));
+    ledger.release("hello", "production", &j1.id).await.unwrap();
+    assert_eq!(held_reason(ledger, now).await, None);
+    assert_eq!(
+        ledger
+            .try_lock("hello", "production", &manual("by hand"), now)
+            .await
+            .unwrap(),
+        Ok(())
+    );
+    ledger.release("hello", "production", &j1.id).await.unwrap();
+    assert_eq!(held_reason(ledger, now).await.as_deref(), Some("by hand"));
+    ledger.unlock("hello", "production").await.unwrap();
 
     // A crashed deploy's lock expires and is taken over.
     let crashed = LockInfo {
