@@ -19,6 +19,8 @@ use crate::version::Version;
 pub const LOCK_TTL_SECONDS: i64 = 2 * 3600;
 /// How often to look at a command still running.
 pub const POLL_SECONDS: u64 = 2;
+/// How much of a failed command's last output line goes into a notice.
+pub const DETAIL_CHARS: usize = 300;
 /// Longest pause between two tries of a held lock.
 pub const LOCK_RETRY_MAX_SECONDS: u64 = 60;
 
@@ -527,11 +529,21 @@ impl Deploy {
         notices: &mut Vec<Notice>,
     ) {
         let detail = |r: &NodeResult| match r {
-            NodeResult::Failed { exit_code, output } => format!(
-                "exit {}: {}",
-                exit_code.map_or("?".to_string(), |c| c.to_string()),
-                output.trim()
-            ),
+            NodeResult::Failed { exit_code, output } => {
+                // The last line says what went wrong (the error after a traceback, say);
+                // the whole tail stays with the command's result.
+                let last = output
+                    .lines()
+                    .rev()
+                    .find(|l| !l.trim().is_empty())
+                    .unwrap_or("")
+                    .trim();
+                let last: String = last.chars().take(DETAIL_CHARS).collect();
+                format!(
+                    "exit {}: {last}",
+                    exit_code.map_or("?".to_string(), |c| c.to_string())
+                )
+            }
             _ => String::new(),
         };
         match self.phase.clone() {

@@ -115,7 +115,7 @@ pub async fn handle_any(
 /// The whole of an HTTP API function: the ingress from the environment, then every API
 /// Gateway event answered by `hook`'s handler.
 pub async fn run_http_function(hook: Hook) -> Result<(), lambda_runtime::Error> {
-    crate::wiring::init_tracing(true);
+    crate::wiring::init_tracing(true, "info");
     let ingress = crate::wiring::aws_ingress_from_env().await?;
     let ingress = &ingress;
     lambda_runtime::run(service_fn(
@@ -131,7 +131,7 @@ pub async fn run_http_function(hook: Hook) -> Result<(), lambda_runtime::Error> 
 /// The whole of the package-upload function. An error makes Lambda retry the event;
 /// job ids make the retry harmless.
 pub async fn run_package_function() -> Result<(), lambda_runtime::Error> {
-    crate::wiring::init_tracing(true);
+    crate::wiring::init_tracing(true, "info");
     let ingress = crate::wiring::aws_ingress_from_env().await?;
     let ingress = &ingress;
     lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| async move {

@@ -2,11 +2,13 @@
 //! step-driven deploy installs in parallel and restarts one node at a time.
 
 pub mod aws;
+pub mod cli;
 pub mod config;
 pub mod engine;
 pub mod ingress;
 pub mod job;
 pub mod lambda;
+pub mod local;
 pub mod ports;
 pub mod secrets;
 pub mod server;
@@ -14,3 +16,4 @@ pub mod store;
 pub mod template;
 pub mod version;
 pub mod wiring;
+pub mod worker;

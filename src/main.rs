@@ -6,6 +6,7 @@ use anyhow::{anyhow, Context};
 use chrono::Utc;
 use clap::{Parser, Subcommand};
 use serde_json::Value;
+use shipit::cli;
 use shipit::config::{self, Config};
 use shipit::wiring::{init_tracing, local_ingress, open_store};
 
@@ -47,6 +48,37 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Deploy VERSION of APP. Exit 0 only if the deploy succeeded (with --wait).
+    Deploy {
+        app: String,
+        version: String,
+        #[arg(long)]
+        env: Option<String>,
+        /// Follow the deploy to its end (running it here if no server is running).
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Put the previous version of APP back, through the same pipeline.
+    Rollback {
+        app: String,
+        #[arg(long)]
+        env: Option<String>,
+        #[arg(long)]
+        wait: bool,
+    },
+    /// What is live where, what is queued or running, and what is locked.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// The deploys of APP, newest first.
+    History {
+        app: String,
+        #[arg(long)]
+        env: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn load(path: &Path) -> anyhow::Result<Config> {
@@ -83,6 +115,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .await
                 .with_context(|| format!("binding {addr}"))?;
             tracing::info!(addr = %listener.local_addr()?, "shipit serving");
+            let (stop, stopped) = tokio::sync::watch::channel(false);
+            let worker = shipit::worker::Worker::new(ingress.config.clone(), store.clone());
+            let holder = format!("serve-{}", std::process::id());
+            let worker = tokio::spawn(async move { worker.run(&holder, stopped).await });
             let shutdown = async {
                 let ctrl_c = tokio::signal::ctrl_c();
                 #[cfg(unix)]
@@ -100,6 +136,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 tracing::info!("shutting down");
             };
             shipit::server::serve(Arc::new(ingress), store, listener, shutdown).await?;
+            let _ = stop.send(true);
+            worker.await?.map_err(|e| anyhow!("worker: {e}"))?;
         }
         Command::Ingest { events, json } => {
             let config = load(&cli.config)?;
@@ -151,8 +189,86 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
             }
         }
+        Command::Deploy {
+            app,
+            version,
+            env,
+            wait,
+        } => {
+            let config = Arc::new(load(&cli.config)?);
+            let store = open_store(&config)?;
+            let job = cli::deploy(&config, &store, &app, &version, env.as_deref()).await?;
+            return follow(config, &store, job, wait).await;
+        }
+        Command::Rollback { app, env, wait } => {
+            let config = Arc::new(load(&cli.config)?);
+            let store = open_store(&config)?;
+            let job = cli::rollback(&config, &store, &app, env.as_deref()).await?;
+            return follow(config, &store, job, wait).await;
+        }
+        Command::Status { json } => {
+            let config = load(&cli.config)?;
+            let status = cli::status(&config, &open_store(&config)?).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&status)?);
+            } else {
+                cli::print_status(&status);
+            }
+        }
+        Command::History { app, env, json } => {
+            let config = load(&cli.config)?;
+            let entries =
+                cli::history(&config, &open_store(&config)?, &app, env.as_deref()).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&entries)?);
+            } else if entries.is_empty() {
+                println!("nothing deployed yet");
+            } else {
+                println!(
+                    "{:<20} {:<12} {:<22} {:<22} SOURCE",
+                    "WHEN (UTC)", "VERSION", "JOB", "BY"
+                );
+                for e in entries {
+                    let j = &e.job;
+                    let source = serde_json::to_value(&j.source)?["kind"]
+                        .as_str()
+                        .unwrap_or("")
+                        .to_string();
+                    println!(
+                        "{:<20} {:<12} {:<22} {:<22} {source}",
+                        e.recorded_at.format("%Y-%m-%d %H:%M:%S"),
+                        j.version,
+                        j.id,
+                        j.requested_by
+                    );
+                }
+            }
+        }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Prints the queued job, and with `wait` its progress; the exit code says how it ended.
+async fn follow(
+    config: Arc<Config>,
+    store: &shipit::store::Store,
+    job: shipit::job::DeployJob,
+    wait: bool,
+) -> anyhow::Result<ExitCode> {
+    println!(
+        "queued {} {} to {} (job {})",
+        job.app, job.version, job.env, job.id
+    );
+    if !wait {
+        return Ok(ExitCode::SUCCESS);
+    }
+    let prefix = format!("{}/{} {}", job.app, job.env, job.version);
+    let status = cli::wait(config, store, &job.id, |line| println!("{prefix}: {line}")).await?;
+    Ok(if status == "succeeded" {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 /// One line per job or refusal in an ingest result (API Gateway reply or upload outcomes).
@@ -192,8 +308,10 @@ fn text(v: &Value) -> &str {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    init_tracing(false);
-    match run(Cli::parse()).await {
+    let cli = Cli::parse();
+    let quiet = !matches!(cli.command, Command::Serve { .. });
+    init_tracing(false, if quiet { "warn" } else { "info" });
+    match run(cli).await {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");

@@ -62,6 +62,11 @@ CREATE TABLE IF NOT EXISTS notices (
     at      TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS notices_by_job ON notices(job_id, seq);
+CREATE TABLE IF NOT EXISTS worker_lease (
+    id      INTEGER PRIMARY KEY CHECK (id = 1),
+    holder  TEXT NOT NULL,
+    expires TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS seen_files (
     dir     TEXT NOT NULL,
     name    TEXT NOT NULL,
@@ -404,6 +409,50 @@ impl Store {
         rows.into_iter()
             .map(|(seq, n)| Ok((seq, serde_json::from_str(&n)?)))
             .collect()
+    }
+
+    /// Takes or renews the single worker lease: one process runs deploys from this store
+    /// at a time. False while another holder's lease is unexpired.
+    pub async fn take_worker_lease(
+        &self,
+        holder: &str,
+        now: DateTime<Utc>,
+        ttl: chrono::Duration,
+    ) -> Result<bool, PortError> {
+        let holder = holder.to_string();
+        self.with(move |c| {
+            let tx = c.transaction()?;
+            let current: Option<(String, String)> = tx
+                .query_row("SELECT holder, expires FROM worker_lease WHERE id = 1", [], |r| Ok((r.get(0)?, r.get(1)?)))
+                .optional()?;
+            let free = match &current {
+                None => true,
+                Some((h, _)) if *h == holder => true,
+                Some((_, expires)) => DateTime::parse_from_rfc3339(expires).map_or(true, |e| e <= now),
+            };
+            if free {
+                tx.execute(
+                    "INSERT INTO worker_lease (id, holder, expires) VALUES (1, ?1, ?2)
+                     ON CONFLICT(id) DO UPDATE SET holder = excluded.holder, expires = excluded.expires",
+                    params![holder, (now + ttl).to_rfc3339()],
+                )?;
+            }
+            tx.commit()?;
+            Ok(free)
+        })
+        .await
+    }
+
+    pub async fn drop_worker_lease(&self, holder: &str) -> Result<(), PortError> {
+        let holder = holder.to_string();
+        self.with(move |c| {
+            c.execute(
+                "DELETE FROM worker_lease WHERE holder = ?1",
+                params![holder],
+            )
+            .map(drop)
+        })
+        .await
     }
 
     pub async fn has_seen_dir(&self, dir: &str) -> Result<bool, PortError> {

@@ -66,10 +66,11 @@ fn config_uses_ssm(c: &Config) -> bool {
         .any(|s| matches!(s, Secret::Ssm(_)))
 }
 
-/// JSON logs on Lambda (CloudWatch), human ones on a terminal; `RUST_LOG` filters both.
-pub fn init_tracing(json: bool) {
+/// JSON logs on Lambda (CloudWatch), human ones on a terminal; `RUST_LOG` filters both,
+/// else `default` (e.g. "info", or "warn" for commands whose output is the point).
+pub fn init_tracing(json: bool, default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

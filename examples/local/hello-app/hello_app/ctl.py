@@ -1,13 +1,18 @@
-"""Service control for one node: `python -m hello_app.ctl restart PORT` in the node's directory.
+"""Service control for one node, run in the node's directory:
 
-restart: SIGHUP the running service (it re-executes itself with the installed version),
-or start it if it is not running. The pid lives in ./service.pid, output in ./service.log.
+  python -m hello_app.ctl restart PORT        SIGHUP the running service (it re-executes
+                                              itself with the installed version), or start it
+  python -m hello_app.ctl check PORT VERSION  exit 0 only if VERSION answers on PORT
+  python -m hello_app.ctl stop PORT
+
+The pid lives in ./service.pid, the service's output in ./service.log.
 """
 
 import os
 import signal
 import subprocess
 import sys
+import urllib.request
 
 
 def running_pid():
@@ -37,8 +42,20 @@ def start(port):
     print(f"started pid {proc.pid}")
 
 
+def check(port, expected):
+    try:
+        got = urllib.request.urlopen(f"http://127.0.0.1:{port}/version", timeout=5).read().decode().strip()
+    except OSError as e:
+        sys.exit(f"nothing answers on port {port}: {getattr(e, 'reason', e)}")
+    if got != expected:
+        sys.exit(f"port {port} serves {got}, expected {expected}")
+    print(f"port {port} serves {got}")
+
+
 def main():
     command, port = sys.argv[1], sys.argv[2]
+    if command == "check":
+        return check(port, sys.argv[3])
     pid = running_pid()
     if command == "restart" and pid:
         os.kill(pid, signal.SIGHUP)

@@ -1,0 +1,259 @@
+//! What the `shipit` commands do on one machine, over the SQLite store.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context};
+use chrono::Utc;
+use serde_json::json;
+use tokio::sync::watch;
+
+use crate::config::{App, Config};
+use crate::engine::{Notice, Outcome};
+use crate::job::{DeployJob, JobId, Source};
+use crate::ports::{rollback_target, JobQueue, Ledger};
+use crate::store::{Store, QUEUED, RUNNING};
+use crate::version::Version;
+use crate::worker::{describe, Worker};
+
+fn port(e: crate::ports::PortError) -> anyhow::Error {
+    anyhow!("{e}")
+}
+
+fn target<'c>(
+    config: &'c Config,
+    app: &str,
+    env: Option<&str>,
+) -> anyhow::Result<(&'c App, String)> {
+    let a = config.app(app).ok_or_else(|| {
+        anyhow!(
+            "unknown app {app:?}; known: {}",
+            config.apps.keys().cloned().collect::<Vec<_>>().join(", ")
+        )
+    })?;
+    let env = env.unwrap_or(&a.default_env).to_string();
+    if !a.environments.contains_key(&env) {
+        bail!(
+            "{app} has no environment {env:?} (it has: {})",
+            a.environments
+                .keys()
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    Ok((a, env))
+}
+
+fn cli_source() -> Source {
+    Source::Cli {
+        user: std::env::var("USER").unwrap_or_else(|_| "cli".into()),
+        nonce: Utc::now()
+            .timestamp_nanos_opt()
+            .unwrap_or_default()
+            .to_string(),
+    }
+}
+
+pub async fn deploy(
+    config: &Config,
+    store: &Store,
+    app: &str,
+    version: &str,
+    env: Option<&str>,
+) -> anyhow::Result<DeployJob> {
+    let (a, env) = target(config, app, env)?;
+    let version = Version::parse(version).map_err(|e| anyhow!("{e}; nothing was queued"))?;
+    let job = DeployJob::new(
+        &a.name,
+        &env,
+        a.package.clone(),
+        version,
+        cli_source(),
+        Utc::now(),
+    );
+    store
+        .enqueue(std::slice::from_ref(&job))
+        .await
+        .map_err(port)?;
+    Ok(job)
+}
+
+pub async fn rollback(
+    config: &Config,
+    store: &Store,
+    app: &str,
+    env: Option<&str>,
+) -> anyhow::Result<DeployJob> {
+    let (a, env) = target(config, app, env)?;
+    let history = store.history(&a.name, &env, 50).await.map_err(port)?;
+    let (live, previous) = rollback_target(&history).ok_or_else(|| {
+        anyhow!(
+            "nothing to roll back to: {}/{env} has no earlier version on record",
+            a.name
+        )
+    })?;
+    let job = previous.rollback(Some(&live.id), cli_source(), Utc::now());
+    store
+        .enqueue(std::slice::from_ref(&job))
+        .await
+        .map_err(port)?;
+    Ok(job)
+}
+
+/// Waits for `job` to finish, printing its progress; runs the jobs itself when no server
+/// is working on this store. The job's final status.
+pub async fn wait(
+    config: Arc<Config>,
+    store: &Store,
+    job: &JobId,
+    print: impl Fn(&str),
+) -> anyhow::Result<String> {
+    let holder = format!(
+        "cli-{}-{}",
+        std::process::id(),
+        Utc::now().timestamp_micros()
+    );
+    let (stop, stopped) = watch::channel(false);
+    let worker = Worker::new(config, store.clone());
+    let local = if store
+        .take_worker_lease(
+            &holder,
+            Utc::now(),
+            chrono::Duration::seconds(crate::worker::LEASE_TTL_SECONDS),
+        )
+        .await
+        .map_err(port)?
+    {
+        Some(tokio::spawn({
+            let holder = holder.clone();
+            async move { worker.run(&holder, stopped).await }
+        }))
+    } else {
+        print("a shipit server is running the jobs; following its progress");
+        None
+    };
+    let mut seen = 0;
+    let status = loop {
+        for (seq, notice) in store.notices(job, seen).await.map_err(port)? {
+            seen = seq;
+            print(&describe(&notice));
+        }
+        let q = store
+            .job(job)
+            .await
+            .map_err(port)?
+            .context("the job disappeared from the store")?;
+        if q.status != QUEUED && q.status != RUNNING {
+            break q.status;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    if let Some(local) = local {
+        let _ = stop.send(true);
+        local.await?.map_err(port)?;
+    }
+    Ok(status)
+}
+
+pub async fn status(config: &Config, store: &Store) -> anyhow::Result<serde_json::Value> {
+    let now = Utc::now();
+    let jobs = store.jobs(None).await.map_err(port)?;
+    let mut out = vec![];
+    for app in config.apps.values() {
+        for env in app.environments.keys() {
+            let live = store
+                .history(&app.name, env, 1)
+                .await
+                .map_err(port)?
+                .into_iter()
+                .next();
+            let lock = store.lock_state(&app.name, env, now).await.map_err(port)?;
+            let group = format!("{}/{env}", app.name);
+            let active: Vec<_> = jobs
+                .iter()
+                .filter(|q| q.job.group() == group && (q.status == QUEUED || q.status == RUNNING))
+                .map(|q| json!({ "job": q.job.id, "version": q.job.version, "status": q.status }))
+                .collect();
+            out.push(json!({
+                "app": app.name, "env": env,
+                "live": live.map(|e| json!({ "version": e.job.version, "job": e.job.id, "since": e.recorded_at, "by": e.job.requested_by })),
+                "lock": lock, "jobs": active,
+            }));
+        }
+    }
+    Ok(json!(out))
+}
+
+pub fn print_status(status: &serde_json::Value) {
+    println!(
+        "{:<24} {:<12} {:<22} JOBS / LOCK",
+        "APP/ENV", "LIVE", "SINCE"
+    );
+    for s in status.as_array().into_iter().flatten() {
+        let live = &s["live"];
+        let jobs: Vec<String> = s["jobs"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|j| {
+                format!(
+                    "{} {}",
+                    j["status"].as_str().unwrap_or(""),
+                    j["version"].as_str().unwrap_or("")
+                )
+            })
+            .collect();
+        let lock = s["lock"]["holder"]
+            .as_str()
+            .map(|h| {
+                format!(
+                    "locked by {h}: {}",
+                    s["lock"]["reason"].as_str().unwrap_or("")
+                )
+            })
+            .unwrap_or_default();
+        println!(
+            "{:<24} {:<12} {:<22} {}",
+            format!(
+                "{}/{}",
+                s["app"].as_str().unwrap_or(""),
+                s["env"].as_str().unwrap_or("")
+            ),
+            live["version"].as_str().unwrap_or("-"),
+            live["since"]
+                .as_str()
+                .map(|t| t.get(..19).unwrap_or(t).replace('T', " "))
+                .unwrap_or_else(|| "-".into()),
+            [jobs.join(", "), lock]
+                .into_iter()
+                .filter(|s| !s.is_empty())
+                .collect::<Vec<_>>()
+                .join("; ")
+        );
+    }
+}
+
+pub async fn history(
+    config: &Config,
+    store: &Store,
+    app: &str,
+    env: Option<&str>,
+) -> anyhow::Result<Vec<crate::ports::HistoryEntry>> {
+    let (a, env) = target(config, app, env)?;
+    store.history(&a.name, &env, 50).await.map_err(port)
+}
+
+/// The outcome line of a finished job, from its notices.
+pub async fn outcome(store: &Store, job: &JobId) -> anyhow::Result<Option<Outcome>> {
+    Ok(store
+        .notices(job, 0)
+        .await
+        .map_err(port)?
+        .into_iter()
+        .rev()
+        .find_map(|(_, n)| match n {
+            Notice::Finished { outcome } => Some(outcome),
+            _ => None,
+        }))
+}

@@ -1,0 +1,375 @@
+//! The local driver of the deploy engine: claims jobs from the SQLite queue and runs each
+//! step, saving the engine's state after every one, so a killed process resumes a deploy
+//! where it was (a finished command is never run again).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use tokio::sync::watch;
+
+use crate::config::{Config, Nodes};
+use crate::engine::{Action, Deploy, Notice, Observation, Outcome, LOCK_TTL_SECONDS};
+use crate::job::DeployJob;
+use crate::local::LocalFleet;
+use crate::ports::{Ledger, PortError};
+use crate::store::Store;
+
+/// How often an idle worker looks for new jobs.
+const IDLE_POLL: Duration = Duration::from_millis(200);
+/// The worker lease: renewed every `LEASE_RENEW`, lost `LEASE_TTL` after its holder died.
+const LEASE_RENEW: Duration = Duration::from_secs(2);
+pub const LEASE_TTL_SECONDS: i64 = 10;
+/// Pause before retrying a step whose I/O failed (the state is unchanged, so it is safe).
+const RETRY_PAUSE: Duration = Duration::from_secs(2);
+const MAX_STEP_RETRIES: u32 = 5;
+
+#[derive(Clone)]
+pub struct Worker {
+    config: Arc<Config>,
+    store: Store,
+    fleet: LocalFleet,
+}
+
+pub fn status_of(outcome: &Outcome) -> &'static str {
+    match outcome {
+        Outcome::Succeeded { .. } => "succeeded",
+        Outcome::Failed { .. } => "failed",
+        Outcome::RollbackFailed { .. } => "rollback_failed",
+        Outcome::Skipped { .. } => "skipped",
+    }
+}
+
+/// Ends a step early: the worker is stopping, or the step cannot be done at all.
+enum Stop {
+    Shutdown,
+    Abandon(String),
+}
+
+impl Worker {
+    pub fn new(config: Arc<Config>, store: Store) -> Worker {
+        let fleet = LocalFleet::new(store.clone());
+        Worker {
+            config,
+            store,
+            fleet,
+        }
+    }
+
+    /// Runs jobs until `shutdown` turns true: first the deploys a previous process left
+    /// running, then new ones as they are queued (one at a time per app+env).
+    pub async fn run(
+        &self,
+        holder: &str,
+        mut shutdown: watch::Receiver<bool>,
+    ) -> Result<(), PortError> {
+        let ttl = chrono::Duration::seconds(LEASE_TTL_SECONDS);
+        if !self
+            .store
+            .take_worker_lease(holder, Utc::now(), ttl)
+            .await?
+        {
+            return Err("another shipit worker (`shipit serve` or `deploy --wait`) is running on this store".into());
+        }
+        let mut renewed = std::time::Instant::now();
+        let mut tasks = tokio::task::JoinSet::new();
+        for q in self.store.running_jobs().await? {
+            tracing::info!(job_id = %q.job.id, "resuming deploy");
+            let (w, s) = (self.clone(), shutdown.clone());
+            tasks.spawn(async move { w.drive(q.job, s).await });
+        }
+        loop {
+            while let Some(q) = self.store.claim_next().await? {
+                let (w, s) = (self.clone(), shutdown.clone());
+                tasks.spawn(async move { w.drive(q.job, s).await });
+            }
+            while let Some(done) = tasks.try_join_next() {
+                if let Err(e) = done {
+                    tracing::error!(error = %e, "deploy task panicked");
+                }
+            }
+            if renewed.elapsed() >= LEASE_RENEW {
+                self.store
+                    .take_worker_lease(holder, Utc::now(), ttl)
+                    .await?;
+                renewed = std::time::Instant::now();
+            }
+            tokio::select! {
+                _ = shutdown.changed() => break,
+                _ = tokio::time::sleep(IDLE_POLL) => {}
+            }
+            if *shutdown.borrow() {
+                break;
+            }
+        }
+        // Deploys stop at their next step boundary, state saved, and resume on next start.
+        while tasks.join_next().await.is_some() {}
+        self.store.drop_worker_lease(holder).await
+    }
+
+    /// Drives one job to its end (or until shutdown), checkpointing every step.
+    pub async fn drive(
+        &self,
+        job: DeployJob,
+        mut shutdown: watch::Receiver<bool>,
+    ) -> Option<Outcome> {
+        let span = tracing::info_span!("deploy", job_id = %job.id, app = %job.app, env = %job.env, version = %job.version);
+        let _enter = span.enter();
+        let Some(app) = self.config.app(&job.app) else {
+            return self
+                .abandon(
+                    &job,
+                    None,
+                    format!("app {} is no longer in the config", job.app),
+                )
+                .await;
+        };
+        let mut deploy = match self.store.load_deploy(&job.id).await {
+            Ok(Some(d)) => d,
+            Ok(None) => Deploy::new(job.clone(), app.rollout.clone()),
+            Err(e) => {
+                return self
+                    .abandon(&job, None, format!("cannot read its saved state: {e}"))
+                    .await
+            }
+        };
+        let mut failures = 0;
+        loop {
+            let action = deploy.action();
+            if let Action::Finished(outcome) = action {
+                if let Err(e) = self.store.set_status(&job.id, status_of(&outcome)).await {
+                    tracing::error!(error = %e, "cannot record the job's outcome");
+                }
+                tracing::info!(outcome = ?outcome, "deploy finished");
+                return Some(outcome);
+            }
+            if *shutdown.borrow() {
+                return None;
+            }
+            let obs = match self.execute(&deploy, &action, &mut shutdown).await {
+                Ok(obs) => obs,
+                Err(Stop::Shutdown) => return None,
+                Err(Stop::Abandon(reason)) => {
+                    return self.abandon(&job, Some(&deploy), reason).await
+                }
+            };
+            let now = Utc::now();
+            let notices = match deploy.observe(now, obs) {
+                Ok(n) => n,
+                Err(e) => {
+                    return self
+                        .abandon(&job, Some(&deploy), format!("engine refused a result: {e}"))
+                        .await
+                }
+            };
+            let saved = self.store.save_deploy(&deploy, now).await;
+            let noted = self.store.add_notices(&job.id, &notices, now).await;
+            if let Err(e) = saved.and(noted) {
+                failures += 1;
+                tracing::warn!(error = %e, failures, "cannot save the deploy's state; retrying");
+                if failures > MAX_STEP_RETRIES {
+                    return self
+                        .abandon(&job, Some(&deploy), format!("cannot save its state: {e}"))
+                        .await;
+                }
+                tokio::time::sleep(RETRY_PAUSE).await;
+                continue;
+            }
+            for n in &notices {
+                log_notice(n);
+            }
+        }
+    }
+
+    async fn execute(
+        &self,
+        deploy: &Deploy,
+        action: &Action,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Result<Observation, Stop> {
+        let job = &deploy.job;
+        let mut tries = 0;
+        loop {
+            let result: Result<Observation, PortError> = match action {
+                Action::Lock { lock } => {
+                    let now = Utc::now();
+                    let lock = crate::ports::LockInfo {
+                        since: now,
+                        expires: Some(now + chrono::Duration::seconds(LOCK_TTL_SECONDS)),
+                        ..lock.clone()
+                    };
+                    self.store
+                        .try_lock(&job.app, &job.env, &lock, now)
+                        .await
+                        .map(|r| match r {
+                            Ok(()) => Observation::Lock {
+                                taken: true,
+                                holder: None,
+                            },
+                            Err(held) => Observation::Lock {
+                                taken: false,
+                                holder: Some(held),
+                            },
+                        })
+                }
+                Action::Inspect => {
+                    async {
+                        let live = self
+                            .store
+                            .history(&job.app, &job.env, 1)
+                            .await?
+                            .into_iter()
+                            .next()
+                            .map(|e| Box::new(e.job));
+                        let newer_queued = self.store.newer_queued(job).await?;
+                        Ok(Observation::Inspected { live, newer_queued })
+                    }
+                    .await
+                }
+                Action::ResolveNodes => {
+                    let env = self
+                        .config
+                        .app(&job.app)
+                        .and_then(|a| a.environments.get(&job.env));
+                    match env.map(|e| &e.nodes) {
+                        Some(Nodes::Local(nodes)) => Ok(Observation::Nodes { nodes: nodes.iter().map(|n| n.name.clone()).collect() }),
+                        Some(Nodes::Ssm { .. }) => return Err(Stop::Abandon(format!("{}/{} finds its nodes through SSM tags; deploy it with the AWS runtime", job.app, job.env))),
+                        None => return Err(Stop::Abandon(format!("environment {} of {} is no longer in the config", job.env, job.app))),
+                    }
+                }
+                Action::Run(cmd) => {
+                    let app = self.config.app(&job.app);
+                    match app.and_then(|a| a.environments.get(&job.env).map(|e| (a, e))) {
+                        Some((app, env)) => {
+                            self.fleet
+                                .run(app, env, cmd)
+                                .await
+                                .map(|results| Observation::Ran {
+                                    key: cmd.key.clone(),
+                                    results,
+                                })
+                        }
+                        None => {
+                            return Err(Stop::Abandon(format!(
+                                "{}/{} is no longer in the config",
+                                job.app, job.env
+                            )))
+                        }
+                    }
+                }
+                Action::Wait { seconds } => {
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_secs(*seconds)) => Ok(Observation::Waited),
+                        _ = shutdown.changed() => return Err(Stop::Shutdown),
+                    }
+                }
+                Action::Record => self
+                    .store
+                    .record(job, Utc::now())
+                    .await
+                    .map(|_| Observation::Recorded),
+                Action::Unlock => self
+                    .store
+                    .release(&job.app, &job.env, &job.id)
+                    .await
+                    .map(|_| Observation::Unlocked),
+                Action::Finished(_) => unreachable!("the drive loop stops at Finished"),
+            };
+            match result {
+                Ok(obs) => return Ok(obs),
+                Err(e) if tries < MAX_STEP_RETRIES => {
+                    tries += 1;
+                    tracing::warn!(error = %e, tries, "step failed; retrying");
+                    tokio::select! {
+                        _ = tokio::time::sleep(RETRY_PAUSE) => {}
+                        _ = shutdown.changed() => return Err(Stop::Shutdown),
+                    }
+                }
+                Err(e) => return Err(Stop::Abandon(format!("step failed {tries} times: {e}"))),
+            }
+        }
+    }
+
+    /// Ends a job the engine cannot finish: marks it failed, says why, frees its lock.
+    async fn abandon(
+        &self,
+        job: &DeployJob,
+        deploy: Option<&Deploy>,
+        reason: String,
+    ) -> Option<Outcome> {
+        tracing::error!(%reason, "deploy abandoned");
+        let outcome = Outcome::Failed {
+            reason: reason.clone(),
+            rolled_back: false,
+        };
+        let now = Utc::now();
+        let steps = async {
+            if deploy.is_some_and(|d| d.locked) {
+                self.store.release(&job.app, &job.env, &job.id).await?;
+            }
+            self.store
+                .add_notices(
+                    &job.id,
+                    &[Notice::Finished {
+                        outcome: outcome.clone(),
+                    }],
+                    now,
+                )
+                .await?;
+            self.store.set_status(&job.id, status_of(&outcome)).await
+        };
+        if let Err(e) = steps.await {
+            tracing::error!(error = %e, "cannot record the abandoned job");
+        }
+        Some(outcome)
+    }
+}
+
+/// One line per notice, as the demo and `serve`'s log show them.
+pub fn describe(n: &Notice) -> String {
+    match n {
+        Notice::Started { from, nodes } => format!(
+            "started: {} node(s), live before: {}",
+            nodes,
+            from.as_ref().map_or("nothing".into(), |v| v.to_string())
+        ),
+        Notice::WaitingForLock { holder } => {
+            format!("waiting: locked by {} ({})", holder.holder, holder.reason)
+        }
+        Notice::Installed { node } => format!("{node}: installed"),
+        Notice::InstallFailed { node, detail } => format!("{node}: install FAILED: {detail}"),
+        Notice::Restarted { node } => format!("{node}: restarted"),
+        Notice::Healthy { node } => format!("{node}: healthy"),
+        Notice::Unhealthy { node, detail } => format!("{node}: UNHEALTHY: {detail}"),
+        Notice::RollingBack { to, nodes, reason } => format!(
+            "rolling back to {to} ({}): {reason}",
+            if nodes.is_empty() {
+                "nothing restarted yet".into()
+            } else {
+                format!("restarting {}", nodes.join(", "))
+            }
+        ),
+        Notice::Finished { outcome } => match outcome {
+            Outcome::Succeeded { failed_installs } if failed_installs.is_empty() => {
+                "succeeded".into()
+            }
+            Outcome::Succeeded { failed_installs } => format!(
+                "succeeded, except installs on {}",
+                failed_installs.join(", ")
+            ),
+            Outcome::Failed {
+                reason,
+                rolled_back: true,
+            } => format!("FAILED and rolled back: {reason}"),
+            Outcome::Failed { reason, .. } => format!("FAILED: {reason}"),
+            Outcome::RollbackFailed { reason } => {
+                format!("FAILED, and the rollback failed too (look now): {reason}")
+            }
+            Outcome::Skipped { reason } => format!("skipped: {reason}"),
+        },
+    }
+}
+
+fn log_notice(n: &Notice) {
+    tracing::info!("{}", describe(n));
+}
