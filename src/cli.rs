@@ -101,8 +101,9 @@ pub async fn rollback(
     Ok(job)
 }
 
-/// Waits for `job` to finish, printing its progress; runs the jobs itself when no server
-/// is working on this store. The job's final status.
+/// Waits for `job` to finish, printing its progress; runs the jobs itself whenever no
+/// other worker holds this store (a server, or one that died and whose lease ran out).
+/// The job's final status.
 pub async fn wait(
     config: Arc<Config>,
     store: &Store,
@@ -114,27 +115,33 @@ pub async fn wait(
         std::process::id(),
         Utc::now().timestamp_micros()
     );
+    let ttl = chrono::Duration::seconds(crate::worker::LEASE_TTL_SECONDS);
     let (stop, stopped) = watch::channel(false);
-    let worker = Worker::new(config, store.clone());
-    let local = if store
-        .take_worker_lease(
-            &holder,
-            Utc::now(),
-            chrono::Duration::seconds(crate::worker::LEASE_TTL_SECONDS),
-        )
-        .await
-        .map_err(port)?
-    {
-        Some(tokio::spawn({
-            let holder = holder.clone();
-            async move { worker.run(&holder, stopped).await }
-        }))
-    } else {
-        print("a shipit server is running the jobs; following its progress");
-        None
-    };
+    let mut local = None;
+    let mut said_following = false;
+    let mut last_try = None::<std::time::Instant>;
     let mut seen = 0;
     let status = loop {
+        if local.is_none() && last_try.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+            last_try = Some(std::time::Instant::now());
+            if store
+                .take_worker_lease(&holder, Utc::now(), ttl)
+                .await
+                .map_err(port)?
+            {
+                let (worker, holder, stopped) = (
+                    Worker::new(config.clone(), store.clone()),
+                    holder.clone(),
+                    stopped.clone(),
+                );
+                local = Some(tokio::spawn(
+                    async move { worker.run(&holder, stopped).await },
+                ));
+            } else if !said_following {
+                print("another shipit worker holds this store; following its progress");
+                said_following = true;
+            }
+        }
         for (seq, notice) in store.notices(job, seen).await.map_err(port)? {
             seen = seq;
             print(&describe(&notice));

@@ -4,6 +4,7 @@
 pub mod aws;
 pub mod cli;
 pub mod config;
+pub mod demo;
 pub mod engine;
 pub mod ingress;
 pub mod job;

@@ -66,6 +66,13 @@ enum Command {
         #[arg(long)]
         wait: bool,
     },
+    /// The whole job on one machine: set up the example (3 local nodes), serve, and play a
+    /// tag push, an upload, a failing /deploy that rolls back, and /deploy rollback.
+    Demo {
+        /// Where to set up the example (default: a new directory under the temp dir).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
     /// What is live where, what is queued or running, and what is locked.
     Status {
         #[arg(long)]
@@ -205,6 +212,13 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let store = open_store(&config)?;
             let job = cli::rollback(&config, &store, &app, env.as_deref()).await?;
             return follow(config, &store, job, wait).await;
+        }
+        Command::Demo { dir } => {
+            return Ok(if shipit::demo::run(dir).await? {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            });
         }
         Command::Status { json } => {
             let config = load(&cli.config)?;

@@ -1,0 +1,431 @@
+//! End to end on one machine: real virtualenvs, real `pip install` of real wheels, real
+//! service processes, driven by the worker through the SQLite store.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use shipit::config::Config;
+use shipit::engine::Notice;
+use shipit::job::JobId;
+use shipit::store::Store;
+use shipit::worker::Worker;
+
+struct Example {
+    dir: tempfile::TempDir,
+    nodes: Vec<(String, u16)>,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Example {
+    /// `n` nodes with their own virtualenvs; wheels 1.0.0, 1.1.0 and a broken 1.2.0.
+    fn new(n: usize) -> Example {
+        let dir = tempfile::tempdir().unwrap();
+        let nodes: Vec<(String, u16)> =
+            (1..=n).map(|i| (format!("node{i}"), free_port())).collect();
+        let builder =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/local/hello-app/build_wheels.py");
+        let ok = Command::new("python3")
+            .arg(&builder)
+            .args(["wheelhouse", "1.0.0", "1.1.0", "1.2.0:broken"])
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        assert!(
+            ok.status.success(),
+            "{}",
+            String::from_utf8_lossy(&ok.stderr)
+        );
+        let venvs: Vec<_> = nodes
+            .iter()
+            .map(|(name, _)| {
+                std::fs::create_dir_all(dir.path().join("nodes").join(name)).unwrap();
+                Command::new("python3")
+                    .args(["-m", "venv", "venv"])
+                    .current_dir(dir.path().join("nodes").join(name))
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        for mut v in venvs {
+            assert!(v.wait().unwrap().success());
+        }
+        let node_list: Vec<String> = nodes
+            .iter()
+            .map(|(n, p)| {
+                format!("{{ name = \"{n}\", dir = \"nodes/{n}\", vars = {{ port = \"{p}\" }} }}")
+            })
+            .collect();
+        let config = format!(
+            r#"
+[server]
+state = "state/shipit.db"
+[apps.hello]
+package = "hello-app"
+install = "venv/bin/pip install --quiet --no-index --find-links ../../wheelhouse -U {{package}}=={{version}}"
+restart = "venv/bin/python -m hello_app.ctl restart {{port}}"
+health = "venv/bin/python -m hello_app.ctl check {{port}} {{version}}"
+[apps.hello.rollout]
+health_attempts = 4
+health_interval_seconds = 1
+[apps.hello.environments.production]
+nodes = [{}]
+"#,
+            node_list.join(", ")
+        );
+        std::fs::write(dir.path().join("shipit.toml"), config).unwrap();
+        Example { dir, nodes }
+    }
+
+    fn config_path(&self) -> PathBuf {
+        self.dir.path().join("shipit.toml")
+    }
+
+    fn config(&self) -> Arc<Config> {
+        Arc::new(Config::load(&self.config_path()).unwrap())
+    }
+
+    fn store(&self) -> Store {
+        Store::open(&self.config().server.state).unwrap()
+    }
+
+    fn served(&self) -> Vec<String> {
+        self.nodes
+            .iter()
+            .map(|(_, port)| {
+                let out = Command::new("python3")
+                    .args(["-c", &format!("import urllib.request as u; print(u.urlopen('http://127.0.0.1:{port}/version', timeout=5).read().decode().strip())")])
+                    .output()
+                    .unwrap();
+                String::from_utf8_lossy(&out.stdout).trim().to_string()
+            })
+            .collect()
+    }
+
+    /// How often `node` started serving `version` (each restart prints one line).
+    fn starts(&self, node: &str, version: &str) -> usize {
+        let log =
+            std::fs::read_to_string(self.dir.path().join("nodes").join(node).join("service.log"))
+                .unwrap_or_default();
+        log.lines()
+            .filter(|l| *l == format!("hello-app {version} serving on {}", self.port(node)))
+            .count()
+    }
+
+    fn port(&self, node: &str) -> u16 {
+        self.nodes.iter().find(|(n, _)| n == node).unwrap().1
+    }
+}
+
+impl Drop for Example {
+    fn drop(&mut self) {
+        for (name, _) in &self.nodes {
+            let _ = Command::new("venv/bin/python")
+                .args(["-m", "hello_app.ctl", "stop", "0"])
+                .current_dir(self.dir.path().join("nodes").join(name))
+                .output();
+        }
+    }
+}
+
+async fn deploy(ex: &Example, version: &str) -> (JobId, String, Vec<Notice>) {
+    let (config, store) = (ex.config(), ex.store());
+    let job = shipit::cli::deploy(&config, &store, "hello", version, None)
+        .await
+        .unwrap();
+    finish(ex, &job.id).await
+}
+
+async fn finish(ex: &Example, job: &JobId) -> (JobId, String, Vec<Notice>) {
+    let (config, store) = (ex.config(), ex.store());
+    let status = shipit::cli::wait(config, &store, job, |_| {})
+        .await
+        .unwrap();
+    let notices = store
+        .notices(job, 0)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(_, n)| n)
+        .collect();
+    (job.clone(), status, notices)
+}
+
+/// Notices reduced to "node event" words, e.g. "node1 restarted".
+fn steps(notices: &[Notice]) -> Vec<String> {
+    notices
+        .iter()
+        .filter_map(|n| match n {
+            Notice::Installed { node } => Some(format!("{node} installed")),
+            Notice::Restarted { node } => Some(format!("{node} restarted")),
+            Notice::Healthy { node } => Some(format!("{node} healthy")),
+            Notice::Unhealthy { node, .. } => Some(format!("{node} unhealthy")),
+            Notice::RollingBack { to, .. } => Some(format!("rollback to {to}")),
+            _ => None,
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn installs_in_parallel_restarts_in_order_and_rolls_back_a_bad_version() {
+    let ex = Example::new(3);
+    let (_, status, notices) = deploy(&ex, "1.0.0").await;
+    assert_eq!(status, "succeeded", "{notices:?}");
+    let s = steps(&notices);
+    assert_eq!(
+        s,
+        [
+            "node1 installed",
+            "node2 installed",
+            "node3 installed",
+            "node1 restarted",
+            "node1 healthy",
+            "node2 restarted",
+            "node2 healthy",
+            "node3 restarted",
+            "node3 healthy"
+        ]
+    );
+    assert_eq!(ex.served(), ["1.0.0", "1.0.0", "1.0.0"]);
+
+    let (_, status, _) = deploy(&ex, "1.1.0").await;
+    assert_eq!(status, "succeeded");
+    assert_eq!(ex.served(), ["1.1.0", "1.1.0", "1.1.0"]);
+
+    // The broken build fails on the canary; nodes 2 and 3 are never restarted onto it.
+    let (_, status, notices) = deploy(&ex, "1.2.0").await;
+    assert_eq!(status, "failed");
+    let s = steps(&notices);
+    assert_eq!(
+        &s[3..],
+        [
+            "node1 restarted",
+            "node1 unhealthy",
+            "rollback to 1.1.0",
+            "node1 healthy"
+        ],
+        "{s:?}"
+    );
+    assert_eq!(ex.served(), ["1.1.0", "1.1.0", "1.1.0"]);
+    assert_eq!(ex.starts("node2", "1.2.0"), 0);
+    let store = ex.store();
+    let history = shipit::cli::history(&ex.config(), &store, "hello", None)
+        .await
+        .unwrap();
+    assert_eq!(
+        history
+            .iter()
+            .map(|h| h.job.version.to_string())
+            .collect::<Vec<_>>(),
+        ["1.1.0", "1.0.0"],
+        "a failed deploy is not history"
+    );
+
+    // Rollback re-sends the previous live job.
+    let job = shipit::cli::rollback(&ex.config(), &store, "hello", None)
+        .await
+        .unwrap();
+    assert_eq!(job.version.as_str(), "1.0.0");
+    let (_, status, _) = finish(&ex, &job.id).await;
+    assert_eq!(status, "succeeded");
+    assert_eq!(ex.served(), ["1.0.0", "1.0.0", "1.0.0"]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_deploys_of_one_app_never_overlap() {
+    let ex = Example::new(2);
+    let (config, store) = (ex.config(), ex.store());
+    let first = shipit::cli::deploy(&config, &store, "hello", "1.0.0", None)
+        .await
+        .unwrap();
+    let second = shipit::cli::deploy(&config, &store, "hello", "1.1.0", None)
+        .await
+        .unwrap();
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let worker = Worker::new(config.clone(), store.clone());
+    let running = tokio::spawn(async move { worker.run("test", stopped).await });
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while store.job(&second.id).await.unwrap().unwrap().status == "queued"
+        || store.job(&second.id).await.unwrap().unwrap().status == "running"
+    {
+        assert!(Instant::now() < deadline, "deploys did not finish");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    stop.send(true).unwrap();
+    running.await.unwrap().unwrap();
+    for id in [&first.id, &second.id] {
+        assert_eq!(store.job(id).await.unwrap().unwrap().status, "succeeded");
+    }
+    // The second deploy's first notice comes after the first deploy's last one.
+    let last_of_first = store.notices(&first.id, 0).await.unwrap().last().unwrap().0;
+    let first_of_second = store
+        .notices(&second.id, 0)
+        .await
+        .unwrap()
+        .first()
+        .unwrap()
+        .0;
+    assert!(
+        first_of_second > last_of_first,
+        "deploys of one app+env overlapped"
+    );
+    assert_eq!(ex.served(), ["1.1.0", "1.1.0"]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_killed_worker_resumes_without_restarting_a_finished_node_again() {
+    let ex = Example::new(3);
+    let (_, status, _) = deploy(&ex, "1.0.0").await;
+    assert_eq!(status, "succeeded");
+
+    // Deploy 1.1.0 in a separate process and kill -9 it once node1 is done.
+    let store = ex.store();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_shipit"))
+        .args([
+            "--config",
+            ex.config_path().to_str().unwrap(),
+            "deploy",
+            "hello",
+            "1.1.0",
+            "--wait",
+        ])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let job = loop {
+        assert!(Instant::now() < deadline, "node1 never became healthy");
+        let jobs = store.jobs(None).await.unwrap();
+        if let Some(q) = jobs.iter().find(|q| q.job.version.as_str() == "1.1.0") {
+            let healthy = store
+                .notices(&q.job.id, 0)
+                .await
+                .unwrap()
+                .iter()
+                .any(|(_, n)| {
+                    *n == Notice::Healthy {
+                        node: "node1".into(),
+                    }
+                });
+            if healthy {
+                break q.job.id.clone();
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    child.kill().unwrap(); // SIGKILL: no chance to clean up
+    child.wait().unwrap();
+    assert_eq!(store.job(&job).await.unwrap().unwrap().status, "running");
+
+    // A new worker (after the dead one's lease runs out) picks the deploy up where it was.
+    let (_, status, _) = finish(&ex, &job).await;
+    assert_eq!(status, "succeeded");
+    assert_eq!(ex.served(), ["1.1.0", "1.1.0", "1.1.0"]);
+    assert_eq!(
+        ex.starts("node1", "1.1.0"),
+        1,
+        "node1 was restarted again after the resume"
+    );
+    for node in ["node2", "node3"] {
+        assert!(ex.starts(node, "1.1.0") >= 1);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_fleet_runs_a_command_key_once_however_often_it_is_asked() {
+    use shipit::engine::{Command as FleetCommand, CommandKind, NodeResult};
+    let ex = Example::new(1);
+    let (_, status, _) = deploy(&ex, "1.0.0").await;
+    assert_eq!(status, "succeeded");
+    let config = ex.config();
+    let app = config.app("hello").unwrap();
+    let env = &app.environments["production"];
+    let fleet = shipit::local::LocalFleet::new(ex.store());
+    let restart = |key: &str| FleetCommand {
+        key: key.into(),
+        kind: CommandKind::Restart,
+        version: shipit::version::Version::parse("1.0.0").unwrap(),
+        nodes: vec!["node1".into()],
+        concurrency: 0,
+    };
+    let before = ex.starts("node1", "1.0.0");
+    for _ in 0..3 {
+        // A driver that replays a step asks again with the same key.
+        let results = fleet
+            .run(app, env, &restart("replayed:restart:node1"))
+            .await
+            .unwrap();
+        assert_eq!(results, [("node1".to_string(), NodeResult::Succeeded)]);
+    }
+    let check = FleetCommand {
+        key: "check".into(),
+        kind: CommandKind::Health,
+        ..restart("")
+    };
+    let wait_healthy = || async {
+        for _ in 0..50 {
+            let key = format!(
+                "check-{}",
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_nanos()
+            );
+            if fleet
+                .run(
+                    app,
+                    env,
+                    &FleetCommand {
+                        key,
+                        ..check.clone()
+                    },
+                )
+                .await
+                .unwrap()[0]
+                .1
+                == NodeResult::Succeeded
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("node1 did not come back");
+    };
+    wait_healthy().await;
+    assert_eq!(
+        ex.starts("node1", "1.0.0"),
+        before + 1,
+        "one key, one restart"
+    );
+    fleet
+        .run(app, env, &restart("another:restart:node1"))
+        .await
+        .unwrap();
+    wait_healthy().await;
+    assert_eq!(ex.starts("node1", "1.0.0"), before + 2);
+
+    // A node the config does not know is refused, not run.
+    let failing = fleet
+        .run(
+            app,
+            env,
+            &FleetCommand {
+                key: "bad-node".into(),
+                nodes: vec!["node9".into()],
+                ..restart("")
+            },
+        )
+        .await
+        .unwrap();
+    assert!(
+        matches!(&failing[0].1, NodeResult::Failed { output, .. } if output == "node node9 is not in the config")
+    );
+}
