@@ -16,6 +16,63 @@ use crate::store::{Store, QUEUED, RUNNING};
 use crate::version::Version;
 use crate::worker::{describe, Worker};
 
+/// A deploy's progress on a terminal: one line per node, redrawn in place.
+#[derive(Default)]
+pub struct LiveView {
+    title: String,
+    nodes: Vec<(String, String)>,
+    last: String,
+    drawn: usize,
+}
+
+impl LiveView {
+    pub fn new(title: String) -> LiveView {
+        LiveView {
+            title,
+            ..LiveView::default()
+        }
+    }
+
+    fn set(&mut self, node: &str, state: String) {
+        match self.nodes.iter_mut().find(|(n, _)| n == node) {
+            Some(entry) => entry.1 = state,
+            None => self.nodes.push((node.to_string(), state)),
+        }
+    }
+
+    /// Takes in a notice and returns the text that redraws the view (ANSI cursor moves).
+    pub fn update(&mut self, notice: &Notice) -> String {
+        match notice {
+            Notice::Installed { node } => self.set(node, "installed".into()),
+            Notice::InstallFailed { node, detail } => {
+                self.set(node, format!("install FAILED: {detail}"))
+            }
+            Notice::Restarted { node } => self.set(node, "restarted, checking health".into()),
+            Notice::Healthy { node } => self.set(node, "healthy".into()),
+            Notice::Unhealthy { node, detail } => self.set(node, format!("FAILED: {detail}")),
+            Notice::RollingBack { nodes, .. } => {
+                for n in nodes {
+                    self.set(n, "rolling back".into());
+                }
+            }
+            _ => {}
+        }
+        self.last = describe(notice);
+        let mut out = String::new();
+        if self.drawn > 0 {
+            out.push_str(&format!("\x1b[{}A", self.drawn));
+        }
+        let mut lines = vec![self.title.clone()];
+        lines.extend(self.nodes.iter().map(|(n, s)| format!("  {n:<16} {s}")));
+        lines.push(format!("  {}", self.last));
+        for l in &lines {
+            out.push_str(&format!("\x1b[2K{l}\n"));
+        }
+        self.drawn = lines.len();
+        out
+    }
+}
+
 fn port(e: crate::ports::PortError) -> anyhow::Error {
     anyhow!("{e}")
 }
@@ -108,7 +165,7 @@ pub async fn wait(
     config: Arc<Config>,
     store: &Store,
     job: &JobId,
-    print: impl Fn(&str),
+    mut on_notice: impl FnMut(&Notice),
 ) -> anyhow::Result<String> {
     let holder = format!(
         "cli-{}-{}",
@@ -138,13 +195,13 @@ pub async fn wait(
                     async move { worker.run(&holder, stopped).await },
                 ));
             } else if !said_following {
-                print("another shipit worker holds this store; following its progress");
+                eprintln!("another shipit worker holds this store; following its progress");
                 said_following = true;
             }
         }
         for (seq, notice) in store.notices(job, seen).await.map_err(port)? {
             seen = seq;
-            print(&describe(&notice));
+            on_notice(&notice);
         }
         let q = store
             .job(job)

@@ -1,3 +1,4 @@
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -277,7 +278,16 @@ async fn follow(
         return Ok(ExitCode::SUCCESS);
     }
     let prefix = format!("{}/{} {}", job.app, job.env, job.version);
-    let status = cli::wait(config, store, &job.id, |line| println!("{prefix}: {line}")).await?;
+    let status = if std::io::stdout().is_terminal() {
+        let mut view = cli::LiveView::new(format!("{prefix} (job {})", job.id));
+        cli::wait(config, store, &job.id, |n| print!("{}", view.update(n))).await?
+    } else {
+        cli::wait(config, store, &job.id, |n| {
+            println!("{prefix}: {}", shipit::worker::describe(n))
+        })
+        .await?
+    };
+    println!("{prefix}: {status}");
     Ok(if status == "succeeded" {
         ExitCode::SUCCESS
     } else {

@@ -54,7 +54,7 @@ pub fn router(ingress: Arc<Ingress>, store: Store) -> Router {
             "/healthz",
             get(|| async { Json(json!({ "status": "ok" })) }),
         )
-        .route("/api/jobs", get(jobs))
+        .route("/api/deploys", get(jobs))
         // One byte over GitHub's cap reaches the handler, which answers 413 with a reason.
         .layer(DefaultBodyLimit::max(MAX_BODY + 1))
         .with_state(AppState { ingress, store })

@@ -102,7 +102,7 @@ async fn serve_accepts_signed_webhooks_and_refuses_the_rest() {
         .contains("/deploy rollback APP [ENV]"));
 
     let listed: serde_json::Value = http
-        .get(format!("{base}/api/jobs"))
+        .get(format!("{base}/api/deploys"))
         .send()
         .await
         .unwrap()

@@ -1,0 +1,252 @@
+//! Figures for the embedded runtime, printed (not asserted), each a ratio from one run:
+//! 1. a deploy to 10 local nodes (real virtualenvs, pip, service processes): wall time ÷
+//!    the floor (one install + Σ over nodes of restart + health, measured on the same nodes);
+//! 2. signed tag pushes that `serve` accepts and durably queues (SQLite, synchronous=FULL),
+//!    over loopback from 8 concurrent clients: requests/s, p50 and p99 latency.
+//!
+//! Needs python3. `cargo bench --bench local`.
+
+use std::path::Path;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use shipit::config::Config;
+use shipit::ingress::sign_hex;
+use shipit::store::Store;
+
+const NODES: usize = 10;
+const WEBHOOKS: usize = 2000;
+const CLIENTS: usize = 8;
+
+fn sh(dir: &Path, script: &str) -> bool {
+    Command::new("sh")
+        .arg("-c")
+        .arg(script)
+        .current_dir(dir)
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
+fn port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn main() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        deploy_figures().await;
+        webhook_figures().await;
+    });
+}
+
+async fn deploy_figures() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let builder =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/local/hello-app/build_wheels.py");
+    assert!(sh(
+        root,
+        &format!(
+            "python3 {} wheelhouse 1.0.0 1.1.0 >/dev/null",
+            builder.display()
+        )
+    ));
+    let ports: Vec<u16> = (0..NODES).map(|_| port()).collect();
+    let venvs: Vec<_> = (1..=NODES)
+        .map(|i| {
+            let d = root.join(format!("nodes/node{i}"));
+            std::fs::create_dir_all(&d).unwrap();
+            Command::new("python3")
+                .args(["-m", "venv", "venv"])
+                .current_dir(&d)
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for mut v in venvs {
+        assert!(v.wait().unwrap().success());
+    }
+    let nodes: Vec<String> = ports
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            format!(
+                "{{ name = \"node{}\", dir = \"nodes/node{}\", vars = {{ port = \"{p}\" }} }}",
+                i + 1,
+                i + 1
+            )
+        })
+        .collect();
+    let install =
+        "venv/bin/pip install --quiet --no-index --find-links ../../wheelhouse -U hello-app==";
+    let config = format!(
+        r#"
+[apps.hello]
+package = "hello-app"
+install = "{install}{{version}}"
+restart = "venv/bin/python -m hello_app.ctl restart {{port}}"
+health = "venv/bin/python -m hello_app.ctl check {{port}} {{version}}"
+[apps.hello.rollout]
+health_attempts = 10
+health_interval_seconds = 1
+[apps.hello.environments.production]
+nodes = [{}]
+"#,
+        nodes.join(", ")
+    );
+    std::fs::write(root.join("shipit.toml"), config).unwrap();
+    let config = Arc::new(Config::load(&root.join("shipit.toml")).unwrap());
+    let store = Store::open(&config.server.state).unwrap();
+
+    let run = |version: &'static str| {
+        let (config, store) = (config.clone(), store.clone());
+        async move {
+            let job = shipit::cli::deploy(&config, &store, "hello", version, None)
+                .await
+                .unwrap();
+            let t = Instant::now();
+            let status = shipit::cli::wait(config, &store, &job.id, |_| {})
+                .await
+                .unwrap();
+            assert_eq!(status, "succeeded");
+            t.elapsed()
+        }
+    };
+    run("1.0.0").await; // starts the services
+    let wall = run("1.1.0").await;
+
+    // The floor on the same nodes: one install, then each node's restart and health check
+    // in turn (health polled every 20 ms, not every second).
+    let node1 = root.join("nodes/node1");
+    let t = Instant::now();
+    assert!(sh(&node1, &format!("{install}1.0.0")));
+    let one_install = t.elapsed();
+    assert!(sh(&node1, &format!("{install}1.1.0")));
+    let mut restarts = Duration::ZERO;
+    for (i, p) in ports.iter().enumerate() {
+        let d = root.join(format!("nodes/node{}", i + 1));
+        let t = Instant::now();
+        assert!(sh(
+            &d,
+            &format!("venv/bin/python -m hello_app.ctl restart {p} >/dev/null")
+        ));
+        while !sh(
+            &d,
+            &format!("venv/bin/python -m hello_app.ctl check {p} 1.1.0 >/dev/null 2>&1"),
+        ) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        restarts += t.elapsed();
+    }
+    for i in 1..=NODES {
+        sh(
+            &root.join(format!("nodes/node{i}")),
+            "venv/bin/python -m hello_app.ctl stop 0",
+        );
+    }
+    let floor = one_install + restarts;
+    println!("deploy to {NODES} local nodes: wall {:.2} s; floor {:.2} s (one install {:.2} s + restart+health {:.2} s); wall / floor = {:.2}",
+        wall.as_secs_f64(), floor.as_secs_f64(), one_install.as_secs_f64(), restarts.as_secs_f64(), wall.as_secs_f64() / floor.as_secs_f64());
+}
+
+async fn webhook_figures() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = "bench-secret";
+    std::fs::write(
+        dir.path().join("shipit.toml"),
+        format!(
+            r#"
+[github]
+webhook_secret = "{secret}"
+[apps.hello]
+package = "hello-app"
+repo = "acme/hello"
+install = "true"
+restart = "true"
+health = "true"
+[apps.hello.environments.production]
+nodes = [{{ name = "n1", dir = "n1" }}]
+"#
+        ),
+    )
+    .unwrap();
+    let config = Config::load(&dir.path().join("shipit.toml")).unwrap();
+    let (ingress, store) = shipit::wiring::local_ingress(config).await.unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}/hooks/github", listener.local_addr().unwrap());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    // The server alone: jobs are queued durably and stay queued (no worker runs them).
+    let server = tokio::spawn(shipit::server::serve(
+        Arc::new(ingress),
+        store.clone(),
+        listener,
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    let http = reqwest::Client::new();
+    let started = Instant::now();
+    let mut clients = tokio::task::JoinSet::new();
+    for c in 0..CLIENTS {
+        let (http, base) = (http.clone(), base.clone());
+        clients.spawn(async move {
+            let mut latencies = vec![];
+            for i in (c..WEBHOOKS).step_by(CLIENTS) {
+                let body = serde_json::json!({
+                    "ref": format!("refs/tags/v1.{i}.0"), "created": true, "deleted": false,
+                    "after": "6113728f27ae82c7b1a177c8d03f9e96e0adf246",
+                    "repository": { "full_name": "acme/hello" }, "pusher": { "name": "octocat" }
+                })
+                .to_string();
+                let sig = format!("sha256={}", sign_hex(secret.as_bytes(), &[body.as_bytes()]));
+                let t = Instant::now();
+                let r = http
+                    .post(&base)
+                    .header("x-github-event", "push")
+                    .header("x-hub-signature-256", sig)
+                    .body(body)
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(r.status(), 202);
+                latencies.push(t.elapsed());
+            }
+            latencies
+        });
+    }
+    let mut latencies = vec![];
+    while let Some(l) = clients.join_next().await {
+        latencies.extend(l.unwrap());
+    }
+    let elapsed = started.elapsed();
+    stop.send(()).unwrap();
+    server.await.unwrap().unwrap();
+    assert_eq!(
+        store.jobs(None).await.unwrap().len(),
+        WEBHOOKS,
+        "every accepted webhook is queued"
+    );
+    latencies.sort();
+    let pct = |p: f64| {
+        latencies[((latencies.len() as f64 * p) as usize).min(latencies.len() - 1)].as_secs_f64()
+            * 1000.0
+    };
+    println!(
+        "webhooks: {WEBHOOKS} signed tag pushes from {CLIENTS} clients in {:.2} s = {:.0}/s accepted and durably queued; p50 {:.2} ms, p99 {:.2} ms ({})",
+        elapsed.as_secs_f64(),
+        WEBHOOKS as f64 / elapsed.as_secs_f64(),
+        pct(0.50),
+        pct(0.99),
+        Utc::now().format("%Y-%m-%d")
+    );
+}
