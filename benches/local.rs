@@ -97,7 +97,7 @@ install = "{install}{{version}}"
 restart = "venv/bin/python -m hello_app.ctl restart {{port}}"
 health = "venv/bin/python -m hello_app.ctl check {{port}} {{version}}"
 [apps.hello.rollout]
-health_attempts = 10
+health_timeout_seconds = 20
 health_interval_seconds = 1
 [apps.hello.environments.production]
 nodes = [{}]

@@ -152,10 +152,10 @@ pub struct Rollout {
     /// Seconds one command may run on one node before it counts as failed.
     #[serde(default = "default_command_timeout")]
     pub command_timeout_seconds: u64,
-    /// Health checks a restarted node gets before it counts as unhealthy.
-    #[serde(default = "default_health_attempts")]
-    pub health_attempts: u32,
-    /// Seconds between two health checks of one node.
+    /// Seconds a restarted node has to pass its health check before it counts as unhealthy.
+    #[serde(default = "default_health_timeout")]
+    pub health_timeout_seconds: u64,
+    /// Longest pause between two health checks of one node (they start 100 ms apart).
     #[serde(default = "default_health_interval")]
     pub health_interval_seconds: u64,
     /// How long a deploy waits for a lock someone else holds before giving up.
@@ -172,7 +172,7 @@ impl Default for Rollout {
             install_concurrency: 0,
             auto_rollback: true,
             command_timeout_seconds: default_command_timeout(),
-            health_attempts: default_health_attempts(),
+            health_timeout_seconds: default_health_timeout(),
             health_interval_seconds: default_health_interval(),
             lock_wait_seconds: default_lock_wait(),
         }
@@ -187,8 +187,8 @@ fn default_command_timeout() -> u64 {
     600
 }
 
-fn default_health_attempts() -> u32 {
-    5
+fn default_health_timeout() -> u64 {
+    30
 }
 
 fn default_health_interval() -> u64 {
@@ -799,11 +799,11 @@ fn check_text(text: &str, path: &Path) -> (Option<Config>, Vec<Problem>) {
                 Some(None)
             }
         };
-        if a.rollout.health_attempts == 0 {
+        if a.rollout.health_interval_seconds == 0 {
             c.error(
-                format!("{k}.rollout.health_attempts"),
+                format!("{k}.rollout.health_interval_seconds"),
                 "must be at least 1",
-                "health checks a restarted node gets before it counts as unhealthy",
+                "the longest pause between two health checks of a node",
             );
         }
         if a.rollout.command_timeout_seconds == 0 {

@@ -18,11 +18,15 @@ use crate::version::Version;
 /// How long a deploy's lock outlives a crash of its driver.
 pub const LOCK_TTL_SECONDS: i64 = 2 * 3600;
 /// How often to look at a command still running.
-pub const POLL_SECONDS: u64 = 2;
+pub const POLL_MILLIS: u64 = 2000;
+/// The first health check after a restart that fails is retried this soon, then twice as
+/// late each time, up to `health_interval_seconds`: services are usually back within
+/// a fraction of a second, and a fixed interval would make every node wait it out.
+pub const HEALTH_FIRST_RETRY_MILLIS: u64 = 100;
 /// How much of a failed command's last output line goes into a notice.
 pub const DETAIL_CHARS: usize = 300;
 /// Longest pause between two tries of a held lock.
-pub const LOCK_RETRY_MAX_SECONDS: u64 = 60;
+pub const LOCK_RETRY_MAX_MILLIS: u64 = 60_000;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -67,7 +71,7 @@ pub enum Action {
     /// Answer `Observation::Ran` with a result for every node of the command.
     Run(Command),
     /// Answer `Observation::Waited` after this long.
-    Wait { seconds: u64 },
+    Wait { millis: u64 },
     /// The job is now live: record it; answer `Observation::Recorded`.
     Record,
     /// Release the lock; answer `Observation::Unlocked`.
@@ -180,9 +184,11 @@ pub enum Phase {
     Restart {
         index: usize,
     },
+    /// Health-check `nodes[index]`, restarted at `since`, until `health_timeout_seconds`.
     Health {
         index: usize,
         attempt: u32,
+        since: DateTime<Utc>,
     },
     /// Watch the canary for `bake_seconds`, then check it once more.
     Bake,
@@ -201,6 +207,7 @@ pub enum Phase {
         to: Version,
         index: usize,
         attempt: u32,
+        since: DateTime<Utc>,
         reason: String,
     },
     Record,
@@ -287,8 +294,8 @@ impl Deploy {
 
     /// What to do now. A pure function of the state: asking twice gives the same answer.
     pub fn action(&self) -> Action {
-        if let Some(seconds) = self.wait {
-            return Action::Wait { seconds };
+        if let Some(millis) = self.wait {
+            return Action::Wait { millis };
         }
         let v = &self.job.version;
         match &self.phase {
@@ -316,7 +323,7 @@ impl Deploy {
                 v,
                 vec![self.nodes[*index].name.clone()],
             ),
-            Phase::Health { index, attempt } => {
+            Phase::Health { index, attempt, .. } => {
                 let name = &self.nodes[*index].name;
                 self.run(
                     self.key(&format!("health:{name}:{attempt}")),
@@ -416,7 +423,7 @@ impl Deploy {
                     } else {
                         // 2, 4, 8 … up to a minute between tries.
                         self.wait = Some(
-                            (POLL_SECONDS << self.lock_tries.min(5)).min(LOCK_RETRY_MAX_SECONDS),
+                            (POLL_MILLIS << self.lock_tries.min(5)).min(LOCK_RETRY_MAX_MILLIS),
                         );
                         self.lock_tries += 1;
                     }
@@ -484,7 +491,7 @@ impl Deploy {
                         .iter()
                         .all(|n| results.iter().any(|(r, _)| r == n))
                 {
-                    self.wait = Some(POLL_SECONDS);
+                    self.wait = Some(POLL_MILLIS);
                     return Ok(notices);
                 }
                 let result_of = |node: &str| {
@@ -494,7 +501,7 @@ impl Deploy {
                         .map(|(_, r)| r.clone())
                         .unwrap_or(NodeResult::Running)
                 };
-                self.on_command(cmd.clone(), &result_of, &mut notices);
+                self.on_command(now, cmd.clone(), &result_of, &mut notices);
             }
             (Action::Record, Observation::Recorded) => {
                 self.phase = Phase::Unlock;
@@ -524,6 +531,7 @@ impl Deploy {
 
     fn on_command(
         &mut self,
+        now: DateTime<Utc>,
         cmd: Command,
         result_of: &dyn Fn(&str) -> NodeResult,
         notices: &mut Vec<Notice>,
@@ -585,7 +593,11 @@ impl Deploy {
                     notices.push(Notice::Restarted {
                         node: self.nodes[index].name.clone(),
                     });
-                    self.phase = Phase::Health { index, attempt: 1 };
+                    self.phase = Phase::Health {
+                        index,
+                        attempt: 1,
+                        since: now,
+                    };
                 }
                 r => {
                     // A failed restart may have stopped the service: count the node as restarted.
@@ -601,7 +613,11 @@ impl Deploy {
                     );
                 }
             },
-            Phase::Health { index, attempt } => {
+            Phase::Health {
+                index,
+                attempt,
+                since,
+            } => {
                 let name = self.nodes[index].name.clone();
                 match result_of(&name) {
                     NodeResult::Succeeded => {
@@ -613,17 +629,18 @@ impl Deploy {
                             && self.nodes.len() > 1
                         {
                             self.phase = Phase::Bake;
-                            self.wait = Some(self.policy.bake_seconds);
+                            self.wait = Some(self.policy.bake_seconds * 1000);
                         } else {
                             self.restart_from(index + 1);
                         }
                     }
-                    _ if attempt < self.policy.health_attempts => {
+                    _ if self.health_time_left(since, now) => {
                         self.phase = Phase::Health {
                             index,
                             attempt: attempt + 1,
+                            since,
                         };
-                        self.wait = Some(self.policy.health_interval_seconds);
+                        self.wait = Some(self.health_retry_millis(attempt));
                     }
                     r => {
                         self.nodes[index].state = NodeState::Unhealthy;
@@ -632,7 +649,8 @@ impl Deploy {
                             detail: detail(&r),
                         });
                         let reason = format!(
-                            "{name} failed its health check after {attempt} attempt(s) ({})",
+                            "{name} failed its health check for {} s, {attempt} checks ({})",
+                            self.policy.health_timeout_seconds,
                             detail(&r)
                         );
                         self.revert_or_fail(reason, notices);
@@ -688,6 +706,7 @@ impl Deploy {
                             to,
                             index,
                             attempt: 1,
+                            since: now,
                             reason,
                         }
                     }
@@ -704,6 +723,7 @@ impl Deploy {
                 to,
                 index,
                 attempt,
+                since,
                 reason,
             } => {
                 let name = self.nodes[index].name.clone();
@@ -713,14 +733,15 @@ impl Deploy {
                         notices.push(Notice::Healthy { node: name });
                         self.revert_restart_from(to, index + 1, reason, notices);
                     }
-                    _ if attempt < self.policy.health_attempts => {
+                    _ if self.health_time_left(since, now) => {
                         self.phase = Phase::RevertHealth {
                             to,
                             index,
                             attempt: attempt + 1,
+                            since,
                             reason,
                         };
-                        self.wait = Some(self.policy.health_interval_seconds);
+                        self.wait = Some(self.health_retry_millis(attempt));
                     }
                     r => {
                         let why = format!(
@@ -733,6 +754,16 @@ impl Deploy {
             }
             _ => {}
         }
+    }
+
+    fn health_time_left(&self, since: DateTime<Utc>, now: DateTime<Utc>) -> bool {
+        now - since < Duration::seconds(self.policy.health_timeout_seconds as i64)
+    }
+
+    /// 100 ms, 200 ms, 400 ms … up to `health_interval_seconds`.
+    fn health_retry_millis(&self, attempt: u32) -> u64 {
+        (HEALTH_FIRST_RETRY_MILLIS << attempt.saturating_sub(1).min(16))
+            .min(self.policy.health_interval_seconds * 1000)
     }
 
     /// Restarts the next node that installed, from `index` on; records when none is left.

@@ -257,9 +257,9 @@ impl Worker {
                         }
                     }
                 }
-                Action::Wait { seconds } => {
+                Action::Wait { millis } => {
                     tokio::select! {
-                        _ = tokio::time::sleep(Duration::from_secs(*seconds)) => Ok(Observation::Waited),
+                        _ = tokio::time::sleep(Duration::from_millis(*millis)) => Ok(Observation::Waited),
                         _ = shutdown.changed() => return Err(Stop::Shutdown),
                     }
                 }

@@ -74,7 +74,7 @@ install = "venv/bin/pip install --quiet --no-index --find-links ../../wheelhouse
 restart = "venv/bin/python -m hello_app.ctl restart {{port}}"
 health = "venv/bin/python -m hello_app.ctl check {{port}} {{version}}"
 [apps.hello.rollout]
-health_attempts = 4
+health_timeout_seconds = 10
 health_interval_seconds = 1
 [apps.hello.environments.production]
 nodes = [{}]

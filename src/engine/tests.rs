@@ -34,7 +34,8 @@ fn job(version: &str, automatic: bool) -> DeployJob {
 
 fn policy() -> Rollout {
     Rollout {
-        health_attempts: 2,
+        health_timeout_seconds: 1,
+        health_interval_seconds: 1,
         bake_seconds: 0,
         ..Rollout::default()
     }
@@ -56,7 +57,7 @@ struct Twin {
     newer: Option<Version>,
     recorded: Vec<JobId>,
     waited: Vec<u64>,
-    /// Seconds of virtual time each wait advances.
+    /// Virtual time, in milliseconds: only waits advance it.
     clock: i64,
 }
 
@@ -81,7 +82,7 @@ impl Twin {
     }
 
     fn now(&self) -> DateTime<Utc> {
-        t0() + Duration::seconds(self.clock)
+        t0() + Duration::milliseconds(self.clock)
     }
 
     fn execute(&mut self, action: &Action) -> Observation {
@@ -145,9 +146,9 @@ impl Twin {
                     results: self.results[&cmd.key].clone(),
                 }
             }
-            Action::Wait { seconds } => {
-                self.waited.push(*seconds);
-                self.clock += *seconds as i64;
+            Action::Wait { millis } => {
+                self.waited.push(*millis);
+                self.clock += *millis as i64;
                 Observation::Waited
             }
             Action::Record => {
@@ -316,7 +317,7 @@ fn health_failure_on_node_k_rolls_back_nodes_1_to_k_and_fails_the_job() {
         Twin::new(&["n1", "n2", "n3"], Some("1.0.0")).fail(CommandKind::Health, "n2", "1.1.0");
     let (outcome, notices) = run(&mut twin, job("1.1.0", false), policy());
     assert!(
-        matches!(&outcome, Outcome::Failed { reason, rolled_back: true } if reason.contains("n2 failed its health check after 2 attempt(s)")),
+        matches!(&outcome, Outcome::Failed { reason, rolled_back: true } if reason.contains("n2 failed its health check for 1 s, 5 checks")),
         "{outcome:?}"
     );
     assert_eq!(
@@ -326,6 +327,10 @@ fn health_failure_on_node_k_rolls_back_nodes_1_to_k_and_fails_the_job() {
             "restart n1 1.1.0",
             "health n1 1.1.0",
             "restart n2 1.1.0",
+            // Checked at +0, 0.1, 0.3, 0.7 and 1.5 s: past the 1 s timeout.
+            "health n2 1.1.0",
+            "health n2 1.1.0",
+            "health n2 1.1.0",
             "health n2 1.1.0",
             "health n2 1.1.0",
             // Back to 1.0.0 on disk everywhere the new version landed; restarts only
@@ -342,7 +347,7 @@ fn health_failure_on_node_k_rolls_back_nodes_1_to_k_and_fails_the_job() {
         "a failed deploy was recorded as live"
     );
     assert!(notices.iter().any(|n| matches!(n, Notice::RollingBack { to, nodes, .. } if to.as_str() == "1.0.0" && nodes == &["n1", "n2"])));
-    assert_eq!(twin.waited, [policy().health_interval_seconds]);
+    assert_eq!(twin.waited, [100, 200, 400, 800]);
 }
 
 #[test]
@@ -390,7 +395,20 @@ fn replayed_steps_never_send_a_second_command() {
         let mut clean =
             Twin::new(&["n1", "n2", "n3"], Some("1.0.0")).fail(CommandKind::Health, "n3", "1.1.0");
         run(&mut clean, job("1.1.0", false), policy());
-        assert_eq!(twin.log, clean.log, "crash every {crash_every}");
+        // Time passes during a lost step too, so fewer health probes fit in the timeout;
+        // every other command runs exactly as in a clean run, and each key once.
+        let acting = |log: &[String]| {
+            log.iter()
+                .filter(|l| !l.starts_with("health"))
+                .cloned()
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            acting(&twin.log),
+            acting(&clean.log),
+            "crash every {crash_every}"
+        );
+        assert!(twin.log.iter().any(|l| l == "health n3 1.1.0"));
     }
 }
 
@@ -434,7 +452,7 @@ fn commands_still_running_are_polled_not_resent() {
             .count(),
         1
     );
-    assert_eq!(twin.waited, [POLL_SECONDS, POLL_SECONDS]);
+    assert_eq!(twin.waited, [POLL_MILLIS, POLL_MILLIS]);
 }
 
 #[test]
@@ -467,7 +485,7 @@ fn a_held_lock_makes_the_deploy_wait_then_go() {
             failed_installs: vec![]
         }
     );
-    assert_eq!(twin.waited[..2], [2, 4], "back-off between tries");
+    assert_eq!(twin.waited[..2], [2000, 4000], "back-off between tries");
 }
 
 #[test]
@@ -493,7 +511,7 @@ fn a_lock_held_too_long_fails_the_deploy_without_touching_nodes() {
         "{outcome:?}"
     );
     assert!(twin.log.is_empty());
-    assert!(twin.waited.iter().all(|w| *w <= LOCK_RETRY_MAX_SECONDS));
+    assert!(twin.waited.iter().all(|w| *w <= LOCK_RETRY_MAX_MILLIS));
     assert_eq!(
         twin.lock.as_ref().map(|l| l.holder.as_str()),
         Some("@ann"),
@@ -588,7 +606,7 @@ fn the_canary_bakes_and_is_checked_again_before_the_rest() {
             "health n2 1.1.0"
         ]
     );
-    assert_eq!(twin.waited, [30]);
+    assert_eq!(twin.waited, [30_000]);
 }
 
 #[test]
@@ -611,4 +629,20 @@ fn the_state_survives_a_json_round_trip_mid_deploy() {
         let json = serde_json::to_string(&d).unwrap();
         assert_eq!(serde_json::from_str::<Deploy>(&json).unwrap(), d);
     }
+}
+
+#[test]
+fn a_slow_service_gets_its_whole_health_timeout_with_checks_backing_off() {
+    let d = Deploy::new(
+        job("1.1.0", false),
+        Rollout {
+            health_timeout_seconds: 30,
+            health_interval_seconds: 5,
+            ..policy()
+        },
+    );
+    let waits: Vec<u64> = (1..=8).map(|a| d.health_retry_millis(a)).collect();
+    assert_eq!(waits, [100, 200, 400, 800, 1600, 3200, 5000, 5000]);
+    assert!(d.health_time_left(t0(), t0() + Duration::seconds(29)));
+    assert!(!d.health_time_left(t0(), t0() + Duration::seconds(30)));
 }
