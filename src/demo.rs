@@ -401,6 +401,22 @@ async fn follow(
             .map_err(|e| anyhow!("{e}"))?
             .context("job vanished")?;
         if q.status != QUEUED && q.status != RUNNING {
+            // What the chat and APM notifiers would post for this deploy.
+            let j = &q.job;
+            let took = started.elapsed().as_secs_f64();
+            println!(
+                "  chat would post: {} {} to {}: {} in {took:.1} s (requested by {})",
+                j.app, j.version, j.env, q.status, j.requested_by
+            );
+            if q.status == "succeeded" {
+                println!(
+                    "  APM would mark: deployment of {} version {} in {} at {}",
+                    j.app,
+                    j.version,
+                    j.env,
+                    Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                );
+            }
             return Ok(Row {
                 step,
                 job: job.to_string(),
