@@ -32,6 +32,12 @@ fn job(version: &str, automatic: bool) -> DeployJob {
     )
 }
 
+fn succeeded() -> Outcome {
+    Outcome::Succeeded {
+        failed_installs: vec![],
+    }
+}
+
 fn policy() -> Rollout {
     Rollout {
         health_timeout_seconds: 1,
@@ -207,12 +213,7 @@ fn run(twin: &mut Twin, job: DeployJob, policy: Rollout) -> (Outcome, Vec<Notice
 fn happy_path_installs_everywhere_then_restarts_one_at_a_time_in_order() {
     let mut twin = Twin::new(&["n1", "n2", "n3"], Some("1.0.0"));
     let (outcome, notices) = run(&mut twin, job("1.1.0", false), policy());
-    assert_eq!(
-        outcome,
-        Outcome::Succeeded {
-            failed_installs: vec![]
-        }
-    );
+    assert_eq!(outcome, succeeded());
     assert_eq!(
         twin.log,
         [
@@ -237,9 +238,7 @@ fn happy_path_installs_everywhere_then_restarts_one_at_a_time_in_order() {
     assert_eq!(
         notices.last(),
         Some(&Notice::Finished {
-            outcome: Outcome::Succeeded {
-                failed_installs: vec![]
-            }
+            outcome: succeeded()
         })
     );
 }
@@ -435,12 +434,7 @@ fn commands_still_running_are_polled_not_resent() {
     let j = job("1.1.0", false);
     twin.slow = vec![format!("{}:install", j.id), format!("{}:restart:n2", j.id)];
     let (outcome, _) = run(&mut twin, j, policy());
-    assert_eq!(
-        outcome,
-        Outcome::Succeeded {
-            failed_installs: vec![]
-        }
-    );
+    assert_eq!(outcome, succeeded());
     assert_eq!(
         twin.log.iter().filter(|l| l.starts_with("install")).count(),
         1
@@ -479,12 +473,7 @@ fn a_held_lock_makes_the_deploy_wait_then_go() {
     );
     twin.lock = None;
     let (outcome, _) = twin.drive(&mut d, None);
-    assert_eq!(
-        outcome,
-        Outcome::Succeeded {
-            failed_installs: vec![]
-        }
-    );
+    assert_eq!(outcome, succeeded());
     assert_eq!(twin.waited[..2], [2000, 4000], "back-off between tries");
 }
 
@@ -552,12 +541,7 @@ fn superseded_and_already_live_automatic_jobs_are_skipped() {
 
     // A person asking for a version gets it, newer queued or not.
     let (outcome, _) = run(&mut twin, job("1.1.0", false), policy());
-    assert_eq!(
-        outcome,
-        Outcome::Succeeded {
-            failed_installs: vec![]
-        }
-    );
+    assert_eq!(outcome, succeeded());
 
     let mut twin = Twin::new(&["n1"], Some("1.1.0"));
     let (outcome, _) = run(&mut twin, job("1.1.0", true), policy());
@@ -589,12 +573,7 @@ fn the_canary_bakes_and_is_checked_again_before_the_rest() {
             ..policy()
         },
     );
-    assert_eq!(
-        outcome,
-        Outcome::Succeeded {
-            failed_installs: vec![]
-        }
-    );
+    assert_eq!(outcome, succeeded());
     assert_eq!(
         twin.log,
         [
