@@ -64,23 +64,35 @@ impl Worker {
         mut shutdown: watch::Receiver<bool>,
     ) -> Result<(), PortError> {
         let ttl = chrono::Duration::seconds(LEASE_TTL_SECONDS);
-        if !self
+        // Another worker (a `deploy --wait`, or one that died and whose lease has not run
+        // out yet) holds the store: wait for it rather than run deploys side by side.
+        let mut said = false;
+        while !self
             .store
             .take_worker_lease(holder, Utc::now(), ttl)
             .await?
         {
-            return Err("another shipit worker (`shipit serve` or `deploy --wait`) is running on this store".into());
+            if !said {
+                tracing::warn!("another shipit worker holds this store; waiting for it to finish");
+                said = true;
+            }
+            tokio::select! {
+                _ = shutdown.changed() => return Ok(()),
+                _ = tokio::time::sleep(LEASE_RENEW) => {}
+            }
         }
         let mut renewed = std::time::Instant::now();
+        // Deploys stop at their next step boundary when this loop ends, for any reason.
+        let (halt, halted) = watch::channel(false);
         let mut tasks = tokio::task::JoinSet::new();
         for q in self.store.running_jobs().await? {
             tracing::info!(job_id = %q.job.id, "resuming deploy");
-            let (w, s) = (self.clone(), shutdown.clone());
+            let (w, s) = (self.clone(), halted.clone());
             tasks.spawn(async move { w.drive(q.job, s).await });
         }
         loop {
             while let Some(q) = self.store.claim_next().await? {
-                let (w, s) = (self.clone(), shutdown.clone());
+                let (w, s) = (self.clone(), halted.clone());
                 tasks.spawn(async move { w.drive(q.job, s).await });
             }
             while let Some(done) = tasks.try_join_next() {
@@ -89,9 +101,16 @@ impl Worker {
                 }
             }
             if renewed.elapsed() >= LEASE_RENEW {
-                self.store
+                if !self
+                    .store
                     .take_worker_lease(holder, Utc::now(), ttl)
-                    .await?;
+                    .await?
+                {
+                    // Paused past the lease and another worker took over: stop claiming;
+                    // deploys under way finish their current step and are resumed there.
+                    tracing::error!("lost the worker lease to another process; stopping");
+                    break;
+                }
                 renewed = std::time::Instant::now();
             }
             tokio::select! {
@@ -103,6 +122,7 @@ impl Worker {
             }
         }
         // Deploys stop at their next step boundary, state saved, and resume on next start.
+        let _ = halt.send(true);
         while tasks.join_next().await.is_some() {}
         self.store.drop_worker_lease(holder).await
     }

@@ -246,3 +246,111 @@ chat_deployers = ["everyone"]
     assert_eq!(code, 1);
     assert!(stdout.contains("error: (file): cannot read"), "{stdout}");
 }
+
+#[tokio::test]
+async fn serve_stops_cleanly_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    local_config(dir.path());
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let config = dir.path().join("shipit.toml");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_shipit"))
+        .args([
+            "serve",
+            "--config",
+            config.to_str().unwrap(),
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+        ])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let http = reqwest::Client::new();
+    let mut up = false;
+    for _ in 0..100 {
+        if http
+            .get(format!("http://127.0.0.1:{port}/healthz"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 200)
+        {
+            up = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(up, "serve did not come up");
+    assert!(Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success());
+    let mut exited = None;
+    for _ in 0..100 {
+        if let Some(status) = child.try_wait().unwrap() {
+            exited = Some(status);
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let status = exited.unwrap_or_else(|| {
+        let _ = child.kill();
+        panic!("serve ignored SIGTERM")
+    });
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+    assert!(status.success(), "{status:?}: {stderr}");
+    assert!(stderr.contains("shutting down"), "{stderr}");
+}
+
+#[tokio::test]
+async fn a_worker_waits_while_another_holds_the_store() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("n1")).unwrap();
+    std::fs::write(
+        dir.path().join("shipit.toml"),
+        r#"
+[apps.hello]
+package = "hello-app"
+install = "true"
+restart = "true"
+health = "true"
+[apps.hello.environments.production]
+nodes = [{ name = "n1", dir = "n1" }]
+"#,
+    )
+    .unwrap();
+    let config = Arc::new(Config::load(&dir.path().join("shipit.toml")).unwrap());
+    let store = shipit::store::Store::open(&config.server.state).unwrap();
+    // Someone else's lease, running out in 2 s (as a worker that died would leave it).
+    assert!(store
+        .take_worker_lease("other", Utc::now(), chrono::Duration::seconds(2))
+        .await
+        .unwrap());
+    let job = shipit::cli::deploy(&config, &store, "hello", "1.0.0", None)
+        .await
+        .unwrap();
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let worker = shipit::worker::Worker::new(config.clone(), store.clone());
+    let running = tokio::spawn(async move { worker.run("me", stopped).await });
+    tokio::time::sleep(std::time::Duration::from_millis(1000)).await;
+    assert_eq!(
+        store.job(&job.id).await.unwrap().unwrap().status,
+        "queued",
+        "ran beside another worker"
+    );
+    let mut status = String::new();
+    for _ in 0..100 {
+        status = store.job(&job.id).await.unwrap().unwrap().status;
+        if status == "succeeded" {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(status, "succeeded", "never took over the expired lease");
+    stop.send(true).unwrap();
+    running.await.unwrap().unwrap();
+}
