@@ -52,30 +52,9 @@ fn main() {
 async fn deploy_figures() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
-    let builder =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/local/hello-app/build_wheels.py");
-    assert!(sh(
-        root,
-        &format!(
-            "python3 {} wheelhouse 1.0.0 1.1.0 >/dev/null",
-            builder.display()
-        )
-    ));
     let ports: Vec<u16> = (0..NODES).map(|_| port()).collect();
-    let venvs: Vec<_> = (1..=NODES)
-        .map(|i| {
-            let d = root.join(format!("nodes/node{i}"));
-            std::fs::create_dir_all(&d).unwrap();
-            Command::new("python3")
-                .args(["-m", "venv", "venv"])
-                .current_dir(&d)
-                .spawn()
-                .unwrap()
-        })
-        .collect();
-    for mut v in venvs {
-        assert!(v.wait().unwrap().success());
-    }
+    let names: Vec<String> = (1..=NODES).map(|i| format!("node{i}")).collect();
+    shipit::demo::set_up_nodes(root, &names, &["1.0.0", "1.1.0"]).unwrap();
     let nodes: Vec<String> = ports
         .iter()
         .enumerate()

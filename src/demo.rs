@@ -78,17 +78,44 @@ fn python(args: &[&str], dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Writes the example into `dir` with free ports and fresh secrets; returns its config path.
-fn set_up(dir: &Path) -> anyhow::Result<PathBuf> {
-    let mut config = CONFIG.replace("127.0.0.1:8080", "127.0.0.1:0");
-    for (name, port) in NODES {
-        config = config.replace(&format!("\"{port}\""), &format!("\"{}\"", free_port()?));
-        std::fs::create_dir_all(dir.join("nodes").join(name))?;
-    }
+/// Lays out the example's machinery in `dir`: the hello-app sources in `hello-app/`,
+/// its wheels for `versions` (`1.2.0:broken` builds one that fails its health check) in
+/// `wheelhouse/`, and `nodes/NAME/venv` for each node, the virtualenvs made in parallel.
+/// Shared by the demo, the end-to-end tests and the bench.
+pub fn set_up_nodes(dir: &Path, nodes: &[String], versions: &[&str]) -> anyhow::Result<()> {
     for (file, text) in APP_FILES {
         let path = dir.join("hello-app").join(file);
         std::fs::create_dir_all(path.parent().unwrap_or(dir))?;
         std::fs::write(path, text)?;
+    }
+    let mut args = vec!["hello-app/build_wheels.py", "wheelhouse"];
+    args.extend_from_slice(versions);
+    python(&args, dir)?;
+    let venvs: Vec<_> = nodes
+        .iter()
+        .map(|name| {
+            let node = dir.join("nodes").join(name);
+            std::fs::create_dir_all(&node)?;
+            std::process::Command::new("python3")
+                .args(["-m", "venv", "venv"])
+                .current_dir(node)
+                .spawn()
+        })
+        .collect::<Result<_, _>>()
+        .context("creating the nodes' virtualenvs")?;
+    for mut v in venvs {
+        if !v.wait()?.success() {
+            bail!("python3 -m venv failed");
+        }
+    }
+    Ok(())
+}
+
+/// Writes the example into `dir` with free ports and fresh secrets; returns its config path.
+fn set_up(dir: &Path) -> anyhow::Result<PathBuf> {
+    let mut config = CONFIG.replace("127.0.0.1:8080", "127.0.0.1:0");
+    for (_, port) in NODES {
+        config = config.replace(&format!("\"{port}\""), &format!("\"{}\"", free_port()?));
     }
     let path = dir.join("shipit.toml");
     std::fs::write(&path, config)?;
@@ -101,33 +128,10 @@ fn set_up(dir: &Path) -> anyhow::Result<PathBuf> {
     // The example reads its secrets from these; this process is the only reader.
     std::env::set_var("SHIPIT_GITHUB_SECRET", secret("github"));
     std::env::set_var("SHIPIT_SLACK_SIGNING_SECRET", secret("slack"));
-
     // 1.0.0 and the broken 1.2.0 are in the index before the server first looks, so they
     // are history there, not uploads; 1.1.0 is uploaded during the demo.
-    python(
-        &[
-            "hello-app/build_wheels.py",
-            "wheelhouse",
-            "1.0.0",
-            "1.2.0:broken",
-        ],
-        dir,
-    )?;
-    let venvs: Vec<_> = NODES
-        .iter()
-        .map(|(name, _)| {
-            std::process::Command::new("python3")
-                .args(["-m", "venv", "venv"])
-                .current_dir(dir.join("nodes").join(name))
-                .spawn()
-        })
-        .collect::<Result<_, _>>()
-        .context("creating the nodes' virtualenvs")?;
-    for mut v in venvs {
-        if !v.wait()?.success() {
-            bail!("python3 -m venv failed");
-        }
-    }
+    let nodes: Vec<String> = NODES.iter().map(|(n, _)| n.to_string()).collect();
+    set_up_nodes(dir, &nodes, &["1.0.0", "1.2.0:broken"])?;
     Ok(path)
 }
 

@@ -1,7 +1,7 @@
 //! End to end on one machine: real virtualenvs, real `pip install` of real wheels, real
 //! service processes, driven by the worker through the SQLite store.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -31,33 +31,9 @@ impl Example {
         let dir = tempfile::tempdir().unwrap();
         let nodes: Vec<(String, u16)> =
             (1..=n).map(|i| (format!("node{i}"), free_port())).collect();
-        let builder =
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/local/hello-app/build_wheels.py");
-        let ok = Command::new("python3")
-            .arg(&builder)
-            .args(["wheelhouse", "1.0.0", "1.1.0", "1.2.0:broken"])
-            .current_dir(dir.path())
-            .output()
+        let names: Vec<String> = nodes.iter().map(|(n, _)| n.clone()).collect();
+        shipit::demo::set_up_nodes(dir.path(), &names, &["1.0.0", "1.1.0", "1.2.0:broken"])
             .unwrap();
-        assert!(
-            ok.status.success(),
-            "{}",
-            String::from_utf8_lossy(&ok.stderr)
-        );
-        let venvs: Vec<_> = nodes
-            .iter()
-            .map(|(name, _)| {
-                std::fs::create_dir_all(dir.path().join("nodes").join(name)).unwrap();
-                Command::new("python3")
-                    .args(["-m", "venv", "venv"])
-                    .current_dir(dir.path().join("nodes").join(name))
-                    .spawn()
-                    .unwrap()
-            })
-            .collect();
-        for mut v in venvs {
-            assert!(v.wait().unwrap().success());
-        }
         let node_list: Vec<String> = nodes
             .iter()
             .map(|(n, p)| {
