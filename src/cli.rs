@@ -9,10 +9,10 @@ use serde_json::json;
 use tokio::sync::watch;
 
 use crate::config::{App, Config};
-use crate::engine::{Notice, Outcome};
+use crate::engine::Notice;
 use crate::job::{DeployJob, JobId, Source};
 use crate::ports::{rollback_target, JobQueue, Ledger};
-use crate::store::{Store, QUEUED, RUNNING};
+use crate::store::{QueuedJob, Store, QUEUED, RUNNING};
 use crate::version::Version;
 use crate::worker::{describe, Worker};
 
@@ -158,66 +158,53 @@ pub async fn rollback(
     Ok(job)
 }
 
-/// Waits for `job` to finish, printing its progress; runs the jobs itself whenever no
-/// other worker holds this store (a server, or one that died and whose lease ran out).
-/// The job's final status.
+/// Waits for `job` to finish, handing each of its notices to `on_notice`; runs the jobs
+/// here whenever no other worker holds this store (a server, or one that died and whose
+/// lease ran out: the worker waits for the lease). The job's final status.
 pub async fn wait(
     config: Arc<Config>,
     store: &Store,
     job: &JobId,
-    mut on_notice: impl FnMut(&Notice),
+    on_notice: impl FnMut(&Notice),
 ) -> anyhow::Result<String> {
     let holder = format!(
         "cli-{}-{}",
         std::process::id(),
         Utc::now().timestamp_micros()
     );
-    let ttl = chrono::Duration::seconds(crate::worker::LEASE_TTL_SECONDS);
     let (stop, stopped) = watch::channel(false);
-    let mut local = None;
-    let mut said_following = false;
-    let mut last_try = None::<std::time::Instant>;
+    let worker = Worker::new(config, store.clone());
+    let runner = tokio::spawn(async move { worker.run(&holder, stopped).await });
+    let finished = follow_job(store, job, on_notice).await;
+    let _ = stop.send(true);
+    runner.await?.map_err(port)?;
+    Ok(finished?.status)
+}
+
+/// Hands each of the job's notices to `on_notice` as they come, until the job has ended;
+/// returns the ended job.
+pub async fn follow_job(
+    store: &Store,
+    job: &JobId,
+    mut on_notice: impl FnMut(&Notice),
+) -> anyhow::Result<QueuedJob> {
     let mut seen = 0;
-    let status = loop {
-        if local.is_none() && last_try.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
-            last_try = Some(std::time::Instant::now());
-            if store
-                .take_worker_lease(&holder, Utc::now(), ttl)
-                .await
-                .map_err(port)?
-            {
-                let (worker, holder, stopped) = (
-                    Worker::new(config.clone(), store.clone()),
-                    holder.clone(),
-                    stopped.clone(),
-                );
-                local = Some(tokio::spawn(
-                    async move { worker.run(&holder, stopped).await },
-                ));
-            } else if !said_following {
-                eprintln!("another shipit worker holds this store; following its progress");
-                said_following = true;
-            }
-        }
-        for (seq, notice) in store.notices(job, seen).await.map_err(port)? {
-            seen = seq;
-            on_notice(&notice);
-        }
+    loop {
         let q = store
             .job(job)
             .await
             .map_err(port)?
             .context("the job disappeared from the store")?;
+        // Read after the status: a job's notices are all written before it ends.
+        for (seq, notice) in store.notices(job, seen).await.map_err(port)? {
+            seen = seq;
+            on_notice(&notice);
+        }
         if q.status != QUEUED && q.status != RUNNING {
-            break q.status;
+            return Ok(q);
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
-    };
-    if let Some(local) = local {
-        let _ = stop.send(true);
-        local.await?.map_err(port)?;
     }
-    Ok(status)
 }
 
 pub async fn status(config: &Config, store: &Store) -> anyhow::Result<serde_json::Value> {
@@ -306,18 +293,4 @@ pub async fn history(
 ) -> anyhow::Result<Vec<crate::ports::HistoryEntry>> {
     let (a, env) = target(config, app, env)?;
     store.history(&a.name, &env, 50).await.map_err(port)
-}
-
-/// The outcome line of a finished job, from its notices.
-pub async fn outcome(store: &Store, job: &JobId) -> anyhow::Result<Option<Outcome>> {
-    Ok(store
-        .notices(job, 0)
-        .await
-        .map_err(port)?
-        .into_iter()
-        .rev()
-        .find_map(|(_, n)| match n {
-            Notice::Finished { outcome } => Some(outcome),
-            _ => None,
-        }))
 }

@@ -16,7 +16,7 @@ use sha2::Digest;
 use crate::config::Config;
 use crate::ingress::sign_hex;
 use crate::job::JobId;
-use crate::store::{Store, QUEUED, RUNNING};
+use crate::store::Store;
 use crate::wiring::local_ingress;
 use crate::worker::{describe, Worker};
 
@@ -393,48 +393,37 @@ async fn follow(
     started: Instant,
 ) -> anyhow::Result<Row> {
     let id: JobId = serde_json::from_value(Value::String(job.to_string()))?;
-    let mut seen = 0;
-    loop {
-        for (seq, n) in store.notices(&id, seen).await.map_err(|e| anyhow!("{e}"))? {
-            seen = seq;
-            println!("  deploy {job}: {}", describe(&n));
-        }
-        let q = store
-            .job(&id)
-            .await
-            .map_err(|e| anyhow!("{e}"))?
-            .context("job vanished")?;
-        if q.status != QUEUED && q.status != RUNNING {
-            // What the chat and APM notifiers would post for this deploy.
-            let j = &q.job;
-            let took = started.elapsed().as_secs_f64();
-            println!(
-                "  chat would post: {} {} to {}: {} in {took:.1} s (requested by {})",
-                j.app, j.version, j.env, q.status, j.requested_by
-            );
-            if q.status == "succeeded" {
-                println!(
-                    "  APM would mark: deployment of {} version {} in {} at {}",
-                    j.app,
-                    j.version,
-                    j.env,
-                    Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
-                );
-            }
-            return Ok(Row {
-                step,
-                job: job.to_string(),
-                status: q.status,
-                expected,
-                seconds: started.elapsed().as_secs_f64(),
-            });
-        }
-        if started.elapsed() > STEP_TIMEOUT {
-            bail!(
+    let log = |n: &crate::engine::Notice| println!("  deploy {job}: {}", describe(n));
+    let left = STEP_TIMEOUT.saturating_sub(started.elapsed());
+    let q = tokio::time::timeout(left, crate::cli::follow_job(store, &id, log))
+        .await
+        .map_err(|_| {
+            anyhow!(
                 "job {job} did not finish within {} s",
                 STEP_TIMEOUT.as_secs()
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+            )
+        })??;
+    // What the chat and APM notifiers would post for this deploy.
+    let j = &q.job;
+    let took = started.elapsed().as_secs_f64();
+    println!(
+        "  chat would post: {} {} to {}: {} in {took:.1} s (requested by {})",
+        j.app, j.version, j.env, q.status, j.requested_by
+    );
+    if q.status == "succeeded" {
+        println!(
+            "  APM would mark: deployment of {} version {} in {} at {}",
+            j.app,
+            j.version,
+            j.env,
+            Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        );
     }
+    Ok(Row {
+        step,
+        job: job.to_string(),
+        status: q.status,
+        expected,
+        seconds: took,
+    })
 }

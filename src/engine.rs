@@ -11,7 +11,7 @@ use chrono::{DateTime, Duration, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::config::Rollout;
-use crate::job::{DeployJob, JobId};
+use crate::job::DeployJob;
 use crate::ports::LockInfo;
 use crate::version::Version;
 
@@ -256,14 +256,6 @@ impl Deploy {
             locked: false,
             outcome: None,
         }
-    }
-
-    pub fn id(&self) -> &JobId {
-        &self.job.id
-    }
-
-    pub fn is_done(&self) -> bool {
-        self.phase == Phase::Done
     }
 
     fn key(&self, what: &str) -> String {
