@@ -1,4 +1,7 @@
-//! AWS adapters: the SQS FIFO deploy queue and the Parameter Store ledger.
+//! AWS adapters: the SQS FIFO deploy queue, the Parameter Store ledger, and (in `fleet`)
+//! SSM Run Command.
+
+pub mod fleet;
 
 use async_trait::async_trait;
 use aws_sdk_sqs::types::SendMessageBatchRequestEntry;

@@ -120,6 +120,10 @@ pub enum Nodes {
     /// Managed nodes found through SSM by their tags.
     Ssm {
         tags: BTreeMap<String, String>,
+        /// The app's directory on every node: where commands run, and `{dir}`.
+        dir: Option<String>,
+        /// Values for the environment's own template placeholders.
+        vars: BTreeMap<String, String>,
     },
     Local(Vec<LocalNode>),
 }
@@ -386,6 +390,10 @@ struct RawApp {
 #[serde(deny_unknown_fields)]
 struct RawEnvironment {
     ssm_tags: Option<BTreeMap<String, String>>,
+    /// With `ssm_tags`: the app's directory on the nodes, and placeholder values.
+    dir: Option<String>,
+    #[serde(default)]
+    vars: BTreeMap<String, String>,
     nodes: Option<Vec<RawLocalNode>>,
     #[serde(default)]
     chat_deployers: Vec<String>,
@@ -667,6 +675,8 @@ fn check_text(text: &str, path: &Path) -> (Option<Config>, Vec<Problem>) {
 
         let mut known: BTreeSet<String> = TEMPLATE_VARS.iter().map(|s| s.to_string()).collect();
         let mut environments = BTreeMap::new();
+        // SSM environments without a `dir`: their templates cannot use `{dir}`.
+        let mut dirless = vec![];
         if a.environments.is_empty() {
             c.error(
                 format!("{k}.environments"),
@@ -684,8 +694,32 @@ fn check_text(text: &str, path: &Path) -> (Option<Config>, Vec<Problem>) {
                 );
             }
             let nodes = match (e.ssm_tags, e.nodes) {
-                (Some(tags), None) if !tags.is_empty() => Some(Nodes::Ssm { tags }),
+                (Some(tags), None) if !tags.is_empty() => {
+                    if let Some(d) = e.dir.as_deref().filter(|d| !d.starts_with('/')) {
+                        c.error(
+                            format!("{ek}.dir"),
+                            format!("{d:?} is not an absolute path"),
+                            "the app's directory on every node, e.g. \"/srv/hello\"",
+                        );
+                    }
+                    known.extend(e.vars.keys().cloned());
+                    if e.dir.is_none() {
+                        dirless.push(ek.clone());
+                    }
+                    Some(Nodes::Ssm {
+                        tags,
+                        dir: e.dir,
+                        vars: e.vars,
+                    })
+                }
                 (None, Some(nodes)) if !nodes.is_empty() => {
+                    if e.dir.is_some() || !e.vars.is_empty() {
+                        c.error(
+                            &ek,
+                            "dir and vars belong to ssm_tags environments",
+                            "give each local node its own dir and vars",
+                        );
+                    }
                     let mut seen = BTreeSet::new();
                     for (i, n) in nodes.iter().enumerate() {
                         if !valid_name(&n.name) {
@@ -812,6 +846,22 @@ fn check_text(text: &str, path: &Path) -> (Option<Config>, Vec<Problem>) {
                 "must be at least 1",
                 "seconds one command may run on one node",
             );
+        }
+        let templates = [
+            ("install", install.as_ref()),
+            ("restart", restart.as_ref()),
+            ("health", health.as_ref().and_then(Option::as_ref)),
+        ];
+        for (what, t) in templates {
+            if let (Some(t), Some(env)) = (t, dirless.first()) {
+                if t.placeholders().any(|p| p == "dir") {
+                    c.error(
+                        format!("{env}.dir"),
+                        format!("{k}.{what} uses {{dir}} but this environment has no dir"),
+                        "set dir = \"/srv/...\" to the app's directory on its nodes",
+                    );
+                }
+            }
         }
         let notify = check_notify(&mut c, &k, a.notify, &name);
 
@@ -980,6 +1030,46 @@ mod tests {
             ),
             "{text}"
         );
+    }
+
+    #[test]
+    fn ssm_environments_name_their_directory_for_dir() {
+        let text = |dir: &str| {
+            format!(
+                r#"
+                [apps.hello]
+                package = "hello-app"
+                install = "{{dir}}/venv/bin/pip install {{package}}=={{version}}"
+                restart = "systemctl restart hello@{{port}}"
+                health = "true"
+                [apps.hello.environments.production]
+                ssm_tags = {{ "shipit:app" = "hello" }}
+                vars = {{ port = "8080" }}
+                {dir}
+                "#
+            )
+        };
+        let ok = Config::parse(&text("dir = \"/srv/hello\""), Path::new("x.toml")).unwrap();
+        let env = &ok.app("hello").unwrap().environments["production"];
+        assert!(matches!(&env.nodes, Nodes::Ssm { dir: Some(d), vars, .. }
+            if d == "/srv/hello" && vars["port"] == "8080"));
+        for (dir, wrong) in [
+            (
+                "",
+                "apps.hello.install uses {dir} but this environment has no dir",
+            ),
+            (
+                "dir = \"srv/hello\"",
+                "\"srv/hello\" is not an absolute path",
+            ),
+        ] {
+            let err = Config::parse(&text(dir), Path::new("x.toml")).unwrap_err();
+            assert!(err.to_string().contains(wrong), "{err}");
+            assert_eq!(
+                err.problems[0].key,
+                "apps.hello.environments.production.dir"
+            );
+        }
     }
 
     #[test]

@@ -17,8 +17,13 @@ use crate::version::Version;
 
 /// How long a deploy's lock outlives a crash of its driver.
 pub const LOCK_TTL_SECONDS: i64 = 2 * 3600;
-/// How often to look at a command still running.
+/// How often to look at a command still running: soon at first (most finish within a
+/// second), then every `POLL_MILLIS`.
+pub const POLL_FIRST_MILLIS: u64 = 250;
 pub const POLL_MILLIS: u64 = 2000;
+/// Beyond its `command_timeout_seconds`, how long a command may go without a result from a
+/// node (delivery to a node that went away, say) before that node counts as failed.
+pub const COMMAND_GRACE_SECONDS: i64 = 600;
 /// The first health check after a restart that fails is retried this soon, then twice as
 /// late each time, up to `health_interval_seconds`: services are usually back within
 /// a fraction of a second, and a fixed interval would make every node wait it out.
@@ -233,6 +238,11 @@ pub struct Deploy {
     /// Held once taken, so that a rollback or failure still releases it.
     pub locked: bool,
     pub outcome: Option<Outcome>,
+    /// While a command runs: since when, and how often it was looked at.
+    #[serde(default)]
+    pub running_since: Option<DateTime<Utc>>,
+    #[serde(default)]
+    pub polls: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -255,6 +265,8 @@ impl Deploy {
             lock_tries: 0,
             locked: false,
             outcome: None,
+            running_since: None,
+            polls: 0,
         }
     }
 
@@ -477,21 +489,37 @@ impl Deploy {
                 }
             }
             (Action::Run(cmd), Observation::Ran { key, results }) if key == cmd.key => {
-                if results.iter().any(|(_, r)| *r == NodeResult::Running)
-                    || !cmd
-                        .nodes
-                        .iter()
-                        .all(|n| results.iter().any(|(r, _)| r == n))
-                {
-                    self.wait = Some(POLL_MILLIS);
-                    return Ok(notices);
-                }
                 let result_of = |node: &str| {
                     results
                         .iter()
                         .find(|(n, _)| n == node)
                         .map(|(_, r)| r.clone())
                         .unwrap_or(NodeResult::Running)
+                };
+                let mut late = false;
+                if cmd
+                    .nodes
+                    .iter()
+                    .any(|n| result_of(n) == NodeResult::Running)
+                {
+                    let since = *self.running_since.get_or_insert(now);
+                    let limit = self.policy.command_timeout_seconds as i64 + COMMAND_GRACE_SECONDS;
+                    if now - since <= Duration::seconds(limit) {
+                        self.wait = Some((POLL_FIRST_MILLIS << self.polls.min(8)).min(POLL_MILLIS));
+                        self.polls += 1;
+                        return Ok(notices);
+                    }
+                    late = true;
+                }
+                self.running_since = None;
+                self.polls = 0;
+                let waited = self.policy.command_timeout_seconds as i64 + COMMAND_GRACE_SECONDS;
+                let result_of = |node: &str| match result_of(node) {
+                    NodeResult::Running if late => NodeResult::Failed {
+                        exit_code: None,
+                        output: format!("no result from {node} after {waited} s"),
+                    },
+                    r => r,
                 };
                 self.on_command(now, cmd.clone(), &result_of, &mut notices);
             }

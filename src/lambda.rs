@@ -141,3 +141,107 @@ pub async fn run_package_function() -> Result<(), lambda_runtime::Error> {
     }))
     .await
 }
+
+/// What the dispatcher did with one queued job.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Dispatched {
+    Started,
+    /// An execution with this job's id exists: a redelivered or duplicate message.
+    AlreadyStarted,
+}
+
+/// Starts the deploy execution for one queued job, named by the job id so that a message
+/// delivered twice cannot start a second deploy.
+pub async fn start_deploy(
+    sfn: &aws_sdk_sfn::Client,
+    state_machine: &str,
+    body: &str,
+) -> Result<Dispatched, String> {
+    let job = crate::job::DeployJob::from_json(body).map_err(|e| e.to_string())?;
+    let input = serde_json::to_string(&crate::step::StepState::start(job.clone()))
+        .map_err(|e| e.to_string())?;
+    match sfn
+        .start_execution()
+        .state_machine_arn(state_machine)
+        .name(job.id.as_str())
+        .input(input)
+        .send()
+        .await
+    {
+        Ok(_) => {
+            tracing::info!(job_id = %job.id, app = %job.app, env = %job.env, version = %job.version, "deploy started");
+            Ok(Dispatched::Started)
+        }
+        Err(e)
+            if e.as_service_error()
+                .is_some_and(|s| s.is_execution_already_exists()) =>
+        {
+            tracing::info!(job_id = %job.id, "deploy already started; duplicate message dropped");
+            Ok(Dispatched::AlreadyStarted)
+        }
+        Err(e) => Err(format!(
+            "StartExecution: {}",
+            aws_sdk_sfn::error::DisplayErrorContext(e)
+        )),
+    }
+}
+
+/// The deploy-dispatch function: an SQS FIFO batch → one execution per job. A message
+/// that fails is reported, and so is every message after it, so that SQS redelivers them
+/// in order (a FIFO group must not skip ahead); a message that can never start lands in
+/// the queue's dead-letter queue after its redrive count.
+pub async fn dispatch(
+    sfn: &aws_sdk_sfn::Client,
+    state_machine: &str,
+    event: &aws_lambda_events::event::sqs::SqsEvent,
+) -> aws_lambda_events::event::sqs::SqsBatchResponse {
+    let mut response = aws_lambda_events::event::sqs::SqsBatchResponse::default();
+    let mut failed = false;
+    for record in &event.records {
+        let id = record.message_id.clone().unwrap_or_default();
+        if !failed {
+            match start_deploy(sfn, state_machine, record.body.as_deref().unwrap_or("")).await {
+                Ok(_) => continue,
+                Err(e) => {
+                    tracing::error!(message_id = %id, error = %e, "cannot start the deploy; SQS will deliver it again");
+                    failed = true;
+                }
+            }
+        }
+        let mut failure = aws_lambda_events::event::sqs::BatchItemFailure::default();
+        failure.item_identifier = id;
+        response.batch_item_failures.push(failure);
+    }
+    response
+}
+
+/// The whole of the deploy-dispatch function (`SHIPIT_STATE_MACHINE_ARN`).
+pub async fn run_dispatch_function() -> Result<(), lambda_runtime::Error> {
+    crate::wiring::init_tracing(true, "info");
+    let sdk = crate::aws::sdk_config().await;
+    let sfn = aws_sdk_sfn::Client::new(&sdk);
+    let machine = std::env::var("SHIPIT_STATE_MACHINE_ARN")
+        .map_err(|_| "SHIPIT_STATE_MACHINE_ARN is not set")?;
+    let (sfn, machine) = (&sfn, machine.as_str());
+    lambda_runtime::run(service_fn(
+        move |event: LambdaEvent<aws_lambda_events::event::sqs::SqsEvent>| async move {
+            Ok::<_, lambda_runtime::Error>(dispatch(sfn, machine, &event.payload).await)
+        },
+    ))
+    .await
+}
+
+/// The whole of the deploy-step function: the state machine's state in, the next out.
+/// An error makes the state machine retry the step with the same input.
+pub async fn run_step_function() -> Result<(), lambda_runtime::Error> {
+    crate::wiring::init_tracing(true, "info");
+    let stepper = crate::wiring::aws_stepper_from_env().await?;
+    let stepper = &stepper;
+    lambda_runtime::run(service_fn(
+        move |event: LambdaEvent<crate::step::StepState>| async move {
+            stepper.step(event.payload).await
+        },
+    ))
+    .await
+}

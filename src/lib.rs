@@ -13,6 +13,7 @@ pub mod local;
 pub mod ports;
 pub mod secrets;
 pub mod server;
+pub mod step;
 pub mod store;
 pub mod template;
 pub mod version;

@@ -3,33 +3,52 @@
 
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{anyhow, Context};
 
+use crate::aws::fleet::{SdkRunCommand, SsmFleet};
 use crate::aws::{sdk_config, SqsQueue, SsmLedger};
 use crate::config::Config;
 use crate::ingress::Ingress;
 use crate::secrets::{Secret, Secrets};
+use crate::step::Stepper;
 use crate::store::Store;
 
-/// Lambda: `SHIPIT_CONFIG` (a file path, or `ssm:/path` of a String parameter holding the
-/// TOML), `SHIPIT_QUEUE_URL`, and `SHIPIT_SSM_PREFIX` (default `/shipit`).
-pub async fn aws_ingress_from_env() -> anyhow::Result<Ingress> {
-    let sdk = sdk_config().await;
-    let ssm = aws_sdk_ssm::Client::new(&sdk);
-    let secrets = Secrets::new(Some(ssm.clone()));
+/// The SSM client for Lambda: Run Command and Parameter Store throttle busy accounts, so
+/// it retries more than the default, with the SDK's adaptive back-off.
+pub fn ssm_client(sdk: &aws_config::SdkConfig) -> aws_sdk_ssm::Client {
+    let conf = aws_sdk_ssm::config::Builder::from(sdk)
+        .retry_config(aws_config::retry::RetryConfig::adaptive().with_max_attempts(8))
+        .build();
+    aws_sdk_ssm::Client::from_conf(conf)
+}
+
+/// `SHIPIT_CONFIG`: a file path, or `ssm:/path` of a String parameter holding the TOML.
+async fn config_from_env(secrets: &Secrets) -> anyhow::Result<Config> {
     let where_ = std::env::var("SHIPIT_CONFIG").context("SHIPIT_CONFIG is not set")?;
     let text = match where_.parse::<Secret>() {
         Ok(s @ Secret::Ssm(_)) => secrets.resolve(&s).await?,
         _ => std::fs::read_to_string(&where_)
             .with_context(|| format!("reading SHIPIT_CONFIG {where_}"))?,
     };
-    let config =
-        Config::parse(&text, Path::new(&where_)).map_err(|r| anyhow!("invalid config:\n{r}"))?;
+    Config::parse(&text, Path::new(&where_)).map_err(|r| anyhow!("invalid config:\n{r}"))
+}
+
+fn ssm_prefix() -> String {
+    std::env::var("SHIPIT_SSM_PREFIX").unwrap_or_else(|_| "/shipit".into())
+}
+
+/// Lambda ingress: `SHIPIT_CONFIG`, `SHIPIT_QUEUE_URL`, and `SHIPIT_SSM_PREFIX` (default
+/// `/shipit`).
+pub async fn aws_ingress_from_env() -> anyhow::Result<Ingress> {
+    let sdk = sdk_config().await;
+    let ssm = ssm_client(&sdk);
+    let secrets = Secrets::new(Some(ssm.clone()));
+    let config = config_from_env(&secrets).await?;
     let queue_url = std::env::var("SHIPIT_QUEUE_URL").context("SHIPIT_QUEUE_URL is not set")?;
-    let prefix = std::env::var("SHIPIT_SSM_PREFIX").unwrap_or_else(|_| "/shipit".into());
     let queue = SqsQueue::new(aws_sdk_sqs::Client::new(&sdk), queue_url);
-    let ledger = SsmLedger::new(ssm, &prefix);
+    let ledger = SsmLedger::new(ssm, &ssm_prefix());
     Ok(Ingress::new(
         Arc::new(config),
         Arc::new(queue),
@@ -37,6 +56,30 @@ pub async fn aws_ingress_from_env() -> anyhow::Result<Ingress> {
         &secrets,
     )
     .await?)
+}
+
+/// How long one deploy step works before handing its state back to the state machine;
+/// the function's timeout must be longer (infra sets 60 s against a 300 s timeout).
+const DEFAULT_STEP_BUDGET_SECONDS: u64 = 60;
+
+/// The deploy-step function: `SHIPIT_CONFIG`, `SHIPIT_SSM_PREFIX`, and optionally
+/// `SHIPIT_STEP_BUDGET_SECONDS`.
+pub async fn aws_stepper_from_env() -> anyhow::Result<Stepper<SdkRunCommand>> {
+    let sdk = sdk_config().await;
+    let ssm = ssm_client(&sdk);
+    let config = config_from_env(&Secrets::new(Some(ssm.clone()))).await?;
+    let budget = match std::env::var("SHIPIT_STEP_BUDGET_SECONDS") {
+        Ok(s) => s
+            .parse()
+            .with_context(|| format!("SHIPIT_STEP_BUDGET_SECONDS={s:?} is not a number"))?,
+        Err(_) => DEFAULT_STEP_BUDGET_SECONDS,
+    };
+    Ok(Stepper::new(
+        Arc::new(config),
+        Arc::new(SsmLedger::new(ssm.clone(), &ssm_prefix())),
+        SsmFleet::new(SdkRunCommand::new(ssm)),
+        Duration::from_secs(budget),
+    ))
 }
 
 /// One machine: the SQLite store named by the config is both queue and ledger.

@@ -55,6 +55,8 @@ struct Twin {
     fail: HashMap<(CommandKind, String, String), NodeResult>,
     /// Keys answered `Running` once before their result.
     slow: Vec<String>,
+    /// Nodes that never report a result (they went away).
+    silent: Vec<String>,
     results: BTreeMap<String, Vec<(String, NodeResult)>>,
     /// What really ran, in order: "install 1.1.0 n1,n2,n3", "restart n1 1.1.0", …
     log: Vec<String>,
@@ -149,7 +151,11 @@ impl Twin {
                 }
                 Observation::Ran {
                     key: cmd.key.clone(),
-                    results: self.results[&cmd.key].clone(),
+                    results: self.results[&cmd.key]
+                        .iter()
+                        .filter(|(n, _)| !self.silent.contains(n))
+                        .cloned()
+                        .collect(),
                 }
             }
             Action::Wait { millis } => {
@@ -446,7 +452,27 @@ fn commands_still_running_are_polled_not_resent() {
             .count(),
         1
     );
-    assert_eq!(twin.waited, [POLL_MILLIS, POLL_MILLIS]);
+    assert_eq!(twin.waited, [POLL_FIRST_MILLIS, POLL_FIRST_MILLIS]);
+}
+
+#[test]
+fn a_node_that_never_answers_fails_after_the_command_timeout_and_grace() {
+    let mut twin = Twin::new(&["n1", "n2"], Some("1.0.0"));
+    twin.silent = vec!["n2".into()];
+    let p = policy();
+    let limit = (p.command_timeout_seconds as i64 + COMMAND_GRACE_SECONDS) * 1000;
+    let (outcome, notices) = run(&mut twin, job("1.1.0", false), p);
+    assert!(
+        matches!(&outcome, Outcome::Failed { reason, .. } if reason.contains("n2")),
+        "{outcome:?}"
+    );
+    assert!(notices.iter().any(|n| matches!(n,
+        Notice::InstallFailed { node, detail } if node == "n2" && detail.contains("no result from n2"))));
+    assert!(!twin.log.iter().any(|l| l.starts_with("restart")));
+    // Polls start quick and back off to the steady interval; the wait covers the limit.
+    assert_eq!(twin.waited[..4], [250, 500, 1000, POLL_MILLIS]);
+    let total: u64 = twin.waited.iter().sum();
+    assert!(total as i64 >= limit && (total as i64) < limit + POLL_MILLIS as i64 * 2);
 }
 
 #[test]

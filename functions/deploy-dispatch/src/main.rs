@@ -1,0 +1,6 @@
+//! SQS FIFO deploy queue → one Step Functions execution per job, named by the job id.
+
+#[tokio::main]
+async fn main() -> Result<(), lambda_runtime::Error> {
+    shipit::lambda::run_dispatch_function().await
+}

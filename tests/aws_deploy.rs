@@ -1,0 +1,729 @@
+//! The AWS runtime against the emulator (tests/emulator.py): jobs from the SQS FIFO queue
+//! start one Step Functions execution each; deploy steps drive SSM Run Command on EC2
+//! instances the test creates with tags; history and locks live in Parameter Store; the
+//! state machine definition in infra/ runs in the emulator's Step Functions.
+
+mod common;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use aws_sdk_sfn::types::{ExecutionStatus, HistoryEventType};
+use chrono::Utc;
+use common::{sdk, unique};
+use serde_json::{json, Value};
+use shipit::aws::fleet::{SdkRunCommand, SsmFleet};
+use shipit::aws::{SqsQueue, SsmLedger};
+use shipit::config::Config;
+use shipit::job::{DeployJob, Source};
+use shipit::ports::{JobQueue, Ledger};
+use shipit::step::{StepState, Stepper};
+use shipit::version::Version;
+
+/// The emulator's SSM outcome rules are one global setting: tests that set them take turns.
+static CONTROL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+fn endpoint() -> String {
+    std::env::var("AWS_ENDPOINT_URL").expect("run the tests with scripts/test")
+}
+
+/// A request as the AWS SDKs send it; the emulator routes on the signing scope.
+async fn aws_call(
+    service: &str,
+    method: reqwest::Method,
+    path: &str,
+    content_type: &str,
+    body: String,
+) -> String {
+    let auth = format!(
+        "AWS4-HMAC-SHA256 Credential=testing/20260101/us-east-1/{service}/aws4_request, SignedHeaders=host, Signature=0"
+    );
+    let resp = reqwest::Client::new()
+        .request(method, format!("{}{path}", endpoint()))
+        .header("Authorization", auth)
+        .header("Content-Type", content_type)
+        .body(body)
+        .send()
+        .await
+        .expect("emulator reachable");
+    let status = resp.status();
+    let text = resp.text().await.unwrap();
+    assert!(status.is_success(), "{service} {path}: {status} {text}");
+    text
+}
+
+async fn query(service: &str, params: &[(&str, &str)]) -> String {
+    let body = serde_urlencoded::to_string(params).unwrap();
+    aws_call(
+        service,
+        reqwest::Method::POST,
+        "/",
+        "application/x-www-form-urlencoded",
+        body,
+    )
+    .await
+}
+
+fn xml_values(xml: &str, tag: &str) -> Vec<String> {
+    let (open, close) = (format!("<{tag}>"), format!("</{tag}>"));
+    xml.split(&open)
+        .skip(1)
+        .filter_map(|s| s.split_once(&close).map(|(v, _)| v.to_string()))
+        .collect()
+}
+
+/// Launches `n` EC2 instances with `tags` through the EC2 API; returns their ids, sorted.
+async fn launch(n: usize, tags: &[(&str, &str)]) -> Vec<String> {
+    let count = n.to_string();
+    let mut params = vec![
+        ("Action", "RunInstances"),
+        ("Version", "2016-11-15"),
+        ("ImageId", "ami-12c6146b"),
+        ("MinCount", count.as_str()),
+        ("MaxCount", count.as_str()),
+        ("TagSpecification.1.ResourceType", "instance"),
+    ];
+    let keys: Vec<(String, String)> = (1..=tags.len())
+        .map(|i| {
+            (
+                format!("TagSpecification.1.Tag.{i}.Key"),
+                format!("TagSpecification.1.Tag.{i}.Value"),
+            )
+        })
+        .collect();
+    for ((k, v), (kk, vk)) in tags.iter().zip(&keys) {
+        params.push((kk, k));
+        params.push((vk, v));
+    }
+    let xml = query("ec2", &params).await;
+    let mut ids = xml_values(&xml, "instanceId");
+    ids.sort();
+    assert_eq!(ids.len(), n, "{xml}");
+    ids
+}
+
+async fn control(rules: Value) {
+    let resp = reqwest::Client::new()
+        .post(format!("{}/_shipit/ssm", endpoint()))
+        .json(&rules)
+        .send()
+        .await
+        .expect("emulator control endpoint");
+    assert!(resp.status().is_success());
+}
+
+fn config(fleet: &str) -> Config {
+    let text = format!(
+        r#"
+[slack]
+signing_secret = "{}"
+
+[apps.hello]
+package = "hello-app"
+install = "venv/bin/pip install -U {{package}}=={{version}}"
+restart = "kill -HUP $(cat {{dir}}/service.pid)"
+health = "curl -fsS localhost:{{port}}/version | grep -qx {{version}}"
+[apps.hello.rollout]
+health_timeout_seconds = 1
+health_interval_seconds = 1
+[apps.hello.environments.production]
+ssm_tags = {{ "shipit:app" = "hello", "shipit:fleet" = "{fleet}" }}
+dir = "/srv/hello app"
+vars = {{ port = "8080" }}
+chat_deployers = ["*"]
+"#,
+        common::SLACK_SECRET
+    );
+    Config::parse(&text, Path::new("aws.toml")).unwrap_or_else(|r| panic!("{r}"))
+}
+
+struct Rig {
+    ssm: aws_sdk_ssm::Client,
+    config: Arc<Config>,
+    ledger: Arc<SsmLedger>,
+    nodes: Vec<String>,
+    /// A tagged instance of another fleet: nothing may touch it.
+    stranger: String,
+}
+
+impl Rig {
+    async fn new(nodes: usize) -> Rig {
+        let ssm = shipit::wiring::ssm_client(&sdk().await);
+        let fleet = unique("fleet");
+        let nodes = launch(nodes, &[("shipit:app", "hello"), ("shipit:fleet", &fleet)]).await;
+        let stranger = launch(1, &[("shipit:app", "hello"), ("shipit:fleet", "other")]).await;
+        Rig {
+            ledger: Arc::new(common::ssm_ledger(ssm.clone())),
+            config: Arc::new(config(&fleet)),
+            ssm,
+            nodes,
+            stranger: stranger[0].clone(),
+        }
+    }
+
+    fn stepper(&self, budget: Duration) -> Stepper<SdkRunCommand> {
+        Stepper::new(
+            self.config.clone(),
+            self.ledger.clone(),
+            SsmFleet::new(SdkRunCommand::new(self.ssm.clone())),
+            budget,
+        )
+    }
+
+    fn job(&self, version: &str) -> DeployJob {
+        DeployJob::new(
+            "hello",
+            "production",
+            "hello-app".parse().unwrap(),
+            Version::parse(version).unwrap(),
+            Source::Cli {
+                user: "test".into(),
+                nonce: unique("n"),
+            },
+            Utc::now(),
+        )
+    }
+
+    /// Steps `job` to its end the way the state machine does; returns the final state.
+    async fn deploy(&self, job: DeployJob) -> StepState {
+        let stepper = self.stepper(Duration::from_secs(60));
+        let mut state = StepState::start(job);
+        for _ in 0..100 {
+            state = stepper.step(state).await.expect("step");
+            if state.done {
+                return state;
+            }
+            tokio::time::sleep(Duration::from_secs(state.wait_seconds)).await;
+        }
+        panic!("deploy did not finish: {state:?}");
+    }
+
+    /// The SSM commands of `job`, oldest first: (comment, instance ids, script).
+    async fn commands(&self, job: &DeployJob) -> Vec<(String, Vec<String>, String)> {
+        let out = self.ssm.list_commands().send().await.expect("ListCommands");
+        let mut cmds: Vec<_> = out
+            .commands
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|c| {
+                c.comment
+                    .as_deref()
+                    .is_some_and(|t| t.contains(job.id.as_str()))
+            })
+            .collect();
+        cmds.sort_by_key(|c| c.requested_date_time.map(|t| (t.secs(), t.subsec_nanos())));
+        for c in &cmds {
+            assert_eq!(c.document_name.as_deref(), Some("AWS-RunShellScript"));
+            let params = c.parameters.clone().unwrap_or_default();
+            assert_eq!(
+                params.get("workingDirectory"),
+                Some(&vec!["/srv/hello app".to_string()])
+            );
+            assert!(!c
+                .instance_ids
+                .clone()
+                .unwrap_or_default()
+                .contains(&self.stranger));
+        }
+        cmds.into_iter()
+            .map(|c| {
+                let script = c
+                    .parameters
+                    .unwrap_or_default()
+                    .get("commands")
+                    .map(|v| v.join("\n"))
+                    .unwrap_or_default();
+                let mut ids = c.instance_ids.unwrap_or_default();
+                ids.sort();
+                (c.comment.unwrap_or_default(), ids, script)
+            })
+            .collect()
+    }
+
+    /// Commands as "what nodes version": "install i-1,i-2 1.1.0", "restart i-1 -" (a
+    /// restart names no version), "revert restart i-1 -".
+    async fn log(&self, job: &DeployJob) -> Vec<String> {
+        self.commands(job)
+            .await
+            .into_iter()
+            .map(|(comment, ids, script)| {
+                let key = comment.split(' ').nth(1).unwrap_or("");
+                let parts: Vec<&str> = key.split(':').skip(1).collect();
+                let what = match parts.as_slice() {
+                    ["revert", kind, ..] => format!("revert {kind}"),
+                    [kind, ..] => kind.to_string(),
+                    [] => "?".into(),
+                };
+                let version = ["1.0.0", "1.1.0", "1.2.0"]
+                    .into_iter()
+                    .find(|v| script.contains(v))
+                    .unwrap_or("-");
+                format!("{what} {} {version}", ids.join(","))
+            })
+            .collect()
+    }
+}
+
+fn expected_order(nodes: &[String], version: &str) -> Vec<String> {
+    let mut want = vec![format!("install {} {version}", nodes.join(","))];
+    for n in nodes {
+        want.push(format!("restart {n} -"));
+        want.push(format!("health {n} {version}"));
+    }
+    want
+}
+
+#[tokio::test]
+async fn a_deploy_installs_on_the_tagged_nodes_at_once_then_restarts_them_one_by_one() {
+    let _turn = CONTROL.lock().await;
+    control(json!({})).await;
+    let rig = Rig::new(3).await;
+    let first = rig.job("1.0.0");
+    assert_eq!(
+        rig.deploy(first.clone()).await.status.as_deref(),
+        Some("succeeded")
+    );
+    let job = rig.job("1.1.0");
+    let end = rig.deploy(job.clone()).await;
+    assert_eq!(end.status.as_deref(), Some("succeeded"), "{end:?}");
+    assert_eq!(rig.log(&job).await, expected_order(&rig.nodes, "1.1.0"));
+    let cmds = rig.commands(&job).await;
+    assert!(
+        cmds[0]
+            .2
+            .contains("venv/bin/pip install -U hello-app==1.1.0"),
+        "{}",
+        cmds[0].2
+    );
+    // `{dir}` is substituted shell-quoted.
+    assert!(cmds[1]
+        .2
+        .contains("kill -HUP $(cat '/srv/hello app'/service.pid)"));
+    let history = rig.ledger.history("hello", "production", 5).await.unwrap();
+    assert_eq!(history[0].job.id, job.id);
+    assert_eq!(history[1].job.id, first.id);
+    assert!(rig
+        .ledger
+        .lock_state("hello", "production", Utc::now())
+        .await
+        .unwrap()
+        .is_none());
+}
+
+#[tokio::test]
+async fn a_failed_health_check_on_node_2_puts_nodes_1_and_2_back_and_fails_the_job() {
+    let _turn = CONTROL.lock().await;
+    let rig = Rig::new(3).await;
+    control(json!({})).await;
+    rig.deploy(rig.job("1.1.0")).await;
+    control(json!({ "rules": [{
+        "instance": rig.nodes[1], "contains": "grep -qx 1.2.0", "status": "Failed",
+        "exit_code": 1, "stderr": "curl: (7) Failed to connect to localhost port 8080"
+    }]}))
+    .await;
+    let job = rig.job("1.2.0");
+    let end = rig.deploy(job.clone()).await;
+    assert_eq!(end.status.as_deref(), Some("failed"), "{end:?}");
+    let reason = end.reason.unwrap();
+    assert!(
+        reason.contains(&rig.nodes[1]) && reason.contains("Failed to connect"),
+        "{reason}"
+    );
+    let log = rig.log(&job).await;
+    let (n1, n2, n3) = (&rig.nodes[0], &rig.nodes[1], &rig.nodes[2]);
+    let health_checks = log
+        .iter()
+        .filter(|l| **l == format!("health {n2} 1.2.0"))
+        .count();
+    assert!(health_checks >= 2, "checked until its timeout: {log:?}");
+    let mut want = vec![
+        format!("install {} 1.2.0", rig.nodes.join(",")),
+        format!("restart {n1} -"),
+        format!("health {n1} 1.2.0"),
+        format!("restart {n2} -"),
+    ];
+    want.extend(vec![format!("health {n2} 1.2.0"); health_checks]);
+    want.extend([
+        format!("revert install {} 1.1.0", rig.nodes.join(",")),
+        format!("revert restart {n1} -"),
+        format!("revert health {n1} 1.1.0"),
+        format!("revert restart {n2} -"),
+        format!("revert health {n2} 1.1.0"),
+    ]);
+    assert_eq!(log, want);
+    assert!(!log.iter().any(|l| l.contains(&format!("restart {n3}"))));
+    let live = rig.ledger.history("hello", "production", 1).await.unwrap();
+    assert_eq!(live[0].job.version.as_str(), "1.1.0");
+    control(json!({})).await;
+}
+
+#[tokio::test]
+async fn chat_rollback_resends_the_previous_job_through_the_queue_with_its_old_version() {
+    let _turn = CONTROL.lock().await;
+    control(json!({})).await;
+    let rig = Rig::new(2).await;
+    let old = rig.job("1.0.0");
+    rig.deploy(old.clone()).await;
+    let bad = rig.job("1.1.0");
+    rig.deploy(bad.clone()).await;
+
+    let fifo = common::Fifo::new().await;
+    let queue: Arc<dyn JobQueue> = Arc::new(fifo.queue());
+    let ingress = shipit::ingress::Ingress::new(
+        rig.config.clone(),
+        queue,
+        rig.ledger.clone(),
+        &shipit::secrets::Secrets::new(None),
+    )
+    .await
+    .unwrap();
+    let body = common::slack_form("U1", "alice", "rollback hello", "t1");
+    let reply = ingress
+        .slack(&common::slack_headers(&body, Utc::now()), &body, Utc::now())
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let queued = fifo.drain().await;
+    assert_eq!(queued.len(), 1);
+    let job = DeployJob::from_json(&queued[0].1).unwrap();
+    assert_eq!(job.version.as_str(), "1.0.0");
+    assert!(
+        matches!(&job.source, Source::Rollback { restores, replaces: Some(r), .. }
+        if *restores == old.id && *r == bad.id)
+    );
+    assert_ne!(job.id, old.id);
+    let end = rig.deploy(job.clone()).await;
+    assert_eq!(end.status.as_deref(), Some("succeeded"));
+    assert_eq!(rig.log(&job).await, expected_order(&rig.nodes, "1.0.0"));
+    let live = rig.ledger.history("hello", "production", 1).await.unwrap();
+    assert_eq!(live[0].job.id, job.id);
+}
+
+#[tokio::test]
+async fn a_replayed_step_finds_the_command_it_sent_instead_of_sending_another() {
+    let _turn = CONTROL.lock().await;
+    control(json!({ "pending_reads": 3 })).await;
+    let rig = Rig::new(2).await;
+    let job = rig.job("1.0.0");
+    // A zero budget: every step performs one action and returns, as if the function
+    // were cut short after each.
+    let stepper = rig.stepper(Duration::ZERO);
+    let mut state = StepState::start(job.clone());
+    let mut replays = 0;
+    while !state.done {
+        let next = stepper.step(state.clone()).await.unwrap();
+        if next.sent != state.sent {
+            // The step sent a command; a retry of the same input must not send it again.
+            let again = stepper.step(state.clone()).await.unwrap();
+            assert_eq!(again.sent, next.sent);
+            replays += 1;
+        }
+        state = next;
+    }
+    assert_eq!(state.status.as_deref(), Some("succeeded"));
+    assert_eq!(replays, 1 + 2 * rig.nodes.len());
+    assert_eq!(rig.log(&job).await, expected_order(&rig.nodes, "1.0.0"));
+    control(json!({})).await;
+}
+
+#[tokio::test]
+async fn throttling_is_retried_and_unreachable_nodes_are_left_out() {
+    let _turn = CONTROL.lock().await;
+    let rig = Rig::new(3).await;
+    control(json!({
+        "offline": [rig.nodes[2]],
+        "throttle": { "SendCommand": 2, "DescribeInstanceInformation": 1, "ListCommandInvocations": 2 }
+    }))
+    .await;
+    let job = rig.job("1.0.0");
+    let end = rig.deploy(job.clone()).await;
+    assert_eq!(end.status.as_deref(), Some("succeeded"), "{end:?}");
+    assert_eq!(
+        rig.log(&job).await,
+        expected_order(&rig.nodes[..2], "1.0.0")
+    );
+    control(json!({})).await;
+}
+
+#[tokio::test]
+async fn dispatch_starts_one_execution_per_job_even_when_a_message_comes_twice() {
+    let sdk = sdk().await;
+    let sfn = aws_sdk_sfn::Client::new(&sdk);
+    let role = iam_role().await;
+    // Executions of this machine just wait: this test is about starting them.
+    let machine = sfn
+        .create_state_machine()
+        .name(unique("dispatch"))
+        .role_arn(&role)
+        .definition(
+            json!({"StartAt": "Hold", "States": {"Hold": {"Type": "Wait", "Seconds": 3600, "End": true}}})
+                .to_string(),
+        )
+        .send()
+        .await
+        .unwrap()
+        .state_machine_arn;
+    let fifo = common::Fifo::new().await;
+    let rig_job = |v: &str| {
+        DeployJob::new(
+            "hello",
+            "production",
+            "hello-app".parse().unwrap(),
+            Version::parse(v).unwrap(),
+            Source::Cli {
+                user: "t".into(),
+                nonce: unique("n"),
+            },
+            Utc::now(),
+        )
+    };
+    let (a, b) = (rig_job("1.0.0"), rig_job("1.1.0"));
+    SqsQueue::new(fifo.client.clone(), fifo.url.clone())
+        .enqueue(&[a.clone(), b.clone()])
+        .await
+        .unwrap();
+    let got = fifo.drain().await;
+    let records: Vec<Value> = got
+        .iter()
+        .enumerate()
+        .map(|(i, (group, body))| {
+            json!({
+                "messageId": format!("m{i}"), "receiptHandle": "r", "body": body,
+                "attributes": { "MessageGroupId": group }, "messageAttributes": {},
+                "eventSource": "aws:sqs", "eventSourceARN": "arn:aws:sqs:us-east-1:123456789012:q.fifo",
+                "awsRegion": "us-east-1"
+            })
+        })
+        .collect();
+    let event: aws_lambda_events::event::sqs::SqsEvent =
+        serde_json::from_value(json!({ "Records": records })).unwrap();
+    let resp = shipit::lambda::dispatch(&sfn, &machine, &event).await;
+    assert!(resp.batch_item_failures.is_empty(), "{resp:?}");
+    // Delivered again (a Lambda retry, or SQS after its visibility timeout).
+    let resp = shipit::lambda::dispatch(&sfn, &machine, &event).await;
+    assert!(resp.batch_item_failures.is_empty(), "{resp:?}");
+    let names = executions(&sfn, &machine).await;
+    assert_eq!(names, vec![a.id.to_string(), b.id.to_string()]);
+    let input = sfn
+        .describe_execution()
+        .execution_arn(format!(
+            "{}:{}",
+            machine.replace(":stateMachine:", ":execution:"),
+            a.id
+        ))
+        .send()
+        .await
+        .unwrap()
+        .input
+        .unwrap();
+    let state: StepState = serde_json::from_str(&input).unwrap();
+    assert_eq!(state, StepState::start(a.clone()));
+
+    // A message that cannot be started fails, and so does every one after it (FIFO order).
+    let mut records = event.records.clone();
+    records[0].body = Some("{not json".into());
+    records[0].message_id = Some("bad".into());
+    let mut bad = event.clone();
+    bad.records = records;
+    let resp = shipit::lambda::dispatch(&sfn, &machine, &bad).await;
+    let failed: Vec<_> = resp
+        .batch_item_failures
+        .iter()
+        .map(|f| f.item_identifier.as_str())
+        .collect();
+    assert_eq!(failed, ["bad", "m1"]);
+}
+
+async fn executions(sfn: &aws_sdk_sfn::Client, machine: &str) -> Vec<String> {
+    let mut names: Vec<String> = sfn
+        .list_executions()
+        .state_machine_arn(machine)
+        .send()
+        .await
+        .unwrap()
+        .executions
+        .into_iter()
+        .map(|e| e.name)
+        .collect();
+    names.sort();
+    names
+}
+
+async fn iam_role() -> String {
+    let xml = query(
+        "iam",
+        &[
+            ("Action", "CreateRole"),
+            ("Version", "2010-05-08"),
+            ("RoleName", &unique("shipit-test")),
+            ("AssumeRolePolicyDocument", "{}"),
+        ],
+    )
+    .await;
+    xml_values(&xml, "Arn").remove(0)
+}
+
+/// The deploy state machine from infra/, its step function answering with canned
+/// results (the emulator's Lambda without Docker).
+#[tokio::test]
+async fn the_state_machine_loops_waits_and_ends_on_the_outcome_or_the_catch() {
+    let sdk = sdk().await;
+    let sfn = aws_sdk_sfn::Client::new(&sdk);
+    let http = reqwest::Client::new();
+    let post = |path: &str, body: Value| {
+        let req = http.post(format!("{}{path}", endpoint())).json(&body);
+        async move { assert!(req.send().await.unwrap().status().is_success()) }
+    };
+    post(
+        "/moto-api/config",
+        json!({"stepfunctions": {"execute_state_machine": true}, "lambda": {"use_docker": false}}),
+    )
+    .await;
+    let role = iam_role().await;
+    // An empty zip archive: the emulator never runs the code.
+    let zip = {
+        use base64::Engine;
+        let mut z = b"PK\x05\x06".to_vec();
+        z.extend([0u8; 18]);
+        base64::engine::general_purpose::STANDARD.encode(z)
+    };
+    let function = aws_call(
+        "lambda",
+        reqwest::Method::POST,
+        "/2015-03-31/functions",
+        "application/json",
+        json!({"FunctionName": unique("deploy-step"), "Runtime": "provided.al2023",
+               "Role": role, "Handler": "bootstrap", "Code": {"ZipFile": zip}})
+        .to_string(),
+    )
+    .await;
+    let function: Value = serde_json::from_str(&function).unwrap();
+    let definition = std::fs::read_to_string("infra/statemachine/deploy.asl.json")
+        .unwrap()
+        .replace(
+            "${DeployStepFunctionArn}",
+            function["FunctionArn"].as_str().unwrap(),
+        );
+    let machine = sfn
+        .create_state_machine()
+        .name(unique("deploy"))
+        .role_arn(&role)
+        .definition(definition)
+        .send()
+        .await
+        .expect("the emulator accepts the definition")
+        .state_machine_arn;
+    let job = json!({"job": {"id": "j"}});
+    let step = |done: bool, wait: u64, status: Option<&str>, reason: Option<&str>| {
+        json!({"job": {"id": "j"}, "done": done, "wait_seconds": wait, "status": status, "reason": reason})
+            .to_string()
+    };
+    let error = json!({"errorType": "StepFailed", "errorMessage": "SSM unreachable"}).to_string();
+    let cases: Vec<(Vec<String>, ExecutionStatus, &str)> = vec![
+        (
+            vec![
+                step(false, 1, None, None),
+                step(true, 0, Some("succeeded"), None),
+            ],
+            ExecutionStatus::Succeeded,
+            "Deployed",
+        ),
+        (
+            vec![step(
+                true,
+                0,
+                Some("skipped"),
+                Some("1.0.0 is already live"),
+            )],
+            ExecutionStatus::Succeeded,
+            "Skipped",
+        ),
+        (
+            vec![
+                step(false, 0, None, None),
+                step(
+                    true,
+                    0,
+                    Some("failed"),
+                    Some("node2 failed its health check"),
+                ),
+            ],
+            ExecutionStatus::Failed,
+            "DeployFailed",
+        ),
+        // The step fails, is retried twice, then Abort runs and the execution fails.
+        (
+            vec![
+                error.clone(),
+                error.clone(),
+                error.clone(),
+                step(true, 0, Some("failed"), Some("the deploy step failed")),
+            ],
+            ExecutionStatus::Failed,
+            "Abort",
+        ),
+    ];
+    for (i, (results, want, through)) in cases.into_iter().enumerate() {
+        post(
+            "/moto-api/static/lambda-simple/response",
+            json!({ "results": results }),
+        )
+        .await;
+        let arn = sfn
+            .start_execution()
+            .state_machine_arn(&machine)
+            .name(format!("case{i}"))
+            .input(job.to_string())
+            .send()
+            .await
+            .unwrap()
+            .execution_arn;
+        let mut status = ExecutionStatus::Running;
+        for _ in 0..200 {
+            status = sfn
+                .describe_execution()
+                .execution_arn(&arn)
+                .send()
+                .await
+                .unwrap()
+                .status;
+            if status != ExecutionStatus::Running {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let events = sfn
+            .get_execution_history()
+            .execution_arn(&arn)
+            .send()
+            .await
+            .unwrap()
+            .events;
+        let entered: Vec<String> = events
+            .iter()
+            .filter_map(|e| {
+                e.state_entered_event_details
+                    .as_ref()
+                    .map(|d| d.name.clone())
+            })
+            .collect();
+        assert_eq!(status, want, "case {i}: {entered:?}");
+        assert!(
+            entered.iter().any(|s| s == through),
+            "case {i}: {entered:?}"
+        );
+        if i == 0 {
+            assert!(entered.iter().any(|s| s == "Wait"), "{entered:?}");
+            assert!(events
+                .iter()
+                .any(|e| e.r#type == HistoryEventType::WaitStateExited));
+        }
+        if want == ExecutionStatus::Failed {
+            let failed = events
+                .iter()
+                .find_map(|e| e.execution_failed_event_details.clone())
+                .unwrap();
+            assert_eq!(failed.error.as_deref(), Some("DeployFailed"));
+        }
+    }
+}

@@ -1,0 +1,252 @@
+"""The AWS API emulator the tests run against: moto's server, plus what its SSM Run
+Command lacks for a deploy tool to be tested on failure paths too.
+
+Usage: python tests/emulator.py PORT     (scripts/test starts it on 127.0.0.1)
+
+Added to moto 5.2.5, following the AWS API reference for each shape:
+- DescribeInstanceInformation: the emulator's running EC2 instances as managed nodes,
+  filtered by `tag:KEY`, `PingStatus` and `InstanceIds`, paged by MaxResults/NextToken.
+- ListCommandInvocations: per-instance status of a command, with CommandPlugins
+  (ResponseCode, Output) when Details is true, paged the same way.
+- Invocations that take time and fail: an invocation is first reported `InProgress`
+  (`pending_reads` reads, default 1), then its outcome. Outcomes come from rules posted
+  to `POST /_shipit/ssm`; without a rule a command succeeds with exit code 0.
+- `SendCommand` with only InstanceIds targeted every instance in the region; it now
+  targets the instances named (Targets still resolve tags as before).
+- ThrottlingException on demand, for the first N calls of an operation.
+- Lambda without Docker (`lambda-simple`): a canned result shaped like a function error,
+  `{"errorType": …, "errorMessage": …}`, comes back as one (`X-Amz-Function-Error:
+  Unhandled`), so Step Functions' Retry and Catch can be run.
+
+`POST /_shipit/ssm` takes, and replaces the previous:
+  {"rules": [{"instance": "i-…" (optional), "contains": "text in the script" (optional),
+              "status": "Failed" | "TimedOut" | "Success", "exit_code": 1,
+              "stdout": "…", "stderr": "…", "pending_reads": 2}],
+   "offline": ["i-…"],                     # PingStatus ConnectionLost
+   "pending_reads": 1,                     # default for invocations without a rule
+   "throttle": {"SendCommand": 2}}         # the next 2 SendCommand calls are throttled
+The first rule whose instance and text match decides an invocation's outcome.
+"""
+
+import json
+import os
+import sys
+import threading
+
+from moto.awslambda_simple.models import LambdaSimpleBackend
+from moto.core.exceptions import ServiceException
+from moto.core.responses import ActionResult
+from moto.ec2.models import ec2_backends
+from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
+from moto.ssm import models as ssm_models
+from moto.ssm.responses import SimpleSystemManagerResponse
+from werkzeug.serving import run_simple
+
+LOCK = threading.Lock()
+CONTROL = {"rules": [], "offline": [], "pending_reads": 1, "throttle": {}}
+
+
+class Throttled(ServiceException):
+    code = "ThrottlingException"
+    message = "Rate exceeded"
+
+
+def maybe_throttle(operation):
+    with LOCK:
+        left = CONTROL["throttle"].get(operation, 0)
+        if left > 0:
+            CONTROL["throttle"][operation] = left - 1
+            raise Throttled()
+
+
+def outcome_for(instance_id, script):
+    for rule in CONTROL["rules"]:
+        if rule.get("instance") not in (None, instance_id):
+            continue
+        if rule.get("contains") is not None and rule["contains"] not in script:
+            continue
+        return rule
+    return {}
+
+
+# --- SendCommand: target only the instances named, give invocations their outcome ----
+
+original_targets = ssm_models.Command._get_instance_ids_from_targets
+original_init = ssm_models.Command.__init__
+
+
+def targets_only_if_given(self):
+    return original_targets(self) if self.targets else []
+
+
+def command_init(self, *args, **kwargs):
+    original_init(self, *args, **kwargs)
+    script = "\n".join(self.parameters.get("commands", []))
+    with LOCK:
+        for inv in self.invocations:
+            rule = outcome_for(inv["InstanceId"], script)
+            status = rule.get("status", "Success")
+            inv["Status"] = inv["StatusDetails"] = status
+            inv["ResponseCode"] = rule.get("exit_code", 0 if status == "Success" else 1)
+            inv["StandardOutputContent"] = rule.get("stdout", "")
+            inv["StandardErrorContent"] = rule.get("stderr", "")
+            inv["_pending"] = rule.get("pending_reads", CONTROL["pending_reads"])
+
+
+def read(inv):
+    """The invocation as a caller sees it now: still running for its first reads."""
+    with LOCK:
+        pending = inv.get("_pending", 0)
+        if pending > 0:
+            inv["_pending"] = pending - 1
+            return dict(inv, Status="InProgress", StatusDetails="InProgress",
+                        ResponseCode=-1, StandardOutputContent="", StandardErrorContent="")
+    return inv
+
+
+ssm_models.Command._get_instance_ids_from_targets = targets_only_if_given
+ssm_models.Command.__init__ = command_init
+original_get_invocation = ssm_models.Command.get_invocation
+
+
+def get_invocation(self, instance_id, plugin_name):
+    found = read(original_get_invocation(self, instance_id, plugin_name))
+    return {k: v for k, v in found.items() if not k.startswith("_")}
+
+
+ssm_models.Command.get_invocation = get_invocation
+
+
+def page(items, max_results, token, limit):
+    start = int(token or 0)
+    size = min(int(max_results or limit), limit)
+    rest = start + size
+    return items[start:rest], (str(rest) if rest < len(items) else None)
+
+
+# --- Operations moto does not implement -------------------------------------------------
+
+def describe_instance_information(self):
+    filters = {f["Key"]: f["Values"] for f in self._get_param("Filters", [])}
+    ec2 = ec2_backends[self.current_account][self.region]
+    nodes = []
+    for reservation in ec2.all_reservations():
+        for inst in reservation.instances:
+            if inst.state != "running":
+                continue
+            tags = {t["key"]: t["value"] for t in inst.get_tags()}
+            ping = "ConnectionLost" if inst.id in CONTROL["offline"] else "Online"
+            wanted = True
+            for key, values in filters.items():
+                if key.startswith("tag:"):
+                    wanted &= tags.get(key[4:]) in values
+                elif key == "PingStatus":
+                    wanted &= ping in values
+                elif key == "InstanceIds":
+                    wanted &= inst.id in values
+                else:
+                    raise ServiceException("InvalidFilterKey", f"unsupported filter key {key}")
+            if wanted:
+                nodes.append({
+                    "InstanceId": inst.id, "PingStatus": ping, "ResourceType": "EC2Instance",
+                    "PlatformType": "Linux", "PlatformName": "Amazon Linux",
+                    "AgentVersion": "3.3.0.0", "IsLatestVersion": True,
+                    "IPAddress": inst.private_ip,
+                })
+    nodes.sort(key=lambda n: n["InstanceId"])
+    items, token = page(nodes, self._get_param("MaxResults"), self._get_param("NextToken"), 50)
+    result = {"InstanceInformationList": items}
+    if token:
+        result["NextToken"] = token
+    return ActionResult(result)
+
+
+def list_command_invocations(self):
+    command_id = self._get_param("CommandId")
+    instance_id = self._get_param("InstanceId")
+    details = self._get_param("Details", False)
+    commands = self.ssm_backend.list_commands(command_id, instance_id)
+    rows = []
+    for command in commands:
+        for stored in command.invocations:
+            if instance_id and stored["InstanceId"] != instance_id:
+                continue
+            inv = read(stored)
+            row = {
+                "CommandId": command.command_id, "InstanceId": inv["InstanceId"],
+                "Comment": command.comment, "DocumentName": command.document_name,
+                "RequestedDateTime": command.requested_date_time,
+                "Status": inv["Status"], "StatusDetails": inv["StatusDetails"],
+            }
+            if details:
+                row["CommandPlugins"] = [{
+                    "Name": "aws:runShellScript", "Status": inv["Status"],
+                    "StatusDetails": inv["StatusDetails"], "ResponseCode": inv["ResponseCode"],
+                    # ListCommandInvocations shows the first 2,500 characters.
+                    "Output": (inv["StandardOutputContent"] + inv["StandardErrorContent"])[:2500],
+                }]
+            rows.append(row)
+    items, token = page(rows, self._get_param("MaxResults"), self._get_param("NextToken"), 50)
+    result = {"CommandInvocations": items}
+    if token:
+        result["NextToken"] = token
+    return ActionResult(result)
+
+
+def throttled(name, method):
+    def wrapper(self):
+        maybe_throttle(name)
+        return method(self)
+    return wrapper
+
+
+SimpleSystemManagerResponse.describe_instance_information = throttled(
+    "DescribeInstanceInformation", describe_instance_information)
+SimpleSystemManagerResponse.list_command_invocations = throttled(
+    "ListCommandInvocations", list_command_invocations)
+for op, attr in [("SendCommand", "send_command"), ("GetCommandInvocation", "get_command_invocation"),
+                 ("ListCommands", "list_commands")]:
+    setattr(SimpleSystemManagerResponse, attr, throttled(op, getattr(SimpleSystemManagerResponse, attr)))
+
+
+# --- Lambda function errors --------------------------------------------------------------
+
+original_invoke = LambdaSimpleBackend.invoke
+
+
+def invoke(self, function_name, qualifier, body, headers, response_headers):
+    payload = original_invoke(self, function_name, qualifier, body, headers, response_headers)
+    try:
+        parsed = json.loads(payload)
+    except ValueError:
+        parsed = None
+    if isinstance(parsed, dict) and {"errorType", "errorMessage"} <= parsed.keys():
+        response_headers["x-amz-function-error"] = "Unhandled"
+    return payload
+
+
+LambdaSimpleBackend.invoke = invoke
+
+
+# --- The control endpoint ---------------------------------------------------------------
+
+def with_control(app):
+    def wsgi(environ, start_response):
+        if environ.get("PATH_INFO") == "/_shipit/ssm" and environ["REQUEST_METHOD"] == "POST":
+            size = int(environ.get("CONTENT_LENGTH") or 0)
+            posted = json.loads(environ["wsgi.input"].read(size) or b"{}")
+            with LOCK:
+                CONTROL.update({"rules": [], "offline": [], "pending_reads": 1, "throttle": {}})
+                CONTROL.update(posted)
+            start_response("200 OK", [("Content-Type", "application/json")])
+            return [b"{}"]
+        return app(environ, start_response)
+    return wsgi
+
+
+if __name__ == "__main__":
+    port = int(sys.argv[1])
+    # Step Functions reaches Lambda (and other services) through the server's own port.
+    os.environ.setdefault("MOTO_PORT", str(port))
+    main_app = DomainDispatcherApplication(create_backend_app)
+    run_simple("127.0.0.1", port, with_control(main_app), threaded=True)
