@@ -17,9 +17,16 @@ use crate::version::Version;
 
 /// How long a deploy's lock outlives a crash of its driver.
 pub const LOCK_TTL_SECONDS: i64 = 2 * 3600;
-/// How often to look at a command still running: soon at first (most finish within a
-/// second), then every `POLL_MILLIS`.
-pub const POLL_FIRST_MILLIS: u64 = 250;
+/// How often to look at a command still running: every 250 ms for its first second and
+/// every 500 ms until its fourth (restarts and health checks take seconds, and each poll
+/// late is a second added per node), then every `POLL_MILLIS`.
+pub fn poll_millis(polls: u32) -> u64 {
+    match polls {
+        0..=3 => 250,
+        4..=9 => 500,
+        _ => POLL_MILLIS,
+    }
+}
 pub const POLL_MILLIS: u64 = 2000;
 /// Beyond its `command_timeout_seconds`, how long a command may go without a result from a
 /// node (delivery to a node that went away, say) before that node counts as failed.
@@ -505,7 +512,7 @@ impl Deploy {
                     let since = *self.running_since.get_or_insert(now);
                     let limit = self.policy.command_timeout_seconds as i64 + COMMAND_GRACE_SECONDS;
                     if now - since <= Duration::seconds(limit) {
-                        self.wait = Some((POLL_FIRST_MILLIS << self.polls.min(8)).min(POLL_MILLIS));
+                        self.wait = Some(poll_millis(self.polls));
                         self.polls += 1;
                         return Ok(notices);
                     }

@@ -713,6 +713,8 @@ async fn the_state_machine_loops_waits_and_ends_on_the_outcome_or_the_catch() {
             "case {i}: {entered:?}"
         );
         if i == 0 {
+            // Two steps and one wait: 20 history events (benches/sim.rs counts this way).
+            assert_eq!(events.len(), 20, "{entered:?}");
             assert!(entered.iter().any(|s| s == "Wait"), "{entered:?}");
             assert!(events
                 .iter()

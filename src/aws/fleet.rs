@@ -71,6 +71,38 @@ pub trait RunCommand: Send + Sync {
     ) -> Result<Option<(Option<i32>, String)>, PortError>;
 }
 
+/// Shared ports (the simulator keeps a handle on its model to read it afterwards).
+#[async_trait]
+impl<T: RunCommand + ?Sized> RunCommand for std::sync::Arc<T> {
+    async fn online_nodes(
+        &self,
+        tags: &BTreeMap<String, String>,
+    ) -> Result<Vec<String>, PortError> {
+        (**self).online_nodes(tags).await
+    }
+    async fn send(&self, req: &SendRequest) -> Result<String, PortError> {
+        (**self).send(req).await
+    }
+    async fn find(
+        &self,
+        node: &str,
+        comment: &str,
+        after: DateTime<Utc>,
+    ) -> Result<Option<String>, PortError> {
+        (**self).find(node, comment, after).await
+    }
+    async fn statuses(&self, command_id: &str) -> Result<Vec<(String, Status)>, PortError> {
+        (**self).statuses(command_id).await
+    }
+    async fn outcome(
+        &self,
+        command_id: &str,
+        node: &str,
+    ) -> Result<Option<(Option<i32>, String)>, PortError> {
+        (**self).outcome(command_id, node).await
+    }
+}
+
 /// The SSM commands sent for one command key; travels with the deploy's state.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Sent {

@@ -1,0 +1,277 @@
+//! The AWS deploy simulated in virtual time (`tokio::time::pause`): the real engine, the
+//! real deploy-step driver and the real SSM fleet logic, with Run Command answered by a
+//! model of 1,000 nodes (installs 5–60 s, restart 2 s, health check 1 s). Prints, from
+//! one run each (virtual time, so the shared machine's load does not matter):
+//! - makespan ÷ floor (slowest install + Σ over nodes of restart + health);
+//! - one-at-a-time makespan (Σ install + restart + health) ÷ ours;
+//! - SSM API calls per node; deploy-step invocations; Step Functions history events
+//!   (must stay under 25,000 per execution);
+//! - the same with a health check failing on node 500: time until the rollback is done.
+//!
+//! `cargo bench --bench sim`
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use shipit::aws::fleet::{RunCommand, SendRequest, SsmFleet, Status};
+use shipit::config::Config;
+use shipit::job::{DeployJob, Source};
+use shipit::ports::{Ledger, PortError};
+use shipit::step::{StepState, Stepper};
+use shipit::store::Store;
+use shipit::version::Version;
+use tokio::time::Instant;
+
+const NODES: usize = 1000;
+const RESTART: Duration = Duration::from_secs(2);
+const HEALTH: Duration = Duration::from_secs(1);
+/// Every SSM API call takes this long (a typical in-region round trip), so polls do not
+/// land exactly when commands end.
+const CALL_LATENCY: Duration = Duration::from_millis(50);
+/// Step Functions history events: per step, the Task's five (entered, scheduled, started,
+/// succeeded, exited) and the Choice's two; per loop the Wait's two; plus the execution's
+/// start and end and the final state's two. tests/aws_deploy.rs sees 20 for 2 steps.
+fn history_events(steps: u64) -> u64 {
+    steps * 7 + (steps - 1) * 2 + 4
+}
+
+struct SentCommand {
+    comment: String,
+    script: String,
+    nodes: Vec<String>,
+    at: Instant,
+}
+
+/// Run Command in virtual time: a command's invocation on a node ends `duration` after it
+/// was sent; the health check of `failing` on the new version (2.0.0) fails.
+struct Model {
+    install: BTreeMap<String, Duration>,
+    failing: Option<String>,
+    commands: Mutex<Vec<SentCommand>>,
+    calls: AtomicU64,
+}
+
+impl Model {
+    fn new(failing: Option<usize>) -> Model {
+        // A fixed linear congruential sequence: the same "random" fleet every run.
+        let mut x: u64 = 42;
+        let install = (0..NODES)
+            .map(|i| {
+                x = x
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                (node(i), Duration::from_secs(5 + (x >> 33) % 56))
+            })
+            .collect();
+        Model {
+            install,
+            failing: failing.map(node),
+            commands: Mutex::new(vec![]),
+            calls: AtomicU64::new(0),
+        }
+    }
+
+    async fn call(&self, calls: u64) {
+        self.calls.fetch_add(calls, Ordering::Relaxed);
+        tokio::time::sleep(CALL_LATENCY * calls as u32).await;
+    }
+
+    fn duration(&self, kind: &str, node: &str) -> Duration {
+        match kind {
+            "install" => self.install[node],
+            "restart" => RESTART,
+            _ => HEALTH,
+        }
+    }
+}
+
+fn node(i: usize) -> String {
+    format!("i-{i:017x}")
+}
+
+#[async_trait]
+impl RunCommand for Model {
+    async fn online_nodes(&self, _: &BTreeMap<String, String>) -> Result<Vec<String>, PortError> {
+        // DescribeInstanceInformation pages 50 nodes at a time.
+        self.call(NODES.div_ceil(50) as u64).await;
+        Ok(self.install.keys().cloned().collect())
+    }
+
+    async fn send(&self, req: &SendRequest) -> Result<String, PortError> {
+        self.call(1).await;
+        let mut cmds = self.commands.lock().unwrap();
+        cmds.push(SentCommand {
+            comment: req.comment.clone(),
+            script: req.script.clone(),
+            nodes: req.nodes.clone(),
+            at: Instant::now(),
+        });
+        Ok((cmds.len() - 1).to_string())
+    }
+
+    async fn find(
+        &self,
+        _: &str,
+        comment: &str,
+        _: DateTime<Utc>,
+    ) -> Result<Option<String>, PortError> {
+        self.call(1).await;
+        let cmds = self.commands.lock().unwrap();
+        Ok(cmds
+            .iter()
+            .position(|c| c.comment == comment)
+            .map(|i| i.to_string()))
+    }
+
+    async fn statuses(&self, id: &str) -> Result<Vec<(String, Status)>, PortError> {
+        let id: usize = id.parse()?;
+        // ListCommandInvocations pages 50 invocations at a time.
+        let pages = self.commands.lock().unwrap()[id].nodes.len().div_ceil(50);
+        self.call(pages as u64).await;
+        let cmds = self.commands.lock().unwrap();
+        let c = &cmds[id];
+        Ok(c.nodes
+            .iter()
+            .map(|n| {
+                let kind = c.script.split_whitespace().next().unwrap_or("");
+                let status = if c.at.elapsed() < self.duration(kind, n) {
+                    Status::Running
+                } else if c.script == "health 2.0.0" && Some(n) == self.failing.as_ref() {
+                    Status::Failed
+                } else {
+                    Status::Succeeded
+                };
+                (n.clone(), status)
+            })
+            .collect())
+    }
+
+    async fn outcome(&self, _: &str, _: &str) -> Result<Option<(Option<i32>, String)>, PortError> {
+        self.call(1).await;
+        Ok(Some((Some(1), "HTTP 502 from /health".into())))
+    }
+}
+
+struct Run {
+    makespan: Duration,
+    status: String,
+    steps: u64,
+    ssm_calls: u64,
+}
+
+async fn simulate(failing: Option<usize>, store: &Path) -> (Run, Arc<Model>) {
+    let text = r#"
+[apps.hello]
+package = "hello-app"
+install = "install {package}=={version}"
+restart = "restart"
+health = "health {version}"
+[apps.hello.rollout]
+health_timeout_seconds = 1
+[apps.hello.environments.production]
+ssm_tags = { "shipit:app" = "hello" }
+"#;
+    let config = Arc::new(Config::parse(text, Path::new("sim.toml")).unwrap());
+    let ledger = Arc::new(Store::open(store).unwrap());
+    let job = |v: &str, now| {
+        DeployJob::new(
+            "hello",
+            "production",
+            "hello-app".parse().unwrap(),
+            Version::parse(v).unwrap(),
+            Source::Cli {
+                user: "sim".into(),
+                nonce: v.into(),
+            },
+            now,
+        )
+    };
+    let base = (Utc::now(), Instant::now());
+    let clock = Arc::new(move || base.0 + chrono::Duration::from_std(base.1.elapsed()).unwrap());
+    ledger
+        .record(&job("1.0.0", clock()), clock())
+        .await
+        .unwrap();
+    let model = Arc::new(Model::new(failing));
+    let stepper = Stepper::new(
+        config,
+        ledger,
+        SsmFleet::new(model.clone()),
+        Duration::from_secs(60),
+    )
+    .with_clock(clock.clone());
+    let start = Instant::now();
+    let mut state = StepState::start(job("2.0.0", clock()));
+    let mut steps = 0;
+    while !state.done {
+        state = stepper.step(state).await.unwrap();
+        steps += 1;
+        tokio::time::sleep(Duration::from_secs(state.wait_seconds)).await;
+    }
+    let run = Run {
+        makespan: start.elapsed(),
+        status: state.status.unwrap_or_default(),
+        steps,
+        ssm_calls: model.calls.load(Ordering::Relaxed),
+    };
+    (run, model)
+}
+
+fn main() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .start_paused(true)
+        .build()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (ok, model) = rt.block_on(simulate(None, &dir.path().join("a.db")));
+    let max_install = model.install.values().max().unwrap().as_secs_f64();
+    let sum_install: f64 = model.install.values().map(Duration::as_secs_f64).sum();
+    let per_node = (RESTART + HEALTH).as_secs_f64();
+    let floor = max_install + NODES as f64 * per_node;
+    let serial = sum_install + NODES as f64 * per_node;
+    let ours = ok.makespan.as_secs_f64();
+    println!(
+        "simulated deploy of {NODES} nodes (virtual time): {}",
+        ok.status
+    );
+    println!("  makespan {ours:.0} s; floor {floor:.0} s (slowest install {max_install:.0} s + {NODES} × {per_node:.0} s)");
+    println!("  makespan ÷ floor                  {:.3}", ours / floor);
+    println!(
+        "  one-at-a-time ({serial:.0} s) ÷ ours   {:.1}",
+        serial / ours
+    );
+    println!(
+        "  SSM calls per node                {:.2}",
+        ok.ssm_calls as f64 / NODES as f64
+    );
+    println!("  deploy-step invocations           {}", ok.steps);
+    println!(
+        "  Step Functions history events     {} (limit 25,000)",
+        history_events(ok.steps)
+    );
+    assert_eq!(ok.status, "succeeded");
+
+    let (bad, _) = rt.block_on(simulate(Some(500), &dir.path().join("b.db")));
+    println!("health check failing on node 500: {}", bad.status);
+    // Its floor: forward to node 500, then the old version reinstalled and 500 restarts.
+    let bad_floor = 2.0 * (max_install + 500.0 * per_node);
+    println!(
+        "  time to a finished rollback       {:.0} s; ÷ its floor ({bad_floor:.0} s) {:.3}",
+        bad.makespan.as_secs_f64(),
+        bad.makespan.as_secs_f64() / bad_floor
+    );
+    println!(
+        "  SSM calls per node                {:.2}",
+        bad.ssm_calls as f64 / NODES as f64
+    );
+    println!(
+        "  Step Functions history events     {}",
+        history_events(bad.steps)
+    );
+}
