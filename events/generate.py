@@ -104,7 +104,25 @@ def codeartifact(name, version):
                        "assetsRemoved": 0, "metadataUpdated": True, "assetsUpdated": 0, "statusChanged": True}, "operationType": "Created",
                        "sequenceNumber": 1, "eventDeduplicationId": "2mMhvIpgD1CvGzFO1eq0nJiZmBbWjTZLbOwy/r3yYVg="}}
 
+# A deploy job as the ingress functions queue it (the tag push above, on production).
+JOB = {"schema": 1, "id": "5d2c9e0a41b7f3c86e12", "app": "hello", "env": "production", "version": "1.0.0",
+       "package": "hello-app", "source": {"kind": "tag", "event": "push", "repo": "acme/hello", "tag": "v1.0.0",
+       "commit": "6113728f27ae82c7b1a177c8d03f9e96e0adf246", "delivery": "3f6e1a80-c8a1-11f0-8a5f-2f1e0b7c9d01",
+       "pusher": "octocat"}, "requested_by": "octocat (tag v1.0.0)", "requested_at": "2026-11-20T10:00:00Z"}
+
+def sqs(job):
+    return {"Records": [{"messageId": "0f5d3c1e-8b2a-4c6f-9e7d-1a2b3c4d5e6f", "receiptHandle": "AQEBz1sample",
+                         "body": json.dumps(job), "attributes": {"ApproximateReceiveCount": "1", "SentTimestamp": "1795460000000",
+                         "SequenceNumber": "18889999999999999999", "MessageGroupId": f"{job['app']}/{job['env']}",
+                         "SenderId": "AROAEXAMPLE:github-webhook", "MessageDeduplicationId": job["id"],
+                         "ApproximateFirstReceiveTimestamp": "1795460000100"}, "messageAttributes": {},
+                         "md5OfBody": hashlib.md5(json.dumps(job).encode()).hexdigest(), "eventSource": "aws:sqs",
+                         "eventSourceARN": "arn:aws:sqs:us-east-1:123456789012:shipit-deploys.fifo", "awsRegion": "us-east-1"}]}
+
 SAMPLES = {
+    "deploy-dispatch-sqs.json": sqs(JOB),
+    # What the state machine passes deploy-step first: the job alone.
+    "deploy-step-start.json": {"job": JOB},
     "github-tag-push.json": github("push", push("refs/tags/v1.0.0"), "3f6e1a80-c8a1-11f0-8a5f-2f1e0b7c9d01"),
     "github-release.json": github("release", release("v1.1.0"), "4a7f2b90-c8a1-11f0-9b6a-3a2f1c8d0e12"),
     "github-ping.json": github("ping", {"zen": "Design for failure.", "hook_id": 512345678, "repository": repository(),

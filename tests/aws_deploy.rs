@@ -729,3 +729,14 @@ async fn the_state_machine_loops_waits_and_ends_on_the_outcome_or_the_catch() {
         }
     }
 }
+
+/// events/ holds what AWS hands the two deploy functions; they must stay readable.
+#[test]
+fn the_deploy_function_samples_are_what_the_functions_read() {
+    let read = |f: &str| std::fs::read_to_string(format!("events/{f}")).unwrap();
+    let sqs: aws_lambda_events::event::sqs::SqsEvent =
+        serde_json::from_str(&read("deploy-dispatch-sqs.json")).unwrap();
+    let job = DeployJob::from_json(sqs.records[0].body.as_deref().unwrap()).unwrap();
+    let step: StepState = serde_json::from_str(&read("deploy-step-start.json")).unwrap();
+    assert_eq!(step, StepState::start(job));
+}
