@@ -195,31 +195,9 @@ impl<R: RunCommand> Stepper<R> {
         let job = &deploy.job;
         let now = (self.now)();
         Ok(match action {
-            Action::Lock { lock } => {
-                let lock = LockInfo {
-                    since: now,
-                    expires: Some(now + chrono::Duration::seconds(LOCK_TTL_SECONDS)),
-                    ..lock.clone()
-                };
-                match self.ledger.try_lock(&job.app, &job.env, &lock, now).await? {
-                    Ok(()) => Observation::Lock {
-                        taken: true,
-                        holder: None,
-                    },
-                    Err(held) => Observation::Lock {
-                        taken: false,
-                        holder: Some(held),
-                    },
-                }
-            }
+            Action::Lock { lock } => take_lock(self.ledger.as_ref(), job, lock, now).await?,
             Action::Inspect => Observation::Inspected {
-                live: self
-                    .ledger
-                    .history(&job.app, &job.env, 1)
-                    .await?
-                    .into_iter()
-                    .next()
-                    .map(|e| Box::new(e.job)),
+                live: live_job(self.ledger.as_ref(), job).await?,
                 // Executions of one app+env wait for its lock side by side; a job that
                 // lost the race to a newer version is skipped once it sees it live.
                 newer_queued: None,
@@ -276,6 +254,45 @@ impl<R: RunCommand> Stepper<R> {
         finish(&mut state, &outcome);
         state
     }
+}
+
+/// Tries the engine's lock, with the expiry that frees it if this deploy's driver dies.
+pub async fn take_lock(
+    ledger: &dyn Ledger,
+    job: &DeployJob,
+    lock: &LockInfo,
+    now: DateTime<Utc>,
+) -> Result<Observation, PortError> {
+    let lock = LockInfo {
+        since: now,
+        expires: Some(now + chrono::Duration::seconds(LOCK_TTL_SECONDS)),
+        ..lock.clone()
+    };
+    Ok(
+        match ledger.try_lock(&job.app, &job.env, &lock, now).await? {
+            Ok(()) => Observation::Lock {
+                taken: true,
+                holder: None,
+            },
+            Err(held) => Observation::Lock {
+                taken: false,
+                holder: Some(held),
+            },
+        },
+    )
+}
+
+/// The job live on `job`'s app+env.
+pub async fn live_job(
+    ledger: &dyn Ledger,
+    job: &DeployJob,
+) -> Result<Option<Box<DeployJob>>, PortError> {
+    Ok(ledger
+        .history(&job.app, &job.env, 1)
+        .await?
+        .into_iter()
+        .next()
+        .map(|e| Box::new(e.job)))
 }
 
 fn finish(state: &mut StepState, outcome: &Outcome) {

@@ -9,10 +9,11 @@ use chrono::Utc;
 use tokio::sync::watch;
 
 use crate::config::{Config, Nodes};
-use crate::engine::{Action, Deploy, Notice, Observation, Outcome, LOCK_TTL_SECONDS};
+use crate::engine::{Action, Deploy, Notice, Observation, Outcome};
 use crate::job::DeployJob;
 use crate::local::LocalFleet;
 use crate::ports::{Ledger, PortError};
+use crate::step::{live_job, take_lock};
 use crate::store::Store;
 
 /// How often an idle worker looks for new jobs.
@@ -211,36 +212,10 @@ impl Worker {
         let mut tries = 0;
         loop {
             let result: Result<Observation, PortError> = match action {
-                Action::Lock { lock } => {
-                    let now = Utc::now();
-                    let lock = crate::ports::LockInfo {
-                        since: now,
-                        expires: Some(now + chrono::Duration::seconds(LOCK_TTL_SECONDS)),
-                        ..lock.clone()
-                    };
-                    self.store
-                        .try_lock(&job.app, &job.env, &lock, now)
-                        .await
-                        .map(|r| match r {
-                            Ok(()) => Observation::Lock {
-                                taken: true,
-                                holder: None,
-                            },
-                            Err(held) => Observation::Lock {
-                                taken: false,
-                                holder: Some(held),
-                            },
-                        })
-                }
+                Action::Lock { lock } => take_lock(&self.store, job, lock, Utc::now()).await,
                 Action::Inspect => {
                     async {
-                        let live = self
-                            .store
-                            .history(&job.app, &job.env, 1)
-                            .await?
-                            .into_iter()
-                            .next()
-                            .map(|e| Box::new(e.job));
+                        let live = live_job(&self.store, job).await?;
                         let newer_queued = self.store.newer_queued(job).await?;
                         Ok(Observation::Inspected { live, newer_queued })
                     }

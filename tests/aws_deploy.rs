@@ -172,17 +172,7 @@ impl Rig {
     }
 
     fn job(&self, version: &str) -> DeployJob {
-        DeployJob::new(
-            "hello",
-            "production",
-            "hello-app".parse().unwrap(),
-            Version::parse(version).unwrap(),
-            Source::Cli {
-                user: "test".into(),
-                nonce: unique("n"),
-            },
-            Utc::now(),
-        )
+        cli_job(version)
     }
 
     /// Steps `job` to its end the way the state machine does; returns the final state.
@@ -263,6 +253,20 @@ impl Rig {
             })
             .collect()
     }
+}
+
+fn cli_job(version: &str) -> DeployJob {
+    DeployJob::new(
+        "hello",
+        "production",
+        "hello-app".parse().unwrap(),
+        Version::parse(version).unwrap(),
+        Source::Cli {
+            user: "test".into(),
+            nonce: unique("n"),
+        },
+        Utc::now(),
+    )
 }
 
 fn expected_order(nodes: &[String], version: &str) -> Vec<String> {
@@ -464,20 +468,7 @@ async fn dispatch_starts_one_execution_per_job_even_when_a_message_comes_twice()
         .unwrap()
         .state_machine_arn;
     let fifo = common::Fifo::new().await;
-    let rig_job = |v: &str| {
-        DeployJob::new(
-            "hello",
-            "production",
-            "hello-app".parse().unwrap(),
-            Version::parse(v).unwrap(),
-            Source::Cli {
-                user: "t".into(),
-                nonce: unique("n"),
-            },
-            Utc::now(),
-        )
-    };
-    let (a, b) = (rig_job("1.0.0"), rig_job("1.1.0"));
+    let (a, b) = (cli_job("1.0.0"), cli_job("1.1.0"));
     SqsQueue::new(fifo.client.clone(), fifo.url.clone())
         .enqueue(&[a.clone(), b.clone()])
         .await
