@@ -101,10 +101,6 @@ impl<R: RunCommand> Stepper<R> {
         self
     }
 
-    pub fn fleet(&self) -> &SsmFleet<R> {
-        &self.fleet
-    }
-
     /// Runs the deploy for up to the budget. An `Err` leaves the input state as it was, for
     /// the state machine to retry; progress made before a failure is returned instead.
     pub async fn step(&self, mut state: StepState) -> Result<StepState, PortError> {

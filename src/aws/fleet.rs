@@ -119,10 +119,6 @@ impl<R: RunCommand> SsmFleet<R> {
         SsmFleet { api }
     }
 
-    pub fn api(&self) -> &R {
-        &self.api
-    }
-
     /// The environment's reachable nodes, in a stable order (by id).
     pub async fn resolve(&self, env: &Environment) -> Result<Vec<String>, PortError> {
         let Nodes::Ssm { tags, .. } = &env.nodes else {
