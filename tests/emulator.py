@@ -30,6 +30,7 @@ The first rule whose instance and text match decides an invocation's outcome.
 
 import json
 import os
+import signal
 import sys
 import threading
 
@@ -248,5 +249,7 @@ if __name__ == "__main__":
     port = int(sys.argv[1])
     # Step Functions reaches Lambda (and other services) through the server's own port.
     os.environ.setdefault("MOTO_PORT", str(port))
+    # Stop cleanly on SIGTERM (scripts/test's exit), as moto_server does.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     main_app = DomainDispatcherApplication(create_backend_app)
     run_simple("127.0.0.1", port, with_control(main_app), threaded=True)
