@@ -174,6 +174,11 @@ impl DeployJob {
         )
     }
 
+    /// The span every log line of this job's deploy carries.
+    pub fn span(&self) -> tracing::Span {
+        tracing::info_span!("deploy", job_id = %self.id, app = %self.app, env = %self.env, version = %self.version)
+    }
+
     /// The FIFO group: deploys of one app+env are strictly ordered, others run freely.
     pub fn group(&self) -> String {
         format!("{}/{}", self.app, self.env)

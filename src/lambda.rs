@@ -180,10 +180,7 @@ pub async fn start_deploy(
             tracing::info!(job_id = %job.id, "deploy already started; duplicate message dropped");
             Ok(Dispatched::AlreadyStarted)
         }
-        Err(e) => Err(format!(
-            "StartExecution: {}",
-            aws_sdk_sfn::error::DisplayErrorContext(e)
-        )),
+        Err(e) => Err(crate::aws::sdk_err("StartExecution", e).to_string()),
     }
 }
 

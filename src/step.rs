@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use tracing::Instrument;
 
 use crate::aws::fleet::{RunCommand, Sent, SsmFleet};
 use crate::config::Config;
@@ -103,9 +104,12 @@ impl<R: RunCommand> Stepper<R> {
 
     /// Runs the deploy for up to the budget. An `Err` leaves the input state as it was, for
     /// the state machine to retry; progress made before a failure is returned instead.
-    pub async fn step(&self, mut state: StepState) -> Result<StepState, PortError> {
-        let span = tracing::info_span!("deploy", job_id = %state.job.id, app = %state.job.app, env = %state.job.env, version = %state.job.version);
-        let _enter = span.enter();
+    pub async fn step(&self, state: StepState) -> Result<StepState, PortError> {
+        let span = state.job.span();
+        self.step_job(state).instrument(span).await
+    }
+
+    async fn step_job(&self, mut state: StepState) -> Result<StepState, PortError> {
         if let Some(err) = state.error.take() {
             return Ok(self.abort(state, err).await);
         }

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use chrono::Utc;
 use tokio::sync::watch;
+use tracing::Instrument;
 
 use crate::config::{Config, Nodes};
 use crate::engine::{Action, Deploy, Notice, Observation, Outcome};
@@ -129,13 +130,18 @@ impl Worker {
     }
 
     /// Drives one job to its end (or until shutdown), checkpointing every step.
-    pub async fn drive(
+    pub async fn drive(&self, job: DeployJob, shutdown: watch::Receiver<bool>) -> Option<Outcome> {
+        // Instrumented rather than entered: a guard held across awaits would tag other
+        // tasks' lines on this thread with this job.
+        let span = job.span();
+        self.drive_job(job, shutdown).instrument(span).await
+    }
+
+    async fn drive_job(
         &self,
         job: DeployJob,
         mut shutdown: watch::Receiver<bool>,
     ) -> Option<Outcome> {
-        let span = tracing::info_span!("deploy", job_id = %job.id, app = %job.app, env = %job.env, version = %job.version);
-        let _enter = span.enter();
         let Some(app) = self.config.app(&job.app) else {
             return self
                 .abandon(

@@ -9,13 +9,13 @@
 use std::collections::BTreeMap;
 
 use async_trait::async_trait;
-use aws_sdk_ssm::error::DisplayErrorContext;
 use aws_sdk_ssm::types::{
     CommandFilter, CommandFilterKey, CommandInvocationStatus, InstanceInformationStringFilter,
 };
 use chrono::{DateTime, Duration, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
 
+use super::sdk_err;
 use crate::config::{App, Environment, Nodes};
 use crate::engine::{Command, CommandKind, NodeResult};
 use crate::job::DeployJob;
@@ -259,10 +259,6 @@ impl<R: RunCommand> SsmFleet<R> {
 
 fn all(nodes: &[String], r: NodeResult) -> Vec<(String, NodeResult)> {
     nodes.iter().map(|n| (n.clone(), r.clone())).collect()
-}
-
-fn sdk_err<E: std::error::Error + Send + Sync + 'static>(what: &str, e: E) -> PortError {
-    format!("{what}: {}", DisplayErrorContext(e)).into()
 }
 
 /// Run Command through the AWS SDK. Throttling is retried by the client's retry policy
