@@ -1,0 +1,390 @@
+//! The SAM template (`infra/template.yaml`) read as data: every role allows only what its
+//! function calls, on shipit's own resources. cfn-lint (in `.ci/run`) checks that the
+//! template is valid; this checks that it is narrow.
+
+use serde_yaml::Value;
+use std::collections::{BTreeMap, BTreeSet};
+
+fn template() -> Value {
+    let text = std::fs::read_to_string("infra/template.yaml").expect("reading the template");
+    serde_yaml::from_str(&text).expect("the template is YAML")
+}
+
+fn resources(t: &Value) -> BTreeMap<String, Value> {
+    t["Resources"]
+        .as_mapping()
+        .expect("Resources")
+        .iter()
+        .map(|(k, v)| (k.as_str().unwrap().to_string(), v.clone()))
+        .collect()
+}
+
+/// A string or intrinsic as text: `"a"`, `!Sub "a"` → `a`, `!Ref X` → `Ref X`,
+/// `!GetAtt X.Arn` → `GetAtt X.Arn`.
+fn text(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Tagged(t) if t.tag == "Sub" => text(&t.value),
+        Value::Tagged(t) if t.tag == "Ref" || t.tag == "GetAtt" => {
+            format!(
+                "{} {}",
+                t.tag.to_string().trim_start_matches('!'),
+                text(&t.value)
+            )
+        }
+        other => panic!("not a string or a Ref/GetAtt/Sub: {other:?}"),
+    }
+}
+
+/// A string, or a list of them.
+fn texts(v: &Value) -> Vec<String> {
+    match v {
+        Value::Sequence(items) => items.iter().map(text).collect(),
+        one => vec![text(one)],
+    }
+}
+
+#[derive(Debug)]
+struct Statement {
+    role: String,
+    actions: Vec<String>,
+    resources: Vec<String>,
+    condition: Option<Value>,
+}
+
+/// Every Allow statement of every role, with `!If [cond, statement, !Ref AWS::NoValue]`
+/// read as the statement (the broader case).
+fn statements(t: &Value) -> Vec<Statement> {
+    let mut out = vec![];
+    for (name, r) in resources(t) {
+        if r["Type"].as_str() != Some("AWS::IAM::Role") {
+            continue;
+        }
+        for policy in r["Properties"]["Policies"].as_sequence().unwrap() {
+            for s in policy["PolicyDocument"]["Statement"].as_sequence().unwrap() {
+                let s = match s {
+                    Value::Tagged(t) if t.tag == "If" => &t.value[1],
+                    s => s,
+                };
+                assert_eq!(s["Effect"].as_str(), Some("Allow"), "{name}: {s:?}");
+                assert!(s.get("NotAction").is_none() && s.get("NotResource").is_none());
+                out.push(Statement {
+                    role: name.clone(),
+                    actions: texts(&s["Action"]),
+                    resources: texts(&s["Resource"]),
+                    condition: s.get("Condition").cloned(),
+                });
+            }
+        }
+    }
+    out
+}
+
+/// (function logical id, its role's logical id, its binary).
+fn functions(t: &Value) -> Vec<(String, String, String)> {
+    resources(t)
+        .into_iter()
+        .filter(|(_, r)| r["Type"].as_str() == Some("AWS::Serverless::Function"))
+        .map(|(name, r)| {
+            let role = text(&r["Properties"]["Role"]);
+            let role = role
+                .strip_prefix("GetAtt ")
+                .and_then(|r| r.strip_suffix(".Arn"))
+                .unwrap_or_else(|| panic!("{name}: Role is not a role of the template"))
+                .to_string();
+            let binary = r["Metadata"]["BuildProperties"]["Binary"]
+                .as_str()
+                .unwrap_or_else(|| panic!("{name}: no Binary to build"))
+                .to_string();
+            (name, role, binary)
+        })
+        .collect()
+}
+
+fn role_of<'a>(fns: &'a [(String, String, String)], binary: &str) -> &'a str {
+    &fns.iter().find(|(_, _, b)| b == binary).unwrap().1
+}
+
+const PARAMETER: &str =
+    "arn:${AWS::Partition}:ssm:${AWS::Region}:${AWS::AccountId}:parameter${SsmPrefix}/";
+
+#[test]
+fn no_wildcard_actions_and_star_resources_only_where_aws_allows_nothing_else() {
+    let t = template();
+    let all = statements(&t);
+    assert!(all.len() > 10, "found only {} statements", all.len());
+    // These take no resource ARN in IAM: "*" is the only way to allow them.
+    let star_ok: BTreeSet<&str> = [
+        "ssm:DescribeInstanceInformation",
+        "ssm:ListCommands",
+        "ssm:ListCommandInvocations",
+        "ssm:GetCommandInvocation",
+    ]
+    .into();
+    for s in &all {
+        for a in &s.actions {
+            let (service, name) = a.split_once(':').unwrap_or_else(|| panic!("{a}"));
+            assert!(
+                !a.contains('*') && !a.contains('?'),
+                "{}: wildcard action {a}",
+                s.role
+            );
+            assert!(!service.is_empty() && !name.is_empty(), "{a}");
+        }
+        if s.resources
+            .iter()
+            .any(|r| r.contains('*') && !r.contains(':'))
+        {
+            for a in &s.actions {
+                assert!(star_ok.contains(a.as_str()), "{}: {a} on *", s.role);
+            }
+        }
+    }
+}
+
+#[test]
+fn send_command_only_runs_shell_scripts_on_nodes_tagged_for_shipit() {
+    let t = template();
+    let sends: Vec<_> = statements(&t)
+        .into_iter()
+        .filter(|s| s.actions.iter().any(|a| a == "ssm:SendCommand"))
+        .collect();
+    assert_eq!(sends.len(), 2, "{sends:?}");
+    let fns = functions(&t);
+    let step_role = role_of(&fns, "deploy-step");
+    let (mut document, mut nodes) = (false, false);
+    for s in &sends {
+        assert_eq!(s.role, step_role, "only deploy-step sends commands");
+        assert_eq!(s.actions, ["ssm:SendCommand"], "keep SendCommand alone");
+        if s.resources.iter().any(|r| r.contains(":document/")) {
+            assert_eq!(
+                s.resources,
+                ["arn:${AWS::Partition}:ssm:${AWS::Region}::document/AWS-RunShellScript"]
+            );
+            document = true;
+        } else {
+            for r in &s.resources {
+                assert!(
+                    r.ends_with(":${AWS::AccountId}:instance/*")
+                        || r.ends_with(":${AWS::AccountId}:managed-instance/*"),
+                    "{r}"
+                );
+            }
+            let cond = s.condition.as_ref().expect("a tag condition on the nodes");
+            let like = cond["StringLike"].as_mapping().expect("StringLike");
+            let keys: BTreeSet<_> = like.keys().map(|k| k.as_str().unwrap()).collect();
+            assert_eq!(
+                keys,
+                ["ssm:resourceTag/shipit:app", "ssm:resourceTag/shipit:env"].into()
+            );
+            assert_eq!(text(&like["ssm:resourceTag/shipit:app"]), "Ref Apps");
+            assert_eq!(
+                text(&like["ssm:resourceTag/shipit:env"]),
+                "Ref Environments"
+            );
+            nodes = true;
+        }
+    }
+    assert!(document && nodes);
+}
+
+#[test]
+fn parameter_store_access_stays_under_the_prefix_and_secrets_are_read_only() {
+    let t = template();
+    let mut seen = 0;
+    for s in statements(&t) {
+        let params: Vec<_> = s
+            .actions
+            .iter()
+            .filter(|a| a.starts_with("ssm:") && a.contains("Parameter"))
+            .collect();
+        if params.is_empty() {
+            continue;
+        }
+        seen += 1;
+        assert_eq!(
+            params.len(),
+            s.actions.len(),
+            "{s:?}: mixed with other calls"
+        );
+        let writes = params.iter().any(|a| !a.starts_with("ssm:GetParameter"));
+        for r in &s.resources {
+            let path = r
+                .strip_prefix(PARAMETER)
+                .unwrap_or_else(|| panic!("{}: parameter outside the prefix: {r}", s.role));
+            if writes {
+                assert!(
+                    path == "live/*" || path == "lock/*",
+                    "{}: writes {path}",
+                    s.role
+                );
+            } else {
+                assert!(
+                    ["config", "secrets/*", "live/*", "lock/*"].contains(&path),
+                    "{}: reads {path}",
+                    s.role
+                );
+            }
+        }
+    }
+    assert!(seen >= 6, "every function but dispatch reads its config");
+}
+
+#[test]
+fn each_function_has_its_own_role_and_only_the_calls_it_makes() {
+    let t = template();
+    let fns = functions(&t);
+    let mut dirs: Vec<String> = std::fs::read_dir("functions")
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    dirs.sort();
+    let mut binaries: Vec<String> = fns.iter().map(|f| f.2.clone()).collect();
+    binaries.sort();
+    assert_eq!(binaries, dirs, "one function per crate in functions/");
+    let roles: BTreeSet<_> = fns.iter().map(|f| &f.1).collect();
+    assert_eq!(roles.len(), fns.len(), "roles are not shared");
+
+    let all = statements(&t);
+    let grants = |binary: &str| -> BTreeMap<String, BTreeSet<String>> {
+        let role = role_of(&fns, binary);
+        let mut m: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        for s in all.iter().filter(|s| s.role == role) {
+            for a in &s.actions {
+                m.entry(a.clone())
+                    .or_default()
+                    .extend(s.resources.iter().cloned());
+            }
+        }
+        m
+    };
+    let queue: BTreeSet<String> = ["GetAtt DeployQueue.Arn".to_string()].into();
+    for ingress in ["github-webhook", "slash-command", "package-upload"] {
+        let g = grants(ingress);
+        assert_eq!(g["sqs:SendMessage"], queue, "{ingress}");
+        for a in g.keys() {
+            assert!(
+                !a.starts_with("states:")
+                    && a != "ssm:SendCommand"
+                    && !a.starts_with("sqs:Receive"),
+                "{ingress} may {a}"
+            );
+        }
+    }
+    let dispatch = grants("deploy-dispatch");
+    assert_eq!(
+        dispatch["states:StartExecution"],
+        ["Ref DeployStateMachine".to_string()].into()
+    );
+    assert_eq!(dispatch["sqs:ReceiveMessage"], queue);
+    assert!(dispatch.keys().all(|a| !a.starts_with("ssm:")));
+    assert!(!dispatch.contains_key("sqs:SendMessage"));
+    let step = grants("deploy-step");
+    assert!(step
+        .keys()
+        .all(|a| a.starts_with("ssm:") || a.starts_with("logs:")));
+
+    // Only the state machine may invoke deploy-step.
+    let invokers: Vec<_> = all
+        .iter()
+        .filter(|s| s.actions.iter().any(|a| a.starts_with("lambda:")))
+        .collect();
+    assert_eq!(invokers.len(), 1);
+    assert_eq!(invokers[0].role, "DeployStateMachineRole");
+    assert_eq!(invokers[0].actions, ["lambda:InvokeFunction"]);
+    for r in &invokers[0].resources {
+        assert!(r.contains("DeployStepFunction.Arn"), "{r}");
+    }
+
+    // Logs go to the function's own group, nowhere else.
+    for s in all.iter().filter(|s| s.actions[0].starts_with("logs:")) {
+        assert_eq!(s.actions, ["logs:CreateLogStream", "logs:PutLogEvents"]);
+        assert_eq!(s.resources.len(), 1);
+        assert!(s.resources[0].starts_with("GetAtt "), "{:?}", s.resources);
+    }
+}
+
+#[test]
+fn functions_get_the_environment_their_code_reads() {
+    let t = template();
+    let r = resources(&t);
+    let global = t["Globals"]["Function"]["Environment"]["Variables"]
+        .as_mapping()
+        .unwrap();
+    assert_eq!(text(&global["SHIPIT_CONFIG"]), "ssm:${SsmPrefix}/config");
+    assert_eq!(text(&global["SHIPIT_SSM_PREFIX"]), "Ref SsmPrefix");
+    for (name, _, binary) in functions(&t) {
+        let vars = &r[&name]["Properties"]["Environment"]["Variables"];
+        let want = match binary.as_str() {
+            "deploy-dispatch" => ("SHIPIT_STATE_MACHINE_ARN", "Ref DeployStateMachine"),
+            "deploy-step" => ("SHIPIT_STEP_BUDGET_SECONDS", "Ref StepBudgetSeconds"),
+            _ => ("SHIPIT_QUEUE_URL", "Ref DeployQueue"),
+        };
+        assert_eq!(text(&vars[want.0]), want.1, "{name}");
+    }
+}
+
+#[test]
+fn the_state_machine_is_the_definition_the_emulator_test_executes() {
+    let t = template();
+    let machine = &resources(&t)["DeployStateMachine"]["Properties"];
+    // Relative to the template; tests/aws_deploy.rs runs infra/statemachine/deploy.asl.json.
+    assert_eq!(
+        machine["DefinitionUri"].as_str(),
+        Some("statemachine/deploy.asl.json")
+    );
+    let definition = std::fs::read_to_string("infra/statemachine/deploy.asl.json").unwrap();
+    let subs = machine["DefinitionSubstitutions"].as_mapping().unwrap();
+    let mut placeholders = BTreeSet::new();
+    for part in definition.split("${").skip(1) {
+        placeholders.insert(part.split('}').next().unwrap().to_string());
+    }
+    let given: BTreeSet<String> = subs.keys().map(|k| k.as_str().unwrap().into()).collect();
+    assert_eq!(placeholders, given);
+    assert_eq!(
+        text(&subs["DeployStepFunctionArn"]),
+        "GetAtt DeployStepFunction.Arn"
+    );
+}
+
+#[test]
+fn the_readme_shows_how_to_invoke_every_function_with_a_sample_event() {
+    let readme = std::fs::read_to_string("README.md").unwrap();
+    for (name, _, binary) in functions(&template()) {
+        for (tool, id) in [
+            ("cargo lambda invoke", &binary),
+            ("sam local invoke", &name),
+        ] {
+            let line = readme
+                .lines()
+                .find(|l| l.starts_with(&format!("{tool} {id} ")))
+                .unwrap_or_else(|| panic!("README: no `{tool} {id}` line"));
+            let event = line
+                .split_whitespace()
+                .find(|w| w.starts_with("events/"))
+                .unwrap_or_else(|| panic!("{line}: no sample event"));
+            assert!(std::path::Path::new(event).is_file(), "{line}");
+        }
+    }
+}
+
+#[test]
+fn the_aws_example_selects_nodes_the_deploy_role_may_reach() {
+    let path = std::path::Path::new("examples/aws/shipit.toml");
+    let config = shipit::config::Config::parse(&std::fs::read_to_string(path).unwrap(), path)
+        .unwrap_or_else(|r| panic!("{r}"));
+    for (app, a) in &config.apps {
+        for (env, e) in &a.environments {
+            let shipit::config::Nodes::Ssm { tags, .. } = &e.nodes else {
+                panic!("{app}/{env}: not SSM nodes");
+            };
+            assert_eq!(tags.get("shipit:app"), Some(app), "{app}/{env}");
+            assert_eq!(tags.get("shipit:env"), Some(env), "{app}/{env}");
+        }
+    }
+    // Its secrets live where the roles may read them (SsmPrefix defaults to /shipit).
+    let text = std::fs::read_to_string(path).unwrap();
+    for line in text.lines().filter(|l| l.contains("\"ssm:")) {
+        assert!(line.contains("\"ssm:/shipit/secrets/"), "{line}");
+    }
+}
