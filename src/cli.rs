@@ -173,7 +173,8 @@ pub async fn wait(
         Utc::now().timestamp_micros()
     );
     let (stop, stopped) = watch::channel(false);
-    let worker = Worker::new(config, store.clone());
+    let notifier = crate::wiring::local_notifier(config.clone()).await;
+    let worker = Worker::new(config, store.clone(), notifier);
     let runner = tokio::spawn(async move { worker.run(&holder, stopped).await });
     let finished = follow_job(store, job, on_notice).await;
     let _ = stop.send(true);

@@ -208,6 +208,7 @@ pub struct Notify {
     pub slack: Option<SlackTarget>,
     pub newrelic: Option<NewRelicTarget>,
     pub datadog: Option<DatadogTarget>,
+    pub github: Option<GitHubTarget>,
 }
 
 #[derive(Debug, Clone)]
@@ -215,20 +216,34 @@ pub struct SlackTarget {
     pub channel: Option<String>,
     pub token: Option<Secret>,
     pub webhook_url: Option<Secret>,
+    /// Web API base, `https://slack.com/api` unless a proxy stands in front of it.
+    pub api_url: String,
 }
 
 #[derive(Debug, Clone)]
 pub struct NewRelicTarget {
     pub entity_guid: String,
     pub api_key: Secret,
-    pub region: String,
+    /// The NerdGraph endpoint: the region's, or `endpoint` from the config.
+    pub endpoint: String,
 }
 
 #[derive(Debug, Clone)]
 pub struct DatadogTarget {
     pub api_key: Secret,
-    pub site: String,
+    /// `https://api.{site}`, or the site itself when it is a URL (a proxy).
+    pub api_url: String,
     pub service: String,
+    /// Also record a DORA deployment (`/api/v2/dora/deployment`).
+    pub dora: bool,
+}
+
+/// GitHub Deployments for tag-triggered jobs of the app's repo.
+#[derive(Debug, Clone)]
+pub struct GitHubTarget {
+    pub token: Secret,
+    /// `https://api.github.com`, or GitHub Enterprise Server's `https://HOST/api/v3`.
+    pub api_url: String,
 }
 
 /// A tag pattern such as `v{version}` or `hello-{version}`: fixed text around exactly one
@@ -414,6 +429,14 @@ struct RawNotify {
     slack: Option<RawSlackTarget>,
     newrelic: Option<RawNewRelic>,
     datadog: Option<RawDatadog>,
+    github: Option<RawGitHubTarget>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawGitHubTarget {
+    token: String,
+    api_url: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -422,6 +445,7 @@ struct RawSlackTarget {
     channel: Option<String>,
     token: Option<String>,
     webhook_url: Option<String>,
+    api_url: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -431,6 +455,7 @@ struct RawNewRelic {
     api_key: String,
     #[serde(default = "us")]
     region: String,
+    endpoint: Option<String>,
 }
 
 fn us() -> String {
@@ -444,6 +469,8 @@ struct RawDatadog {
     #[serde(default = "datadog_site")]
     site: String,
     service: Option<String>,
+    #[serde(default)]
+    dora: bool,
 }
 
 fn datadog_site() -> String {
@@ -863,7 +890,7 @@ fn check_text(text: &str, path: &Path) -> (Option<Config>, Vec<Problem>) {
                 }
             }
         }
-        let notify = check_notify(&mut c, &k, a.notify, &name);
+        let notify = check_notify(&mut c, &k, a.notify, &name, repo.is_some());
 
         if let (Some(package), Some(tag_pattern), Some(install), Some(restart), Some(health)) =
             (package, tag_pattern, install, restart, health)
@@ -898,7 +925,7 @@ fn check_text(text: &str, path: &Path) -> (Option<Config>, Vec<Problem>) {
     (Some(config), c.problems)
 }
 
-fn check_notify(c: &mut Checker, k: &str, n: RawNotify, app: &str) -> Notify {
+fn check_notify(c: &mut Checker, k: &str, n: RawNotify, app: &str, has_repo: bool) -> Notify {
     let slack = n.slack.and_then(|s| {
         let token = s
             .token
@@ -923,39 +950,94 @@ fn check_notify(c: &mut Checker, k: &str, n: RawNotify, app: &str) -> Notify {
                 "e.g. \"#deploys\" or a channel id",
             );
         }
+        let api_url = s.api_url.unwrap_or_else(|| "https://slack.com/api".into());
+        check_url(c, &format!("{k}.notify.slack.api_url"), &api_url);
         Some(SlackTarget {
             channel: s.channel,
             token,
             webhook_url,
+            api_url,
         })
     });
     let newrelic = n.newrelic.and_then(|r| {
-        if !matches!(r.region.as_str(), "us" | "eu") {
-            c.error(
-                format!("{k}.notify.newrelic.region"),
-                format!("{:?} is not a New Relic region", r.region),
-                "\"us\" or \"eu\"",
-            );
-        }
+        let endpoint = match (r.endpoint, r.region.as_str()) {
+            (Some(e), _) => {
+                check_url(c, &format!("{k}.notify.newrelic.endpoint"), &e);
+                e
+            }
+            (None, "us") => "https://api.newrelic.com/graphql".into(),
+            (None, "eu") => "https://api.eu.newrelic.com/graphql".into(),
+            (None, other) => {
+                c.error(
+                    format!("{k}.notify.newrelic.region"),
+                    format!("{other:?} is not a New Relic region"),
+                    "\"us\" or \"eu\"",
+                );
+                String::new()
+            }
+        };
         let api_key = c.secret(&format!("{k}.notify.newrelic.api_key"), &r.api_key)?;
         Some(NewRelicTarget {
             entity_guid: r.entity_guid,
             api_key,
-            region: r.region,
+            endpoint,
         })
     });
     let datadog = n.datadog.and_then(|d| {
         let api_key = c.secret(&format!("{k}.notify.datadog.api_key"), &d.api_key)?;
+        let api_url = if d.site.contains("://") {
+            check_url(c, &format!("{k}.notify.datadog.site"), &d.site);
+            d.site.trim_end_matches('/').to_string()
+        } else {
+            format!("https://api.{}", d.site)
+        };
         Some(DatadogTarget {
             api_key,
-            site: d.site,
+            api_url,
             service: d.service.unwrap_or_else(|| app.to_string()),
+            dora: d.dora,
+        })
+    });
+    let github = n.github.and_then(|g| {
+        if !has_repo {
+            c.error(
+                format!("{k}.notify.github"),
+                "GitHub Deployments need the app's repo",
+                "set repo = \"owner/name\" on the app",
+            );
+        }
+        let api_url = g.api_url.unwrap_or_else(|| "https://api.github.com".into());
+        check_url(c, &format!("{k}.notify.github.api_url"), &api_url);
+        let token = c.secret(&format!("{k}.notify.github.token"), &g.token)?;
+        Some(GitHubTarget {
+            token,
+            api_url: api_url.trim_end_matches('/').to_string(),
         })
     });
     Notify {
         slack,
         newrelic,
         datadog,
+        github,
+    }
+}
+
+/// An endpoint shipit will send a token to: https, or http to this machine only.
+fn check_url(c: &mut Checker, key: &str, url: &str) {
+    let ok = match url.split_once("://") {
+        Some(("https", rest)) => !rest.is_empty(),
+        Some(("http", rest)) => ["127.0.0.1", "localhost", "[::1]"].iter().any(|h| {
+            rest.strip_prefix(h)
+                .is_some_and(|r| r.is_empty() || r.starts_with([':', '/']))
+        }),
+        _ => false,
+    };
+    if !ok {
+        c.error(
+            key,
+            format!("{url:?} is not an https URL"),
+            "tokens travel only over https (plain http only to 127.0.0.1 or localhost)",
+        );
     }
 }
 

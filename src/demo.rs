@@ -184,7 +184,8 @@ pub async fn run(dir: Option<PathBuf>) -> anyhow::Result<bool> {
             }
         },
     ));
-    let worker = Worker::new(config.clone(), store.clone());
+    let notifier = crate::wiring::local_notifier(config.clone()).await;
+    let worker = Worker::new(config.clone(), store.clone(), notifier);
     let worker = tokio::spawn(async move { worker.run("demo", stopped).await });
     println!("shipit is serving on {base}\n");
 

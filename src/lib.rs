@@ -10,6 +10,7 @@ pub mod ingress;
 pub mod job;
 pub mod lambda;
 pub mod local;
+pub mod notify;
 pub mod ports;
 pub mod secrets;
 pub mod server;

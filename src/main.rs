@@ -124,7 +124,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .with_context(|| format!("binding {addr}"))?;
             tracing::info!(addr = %listener.local_addr()?, "shipit serving");
             let (stop, stopped) = tokio::sync::watch::channel(false);
-            let worker = shipit::worker::Worker::new(ingress.config.clone(), store.clone());
+            let notifier = shipit::wiring::local_notifier(ingress.config.clone()).await;
+            let worker =
+                shipit::worker::Worker::new(ingress.config.clone(), store.clone(), notifier);
             let holder = format!("serve-{}", std::process::id());
             let worker = tokio::spawn(async move { worker.run(&holder, stopped).await });
             let shutdown = async {

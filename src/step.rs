@@ -18,8 +18,9 @@ use crate::aws::fleet::{RunCommand, Sent, SsmFleet};
 use crate::config::Config;
 use crate::engine::{Action, Deploy, Notice, Observation, Outcome, LOCK_TTL_SECONDS};
 use crate::job::DeployJob;
+use crate::notify::{Notifier, NotifyState};
 use crate::ports::{Ledger, LockInfo, PortError};
-use crate::worker::{describe, status_of};
+use crate::worker::status_of;
 
 /// The state machine's payload between steps.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -40,6 +41,9 @@ pub struct StepState {
     pub status: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// What the notifiers remember (the Slack message to update, say).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub notify: NotifyState,
     /// Set by the state machine's Catch: the step failed for good; end the deploy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<TaskError>,
@@ -64,9 +68,14 @@ impl StepState {
             done: false,
             status: None,
             reason: None,
+            notify: NotifyState::default(),
             error: None,
         }
     }
+}
+
+fn is_default(n: &NotifyState) -> bool {
+    *n == NotifyState::default()
 }
 
 pub type Clock = Arc<dyn Fn() -> DateTime<Utc> + Send + Sync>;
@@ -75,6 +84,7 @@ pub struct Stepper<R> {
     config: Arc<Config>,
     ledger: Arc<dyn Ledger>,
     fleet: SsmFleet<R>,
+    notifier: Arc<Notifier>,
     /// Longest a step keeps working before it returns its state.
     budget: Duration,
     now: Clock,
@@ -85,12 +95,14 @@ impl<R: RunCommand> Stepper<R> {
         config: Arc<Config>,
         ledger: Arc<dyn Ledger>,
         fleet: SsmFleet<R>,
+        notifier: Arc<Notifier>,
         budget: Duration,
     ) -> Stepper<R> {
         Stepper {
             config,
             ledger,
             fleet,
+            notifier,
             budget,
             now: Arc::new(Utc::now),
         }
@@ -172,8 +184,12 @@ impl<R: RunCommand> Stepper<R> {
                     Err(e) => return Err(e),
                 },
             };
-            for n in deploy.observe((self.now)(), obs)? {
-                log_notice(&n);
+            let now = (self.now)();
+            let notices = deploy.observe(now, obs)?;
+            if !notices.is_empty() {
+                self.notifier
+                    .notify(&deploy, &notices, &mut state.notify, now)
+                    .await;
             }
             progressed = true;
             if started.elapsed() >= self.budget {
@@ -248,9 +264,20 @@ impl<R: RunCommand> Stepper<R> {
             reason,
             rolled_back: false,
         };
-        log_notice(&Notice::Finished {
+        let finished = [Notice::Finished {
             outcome: outcome.clone(),
-        });
+        }];
+        let ended = Deploy {
+            outcome: Some(outcome.clone()),
+            ..state
+                .deploy
+                .clone()
+                .unwrap_or_else(|| Deploy::new(state.job.clone(), Default::default()))
+        };
+        let now = (self.now)();
+        self.notifier
+            .notify(&ended, &finished, &mut state.notify, now)
+            .await;
         finish(&mut state, &outcome);
         state
     }
@@ -305,8 +332,4 @@ fn finish(state: &mut StepState, outcome: &Outcome) {
         | Outcome::RollbackFailed { reason }
         | Outcome::Skipped { reason } => Some(reason.clone()),
     };
-}
-
-fn log_notice(n: &Notice) {
-    tracing::info!(notice = ?n, "{}", describe(n));
 }

@@ -10,6 +10,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 
 use crate::engine::{Deploy, NodeResult, Notice};
 use crate::job::{DeployJob, JobId};
+use crate::notify::NotifyState;
 use crate::ports::{Enqueued, HistoryEntry, JobQueue, Ledger, LockInfo, PortError};
 use crate::version::Version;
 
@@ -46,6 +47,10 @@ CREATE TABLE IF NOT EXISTS deploys (
     job_id     TEXT PRIMARY KEY,
     state      TEXT NOT NULL,
     updated_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS notify_state (
+    job_id TEXT PRIMARY KEY,
+    state  TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS commands (
     key        TEXT NOT NULL,
@@ -288,6 +293,38 @@ impl Store {
             .map(drop)
         })
         .await
+    }
+
+    /// What the notifiers remember of a deploy (its Slack message, say).
+    pub async fn save_notify(&self, job: &JobId, state: &NotifyState) -> Result<(), PortError> {
+        let (id, state) = (job.to_string(), serde_json::to_string(state)?);
+        self.with(move |c| {
+            c.execute(
+                "INSERT INTO notify_state (job_id, state) VALUES (?1, ?2)
+                 ON CONFLICT(job_id) DO UPDATE SET state = excluded.state",
+                params![id, state],
+            )
+            .map(drop)
+        })
+        .await
+    }
+
+    pub async fn load_notify(&self, job: &JobId) -> Result<NotifyState, PortError> {
+        let id = job.to_string();
+        let state: Option<String> = self
+            .with(move |c| {
+                c.query_row(
+                    "SELECT state FROM notify_state WHERE job_id = ?1",
+                    params![id],
+                    |r| r.get(0),
+                )
+                .optional()
+            })
+            .await?;
+        Ok(state
+            .map(|s| serde_json::from_str(&s))
+            .transpose()?
+            .unwrap_or_default())
     }
 
     pub async fn load_deploy(&self, job: &JobId) -> Result<Option<Deploy>, PortError> {

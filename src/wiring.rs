@@ -11,6 +11,7 @@ use crate::aws::fleet::{SdkRunCommand, SsmFleet};
 use crate::aws::{sdk_config, SqsQueue, SsmLedger};
 use crate::config::Config;
 use crate::ingress::Ingress;
+use crate::notify::Notifier;
 use crate::secrets::{Secret, Secrets};
 use crate::step::Stepper;
 use crate::store::Store;
@@ -67,7 +68,8 @@ const DEFAULT_STEP_BUDGET_SECONDS: u64 = 60;
 pub async fn aws_stepper_from_env() -> anyhow::Result<Stepper<SdkRunCommand>> {
     let sdk = sdk_config().await;
     let ssm = ssm_client(&sdk);
-    let config = config_from_env(&Secrets::new(Some(ssm.clone()))).await?;
+    let secrets = Arc::new(Secrets::new(Some(ssm.clone())));
+    let config = Arc::new(config_from_env(&secrets).await?);
     let budget = match std::env::var("SHIPIT_STEP_BUDGET_SECONDS") {
         Ok(s) => s
             .parse()
@@ -75,9 +77,10 @@ pub async fn aws_stepper_from_env() -> anyhow::Result<Stepper<SdkRunCommand>> {
         Err(_) => DEFAULT_STEP_BUDGET_SECONDS,
     };
     Ok(Stepper::new(
-        Arc::new(config),
+        config.clone(),
         Arc::new(SsmLedger::new(ssm.clone(), &ssm_prefix())),
         SsmFleet::new(SdkRunCommand::new(ssm)),
+        Arc::new(Notifier::new(config, secrets)),
         Duration::from_secs(budget),
     ))
 }
@@ -103,10 +106,34 @@ pub fn open_store(config: &Config) -> anyhow::Result<Store> {
 }
 
 fn config_uses_ssm(c: &Config) -> bool {
+    let notify = c.apps.values().flat_map(|a| {
+        let n = &a.notify;
+        let slack = n.slack.iter().flat_map(|s| [&s.token, &s.webhook_url]);
+        slack.flatten().chain(
+            [
+                n.newrelic.as_ref().map(|r| &r.api_key),
+                n.datadog.as_ref().map(|d| &d.api_key),
+                n.github.as_ref().map(|g| &g.token),
+            ]
+            .into_iter()
+            .flatten(),
+        )
+    });
     [&c.github_secret, &c.slack_secret]
         .into_iter()
         .flatten()
+        .chain(notify)
         .any(|s| matches!(s, Secret::Ssm(_)))
+}
+
+/// The notifiers of a one-machine config (SSM only if one of its secrets lives there).
+pub async fn local_notifier(config: Arc<Config>) -> Arc<Notifier> {
+    let ssm = if config_uses_ssm(&config) {
+        Some(aws_sdk_ssm::Client::new(&sdk_config().await))
+    } else {
+        None
+    };
+    Arc::new(Notifier::new(config, Arc::new(Secrets::new(ssm))))
 }
 
 /// JSON logs on Lambda (CloudWatch), human ones on a terminal; `RUST_LOG` filters both,

@@ -13,6 +13,7 @@ use crate::config::{Config, Nodes};
 use crate::engine::{Action, Deploy, Notice, Observation, Outcome};
 use crate::job::DeployJob;
 use crate::local::LocalFleet;
+use crate::notify::{Notifier, NotifyState};
 use crate::ports::{Ledger, PortError};
 use crate::step::{live_job, take_lock};
 use crate::store::Store;
@@ -31,6 +32,7 @@ pub struct Worker {
     config: Arc<Config>,
     store: Store,
     fleet: LocalFleet,
+    notifier: Arc<Notifier>,
 }
 
 pub fn status_of(outcome: &Outcome) -> &'static str {
@@ -49,12 +51,13 @@ enum Stop {
 }
 
 impl Worker {
-    pub fn new(config: Arc<Config>, store: Store) -> Worker {
+    pub fn new(config: Arc<Config>, store: Store, notifier: Arc<Notifier>) -> Worker {
         let fleet = LocalFleet::new(store.clone());
         Worker {
             config,
             store,
             fleet,
+            notifier,
         }
     }
 
@@ -160,6 +163,11 @@ impl Worker {
                     .await
             }
         };
+        // Lost notifier state costs a second Slack message, never the deploy.
+        let mut told = self.store.load_notify(&job.id).await.unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "cannot read the notifiers' state");
+            NotifyState::default()
+        });
         let mut failures = 0;
         loop {
             let action = deploy.action();
@@ -177,7 +185,7 @@ impl Worker {
                 Ok(obs) => obs,
                 Err(Stop::Shutdown) => return None,
                 Err(Stop::Abandon(reason)) => {
-                    return self.abandon(&job, Some(&deploy), reason).await
+                    return self.abandon(&job, Some((&deploy, &mut told)), reason).await
                 }
             };
             let now = Utc::now();
@@ -185,7 +193,11 @@ impl Worker {
                 Ok(n) => n,
                 Err(e) => {
                     return self
-                        .abandon(&job, Some(&deploy), format!("engine refused a result: {e}"))
+                        .abandon(
+                            &job,
+                            Some((&deploy, &mut told)),
+                            format!("engine refused a result: {e}"),
+                        )
                         .await
                 }
             };
@@ -196,14 +208,23 @@ impl Worker {
                 tracing::warn!(error = %e, failures, "cannot save the deploy's state; retrying");
                 if failures > MAX_STEP_RETRIES {
                     return self
-                        .abandon(&job, Some(&deploy), format!("cannot save its state: {e}"))
+                        .abandon(
+                            &job,
+                            Some((&deploy, &mut told)),
+                            format!("cannot save its state: {e}"),
+                        )
                         .await;
                 }
                 tokio::time::sleep(RETRY_PAUSE).await;
                 continue;
             }
-            for n in &notices {
-                log_notice(n);
+            if !notices.is_empty() {
+                self.notifier
+                    .notify(&deploy, &notices, &mut told, now)
+                    .await;
+                if let Err(e) = self.store.save_notify(&job.id, &told).await {
+                    tracing::warn!(error = %e, "cannot save the notifiers' state");
+                }
             }
         }
     }
@@ -295,7 +316,7 @@ impl Worker {
     async fn abandon(
         &self,
         job: &DeployJob,
-        deploy: Option<&Deploy>,
+        deploy: Option<(&Deploy, &mut NotifyState)>,
         reason: String,
     ) -> Option<Outcome> {
         tracing::error!(%reason, "deploy abandoned");
@@ -304,18 +325,28 @@ impl Worker {
             rolled_back: false,
         };
         let now = Utc::now();
+        let finished = Notice::Finished {
+            outcome: outcome.clone(),
+        };
+        let locked = deploy.as_ref().is_some_and(|(d, _)| d.locked);
+        match deploy {
+            Some((d, told)) => {
+                let ended = Deploy {
+                    outcome: Some(outcome.clone()),
+                    ..d.clone()
+                };
+                self.notifier
+                    .notify(&ended, std::slice::from_ref(&finished), told, now)
+                    .await;
+            }
+            None => tracing::info!("{}", describe(&finished)),
+        }
         let steps = async {
-            if deploy.is_some_and(|d| d.locked) {
+            if locked {
                 self.store.release(&job.app, &job.env, &job.id).await?;
             }
             self.store
-                .add_notices(
-                    &job.id,
-                    &[Notice::Finished {
-                        outcome: outcome.clone(),
-                    }],
-                    now,
-                )
+                .add_notices(&job.id, std::slice::from_ref(&finished), now)
                 .await?;
             self.store.set_status(&job.id, status_of(&outcome)).await
         };
@@ -369,8 +400,4 @@ pub fn describe(n: &Notice) -> String {
             Outcome::Skipped { reason } => format!("skipped: {reason}"),
         },
     }
-}
-
-fn log_notice(n: &Notice) {
-    tracing::info!("{}", describe(n));
 }

@@ -17,7 +17,9 @@ use shipit::aws::fleet::{SdkRunCommand, SsmFleet};
 use shipit::aws::{SqsQueue, SsmLedger};
 use shipit::config::Config;
 use shipit::job::{DeployJob, Source};
+use shipit::notify::Notifier;
 use shipit::ports::{JobQueue, Ledger};
+use shipit::secrets::Secrets;
 use shipit::step::{StepState, Stepper};
 use shipit::version::Version;
 
@@ -167,6 +169,10 @@ impl Rig {
             self.config.clone(),
             self.ledger.clone(),
             SsmFleet::new(SdkRunCommand::new(self.ssm.clone())),
+            Arc::new(Notifier::new(
+                self.config.clone(),
+                Arc::new(Secrets::new(None)),
+            )),
             budget,
         )
     }

@@ -226,7 +226,8 @@ async fn two_deploys_of_one_app_never_overlap() {
         .await
         .unwrap();
     let (stop, stopped) = tokio::sync::watch::channel(false);
-    let worker = Worker::new(config.clone(), store.clone());
+    let notifier = shipit::wiring::local_notifier(config.clone()).await;
+    let worker = Worker::new(config.clone(), store.clone(), notifier);
     let running = tokio::spawn(async move { worker.run("test", stopped).await });
     let deadline = Instant::now() + Duration::from_secs(120);
     while store.job(&second.id).await.unwrap().unwrap().status == "queued"

@@ -334,7 +334,8 @@ nodes = [{ name = "n1", dir = "n1" }]
         .await
         .unwrap();
     let (stop, stopped) = tokio::sync::watch::channel(false);
-    let worker = shipit::worker::Worker::new(config.clone(), store.clone());
+    let notifier = shipit::wiring::local_notifier(config.clone()).await;
+    let worker = shipit::worker::Worker::new(config.clone(), store.clone(), notifier);
     let running = tokio::spawn(async move { worker.run("me", stopped).await });
     tokio::time::sleep(std::time::Duration::from_millis(1000)).await;
     assert_eq!(

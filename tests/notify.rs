@@ -1,0 +1,401 @@
+//! Notifications from real deploys (the local worker, nodes as local processes) to local
+//! HTTP servers standing in for Slack, New Relic, Datadog and GitHub: each checks the
+//! method, path, auth header and JSON body it is sent.
+
+mod common;
+
+use std::io::Write;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use chrono::Utc;
+use common::*;
+use serde_json::{json, Value};
+use shipit::config::Config;
+use shipit::job::JobId;
+use shipit::store::Store;
+use wiremock::matchers::{body_partial_json, header, method, path};
+use wiremock::{Mock, MockServer, Request, ResponseTemplate};
+
+const TS: &str = "1700000000.000100";
+const SHA: &str = "6113728f27ae82c7b1a177c8d03f9e96e0adf246";
+
+struct Apis {
+    slack: MockServer,
+    newrelic: MockServer,
+    datadog: MockServer,
+    github: MockServer,
+}
+
+impl Apis {
+    async fn start() -> Apis {
+        Apis {
+            slack: MockServer::start().await,
+            newrelic: MockServer::start().await,
+            datadog: MockServer::start().await,
+            github: MockServer::start().await,
+        }
+    }
+}
+
+/// App `hello` on nodes n1..n3. Installing writes the version to the node's directory;
+/// version 2.0.0 fails its health check on n2 with a line on stderr.
+fn setup(dir: &Path, apis: &Apis) -> (Arc<Config>, Store) {
+    for n in ["n1", "n2", "n3"] {
+        std::fs::create_dir_all(dir.join(n)).unwrap();
+    }
+    let text = format!(
+        r##"
+[github]
+webhook_secret = "{GITHUB_SECRET}"
+[apps.hello]
+package = "hello-app"
+repo = "acme/hello"
+install = "printf %s {{version}} > version"
+restart = "true"
+health = "if [ {{node}} = n2 ] && [ \"$(cat version)\" = 2.0.0 ]; then echo 'n2: GET /healthz answered 500' >&2; exit 1; fi"
+[apps.hello.rollout]
+health_timeout_seconds = 1
+health_interval_seconds = 1
+[apps.hello.environments.production]
+nodes = [{{ name = "n1", dir = "n1" }}, {{ name = "n2", dir = "n2" }}, {{ name = "n3", dir = "n3" }}]
+[apps.hello.notify]
+slack = {{ channel = "#deploys", token = "xoxb-test", api_url = "{slack}/api" }}
+newrelic = {{ entity_guid = "MXxBUE18", api_key = "NRAK-test", endpoint = "{nr}/graphql" }}
+datadog = {{ api_key = "dd-test", site = "{dd}", dora = true }}
+github = {{ token = "ghp-test", api_url = "{gh}" }}
+"##,
+        slack = apis.slack.uri(),
+        nr = apis.newrelic.uri(),
+        dd = apis.datadog.uri(),
+        gh = apis.github.uri(),
+    );
+    let file = dir.join("shipit.toml");
+    std::fs::write(&file, text).unwrap();
+    let config = Arc::new(Config::load(&file).unwrap());
+    let store = Store::open(&config.server.state).unwrap();
+    (config, store)
+}
+
+async fn slack_ok(apis: &Apis) {
+    Mock::given(method("POST"))
+        .and(path("/api/chat.postMessage"))
+        .and(header("authorization", "Bearer xoxb-test"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(json!({"ok": true, "channel": "C0DEPLOYS", "ts": TS})),
+        )
+        .mount(&apis.slack)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/api/chat.update"))
+        .and(header("authorization", "Bearer xoxb-test"))
+        .and(body_partial_json(json!({"channel": "C0DEPLOYS", "ts": TS})))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"ok": true})))
+        .mount(&apis.slack)
+        .await;
+}
+
+async fn apm_ok(apis: &Apis) {
+    Mock::given(method("POST"))
+        .and(path("/graphql"))
+        .and(header("api-key", "NRAK-test"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(
+            json!({"data": {"changeTrackingCreateDeployment": {"deploymentId": "d-1", "entityGuid": "MXxBUE18"}}}),
+        ))
+        .mount(&apis.newrelic)
+        .await;
+    for p in ["/api/v1/events", "/api/v2/dora/deployment"] {
+        Mock::given(method("POST"))
+            .and(path(p))
+            .and(header("dd-api-key", "dd-test"))
+            .respond_with(ResponseTemplate::new(202).set_body_json(json!({"status": "ok"})))
+            .mount(&apis.datadog)
+            .await;
+    }
+}
+
+async fn requests(server: &MockServer, p: &str) -> Vec<Value> {
+    server
+        .received_requests()
+        .await
+        .unwrap()
+        .iter()
+        .filter(|r: &&Request| r.url.path() == p)
+        .map(|r| serde_json::from_slice(&r.body).unwrap())
+        .collect()
+}
+
+async fn run(config: &Arc<Config>, store: &Store, job: &JobId) -> String {
+    shipit::cli::wait(config.clone(), store, job, |_| {})
+        .await
+        .unwrap()
+}
+
+async fn cli_deploy(config: &Arc<Config>, store: &Store, version: &str) -> String {
+    let job = shipit::cli::deploy(config, store, "hello", version, None)
+        .await
+        .unwrap();
+    run(config, store, &job.id).await
+}
+
+#[tokio::test]
+async fn a_tag_deploy_posts_one_slack_message_updates_it_and_marks_apm_and_github() {
+    let apis = Apis::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (config, store) = setup(dir.path(), &apis);
+    slack_ok(&apis).await;
+    apm_ok(&apis).await;
+    let repo = "/repos/acme/hello";
+    Mock::given(method("POST"))
+        .and(path(format!("{repo}/deployments")))
+        .and(header("authorization", "Bearer ghp-test"))
+        .and(header("accept", "application/vnd.github+json"))
+        .and(body_partial_json(
+            json!({"ref": SHA, "environment": "production", "required_contexts": []}),
+        ))
+        .respond_with(ResponseTemplate::new(201).set_body_json(json!({"id": 42})))
+        .expect(1)
+        .mount(&apis.github)
+        .await;
+    for state in ["in_progress", "success"] {
+        Mock::given(method("POST"))
+            .and(path(format!("{repo}/deployments/42/statuses")))
+            .and(header("authorization", "Bearer ghp-test"))
+            .and(body_partial_json(json!({"state": state})))
+            .respond_with(ResponseTemplate::new(201).set_body_json(json!({"id": 7})))
+            .expect(1)
+            .mount(&apis.github)
+            .await;
+    }
+
+    // The tag push, as GitHub delivers it.
+    let (ingress, _) = shipit::wiring::local_ingress((*config).clone())
+        .await
+        .unwrap();
+    let body = tag_push("acme/hello", "v1.0.0");
+    let reply = ingress
+        .github(&github_headers("push", "d-1", &body), &body, Utc::now())
+        .await;
+    assert_eq!(reply.status, 202, "{}", reply.body);
+    let job: JobId = serde_json::from_value(reply.body["jobs"][0]["job"].clone()).unwrap();
+    assert_eq!(run(&config, &store, &job).await, "succeeded");
+
+    let posts = requests(&apis.slack, "/api/chat.postMessage").await;
+    assert_eq!(posts.len(), 1, "one message per deploy: {posts:?}");
+    assert_eq!(posts[0]["channel"], "#deploys");
+    let updates = requests(&apis.slack, "/api/chat.update").await;
+    assert!(!updates.is_empty());
+    let last = updates.last().unwrap();
+    let text = last["text"].as_str().unwrap();
+    assert!(
+        text.starts_with("hello 1.0.0 (first deploy) on production: deployed"),
+        "{text}"
+    );
+    let blocks = last["blocks"].to_string();
+    for n in ["n1", "n2", "n3"] {
+        assert!(
+            blocks.contains(&format!(":white_check_mark: `{n}` healthy")),
+            "{blocks}"
+        );
+    }
+    assert!(blocks.contains("push of tag v1.0.0 by octocat"), "{blocks}");
+
+    let marks = requests(&apis.newrelic, "/graphql").await;
+    assert_eq!(marks.len(), 1);
+    assert!(marks[0]["query"]
+        .as_str()
+        .unwrap()
+        .contains("changeTrackingCreateDeployment"));
+    let d = &marks[0]["variables"]["deployment"];
+    assert_eq!(d["entityGuid"], "MXxBUE18");
+    assert_eq!(d["version"], "1.0.0");
+    assert_eq!(d["commit"], SHA);
+    assert_eq!(d["user"], "octocat");
+    assert_eq!(d["groupId"], job.as_str());
+    assert!(d["timestamp"].as_i64().unwrap() <= Utc::now().timestamp_millis());
+
+    let events = requests(&apis.datadog, "/api/v1/events").await;
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0]["alert_type"], "success");
+    let tags: Vec<&str> = events[0]["tags"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_str().unwrap())
+        .collect();
+    for t in ["service:hello", "env:production", "version:1.0.0"] {
+        assert!(tags.contains(&t), "{tags:?}");
+    }
+    let dora = requests(&apis.datadog, "/api/v2/dora/deployment").await;
+    assert_eq!(dora.len(), 1);
+    let a = &dora[0]["data"]["attributes"];
+    assert_eq!(
+        (a["service"].as_str(), a["version"].as_str()),
+        (Some("hello"), Some("1.0.0"))
+    );
+    assert_eq!(a["git"]["commit_sha"], SHA);
+    assert!(a["started_at"].as_i64().unwrap() <= a["finished_at"].as_i64().unwrap());
+    // The GitHub mocks' `expect` counts are checked when `apis` drops.
+}
+
+#[tokio::test]
+async fn a_failed_deploy_says_where_and_why_and_marks_no_new_version() {
+    let apis = Apis::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (config, store) = setup(dir.path(), &apis);
+    slack_ok(&apis).await;
+    apm_ok(&apis).await;
+    assert_eq!(cli_deploy(&config, &store, "1.0.0").await, "succeeded");
+    let marks_before = requests(&apis.newrelic, "/graphql").await.len();
+    let events_before = requests(&apis.datadog, "/api/v1/events").await.len();
+    let posts_before = requests(&apis.slack, "/api/chat.postMessage").await.len();
+
+    assert_eq!(cli_deploy(&config, &store, "2.0.0").await, "failed");
+
+    let last = requests(&apis.slack, "/api/chat.update")
+        .await
+        .pop()
+        .unwrap();
+    let text = last["text"].as_str().unwrap();
+    assert!(
+        text.starts_with("hello 1.0.0 → 2.0.0 on production: failed and rolled back"),
+        "{text}"
+    );
+    let blocks = last["blocks"].to_string();
+    assert!(blocks.contains("*Failed on `n2`*"), "{blocks}");
+    assert!(blocks.contains("n2: GET /healthz answered 500"), "{blocks}");
+    assert!(
+        blocks.contains("`n3`") && !blocks.contains(":white_check_mark: `n3`"),
+        "{blocks}"
+    );
+
+    let posts = requests(&apis.slack, "/api/chat.postMessage").await;
+    let new: Vec<_> = posts[posts_before..].iter().collect();
+    assert!(
+        new[0].get("thread_ts").is_none(),
+        "the deploy's own message"
+    );
+    let replies: Vec<&str> = new[1..]
+        .iter()
+        .map(|p| {
+            assert_eq!(p["thread_ts"], TS);
+            assert_eq!(p["channel"], "C0DEPLOYS");
+            p["text"].as_str().unwrap()
+        })
+        .collect();
+    assert!(
+        replies
+            .iter()
+            .any(|r| r.contains("`n2` is unhealthy") && r.contains("answered 500")),
+        "{replies:?}"
+    );
+    assert!(
+        replies.iter().any(|r| r.contains("rolling back to 1.0.0")),
+        "{replies:?}"
+    );
+
+    assert_eq!(
+        requests(&apis.newrelic, "/graphql").await.len(),
+        marks_before,
+        "no marker for a version that did not go live"
+    );
+    let events = requests(&apis.datadog, "/api/v1/events").await;
+    assert_eq!(events.len(), events_before + 1);
+    assert_eq!(events.last().unwrap()["alert_type"], "error");
+}
+
+#[tokio::test]
+async fn slack_rate_limits_are_waited_out() {
+    let apis = Apis::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (config, store) = setup(dir.path(), &apis);
+    Mock::given(method("POST"))
+        .and(path("/api/chat.postMessage"))
+        .respond_with(ResponseTemplate::new(429).insert_header("Retry-After", "1"))
+        .up_to_n_times(1)
+        .with_priority(1)
+        .mount(&apis.slack)
+        .await;
+    slack_ok(&apis).await;
+    apm_ok(&apis).await;
+
+    assert_eq!(cli_deploy(&config, &store, "1.0.0").await, "succeeded");
+    let received = apis.slack.received_requests().await.unwrap();
+    let posts: Vec<_> = received
+        .iter()
+        .filter(|r| r.url.path() == "/api/chat.postMessage")
+        .collect();
+    assert_eq!(posts.len(), 2, "one 429, then the post");
+    assert_eq!(posts[0].body, posts[1].body, "the same message, sent again");
+    // The retried post's ts is what later updates edit.
+    assert!(!requests(&apis.slack, "/api/chat.update").await.is_empty());
+}
+
+/// Every log line of this test binary. Global rather than per test: tracing caches
+/// which call sites are enabled across threads, and a thread-local subscriber can miss
+/// lines when other tests run beside it. Tests tell their lines apart by job id.
+#[derive(Clone, Default)]
+struct Lines(Arc<Mutex<Vec<u8>>>);
+
+fn log() -> &'static Lines {
+    static LOG: std::sync::OnceLock<Lines> = std::sync::OnceLock::new();
+    LOG.get_or_init(|| {
+        let lines = Lines::default();
+        let writer = lines.clone();
+        tracing::subscriber::set_global_default(
+            tracing_subscriber::fmt()
+                .with_writer(move || writer.clone())
+                .with_ansi(false)
+                .finish(),
+        )
+        .unwrap();
+        lines
+    })
+}
+
+impl Write for Lines {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn apm_down_is_logged_and_the_deploy_still_succeeds() {
+    let apis = Apis::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (config, store) = setup(dir.path(), &apis);
+    slack_ok(&apis).await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(500).set_body_string("upstream unavailable"))
+        .mount(&apis.newrelic)
+        .await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(500))
+        .mount(&apis.datadog)
+        .await;
+    let lines = log();
+
+    assert_eq!(cli_deploy(&config, &store, "1.0.0").await, "succeeded");
+
+    assert!(
+        apis.newrelic.received_requests().await.unwrap().len() > 1,
+        "retried"
+    );
+    let log = String::from_utf8(lines.0.lock().unwrap().clone()).unwrap();
+    let job = store.jobs(None).await.unwrap().pop().unwrap().job.id;
+    for who in ["newrelic", "datadog"] {
+        let line = log
+            .lines()
+            .find(|l| {
+                l.contains("notification failed") && l.contains(&format!("notifier=\"{who}\""))
+            })
+            .unwrap_or_else(|| panic!("no failure logged for {who}:\n{log}"));
+        assert!(line.contains(job.as_str()), "{line}");
+        assert!(line.contains("500"), "{line}");
+    }
+}
