@@ -77,6 +77,8 @@ pub struct Config {
     pub server: Server,
     pub github_secret: Option<Secret>,
     pub slack_secret: Option<Secret>,
+    /// Where a slash command's `response_url` must point for shipit to post to it.
+    pub slack_response_url_prefix: String,
     pub apps: BTreeMap<String, App>,
 }
 
@@ -380,6 +382,7 @@ struct RawSecretHolder {
 #[serde(deny_unknown_fields)]
 struct RawSlackIngress {
     signing_secret: Option<String>,
+    response_url_prefix: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -646,6 +649,23 @@ fn check_text(text: &str, path: &Path) -> (Option<Config>, Vec<Problem>) {
         .signing_secret
         .as_deref()
         .and_then(|s| c.secret("slack.signing_secret", s));
+    let slack_response_url_prefix = raw
+        .slack
+        .response_url_prefix
+        .unwrap_or_else(|| "https://hooks.slack.com/".into());
+    check_url(
+        &mut c,
+        "slack.response_url_prefix",
+        &slack_response_url_prefix,
+    );
+    if !slack_response_url_prefix.ends_with('/') {
+        // Without it, https://hooks.slack.com would also admit https://hooks.slack.com.evil.
+        c.error(
+            "slack.response_url_prefix",
+            format!("{slack_response_url_prefix:?} does not end with /"),
+            "end it with / after the host, e.g. https://hooks.slack.com/",
+        );
+    }
 
     if raw.apps.is_empty() {
         c.error(
@@ -920,6 +940,7 @@ fn check_text(text: &str, path: &Path) -> (Option<Config>, Vec<Problem>) {
         server,
         github_secret,
         slack_secret,
+        slack_response_url_prefix,
         apps,
     };
     (Some(config), c.problems)
@@ -1076,6 +1097,8 @@ mod tests {
     #[test]
     fn every_problem_is_reported_with_its_key() {
         let bad = r#"
+            [slack]
+            response_url_prefix = "https://hooks.slack.com"
             [apps.Hello]
             package = "hello app"
             repo = "nope"
@@ -1093,6 +1116,7 @@ mod tests {
             .map(|p| p.key.as_str())
             .collect();
         for k in [
+            "slack.response_url_prefix",
             "apps.Hello",
             "apps.Hello.package",
             "apps.Hello.repo",

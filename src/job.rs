@@ -61,6 +61,10 @@ pub enum Source {
         channel_id: String,
         channel_name: String,
         trigger_id: String,
+        /// Where Slack takes the delayed reply (30 minutes, 5 posts); checked at ingress
+        /// against `slack.response_url_prefix`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        response_url: Option<String>,
     },
     /// `shipit deploy` on the command line.
     Cli { user: String, nonce: String },
@@ -268,6 +272,7 @@ mod tests {
             channel_id: "C1".into(),
             channel_name: "ops".into(),
             trigger_id: "t1".into(),
+            response_url: None,
         };
         let rb = live.rollback(None, chat, Utc::now());
         assert_eq!(rb.version, live.version);

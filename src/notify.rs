@@ -136,6 +136,7 @@ impl Notifier {
         let all = async {
             tokio::join!(
                 ctx.slack(&snapshot, slack),
+                ctx.slash_reply(&snapshot),
                 ctx.newrelic(&snapshot),
                 ctx.datadog(&snapshot),
                 ctx.github(github_deployment),
@@ -377,6 +378,28 @@ impl Ctx<'_> {
         .map(drop)
     }
 
+    /// A deploy asked for with `/deploy` ends with a reply in the channel it was asked in,
+    /// through the command's `response_url`: whether or not a Slack target is configured,
+    /// the person who typed the command hears how it went.
+    async fn slash_reply(&self, st: &NotifyState) {
+        let Some(url) = response_url(&self.deploy.job.source) else {
+            return;
+        };
+        if finished(self.notices).is_none() {
+            return;
+        }
+        let (text, blocks) = render(self.deploy, st, self.now);
+        let body = json!({
+            "response_type": "in_channel",
+            "replace_original": false,
+            "text": text,
+            "blocks": blocks,
+        });
+        if let Err(e) = self.send(|| self.n.http.post(url).json(&body)).await {
+            self.warn("slack response_url", &e);
+        }
+    }
+
     // --- APM -----------------------------------------------------------------------------
 
     /// A change-tracking deployment when a version goes live.
@@ -583,6 +606,14 @@ impl Ctx<'_> {
         if let Err(e) = result.await {
             self.warn("github", &e);
         }
+    }
+}
+
+fn response_url(source: &Source) -> Option<&str> {
+    match source {
+        Source::Chat { response_url, .. } => response_url.as_deref(),
+        Source::Rollback { requested_via, .. } => response_url(requested_via),
+        _ => None,
     }
 }
 

@@ -48,6 +48,9 @@ fn setup(dir: &Path, apis: &Apis) -> (Arc<Config>, Store) {
         r##"
 [github]
 webhook_secret = "{GITHUB_SECRET}"
+[slack]
+signing_secret = "{SLACK_SECRET}"
+response_url_prefix = "{slack}/commands/"
 [apps.hello]
 package = "hello-app"
 repo = "acme/hello"
@@ -58,6 +61,7 @@ health = "if [ {{node}} = n2 ] && [ \"$(cat version)\" = 2.0.0 ]; then echo 'n2:
 health_timeout_seconds = 1
 health_interval_seconds = 1
 [apps.hello.environments.production]
+chat_deployers = ["*"]
 nodes = [{{ name = "n1", dir = "n1" }}, {{ name = "n2", dir = "n2" }}, {{ name = "n3", dir = "n3" }}]
 [apps.hello.notify]
 slack = {{ channel = "#deploys", token = "xoxb-test", api_url = "{slack}/api" }}
@@ -303,6 +307,59 @@ async fn a_failed_deploy_says_where_and_why_and_marks_no_new_version() {
     let events = requests(&apis.datadog, "/api/v1/events").await;
     assert_eq!(events.len(), events_before + 1);
     assert_eq!(events.last().unwrap()["alert_type"], "error");
+}
+
+#[tokio::test]
+async fn a_deploy_from_chat_ends_with_a_reply_to_the_command() {
+    let apis = Apis::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (config, store) = setup(dir.path(), &apis);
+    slack_ok(&apis).await;
+    apm_ok(&apis).await;
+    Mock::given(method("POST"))
+        .and(path("/commands/T1/1/x"))
+        .and(body_partial_json(
+            json!({"response_type": "in_channel", "replace_original": false}),
+        ))
+        .respond_with(ResponseTemplate::new(200).set_body_string("ok"))
+        .expect(1)
+        .mount(&apis.slack)
+        .await;
+    let (ingress, _) = shipit::wiring::local_ingress((*config).clone())
+        .await
+        .unwrap();
+    let slash = |url: String, trigger: &str| {
+        let body = slack_form_replying_to(&url, "U1", "ann", "hello 1.0.0", trigger);
+        let ingress = &ingress;
+        async move {
+            let now = Utc::now();
+            ingress.slack(&slack_headers(&body, now), &body, now).await
+        }
+    };
+
+    // Slack never sends a response_url elsewhere; one that points elsewhere is not followed.
+    let reply = slash(format!("{}/elsewhere/x", apis.slack.uri()), "t-1").await;
+    let text = reply.body["text"].as_str().unwrap();
+    assert!(
+        text.contains("not under") && text.contains("nothing was done"),
+        "{text}"
+    );
+    assert!(store.jobs(None).await.unwrap().is_empty(), "nothing queued");
+
+    let reply = slash(format!("{}/commands/T1/1/x", apis.slack.uri()), "t-2").await;
+    let text = reply.body["text"].as_str().unwrap();
+    assert!(text.starts_with("Queued hello 1.0.0"), "{text}");
+    let job = store.jobs(None).await.unwrap().pop().unwrap().job.id;
+    assert_eq!(run(&config, &store, &job).await, "succeeded");
+
+    let replies = requests(&apis.slack, "/commands/T1/1/x").await;
+    assert_eq!(replies.len(), 1, "one reply, when the deploy ends");
+    let text = replies[0]["text"].as_str().unwrap();
+    assert!(
+        text.starts_with("hello 1.0.0 (first deploy) on production: deployed"),
+        "{text}"
+    );
+    assert!(replies[0]["blocks"].to_string().contains("/deploy by @ann"));
 }
 
 #[tokio::test]

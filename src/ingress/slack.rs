@@ -92,6 +92,7 @@ impl SlashCommand {
             channel_id: self.channel_id.clone(),
             channel_name: self.channel_name.clone(),
             trigger_id: self.trigger_id.clone(),
+            response_url: self.response_url.clone(),
         }
     }
 
@@ -137,6 +138,17 @@ impl Ingress {
             Ok(c) => c,
             Err(e) => return Reply::error(400, format!("malformed slash command form: {e}")),
         };
+        // shipit posts the result there later, with nobody watching: only where Slack
+        // would send it.
+        let prefix = &self.config.slack_response_url_prefix;
+        if let Some(url) = cmd.response_url.as_deref() {
+            if !url.starts_with(prefix.as_str()) {
+                return say(format!(
+                    "This command's response_url is not under {prefix} \
+                     (slack.response_url_prefix in shipit's config); nothing was done."
+                ));
+            }
+        }
         let words: Vec<&str> = cmd.text.split_whitespace().collect();
         match words.as_slice() {
             [] | ["help", ..] => say(USAGE),

@@ -181,6 +181,17 @@ pub fn tag_push(repo: &str, tag: &str) -> Vec<u8> {
 }
 
 pub fn slack_form(user_id: &str, user_name: &str, text: &str, trigger: &str) -> Vec<u8> {
+    let response_url = "https://hooks.slack.com/commands/T1/1/x";
+    slack_form_replying_to(response_url, user_id, user_name, text, trigger)
+}
+
+pub fn slack_form_replying_to(
+    response_url: &str,
+    user_id: &str,
+    user_name: &str,
+    text: &str,
+    trigger: &str,
+) -> Vec<u8> {
     serde_urlencoded::to_string([
         ("token", "x"),
         ("team_id", "T1"),
@@ -190,7 +201,7 @@ pub fn slack_form(user_id: &str, user_name: &str, text: &str, trigger: &str) -> 
         ("user_name", user_name),
         ("command", "/deploy"),
         ("text", text),
-        ("response_url", "https://hooks.slack.com/commands/T1/1/x"),
+        ("response_url", response_url),
         ("trigger_id", trigger),
     ])
     .unwrap()
