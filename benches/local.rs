@@ -90,7 +90,7 @@ nodes = [{}]
     let run = |version: &'static str| {
         let (config, store) = (config.clone(), store.clone());
         async move {
-            let job = shipit::cli::deploy(&config, &store, "hello", version, None)
+            let job = shipit::cli::deploy(&config, &store, "hello", version, None, false)
                 .await
                 .unwrap();
             let t = Instant::now();

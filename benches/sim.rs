@@ -21,12 +21,12 @@ use chrono::{DateTime, Utc};
 use shipit::aws::fleet::{RunCommand, SendRequest, SsmFleet, Status};
 use shipit::config::Config;
 use shipit::job::{DeployJob, Source};
-use shipit::notify::Notifier;
 use shipit::ports::{Ledger, PortError};
 use shipit::secrets::Secrets;
 use shipit::step::{StepState, Stepper};
 use shipit::store::Store;
 use shipit::version::Version;
+use shipit::wiring::Outbound;
 use tokio::time::Instant;
 
 const NODES: usize = 1000;
@@ -200,12 +200,12 @@ ssm_tags = { "shipit:app" = "hello" }
         .await
         .unwrap();
     let model = Arc::new(Model::new(failing));
-    let notifier = Notifier::new(config.clone(), Arc::new(Secrets::new(None)));
+    let out = Outbound::new(config.clone(), Arc::new(Secrets::new(None)));
     let stepper = Stepper::new(
         config,
         ledger,
         SsmFleet::new(model.clone()),
-        Arc::new(notifier),
+        out,
         Duration::from_secs(60),
     )
     .with_clock(clock.clone());

@@ -118,10 +118,11 @@ pub async fn deploy(
     app: &str,
     version: &str,
     env: Option<&str>,
+    force: bool,
 ) -> anyhow::Result<DeployJob> {
     let (a, env) = target(config, app, env)?;
     let version = Version::parse(version).map_err(|e| anyhow!("{e}; nothing was queued"))?;
-    let job = DeployJob::new(
+    let mut job = DeployJob::new(
         &a.name,
         &env,
         a.package.clone(),
@@ -129,6 +130,9 @@ pub async fn deploy(
         cli_source(),
         Utc::now(),
     );
+    if force {
+        job = job.forced();
+    }
     store
         .enqueue(std::slice::from_ref(&job))
         .await
@@ -173,8 +177,8 @@ pub async fn wait(
         Utc::now().timestamp_micros()
     );
     let (stop, stopped) = watch::channel(false);
-    let notifier = crate::wiring::local_notifier(config.clone()).await;
-    let worker = Worker::new(config, store.clone(), notifier);
+    let out = crate::wiring::local_outbound(config.clone()).await;
+    let worker = Worker::new(config, store.clone(), out);
     let runner = tokio::spawn(async move { worker.run(&holder, stopped).await });
     let finished = follow_job(store, job, on_notice).await;
     let _ = stop.send(true);

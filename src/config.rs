@@ -107,6 +107,22 @@ pub struct App {
     pub health: Option<Template>,
     pub rollout: Rollout,
     pub notify: Notify,
+    pub gate: Option<Gate>,
+}
+
+/// What a version must show on GitHub before it deploys, unless someone forces it.
+#[derive(Debug, Clone)]
+pub struct Gate {
+    /// The branch the tag's commit must be on; the repo's default branch if unset.
+    pub branch: Option<String>,
+    /// Commit statuses (by context) or check runs (by name) that must have succeeded.
+    pub checks: Vec<String>,
+    /// How long a pending required check is waited for before the job is skipped.
+    pub wait_seconds: u64,
+    /// Needed for private repos; public ones are read anonymously (60 requests an hour).
+    pub token: Option<Secret>,
+    /// `https://api.github.com`, or GitHub Enterprise Server's `https://HOST/api/v3`.
+    pub api_url: String,
 }
 
 #[derive(Debug, Clone)]
@@ -275,6 +291,11 @@ impl TagPattern {
         })
     }
 
+    /// The tag that names `version`.
+    pub fn tag(&self, version: &crate::version::Version) -> String {
+        format!("{}{version}{}", self.prefix, self.suffix)
+    }
+
     /// The raw version text of a tag that fits the pattern; not yet validated.
     pub fn extract<'t>(&self, tag: &'t str) -> Option<&'t str> {
         tag.strip_prefix(&self.prefix)?.strip_suffix(&self.suffix)
@@ -402,6 +423,19 @@ struct RawApp {
     rollout: Rollout,
     #[serde(default)]
     notify: RawNotify,
+    gate: Option<RawGate>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawGate {
+    branch: Option<String>,
+    #[serde(default)]
+    checks: Vec<String>,
+    #[serde(default)]
+    wait_seconds: u64,
+    token: Option<String>,
+    api_url: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -911,6 +945,16 @@ fn check_text(text: &str, path: &Path) -> (Option<Config>, Vec<Problem>) {
             }
         }
         let notify = check_notify(&mut c, &k, a.notify, &name, repo.is_some());
+        let gate = a
+            .gate
+            .and_then(|g| check_gate(&mut c, &k, g, repo.is_some()));
+        if gate.is_none() && repo.is_some() && !auto_deploy.is_empty() {
+            c.warning(
+                format!("{k}.gate"),
+                "any tag pushed to the repo deploys, from any branch, whatever its checks say",
+                "add [apps.NAME.gate] (checks = [...]) to deploy only merged, green tags",
+            );
+        }
 
         if let (Some(package), Some(tag_pattern), Some(install), Some(restart), Some(health)) =
             (package, tag_pattern, install, restart, health)
@@ -930,6 +974,7 @@ fn check_text(text: &str, path: &Path) -> (Option<Config>, Vec<Problem>) {
                     health,
                     rollout: a.rollout,
                     notify,
+                    gate,
                 },
             );
         }
@@ -944,6 +989,55 @@ fn check_text(text: &str, path: &Path) -> (Option<Config>, Vec<Problem>) {
         apps,
     };
     (Some(config), c.problems)
+}
+
+fn check_gate(c: &mut Checker, k: &str, g: RawGate, has_repo: bool) -> Option<Gate> {
+    if !has_repo {
+        c.error(
+            format!("{k}.gate"),
+            "the gate asks GitHub about the app's repo, and the app has none",
+            "set repo = \"owner/name\" on the app",
+        );
+    }
+    // Branch names go into GitHub API paths: keep to what git itself allows there.
+    if let Some(b) = &g.branch {
+        let ok = !b.is_empty()
+            && !b.starts_with(['/', '-', '.'])
+            && !b.ends_with(['/', '.'])
+            && !b.contains("..")
+            && !b.contains("//")
+            && b.chars()
+                .all(|ch| ch.is_ascii_alphanumeric() || "/._-+".contains(ch));
+        if !ok {
+            c.error(
+                format!("{k}.gate.branch"),
+                format!("{b:?} is not a branch name shipit accepts"),
+                "letters, digits and / . _ - + (e.g. main, release/2.x)",
+            );
+        }
+    }
+    for (i, check) in g.checks.iter().enumerate() {
+        if check.trim().is_empty() {
+            c.error(
+                format!("{k}.gate.checks[{i}]"),
+                "is empty",
+                "the name of a commit status context or check run, e.g. \"ci/test\"",
+            );
+        }
+    }
+    let api_url = g.api_url.unwrap_or_else(|| "https://api.github.com".into());
+    check_url(c, &format!("{k}.gate.api_url"), &api_url);
+    let token = match &g.token {
+        Some(t) => Some(c.secret(&format!("{k}.gate.token"), t)?),
+        None => None,
+    };
+    Some(Gate {
+        branch: g.branch,
+        checks: g.checks,
+        wait_seconds: g.wait_seconds,
+        token,
+        api_url: api_url.trim_end_matches('/').to_string(),
+    })
 }
 
 fn check_notify(c: &mut Checker, k: &str, n: RawNotify, app: &str, has_repo: bool) -> Notify {

@@ -184,8 +184,8 @@ pub async fn run(dir: Option<PathBuf>) -> anyhow::Result<bool> {
             }
         },
     ));
-    let notifier = crate::wiring::local_notifier(config.clone()).await;
-    let worker = Worker::new(config.clone(), store.clone(), notifier);
+    let out = crate::wiring::local_outbound(config.clone()).await;
+    let worker = Worker::new(config.clone(), store.clone(), out);
     let worker = tokio::spawn(async move { worker.run("demo", stopped).await });
     println!("shipit is serving on {base}\n");
 

@@ -39,6 +39,10 @@ pub const HEALTH_FIRST_RETRY_MILLIS: u64 = 100;
 pub const DETAIL_CHARS: usize = 300;
 /// Longest pause between two tries of a held lock.
 pub const LOCK_RETRY_MAX_MILLIS: u64 = 60_000;
+/// Pending required checks are looked at again after 5 s, then twice as late each time,
+/// up to a minute: CI runs take minutes, and each look costs GitHub API calls.
+pub const VERIFY_FIRST_RETRY_MILLIS: u64 = 5_000;
+pub const VERIFY_RETRY_MAX_MILLIS: u64 = 60_000;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -74,6 +78,9 @@ pub enum NodeResult {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "action", rename_all = "snake_case")]
 pub enum Action {
+    /// Check that the job's version may go out (its tag merged, its required checks
+    /// green); answer `Observation::Verified`.
+    Verify,
     /// Take `lock` on the job's app+env; answer `Observation::Lock`.
     Lock { lock: LockInfo },
     /// Read the live job and any newer queued version; answer `Observation::Inspected`.
@@ -95,6 +102,9 @@ pub enum Action {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "observation", rename_all = "snake_case")]
 pub enum Observation {
+    Verified {
+        verdict: Verdict,
+    },
     Lock {
         taken: bool,
         holder: Option<LockInfo>,
@@ -113,6 +123,23 @@ pub enum Observation {
     Waited,
     Recorded,
     Unlocked,
+}
+
+/// Whether a version may be deployed, from its source (GitHub) rather than from shipit.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "verdict", rename_all = "snake_case")]
+pub enum Verdict {
+    Pass,
+    /// It may not, and waiting will not change that: the job is skipped.
+    Refuse {
+        reason: String,
+    },
+    /// Not yet (a required check is still running): ask again for up to `wait_seconds`
+    /// from the first answer, then skip.
+    Pending {
+        reason: String,
+        wait_seconds: u64,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -135,6 +162,10 @@ pub enum Notice {
     Started {
         from: Option<Version>,
         nodes: usize,
+    },
+    WaitingForChecks {
+        reason: String,
+        wait_seconds: u64,
     },
     WaitingForLock {
         holder: LockInfo,
@@ -188,6 +219,11 @@ pub struct Node {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "phase", rename_all = "snake_case")]
 pub enum Phase {
+    /// Ask the gate; `since` the first pending answer, `tries` asks after it.
+    Verify {
+        since: Option<DateTime<Utc>>,
+        tries: u32,
+    },
     Lock,
     Inspect,
     Resolve,
@@ -261,10 +297,20 @@ pub struct Mismatch {
 
 impl Deploy {
     pub fn new(job: DeployJob, policy: Rollout) -> Deploy {
+        // A rollback re-sends a version that was live; a forced job was let through by
+        // someone who said so. Neither asks the gate.
+        let phase = if job.is_gated() {
+            Phase::Verify {
+                since: None,
+                tries: 0,
+            }
+        } else {
+            Phase::Lock
+        };
         Deploy {
             job,
             policy,
-            phase: Phase::Lock,
+            phase,
             nodes: vec![],
             previous: None,
             wait: None,
@@ -310,6 +356,7 @@ impl Deploy {
         }
         let v = &self.job.version;
         match &self.phase {
+            Phase::Verify { .. } => Action::Verify,
             Phase::Lock => Action::Lock {
                 lock: LockInfo {
                     holder: format!("job {}", self.job.id),
@@ -402,6 +449,46 @@ impl Deploy {
         let mut notices = vec![];
         match (&action, obs) {
             (Action::Wait { .. }, Observation::Waited) => self.wait = None,
+            (Action::Verify, Observation::Verified { verdict }) => {
+                let Phase::Verify { since, tries } = self.phase.clone() else {
+                    unreachable!("Action::Verify comes only from Phase::Verify")
+                };
+                match verdict {
+                    Verdict::Pass => self.phase = Phase::Lock,
+                    Verdict::Refuse { reason } => {
+                        self.finish(Outcome::Skipped { reason }, &mut notices)
+                    }
+                    Verdict::Pending {
+                        reason,
+                        wait_seconds,
+                    } => {
+                        let since = since.unwrap_or(now);
+                        if now - since >= Duration::seconds(wait_seconds as i64) {
+                            let reason = if wait_seconds == 0 {
+                                reason
+                            } else {
+                                format!("{reason}, still after {wait_seconds} s")
+                            };
+                            self.finish(Outcome::Skipped { reason }, &mut notices);
+                        } else {
+                            if tries == 0 {
+                                notices.push(Notice::WaitingForChecks {
+                                    reason,
+                                    wait_seconds,
+                                });
+                            }
+                            self.wait = Some(
+                                (VERIFY_FIRST_RETRY_MILLIS << tries.min(5))
+                                    .min(VERIFY_RETRY_MAX_MILLIS),
+                            );
+                            self.phase = Phase::Verify {
+                                since: Some(since),
+                                tries: tries + 1,
+                            };
+                        }
+                    }
+                }
+            }
             (Action::Lock { .. }, Observation::Lock { taken, holder }) => {
                 let ours = holder
                     .as_ref()

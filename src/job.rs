@@ -124,6 +124,9 @@ pub struct DeployJob {
     pub source: Source,
     pub requested_by: String,
     pub requested_at: DateTime<Utc>,
+    /// Who sent this version out past the gate (`--force`); kept in history.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forced_by: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -153,7 +156,21 @@ impl DeployJob {
             package,
             source,
             requested_at: now,
+            forced_by: None,
         }
+    }
+
+    /// The same job, let past the gate by whoever asked for it.
+    pub fn forced(self) -> DeployJob {
+        DeployJob {
+            forced_by: Some(self.requested_by.clone()),
+            ..self
+        }
+    }
+
+    /// Whether the gate (tag merged, checks green) decides if this job deploys.
+    pub fn is_gated(&self) -> bool {
+        self.forced_by.is_none() && !matches!(self.source, Source::Rollback { .. })
     }
 
     /// The job that puts `self` back in place of `replaces`: same app, env, package and

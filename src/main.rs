@@ -58,6 +58,9 @@ enum Command {
         /// Follow the deploy to its end (running it here if no server is running).
         #[arg(long)]
         wait: bool,
+        /// Deploy even if the gate would not (tag not merged, checks not green); recorded.
+        #[arg(long)]
+        force: bool,
     },
     /// Put the previous version of APP back, through the same pipeline.
     Rollback {
@@ -124,9 +127,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .with_context(|| format!("binding {addr}"))?;
             tracing::info!(addr = %listener.local_addr()?, "shipit serving");
             let (stop, stopped) = tokio::sync::watch::channel(false);
-            let notifier = shipit::wiring::local_notifier(ingress.config.clone()).await;
-            let worker =
-                shipit::worker::Worker::new(ingress.config.clone(), store.clone(), notifier);
+            let out = shipit::wiring::local_outbound(ingress.config.clone()).await;
+            let worker = shipit::worker::Worker::new(ingress.config.clone(), store.clone(), out);
             let holder = format!("serve-{}", std::process::id());
             let worker = tokio::spawn(async move { worker.run(&holder, stopped).await });
             let shutdown = async {
@@ -204,10 +206,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             version,
             env,
             wait,
+            force,
         } => {
             let config = Arc::new(load(&cli.config)?);
             let store = open_store(&config)?;
-            let job = cli::deploy(&config, &store, &app, &version, env.as_deref()).await?;
+            let job = cli::deploy(&config, &store, &app, &version, env.as_deref(), force).await?;
             return follow(config, &store, job, wait).await;
         }
         Command::Rollback { app, env, wait } => {
@@ -247,10 +250,13 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 );
                 for e in entries {
                     let j = &e.job;
-                    let source = serde_json::to_value(&j.source)?["kind"]
+                    let mut source = serde_json::to_value(&j.source)?["kind"]
                         .as_str()
                         .unwrap_or("")
                         .to_string();
+                    if j.forced_by.is_some() {
+                        source.push_str(", forced");
+                    }
                     println!(
                         "{:<20} {:<12} {:<22} {:<22} {source}",
                         e.recorded_at.format("%Y-%m-%d %H:%M:%S"),

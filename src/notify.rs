@@ -682,10 +682,14 @@ fn status_line(d: &Deploy) -> (String, &'static str) {
         ),
         Some(Outcome::Skipped { reason }) => (format!("skipped: {reason}"), ":fast_forward:"),
         None => match &d.phase {
+            Phase::Verify { since: Some(_), .. } => (
+                "waiting for required checks".into(),
+                ":hourglass_flowing_sand:",
+            ),
             Phase::Lock if d.lock_waiting_since.is_some() => {
                 ("waiting for the lock".into(), ":lock:")
             }
-            Phase::Lock | Phase::Inspect | Phase::Resolve => {
+            Phase::Verify { .. } | Phase::Lock | Phase::Inspect | Phase::Resolve => {
                 ("starting".into(), ":hourglass_flowing_sand:")
             }
             Phase::Install => ("installing".into(), ":package:"),
@@ -737,7 +741,9 @@ pub fn render(d: &Deploy, st: &NotifyState, now: DateTime<Utc>) -> (String, Valu
         json!({"type": "section", "text": {"type": "mrkdwn", "text": format!(
             "{emoji} *{}* {} on *{}*: {headline}", job.app, change(d), job.env)}}),
         json!({"type": "context", "elements": [{"type": "mrkdwn", "text": format!(
-            "{} · job `{}`{}", trigger(&job.source), job.id,
+            "{}{} · job `{}`{}", trigger(&job.source),
+            job.forced_by.as_ref().map_or(String::new(), |w| format!(", forced past the gate by {w}")),
+            job.id,
             elapsed.map_or(String::new(), |e| format!(" · {e}")))}]}),
     ];
     if !d.nodes.is_empty() {

@@ -18,8 +18,9 @@ use crate::aws::fleet::{RunCommand, Sent, SsmFleet};
 use crate::config::Config;
 use crate::engine::{Action, Deploy, Notice, Observation, Outcome, LOCK_TTL_SECONDS};
 use crate::job::DeployJob;
-use crate::notify::{Notifier, NotifyState};
+use crate::notify::NotifyState;
 use crate::ports::{Ledger, LockInfo, PortError};
+use crate::wiring::Outbound;
 use crate::worker::status_of;
 
 /// The state machine's payload between steps.
@@ -84,7 +85,7 @@ pub struct Stepper<R> {
     config: Arc<Config>,
     ledger: Arc<dyn Ledger>,
     fleet: SsmFleet<R>,
-    notifier: Arc<Notifier>,
+    out: Outbound,
     /// Longest a step keeps working before it returns its state.
     budget: Duration,
     now: Clock,
@@ -95,14 +96,14 @@ impl<R: RunCommand> Stepper<R> {
         config: Arc<Config>,
         ledger: Arc<dyn Ledger>,
         fleet: SsmFleet<R>,
-        notifier: Arc<Notifier>,
+        out: Outbound,
         budget: Duration,
     ) -> Stepper<R> {
         Stepper {
             config,
             ledger,
             fleet,
-            notifier,
+            out,
             budget,
             now: Arc::new(Utc::now),
         }
@@ -187,7 +188,8 @@ impl<R: RunCommand> Stepper<R> {
             let now = (self.now)();
             let notices = deploy.observe(now, obs)?;
             if !notices.is_empty() {
-                self.notifier
+                self.out
+                    .notifier
                     .notify(&deploy, &notices, &mut state.notify, now)
                     .await;
             }
@@ -211,6 +213,9 @@ impl<R: RunCommand> Stepper<R> {
         let job = &deploy.job;
         let now = (self.now)();
         Ok(match action {
+            Action::Verify => Observation::Verified {
+                verdict: self.out.gate.verify(app, job).await?,
+            },
             Action::Lock { lock } => take_lock(self.ledger.as_ref(), job, lock, now).await?,
             Action::Inspect => Observation::Inspected {
                 live: live_job(self.ledger.as_ref(), job).await?,
@@ -275,7 +280,8 @@ impl<R: RunCommand> Stepper<R> {
                 .unwrap_or_else(|| Deploy::new(state.job.clone(), Default::default()))
         };
         let now = (self.now)();
-        self.notifier
+        self.out
+            .notifier
             .notify(&ended, &finished, &mut state.notify, now)
             .await;
         finish(&mut state, &outcome);

@@ -10,6 +10,7 @@ use anyhow::{anyhow, Context};
 use crate::aws::fleet::{SdkRunCommand, SsmFleet};
 use crate::aws::{sdk_config, SqsQueue, SsmLedger};
 use crate::config::Config;
+use crate::gate::Gatekeeper;
 use crate::ingress::Ingress;
 use crate::notify::Notifier;
 use crate::secrets::{Secret, Secrets};
@@ -80,7 +81,7 @@ pub async fn aws_stepper_from_env() -> anyhow::Result<Stepper<SdkRunCommand>> {
         config.clone(),
         Arc::new(SsmLedger::new(ssm.clone(), &ssm_prefix())),
         SsmFleet::new(SdkRunCommand::new(ssm)),
-        Arc::new(Notifier::new(config, secrets)),
+        Outbound::new(config, secrets),
         Duration::from_secs(budget),
     ))
 }
@@ -114,6 +115,7 @@ fn config_uses_ssm(c: &Config) -> bool {
                 n.newrelic.as_ref().map(|r| &r.api_key),
                 n.datadog.as_ref().map(|d| &d.api_key),
                 n.github.as_ref().map(|g| &g.token),
+                a.gate.as_ref().and_then(|g| g.token.as_ref()),
             ]
             .into_iter()
             .flatten(),
@@ -126,14 +128,31 @@ fn config_uses_ssm(c: &Config) -> bool {
         .any(|s| matches!(s, Secret::Ssm(_)))
 }
 
-/// The notifiers of a one-machine config (SSM only if one of its secrets lives there).
-pub async fn local_notifier(config: Arc<Config>) -> Arc<Notifier> {
+/// What a deploy asks of and tells the world outside: the gate (GitHub) before it
+/// starts, the notifiers as it goes.
+#[derive(Clone)]
+pub struct Outbound {
+    pub gate: Arc<Gatekeeper>,
+    pub notifier: Arc<Notifier>,
+}
+
+impl Outbound {
+    pub fn new(config: Arc<Config>, secrets: Arc<Secrets>) -> Outbound {
+        Outbound {
+            gate: Arc::new(Gatekeeper::new(secrets.clone())),
+            notifier: Arc::new(Notifier::new(config, secrets)),
+        }
+    }
+}
+
+/// The gate and notifiers of a one-machine config (SSM only if a secret lives there).
+pub async fn local_outbound(config: Arc<Config>) -> Outbound {
     let ssm = if config_uses_ssm(&config) {
         Some(aws_sdk_ssm::Client::new(&sdk_config().await))
     } else {
         None
     };
-    Arc::new(Notifier::new(config, Arc::new(Secrets::new(ssm))))
+    Outbound::new(config, Arc::new(Secrets::new(ssm)))
 }
 
 /// JSON logs on Lambda (CloudWatch), human ones on a terminal; `RUST_LOG` filters both,

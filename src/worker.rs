@@ -13,10 +13,11 @@ use crate::config::{Config, Nodes};
 use crate::engine::{Action, Deploy, Notice, Observation, Outcome};
 use crate::job::DeployJob;
 use crate::local::LocalFleet;
-use crate::notify::{Notifier, NotifyState};
+use crate::notify::NotifyState;
 use crate::ports::{Ledger, PortError};
 use crate::step::{live_job, take_lock};
 use crate::store::Store;
+use crate::wiring::Outbound;
 
 /// How often an idle worker looks for new jobs.
 const IDLE_POLL: Duration = Duration::from_millis(200);
@@ -32,7 +33,7 @@ pub struct Worker {
     config: Arc<Config>,
     store: Store,
     fleet: LocalFleet,
-    notifier: Arc<Notifier>,
+    out: Outbound,
 }
 
 pub fn status_of(outcome: &Outcome) -> &'static str {
@@ -51,13 +52,13 @@ enum Stop {
 }
 
 impl Worker {
-    pub fn new(config: Arc<Config>, store: Store, notifier: Arc<Notifier>) -> Worker {
+    pub fn new(config: Arc<Config>, store: Store, out: Outbound) -> Worker {
         let fleet = LocalFleet::new(store.clone());
         Worker {
             config,
             store,
             fleet,
-            notifier,
+            out,
         }
     }
 
@@ -219,7 +220,8 @@ impl Worker {
                 continue;
             }
             if !notices.is_empty() {
-                self.notifier
+                self.out
+                    .notifier
                     .notify(&deploy, &notices, &mut told, now)
                     .await;
                 if let Err(e) = self.store.save_notify(&job.id, &told).await {
@@ -239,6 +241,20 @@ impl Worker {
         let mut tries = 0;
         loop {
             let result: Result<Observation, PortError> = match action {
+                Action::Verify => match self.config.app(&job.app) {
+                    Some(app) => self
+                        .out
+                        .gate
+                        .verify(app, job)
+                        .await
+                        .map(|verdict| Observation::Verified { verdict }),
+                    None => {
+                        return Err(Stop::Abandon(format!(
+                            "app {} is no longer in the config",
+                            job.app
+                        )))
+                    }
+                },
                 Action::Lock { lock } => take_lock(&self.store, job, lock, Utc::now()).await,
                 Action::Inspect => {
                     async {
@@ -335,7 +351,8 @@ impl Worker {
                     outcome: Some(outcome.clone()),
                     ..d.clone()
                 };
-                self.notifier
+                self.out
+                    .notifier
                     .notify(&ended, std::slice::from_ref(&finished), told, now)
                     .await;
             }
@@ -365,6 +382,10 @@ pub fn describe(n: &Notice) -> String {
             nodes,
             from.as_ref().map_or("nothing".into(), |v| v.to_string())
         ),
+        Notice::WaitingForChecks {
+            reason,
+            wait_seconds,
+        } => format!("waiting up to {wait_seconds} s: {reason}"),
         Notice::WaitingForLock { holder } => {
             format!("waiting: locked by {} ({})", holder.holder, holder.reason)
         }

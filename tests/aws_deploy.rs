@@ -17,11 +17,11 @@ use shipit::aws::fleet::{SdkRunCommand, SsmFleet};
 use shipit::aws::{SqsQueue, SsmLedger};
 use shipit::config::Config;
 use shipit::job::{DeployJob, Source};
-use shipit::notify::Notifier;
 use shipit::ports::{JobQueue, Ledger};
 use shipit::secrets::Secrets;
 use shipit::step::{StepState, Stepper};
 use shipit::version::Version;
+use shipit::wiring::Outbound;
 
 /// The emulator's SSM outcome rules are one global setting: tests that set them take turns.
 static CONTROL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -169,10 +169,7 @@ impl Rig {
             self.config.clone(),
             self.ledger.clone(),
             SsmFleet::new(SdkRunCommand::new(self.ssm.clone())),
-            Arc::new(Notifier::new(
-                self.config.clone(),
-                Arc::new(Secrets::new(None)),
-            )),
+            Outbound::new(self.config.clone(), Arc::new(Secrets::new(None))),
             budget,
         )
     }

@@ -114,7 +114,7 @@ impl Drop for Example {
 
 async fn deploy(ex: &Example, version: &str) -> (JobId, String, Vec<Notice>) {
     let (config, store) = (ex.config(), ex.store());
-    let job = shipit::cli::deploy(&config, &store, "hello", version, None)
+    let job = shipit::cli::deploy(&config, &store, "hello", version, None, false)
         .await
         .unwrap();
     finish(ex, &job.id).await
@@ -219,15 +219,15 @@ async fn installs_in_parallel_restarts_in_order_and_rolls_back_a_bad_version() {
 async fn two_deploys_of_one_app_never_overlap() {
     let ex = Example::new(2);
     let (config, store) = (ex.config(), ex.store());
-    let first = shipit::cli::deploy(&config, &store, "hello", "1.0.0", None)
+    let first = shipit::cli::deploy(&config, &store, "hello", "1.0.0", None, false)
         .await
         .unwrap();
-    let second = shipit::cli::deploy(&config, &store, "hello", "1.1.0", None)
+    let second = shipit::cli::deploy(&config, &store, "hello", "1.1.0", None, false)
         .await
         .unwrap();
     let (stop, stopped) = tokio::sync::watch::channel(false);
-    let notifier = shipit::wiring::local_notifier(config.clone()).await;
-    let worker = Worker::new(config.clone(), store.clone(), notifier);
+    let out = shipit::wiring::local_outbound(config.clone()).await;
+    let worker = Worker::new(config.clone(), store.clone(), out);
     let running = tokio::spawn(async move { worker.run("test", stopped).await });
     let deadline = Instant::now() + Duration::from_secs(120);
     while store.job(&second.id).await.unwrap().unwrap().status == "queued"

@@ -137,7 +137,7 @@ async fn run(config: &Arc<Config>, store: &Store, job: &JobId) -> String {
 }
 
 async fn cli_deploy(config: &Arc<Config>, store: &Store, version: &str) -> String {
-    let job = shipit::cli::deploy(config, store, "hello", version, None)
+    let job = shipit::cli::deploy(config, store, "hello", version, None, false)
         .await
         .unwrap();
     run(config, store, &job.id).await

@@ -65,6 +65,9 @@ struct Twin {
     newer: Option<Version>,
     recorded: Vec<JobId>,
     waited: Vec<u64>,
+    /// What the gate answers, in turn; `Pass` once they run out.
+    verdicts: Vec<Verdict>,
+    verifies: usize,
     /// Virtual time, in milliseconds: only waits advance it.
     clock: i64,
 }
@@ -95,6 +98,15 @@ impl Twin {
 
     fn execute(&mut self, action: &Action) -> Observation {
         match action {
+            Action::Verify => {
+                self.verifies += 1;
+                let verdict = if self.verdicts.is_empty() {
+                    Verdict::Pass
+                } else {
+                    self.verdicts.remove(0)
+                };
+                Observation::Verified { verdict }
+            }
             Action::Lock { lock } => match &self.lock {
                 Some(held) if held.job != lock.job => Observation::Lock {
                     taken: false,
@@ -554,6 +566,7 @@ fn a_lock_already_ours_is_taken_over_after_a_crash() {
     let j = job("1.1.0", false);
     let mut twin = Twin::new(&["n1"], Some("1.0.0"));
     let mut d = Deploy::new(j, policy());
+    d.observe(t0(), twin.execute(&Action::Verify)).unwrap();
     let Action::Lock { lock } = d.action() else {
         panic!()
     };
@@ -665,4 +678,79 @@ fn a_slow_service_gets_its_whole_health_timeout_with_checks_backing_off() {
     assert_eq!(waits, [100, 200, 400, 800, 1600, 3200, 5000, 5000]);
     assert!(d.health_time_left(t0(), t0() + Duration::seconds(29)));
     assert!(!d.health_time_left(t0(), t0() + Duration::seconds(30)));
+}
+
+fn pending(wait_seconds: u64) -> Verdict {
+    Verdict::Pending {
+        reason: "required check test is pending".into(),
+        wait_seconds,
+    }
+}
+
+#[test]
+fn a_refused_version_is_skipped_before_taking_the_lock() {
+    let mut twin = Twin::new(&["n1", "n2"], Some("1.0.0"));
+    let reason = "tag v1.1.0 (abc1234) is not on main".to_string();
+    twin.verdicts = vec![Verdict::Refuse {
+        reason: reason.clone(),
+    }];
+    let (outcome, notices) = run(&mut twin, job("1.1.0", true), policy());
+    assert_eq!(outcome, Outcome::Skipped { reason });
+    assert!(twin.log.is_empty() && twin.recorded.is_empty());
+    assert!(twin.lock.is_none());
+    assert_eq!(notices.len(), 1, "{notices:?}");
+}
+
+#[test]
+fn pending_checks_are_waited_for_within_their_bound() {
+    let mut twin = Twin::new(&["n1"], Some("1.0.0"));
+    twin.verdicts = vec![pending(60), pending(60)];
+    let (outcome, notices) = run(&mut twin, job("1.1.0", true), policy());
+    assert_eq!(outcome, succeeded());
+    assert_eq!(twin.verifies, 3);
+    assert_eq!(twin.waited[..2], [5_000, 10_000]);
+    let waiting = notices
+        .iter()
+        .filter(|n| matches!(n, Notice::WaitingForChecks { .. }))
+        .count();
+    assert_eq!(waiting, 1, "said once, not on every look");
+
+    // Still pending at the bound: skipped, saying so; with no bound, at once.
+    let mut twin = Twin::new(&["n1"], Some("1.0.0"));
+    twin.verdicts = vec![pending(60); 20];
+    let (outcome, _) = run(&mut twin, job("1.2.0", true), policy());
+    assert!(
+        matches!(&outcome, Outcome::Skipped { reason } if reason.ends_with("pending, still after 60 s")),
+        "{outcome:?}"
+    );
+    assert!(
+        twin.clock >= 60_000 && twin.clock < 120_000,
+        "{}",
+        twin.clock
+    );
+    assert!(twin.log.is_empty());
+    let mut twin = Twin::new(&["n1"], Some("1.0.0"));
+    twin.verdicts = vec![pending(0)];
+    let (outcome, _) = run(&mut twin, job("1.2.0", true), policy());
+    assert_eq!(
+        outcome,
+        Outcome::Skipped {
+            reason: "required check test is pending".into()
+        }
+    );
+    assert!(twin.waited.is_empty());
+}
+
+#[test]
+fn forced_jobs_and_rollbacks_do_not_ask_the_gate() {
+    let mut twin = Twin::new(&["n1"], Some("1.0.0"));
+    twin.verdicts = vec![Verdict::Refuse {
+        reason: "no".into(),
+    }];
+    let forced = job("1.1.0", false).forced();
+    assert_eq!(forced.forced_by.as_deref(), Some("ann"));
+    assert_eq!(run(&mut twin, forced, policy()).0, succeeded());
+    let back = job("1.0.0", false).rollback(None, job("1.1.0", false).source, t0());
+    assert_eq!(run(&mut twin, back, policy()).0, succeeded());
+    assert_eq!(twin.verifies, 0);
 }

@@ -20,6 +20,7 @@ pub const MAX_SKEW_SECONDS: i64 = 300;
 pub const USAGE: &str = "\
 Usage:
   /deploy APP VERSION [ENV]     deploy a version (e.g. /deploy hello 1.4.2)
+  /deploy APP VERSION [ENV] --force   even if its tag is not merged or its checks not green
   /deploy rollback APP [ENV]    put the previous version back
   /deploy status [APP]          what is live, and what is locked
   /deploy history APP [ENV]     the last deploys
@@ -149,7 +150,19 @@ impl Ingress {
                 ));
             }
         }
-        let words: Vec<&str> = cmd.text.split_whitespace().collect();
+        let mut words: Vec<&str> = cmd.text.split_whitespace().collect();
+        let force = words.contains(&"--force");
+        words.retain(|w| *w != "--force");
+        if force
+            && matches!(
+                words.first(),
+                Some(&("help" | "status" | "history" | "rollback" | "lock" | "unlock"))
+            )
+        {
+            return say(format!(
+                "--force goes only with /deploy APP VERSION; nothing was done.\n{USAGE}"
+            ));
+        }
         match words.as_slice() {
             [] | ["help", ..] => say(USAGE),
             ["status"] => self.status(None, now).await,
@@ -173,7 +186,7 @@ impl Ingress {
                 Err(e) => say(e),
             },
             ["deploy", app, version, env @ ..] | [app, version, env @ ..] if env.len() <= 1 => {
-                self.chat_deploy(&cmd, app, version, env.first().copied(), now)
+                self.chat_deploy(&cmd, app, version, env.first().copied(), force, now)
                     .await
             }
             _ => say(format!("I did not understand {:?}.\n{USAGE}", cmd.text)),
@@ -267,6 +280,7 @@ impl Ingress {
         app: &str,
         version: &str,
         env: Option<&str>,
+        force: bool,
         now: DateTime<Utc>,
     ) -> Reply {
         let app = match self.app(app) {
@@ -301,12 +315,16 @@ impl Ingress {
             cmd.source(),
             now,
         );
+        let job = if force { job.forced() } else { job };
         self.chat_enqueue(job, "").await
     }
 
     async fn chat_enqueue(&self, job: DeployJob, what: &str) -> Reply {
+        let forced = job.forced_by.as_ref().map_or(String::new(), |who| {
+            format!(", forced past the gate by {who}")
+        });
         let text = format!(
-            "Queued {what}{} {} to {} (job {}). Progress will be posted here.",
+            "Queued {what}{} {} to {} (job {}){forced}. Progress will be posted here.",
             job.app, job.version, job.env, job.id
         );
         match self.enqueue(vec![job]).await {
@@ -448,11 +466,16 @@ impl Ingress {
                 )];
                 lines.extend(h.iter().map(|e| {
                     format!(
-                        "• {} — job {} — {} — by {}",
+                        "• {} — job {} — {} — by {}{}",
                         e.job.version,
                         e.job.id,
                         e.recorded_at.format("%Y-%m-%d %H:%M UTC"),
-                        e.job.requested_by
+                        e.job.requested_by,
+                        if e.job.forced_by.is_some() {
+                            ", forced past the gate"
+                        } else {
+                            ""
+                        }
                     )
                 }));
                 say(lines.join("\n"))

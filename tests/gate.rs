@@ -1,0 +1,294 @@
+//! The gate against a local HTTP server standing in for the GitHub API: real deploys (the
+//! local worker, nodes as local processes) go out only for tags merged to the deploy
+//! branch with green required checks, unless someone forces them from chat.
+
+mod common;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use chrono::Utc;
+use common::*;
+use serde_json::{json, Value};
+use shipit::config::Config;
+use shipit::engine::{Notice, Outcome};
+use shipit::job::JobId;
+use shipit::ports::Ledger;
+use shipit::store::Store;
+use wiremock::matchers::{header, method, path};
+use wiremock::{Mock, MockServer, ResponseTemplate};
+
+const SHA: &str = "6113728f27ae82c7b1a177c8d03f9e96e0adf246";
+const REPO: &str = "/repos/acme/hello";
+
+/// App `hello` on n1 and n2, gated on checks `ci/test` (a commit status) and `build` (a
+/// check run); installing writes the version to the node's directory.
+fn setup(dir: &Path, github: &MockServer, wait_seconds: u64) -> (Arc<Config>, Store) {
+    for n in ["n1", "n2"] {
+        std::fs::create_dir_all(dir.join(n)).unwrap();
+    }
+    let text = format!(
+        r##"
+[github]
+webhook_secret = "{GITHUB_SECRET}"
+[slack]
+signing_secret = "{SLACK_SECRET}"
+[apps.hello]
+package = "hello-app"
+repo = "acme/hello"
+install = "printf %s {{version}} > version"
+restart = "true"
+health = "true"
+[apps.hello.environments.production]
+chat_deployers = ["*"]
+nodes = [{{ name = "n1", dir = "n1" }}, {{ name = "n2", dir = "n2" }}]
+[apps.hello.gate]
+checks = ["ci/test", "build"]
+wait_seconds = {wait_seconds}
+token = "ghp-gate"
+api_url = "{api}"
+"##,
+        api = github.uri(),
+    );
+    let file = dir.join("shipit.toml");
+    std::fs::write(&file, text).unwrap();
+    let config = Arc::new(Config::load(&file).unwrap());
+    let store = Store::open(&config.server.state).unwrap();
+    (config, store)
+}
+
+/// GitHub's answer to `GET {REPO}{p}`, checking the gate's token and headers.
+async fn answer(github: &MockServer, p: &str, body: Value) {
+    Mock::given(method("GET"))
+        .and(path(format!("{REPO}{p}")))
+        .and(header("authorization", "Bearer ghp-gate"))
+        .and(header("accept", "application/vnd.github+json"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(body))
+        .mount(github)
+        .await;
+}
+
+/// Tag `tag` points at SHA, which is `compare` ("behind": on main) against main.
+async fn repo(github: &MockServer, tag: &str, compare: &str) {
+    answer(github, &format!("/commits/{tag}"), json!({"sha": SHA})).await;
+    answer(github, "", json!({"default_branch": "main"})).await;
+    answer(
+        github,
+        &format!("/compare/main...{SHA}"),
+        json!({"status": compare}),
+    )
+    .await;
+}
+
+async fn checks(github: &MockServer, status: &str, run: (&str, Option<&str>)) {
+    answer(
+        github,
+        &format!("/commits/{SHA}/status"),
+        json!({"state": status, "statuses": [{"context": "ci/test", "state": status}]}),
+    )
+    .await;
+    let (run_status, conclusion) = run;
+    answer(
+        github,
+        &format!("/commits/{SHA}/check-runs"),
+        json!({"total_count": 1, "check_runs": [
+            {"id": 11, "name": "build", "status": run_status, "conclusion": conclusion}]}),
+    )
+    .await;
+}
+
+async fn tag_deploy(config: &Arc<Config>, tag: &str) -> JobId {
+    let (ingress, _) = shipit::wiring::local_ingress((**config).clone())
+        .await
+        .unwrap();
+    let body = tag_push("acme/hello", tag);
+    let reply = ingress
+        .github(&github_headers("push", tag, &body), &body, Utc::now())
+        .await;
+    assert_eq!(reply.status, 202, "{}", reply.body);
+    serde_json::from_value(reply.body["jobs"][0]["job"].clone()).unwrap()
+}
+
+/// Runs the job to its end: its status and how it ended.
+async fn run(config: &Arc<Config>, store: &Store, job: &JobId) -> (String, Outcome) {
+    let mut outcome = None;
+    let status = shipit::cli::wait(config.clone(), store, job, |n| {
+        if let Notice::Finished { outcome: o } = n {
+            outcome = Some(o.clone());
+        }
+    })
+    .await
+    .unwrap();
+    (status, outcome.unwrap())
+}
+
+fn live_on(dir: &Path) -> Vec<String> {
+    ["n1", "n2"]
+        .iter()
+        .map(|n| std::fs::read_to_string(dir.join(n).join("version")).unwrap_or_default())
+        .collect()
+}
+
+#[tokio::test]
+async fn a_merged_tag_with_green_checks_deploys() {
+    let github = MockServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (config, store) = setup(dir.path(), &github, 0);
+    repo(&github, "v1.0.0", "behind").await;
+    checks(&github, "success", ("completed", Some("success"))).await;
+
+    let job = tag_deploy(&config, "v1.0.0").await;
+    let (status, outcome) = run(&config, &store, &job).await;
+    assert_eq!(status, "succeeded", "{outcome:?}");
+    assert_eq!(live_on(dir.path()), ["1.0.0", "1.0.0"]);
+}
+
+#[tokio::test]
+async fn a_tag_on_a_side_branch_is_skipped_with_the_reason() {
+    let github = MockServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (config, store) = setup(dir.path(), &github, 0);
+    repo(&github, "v1.0.0", "diverged").await;
+    checks(&github, "success", ("completed", Some("success"))).await;
+
+    let job = tag_deploy(&config, "v1.0.0").await;
+    let (status, outcome) = run(&config, &store, &job).await;
+    assert_eq!(status, "skipped");
+    let Outcome::Skipped { reason } = outcome else {
+        panic!("{outcome:?}")
+    };
+    assert_eq!(
+        reason,
+        "tag v1.0.0 (6113728) is not on main: merge it first, or deploy it with --force"
+    );
+    assert_eq!(live_on(dir.path()), ["", ""], "nothing installed");
+    assert!(store
+        .history("hello", "production", 5)
+        .await
+        .unwrap()
+        .is_empty());
+}
+
+#[tokio::test]
+async fn a_red_required_check_skips_and_a_pending_one_skips_without_a_wait() {
+    let github = MockServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (config, store) = setup(dir.path(), &github, 0);
+    repo(&github, "v1.0.0", "identical").await;
+    checks(&github, "success", ("completed", Some("failure"))).await;
+    let job = tag_deploy(&config, "v1.0.0").await;
+    let (status, outcome) = run(&config, &store, &job).await;
+    assert_eq!(status, "skipped");
+    assert_eq!(
+        outcome,
+        Outcome::Skipped {
+            reason: "required check build ended failure on 6113728 (tag v1.0.0)".into()
+        }
+    );
+
+    github.reset().await;
+    repo(&github, "v1.0.1", "behind").await;
+    checks(&github, "pending", ("in_progress", None)).await;
+    let job = tag_deploy(&config, "v1.0.1").await;
+    let (status, outcome) = run(&config, &store, &job).await;
+    assert_eq!(status, "skipped");
+    assert_eq!(
+        outcome,
+        Outcome::Skipped {
+            reason:
+                "required check ci/test is pending, build is in progress on 6113728 (tag v1.0.1)"
+                    .into()
+        }
+    );
+    assert_eq!(live_on(dir.path()), ["", ""]);
+}
+
+#[tokio::test]
+async fn pending_checks_are_waited_for_when_configured() {
+    let github = MockServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (config, store) = setup(dir.path(), &github, 60);
+    repo(&github, "v1.0.0", "behind").await;
+    // Pending on the first look; green from the second (the engine looks again after 5 s).
+    Mock::given(method("GET"))
+        .and(path(format!("{REPO}/commits/{SHA}/check-runs")))
+        .respond_with(
+            ResponseTemplate::new(200).set_body_json(json!({"check_runs": [
+            {"id": 11, "name": "build", "status": "queued", "conclusion": null}]})),
+        )
+        .up_to_n_times(1)
+        .with_priority(1)
+        .mount(&github)
+        .await;
+    checks(&github, "success", ("completed", Some("success"))).await;
+
+    let job = tag_deploy(&config, "v1.0.0").await;
+    let mut waiting = vec![];
+    let status = shipit::cli::wait(config.clone(), &store, &job, |n| {
+        if let Notice::WaitingForChecks { reason, .. } = n {
+            waiting.push(reason.clone());
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(status, "succeeded");
+    assert_eq!(
+        waiting,
+        ["required check build is queued on 6113728 (tag v1.0.0)"]
+    );
+    let looks = github
+        .received_requests()
+        .await
+        .unwrap()
+        .iter()
+        .filter(|r| r.url.path().ends_with("/check-runs"))
+        .count();
+    assert_eq!(looks, 2);
+}
+
+#[tokio::test]
+async fn deploy_force_from_chat_goes_past_the_gate_and_is_recorded() {
+    let github = MockServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (config, store) = setup(dir.path(), &github, 0);
+    repo(&github, "v2.0.0", "ahead").await;
+    checks(&github, "failure", ("completed", Some("failure"))).await;
+    let (ingress, _) = shipit::wiring::local_ingress((*config).clone())
+        .await
+        .unwrap();
+    let slash = |text: &str, trigger: &str| {
+        let body = slack_form("U1", "ann", text, trigger);
+        let ingress = &ingress;
+        async move {
+            let now = Utc::now();
+            ingress.slack(&slack_headers(&body, now), &body, now).await
+        }
+    };
+
+    // Without --force the gate decides: skipped.
+    slash("hello 2.0.0", "t-1").await;
+    let job = store.jobs(None).await.unwrap().pop().unwrap().job.id;
+    assert_eq!(run(&config, &store, &job).await.0, "skipped");
+    let asked = github.received_requests().await.unwrap().len();
+    assert!(asked > 0);
+
+    let reply = slash("hello 2.0.0 --force", "t-2").await;
+    let text = reply.body["text"].as_str().unwrap();
+    assert!(text.contains("forced past the gate by @ann"), "{text}");
+    let job = store.jobs(None).await.unwrap().pop().unwrap().job.id;
+    assert_eq!(run(&config, &store, &job).await.0, "succeeded");
+    assert_eq!(live_on(dir.path()), ["2.0.0", "2.0.0"]);
+    assert_eq!(
+        github.received_requests().await.unwrap().len(),
+        asked,
+        "a forced job does not ask GitHub"
+    );
+    let history = store.history("hello", "production", 5).await.unwrap();
+    assert_eq!(history[0].job.id, job);
+    assert_eq!(history[0].job.forced_by.as_deref(), Some("@ann"));
+
+    // --force with anything but a deploy is refused, not ignored.
+    let reply = slash("rollback hello --force", "t-3").await;
+    let text = reply.body["text"].as_str().unwrap();
+    assert!(text.starts_with("--force goes only with"), "{text}");
+}
