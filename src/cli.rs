@@ -55,6 +55,12 @@ impl LiveView {
                     self.set(n, "rolling back".into());
                 }
             }
+            Notice::Drifted {
+                node, installed, ..
+            } => {
+                let was = installed.as_ref().map_or("nothing".into(), |v| v.to_string());
+                self.set(node, format!("has {was}, syncing"))
+            }
             _ => {}
         }
         self.last = describe(notice);
@@ -104,12 +110,20 @@ fn target<'c>(
 
 fn cli_source() -> Source {
     Source::Cli {
-        user: std::env::var("USER").unwrap_or_else(|_| "cli".into()),
-        nonce: Utc::now()
-            .timestamp_nanos_opt()
-            .unwrap_or_default()
-            .to_string(),
+        user: cli_user(),
+        nonce: nonce(),
     }
+}
+
+fn cli_user() -> String {
+    std::env::var("USER").unwrap_or_else(|_| "cli".into())
+}
+
+fn nonce() -> String {
+    Utc::now()
+        .timestamp_nanos_opt()
+        .unwrap_or_default()
+        .to_string()
 }
 
 pub async fn deploy(
@@ -133,6 +147,121 @@ pub async fn deploy(
     if force {
         job = job.forced();
     }
+    store
+        .enqueue(std::slice::from_ref(&job))
+        .await
+        .map_err(port)?;
+    Ok(job)
+}
+
+/// What `shipit sync --check` reports of one node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeVersion {
+    pub node: String,
+    /// `None`: nothing installed, or the version command failed (`detail` says).
+    pub installed: Option<Version>,
+    pub detail: String,
+}
+
+/// The live version of APP/ENV, and the app, for sync: refuses early what sync cannot do.
+async fn sync_target<'c>(
+    config: &'c Config,
+    store: &Store,
+    app: &str,
+    env: Option<&str>,
+) -> anyhow::Result<(&'c App, String, DeployJob)> {
+    let (a, env) = target(config, app, env)?;
+    if a.version.is_none() {
+        bail!(
+            "apps.{}.version is not set: sync needs a command that prints a node's installed \
+             version (e.g. venv/bin/pip show {{package}})",
+            a.name
+        );
+    }
+    let live = store
+        .history(&a.name, &env, 1)
+        .await
+        .map_err(port)?
+        .pop()
+        .ok_or_else(|| {
+            anyhow!(
+                "nothing is live on {}/{env} yet: deploy a version first",
+                a.name
+            )
+        })?;
+    Ok((a, env, live.job))
+}
+
+/// Every node's installed version next to the live one; changes nothing.
+pub async fn drift(
+    config: &Config,
+    store: &Store,
+    app: &str,
+    env: Option<&str>,
+) -> anyhow::Result<(Version, Vec<NodeVersion>)> {
+    let (a, env, live) = sync_target(config, store, app, env).await?;
+    let e = &a.environments[&env];
+    let nodes = match &e.nodes {
+        crate::config::Nodes::Local(nodes) => nodes.iter().map(|n| n.name.clone()).collect(),
+        crate::config::Nodes::Ssm { .. } => {
+            bail!(
+                "{}/{env} finds its nodes through SSM tags; check it on AWS",
+                a.name
+            )
+        }
+    };
+    let cmd = crate::engine::Command {
+        key: format!("check:{}", nonce()),
+        kind: crate::engine::CommandKind::Version,
+        version: live.version.clone(),
+        nodes,
+        concurrency: 0,
+    };
+    let results = crate::local::LocalFleet::new(store.clone())
+        .run(a, e, &cmd)
+        .await
+        .map_err(port)?;
+    let report = results
+        .into_iter()
+        .map(|(node, r)| {
+            let (installed, detail) = match r {
+                crate::engine::NodeResult::Reported { output } => {
+                    (crate::engine::installed_version(&output), output)
+                }
+                crate::engine::NodeResult::Failed { output, .. } => (None, output),
+                other => (None, format!("{other:?}")),
+            };
+            let detail = detail.lines().last().unwrap_or("").trim().to_string();
+            NodeVersion {
+                node,
+                installed,
+                detail,
+            }
+        })
+        .collect();
+    Ok((live.version, report))
+}
+
+/// Queues a sync of every node of APP/ENV to the live version.
+pub async fn sync(
+    config: &Config,
+    store: &Store,
+    app: &str,
+    env: Option<&str>,
+) -> anyhow::Result<DeployJob> {
+    let (a, env, live) = sync_target(config, store, app, env).await?;
+    let job = DeployJob::new(
+        &a.name,
+        &env,
+        a.package.clone(),
+        live.version,
+        Source::Sync {
+            nodes: vec![],
+            by: cli_user(),
+            nonce: nonce(),
+        },
+        Utc::now(),
+    );
     store
         .enqueue(std::slice::from_ref(&job))
         .await

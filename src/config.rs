@@ -105,6 +105,9 @@ pub struct App {
     pub install: Template,
     pub restart: Template,
     pub health: Option<Template>,
+    /// Prints the version installed on a node (`pip show {package}` will do): what sync
+    /// compares with the live version.
+    pub version: Option<Template>,
     pub rollout: Rollout,
     pub notify: Notify,
     pub gate: Option<Gate>,
@@ -419,6 +422,7 @@ struct RawApp {
     install: String,
     restart: String,
     health: Option<String>,
+    version: Option<String>,
     #[serde(default)]
     rollout: Rollout,
     #[serde(default)]
@@ -914,6 +918,10 @@ fn check_text(text: &str, path: &Path) -> (Option<Config>, Vec<Problem>) {
                 Some(None)
             }
         };
+        let version = match a.version.as_deref() {
+            Some(v) => c.template(&format!("{k}.version"), v, &known).map(Some),
+            None => Some(None),
+        };
         if a.rollout.health_interval_seconds == 0 {
             c.error(
                 format!("{k}.rollout.health_interval_seconds"),
@@ -932,6 +940,7 @@ fn check_text(text: &str, path: &Path) -> (Option<Config>, Vec<Problem>) {
             ("install", install.as_ref()),
             ("restart", restart.as_ref()),
             ("health", health.as_ref().and_then(Option::as_ref)),
+            ("version", version.as_ref().and_then(Option::as_ref)),
         ];
         for (what, t) in templates {
             if let (Some(t), Some(env)) = (t, dirless.first()) {
@@ -956,8 +965,14 @@ fn check_text(text: &str, path: &Path) -> (Option<Config>, Vec<Problem>) {
             );
         }
 
-        if let (Some(package), Some(tag_pattern), Some(install), Some(restart), Some(health)) =
-            (package, tag_pattern, install, restart, health)
+        if let (
+            Some(package),
+            Some(tag_pattern),
+            Some(install),
+            Some(restart),
+            Some(health),
+            Some(version),
+        ) = (package, tag_pattern, install, restart, health, version)
         {
             apps.insert(
                 name.clone(),
@@ -972,6 +987,7 @@ fn check_text(text: &str, path: &Path) -> (Option<Config>, Vec<Problem>) {
                     install,
                     restart,
                     health,
+                    version,
                     rollout: a.rollout,
                     notify,
                     gate,

@@ -11,7 +11,7 @@ use chrono::{DateTime, Duration, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::config::Rollout;
-use crate::job::DeployJob;
+use crate::job::{DeployJob, Source};
 use crate::ports::LockInfo;
 use crate::version::Version;
 
@@ -50,6 +50,8 @@ pub enum CommandKind {
     Install,
     Restart,
     Health,
+    /// Print the installed version (answered `NodeResult::Reported`).
+    Version,
 }
 
 /// A command for the fleet: run `kind` for `version` on `nodes`, at most `concurrency` at
@@ -68,6 +70,10 @@ pub struct Command {
 pub enum NodeResult {
     Running,
     Succeeded,
+    /// A `CommandKind::Version` command succeeded and printed this.
+    Reported {
+        output: String,
+    },
     Failed {
         exit_code: Option<i32>,
         output: String,
@@ -192,6 +198,13 @@ pub enum Notice {
         nodes: Vec<String>,
         reason: String,
     },
+    /// A sync found `node` on another version than the live one (`None`: none installed
+    /// or unreadable, with what the node said).
+    Drifted {
+        node: String,
+        installed: Option<Version>,
+        detail: String,
+    },
     Finished {
         outcome: Outcome,
     },
@@ -227,6 +240,8 @@ pub enum Phase {
     Lock,
     Inspect,
     Resolve,
+    /// A sync asks every node which version it runs.
+    Probe,
     Install,
     /// Restart `nodes[index]`, then health-check it.
     Restart {
@@ -323,6 +338,10 @@ impl Deploy {
         }
     }
 
+    fn is_sync(&self) -> bool {
+        matches!(self.job.source, Source::Sync { .. })
+    }
+
     fn key(&self, what: &str) -> String {
         format!("{}:{what}", self.job.id)
     }
@@ -369,11 +388,18 @@ impl Deploy {
             },
             Phase::Inspect => Action::Inspect,
             Phase::Resolve => Action::ResolveNodes,
+            Phase::Probe => self.run(
+                self.key("probe"),
+                CommandKind::Version,
+                v,
+                self.nodes.iter().map(|n| n.name.clone()).collect(),
+            ),
+            // Every node on a deploy; on a sync, those not on the live version.
             Phase::Install => self.run(
                 self.key("install"),
                 CommandKind::Install,
                 v,
-                self.nodes.iter().map(|n| n.name.clone()).collect(),
+                self.names_where(|s| s == NodeState::Pending),
             ),
             Phase::Restart { index } => self.run(
                 self.key(&format!("restart:{}", self.nodes[*index].name)),
@@ -527,6 +553,25 @@ impl Deploy {
                     }
                 }
             }
+            (Action::Inspect, Observation::Inspected { live, .. }) if self.is_sync() => {
+                match live {
+                    Some(l) => {
+                        // Whatever went live while this job waited is what nodes get.
+                        self.job.version = l.version.clone();
+                        self.previous = Some(l.version);
+                        self.phase = Phase::Resolve;
+                    }
+                    None => self.finish(
+                        Outcome::Skipped {
+                            reason: format!(
+                                "nothing is live on {}/{} yet: deploy a version first",
+                                self.job.app, self.job.env
+                            ),
+                        },
+                        &mut notices,
+                    ),
+                }
+            }
             (Action::Inspect, Observation::Inspected { live, newer_queued }) => {
                 let skip = if let (true, Some(newer)) =
                     (self.job.source.is_automatic(), newer_queued.as_ref())
@@ -558,8 +603,26 @@ impl Deploy {
                     None => self.phase = Phase::Resolve,
                 }
             }
-            (Action::ResolveNodes, Observation::Nodes { nodes }) => {
-                if nodes.is_empty() {
+            (Action::ResolveNodes, Observation::Nodes { mut nodes }) => {
+                let wanted = match &self.job.source {
+                    Source::Sync { nodes: only, .. } if !only.is_empty() => {
+                        nodes.retain(|n| only.contains(n));
+                        Some(only.join(", "))
+                    }
+                    _ => None,
+                };
+                if let (Some(wanted), true) = (&wanted, nodes.is_empty()) {
+                    self.finish(
+                        Outcome::Failed {
+                            reason: format!(
+                                "{wanted}: not among the nodes of {}/{} (yet)",
+                                self.job.app, self.job.env
+                            ),
+                            rolled_back: false,
+                        },
+                        &mut notices,
+                    );
+                } else if nodes.is_empty() {
                     self.finish(
                         Outcome::Failed {
                             reason: format!("no nodes found for {}/{}", self.job.app, self.job.env),
@@ -579,7 +642,11 @@ impl Deploy {
                         from: self.previous.clone(),
                         nodes: self.nodes.len(),
                     });
-                    self.phase = Phase::Install;
+                    self.phase = if self.is_sync() {
+                        Phase::Probe
+                    } else {
+                        Phase::Install
+                    };
                 }
             }
             (Action::Run(cmd), Observation::Ran { key, results }) if key == cmd.key => {
@@ -669,8 +736,44 @@ impl Deploy {
             _ => String::new(),
         };
         match self.phase.clone() {
+            Phase::Probe => {
+                let target = self.job.version.clone();
+                for node in &mut self.nodes {
+                    let r = result_of(&node.name);
+                    let installed = match &r {
+                        NodeResult::Reported { output } => installed_version(output),
+                        _ => None,
+                    };
+                    if installed.as_ref().is_some_and(|v| v.same_as(&target)) {
+                        node.state = NodeState::Healthy;
+                    } else {
+                        let said = match &r {
+                            NodeResult::Reported { output } | NodeResult::Failed { output, .. } => {
+                                last_line(output)
+                            }
+                            _ => String::new(),
+                        };
+                        notices.push(Notice::Drifted {
+                            node: node.name.clone(),
+                            installed,
+                            detail: said,
+                        });
+                    }
+                }
+                if self.nodes.iter().all(|n| n.state == NodeState::Healthy) {
+                    self.outcome = Some(Outcome::Succeeded {
+                        failed_installs: vec![],
+                    });
+                    self.phase = Phase::Unlock;
+                } else {
+                    self.phase = Phase::Install;
+                }
+            }
             Phase::Install => {
                 for node in &mut self.nodes {
+                    if !cmd.nodes.contains(&node.name) {
+                        continue;
+                    }
                     match result_of(&node.name) {
                         NodeResult::Succeeded => {
                             node.state = NodeState::Installed;
@@ -689,7 +792,7 @@ impl Deploy {
                 }
                 let failed = self.names_where(|s| s == NodeState::InstallFailed);
                 if failed.len() as u64 > u64::from(self.policy.max_errors)
-                    || failed.len() == self.nodes.len()
+                    || failed.len() == cmd.nodes.len()
                 {
                     let reason = format!(
                         "install of {} failed on {}; nothing was restarted",
@@ -888,7 +991,12 @@ impl Deploy {
                 self.outcome = Some(Outcome::Succeeded {
                     failed_installs: self.names_where(|s| s == NodeState::InstallFailed),
                 });
-                self.phase = Phase::Record;
+                // A sync changes no history: the live version stays the live version.
+                self.phase = if self.is_sync() {
+                    Phase::Unlock
+                } else {
+                    Phase::Record
+                };
             }
         }
     }
@@ -896,6 +1004,17 @@ impl Deploy {
     /// After a failure: put the previous version back where the new one was installed and
     /// restart the nodes this deploy restarted, or stop if the policy or history forbids it.
     fn revert_or_fail(&mut self, reason: String, notices: &mut Vec<Notice>) {
+        if self.is_sync() {
+            // The nodes it touched did not run the live version before either; there
+            // is nothing better to put back.
+            return self.finish(
+                Outcome::Failed {
+                    reason,
+                    rolled_back: false,
+                },
+                notices,
+            );
+        }
         let installed = self.names_where(has_new_version);
         match (
             &self.previous,
@@ -950,6 +1069,27 @@ impl Deploy {
             ),
         }
     }
+}
+
+/// The version a `CommandKind::Version` command printed: `pip show`'s `Version:` line, or
+/// else its last line.
+pub fn installed_version(output: &str) -> Option<Version> {
+    let line = output
+        .lines()
+        .find_map(|l| l.strip_prefix("Version:"))
+        .map(str::to_string)
+        .unwrap_or_else(|| last_line(output));
+    Version::parse(line.trim()).ok()
+}
+
+fn last_line(output: &str) -> String {
+    let last = output
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("")
+        .trim();
+    last.chars().take(DETAIL_CHARS).collect()
 }
 
 /// The node has the new version on disk.

@@ -68,6 +68,14 @@ pub enum Source {
     },
     /// `shipit deploy` on the command line.
     Cli { user: String, nonce: String },
+    /// Bring nodes that do not run the live version to it (`nodes`; empty: every node):
+    /// a node that joined, or drift. The job's version is what was live when it was
+    /// queued; the deploy follows whatever is live when it runs.
+    Sync {
+        nodes: Vec<String>,
+        by: String,
+        nonce: String,
+    },
     /// A re-send of `restores`, the job that was live before `replaces`.
     Rollback {
         restores: JobId,
@@ -86,6 +94,7 @@ impl Source {
             Source::Upload { location } => format!("upload:{location}"),
             Source::Chat { trigger_id, .. } => format!("chat:{trigger_id}"),
             Source::Cli { user, nonce } => format!("cli:{user}:{nonce}"),
+            Source::Sync { nonce, .. } => format!("sync:{nonce}"),
             Source::Rollback {
                 restores,
                 requested_via,
@@ -103,6 +112,7 @@ impl Source {
             Source::Upload { .. } => "package upload".to_string(),
             Source::Chat { user_name, .. } => format!("@{user_name}"),
             Source::Cli { user, .. } => user.clone(),
+            Source::Sync { by, .. } => by.clone(),
             Source::Rollback { requested_via, .. } => requested_via.requester(),
         }
     }
@@ -170,7 +180,8 @@ impl DeployJob {
 
     /// Whether the gate (tag merged, checks green) decides if this job deploys.
     pub fn is_gated(&self) -> bool {
-        self.forced_by.is_none() && !matches!(self.source, Source::Rollback { .. })
+        self.forced_by.is_none()
+            && !matches!(self.source, Source::Rollback { .. } | Source::Sync { .. })
     }
 
     /// The job that puts `self` back in place of `replaces`: same app, env, package and

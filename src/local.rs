@@ -76,6 +76,7 @@ impl LocalFleet {
                 permits.clone(),
             );
             let timeout = Duration::from_secs(app.rollout.command_timeout_seconds);
+            let kind = cmd.kind;
             running.spawn(async move {
                 let _permit = permits.acquire_owned().await;
                 // Noted before it runs: if shipit dies now, the restart knows it was started.
@@ -83,7 +84,7 @@ impl LocalFleet {
                 let result = match plan {
                     Err(e) => failed(None, e),
                     Ok(None) => NodeResult::Succeeded,
-                    Ok(Some((dir, script))) => execute(&dir, &script, timeout).await,
+                    Ok(Some((dir, script))) => execute(&dir, &script, timeout, kind).await,
                 };
                 store
                     .command_finished(&key, &name, &result, Utc::now())
@@ -128,6 +129,10 @@ fn script(
         CommandKind::Install => Some(&app.install),
         CommandKind::Restart => Some(&app.restart),
         CommandKind::Health => app.health.as_ref(),
+        CommandKind::Version => match &app.version {
+            Some(v) => Some(v),
+            None => return Err(format!("apps.{}.version is not set", app.name)),
+        },
     };
     let Some(template) = template else {
         return Ok(None);
@@ -148,7 +153,7 @@ fn script(
         .map_err(|e| e.to_string())
 }
 
-async fn execute(dir: &Path, script: &str, timeout: Duration) -> NodeResult {
+async fn execute(dir: &Path, script: &str, timeout: Duration, kind: CommandKind) -> NodeResult {
     if !dir.is_dir() {
         return failed(
             None,
@@ -171,6 +176,11 @@ async fn execute(dir: &Path, script: &str, timeout: Duration) -> NodeResult {
     match tokio::time::timeout(timeout, child.wait_with_output()).await {
         Err(_) => failed(None, format!("timed out after {} s", timeout.as_secs())),
         Ok(Err(e)) => failed(None, format!("waiting for the command: {e}")),
+        Ok(Ok(out)) if out.status.success() && kind == CommandKind::Version => {
+            NodeResult::Reported {
+                output: tail(&String::from_utf8_lossy(&out.stdout), OUTPUT_TAIL),
+            }
+        }
         Ok(Ok(out)) if out.status.success() => NodeResult::Succeeded,
         Ok(Ok(out)) => {
             let mut text = String::from_utf8_lossy(&out.stdout).into_owned();

@@ -62,6 +62,16 @@ enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// Bring every node of APP to the live version: nodes added to the config, and nodes
+    /// that drifted (another version installed by hand, say). Only those are touched.
+    Sync {
+        app: String,
+        #[arg(long)]
+        env: Option<String>,
+        /// Only list each node's installed version; exit 1 if any differs from the live one.
+        #[arg(long)]
+        check: bool,
+    },
     /// Put the previous version of APP back, through the same pipeline.
     Rollback {
         app: String,
@@ -212,6 +222,37 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let store = open_store(&config)?;
             let job = cli::deploy(&config, &store, &app, &version, env.as_deref(), force).await?;
             return follow(config, &store, job, wait).await;
+        }
+        Command::Sync { app, env, check } => {
+            let config = Arc::new(load(&cli.config)?);
+            let store = open_store(&config)?;
+            if !check {
+                let job = cli::sync(&config, &store, &app, env.as_deref()).await?;
+                return follow(config, &store, job, true).await;
+            }
+            let (live, nodes) = cli::drift(&config, &store, &app, env.as_deref()).await?;
+            println!("{:<16} {:<14} LIVE {live}", "NODE", "INSTALLED");
+            let mut drifted = 0;
+            for n in &nodes {
+                let installed = n
+                    .installed
+                    .as_ref()
+                    .map_or("-".to_string(), |v| v.to_string());
+                let note = match &n.installed {
+                    Some(v) if v.same_as(&live) => "ok".to_string(),
+                    Some(_) => "differs".to_string(),
+                    None => format!("not installed: {}", n.detail),
+                };
+                drifted += usize::from(note != "ok");
+                println!("{:<16} {installed:<14} {note}", n.node);
+            }
+            if drifted > 0 {
+                println!(
+                    "{drifted} node(s) differ from {live}; `shipit sync {app}` brings them to it"
+                );
+                return Ok(ExitCode::FAILURE);
+            }
+            return Ok(ExitCode::SUCCESS);
         }
         Command::Rollback { app, env, wait } => {
             let config = Arc::new(load(&cli.config)?);

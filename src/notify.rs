@@ -626,6 +626,9 @@ fn commit(source: &Source) -> Option<&str> {
 
 /// `1.4.1 → 1.4.2`, or `1.4.2 (first deploy)`.
 fn change(d: &Deploy) -> String {
+    if let Source::Sync { .. } = d.job.source {
+        return format!("{} (sync)", d.job.version);
+    }
     match &d.previous {
         Some(p) => format!("{p} → {}", d.job.version),
         None => format!("{} (first deploy)", d.job.version),
@@ -644,6 +647,7 @@ pub fn trigger(source: &Source) -> String {
         Source::Upload { location } => format!("upload of {location}"),
         Source::Chat { user_name, .. } => format!("/deploy by @{user_name}"),
         Source::Cli { user, .. } => format!("shipit deploy by {user}"),
+        Source::Sync { by, .. } => format!("sync by {by}"),
         Source::Rollback { requested_via, .. } => {
             format!("rollback, {}", trigger(requested_via))
         }
@@ -661,7 +665,12 @@ fn seconds(d: chrono::Duration) -> String {
 
 /// The deploy's state in a few words, and its emoji.
 fn status_line(d: &Deploy) -> (String, &'static str) {
+    let sync = matches!(d.job.source, Source::Sync { .. });
     match &d.outcome {
+        Some(Outcome::Succeeded { failed_installs }) if failed_installs.is_empty() && sync => (
+            "every node on the live version".into(),
+            ":white_check_mark:",
+        ),
         Some(Outcome::Succeeded { failed_installs }) if failed_installs.is_empty() => {
             ("deployed".into(), ":white_check_mark:")
         }
@@ -692,6 +701,7 @@ fn status_line(d: &Deploy) -> (String, &'static str) {
             Phase::Verify { .. } | Phase::Lock | Phase::Inspect | Phase::Resolve => {
                 ("starting".into(), ":hourglass_flowing_sand:")
             }
+            Phase::Probe => ("reading the nodes' versions".into(), ":mag:"),
             Phase::Install => ("installing".into(), ":package:"),
             Phase::Restart { .. } | Phase::Health { .. } | Phase::Bake => (
                 "restarting one node at a time".into(),

@@ -46,6 +46,11 @@ impl Version {
         &self.0
     }
 
+    /// PEP 440 equality (`1.1` is `1.1.0`).
+    pub fn same_as(&self, other: &Version) -> bool {
+        !self.is_newer_than(other) && !other.is_newer_than(self)
+    }
+
     /// PEP 440 ordering (`1.10` > `1.9`, `2.0rc1` < `2.0`).
     pub fn is_newer_than(&self, other: &Version) -> bool {
         match (

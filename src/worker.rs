@@ -402,6 +402,15 @@ pub fn describe(n: &Notice) -> String {
                 format!("restarting {}", nodes.join(", "))
             }
         ),
+        Notice::Drifted {
+            node,
+            installed,
+            detail,
+        } => match installed {
+            Some(v) => format!("{node}: runs {v}"),
+            None if detail.is_empty() => format!("{node}: no version installed"),
+            None => format!("{node}: no version installed ({detail})"),
+        },
         Notice::Finished { outcome } => match outcome {
             Outcome::Succeeded { failed_installs } if failed_installs.is_empty() => {
                 "succeeded".into()

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use shipit::config::Config;
 use shipit::engine::Notice;
 use shipit::job::JobId;
+use shipit::ports::Ledger;
 use shipit::store::Store;
 use shipit::worker::Worker;
 
@@ -34,7 +35,14 @@ impl Example {
         let names: Vec<String> = nodes.iter().map(|(n, _)| n.clone()).collect();
         shipit::demo::set_up_nodes(dir.path(), &names, &["1.0.0", "1.1.0", "1.2.0:broken"])
             .unwrap();
-        let node_list: Vec<String> = nodes
+        let ex = Example { dir, nodes };
+        ex.write_config();
+        ex
+    }
+
+    fn write_config(&self) {
+        let node_list: Vec<String> = self
+            .nodes
             .iter()
             .map(|(n, p)| {
                 format!("{{ name = \"{n}\", dir = \"nodes/{n}\", vars = {{ port = \"{p}\" }} }}")
@@ -49,6 +57,7 @@ package = "hello-app"
 install = "venv/bin/pip install --quiet --no-index --find-links ../../wheelhouse -U {{package}}=={{version}}"
 restart = "venv/bin/python -m hello_app.ctl restart {{port}}"
 health = "venv/bin/python -m hello_app.ctl check {{port}} {{version}}"
+version = "venv/bin/pip show {{package}}"
 [apps.hello.rollout]
 health_timeout_seconds = 10
 health_interval_seconds = 1
@@ -57,8 +66,54 @@ nodes = [{}]
 "#,
             node_list.join(", ")
         );
-        std::fs::write(dir.path().join("shipit.toml"), config).unwrap();
-        Example { dir, nodes }
+        std::fs::write(self.config_path(), config).unwrap();
+    }
+
+    /// A new node with an empty virtualenv, added to the config.
+    fn add_node(&mut self, name: &str) {
+        let dir = self.dir.path().join("nodes").join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        let venv = Command::new("python3")
+            .args(["-m", "venv", "venv"])
+            .current_dir(&dir)
+            .status()
+            .unwrap();
+        assert!(venv.success());
+        self.nodes.push((name.to_string(), free_port()));
+        self.write_config();
+    }
+
+    /// Installs `version` on `node` by hand, behind shipit's back.
+    fn pip_install(&self, node: &str, version: &str) {
+        let out = Command::new("venv/bin/pip")
+            .args([
+                "install",
+                "--quiet",
+                "--no-index",
+                "--find-links",
+                "../../wheelhouse",
+            ])
+            .arg(format!("hello-app=={version}"))
+            .current_dir(self.dir.path().join("nodes").join(node))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+    }
+
+    fn shipit(&self, args: &[&str]) -> (i32, String) {
+        let out = Command::new(env!("CARGO_BIN_EXE_shipit"))
+            .arg("--config")
+            .arg(self.config_path())
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.code().unwrap_or(-1), text)
     }
 
     fn config_path(&self) -> PathBuf {
@@ -405,4 +460,42 @@ async fn the_fleet_runs_a_command_key_once_however_often_it_is_asked() {
     assert!(
         matches!(&failing[0].1, NodeResult::Failed { output, .. } if output == "node node9 is not in the config")
     );
+}
+
+#[tokio::test]
+async fn sync_brings_a_new_node_and_a_drifted_one_to_the_live_version_and_no_other() {
+    let mut ex = Example::new(3);
+    assert_eq!(deploy(&ex, "1.1.0").await.1, "succeeded");
+    ex.add_node("node4");
+    ex.pip_install("node2", "1.0.0");
+
+    let (code, out) = ex.shipit(&["sync", "hello", "--check"]);
+    assert_eq!(code, 1, "{out}");
+    let line = |node: &str| {
+        out.lines()
+            .find(|l| l.starts_with(&format!("{node} ")))
+            .unwrap_or_else(|| panic!("no {node} in:\n{out}"))
+            .split_whitespace()
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(line("node1")[1..], ["1.1.0", "ok"]);
+    assert_eq!(line("node2")[1..], ["1.0.0", "differs"]);
+    assert_eq!(line("node3")[1..], ["1.1.0", "ok"]);
+    assert_eq!(line("node4")[1..3], ["-", "not"], "{out}");
+    assert!(out.contains("2 node(s) differ from 1.1.0"), "{out}");
+
+    let (code, out) = ex.shipit(&["sync", "hello"]);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(ex.served(), ["1.1.0"; 4]);
+    // node2 restarted once more, on 1.1.0 from disk; node4 started; 1 and 3 untouched.
+    let starts: Vec<usize> = ["node1", "node2", "node3", "node4"]
+        .iter()
+        .map(|n| ex.starts(n, "1.1.0"))
+        .collect();
+    assert_eq!(starts, [1, 2, 1, 1]);
+    let history = ex.store().history("hello", "production", 5).await.unwrap();
+    assert_eq!(history.len(), 1, "a sync is not a deploy in history");
+
+    let (code, out) = ex.shipit(&["sync", "hello", "--check"]);
+    assert_eq!(code, 0, "{out}");
 }

@@ -152,6 +152,16 @@ impl<R: RunCommand> SsmFleet<R> {
                 Some(h) => h,
                 None => return Ok(all(&cmd.nodes, NodeResult::Succeeded)),
             },
+            CommandKind::Version => match &app.version {
+                Some(v) => v,
+                None => {
+                    let unknown = NodeResult::Failed {
+                        exit_code: None,
+                        output: format!("apps.{}.version is not set", app.name),
+                    };
+                    return Ok(all(&cmd.nodes, unknown));
+                }
+            },
         };
         if let Some(s) = sent.as_ref().filter(|s| s.key == cmd.key) {
             return self.report(cmd, &s.commands).await;
@@ -239,6 +249,12 @@ impl<R: RunCommand> SsmFleet<R> {
             for (node, status) in self.api.statuses(id).await? {
                 let result = match status {
                     Status::Running => NodeResult::Running,
+                    Status::Succeeded if cmd.kind == CommandKind::Version => {
+                        match self.api.outcome(id, &node).await? {
+                            Some((_, output)) => NodeResult::Reported { output },
+                            None => NodeResult::Running,
+                        }
+                    }
                     Status::Succeeded => NodeResult::Succeeded,
                     Status::Failed => match self.api.outcome(id, &node).await? {
                         Some((exit_code, output)) => NodeResult::Failed { exit_code, output },
@@ -271,13 +287,21 @@ impl SdkRunCommand {
     pub fn new(client: aws_sdk_ssm::Client) -> SdkRunCommand {
         SdkRunCommand { client }
     }
-}
 
-#[async_trait]
-impl RunCommand for SdkRunCommand {
-    async fn online_nodes(
+    /// Whether `instance` is an online managed node carrying every one of `tags` (no tags:
+    /// whether its SSM agent has registered at all).
+    pub async fn is_online(
+        &self,
+        instance: &str,
+        tags: &BTreeMap<String, String>,
+    ) -> Result<bool, PortError> {
+        Ok(!self.describe(tags, Some(instance)).await?.is_empty())
+    }
+
+    async fn describe(
         &self,
         tags: &BTreeMap<String, String>,
+        instance: Option<&str>,
     ) -> Result<Vec<String>, PortError> {
         let mut filters = vec![InstanceInformationStringFilter::builder()
             .key("PingStatus")
@@ -288,6 +312,14 @@ impl RunCommand for SdkRunCommand {
                 InstanceInformationStringFilter::builder()
                     .key(format!("tag:{k}"))
                     .values(v)
+                    .build()?,
+            );
+        }
+        if let Some(id) = instance {
+            filters.push(
+                InstanceInformationStringFilter::builder()
+                    .key("InstanceIds")
+                    .values(id)
                     .build()?,
             );
         }
@@ -309,6 +341,16 @@ impl RunCommand for SdkRunCommand {
             );
         }
         Ok(nodes)
+    }
+}
+
+#[async_trait]
+impl RunCommand for SdkRunCommand {
+    async fn online_nodes(
+        &self,
+        tags: &BTreeMap<String, String>,
+    ) -> Result<Vec<String>, PortError> {
+        self.describe(tags, None).await
     }
 
     async fn send(&self, req: &SendRequest) -> Result<String, PortError> {

@@ -65,6 +65,8 @@ struct Twin {
     newer: Option<Version>,
     recorded: Vec<JobId>,
     waited: Vec<u64>,
+    /// What each node has installed, as its version command prints it.
+    installed: HashMap<String, String>,
     /// What the gate answers, in turn; `Pass` once they run out.
     verdicts: Vec<Verdict>,
     verifies: usize,
@@ -156,6 +158,18 @@ impl Twin {
                                 .get(&(cmd.kind, n.clone(), cmd.version.to_string()))
                                 .cloned()
                                 .unwrap_or(NodeResult::Succeeded);
+                            let r = match (cmd.kind, r) {
+                                (CommandKind::Version, NodeResult::Succeeded) => {
+                                    NodeResult::Reported {
+                                        output: self.installed.get(n).cloned().unwrap_or_default(),
+                                    }
+                                }
+                                (CommandKind::Install, NodeResult::Succeeded) => {
+                                    self.installed.insert(n.clone(), cmd.version.to_string());
+                                    NodeResult::Succeeded
+                                }
+                                (_, r) => r,
+                            };
                             (n.clone(), r)
                         })
                         .collect();
@@ -753,4 +767,123 @@ fn forced_jobs_and_rollbacks_do_not_ask_the_gate() {
     let back = job("1.0.0", false).rollback(None, job("1.1.0", false).source, t0());
     assert_eq!(run(&mut twin, back, policy()).0, succeeded());
     assert_eq!(twin.verifies, 0);
+}
+
+fn sync_job(nodes: &[&str], version: &str) -> DeployJob {
+    DeployJob::new(
+        "hello",
+        "production",
+        "hello-app".parse().unwrap(),
+        Version::parse(version).unwrap(),
+        Source::Sync {
+            nodes: nodes.iter().map(|n| n.to_string()).collect(),
+            by: "ann".into(),
+            nonce: "1".into(),
+        },
+        t0(),
+    )
+}
+
+#[test]
+fn a_sync_installs_and_restarts_only_the_nodes_off_the_live_version() {
+    let mut twin = Twin::new(&["n1", "n2", "n3", "n4"], Some("1.1.0"));
+    for (n, v) in [
+        ("n1", "Name: hello-app\nVersion: 1.1\n"),
+        ("n2", "1.0.0"),
+        ("n3", "1.1.0"),
+    ] {
+        twin.installed.insert(n.into(), v.into());
+    }
+    // Queued while 1.0.0 was live; 1.1.0 went live before it ran: nodes get 1.1.0.
+    let (outcome, notices) = run(&mut twin, sync_job(&[], "1.0.0"), policy());
+    assert_eq!(outcome, succeeded());
+    assert_eq!(
+        twin.log,
+        [
+            "version n1,n2,n3,n4 1.1.0",
+            "install 1.1.0 n2,n4",
+            "restart n2 1.1.0",
+            "health n2 1.1.0",
+            "restart n4 1.1.0",
+            "health n4 1.1.0"
+        ]
+    );
+    let drifted: Vec<_> = notices
+        .iter()
+        .filter_map(|n| match n {
+            Notice::Drifted {
+                node, installed, ..
+            } => Some((node.as_str(), installed.clone())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        drifted,
+        [("n2", Some(Version::parse("1.0.0").unwrap())), ("n4", None)]
+    );
+    assert!(twin.recorded.is_empty(), "a sync is not a new live version");
+    assert!(twin.lock.is_none());
+
+    // All in sync now: nothing runs but the probe.
+    twin.log.clear();
+    let mut again = sync_job(&[], "1.1.0");
+    again.source = Source::Sync {
+        nodes: vec![],
+        by: "ann".into(),
+        nonce: "2".into(),
+    };
+    assert_eq!(run(&mut twin, again, policy()).0, succeeded());
+    assert_eq!(twin.log, ["version n1,n2,n3,n4 1.1.0"]);
+}
+
+#[test]
+fn a_sync_of_one_new_node_touches_no_other() {
+    let mut twin = Twin::new(&["n1", "n2", "n3"], Some("1.1.0"));
+    let (outcome, _) = run(&mut twin, sync_job(&["n3"], "1.1.0"), policy());
+    assert_eq!(outcome, succeeded());
+    assert_eq!(
+        twin.log,
+        [
+            "version n3 1.1.0",
+            "install 1.1.0 n3",
+            "restart n3 1.1.0",
+            "health n3 1.1.0"
+        ]
+    );
+
+    // A node that is not (yet) among the environment's nodes fails the sync, naming it.
+    let (outcome, _) = run(&mut twin, sync_job(&["n9"], "1.1.0"), policy());
+    assert!(
+        matches!(&outcome, Outcome::Failed { reason, .. } if reason.starts_with("n9: not among")),
+        "{outcome:?}"
+    );
+}
+
+#[test]
+fn a_failed_sync_puts_nothing_back_and_nothing_live_skips() {
+    let mut twin = Twin::new(&["n1", "n2"], Some("1.1.0")).fail(CommandKind::Health, "n2", "1.1.0");
+    twin.installed.insert("n1".into(), "1.1.0".into());
+    let (outcome, _) = run(&mut twin, sync_job(&[], "1.1.0"), policy());
+    assert!(
+        matches!(&outcome, Outcome::Failed { rolled_back: false, reason } if reason.contains("n2 failed its health check")),
+        "{outcome:?}"
+    );
+    assert_eq!(
+        twin.log[..3],
+        [
+            "version n1,n2 1.1.0",
+            "install 1.1.0 n2",
+            "restart n2 1.1.0"
+        ]
+    );
+    assert!(
+        twin.log[3..].iter().all(|l| l == "health n2 1.1.0"),
+        "n1 untouched, nothing reinstalled: {:?}",
+        twin.log
+    );
+
+    let mut twin = Twin::new(&["n1"], None);
+    let (outcome, _) = run(&mut twin, sync_job(&[], "1.1.0"), policy());
+    assert!(matches!(outcome, Outcome::Skipped { .. }), "{outcome:?}");
+    assert!(twin.log.is_empty());
 }
