@@ -104,6 +104,12 @@ def codeartifact(name, version):
                        "assetsRemoved": 0, "metadataUpdated": True, "assetsUpdated": 0, "statusChanged": True}, "operationType": "Created",
                        "sequenceNumber": 1, "eventDeduplicationId": "2mMhvIpgD1CvGzFO1eq0nJiZmBbWjTZLbOwy/r3yYVg="}}
 
+def ec2_running(instance):
+    return {"version": "0", "id": "7bf73129-1428-4cd3-a780-95db273d1602", "detail-type": "EC2 Instance State-change Notification",
+            "source": "aws.ec2", "account": "123456789012", "time": "2026-11-23T19:00:00Z", "region": "eu-west-1",
+            "resources": [f"arn:aws:ec2:eu-west-1:123456789012:instance/{instance}"],
+            "detail": {"instance-id": instance, "state": "running"}}
+
 # A deploy job as the ingress functions queue it (the tag push above, on production).
 JOB = {"schema": 1, "id": "5d2c9e0a41b7f3c86e12", "app": "hello", "env": "production", "version": "1.0.0",
        "package": "hello-app", "source": {"kind": "tag", "event": "push", "repo": "acme/hello", "tag": "v1.0.0",
@@ -132,6 +138,7 @@ SAMPLES = {
     "slack-deploy.json": slack("hello 1.1.0"),
     "s3-wheel-upload.json": s3("simple/hello-app/hello_app-1.1.0-py3-none-any.whl"),
     "codeartifact-published.json": codeartifact("hello-app", "1.1.0"),
+    "ec2-instance-running.json": ec2_running("i-0a1b2c3d4e5f60718"),
 }
 
 if __name__ == "__main__":

@@ -142,6 +142,31 @@ pub async fn run_package_function() -> Result<(), lambda_runtime::Error> {
     .await
 }
 
+/// How long the node-joined function waits for a new instance's SSM agent to register;
+/// the function's timeout must be longer (infra: 300 s).
+const REGISTRATION_WAIT: std::time::Duration = std::time::Duration::from_secs(240);
+
+/// The whole of the node-joined function: EC2 state changes in, sync jobs queued.
+pub async fn run_node_joined_function() -> Result<(), lambda_runtime::Error> {
+    crate::wiring::init_tracing(true, "info");
+    let n = crate::wiring::aws_node_joined_from_env().await?;
+    let n = &n;
+    lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| async move {
+        crate::joined::node_joined(
+            &n.config,
+            &n.queue,
+            &n.ledger,
+            &n.ssm,
+            &event.payload,
+            Utc::now(),
+            REGISTRATION_WAIT,
+        )
+        .await
+        .map_err(lambda_runtime::Error::from)
+    }))
+    .await
+}
+
 /// What the dispatcher did with one queued job.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]

@@ -9,6 +9,7 @@ pub mod engine;
 pub mod gate;
 pub mod ingress;
 pub mod job;
+pub mod joined;
 pub mod lambda;
 pub mod local;
 pub mod notify;

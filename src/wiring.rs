@@ -60,6 +60,29 @@ pub async fn aws_ingress_from_env() -> anyhow::Result<Ingress> {
     .await?)
 }
 
+/// What the node-joined function needs: config, the deploy queue (`SHIPIT_QUEUE_URL`),
+/// history, and SSM to see which environments' tags the node carries.
+pub struct NodeJoined {
+    pub config: Config,
+    pub queue: SqsQueue,
+    pub ledger: SsmLedger,
+    pub ssm: SdkRunCommand,
+}
+
+pub async fn aws_node_joined_from_env() -> anyhow::Result<NodeJoined> {
+    let sdk = sdk_config().await;
+    let ssm = ssm_client(&sdk);
+    let secrets = Secrets::new(Some(ssm.clone()));
+    let config = config_from_env(&secrets).await?;
+    let queue_url = std::env::var("SHIPIT_QUEUE_URL").context("SHIPIT_QUEUE_URL is not set")?;
+    Ok(NodeJoined {
+        config,
+        queue: SqsQueue::new(aws_sdk_sqs::Client::new(&sdk), queue_url),
+        ledger: SsmLedger::new(ssm.clone(), &ssm_prefix()),
+        ssm: SdkRunCommand::new(ssm),
+    })
+}
+
 /// How long one deploy step works before handing its state back to the state machine;
 /// the function's timeout must be longer (infra sets 60 s against a 300 s timeout).
 const DEFAULT_STEP_BUDGET_SECONDS: u64 = 60;

@@ -126,6 +126,7 @@ package = "hello-app"
 install = "venv/bin/pip install -U {{package}}=={{version}}"
 restart = "kill -HUP $(cat {{dir}}/service.pid)"
 health = "curl -fsS localhost:{{port}}/version | grep -qx {{version}}"
+version = "venv/bin/pip show {{package}}"
 [apps.hello.rollout]
 health_timeout_seconds = 1
 health_interval_seconds = 1
@@ -145,6 +146,8 @@ struct Rig {
     config: Arc<Config>,
     ledger: Arc<SsmLedger>,
     nodes: Vec<String>,
+    /// The value of the nodes' `shipit:fleet` tag.
+    fleet: String,
     /// A tagged instance of another fleet: nothing may touch it.
     stranger: String,
 }
@@ -160,6 +163,7 @@ impl Rig {
             config: Arc::new(config(&fleet)),
             ssm,
             nodes,
+            fleet,
             stranger: stranger[0].clone(),
         }
     }
@@ -735,4 +739,80 @@ fn the_deploy_function_samples_are_what_the_functions_read() {
     let job = DeployJob::from_json(sqs.records[0].body.as_deref().unwrap()).unwrap();
     let step: StepState = serde_json::from_str(&read("deploy-step-start.json")).unwrap();
     assert_eq!(step, StepState::start(job));
+}
+
+/// EventBridge's notice that `instance` is running.
+fn running(instance: &str) -> Value {
+    json!({
+        "version": "0", "id": unique("event"), "source": "aws.ec2",
+        "detail-type": "EC2 Instance State-change Notification",
+        "account": "123456789012", "time": "2026-11-24T00:00:00Z", "region": "us-east-1",
+        "resources": [format!("arn:aws:ec2:us-east-1:123456789012:instance/{instance}")],
+        "detail": { "instance-id": instance, "state": "running" }
+    })
+}
+
+#[tokio::test]
+async fn a_node_that_joins_after_a_deploy_gets_the_live_version_and_nothing_else_is_touched() {
+    let _turn = CONTROL.lock().await;
+    control(json!({})).await;
+    let rig = Rig::new(2).await;
+    let live = rig.job("1.1.0");
+    assert_eq!(rig.deploy(live).await.status.as_deref(), Some("succeeded"));
+    let fifo = common::Fifo::new().await;
+    let ssm = SdkRunCommand::new(rig.ssm.clone());
+    let joined = |event: Value| {
+        let (config, ledger, queue, ssm) =
+            (rig.config.clone(), rig.ledger.clone(), fifo.queue(), &ssm);
+        async move {
+            shipit::joined::node_joined(
+                &config,
+                &queue,
+                ledger.as_ref(),
+                ssm,
+                &event,
+                Utc::now(),
+                Duration::from_secs(5),
+            )
+            .await
+        }
+    };
+
+    let new = launch(1, &[("shipit:app", "hello"), ("shipit:fleet", &rig.fleet)]).await;
+    let event = running(&new[0]);
+    let out = joined(event.clone()).await.unwrap();
+    assert_eq!(out["status"], "queued", "{out}");
+    // EventBridge delivers at least once: the same event again is the same job.
+    joined(event).await.unwrap();
+    let queued = fifo.drain().await;
+    assert_eq!(queued.len(), 1, "{queued:?}");
+    assert_eq!(queued[0].0, "hello/production");
+    let job = DeployJob::from_json(&queued[0].1).unwrap();
+    assert_eq!(job.version.as_str(), "1.1.0");
+
+    let end = rig.deploy(job.clone()).await;
+    assert_eq!(end.status.as_deref(), Some("succeeded"), "{end:?}");
+    let n = &new[0];
+    assert_eq!(
+        rig.log(&job).await,
+        [
+            format!("probe {n} -"),
+            format!("install {n} 1.1.0"),
+            format!("restart {n} -"),
+            format!("health {n} 1.1.0"),
+        ]
+    );
+    let history = rig.ledger.history("hello", "production", 5).await.unwrap();
+    assert_ne!(
+        history[0].job.id, job.id,
+        "a sync does not change what is live"
+    );
+
+    // Another fleet's instance, and an event that is not a running instance: nothing queued.
+    let out = joined(running(&rig.stranger)).await.unwrap();
+    assert_eq!(out["status"], "ignored", "{out}");
+    let mut stopped = running(n);
+    stopped["detail"]["state"] = json!("stopped");
+    assert_eq!(joined(stopped).await.unwrap()["status"], "ignored");
+    assert!(fifo.drain().await.is_empty());
 }

@@ -259,7 +259,12 @@ fn each_function_has_its_own_role_and_only_the_calls_it_makes() {
         m
     };
     let queue: BTreeSet<String> = ["GetAtt DeployQueue.Arn".to_string()].into();
-    for ingress in ["github-webhook", "slash-command", "package-upload"] {
+    for ingress in [
+        "github-webhook",
+        "slash-command",
+        "package-upload",
+        "node-joined",
+    ] {
         let g = grants(ingress);
         assert_eq!(g["sqs:SendMessage"], queue, "{ingress}");
         for a in g.keys() {
@@ -271,6 +276,17 @@ fn each_function_has_its_own_role_and_only_the_calls_it_makes() {
             );
         }
     }
+    let joined = grants("node-joined");
+    assert!(
+        joined.keys().all(|a| !a.starts_with("ssm:")
+            || [
+                "ssm:GetParameter",
+                "ssm:GetParameterHistory",
+                "ssm:DescribeInstanceInformation"
+            ]
+            .contains(&a.as_str())),
+        "node-joined only reads SSM: {joined:?}"
+    );
     let dispatch = grants("deploy-dispatch");
     assert_eq!(
         dispatch["states:StartExecution"],
