@@ -58,7 +58,9 @@ impl LiveView {
             Notice::Drifted {
                 node, installed, ..
             } => {
-                let was = installed.as_ref().map_or("nothing".into(), |v| v.to_string());
+                let was = installed
+                    .as_ref()
+                    .map_or("nothing".into(), |v| v.to_string());
                 self.set(node, format!("has {was}, syncing"))
             }
             _ => {}
@@ -231,7 +233,7 @@ pub async fn drift(
                 crate::engine::NodeResult::Failed { output, .. } => (None, output),
                 other => (None, format!("{other:?}")),
             };
-            let detail = detail.lines().last().unwrap_or("").trim().to_string();
+            let detail = crate::engine::last_line(&detail);
             NodeVersion {
                 node,
                 installed,

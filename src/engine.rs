@@ -721,13 +721,7 @@ impl Deploy {
             NodeResult::Failed { exit_code, output } => {
                 // The last line says what went wrong (the error after a traceback, say);
                 // the whole tail stays with the command's result.
-                let last = output
-                    .lines()
-                    .rev()
-                    .find(|l| !l.trim().is_empty())
-                    .unwrap_or("")
-                    .trim();
-                let last: String = last.chars().take(DETAIL_CHARS).collect();
+                let last = last_line(output);
                 format!(
                     "exit {}: {last}",
                     exit_code.map_or("?".to_string(), |c| c.to_string())
@@ -1082,7 +1076,8 @@ pub fn installed_version(output: &str) -> Option<Version> {
     Version::parse(line.trim()).ok()
 }
 
-fn last_line(output: &str) -> String {
+/// The last non-blank line of `output`, trimmed and cut to `DETAIL_CHARS`.
+pub fn last_line(output: &str) -> String {
     let last = output
         .lines()
         .rev()

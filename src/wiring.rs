@@ -48,8 +48,7 @@ pub async fn aws_ingress_from_env() -> anyhow::Result<Ingress> {
     let ssm = ssm_client(&sdk);
     let secrets = Secrets::new(Some(ssm.clone()));
     let config = config_from_env(&secrets).await?;
-    let queue_url = std::env::var("SHIPIT_QUEUE_URL").context("SHIPIT_QUEUE_URL is not set")?;
-    let queue = SqsQueue::new(aws_sdk_sqs::Client::new(&sdk), queue_url);
+    let queue = deploy_queue(&sdk)?;
     let ledger = SsmLedger::new(ssm, &ssm_prefix());
     Ok(Ingress::new(
         Arc::new(config),
@@ -58,6 +57,12 @@ pub async fn aws_ingress_from_env() -> anyhow::Result<Ingress> {
         &secrets,
     )
     .await?)
+}
+
+/// The deploy queue named by `SHIPIT_QUEUE_URL`.
+fn deploy_queue(sdk: &aws_config::SdkConfig) -> anyhow::Result<SqsQueue> {
+    let url = std::env::var("SHIPIT_QUEUE_URL").context("SHIPIT_QUEUE_URL is not set")?;
+    Ok(SqsQueue::new(aws_sdk_sqs::Client::new(sdk), url))
 }
 
 /// What the node-joined function needs: config, the deploy queue (`SHIPIT_QUEUE_URL`),
@@ -73,11 +78,9 @@ pub async fn aws_node_joined_from_env() -> anyhow::Result<NodeJoined> {
     let sdk = sdk_config().await;
     let ssm = ssm_client(&sdk);
     let secrets = Secrets::new(Some(ssm.clone()));
-    let config = config_from_env(&secrets).await?;
-    let queue_url = std::env::var("SHIPIT_QUEUE_URL").context("SHIPIT_QUEUE_URL is not set")?;
     Ok(NodeJoined {
-        config,
-        queue: SqsQueue::new(aws_sdk_sqs::Client::new(&sdk), queue_url),
+        config: config_from_env(&secrets).await?,
+        queue: deploy_queue(&sdk)?,
         ledger: SsmLedger::new(ssm.clone(), &ssm_prefix()),
         ssm: SdkRunCommand::new(ssm),
     })
