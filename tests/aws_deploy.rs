@@ -373,7 +373,19 @@ async fn a_failed_health_check_on_node_2_puts_nodes_1_and_2_back_and_fails_the_j
 async fn chat_rollback_resends_the_previous_job_through_the_queue_with_its_old_version() {
     let _turn = CONTROL.lock().await;
     control(json!({})).await;
-    let rig = Rig::new(2).await;
+    let mut rig = Rig::new(2).await;
+    // Stands in for Slack's response_url, which hears how the rollback ended.
+    let chat = wiremock::MockServer::start().await;
+    rig.config = Arc::new(Config {
+        slack_response_url_prefix: format!("{}/commands/", chat.uri()),
+        ..(*rig.config).clone()
+    });
+    wiremock::Mock::given(wiremock::matchers::method("POST"))
+        .and(wiremock::matchers::path("/commands/T1/1/x"))
+        .respond_with(wiremock::ResponseTemplate::new(200).set_body_string("ok"))
+        .expect(1)
+        .mount(&chat)
+        .await;
     let old = rig.job("1.0.0");
     rig.deploy(old.clone()).await;
     let bad = rig.job("1.1.0");
@@ -389,7 +401,13 @@ async fn chat_rollback_resends_the_previous_job_through_the_queue_with_its_old_v
     )
     .await
     .unwrap();
-    let body = common::slack_form("U1", "alice", "rollback hello", "t1");
+    let body = common::slack_form_replying_to(
+        &format!("{}/commands/T1/1/x", chat.uri()),
+        "U1",
+        "alice",
+        "rollback hello",
+        "t1",
+    );
     let reply = ingress
         .slack(&common::slack_headers(&body, Utc::now()), &body, Utc::now())
         .await;
@@ -408,6 +426,15 @@ async fn chat_rollback_resends_the_previous_job_through_the_queue_with_its_old_v
     assert_eq!(rig.log(&job).await, expected_order(&rig.nodes, "1.0.0"));
     let live = rig.ledger.history("hello", "production", 1).await.unwrap();
     assert_eq!(live[0].job.id, job.id);
+    let reply: Value = chat.received_requests().await.unwrap()[0]
+        .body_json()
+        .unwrap();
+    let text = reply["text"].as_str().unwrap();
+    assert!(
+        text.starts_with("hello 1.1.0 → 1.0.0 on production: deployed"),
+        "{text}"
+    );
+    assert_eq!(reply["response_type"], "in_channel");
 }
 
 #[tokio::test]

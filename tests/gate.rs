@@ -249,15 +249,26 @@ async fn pending_checks_are_waited_for_when_configured() {
 #[tokio::test]
 async fn deploy_force_from_chat_goes_past_the_gate_and_is_recorded() {
     let github = MockServer::start().await;
+    let chat = MockServer::start().await;
     let dir = tempfile::tempdir().unwrap();
     let (config, store) = setup(dir.path(), &github, 0);
+    let config = Arc::new(Config {
+        slack_response_url_prefix: format!("{}/commands/", chat.uri()),
+        ..(*config).clone()
+    });
+    let response_url = format!("{}/commands/T1/1/x", chat.uri());
+    Mock::given(method("POST"))
+        .and(path("/commands/T1/1/x"))
+        .respond_with(ResponseTemplate::new(200).set_body_string("ok"))
+        .mount(&chat)
+        .await;
     repo(&github, "v2.0.0", "ahead").await;
     checks(&github, "failure", ("completed", Some("failure"))).await;
     let (ingress, _) = shipit::wiring::local_ingress((*config).clone())
         .await
         .unwrap();
     let slash = |text: &str, trigger: &str| {
-        let body = slack_form("U1", "ann", text, trigger);
+        let body = slack_form_replying_to(&response_url, "U1", "ann", text, trigger);
         let ingress = &ingress;
         async move {
             let now = Utc::now();
@@ -286,6 +297,32 @@ async fn deploy_force_from_chat_goes_past_the_gate_and_is_recorded() {
     let history = store.history("hello", "production", 5).await.unwrap();
     assert_eq!(history[0].job.id, job);
     assert_eq!(history[0].job.forced_by.as_deref(), Some("@ann"));
+    // Chat hears both ends: why the first was skipped, and who forced the second.
+    let replies: Vec<Value> = chat
+        .received_requests()
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.body_json().unwrap())
+        .collect();
+    assert_eq!(replies.len(), 2, "{replies:#?}");
+    let text = replies[0]["text"].as_str().unwrap();
+    assert!(
+        text.ends_with("skipped: tag v2.0.0 (6113728) is not on main: merge it first, or deploy it with --force"),
+        "{text}"
+    );
+    let text = replies[1]["text"].as_str().unwrap();
+    assert!(
+        text.contains("2.0.0 (first deploy) on production: deployed"),
+        "{text}"
+    );
+    assert!(
+        replies[1]["blocks"]
+            .to_string()
+            .contains("forced past the gate by @ann"),
+        "{}",
+        replies[1]["blocks"]
+    );
 
     // --force with anything but a deploy is refused, not ignored.
     let reply = slash("rollback hello --force", "t-3").await;
