@@ -817,8 +817,28 @@ async fn a_node_that_joins_after_a_deploy_gets_the_live_version_and_nothing_else
     let job = DeployJob::from_json(&queued[0].1).unwrap();
     assert_eq!(job.version.as_str(), "1.1.0");
 
+    let sent_to_others = || async {
+        let mut n = 0;
+        for id in &rig.nodes {
+            let out = rig
+                .ssm
+                .list_commands()
+                .instance_id(id)
+                .send()
+                .await
+                .unwrap();
+            n += out.commands.unwrap_or_default().len();
+        }
+        n
+    };
+    let before = sent_to_others().await;
     let end = rig.deploy(job.clone()).await;
     assert_eq!(end.status.as_deref(), Some("succeeded"), "{end:?}");
+    assert_eq!(
+        sent_to_others().await,
+        before,
+        "no command for the other nodes"
+    );
     let n = &new[0];
     assert_eq!(
         rig.log(&job).await,
