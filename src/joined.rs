@@ -99,7 +99,7 @@ pub async fn node_joined(
                 live.job.version,
                 Source::Sync {
                     nodes: vec![instance.to_string()],
-                    by: format!("node {instance} joining"),
+                    by: "node-joined".into(),
                     nonce: format!("{event_id}:{instance}"),
                 },
                 now,

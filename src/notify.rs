@@ -665,14 +665,18 @@ fn seconds(d: chrono::Duration) -> String {
 
 /// The deploy's state in a few words, and its emoji.
 fn status_line(d: &Deploy) -> (String, &'static str) {
-    let sync = matches!(d.job.source, Source::Sync { .. });
+    // A sync of named nodes is a node joining (node-joined); of none, every node.
+    let synced = match &d.job.source {
+        Source::Sync { nodes, .. } if nodes.is_empty() => Some("every node".to_string()),
+        Source::Sync { nodes, .. } => Some(format!("{} joined,", nodes.join(", "))),
+        _ => None,
+    };
     match &d.outcome {
-        Some(Outcome::Succeeded { failed_installs }) if failed_installs.is_empty() && sync => (
-            "every node on the live version".into(),
-            ":white_check_mark:",
-        ),
         Some(Outcome::Succeeded { failed_installs }) if failed_installs.is_empty() => {
-            ("deployed".into(), ":white_check_mark:")
+            match synced {
+                Some(who) => (format!("{who} on the live version"), ":white_check_mark:"),
+                None => ("deployed".into(), ":white_check_mark:"),
+            }
         }
         Some(Outcome::Succeeded { failed_installs }) => (
             format!("deployed, except on {}", failed_installs.join(", ")),
@@ -799,4 +803,44 @@ pub fn render(d: &Deploy, st: &NotifyState, now: DateTime<Utc>) -> (String, Valu
         _ => {}
     }
     (text, Value::Array(blocks))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Rollout;
+    use crate::job::DeployJob;
+    use crate::version::Version;
+
+    fn synced(nodes: &[&str]) -> String {
+        let job = DeployJob::new(
+            "hello",
+            "production",
+            "hello-app".parse().unwrap(),
+            Version::parse("1.4.2").unwrap(),
+            Source::Sync {
+                nodes: nodes.iter().map(|n| n.to_string()).collect(),
+                by: "node-joined".into(),
+                nonce: "1".into(),
+            },
+            Utc::now(),
+        );
+        let mut d = Deploy::new(job, Rollout::default());
+        d.outcome = Some(Outcome::Succeeded {
+            failed_installs: vec![],
+        });
+        render(&d, &NotifyState::default(), Utc::now()).0
+    }
+
+    #[test]
+    fn a_joined_node_is_named_and_a_full_sync_speaks_of_every_node() {
+        assert_eq!(
+            synced(&["i-0abc"]),
+            "hello 1.4.2 (sync) on production: i-0abc joined, on the live version"
+        );
+        assert_eq!(
+            synced(&[]),
+            "hello 1.4.2 (sync) on production: every node on the live version"
+        );
+    }
 }
