@@ -667,14 +667,18 @@ fn seconds(d: chrono::Duration) -> String {
 fn status_line(d: &Deploy) -> (String, &'static str) {
     // A sync of named nodes is a node joining (node-joined); of none, every node.
     let synced = match &d.job.source {
-        Source::Sync { nodes, .. } if nodes.is_empty() => Some("every node".to_string()),
-        Source::Sync { nodes, .. } => Some(format!("{} joined,", nodes.join(", "))),
+        Source::Sync { nodes, .. } if nodes.is_empty() => {
+            Some("every node on the live version".to_string())
+        }
+        Source::Sync { nodes, .. } => {
+            Some(format!("{} joined, on the live version", nodes.join(", ")))
+        }
         _ => None,
     };
     match &d.outcome {
         Some(Outcome::Succeeded { failed_installs }) if failed_installs.is_empty() => {
             match synced {
-                Some(who) => (format!("{who} on the live version"), ":white_check_mark:"),
+                Some(line) => (line, ":white_check_mark:"),
                 None => ("deployed".into(), ":white_check_mark:"),
             }
         }
