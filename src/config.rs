@@ -787,6 +787,21 @@ fn check_text(text: &str, path: &Path) -> (Option<Config>, Vec<Problem>) {
                             "the app's directory on every node, e.g. \"/srv/hello\"",
                         );
                     }
+                    // IAM condition keys cannot be stack parameters, so the template fixes them.
+                    let missing: Vec<&str> = ["shipit:app", "shipit:env"]
+                        .into_iter()
+                        .filter(|t| !tags.contains_key(*t))
+                        .collect();
+                    if !missing.is_empty() {
+                        c.warning(
+                            format!("{ek}.ssm_tags"),
+                            format!(
+                                "no {} tag: infra/template.yaml lets deploy-step send commands only to nodes tagged shipit:app and shipit:env",
+                                missing.join(" or ")
+                            ),
+                            format!("tag the nodes and select them by both, e.g. ssm_tags = {{ \"shipit:app\" = \"{name}\", \"shipit:env\" = \"{env_name}\" }}"),
+                        );
+                    }
                     known.extend(e.vars.keys().cloned());
                     if e.dir.is_none() {
                         dirless.push(ek.clone());
@@ -843,7 +858,7 @@ fn check_text(text: &str, path: &Path) -> (Option<Config>, Vec<Problem>) {
                     None
                 }
                 _ => {
-                    c.error(&ek, "no nodes: neither ssm_tags nor nodes is set (or it is empty)", "ssm_tags = { \"shipit:app\" = \"hello\" } on AWS; nodes = [{ name = \"node1\", dir = \"nodes/node1\" }] locally");
+                    c.error(&ek, "no nodes: neither ssm_tags nor nodes is set (or it is empty)", "ssm_tags = { \"shipit:app\" = \"hello\", \"shipit:env\" = \"production\" } on AWS; nodes = [{ name = \"node1\", dir = \"nodes/node1\" }] locally");
                     None
                 }
             };
@@ -1259,7 +1274,7 @@ mod tests {
                 restart = "systemctl restart hello@{{port}}"
                 health = "true"
                 [apps.hello.environments.production]
-                ssm_tags = {{ "shipit:app" = "hello" }}
+                ssm_tags = {{ "shipit:app" = "hello", "shipit:env" = "production" }}
                 vars = {{ port = "8080" }}
                 {dir}
                 "#
@@ -1286,6 +1301,40 @@ mod tests {
                 "apps.hello.environments.production.dir"
             );
         }
+    }
+
+    #[test]
+    fn ssm_tags_without_the_template_s_tag_keys_are_warned_about() {
+        let text = |tags: &str| {
+            format!(
+                r#"
+                [apps.hello]
+                package = "hello-app"
+                install = "venv/bin/pip install {{package}}=={{version}}"
+                restart = "true"
+                health = "true"
+                [apps.hello.environments.production]
+                ssm_tags = {{ {tags} }}
+                "#
+            )
+        };
+        let warned = |tags: &str| -> Vec<String> {
+            let (config, problems) = check_text(&text(tags), Path::new("x.toml"));
+            assert!(config.is_some());
+            problems
+                .into_iter()
+                .filter(|p| p.key == "apps.hello.environments.production.ssm_tags")
+                .map(|p| {
+                    assert_eq!(p.severity, Severity::Warning);
+                    p.message
+                })
+                .collect()
+        };
+        assert!(warned(r#""shipit:app" = "hello", "shipit:env" = "production""#).is_empty());
+        let w = warned(r#""shipit:app" = "hello", "role" = "web""#);
+        assert_eq!(w.len(), 1);
+        assert!(w[0].starts_with("no shipit:env tag:"), "{}", w[0]);
+        assert!(warned(r#"app = "hello""#)[0].starts_with("no shipit:app or shipit:env tag:"));
     }
 
     #[test]
