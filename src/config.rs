@@ -1263,21 +1263,29 @@ mod tests {
         );
     }
 
+    /// An app on SSM nodes selected by `tags`, with `env` added to its environment.
+    fn ssm_app(tags: &str, env: &str) -> String {
+        format!(
+            r#"
+            [apps.hello]
+            package = "hello-app"
+            install = "{{dir}}/venv/bin/pip install {{package}}=={{version}}"
+            restart = "systemctl restart hello@{{port}}"
+            health = "true"
+            [apps.hello.environments.production]
+            ssm_tags = {{ {tags} }}
+            vars = {{ port = "8080" }}
+            {env}
+            "#
+        )
+    }
+
     #[test]
     fn ssm_environments_name_their_directory_for_dir() {
         let text = |dir: &str| {
-            format!(
-                r#"
-                [apps.hello]
-                package = "hello-app"
-                install = "{{dir}}/venv/bin/pip install {{package}}=={{version}}"
-                restart = "systemctl restart hello@{{port}}"
-                health = "true"
-                [apps.hello.environments.production]
-                ssm_tags = {{ "shipit:app" = "hello", "shipit:env" = "production" }}
-                vars = {{ port = "8080" }}
-                {dir}
-                "#
+            ssm_app(
+                r#""shipit:app" = "hello", "shipit:env" = "production""#,
+                dir,
             )
         };
         let ok = Config::parse(&text("dir = \"/srv/hello\""), Path::new("x.toml")).unwrap();
@@ -1305,19 +1313,7 @@ mod tests {
 
     #[test]
     fn ssm_tags_without_the_template_s_tag_keys_are_warned_about() {
-        let text = |tags: &str| {
-            format!(
-                r#"
-                [apps.hello]
-                package = "hello-app"
-                install = "venv/bin/pip install {{package}}=={{version}}"
-                restart = "true"
-                health = "true"
-                [apps.hello.environments.production]
-                ssm_tags = {{ {tags} }}
-                "#
-            )
-        };
+        let text = |tags: &str| ssm_app(tags, "dir = \"/srv/hello\"");
         let warned = |tags: &str| -> Vec<String> {
             let (config, problems) = check_text(&text(tags), Path::new("x.toml"));
             assert!(config.is_some());
