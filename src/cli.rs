@@ -226,14 +226,7 @@ pub async fn drift(
     let report = results
         .into_iter()
         .map(|(node, r)| {
-            let (installed, detail) = match r {
-                crate::engine::NodeResult::Reported { output } => {
-                    (crate::engine::installed_version(&output), output)
-                }
-                crate::engine::NodeResult::Failed { output, .. } => (None, output),
-                other => (None, format!("{other:?}")),
-            };
-            let detail = crate::engine::last_line(&detail);
+            let (installed, detail) = crate::engine::probed(&r);
             NodeVersion {
                 node,
                 installed,

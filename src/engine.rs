@@ -733,24 +733,14 @@ impl Deploy {
             Phase::Probe => {
                 let target = self.job.version.clone();
                 for node in &mut self.nodes {
-                    let r = result_of(&node.name);
-                    let installed = match &r {
-                        NodeResult::Reported { output } => installed_version(output),
-                        _ => None,
-                    };
+                    let (installed, detail) = probed(&result_of(&node.name));
                     if installed.as_ref().is_some_and(|v| v.same_as(&target)) {
                         node.state = NodeState::Healthy;
                     } else {
-                        let said = match &r {
-                            NodeResult::Reported { output } | NodeResult::Failed { output, .. } => {
-                                last_line(output)
-                            }
-                            _ => String::new(),
-                        };
                         notices.push(Notice::Drifted {
                             node: node.name.clone(),
                             installed,
-                            detail: said,
+                            detail,
                         });
                     }
                 }
@@ -1067,7 +1057,7 @@ impl Deploy {
 
 /// The version a `CommandKind::Version` command printed: `pip show`'s `Version:` line, or
 /// else its last line.
-pub fn installed_version(output: &str) -> Option<Version> {
+fn installed_version(output: &str) -> Option<Version> {
     let line = output
         .lines()
         .find_map(|l| l.strip_prefix("Version:"))
@@ -1076,8 +1066,18 @@ pub fn installed_version(output: &str) -> Option<Version> {
     Version::parse(line.trim()).ok()
 }
 
+/// What a node answered a `CommandKind::Version` command: the version it runs, if it
+/// printed one, and the last line it said.
+pub fn probed(result: &NodeResult) -> (Option<Version>, String) {
+    match result {
+        NodeResult::Reported { output } => (installed_version(output), last_line(output)),
+        NodeResult::Failed { output, .. } => (None, last_line(output)),
+        _ => (None, String::new()),
+    }
+}
+
 /// The last non-blank line of `output`, trimmed and cut to `DETAIL_CHARS`.
-pub fn last_line(output: &str) -> String {
+fn last_line(output: &str) -> String {
     let last = output
         .lines()
         .rev()

@@ -238,12 +238,12 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     .installed
                     .as_ref()
                     .map_or("-".to_string(), |v| v.to_string());
-                let note = match &n.installed {
-                    Some(v) if v.same_as(&live) => "ok".to_string(),
-                    Some(_) => "differs".to_string(),
-                    None => format!("not installed: {}", n.detail),
+                let (in_sync, note) = match &n.installed {
+                    Some(v) if v.same_as(&live) => (true, "ok".to_string()),
+                    Some(_) => (false, "differs".to_string()),
+                    None => (false, format!("not installed: {}", n.detail)),
                 };
-                drifted += usize::from(note != "ok");
+                drifted += usize::from(!in_sync);
                 println!("{:<16} {installed:<14} {note}", n.node);
             }
             if drifted > 0 {
