@@ -11,10 +11,10 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use hmac::{Hmac, Mac};
 use http::{HeaderMap, HeaderValue};
 use shipit::config::Config;
+use shipit::deploy::job::DeployJob;
+use shipit::deploy::ports::{Enqueued, JobQueue, PortError};
 use shipit::ingress::{sign_hex, Ingress};
-use shipit::job::DeployJob;
-use shipit::ports::{Enqueued, JobQueue, PortError};
-use shipit::store::Store;
+use shipit::local::store::Store;
 
 struct Discard;
 
@@ -53,7 +53,7 @@ fn bench(c: &mut Criterion) {
             Arc::new(config),
             Arc::new(Discard),
             ledger,
-            &shipit::secrets::Secrets::new(None),
+            &shipit::config::secrets::Secrets::new(None),
         ))
         .unwrap();
     let check = rt.block_on(ingress.github(&headers, &body, Utc::now()));

@@ -13,8 +13,9 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use shipit::config::Config;
+use shipit::deploy::status::JobStatus;
 use shipit::ingress::sign_hex;
-use shipit::store::Store;
+use shipit::local::store::Store;
 
 const NODES: usize = 10;
 const WEBHOOKS: usize = 2000;
@@ -54,7 +55,7 @@ async fn deploy_figures() {
     let root = dir.path();
     let ports: Vec<u16> = (0..NODES).map(|_| port()).collect();
     let names: Vec<String> = (1..=NODES).map(|i| format!("node{i}")).collect();
-    shipit::demo::set_up_nodes(root, &names, &["1.0.0", "1.1.0"]).unwrap();
+    shipit::cli::demo::set_up_nodes(root, &names, &["1.0.0", "1.1.0"]).unwrap();
     let nodes: Vec<String> = ports
         .iter()
         .enumerate()
@@ -97,7 +98,7 @@ nodes = [{}]
             let status = shipit::cli::wait(config, &store, &job.id, |_| {})
                 .await
                 .unwrap();
-            assert_eq!(status, "succeeded");
+            assert_eq!(status, JobStatus::Succeeded);
             t.elapsed()
         }
     };
@@ -180,12 +181,12 @@ nodes = [{{ name = "n1", dir = "n1" }}]
     )
     .unwrap();
     let config = Config::load(&dir.path().join("shipit.toml")).unwrap();
-    let (ingress, store) = shipit::wiring::local_ingress(config).await.unwrap();
+    let (ingress, store) = shipit::run::local::local_ingress(config).await.unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}/hooks/github", listener.local_addr().unwrap());
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     // The server alone: jobs are queued durably and stay queued (no worker runs them).
-    let server = tokio::spawn(shipit::server::serve(
+    let server = tokio::spawn(shipit::run::server::serve(
         Arc::new(ingress),
         store.clone(),
         listener,

@@ -19,14 +19,15 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use shipit::aws::fleet::{RunCommand, SendRequest, SsmFleet, Status};
+use shipit::config::secrets::Secrets;
 use shipit::config::Config;
-use shipit::job::{DeployJob, Source};
-use shipit::ports::{Ledger, PortError};
-use shipit::secrets::Secrets;
-use shipit::step::{StepState, Stepper};
-use shipit::store::Store;
-use shipit::version::Version;
-use shipit::wiring::Outbound;
+use shipit::deploy::job::{DeployJob, Source};
+use shipit::deploy::ports::{Ledger, PortError};
+use shipit::deploy::status::JobStatus;
+use shipit::deploy::version::Version;
+use shipit::drive::step::{StepState, Stepper};
+use shipit::drive::{Driver, Outbound};
+use shipit::local::store::Store;
 use tokio::time::Instant;
 
 const NODES: usize = 1000;
@@ -161,7 +162,7 @@ impl RunCommand for Model {
 
 struct Run {
     makespan: Duration,
-    status: String,
+    status: Option<JobStatus>,
     steps: u64,
     ssm_calls: u64,
 }
@@ -201,14 +202,9 @@ ssm_tags = { "shipit:app" = "hello" }
         .unwrap();
     let model = Arc::new(Model::new(failing));
     let out = Outbound::new(config.clone(), Arc::new(Secrets::new(None)));
-    let stepper = Stepper::new(
-        config,
-        ledger,
-        SsmFleet::new(model.clone()),
-        out,
-        Duration::from_secs(60),
-    )
-    .with_clock(clock.clone());
+    let fleet = Arc::new(SsmFleet::new(model.clone(), config.clone()));
+    let driver = Driver::new(config, ledger, fleet, None, out);
+    let stepper = Stepper::new(driver, Duration::from_secs(60)).with_clock(clock.clone());
     let start = Instant::now();
     let mut state = StepState::start(job("2.0.0", clock()));
     let mut steps = 0;
@@ -219,7 +215,7 @@ ssm_tags = { "shipit:app" = "hello" }
     }
     let run = Run {
         makespan: start.elapsed(),
-        status: state.status.unwrap_or_default(),
+        status: state.status,
         steps,
         ssm_calls: model.calls.load(Ordering::Relaxed),
     };
@@ -241,7 +237,7 @@ fn main() {
     let serial = sum_install + NODES as f64 * per_node;
     let ours = ok.makespan.as_secs_f64();
     println!(
-        "simulated deploy of {NODES} nodes (virtual time): {}",
+        "simulated deploy of {NODES} nodes (virtual time): {:?}",
         ok.status
     );
     println!("  makespan {ours:.0} s; floor {floor:.0} s (slowest install {max_install:.0} s + {NODES} × {per_node:.0} s)");
@@ -259,10 +255,10 @@ fn main() {
         "  Step Functions history events     {} (limit 25,000)",
         history_events(ok.steps)
     );
-    assert_eq!(ok.status, "succeeded");
+    assert_eq!(ok.status, Some(JobStatus::Succeeded));
 
     let (bad, _) = rt.block_on(simulate(Some(500), &dir.path().join("b.db")));
-    println!("health check failing on node 500: {}", bad.status);
+    println!("health check failing on node 500: {:?}", bad.status);
     // Its floor: forward to node 500, then the old version reinstalled and 500 restarts.
     let bad_floor = 2.0 * (max_install + 500.0 * per_node);
     println!(

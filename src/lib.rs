@@ -1,24 +1,23 @@
 //! shipit: tag pushes, package uploads and chat commands become deploy jobs; a
 //! step-driven deploy installs in parallel and restarts one node at a time.
+//!
+//! Floors, from the top: `cli` and `run` (entry points) → `drive` (the one deploy
+//! driver, for Step Functions and the local worker) → the adapters (`aws`, `local`,
+//! `outbound`) and `ingress` → `config` → `deploy` (the sans-IO core). A module imports
+//! only from its own floor or below; `.ci/run` checks it.
+
+//!
+//! Features: `local` (default through `cli`) adds the one-machine runtime (SQLite, the
+//! HTTP server); `cli` the `shipit` command. The Lambda functions build without either.
 
 pub mod aws;
+#[cfg(feature = "cli")]
 pub mod cli;
 pub mod config;
-pub mod demo;
-pub mod engine;
-pub mod gate;
+pub mod deploy;
+pub mod drive;
 pub mod ingress;
-pub mod job;
-pub mod joined;
-pub mod lambda;
+#[cfg(feature = "local")]
 pub mod local;
-pub mod notify;
-pub mod ports;
-pub mod secrets;
-pub mod server;
-pub mod step;
-pub mod store;
-pub mod template;
-pub mod version;
-pub mod wiring;
-pub mod worker;
+pub mod outbound;
+pub mod run;

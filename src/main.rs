@@ -9,7 +9,8 @@ use clap::{Parser, Subcommand};
 use serde_json::Value;
 use shipit::cli;
 use shipit::config::{self, Config};
-use shipit::wiring::{init_tracing, local_ingress, open_store};
+use shipit::run::local::{local_ingress, open_store};
+use shipit::run::telemetry::init_tracing;
 
 #[derive(Parser)]
 #[command(
@@ -137,8 +138,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .with_context(|| format!("binding {addr}"))?;
             tracing::info!(addr = %listener.local_addr()?, "shipit serving");
             let (stop, stopped) = tokio::sync::watch::channel(false);
-            let out = shipit::wiring::local_outbound(ingress.config.clone()).await;
-            let worker = shipit::worker::Worker::new(ingress.config.clone(), store.clone(), out);
+            let out = shipit::run::local::local_outbound(ingress.config.clone()).await;
+            let worker =
+                shipit::drive::worker::Worker::new(ingress.config.clone(), store.clone(), out);
             let holder = format!("serve-{}", std::process::id());
             let worker = tokio::spawn(async move { worker.run(&holder, stopped).await });
             let shutdown = async {
@@ -157,7 +159,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 let _ = ctrl_c.await;
                 tracing::info!("shutting down");
             };
-            shipit::server::serve(Arc::new(ingress), store, listener, shutdown).await?;
+            shipit::run::server::serve(Arc::new(ingress), store, listener, shutdown).await?;
             let _ = stop.send(true);
             worker.await?.map_err(|e| anyhow!("worker: {e}"))?;
         }
@@ -169,7 +171,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     .with_context(|| format!("reading {}", path.display()))?;
                 let event = serde_json::from_str(&text)
                     .with_context(|| format!("{} is not JSON", path.display()))?;
-                let out = shipit::lambda::handle_any(&ingress, event, Utc::now())
+                let out = shipit::run::lambda::handle_any(&ingress, event, Utc::now())
                     .await
                     .map_err(|e| anyhow!("{}: {e}", path.display()))?;
                 if json {
@@ -261,7 +263,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             return follow(config, &store, job, wait).await;
         }
         Command::Demo { dir } => {
-            return Ok(if shipit::demo::run(dir).await? {
+            return Ok(if shipit::cli::demo::run(dir).await? {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::FAILURE
@@ -315,8 +317,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 /// Prints the queued job, and with `wait` its progress; the exit code says how it ended.
 async fn follow(
     config: Arc<Config>,
-    store: &shipit::store::Store,
-    job: shipit::job::DeployJob,
+    store: &shipit::local::store::Store,
+    job: shipit::deploy::job::DeployJob,
     wait: bool,
 ) -> anyhow::Result<ExitCode> {
     println!(
@@ -332,12 +334,12 @@ async fn follow(
         cli::wait(config, store, &job.id, |n| print!("{}", view.update(n))).await?
     } else {
         cli::wait(config, store, &job.id, |n| {
-            println!("{prefix}: {}", shipit::worker::describe(n))
+            println!("{prefix}: {}", shipit::deploy::status::describe(n))
         })
         .await?
     };
     println!("{prefix}: {status}");
-    Ok(if status == "succeeded" {
+    Ok(if status == shipit::deploy::status::JobStatus::Succeeded {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE

@@ -15,13 +15,14 @@ use common::{sdk, unique};
 use serde_json::{json, Value};
 use shipit::aws::fleet::{SdkRunCommand, SsmFleet};
 use shipit::aws::{SqsQueue, SsmLedger};
+use shipit::config::secrets::Secrets;
 use shipit::config::Config;
-use shipit::job::{DeployJob, Source};
-use shipit::ports::{JobQueue, Ledger};
-use shipit::secrets::Secrets;
-use shipit::step::{StepState, Stepper};
-use shipit::version::Version;
-use shipit::wiring::Outbound;
+use shipit::deploy::job::{DeployJob, Source};
+use shipit::deploy::ports::{JobQueue, Ledger};
+use shipit::deploy::status::JobStatus;
+use shipit::deploy::version::Version;
+use shipit::drive::step::{StepState, Stepper};
+use shipit::drive::{Driver, Outbound};
 
 /// The emulator's SSM outcome rules are one global setting: tests that set them take turns.
 static CONTROL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -154,7 +155,7 @@ struct Rig {
 
 impl Rig {
     async fn new(nodes: usize) -> Rig {
-        let ssm = shipit::wiring::ssm_client(&sdk().await);
+        let ssm = shipit::run::wiring::ssm_client(&sdk().await);
         let fleet = unique("fleet");
         let nodes = launch(nodes, &[("shipit:app", "hello"), ("shipit:fleet", &fleet)]).await;
         let stranger = launch(1, &[("shipit:app", "hello"), ("shipit:fleet", "other")]).await;
@@ -168,14 +169,16 @@ impl Rig {
         }
     }
 
-    fn stepper(&self, budget: Duration) -> Stepper<SdkRunCommand> {
-        Stepper::new(
+    fn stepper(&self, budget: Duration) -> Stepper {
+        let fleet = SsmFleet::new(SdkRunCommand::new(self.ssm.clone()), self.config.clone());
+        let driver = Driver::new(
             self.config.clone(),
             self.ledger.clone(),
-            SsmFleet::new(SdkRunCommand::new(self.ssm.clone())),
+            Arc::new(fleet),
+            None,
             Outbound::new(self.config.clone(), Arc::new(Secrets::new(None))),
-            budget,
-        )
+        );
+        Stepper::new(driver, budget)
     }
 
     fn job(&self, version: &str) -> DeployJob {
@@ -292,12 +295,12 @@ async fn a_deploy_installs_on_the_tagged_nodes_at_once_then_restarts_them_one_by
     let rig = Rig::new(3).await;
     let first = rig.job("1.0.0");
     assert_eq!(
-        rig.deploy(first.clone()).await.status.as_deref(),
-        Some("succeeded")
+        rig.deploy(first.clone()).await.status,
+        Some(JobStatus::Succeeded)
     );
     let job = rig.job("1.1.0");
     let end = rig.deploy(job.clone()).await;
-    assert_eq!(end.status.as_deref(), Some("succeeded"), "{end:?}");
+    assert_eq!(end.status, Some(JobStatus::Succeeded), "{end:?}");
     assert_eq!(rig.log(&job).await, expected_order(&rig.nodes, "1.1.0"));
     let cmds = rig.commands(&job).await;
     assert!(
@@ -335,7 +338,7 @@ async fn a_failed_health_check_on_node_2_puts_nodes_1_and_2_back_and_fails_the_j
     .await;
     let job = rig.job("1.2.0");
     let end = rig.deploy(job.clone()).await;
-    assert_eq!(end.status.as_deref(), Some("failed"), "{end:?}");
+    assert_eq!(end.status, Some(JobStatus::Failed), "{end:?}");
     let reason = end.reason.unwrap();
     assert!(
         reason.contains(&rig.nodes[1]) && reason.contains("Failed to connect"),
@@ -397,7 +400,7 @@ async fn chat_rollback_resends_the_previous_job_through_the_queue_with_its_old_v
         rig.config.clone(),
         queue,
         rig.ledger.clone(),
-        &shipit::secrets::Secrets::new(None),
+        &shipit::config::secrets::Secrets::new(None),
     )
     .await
     .unwrap();
@@ -422,7 +425,7 @@ async fn chat_rollback_resends_the_previous_job_through_the_queue_with_its_old_v
     );
     assert_ne!(job.id, old.id);
     let end = rig.deploy(job.clone()).await;
-    assert_eq!(end.status.as_deref(), Some("succeeded"));
+    assert_eq!(end.status, Some(JobStatus::Succeeded));
     assert_eq!(rig.log(&job).await, expected_order(&rig.nodes, "1.0.0"));
     let live = rig.ledger.history("hello", "production", 1).await.unwrap();
     assert_eq!(live[0].job.id, job.id);
@@ -458,7 +461,7 @@ async fn a_replayed_step_finds_the_command_it_sent_instead_of_sending_another() 
         }
         state = next;
     }
-    assert_eq!(state.status.as_deref(), Some("succeeded"));
+    assert_eq!(state.status, Some(JobStatus::Succeeded));
     assert_eq!(replays, 1 + 2 * rig.nodes.len());
     assert_eq!(rig.log(&job).await, expected_order(&rig.nodes, "1.0.0"));
     control(json!({})).await;
@@ -475,7 +478,7 @@ async fn throttling_is_retried_and_unreachable_nodes_are_left_out() {
     .await;
     let job = rig.job("1.0.0");
     let end = rig.deploy(job.clone()).await;
-    assert_eq!(end.status.as_deref(), Some("succeeded"), "{end:?}");
+    assert_eq!(end.status, Some(JobStatus::Succeeded), "{end:?}");
     assert_eq!(
         rig.log(&job).await,
         expected_order(&rig.nodes[..2], "1.0.0")
@@ -522,10 +525,10 @@ async fn dispatch_starts_one_execution_per_job_even_when_a_message_comes_twice()
         .collect();
     let event: aws_lambda_events::event::sqs::SqsEvent =
         serde_json::from_value(json!({ "Records": records })).unwrap();
-    let resp = shipit::lambda::dispatch(&sfn, &machine, &event).await;
+    let resp = shipit::run::lambda::dispatch(&sfn, &machine, &event).await;
     assert!(resp.batch_item_failures.is_empty(), "{resp:?}");
     // Delivered again (a Lambda retry, or SQS after its visibility timeout).
-    let resp = shipit::lambda::dispatch(&sfn, &machine, &event).await;
+    let resp = shipit::run::lambda::dispatch(&sfn, &machine, &event).await;
     assert!(resp.batch_item_failures.is_empty(), "{resp:?}");
     let names = executions(&sfn, &machine).await;
     let mut want = vec![a.id.to_string(), b.id.to_string()];
@@ -552,7 +555,7 @@ async fn dispatch_starts_one_execution_per_job_even_when_a_message_comes_twice()
     records[0].message_id = Some("bad".into());
     let mut bad = event.clone();
     bad.records = records;
-    let resp = shipit::lambda::dispatch(&sfn, &machine, &bad).await;
+    let resp = shipit::run::lambda::dispatch(&sfn, &machine, &bad).await;
     let failed: Vec<_> = resp
         .batch_item_failures
         .iter()
@@ -785,14 +788,14 @@ async fn a_node_that_joins_after_a_deploy_gets_the_live_version_and_nothing_else
     control(json!({})).await;
     let rig = Rig::new(2).await;
     let live = rig.job("1.1.0");
-    assert_eq!(rig.deploy(live).await.status.as_deref(), Some("succeeded"));
+    assert_eq!(rig.deploy(live).await.status, Some(JobStatus::Succeeded));
     let fifo = common::Fifo::new().await;
     let ssm = SdkRunCommand::new(rig.ssm.clone());
     let joined = |event: Value| {
         let (config, ledger, queue, ssm) =
             (rig.config.clone(), rig.ledger.clone(), fifo.queue(), &ssm);
         async move {
-            shipit::joined::node_joined(
+            shipit::aws::joined::node_joined(
                 &config,
                 &queue,
                 ledger.as_ref(),
@@ -833,7 +836,7 @@ async fn a_node_that_joins_after_a_deploy_gets_the_live_version_and_nothing_else
     };
     let before = sent_to_others().await;
     let end = rig.deploy(job.clone()).await;
-    assert_eq!(end.status.as_deref(), Some("succeeded"), "{end:?}");
+    assert_eq!(end.status, Some(JobStatus::Succeeded), "{end:?}");
     assert_eq!(
         sent_to_others().await,
         before,

@@ -7,11 +7,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use shipit::config::Config;
-use shipit::engine::Notice;
-use shipit::job::JobId;
-use shipit::ports::Ledger;
-use shipit::store::Store;
-use shipit::worker::Worker;
+use shipit::deploy::engine::Notice;
+use shipit::deploy::job::JobId;
+use shipit::deploy::ports::Ledger;
+use shipit::deploy::status::JobStatus;
+use shipit::drive::worker::Worker;
+use shipit::local::store::Store;
 
 struct Example {
     dir: tempfile::TempDir,
@@ -33,7 +34,7 @@ impl Example {
         let nodes: Vec<(String, u16)> =
             (1..=n).map(|i| (format!("node{i}"), free_port())).collect();
         let names: Vec<String> = nodes.iter().map(|(n, _)| n.clone()).collect();
-        shipit::demo::set_up_nodes(dir.path(), &names, &["1.0.0", "1.1.0", "1.2.0:broken"])
+        shipit::cli::demo::set_up_nodes(dir.path(), &names, &["1.0.0", "1.1.0", "1.2.0:broken"])
             .unwrap();
         let ex = Example { dir, nodes };
         ex.write_config();
@@ -167,7 +168,7 @@ impl Drop for Example {
     }
 }
 
-async fn deploy(ex: &Example, version: &str) -> (JobId, String, Vec<Notice>) {
+async fn deploy(ex: &Example, version: &str) -> (JobId, JobStatus, Vec<Notice>) {
     let (config, store) = (ex.config(), ex.store());
     let job = shipit::cli::deploy(&config, &store, "hello", version, None, false)
         .await
@@ -175,7 +176,7 @@ async fn deploy(ex: &Example, version: &str) -> (JobId, String, Vec<Notice>) {
     finish(ex, &job.id).await
 }
 
-async fn finish(ex: &Example, job: &JobId) -> (JobId, String, Vec<Notice>) {
+async fn finish(ex: &Example, job: &JobId) -> (JobId, JobStatus, Vec<Notice>) {
     let (config, store) = (ex.config(), ex.store());
     let status = shipit::cli::wait(config, &store, job, |_| {})
         .await
@@ -209,7 +210,7 @@ fn steps(notices: &[Notice]) -> Vec<String> {
 async fn installs_in_parallel_restarts_in_order_and_rolls_back_a_bad_version() {
     let ex = Example::new(3);
     let (_, status, notices) = deploy(&ex, "1.0.0").await;
-    assert_eq!(status, "succeeded", "{notices:?}");
+    assert_eq!(status, JobStatus::Succeeded, "{notices:?}");
     let s = steps(&notices);
     assert_eq!(
         s,
@@ -228,12 +229,12 @@ async fn installs_in_parallel_restarts_in_order_and_rolls_back_a_bad_version() {
     assert_eq!(ex.served(), ["1.0.0", "1.0.0", "1.0.0"]);
 
     let (_, status, _) = deploy(&ex, "1.1.0").await;
-    assert_eq!(status, "succeeded");
+    assert_eq!(status, JobStatus::Succeeded);
     assert_eq!(ex.served(), ["1.1.0", "1.1.0", "1.1.0"]);
 
     // The broken build fails on the canary; nodes 2 and 3 are never restarted onto it.
     let (_, status, notices) = deploy(&ex, "1.2.0").await;
-    assert_eq!(status, "failed");
+    assert_eq!(status, JobStatus::Failed);
     let s = steps(&notices);
     assert_eq!(
         &s[3..],
@@ -266,7 +267,7 @@ async fn installs_in_parallel_restarts_in_order_and_rolls_back_a_bad_version() {
         .unwrap();
     assert_eq!(job.version.as_str(), "1.0.0");
     let (_, status, _) = finish(&ex, &job.id).await;
-    assert_eq!(status, "succeeded");
+    assert_eq!(status, JobStatus::Succeeded);
     assert_eq!(ex.served(), ["1.0.0", "1.0.0", "1.0.0"]);
 }
 
@@ -281,12 +282,12 @@ async fn two_deploys_of_one_app_never_overlap() {
         .await
         .unwrap();
     let (stop, stopped) = tokio::sync::watch::channel(false);
-    let out = shipit::wiring::local_outbound(config.clone()).await;
+    let out = shipit::run::local::local_outbound(config.clone()).await;
     let worker = Worker::new(config.clone(), store.clone(), out);
     let running = tokio::spawn(async move { worker.run("test", stopped).await });
     let deadline = Instant::now() + Duration::from_secs(120);
-    while store.job(&second.id).await.unwrap().unwrap().status == "queued"
-        || store.job(&second.id).await.unwrap().unwrap().status == "running"
+    while store.job(&second.id).await.unwrap().unwrap().status == JobStatus::Queued
+        || store.job(&second.id).await.unwrap().unwrap().status == JobStatus::Running
     {
         assert!(Instant::now() < deadline, "deploys did not finish");
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -294,7 +295,10 @@ async fn two_deploys_of_one_app_never_overlap() {
     stop.send(true).unwrap();
     running.await.unwrap().unwrap();
     for id in [&first.id, &second.id] {
-        assert_eq!(store.job(id).await.unwrap().unwrap().status, "succeeded");
+        assert_eq!(
+            store.job(id).await.unwrap().unwrap().status,
+            JobStatus::Succeeded
+        );
     }
     // The second deploy's first notice comes after the first deploy's last one.
     let last_of_first = store.notices(&first.id, 0).await.unwrap().last().unwrap().0;
@@ -316,7 +320,7 @@ async fn two_deploys_of_one_app_never_overlap() {
 async fn a_killed_worker_resumes_without_restarting_a_finished_node_again() {
     let ex = Example::new(3);
     let (_, status, _) = deploy(&ex, "1.0.0").await;
-    assert_eq!(status, "succeeded");
+    assert_eq!(status, JobStatus::Succeeded);
 
     // Deploy 1.1.0 in a separate process and kill -9 it once node1 is done.
     let store = ex.store();
@@ -355,11 +359,14 @@ async fn a_killed_worker_resumes_without_restarting_a_finished_node_again() {
     };
     child.kill().unwrap(); // SIGKILL: no chance to clean up
     child.wait().unwrap();
-    assert_eq!(store.job(&job).await.unwrap().unwrap().status, "running");
+    assert_eq!(
+        store.job(&job).await.unwrap().unwrap().status,
+        JobStatus::Running
+    );
 
     // A new worker (after the dead one's lease runs out) picks the deploy up where it was.
     let (_, status, _) = finish(&ex, &job).await;
-    assert_eq!(status, "succeeded");
+    assert_eq!(status, JobStatus::Succeeded);
     assert_eq!(ex.served(), ["1.1.0", "1.1.0", "1.1.0"]);
     assert_eq!(
         ex.starts("node1", "1.1.0"),
@@ -373,18 +380,18 @@ async fn a_killed_worker_resumes_without_restarting_a_finished_node_again() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_fleet_runs_a_command_key_once_however_often_it_is_asked() {
-    use shipit::engine::{Command as FleetCommand, CommandKind, NodeResult};
+    use shipit::deploy::command::{Command as FleetCommand, CommandKind, NodeResult};
     let ex = Example::new(1);
     let (_, status, _) = deploy(&ex, "1.0.0").await;
-    assert_eq!(status, "succeeded");
+    assert_eq!(status, JobStatus::Succeeded);
     let config = ex.config();
     let app = config.app("hello").unwrap();
     let env = &app.environments["production"];
-    let fleet = shipit::local::LocalFleet::new(ex.store());
+    let fleet = shipit::local::fleet::LocalFleet::new(ex.store(), config.clone());
     let restart = |key: &str| FleetCommand {
         key: key.into(),
         kind: CommandKind::Restart,
-        version: shipit::version::Version::parse("1.0.0").unwrap(),
+        version: shipit::deploy::version::Version::parse("1.0.0").unwrap(),
         nodes: vec!["node1".into()],
         concurrency: 0,
     };
@@ -392,7 +399,7 @@ async fn the_fleet_runs_a_command_key_once_however_often_it_is_asked() {
     for _ in 0..3 {
         // A driver that replays a step asks again with the same key.
         let results = fleet
-            .run(app, env, &restart("replayed:restart:node1"))
+            .run_on(app, env, &restart("replayed:restart:node1"))
             .await
             .unwrap();
         assert_eq!(results, [("node1".to_string(), NodeResult::Succeeded)]);
@@ -412,7 +419,7 @@ async fn the_fleet_runs_a_command_key_once_however_often_it_is_asked() {
                     .as_nanos()
             );
             if fleet
-                .run(
+                .run_on(
                     app,
                     env,
                     &FleetCommand {
@@ -438,7 +445,7 @@ async fn the_fleet_runs_a_command_key_once_however_often_it_is_asked() {
         "one key, one restart"
     );
     fleet
-        .run(app, env, &restart("another:restart:node1"))
+        .run_on(app, env, &restart("another:restart:node1"))
         .await
         .unwrap();
     wait_healthy().await;
@@ -446,7 +453,7 @@ async fn the_fleet_runs_a_command_key_once_however_often_it_is_asked() {
 
     // A node the config does not know is refused, not run.
     let failing = fleet
-        .run(
+        .run_on(
             app,
             env,
             &FleetCommand {
@@ -465,7 +472,7 @@ async fn the_fleet_runs_a_command_key_once_however_often_it_is_asked() {
 #[tokio::test]
 async fn sync_brings_a_new_node_and_a_drifted_one_to_the_live_version_and_no_other() {
     let mut ex = Example::new(3);
-    assert_eq!(deploy(&ex, "1.1.0").await.1, "succeeded");
+    assert_eq!(deploy(&ex, "1.1.0").await.1, JobStatus::Succeeded);
     ex.add_node("node4");
     ex.pip_install("node2", "1.0.0");
 

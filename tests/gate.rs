@@ -11,10 +11,11 @@ use chrono::Utc;
 use common::*;
 use serde_json::{json, Value};
 use shipit::config::Config;
-use shipit::engine::{Notice, Outcome};
-use shipit::job::JobId;
-use shipit::ports::Ledger;
-use shipit::store::Store;
+use shipit::deploy::engine::{Notice, Outcome};
+use shipit::deploy::job::JobId;
+use shipit::deploy::ports::Ledger;
+use shipit::deploy::status::JobStatus;
+use shipit::local::store::Store;
 use wiremock::matchers::{header, method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
@@ -98,7 +99,7 @@ async fn checks(github: &MockServer, status: &str, run: (&str, Option<&str>)) {
 }
 
 async fn tag_deploy(config: &Arc<Config>, tag: &str) -> JobId {
-    let (ingress, _) = shipit::wiring::local_ingress((**config).clone())
+    let (ingress, _) = shipit::run::local::local_ingress((**config).clone())
         .await
         .unwrap();
     let body = tag_push("acme/hello", tag);
@@ -110,7 +111,7 @@ async fn tag_deploy(config: &Arc<Config>, tag: &str) -> JobId {
 }
 
 /// Runs the job to its end: its status and how it ended.
-async fn run(config: &Arc<Config>, store: &Store, job: &JobId) -> (String, Outcome) {
+async fn run(config: &Arc<Config>, store: &Store, job: &JobId) -> (JobStatus, Outcome) {
     let mut outcome = None;
     let status = shipit::cli::wait(config.clone(), store, job, |n| {
         if let Notice::Finished { outcome: o } = n {
@@ -139,7 +140,7 @@ async fn a_merged_tag_with_green_checks_deploys() {
 
     let job = tag_deploy(&config, "v1.0.0").await;
     let (status, outcome) = run(&config, &store, &job).await;
-    assert_eq!(status, "succeeded", "{outcome:?}");
+    assert_eq!(status, JobStatus::Succeeded, "{outcome:?}");
     assert_eq!(live_on(dir.path()), ["1.0.0", "1.0.0"]);
 }
 
@@ -153,7 +154,7 @@ async fn a_tag_on_a_side_branch_is_skipped_with_the_reason() {
 
     let job = tag_deploy(&config, "v1.0.0").await;
     let (status, outcome) = run(&config, &store, &job).await;
-    assert_eq!(status, "skipped");
+    assert_eq!(status, JobStatus::Skipped);
     let Outcome::Skipped { reason } = outcome else {
         panic!("{outcome:?}")
     };
@@ -178,7 +179,7 @@ async fn a_red_required_check_skips_and_a_pending_one_skips_without_a_wait() {
     checks(&github, "success", ("completed", Some("failure"))).await;
     let job = tag_deploy(&config, "v1.0.0").await;
     let (status, outcome) = run(&config, &store, &job).await;
-    assert_eq!(status, "skipped");
+    assert_eq!(status, JobStatus::Skipped);
     assert_eq!(
         outcome,
         Outcome::Skipped {
@@ -191,7 +192,7 @@ async fn a_red_required_check_skips_and_a_pending_one_skips_without_a_wait() {
     checks(&github, "pending", ("in_progress", None)).await;
     let job = tag_deploy(&config, "v1.0.1").await;
     let (status, outcome) = run(&config, &store, &job).await;
-    assert_eq!(status, "skipped");
+    assert_eq!(status, JobStatus::Skipped);
     assert_eq!(
         outcome,
         Outcome::Skipped {
@@ -231,7 +232,7 @@ async fn pending_checks_are_waited_for_when_configured() {
     })
     .await
     .unwrap();
-    assert_eq!(status, "succeeded");
+    assert_eq!(status, JobStatus::Succeeded);
     assert_eq!(
         waiting,
         ["required check build is queued on 6113728 (tag v1.0.0)"]
@@ -264,7 +265,7 @@ async fn deploy_force_from_chat_goes_past_the_gate_and_is_recorded() {
         .await;
     repo(&github, "v2.0.0", "ahead").await;
     checks(&github, "failure", ("completed", Some("failure"))).await;
-    let (ingress, _) = shipit::wiring::local_ingress((*config).clone())
+    let (ingress, _) = shipit::run::local::local_ingress((*config).clone())
         .await
         .unwrap();
     let slash = |text: &str, trigger: &str| {
@@ -279,7 +280,7 @@ async fn deploy_force_from_chat_goes_past_the_gate_and_is_recorded() {
     // Without --force the gate decides: skipped.
     slash("hello 2.0.0", "t-1").await;
     let job = store.jobs(None).await.unwrap().pop().unwrap().job.id;
-    assert_eq!(run(&config, &store, &job).await.0, "skipped");
+    assert_eq!(run(&config, &store, &job).await.0, JobStatus::Skipped);
     let asked = github.received_requests().await.unwrap().len();
     assert!(asked > 0);
 
@@ -287,7 +288,7 @@ async fn deploy_force_from_chat_goes_past_the_gate_and_is_recorded() {
     let text = reply.body["text"].as_str().unwrap();
     assert!(text.contains("forced past the gate by @ann"), "{text}");
     let job = store.jobs(None).await.unwrap().pop().unwrap().job.id;
-    assert_eq!(run(&config, &store, &job).await.0, "succeeded");
+    assert_eq!(run(&config, &store, &job).await.0, JobStatus::Succeeded);
     assert_eq!(live_on(dir.path()), ["2.0.0", "2.0.0"]);
     assert_eq!(
         github.received_requests().await.unwrap().len(),

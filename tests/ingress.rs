@@ -7,9 +7,9 @@ use std::sync::Arc;
 
 use chrono::{TimeZone, Utc};
 use common::*;
+use shipit::deploy::job::{DeployJob, Source};
 use shipit::ingress::Reply;
-use shipit::job::{DeployJob, Source};
-use shipit::store::Store;
+use shipit::local::store::Store;
 
 async fn sqs_ingress() -> (Fifo, shipit::ingress::Ingress) {
     let fifo = Fifo::new().await;
@@ -113,7 +113,7 @@ async fn a_package_upload_for_two_apps_queues_two_jobs() {
         &std::fs::read_to_string("events/codeartifact-published.json").unwrap(),
     )
     .unwrap();
-    shipit::lambda::handle_package_event(&ingress, ca, Utc::now())
+    shipit::run::lambda::handle_package_event(&ingress, ca, Utc::now())
         .await
         .unwrap();
     assert_eq!(fifo.drain().await.len(), 2);
@@ -456,7 +456,7 @@ async fn public_test_vectors() {
         Arc::new(config),
         ports.clone(),
         ports,
-        &shipit::secrets::Secrets::new(None),
+        &shipit::config::secrets::Secrets::new(None),
     )
     .await
     .unwrap();
@@ -533,7 +533,7 @@ async fn every_sample_event_is_answered_as_documented() {
         Arc::new(config),
         ports.clone(),
         ports.clone(),
-        &shipit::secrets::Secrets::new(None),
+        &shipit::config::secrets::Secrets::new(None),
     )
     .await
     .unwrap();
@@ -549,7 +549,7 @@ async fn every_sample_event_is_answered_as_documented() {
         let event =
             serde_json::from_str(&std::fs::read_to_string(format!("events/{file}")).unwrap())
                 .unwrap();
-        let out = shipit::lambda::handle_any(&ingress, event, now)
+        let out = shipit::run::lambda::handle_any(&ingress, event, now)
             .await
             .unwrap();
         assert_eq!(out["statusCode"], status, "{file}: {out}");
@@ -558,7 +558,7 @@ async fn every_sample_event_is_answered_as_documented() {
         let event =
             serde_json::from_str(&std::fs::read_to_string(format!("events/{file}")).unwrap())
                 .unwrap();
-        let out = shipit::lambda::handle_any(&ingress, event, Utc::now())
+        let out = shipit::run::lambda::handle_any(&ingress, event, Utc::now())
             .await
             .unwrap();
         assert_eq!(out[0]["status"], "queued", "{file}: {out}");

@@ -7,10 +7,10 @@ use std::sync::Arc;
 
 use chrono::{Duration, Utc};
 use common::*;
-use shipit::job::{DeployJob, Source};
-use shipit::ports::{rollback_target, Ledger, LockInfo};
-use shipit::store::Store;
-use shipit::version::Version;
+use shipit::deploy::job::{DeployJob, Source};
+use shipit::deploy::ports::{rollback_target, Ledger, LockInfo};
+use shipit::deploy::version::Version;
+use shipit::local::store::Store;
 
 fn job(version: &str, nonce: &str) -> DeployJob {
     DeployJob::new(

@@ -9,8 +9,9 @@ use std::sync::Arc;
 use chrono::Utc;
 use common::*;
 use shipit::config::Config;
+use shipit::deploy::status::JobStatus;
 use shipit::ingress::package::UploadOutcome;
-use shipit::wiring::local_ingress;
+use shipit::run::local::local_ingress;
 
 fn local_config(dir: &Path) -> Config {
     let text = format!(
@@ -45,7 +46,7 @@ async fn serve_accepts_signed_webhooks_and_refuses_the_rest() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(shipit::server::serve(
+    let server = tokio::spawn(shipit::run::server::serve(
         Arc::new(ingress),
         store.clone(),
         listener,
@@ -128,11 +129,12 @@ async fn new_files_in_the_package_directory_are_uploads() {
     let now = Utc::now();
 
     // What was there before shipit looked is history, not an upload.
-    assert!(ingress
-        .scan_package_dir(&store, &wheelhouse, now)
-        .await
-        .unwrap()
-        .is_empty());
+    assert!(
+        shipit::run::packages::scan(&ingress, &store, &wheelhouse, now)
+            .await
+            .unwrap()
+            .is_empty()
+    );
     std::fs::write(wheelhouse.join("hello_app-1.1.0-py3-none-any.whl"), b"new").unwrap();
     std::fs::write(wheelhouse.join("other_pkg-1.0.tar.gz"), b"x").unwrap();
     std::fs::write(wheelhouse.join("README.txt"), b"x").unwrap();
@@ -141,8 +143,7 @@ async fn new_files_in_the_package_directory_are_uploads() {
         b"x",
     )
     .unwrap();
-    let outcomes = ingress
-        .scan_package_dir(&store, &wheelhouse, now)
+    let outcomes = shipit::run::packages::scan(&ingress, &store, &wheelhouse, now)
         .await
         .unwrap();
     let summary: Vec<String> = outcomes
@@ -167,8 +168,7 @@ async fn new_files_in_the_package_directory_are_uploads() {
         ]
     );
     assert!(
-        ingress
-            .scan_package_dir(&store, &wheelhouse, now)
+        shipit::run::packages::scan(&ingress, &store, &wheelhouse, now)
             .await
             .unwrap()
             .is_empty(),
@@ -329,7 +329,7 @@ nodes = [{ name = "n1", dir = "n1" }]
     )
     .unwrap();
     let config = Arc::new(Config::load(&dir.path().join("shipit.toml")).unwrap());
-    let store = shipit::store::Store::open(&config.server.state).unwrap();
+    let store = shipit::local::store::Store::open(&config.server.state).unwrap();
     // Someone else's lease, running out in 2 s (as a worker that died would leave it).
     assert!(store
         .take_worker_lease("other", Utc::now(), chrono::Duration::seconds(2))
@@ -339,24 +339,28 @@ nodes = [{ name = "n1", dir = "n1" }]
         .await
         .unwrap();
     let (stop, stopped) = tokio::sync::watch::channel(false);
-    let out = shipit::wiring::local_outbound(config.clone()).await;
-    let worker = shipit::worker::Worker::new(config.clone(), store.clone(), out);
+    let out = shipit::run::local::local_outbound(config.clone()).await;
+    let worker = shipit::drive::worker::Worker::new(config.clone(), store.clone(), out);
     let running = tokio::spawn(async move { worker.run("me", stopped).await });
     tokio::time::sleep(std::time::Duration::from_millis(1000)).await;
     assert_eq!(
         store.job(&job.id).await.unwrap().unwrap().status,
-        "queued",
+        JobStatus::Queued,
         "ran beside another worker"
     );
-    let mut status = String::new();
+    let mut status = JobStatus::Queued;
     for _ in 0..100 {
         status = store.job(&job.id).await.unwrap().unwrap().status;
-        if status == "succeeded" {
+        if status == JobStatus::Succeeded {
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
-    assert_eq!(status, "succeeded", "never took over the expired lease");
+    assert_eq!(
+        status,
+        JobStatus::Succeeded,
+        "never took over the expired lease"
+    );
     stop.send(true).unwrap();
     running.await.unwrap().unwrap();
 }

@@ -12,8 +12,9 @@ use chrono::Utc;
 use common::*;
 use serde_json::{json, Value};
 use shipit::config::Config;
-use shipit::job::JobId;
-use shipit::store::Store;
+use shipit::deploy::job::JobId;
+use shipit::deploy::status::JobStatus;
+use shipit::local::store::Store;
 use wiremock::matchers::{body_partial_json, header, method, path};
 use wiremock::{Mock, MockServer, Request, ResponseTemplate};
 
@@ -130,13 +131,13 @@ async fn requests(server: &MockServer, p: &str) -> Vec<Value> {
         .collect()
 }
 
-async fn run(config: &Arc<Config>, store: &Store, job: &JobId) -> String {
+async fn run(config: &Arc<Config>, store: &Store, job: &JobId) -> JobStatus {
     shipit::cli::wait(config.clone(), store, job, |_| {})
         .await
         .unwrap()
 }
 
-async fn cli_deploy(config: &Arc<Config>, store: &Store, version: &str) -> String {
+async fn cli_deploy(config: &Arc<Config>, store: &Store, version: &str) -> JobStatus {
     let job = shipit::cli::deploy(config, store, "hello", version, None, false)
         .await
         .unwrap();
@@ -174,7 +175,7 @@ async fn a_tag_deploy_posts_one_slack_message_updates_it_and_marks_apm_and_githu
     }
 
     // The tag push, as GitHub delivers it.
-    let (ingress, _) = shipit::wiring::local_ingress((*config).clone())
+    let (ingress, _) = shipit::run::local::local_ingress((*config).clone())
         .await
         .unwrap();
     let body = tag_push("acme/hello", "v1.0.0");
@@ -183,7 +184,7 @@ async fn a_tag_deploy_posts_one_slack_message_updates_it_and_marks_apm_and_githu
         .await;
     assert_eq!(reply.status, 202, "{}", reply.body);
     let job: JobId = serde_json::from_value(reply.body["jobs"][0]["job"].clone()).unwrap();
-    assert_eq!(run(&config, &store, &job).await, "succeeded");
+    assert_eq!(run(&config, &store, &job).await, JobStatus::Succeeded);
 
     let posts = requests(&apis.slack, "/api/chat.postMessage").await;
     assert_eq!(posts.len(), 1, "one message per deploy: {posts:?}");
@@ -250,12 +251,18 @@ async fn a_failed_deploy_says_where_and_why_and_marks_no_new_version() {
     let (config, store) = setup(dir.path(), &apis);
     slack_ok(&apis).await;
     apm_ok(&apis).await;
-    assert_eq!(cli_deploy(&config, &store, "1.0.0").await, "succeeded");
+    assert_eq!(
+        cli_deploy(&config, &store, "1.0.0").await,
+        JobStatus::Succeeded
+    );
     let marks_before = requests(&apis.newrelic, "/graphql").await.len();
     let events_before = requests(&apis.datadog, "/api/v1/events").await.len();
     let posts_before = requests(&apis.slack, "/api/chat.postMessage").await.len();
 
-    assert_eq!(cli_deploy(&config, &store, "2.0.0").await, "failed");
+    assert_eq!(
+        cli_deploy(&config, &store, "2.0.0").await,
+        JobStatus::Failed
+    );
 
     let last = requests(&apis.slack, "/api/chat.update")
         .await
@@ -325,7 +332,7 @@ async fn a_deploy_from_chat_ends_with_a_reply_to_the_command() {
         .expect(1)
         .mount(&apis.slack)
         .await;
-    let (ingress, _) = shipit::wiring::local_ingress((*config).clone())
+    let (ingress, _) = shipit::run::local::local_ingress((*config).clone())
         .await
         .unwrap();
     let slash = |url: String, trigger: &str| {
@@ -350,7 +357,7 @@ async fn a_deploy_from_chat_ends_with_a_reply_to_the_command() {
     let text = reply.body["text"].as_str().unwrap();
     assert!(text.starts_with("Queued hello 1.0.0"), "{text}");
     let job = store.jobs(None).await.unwrap().pop().unwrap().job.id;
-    assert_eq!(run(&config, &store, &job).await, "succeeded");
+    assert_eq!(run(&config, &store, &job).await, JobStatus::Succeeded);
 
     let replies = requests(&apis.slack, "/commands/T1/1/x").await;
     assert_eq!(replies.len(), 1, "one reply, when the deploy ends");
@@ -377,7 +384,10 @@ async fn slack_rate_limits_are_waited_out() {
     slack_ok(&apis).await;
     apm_ok(&apis).await;
 
-    assert_eq!(cli_deploy(&config, &store, "1.0.0").await, "succeeded");
+    assert_eq!(
+        cli_deploy(&config, &store, "1.0.0").await,
+        JobStatus::Succeeded
+    );
     let received = apis.slack.received_requests().await.unwrap();
     let posts: Vec<_> = received
         .iter()
@@ -437,7 +447,10 @@ async fn apm_down_is_logged_and_the_deploy_still_succeeds() {
         .await;
     let lines = log();
 
-    assert_eq!(cli_deploy(&config, &store, "1.0.0").await, "succeeded");
+    assert_eq!(
+        cli_deploy(&config, &store, "1.0.0").await,
+        JobStatus::Succeeded
+    );
 
     assert!(
         apis.newrelic.received_requests().await.unwrap().len() > 1,

@@ -13,14 +13,14 @@ use aws_sdk_ssm::types::{
     CommandFilter, CommandFilterKey, CommandInvocationStatus, InstanceInformationStringFilter,
 };
 use chrono::{DateTime, Duration, SecondsFormat, Utc};
-use serde::{Deserialize, Serialize};
+use std::sync::Arc;
 
 use super::sdk_err;
-use crate::config::{App, Environment, Nodes};
-use crate::engine::{Command, CommandKind, NodeResult};
-use crate::job::DeployJob;
-use crate::local::{tail, OUTPUT_TAIL};
-use crate::ports::PortError;
+use crate::config::command::{ScriptError, Site};
+use crate::config::{App, Config, Environment, Nodes};
+use crate::deploy::command::{tail, Command, CommandKind, NodeResult, OUTPUT_TAIL};
+use crate::deploy::job::DeployJob;
+use crate::deploy::ports::{Fleet, PortError, Refused, Sent};
 
 /// SendCommand takes at most 50 instance ids.
 pub const MAX_TARGETS: usize = 50;
@@ -103,30 +103,35 @@ impl<T: RunCommand + ?Sized> RunCommand for std::sync::Arc<T> {
     }
 }
 
-/// The SSM commands sent for one command key; travels with the deploy's state.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Sent {
-    pub key: String,
-    pub commands: Vec<String>,
-}
-
 pub struct SsmFleet<R> {
     api: R,
+    config: Arc<Config>,
 }
 
 impl<R: RunCommand> SsmFleet<R> {
-    pub fn new(api: R) -> SsmFleet<R> {
-        SsmFleet { api }
+    pub fn new(api: R, config: Arc<Config>) -> SsmFleet<R> {
+        SsmFleet { api, config }
+    }
+
+    fn target(&self, job: &DeployJob) -> Result<(&App, &Environment), PortError> {
+        let app = self
+            .config
+            .app(&job.app)
+            .ok_or_else(|| Refused::error(format!("app {} is not in the config", job.app)))?;
+        let env = app
+            .environments
+            .get(&job.env)
+            .ok_or_else(|| Refused::error(format!("{} has no environment {}", job.app, job.env)))?;
+        Ok((app, env))
     }
 
     /// The environment's reachable nodes, in a stable order (by id).
-    pub async fn resolve(&self, env: &Environment) -> Result<Vec<String>, PortError> {
+    pub async fn resolve_env(&self, env: &Environment) -> Result<Vec<String>, PortError> {
         let Nodes::Ssm { tags, .. } = &env.nodes else {
-            return Err(format!(
+            return Err(Refused::error(format!(
                 "environment {} lists local nodes; deploy it with `shipit serve`",
                 env.name
-            )
-            .into());
+            )));
         };
         let mut nodes = self.api.online_nodes(tags).await?;
         nodes.sort();
@@ -136,7 +141,7 @@ impl<R: RunCommand> SsmFleet<R> {
 
     /// Sends `cmd` the first time it is asked for (remembering it in `sent`), and reports
     /// on it after that. `max_errors` is the deploy's install error budget.
-    pub async fn run(
+    pub async fn run_on(
         &self,
         app: &App,
         env: &Environment,
@@ -145,46 +150,36 @@ impl<R: RunCommand> SsmFleet<R> {
         max_errors: u32,
         sent: &mut Option<Sent>,
     ) -> Result<Vec<(String, NodeResult)>, PortError> {
-        let template = match cmd.kind {
-            CommandKind::Install => &app.install,
-            CommandKind::Restart => &app.restart,
-            CommandKind::Health => match &app.health {
-                Some(h) => h,
-                None => return Ok(all(&cmd.nodes, NodeResult::Succeeded)),
-            },
-            CommandKind::Version => match &app.version {
-                Some(v) => v,
-                None => {
-                    let unknown = NodeResult::Failed {
-                        exit_code: None,
-                        output: format!("apps.{}.version is not set", app.name),
-                    };
-                    return Ok(all(&cmd.nodes, unknown));
-                }
-            },
-        };
         if let Some(s) = sent.as_ref().filter(|s| s.key == cmd.key) {
             return self.report(cmd, &s.commands).await;
         }
         let Nodes::Ssm { dir, vars, .. } = &env.nodes else {
-            return Err(format!("environment {} has no ssm_tags", env.name).into());
+            return Err(Refused::error(format!(
+                "environment {} has no ssm_tags",
+                env.name
+            )));
         };
-        let package = app.package.to_string();
         // Nodes whose script is the same share SSM commands; it differs only if `{node}`
         // is used.
         let mut groups: Vec<(String, Vec<String>)> = vec![];
         for node in &cmd.nodes {
-            let script = template
-                .render(|name| match name {
-                    "app" => Some(app.name.as_str()),
-                    "env" => Some(env.name.as_str()),
-                    "package" => Some(package.as_str()),
-                    "version" => Some(cmd.version.as_str()),
-                    "node" => Some(node.as_str()),
-                    "dir" => dir.as_deref(),
-                    other => vars.get(other).map(String::as_str),
-                })
-                .map_err(|e| format!("rendering the {:?} command: {e}", cmd.kind))?;
+            let site = Site {
+                node,
+                dir: dir.as_deref(),
+                vars,
+            };
+            let script = match app.script(env, cmd.kind, &cmd.version, &site) {
+                Ok(Some(script)) => script,
+                Ok(None) => return Ok(all(&cmd.nodes, NodeResult::Succeeded)),
+                Err(e @ ScriptError::NoVersionCommand(_)) => {
+                    let unknown = NodeResult::Failed {
+                        exit_code: None,
+                        output: e.to_string(),
+                    };
+                    return Ok(all(&cmd.nodes, unknown));
+                }
+                Err(e) => return Err(e.to_string().into()),
+            };
             match groups.iter_mut().find(|(s, _)| *s == script) {
                 Some((_, nodes)) => nodes.push(node.clone()),
                 None => groups.push((script, vec![node.clone()])),
@@ -270,6 +265,25 @@ impl<R: RunCommand> SsmFleet<R> {
             .iter()
             .map(|n| (n.clone(), seen.remove(n).unwrap_or(NodeResult::Running)))
             .collect())
+    }
+}
+
+#[async_trait]
+impl<R: RunCommand + 'static> Fleet for SsmFleet<R> {
+    async fn resolve(&self, job: &DeployJob) -> Result<Vec<String>, PortError> {
+        let (_, env) = self.target(job)?;
+        self.resolve_env(env).await
+    }
+
+    async fn run(
+        &self,
+        job: &DeployJob,
+        cmd: &Command,
+        max_errors: u32,
+        sent: &mut Option<Sent>,
+    ) -> Result<Vec<(String, NodeResult)>, PortError> {
+        let (app, env) = self.target(job)?;
+        self.run_on(app, env, job, cmd, max_errors, sent).await
     }
 }
 

@@ -6,8 +6,8 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::{verify_hmac_sha256, Ingress, Reply};
-use crate::job::Source;
-use crate::version::Version;
+use crate::deploy::job::Source;
+use crate::deploy::version::Version;
 
 /// GitHub caps webhook payloads at 25 MB.
 pub const MAX_BODY: usize = 25 * 1024 * 1024;

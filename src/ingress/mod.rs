@@ -13,11 +13,11 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::{json, Value};
 
+use crate::config::secrets::{SecretError, Secrets};
 use crate::config::{App, Config};
-use crate::job::{DeployJob, Source};
-use crate::ports::{Enqueued, JobQueue, Ledger};
-use crate::secrets::{SecretError, Secrets};
-use crate::version::Version;
+use crate::deploy::job::{DeployJob, Source};
+use crate::deploy::ports::{Enqueued, JobQueue, Ledger};
+use crate::deploy::version::Version;
 
 /// An HTTP answer: status and JSON body.
 #[derive(Debug, Clone, PartialEq)]

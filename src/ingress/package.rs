@@ -1,17 +1,14 @@
 //! Package uploads: S3 `ObjectCreated` (an internal PyPI bucket), CodeArtifact package
 //! version events, and new files in the local package directory.
 
-use std::path::Path;
-
 use aws_lambda_events::event::s3::S3Event;
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::{Ingress, JobReceipt};
-use crate::job::Source;
-use crate::store::Store;
-use crate::version::{parse_distribution_filename, PackageName, Version};
+use crate::deploy::job::Source;
+use crate::deploy::version::{parse_distribution_filename, PackageName, Version};
 
 /// What became of one uploaded file or package version.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -169,57 +166,6 @@ impl Ingress {
                 })
         };
         self.upload(location, parsed, now).await
-    }
-
-    /// The local package directory: every file not seen before is an upload. The first
-    /// scan of a directory only takes note of what is already there, so pointing shipit
-    /// at an existing wheelhouse does not deploy its whole past.
-    pub async fn scan_package_dir(
-        &self,
-        store: &Store,
-        dir: &Path,
-        now: DateTime<Utc>,
-    ) -> Result<Vec<UploadOutcome>, String> {
-        let key = dir.display().to_string();
-        let baseline = !store.has_seen_dir(&key).await.map_err(|e| e.to_string())?;
-        let mut names = vec![];
-        let mut entries = tokio::fs::read_dir(dir)
-            .await
-            .map_err(|e| format!("reading {key}: {e}"))?;
-        while let Some(entry) = entries
-            .next_entry()
-            .await
-            .map_err(|e| format!("reading {key}: {e}"))?
-        {
-            let is_file = entry
-                .file_type()
-                .await
-                .map(|t| t.is_file())
-                .unwrap_or(false);
-            if let (true, Some(name)) = (is_file, entry.file_name().to_str()) {
-                // Writers should rename finished files into place; dotfiles are partial.
-                if !name.starts_with('.') {
-                    names.push(name.to_string());
-                }
-            }
-        }
-        names.sort();
-        let err = |e: crate::ports::PortError| e.to_string();
-        if baseline {
-            tracing::info!(dir = %key, files = names.len(), "package directory baselined; files added from now on deploy");
-            // The "." row marks the directory as baselined even while it is empty.
-            names.push(".".into());
-            store.mark_seen(&key, names, now).await.map_err(err)?;
-            return Ok(vec![]);
-        }
-        let mut out = vec![];
-        for name in store.unseen_files(&key, names).await.map_err(err)? {
-            let location = dir.join(&name).display().to_string();
-            // Marked seen only once queued: a queue outage retries the file next scan.
-            out.push(self.upload_file(location, &name, now).await?);
-            store.mark_seen(&key, vec![name], now).await.map_err(err)?;
-        }
-        Ok(out)
     }
 }
 

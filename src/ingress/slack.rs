@@ -10,9 +10,9 @@ use serde_json::json;
 
 use super::{verify_hmac_sha256, Ingress, Reply};
 use crate::config::{App, Environment};
-use crate::job::{DeployJob, Source};
-use crate::ports::{rollback_target, LockInfo};
-use crate::version::Version;
+use crate::deploy::job::{DeployJob, Source};
+use crate::deploy::ports::{rollback_target, LockInfo};
+use crate::deploy::version::Version;
 
 /// Slack's advice: refuse requests more than five minutes from now (replays).
 pub const MAX_SKEW_SECONDS: i64 = 300;

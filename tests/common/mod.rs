@@ -8,10 +8,10 @@ use std::sync::Arc;
 use aws_sdk_sqs::types::{MessageSystemAttributeName, QueueAttributeName};
 use chrono::{DateTime, Utc};
 use http::{HeaderMap, HeaderValue};
+use shipit::config::secrets::Secrets;
 use shipit::config::Config;
+use shipit::deploy::ports::{JobQueue, Ledger};
 use shipit::ingress::{sign_hex, Ingress};
-use shipit::ports::{JobQueue, Ledger};
-use shipit::secrets::Secrets;
 
 pub const GITHUB_SECRET: &str = "sample-github-secret";
 pub const SLACK_SECRET: &str = "sample-slack-signing-secret";

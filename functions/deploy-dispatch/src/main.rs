@@ -2,5 +2,5 @@
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_runtime::Error> {
-    shipit::lambda::run_dispatch_function().await
+    shipit::run::lambda::run_dispatch_function().await
 }

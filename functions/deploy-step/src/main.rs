@@ -3,5 +3,5 @@
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_runtime::Error> {
-    shipit::lambda::run_step_function().await
+    shipit::run::lambda::run_step_function().await
 }

@@ -3,5 +3,5 @@
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_runtime::Error> {
-    shipit::lambda::run_node_joined_function().await
+    shipit::run::lambda::run_node_joined_function().await
 }

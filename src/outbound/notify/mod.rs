@@ -17,11 +17,11 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
+use crate::config::secrets::Secrets;
 use crate::config::{App, Config, DatadogTarget, GitHubTarget, NewRelicTarget, SlackTarget};
-use crate::engine::{Deploy, NodeState, Notice, Outcome, Phase};
-use crate::job::Source;
-use crate::secrets::Secrets;
-use crate::worker::describe;
+use crate::deploy::engine::{Deploy, NodeState, Notice, Outcome, Phase};
+use crate::deploy::job::Source;
+use crate::deploy::status::describe;
 
 /// The longest one step's notifications may hold up the deploy, all notifiers together.
 pub const NOTIFY_BUDGET: Duration = Duration::from_secs(10);
@@ -173,7 +173,7 @@ impl Ctx<'_> {
         tracing::warn!(job_id = %self.deploy.job.id, notifier = who, %error, "notification failed; the deploy goes on");
     }
 
-    async fn secret(&self, s: &crate::secrets::Secret) -> Result<String, String> {
+    async fn secret(&self, s: &crate::config::secrets::Secret) -> Result<String, String> {
         self.n.secrets.resolve(s).await.map_err(|e| e.to_string())
     }
 
@@ -272,7 +272,7 @@ impl Ctx<'_> {
     async fn slack_bot(
         &self,
         target: &SlackTarget,
-        token: &crate::secrets::Secret,
+        token: &crate::config::secrets::Secret,
         st: &NotifyState,
         msg: &mut Option<SlackMessage>,
     ) -> Result<(), String> {
@@ -356,7 +356,7 @@ impl Ctx<'_> {
     /// at the end.
     async fn slack_webhook(
         &self,
-        url: &crate::secrets::Secret,
+        url: &crate::config::secrets::Secret,
         st: &NotifyState,
     ) -> Result<(), String> {
         let start = self
@@ -812,9 +812,9 @@ pub fn render(d: &Deploy, st: &NotifyState, now: DateTime<Utc>) -> (String, Valu
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Rollout;
-    use crate::job::DeployJob;
-    use crate::version::Version;
+    use crate::deploy::job::DeployJob;
+    use crate::deploy::rollout::Rollout;
+    use crate::deploy::version::Version;
 
     fn synced(nodes: &[&str]) -> String {
         let job = DeployJob::new(

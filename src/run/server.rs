@@ -3,7 +3,6 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, State};
@@ -16,9 +15,8 @@ use serde_json::json;
 use tokio::net::TcpListener;
 
 use crate::ingress::github::MAX_BODY;
-use crate::ingress::package::UploadOutcome;
 use crate::ingress::{Ingress, Reply};
-use crate::store::Store;
+use crate::local::store::Store;
 
 #[derive(Clone)]
 struct AppState {
@@ -60,35 +58,6 @@ pub fn router(ingress: Arc<Ingress>, store: Store) -> Router {
         .with_state(AppState { ingress, store })
 }
 
-/// Polls the package directory; polling (not inotify) works the same on every
-/// filesystem, network mounts included, and a 2 s delay is nothing next to a deploy.
-async fn watch_packages(ingress: Arc<Ingress>, store: Store) {
-    let Some(dir) = ingress.config.server.package_dir.clone() else {
-        return;
-    };
-    let mut tick = tokio::time::interval(Duration::from_secs(2));
-    loop {
-        tick.tick().await;
-        match ingress.scan_package_dir(&store, &dir, Utc::now()).await {
-            Ok(outcomes) => {
-                for o in outcomes {
-                    match o {
-                        UploadOutcome::Queued { location, jobs } => {
-                            tracing::info!(%location, jobs = jobs.len(), "upload queued")
-                        }
-                        UploadOutcome::Ignored { location, reason } => {
-                            tracing::info!(%location, %reason, "upload ignored")
-                        }
-                    }
-                }
-            }
-            Err(e) => {
-                tracing::warn!(dir = %dir.display(), error = %e, "package directory scan failed; retrying")
-            }
-        }
-    }
-}
-
 /// Serves until `shutdown` resolves, then finishes the requests in flight.
 pub async fn serve(
     ingress: Arc<Ingress>,
@@ -96,7 +65,7 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let watcher = tokio::spawn(watch_packages(ingress.clone(), store.clone()));
+    let watcher = tokio::spawn(super::packages::watch(ingress.clone(), store.clone()));
     let result = axum::serve(listener, router(ingress, store))
         .with_graceful_shutdown(shutdown)
         .await;

@@ -1,85 +1,12 @@
-//! AWS adapters: the SQS FIFO deploy queue, the Parameter Store ledger, and (in `fleet`)
-//! SSM Run Command.
-
-pub mod fleet;
+//! History and locks on AWS: SSM Parameter Store.
 
 use async_trait::async_trait;
-use aws_sdk_sqs::types::SendMessageBatchRequestEntry;
-use aws_sdk_ssm::error::DisplayErrorContext;
 use aws_sdk_ssm::types::ParameterType;
 use chrono::{DateTime, Utc};
 
-use crate::job::{DeployJob, JobId};
-use crate::ports::{Enqueued, HistoryEntry, JobQueue, Ledger, LockInfo, PortError};
-
-/// Loads the SDK config from the environment (region, credentials, `AWS_ENDPOINT_URL`).
-pub async fn sdk_config() -> aws_config::SdkConfig {
-    aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await
-}
-
-pub(crate) fn sdk_err<E: std::error::Error + Send + Sync + 'static>(what: &str, e: E) -> PortError {
-    format!("{what}: {}", DisplayErrorContext(e)).into()
-}
-
-/// SQS FIFO: one message group per app+env keeps its deploys in order; the job id is the
-/// deduplication id, so SQS drops a second copy of the same event (within its 5-minute
-/// window; beyond it the Step Functions execution name, also the job id, catches it).
-pub struct SqsQueue {
-    client: aws_sdk_sqs::Client,
-    url: String,
-}
-
-impl SqsQueue {
-    pub fn new(client: aws_sdk_sqs::Client, url: impl Into<String>) -> SqsQueue {
-        SqsQueue {
-            client,
-            url: url.into(),
-        }
-    }
-}
-
-/// SendMessageBatch takes at most 10 entries.
-const SQS_BATCH: usize = 10;
-
-#[async_trait]
-impl JobQueue for SqsQueue {
-    async fn enqueue(&self, jobs: &[DeployJob]) -> Result<Vec<Enqueued>, PortError> {
-        for chunk in jobs.chunks(SQS_BATCH) {
-            let entries = chunk
-                .iter()
-                .enumerate()
-                .map(|(i, job)| {
-                    SendMessageBatchRequestEntry::builder()
-                        .id(i.to_string())
-                        .message_body(job.to_json())
-                        .message_group_id(job.group())
-                        .message_deduplication_id(job.id.as_str())
-                        .build()
-                })
-                .collect::<Result<Vec<_>, _>>()?;
-            let out = self
-                .client
-                .send_message_batch()
-                .queue_url(&self.url)
-                .set_entries(Some(entries))
-                .send()
-                .await
-                .map_err(|e| sdk_err("SQS SendMessageBatch", e))?;
-            if let Some(f) = out.failed.first() {
-                return Err(format!(
-                    "SQS refused {} of {} jobs: {} {}",
-                    out.failed.len(),
-                    chunk.len(),
-                    f.code,
-                    f.message.as_deref().unwrap_or("")
-                )
-                .into());
-            }
-        }
-        // SQS drops duplicates silently and answers as if it had queued them.
-        Ok(vec![Enqueued::Queued; jobs.len()])
-    }
-}
+use super::sdk_err;
+use crate::deploy::job::{DeployJob, JobId};
+use crate::deploy::ports::{HistoryEntry, Ledger, LockInfo, PortError};
 
 /// Parameter Store: `{prefix}/live/{app}/{env}` holds the live job (its parameter
 /// history is the deploy history); `{prefix}/lock/{app}/{env}` exists while someone holds

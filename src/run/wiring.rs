@@ -1,5 +1,4 @@
-//! Builds the ports from where shipit runs: the environment on Lambda, the config file
-//! on one machine.
+//! Builds the ports of a Lambda function from its environment.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -9,13 +8,11 @@ use anyhow::{anyhow, Context};
 
 use crate::aws::fleet::{SdkRunCommand, SsmFleet};
 use crate::aws::{sdk_config, SqsQueue, SsmLedger};
+use crate::config::secrets::{Secret, Secrets};
 use crate::config::Config;
-use crate::gate::Gatekeeper;
+use crate::drive::step::Stepper;
+use crate::drive::{Driver, Outbound};
 use crate::ingress::Ingress;
-use crate::notify::Notifier;
-use crate::secrets::{Secret, Secrets};
-use crate::step::Stepper;
-use crate::store::Store;
 
 /// The SSM client for Lambda: Run Command and Parameter Store throttle busy accounts, so
 /// it retries more than the default, with the SDK's adaptive back-off.
@@ -92,7 +89,7 @@ const DEFAULT_STEP_BUDGET_SECONDS: u64 = 60;
 
 /// The deploy-step function: `SHIPIT_CONFIG`, `SHIPIT_SSM_PREFIX`, and optionally
 /// `SHIPIT_STEP_BUDGET_SECONDS`.
-pub async fn aws_stepper_from_env() -> anyhow::Result<Stepper<SdkRunCommand>> {
+pub async fn aws_stepper_from_env() -> anyhow::Result<Stepper> {
     let sdk = sdk_config().await;
     let ssm = ssm_client(&sdk);
     let secrets = Arc::new(Secrets::new(Some(ssm.clone())));
@@ -103,99 +100,12 @@ pub async fn aws_stepper_from_env() -> anyhow::Result<Stepper<SdkRunCommand>> {
             .with_context(|| format!("SHIPIT_STEP_BUDGET_SECONDS={s:?} is not a number"))?,
         Err(_) => DEFAULT_STEP_BUDGET_SECONDS,
     };
-    Ok(Stepper::new(
+    let driver = Driver::new(
         config.clone(),
         Arc::new(SsmLedger::new(ssm.clone(), &ssm_prefix())),
-        SsmFleet::new(SdkRunCommand::new(ssm)),
+        Arc::new(SsmFleet::new(SdkRunCommand::new(ssm), config.clone())),
+        None,
         Outbound::new(config, secrets),
-        Duration::from_secs(budget),
-    ))
-}
-
-/// One machine: the SQLite store named by the config is both queue and ledger.
-pub async fn local_ingress(config: Config) -> anyhow::Result<(Ingress, Store)> {
-    let store = open_store(&config)?;
-    let ssm = if config_uses_ssm(&config) {
-        Some(aws_sdk_ssm::Client::new(&sdk_config().await))
-    } else {
-        None
-    };
-    let secrets = Secrets::new(ssm);
-    let store_ports = Arc::new(store.clone());
-    let ingress =
-        Ingress::new(Arc::new(config), store_ports.clone(), store_ports, &secrets).await?;
-    Ok((ingress, store))
-}
-
-pub fn open_store(config: &Config) -> anyhow::Result<Store> {
-    Store::open(&config.server.state)
-        .map_err(|e| anyhow!("opening the store {}: {e}", config.server.state.display()))
-}
-
-fn config_uses_ssm(c: &Config) -> bool {
-    let notify = c.apps.values().flat_map(|a| {
-        let n = &a.notify;
-        let slack = n.slack.iter().flat_map(|s| [&s.token, &s.webhook_url]);
-        slack.flatten().chain(
-            [
-                n.newrelic.as_ref().map(|r| &r.api_key),
-                n.datadog.as_ref().map(|d| &d.api_key),
-                n.github.as_ref().map(|g| &g.token),
-                a.gate.as_ref().and_then(|g| g.token.as_ref()),
-            ]
-            .into_iter()
-            .flatten(),
-        )
-    });
-    [&c.github_secret, &c.slack_secret]
-        .into_iter()
-        .flatten()
-        .chain(notify)
-        .any(|s| matches!(s, Secret::Ssm(_)))
-}
-
-/// What a deploy asks of and tells the world outside: the gate (GitHub) before it
-/// starts, the notifiers as it goes.
-#[derive(Clone)]
-pub struct Outbound {
-    pub gate: Arc<Gatekeeper>,
-    pub notifier: Arc<Notifier>,
-}
-
-impl Outbound {
-    pub fn new(config: Arc<Config>, secrets: Arc<Secrets>) -> Outbound {
-        Outbound {
-            gate: Arc::new(Gatekeeper::new(secrets.clone())),
-            notifier: Arc::new(Notifier::new(config, secrets)),
-        }
-    }
-}
-
-/// The gate and notifiers of a one-machine config (SSM only if a secret lives there).
-pub async fn local_outbound(config: Arc<Config>) -> Outbound {
-    let ssm = if config_uses_ssm(&config) {
-        Some(aws_sdk_ssm::Client::new(&sdk_config().await))
-    } else {
-        None
-    };
-    Outbound::new(config, Arc::new(Secrets::new(ssm)))
-}
-
-/// JSON logs on Lambda (CloudWatch), human ones on a terminal; `RUST_LOG` filters both,
-/// else `default` (e.g. "info", or "warn" for commands whose output is the point).
-pub fn init_tracing(json: bool, default: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if json {
-        builder
-            .json()
-            .with_current_span(false)
-            .without_time()
-            .init();
-    } else {
-        builder.init();
-    }
+    );
+    Ok(Stepper::new(driver, Duration::from_secs(budget)))
 }

@@ -8,11 +8,15 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use rusqlite::{params, Connection, OptionalExtension};
 
-use crate::engine::{Deploy, NodeResult, Notice};
-use crate::job::{DeployJob, JobId};
-use crate::notify::NotifyState;
-use crate::ports::{Enqueued, HistoryEntry, JobQueue, Ledger, LockInfo, PortError};
-use crate::version::Version;
+use crate::deploy::command::NodeResult;
+use crate::deploy::engine::{Deploy, Notice};
+use crate::deploy::job::{DeployJob, JobId};
+use crate::deploy::ports::{
+    Backlog, Enqueued, HistoryEntry, JobQueue, Ledger, LockInfo, PortError,
+};
+use crate::deploy::status::JobStatus;
+use crate::deploy::version::Version;
+use crate::outbound::notify::NotifyState;
 
 #[derive(Clone)]
 pub struct Store {
@@ -80,17 +84,22 @@ CREATE TABLE IF NOT EXISTS seen_files (
 );
 ";
 
-/// Where a job is: `queued`, `running`, then its outcome (`succeeded`, `failed`,
-/// `rollback_failed`, `skipped`).
-pub const QUEUED: &str = "queued";
-pub const RUNNING: &str = "running";
-
 /// A queued job as the store keeps it.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct QueuedJob {
     pub seq: i64,
-    pub status: String,
+    pub status: JobStatus,
     pub job: DeployJob,
+}
+
+impl QueuedJob {
+    fn decode(seq: i64, status: &str, job: &str) -> Result<QueuedJob, PortError> {
+        Ok(QueuedJob {
+            seq,
+            status: status.parse()?,
+            job: DeployJob::from_json(job)?,
+        })
+    }
 }
 
 impl Store {
@@ -126,8 +135,8 @@ impl Store {
         .await?
     }
 
-    pub async fn jobs(&self, status: Option<&str>) -> Result<Vec<QueuedJob>, PortError> {
-        let status = status.map(str::to_string);
+    pub async fn jobs(&self, status: Option<JobStatus>) -> Result<Vec<QueuedJob>, PortError> {
+        let status = status.map(JobStatus::as_str);
         let rows: Vec<(i64, String, String)> = self
             .with(move |c| {
                 let mut st = c.prepare(
@@ -138,13 +147,7 @@ impl Store {
             })
             .await?;
         rows.into_iter()
-            .map(|(seq, status, job)| {
-                Ok(QueuedJob {
-                    seq,
-                    status,
-                    job: DeployJob::from_json(&job)?,
-                })
-            })
+            .map(|(seq, status, job)| QueuedJob::decode(seq, &status, &job))
             .collect()
     }
 
@@ -217,15 +220,15 @@ impl Store {
         row.map(|(seq, job)| {
             Ok(QueuedJob {
                 seq,
-                status: RUNNING.into(),
+                status: JobStatus::Running,
                 job: DeployJob::from_json(&job)?,
             })
         })
         .transpose()
     }
 
-    pub async fn set_status(&self, job: &JobId, status: &str) -> Result<(), PortError> {
-        let (id, status) = (job.to_string(), status.to_string());
+    pub async fn set_status(&self, job: &JobId, status: JobStatus) -> Result<(), PortError> {
+        let (id, status) = (job.to_string(), status.as_str());
         self.with(move |c| {
             c.execute(
                 "UPDATE jobs SET status = ?2 WHERE id = ?1",
@@ -248,37 +251,8 @@ impl Store {
                 .optional()
             })
             .await?;
-        row.map(|(seq, status, job)| {
-            Ok(QueuedJob {
-                seq,
-                status,
-                job: DeployJob::from_json(&job)?,
-            })
-        })
-        .transpose()
-    }
-
-    /// The newest version queued behind `job` for its app+env, if newer than it.
-    pub async fn newer_queued(&self, job: &DeployJob) -> Result<Option<Version>, PortError> {
-        let (id, grp) = (job.id.to_string(), job.group());
-        let bodies: Vec<String> = self
-            .with(move |c| {
-                let mut st = c.prepare(
-                    "SELECT job FROM jobs WHERE grp = ?2 AND status = 'queued'
-                       AND seq > (SELECT seq FROM jobs WHERE id = ?1)",
-                )?;
-                let rows = st.query_map(params![id, grp], |r| r.get(0))?;
-                rows.collect()
-            })
-            .await?;
-        let mut newest: Option<Version> = None;
-        for body in bodies {
-            let v = DeployJob::from_json(&body)?.version;
-            if v.is_newer_than(newest.as_ref().unwrap_or(&job.version)) {
-                newest = Some(v);
-            }
-        }
-        Ok(newest)
+        row.map(|(seq, status, job)| QueuedJob::decode(seq, &status, &job))
+            .transpose()
     }
 
     /// Checkpoints a deploy; called after every step.
@@ -344,7 +318,7 @@ impl Store {
 
     /// Jobs marked running: after a crash, these are the deploys to resume.
     pub async fn running_jobs(&self) -> Result<Vec<QueuedJob>, PortError> {
-        self.jobs(Some(RUNNING)).await
+        self.jobs(Some(JobStatus::Running)).await
     }
 
     /// The recorded result of every node of command `key` that has one; `None` while the
@@ -502,6 +476,31 @@ impl Store {
             )
         })
         .await
+    }
+}
+
+#[async_trait]
+impl Backlog for Store {
+    async fn newer_queued(&self, job: &DeployJob) -> Result<Option<Version>, PortError> {
+        let (id, grp) = (job.id.to_string(), job.group());
+        let bodies: Vec<String> = self
+            .with(move |c| {
+                let mut st = c.prepare(
+                    "SELECT job FROM jobs WHERE grp = ?2 AND status = 'queued'
+                       AND seq > (SELECT seq FROM jobs WHERE id = ?1)",
+                )?;
+                let rows = st.query_map(params![id, grp], |r| r.get(0))?;
+                rows.collect()
+            })
+            .await?;
+        let mut newest: Option<Version> = None;
+        for body in bodies {
+            let v = DeployJob::from_json(&body)?.version;
+            if v.is_newer_than(newest.as_ref().unwrap_or(&job.version)) {
+                newest = Some(v);
+            }
+        }
+        Ok(newest)
     }
 }
 

@@ -10,10 +10,11 @@
 use chrono::{DateTime, Duration, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::config::Rollout;
-use crate::job::{DeployJob, Source};
-use crate::ports::LockInfo;
-use crate::version::Version;
+use super::command::{Command, CommandKind, NodeResult};
+use super::job::{DeployJob, Source};
+use super::ports::LockInfo;
+use super::rollout::Rollout;
+use super::version::Version;
 
 /// How long a deploy's lock outlives a crash of its driver.
 pub const LOCK_TTL_SECONDS: i64 = 2 * 3600;
@@ -43,42 +44,6 @@ pub const LOCK_RETRY_MAX_MILLIS: u64 = 60_000;
 /// up to a minute: CI runs take minutes, and each look costs GitHub API calls.
 pub const VERIFY_FIRST_RETRY_MILLIS: u64 = 5_000;
 pub const VERIFY_RETRY_MAX_MILLIS: u64 = 60_000;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum CommandKind {
-    Install,
-    Restart,
-    Health,
-    /// Print the installed version (answered `NodeResult::Reported`).
-    Version,
-}
-
-/// A command for the fleet: run `kind` for `version` on `nodes`, at most `concurrency` at
-/// once (0: all). Asking again with the same key returns its status; it never runs twice.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Command {
-    pub key: String,
-    pub kind: CommandKind,
-    pub version: Version,
-    pub nodes: Vec<String>,
-    pub concurrency: u32,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "state", rename_all = "snake_case")]
-pub enum NodeResult {
-    Running,
-    Succeeded,
-    /// A `CommandKind::Version` command succeeded and printed this.
-    Reported {
-        output: String,
-    },
-    Failed {
-        exit_code: Option<i32>,
-        output: String,
-    },
-}
 
 /// What the driver must do next.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -159,6 +124,18 @@ pub enum Outcome {
     RollbackFailed { reason: String },
     /// Not deployed, on purpose.
     Skipped { reason: String },
+}
+
+impl Outcome {
+    /// Why it did not succeed.
+    pub fn reason(&self) -> Option<&str> {
+        match self {
+            Outcome::Succeeded { .. } => None,
+            Outcome::Failed { reason, .. }
+            | Outcome::RollbackFailed { reason }
+            | Outcome::Skipped { reason } => Some(reason),
+        }
+    }
 }
 
 /// What happened, for chat, APM and logs. Sent best-effort; never blocks the deploy.

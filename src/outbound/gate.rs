@@ -12,11 +12,11 @@ use std::time::Duration;
 use reqwest::{StatusCode, Url};
 use serde_json::Value;
 
+use crate::config::secrets::Secrets;
 use crate::config::{App, Gate};
-use crate::engine::Verdict;
-use crate::job::DeployJob;
-use crate::ports::PortError;
-use crate::secrets::Secrets;
+use crate::deploy::engine::Verdict;
+use crate::deploy::job::DeployJob;
+use crate::deploy::ports::PortError;
 
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 

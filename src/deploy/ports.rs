@@ -1,10 +1,13 @@
-//! The ports the core talks through; adapters live in `store` (SQLite) and `aws`.
+//! The ports the core talks through. Adapters: `aws` (SQS, Parameter Store, Run Command)
+//! and `local` (SQLite, local processes).
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::job::{DeployJob, JobId};
+use super::command::{Command, NodeResult};
+use super::job::{DeployJob, JobId};
+use super::version::Version;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -17,11 +20,60 @@ pub enum Enqueued {
 /// Boxed so adapters can carry their SDK's error without the core naming it.
 pub type PortError = Box<dyn std::error::Error + Send + Sync>;
 
+/// An error that trying again cannot fix (the job's app left the config, its nodes are
+/// for the other runtime): a driver ends the job at once instead of retrying the step.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Refused(pub String);
+
+impl Refused {
+    pub fn error(reason: impl Into<String>) -> PortError {
+        Box::new(Refused(reason.into()))
+    }
+}
+
+pub fn is_refused(e: &PortError) -> bool {
+    e.downcast_ref::<Refused>().is_some()
+}
+
 #[async_trait]
 pub trait JobQueue: Send + Sync {
     /// Queues jobs in order; all of them or, on error, as many as the error says nothing
     /// about (callers treat an error as "retry the whole event", which dedupe makes safe).
     async fn enqueue(&self, jobs: &[DeployJob]) -> Result<Vec<Enqueued>, PortError>;
+}
+
+/// The jobs still queued behind one, where a runtime can see them.
+#[async_trait]
+pub trait Backlog: Send + Sync {
+    /// The newest version queued behind `job` for its app+env, if newer than it.
+    async fn newer_queued(&self, job: &DeployJob) -> Result<Option<Version>, PortError>;
+}
+
+/// The remote commands sent for one command key (SSM command ids), kept with the deploy's
+/// state so that a step replayed after a crash finds them instead of sending again.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Sent {
+    pub key: String,
+    pub commands: Vec<String>,
+}
+
+/// The nodes of an app+env, and a way to run commands on them.
+#[async_trait]
+pub trait Fleet: Send + Sync {
+    /// The job's nodes, in a stable order.
+    async fn resolve(&self, job: &DeployJob) -> Result<Vec<String>, PortError>;
+    /// Runs `cmd` on its nodes the first time its key is asked for, and reports on it
+    /// after that (a key never runs twice on a node): every node's result, `Running`
+    /// while unknown. `max_errors` is the deploy's install error budget; `sent` what this
+    /// fleet needs to remember between steps.
+    async fn run(
+        &self,
+        job: &DeployJob,
+        cmd: &Command,
+        max_errors: u32,
+        sent: &mut Option<Sent>,
+    ) -> Result<Vec<(String, NodeResult)>, PortError>;
 }
 
 /// A hold on an app+env. Deploys take one with an expiry, so a crashed deploy cannot hold

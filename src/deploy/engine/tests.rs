@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 use chrono::{DateTime, Duration, TimeZone, Utc};
 
 use super::*;
-use crate::job::{JobId, Source};
+use crate::deploy::job::{JobId, Source};
 
 fn t0() -> DateTime<Utc> {
     Utc.timestamp_opt(1_800_000_000, 0).unwrap()

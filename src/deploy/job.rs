@@ -4,7 +4,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::version::{PackageName, Version};
+use crate::deploy::version::{PackageName, Version};
 
 /// Bumped on any change a reader of older jobs could misread; readers refuse versions
 /// they do not know rather than guessing.

@@ -115,8 +115,8 @@ pub async fn handle_any(
 /// The whole of an HTTP API function: the ingress from the environment, then every API
 /// Gateway event answered by `hook`'s handler.
 pub async fn run_http_function(hook: Hook) -> Result<(), lambda_runtime::Error> {
-    crate::wiring::init_tracing(true, "info");
-    let ingress = crate::wiring::aws_ingress_from_env().await?;
+    crate::run::telemetry::init_tracing(true, "info");
+    let ingress = crate::run::wiring::aws_ingress_from_env().await?;
     let ingress = &ingress;
     lambda_runtime::run(service_fn(
         move |event: LambdaEvent<ApiGatewayV2httpRequest>| async move {
@@ -131,8 +131,8 @@ pub async fn run_http_function(hook: Hook) -> Result<(), lambda_runtime::Error> 
 /// The whole of the package-upload function. An error makes Lambda retry the event;
 /// job ids make the retry harmless.
 pub async fn run_package_function() -> Result<(), lambda_runtime::Error> {
-    crate::wiring::init_tracing(true, "info");
-    let ingress = crate::wiring::aws_ingress_from_env().await?;
+    crate::run::telemetry::init_tracing(true, "info");
+    let ingress = crate::run::wiring::aws_ingress_from_env().await?;
     let ingress = &ingress;
     lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| async move {
         handle_package_event(ingress, event.payload, Utc::now())
@@ -148,11 +148,11 @@ const REGISTRATION_WAIT: std::time::Duration = std::time::Duration::from_secs(24
 
 /// The whole of the node-joined function: EC2 state changes in, sync jobs queued.
 pub async fn run_node_joined_function() -> Result<(), lambda_runtime::Error> {
-    crate::wiring::init_tracing(true, "info");
-    let n = crate::wiring::aws_node_joined_from_env().await?;
+    crate::run::telemetry::init_tracing(true, "info");
+    let n = crate::run::wiring::aws_node_joined_from_env().await?;
     let n = &n;
     lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| async move {
-        crate::joined::node_joined(
+        crate::aws::joined::node_joined(
             &n.config,
             &n.queue,
             &n.ledger,
@@ -183,8 +183,8 @@ pub async fn start_deploy(
     state_machine: &str,
     body: &str,
 ) -> Result<Dispatched, String> {
-    let job = crate::job::DeployJob::from_json(body).map_err(|e| e.to_string())?;
-    let input = serde_json::to_string(&crate::step::StepState::start(job.clone()))
+    let job = crate::deploy::job::DeployJob::from_json(body).map_err(|e| e.to_string())?;
+    let input = serde_json::to_string(&crate::drive::step::StepState::start(job.clone()))
         .map_err(|e| e.to_string())?;
     match sfn
         .start_execution()
@@ -240,7 +240,7 @@ pub async fn dispatch(
 
 /// The whole of the deploy-dispatch function (`SHIPIT_STATE_MACHINE_ARN`).
 pub async fn run_dispatch_function() -> Result<(), lambda_runtime::Error> {
-    crate::wiring::init_tracing(true, "info");
+    crate::run::telemetry::init_tracing(true, "info");
     let sdk = crate::aws::sdk_config().await;
     let sfn = aws_sdk_sfn::Client::new(&sdk);
     let machine = std::env::var("SHIPIT_STATE_MACHINE_ARN")
@@ -257,11 +257,11 @@ pub async fn run_dispatch_function() -> Result<(), lambda_runtime::Error> {
 /// The whole of the deploy-step function: the state machine's state in, the next out.
 /// An error makes the state machine retry the step with the same input.
 pub async fn run_step_function() -> Result<(), lambda_runtime::Error> {
-    crate::wiring::init_tracing(true, "info");
-    let stepper = crate::wiring::aws_stepper_from_env().await?;
+    crate::run::telemetry::init_tracing(true, "info");
+    let stepper = crate::run::wiring::aws_stepper_from_env().await?;
     let stepper = &stepper;
     lambda_runtime::run(service_fn(
-        move |event: LambdaEvent<crate::step::StepState>| async move {
+        move |event: LambdaEvent<crate::drive::step::StepState>| async move {
             stepper.step(event.payload).await
         },
     ))

@@ -12,8 +12,8 @@ use serde_json::{json, Value};
 
 use crate::aws::fleet::SdkRunCommand;
 use crate::config::{Config, Nodes};
-use crate::job::{DeployJob, Source};
-use crate::ports::{JobQueue, Ledger};
+use crate::deploy::job::{DeployJob, Source};
+use crate::deploy::ports::{JobQueue, Ledger};
 
 /// How often to look again for an instance whose SSM agent has not registered yet.
 const REGISTRATION_POLL: Duration = Duration::from_secs(5);

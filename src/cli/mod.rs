@@ -1,5 +1,7 @@
 //! What the `shipit` commands do on one machine, over the SQLite store.
 
+pub mod demo;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -9,12 +11,14 @@ use serde_json::json;
 use tokio::sync::watch;
 
 use crate::config::{App, Config};
-use crate::engine::Notice;
-use crate::job::{DeployJob, JobId, Source};
-use crate::ports::{rollback_target, JobQueue, Ledger};
-use crate::store::{QueuedJob, Store, QUEUED, RUNNING};
-use crate::version::Version;
-use crate::worker::{describe, Worker};
+use crate::deploy::engine::Notice;
+use crate::deploy::job::{DeployJob, JobId, Source};
+use crate::deploy::ports::{rollback_target, JobQueue, Ledger};
+use crate::deploy::status::describe;
+use crate::deploy::status::JobStatus;
+use crate::deploy::version::Version;
+use crate::drive::worker::Worker;
+use crate::local::store::{QueuedJob, Store};
 
 /// A deploy's progress on a terminal: one line per node, redrawn in place.
 #[derive(Default)]
@@ -81,7 +85,7 @@ impl LiveView {
     }
 }
 
-fn port(e: crate::ports::PortError) -> anyhow::Error {
+fn port(e: crate::deploy::ports::PortError) -> anyhow::Error {
     anyhow!("{e}")
 }
 
@@ -212,21 +216,21 @@ pub async fn drift(
             )
         }
     };
-    let cmd = crate::engine::Command {
+    let cmd = crate::deploy::command::Command {
         key: format!("check:{}", nonce()),
-        kind: crate::engine::CommandKind::Version,
+        kind: crate::deploy::command::CommandKind::Version,
         version: live.version.clone(),
         nodes,
         concurrency: 0,
     };
-    let results = crate::local::LocalFleet::new(store.clone())
-        .run(a, e, &cmd)
+    let results = crate::local::fleet::LocalFleet::new(store.clone(), Arc::new(config.clone()))
+        .run_on(a, e, &cmd)
         .await
         .map_err(port)?;
     let report = results
         .into_iter()
         .map(|(node, r)| {
-            let (installed, detail) = crate::engine::probed(&r);
+            let (installed, detail) = crate::deploy::engine::probed(&r);
             NodeVersion {
                 node,
                 installed,
@@ -294,14 +298,14 @@ pub async fn wait(
     store: &Store,
     job: &JobId,
     on_notice: impl FnMut(&Notice),
-) -> anyhow::Result<String> {
+) -> anyhow::Result<JobStatus> {
     let holder = format!(
         "cli-{}-{}",
         std::process::id(),
         Utc::now().timestamp_micros()
     );
     let (stop, stopped) = watch::channel(false);
-    let out = crate::wiring::local_outbound(config.clone()).await;
+    let out = crate::run::local::local_outbound(config.clone()).await;
     let worker = Worker::new(config, store.clone(), out);
     let runner = tokio::spawn(async move { worker.run(&holder, stopped).await });
     let finished = follow_job(store, job, on_notice).await;
@@ -329,7 +333,7 @@ pub async fn follow_job(
             seen = seq;
             on_notice(&notice);
         }
-        if q.status != QUEUED && q.status != RUNNING {
+        if !q.status.is_pending() {
             return Ok(q);
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -352,7 +356,7 @@ pub async fn status(config: &Config, store: &Store) -> anyhow::Result<serde_json
             let group = format!("{}/{env}", app.name);
             let active: Vec<_> = jobs
                 .iter()
-                .filter(|q| q.job.group() == group && (q.status == QUEUED || q.status == RUNNING))
+                .filter(|q| q.job.group() == group && q.status.is_pending())
                 .map(|q| json!({ "job": q.job.id, "version": q.job.version, "status": q.status }))
                 .collect();
             out.push(json!({
@@ -419,7 +423,7 @@ pub async fn history(
     store: &Store,
     app: &str,
     env: Option<&str>,
-) -> anyhow::Result<Vec<crate::ports::HistoryEntry>> {
+) -> anyhow::Result<Vec<crate::deploy::ports::HistoryEntry>> {
     let (a, env) = target(config, app, env)?;
     store.history(&a.name, &env, 50).await.map_err(port)
 }

@@ -10,39 +10,52 @@ use chrono::Utc;
 use tokio::process::Command as Process;
 use tokio::sync::Semaphore;
 
-use crate::config::{App, Environment, LocalNode, Nodes};
-use crate::engine::{Command, CommandKind, NodeResult};
-use crate::ports::PortError;
-use crate::store::Store;
+use async_trait::async_trait;
 
-/// How much of a failed command's output is kept for the report.
-pub const OUTPUT_TAIL: usize = 2000;
+use super::store::Store;
+use crate::config::command::Site;
+use crate::config::{App, Config, Environment, Nodes};
+use crate::deploy::command::{tail, Command, CommandKind, NodeResult, OUTPUT_TAIL};
+use crate::deploy::job::DeployJob;
+use crate::deploy::ports::{Fleet, PortError, Refused, Sent};
 
 #[derive(Clone)]
 pub struct LocalFleet {
     store: Store,
+    config: Arc<Config>,
 }
 
 impl LocalFleet {
-    pub fn new(store: Store) -> LocalFleet {
-        LocalFleet { store }
+    pub fn new(store: Store, config: Arc<Config>) -> LocalFleet {
+        LocalFleet { store, config }
+    }
+
+    /// The job's app and environment, if it deploys to local nodes.
+    fn target(&self, job: &DeployJob) -> Result<(&App, &Environment), PortError> {
+        let app = self
+            .config
+            .app(&job.app)
+            .ok_or_else(|| Refused::error(format!("app {} is no longer in the config", job.app)))?;
+        let env = app.environments.get(&job.env).ok_or_else(|| {
+            Refused::error(format!(
+                "environment {} of {} is no longer in the config",
+                job.env, job.app
+            ))
+        })?;
+        Ok((app, env))
     }
 
     /// Runs `cmd` on its nodes and returns every node's result. A node whose result for
     /// this key is recorded is not run again; one started by a process that died before
     /// recording a result is run again (its outcome is unknown).
-    pub async fn run(
+    pub async fn run_on(
         &self,
         app: &App,
         env: &Environment,
         cmd: &Command,
     ) -> Result<Vec<(String, NodeResult)>, PortError> {
         let Nodes::Local(nodes) = &env.nodes else {
-            return Err(format!(
-                "{}/{} finds its nodes through SSM tags; deploy it with the AWS runtime",
-                app.name, env.name
-            )
-            .into());
+            return Err(ssm_nodes(app, env));
         };
         let recorded: HashMap<String, Option<NodeResult>> = self
             .store
@@ -67,7 +80,17 @@ impl LocalFleet {
             // What to run where: Err is a failure before anything runs, None nothing to run.
             let plan = match nodes.iter().find(|n| &n.name == name) {
                 None => Err(format!("node {name} is not in the config")),
-                Some(node) => script(app, env, node, cmd).map(|s| s.map(|s| (node.dir.clone(), s))),
+                Some(node) => {
+                    let dir = node.dir.display().to_string();
+                    let site = Site {
+                        node: &node.name,
+                        dir: Some(&dir),
+                        vars: &node.vars,
+                    };
+                    app.script(env, cmd.kind, &cmd.version, &site)
+                        .map(|s| s.map(|s| (node.dir.clone(), s)))
+                        .map_err(|e| e.to_string())
+                }
             };
             let (store, key, name, permits) = (
                 self.store.clone(),
@@ -114,43 +137,39 @@ impl LocalFleet {
     }
 }
 
-fn failed(exit_code: Option<i32>, output: String) -> NodeResult {
-    NodeResult::Failed { exit_code, output }
+fn ssm_nodes(app: &App, env: &Environment) -> PortError {
+    Refused::error(format!(
+        "{}/{} finds its nodes through SSM tags; deploy it with the AWS runtime",
+        app.name, env.name
+    ))
 }
 
-/// The shell command for `cmd` on `node`; `None` for a health check the app does not have.
-fn script(
-    app: &App,
-    env: &Environment,
-    node: &LocalNode,
-    cmd: &Command,
-) -> Result<Option<String>, String> {
-    let template = match cmd.kind {
-        CommandKind::Install => Some(&app.install),
-        CommandKind::Restart => Some(&app.restart),
-        CommandKind::Health => app.health.as_ref(),
-        CommandKind::Version => match &app.version {
-            Some(v) => Some(v),
-            None => return Err(format!("apps.{}.version is not set", app.name)),
-        },
-    };
-    let Some(template) = template else {
-        return Ok(None);
-    };
-    let dir = node.dir.display().to_string();
-    let package = app.package.to_string();
-    template
-        .render(|name| match name {
-            "app" => Some(app.name.as_str()),
-            "env" => Some(env.name.as_str()),
-            "package" => Some(package.as_str()),
-            "version" => Some(cmd.version.as_str()),
-            "node" => Some(node.name.as_str()),
-            "dir" => Some(dir.as_str()),
-            other => node.vars.get(other).map(String::as_str),
-        })
-        .map(Some)
-        .map_err(|e| e.to_string())
+#[async_trait]
+impl Fleet for LocalFleet {
+    async fn resolve(&self, job: &DeployJob) -> Result<Vec<String>, PortError> {
+        let (app, env) = self.target(job)?;
+        match &env.nodes {
+            Nodes::Local(nodes) => Ok(nodes.iter().map(|n| n.name.clone()).collect()),
+            Nodes::Ssm { .. } => Err(ssm_nodes(app, env)),
+        }
+    }
+
+    /// Local commands finish within the call (results are in the store), so there is
+    /// nothing to remember in `sent`.
+    async fn run(
+        &self,
+        job: &DeployJob,
+        cmd: &Command,
+        _max_errors: u32,
+        _sent: &mut Option<Sent>,
+    ) -> Result<Vec<(String, NodeResult)>, PortError> {
+        let (app, env) = self.target(job)?;
+        self.run_on(app, env, cmd).await
+    }
+}
+
+fn failed(exit_code: Option<i32>, output: String) -> NodeResult {
+    NodeResult::Failed { exit_code, output }
 }
 
 async fn execute(dir: &Path, script: &str, timeout: Duration, kind: CommandKind) -> NodeResult {
@@ -188,14 +207,4 @@ async fn execute(dir: &Path, script: &str, timeout: Duration, kind: CommandKind)
             failed(out.status.code(), tail(&text, OUTPUT_TAIL))
         }
     }
-}
-
-/// The last `max` bytes of `text`, cut at a character boundary.
-pub fn tail(text: &str, max: usize) -> String {
-    let text = text.trim_end();
-    let mut start = text.len().saturating_sub(max);
-    while !text.is_char_boundary(start) {
-        start += 1;
-    }
-    text[start..].to_string()
 }

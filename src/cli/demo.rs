@@ -14,29 +14,30 @@ use serde_json::Value;
 use sha2::Digest;
 
 use crate::config::Config;
+use crate::deploy::job::JobId;
+use crate::deploy::status::{describe, JobStatus};
+use crate::drive::worker::Worker;
 use crate::ingress::sign_hex;
-use crate::job::JobId;
-use crate::store::Store;
-use crate::wiring::local_ingress;
-use crate::worker::{describe, Worker};
+use crate::local::store::Store;
+use crate::run::local::local_ingress;
 
-const CONFIG: &str = include_str!("../examples/local/shipit.toml");
+const CONFIG: &str = include_str!("../../examples/local/shipit.toml");
 const APP_FILES: [(&str, &str); 5] = [
     (
         "build_wheels.py",
-        include_str!("../examples/local/hello-app/build_wheels.py"),
+        include_str!("../../examples/local/hello-app/build_wheels.py"),
     ),
     (
         "hello_app/__init__.py",
-        include_str!("../examples/local/hello-app/hello_app/__init__.py"),
+        include_str!("../../examples/local/hello-app/hello_app/__init__.py"),
     ),
     (
         "hello_app/server.py",
-        include_str!("../examples/local/hello-app/hello_app/server.py"),
+        include_str!("../../examples/local/hello-app/hello_app/server.py"),
     ),
     (
         "hello_app/ctl.py",
-        include_str!("../examples/local/hello-app/hello_app/ctl.py"),
+        include_str!("../../examples/local/hello-app/hello_app/ctl.py"),
     ),
     (
         "README.md",
@@ -51,8 +52,8 @@ const STEP_TIMEOUT: Duration = Duration::from_secs(120);
 struct Row {
     step: &'static str,
     job: String,
-    status: String,
-    expected: &'static str,
+    status: JobStatus,
+    expected: JobStatus,
     seconds: f64,
 }
 
@@ -173,7 +174,7 @@ pub async fn run(dir: Option<PathBuf>) -> anyhow::Result<bool> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let base = format!("http://{}", listener.local_addr()?);
     let (stop, stopped) = tokio::sync::watch::channel(false);
-    let server = tokio::spawn(crate::server::serve(
+    let server = tokio::spawn(crate::run::server::serve(
         ingress.clone(),
         store.clone(),
         listener,
@@ -184,7 +185,7 @@ pub async fn run(dir: Option<PathBuf>) -> anyhow::Result<bool> {
             }
         },
     ));
-    let out = crate::wiring::local_outbound(config.clone()).await;
+    let out = crate::run::local::local_outbound(config.clone()).await;
     let worker = Worker::new(config.clone(), store.clone(), out);
     let worker = tokio::spawn(async move { worker.run("demo", stopped).await });
     println!("shipit is serving on {base}\n");
@@ -271,7 +272,7 @@ async fn play(
             store,
             "tag push v1.0.0 (GitHub webhook)",
             job,
-            "succeeded",
+            JobStatus::Succeeded,
             t,
         )
         .await?,
@@ -313,7 +314,7 @@ async fn play(
             store,
             "upload of 1.1.0 (package directory)",
             &job,
-            "succeeded",
+            JobStatus::Succeeded,
             t,
         )
         .await?,
@@ -324,9 +325,13 @@ async fn play(
         (
             "hello 1.2.0",
             "/deploy hello 1.2.0 (broken build)",
-            "failed",
+            JobStatus::Failed,
         ),
-        ("rollback hello", "/deploy rollback hello", "succeeded"),
+        (
+            "rollback hello",
+            "/deploy rollback hello",
+            JobStatus::Succeeded,
+        ),
     ] {
         println!("\n== Slack: /deploy {text}");
         let t = Instant::now();
@@ -390,11 +395,11 @@ async fn follow(
     store: &Store,
     step: &'static str,
     job: &str,
-    expected: &'static str,
+    expected: JobStatus,
     started: Instant,
 ) -> anyhow::Result<Row> {
     let id: JobId = serde_json::from_value(Value::String(job.to_string()))?;
-    let log = |n: &crate::engine::Notice| println!("  deploy {job}: {}", describe(n));
+    let log = |n: &crate::deploy::engine::Notice| println!("  deploy {job}: {}", describe(n));
     let left = STEP_TIMEOUT.saturating_sub(started.elapsed());
     let q = tokio::time::timeout(left, crate::cli::follow_job(store, &id, log))
         .await
@@ -411,7 +416,7 @@ async fn follow(
         "  chat would post: {} {} to {}: {} in {took:.1} s (requested by {})",
         j.app, j.version, j.env, q.status, j.requested_by
     );
-    if q.status == "succeeded" {
+    if q.status == JobStatus::Succeeded {
         println!(
             "  APM would mark: deployment of {} version {} in {} at {}",
             j.app,

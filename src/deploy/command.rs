@@ -1,0 +1,54 @@
+//! What a fleet is asked to run on nodes, and what it answers per node.
+
+use serde::{Deserialize, Serialize};
+
+use super::version::Version;
+
+/// How much of a command's output a fleet keeps for the report (the last bytes).
+pub const OUTPUT_TAIL: usize = 2000;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CommandKind {
+    Install,
+    Restart,
+    Health,
+    /// Print the installed version (answered `NodeResult::Reported`).
+    Version,
+}
+
+/// A command for the fleet: run `kind` for `version` on `nodes`, at most `concurrency` at
+/// once (0: all). Asking again with the same key returns its status; it never runs twice.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Command {
+    pub key: String,
+    pub kind: CommandKind,
+    pub version: Version,
+    pub nodes: Vec<String>,
+    pub concurrency: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum NodeResult {
+    Running,
+    Succeeded,
+    /// A `CommandKind::Version` command succeeded and printed this.
+    Reported {
+        output: String,
+    },
+    Failed {
+        exit_code: Option<i32>,
+        output: String,
+    },
+}
+
+/// The last `max` bytes of `text`, cut at a character boundary.
+pub fn tail(text: &str, max: usize) -> String {
+    let text = text.trim_end();
+    let mut start = text.len().saturating_sub(max);
+    while !text.is_char_boundary(start) {
+        start += 1;
+    }
+    text[start..].to_string()
+}

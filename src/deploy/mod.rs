@@ -1,0 +1,11 @@
+//! The core: what a deploy job is, the engine that runs one as a pure state machine,
+//! and the ports it talks through. Nothing here does I/O, reads a clock, or knows the
+//! config file format, an adapter, tokio or AWS.
+
+pub mod command;
+pub mod engine;
+pub mod job;
+pub mod ports;
+pub mod rollout;
+pub mod status;
+pub mod version;

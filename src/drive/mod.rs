@@ -1,0 +1,207 @@
+//! The one deploy driver. The engine says what to do next; a [`Driver`] does it through
+//! the ports and hands back what happened. Two loops run it: `step` (one invocation of
+//! the deploy-step Lambda, state carried by Step Functions) and `worker` (`shipit serve`,
+//! state checkpointed in SQLite). They differ only in how they wait, retry and save.
+
+pub mod step;
+#[cfg(feature = "local")]
+pub mod worker;
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+
+use crate::config::{App, Config};
+use crate::deploy::engine::{Action, Deploy, Notice, Observation, Outcome, LOCK_TTL_SECONDS};
+use crate::deploy::job::DeployJob;
+use crate::deploy::ports::{Backlog, Fleet, Ledger, LockInfo, PortError, Refused, Sent};
+use crate::deploy::rollout::Rollout;
+use crate::outbound::gate::Gatekeeper;
+use crate::outbound::notify::{Notifier, NotifyState};
+
+/// What a deploy asks of and tells the world outside: the gate (GitHub) before it
+/// starts, the notifiers as it goes.
+#[derive(Clone)]
+pub struct Outbound {
+    pub gate: Arc<Gatekeeper>,
+    pub notifier: Arc<Notifier>,
+}
+
+impl Outbound {
+    pub fn new(config: Arc<Config>, secrets: Arc<crate::config::secrets::Secrets>) -> Outbound {
+        Outbound {
+            gate: Arc::new(Gatekeeper::new(secrets.clone())),
+            notifier: Arc::new(Notifier::new(config, secrets)),
+        }
+    }
+}
+
+/// The ports a deploy runs through, on either runtime.
+#[derive(Clone)]
+pub struct Driver {
+    pub config: Arc<Config>,
+    ledger: Arc<dyn Ledger>,
+    fleet: Arc<dyn Fleet>,
+    /// Where the runtime can see the jobs queued behind one (the SQLite store). A Step
+    /// Functions execution cannot look into SQS, so there a waiting automatic job learns
+    /// of a newer version only once that one is live.
+    backlog: Option<Arc<dyn Backlog>>,
+    pub out: Outbound,
+}
+
+impl Driver {
+    pub fn new(
+        config: Arc<Config>,
+        ledger: Arc<dyn Ledger>,
+        fleet: Arc<dyn Fleet>,
+        backlog: Option<Arc<dyn Backlog>>,
+        out: Outbound,
+    ) -> Driver {
+        Driver {
+            config,
+            ledger,
+            fleet,
+            backlog,
+            out,
+        }
+    }
+
+    /// A job's first engine state, with its app's rollout policy.
+    pub fn start(&self, job: &DeployJob) -> Result<Deploy, Refused> {
+        Ok(Deploy::new(job.clone(), self.app(job)?.rollout.clone()))
+    }
+
+    fn app(&self, job: &DeployJob) -> Result<&App, Refused> {
+        let app = self
+            .config
+            .app(&job.app)
+            .ok_or_else(|| Refused(format!("app {} is not in the config", job.app)))?;
+        if !app.environments.contains_key(&job.env) {
+            return Err(Refused(format!(
+                "{} has no environment {}",
+                job.app, job.env
+            )));
+        }
+        Ok(app)
+    }
+
+    /// Does `action` (anything but `Wait` and `Finished`, which the loops do their own
+    /// way) and says what happened. A [`Refused`] error will not go away by retrying.
+    pub async fn perform(
+        &self,
+        deploy: &Deploy,
+        action: &Action,
+        sent: &mut Option<Sent>,
+        now: DateTime<Utc>,
+    ) -> Result<Observation, PortError> {
+        let job = &deploy.job;
+        Ok(match action {
+            Action::Verify => Observation::Verified {
+                verdict: self.out.gate.verify(self.app(job)?, job).await?,
+            },
+            Action::Lock { lock } => self.take_lock(job, lock, now).await?,
+            Action::Inspect => Observation::Inspected {
+                live: self.live_job(job).await?,
+                newer_queued: match &self.backlog {
+                    Some(b) => b.newer_queued(job).await?,
+                    None => None,
+                },
+            },
+            Action::ResolveNodes => Observation::Nodes {
+                nodes: self.fleet.resolve(job).await?,
+            },
+            Action::Run(cmd) => Observation::Ran {
+                key: cmd.key.clone(),
+                results: self
+                    .fleet
+                    .run(job, cmd, deploy.policy.max_errors, sent)
+                    .await?,
+            },
+            Action::Record => {
+                self.ledger.record(job, now).await?;
+                Observation::Recorded
+            }
+            Action::Unlock => {
+                self.ledger.release(&job.app, &job.env, &job.id).await?;
+                Observation::Unlocked
+            }
+            Action::Wait { .. } | Action::Finished(_) => {
+                unreachable!("the driver's loop waits and finishes itself")
+            }
+        })
+    }
+
+    /// Tells the notifiers; they never fail or hold up a deploy.
+    pub async fn tell(
+        &self,
+        deploy: &Deploy,
+        notices: &[Notice],
+        memo: &mut NotifyState,
+        now: DateTime<Utc>,
+    ) {
+        if !notices.is_empty() {
+            self.out.notifier.notify(deploy, notices, memo, now).await;
+        }
+    }
+
+    /// Ends a job the engine cannot finish: frees its lock if it holds it and says why.
+    /// Never fails: it is each runtime's last resort.
+    pub async fn abort(
+        &self,
+        job: &DeployJob,
+        deploy: Option<&Deploy>,
+        memo: &mut NotifyState,
+        reason: String,
+        now: DateTime<Utc>,
+    ) -> Outcome {
+        tracing::error!(job_id = %job.id, %reason, "deploy aborted");
+        if let Err(e) = self.ledger.release(&job.app, &job.env, &job.id).await {
+            tracing::error!(job_id = %job.id, error = %e, "cannot release the lock; `unlock` it from chat or the CLI");
+        }
+        let outcome = Outcome::Failed {
+            reason,
+            rolled_back: false,
+        };
+        let ended = Deploy {
+            outcome: Some(outcome.clone()),
+            ..deploy
+                .cloned()
+                .unwrap_or_else(|| Deploy::new(job.clone(), Rollout::default()))
+        };
+        let finished = [Notice::Finished {
+            outcome: outcome.clone(),
+        }];
+        self.tell(&ended, &finished, memo, now).await;
+        outcome
+    }
+
+    /// Tries the engine's lock, with the expiry that frees it if this deploy's driver dies.
+    async fn take_lock(
+        &self,
+        job: &DeployJob,
+        lock: &LockInfo,
+        now: DateTime<Utc>,
+    ) -> Result<Observation, PortError> {
+        let lock = LockInfo {
+            since: now,
+            expires: Some(now + chrono::Duration::seconds(LOCK_TTL_SECONDS)),
+            ..lock.clone()
+        };
+        let held = self.ledger.try_lock(&job.app, &job.env, &lock, now).await?;
+        Ok(Observation::Lock {
+            taken: held.is_ok(),
+            holder: held.err(),
+        })
+    }
+
+    /// The job live on `job`'s app+env.
+    async fn live_job(&self, job: &DeployJob) -> Result<Option<Box<DeployJob>>, PortError> {
+        Ok(self
+            .ledger
+            .history(&job.app, &job.env, 1)
+            .await?
+            .into_iter()
+            .next()
+            .map(|e| Box::new(e.job)))
+    }
+}

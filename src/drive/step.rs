@@ -1,0 +1,206 @@
+//! The deploy-step driver: what one invocation of the `deploy-step` Lambda does, and what
+//! the simulator runs in virtual time. The deploy's state travels in the Step Functions
+//! execution (input → output), so nothing else needs storing.
+//!
+//! One step performs the engine's actions for up to `budget`, waiting in-process for short
+//! pauses (command polls, health re-checks) and handing longer ones to the state
+//! machine's Wait state. That keeps an execution's history small: a 1,000-node deploy is
+//! a few hundred state transitions, far below the 25,000-event limit.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use tracing::Instrument;
+
+use super::Driver;
+use crate::deploy::engine::{Action, Deploy, Observation, Outcome};
+use crate::deploy::job::DeployJob;
+use crate::deploy::ports::{is_refused, PortError, Refused, Sent};
+use crate::deploy::status::JobStatus;
+use crate::outbound::notify::NotifyState;
+
+/// The state machine's payload between steps.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StepState {
+    pub job: DeployJob,
+    /// Absent in an execution's first input (the dispatcher sends only the job).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deploy: Option<Deploy>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sent: Option<Sent>,
+    /// How long the state machine waits before the next step.
+    #[serde(default)]
+    pub wait_seconds: u64,
+    #[serde(default)]
+    pub done: bool,
+    /// Once done: how the job ended (the state machine's Choice reads it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<JobStatus>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// What the notifiers remember (the Slack message to update, say).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub notify: NotifyState,
+    /// Set by the state machine's Catch: the step failed for good; end the deploy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<TaskError>,
+}
+
+/// Step Functions' error object (`ResultPath: "$.error"` in a Catch).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskError {
+    #[serde(rename = "Error", default)]
+    pub error: String,
+    #[serde(rename = "Cause", default)]
+    pub cause: String,
+}
+
+impl StepState {
+    pub fn start(job: DeployJob) -> StepState {
+        StepState {
+            job,
+            deploy: None,
+            sent: None,
+            wait_seconds: 0,
+            done: false,
+            status: None,
+            reason: None,
+            notify: NotifyState::default(),
+            error: None,
+        }
+    }
+}
+
+fn is_default(n: &NotifyState) -> bool {
+    *n == NotifyState::default()
+}
+
+pub type Clock = Arc<dyn Fn() -> DateTime<Utc> + Send + Sync>;
+
+pub struct Stepper {
+    driver: Driver,
+    /// Longest a step keeps working before it returns its state.
+    budget: Duration,
+    now: Clock,
+}
+
+impl Stepper {
+    pub fn new(driver: Driver, budget: Duration) -> Stepper {
+        Stepper {
+            driver,
+            budget,
+            now: Arc::new(Utc::now),
+        }
+    }
+
+    /// The simulator's virtual clock instead of the wall clock.
+    pub fn with_clock(mut self, now: Clock) -> Stepper {
+        self.now = now;
+        self
+    }
+
+    /// Runs the deploy for up to the budget. An `Err` leaves the input state as it was, for
+    /// the state machine to retry; progress made before a failure is returned instead.
+    pub async fn step(&self, state: StepState) -> Result<StepState, PortError> {
+        let span = state.job.span();
+        // Boxed: the step's future nests the driver's and every port's, deep enough to
+        // overflow the compiler's layout query in callers that nest it further.
+        Box::pin(self.step_job(state)).instrument(span).await
+    }
+
+    async fn step_job(&self, mut state: StepState) -> Result<StepState, PortError> {
+        if let Some(err) = state.error.take() {
+            let reason = format!("the deploy step failed: {} {}", err.error, err.cause);
+            return Ok(self.abort(state, reason.trim().to_string()).await);
+        }
+        let mut deploy = match state.deploy.take() {
+            Some(deploy) => deploy,
+            None => match self.driver.start(&state.job) {
+                Ok(deploy) => deploy,
+                Err(Refused(reason)) => return Ok(self.abort(state, reason).await),
+            },
+        };
+        let started = tokio::time::Instant::now();
+        let mut progressed = false;
+        state.wait_seconds = 0;
+        loop {
+            let action = deploy.action();
+            let obs = match &action {
+                Action::Finished(outcome) => {
+                    tracing::info!(outcome = ?outcome, "deploy finished");
+                    finish(&mut state, outcome);
+                    break;
+                }
+                Action::Wait { millis } => {
+                    let pause = Duration::from_millis(*millis);
+                    if started.elapsed() + pause > self.budget {
+                        // The state machine's Wait does the waiting; the next step goes on.
+                        state.wait_seconds = millis.div_ceil(1000);
+                        deploy.observe((self.now)(), Observation::Waited)?;
+                        break;
+                    }
+                    tokio::time::sleep(pause).await;
+                    Observation::Waited
+                }
+                action => {
+                    let now = (self.now)();
+                    match self
+                        .driver
+                        .perform(&deploy, action, &mut state.sent, now)
+                        .await
+                    {
+                        Ok(obs) => obs,
+                        Err(e) if is_refused(&e) => {
+                            state.deploy = Some(deploy);
+                            return Ok(self.abort(state, e.to_string()).await);
+                        }
+                        Err(e) if progressed => {
+                            tracing::warn!(error = %e, "step failed; the next step retries it");
+                            state.wait_seconds = 5;
+                            break;
+                        }
+                        Err(e) => return Err(e),
+                    }
+                }
+            };
+            let now = (self.now)();
+            let notices = deploy.observe(now, obs)?;
+            self.driver
+                .tell(&deploy, &notices, &mut state.notify, now)
+                .await;
+            progressed = true;
+            if started.elapsed() >= self.budget {
+                break;
+            }
+        }
+        state.deploy = Some(deploy);
+        Ok(state)
+    }
+
+    /// Ends a deploy that cannot go on (its step failed for good, its app left the
+    /// config). Never fails: it is the state machine's last resort.
+    async fn abort(&self, mut state: StepState, reason: String) -> StepState {
+        let now = (self.now)();
+        let outcome = self
+            .driver
+            .abort(
+                &state.job,
+                state.deploy.as_ref(),
+                &mut state.notify,
+                reason,
+                now,
+            )
+            .await;
+        finish(&mut state, &outcome);
+        state
+    }
+}
+
+fn finish(state: &mut StepState, outcome: &Outcome) {
+    state.done = true;
+    state.wait_seconds = 0;
+    state.status = Some(JobStatus::from(outcome));
+    state.reason = outcome.reason().map(str::to_string);
+}

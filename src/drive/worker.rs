@@ -1,0 +1,265 @@
+//! The local driver of the deploy engine: claims jobs from the SQLite queue and runs each
+//! step, saving the engine's state after every one, so a killed process resumes a deploy
+//! where it was (a finished command is never run again).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use tokio::sync::watch;
+use tracing::Instrument;
+
+use super::{Driver, Outbound};
+use crate::config::Config;
+use crate::deploy::engine::{Action, Deploy, Notice, Observation, Outcome};
+use crate::deploy::job::DeployJob;
+use crate::deploy::ports::{is_refused, PortError, Refused};
+use crate::deploy::status::JobStatus;
+use crate::local::fleet::LocalFleet;
+use crate::local::store::Store;
+use crate::outbound::notify::NotifyState;
+
+/// How often an idle worker looks for new jobs.
+const IDLE_POLL: Duration = Duration::from_millis(200);
+/// The worker lease: renewed every `LEASE_RENEW`, lost `LEASE_TTL` after its holder died.
+const LEASE_RENEW: Duration = Duration::from_secs(2);
+pub const LEASE_TTL_SECONDS: i64 = 10;
+/// Pause before retrying a step whose I/O failed (the state is unchanged, so it is safe).
+const RETRY_PAUSE: Duration = Duration::from_secs(2);
+const MAX_STEP_RETRIES: u32 = 5;
+
+#[derive(Clone)]
+pub struct Worker {
+    driver: Driver,
+    store: Store,
+}
+
+/// Ends a step early: the worker is stopping, or the step cannot be done at all.
+enum Stop {
+    Shutdown,
+    Abandon(String),
+}
+
+impl Worker {
+    pub fn new(config: Arc<Config>, store: Store, out: Outbound) -> Worker {
+        let fleet = LocalFleet::new(store.clone(), config.clone());
+        let ports = Arc::new(store.clone());
+        let driver = Driver::new(config, ports.clone(), Arc::new(fleet), Some(ports), out);
+        Worker { driver, store }
+    }
+
+    /// Runs jobs until `shutdown` turns true: first the deploys a previous process left
+    /// running, then new ones as they are queued (one at a time per app+env).
+    pub async fn run(
+        &self,
+        holder: &str,
+        mut shutdown: watch::Receiver<bool>,
+    ) -> Result<(), PortError> {
+        let ttl = chrono::Duration::seconds(LEASE_TTL_SECONDS);
+        // Another worker (a `deploy --wait`, or one that died and whose lease has not run
+        // out yet) holds the store: wait for it rather than run deploys side by side.
+        let mut said = false;
+        while !self
+            .store
+            .take_worker_lease(holder, Utc::now(), ttl)
+            .await?
+        {
+            if !said {
+                tracing::warn!("another shipit worker holds this store; waiting for it to finish");
+                said = true;
+            }
+            tokio::select! {
+                _ = shutdown.changed() => return Ok(()),
+                _ = tokio::time::sleep(LEASE_RENEW) => {}
+            }
+        }
+        let mut renewed = std::time::Instant::now();
+        // Deploys stop at their next step boundary when this loop ends, for any reason.
+        let (halt, halted) = watch::channel(false);
+        let mut tasks = tokio::task::JoinSet::new();
+        for q in self.store.running_jobs().await? {
+            tracing::info!(job_id = %q.job.id, "resuming deploy");
+            let (w, s) = (self.clone(), halted.clone());
+            tasks.spawn(async move { w.drive(q.job, s).await });
+        }
+        loop {
+            while let Some(q) = self.store.claim_next().await? {
+                let (w, s) = (self.clone(), halted.clone());
+                tasks.spawn(async move { w.drive(q.job, s).await });
+            }
+            while let Some(done) = tasks.try_join_next() {
+                if let Err(e) = done {
+                    tracing::error!(error = %e, "deploy task panicked");
+                }
+            }
+            if renewed.elapsed() >= LEASE_RENEW {
+                if !self
+                    .store
+                    .take_worker_lease(holder, Utc::now(), ttl)
+                    .await?
+                {
+                    // Paused past the lease and another worker took over: stop claiming;
+                    // deploys under way finish their current step and are resumed there.
+                    tracing::error!("lost the worker lease to another process; stopping");
+                    break;
+                }
+                renewed = std::time::Instant::now();
+            }
+            tokio::select! {
+                _ = shutdown.changed() => break,
+                _ = tokio::time::sleep(IDLE_POLL) => {}
+            }
+            if *shutdown.borrow() {
+                break;
+            }
+        }
+        // Deploys stop at their next step boundary, state saved, and resume on next start.
+        let _ = halt.send(true);
+        while tasks.join_next().await.is_some() {}
+        self.store.drop_worker_lease(holder).await
+    }
+
+    /// Drives one job to its end (or until shutdown), checkpointing every step.
+    pub async fn drive(&self, job: DeployJob, shutdown: watch::Receiver<bool>) -> Option<Outcome> {
+        // Instrumented rather than entered: a guard held across awaits would tag other
+        // tasks' lines on this thread with this job.
+        let span = job.span();
+        self.drive_job(job, shutdown).instrument(span).await
+    }
+
+    async fn drive_job(
+        &self,
+        job: DeployJob,
+        mut shutdown: watch::Receiver<bool>,
+    ) -> Option<Outcome> {
+        // Lost notifier state costs a second Slack message, never the deploy.
+        let mut memo = self.store.load_notify(&job.id).await.unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "cannot read the notifiers' state");
+            NotifyState::default()
+        });
+        let mut deploy = match self.store.load_deploy(&job.id).await {
+            Ok(Some(d)) => d,
+            Ok(None) => match self.driver.start(&job) {
+                Ok(d) => d,
+                Err(Refused(reason)) => return self.abandon(&job, None, &mut memo, reason).await,
+            },
+            Err(e) => {
+                let reason = format!("cannot read its saved state: {e}");
+                return self.abandon(&job, None, &mut memo, reason).await;
+            }
+        };
+        let mut failures = 0;
+        loop {
+            let action = deploy.action();
+            if let Action::Finished(outcome) = action {
+                let status = JobStatus::from(&outcome);
+                if let Err(e) = self.store.set_status(&job.id, status).await {
+                    tracing::error!(error = %e, "cannot record the job's outcome");
+                }
+                tracing::info!(outcome = ?outcome, "deploy finished");
+                return Some(outcome);
+            }
+            if *shutdown.borrow() {
+                return None;
+            }
+            let obs = match self.execute(&deploy, &action, &mut shutdown).await {
+                Ok(obs) => obs,
+                Err(Stop::Shutdown) => return None,
+                Err(Stop::Abandon(reason)) => {
+                    return self.abandon(&job, Some(&deploy), &mut memo, reason).await
+                }
+            };
+            let now = Utc::now();
+            let notices = match deploy.observe(now, obs) {
+                Ok(n) => n,
+                Err(e) => {
+                    let reason = format!("engine refused a result: {e}");
+                    return self.abandon(&job, Some(&deploy), &mut memo, reason).await;
+                }
+            };
+            let saved = self.store.save_deploy(&deploy, now).await;
+            let noted = self.store.add_notices(&job.id, &notices, now).await;
+            if let Err(e) = saved.and(noted) {
+                failures += 1;
+                tracing::warn!(error = %e, failures, "cannot save the deploy's state; retrying");
+                if failures > MAX_STEP_RETRIES {
+                    let reason = format!("cannot save its state: {e}");
+                    return self.abandon(&job, Some(&deploy), &mut memo, reason).await;
+                }
+                tokio::time::sleep(RETRY_PAUSE).await;
+                continue;
+            }
+            if !notices.is_empty() {
+                self.driver.tell(&deploy, &notices, &mut memo, now).await;
+                if let Err(e) = self.store.save_notify(&job.id, &memo).await {
+                    tracing::warn!(error = %e, "cannot save the notifiers' state");
+                }
+            }
+        }
+    }
+
+    async fn execute(
+        &self,
+        deploy: &Deploy,
+        action: &Action,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Result<Observation, Stop> {
+        let mut tries = 0;
+        loop {
+            let result = match action {
+                Action::Wait { millis } => {
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_millis(*millis)) => Ok(Observation::Waited),
+                        _ = shutdown.changed() => return Err(Stop::Shutdown),
+                    }
+                }
+                // Local commands end within the call: nothing to carry between steps.
+                action => {
+                    self.driver
+                        .perform(deploy, action, &mut None, Utc::now())
+                        .await
+                }
+            };
+            match result {
+                Ok(obs) => return Ok(obs),
+                Err(e) if is_refused(&e) => return Err(Stop::Abandon(e.to_string())),
+                Err(e) if tries < MAX_STEP_RETRIES => {
+                    tries += 1;
+                    tracing::warn!(error = %e, tries, "step failed; retrying");
+                    tokio::select! {
+                        _ = tokio::time::sleep(RETRY_PAUSE) => {}
+                        _ = shutdown.changed() => return Err(Stop::Shutdown),
+                    }
+                }
+                Err(e) => return Err(Stop::Abandon(format!("step failed {tries} times: {e}"))),
+            }
+        }
+    }
+
+    /// Ends a job the engine cannot finish: marks it failed, says why, frees its lock.
+    async fn abandon(
+        &self,
+        job: &DeployJob,
+        deploy: Option<&Deploy>,
+        memo: &mut NotifyState,
+        reason: String,
+    ) -> Option<Outcome> {
+        let now = Utc::now();
+        let outcome = self.driver.abort(job, deploy, memo, reason, now).await;
+        let finished = Notice::Finished {
+            outcome: outcome.clone(),
+        };
+        let steps = async {
+            self.store
+                .add_notices(&job.id, std::slice::from_ref(&finished), now)
+                .await?;
+            self.store
+                .set_status(&job.id, JobStatus::from(&outcome))
+                .await
+        };
+        if let Err(e) = steps.await {
+            tracing::error!(error = %e, "cannot record the abandoned job");
+        }
+        Some(outcome)
+    }
+}

@@ -1,0 +1,5 @@
+//! What a deploy asks of and tells the world outside over HTTP: the gate (GitHub)
+//! before it starts, the notifiers (chat, APM) as it goes.
+
+pub mod gate;
+pub mod notify;

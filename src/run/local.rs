@@ -1,0 +1,65 @@
+//! Builds the ports of one machine from its config file: the SQLite store is both
+//! queue and ledger; SSM is reached only if a secret lives there.
+
+use std::sync::Arc;
+
+use anyhow::anyhow;
+
+use crate::aws::sdk_config;
+use crate::config::secrets::{Secret, Secrets};
+use crate::config::Config;
+use crate::drive::Outbound;
+use crate::ingress::Ingress;
+use crate::local::store::Store;
+
+/// One machine: the SQLite store named by the config is both queue and ledger.
+pub async fn local_ingress(config: Config) -> anyhow::Result<(Ingress, Store)> {
+    let store = open_store(&config)?;
+    let ssm = if config_uses_ssm(&config) {
+        Some(aws_sdk_ssm::Client::new(&sdk_config().await))
+    } else {
+        None
+    };
+    let secrets = Secrets::new(ssm);
+    let store_ports = Arc::new(store.clone());
+    let ingress =
+        Ingress::new(Arc::new(config), store_ports.clone(), store_ports, &secrets).await?;
+    Ok((ingress, store))
+}
+
+pub fn open_store(config: &Config) -> anyhow::Result<Store> {
+    Store::open(&config.server.state)
+        .map_err(|e| anyhow!("opening the store {}: {e}", config.server.state.display()))
+}
+
+fn config_uses_ssm(c: &Config) -> bool {
+    let notify = c.apps.values().flat_map(|a| {
+        let n = &a.notify;
+        let slack = n.slack.iter().flat_map(|s| [&s.token, &s.webhook_url]);
+        slack.flatten().chain(
+            [
+                n.newrelic.as_ref().map(|r| &r.api_key),
+                n.datadog.as_ref().map(|d| &d.api_key),
+                n.github.as_ref().map(|g| &g.token),
+                a.gate.as_ref().and_then(|g| g.token.as_ref()),
+            ]
+            .into_iter()
+            .flatten(),
+        )
+    });
+    [&c.github_secret, &c.slack_secret]
+        .into_iter()
+        .flatten()
+        .chain(notify)
+        .any(|s| matches!(s, Secret::Ssm(_)))
+}
+
+/// The gate and notifiers of a one-machine config (SSM only if a secret lives there).
+pub async fn local_outbound(config: Arc<Config>) -> Outbound {
+    let ssm = if config_uses_ssm(&config) {
+        Some(aws_sdk_ssm::Client::new(&sdk_config().await))
+    } else {
+        None
+    };
+    Outbound::new(config, Arc::new(Secrets::new(ssm)))
+}
