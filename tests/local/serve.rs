@@ -1,13 +1,11 @@
 //! One machine: `shipit serve` over real HTTP, the package directory watcher, and the CLI.
 
-mod common;
-
 use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
 
+use crate::helpers::*;
 use chrono::Utc;
-use common::*;
 use shipit::config::Config;
 use shipit::deploy::status::JobStatus;
 use shipit::ingress::package::UploadOutcome;

@@ -1,12 +1,10 @@
 //! Ingress against the emulator's real SQS API: every source becomes exactly the jobs it
 //! should, and bad input is refused with a reason while the queue stays empty.
 
-mod common;
-
 use std::sync::Arc;
 
+use crate::helpers::*;
 use chrono::{TimeZone, Utc};
-use common::*;
 use shipit::deploy::job::{DeployJob, Source};
 use shipit::ingress::Reply;
 use shipit::local::store::Store;

@@ -1,5 +1,6 @@
-//! Shared test harness: the emulator-backed AWS clients, signing, and configs.
-#![allow(dead_code)] // each test binary uses its own part of the harness
+//! Shared test harness (both test binaries): the emulator-backed AWS clients, signing,
+//! and the configs.
+#![allow(dead_code)] // each test binary uses its own part of it
 
 use std::path::Path;
 use std::sync::atomic::{AtomicU32, Ordering};

@@ -2,14 +2,12 @@
 //! HTTP servers standing in for Slack, New Relic, Datadog and GitHub: each checks the
 //! method, path, auth header and JSON body it is sent.
 
-mod common;
-
 use std::io::Write;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
+use crate::helpers::*;
 use chrono::Utc;
-use common::*;
 use serde_json::{json, Value};
 use shipit::config::Config;
 use shipit::deploy::job::JobId;

@@ -1,12 +1,10 @@
 //! History and locks: the same behaviour from Parameter Store (emulator) and SQLite, and
 //! the chat commands that read and change them.
 
-mod common;
-
 use std::sync::Arc;
 
+use crate::helpers::*;
 use chrono::{Duration, Utc};
-use common::*;
 use shipit::deploy::job::{DeployJob, Source};
 use shipit::deploy::ports::{rollback_target, Ledger, LockInfo};
 use shipit::deploy::version::Version;

@@ -1,17 +1,15 @@
-//! The AWS runtime against the emulator (tests/emulator.py): jobs from the SQS FIFO queue
+//! The AWS runtime against the emulator (tests/emulator/server.py): jobs from the SQS FIFO queue
 //! start one Step Functions execution each; deploy steps drive SSM Run Command on EC2
 //! instances the test creates with tags; history and locks live in Parameter Store; the
 //! state machine definition in infra/ runs in the emulator's Step Functions.
-
-mod common;
 
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::helpers::{sdk, unique};
 use aws_sdk_sfn::types::{ExecutionStatus, HistoryEventType};
 use chrono::Utc;
-use common::{sdk, unique};
 use serde_json::{json, Value};
 use shipit::aws::fleet::{SdkRunCommand, SsmFleet};
 use shipit::aws::{SqsQueue, SsmLedger};
@@ -137,7 +135,7 @@ dir = "/srv/hello app"
 vars = {{ port = "8080" }}
 chat_deployers = ["*"]
 "#,
-        common::SLACK_SECRET
+        crate::helpers::SLACK_SECRET
     );
     Config::parse(&text, Path::new("aws.toml")).unwrap_or_else(|r| panic!("{r}"))
 }
@@ -160,7 +158,7 @@ impl Rig {
         let nodes = launch(nodes, &[("shipit:app", "hello"), ("shipit:fleet", &fleet)]).await;
         let stranger = launch(1, &[("shipit:app", "hello"), ("shipit:fleet", "other")]).await;
         Rig {
-            ledger: Arc::new(common::ssm_ledger(ssm.clone())),
+            ledger: Arc::new(crate::helpers::ssm_ledger(ssm.clone())),
             config: Arc::new(config(&fleet)),
             ssm,
             nodes,
@@ -394,7 +392,7 @@ async fn chat_rollback_resends_the_previous_job_through_the_queue_with_its_old_v
     let bad = rig.job("1.1.0");
     rig.deploy(bad.clone()).await;
 
-    let fifo = common::Fifo::new().await;
+    let fifo = crate::helpers::Fifo::new().await;
     let queue: Arc<dyn JobQueue> = Arc::new(fifo.queue());
     let ingress = shipit::ingress::Ingress::new(
         rig.config.clone(),
@@ -404,7 +402,7 @@ async fn chat_rollback_resends_the_previous_job_through_the_queue_with_its_old_v
     )
     .await
     .unwrap();
-    let body = common::slack_form_replying_to(
+    let body = crate::helpers::slack_form_replying_to(
         &format!("{}/commands/T1/1/x", chat.uri()),
         "U1",
         "alice",
@@ -412,7 +410,11 @@ async fn chat_rollback_resends_the_previous_job_through_the_queue_with_its_old_v
         "t1",
     );
     let reply = ingress
-        .slack(&common::slack_headers(&body, Utc::now()), &body, Utc::now())
+        .slack(
+            &crate::helpers::slack_headers(&body, Utc::now()),
+            &body,
+            Utc::now(),
+        )
         .await;
     assert_eq!(reply.status, 200, "{}", reply.body);
     let queued = fifo.drain().await;
@@ -504,7 +506,7 @@ async fn dispatch_starts_one_execution_per_job_even_when_a_message_comes_twice()
         .await
         .unwrap()
         .state_machine_arn;
-    let fifo = common::Fifo::new().await;
+    let fifo = crate::helpers::Fifo::new().await;
     let (a, b) = (cli_job("1.0.0"), cli_job("1.1.0"));
     SqsQueue::new(fifo.client.clone(), fifo.url.clone())
         .enqueue(&[a.clone(), b.clone()])
@@ -789,7 +791,7 @@ async fn a_node_that_joins_after_a_deploy_gets_the_live_version_and_nothing_else
     let rig = Rig::new(2).await;
     let live = rig.job("1.1.0");
     assert_eq!(rig.deploy(live).await.status, Some(JobStatus::Succeeded));
-    let fifo = common::Fifo::new().await;
+    let fifo = crate::helpers::Fifo::new().await;
     let ssm = SdkRunCommand::new(rig.ssm.clone());
     let joined = |event: Value| {
         let (config, ledger, queue, ssm) =

@@ -1,7 +1,7 @@
 """The AWS API emulator the tests run against: moto's server, plus what its SSM Run
 Command lacks for a deploy tool to be tested on failure paths too.
 
-Usage: python tests/emulator.py PORT     (scripts/test starts it on 127.0.0.1)
+Usage: python tests/emulator/server.py PORT     (scripts/test starts it on 127.0.0.1)
 
 Added to moto 5.2.5, following the AWS API reference for each shape:
 - DescribeInstanceInformation: the emulator's running EC2 instances as managed nodes,

@@ -2,13 +2,11 @@
 //! local worker, nodes as local processes) go out only for tags merged to the deploy
 //! branch with green required checks, unless someone forces them from chat.
 
-mod common;
-
 use std::path::Path;
 use std::sync::Arc;
 
+use crate::helpers::*;
 use chrono::Utc;
-use common::*;
 use serde_json::{json, Value};
 use shipit::config::Config;
 use shipit::deploy::engine::{Notice, Outcome};

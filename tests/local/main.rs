@@ -1,0 +1,11 @@
+//! The one-machine runtime, for real: `shipit serve` over HTTP, the CLI, the worker with
+//! real virtualenvs, wheels and service processes, and the gate and notifiers against
+//! local HTTP servers standing in for GitHub, Slack, New Relic and Datadog.
+
+#[path = "../helpers/mod.rs"]
+mod helpers;
+
+mod e2e;
+mod gate;
+mod notify;
+mod serve;
