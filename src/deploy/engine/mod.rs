@@ -444,234 +444,39 @@ impl Deploy {
         now: DateTime<Utc>,
         obs: Observation,
     ) -> Result<Vec<Notice>, Mismatch> {
-        let mismatch = |expected: &Action, got: &Observation| Mismatch {
-            expected: format!("{expected:?}"),
-            got: format!("{got:?}"),
-        };
         let action = self.action();
         let mut notices = vec![];
+        let n = &mut notices;
         match (&action, obs) {
             (Action::Wait { .. }, Observation::Waited) => self.wait = None,
-            (Action::Verify, Observation::Verified { verdict }) => {
-                let Phase::Verify { since, tries } = self.phase.clone() else {
-                    unreachable!("Action::Verify comes only from Phase::Verify")
-                };
-                match verdict {
-                    Verdict::Pass => self.phase = Phase::Lock,
-                    Verdict::Refuse { reason } => {
-                        self.finish(Outcome::Skipped { reason }, &mut notices)
-                    }
-                    Verdict::Pending {
-                        reason,
-                        wait_seconds,
-                    } => {
-                        let since = since.unwrap_or(now);
-                        if now - since >= Duration::seconds(wait_seconds as i64) {
-                            let reason = if wait_seconds == 0 {
-                                reason
-                            } else {
-                                format!("{reason}, still after {wait_seconds} s")
-                            };
-                            self.finish(Outcome::Skipped { reason }, &mut notices);
-                        } else {
-                            if tries == 0 {
-                                notices.push(Notice::WaitingForChecks {
-                                    reason,
-                                    wait_seconds,
-                                });
-                            }
-                            self.wait = Some(
-                                (VERIFY_FIRST_RETRY_MILLIS << tries.min(5))
-                                    .min(VERIFY_RETRY_MAX_MILLIS),
-                            );
-                            self.phase = Phase::Verify {
-                                since: Some(since),
-                                tries: tries + 1,
-                            };
-                        }
-                    }
-                }
-            }
+            (Action::Verify, Observation::Verified { verdict }) => self.on_verdict(now, verdict, n),
             (Action::Lock { .. }, Observation::Lock { taken, holder }) => {
-                let ours = holder
-                    .as_ref()
-                    .is_some_and(|h| h.job.as_ref() == Some(&self.job.id));
-                if taken || ours {
-                    self.locked = true;
-                    self.lock_waiting_since = None;
-                    self.phase = Phase::Inspect;
-                } else {
-                    let since = *self.lock_waiting_since.get_or_insert(now);
-                    if self.lock_tries == 0 {
-                        if let Some(h) = holder.clone() {
-                            notices.push(Notice::WaitingForLock { holder: h });
-                        }
-                    }
-                    if now - since >= Duration::seconds(self.policy.lock_wait_seconds as i64) {
-                        let who = holder.map_or("someone".to_string(), |h| {
-                            format!("{} ({})", h.holder, h.reason)
-                        });
-                        self.finish(
-                            Outcome::Failed {
-                                reason: format!(
-                                    "gave up after waiting {} s for the lock held by {who}",
-                                    self.policy.lock_wait_seconds
-                                ),
-                                rolled_back: false,
-                            },
-                            &mut notices,
-                        );
-                    } else {
-                        // 2, 4, 8 … up to a minute between tries.
-                        self.wait = Some(
-                            (POLL_MILLIS << self.lock_tries.min(5)).min(LOCK_RETRY_MAX_MILLIS),
-                        );
-                        self.lock_tries += 1;
-                    }
-                }
+                self.on_lock(now, taken, holder, n)
             }
             (Action::Inspect, Observation::Inspected { live, .. }) if self.is_sync() => {
-                match live {
-                    Some(l) => {
-                        // Whatever went live while this job waited is what nodes get.
-                        self.job.version = l.version.clone();
-                        self.previous = Some(l.version);
-                        self.phase = Phase::Resolve;
-                    }
-                    None => self.finish(
-                        Outcome::Skipped {
-                            reason: format!(
-                                "nothing is live on {}/{} yet: deploy a version first",
-                                self.job.app, self.job.env
-                            ),
-                        },
-                        &mut notices,
-                    ),
-                }
+                self.on_live_for_sync(live, n)
             }
             (Action::Inspect, Observation::Inspected { live, newer_queued }) => {
-                let skip = if let (true, Some(newer)) =
-                    (self.job.source.is_automatic(), newer_queued.as_ref())
-                {
-                    Some(format!("superseded by {newer}, queued behind it"))
-                } else {
-                    match &live {
-                        Some(l)
-                            if self.job.source.is_automatic() && l.version == self.job.version =>
-                        {
-                            Some(format!("{} is already live (job {})", l.version, l.id))
-                        }
-                        Some(l)
-                            if self.job.source.is_automatic()
-                                && l.requested_at > self.job.requested_at
-                                && l.version.is_newer_than(&self.job.version) =>
-                        {
-                            Some(format!(
-                                "superseded: {} went live while this job waited",
-                                l.version
-                            ))
-                        }
-                        _ => None,
-                    }
-                };
-                self.previous = live.map(|l| l.version);
-                match skip {
-                    Some(reason) => self.finish(Outcome::Skipped { reason }, &mut notices),
-                    None => self.phase = Phase::Resolve,
-                }
+                self.on_inspected(live, newer_queued, n)
             }
-            (Action::ResolveNodes, Observation::Nodes { mut nodes }) => {
-                let wanted = match &self.job.source {
-                    Source::Sync { nodes: only, .. } if !only.is_empty() => {
-                        nodes.retain(|n| only.contains(n));
-                        Some(only.join(", "))
-                    }
-                    _ => None,
-                };
-                if let (Some(wanted), true) = (&wanted, nodes.is_empty()) {
-                    self.finish(
-                        Outcome::Failed {
-                            reason: format!(
-                                "{wanted}: not among the nodes of {}/{} (yet)",
-                                self.job.app, self.job.env
-                            ),
-                            rolled_back: false,
-                        },
-                        &mut notices,
-                    );
-                } else if nodes.is_empty() {
-                    self.finish(
-                        Outcome::Failed {
-                            reason: format!("no nodes found for {}/{}", self.job.app, self.job.env),
-                            rolled_back: false,
-                        },
-                        &mut notices,
-                    );
-                } else {
-                    self.nodes = nodes
-                        .into_iter()
-                        .map(|name| Node {
-                            name,
-                            state: NodeState::Pending,
-                        })
-                        .collect();
-                    notices.push(Notice::Started {
-                        from: self.previous.clone(),
-                        nodes: self.nodes.len(),
-                    });
-                    self.phase = if self.is_sync() {
-                        Phase::Probe
-                    } else {
-                        Phase::Install
-                    };
-                }
-            }
+            (Action::ResolveNodes, Observation::Nodes { nodes }) => self.on_nodes(nodes, n),
             (Action::Run(cmd), Observation::Ran { key, results }) if key == cmd.key => {
-                let result_of = |node: &str| {
-                    results
-                        .iter()
-                        .find(|(n, _)| n == node)
-                        .map(|(_, r)| r.clone())
-                        .unwrap_or(NodeResult::Running)
-                };
-                let mut late = false;
-                if cmd
-                    .nodes
-                    .iter()
-                    .any(|n| result_of(n) == NodeResult::Running)
-                {
-                    let since = *self.running_since.get_or_insert(now);
-                    let limit = self.policy.command_timeout_seconds as i64 + COMMAND_GRACE_SECONDS;
-                    if now - since <= Duration::seconds(limit) {
-                        self.wait = Some(poll_millis(self.polls));
-                        self.polls += 1;
-                        return Ok(notices);
-                    }
-                    late = true;
-                }
-                self.running_since = None;
-                self.polls = 0;
-                let waited = self.policy.command_timeout_seconds as i64 + COMMAND_GRACE_SECONDS;
-                let result_of = |node: &str| match result_of(node) {
-                    NodeResult::Running if late => NodeResult::Failed {
-                        exit_code: None,
-                        output: format!("no result from {node} after {waited} s"),
-                    },
-                    r => r,
-                };
-                self.on_command(now, cmd.clone(), &result_of, &mut notices);
+                self.on_ran(now, cmd, results, n)
             }
-            (Action::Record, Observation::Recorded) => {
-                self.phase = Phase::Unlock;
-            }
+            (Action::Record, Observation::Recorded) => self.phase = Phase::Unlock,
             (Action::Unlock, Observation::Unlocked) => {
                 self.locked = false;
                 self.phase = Phase::Done;
                 if let Some(outcome) = self.outcome.clone() {
-                    notices.push(Notice::Finished { outcome });
+                    n.push(Notice::Finished { outcome });
                 }
             }
-            (action, got) => return Err(mismatch(action, &got)),
+            (action, got) => {
+                return Err(Mismatch {
+                    expected: format!("{action:?}"),
+                    got: format!("{got:?}"),
+                })
+            }
         }
         Ok(notices)
     }
@@ -687,6 +492,7 @@ impl Deploy {
         }
     }
 
+    /// Advances on a finished command: every node has its result (`Running` ones timed out).
     fn on_command(
         &mut self,
         now: DateTime<Utc>,
@@ -694,242 +500,21 @@ impl Deploy {
         result_of: &dyn Fn(&str) -> NodeResult,
         notices: &mut Vec<Notice>,
     ) {
-        let detail = |r: &NodeResult| match r {
-            NodeResult::Failed { exit_code, output } => {
-                // The last line says what went wrong (the error after a traceback, say);
-                // the whole tail stays with the command's result.
-                let last = last_line(output);
-                format!(
-                    "exit {}: {last}",
-                    exit_code.map_or("?".to_string(), |c| c.to_string())
-                )
-            }
-            _ => String::new(),
-        };
         match self.phase.clone() {
-            Phase::Probe => {
-                let target = self.job.version.clone();
-                for node in &mut self.nodes {
-                    let (installed, detail) = probed(&result_of(&node.name));
-                    if installed.as_ref().is_some_and(|v| v.same_as(&target)) {
-                        node.state = NodeState::Healthy;
-                    } else {
-                        notices.push(Notice::Drifted {
-                            node: node.name.clone(),
-                            installed,
-                            detail,
-                        });
-                    }
-                }
-                if self.nodes.iter().all(|n| n.state == NodeState::Healthy) {
-                    self.outcome = Some(Outcome::Succeeded {
-                        failed_installs: vec![],
-                    });
-                    self.phase = Phase::Unlock;
-                } else {
-                    self.phase = Phase::Install;
-                }
-            }
-            Phase::Install => {
-                for node in &mut self.nodes {
-                    if !cmd.nodes.contains(&node.name) {
-                        continue;
-                    }
-                    match result_of(&node.name) {
-                        NodeResult::Succeeded => {
-                            node.state = NodeState::Installed;
-                            notices.push(Notice::Installed {
-                                node: node.name.clone(),
-                            });
-                        }
-                        r => {
-                            node.state = NodeState::InstallFailed;
-                            notices.push(Notice::InstallFailed {
-                                node: node.name.clone(),
-                                detail: detail(&r),
-                            });
-                        }
-                    }
-                }
-                let failed = self.names_where(|s| s == NodeState::InstallFailed);
-                if failed.len() as u64 > u64::from(self.policy.max_errors)
-                    || failed.len() == cmd.nodes.len()
-                {
-                    let reason = format!(
-                        "install of {} failed on {}; nothing was restarted",
-                        self.job.version,
-                        failed.join(", ")
-                    );
-                    self.revert_or_fail(reason, notices);
-                } else {
-                    self.restart_from(0);
-                }
-            }
-            Phase::Restart { index } => match result_of(&self.nodes[index].name) {
-                NodeResult::Succeeded => {
-                    self.nodes[index].state = NodeState::Restarted;
-                    notices.push(Notice::Restarted {
-                        node: self.nodes[index].name.clone(),
-                    });
-                    self.phase = Phase::Health {
-                        index,
-                        attempt: 1,
-                        since: now,
-                    };
-                }
-                r => {
-                    // A failed restart may have stopped the service: count the node as restarted.
-                    self.nodes[index].state = NodeState::Unhealthy;
-                    let name = self.nodes[index].name.clone();
-                    notices.push(Notice::Unhealthy {
-                        node: name.clone(),
-                        detail: detail(&r),
-                    });
-                    self.revert_or_fail(
-                        format!("restart of {name} failed ({})", detail(&r)),
-                        notices,
-                    );
-                }
-            },
+            Phase::Probe => self.on_probe(result_of, notices),
+            Phase::Install => self.on_install(&cmd, result_of, notices),
+            Phase::Restart { index } => self.on_restart(now, index, result_of, notices),
             Phase::Health {
                 index,
                 attempt,
                 since,
-            } => {
-                let name = self.nodes[index].name.clone();
-                match result_of(&name) {
-                    NodeResult::Succeeded => {
-                        self.nodes[index].state = NodeState::Healthy;
-                        notices.push(Notice::Healthy { node: name });
-                        if index == 0
-                            && self.policy.canary
-                            && self.policy.bake_seconds > 0
-                            && self.nodes.len() > 1
-                        {
-                            self.phase = Phase::Bake;
-                            self.wait = Some(self.policy.bake_seconds * 1000);
-                        } else {
-                            self.restart_from(index + 1);
-                        }
-                    }
-                    _ if self.health_time_left(since, now) => {
-                        self.phase = Phase::Health {
-                            index,
-                            attempt: attempt + 1,
-                            since,
-                        };
-                        self.wait = Some(self.health_retry_millis(attempt));
-                    }
-                    r => {
-                        self.nodes[index].state = NodeState::Unhealthy;
-                        notices.push(Notice::Unhealthy {
-                            node: name.clone(),
-                            detail: detail(&r),
-                        });
-                        let reason = format!(
-                            "{name} failed its health check for {} s, {attempt} checks ({})",
-                            self.policy.health_timeout_seconds,
-                            detail(&r)
-                        );
-                        self.revert_or_fail(reason, notices);
-                    }
-                }
-            }
-            Phase::Bake => {
-                let name = self.nodes[0].name.clone();
-                match result_of(&name) {
-                    NodeResult::Succeeded => self.restart_from(1),
-                    r => {
-                        self.nodes[0].state = NodeState::Unhealthy;
-                        notices.push(Notice::Unhealthy {
-                            node: name.clone(),
-                            detail: detail(&r),
-                        });
-                        self.revert_or_fail(
-                            format!(
-                                "canary {name} turned unhealthy while baking ({})",
-                                detail(&r)
-                            ),
-                            notices,
-                        );
-                    }
-                }
-            }
-            Phase::Revert { to, reason } => {
-                let failed: Vec<String> = cmd
-                    .nodes
-                    .iter()
-                    .filter(|n| result_of(n) != NodeResult::Succeeded)
-                    .cloned()
-                    .collect();
-                if !failed.is_empty() {
-                    let why = format!(
-                        "{reason}; then reinstalling {to} failed on {}",
-                        failed.join(", ")
-                    );
-                    return self.finish(Outcome::RollbackFailed { reason: why }, notices);
-                }
-                for node in &mut self.nodes {
-                    if cmd.nodes.contains(&node.name) && !was_restarted(node.state) {
-                        node.state = NodeState::Reverted;
-                    }
-                }
-                self.revert_restart_from(to, 0, reason, notices);
-            }
+            } => self.on_health(now, index, attempt, since, result_of, notices),
+            Phase::Bake => self.on_bake(result_of, notices),
+            Phase::Revert { to, reason } => self.on_revert(&cmd, to, reason, result_of, notices),
             Phase::RevertRestart { to, index, reason } => {
-                let name = self.nodes[index].name.clone();
-                match result_of(&name) {
-                    NodeResult::Succeeded => {
-                        self.phase = Phase::RevertHealth {
-                            to,
-                            index,
-                            attempt: 1,
-                            since: now,
-                            reason,
-                        }
-                    }
-                    r => {
-                        let why = format!(
-                            "{reason}; then restarting {name} on {to} failed ({})",
-                            detail(&r)
-                        );
-                        self.finish(Outcome::RollbackFailed { reason: why }, notices);
-                    }
-                }
+                self.on_revert_restart(now, to, index, reason, result_of, notices)
             }
-            Phase::RevertHealth {
-                to,
-                index,
-                attempt,
-                since,
-                reason,
-            } => {
-                let name = self.nodes[index].name.clone();
-                match result_of(&name) {
-                    NodeResult::Succeeded => {
-                        self.nodes[index].state = NodeState::Reverted;
-                        notices.push(Notice::Healthy { node: name });
-                        self.revert_restart_from(to, index + 1, reason, notices);
-                    }
-                    _ if self.health_time_left(since, now) => {
-                        self.phase = Phase::RevertHealth {
-                            to,
-                            index,
-                            attempt: attempt + 1,
-                            since,
-                            reason,
-                        };
-                        self.wait = Some(self.health_retry_millis(attempt));
-                    }
-                    r => {
-                        let why = format!(
-                            "{reason}; then {name} stayed unhealthy on {to} ({})",
-                            detail(&r)
-                        );
-                        self.finish(Outcome::RollbackFailed { reason: why }, notices);
-                    }
-                }
-            }
+            Phase::RevertHealth { .. } => self.on_revert_health(now, result_of, notices),
             _ => {}
         }
     }
@@ -1078,6 +663,8 @@ fn was_restarted(s: NodeState) -> bool {
         NodeState::Restarted | NodeState::Healthy | NodeState::Unhealthy
     )
 }
+
+mod phases;
 
 #[cfg(test)]
 mod tests;

@@ -1,0 +1,541 @@
+//! How a deploy advances on each result: one method per observation and per phase.
+
+use chrono::{DateTime, Duration, Utc};
+
+use super::*;
+use crate::deploy::command::{Command, NodeResult};
+use crate::deploy::job::{DeployJob, Source};
+use crate::deploy::ports::LockInfo;
+use crate::deploy::version::Version;
+
+/// What a failed command says, for a notice: its exit code and last output line.
+fn detail(r: &NodeResult) -> String {
+    match r {
+        NodeResult::Failed { exit_code, output } => {
+            // The last line says what went wrong (the error after a traceback, say);
+            // the whole tail stays with the command's result.
+            let last = last_line(output);
+            format!(
+                "exit {}: {last}",
+                exit_code.map_or("?".to_string(), |c| c.to_string())
+            )
+        }
+        _ => String::new(),
+    }
+}
+
+impl Deploy {
+    pub(super) fn on_verdict(
+        &mut self,
+        now: DateTime<Utc>,
+        verdict: Verdict,
+        notices: &mut Vec<Notice>,
+    ) {
+        let Phase::Verify { since, tries } = self.phase.clone() else {
+            unreachable!("Action::Verify comes only from Phase::Verify")
+        };
+        match verdict {
+            Verdict::Pass => self.phase = Phase::Lock,
+            Verdict::Refuse { reason } => self.finish(Outcome::Skipped { reason }, notices),
+            Verdict::Pending {
+                reason,
+                wait_seconds,
+            } => {
+                let since = since.unwrap_or(now);
+                if now - since >= Duration::seconds(wait_seconds as i64) {
+                    let reason = if wait_seconds == 0 {
+                        reason
+                    } else {
+                        format!("{reason}, still after {wait_seconds} s")
+                    };
+                    self.finish(Outcome::Skipped { reason }, notices);
+                } else {
+                    if tries == 0 {
+                        notices.push(Notice::WaitingForChecks {
+                            reason,
+                            wait_seconds,
+                        });
+                    }
+                    self.wait = Some(
+                        (VERIFY_FIRST_RETRY_MILLIS << tries.min(5)).min(VERIFY_RETRY_MAX_MILLIS),
+                    );
+                    self.phase = Phase::Verify {
+                        since: Some(since),
+                        tries: tries + 1,
+                    };
+                }
+            }
+        }
+    }
+
+    pub(super) fn on_lock(
+        &mut self,
+        now: DateTime<Utc>,
+        taken: bool,
+        holder: Option<LockInfo>,
+        notices: &mut Vec<Notice>,
+    ) {
+        let ours = holder
+            .as_ref()
+            .is_some_and(|h| h.job.as_ref() == Some(&self.job.id));
+        if taken || ours {
+            self.locked = true;
+            self.lock_waiting_since = None;
+            self.phase = Phase::Inspect;
+        } else {
+            let since = *self.lock_waiting_since.get_or_insert(now);
+            if self.lock_tries == 0 {
+                if let Some(h) = holder.clone() {
+                    notices.push(Notice::WaitingForLock { holder: h });
+                }
+            }
+            if now - since >= Duration::seconds(self.policy.lock_wait_seconds as i64) {
+                let who = holder.map_or("someone".to_string(), |h| {
+                    format!("{} ({})", h.holder, h.reason)
+                });
+                self.finish(
+                    Outcome::Failed {
+                        reason: format!(
+                            "gave up after waiting {} s for the lock held by {who}",
+                            self.policy.lock_wait_seconds
+                        ),
+                        rolled_back: false,
+                    },
+                    notices,
+                );
+            } else {
+                // 2, 4, 8 … up to a minute between tries.
+                self.wait =
+                    Some((POLL_MILLIS << self.lock_tries.min(5)).min(LOCK_RETRY_MAX_MILLIS));
+                self.lock_tries += 1;
+            }
+        }
+    }
+
+    pub(super) fn on_live_for_sync(
+        &mut self,
+        live: Option<Box<DeployJob>>,
+        notices: &mut Vec<Notice>,
+    ) {
+        match live {
+            Some(l) => {
+                // Whatever went live while this job waited is what nodes get.
+                self.job.version = l.version.clone();
+                self.previous = Some(l.version);
+                self.phase = Phase::Resolve;
+            }
+            None => self.finish(
+                Outcome::Skipped {
+                    reason: format!(
+                        "nothing is live on {}/{} yet: deploy a version first",
+                        self.job.app, self.job.env
+                    ),
+                },
+                notices,
+            ),
+        }
+    }
+
+    pub(super) fn on_inspected(
+        &mut self,
+        live: Option<Box<DeployJob>>,
+        newer_queued: Option<Version>,
+        notices: &mut Vec<Notice>,
+    ) {
+        let skip =
+            if let (true, Some(newer)) = (self.job.source.is_automatic(), newer_queued.as_ref()) {
+                Some(format!("superseded by {newer}, queued behind it"))
+            } else {
+                match &live {
+                    Some(l) if self.job.source.is_automatic() && l.version == self.job.version => {
+                        Some(format!("{} is already live (job {})", l.version, l.id))
+                    }
+                    Some(l)
+                        if self.job.source.is_automatic()
+                            && l.requested_at > self.job.requested_at
+                            && l.version.is_newer_than(&self.job.version) =>
+                    {
+                        Some(format!(
+                            "superseded: {} went live while this job waited",
+                            l.version
+                        ))
+                    }
+                    _ => None,
+                }
+            };
+        self.previous = live.map(|l| l.version);
+        match skip {
+            Some(reason) => self.finish(Outcome::Skipped { reason }, notices),
+            None => self.phase = Phase::Resolve,
+        }
+    }
+
+    pub(super) fn on_nodes(&mut self, mut nodes: Vec<String>, notices: &mut Vec<Notice>) {
+        let wanted = match &self.job.source {
+            Source::Sync { nodes: only, .. } if !only.is_empty() => {
+                nodes.retain(|n| only.contains(n));
+                Some(only.join(", "))
+            }
+            _ => None,
+        };
+        if let (Some(wanted), true) = (&wanted, nodes.is_empty()) {
+            self.finish(
+                Outcome::Failed {
+                    reason: format!(
+                        "{wanted}: not among the nodes of {}/{} (yet)",
+                        self.job.app, self.job.env
+                    ),
+                    rolled_back: false,
+                },
+                notices,
+            );
+        } else if nodes.is_empty() {
+            self.finish(
+                Outcome::Failed {
+                    reason: format!("no nodes found for {}/{}", self.job.app, self.job.env),
+                    rolled_back: false,
+                },
+                notices,
+            );
+        } else {
+            self.nodes = nodes
+                .into_iter()
+                .map(|name| Node {
+                    name,
+                    state: NodeState::Pending,
+                })
+                .collect();
+            notices.push(Notice::Started {
+                from: self.previous.clone(),
+                nodes: self.nodes.len(),
+            });
+            self.phase = if self.is_sync() {
+                Phase::Probe
+            } else {
+                Phase::Install
+            };
+        }
+    }
+
+    pub(super) fn on_ran(
+        &mut self,
+        now: DateTime<Utc>,
+        cmd: &Command,
+        results: Vec<(String, NodeResult)>,
+        notices: &mut Vec<Notice>,
+    ) {
+        let result_of = |node: &str| {
+            results
+                .iter()
+                .find(|(n, _)| n == node)
+                .map(|(_, r)| r.clone())
+                .unwrap_or(NodeResult::Running)
+        };
+        let mut late = false;
+        if cmd
+            .nodes
+            .iter()
+            .any(|n| result_of(n) == NodeResult::Running)
+        {
+            let since = *self.running_since.get_or_insert(now);
+            let limit = self.policy.command_timeout_seconds as i64 + COMMAND_GRACE_SECONDS;
+            if now - since <= Duration::seconds(limit) {
+                self.wait = Some(poll_millis(self.polls));
+                self.polls += 1;
+                return;
+            }
+            late = true;
+        }
+        self.running_since = None;
+        self.polls = 0;
+        let waited = self.policy.command_timeout_seconds as i64 + COMMAND_GRACE_SECONDS;
+        let result_of = |node: &str| match result_of(node) {
+            NodeResult::Running if late => NodeResult::Failed {
+                exit_code: None,
+                output: format!("no result from {node} after {waited} s"),
+            },
+            r => r,
+        };
+        self.on_command(now, cmd.clone(), &result_of, notices);
+    }
+
+    pub(super) fn on_probe(
+        &mut self,
+        result_of: &dyn Fn(&str) -> NodeResult,
+        notices: &mut Vec<Notice>,
+    ) {
+        let target = self.job.version.clone();
+        for node in &mut self.nodes {
+            let (installed, detail) = probed(&result_of(&node.name));
+            if installed.as_ref().is_some_and(|v| v.same_as(&target)) {
+                node.state = NodeState::Healthy;
+            } else {
+                notices.push(Notice::Drifted {
+                    node: node.name.clone(),
+                    installed,
+                    detail,
+                });
+            }
+        }
+        if self.nodes.iter().all(|n| n.state == NodeState::Healthy) {
+            self.outcome = Some(Outcome::Succeeded {
+                failed_installs: vec![],
+            });
+            self.phase = Phase::Unlock;
+        } else {
+            self.phase = Phase::Install;
+        }
+    }
+
+    pub(super) fn on_install(
+        &mut self,
+        cmd: &Command,
+        result_of: &dyn Fn(&str) -> NodeResult,
+        notices: &mut Vec<Notice>,
+    ) {
+        for node in &mut self.nodes {
+            if !cmd.nodes.contains(&node.name) {
+                continue;
+            }
+            match result_of(&node.name) {
+                NodeResult::Succeeded => {
+                    node.state = NodeState::Installed;
+                    notices.push(Notice::Installed {
+                        node: node.name.clone(),
+                    });
+                }
+                r => {
+                    node.state = NodeState::InstallFailed;
+                    notices.push(Notice::InstallFailed {
+                        node: node.name.clone(),
+                        detail: detail(&r),
+                    });
+                }
+            }
+        }
+        let failed = self.names_where(|s| s == NodeState::InstallFailed);
+        if failed.len() as u64 > u64::from(self.policy.max_errors)
+            || failed.len() == cmd.nodes.len()
+        {
+            let reason = format!(
+                "install of {} failed on {}; nothing was restarted",
+                self.job.version,
+                failed.join(", ")
+            );
+            self.revert_or_fail(reason, notices);
+        } else {
+            self.restart_from(0);
+        }
+    }
+
+    pub(super) fn on_restart(
+        &mut self,
+        now: DateTime<Utc>,
+        index: usize,
+        result_of: &dyn Fn(&str) -> NodeResult,
+        notices: &mut Vec<Notice>,
+    ) {
+        match result_of(&self.nodes[index].name) {
+            NodeResult::Succeeded => {
+                self.nodes[index].state = NodeState::Restarted;
+                notices.push(Notice::Restarted {
+                    node: self.nodes[index].name.clone(),
+                });
+                self.phase = Phase::Health {
+                    index,
+                    attempt: 1,
+                    since: now,
+                };
+            }
+            r => {
+                // A failed restart may have stopped the service: count the node as restarted.
+                self.nodes[index].state = NodeState::Unhealthy;
+                let name = self.nodes[index].name.clone();
+                notices.push(Notice::Unhealthy {
+                    node: name.clone(),
+                    detail: detail(&r),
+                });
+                self.revert_or_fail(
+                    format!("restart of {name} failed ({})", detail(&r)),
+                    notices,
+                );
+            }
+        }
+    }
+
+    pub(super) fn on_health(
+        &mut self,
+        now: DateTime<Utc>,
+        index: usize,
+        attempt: u32,
+        since: DateTime<Utc>,
+        result_of: &dyn Fn(&str) -> NodeResult,
+        notices: &mut Vec<Notice>,
+    ) {
+        let name = self.nodes[index].name.clone();
+        match result_of(&name) {
+            NodeResult::Succeeded => {
+                self.nodes[index].state = NodeState::Healthy;
+                notices.push(Notice::Healthy { node: name });
+                if index == 0
+                    && self.policy.canary
+                    && self.policy.bake_seconds > 0
+                    && self.nodes.len() > 1
+                {
+                    self.phase = Phase::Bake;
+                    self.wait = Some(self.policy.bake_seconds * 1000);
+                } else {
+                    self.restart_from(index + 1);
+                }
+            }
+            _ if self.health_time_left(since, now) => {
+                self.phase = Phase::Health {
+                    index,
+                    attempt: attempt + 1,
+                    since,
+                };
+                self.wait = Some(self.health_retry_millis(attempt));
+            }
+            r => {
+                self.nodes[index].state = NodeState::Unhealthy;
+                notices.push(Notice::Unhealthy {
+                    node: name.clone(),
+                    detail: detail(&r),
+                });
+                let reason = format!(
+                    "{name} failed its health check for {} s, {attempt} checks ({})",
+                    self.policy.health_timeout_seconds,
+                    detail(&r)
+                );
+                self.revert_or_fail(reason, notices);
+            }
+        }
+    }
+
+    pub(super) fn on_bake(
+        &mut self,
+        result_of: &dyn Fn(&str) -> NodeResult,
+        notices: &mut Vec<Notice>,
+    ) {
+        let name = self.nodes[0].name.clone();
+        match result_of(&name) {
+            NodeResult::Succeeded => self.restart_from(1),
+            r => {
+                self.nodes[0].state = NodeState::Unhealthy;
+                notices.push(Notice::Unhealthy {
+                    node: name.clone(),
+                    detail: detail(&r),
+                });
+                self.revert_or_fail(
+                    format!(
+                        "canary {name} turned unhealthy while baking ({})",
+                        detail(&r)
+                    ),
+                    notices,
+                );
+            }
+        }
+    }
+
+    pub(super) fn on_revert(
+        &mut self,
+        cmd: &Command,
+        to: Version,
+        reason: String,
+        result_of: &dyn Fn(&str) -> NodeResult,
+        notices: &mut Vec<Notice>,
+    ) {
+        let failed: Vec<String> = cmd
+            .nodes
+            .iter()
+            .filter(|n| result_of(n) != NodeResult::Succeeded)
+            .cloned()
+            .collect();
+        if !failed.is_empty() {
+            let why = format!(
+                "{reason}; then reinstalling {to} failed on {}",
+                failed.join(", ")
+            );
+            return self.finish(Outcome::RollbackFailed { reason: why }, notices);
+        }
+        for node in &mut self.nodes {
+            if cmd.nodes.contains(&node.name) && !was_restarted(node.state) {
+                node.state = NodeState::Reverted;
+            }
+        }
+        self.revert_restart_from(to, 0, reason, notices);
+    }
+
+    pub(super) fn on_revert_restart(
+        &mut self,
+        now: DateTime<Utc>,
+        to: Version,
+        index: usize,
+        reason: String,
+        result_of: &dyn Fn(&str) -> NodeResult,
+        notices: &mut Vec<Notice>,
+    ) {
+        let name = self.nodes[index].name.clone();
+        match result_of(&name) {
+            NodeResult::Succeeded => {
+                self.phase = Phase::RevertHealth {
+                    to,
+                    index,
+                    attempt: 1,
+                    since: now,
+                    reason,
+                }
+            }
+            r => {
+                let why = format!(
+                    "{reason}; then restarting {name} on {to} failed ({})",
+                    detail(&r)
+                );
+                self.finish(Outcome::RollbackFailed { reason: why }, notices);
+            }
+        }
+    }
+
+    pub(super) fn on_revert_health(
+        &mut self,
+        now: DateTime<Utc>,
+        result_of: &dyn Fn(&str) -> NodeResult,
+        notices: &mut Vec<Notice>,
+    ) {
+        let Phase::RevertHealth {
+            to,
+            index,
+            attempt,
+            since,
+            reason,
+        } = self.phase.clone()
+        else {
+            unreachable!("called only in Phase::RevertHealth")
+        };
+        let name = self.nodes[index].name.clone();
+        match result_of(&name) {
+            NodeResult::Succeeded => {
+                self.nodes[index].state = NodeState::Reverted;
+                notices.push(Notice::Healthy { node: name });
+                self.revert_restart_from(to, index + 1, reason, notices);
+            }
+            _ if self.health_time_left(since, now) => {
+                self.phase = Phase::RevertHealth {
+                    to,
+                    index,
+                    attempt: attempt + 1,
+                    since,
+                    reason,
+                };
+                self.wait = Some(self.health_retry_millis(attempt));
+            }
+            r => {
+                let why = format!(
+                    "{reason}; then {name} stayed unhealthy on {to} ({})",
+                    detail(&r)
+                );
+                self.finish(Outcome::RollbackFailed { reason: why }, notices);
+            }
+        }
+    }
+}
