@@ -129,40 +129,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 c.apps.keys().cloned().collect::<Vec<_>>().join(", ")
             );
         }
-        Command::Serve { listen } => {
-            let config = load(&cli.config)?;
-            let addr = listen.unwrap_or(config.server.listen);
-            let (ingress, store) = local_ingress(config).await?;
-            let listener = tokio::net::TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("binding {addr}"))?;
-            tracing::info!(addr = %listener.local_addr()?, "shipit serving");
-            let (stop, stopped) = tokio::sync::watch::channel(false);
-            let out = shipit::run::local::local_outbound(ingress.config.clone()).await;
-            let worker =
-                shipit::drive::worker::Worker::new(ingress.config.clone(), store.clone(), out);
-            let holder = format!("serve-{}", std::process::id());
-            let worker = tokio::spawn(async move { worker.run(&holder, stopped).await });
-            let shutdown = async {
-                let ctrl_c = tokio::signal::ctrl_c();
-                #[cfg(unix)]
-                {
-                    let mut term =
-                        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                            .ok();
-                    tokio::select! {
-                        _ = ctrl_c => {},
-                        _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {},
-                    }
-                }
-                #[cfg(not(unix))]
-                let _ = ctrl_c.await;
-                tracing::info!("shutting down");
-            };
-            shipit::run::server::serve(Arc::new(ingress), store, listener, shutdown).await?;
-            let _ = stop.send(true);
-            worker.await?.map_err(|e| anyhow!("worker: {e}"))?;
-        }
+        Command::Serve { listen } => cli::serve(load(&cli.config)?, listen).await?,
         Command::Ingest { events, json } => {
             let config = load(&cli.config)?;
             let (ingress, _store) = local_ingress(config).await?;
@@ -193,24 +160,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let jobs = store.jobs(None).await.map_err(|e| anyhow!("{e}"))?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&jobs)?);
-            } else if jobs.is_empty() {
-                println!("no jobs");
             } else {
-                println!(
-                    "{:<22} {:<8} {:<22} {:<12} REQUESTED BY",
-                    "JOB", "STATUS", "APP/ENV", "VERSION"
-                );
-                for q in jobs {
-                    let j = &q.job;
-                    println!(
-                        "{:<22} {:<8} {:<22} {:<12} {}",
-                        j.id,
-                        q.status,
-                        j.group(),
-                        j.version,
-                        j.requested_by
-                    );
-                }
+                cli::views::print_jobs(&jobs);
             }
         }
         Command::Deploy {
@@ -233,28 +184,12 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 return follow(config, &store, job, true).await;
             }
             let (live, nodes) = cli::drift(&config, &store, &app, env.as_deref()).await?;
-            println!("{:<16} {:<14} LIVE {live}", "NODE", "INSTALLED");
-            let mut drifted = 0;
-            for n in &nodes {
-                let installed = n
-                    .installed
-                    .as_ref()
-                    .map_or("-".to_string(), |v| v.to_string());
-                let (in_sync, note) = match &n.installed {
-                    Some(v) if v.same_as(&live) => (true, "ok".to_string()),
-                    Some(_) => (false, "differs".to_string()),
-                    None => (false, format!("not installed: {}", n.detail)),
-                };
-                drifted += usize::from(!in_sync);
-                println!("{:<16} {installed:<14} {note}", n.node);
-            }
-            if drifted > 0 {
-                println!(
-                    "{drifted} node(s) differ from {live}; `shipit sync {app}` brings them to it"
-                );
-                return Ok(ExitCode::FAILURE);
-            }
-            return Ok(ExitCode::SUCCESS);
+            let drifted = cli::views::print_drift(&app, &live, &nodes);
+            return Ok(if drifted > 0 {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            });
         }
         Command::Rollback { app, env, wait } => {
             let config = Arc::new(load(&cli.config)?);
@@ -275,7 +210,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             if json {
                 println!("{}", serde_json::to_string_pretty(&status)?);
             } else {
-                cli::print_status(&status);
+                cli::views::print_status(&status);
             }
         }
         Command::History { app, env, json } => {
@@ -284,30 +219,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 cli::history(&config, &open_store(&config)?, &app, env.as_deref()).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&entries)?);
-            } else if entries.is_empty() {
-                println!("nothing deployed yet");
             } else {
-                println!(
-                    "{:<20} {:<12} {:<22} {:<22} SOURCE",
-                    "WHEN (UTC)", "VERSION", "JOB", "BY"
-                );
-                for e in entries {
-                    let j = &e.job;
-                    let mut source = serde_json::to_value(&j.source)?["kind"]
-                        .as_str()
-                        .unwrap_or("")
-                        .to_string();
-                    if j.forced_by.is_some() {
-                        source.push_str(", forced");
-                    }
-                    println!(
-                        "{:<20} {:<12} {:<22} {:<22} {source}",
-                        e.recorded_at.format("%Y-%m-%d %H:%M:%S"),
-                        j.version,
-                        j.id,
-                        j.requested_by
-                    );
-                }
+                cli::views::print_history(&entries)?;
             }
         }
     }

@@ -1,89 +1,25 @@
 //! What the `shipit` commands do on one machine, over the SQLite store.
 
 pub mod demo;
+pub mod views;
+
+pub use views::{ActiveJob, EnvStatus, Live, LiveView};
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context};
 use chrono::Utc;
-use serde_json::json;
 use tokio::sync::watch;
 
 use crate::config::{App, Config};
 use crate::deploy::engine::Notice;
 use crate::deploy::job::{DeployJob, JobId, Source};
 use crate::deploy::ports::{rollback_target, JobQueue, Ledger};
-use crate::deploy::status::describe;
 use crate::deploy::status::JobStatus;
 use crate::deploy::version::Version;
 use crate::drive::worker::Worker;
 use crate::local::store::{QueuedJob, Store};
-
-/// A deploy's progress on a terminal: one line per node, redrawn in place.
-#[derive(Default)]
-pub struct LiveView {
-    title: String,
-    nodes: Vec<(String, String)>,
-    last: String,
-    drawn: usize,
-}
-
-impl LiveView {
-    pub fn new(title: String) -> LiveView {
-        LiveView {
-            title,
-            ..LiveView::default()
-        }
-    }
-
-    fn set(&mut self, node: &str, state: String) {
-        match self.nodes.iter_mut().find(|(n, _)| n == node) {
-            Some(entry) => entry.1 = state,
-            None => self.nodes.push((node.to_string(), state)),
-        }
-    }
-
-    /// Takes in a notice and returns the text that redraws the view (ANSI cursor moves).
-    pub fn update(&mut self, notice: &Notice) -> String {
-        match notice {
-            Notice::Installed { node } => self.set(node, "installed".into()),
-            Notice::InstallFailed { node, detail } => {
-                self.set(node, format!("install FAILED: {detail}"))
-            }
-            Notice::Restarted { node } => self.set(node, "restarted, checking health".into()),
-            Notice::Healthy { node } => self.set(node, "healthy".into()),
-            Notice::Unhealthy { node, detail } => self.set(node, format!("FAILED: {detail}")),
-            Notice::RollingBack { nodes, .. } => {
-                for n in nodes {
-                    self.set(n, "rolling back".into());
-                }
-            }
-            Notice::Drifted {
-                node, installed, ..
-            } => {
-                let was = installed
-                    .as_ref()
-                    .map_or("nothing".into(), |v| v.to_string());
-                self.set(node, format!("has {was}, syncing"))
-            }
-            _ => {}
-        }
-        self.last = describe(notice);
-        let mut out = String::new();
-        if self.drawn > 0 {
-            out.push_str(&format!("\x1b[{}A", self.drawn));
-        }
-        let mut lines = vec![self.title.clone()];
-        lines.extend(self.nodes.iter().map(|(n, s)| format!("  {n:<16} {s}")));
-        lines.push(format!("  {}", self.last));
-        for l in &lines {
-            out.push_str(&format!("\x1b[2K{l}\n"));
-        }
-        self.drawn = lines.len();
-        out
-    }
-}
 
 fn port(e: crate::deploy::ports::PortError) -> anyhow::Error {
     anyhow!("{e}")
@@ -340,7 +276,51 @@ pub async fn follow_job(
     }
 }
 
-pub async fn status(config: &Config, store: &Store) -> anyhow::Result<serde_json::Value> {
+/// `shipit serve`: the HTTP ingress, the package watcher and the worker, until Ctrl-C or
+/// SIGTERM; deploys under way stop at a step boundary and resume on the next start.
+pub async fn serve(config: Config, listen: Option<std::net::SocketAddr>) -> anyhow::Result<()> {
+    let addr = listen.unwrap_or(config.server.listen);
+    let (ingress, store) = crate::run::local::local_ingress(config).await?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding {addr}"))?;
+    tracing::info!(addr = %listener.local_addr()?, "shipit serving");
+    let (stop, stopped) = watch::channel(false);
+    let out = crate::run::local::local_outbound(ingress.config.clone()).await;
+    let worker = Worker::new(ingress.config.clone(), store.clone(), out);
+    let holder = format!("serve-{}", std::process::id());
+    let worker = tokio::spawn(async move { worker.run(&holder, stopped).await });
+    crate::run::server::serve(Arc::new(ingress), store, listener, shutdown_signal()).await?;
+    let _ = stop.send(true);
+    worker.await?.map_err(|e| anyhow!("worker: {e}"))?;
+    Ok(())
+}
+
+/// Ctrl-C, or SIGTERM where there is one (what a service manager sends).
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate());
+        match term {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {},
+                    _ = term.recv() => {},
+                }
+            }
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+    tracing::info!("shutting down");
+}
+
+/// What is live on every app+env, what is queued or running there, and who holds it.
+pub async fn status(config: &Config, store: &Store) -> anyhow::Result<Vec<EnvStatus>> {
     let now = Utc::now();
     let jobs = store.jobs(None).await.map_err(port)?;
     let mut out = vec![];
@@ -352,70 +332,30 @@ pub async fn status(config: &Config, store: &Store) -> anyhow::Result<serde_json
                 .map_err(port)?
                 .into_iter()
                 .next();
-            let lock = store.lock_state(&app.name, env, now).await.map_err(port)?;
             let group = format!("{}/{env}", app.name);
-            let active: Vec<_> = jobs
-                .iter()
-                .filter(|q| q.job.group() == group && q.status.is_pending())
-                .map(|q| json!({ "job": q.job.id, "version": q.job.version, "status": q.status }))
-                .collect();
-            out.push(json!({
-                "app": app.name, "env": env,
-                "live": live.map(|e| json!({ "version": e.job.version, "job": e.job.id, "since": e.recorded_at, "by": e.job.requested_by })),
-                "lock": lock, "jobs": active,
-            }));
+            out.push(EnvStatus {
+                app: app.name.clone(),
+                env: env.clone(),
+                live: live.map(|e| Live {
+                    version: e.job.version,
+                    job: e.job.id,
+                    since: e.recorded_at,
+                    by: e.job.requested_by,
+                }),
+                lock: store.lock_state(&app.name, env, now).await.map_err(port)?,
+                jobs: jobs
+                    .iter()
+                    .filter(|q| q.job.group() == group && q.status.is_pending())
+                    .map(|q| ActiveJob {
+                        job: q.job.id.clone(),
+                        version: q.job.version.clone(),
+                        status: q.status,
+                    })
+                    .collect(),
+            });
         }
     }
-    Ok(json!(out))
-}
-
-pub fn print_status(status: &serde_json::Value) {
-    println!(
-        "{:<24} {:<12} {:<22} JOBS / LOCK",
-        "APP/ENV", "LIVE", "SINCE"
-    );
-    for s in status.as_array().into_iter().flatten() {
-        let live = &s["live"];
-        let jobs: Vec<String> = s["jobs"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .map(|j| {
-                format!(
-                    "{} {}",
-                    j["status"].as_str().unwrap_or(""),
-                    j["version"].as_str().unwrap_or("")
-                )
-            })
-            .collect();
-        let lock = s["lock"]["holder"]
-            .as_str()
-            .map(|h| {
-                format!(
-                    "locked by {h}: {}",
-                    s["lock"]["reason"].as_str().unwrap_or("")
-                )
-            })
-            .unwrap_or_default();
-        println!(
-            "{:<24} {:<12} {:<22} {}",
-            format!(
-                "{}/{}",
-                s["app"].as_str().unwrap_or(""),
-                s["env"].as_str().unwrap_or("")
-            ),
-            live["version"].as_str().unwrap_or("-"),
-            live["since"]
-                .as_str()
-                .map(|t| t.get(..19).unwrap_or(t).replace('T', " "))
-                .unwrap_or_else(|| "-".into()),
-            [jobs.join(", "), lock]
-                .into_iter()
-                .filter(|s| !s.is_empty())
-                .collect::<Vec<_>>()
-                .join("; ")
-        );
-    }
+    Ok(out)
 }
 
 pub async fn history(

@@ -25,13 +25,13 @@ pub fn ssm_client(sdk: &aws_config::SdkConfig) -> aws_sdk_ssm::Client {
 
 /// `SHIPIT_CONFIG`: a file path, or `ssm:/path` of a String parameter holding the TOML.
 async fn config_from_env(secrets: &Secrets) -> anyhow::Result<Config> {
-    let where_ = std::env::var("SHIPIT_CONFIG").context("SHIPIT_CONFIG is not set")?;
-    let text = match where_.parse::<Secret>() {
+    let location = std::env::var("SHIPIT_CONFIG").context("SHIPIT_CONFIG is not set")?;
+    let text = match location.parse::<Secret>() {
         Ok(s @ Secret::Ssm(_)) => secrets.resolve(&s).await?,
-        _ => std::fs::read_to_string(&where_)
-            .with_context(|| format!("reading SHIPIT_CONFIG {where_}"))?,
+        _ => std::fs::read_to_string(&location)
+            .with_context(|| format!("reading SHIPIT_CONFIG {location}"))?,
     };
-    Config::parse(&text, Path::new(&where_)).map_err(|r| anyhow!("invalid config:\n{r}"))
+    Config::parse(&text, Path::new(&location)).map_err(|r| anyhow!("invalid config:\n{r}"))
 }
 
 fn ssm_prefix() -> String {

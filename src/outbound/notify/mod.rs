@@ -115,8 +115,8 @@ impl Notifier {
         if notices.is_empty() {
             return;
         }
-        let ctx = Ctx {
-            n: self,
+        let round = Round {
+            notifier: self,
             app,
             deploy,
             notices,
@@ -135,11 +135,11 @@ impl Notifier {
         } = state;
         let all = async {
             tokio::join!(
-                ctx.slack(&snapshot, slack),
-                ctx.slash_reply(&snapshot),
-                ctx.newrelic(&snapshot),
-                ctx.datadog(&snapshot),
-                ctx.github(github_deployment),
+                round.slack(&snapshot, slack),
+                round.slash_reply(&snapshot),
+                round.newrelic(&snapshot),
+                round.datadog(&snapshot),
+                round.github(github_deployment),
             )
         };
         if tokio::time::timeout(NOTIFY_BUDGET + REQUEST_TIMEOUT, all)
@@ -152,8 +152,8 @@ impl Notifier {
 }
 
 /// One round of notifications.
-struct Ctx<'a> {
-    n: &'a Notifier,
+struct Round<'a> {
+    notifier: &'a Notifier,
     app: &'a App,
     deploy: &'a Deploy,
     notices: &'a [Notice],
@@ -168,13 +168,17 @@ fn finished(notices: &[Notice]) -> Option<&Outcome> {
     })
 }
 
-impl Ctx<'_> {
+impl Round<'_> {
     fn warn(&self, who: &str, error: &str) {
         tracing::warn!(job_id = %self.deploy.job.id, notifier = who, %error, "notification failed; the deploy goes on");
     }
 
     async fn secret(&self, s: &crate::config::secrets::Secret) -> Result<String, String> {
-        self.n.secrets.resolve(s).await.map_err(|e| e.to_string())
+        self.notifier
+            .secrets
+            .resolve(s)
+            .await
+            .map_err(|e| e.to_string())
     }
 
     /// Sends the request `make` builds, retrying 429 (after its `Retry-After`), 5xx and
@@ -233,13 +237,13 @@ impl Ctx<'_> {
 
     // --- Slack -------------------------------------------------------------------------
 
-    async fn slack(&self, st: &NotifyState, msg: &mut Option<SlackMessage>) {
+    async fn slack(&self, memo: &NotifyState, msg: &mut Option<SlackMessage>) {
         let Some(target) = &self.app.notify.slack else {
             return;
         };
         let result = match (&target.token, &target.webhook_url) {
-            (Some(token), _) => self.slack_bot(target, token, st, msg).await,
-            (None, Some(url)) => self.slack_webhook(url, st).await,
+            (Some(token), _) => self.slack_bot(target, token, memo, msg).await,
+            (None, Some(url)) => self.slack_webhook(url, memo).await,
             (None, None) => Ok(()),
         };
         if let Err(e) = result {
@@ -256,7 +260,7 @@ impl Ctx<'_> {
     ) -> Result<Value, String> {
         let url = format!("{}/{method}", target.api_url.trim_end_matches('/'));
         let reply = self
-            .send(|| self.n.http.post(&url).bearer_auth(token).json(&body))
+            .send(|| self.notifier.http.post(&url).bearer_auth(token).json(&body))
             .await?;
         // The Web API answers 200 with ok=false for its own errors.
         if reply["ok"].as_bool() == Some(true) {
@@ -273,11 +277,11 @@ impl Ctx<'_> {
         &self,
         target: &SlackTarget,
         token: &crate::config::secrets::Secret,
-        st: &NotifyState,
+        memo: &NotifyState,
         msg: &mut Option<SlackMessage>,
     ) -> Result<(), String> {
         let token = self.secret(token).await?;
-        let (text, blocks) = render(self.deploy, st, self.now);
+        let (text, blocks) = render(self.deploy, memo, self.now);
         let urgent = self.notices.iter().any(|n| {
             matches!(
                 n,
@@ -357,7 +361,7 @@ impl Ctx<'_> {
     async fn slack_webhook(
         &self,
         url: &crate::config::secrets::Secret,
-        st: &NotifyState,
+        memo: &NotifyState,
     ) -> Result<(), String> {
         let start = self
             .notices
@@ -367,9 +371,9 @@ impl Ctx<'_> {
             return Ok(());
         }
         let url = self.secret(url).await?;
-        let (text, blocks) = render(self.deploy, st, self.now);
+        let (text, blocks) = render(self.deploy, memo, self.now);
         self.send(|| {
-            self.n
+            self.notifier
                 .http
                 .post(&url)
                 .json(&json!({"text": text, "blocks": blocks}))
@@ -381,21 +385,21 @@ impl Ctx<'_> {
     /// A deploy asked for with `/deploy` ends with a reply in the channel it was asked in,
     /// through the command's `response_url`: whether or not a Slack target is configured,
     /// the person who typed the command hears how it went.
-    async fn slash_reply(&self, st: &NotifyState) {
+    async fn slash_reply(&self, memo: &NotifyState) {
         let Some(url) = response_url(&self.deploy.job.source) else {
             return;
         };
         if finished(self.notices).is_none() {
             return;
         }
-        let (text, blocks) = render(self.deploy, st, self.now);
+        let (text, blocks) = render(self.deploy, memo, self.now);
         let body = json!({
             "response_type": "in_channel",
             "replace_original": false,
             "text": text,
             "blocks": blocks,
         });
-        if let Err(e) = self.send(|| self.n.http.post(url).json(&body)).await {
+        if let Err(e) = self.send(|| self.notifier.http.post(url).json(&body)).await {
             self.warn("slack response_url", &e);
         }
     }
@@ -403,7 +407,7 @@ impl Ctx<'_> {
     // --- APM -----------------------------------------------------------------------------
 
     /// A change-tracking deployment when a version goes live.
-    async fn newrelic(&self, st: &NotifyState) {
+    async fn newrelic(&self, memo: &NotifyState) {
         let Some(NewRelicTarget {
             entity_guid,
             api_key,
@@ -420,7 +424,7 @@ impl Ctx<'_> {
             "entityGuid": entity_guid,
             "version": job.version.as_str(),
             "user": job.requested_by,
-            "timestamp": st.started_at.unwrap_or(self.now).timestamp_millis(),
+            "timestamp": memo.started_at.unwrap_or(self.now).timestamp_millis(),
             "deploymentType": "ROLLING",
             "groupId": job.id.as_str(),
             "description": format!("{} {} → {} by shipit ({})", job.app, change(self.deploy), job.env, trigger(&job.source)),
@@ -435,7 +439,7 @@ impl Ctx<'_> {
             let key = self.secret(api_key).await?;
             let reply = self
                 .send(|| {
-                    self.n
+                    self.notifier
                         .http
                         .post(endpoint)
                         .header("API-Key", &key)
@@ -455,7 +459,7 @@ impl Ctx<'_> {
 
     /// An event for every deploy that ran (succeeded or failed), and a DORA deployment
     /// when a version goes live, if asked for.
-    async fn datadog(&self, st: &NotifyState) {
+    async fn datadog(&self, memo: &NotifyState) {
         let Some(DatadogTarget {
             api_key,
             api_url,
@@ -490,7 +494,7 @@ impl Ctx<'_> {
                 let key = key.clone();
                 async move {
                     self.send(|| {
-                        self.n
+                        self.notifier
                             .http
                             .post(&url)
                             .header("DD-API-KEY", &key)
@@ -504,7 +508,7 @@ impl Ctx<'_> {
                 let nanos = |t: DateTime<Utc>| t.timestamp_nanos_opt().unwrap_or_default();
                 let mut attributes = json!({
                     "service": service, "env": job.env, "version": job.version.as_str(),
-                    "started_at": nanos(st.started_at.unwrap_or(self.now)), "finished_at": nanos(self.now),
+                    "started_at": nanos(memo.started_at.unwrap_or(self.now)), "finished_at": nanos(self.now),
                 });
                 if let (Some(sha), Some(repo)) = (commit(&job.source), &self.app.repo) {
                     attributes["git"] = json!({"commit_sha": sha, "repository_url": format!("https://github.com/{repo}")});
@@ -543,7 +547,7 @@ impl Ctx<'_> {
                 let token = token.clone();
                 async move {
                     self.send(|| {
-                        self.n
+                        self.notifier
                             .http
                             .post(&url)
                             .bearer_auth(&token)
@@ -742,10 +746,10 @@ fn node_word(s: NodeState) -> (&'static str, &'static str) {
 
 /// The Slack message for the deploy as it stands: Block Kit, and the plain text that
 /// notifications and screen readers show.
-pub fn render(d: &Deploy, st: &NotifyState, now: DateTime<Utc>) -> (String, Value) {
+pub fn render(d: &Deploy, memo: &NotifyState, now: DateTime<Utc>) -> (String, Value) {
     let job = &d.job;
     let (headline, emoji) = status_line(d);
-    let elapsed = st.started_at.map(|t| seconds(now - t));
+    let elapsed = memo.started_at.map(|t| seconds(now - t));
     let text = format!(
         "{} {} on {}: {headline}{}",
         job.app,
@@ -793,7 +797,7 @@ pub fn render(d: &Deploy, st: &NotifyState, now: DateTime<Utc>) -> (String, Valu
         };
         blocks.push(json!({"type": "section", "text": {"type": "mrkdwn", "text": format!("*{} node(s)*\n{body}", d.nodes.len())}}));
     }
-    if let Some(f) = &st.failure {
+    if let Some(f) = &memo.failure {
         blocks.push(
             json!({"type": "section", "text": {"type": "mrkdwn", "text": format!(
             "*Failed on `{}`*\n```{}```", f.node, f.detail)}}),

@@ -1,0 +1,214 @@
+//! What the `shipit` commands print: typed views of jobs, status, history and drift,
+//! as tables for people (and as JSON, with `--json`, for scripts).
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use crate::deploy::engine::Notice;
+use crate::deploy::job::JobId;
+use crate::deploy::ports::{HistoryEntry, LockInfo};
+use crate::deploy::status::{describe, JobStatus};
+use crate::deploy::version::Version;
+use crate::local::store::QueuedJob;
+
+use super::NodeVersion;
+
+/// One app+env in `shipit status`.
+#[derive(Debug, Clone, Serialize)]
+pub struct EnvStatus {
+    pub app: String,
+    pub env: String,
+    pub live: Option<Live>,
+    pub lock: Option<LockInfo>,
+    /// Queued and running jobs, oldest first.
+    pub jobs: Vec<ActiveJob>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Live {
+    pub version: Version,
+    pub job: JobId,
+    pub since: DateTime<Utc>,
+    pub by: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ActiveJob {
+    pub job: JobId,
+    pub version: Version,
+    pub status: JobStatus,
+}
+
+pub fn print_status(status: &[EnvStatus]) {
+    println!(
+        "{:<24} {:<12} {:<22} JOBS / LOCK",
+        "APP/ENV", "LIVE", "SINCE"
+    );
+    for s in status {
+        let jobs: Vec<String> = s
+            .jobs
+            .iter()
+            .map(|j| format!("{} {}", j.status, j.version))
+            .collect();
+        let lock = s
+            .lock
+            .as_ref()
+            .map(|l| format!("locked by {}: {}", l.holder, l.reason))
+            .unwrap_or_default();
+        println!(
+            "{:<24} {:<12} {:<22} {}",
+            format!("{}/{}", s.app, s.env),
+            s.live
+                .as_ref()
+                .map_or("-".into(), |l| l.version.to_string()),
+            s.live.as_ref().map_or("-".into(), |l| l
+                .since
+                .format("%Y-%m-%d %H:%M:%S")
+                .to_string()),
+            [jobs.join(", "), lock]
+                .into_iter()
+                .filter(|s| !s.is_empty())
+                .collect::<Vec<_>>()
+                .join("; ")
+        );
+    }
+}
+
+pub fn print_jobs(jobs: &[QueuedJob]) {
+    if jobs.is_empty() {
+        println!("no jobs");
+        return;
+    }
+    println!(
+        "{:<22} {:<8} {:<22} {:<12} REQUESTED BY",
+        "JOB", "STATUS", "APP/ENV", "VERSION"
+    );
+    for q in jobs {
+        let j = &q.job;
+        println!(
+            "{:<22} {:<8} {:<22} {:<12} {}",
+            j.id,
+            q.status.as_str(),
+            j.group(),
+            j.version,
+            j.requested_by
+        );
+    }
+}
+
+pub fn print_history(entries: &[HistoryEntry]) -> anyhow::Result<()> {
+    if entries.is_empty() {
+        println!("nothing deployed yet");
+        return Ok(());
+    }
+    println!(
+        "{:<20} {:<12} {:<22} {:<22} SOURCE",
+        "WHEN (UTC)", "VERSION", "JOB", "BY"
+    );
+    for e in entries {
+        let j = &e.job;
+        let mut source = serde_json::to_value(&j.source)?["kind"]
+            .as_str()
+            .unwrap_or("")
+            .to_string();
+        if j.forced_by.is_some() {
+            source.push_str(", forced");
+        }
+        println!(
+            "{:<20} {:<12} {:<22} {:<22} {source}",
+            e.recorded_at.format("%Y-%m-%d %H:%M:%S"),
+            j.version,
+            j.id,
+            j.requested_by
+        );
+    }
+    Ok(())
+}
+
+/// Each node's installed version against the live one; how many differ.
+pub fn print_drift(app: &str, live: &Version, nodes: &[NodeVersion]) -> usize {
+    println!("{:<16} {:<14} LIVE {live}", "NODE", "INSTALLED");
+    let mut drifted = 0;
+    for n in nodes {
+        let installed = n
+            .installed
+            .as_ref()
+            .map_or("-".to_string(), |v| v.to_string());
+        let (in_sync, note) = match &n.installed {
+            Some(v) if v.same_as(live) => (true, "ok".to_string()),
+            Some(_) => (false, "differs".to_string()),
+            None => (false, format!("not installed: {}", n.detail)),
+        };
+        drifted += usize::from(!in_sync);
+        println!("{:<16} {installed:<14} {note}", n.node);
+    }
+    if drifted > 0 {
+        println!("{drifted} node(s) differ from {live}; `shipit sync {app}` brings them to it");
+    }
+    drifted
+}
+
+/// A deploy's progress on a terminal: one line per node, redrawn in place.
+#[derive(Default)]
+pub struct LiveView {
+    title: String,
+    nodes: Vec<(String, String)>,
+    last: String,
+    drawn: usize,
+}
+
+impl LiveView {
+    pub fn new(title: String) -> LiveView {
+        LiveView {
+            title,
+            ..LiveView::default()
+        }
+    }
+
+    fn set(&mut self, node: &str, state: String) {
+        match self.nodes.iter_mut().find(|(n, _)| n == node) {
+            Some(entry) => entry.1 = state,
+            None => self.nodes.push((node.to_string(), state)),
+        }
+    }
+
+    /// Takes in a notice and returns the text that redraws the view (ANSI cursor moves).
+    pub fn update(&mut self, notice: &Notice) -> String {
+        match notice {
+            Notice::Installed { node } => self.set(node, "installed".into()),
+            Notice::InstallFailed { node, detail } => {
+                self.set(node, format!("install FAILED: {detail}"))
+            }
+            Notice::Restarted { node } => self.set(node, "restarted, checking health".into()),
+            Notice::Healthy { node } => self.set(node, "healthy".into()),
+            Notice::Unhealthy { node, detail } => self.set(node, format!("FAILED: {detail}")),
+            Notice::RollingBack { nodes, .. } => {
+                for n in nodes {
+                    self.set(n, "rolling back".into());
+                }
+            }
+            Notice::Drifted {
+                node, installed, ..
+            } => {
+                let was = installed
+                    .as_ref()
+                    .map_or("nothing".into(), |v| v.to_string());
+                self.set(node, format!("has {was}, syncing"))
+            }
+            _ => {}
+        }
+        self.last = describe(notice);
+        let mut out = String::new();
+        if self.drawn > 0 {
+            out.push_str(&format!("\x1b[{}A", self.drawn));
+        }
+        let mut lines = vec![self.title.clone()];
+        lines.extend(self.nodes.iter().map(|(n, s)| format!("  {n:<16} {s}")));
+        lines.push(format!("  {}", self.last));
+        for l in &lines {
+            out.push_str(&format!("\x1b[2K{l}\n"));
+        }
+        self.drawn = lines.len();
+        out
+    }
+}
