@@ -114,15 +114,7 @@ impl<R: RunCommand> SsmFleet<R> {
     }
 
     fn target(&self, job: &DeployJob) -> Result<(&App, &Environment), PortError> {
-        let app = self
-            .config
-            .app(&job.app)
-            .ok_or_else(|| Refused::error(format!("app {} is not in the config", job.app)))?;
-        let env = app
-            .environments
-            .get(&job.env)
-            .ok_or_else(|| Refused::error(format!("{} has no environment {}", job.app, job.env)))?;
-        Ok((app, env))
+        self.config.target(job).map_err(Refused::error)
     }
 
     /// The environment's reachable nodes, in a stable order (by id).

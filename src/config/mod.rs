@@ -14,6 +14,7 @@ pub mod command;
 pub mod secrets;
 pub mod template;
 
+use crate::deploy::job::DeployJob;
 use crate::deploy::rollout::Rollout;
 use crate::deploy::version::PackageName;
 use secrets::Secret;
@@ -265,6 +266,18 @@ impl Config {
                 problems,
             }),
         }
+    }
+
+    /// A job's app and environment, or why the config has no such thing.
+    pub fn target(&self, job: &DeployJob) -> Result<(&App, &Environment), String> {
+        let app = self
+            .app(&job.app)
+            .ok_or_else(|| format!("app {} is not in the config", job.app))?;
+        let env = app
+            .environments
+            .get(&job.env)
+            .ok_or_else(|| format!("{} has no environment {}", job.app, job.env))?;
+        Ok((app, env))
     }
 
     pub fn app(&self, name: &str) -> Option<&App> {

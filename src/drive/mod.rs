@@ -72,17 +72,7 @@ impl Driver {
     }
 
     fn app(&self, job: &DeployJob) -> Result<&App, Refused> {
-        let app = self
-            .config
-            .app(&job.app)
-            .ok_or_else(|| Refused(format!("app {} is not in the config", job.app)))?;
-        if !app.environments.contains_key(&job.env) {
-            return Err(Refused(format!(
-                "{} has no environment {}",
-                job.app, job.env
-            )));
-        }
-        Ok(app)
+        Ok(self.config.target(job).map_err(Refused)?.0)
     }
 
     /// Does `action` (anything but `Wait` and `Finished`, which the loops do their own

@@ -30,19 +30,8 @@ impl LocalFleet {
         LocalFleet { store, config }
     }
 
-    /// The job's app and environment, if it deploys to local nodes.
     fn target(&self, job: &DeployJob) -> Result<(&App, &Environment), PortError> {
-        let app = self
-            .config
-            .app(&job.app)
-            .ok_or_else(|| Refused::error(format!("app {} is no longer in the config", job.app)))?;
-        let env = app.environments.get(&job.env).ok_or_else(|| {
-            Refused::error(format!(
-                "environment {} of {} is no longer in the config",
-                job.env, job.app
-            ))
-        })?;
-        Ok((app, env))
+        self.config.target(job).map_err(Refused::error)
     }
 
     /// Runs `cmd` on its nodes and returns every node's result. A node whose result for
