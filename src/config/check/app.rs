@@ -1,0 +1,274 @@
+//! `[apps.X]`: what it is (package, repo, tags), where it goes (environments, defaults),
+//! how a node runs it (command templates) and rolls it out.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::str::FromStr;
+
+use super::environment::check_environment;
+use super::notify::{check_gate, check_notify};
+use super::{valid_name, valid_repo, Checker, TEMPLATE_VARS};
+use crate::config::raw::RawApp;
+use crate::config::template::Template;
+use crate::config::{App, Environment, TagPattern};
+use crate::deploy::rollout::Rollout;
+use crate::deploy::version::PackageName;
+
+/// What the checks of one app share as they go.
+pub(super) struct Scope<'a> {
+    pub(super) app: &'a str,
+    /// `apps.NAME`, the prefix of every key.
+    pub(super) key: &'a str,
+    /// The config file's directory: relative node directories are relative to it.
+    pub(super) base: &'a Path,
+    /// Placeholders the app's templates may use: the common ones and every `vars` key.
+    pub(super) known: BTreeSet<String>,
+    /// SSM environments without a `dir`: their templates cannot use `{dir}`.
+    pub(super) dirless: Vec<String>,
+}
+
+pub(super) fn check_app(c: &mut Checker, base: &Path, name: String, a: RawApp) -> Option<App> {
+    let k = format!("apps.{name}");
+    if !valid_name(&name) {
+        c.error(
+            &k,
+            "app names must be lower-case letters, digits, '-' or '_' (at most 40)",
+            "rename the table, e.g. [apps.hello]",
+        );
+    }
+    let package = check_package(c, &k, &a.package);
+    let repo = check_repo(c, &k, a.repo);
+    let tag_pattern = check_tag_pattern(c, &k, a.tag_pattern.as_deref());
+    let mut scope = Scope {
+        app: &name,
+        key: &k,
+        base,
+        known: TEMPLATE_VARS.iter().map(|s| s.to_string()).collect(),
+        dirless: vec![],
+    };
+    if a.environments.is_empty() {
+        c.error(
+            format!("{k}.environments"),
+            "no environments",
+            format!("add [apps.{name}.environments.production] with nodes or ssm_tags"),
+        );
+    }
+    let mut environments = BTreeMap::new();
+    for (env_name, e) in a.environments {
+        if let Some(env) = check_environment(c, &mut scope, env_name, e) {
+            environments.insert(env.name.clone(), env);
+        }
+    }
+    let default_env = check_default_env(c, &k, a.default_env, &environments);
+    let auto_deploy = a.auto_deploy.unwrap_or_else(|| vec![default_env.clone()]);
+    for (i, env) in auto_deploy.iter().enumerate() {
+        if !env.is_empty() && !environments.contains_key(env) {
+            c.error(
+                format!("{k}.auto_deploy[{i}]"),
+                format!("no environment named {env:?}"),
+                "list environments that tag pushes and uploads deploy to, or [] for none",
+            );
+        }
+    }
+    let commands = Commands {
+        install: &a.install,
+        restart: &a.restart,
+        health: a.health.as_deref(),
+        version: a.version.as_deref(),
+    };
+    let commands = check_commands(c, &scope, commands);
+    check_rollout(c, &k, &a.rollout);
+    check_dir_use(c, &scope, &commands);
+    let notify = check_notify(c, &k, a.notify, &name, repo.is_some());
+    let gate = a.gate.and_then(|g| check_gate(c, &k, g, repo.is_some()));
+    if gate.is_none() && repo.is_some() && !auto_deploy.is_empty() {
+        c.warning(
+            format!("{k}.gate"),
+            "any tag pushed to the repo deploys, from any branch, whatever its checks say",
+            "add [apps.NAME.gate] (checks = [...]) to deploy only merged, green tags",
+        );
+    }
+    let (install, restart, health, version) = commands;
+    let (package, tag_pattern) = (package?, tag_pattern?);
+    let (install, restart, health, version) = (install?, restart?, health?, version?);
+    Some(App {
+        name,
+        package,
+        repo,
+        tag_pattern,
+        default_env,
+        auto_deploy,
+        environments,
+        install,
+        restart,
+        health,
+        version,
+        rollout: a.rollout,
+        notify,
+        gate,
+    })
+}
+
+fn check_package(c: &mut Checker, k: &str, raw: &str) -> Option<PackageName> {
+    match PackageName::from_str(raw) {
+        Ok(p) => Some(p),
+        Err(_) => {
+            c.error(
+                format!("{k}.package"),
+                format!("{raw:?} is not a valid PEP 508 package name"),
+                "letters, digits, '-', '_' and '.', starting and ending with a letter or digit",
+            );
+            None
+        }
+    }
+}
+
+fn check_repo(c: &mut Checker, k: &str, raw: Option<String>) -> Option<String> {
+    match raw {
+        Some(r) if valid_repo(&r) => Some(r.to_ascii_lowercase()),
+        Some(r) => {
+            c.error(
+                format!("{k}.repo"),
+                format!("{r:?} is not owner/name"),
+                "e.g. \"acme/hello\"",
+            );
+            None
+        }
+        None => None,
+    }
+}
+
+fn check_tag_pattern(c: &mut Checker, k: &str, raw: Option<&str>) -> Option<TagPattern> {
+    match TagPattern::parse(raw.unwrap_or("v{version}")) {
+        Ok(p) => Some(p),
+        Err(e) => {
+            c.error(
+                format!("{k}.tag_pattern"),
+                e,
+                "e.g. \"v{version}\" or \"hello-{version}\"",
+            );
+            None
+        }
+    }
+}
+
+/// Where chat and CLI deploys go when they name no environment; empty if nowhere.
+fn check_default_env(
+    c: &mut Checker,
+    k: &str,
+    raw: Option<String>,
+    environments: &BTreeMap<String, Environment>,
+) -> String {
+    let default_env = match raw {
+        Some(d) => d,
+        None if environments.len() == 1 => environments.keys().next().cloned().unwrap_or_default(),
+        None => {
+            if environments.len() > 1 {
+                c.error(
+                    format!("{k}.default_env"),
+                    "several environments and no default_env",
+                    "name the environment chat and CLI deploys go to when none is given",
+                );
+            }
+            String::new()
+        }
+    };
+    if !default_env.is_empty() && !environments.contains_key(&default_env) {
+        c.error(
+            format!("{k}.default_env"),
+            format!("no environment named {default_env:?}"),
+            format!(
+                "one of: {}",
+                environments.keys().cloned().collect::<Vec<_>>().join(", ")
+            ),
+        );
+    }
+    default_env
+}
+
+/// The raw command templates of an app.
+struct Commands<'a> {
+    install: &'a str,
+    restart: &'a str,
+    health: Option<&'a str>,
+    version: Option<&'a str>,
+}
+
+/// Each checked template, `None` where it has a problem (health and version are
+/// optional: `Some(None)` when the app has none).
+type Checked = (
+    Option<Template>,
+    Option<Template>,
+    Option<Option<Template>>,
+    Option<Option<Template>>,
+);
+
+/// Install, restart, health and version templates, each using only placeholders it will
+/// have on every node.
+fn check_commands(c: &mut Checker, scope: &Scope, raw: Commands) -> Checked {
+    let k = scope.key;
+    let install = c.template(&format!("{k}.install"), raw.install, &scope.known);
+    let restart = c.template(&format!("{k}.restart"), raw.restart, &scope.known);
+    let health = match raw.health {
+        Some(h) => c
+            .template(&format!("{k}.health"), h, &scope.known)
+            .map(Some),
+        None => {
+            c.warning(
+                format!("{k}.health"),
+                "no health check: a restart that exits 0 counts as healthy",
+                "add a command that fails unless the new version serves, e.g. a curl of /version",
+            );
+            Some(None)
+        }
+    };
+    let version = match raw.version {
+        Some(v) => c
+            .template(&format!("{k}.version"), v, &scope.known)
+            .map(Some),
+        None => Some(None),
+    };
+    (install, restart, health, version)
+}
+
+/// `{dir}` is there only where every environment of the app has a `dir`.
+fn check_dir_use(c: &mut Checker, scope: &Scope, (install, restart, health, version): &Checked) {
+    let Some(env) = scope.dirless.first() else {
+        return;
+    };
+    let templates = [
+        ("install", install.as_ref()),
+        ("restart", restart.as_ref()),
+        ("health", health.as_ref().and_then(Option::as_ref)),
+        ("version", version.as_ref().and_then(Option::as_ref)),
+    ];
+    for (what, t) in templates {
+        if t.is_some_and(|t| t.placeholders().any(|p| p == "dir")) {
+            c.error(
+                format!("{env}.dir"),
+                format!(
+                    "{}.{what} uses {{dir}} but this environment has no dir",
+                    scope.key
+                ),
+                "set dir = \"/srv/...\" to the app's directory on its nodes",
+            );
+        }
+    }
+}
+
+fn check_rollout(c: &mut Checker, k: &str, rollout: &Rollout) {
+    if rollout.health_interval_seconds == 0 {
+        c.error(
+            format!("{k}.rollout.health_interval_seconds"),
+            "must be at least 1",
+            "the longest pause between two health checks of a node",
+        );
+    }
+    if rollout.command_timeout_seconds == 0 {
+        c.error(
+            format!("{k}.rollout.command_timeout_seconds"),
+            "must be at least 1",
+            "seconds one command may run on one node",
+        );
+    }
+}

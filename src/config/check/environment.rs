@@ -1,0 +1,163 @@
+//! `[apps.X.environments.Y]`: its nodes (SSM tags or local directories) and who may
+//! deploy to it from chat.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use super::app::Scope;
+use super::{valid_name, Checker};
+use crate::config::raw::{RawEnvironment, RawLocalNode};
+use crate::config::{Environment, LocalNode, Nodes};
+
+pub(super) fn check_environment(
+    c: &mut Checker,
+    scope: &mut Scope,
+    name: String,
+    e: RawEnvironment,
+) -> Option<Environment> {
+    let ek = format!("{}.environments.{name}", scope.key);
+    if !valid_name(&name) {
+        c.error(
+            &ek,
+            "environment names must be lower-case letters, digits, '-' or '_' (at most 40)",
+            "e.g. production, staging",
+        );
+    }
+    let nodes = match (e.ssm_tags, e.nodes) {
+        (Some(tags), None) if !tags.is_empty() => {
+            let ssm = SsmEnvironment {
+                tags,
+                dir: e.dir,
+                vars: e.vars,
+            };
+            Some(check_ssm(c, scope, &ek, &name, ssm))
+        }
+        (None, Some(nodes)) if !nodes.is_empty() => {
+            if e.dir.is_some() || !e.vars.is_empty() {
+                c.error(
+                    &ek,
+                    "dir and vars belong to ssm_tags environments",
+                    "give each local node its own dir and vars",
+                );
+            }
+            Some(check_local(c, scope, &ek, nodes))
+        }
+        (Some(_), Some(_)) => {
+            c.error(
+                &ek,
+                "both ssm_tags and nodes are set",
+                "use ssm_tags on AWS, nodes for the embedded runtime",
+            );
+            None
+        }
+        _ => {
+            c.error(
+                &ek,
+                "no nodes: neither ssm_tags nor nodes is set (or it is empty)",
+                concat!(
+                    "ssm_tags = { \"shipit:app\" = \"hello\", \"shipit:env\" = \"production\" }",
+                    " on AWS; nodes = [{ name = \"node1\", dir = \"nodes/node1\" }] locally"
+                ),
+            );
+            None
+        }
+    };
+    check_deployers(c, &ek, &e.chat_deployers);
+    nodes.map(|nodes| Environment {
+        name,
+        nodes,
+        chat_deployers: e.chat_deployers,
+    })
+}
+
+struct SsmEnvironment {
+    tags: BTreeMap<String, String>,
+    dir: Option<String>,
+    vars: BTreeMap<String, String>,
+}
+
+fn check_ssm(c: &mut Checker, scope: &mut Scope, ek: &str, env: &str, e: SsmEnvironment) -> Nodes {
+    if let Some(d) = e.dir.as_deref().filter(|d| !d.starts_with('/')) {
+        c.error(
+            format!("{ek}.dir"),
+            format!("{d:?} is not an absolute path"),
+            "the app's directory on every node, e.g. \"/srv/hello\"",
+        );
+    }
+    // IAM condition keys cannot be stack parameters, so the template fixes them.
+    let missing: Vec<&str> = ["shipit:app", "shipit:env"]
+        .into_iter()
+        .filter(|t| !e.tags.contains_key(*t))
+        .collect();
+    if !missing.is_empty() {
+        c.warning(
+            format!("{ek}.ssm_tags"),
+            format!(
+                "no {} tag: infra/template.yaml lets deploy-step send commands only to nodes \
+                 tagged shipit:app and shipit:env",
+                missing.join(" or ")
+            ),
+            format!(
+                "tag the nodes and select them by both, e.g. ssm_tags = \
+                 {{ \"shipit:app\" = \"{}\", \"shipit:env\" = \"{env}\" }}",
+                scope.app
+            ),
+        );
+    }
+    scope.known.extend(e.vars.keys().cloned());
+    if e.dir.is_none() {
+        scope.dirless.push(ek.to_string());
+    }
+    Nodes::Ssm {
+        tags: e.tags,
+        dir: e.dir,
+        vars: e.vars,
+    }
+}
+
+fn check_local(c: &mut Checker, scope: &mut Scope, ek: &str, nodes: Vec<RawLocalNode>) -> Nodes {
+    let mut seen = BTreeSet::new();
+    for (i, n) in nodes.iter().enumerate() {
+        if !valid_name(&n.name) {
+            c.error(
+                format!("{ek}.nodes[{i}].name"),
+                format!("{:?} is not a valid node name", n.name),
+                "lower-case letters, digits, '-' or '_'",
+            );
+        }
+        if !seen.insert(n.name.clone()) {
+            c.error(
+                format!("{ek}.nodes[{i}].name"),
+                format!("node {:?} is listed twice", n.name),
+                "node names must be unique within an environment",
+            );
+        }
+        scope.known.extend(n.vars.keys().cloned());
+    }
+    Nodes::Local(
+        nodes
+            .into_iter()
+            .map(|n| LocalNode {
+                name: n.name,
+                dir: scope.base.join(n.dir),
+                vars: n.vars,
+            })
+            .collect(),
+    )
+}
+
+/// Slack user ids (`U…`, `W…`), `@name`s, or `*`.
+fn check_deployers(c: &mut Checker, ek: &str, deployers: &[String]) {
+    for (i, d) in deployers.iter().enumerate() {
+        let ok = d == "*"
+            || (d.starts_with('@') && d.len() > 1)
+            || (d.starts_with('U') || d.starts_with('W'))
+                && d.chars().all(|c| c.is_ascii_alphanumeric());
+        if !ok {
+            c.error(
+                format!("{ek}.chat_deployers[{i}]"),
+                format!("{d:?} is not a Slack user id, @name or *"),
+                "e.g. \"U2CERLKJA\" or \"@roadrunner\"",
+            );
+        }
+    }
+}

@@ -1,0 +1,254 @@
+//! Turns the raw shape into typed values, collecting every problem (key path, message,
+//! hint) instead of stopping at the first, so `shipit check` can report them all.
+//! One function per section: the server and chat ingress here, an app in `app`, an
+//! environment in `environment`, the gate and notifiers in `notify`.
+
+mod app;
+mod environment;
+mod notify;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::str::FromStr;
+
+use super::raw::{RawConfig, RawServer, RawSlackIngress};
+use super::secrets::Secret;
+use super::template::Template;
+use super::{Config, Problem, Server, Severity};
+
+/// Placeholders every template may use; nodes add their own `vars`.
+const TEMPLATE_VARS: [&str; 6] = ["app", "env", "package", "version", "node", "dir"];
+
+/// The typed config, if the file could be read as TOML at all, and every problem in it.
+pub(super) fn check_text(text: &str, path: &Path) -> (Option<Config>, Vec<Problem>) {
+    let mut c = Checker { problems: vec![] };
+    let Some(raw) = parse(&mut c, text) else {
+        return (None, c.problems);
+    };
+    let base = path.parent().unwrap_or(Path::new("."));
+    let server = check_server(&mut c, raw.server, base);
+    let github_secret = raw
+        .github
+        .webhook_secret
+        .as_deref()
+        .and_then(|s| c.secret("github.webhook_secret", s));
+    let (slack_secret, slack_response_url_prefix) = check_slack(&mut c, raw.slack);
+    if raw.apps.is_empty() {
+        c.error(
+            "apps",
+            "no apps are configured",
+            "add an [apps.NAME] table with package, install and restart",
+        );
+    }
+    let mut apps = BTreeMap::new();
+    for (name, a) in raw.apps {
+        if let Some(app) = app::check_app(&mut c, base, name, a) {
+            apps.insert(app.name.clone(), app);
+        }
+    }
+    let config = Config {
+        file: path.to_path_buf(),
+        server,
+        github_secret,
+        slack_secret,
+        slack_response_url_prefix,
+        apps,
+    };
+    (Some(config), c.problems)
+}
+
+/// The TOML, or a problem that points at its line and column.
+fn parse(c: &mut Checker, text: &str) -> Option<RawConfig> {
+    match toml::from_str(text) {
+        Ok(raw) => Some(raw),
+        Err(e) => {
+            let at = e
+                .span()
+                .map(|s| {
+                    let before = &text[..s.start.min(text.len())];
+                    let line = before.matches('\n').count() + 1;
+                    let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+                    format!("line {line}, column {col}")
+                })
+                .unwrap_or_else(|| "(file)".into());
+            c.error(
+                at,
+                e.message().to_string(),
+                "see examples/local/shipit.toml for every key shipit understands",
+            );
+            None
+        }
+    }
+}
+
+fn check_server(c: &mut Checker, raw: RawServer, base: &Path) -> Server {
+    let listen = match raw.listen.as_deref().unwrap_or("127.0.0.1:8080").parse() {
+        Ok(a) => a,
+        Err(_) => {
+            c.error(
+                "server.listen",
+                "not an address:port",
+                "e.g. \"127.0.0.1:8080\"",
+            );
+            SocketAddr::from(([127, 0, 0, 1], 8080))
+        }
+    };
+    Server {
+        listen,
+        state: base.join(raw.state.unwrap_or_else(|| "shipit.db".into())),
+        package_dir: raw.package_dir.map(|d| base.join(d)),
+    }
+}
+
+/// The signing secret, and where a slash command's reply may be posted.
+fn check_slack(c: &mut Checker, raw: RawSlackIngress) -> (Option<Secret>, String) {
+    let secret = raw
+        .signing_secret
+        .as_deref()
+        .and_then(|s| c.secret("slack.signing_secret", s));
+    let prefix = raw
+        .response_url_prefix
+        .unwrap_or_else(|| "https://hooks.slack.com/".into());
+    check_url(c, "slack.response_url_prefix", &prefix);
+    if !prefix.ends_with('/') {
+        // Without it, https://hooks.slack.com would also admit https://hooks.slack.com.evil.
+        c.error(
+            "slack.response_url_prefix",
+            format!("{prefix:?} does not end with /"),
+            "end it with / after the host, e.g. https://hooks.slack.com/",
+        );
+    }
+    (secret, prefix)
+}
+
+pub(super) struct Checker {
+    pub(super) problems: Vec<Problem>,
+}
+
+impl Checker {
+    pub(super) fn error(
+        &mut self,
+        key: impl Into<String>,
+        message: impl Into<String>,
+        hint: impl Into<String>,
+    ) {
+        self.problems.push(Problem {
+            severity: Severity::Error,
+            key: key.into(),
+            message: message.into(),
+            hint: hint.into(),
+        });
+    }
+
+    pub(super) fn warning(
+        &mut self,
+        key: impl Into<String>,
+        message: impl Into<String>,
+        hint: impl Into<String>,
+    ) {
+        self.problems.push(Problem {
+            severity: Severity::Warning,
+            key: key.into(),
+            message: message.into(),
+            hint: hint.into(),
+        });
+    }
+
+    pub(super) fn secret(&mut self, key: &str, raw: &str) -> Option<Secret> {
+        match Secret::from_str(raw) {
+            Ok(s) => {
+                if matches!(s, Secret::Literal(_)) {
+                    self.warning(
+                        key,
+                        "secret is written in the config file itself",
+                        "use env:NAME or ssm:/path so the file can be shared safely",
+                    );
+                }
+                Some(s)
+            }
+            Err(e) => {
+                self.error(
+                    key,
+                    e,
+                    "write a literal, env:NAME, or ssm:/path/to/SecureString",
+                );
+                None
+            }
+        }
+    }
+
+    pub(super) fn template(
+        &mut self,
+        key: &str,
+        raw: &str,
+        known: &BTreeSet<String>,
+    ) -> Option<Template> {
+        match Template::parse(raw) {
+            Ok(t) => {
+                let unknown: Vec<&str> = t.placeholders().filter(|p| !known.contains(*p)).collect();
+                if unknown.is_empty() {
+                    Some(t)
+                } else {
+                    self.error(
+                        key,
+                        format!("unknown placeholder(s): {}", unknown.join(", ")),
+                        format!(
+                            "known here: {}; a node's own `vars` add more",
+                            known
+                                .iter()
+                                .map(|k| format!("{{{k}}}"))
+                                .collect::<Vec<_>>()
+                                .join(" ")
+                        ),
+                    );
+                    None
+                }
+            }
+            Err(e) => {
+                self.error(
+                    key,
+                    e.to_string(),
+                    "placeholders look like {version}; write {{ or }} for a literal brace",
+                );
+                None
+            }
+        }
+    }
+}
+
+/// A name that travels into queue groups, parameter paths and execution names.
+pub(super) fn valid_name(s: &str) -> bool {
+    let mut chars = s.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_lowercase() || c.is_ascii_digit())
+        && s.len() <= 40
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
+}
+
+pub(super) fn valid_repo(s: &str) -> bool {
+    let ok = |p: &str| {
+        !p.is_empty()
+            && p.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    };
+    matches!(s.split_once('/'), Some((owner, name)) if ok(owner) && ok(name))
+}
+
+/// An endpoint shipit will send a token to: https, or http to this machine only.
+pub(super) fn check_url(c: &mut Checker, key: &str, url: &str) {
+    let ok = match url.split_once("://") {
+        Some(("https", rest)) => !rest.is_empty(),
+        Some(("http", rest)) => ["127.0.0.1", "localhost", "[::1]"].iter().any(|h| {
+            rest.strip_prefix(h)
+                .is_some_and(|r| r.is_empty() || r.starts_with([':', '/']))
+        }),
+        _ => false,
+    };
+    if !ok {
+        c.error(
+            key,
+            format!("{url:?} is not an https URL"),
+            "tokens travel only over https (plain http only to 127.0.0.1 or localhost)",
+        );
+    }
+}

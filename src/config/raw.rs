@@ -1,0 +1,151 @@
+//! The config file's raw shape, as serde reads it; `check` turns it into typed values.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+use crate::deploy::rollout::Rollout;
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawConfig {
+    #[serde(default)]
+    pub(super) server: RawServer,
+    #[serde(default)]
+    pub(super) github: RawSecretHolder,
+    #[serde(default)]
+    pub(super) slack: RawSlackIngress,
+    #[serde(default)]
+    pub(super) apps: BTreeMap<String, RawApp>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawServer {
+    pub(super) listen: Option<String>,
+    pub(super) state: Option<PathBuf>,
+    pub(super) package_dir: Option<PathBuf>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawSecretHolder {
+    pub(super) webhook_secret: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawSlackIngress {
+    pub(super) signing_secret: Option<String>,
+    pub(super) response_url_prefix: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawApp {
+    pub(super) package: String,
+    pub(super) repo: Option<String>,
+    pub(super) tag_pattern: Option<String>,
+    pub(super) default_env: Option<String>,
+    pub(super) auto_deploy: Option<Vec<String>>,
+    #[serde(default)]
+    pub(super) environments: BTreeMap<String, RawEnvironment>,
+    pub(super) install: String,
+    pub(super) restart: String,
+    pub(super) health: Option<String>,
+    pub(super) version: Option<String>,
+    #[serde(default)]
+    pub(super) rollout: Rollout,
+    #[serde(default)]
+    pub(super) notify: RawNotify,
+    pub(super) gate: Option<RawGate>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawGate {
+    pub(super) branch: Option<String>,
+    #[serde(default)]
+    pub(super) checks: Vec<String>,
+    #[serde(default)]
+    pub(super) wait_seconds: u64,
+    pub(super) token: Option<String>,
+    pub(super) api_url: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawEnvironment {
+    pub(super) ssm_tags: Option<BTreeMap<String, String>>,
+    /// With `ssm_tags`: the app's directory on the nodes, and placeholder values.
+    pub(super) dir: Option<String>,
+    #[serde(default)]
+    pub(super) vars: BTreeMap<String, String>,
+    pub(super) nodes: Option<Vec<RawLocalNode>>,
+    #[serde(default)]
+    pub(super) chat_deployers: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawLocalNode {
+    pub(super) name: String,
+    pub(super) dir: PathBuf,
+    #[serde(default)]
+    pub(super) vars: BTreeMap<String, String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawNotify {
+    pub(super) slack: Option<RawSlackTarget>,
+    pub(super) newrelic: Option<RawNewRelic>,
+    pub(super) datadog: Option<RawDatadog>,
+    pub(super) github: Option<RawGitHubTarget>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawGitHubTarget {
+    pub(super) token: String,
+    pub(super) api_url: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawSlackTarget {
+    pub(super) channel: Option<String>,
+    pub(super) token: Option<String>,
+    pub(super) webhook_url: Option<String>,
+    pub(super) api_url: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawNewRelic {
+    pub(super) entity_guid: String,
+    pub(super) api_key: String,
+    #[serde(default = "us")]
+    pub(super) region: String,
+    pub(super) endpoint: Option<String>,
+}
+
+fn us() -> String {
+    "us".into()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawDatadog {
+    pub(super) api_key: String,
+    #[serde(default = "datadog_site")]
+    pub(super) site: String,
+    pub(super) service: Option<String>,
+    #[serde(default)]
+    pub(super) dora: bool,
+}
+
+fn datadog_site() -> String {
+    "datadoghq.com".into()
+}

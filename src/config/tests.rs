@@ -1,0 +1,159 @@
+
+use super::check::check_text;
+use super::*;
+
+const GOOD: &str = r#"
+        [github]
+        webhook_secret = "env:GH"
+        [apps.hello]
+        package = "Hello_App"
+        repo = "Acme/Hello"
+        install = "{dir}/venv/bin/pip install -U {package}=={version}"
+        restart = "kill -HUP $(cat {dir}/pid)"
+        health = "curl -fsS localhost:{port}/version"
+        [apps.hello.environments.production]
+        nodes = [{ name = "node1", dir = "n1", vars = { port = "8001" } }]
+        chat_deployers = ["U2CERLKJA", "@ann"]
+    "#;
+
+#[test]
+fn good_config_gets_defaults() {
+    let c = Config::parse(GOOD, Path::new("/etc/shipit/shipit.toml")).unwrap();
+    let app = c.app("hello").unwrap();
+    assert_eq!(app.package.to_string(), "hello-app");
+    assert_eq!(app.repo.as_deref(), Some("acme/hello"));
+    assert_eq!(app.tag_pattern.to_string(), "v{version}");
+    assert_eq!(app.default_env, "production");
+    assert_eq!(app.auto_deploy, vec!["production".to_string()]);
+    assert!(app.rollout.canary && app.rollout.auto_rollback);
+    assert_eq!(c.server.state, Path::new("/etc/shipit/shipit.db"));
+    assert_eq!(c.apps_for_repo("ACME/hello").count(), 1);
+}
+
+#[test]
+fn every_problem_is_reported_with_its_key() {
+    let bad = r#"
+            [slack]
+            response_url_prefix = "https://hooks.slack.com"
+            [apps.Hello]
+            package = "hello app"
+            repo = "nope"
+            tag_pattern = "v{ver}"
+            install = "pip install {package}=={versoin}"
+            restart = "kill {"
+            [apps.Hello.environments.prod]
+            chat_deployers = ["roadrunner"]
+        "#;
+    let err = Config::parse(bad, Path::new("shipit.toml")).unwrap_err();
+    let keys: Vec<&str> = err
+        .problems
+        .iter()
+        .filter(|p| p.severity == Severity::Error)
+        .map(|p| p.key.as_str())
+        .collect();
+    for k in [
+        "slack.response_url_prefix",
+        "apps.Hello",
+        "apps.Hello.package",
+        "apps.Hello.repo",
+        "apps.Hello.tag_pattern",
+        "apps.Hello.install",
+        "apps.Hello.restart",
+        "apps.Hello.environments.prod",
+        "apps.Hello.environments.prod.chat_deployers[0]",
+    ] {
+        assert!(keys.contains(&k), "{k} missing from {keys:?}");
+    }
+    assert!(err.problems.iter().all(|p| !p.hint.is_empty()));
+    let text = err.to_string();
+    assert!(
+        text.contains("shipit.toml: error: apps.Hello.install: unknown placeholder(s): versoin"),
+        "{text}"
+    );
+}
+
+/// An app on SSM nodes selected by `tags`, with `env` added to its environment.
+fn ssm_app(tags: &str, env: &str) -> String {
+    format!(
+        r#"
+            [apps.hello]
+            package = "hello-app"
+            install = "{{dir}}/venv/bin/pip install {{package}}=={{version}}"
+            restart = "systemctl restart hello@{{port}}"
+            health = "true"
+            [apps.hello.environments.production]
+            ssm_tags = {{ {tags} }}
+            vars = {{ port = "8080" }}
+            {env}
+            "#
+    )
+}
+
+#[test]
+fn ssm_environments_name_their_directory_for_dir() {
+    let text = |dir: &str| {
+        ssm_app(
+            r#""shipit:app" = "hello", "shipit:env" = "production""#,
+            dir,
+        )
+    };
+    let ok = Config::parse(&text("dir = \"/srv/hello\""), Path::new("x.toml")).unwrap();
+    let env = &ok.app("hello").unwrap().environments["production"];
+    assert!(matches!(&env.nodes, Nodes::Ssm { dir: Some(d), vars, .. }
+            if d == "/srv/hello" && vars["port"] == "8080"));
+    for (dir, wrong) in [
+        (
+            "",
+            "apps.hello.install uses {dir} but this environment has no dir",
+        ),
+        (
+            "dir = \"srv/hello\"",
+            "\"srv/hello\" is not an absolute path",
+        ),
+    ] {
+        let err = Config::parse(&text(dir), Path::new("x.toml")).unwrap_err();
+        assert!(err.to_string().contains(wrong), "{err}");
+        assert_eq!(
+            err.problems[0].key,
+            "apps.hello.environments.production.dir"
+        );
+    }
+}
+
+#[test]
+fn ssm_tags_without_the_template_s_tag_keys_are_warned_about() {
+    let text = |tags: &str| ssm_app(tags, "dir = \"/srv/hello\"");
+    let warned = |tags: &str| -> Vec<String> {
+        let (config, problems) = check_text(&text(tags), Path::new("x.toml"));
+        assert!(config.is_some());
+        problems
+            .into_iter()
+            .filter(|p| p.key == "apps.hello.environments.production.ssm_tags")
+            .map(|p| {
+                assert_eq!(p.severity, Severity::Warning);
+                p.message
+            })
+            .collect()
+    };
+    assert!(warned(r#""shipit:app" = "hello", "shipit:env" = "production""#).is_empty());
+    let w = warned(r#""shipit:app" = "hello", "role" = "web""#);
+    assert_eq!(w.len(), 1);
+    assert!(w[0].starts_with("no shipit:env tag:"), "{}", w[0]);
+    assert!(warned(r#"app = "hello""#)[0].starts_with("no shipit:app or shipit:env tag:"));
+}
+
+#[test]
+fn syntax_errors_point_at_the_line() {
+    let err = Config::parse("[apps.hello]\npakage = 1\n", Path::new("x.toml")).unwrap_err();
+    assert_eq!(err.problems[0].key, "line 2, column 1");
+    assert!(err.problems[0].message.contains("pakage"));
+}
+
+#[test]
+fn tag_patterns() {
+    let p = TagPattern::parse("hello-v{version}").unwrap();
+    assert_eq!(p.extract("hello-v1.2"), Some("1.2"));
+    assert_eq!(p.extract("v1.2"), None);
+    assert!(TagPattern::parse("v").is_err());
+    assert!(TagPattern::parse("{version}-{version}").is_err());
+}
