@@ -1,0 +1,220 @@
+//! What the worker saves after every step: the engine's state, the notifiers' memo,
+//! each node's command results, the notices, and the worker lease.
+
+use chrono::{DateTime, Utc};
+use rusqlite::{params, OptionalExtension};
+
+use super::Store;
+use crate::deploy::command::NodeResult;
+use crate::deploy::engine::{Deploy, Notice};
+use crate::deploy::job::JobId;
+use crate::deploy::ports::PortError;
+use crate::outbound::notify::NotifyState;
+
+impl Store {
+    /// Checkpoints a deploy; called after every step.
+    pub async fn save_deploy(&self, deploy: &Deploy, now: DateTime<Utc>) -> Result<(), PortError> {
+        let (id, state) = (deploy.job.id.to_string(), serde_json::to_string(deploy)?);
+        self.with(move |c| {
+            c.execute(
+                "INSERT INTO deploys (job_id, state, updated_at) VALUES (?1, ?2, ?3)
+                 ON CONFLICT(job_id) DO UPDATE SET state = excluded.state, updated_at = excluded.updated_at",
+                params![id, state, now.to_rfc3339()],
+            )
+            .map(drop)
+        })
+        .await
+    }
+
+    /// What the notifiers remember of a deploy (its Slack message, say).
+    pub async fn save_notify(&self, job: &JobId, state: &NotifyState) -> Result<(), PortError> {
+        let (id, state) = (job.to_string(), serde_json::to_string(state)?);
+        self.with(move |c| {
+            c.execute(
+                "INSERT INTO notify_state (job_id, state) VALUES (?1, ?2)
+                 ON CONFLICT(job_id) DO UPDATE SET state = excluded.state",
+                params![id, state],
+            )
+            .map(drop)
+        })
+        .await
+    }
+
+    pub async fn load_notify(&self, job: &JobId) -> Result<NotifyState, PortError> {
+        let id = job.to_string();
+        let state: Option<String> = self
+            .with(move |c| {
+                c.query_row(
+                    "SELECT state FROM notify_state WHERE job_id = ?1",
+                    params![id],
+                    |r| r.get(0),
+                )
+                .optional()
+            })
+            .await?;
+        Ok(state
+            .map(|s| serde_json::from_str(&s))
+            .transpose()?
+            .unwrap_or_default())
+    }
+
+    pub async fn load_deploy(&self, job: &JobId) -> Result<Option<Deploy>, PortError> {
+        let id = job.to_string();
+        let state: Option<String> = self
+            .with(move |c| {
+                c.query_row(
+                    "SELECT state FROM deploys WHERE job_id = ?1",
+                    params![id],
+                    |r| r.get(0),
+                )
+                .optional()
+            })
+            .await?;
+        Ok(state.map(|s| serde_json::from_str(&s)).transpose()?)
+    }
+
+    /// The recorded result of every node of command `key` that has one; `None` while the
+    /// node's command was started but not finished (by this process or one that died).
+    pub async fn command_results(
+        &self,
+        key: &str,
+    ) -> Result<Vec<(String, Option<NodeResult>)>, PortError> {
+        let key = key.to_string();
+        let rows: Vec<(String, Option<String>)> = self
+            .with(move |c| {
+                let mut st = c.prepare("SELECT node, result FROM commands WHERE key = ?1")?;
+                let rows = st.query_map(params![key], |r| Ok((r.get(0)?, r.get(1)?)))?;
+                rows.collect()
+            })
+            .await?;
+        rows.into_iter()
+            .map(|(node, result)| Ok((node, result.map(|r| serde_json::from_str(&r)).transpose()?)))
+            .collect()
+    }
+
+    /// Notes, durably and before anything runs, that `key` is starting on `node`.
+    pub async fn command_started(
+        &self,
+        key: &str,
+        node: &str,
+        now: DateTime<Utc>,
+    ) -> Result<(), PortError> {
+        let (key, node) = (key.to_string(), node.to_string());
+        self.with(move |c| {
+            c.execute(
+                "INSERT INTO commands (key, node, status, updated_at) VALUES (?1, ?2, 'running', ?3)
+                 ON CONFLICT(key, node) DO UPDATE SET status = 'running', updated_at = excluded.updated_at",
+                params![key, node, now.to_rfc3339()],
+            )
+            .map(drop)
+        })
+        .await
+    }
+
+    pub async fn command_finished(
+        &self,
+        key: &str,
+        node: &str,
+        result: &NodeResult,
+        now: DateTime<Utc>,
+    ) -> Result<(), PortError> {
+        let (key, node, result) = (
+            key.to_string(),
+            node.to_string(),
+            serde_json::to_string(result)?,
+        );
+        self.with(move |c| {
+            c.execute(
+                "UPDATE commands SET status = 'done', result = ?3, updated_at = ?4 WHERE key = ?1 AND node = ?2",
+                params![key, node, result, now.to_rfc3339()],
+            )
+            .map(drop)
+        })
+        .await
+    }
+
+    pub async fn add_notices(
+        &self,
+        job: &JobId,
+        notices: &[Notice],
+        now: DateTime<Utc>,
+    ) -> Result<(), PortError> {
+        let id = job.to_string();
+        let rows = notices
+            .iter()
+            .map(serde_json::to_string)
+            .collect::<Result<Vec<_>, _>>()?;
+        self.with(move |c| {
+            let tx = c.transaction()?;
+            for n in rows {
+                tx.execute(
+                    "INSERT INTO notices (job_id, notice, at) VALUES (?1, ?2, ?3)",
+                    params![id, n, now.to_rfc3339()],
+                )?;
+            }
+            tx.commit()
+        })
+        .await
+    }
+
+    /// The job's notices after `after` (a sequence number), oldest first.
+    pub async fn notices(&self, job: &JobId, after: i64) -> Result<Vec<(i64, Notice)>, PortError> {
+        let id = job.to_string();
+        let rows: Vec<(i64, String)> = self
+            .with(move |c| {
+                let mut st = c.prepare(
+                    "SELECT seq, notice FROM notices WHERE job_id = ?1 AND seq > ?2 ORDER BY seq",
+                )?;
+                let rows = st.query_map(params![id, after], |r| Ok((r.get(0)?, r.get(1)?)))?;
+                rows.collect()
+            })
+            .await?;
+        rows.into_iter()
+            .map(|(seq, n)| Ok((seq, serde_json::from_str(&n)?)))
+            .collect()
+    }
+
+    /// Takes or renews the single worker lease: one process runs deploys from this store
+    /// at a time. False while another holder's lease is unexpired.
+    pub async fn take_worker_lease(
+        &self,
+        holder: &str,
+        now: DateTime<Utc>,
+        ttl: chrono::Duration,
+    ) -> Result<bool, PortError> {
+        let holder = holder.to_string();
+        self.with(move |c| {
+            let tx = c.transaction()?;
+            let current: Option<(String, String)> = tx
+                .query_row("SELECT holder, expires FROM worker_lease WHERE id = 1", [], |r| Ok((r.get(0)?, r.get(1)?)))
+                .optional()?;
+            let free = match &current {
+                None => true,
+                Some((h, _)) if *h == holder => true,
+                Some((_, expires)) => DateTime::parse_from_rfc3339(expires).map_or(true, |e| e <= now),
+            };
+            if free {
+                tx.execute(
+                    "INSERT INTO worker_lease (id, holder, expires) VALUES (1, ?1, ?2)
+                     ON CONFLICT(id) DO UPDATE SET holder = excluded.holder, expires = excluded.expires",
+                    params![holder, (now + ttl).to_rfc3339()],
+                )?;
+            }
+            tx.commit()?;
+            Ok(free)
+        })
+        .await
+    }
+
+    pub async fn drop_worker_lease(&self, holder: &str) -> Result<(), PortError> {
+        let holder = holder.to_string();
+        self.with(move |c| {
+            c.execute(
+                "DELETE FROM worker_lease WHERE holder = ?1",
+                params![holder],
+            )
+            .map(drop)
+        })
+        .await
+    }
+}
