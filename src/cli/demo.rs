@@ -240,38 +240,14 @@ async fn play(
     let mut rows = vec![];
 
     // 1. A tag pushed to acme/hello, as GitHub signs and sends it.
-    let push = serde_json::json!({
-        "ref": "refs/tags/v1.0.0", "created": true, "deleted": false,
-        "after": "6113728f27ae82c7b1a177c8d03f9e96e0adf246",
-        "repository": { "full_name": "acme/hello" }, "pusher": { "name": "octocat" }
-    })
-    .to_string();
     println!("== GitHub: tag v1.0.0 pushed to acme/hello");
     let t = Instant::now();
-    let reply: Value = http
-        .post(format!("{base}/hooks/github"))
-        .header("x-github-event", "push")
-        .header("x-github-delivery", "demo-1")
-        .header(
-            "x-hub-signature-256",
-            format!(
-                "sha256={}",
-                sign_hex(github_secret.as_bytes(), &[push.as_bytes()])
-            ),
-        )
-        .body(push)
-        .send()
-        .await?
-        .json()
-        .await?;
-    let job = reply["jobs"][0]["job"]
-        .as_str()
-        .ok_or_else(|| anyhow!("webhook queued nothing: {reply}"))?;
+    let job = push_tag(&http, base, &github_secret).await?;
     rows.push(
         follow(
             store,
             "tag push v1.0.0 (GitHub webhook)",
-            job,
+            &job,
             JobStatus::Succeeded,
             t,
         )
@@ -281,34 +257,7 @@ async fn play(
     // 2. A wheel for 1.1.0 lands in the package directory.
     println!("\n== Package index: hello_app-1.1.0-py3-none-any.whl uploaded");
     let t = Instant::now();
-    let wheelhouse = config
-        .server
-        .package_dir
-        .clone()
-        .context("the example has a package_dir")?;
-    python(
-        &[
-            "hello-app/build_wheels.py",
-            &wheelhouse.display().to_string(),
-            "1.1.0",
-        ],
-        dir,
-    )?;
-    let job = loop {
-        let found = store
-            .jobs(None)
-            .await
-            .map_err(|e| anyhow!("{e}"))?
-            .into_iter()
-            .find(|q| q.job.version.as_str() == "1.1.0");
-        match found {
-            Some(q) => break q.job.id.to_string(),
-            None if t.elapsed() < STEP_TIMEOUT => {
-                tokio::time::sleep(Duration::from_millis(100)).await
-            }
-            None => bail!("the upload was not picked up"),
-        }
-    };
+    let job = upload_wheel(dir, store, config, t).await?;
     rows.push(
         follow(
             store,
@@ -335,39 +284,125 @@ async fn play(
     ] {
         println!("\n== Slack: /deploy {text}");
         let t = Instant::now();
-        let form = serde_urlencoded::to_string([
-            ("command", "/deploy"),
-            ("text", text),
-            ("user_id", "U2CERLKJA"),
-            ("user_name", "roadrunner"),
-            ("channel_id", "C1"),
-            ("channel_name", "deploys"),
-            ("trigger_id", &format!("demo-{text}")),
-        ])?;
-        let ts = Utc::now().timestamp().to_string();
-        let sig = sign_hex(
-            slack_secret.as_bytes(),
-            &[b"v0:", ts.as_bytes(), b":", form.as_bytes()],
-        );
-        let reply: Value = http
-            .post(format!("{base}/hooks/slack"))
-            .header("x-slack-request-timestamp", &ts)
-            .header("x-slack-signature", format!("v0={sig}"))
-            .body(form)
-            .send()
-            .await?
-            .json()
-            .await?;
-        let said = reply["text"].as_str().unwrap_or_default();
-        println!("chat (ephemeral reply): {said}");
-        let job = said
-            .split("(job ")
-            .nth(1)
-            .and_then(|r| r.split(')').next())
-            .ok_or_else(|| anyhow!("the slash command queued nothing: {said}"))?;
-        rows.push(follow(store, step, job, expected, t).await?);
+        let job = slash_command(&http, base, &slack_secret, text).await?;
+        rows.push(follow(store, step, &job, expected, t).await?);
     }
 
+    Ok((rows, served_versions(&http, config).await))
+}
+
+/// Pushes tag v1.0.0 as GitHub would (signed webhook); the id of the job it queued.
+async fn push_tag(
+    http: &reqwest::Client,
+    base: &str,
+    github_secret: &str,
+) -> anyhow::Result<String> {
+    let push = serde_json::json!({
+        "ref": "refs/tags/v1.0.0", "created": true, "deleted": false,
+        "after": "6113728f27ae82c7b1a177c8d03f9e96e0adf246",
+        "repository": { "full_name": "acme/hello" }, "pusher": { "name": "octocat" }
+    })
+    .to_string();
+    let reply: Value = http
+        .post(format!("{base}/hooks/github"))
+        .header("x-github-event", "push")
+        .header("x-github-delivery", "demo-1")
+        .header(
+            "x-hub-signature-256",
+            format!(
+                "sha256={}",
+                sign_hex(github_secret.as_bytes(), &[push.as_bytes()])
+            ),
+        )
+        .body(push)
+        .send()
+        .await?
+        .json()
+        .await?;
+    reply["jobs"][0]["job"]
+        .as_str()
+        .map(str::to_string)
+        .ok_or_else(|| anyhow!("webhook queued nothing: {reply}"))
+}
+
+/// Builds the 1.1.0 wheel into the package directory; the id of the job it became.
+async fn upload_wheel(
+    dir: &Path,
+    store: &Store,
+    config: &Config,
+    t: Instant,
+) -> anyhow::Result<String> {
+    let wheelhouse = config
+        .server
+        .package_dir
+        .clone()
+        .context("the example has a package_dir")?;
+    python(
+        &[
+            "hello-app/build_wheels.py",
+            &wheelhouse.display().to_string(),
+            "1.1.0",
+        ],
+        dir,
+    )?;
+    loop {
+        let found = store
+            .jobs(None)
+            .await
+            .map_err(|e| anyhow!("{e}"))?
+            .into_iter()
+            .find(|q| q.job.version.as_str() == "1.1.0");
+        match found {
+            Some(q) => return Ok(q.job.id.to_string()),
+            None if t.elapsed() < STEP_TIMEOUT => {
+                tokio::time::sleep(Duration::from_millis(100)).await
+            }
+            None => bail!("the upload was not picked up"),
+        }
+    }
+}
+
+/// Sends `/deploy TEXT` as Slack would (signed form); the id of the job it queued.
+async fn slash_command(
+    http: &reqwest::Client,
+    base: &str,
+    slack_secret: &str,
+    text: &str,
+) -> anyhow::Result<String> {
+    let form = serde_urlencoded::to_string([
+        ("command", "/deploy"),
+        ("text", text),
+        ("user_id", "U2CERLKJA"),
+        ("user_name", "roadrunner"),
+        ("channel_id", "C1"),
+        ("channel_name", "deploys"),
+        ("trigger_id", &format!("demo-{text}")),
+    ])?;
+    let ts = Utc::now().timestamp().to_string();
+    let sig = sign_hex(
+        slack_secret.as_bytes(),
+        &[b"v0:", ts.as_bytes(), b":", form.as_bytes()],
+    );
+    let reply: Value = http
+        .post(format!("{base}/hooks/slack"))
+        .header("x-slack-request-timestamp", &ts)
+        .header("x-slack-signature", format!("v0={sig}"))
+        .body(form)
+        .send()
+        .await?
+        .json()
+        .await?;
+    let said = reply["text"].as_str().unwrap_or_default();
+    println!("chat (ephemeral reply): {said}");
+    said.split("(job ")
+        .nth(1)
+        .and_then(|r| r.split(')').next())
+        .map(str::to_string)
+        .ok_or_else(|| anyhow!("the slash command queued nothing: {said}"))
+}
+
+/// What each node's service answers on /version now.
+async fn served_versions(http: &reqwest::Client, config: &Config) -> Vec<(String, String)> {
     let mut served = vec![];
     if let Some(crate::config::Nodes::Local(nodes)) = config
         .app("hello")
@@ -387,7 +422,7 @@ async fn play(
             served.push((n.name.clone(), version));
         }
     }
-    Ok((rows, served))
+    served
 }
 
 /// Prints a job's deploy log as it happens and returns its row once it ends.

@@ -1,4 +1,3 @@
-
 use super::check::check_text;
 use super::*;
 
