@@ -4,9 +4,10 @@
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use crate::deploy::engine::Notice;
+use crate::deploy::engine::{NodeState, Notice};
 use crate::deploy::job::JobId;
 use crate::deploy::ports::{HistoryEntry, LockInfo};
+use crate::deploy::report::{lock_phrase, node_phrase, NOTHING_LIVE};
 use crate::deploy::status::{describe, JobStatus};
 use crate::deploy::version::Version;
 use crate::local::store::QueuedJob;
@@ -50,11 +51,7 @@ pub fn print_status(status: &[EnvStatus]) {
             .iter()
             .map(|j| format!("{} {}", j.status, j.version))
             .collect();
-        let lock = s
-            .lock
-            .as_ref()
-            .map(|l| format!("locked by {}: {}", l.holder, l.reason))
-            .unwrap_or_default();
+        let lock = s.lock.as_ref().map(lock_phrase).unwrap_or_default();
         println!(
             "{:<24} {:<12} {:<22} {}",
             format!("{}/{}", s.app, s.env),
@@ -98,7 +95,7 @@ pub fn print_jobs(jobs: &[QueuedJob]) {
 
 pub fn print_history(entries: &[HistoryEntry]) -> anyhow::Result<()> {
     if entries.is_empty() {
-        println!("nothing deployed yet");
+        println!("{NOTHING_LIVE}");
         return Ok(());
     }
     println!(
@@ -175,13 +172,17 @@ impl LiveView {
     /// Takes in a notice and returns the text that redraws the view (ANSI cursor moves).
     pub fn update(&mut self, notice: &Notice) -> String {
         match notice {
-            Notice::Installed { node } => self.set(node, "installed".into()),
+            Notice::Installed { node } => self.set(node, node_phrase(NodeState::Installed).into()),
             Notice::InstallFailed { node, detail } => {
-                self.set(node, format!("install FAILED: {detail}"))
+                let phrase = node_phrase(NodeState::InstallFailed);
+                self.set(node, format!("{phrase}: {detail}"))
             }
-            Notice::Restarted { node } => self.set(node, "restarted, checking health".into()),
-            Notice::Healthy { node } => self.set(node, "healthy".into()),
-            Notice::Unhealthy { node, detail } => self.set(node, format!("FAILED: {detail}")),
+            Notice::Restarted { node } => self.set(node, node_phrase(NodeState::Restarted).into()),
+            Notice::Healthy { node } => self.set(node, node_phrase(NodeState::Healthy).into()),
+            Notice::Unhealthy { node, detail } => {
+                let phrase = node_phrase(NodeState::Unhealthy);
+                self.set(node, format!("{phrase}: {detail}"))
+            }
             Notice::RollingBack { nodes, .. } => {
                 for n in nodes {
                     self.set(n, "rolling back".into());

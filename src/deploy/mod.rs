@@ -6,6 +6,7 @@ pub mod command;
 pub mod engine;
 pub mod job;
 pub mod ports;
+pub mod report;
 pub mod rollout;
 pub mod status;
 pub mod version;

@@ -12,6 +12,7 @@ use super::{verify_hmac_sha256, Ingress, Reply};
 use crate::config::{App, Environment};
 use crate::deploy::job::{DeployJob, Source};
 use crate::deploy::ports::{rollback_target, LockInfo};
+use crate::deploy::report::{forced_note, history_line, live_line, lock_line, NOTHING_LIVE};
 use crate::deploy::version::Version;
 
 /// Slack's advice: refuse requests more than five minutes from now (replays).
@@ -111,16 +112,6 @@ impl SlashCommand {
                 || *d == self.user_id
                 || (!self.user_name.is_empty() && *d == format!("@{}", self.user_name))
         })
-    }
-}
-
-fn describe_lock(app: &str, env: &str, l: &LockInfo) -> String {
-    match &l.job {
-        Some(job) => format!(
-            "{app}/{env} is being deployed by job {job} (since {})",
-            l.since.format("%H:%M:%S UTC")
-        ),
-        None => format!("{app}/{env} is locked by {}: {}", l.holder, l.reason),
     }
 }
 
@@ -262,7 +253,7 @@ impl Ingress {
         match self.ledger.lock_state(&app.name, &env.name, now).await {
             Ok(Some(l)) if l.job.is_none() => Err(say(format!(
                 "{}. Nothing was queued; `/deploy unlock {} {}` lifts it.",
-                describe_lock(&app.name, &env.name, &l),
+                lock_line(&app.name, &env.name, &l),
                 app.name,
                 env.name
             ))),
@@ -320,9 +311,7 @@ impl Ingress {
     }
 
     async fn chat_enqueue(&self, job: DeployJob, what: &str) -> Reply {
-        let forced = job.forced_by.as_ref().map_or(String::new(), |who| {
-            format!(", forced past the gate by {who}")
-        });
+        let forced = forced_note(&job);
         let text = format!(
             "Queued {what}{} {} to {} (job {}){forced}. Progress will be posted here.",
             job.app, job.version, job.env, job.id
@@ -393,7 +382,7 @@ impl Ingress {
             )),
             Ok(Err(held)) => say(format!(
                 "Already held: {}.",
-                describe_lock(&app.name, &env.name, &held)
+                lock_line(&app.name, &env.name, &held)
             )),
             Err(e) => say(format!("Could not lock {}/{}: {e}", app.name, env.name)),
         }
@@ -413,7 +402,7 @@ impl Ingress {
                 "Unlocked {}/{} (was: {}).",
                 app.name,
                 env.name,
-                describe_lock(&app.name, &env.name, &l)
+                lock_line(&app.name, &env.name, &l)
             )),
             Ok(None) => say(format!("{}/{} was not locked.", app.name, env.name)),
             Err(e) => say(format!("Could not unlock {}/{}: {e}", app.name, env.name)),
@@ -432,19 +421,11 @@ impl Ingress {
         for app in apps {
             for env in app.environments.values() {
                 let live = match self.ledger.history(&app.name, &env.name, 1).await {
-                    Ok(h) => h.first().map_or("nothing deployed yet".to_string(), |e| {
-                        format!(
-                            "{} (job {}, {} by {})",
-                            e.job.version,
-                            e.job.id,
-                            e.recorded_at.format("%Y-%m-%d %H:%M UTC"),
-                            e.job.requested_by
-                        )
-                    }),
+                    Ok(h) => live_line(h.first()),
                     Err(e) => format!("history unavailable: {e}"),
                 };
                 let lock = match self.ledger.lock_state(&app.name, &env.name, now).await {
-                    Ok(Some(l)) => format!(" — {}", describe_lock(&app.name, &env.name, &l)),
+                    Ok(Some(l)) => format!(" — {}", lock_line(&app.name, &env.name, &l)),
                     Ok(None) => String::new(),
                     Err(e) => format!(" — lock unknown: {e}"),
                 };
@@ -456,28 +437,13 @@ impl Ingress {
 
     async fn history_text(&self, app: &App, env: &Environment) -> Reply {
         match self.ledger.history(&app.name, &env.name, 10).await {
-            Ok(h) if h.is_empty() => {
-                say(format!("{}/{}: nothing deployed yet.", app.name, env.name))
-            }
+            Ok(h) if h.is_empty() => say(format!("{}/{}: {NOTHING_LIVE}.", app.name, env.name)),
             Ok(h) => {
                 let mut lines = vec![format!(
                     "Last deploys of {}/{} (newest first):",
                     app.name, env.name
                 )];
-                lines.extend(h.iter().map(|e| {
-                    format!(
-                        "• {} — job {} — {} — by {}{}",
-                        e.job.version,
-                        e.job.id,
-                        e.recorded_at.format("%Y-%m-%d %H:%M UTC"),
-                        e.job.requested_by,
-                        if e.job.forced_by.is_some() {
-                            ", forced past the gate"
-                        } else {
-                            ""
-                        }
-                    )
-                }));
+                lines.extend(h.iter().map(|e| format!("• {}", history_line(e))));
                 say(lines.join("\n"))
             }
             Err(e) => say(format!(

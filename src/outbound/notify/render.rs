@@ -7,6 +7,7 @@ use super::NotifyState;
 
 use crate::deploy::engine::{Deploy, NodeState, Outcome, Phase};
 use crate::deploy::job::Source;
+use crate::deploy::report::{forced_note, node_phrase};
 
 /// Per-node lines in the Slack message up to this many nodes; counts per state beyond.
 const SLACK_NODE_LINES: usize = 12;
@@ -128,18 +129,15 @@ pub(super) fn status_line(d: &Deploy) -> (String, &'static str) {
 }
 
 pub(super) fn node_word(s: NodeState) -> (&'static str, &'static str) {
-    match s {
-        NodeState::Pending => (":white_circle:", "waiting"),
-        NodeState::Installed => (":package:", "installed"),
-        NodeState::InstallFailed => (":x:", "install failed"),
-        NodeState::Restarted => (":arrows_counterclockwise:", "restarted, checking health"),
-        NodeState::Healthy => (":white_check_mark:", "healthy"),
-        NodeState::Unhealthy => (":x:", "unhealthy"),
-        NodeState::Reverted => (
-            ":leftwards_arrow_with_hook:",
-            "back on the previous version",
-        ),
-    }
+    let emoji = match s {
+        NodeState::Pending => ":white_circle:",
+        NodeState::Installed => ":package:",
+        NodeState::InstallFailed | NodeState::Unhealthy => ":x:",
+        NodeState::Restarted => ":arrows_counterclockwise:",
+        NodeState::Healthy => ":white_check_mark:",
+        NodeState::Reverted => ":leftwards_arrow_with_hook:",
+    };
+    (emoji, node_phrase(s))
 }
 
 /// The Slack message for the deploy as it stands: Block Kit, and the plain text that
@@ -162,7 +160,7 @@ pub fn render(d: &Deploy, memo: &NotifyState, now: DateTime<Utc>) -> (String, Va
             "{emoji} *{}* {} on *{}*: {headline}", job.app, change(d), job.env)}}),
         json!({"type": "context", "elements": [{"type": "mrkdwn", "text": format!(
             "{}{} · job `{}`{}", trigger(&job.source),
-            job.forced_by.as_ref().map_or(String::new(), |w| format!(", forced past the gate by {w}")),
+            forced_note(job),
             job.id,
             elapsed.map_or(String::new(), |e| format!(" · {e}")))}]}),
     ];

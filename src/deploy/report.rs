@@ -1,0 +1,145 @@
+//! One wording of where an app+env and its jobs stand, for every place a person reads
+//! it: the CLI, chat replies and notifications. Notices have theirs in `status::describe`.
+
+use super::engine::NodeState;
+use super::job::DeployJob;
+use super::ports::{HistoryEntry, LockInfo};
+
+pub const NOTHING_LIVE: &str = "nothing deployed yet";
+
+/// What is live: `1.2.0 (job …, 2026-11-24 10:00 UTC by …)`.
+pub fn live_line(live: Option<&HistoryEntry>) -> String {
+    live.map_or(NOTHING_LIVE.to_string(), |e| {
+        format!(
+            "{} (job {}, {} by {})",
+            e.job.version,
+            e.job.id,
+            e.recorded_at.format("%Y-%m-%d %H:%M UTC"),
+            e.job.requested_by
+        )
+    })
+}
+
+/// Who holds an app+env: a deploy (`being deployed by job …`) or a person.
+pub fn lock_phrase(lock: &LockInfo) -> String {
+    match &lock.job {
+        Some(job) => format!(
+            "being deployed by job {job} (since {})",
+            lock.since.format("%H:%M:%S UTC")
+        ),
+        None => format!("locked by {}: {}", lock.holder, lock.reason),
+    }
+}
+
+pub fn lock_line(app: &str, env: &str, lock: &LockInfo) -> String {
+    format!("{app}/{env} is {}", lock_phrase(lock))
+}
+
+/// `, forced past the gate by …` for a job someone forced; empty otherwise.
+pub fn forced_note(job: &DeployJob) -> String {
+    job.forced_by.as_ref().map_or(String::new(), |who| {
+        format!(", forced past the gate by {who}")
+    })
+}
+
+/// One past deploy: `1.2.0 — job … — 2026-11-24 10:00 UTC — by …`.
+pub fn history_line(entry: &HistoryEntry) -> String {
+    let job = &entry.job;
+    format!(
+        "{} — job {} — {} — by {}{}",
+        job.version,
+        job.id,
+        entry.recorded_at.format("%Y-%m-%d %H:%M UTC"),
+        job.requested_by,
+        forced_note(job)
+    )
+}
+
+/// Where a node of a deploy is.
+pub fn node_phrase(state: NodeState) -> &'static str {
+    match state {
+        NodeState::Pending => "waiting",
+        NodeState::Installed => "installed",
+        NodeState::InstallFailed => "install failed",
+        NodeState::Restarted => "restarted, checking health",
+        NodeState::Healthy => "healthy",
+        NodeState::Unhealthy => "unhealthy",
+        NodeState::Reverted => "back on the previous version",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::{TimeZone, Utc};
+
+    use super::*;
+    use crate::deploy::job::{JobId, Source};
+    use crate::deploy::version::Version;
+
+    fn entry(forced_by: Option<&str>) -> HistoryEntry {
+        let at = Utc.with_ymd_and_hms(2026, 11, 24, 10, 0, 0).unwrap();
+        let job = DeployJob::new(
+            "hello",
+            "production",
+            "hello-app".parse().unwrap(),
+            Version::parse("1.2.0").unwrap(),
+            Source::Cli {
+                user: "ann".into(),
+                nonce: "n".into(),
+            },
+            at,
+        );
+        let job = match forced_by {
+            Some(who) => DeployJob {
+                forced_by: Some(who.into()),
+                ..job
+            },
+            None => job,
+        };
+        HistoryEntry {
+            job,
+            recorded_at: at,
+        }
+    }
+
+    #[test]
+    fn live_history_and_forced_read_the_same_everywhere() {
+        let e = entry(None);
+        let id = e.job.id.clone();
+        assert_eq!(
+            live_line(Some(&e)),
+            format!(
+                "1.2.0 (job {id}, 2026-11-24 10:00 UTC by {})",
+                e.job.requested_by
+            )
+        );
+        assert_eq!(live_line(None), NOTHING_LIVE);
+        let forced = entry(Some("@ann"));
+        assert!(history_line(&forced).ends_with(", forced past the gate by @ann"));
+        assert!(!history_line(&e).contains("forced"));
+    }
+
+    #[test]
+    fn a_lock_says_whether_a_deploy_or_a_person_holds_it() {
+        let since = Utc.with_ymd_and_hms(2026, 11, 24, 10, 0, 0).unwrap();
+        let mut lock = LockInfo {
+            holder: "@ann".into(),
+            reason: "db migration".into(),
+            since,
+            expires: None,
+            job: None,
+        };
+        assert_eq!(
+            lock_line("hello", "production", &lock),
+            "hello/production is locked by @ann: db migration"
+        );
+        lock.job = Some(JobId::derive(
+            "hello",
+            "production",
+            &Version::parse("1.0.0").unwrap(),
+            "x",
+        ));
+        assert!(lock_phrase(&lock).starts_with("being deployed by job "));
+        assert!(lock_phrase(&lock).ends_with("(since 10:00:00 UTC)"));
+    }
+}
