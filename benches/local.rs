@@ -181,7 +181,7 @@ nodes = [{{ name = "n1", dir = "n1" }}]
     )
     .unwrap();
     let config = Config::load(&dir.path().join("shipit.toml")).unwrap();
-    let (ingress, store) = shipit::run::local::local_ingress(config).await.unwrap();
+    let (ingress, store) = shipit::run::local::ingress(config).await.unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}/hooks/github", listener.local_addr().unwrap());
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

@@ -9,7 +9,7 @@ use clap::{Parser, Subcommand};
 use serde_json::Value;
 use shipit::cli;
 use shipit::config::{self, Config};
-use shipit::run::local::{local_ingress, open_store};
+use shipit::run::local::{self, open_store};
 use shipit::run::telemetry::init_tracing;
 
 #[derive(Parser)]
@@ -132,7 +132,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Serve { listen } => cli::serve(load(&cli.config)?, listen).await?,
         Command::Ingest { events, json } => {
             let config = load(&cli.config)?;
-            let (ingress, _store) = local_ingress(config).await?;
+            let (ingress, _store) = local::ingress(config).await?;
             for path in events {
                 let text = std::fs::read_to_string(&path)
                     .with_context(|| format!("reading {}", path.display()))?;

@@ -284,7 +284,7 @@ fn all(nodes: &[String], r: NodeResult) -> Vec<(String, NodeResult)> {
 }
 
 /// Run Command through the AWS SDK. Throttling is retried by the client's retry policy
-/// (see `wiring::ssm_client`), with back-off.
+/// (see `run::aws::ssm_client`), with back-off.
 pub struct SdkRunCommand {
     client: aws_sdk_ssm::Client,
 }

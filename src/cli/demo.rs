@@ -19,7 +19,7 @@ use crate::deploy::status::{describe, JobStatus};
 use crate::drive::worker::Worker;
 use crate::ingress::sign_hex;
 use crate::local::store::Store;
-use crate::run::local::local_ingress;
+use crate::run::local;
 
 const CONFIG: &str = include_str!("../../examples/local/shipit.toml");
 const APP_FILES: [(&str, &str); 5] = [
@@ -168,7 +168,7 @@ pub async fn run(dir: Option<PathBuf>) -> anyhow::Result<bool> {
     );
     let config_path = set_up(&dir)?;
     let config = Config::load(&config_path).map_err(|r| anyhow!("{r}"))?;
-    let (ingress, store) = local_ingress(config).await?;
+    let (ingress, store) = local::ingress(config).await?;
     let ingress = Arc::new(ingress);
     let config = ingress.config.clone();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
@@ -185,7 +185,7 @@ pub async fn run(dir: Option<PathBuf>) -> anyhow::Result<bool> {
             }
         },
     ));
-    let out = crate::run::local::local_outbound(config.clone()).await;
+    let out = crate::run::local::outbound(config.clone()).await;
     let worker = Worker::new(config.clone(), store.clone(), out);
     let worker = tokio::spawn(async move { worker.run("demo", stopped).await });
     println!("shipit is serving on {base}\n");

@@ -241,7 +241,7 @@ pub async fn wait(
         Utc::now().timestamp_micros()
     );
     let (stop, stopped) = watch::channel(false);
-    let out = crate::run::local::local_outbound(config.clone()).await;
+    let out = crate::run::local::outbound(config.clone()).await;
     let worker = Worker::new(config, store.clone(), out);
     let runner = tokio::spawn(async move { worker.run(&holder, stopped).await });
     let finished = follow_job(store, job, on_notice).await;
@@ -280,13 +280,13 @@ pub async fn follow_job(
 /// SIGTERM; deploys under way stop at a step boundary and resume on the next start.
 pub async fn serve(config: Config, listen: Option<std::net::SocketAddr>) -> anyhow::Result<()> {
     let addr = listen.unwrap_or(config.server.listen);
-    let (ingress, store) = crate::run::local::local_ingress(config).await?;
+    let (ingress, store) = crate::run::local::ingress(config).await?;
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("binding {addr}"))?;
     tracing::info!(addr = %listener.local_addr()?, "shipit serving");
     let (stop, stopped) = watch::channel(false);
-    let out = crate::run::local::local_outbound(ingress.config.clone()).await;
+    let out = crate::run::local::outbound(ingress.config.clone()).await;
     let worker = Worker::new(ingress.config.clone(), store.clone(), out);
     let holder = format!("serve-{}", std::process::id());
     let worker = tokio::spawn(async move { worker.run(&holder, stopped).await });

@@ -116,7 +116,7 @@ pub async fn handle_any(
 /// Gateway event answered by `hook`'s handler.
 pub async fn run_http_function(hook: Hook) -> Result<(), lambda_runtime::Error> {
     crate::run::telemetry::init_tracing(true, "info");
-    let ingress = crate::run::wiring::aws_ingress_from_env().await?;
+    let ingress = crate::run::aws::ingress_from_env().await?;
     let ingress = &ingress;
     lambda_runtime::run(service_fn(
         move |event: LambdaEvent<ApiGatewayV2httpRequest>| async move {
@@ -132,7 +132,7 @@ pub async fn run_http_function(hook: Hook) -> Result<(), lambda_runtime::Error> 
 /// job ids make the retry harmless.
 pub async fn run_package_function() -> Result<(), lambda_runtime::Error> {
     crate::run::telemetry::init_tracing(true, "info");
-    let ingress = crate::run::wiring::aws_ingress_from_env().await?;
+    let ingress = crate::run::aws::ingress_from_env().await?;
     let ingress = &ingress;
     lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| async move {
         handle_package_event(ingress, event.payload, Utc::now())
@@ -149,7 +149,7 @@ const REGISTRATION_WAIT: std::time::Duration = std::time::Duration::from_secs(24
 /// The whole of the node-joined function: EC2 state changes in, sync jobs queued.
 pub async fn run_node_joined_function() -> Result<(), lambda_runtime::Error> {
     crate::run::telemetry::init_tracing(true, "info");
-    let n = crate::run::wiring::aws_node_joined_from_env().await?;
+    let n = crate::run::aws::node_joined_from_env().await?;
     let n = &n;
     lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| async move {
         crate::aws::joined::node_joined(
@@ -258,7 +258,7 @@ pub async fn run_dispatch_function() -> Result<(), lambda_runtime::Error> {
 /// An error makes the state machine retry the step with the same input.
 pub async fn run_step_function() -> Result<(), lambda_runtime::Error> {
     crate::run::telemetry::init_tracing(true, "info");
-    let stepper = crate::run::wiring::aws_stepper_from_env().await?;
+    let stepper = crate::run::aws::stepper_from_env().await?;
     let stepper = &stepper;
     lambda_runtime::run(service_fn(
         move |event: LambdaEvent<crate::drive::step::StepState>| async move {

@@ -13,7 +13,7 @@ use crate::ingress::Ingress;
 use crate::local::store::Store;
 
 /// One machine: the SQLite store named by the config is both queue and ledger.
-pub async fn local_ingress(config: Config) -> anyhow::Result<(Ingress, Store)> {
+pub async fn ingress(config: Config) -> anyhow::Result<(Ingress, Store)> {
     let store = open_store(&config)?;
     let ssm = if config_uses_ssm(&config) {
         Some(aws_sdk_ssm::Client::new(&sdk_config().await))
@@ -55,7 +55,7 @@ fn config_uses_ssm(c: &Config) -> bool {
 }
 
 /// The gate and notifiers of a one-machine config (SSM only if a secret lives there).
-pub async fn local_outbound(config: Arc<Config>) -> Outbound {
+pub async fn outbound(config: Arc<Config>) -> Outbound {
     let ssm = if config_uses_ssm(&config) {
         Some(aws_sdk_ssm::Client::new(&sdk_config().await))
     } else {

@@ -1,6 +1,8 @@
 //! Entry points: the Lambda handlers, the HTTP server and package watcher of
-//! `shipit serve`, and the wiring that builds each runtime's ports.
+//! `shipit serve`, and what builds each runtime's ports: `aws` from a Lambda's environment,
+//! `local` from the config file.
 
+pub mod aws;
 pub mod lambda;
 #[cfg(feature = "local")]
 pub mod local;
@@ -9,4 +11,3 @@ pub mod packages;
 #[cfg(feature = "local")]
 pub mod server;
 pub mod telemetry;
-pub mod wiring;

@@ -153,7 +153,7 @@ struct Rig {
 
 impl Rig {
     async fn new(nodes: usize) -> Rig {
-        let ssm = shipit::run::wiring::ssm_client(&sdk().await);
+        let ssm = shipit::run::aws::ssm_client(&sdk().await);
         let fleet = unique("fleet");
         let nodes = launch(nodes, &[("shipit:app", "hello"), ("shipit:fleet", &fleet)]).await;
         let stranger = launch(1, &[("shipit:app", "hello"), ("shipit:fleet", "other")]).await;

@@ -282,7 +282,7 @@ async fn two_deploys_of_one_app_never_overlap() {
         .await
         .unwrap();
     let (stop, stopped) = tokio::sync::watch::channel(false);
-    let out = shipit::run::local::local_outbound(config.clone()).await;
+    let out = shipit::run::local::outbound(config.clone()).await;
     let worker = Worker::new(config.clone(), store.clone(), out);
     let running = tokio::spawn(async move { worker.run("test", stopped).await });
     let deadline = Instant::now() + Duration::from_secs(120);

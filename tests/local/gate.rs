@@ -97,7 +97,7 @@ async fn checks(github: &MockServer, status: &str, run: (&str, Option<&str>)) {
 }
 
 async fn tag_deploy(config: &Arc<Config>, tag: &str) -> JobId {
-    let (ingress, _) = shipit::run::local::local_ingress((**config).clone())
+    let (ingress, _) = shipit::run::local::ingress((**config).clone())
         .await
         .unwrap();
     let body = tag_push("acme/hello", tag);
@@ -263,7 +263,7 @@ async fn deploy_force_from_chat_goes_past_the_gate_and_is_recorded() {
         .await;
     repo(&github, "v2.0.0", "ahead").await;
     checks(&github, "failure", ("completed", Some("failure"))).await;
-    let (ingress, _) = shipit::run::local::local_ingress((*config).clone())
+    let (ingress, _) = shipit::run::local::ingress((*config).clone())
         .await
         .unwrap();
     let slash = |text: &str, trigger: &str| {

@@ -173,7 +173,7 @@ async fn a_tag_deploy_posts_one_slack_message_updates_it_and_marks_apm_and_githu
     }
 
     // The tag push, as GitHub delivers it.
-    let (ingress, _) = shipit::run::local::local_ingress((*config).clone())
+    let (ingress, _) = shipit::run::local::ingress((*config).clone())
         .await
         .unwrap();
     let body = tag_push("acme/hello", "v1.0.0");
@@ -330,7 +330,7 @@ async fn a_deploy_from_chat_ends_with_a_reply_to_the_command() {
         .expect(1)
         .mount(&apis.slack)
         .await;
-    let (ingress, _) = shipit::run::local::local_ingress((*config).clone())
+    let (ingress, _) = shipit::run::local::ingress((*config).clone())
         .await
         .unwrap();
     let slash = |url: String, trigger: &str| {

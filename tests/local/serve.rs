@@ -9,7 +9,7 @@ use chrono::Utc;
 use shipit::config::Config;
 use shipit::deploy::status::JobStatus;
 use shipit::ingress::package::UploadOutcome;
-use shipit::run::local::local_ingress;
+use shipit::run::local;
 
 fn local_config(dir: &Path) -> Config {
     let text = format!(
@@ -40,7 +40,7 @@ nodes = [{{ name = "node1", dir = "nodes/node1" }}]
 #[tokio::test]
 async fn serve_accepts_signed_webhooks_and_refuses_the_rest() {
     let dir = tempfile::tempdir().unwrap();
-    let (ingress, store) = local_ingress(local_config(dir.path())).await.unwrap();
+    let (ingress, store) = local::ingress(local_config(dir.path())).await.unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -123,7 +123,7 @@ async fn new_files_in_the_package_directory_are_uploads() {
     let config = local_config(dir.path());
     let wheelhouse = config.server.package_dir.clone().unwrap();
     std::fs::write(wheelhouse.join("hello_app-0.9.0-py3-none-any.whl"), b"old").unwrap();
-    let (ingress, store) = local_ingress(config).await.unwrap();
+    let (ingress, store) = local::ingress(config).await.unwrap();
     let now = Utc::now();
 
     // What was there before shipit looked is history, not an upload.
@@ -337,7 +337,7 @@ nodes = [{ name = "n1", dir = "n1" }]
         .await
         .unwrap();
     let (stop, stopped) = tokio::sync::watch::channel(false);
-    let out = shipit::run::local::local_outbound(config.clone()).await;
+    let out = shipit::run::local::outbound(config.clone()).await;
     let worker = shipit::drive::worker::Worker::new(config.clone(), store.clone(), out);
     let running = tokio::spawn(async move { worker.run("me", stopped).await });
     tokio::time::sleep(std::time::Duration::from_millis(1000)).await;

@@ -40,7 +40,7 @@ fn ssm_prefix() -> String {
 
 /// Lambda ingress: `SHIPIT_CONFIG`, `SHIPIT_QUEUE_URL`, and `SHIPIT_SSM_PREFIX` (default
 /// `/shipit`).
-pub async fn aws_ingress_from_env() -> anyhow::Result<Ingress> {
+pub async fn ingress_from_env() -> anyhow::Result<Ingress> {
     let sdk = sdk_config().await;
     let ssm = ssm_client(&sdk);
     let secrets = Secrets::new(Some(ssm.clone()));
@@ -71,7 +71,7 @@ pub struct NodeJoined {
     pub ssm: SdkRunCommand,
 }
 
-pub async fn aws_node_joined_from_env() -> anyhow::Result<NodeJoined> {
+pub async fn node_joined_from_env() -> anyhow::Result<NodeJoined> {
     let sdk = sdk_config().await;
     let ssm = ssm_client(&sdk);
     let secrets = Secrets::new(Some(ssm.clone()));
@@ -89,7 +89,7 @@ const DEFAULT_STEP_BUDGET_SECONDS: u64 = 60;
 
 /// The deploy-step function: `SHIPIT_CONFIG`, `SHIPIT_SSM_PREFIX`, and optionally
 /// `SHIPIT_STEP_BUDGET_SECONDS`.
-pub async fn aws_stepper_from_env() -> anyhow::Result<Stepper> {
+pub async fn stepper_from_env() -> anyhow::Result<Stepper> {
     let sdk = sdk_config().await;
     let ssm = ssm_client(&sdk);
     let secrets = Arc::new(Secrets::new(Some(ssm.clone())));

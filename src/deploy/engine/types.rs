@@ -1,0 +1,220 @@
+//! The engine's vocabulary: what it asks a driver to do, what it is told back, what it
+//! says happened, and the phases and node states a deploy goes through.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::deploy::command::{Command, NodeResult};
+use crate::deploy::job::DeployJob;
+use crate::deploy::ports::LockInfo;
+use crate::deploy::version::Version;
+
+/// What the driver must do next.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "action", rename_all = "snake_case")]
+pub enum Action {
+    /// Check that the job's version may go out (its tag merged, its required checks
+    /// green); answer `Observation::Verified`.
+    Verify,
+    /// Take `lock` on the job's app+env; answer `Observation::Lock`.
+    Lock { lock: LockInfo },
+    /// Read the live job and any newer queued version; answer `Observation::Inspected`.
+    Inspect,
+    /// Find the job's nodes, in a stable order; answer `Observation::Nodes`.
+    ResolveNodes,
+    /// Answer `Observation::Ran` with a result for every node of the command.
+    Run(Command),
+    /// Answer `Observation::Waited` after this long.
+    Wait { millis: u64 },
+    /// The job is now live: record it; answer `Observation::Recorded`.
+    Record,
+    /// Release the lock; answer `Observation::Unlocked`.
+    Unlock,
+    /// Nothing more to do.
+    Finished(Outcome),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "observation", rename_all = "snake_case")]
+pub enum Observation {
+    Verified {
+        verdict: Verdict,
+    },
+    Lock {
+        taken: bool,
+        holder: Option<LockInfo>,
+    },
+    Inspected {
+        live: Option<Box<DeployJob>>,
+        newer_queued: Option<Version>,
+    },
+    Nodes {
+        nodes: Vec<String>,
+    },
+    Ran {
+        key: String,
+        results: Vec<(String, NodeResult)>,
+    },
+    Waited,
+    Recorded,
+    Unlocked,
+}
+
+/// Whether a version may be deployed, from its source (GitHub) rather than from shipit.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "verdict", rename_all = "snake_case")]
+pub enum Verdict {
+    Pass,
+    /// It may not, and waiting will not change that: the job is skipped.
+    Refuse {
+        reason: String,
+    },
+    /// Not yet (a required check is still running): ask again for up to `wait_seconds`
+    /// from the first answer, then skip.
+    Pending {
+        reason: String,
+        wait_seconds: u64,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum Outcome {
+    /// Live on every node that installed (installs that failed within `max_errors` are listed).
+    Succeeded { failed_installs: Vec<String> },
+    /// Nothing was restarted (or everything restarted was put back); the old version serves.
+    Failed { reason: String, rolled_back: bool },
+    /// A rollback did not bring a node back healthy: someone must look.
+    RollbackFailed { reason: String },
+    /// Not deployed, on purpose.
+    Skipped { reason: String },
+}
+
+impl Outcome {
+    /// Why it did not succeed.
+    pub fn reason(&self) -> Option<&str> {
+        match self {
+            Outcome::Succeeded { .. } => None,
+            Outcome::Failed { reason, .. }
+            | Outcome::RollbackFailed { reason }
+            | Outcome::Skipped { reason } => Some(reason),
+        }
+    }
+}
+
+/// What happened, for chat, APM and logs. Sent best-effort; never blocks the deploy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Notice {
+    Started {
+        from: Option<Version>,
+        nodes: usize,
+    },
+    WaitingForChecks {
+        reason: String,
+        wait_seconds: u64,
+    },
+    WaitingForLock {
+        holder: LockInfo,
+    },
+    Installed {
+        node: String,
+    },
+    InstallFailed {
+        node: String,
+        detail: String,
+    },
+    Restarted {
+        node: String,
+    },
+    Healthy {
+        node: String,
+    },
+    Unhealthy {
+        node: String,
+        detail: String,
+    },
+    RollingBack {
+        to: Version,
+        nodes: Vec<String>,
+        reason: String,
+    },
+    /// A sync found `node` on another version than the live one (`None`: none installed
+    /// or unreadable, with what the node said).
+    Drifted {
+        node: String,
+        installed: Option<Version>,
+        detail: String,
+    },
+    Finished {
+        outcome: Outcome,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NodeState {
+    Pending,
+    Installed,
+    InstallFailed,
+    Restarted,
+    Healthy,
+    Unhealthy,
+    /// Back on the previous version (reinstalled, and restarted if it had been).
+    Reverted,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Node {
+    pub name: String,
+    pub state: NodeState,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "phase", rename_all = "snake_case")]
+pub enum Phase {
+    /// Ask the gate; `since` the first pending answer, `tries` asks after it.
+    Verify {
+        since: Option<DateTime<Utc>>,
+        tries: u32,
+    },
+    Lock,
+    Inspect,
+    Resolve,
+    /// A sync asks every node which version it runs.
+    Probe,
+    Install,
+    /// Restart `nodes[index]`, then health-check it.
+    Restart {
+        index: usize,
+    },
+    /// Health-check `nodes[index]`, restarted at `since`, until `health_timeout_seconds`.
+    Health {
+        index: usize,
+        attempt: u32,
+        since: DateTime<Utc>,
+    },
+    /// Watch the canary for `bake_seconds`, then check it once more.
+    Bake,
+    /// Put the previous version back on disk wherever the new one was installed; then
+    /// restart, in order, the nodes this deploy restarted.
+    Revert {
+        to: Version,
+        reason: String,
+    },
+    RevertRestart {
+        to: Version,
+        index: usize,
+        reason: String,
+    },
+    RevertHealth {
+        to: Version,
+        index: usize,
+        attempt: u32,
+        since: DateTime<Utc>,
+        reason: String,
+    },
+    Record,
+    Unlock,
+    Done,
+}
