@@ -243,7 +243,7 @@ async fn follow(
     }
     let prefix = format!("{}/{} {}", job.app, job.env, job.version);
     let status = if std::io::stdout().is_terminal() {
-        let mut view = cli::LiveView::new(format!("{prefix} (job {})", job.id));
+        let mut view = cli::views::LiveView::new(format!("{prefix} (job {})", job.id));
         cli::wait(config, store, &job.id, |n| print!("{}", view.update(n))).await?
     } else {
         cli::wait(config, store, &job.id, |n| {

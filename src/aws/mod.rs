@@ -6,9 +6,6 @@ pub mod joined;
 pub mod ledger;
 pub mod queue;
 
-pub use ledger::SsmLedger;
-pub use queue::SqsQueue;
-
 use aws_sdk_ssm::error::DisplayErrorContext;
 
 use crate::deploy::ports::PortError;

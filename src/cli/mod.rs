@@ -3,7 +3,7 @@
 pub mod demo;
 pub mod views;
 
-pub use views::{ActiveJob, EnvStatus, Live, LiveView};
+use views::{ActiveJob, EnvStatus, Live, NodeVersion};
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,7 +19,8 @@ use crate::deploy::ports::{rollback_target, JobQueue, Ledger};
 use crate::deploy::status::JobStatus;
 use crate::deploy::version::Version;
 use crate::drive::worker::Worker;
-use crate::local::store::{QueuedJob, Store};
+use crate::local::store::jobs::QueuedJob;
+use crate::local::store::Store;
 
 fn port(e: crate::deploy::ports::PortError) -> anyhow::Error {
     anyhow!("{e}")
@@ -94,15 +95,6 @@ pub async fn deploy(
         .await
         .map_err(port)?;
     Ok(job)
-}
-
-/// What `shipit sync --check` reports of one node.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NodeVersion {
-    pub node: String,
-    /// `None`: nothing installed, or the version command failed (`detail` says).
-    pub installed: Option<Version>,
-    pub detail: String,
 }
 
 /// The live version of APP/ENV, and the app, for sync: refuses early what sync cannot do.

@@ -10,9 +10,16 @@ use crate::deploy::ports::{HistoryEntry, LockInfo};
 use crate::deploy::report::{lock_phrase, node_phrase, NOTHING_LIVE};
 use crate::deploy::status::{describe, JobStatus};
 use crate::deploy::version::Version;
-use crate::local::store::QueuedJob;
+use crate::local::store::jobs::QueuedJob;
 
-use super::NodeVersion;
+/// What `shipit sync --check` reports of one node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeVersion {
+    pub node: String,
+    /// `None`: nothing installed, or the version command failed (`detail` says).
+    pub installed: Option<Version>,
+    pub detail: String,
+}
 
 /// One app+env in `shipit status`.
 #[derive(Debug, Clone, Serialize)]

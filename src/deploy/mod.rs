@@ -5,6 +5,7 @@
 pub mod command;
 pub mod engine;
 pub mod job;
+pub mod lock;
 pub mod ports;
 pub mod report;
 pub mod rollout;

@@ -6,7 +6,9 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::command::{Command, NodeResult};
+use super::engine::{Deploy, Notice, Verdict};
 use super::job::{DeployJob, JobId};
+pub use super::lock::LockInfo;
 use super::version::Version;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -43,6 +45,28 @@ pub trait JobQueue: Send + Sync {
     async fn enqueue(&self, jobs: &[DeployJob]) -> Result<Vec<Enqueued>, PortError>;
 }
 
+/// Whether a version may go out, asked of where it comes from (GitHub) before the lock.
+#[async_trait]
+pub trait Gate: Send + Sync {
+    async fn verify(&self, job: &DeployJob) -> Result<Verdict, PortError>;
+}
+
+/// What the notifiers remember of one deploy between steps (the Slack message to update,
+/// say). Drivers keep it with the deploy's state without looking inside.
+pub type NotifyMemo = serde_json::Value;
+
+/// Chat, APM and the log. Best effort: never fails, never holds a deploy up for long.
+#[async_trait]
+pub trait Notify: Send + Sync {
+    async fn notify(
+        &self,
+        deploy: &Deploy,
+        notices: &[Notice],
+        memo: &mut NotifyMemo,
+        now: DateTime<Utc>,
+    );
+}
+
 /// The jobs still queued behind one, where a runtime can see them.
 #[async_trait]
 pub trait Backlog: Send + Sync {
@@ -74,23 +98,6 @@ pub trait Fleet: Send + Sync {
         max_errors: u32,
         sent: &mut Option<Sent>,
     ) -> Result<Vec<(String, NodeResult)>, PortError>;
-}
-
-/// A hold on an app+env. Deploys take one with an expiry, so a crashed deploy cannot hold
-/// it forever; people take one from chat (no job, no expiry) to stop deploys for a while.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LockInfo {
-    pub holder: String,
-    pub reason: String,
-    pub since: DateTime<Utc>,
-    pub expires: Option<DateTime<Utc>>,
-    pub job: Option<JobId>,
-}
-
-impl LockInfo {
-    pub fn is_expired(&self, now: DateTime<Utc>) -> bool {
-        self.expires.is_some_and(|e| e <= now)
-    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -3,7 +3,8 @@
 
 use super::engine::NodeState;
 use super::job::DeployJob;
-use super::ports::{HistoryEntry, LockInfo};
+use super::lock::LockInfo;
+use super::ports::HistoryEntry;
 
 pub const NOTHING_LIVE: &str = "nothing deployed yet";
 

@@ -14,23 +14,25 @@ use chrono::{DateTime, Utc};
 use crate::config::{App, Config};
 use crate::deploy::engine::{Action, Deploy, Notice, Observation, Outcome, LOCK_TTL_SECONDS};
 use crate::deploy::job::DeployJob;
-use crate::deploy::ports::{Backlog, Fleet, Ledger, LockInfo, PortError, Refused, Sent};
+use crate::deploy::ports::{
+    Backlog, Fleet, Gate, Ledger, LockInfo, Notify, NotifyMemo, PortError, Refused, Sent,
+};
 use crate::deploy::rollout::Rollout;
 use crate::outbound::gate::Gatekeeper;
-use crate::outbound::notify::{Notifier, NotifyState};
+use crate::outbound::notify::Notifier;
 
 /// What a deploy asks of and tells the world outside: the gate (GitHub) before it
 /// starts, the notifiers as it goes.
 #[derive(Clone)]
 pub struct Outbound {
-    pub gate: Arc<Gatekeeper>,
-    pub notifier: Arc<Notifier>,
+    pub gate: Arc<dyn Gate>,
+    pub notifier: Arc<dyn Notify>,
 }
 
 impl Outbound {
     pub fn new(config: Arc<Config>, secrets: Arc<crate::config::secrets::Secrets>) -> Outbound {
         Outbound {
-            gate: Arc::new(Gatekeeper::new(secrets.clone())),
+            gate: Arc::new(Gatekeeper::new(config.clone(), secrets.clone())),
             notifier: Arc::new(Notifier::new(config, secrets)),
         }
     }
@@ -87,7 +89,7 @@ impl Driver {
         let job = &deploy.job;
         Ok(match action {
             Action::Verify => Observation::Verified {
-                verdict: self.out.gate.verify(self.app(job)?, job).await?,
+                verdict: self.out.gate.verify(job).await?,
             },
             Action::Lock { lock } => self.take_lock(job, lock, now).await?,
             Action::Inspect => Observation::Inspected {
@@ -126,7 +128,7 @@ impl Driver {
         &self,
         deploy: &Deploy,
         notices: &[Notice],
-        memo: &mut NotifyState,
+        memo: &mut NotifyMemo,
         now: DateTime<Utc>,
     ) {
         if !notices.is_empty() {
@@ -140,7 +142,7 @@ impl Driver {
         &self,
         job: &DeployJob,
         deploy: Option<&Deploy>,
-        memo: &mut NotifyState,
+        memo: &mut NotifyMemo,
         reason: String,
         now: DateTime<Utc>,
     ) -> Outcome {

@@ -17,9 +17,8 @@ use tracing::Instrument;
 use super::Driver;
 use crate::deploy::engine::{Action, Deploy, Observation, Outcome};
 use crate::deploy::job::DeployJob;
-use crate::deploy::ports::{is_refused, PortError, Refused, Sent};
+use crate::deploy::ports::{is_refused, NotifyMemo, PortError, Refused, Sent};
 use crate::deploy::status::JobStatus;
-use crate::outbound::notify::NotifyState;
 
 /// The state machine's payload between steps.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -41,8 +40,8 @@ pub struct StepState {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
     /// What the notifiers remember (the Slack message to update, say).
-    #[serde(default, skip_serializing_if = "is_default")]
-    pub notify: NotifyState,
+    #[serde(default, skip_serializing_if = "NotifyMemo::is_null")]
+    pub notify: NotifyMemo,
     /// Set by the state machine's Catch: the step failed for good; end the deploy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<TaskError>,
@@ -67,14 +66,10 @@ impl StepState {
             done: false,
             status: None,
             reason: None,
-            notify: NotifyState::default(),
+            notify: NotifyMemo::Null,
             error: None,
         }
     }
-}
-
-fn is_default(n: &NotifyState) -> bool {
-    *n == NotifyState::default()
 }
 
 pub type Clock = Arc<dyn Fn() -> DateTime<Utc> + Send + Sync>;

@@ -13,11 +13,10 @@ use super::{Driver, Outbound};
 use crate::config::Config;
 use crate::deploy::engine::{Action, Deploy, Notice, Observation, Outcome};
 use crate::deploy::job::DeployJob;
-use crate::deploy::ports::{is_refused, PortError, Refused};
+use crate::deploy::ports::{is_refused, NotifyMemo, PortError, Refused};
 use crate::deploy::status::JobStatus;
 use crate::local::fleet::LocalFleet;
 use crate::local::store::Store;
-use crate::outbound::notify::NotifyState;
 
 /// How often an idle worker looks for new jobs.
 const IDLE_POLL: Duration = Duration::from_millis(200);
@@ -135,7 +134,7 @@ impl Worker {
         // Lost notifier state costs a second Slack message, never the deploy.
         let mut memo = self.store.load_notify(&job.id).await.unwrap_or_else(|e| {
             tracing::warn!(error = %e, "cannot read the notifiers' state");
-            NotifyState::default()
+            NotifyMemo::Null
         });
         let mut deploy = match self.store.load_deploy(&job.id).await {
             Ok(Some(d)) => d,
@@ -241,7 +240,7 @@ impl Worker {
         &self,
         job: &DeployJob,
         deploy: Option<&Deploy>,
-        memo: &mut NotifyState,
+        memo: &mut NotifyMemo,
         reason: String,
     ) -> Option<Outcome> {
         let now = Utc::now();

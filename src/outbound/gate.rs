@@ -12,15 +12,18 @@ use std::time::Duration;
 use reqwest::{StatusCode, Url};
 use serde_json::Value;
 
+use async_trait::async_trait;
+
 use crate::config::secrets::Secrets;
-use crate::config::{App, Gate};
+use crate::config::{App, Config, Gate};
 use crate::deploy::engine::Verdict;
 use crate::deploy::job::DeployJob;
-use crate::deploy::ports::PortError;
+use crate::deploy::ports::{self, PortError, Refused};
 
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub struct Gatekeeper {
+    config: Arc<Config>,
     secrets: Arc<Secrets>,
     http: reqwest::Client,
 }
@@ -42,17 +45,21 @@ struct Asker<'a> {
 }
 
 impl Gatekeeper {
-    pub fn new(secrets: Arc<Secrets>) -> Gatekeeper {
+    pub fn new(config: Arc<Config>, secrets: Arc<Secrets>) -> Gatekeeper {
         let http = reqwest::Client::builder()
             .timeout(REQUEST_TIMEOUT)
             // GitHub refuses API requests without a User-Agent.
             .user_agent(concat!("shipit/", env!("CARGO_PKG_VERSION")))
             .build()
             .expect("an HTTP client with default TLS settings");
-        Gatekeeper { secrets, http }
+        Gatekeeper {
+            config,
+            secrets,
+            http,
+        }
     }
 
-    pub async fn verify(&self, app: &App, job: &DeployJob) -> Result<Verdict, PortError> {
+    async fn verify_app(&self, app: &App, job: &DeployJob) -> Result<Verdict, PortError> {
         let (Some(gate), Some(repo)) = (&app.gate, &app.repo) else {
             return Ok(Verdict::Pass);
         };
@@ -69,6 +76,14 @@ impl Gatekeeper {
         let verdict = ask.verdict(&app.tag_pattern.tag(&job.version)).await?;
         tracing::info!(?verdict, "gate");
         Ok(verdict)
+    }
+}
+
+#[async_trait]
+impl ports::Gate for Gatekeeper {
+    async fn verify(&self, job: &DeployJob) -> Result<Verdict, PortError> {
+        let (app, _) = self.config.target(job).map_err(Refused::error)?;
+        self.verify_app(app, job).await
     }
 }
 

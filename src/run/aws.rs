@@ -7,7 +7,9 @@ use std::time::Duration;
 use anyhow::{anyhow, Context};
 
 use crate::aws::fleet::{SdkRunCommand, SsmFleet};
-use crate::aws::{sdk_config, SqsQueue, SsmLedger};
+use crate::aws::ledger::SsmLedger;
+use crate::aws::queue::SqsQueue;
+use crate::aws::sdk_config;
 use crate::config::secrets::{Secret, Secrets};
 use crate::config::Config;
 use crate::drive::step::Stepper;

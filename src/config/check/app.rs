@@ -1,31 +1,18 @@
 //! `[apps.X]`: what it is (package, repo, tags), where it goes (environments, defaults),
 //! how a node runs it (command templates) and rolls it out.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::str::FromStr;
 
 use super::environment::check_environment;
 use super::notify::{check_gate, check_notify};
-use super::{valid_name, valid_repo, Checker, TEMPLATE_VARS};
+use super::{valid_name, valid_repo, Checker, Scope, TEMPLATE_VARS};
 use crate::config::raw::RawApp;
 use crate::config::template::Template;
 use crate::config::{App, Environment, TagPattern};
 use crate::deploy::rollout::Rollout;
 use crate::deploy::version::PackageName;
-
-/// What the checks of one app share as they go.
-pub(super) struct Scope<'a> {
-    pub(super) app: &'a str,
-    /// `apps.NAME`, the prefix of every key.
-    pub(super) key: &'a str,
-    /// The config file's directory: relative node directories are relative to it.
-    pub(super) base: &'a Path,
-    /// Placeholders the app's templates may use: the common ones and every `vars` key.
-    pub(super) known: BTreeSet<String>,
-    /// SSM environments without a `dir`: their templates cannot use `{dir}`.
-    pub(super) dirless: Vec<String>,
-}
 
 pub(super) fn check_app(c: &mut Checker, base: &Path, name: String, a: RawApp) -> Option<App> {
     let k = format!("apps.{name}");

@@ -3,8 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use super::app::Scope;
-use super::{valid_name, Checker};
+use super::{valid_name, Checker, Scope};
 use crate::config::raw::{RawEnvironment, RawLocalNode};
 use crate::config::{Environment, LocalNode, Nodes};
 

@@ -17,6 +17,19 @@ use super::secrets::Secret;
 use super::template::Template;
 use super::{Config, Problem, Server, Severity};
 
+/// What the checks of one app share as they go.
+pub(super) struct Scope<'a> {
+    pub(super) app: &'a str,
+    /// `apps.NAME`, the prefix of every key.
+    pub(super) key: &'a str,
+    /// The config file's directory: relative node directories are relative to it.
+    pub(super) base: &'a Path,
+    /// Placeholders the app's templates may use: the common ones and every `vars` key.
+    pub(super) known: BTreeSet<String>,
+    /// SSM environments without a `dir`: their templates cannot use `{dir}`.
+    pub(super) dirless: Vec<String>,
+}
+
 /// Placeholders every template may use; nodes add their own `vars`.
 const TEMPLATE_VARS: [&str; 6] = ["app", "env", "package", "version", "node", "dir"];
 

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use super::command::{Command, CommandKind, NodeResult};
 use super::job::{DeployJob, Source};
-use super::ports::LockInfo;
+use super::lock::LockInfo;
 use super::rollout::Rollout;
 use super::version::Version;
 

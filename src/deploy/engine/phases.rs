@@ -5,7 +5,7 @@ use chrono::{DateTime, Duration, Utc};
 use super::*;
 use crate::deploy::command::{Command, NodeResult};
 use crate::deploy::job::{DeployJob, Source};
-use crate::deploy::ports::LockInfo;
+use crate::deploy::lock::LockInfo;
 use crate::deploy::version::Version;
 
 /// What a failed command says, for a notice: its exit code and last output line.

@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::deploy::command::{Command, NodeResult};
 use crate::deploy::job::DeployJob;
-use crate::deploy::ports::LockInfo;
+use crate::deploy::lock::LockInfo;
 use crate::deploy::version::Version;
 
 /// What the driver must do next.

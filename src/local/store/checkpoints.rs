@@ -8,8 +8,7 @@ use super::Store;
 use crate::deploy::command::NodeResult;
 use crate::deploy::engine::{Deploy, Notice};
 use crate::deploy::job::JobId;
-use crate::deploy::ports::PortError;
-use crate::outbound::notify::NotifyState;
+use crate::deploy::ports::{NotifyMemo, PortError};
 
 impl Store {
     /// Checkpoints a deploy; called after every step.
@@ -27,7 +26,7 @@ impl Store {
     }
 
     /// What the notifiers remember of a deploy (its Slack message, say).
-    pub async fn save_notify(&self, job: &JobId, state: &NotifyState) -> Result<(), PortError> {
+    pub async fn save_notify(&self, job: &JobId, state: &NotifyMemo) -> Result<(), PortError> {
         let (id, state) = (job.to_string(), serde_json::to_string(state)?);
         self.with(move |c| {
             c.execute(
@@ -40,7 +39,7 @@ impl Store {
         .await
     }
 
-    pub async fn load_notify(&self, job: &JobId) -> Result<NotifyState, PortError> {
+    pub async fn load_notify(&self, job: &JobId) -> Result<NotifyMemo, PortError> {
         let id = job.to_string();
         let state: Option<String> = self
             .with(move |c| {

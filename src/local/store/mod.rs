@@ -9,11 +9,9 @@ use rusqlite::Connection;
 use crate::deploy::ports::PortError;
 
 mod checkpoints;
-mod jobs;
+pub mod jobs;
 mod ledger;
 mod packages;
-
-pub use jobs::QueuedJob;
 
 #[derive(Clone)]
 pub struct Store {

@@ -6,12 +6,13 @@
 //! within a short budget, then logged with the job id; the deploy never waits longer than
 //! `NOTIFY_BUDGET` per step for all of them together. What a notifier must remember
 //! between steps (the Slack message's `ts`, the GitHub deployment id) is in
-//! [`NotifyState`], which drivers keep with the deploy's own state, so a resumed deploy
-//! goes on updating the same message.
+//! [`NotifyState`], which drivers keep, as an opaque `NotifyMemo`, with the deploy's own
+//! state, so a resumed deploy goes on updating the same message.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use async_trait::async_trait;
 use backoff::ExponentialBackoff;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -21,6 +22,7 @@ use crate::config::secrets::Secrets;
 use crate::config::{App, Config, DatadogTarget, GitHubTarget, NewRelicTarget, SlackTarget};
 use crate::deploy::engine::{Deploy, Notice, Outcome};
 use crate::deploy::job::Source;
+use crate::deploy::ports::{Notify, NotifyMemo};
 use crate::deploy::status::describe;
 
 mod datadog;
@@ -89,7 +91,7 @@ impl Notifier {
 
     /// Tells everyone configured for the deploy's app what `notices` say. Never fails and
     /// returns within `NOTIFY_BUDGET`.
-    pub async fn notify(
+    async fn notify_with(
         &self,
         deploy: &Deploy,
         notices: &[Notice],
@@ -152,6 +154,33 @@ impl Notifier {
         {
             tracing::warn!(job_id = %deploy.job.id, "notifications cut off after their time budget");
         }
+    }
+}
+
+#[async_trait]
+impl Notify for Notifier {
+    async fn notify(
+        &self,
+        deploy: &Deploy,
+        notices: &[Notice],
+        memo: &mut NotifyMemo,
+        now: DateTime<Utc>,
+    ) {
+        let mut state = match serde_json::from_value::<NotifyState>(memo.clone()) {
+            Ok(state) => state,
+            Err(_) if memo.is_null() => NotifyState::default(),
+            Err(e) => {
+                // Lost notifier state costs a second Slack message, never the deploy.
+                tracing::warn!(job_id = %deploy.job.id, error = %e, "unreadable notifier state; starting afresh");
+                NotifyState::default()
+            }
+        };
+        self.notify_with(deploy, notices, &mut state, now).await;
+        *memo = if state == NotifyState::default() {
+            NotifyMemo::Null
+        } else {
+            serde_json::to_value(&state).unwrap_or(NotifyMemo::Null)
+        };
     }
 }
 
