@@ -17,6 +17,10 @@ use shipit::deploy::status::JobStatus;
 use shipit::ingress::sign_hex;
 use shipit::local::store::Store;
 
+#[path = "../tests/helpers/mod.rs"]
+mod helpers;
+use helpers::{pip_app_toml, LocalApp, Served, GITHUB_SECRET};
+
 const NODES: usize = 10;
 const WEBHOOKS: usize = 2000;
 const CLIENTS: usize = 8;
@@ -56,34 +60,11 @@ async fn deploy_figures() {
     let ports: Vec<u16> = (0..NODES).map(|_| port()).collect();
     let names: Vec<String> = (1..=NODES).map(|i| format!("node{i}")).collect();
     shipit::cli::demo::set_up_nodes(root, &names, &["1.0.0", "1.1.0"]).unwrap();
-    let nodes: Vec<String> = ports
-        .iter()
-        .enumerate()
-        .map(|(i, p)| {
-            format!(
-                "{{ name = \"node{}\", dir = \"nodes/node{}\", vars = {{ port = \"{p}\" }} }}",
-                i + 1,
-                i + 1
-            )
-        })
-        .collect();
+    let nodes: Vec<(String, u16)> = names.iter().cloned().zip(ports.iter().copied()).collect();
+    let config = pip_app_toml(&nodes, 20);
+    // The same install by hand, for the floor.
     let install =
         "venv/bin/pip install --quiet --no-index --find-links ../../wheelhouse -U hello-app==";
-    let config = format!(
-        r#"
-[apps.hello]
-package = "hello-app"
-install = "{install}{{version}}"
-restart = "venv/bin/python -m hello_app.ctl restart {{port}}"
-health = "venv/bin/python -m hello_app.ctl check {{port}} {{version}}"
-[apps.hello.rollout]
-health_timeout_seconds = 20
-health_interval_seconds = 1
-[apps.hello.environments.production]
-nodes = [{}]
-"#,
-        nodes.join(", ")
-    );
     std::fs::write(root.join("shipit.toml"), config).unwrap();
     let config = Arc::new(Config::load(&root.join("shipit.toml")).unwrap());
     let store = Store::open(&config.server.state).unwrap();
@@ -161,39 +142,11 @@ nodes = [{}]
 
 async fn webhook_figures() {
     let dir = tempfile::tempdir().unwrap();
-    let secret = "bench-secret";
-    std::fs::write(
-        dir.path().join("shipit.toml"),
-        format!(
-            r#"
-[github]
-webhook_secret = "{secret}"
-[apps.hello]
-package = "hello-app"
-repo = "acme/hello"
-install = "true"
-restart = "true"
-health = "true"
-[apps.hello.environments.production]
-nodes = [{{ name = "n1", dir = "n1" }}]
-"#
-        ),
-    )
-    .unwrap();
-    let config = Config::load(&dir.path().join("shipit.toml")).unwrap();
+    let config = LocalApp::default().write(dir.path());
     let (ingress, store) = shipit::run::local::ingress(config).await.unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}/hooks/github", listener.local_addr().unwrap());
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     // The server alone: jobs are queued durably and stay queued (no worker runs them).
-    let server = tokio::spawn(shipit::run::server::serve(
-        Arc::new(ingress),
-        store.clone(),
-        listener,
-        async {
-            let _ = stopped.await;
-        },
-    ));
+    let served = Served::start(ingress, store.clone()).await;
+    let base = format!("{}/hooks/github", served.base);
     let http = reqwest::Client::new();
     let started = Instant::now();
     let mut clients = tokio::task::JoinSet::new();
@@ -208,7 +161,10 @@ nodes = [{{ name = "n1", dir = "n1" }}]
                     "repository": { "full_name": "acme/hello" }, "pusher": { "name": "octocat" }
                 })
                 .to_string();
-                let sig = format!("sha256={}", sign_hex(secret.as_bytes(), &[body.as_bytes()]));
+                let sig = format!(
+                    "sha256={}",
+                    sign_hex(GITHUB_SECRET.as_bytes(), &[body.as_bytes()])
+                );
                 let t = Instant::now();
                 let r = http
                     .post(&base)
@@ -229,8 +185,7 @@ nodes = [{{ name = "n1", dir = "n1" }}]
         latencies.extend(l.unwrap());
     }
     let elapsed = started.elapsed();
-    stop.send(()).unwrap();
-    server.await.unwrap().unwrap();
+    served.stop().await;
     assert_eq!(
         store.jobs(None).await.unwrap().len(),
         WEBHOOKS,

@@ -59,8 +59,8 @@ impl Fifo {
         }
     }
 
-    pub fn queue(&self) -> shipit::aws::SqsQueue {
-        shipit::aws::SqsQueue::new(self.client.clone(), self.url.clone())
+    pub fn queue(&self) -> shipit::aws::queue::SqsQueue {
+        shipit::aws::queue::SqsQueue::new(self.client.clone(), self.url.clone())
     }
 
     /// Everything on the queue, as (message group, body); deletes what it reads.
@@ -100,8 +100,8 @@ impl Fifo {
     }
 }
 
-pub fn ssm_ledger(ssm: aws_sdk_ssm::Client) -> shipit::aws::SsmLedger {
-    shipit::aws::SsmLedger::new(ssm, &format!("/{}", unique("shipit")))
+pub fn ssm_ledger(ssm: aws_sdk_ssm::Client) -> shipit::aws::ledger::SsmLedger {
+    shipit::aws::ledger::SsmLedger::new(ssm, &format!("/{}", unique("shipit")))
 }
 
 /// Two apps built from one package (so an upload deploys both), from one repository
@@ -222,4 +222,153 @@ pub fn slack_headers(body: &[u8], now: DateTime<Utc>) -> HeaderMap {
         ("x-slack-request-timestamp", &ts),
         ("x-slack-signature", &sig),
     ])
+}
+
+/// The local tests' one app: `hello` (package `hello-app`, repo `acme/hello`) in
+/// `production` on local nodes, each in a directory of its name under the test's own,
+/// with signed webhooks and slash commands. A test sets only what differs.
+pub struct LocalApp {
+    pub nodes: Vec<&'static str>,
+    pub install: &'static str,
+    pub restart: &'static str,
+    pub health: &'static str,
+    /// `chat_deployers` of production: nobody by default.
+    pub deployers: &'static str,
+    /// More keys for `[server]`, `[slack]` and `[apps.hello]`.
+    pub server: String,
+    pub slack: String,
+    pub app: String,
+    /// Whole tables after the app's (`[apps.hello.gate]`, `[apps.hello.notify]`, …).
+    pub tables: String,
+}
+
+impl Default for LocalApp {
+    fn default() -> LocalApp {
+        LocalApp {
+            nodes: vec!["n1"],
+            install: "true",
+            restart: "true",
+            health: "true",
+            deployers: "",
+            server: String::new(),
+            slack: String::new(),
+            app: String::new(),
+            tables: String::new(),
+        }
+    }
+}
+
+impl LocalApp {
+    /// Writes `shipit.toml` into `dir` (and a directory for each node), and loads it.
+    pub fn write(&self, dir: &Path) -> Config {
+        for n in &self.nodes {
+            std::fs::create_dir_all(dir.join(n)).unwrap();
+        }
+        let nodes: Vec<String> = self
+            .nodes
+            .iter()
+            .map(|n| format!("{{ name = \"{n}\", dir = \"{n}\" }}"))
+            .collect();
+        let text = format!(
+            r#"
+[server]
+{server}
+[github]
+webhook_secret = "{GITHUB_SECRET}"
+[slack]
+signing_secret = "{SLACK_SECRET}"
+{slack}
+[apps.hello]
+package = "hello-app"
+repo = "acme/hello"
+install = {install:?}
+restart = {restart:?}
+health = {health:?}
+{app}
+[apps.hello.environments.production]
+chat_deployers = [{deployers}]
+nodes = [{nodes}]
+{tables}
+"#,
+            server = self.server,
+            slack = self.slack,
+            install = self.install,
+            restart = self.restart,
+            health = self.health,
+            app = self.app,
+            deployers = self.deployers,
+            nodes = nodes.join(", "),
+            tables = self.tables,
+        );
+        let path = dir.join("shipit.toml");
+        std::fs::write(&path, text).unwrap();
+        Config::load(&path).unwrap_or_else(|r| panic!("test config invalid:\n{r}"))
+    }
+
+    /// The config and its store.
+    pub fn open(&self, dir: &Path) -> (Arc<Config>, shipit::local::store::Store) {
+        let config = self.write(dir);
+        let store = shipit::run::local::open_store(&config).unwrap();
+        (Arc::new(config), store)
+    }
+}
+
+/// `shipit serve`'s HTTP side on a free loopback port, until `stop`.
+pub struct Served {
+    pub base: String,
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl Served {
+    pub async fn start(ingress: Ingress, store: shipit::local::store::Store) -> Served {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(shipit::run::server::serve(
+            Arc::new(ingress),
+            store,
+            listener,
+            async {
+                let _ = stopped.await;
+            },
+        ));
+        Served { base, stop, task }
+    }
+
+    /// Stops it and waits for the requests in flight.
+    pub async fn stop(self) {
+        self.stop.send(()).unwrap();
+        self.task.await.unwrap().unwrap();
+    }
+}
+
+/// The real-pip app of the end-to-end tests and the local bench, on nodes set up by
+/// `shipit::cli::demo::set_up_nodes`: `hello` installed with pip from the wheelhouse into
+/// each node's virtualenv (`nodes/NAME`), its service on the node's port.
+pub fn pip_app_toml(nodes: &[(String, u16)], health_timeout_seconds: u64) -> String {
+    let nodes: Vec<String> = nodes
+        .iter()
+        .map(|(n, p)| {
+            format!("{{ name = \"{n}\", dir = \"nodes/{n}\", vars = {{ port = \"{p}\" }} }}")
+        })
+        .collect();
+    format!(
+        r#"
+[server]
+state = "state/shipit.db"
+[apps.hello]
+package = "hello-app"
+install = "venv/bin/pip install --quiet --no-index --find-links ../../wheelhouse -U {{package}}=={{version}}"
+restart = "venv/bin/python -m hello_app.ctl restart {{port}}"
+health = "venv/bin/python -m hello_app.ctl check {{port}} {{version}}"
+version = "venv/bin/pip show {{package}}"
+[apps.hello.rollout]
+health_timeout_seconds = {health_timeout_seconds}
+health_interval_seconds = 1
+[apps.hello.environments.production]
+nodes = [{}]
+"#,
+        nodes.join(", ")
+    )
 }

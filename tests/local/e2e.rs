@@ -6,6 +6,7 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::helpers::pip_app_toml;
 use shipit::config::Config;
 use shipit::deploy::engine::Notice;
 use shipit::deploy::job::JobId;
@@ -42,32 +43,7 @@ impl Example {
     }
 
     fn write_config(&self) {
-        let node_list: Vec<String> = self
-            .nodes
-            .iter()
-            .map(|(n, p)| {
-                format!("{{ name = \"{n}\", dir = \"nodes/{n}\", vars = {{ port = \"{p}\" }} }}")
-            })
-            .collect();
-        let config = format!(
-            r#"
-[server]
-state = "state/shipit.db"
-[apps.hello]
-package = "hello-app"
-install = "venv/bin/pip install --quiet --no-index --find-links ../../wheelhouse -U {{package}}=={{version}}"
-restart = "venv/bin/python -m hello_app.ctl restart {{port}}"
-health = "venv/bin/python -m hello_app.ctl check {{port}} {{version}}"
-version = "venv/bin/pip show {{package}}"
-[apps.hello.rollout]
-health_timeout_seconds = 10
-health_interval_seconds = 1
-[apps.hello.environments.production]
-nodes = [{}]
-"#,
-            node_list.join(", ")
-        );
-        std::fs::write(self.config_path(), config).unwrap();
+        std::fs::write(self.config_path(), pip_app_toml(&self.nodes, 10)).unwrap();
     }
 
     /// A new node with an empty virtualenv, added to the config.

@@ -23,37 +23,24 @@ const REPO: &str = "/repos/acme/hello";
 /// App `hello` on n1 and n2, gated on checks `ci/test` (a commit status) and `build` (a
 /// check run); installing writes the version to the node's directory.
 fn setup(dir: &Path, github: &MockServer, wait_seconds: u64) -> (Arc<Config>, Store) {
-    for n in ["n1", "n2"] {
-        std::fs::create_dir_all(dir.join(n)).unwrap();
-    }
-    let text = format!(
-        r##"
-[github]
-webhook_secret = "{GITHUB_SECRET}"
-[slack]
-signing_secret = "{SLACK_SECRET}"
-[apps.hello]
-package = "hello-app"
-repo = "acme/hello"
-install = "printf %s {{version}} > version"
-restart = "true"
-health = "true"
-[apps.hello.environments.production]
-chat_deployers = ["*"]
-nodes = [{{ name = "n1", dir = "n1" }}, {{ name = "n2", dir = "n2" }}]
+    let gate = format!(
+        r#"
 [apps.hello.gate]
 checks = ["ci/test", "build"]
 wait_seconds = {wait_seconds}
 token = "ghp-gate"
 api_url = "{api}"
-"##,
+"#,
         api = github.uri(),
     );
-    let file = dir.join("shipit.toml");
-    std::fs::write(&file, text).unwrap();
-    let config = Arc::new(Config::load(&file).unwrap());
-    let store = Store::open(&config.server.state).unwrap();
-    (config, store)
+    LocalApp {
+        nodes: vec!["n1", "n2"],
+        install: "printf %s {version} > version",
+        deployers: r#""*""#,
+        tables: gate,
+        ..LocalApp::default()
+    }
+    .open(dir)
 }
 
 /// GitHub's answer to `GET {REPO}{p}`, checking the gate's token and headers.

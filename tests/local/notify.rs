@@ -40,28 +40,11 @@ impl Apis {
 /// App `hello` on nodes n1..n3. Installing writes the version to the node's directory;
 /// version 2.0.0 fails its health check on n2 with a line on stderr.
 fn setup(dir: &Path, apis: &Apis) -> (Arc<Config>, Store) {
-    for n in ["n1", "n2", "n3"] {
-        std::fs::create_dir_all(dir.join(n)).unwrap();
-    }
-    let text = format!(
+    let tables = format!(
         r##"
-[github]
-webhook_secret = "{GITHUB_SECRET}"
-[slack]
-signing_secret = "{SLACK_SECRET}"
-response_url_prefix = "{slack}/commands/"
-[apps.hello]
-package = "hello-app"
-repo = "acme/hello"
-install = "printf %s {{version}} > version"
-restart = "true"
-health = "if [ {{node}} = n2 ] && [ \"$(cat version)\" = 2.0.0 ]; then echo 'n2: GET /healthz answered 500' >&2; exit 1; fi"
 [apps.hello.rollout]
 health_timeout_seconds = 1
 health_interval_seconds = 1
-[apps.hello.environments.production]
-chat_deployers = ["*"]
-nodes = [{{ name = "n1", dir = "n1" }}, {{ name = "n2", dir = "n2" }}, {{ name = "n3", dir = "n3" }}]
 [apps.hello.notify]
 slack = {{ channel = "#deploys", token = "xoxb-test", api_url = "{slack}/api" }}
 newrelic = {{ entity_guid = "MXxBUE18", api_key = "NRAK-test", endpoint = "{nr}/graphql" }}
@@ -73,11 +56,19 @@ github = {{ token = "ghp-test", api_url = "{gh}" }}
         dd = apis.datadog.uri(),
         gh = apis.github.uri(),
     );
-    let file = dir.join("shipit.toml");
-    std::fs::write(&file, text).unwrap();
-    let config = Arc::new(Config::load(&file).unwrap());
-    let store = Store::open(&config.server.state).unwrap();
-    (config, store)
+    LocalApp {
+        nodes: vec!["n1", "n2", "n3"],
+        install: "printf %s {version} > version",
+        health: concat!(
+            r#"if [ {node} = n2 ] && [ "$(cat version)" = 2.0.0 ]; then "#,
+            r#"echo 'n2: GET /healthz answered 500' >&2; exit 1; fi"#
+        ),
+        deployers: r#""*""#,
+        slack: format!(r#"response_url_prefix = "{}/commands/""#, apis.slack.uri()),
+        tables,
+        ..LocalApp::default()
+    }
+    .open(dir)
 }
 
 async fn slack_ok(apis: &Apis) {

@@ -2,7 +2,6 @@
 
 use std::path::Path;
 use std::process::Command;
-use std::sync::Arc;
 
 use crate::helpers::*;
 use chrono::Utc;
@@ -12,46 +11,23 @@ use shipit::ingress::package::UploadOutcome;
 use shipit::run::local;
 
 fn local_config(dir: &Path) -> Config {
-    let text = format!(
-        r#"
-[server]
-state = "state/shipit.db"
-package_dir = "wheelhouse"
-[github]
-webhook_secret = "{GITHUB_SECRET}"
-[slack]
-signing_secret = "{SLACK_SECRET}"
-[apps.hello]
-package = "hello-app"
-repo = "acme/hello"
-install = "venv/bin/pip install -U {{package}}=={{version}}"
-restart = "kill -HUP $(cat service.pid)"
-health = "true"
-[apps.hello.environments.production]
-nodes = [{{ name = "node1", dir = "nodes/node1" }}]
-"#
-    );
     std::fs::create_dir_all(dir.join("wheelhouse")).unwrap();
-    let path = dir.join("shipit.toml");
-    std::fs::write(&path, &text).unwrap();
-    Config::load(&path).unwrap()
+    LocalApp {
+        nodes: vec!["node1"],
+        install: "venv/bin/pip install -U {package}=={version}",
+        restart: "kill -HUP $(cat service.pid)",
+        server: "state = \"state/shipit.db\"\npackage_dir = \"wheelhouse\"".into(),
+        ..LocalApp::default()
+    }
+    .write(dir)
 }
 
 #[tokio::test]
 async fn serve_accepts_signed_webhooks_and_refuses_the_rest() {
     let dir = tempfile::tempdir().unwrap();
     let (ingress, store) = local::ingress(local_config(dir.path())).await.unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(shipit::run::server::serve(
-        Arc::new(ingress),
-        store.clone(),
-        listener,
-        async {
-            let _ = stopped.await;
-        },
-    ));
+    let served = Served::start(ingress, store.clone()).await;
+    let base = served.base.clone();
     let http = reqwest::Client::new();
 
     let health = http.get(format!("{base}/healthz")).send().await.unwrap();
@@ -113,8 +89,7 @@ async fn serve_accepts_signed_webhooks_and_refuses_the_rest() {
     assert_eq!(jobs[0]["job"]["id"], reply["jobs"][0]["job"]);
     assert_eq!(jobs[0]["status"], "queued");
 
-    stop.send(()).unwrap();
-    server.await.unwrap().unwrap();
+    served.stop().await;
 }
 
 #[tokio::test]
@@ -312,22 +287,7 @@ async fn serve_stops_cleanly_on_sigterm() {
 #[tokio::test]
 async fn a_worker_waits_while_another_holds_the_store() {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::create_dir_all(dir.path().join("n1")).unwrap();
-    std::fs::write(
-        dir.path().join("shipit.toml"),
-        r#"
-[apps.hello]
-package = "hello-app"
-install = "true"
-restart = "true"
-health = "true"
-[apps.hello.environments.production]
-nodes = [{ name = "n1", dir = "n1" }]
-"#,
-    )
-    .unwrap();
-    let config = Arc::new(Config::load(&dir.path().join("shipit.toml")).unwrap());
-    let store = shipit::local::store::Store::open(&config.server.state).unwrap();
+    let (config, store) = LocalApp::default().open(dir.path());
     // Someone else's lease, running out in 2 s (as a worker that died would leave it).
     assert!(store
         .take_worker_lease("other", Utc::now(), chrono::Duration::seconds(2))
