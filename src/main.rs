@@ -20,7 +20,8 @@ use shipit::run::telemetry::init_tracing;
 )]
 struct Cli {
     /// The config file.
-    #[arg(long, short, global = true, env = "SHIPIT_CONFIG", default_value = config::DEFAULT_CONFIG)]
+    #[arg(long, short, global = true, env = "SHIPIT_CONFIG")]
+    #[arg(default_value = config::DEFAULT_CONFIG)]
     config: PathBuf,
     #[command(subcommand)]
     command: Command,

@@ -17,7 +17,8 @@ impl Store {
         self.with(move |c| {
             c.execute(
                 "INSERT INTO deploys (job_id, state, updated_at) VALUES (?1, ?2, ?3)
-                 ON CONFLICT(job_id) DO UPDATE SET state = excluded.state, updated_at = excluded.updated_at",
+                 ON CONFLICT(job_id) DO UPDATE
+                 SET state = excluded.state, updated_at = excluded.updated_at",
                 params![id, state, now.to_rfc3339()],
             )
             .map(drop)
@@ -102,7 +103,8 @@ impl Store {
         self.with(move |c| {
             c.execute(
                 "INSERT INTO commands (key, node, status, updated_at) VALUES (?1, ?2, 'running', ?3)
-                 ON CONFLICT(key, node) DO UPDATE SET status = 'running', updated_at = excluded.updated_at",
+                 ON CONFLICT(key, node) DO UPDATE
+                 SET status = 'running', updated_at = excluded.updated_at",
                 params![key, node, now.to_rfc3339()],
             )
             .map(drop)
@@ -124,7 +126,8 @@ impl Store {
         );
         self.with(move |c| {
             c.execute(
-                "UPDATE commands SET status = 'done', result = ?3, updated_at = ?4 WHERE key = ?1 AND node = ?2",
+                "UPDATE commands SET status = 'done', result = ?3, updated_at = ?4
+                 WHERE key = ?1 AND node = ?2",
                 params![key, node, result, now.to_rfc3339()],
             )
             .map(drop)
@@ -185,17 +188,24 @@ impl Store {
         self.with(move |c| {
             let tx = c.transaction()?;
             let current: Option<(String, String)> = tx
-                .query_row("SELECT holder, expires FROM worker_lease WHERE id = 1", [], |r| Ok((r.get(0)?, r.get(1)?)))
+                .query_row(
+                    "SELECT holder, expires FROM worker_lease WHERE id = 1",
+                    [],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
                 .optional()?;
             let free = match &current {
                 None => true,
                 Some((h, _)) if *h == holder => true,
-                Some((_, expires)) => DateTime::parse_from_rfc3339(expires).map_or(true, |e| e <= now),
+                Some((_, expires)) => {
+                    DateTime::parse_from_rfc3339(expires).map_or(true, |e| e <= now)
+                }
             };
             if free {
                 tx.execute(
                     "INSERT INTO worker_lease (id, holder, expires) VALUES (1, ?1, ?2)
-                     ON CONFLICT(id) DO UPDATE SET holder = excluded.holder, expires = excluded.expires",
+                     ON CONFLICT(id) DO UPDATE
+                 SET holder = excluded.holder, expires = excluded.expires",
                     params![holder, (now + ttl).to_rfc3339()],
                 )?;
             }

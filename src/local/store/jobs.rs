@@ -33,9 +33,11 @@ impl Store {
         let rows: Vec<(i64, String, String)> = self
             .with(move |c| {
                 let mut st = c.prepare(
-                    "SELECT seq, status, job FROM jobs WHERE ?1 IS NULL OR status = ?1 ORDER BY seq",
+                    "SELECT seq, status, job FROM jobs
+                     WHERE ?1 IS NULL OR status = ?1 ORDER BY seq",
                 )?;
-                let rows = st.query_map(params![status], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+                let rows =
+                    st.query_map(params![status], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
                 rows.collect()
             })
             .await?;

@@ -62,9 +62,12 @@ impl Ledger for Store {
         let rows: Vec<(String, String)> = self
             .with(move |c| {
                 let mut st = c.prepare(
-                    "SELECT job, recorded_at FROM history WHERE app = ?1 AND env = ?2 ORDER BY seq DESC LIMIT ?3",
+                    "SELECT job, recorded_at FROM history
+                     WHERE app = ?1 AND env = ?2 ORDER BY seq DESC LIMIT ?3",
                 )?;
-                let rows = st.query_map(params![app, env, limit as i64], |r| Ok((r.get(0)?, r.get(1)?)))?;
+                let rows = st.query_map(params![app, env, limit as i64], |r| {
+                    Ok((r.get(0)?, r.get(1)?))
+                })?;
                 rows.collect()
             })
             .await?;

@@ -33,7 +33,11 @@ impl Round<'_> {
         if let Some(commit) = commit(&job.source) {
             deployment["commit"] = json!(commit);
         }
-        let query = "mutation($deployment: ChangeTrackingDeploymentInput!) { changeTrackingCreateDeployment(deployment: $deployment) { deploymentId entityGuid } }";
+        let query = concat!(
+            "mutation($deployment: ChangeTrackingDeploymentInput!) { ",
+            "changeTrackingCreateDeployment(deployment: $deployment) ",
+            "{ deploymentId entityGuid } }"
+        );
         let body = json!({"query": query, "variables": {"deployment": deployment}});
         let result = async {
             let key = self.secret(api_key).await?;
