@@ -19,6 +19,7 @@ use crate::config::{App, Config, Gate};
 use crate::deploy::engine::Verdict;
 use crate::deploy::job::DeployJob;
 use crate::deploy::ports::{self, PortError, Refused};
+use crate::outbound::http;
 
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -46,16 +47,10 @@ struct Asker<'a> {
 
 impl Gatekeeper {
     pub fn new(config: Arc<Config>, secrets: Arc<Secrets>) -> Gatekeeper {
-        let http = reqwest::Client::builder()
-            .timeout(REQUEST_TIMEOUT)
-            // GitHub refuses API requests without a User-Agent.
-            .user_agent(concat!("shipit/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .expect("an HTTP client with default TLS settings");
         Gatekeeper {
             config,
             secrets,
-            http,
+            http: http::client(REQUEST_TIMEOUT),
         }
     }
 
@@ -209,8 +204,8 @@ impl Asker<'_> {
         let resp = req.send().await.map_err(|e| format!("GET {url}: {e}"))?;
         let status = resp.status();
         let body = resp.text().await.unwrap_or_default();
-        if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS {
-            let short: String = body.chars().take(200).collect();
+        if http::is_transient(status) {
+            let short = http::excerpt(&body, 200);
             return Err(format!("GET {url}: {status} {short}").into());
         }
         Ok((status, serde_json::from_str(&body).unwrap_or(Value::Null)))

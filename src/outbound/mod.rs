@@ -2,4 +2,5 @@
 //! before it starts, the notifiers (chat, APM) as it goes.
 
 pub mod gate;
+pub mod http;
 pub mod notify;

@@ -24,6 +24,7 @@ use crate::deploy::engine::{Deploy, Notice, Outcome};
 use crate::deploy::job::Source;
 use crate::deploy::ports::{Notify, NotifyMemo};
 use crate::deploy::status::describe;
+use crate::outbound::http;
 
 mod datadog;
 mod github;
@@ -77,15 +78,10 @@ pub struct Notifier {
 
 impl Notifier {
     pub fn new(config: Arc<Config>, secrets: Arc<Secrets>) -> Notifier {
-        let http = reqwest::Client::builder()
-            .timeout(REQUEST_TIMEOUT)
-            .user_agent(concat!("shipit/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .expect("an HTTP client with default TLS settings");
         Notifier {
             config,
             secrets,
-            http,
+            http: http::client(REQUEST_TIMEOUT),
         }
     }
 
@@ -254,13 +250,13 @@ impl Round<'_> {
                 .and_then(|v| v.trim().parse::<u64>().ok())
                 .map(Duration::from_secs);
             let body = resp.text().await.unwrap_or_default();
-            let short: String = body.chars().take(300).collect();
+            let short = http::excerpt(&body, 300);
             if status.is_success() {
                 Ok(serde_json::from_str(&body).unwrap_or(Value::Null))
-            } else if status == reqwest::StatusCode::TOO_MANY_REQUESTS {
-                Err(transient(format!("{status}: {short}"), retry_after))
-            } else if status.is_server_error() {
-                Err(transient(format!("{status}: {short}"), None))
+            } else if http::is_transient(status) {
+                let asked =
+                    retry_after.filter(|_| status == reqwest::StatusCode::TOO_MANY_REQUESTS);
+                Err(transient(format!("{status}: {short}"), asked))
             } else {
                 Err(backoff::Error::permanent(format!("{status}: {short}")))
             }
