@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 
+use crate::config::secrets::Secrets;
 use crate::config::{App, Config};
 use crate::deploy::engine::{Action, Deploy, Notice, Observation, Outcome, LOCK_TTL_SECONDS};
 use crate::deploy::job::DeployJob;
@@ -30,7 +31,7 @@ pub struct Outbound {
 }
 
 impl Outbound {
-    pub fn new(config: Arc<Config>, secrets: Arc<crate::config::secrets::Secrets>) -> Outbound {
+    pub fn new(config: Arc<Config>, secrets: Arc<Secrets>) -> Outbound {
         Outbound {
             gate: Arc::new(Gatekeeper::new(config.clone(), secrets.clone())),
             notifier: Arc::new(Notifier::new(config, secrets)),
@@ -41,14 +42,14 @@ impl Outbound {
 /// The ports a deploy runs through, on either runtime.
 #[derive(Clone)]
 pub struct Driver {
-    pub config: Arc<Config>,
+    config: Arc<Config>,
     ledger: Arc<dyn Ledger>,
     fleet: Arc<dyn Fleet>,
     /// Where the runtime can see the jobs queued behind one (the SQLite store). A Step
     /// Functions execution cannot look into SQS, so there a waiting automatic job learns
     /// of a newer version only once that one is live.
     backlog: Option<Arc<dyn Backlog>>,
-    pub out: Outbound,
+    out: Outbound,
 }
 
 impl Driver {
