@@ -38,7 +38,7 @@ const HEALTH: Duration = Duration::from_secs(1);
 const CALL_LATENCY: Duration = Duration::from_millis(50);
 /// Step Functions history events: per step, the Task's five (entered, scheduled, started,
 /// succeeded, exited) and the Choice's two; per loop the Wait's two; plus the execution's
-/// start and end and the final state's two. tests/aws_deploy.rs sees 20 for 2 steps.
+/// start and end and the final state's two. tests/aws/deploy.rs sees 20 for 2 steps.
 fn history_events(steps: u64) -> u64 {
     steps * 7 + (steps - 1) * 2 + 4
 }

@@ -344,7 +344,7 @@ fn functions_get_the_environment_their_code_reads() {
 fn the_state_machine_is_the_definition_the_emulator_test_executes() {
     let t = template();
     let machine = &resources(&t)["DeployStateMachine"]["Properties"];
-    // Relative to the template; tests/aws_deploy.rs runs infra/statemachine/deploy.asl.json.
+    // Relative to the template; tests/aws/deploy.rs runs infra/statemachine/deploy.asl.json.
     assert_eq!(
         machine["DefinitionUri"].as_str(),
         Some("statemachine/deploy.asl.json")
