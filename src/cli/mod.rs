@@ -128,7 +128,7 @@ async fn sync_target<'c>(
 
 /// Every node's installed version next to the live one; changes nothing.
 pub async fn drift(
-    config: &Config,
+    config: &Arc<Config>,
     store: &Store,
     app: &str,
     env: Option<&str>,
@@ -151,7 +151,7 @@ pub async fn drift(
         nodes,
         concurrency: 0,
     };
-    let results = crate::local::fleet::LocalFleet::new(store.clone(), Arc::new(config.clone()))
+    let results = crate::local::fleet::LocalFleet::new(store.clone(), config.clone())
         .run_on(a, e, &cmd)
         .await
         .map_err(port)?;

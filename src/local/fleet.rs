@@ -6,11 +6,10 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use async_trait::async_trait;
 use chrono::Utc;
 use tokio::process::Command as Process;
 use tokio::sync::Semaphore;
-
-use async_trait::async_trait;
 
 use super::store::Store;
 use crate::config::command::Site;

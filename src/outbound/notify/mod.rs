@@ -162,7 +162,7 @@ impl Notify for Notifier {
         memo: &mut NotifyMemo,
         now: DateTime<Utc>,
     ) {
-        let mut state = match serde_json::from_value::<NotifyState>(memo.clone()) {
+        let mut state = match NotifyState::deserialize(&*memo) {
             Ok(state) => state,
             Err(_) if memo.is_null() => NotifyState::default(),
             Err(e) => {
