@@ -19,7 +19,6 @@ use shipit::config::Config;
 use shipit::deploy::job::{DeployJob, Source};
 use shipit::deploy::ports::{JobQueue, Ledger};
 use shipit::deploy::status::JobStatus;
-use shipit::deploy::version::Version;
 use shipit::drive::step::{StepState, Stepper};
 use shipit::drive::{Driver, Outbound};
 
@@ -265,17 +264,7 @@ impl Rig {
 }
 
 fn cli_job(version: &str) -> DeployJob {
-    DeployJob::new(
-        "hello",
-        "production",
-        "hello-app".parse().unwrap(),
-        Version::parse(version).unwrap(),
-        Source::Cli {
-            user: "test".into(),
-            nonce: unique("n"),
-        },
-        Utc::now(),
-    )
+    crate::helpers::cli_job("test", version, &unique("n"))
 }
 
 fn expected_order(nodes: &[String], version: &str) -> Vec<String> {

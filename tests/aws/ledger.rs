@@ -7,21 +7,10 @@ use crate::helpers::*;
 use chrono::{Duration, Utc};
 use shipit::deploy::job::{DeployJob, Source};
 use shipit::deploy::ports::{rollback_target, Ledger, LockInfo};
-use shipit::deploy::version::Version;
 use shipit::local::store::Store;
 
 fn job(version: &str, nonce: &str) -> DeployJob {
-    DeployJob::new(
-        "hello",
-        "production",
-        "hello-app".parse().unwrap(),
-        Version::parse(version).unwrap(),
-        Source::Cli {
-            user: "ann".into(),
-            nonce: nonce.into(),
-        },
-        Utc::now(),
-    )
+    cli_job("ann", version, nonce)
 }
 
 fn manual(reason: &str) -> LockInfo {

@@ -100,6 +100,21 @@ impl Fifo {
     }
 }
 
+/// `hello` VERSION to production, asked for from the CLI by `user`, now.
+pub fn cli_job(user: &str, version: &str, nonce: &str) -> shipit::deploy::job::DeployJob {
+    shipit::deploy::job::DeployJob::new(
+        "hello",
+        "production",
+        "hello-app".parse().unwrap(),
+        shipit::deploy::version::Version::parse(version).unwrap(),
+        shipit::deploy::job::Source::Cli {
+            user: user.into(),
+            nonce: nonce.into(),
+        },
+        Utc::now(),
+    )
+}
+
 pub fn ssm_ledger(ssm: aws_sdk_ssm::Client) -> shipit::aws::ledger::SsmLedger {
     shipit::aws::ledger::SsmLedger::new(ssm, &format!("/{}", unique("shipit")))
 }
