@@ -5,12 +5,18 @@ use aws_sdk_ssm::types::ParameterType;
 use chrono::{DateTime, Utc};
 
 use super::sdk_err;
+use crate::deploy::history::faulty_mark;
 use crate::deploy::job::{DeployJob, JobId};
-use crate::deploy::ports::{HistoryEntry, Ledger, LockInfo, PortError};
+use crate::deploy::ports::{Faulty, HistoryEntry, Ledger, LockInfo, PortError};
+
+/// A standard-tier parameter's value limit.
+const FAULTY_MAX_BYTES: usize = 4096;
 
 /// Parameter Store: `{prefix}/live/{app}/{env}` holds the live job (its parameter
 /// history is the deploy history); `{prefix}/lock/{app}/{env}` exists while someone holds
-/// the app+env, created without overwrite so only one can.
+/// the app+env, created without overwrite so only one can; `{prefix}/faulty/{app}/{env}`
+/// lists the versions rolled back from, newest first, as many as fit in a standard
+/// parameter (4 KB): only a lock holder writes it.
 pub struct SsmLedger {
     client: aws_sdk_ssm::Client,
     prefix: String,
@@ -26,6 +32,10 @@ impl SsmLedger {
 
     fn live(&self, app: &str, env: &str) -> String {
         format!("{}/live/{app}/{env}", self.prefix)
+    }
+
+    fn faulty_list(&self, app: &str, env: &str) -> String {
+        format!("{}/faulty/{app}/{env}", self.prefix)
     }
 
     fn lock(&self, app: &str, env: &str) -> String {
@@ -160,6 +170,37 @@ impl Ledger for SsmLedger {
             .take(limit)
             .map(|v| Ok(serde_json::from_str(v)?))
             .collect()
+    }
+
+    async fn mark_faulty(&self, app: &str, env: &str, mark: &Faulty) -> Result<(), PortError> {
+        let mut marks = self.faulty(app, env).await?;
+        if faulty_mark(&marks, &mark.version).is_some() {
+            return Ok(());
+        }
+        marks.insert(0, mark.clone());
+        let mut value = serde_json::to_string(&marks)?;
+        // The oldest marks go first when the list outgrows the parameter.
+        while value.len() > FAULTY_MAX_BYTES && marks.len() > 1 {
+            marks.pop();
+            value = serde_json::to_string(&marks)?;
+        }
+        self.client
+            .put_parameter()
+            .name(self.faulty_list(app, env))
+            .value(value)
+            .r#type(ParameterType::String)
+            .overwrite(true)
+            .send()
+            .await
+            .map_err(|e| sdk_err("SSM PutParameter", e))?;
+        Ok(())
+    }
+
+    async fn faulty(&self, app: &str, env: &str) -> Result<Vec<Faulty>, PortError> {
+        Ok(self
+            .read(&self.faulty_list(app, env))
+            .await?
+            .unwrap_or_default())
     }
 
     async fn try_lock(

@@ -3,7 +3,7 @@
 pub mod demo;
 pub mod views;
 
-use views::{ActiveJob, EnvStatus, Live, NodeVersion};
+use views::{ActiveJob, EnvStatus, HistoryRow, Live, NodeVersion};
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,8 +14,9 @@ use tokio::sync::watch;
 
 use crate::config::{App, Config};
 use crate::deploy::engine::Notice;
+use crate::deploy::history::{faulty_mark, rollback_target};
 use crate::deploy::job::{DeployJob, JobId, Source};
-use crate::deploy::ports::{rollback_target, JobQueue, Ledger};
+use crate::deploy::ports::{JobQueue, Ledger};
 use crate::deploy::status::JobStatus;
 use crate::deploy::version::Version;
 use crate::drive::worker::Worker;
@@ -204,12 +205,9 @@ pub async fn rollback(
 ) -> anyhow::Result<DeployJob> {
     let (a, env) = target(config, app, env)?;
     let history = store.history(&a.name, &env, 50).await.map_err(port)?;
-    let (live, previous) = rollback_target(&history).ok_or_else(|| {
-        anyhow!(
-            "nothing to roll back to: {}/{env} has no earlier version on record",
-            a.name
-        )
-    })?;
+    let faulty = store.faulty(&a.name, &env).await.map_err(port)?;
+    let (live, previous) = rollback_target(&history, &faulty)
+        .map_err(|why| anyhow!("nothing to roll back to on {}/{env}: {why}", a.name))?;
     let job = previous.rollback(Some(&live.id), cli_source(), Utc::now());
     store
         .enqueue(std::slice::from_ref(&job))
@@ -335,6 +333,13 @@ pub async fn status(config: &Config, store: &Store) -> anyhow::Result<Vec<EnvSta
                     by: e.job.requested_by,
                 }),
                 lock: store.lock_state(&app.name, env, now).await.map_err(port)?,
+                faulty: store
+                    .faulty(&app.name, env)
+                    .await
+                    .map_err(port)?
+                    .into_iter()
+                    .map(|f| f.version)
+                    .collect(),
                 jobs: jobs
                     .iter()
                     .filter(|q| q.job.group() == group && q.status.is_pending())
@@ -350,12 +355,24 @@ pub async fn status(config: &Config, store: &Store) -> anyhow::Result<Vec<EnvSta
     Ok(out)
 }
 
+/// The last deploys of APP, newest first, each with the mark on its version if it was
+/// rolled back from.
 pub async fn history(
     config: &Config,
     store: &Store,
     app: &str,
     env: Option<&str>,
-) -> anyhow::Result<Vec<crate::deploy::ports::HistoryEntry>> {
+) -> anyhow::Result<Vec<HistoryRow>> {
     let (a, env) = target(config, app, env)?;
-    store.history(&a.name, &env, 50).await.map_err(port)
+    let faulty = store.faulty(&a.name, &env).await.map_err(port)?;
+    Ok(store
+        .history(&a.name, &env, 50)
+        .await
+        .map_err(port)?
+        .into_iter()
+        .map(|entry| HistoryRow {
+            faulty: faulty_mark(&faulty, &entry.job.version).cloned(),
+            entry,
+        })
+        .collect())
 }

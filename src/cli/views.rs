@@ -5,9 +5,10 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use crate::deploy::engine::{NodeState, Notice};
+use crate::deploy::history::{Faulty, HistoryEntry};
 use crate::deploy::job::JobId;
-use crate::deploy::ports::{HistoryEntry, LockInfo};
-use crate::deploy::report::{lock_phrase, node_phrase, NOTHING_LIVE};
+use crate::deploy::ports::LockInfo;
+use crate::deploy::report::{faulty_phrase, lock_phrase, node_phrase, NOTHING_LIVE};
 use crate::deploy::status::{describe, JobStatus};
 use crate::deploy::version::Version;
 use crate::local::store::jobs::QueuedJob;
@@ -28,6 +29,9 @@ pub struct EnvStatus {
     pub env: String,
     pub live: Option<Live>,
     pub lock: Option<LockInfo>,
+    /// Versions rolled back from, newest mark first: no rollback or automatic job sends
+    /// them out again.
+    pub faulty: Vec<Version>,
     /// Queued and running jobs, oldest first.
     pub jobs: Vec<ActiveJob>,
 }
@@ -59,6 +63,12 @@ pub fn print_status(status: &[EnvStatus]) {
             .map(|j| format!("{} {}", j.status, j.version))
             .collect();
         let lock = s.lock.as_ref().map(lock_phrase).unwrap_or_default();
+        let faulty = if s.faulty.is_empty() {
+            String::new()
+        } else {
+            let versions: Vec<String> = s.faulty.iter().map(|v| v.to_string()).collect();
+            format!("faulty: {}", versions.join(", "))
+        };
         println!(
             "{:<24} {:<12} {:<22} {}",
             format!("{}/{}", s.app, s.env),
@@ -69,7 +79,7 @@ pub fn print_status(status: &[EnvStatus]) {
                 .since
                 .format("%Y-%m-%d %H:%M:%S")
                 .to_string()),
-            [jobs.join(", "), lock]
+            [jobs.join(", "), lock, faulty]
                 .into_iter()
                 .filter(|s| !s.is_empty())
                 .collect::<Vec<_>>()
@@ -100,7 +110,16 @@ pub fn print_jobs(jobs: &[QueuedJob]) {
     }
 }
 
-pub fn print_history(entries: &[HistoryEntry]) -> anyhow::Result<()> {
+/// One line of `shipit history`.
+#[derive(Debug, Clone, Serialize)]
+pub struct HistoryRow {
+    #[serde(flatten)]
+    pub entry: HistoryEntry,
+    /// Set when this version was rolled back from since.
+    pub faulty: Option<Faulty>,
+}
+
+pub fn print_history(entries: &[HistoryRow]) -> anyhow::Result<()> {
     if entries.is_empty() {
         println!("{NOTHING_LIVE}");
         return Ok(());
@@ -109,14 +128,17 @@ pub fn print_history(entries: &[HistoryEntry]) -> anyhow::Result<()> {
         "{:<20} {:<12} {:<22} {:<22} SOURCE",
         "WHEN (UTC)", "VERSION", "JOB", "BY"
     );
-    for e in entries {
-        let j = &e.job;
+    for row in entries {
+        let (e, j) = (&row.entry, &row.entry.job);
         let mut source = serde_json::to_value(&j.source)?["kind"]
             .as_str()
             .unwrap_or("")
             .to_string();
         if j.forced_by.is_some() {
             source.push_str(", forced");
+        }
+        if let Some(mark) = &row.faulty {
+            source.push_str(&format!(" — {}", faulty_phrase(mark)));
         }
         println!(
             "{:<20} {:<12} {:<22} {:<22} {source}",

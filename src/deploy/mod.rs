@@ -4,6 +4,7 @@
 
 pub mod command;
 pub mod engine;
+pub mod history;
 pub mod job;
 pub mod lock;
 pub mod ports;

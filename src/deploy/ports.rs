@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use super::command::{Command, NodeResult};
 use super::engine::{Deploy, Notice, Verdict};
+pub use super::history::{Faulty, HistoryEntry};
 use super::job::{DeployJob, JobId};
 pub use super::lock::LockInfo;
 use super::version::Version;
@@ -100,12 +101,6 @@ pub trait Fleet: Send + Sync {
     ) -> Result<Vec<(String, NodeResult)>, PortError>;
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct HistoryEntry {
-    pub job: DeployJob,
-    pub recorded_at: DateTime<Utc>,
-}
-
 /// What is live where, and who holds which app+env.
 #[async_trait]
 pub trait Ledger: Send + Sync {
@@ -118,6 +113,10 @@ pub trait Ledger: Send + Sync {
         env: &str,
         limit: usize,
     ) -> Result<Vec<HistoryEntry>, PortError>;
+    /// Marks a version rolled back from. Marking a version again keeps the first mark.
+    async fn mark_faulty(&self, app: &str, env: &str, mark: &Faulty) -> Result<(), PortError>;
+    /// The versions marked faulty on app+env, newest mark first.
+    async fn faulty(&self, app: &str, env: &str) -> Result<Vec<Faulty>, PortError>;
     /// Takes the lock, replacing an expired one. `Err(current)` if someone holds it.
     async fn try_lock(
         &self,
@@ -137,16 +136,4 @@ pub trait Ledger: Send + Sync {
         env: &str,
         now: DateTime<Utc>,
     ) -> Result<Option<LockInfo>, PortError>;
-}
-
-/// The live job and the one a rollback would restore: the newest earlier entry with a
-/// different version (re-deploys of the live version are skipped).
-pub fn rollback_target(history: &[HistoryEntry]) -> Option<(&DeployJob, &DeployJob)> {
-    let live = &history.first()?.job;
-    let previous = history
-        .iter()
-        .skip(1)
-        .map(|h| &h.job)
-        .find(|j| j.version != live.version)?;
-    Some((live, previous))
 }

@@ -2,9 +2,9 @@
 //! it: the CLI, chat replies and notifications. Notices have theirs in `status::describe`.
 
 use super::engine::NodeState;
+use super::history::{Faulty, HistoryEntry};
 use super::job::DeployJob;
 use super::lock::LockInfo;
-use super::ports::HistoryEntry;
 
 pub const NOTHING_LIVE: &str = "nothing deployed yet";
 
@@ -43,17 +43,33 @@ pub fn forced_note(job: &DeployJob) -> String {
     })
 }
 
-/// One past deploy: `1.2.0 — job … — 2026-11-24 10:00 UTC — by …`.
-pub fn history_line(entry: &HistoryEntry) -> String {
+/// One past deploy: `1.2.0 — job … — 2026-11-24 10:00 UTC — by …`, and what marked its
+/// version faulty if something did.
+pub fn history_line(entry: &HistoryEntry, mark: Option<&Faulty>) -> String {
     let job = &entry.job;
     format!(
-        "{} — job {} — {} — by {}{}",
+        "{} — job {} — {} — by {}{}{}",
         job.version,
         job.id,
         entry.recorded_at.format("%Y-%m-%d %H:%M UTC"),
         job.requested_by,
-        forced_note(job)
+        forced_note(job),
+        mark.map_or(String::new(), |m| format!(" — {}", faulty_phrase(m)))
     )
+}
+
+/// `1.1.0, 1.0.2`: the versions marked faulty, newest mark first.
+pub fn faulty_versions(marks: &[Faulty]) -> String {
+    marks
+        .iter()
+        .map(|m| m.version.to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// `FAULTY: rolled back to 1.0.0 by …`.
+pub fn faulty_phrase(mark: &Faulty) -> String {
+    format!("FAULTY: {}", mark.reason)
 }
 
 /// Where a node of a deploy is.
@@ -116,8 +132,16 @@ mod tests {
         );
         assert_eq!(live_line(None), NOTHING_LIVE);
         let forced = entry(Some("@ann"));
-        assert!(history_line(&forced).ends_with(", forced past the gate by @ann"));
-        assert!(!history_line(&e).contains("forced"));
+        assert!(history_line(&forced, None).ends_with(", forced past the gate by @ann"));
+        assert!(!history_line(&e, None).contains("forced"));
+        let mark = Faulty {
+            version: e.job.version.clone(),
+            job: e.job.id.clone(),
+            reason: "rolled back to 1.1.0 by ann".into(),
+            at: e.recorded_at,
+        };
+        assert!(history_line(&e, Some(&mark))
+            .ends_with(" — by ann — FAULTY: rolled back to 1.1.0 by ann"));
     }
 
     #[test]

@@ -112,6 +112,10 @@ pub fn describe(n: &Notice) -> String {
             None if detail.is_empty() => format!("{node}: no version installed"),
             None => format!("{node}: no version installed ({detail})"),
         },
+        Notice::MarkedFaulty { version, reason } => format!("{version} marked faulty: {reason}"),
+        Notice::DeployingFaulty { mark } => {
+            format!("deploying {}, marked faulty: {}", mark.version, mark.reason)
+        }
         Notice::Finished { outcome } => match outcome {
             Outcome::Succeeded { failed_installs } if failed_installs.is_empty() => {
                 "succeeded".into()

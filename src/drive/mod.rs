@@ -14,6 +14,7 @@ use chrono::{DateTime, Utc};
 use crate::config::secrets::Secrets;
 use crate::config::{App, Config};
 use crate::deploy::engine::{Action, Deploy, Notice, Observation, Outcome, LOCK_TTL_SECONDS};
+use crate::deploy::history::{faulty_mark, Faulty};
 use crate::deploy::job::DeployJob;
 use crate::deploy::ports::{
     Backlog, Fleet, Gate, Ledger, LockInfo, Notify, NotifyMemo, PortError, Refused, Sent,
@@ -99,6 +100,8 @@ impl Driver {
                     Some(b) => b.newer_queued(job).await?,
                     None => None,
                 },
+                faulty: faulty_mark(&self.ledger.faulty(&job.app, &job.env).await?, &job.version)
+                    .cloned(),
             },
             Action::ResolveNodes => Observation::Nodes {
                 nodes: self.fleet.resolve(job).await?,
@@ -113,6 +116,16 @@ impl Driver {
             Action::Record => {
                 self.ledger.record(job, now).await?;
                 Observation::Recorded
+            }
+            Action::MarkFaulty { version, reason } => {
+                let mark = Faulty {
+                    version: version.clone(),
+                    job: job.id.clone(),
+                    reason: reason.clone(),
+                    at: now,
+                };
+                self.ledger.mark_faulty(&job.app, &job.env, &mark).await?;
+                Observation::MarkedFaulty
             }
             Action::Unlock => {
                 self.ledger.release(&job.app, &job.env, &job.id).await?;

@@ -10,9 +10,12 @@ use serde_json::json;
 
 use super::{verify_hmac_sha256, Ingress, Reply};
 use crate::config::{App, Environment};
+use crate::deploy::history::{faulty_mark, rollback_target};
 use crate::deploy::job::{DeployJob, Source};
-use crate::deploy::ports::{rollback_target, LockInfo};
-use crate::deploy::report::{forced_note, history_line, live_line, lock_line, NOTHING_LIVE};
+use crate::deploy::ports::LockInfo;
+use crate::deploy::report::{
+    faulty_versions, forced_note, history_line, live_line, lock_line, NOTHING_LIVE,
+};
 use crate::deploy::version::Version;
 
 /// Slack's advice: refuse requests more than five minutes from now (replays).
@@ -341,11 +344,23 @@ impl Ingress {
                 ))
             }
         };
-        let Some((live, previous)) = rollback_target(&history) else {
-            return say(format!(
-                "Nothing to roll back to: {}/{} has no earlier version on record.",
-                app.name, env.name
-            ));
+        let faulty = match self.ledger.faulty(&app.name, &env.name).await {
+            Ok(f) => f,
+            Err(e) => {
+                return say(format!(
+                    "Cannot read the faulty versions of {}/{} ({e}); nothing was queued.",
+                    app.name, env.name
+                ))
+            }
+        };
+        let (live, previous) = match rollback_target(&history, &faulty) {
+            Ok(t) => t,
+            Err(why) => {
+                return say(format!(
+                    "Nothing to roll back to on {}/{}: {why}.",
+                    app.name, env.name
+                ))
+            }
         };
         let job = previous.rollback(Some(&live.id), cmd.source(), now);
         self.chat_enqueue(job, &format!("rollback from {} to ", live.version))
@@ -429,21 +444,38 @@ impl Ingress {
                     Ok(None) => String::new(),
                     Err(e) => format!(" — lock unknown: {e}"),
                 };
-                lines.push(format!("{}/{}: {live}{lock}", app.name, env.name));
+                let faulty = match self.ledger.faulty(&app.name, &env.name).await {
+                    Ok(f) if f.is_empty() => String::new(),
+                    Ok(f) => format!(" — faulty: {}", faulty_versions(&f)),
+                    Err(e) => format!(" — faulty versions unknown: {e}"),
+                };
+                lines.push(format!("{}/{}: {live}{lock}{faulty}", app.name, env.name));
             }
         }
         say(lines.join("\n"))
     }
 
     async fn history_text(&self, app: &App, env: &Environment) -> Reply {
-        match self.ledger.history(&app.name, &env.name, 10).await {
-            Ok(h) if h.is_empty() => say(format!("{}/{}: {NOTHING_LIVE}.", app.name, env.name)),
-            Ok(h) => {
+        let read = async {
+            let h = self.ledger.history(&app.name, &env.name, 10).await?;
+            let f = self.ledger.faulty(&app.name, &env.name).await?;
+            Ok::<_, crate::deploy::ports::PortError>((h, f))
+        };
+        match read.await {
+            Ok((h, _)) if h.is_empty() => {
+                say(format!("{}/{}: {NOTHING_LIVE}.", app.name, env.name))
+            }
+            Ok((h, faulty)) => {
                 let mut lines = vec![format!(
                     "Last deploys of {}/{} (newest first):",
                     app.name, env.name
                 )];
-                lines.extend(h.iter().map(|e| format!("• {}", history_line(e))));
+                lines.extend(h.iter().map(|e| {
+                    format!(
+                        "• {}",
+                        history_line(e, faulty_mark(&faulty, &e.job.version))
+                    )
+                }));
                 say(lines.join("\n"))
             }
             Err(e) => say(format!(

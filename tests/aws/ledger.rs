@@ -5,8 +5,9 @@ use std::sync::Arc;
 
 use crate::helpers::*;
 use chrono::{Duration, Utc};
+use shipit::deploy::history::{rollback_target, Faulty};
 use shipit::deploy::job::{DeployJob, Source};
-use shipit::deploy::ports::{rollback_target, Ledger, LockInfo};
+use shipit::deploy::ports::{Ledger, LockInfo};
 use shipit::local::store::Store;
 
 fn job(version: &str, nonce: &str) -> DeployJob {
@@ -38,7 +39,7 @@ async fn ledger_contract(ledger: &dyn Ledger) {
         .await
         .unwrap()
         .is_empty());
-    assert!(rollback_target(&[]).is_none());
+    assert!(rollback_target(&[], &[]).is_err());
 
     let (j1, j2, j3) = (job("1.0.0", "a"), job("1.1.0", "b"), job("1.1.0", "c"));
     for j in [&j1, &j2, &j3] {
@@ -64,11 +65,43 @@ async fn ledger_contract(ledger: &dyn Ledger) {
         2
     );
     // A re-deploy of the live version is skipped: rollback goes to the last other one.
-    let (live, previous) = rollback_target(&h).unwrap();
+    let (live, previous) = rollback_target(&h, &[]).unwrap();
     assert_eq!(
         (live.id.clone(), previous.id.clone()),
         (j3.id.clone(), j1.id.clone())
     );
+
+    // Marks: per app+env, newest first, the first mark of a version kept; a rollback
+    // never lands on a marked version.
+    assert!(ledger
+        .faulty("hello", "production")
+        .await
+        .unwrap()
+        .is_empty());
+    let mark = |version: &DeployJob, reason: &str| Faulty {
+        version: version.version.clone(),
+        job: j3.id.clone(),
+        reason: reason.into(),
+        at: now,
+    };
+    ledger
+        .mark_faulty("hello", "production", &mark(&j1, "first"))
+        .await
+        .unwrap();
+    ledger
+        .mark_faulty("hello", "production", &mark(&j1, "again"))
+        .await
+        .unwrap();
+    ledger
+        .mark_faulty("hello", "production", &mark(&j2, "second"))
+        .await
+        .unwrap();
+    let faulty = ledger.faulty("hello", "production").await.unwrap();
+    let reasons: Vec<_> = faulty.iter().map(|f| f.reason.as_str()).collect();
+    assert_eq!(reasons, ["second", "first"]);
+    assert!(ledger.faulty("hello", "staging").await.unwrap().is_empty());
+    let why = rollback_target(&h, &faulty).unwrap_err();
+    assert!(why.contains("marked faulty (1.0.0)"), "{why}");
 
     assert_eq!(
         ledger

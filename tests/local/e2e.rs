@@ -1,148 +1,15 @@
 //! End to end on one machine: real virtualenvs, real `pip install` of real wheels, real
 //! service processes, driven by the worker through the SQLite store.
 
-use std::path::PathBuf;
 use std::process::Command;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::helpers::pip_app_toml;
-use shipit::config::Config;
+use crate::example::Example;
 use shipit::deploy::engine::Notice;
 use shipit::deploy::job::JobId;
 use shipit::deploy::ports::Ledger;
 use shipit::deploy::status::JobStatus;
 use shipit::drive::worker::Worker;
-use shipit::local::store::Store;
-
-struct Example {
-    dir: tempfile::TempDir,
-    nodes: Vec<(String, u16)>,
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-impl Example {
-    /// `n` nodes with their own virtualenvs; wheels 1.0.0, 1.1.0 and a broken 1.2.0.
-    fn new(n: usize) -> Example {
-        let dir = tempfile::tempdir().unwrap();
-        let nodes: Vec<(String, u16)> =
-            (1..=n).map(|i| (format!("node{i}"), free_port())).collect();
-        let names: Vec<String> = nodes.iter().map(|(n, _)| n.clone()).collect();
-        shipit::cli::demo::set_up_nodes(dir.path(), &names, &["1.0.0", "1.1.0", "1.2.0:broken"])
-            .unwrap();
-        let ex = Example { dir, nodes };
-        ex.write_config();
-        ex
-    }
-
-    fn write_config(&self) {
-        std::fs::write(self.config_path(), pip_app_toml(&self.nodes, 10)).unwrap();
-    }
-
-    /// A new node with an empty virtualenv, added to the config.
-    fn add_node(&mut self, name: &str) {
-        let dir = self.dir.path().join("nodes").join(name);
-        std::fs::create_dir_all(&dir).unwrap();
-        let venv = Command::new("python3")
-            .args(["-m", "venv", "venv"])
-            .current_dir(&dir)
-            .status()
-            .unwrap();
-        assert!(venv.success());
-        self.nodes.push((name.to_string(), free_port()));
-        self.write_config();
-    }
-
-    /// Installs `version` on `node` by hand, behind shipit's back.
-    fn pip_install(&self, node: &str, version: &str) {
-        let out = Command::new("venv/bin/pip")
-            .args([
-                "install",
-                "--quiet",
-                "--no-index",
-                "--find-links",
-                "../../wheelhouse",
-            ])
-            .arg(format!("hello-app=={version}"))
-            .current_dir(self.dir.path().join("nodes").join(node))
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{out:?}");
-    }
-
-    fn shipit(&self, args: &[&str]) -> (i32, String) {
-        let out = Command::new(env!("CARGO_BIN_EXE_shipit"))
-            .arg("--config")
-            .arg(self.config_path())
-            .args(args)
-            .env("RUST_LOG", "warn")
-            .output()
-            .unwrap();
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        (out.status.code().unwrap_or(-1), text)
-    }
-
-    fn config_path(&self) -> PathBuf {
-        self.dir.path().join("shipit.toml")
-    }
-
-    fn config(&self) -> Arc<Config> {
-        Arc::new(Config::load(&self.config_path()).unwrap())
-    }
-
-    fn store(&self) -> Store {
-        Store::open(&self.config().server.state).unwrap()
-    }
-
-    fn served(&self) -> Vec<String> {
-        self.nodes
-            .iter()
-            .map(|(_, port)| {
-                let out = Command::new("python3")
-                    .args(["-c", &format!("import urllib.request as u; print(u.urlopen('http://127.0.0.1:{port}/version', timeout=5).read().decode().strip())")])
-                    .output()
-                    .unwrap();
-                String::from_utf8_lossy(&out.stdout).trim().to_string()
-            })
-            .collect()
-    }
-
-    /// How often `node` started serving `version` (each restart prints one line).
-    fn starts(&self, node: &str, version: &str) -> usize {
-        let log =
-            std::fs::read_to_string(self.dir.path().join("nodes").join(node).join("service.log"))
-                .unwrap_or_default();
-        log.lines()
-            .filter(|l| *l == format!("hello-app {version} serving on {}", self.port(node)))
-            .count()
-    }
-
-    fn port(&self, node: &str) -> u16 {
-        self.nodes.iter().find(|(n, _)| n == node).unwrap().1
-    }
-}
-
-impl Drop for Example {
-    fn drop(&mut self) {
-        for (name, _) in &self.nodes {
-            let _ = Command::new("venv/bin/python")
-                .args(["-m", "hello_app.ctl", "stop", "0"])
-                .current_dir(self.dir.path().join("nodes").join(name))
-                .output();
-        }
-    }
-}
 
 async fn deploy(ex: &Example, version: &str) -> (JobId, JobStatus, Vec<Notice>) {
     let (config, store) = (ex.config(), ex.store());
@@ -231,7 +98,7 @@ async fn installs_in_parallel_restarts_in_order_and_rolls_back_a_bad_version() {
     assert_eq!(
         history
             .iter()
-            .map(|h| h.job.version.to_string())
+            .map(|h| h.entry.job.version.to_string())
             .collect::<Vec<_>>(),
         ["1.1.0", "1.0.0"],
         "a failed deploy is not history"

@@ -6,6 +6,8 @@
 mod helpers;
 
 mod e2e;
+mod example;
 mod gate;
 mod notify;
+mod safety;
 mod serve;

@@ -224,6 +224,10 @@ impl Deploy {
                 )
             }
             Phase::Record => Action::Record,
+            Phase::MarkFaulty { version, reason } => Action::MarkFaulty {
+                version: version.clone(),
+                reason: reason.clone(),
+            },
             Phase::Unlock => Action::Unlock,
             Phase::Done => Action::Finished(self.outcome.clone().unwrap_or(Outcome::Failed {
                 reason: "finished without an outcome".into(),
@@ -251,14 +255,26 @@ impl Deploy {
             (Action::Inspect, Observation::Inspected { live, .. }) if self.is_sync() => {
                 self.on_live_for_sync(live, n)
             }
-            (Action::Inspect, Observation::Inspected { live, newer_queued }) => {
-                self.on_inspected(live, newer_queued, n)
-            }
+            (
+                Action::Inspect,
+                Observation::Inspected {
+                    live,
+                    newer_queued,
+                    faulty,
+                },
+            ) => self.on_inspected(live, newer_queued, faulty, n),
             (Action::ResolveNodes, Observation::Nodes { nodes }) => self.on_nodes(nodes, n),
             (Action::Run(cmd), Observation::Ran { key, results }) if key == cmd.key => {
                 self.on_ran(now, cmd, results, n)
             }
-            (Action::Record, Observation::Recorded) => self.phase = Phase::Unlock,
+            (Action::Record, Observation::Recorded) => self.on_recorded(),
+            (Action::MarkFaulty { version, reason }, Observation::MarkedFaulty) => {
+                n.push(Notice::MarkedFaulty {
+                    version: version.clone(),
+                    reason: reason.clone(),
+                });
+                self.phase = Phase::Unlock;
+            }
             (Action::Unlock, Observation::Unlocked) => {
                 self.locked = false;
                 self.phase = Phase::Done;
@@ -276,10 +292,27 @@ impl Deploy {
         Ok(notices)
     }
 
-    /// Ends with `outcome`: through Unlock if the lock is ours.
+    /// Ends with `outcome`: through Unlock if the lock is ours, marking the job's version
+    /// faulty first if this deploy rolled back from it.
     fn finish(&mut self, outcome: Outcome, notices: &mut Vec<Notice>) {
         self.outcome = Some(outcome.clone());
-        if self.locked {
+        let rolled_back = matches!(
+            outcome,
+            Outcome::Failed {
+                rolled_back: true,
+                ..
+            } | Outcome::RollbackFailed { .. }
+        );
+        if self.locked && rolled_back && !self.is_sync() {
+            self.phase = Phase::MarkFaulty {
+                version: self.job.version.clone(),
+                reason: format!(
+                    "job {} rolled back from it: {}",
+                    self.job.id,
+                    outcome.reason().unwrap_or_default()
+                ),
+            };
+        } else if self.locked {
             self.phase = Phase::Unlock;
         } else {
             self.phase = Phase::Done;

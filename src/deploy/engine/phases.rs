@@ -4,6 +4,7 @@ use chrono::{DateTime, Duration, Utc};
 
 use super::*;
 use crate::deploy::command::{Command, NodeResult};
+use crate::deploy::history::Faulty;
 use crate::deploy::job::{DeployJob, Source};
 use crate::deploy::lock::LockInfo;
 use crate::deploy::version::Version;
@@ -140,34 +141,79 @@ impl Deploy {
         &mut self,
         live: Option<Box<DeployJob>>,
         newer_queued: Option<Version>,
+        faulty: Option<Faulty>,
         notices: &mut Vec<Notice>,
     ) {
-        let skip =
-            if let (true, Some(newer)) = (self.job.source.is_automatic(), newer_queued.as_ref()) {
-                Some(format!("superseded by {newer}, queued behind it"))
-            } else {
-                match &live {
-                    Some(l) if self.job.source.is_automatic() && l.version == self.job.version => {
-                        Some(format!("{} is already live (job {})", l.version, l.id))
-                    }
-                    Some(l)
-                        if self.job.source.is_automatic()
-                            && l.requested_at > self.job.requested_at
-                            && l.version.is_newer_than(&self.job.version) =>
-                    {
-                        Some(format!(
-                            "superseded: {} went live while this job waited",
-                            l.version
-                        ))
-                    }
-                    _ => None,
-                }
-            };
+        let skip = self.skip_reason(live.as_deref(), newer_queued, faulty.as_ref());
         self.previous = live.map(|l| l.version);
         match skip {
             Some(reason) => self.finish(Outcome::Skipped { reason }, notices),
-            None => self.phase = Phase::Resolve,
+            None => {
+                if let Some(mark) = faulty {
+                    notices.push(Notice::DeployingFaulty { mark });
+                }
+                self.phase = Phase::Resolve;
+            }
         }
+    }
+
+    /// Why this job must not deploy, seen from what is live now. People may send any
+    /// version anywhere; automatic jobs never go back, and a rollback undoes only the
+    /// deploy it was asked to undo.
+    fn skip_reason(
+        &self,
+        live: Option<&DeployJob>,
+        newer_queued: Option<Version>,
+        faulty: Option<&Faulty>,
+    ) -> Option<String> {
+        let v = &self.job.version;
+        if let Source::Rollback { replaces, .. } = &self.job.source {
+            return match (replaces, live) {
+                (Some(r), Some(l)) if &l.id != r => Some(format!(
+                    "{} went live since this rollback was asked for (it was to undo job {r}): ask again",
+                    l.version
+                )),
+                _ => faulty.map(|f| {
+                    format!("{v} was marked faulty since this rollback was asked for: {}", f.reason)
+                }),
+            };
+        }
+        if !self.job.source.is_automatic() {
+            return None;
+        }
+        if let Some(newer) = newer_queued {
+            return Some(format!("superseded by {newer}, queued behind it"));
+        }
+        match (live, faulty) {
+            (Some(l), _) if l.version.same_as(v) => {
+                Some(format!("{} is already live (job {})", l.version, l.id))
+            }
+            (Some(l), _) if l.version.is_newer_than(v) => Some(format!(
+                "{v} is older than live {}; deploy it by hand to go back",
+                l.version
+            )),
+            (_, Some(f)) => Some(format!(
+                "{v} is marked faulty ({}); deploy it by hand to send it out anyway",
+                f.reason
+            )),
+            _ => None,
+        }
+    }
+
+    /// Live now; a rollback also marks the version it replaced.
+    pub(super) fn on_recorded(&mut self) {
+        self.phase = match (&self.job.source, &self.previous) {
+            (Source::Rollback { .. }, Some(from)) if !from.same_as(&self.job.version) => {
+                Phase::MarkFaulty {
+                    version: from.clone(),
+                    reason: format!(
+                        "rolled back to {} by {} (job {})",
+                        self.job.version, self.job.requested_by, self.job.id
+                    ),
+                }
+            }
+            _ => Phase::Unlock,
+        };
     }
 
     pub(super) fn on_nodes(&mut self, mut nodes: Vec<String>, notices: &mut Vec<Notice>) {

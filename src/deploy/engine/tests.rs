@@ -64,6 +64,7 @@ struct Twin {
     live: Option<DeployJob>,
     newer: Option<Version>,
     recorded: Vec<JobId>,
+    faulty: Vec<crate::deploy::history::Faulty>,
     waited: Vec<u64>,
     /// What each node has installed, as its version command prints it.
     installed: HashMap<String, String>,
@@ -125,6 +126,7 @@ impl Twin {
             Action::Inspect => Observation::Inspected {
                 live: self.live.clone().map(Box::new),
                 newer_queued: self.newer.clone(),
+                faulty: None,
             },
             Action::ResolveNodes => Observation::Nodes {
                 nodes: self.nodes.clone(),
@@ -196,6 +198,15 @@ impl Twin {
                     }));
                 Observation::Recorded
             }
+            Action::MarkFaulty { version, reason } => {
+                self.faulty.push(crate::deploy::history::Faulty {
+                    version: version.clone(),
+                    job: JobId::derive("x", "x", version, "x"),
+                    reason: reason.clone(),
+                    at: self.now(),
+                });
+                Observation::MarkedFaulty
+            }
             Action::Unlock => {
                 self.lock = None;
                 Observation::Unlocked
@@ -222,7 +233,11 @@ impl Twin {
             if let Action::Record = action {
                 self.live = Some(deploy.job.clone());
             }
-            let obs = self.execute(&action);
+            let mut obs = self.execute(&action);
+            if let Observation::Inspected { faulty, .. } = &mut obs {
+                *faulty =
+                    crate::deploy::history::faulty_mark(&self.faulty, &deploy.job.version).cloned();
+            }
             if crash_every.is_some_and(|n| step % n == 0) {
                 continue; // the observation is lost; the saved state asks again
             }
@@ -617,15 +632,131 @@ fn superseded_and_already_live_automatic_jobs_are_skipped() {
         matches!(&outcome, Outcome::Skipped { reason } if reason.starts_with("1.1.0 is already live")),
         "{outcome:?}"
     );
+}
 
-    // A newer version that went live while this automatic job waited wins.
-    let mut twin = Twin::new(&["n1"], None);
-    let mut newer = job("1.2.0", false);
-    newer.requested_at = t0() + Duration::seconds(5);
-    twin.live = Some(newer);
-    let (outcome, _) = run(&mut twin, job("1.1.0", true), policy());
+#[test]
+fn an_automatic_job_never_lowers_the_live_version_but_a_person_may() {
+    // An older wheel uploaded (or an old tag pushed) after a newer version went live,
+    // whenever either was asked for.
+    for asked_later in [false, true] {
+        let mut twin = Twin::new(&["n1"], Some("2.0.0"));
+        let mut old = job("1.5.0", true);
+        if asked_later {
+            old.requested_at = t0() + Duration::hours(1);
+        }
+        let (outcome, _) = run(&mut twin, old, policy());
+        assert_eq!(
+            outcome,
+            Outcome::Skipped {
+                reason: "1.5.0 is older than live 2.0.0; deploy it by hand to go back".into()
+            }
+        );
+        assert!(twin.log.is_empty() && twin.recorded.is_empty() && twin.lock.is_none());
+    }
+    let mut twin = Twin::new(&["n1"], Some("2.0.0"));
+    let (outcome, _) = run(&mut twin, job("1.5.0", false), policy());
+    assert_eq!(outcome, succeeded());
+    assert_eq!(twin.live.unwrap().version.as_str(), "1.5.0");
+}
+
+fn mark(version: &str) -> crate::deploy::history::Faulty {
+    crate::deploy::history::Faulty {
+        version: Version::parse(version).unwrap(),
+        job: JobId::derive(
+            "hello",
+            "production",
+            &Version::parse(version).unwrap(),
+            "x",
+        ),
+        reason: "job x rolled back from it".into(),
+        at: t0(),
+    }
+}
+
+#[test]
+fn a_failed_health_check_marks_the_version_faulty_and_automatic_jobs_skip_it() {
+    let mut twin = Twin::new(&["n1", "n2"], Some("1.0.0")).fail(CommandKind::Health, "n1", "1.1.0");
+    let (outcome, notices) = run(&mut twin, job("1.1.0", false), policy());
+    assert!(matches!(
+        outcome,
+        Outcome::Failed {
+            rolled_back: true,
+            ..
+        }
+    ));
+    let versions: Vec<_> = twin.faulty.iter().map(|f| f.version.as_str()).collect();
+    assert_eq!(versions, ["1.1.0"]);
     assert!(
-        matches!(&outcome, Outcome::Skipped { reason } if reason.contains("1.2.0 went live while this job waited")),
+        twin.faulty[0].reason.contains("n1 failed its health check"),
+        "{}",
+        twin.faulty[0].reason
+    );
+    assert!(notices
+        .iter()
+        .any(|n| matches!(n, Notice::MarkedFaulty { version, .. } if version.as_str() == "1.1.0")));
+    assert!(twin.lock.is_none());
+
+    // The same version, tagged again or uploaded again, stays out.
+    let before = twin.log.len();
+    let (outcome, _) = run(&mut twin, job("1.1", true), policy());
+    assert!(
+        matches!(&outcome, Outcome::Skipped { reason } if reason.starts_with("1.1 is marked faulty (job ")),
+        "{outcome:?}"
+    );
+    assert_eq!(twin.log.len(), before);
+
+    // A person may still send it out, and is told.
+    let mut twin = Twin::new(&["n1"], Some("1.0.0"));
+    twin.faulty.push(mark("1.1.0"));
+    let (outcome, notices) = run(&mut twin, job("1.1.0", false), policy());
+    assert_eq!(outcome, succeeded());
+    assert!(notices.iter().any(
+        |n| matches!(n, Notice::DeployingFaulty { mark } if mark.version.as_str() == "1.1.0")
+    ));
+}
+
+fn rollback_of(live: &DeployJob, to: &str) -> DeployJob {
+    job(to, false).rollback(
+        Some(&live.id),
+        Source::Cli {
+            user: "ann".into(),
+            nonce: "rb".into(),
+        },
+        t0(),
+    )
+}
+
+#[test]
+fn a_rollback_marks_the_version_it_replaced_and_undoes_only_that_deploy() {
+    let mut twin = Twin::new(&["n1"], Some("1.1.0"));
+    let live = twin.live.clone().unwrap();
+    let (outcome, notices) = run(&mut twin, rollback_of(&live, "1.0.0"), policy());
+    assert_eq!(outcome, succeeded());
+    let versions: Vec<_> = twin.faulty.iter().map(|f| f.version.as_str()).collect();
+    assert_eq!(versions, ["1.1.0"]);
+    assert!(twin.faulty[0]
+        .reason
+        .starts_with("rolled back to 1.0.0 by ann"));
+    assert!(notices
+        .iter()
+        .any(|n| matches!(n, Notice::MarkedFaulty { .. })));
+
+    // A rollback asked against a deploy that is no longer live does nothing.
+    let mut twin = Twin::new(&["n1"], Some("1.2.0"));
+    let (outcome, _) = run(&mut twin, rollback_of(&live, "1.0.0"), policy());
+    assert!(
+        matches!(&outcome, Outcome::Skipped { reason } if reason.starts_with("1.2.0 went live since this rollback was asked for")),
+        "{outcome:?}"
+    );
+    assert!(twin.log.is_empty() && twin.faulty.is_empty());
+
+    // Nor does one whose target was marked faulty meanwhile.
+    let mut twin = Twin::new(&["n1"], Some("1.1.0"));
+    twin.live = Some(live.clone());
+    twin.faulty.push(mark("1.0.0"));
+    let (outcome, _) = run(&mut twin, rollback_of(&live, "1.0.0"), policy());
+    assert!(
+        matches!(&outcome, Outcome::Skipped { reason } if reason.starts_with("1.0.0 was marked faulty since")),
         "{outcome:?}"
     );
 }

@@ -5,6 +5,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::deploy::command::{Command, NodeResult};
+use crate::deploy::history::Faulty;
 use crate::deploy::job::DeployJob;
 use crate::deploy::lock::LockInfo;
 use crate::deploy::version::Version;
@@ -18,7 +19,8 @@ pub enum Action {
     Verify,
     /// Take `lock` on the job's app+env; answer `Observation::Lock`.
     Lock { lock: LockInfo },
-    /// Read the live job and any newer queued version; answer `Observation::Inspected`.
+    /// Read the live job, any newer queued version and whether the job's version was
+    /// rolled back from; answer `Observation::Inspected`.
     Inspect,
     /// Find the job's nodes, in a stable order; answer `Observation::Nodes`.
     ResolveNodes,
@@ -28,6 +30,8 @@ pub enum Action {
     Wait { millis: u64 },
     /// The job is now live: record it; answer `Observation::Recorded`.
     Record,
+    /// Mark `version` as rolled back from; answer `Observation::MarkedFaulty`.
+    MarkFaulty { version: Version, reason: String },
     /// Release the lock; answer `Observation::Unlocked`.
     Unlock,
     /// Nothing more to do.
@@ -47,6 +51,9 @@ pub enum Observation {
     Inspected {
         live: Option<Box<DeployJob>>,
         newer_queued: Option<Version>,
+        /// The mark on the job's version, if it was rolled back from.
+        #[serde(default)]
+        faulty: Option<Faulty>,
     },
     Nodes {
         nodes: Vec<String>,
@@ -57,6 +64,7 @@ pub enum Observation {
     },
     Waited,
     Recorded,
+    MarkedFaulty,
     Unlocked,
 }
 
@@ -146,6 +154,15 @@ pub enum Notice {
         installed: Option<Version>,
         detail: String,
     },
+    /// This deploy marked `version` faulty: nothing automatic sends it out again.
+    MarkedFaulty {
+        version: Version,
+        reason: String,
+    },
+    /// Someone deploys by name a version that was rolled back from.
+    DeployingFaulty {
+        mark: Faulty,
+    },
     Finished {
         outcome: Outcome,
     },
@@ -215,6 +232,12 @@ pub enum Phase {
         reason: String,
     },
     Record,
+    /// After a rollback (asked for, or after a failed health check): `version` must not
+    /// go out again by itself.
+    MarkFaulty {
+        version: Version,
+        reason: String,
+    },
     Unlock,
     Done,
 }

@@ -6,7 +6,7 @@ use rusqlite::{params, OptionalExtension};
 
 use super::Store;
 use crate::deploy::job::{DeployJob, JobId};
-use crate::deploy::ports::{HistoryEntry, Ledger, LockInfo, PortError};
+use crate::deploy::ports::{Faulty, HistoryEntry, Ledger, LockInfo, PortError};
 
 fn decode_lock(info: Option<String>) -> Result<Option<LockInfo>, rusqlite::Error> {
     info.map(|s| {
@@ -79,6 +79,37 @@ impl Ledger for Store {
                 })
             })
             .collect()
+    }
+
+    async fn mark_faulty(&self, app: &str, env: &str, mark: &Faulty) -> Result<(), PortError> {
+        let (app, env, version, json) = (
+            app.to_string(),
+            env.to_string(),
+            mark.version.to_string(),
+            serde_json::to_string(mark)?,
+        );
+        self.with(move |c| {
+            c.execute(
+                "INSERT OR IGNORE INTO faulty (app, env, version, mark) VALUES (?1, ?2, ?3, ?4)",
+                params![app, env, version, json],
+            )
+            .map(drop)
+        })
+        .await
+    }
+
+    async fn faulty(&self, app: &str, env: &str) -> Result<Vec<Faulty>, PortError> {
+        let (app, env) = (app.to_string(), env.to_string());
+        let rows: Vec<String> = self
+            .with(move |c| {
+                let mut st = c.prepare(
+                    "SELECT mark FROM faulty WHERE app = ?1 AND env = ?2 ORDER BY seq DESC",
+                )?;
+                let rows = st.query_map(params![app, env], |r| r.get(0))?;
+                rows.collect()
+            })
+            .await?;
+        rows.iter().map(|m| Ok(serde_json::from_str(m)?)).collect()
     }
 
     async fn try_lock(

@@ -36,6 +36,14 @@ CREATE TABLE IF NOT EXISTS history (
     recorded_at TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS history_by_target ON history(app, env, seq);
+CREATE TABLE IF NOT EXISTS faulty (
+    seq     INTEGER PRIMARY KEY AUTOINCREMENT,
+    app     TEXT NOT NULL,
+    env     TEXT NOT NULL,
+    version TEXT NOT NULL,
+    mark    TEXT NOT NULL,
+    UNIQUE (app, env, version)
+);
 CREATE TABLE IF NOT EXISTS locks (
     app  TEXT NOT NULL,
     env  TEXT NOT NULL,
@@ -86,9 +94,11 @@ impl Store {
         }
         let conn = Connection::open(path)?;
         // WAL lets the CLI read while `serve` writes; FULL sync because a job the webhook
-        // answered 202 for must survive a power cut.
+        // answered 202 for must survive a power cut. The busy timeout comes first: switching
+        // to WAL and creating the schema need the write lock, which another process
+        // opening the same store (a CLI next to a starting `serve`) may hold for a moment.
         conn.execute_batch(
-            "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA busy_timeout=5000;",
+            "PRAGMA busy_timeout=5000; PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL;",
         )?;
         conn.execute_batch(SCHEMA)?;
         Ok(Store {

@@ -121,7 +121,7 @@ pub(super) fn status_line(d: &Deploy) -> (String, &'static str) {
             Phase::Revert { .. } | Phase::RevertRestart { .. } | Phase::RevertHealth { .. } => {
                 ("rolling back".into(), ":leftwards_arrow_with_hook:")
             }
-            Phase::Record | Phase::Unlock | Phase::Done => {
+            Phase::Record | Phase::MarkFaulty { .. } | Phase::Unlock | Phase::Done => {
                 ("finishing".into(), ":hourglass_flowing_sand:")
             }
         },

@@ -59,6 +59,8 @@ impl Round<'_> {
                     | Notice::InstallFailed { .. }
                     | Notice::Unhealthy { .. }
                     | Notice::RollingBack { .. }
+                    | Notice::MarkedFaulty { .. }
+                    | Notice::DeployingFaulty { .. }
             )
         });
         match msg {
@@ -112,6 +114,13 @@ impl Round<'_> {
                     } else {
                         format!(" and restarting {}", nodes.join(", "))
                     }
+                ),
+                Notice::MarkedFaulty { version, reason } => format!(
+                    ":no_entry: {version} is marked faulty ({reason}): no rollback or automatic deploy sends it out again"
+                ),
+                Notice::DeployingFaulty { mark } => format!(
+                    ":warning: {} was marked faulty ({}); deploying it because it was asked for by name",
+                    mark.version, mark.reason
                 ),
                 _ => continue,
             };

@@ -1,0 +1,136 @@
+//! What was live on an app+env, which versions were rolled back from, and where a
+//! rollback goes.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use super::job::{DeployJob, JobId};
+use super::version::Version;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryEntry {
+    pub job: DeployJob,
+    pub recorded_at: DateTime<Utc>,
+}
+
+/// A version a deploy rolled back from (its own failed health check, or a `rollback`
+/// that replaced it): never the target of a rollback or of an automatic job again. Only a
+/// person deploying it by name sends it out, and is told.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Faulty {
+    pub version: Version,
+    /// The deploy that rolled back from it.
+    pub job: JobId,
+    pub reason: String,
+    pub at: DateTime<Utc>,
+}
+
+/// The mark on `version`, if it was rolled back from.
+pub fn faulty_mark<'a>(faulty: &'a [Faulty], version: &Version) -> Option<&'a Faulty> {
+    faulty.iter().find(|f| f.version.same_as(version))
+}
+
+/// The live job and the one a rollback restores: the newest earlier entry whose version
+/// is neither the live one (re-deploys of it are skipped) nor marked faulty. `Err` says
+/// why there is none.
+pub fn rollback_target<'a>(
+    history: &'a [HistoryEntry],
+    faulty: &[Faulty],
+) -> Result<(&'a DeployJob, &'a DeployJob), String> {
+    let live = &history.first().ok_or("nothing is live yet")?.job;
+    let mut skipped = vec![];
+    for job in history.iter().skip(1).map(|h| &h.job) {
+        if job.version.same_as(&live.version) {
+            continue;
+        }
+        match faulty_mark(faulty, &job.version) {
+            Some(_) => {
+                if !skipped.contains(&&job.version) {
+                    skipped.push(&job.version);
+                }
+            }
+            None => return Ok((live, job)),
+        }
+    }
+    Err(if skipped.is_empty() {
+        format!("no version before {} is on record", live.version)
+    } else {
+        let names: Vec<String> = skipped.iter().map(|v| v.to_string()).collect();
+        format!(
+            "every earlier version on record is marked faulty ({}): deploy one by name to go back anyway",
+            names.join(", ")
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::{Duration, TimeZone, Utc};
+
+    use super::*;
+    use crate::deploy::job::Source;
+
+    fn history(versions: &[&str]) -> Vec<HistoryEntry> {
+        let at = Utc.with_ymd_and_hms(2026, 11, 24, 10, 0, 0).unwrap();
+        versions
+            .iter()
+            .enumerate()
+            .map(|(i, v)| {
+                let job = DeployJob::new(
+                    "hello",
+                    "production",
+                    "hello-app".parse().unwrap(),
+                    Version::parse(v).unwrap(),
+                    Source::Cli {
+                        user: "ann".into(),
+                        nonce: format!("{i}"),
+                    },
+                    at - Duration::minutes(i as i64),
+                );
+                HistoryEntry {
+                    recorded_at: job.requested_at,
+                    job,
+                }
+            })
+            .collect()
+    }
+
+    fn mark(v: &str) -> Faulty {
+        Faulty {
+            version: Version::parse(v).unwrap(),
+            job: JobId::derive("hello", "production", &Version::parse(v).unwrap(), "x"),
+            reason: "rolled back".into(),
+            at: Utc.with_ymd_and_hms(2026, 11, 24, 10, 0, 0).unwrap(),
+        }
+    }
+
+    fn target(h: &[HistoryEntry], f: &[Faulty]) -> Result<String, String> {
+        rollback_target(h, f).map(|(_, to)| to.version.to_string())
+    }
+
+    #[test]
+    fn rollback_goes_to_the_newest_earlier_version_that_is_not_live() {
+        let h = history(&["1.2.0", "1.2", "1.1.0", "1.0.0"]);
+        assert_eq!(target(&h, &[]), Ok("1.1.0".into()));
+    }
+
+    #[test]
+    fn rollback_skips_faulty_versions() {
+        // 1.1.0 went live, was rolled back to 1.0.0; rolling back again must not bring
+        // 1.1.0 back.
+        let h = history(&["1.0.0", "1.1.0", "1.0.0"]);
+        let err = target(&h, &[mark("1.1.0")]).unwrap_err();
+        assert!(err.contains("marked faulty (1.1.0)"), "{err}");
+        let h = history(&["1.2.0", "1.1.0", "1.0.0"]);
+        assert_eq!(target(&h, &[mark("1.1")]), Ok("1.0.0".into()));
+    }
+
+    #[test]
+    fn rollback_with_one_version_on_record_says_so() {
+        assert_eq!(
+            target(&history(&["1.0.0", "1.0.0"]), &[]),
+            Err("no version before 1.0.0 is on record".into())
+        );
+        assert_eq!(target(&[], &[]), Err("nothing is live yet".into()));
+    }
+}
