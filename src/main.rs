@@ -82,6 +82,28 @@ enum Command {
         #[arg(long)]
         wait: bool,
     },
+    /// Stop deploys of APP until `unlock` (as `/deploy lock` does).
+    Lock {
+        app: String,
+        #[arg(long)]
+        env: Option<String>,
+        /// Why, for whoever finds it locked.
+        #[arg(required = true)]
+        reason: Vec<String>,
+    },
+    /// Remove a lock taken with `lock`; a running deploy's lock stays (see `abort`).
+    Unlock {
+        app: String,
+        #[arg(long)]
+        env: Option<String>,
+    },
+    /// Stop the deploy running on APP after its command in flight; the nodes it restarted
+    /// are put back on the previous version, and it is recorded as aborted by you.
+    Abort {
+        app: String,
+        #[arg(long)]
+        env: Option<String>,
+    },
     /// The whole job on one machine: set up the example (3 local nodes), serve, and play a
     /// tag push, an upload, a failing /deploy that rolls back, and /deploy rollback.
     Demo {
@@ -197,6 +219,33 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let store = open_store(&config)?;
             let job = cli::rollback(&config, &store, &app, env.as_deref()).await?;
             return follow(config, &store, job, wait).await;
+        }
+        Command::Lock { app, env, reason } => {
+            let config = load(&cli.config)?;
+            let l = cli::lock(
+                &config,
+                &open_store(&config)?,
+                &app,
+                env.as_deref(),
+                &reason.join(" "),
+            )
+            .await?;
+            println!("locked {app}: {} (until `shipit unlock {app}`)", l.reason);
+        }
+        Command::Unlock { app, env } => {
+            let config = load(&cli.config)?;
+            match cli::unlock(&config, &open_store(&config)?, &app, env.as_deref()).await? {
+                Some(l) => println!("unlocked {app} (was locked by {}: {})", l.holder, l.reason),
+                None => println!("{app} was not locked"),
+            }
+        }
+        Command::Abort { app, env } => {
+            let config = load(&cli.config)?;
+            let l = cli::abort(&config, &open_store(&config)?, &app, env.as_deref()).await?;
+            println!(
+                "aborting job {}: it stops after the command in flight and puts back the nodes it restarted",
+                l.job.map_or("?".to_string(), |j| j.to_string())
+            );
         }
         Command::Demo { dir } => {
             return Ok(if shipit::cli::demo::run(dir).await? {

@@ -160,7 +160,7 @@ impl<R: RunCommand> SsmFleet<R> {
                 dir: dir.as_deref(),
                 vars,
             };
-            let script = match app.script(env, cmd.kind, &cmd.version, &site) {
+            let script = match app.script(env, cmd, &site) {
                 Ok(Some(script)) => script,
                 Ok(None) => return Ok(all(&cmd.nodes, NodeResult::Succeeded)),
                 Err(e @ ScriptError::NoVersionCommand(_)) => {

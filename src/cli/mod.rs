@@ -16,7 +16,8 @@ use crate::config::{App, Config};
 use crate::deploy::engine::Notice;
 use crate::deploy::history::{faulty_mark, rollback_target};
 use crate::deploy::job::{DeployJob, JobId, Source};
-use crate::deploy::ports::{JobQueue, Ledger};
+use crate::deploy::ports::{JobQueue, Ledger, LockInfo, Unlocked};
+use crate::deploy::report::lock_line;
 use crate::deploy::status::JobStatus;
 use crate::deploy::version::Version;
 use crate::drive::worker::Worker;
@@ -151,6 +152,8 @@ pub async fn drift(
         version: live.version.clone(),
         nodes,
         concurrency: 0,
+        // Reading versions changes nothing: no lock, no fence.
+        fence: 0,
     };
     let results = crate::local::fleet::LocalFleet::new(store.clone(), config.clone())
         .run_on(a, e, &cmd)
@@ -214,6 +217,71 @@ pub async fn rollback(
         .await
         .map_err(port)?;
     Ok(job)
+}
+
+/// Stops deploys of APP until `unlock`, as `/deploy lock` does.
+pub async fn lock(
+    config: &Config,
+    store: &Store,
+    app: &str,
+    env: Option<&str>,
+    reason: &str,
+) -> anyhow::Result<LockInfo> {
+    let (a, env) = target(config, app, env)?;
+    let asked = LockInfo {
+        holder: cli_user(),
+        reason: reason.to_string(),
+        since: Utc::now(),
+        expires: None,
+        job: None,
+        generation: 0,
+        abort: None,
+    };
+    match store
+        .try_lock(&a.name, &env, &asked, Utc::now())
+        .await
+        .map_err(port)?
+    {
+        Ok(taken) => Ok(taken),
+        Err(held) => bail!("already held: {}", lock_line(&a.name, &env, &held)),
+    }
+}
+
+/// Removes a lock taken with `lock` (here or from chat). A running deploy's lock stays:
+/// `abort` stops the deploy instead.
+pub async fn unlock(
+    config: &Config,
+    store: &Store,
+    app: &str,
+    env: Option<&str>,
+) -> anyhow::Result<Option<LockInfo>> {
+    let (a, env) = target(config, app, env)?;
+    match store.unlock(&a.name, &env, Utc::now()).await.map_err(port)? {
+        Unlocked::Released(l) => Ok(Some(l)),
+        Unlocked::NotLocked => Ok(None),
+        Unlocked::Deploying(l) => bail!(
+            "{}; unlock removes only a lock taken with `lock`. To stop that deploy: shipit abort {}{}",
+            lock_line(&a.name, &env, &l),
+            a.name,
+            if env == a.default_env { String::new() } else { format!(" --env {env}") }
+        ),
+    }
+}
+
+/// Asks the deploy running on APP to stop after its command in flight and put back the
+/// nodes it restarted. The lock it holds.
+pub async fn abort(
+    config: &Config,
+    store: &Store,
+    app: &str,
+    env: Option<&str>,
+) -> anyhow::Result<LockInfo> {
+    let (a, env) = target(config, app, env)?;
+    store
+        .request_abort(&a.name, &env, &cli_user(), Utc::now())
+        .await
+        .map_err(port)?
+        .ok_or_else(|| anyhow!("no deploy of {}/{env} is running", a.name))
 }
 
 /// Waits for `job` to finish, handing each of its notices to `on_notice`; runs the jobs

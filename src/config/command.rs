@@ -3,8 +3,7 @@
 use std::collections::BTreeMap;
 
 use super::{App, Environment};
-use crate::deploy::command::CommandKind;
-use crate::deploy::version::Version;
+use crate::deploy::command::{Command, CommandKind};
 
 /// Where a command runs: the node's name, its app directory, and its own placeholders.
 pub struct Site<'a> {
@@ -23,15 +22,16 @@ pub enum ScriptError {
 }
 
 impl App {
-    /// The shell command of `kind` for `version` at `site`, every value shell-quoted (see
-    /// `template`); `None` where the app has no such command (no health check: healthy).
+    /// The shell script for `cmd` at `site`, every value shell-quoted (see `template`);
+    /// `None` where the app has no such command (no health check: healthy). A command
+    /// sent under a lock starts with its fence (see `fenced`).
     pub fn script(
         &self,
         env: &Environment,
-        kind: CommandKind,
-        version: &Version,
+        cmd: &Command,
         site: &Site,
     ) -> Result<Option<String>, ScriptError> {
+        let (kind, version) = (cmd.kind, &cmd.version);
         let template = match kind {
             CommandKind::Install => &self.install,
             CommandKind::Restart => &self.restart,
@@ -45,7 +45,7 @@ impl App {
             },
         };
         let package = self.package.to_string();
-        template
+        let script = template
             .render(|name| match name {
                 "app" => Some(self.name.as_str()),
                 "env" => Some(env.name.as_str()),
@@ -55,10 +55,79 @@ impl App {
                 "dir" => site.dir,
                 other => site.vars.get(other).map(String::as_str),
             })
-            .map(Some)
             .map_err(|e| ScriptError::Render {
                 kind,
                 reason: e.to_string(),
-            })
+            })?;
+        Ok(Some(match cmd.fence {
+            0 => script,
+            fence => fenced(&self.name, &env.name, site, fence, &script),
+        }))
+    }
+}
+
+/// `script`, run only if this node has not taken a command under a newer lock generation
+/// of app+env: the node is the last to know that a deploy lost its lock (its lease lapsed
+/// while it was stalled, and another deploy took over), so it refuses the stale holder
+/// (exit 75) instead of trusting it. The generation is kept in the node's app directory,
+/// or under /var/tmp when it has none.
+pub fn fenced(app: &str, env: &str, site: &Site, fence: u64, script: &str) -> String {
+    let file = match site.dir {
+        Some(dir) => format!("{dir}/.shipit-fence-{env}"),
+        None => format!("/var/tmp/shipit-{app}-{env}.fence"),
+    };
+    // App, env and directory come from the config, never from outside; quoted anyway.
+    let file = shlex::try_quote(&file).map_or_else(|_| "/dev/null".into(), |q| q.into_owned());
+    format!(
+        "shipit_fence={file}\n\
+         shipit_seen=$(cat \"$shipit_fence\" 2>/dev/null || echo 0)\n\
+         if [ \"$shipit_seen\" -gt {fence} ] 2>/dev/null; then \
+         echo \"shipit: refused: this node took commands under lock generation $shipit_seen, \
+         newer than this deploy's {fence} (it lost its lock)\" >&2; exit 75; fi\n\
+         echo {fence} > \"$shipit_fence\"\n\
+         {script}"
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::process::Command;
+
+    use super::*;
+
+    fn run(dir: &std::path::Path, fence: u64) -> (Option<i32>, String) {
+        let vars = BTreeMap::new();
+        let d = dir.display().to_string();
+        let site = Site {
+            node: "n1",
+            dir: Some(&d),
+            vars: &vars,
+        };
+        let out = Command::new("sh")
+            .arg("-c")
+            .arg(fenced("hello", "production", &site, fence, "echo ran"))
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).to_string()
+                + &String::from_utf8_lossy(&out.stderr),
+        )
+    }
+
+    #[test]
+    fn a_node_refuses_commands_from_a_lock_generation_older_than_one_it_saw() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(run(dir.path(), 3), (Some(0), "ran\n".into()));
+        assert_eq!(run(dir.path(), 3).0, Some(0), "the same holder again");
+        assert_eq!(run(dir.path(), 4).0, Some(0), "a newer holder");
+        let (code, out) = run(dir.path(), 3);
+        assert_eq!(code, Some(75));
+        assert!(
+            out.contains("took commands under lock generation 4, newer than this deploy's 3"),
+            "{out}"
+        );
+        assert!(!out.contains("ran"));
     }
 }

@@ -26,6 +26,10 @@ pub struct Command {
     pub version: Version,
     pub nodes: Vec<String>,
     pub concurrency: u32,
+    /// The generation of the lock the deploy holds: a node that saw a newer one refuses
+    /// the command (see `App::script`).
+    #[serde(default)]
+    pub fence: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

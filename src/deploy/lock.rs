@@ -1,12 +1,20 @@
 //! Who holds an app+env: a deploy, or a person from chat.
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, Duration, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::job::JobId;
 
-/// A hold on an app+env. Deploys take one with an expiry, so a crashed deploy cannot hold
-/// it forever; people take one from chat (no job, no expiry) to stop deploys for a while.
+/// How long a deploy's lock outlives its last heartbeat. A driver that died is taken
+/// over this long after it last renewed; one that lives renews every `LEASE_RENEW_SECONDS`.
+pub const LEASE_SECONDS: i64 = 180;
+/// How often a deploy renews its lock (and so how soon it learns of an abort or of a
+/// lost lock while nothing restarts): well inside the lease, so that a slow step or a
+/// retried API call does not let it lapse.
+pub const LEASE_RENEW_SECONDS: i64 = 30;
+
+/// A hold on an app+env. Deploys take one as a lease they renew; people take one from chat
+/// (no job, no expiry) to stop deploys for a while.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LockInfo {
     pub holder: String,
@@ -14,10 +22,134 @@ pub struct LockInfo {
     pub since: DateTime<Utc>,
     pub expires: Option<DateTime<Utc>>,
     pub job: Option<JobId>,
+    /// Counts every taking of this app+env's lock, never reused: the fencing token a
+    /// deploy's commands carry, so a node refuses a holder that was taken over.
+    #[serde(default)]
+    pub generation: u64,
+    /// Who asked the deploy holding the lock to stop (`/deploy abort`, `shipit abort`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub abort: Option<String>,
 }
 
 impl LockInfo {
     pub fn is_expired(&self, now: DateTime<Utc>) -> bool {
         self.expires.is_some_and(|e| e <= now)
+    }
+
+    /// The lease end of a deploy's lock renewed at `now`.
+    pub fn lease_from(now: DateTime<Utc>) -> DateTime<Utc> {
+        now + Duration::seconds(LEASE_SECONDS)
+    }
+}
+
+/// What a deploy learns when it renews its lease.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "renewal", rename_all = "snake_case")]
+pub enum Renewal {
+    /// Still ours, lease extended; `abort` if someone asked it to stop.
+    Held { abort: Option<String> },
+    /// Someone took it over (the lease lapsed) or removed it: `holder` has it now.
+    Lost { holder: Option<LockInfo> },
+}
+
+/// What `unlock` did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Unlocked {
+    /// A lock taken from chat, removed.
+    Released(LockInfo),
+    NotLocked,
+    /// A running deploy holds it; it stays (`abort` stops the deploy instead).
+    Deploying(LockInfo),
+}
+
+/// The decision `take` makes in every ledger, on the lock found (or not) and the one asked
+/// for: the lock that now stands (`Ok`, with its generation) or who holds it (`Err`).
+/// A deploy asking again for its own lock (a replayed step) gets it back as it stands.
+// Both sides are a lock, of one size: boxing the refusal would only add an allocation.
+#[allow(clippy::result_large_err)]
+pub fn take(
+    current: Option<&LockInfo>,
+    last_generation: u64,
+    asked: &LockInfo,
+    now: DateTime<Utc>,
+) -> Result<LockInfo, LockInfo> {
+    match current {
+        Some(held) if asked.job.is_some() && held.job == asked.job => Ok(held.clone()),
+        Some(held) if !held.is_expired(now) => Err(held.clone()),
+        _ => Ok(LockInfo {
+            generation: last_generation.max(current.map_or(0, |c| c.generation)) + 1,
+            abort: None,
+            ..asked.clone()
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::TimeZone;
+
+    use super::*;
+    use crate::deploy::version::Version;
+
+    fn at(s: i64) -> DateTime<Utc> {
+        Utc.timestamp_opt(1_800_000_000 + s, 0).unwrap()
+    }
+
+    fn deploy(job: &str, since: i64) -> LockInfo {
+        LockInfo {
+            holder: format!("job {job}"),
+            reason: "deploying".into(),
+            since: at(since),
+            expires: Some(LockInfo::lease_from(at(since))),
+            job: Some(JobId::derive("a", "e", &Version::parse("1").unwrap(), job)),
+            generation: 0,
+            abort: None,
+        }
+    }
+
+    #[test]
+    fn a_free_lock_is_taken_with_the_next_generation() {
+        let taken = take(None, 6, &deploy("a", 0), at(0)).unwrap();
+        assert_eq!(taken.generation, 7);
+    }
+
+    #[test]
+    fn a_held_lock_is_refused_until_its_lease_lapses() {
+        let held = LockInfo {
+            generation: 3,
+            ..deploy("a", 0)
+        };
+        assert_eq!(
+            take(Some(&held), 3, &deploy("b", 10), at(10)),
+            Err(held.clone())
+        );
+        let after = at(LEASE_SECONDS);
+        let taken = take(Some(&held), 3, &deploy("b", LEASE_SECONDS), after).unwrap();
+        assert_eq!((taken.generation, taken.holder.as_str()), (4, "job b"));
+    }
+
+    #[test]
+    fn asking_again_for_ones_own_lock_keeps_it_as_it_stands() {
+        let held = LockInfo {
+            generation: 3,
+            abort: Some("@ann".into()),
+            ..deploy("a", 0)
+        };
+        // Even past its lease: nobody took it over, so it is still this deploy's.
+        assert_eq!(
+            take(Some(&held), 3, &deploy("a", 0), at(LEASE_SECONDS * 2)),
+            Ok(held)
+        );
+    }
+
+    #[test]
+    fn a_chat_lock_never_lapses() {
+        let chat = LockInfo {
+            expires: None,
+            job: None,
+            generation: 1,
+            ..deploy("x", 0)
+        };
+        assert!(take(Some(&chat), 1, &deploy("b", 0), at(1_000_000)).is_err());
     }
 }

@@ -9,7 +9,7 @@ use super::command::{Command, NodeResult};
 use super::engine::{Deploy, Notice, Verdict};
 pub use super::history::{Faulty, HistoryEntry};
 use super::job::{DeployJob, JobId};
-pub use super::lock::LockInfo;
+pub use super::lock::{LockInfo, Renewal, Unlocked};
 use super::version::Version;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -117,18 +117,41 @@ pub trait Ledger: Send + Sync {
     async fn mark_faulty(&self, app: &str, env: &str, mark: &Faulty) -> Result<(), PortError>;
     /// The versions marked faulty on app+env, newest mark first.
     async fn faulty(&self, app: &str, env: &str) -> Result<Vec<Faulty>, PortError>;
-    /// Takes the lock, replacing an expired one. `Err(current)` if someone holds it.
+    /// Takes the lock if it is free or its holder's lease lapsed (of two contenders,
+    /// exactly one wins), with the next generation; a deploy asking again for the lock it
+    /// holds gets it back as it stands. `Ok(the lock now held)`, `Err(whoever holds it)`.
     async fn try_lock(
         &self,
         app: &str,
         env: &str,
         lock: &LockInfo,
         now: DateTime<Utc>,
-    ) -> Result<Result<(), LockInfo>, PortError>;
+    ) -> Result<Result<LockInfo, LockInfo>, PortError>;
+    /// The heartbeat: extends the lease of `job`'s lock of `generation` to `until`, and
+    /// says whether it is still held (and whether someone asked it to stop).
+    async fn renew(
+        &self,
+        app: &str,
+        env: &str,
+        job: &JobId,
+        generation: u64,
+        until: DateTime<Utc>,
+    ) -> Result<Renewal, PortError>;
     /// Releases the lock if `job` holds it (a deploy ending); anyone else's stays.
     async fn release(&self, app: &str, env: &str, job: &JobId) -> Result<(), PortError>;
-    /// Releases the lock whoever holds it; returns what was released.
-    async fn unlock(&self, app: &str, env: &str) -> Result<Option<LockInfo>, PortError>;
+    /// Releases a lock taken from chat (or a deploy's whose lease lapsed); a running
+    /// deploy's stays.
+    async fn unlock(&self, app: &str, env: &str, now: DateTime<Utc>)
+        -> Result<Unlocked, PortError>;
+    /// Asks the deploy holding app+env to stop; it learns at its next heartbeat. That
+    /// deploy's lock, or `None` when no deploy holds it.
+    async fn request_abort(
+        &self,
+        app: &str,
+        env: &str,
+        by: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Option<LockInfo>, PortError>;
     /// The unexpired lock, if any.
     async fn lock_state(
         &self,

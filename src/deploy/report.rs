@@ -153,6 +153,8 @@ mod tests {
             since,
             expires: None,
             job: None,
+            generation: 1,
+            abort: None,
         };
         assert_eq!(
             lock_line("hello", "production", &lock),

@@ -15,16 +15,19 @@ pub enum JobStatus {
     /// A rollback did not bring a node back healthy: someone must look.
     RollbackFailed,
     Skipped,
+    /// Stopped by a person; nodes it restarted were put back.
+    Aborted,
 }
 
 impl JobStatus {
-    pub const ALL: [JobStatus; 6] = [
+    pub const ALL: [JobStatus; 7] = [
         JobStatus::Queued,
         JobStatus::Running,
         JobStatus::Succeeded,
         JobStatus::Failed,
         JobStatus::RollbackFailed,
         JobStatus::Skipped,
+        JobStatus::Aborted,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -35,6 +38,7 @@ impl JobStatus {
             JobStatus::Failed => "failed",
             JobStatus::RollbackFailed => "rollback_failed",
             JobStatus::Skipped => "skipped",
+            JobStatus::Aborted => "aborted",
         }
     }
 
@@ -51,6 +55,7 @@ impl From<&Outcome> for JobStatus {
             Outcome::Failed { .. } => JobStatus::Failed,
             Outcome::RollbackFailed { .. } => JobStatus::RollbackFailed,
             Outcome::Skipped { .. } => JobStatus::Skipped,
+            Outcome::Aborted { .. } => JobStatus::Aborted,
         }
     }
 }
@@ -87,6 +92,9 @@ pub fn describe(n: &Notice) -> String {
             reason,
             wait_seconds,
         } => format!("waiting up to {wait_seconds} s: {reason}"),
+        Notice::Aborting { by } => {
+            format!("abort asked by {by}: stopping after the command in flight")
+        }
         Notice::WaitingForLock { holder } => {
             format!("waiting: locked by {} ({})", holder.holder, holder.reason)
         }
@@ -133,6 +141,12 @@ pub fn describe(n: &Notice) -> String {
                 format!("FAILED, and the rollback failed too (look now): {reason}")
             }
             Outcome::Skipped { reason } => format!("skipped: {reason}"),
+            Outcome::Aborted {
+                by,
+                rolled_back: true,
+                ..
+            } => format!("ABORTED by {by}; the nodes it restarted were put back"),
+            Outcome::Aborted { reason, .. } => format!("ABORTED: {reason}"),
         },
     }
 }

@@ -13,7 +13,7 @@ use chrono::{DateTime, Utc};
 
 use crate::config::secrets::Secrets;
 use crate::config::{App, Config};
-use crate::deploy::engine::{Action, Deploy, Notice, Observation, Outcome, LOCK_TTL_SECONDS};
+use crate::deploy::engine::{Action, Deploy, Notice, Observation, Outcome};
 use crate::deploy::history::{faulty_mark, Faulty};
 use crate::deploy::job::DeployJob;
 use crate::deploy::ports::{
@@ -94,6 +94,18 @@ impl Driver {
                 verdict: self.out.gate.verify(job).await?,
             },
             Action::Lock { lock } => self.take_lock(job, lock, now).await?,
+            Action::Renew { generation } => Observation::Renewed {
+                renewal: self
+                    .ledger
+                    .renew(
+                        &job.app,
+                        &job.env,
+                        &job.id,
+                        *generation,
+                        LockInfo::lease_from(now),
+                    )
+                    .await?,
+            },
             Action::Inspect => Observation::Inspected {
                 live: self.live_job(job).await?,
                 newer_queued: match &self.backlog {
@@ -152,7 +164,7 @@ impl Driver {
 
     /// Ends a job the engine cannot finish: frees its lock if it holds it and says why.
     /// Never fails: it is each runtime's last resort.
-    pub async fn abort(
+    pub async fn give_up(
         &self,
         job: &DeployJob,
         deploy: Option<&Deploy>,
@@ -160,7 +172,7 @@ impl Driver {
         reason: String,
         now: DateTime<Utc>,
     ) -> Outcome {
-        tracing::error!(job_id = %job.id, %reason, "deploy aborted");
+        tracing::error!(job_id = %job.id, %reason, "deploy given up");
         if let Err(e) = self.ledger.release(&job.app, &job.env, &job.id).await {
             tracing::error!(job_id = %job.id, error = %e, "cannot release the lock; `unlock` it from chat or the CLI");
         }
@@ -181,7 +193,7 @@ impl Driver {
         outcome
     }
 
-    /// Tries the engine's lock, with the expiry that frees it if this deploy's driver dies.
+    /// Tries the engine's lock, as a lease that lapses if this deploy stops renewing it.
     async fn take_lock(
         &self,
         job: &DeployJob,
@@ -190,14 +202,21 @@ impl Driver {
     ) -> Result<Observation, PortError> {
         let lock = LockInfo {
             since: now,
-            expires: Some(now + chrono::Duration::seconds(LOCK_TTL_SECONDS)),
+            expires: Some(LockInfo::lease_from(now)),
             ..lock.clone()
         };
-        let held = self.ledger.try_lock(&job.app, &job.env, &lock, now).await?;
-        Ok(Observation::Lock {
-            taken: held.is_ok(),
-            holder: held.err(),
-        })
+        Ok(
+            match self.ledger.try_lock(&job.app, &job.env, &lock, now).await? {
+                Ok(ours) => Observation::Lock {
+                    taken: true,
+                    holder: Some(ours),
+                },
+                Err(theirs) => Observation::Lock {
+                    taken: false,
+                    holder: Some(theirs),
+                },
+            },
+        )
     }
 
     /// The job live on `job`'s app+env.

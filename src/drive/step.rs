@@ -108,13 +108,13 @@ impl Stepper {
     async fn step_job(&self, mut state: StepState) -> Result<StepState, PortError> {
         if let Some(err) = state.error.take() {
             let reason = format!("the deploy step failed: {} {}", err.error, err.cause);
-            return Ok(self.abort(state, reason.trim().to_string()).await);
+            return Ok(self.give_up(state, reason.trim().to_string()).await);
         }
         let mut deploy = match state.deploy.take() {
             Some(deploy) => deploy,
             None => match self.driver.start(&state.job) {
                 Ok(deploy) => deploy,
-                Err(Refused(reason)) => return Ok(self.abort(state, reason).await),
+                Err(Refused(reason)) => return Ok(self.give_up(state, reason).await),
             },
         };
         let started = tokio::time::Instant::now();
@@ -149,7 +149,7 @@ impl Stepper {
                         Ok(obs) => obs,
                         Err(e) if is_refused(&e) => {
                             state.deploy = Some(deploy);
-                            return Ok(self.abort(state, e.to_string()).await);
+                            return Ok(self.give_up(state, e.to_string()).await);
                         }
                         Err(e) if progressed => {
                             tracing::warn!(error = %e, "step failed; the next step retries it");
@@ -176,11 +176,11 @@ impl Stepper {
 
     /// Ends a deploy that cannot go on (its step failed for good, its app left the
     /// config). Never fails: it is the state machine's last resort.
-    async fn abort(&self, mut state: StepState, reason: String) -> StepState {
+    async fn give_up(&self, mut state: StepState, reason: String) -> StepState {
         let now = (self.now)();
         let outcome = self
             .driver
-            .abort(
+            .give_up(
                 &state.job,
                 state.deploy.as_ref(),
                 &mut state.notify,

@@ -244,7 +244,7 @@ impl Worker {
         reason: String,
     ) -> Option<Outcome> {
         let now = Utc::now();
-        let outcome = self.driver.abort(job, deploy, memo, reason, now).await;
+        let outcome = self.driver.give_up(job, deploy, memo, reason, now).await;
         let finished = Notice::Finished {
             outcome: outcome.clone(),
         };

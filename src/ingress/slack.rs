@@ -12,7 +12,7 @@ use super::{verify_hmac_sha256, Ingress, Reply};
 use crate::config::{App, Environment};
 use crate::deploy::history::{faulty_mark, rollback_target};
 use crate::deploy::job::{DeployJob, Source};
-use crate::deploy::ports::LockInfo;
+use crate::deploy::ports::{LockInfo, Unlocked};
 use crate::deploy::report::{
     faulty_versions, forced_note, history_line, live_line, lock_line, NOTHING_LIVE,
 };
@@ -29,7 +29,8 @@ Usage:
   /deploy status [APP]          what is live, and what is locked
   /deploy history APP [ENV]     the last deploys
   /deploy lock APP [ENV] REASON stop deploys until unlocked
-  /deploy unlock APP [ENV]
+  /deploy unlock APP [ENV]      remove a lock taken with /deploy lock
+  /deploy abort APP [ENV]       stop the running deploy, putting back what it restarted
   /deploy help";
 
 /// The form Slack posts; see api.slack.com/interactivity/slash-commands.
@@ -150,7 +151,7 @@ impl Ingress {
         if force
             && matches!(
                 words.first(),
-                Some(&("help" | "status" | "history" | "rollback" | "lock" | "unlock"))
+                Some(&("help" | "status" | "history" | "rollback" | "lock" | "unlock" | "abort"))
             )
         {
             return say(format!(
@@ -176,7 +177,11 @@ impl Ingress {
                 Err(e) => say(e),
             },
             ["unlock", rest @ ..] => match self.target(rest, 0) {
-                Ok((app, env, _)) => self.chat_unlock(&cmd, app, env).await,
+                Ok((app, env, _)) => self.chat_unlock(&cmd, app, env, now).await,
+                Err(e) => say(e),
+            },
+            ["abort", rest @ ..] => match self.target(rest, 0) {
+                Ok((app, env, _)) => self.chat_abort(&cmd, app, env, now).await,
                 Err(e) => say(e),
             },
             ["deploy", app, version, env @ ..] | [app, version, env @ ..] if env.len() <= 1 => {
@@ -389,9 +394,11 @@ impl Ingress {
             since: now,
             expires: None,
             job: None,
+            generation: 0,
+            abort: None,
         };
         match self.ledger.try_lock(&app.name, &env.name, &lock, now).await {
-            Ok(Ok(())) => say(format!(
+            Ok(Ok(_)) => say(format!(
                 "Locked {}/{}: {reason}. Deploys wait until `/deploy unlock {} {}`.",
                 app.name, env.name, app.name, env.name
             )),
@@ -403,7 +410,13 @@ impl Ingress {
         }
     }
 
-    async fn chat_unlock(&self, cmd: &SlashCommand, app: &App, env: &Environment) -> Reply {
+    async fn chat_unlock(
+        &self,
+        cmd: &SlashCommand,
+        app: &App,
+        env: &Environment,
+        now: DateTime<Utc>,
+    ) -> Reply {
         if !cmd.may_deploy(env) {
             return say(format!(
                 "{} may not unlock {}/{}.",
@@ -412,15 +425,52 @@ impl Ingress {
                 env.name
             ));
         }
-        match self.ledger.unlock(&app.name, &env.name).await {
-            Ok(Some(l)) => say(format!(
+        match self.ledger.unlock(&app.name, &env.name, now).await {
+            Ok(Unlocked::Released(l)) => say(format!(
                 "Unlocked {}/{} (was: {}).",
                 app.name,
                 env.name,
                 lock_line(&app.name, &env.name, &l)
             )),
-            Ok(None) => say(format!("{}/{} was not locked.", app.name, env.name)),
+            Ok(Unlocked::NotLocked) => say(format!("{}/{} was not locked.", app.name, env.name)),
+            Ok(Unlocked::Deploying(l)) => say(format!(
+                "{}; unlock removes only a lock taken with /deploy lock. To stop that deploy: /deploy abort {} {}",
+                lock_line(&app.name, &env.name, &l),
+                app.name,
+                env.name
+            )),
             Err(e) => say(format!("Could not unlock {}/{}: {e}", app.name, env.name)),
+        }
+    }
+
+    async fn chat_abort(
+        &self,
+        cmd: &SlashCommand,
+        app: &App,
+        env: &Environment,
+        now: DateTime<Utc>,
+    ) -> Reply {
+        if !cmd.may_deploy(env) {
+            return say(format!(
+                "{} may not abort deploys of {}/{}.",
+                cmd.who(),
+                app.name,
+                env.name
+            ));
+        }
+        match self
+            .ledger
+            .request_abort(&app.name, &env.name, &cmd.who(), now)
+            .await
+        {
+            Ok(Some(l)) => say(format!(
+                "Aborting the deploy of {}/{} (job {}): it stops after the command in flight and puts back the nodes it restarted.",
+                app.name,
+                env.name,
+                l.job.map_or("?".to_string(), |j| j.to_string())
+            )),
+            Ok(None) => say(format!("No deploy of {}/{} is running.", app.name, env.name)),
+            Err(e) => say(format!("Could not abort on {}/{}: {e}", app.name, env.name)),
         }
     }
 

@@ -75,7 +75,7 @@ impl LocalFleet {
                         dir: Some(&dir),
                         vars: &node.vars,
                     };
-                    app.script(env, cmd.kind, &cmd.version, &site)
+                    app.script(env, cmd, &site)
                         .map(|s| s.map(|s| (node.dir.clone(), s)))
                         .map_err(|e| e.to_string())
                 }

@@ -115,6 +115,11 @@ async fn control(rules: Value) {
 }
 
 fn config(fleet: &str) -> Config {
+    config_with(fleet, "")
+}
+
+/// The test app, with `rollout` keys added to its rollout policy.
+fn config_with(fleet: &str, rollout: &str) -> Config {
     let text = format!(
         r#"
 [slack]
@@ -129,13 +134,14 @@ version = "venv/bin/pip show {{package}}"
 [apps.hello.rollout]
 health_timeout_seconds = 1
 health_interval_seconds = 1
+{rollout}
 [apps.hello.environments.production]
 ssm_tags = {{ "shipit:app" = "hello", "shipit:fleet" = "{fleet}" }}
 dir = "/srv/hello app"
 vars = {{ port = "8080" }}
 chat_deployers = ["*"]
 "#,
-        crate::helpers::SLACK_SECRET
+        crate::helpers::SLACK_SECRET,
     );
     Config::parse(&text, Path::new("aws.toml")).unwrap_or_else(|r| panic!("{r}"))
 }
@@ -857,4 +863,75 @@ async fn a_node_that_joins_after_a_deploy_gets_the_live_version_and_nothing_else
     stopped["detail"]["state"] = json!("stopped");
     assert_eq!(joined(stopped).await.unwrap()["status"], "ignored");
     assert!(fifo.drain().await.is_empty());
+}
+
+/// Before: the lock expired 2 h after it was taken, whatever the deploy was doing, and the
+/// next job took it while the first still had nodes to restart.
+#[tokio::test]
+async fn a_deploy_that_outlives_its_lease_keeps_its_lock_by_renewing_it() {
+    let mut rig = Rig::new(2).await;
+    // The canary bakes for 2 h 5 min of virtual time: the deploy outlives any lease.
+    let bake = 7500;
+    rig.config = Arc::new(config_with(&rig.fleet, &format!("bake_seconds = {bake}")));
+    let start = Utc::now();
+    let offset = Arc::new(std::sync::atomic::AtomicI64::new(0));
+    let clock = {
+        let offset = offset.clone();
+        Arc::new(move || {
+            start + chrono::Duration::seconds(offset.load(std::sync::atomic::Ordering::SeqCst))
+        })
+    };
+    // A budget of zero: every pause goes back to the state machine, which here moves the
+    // virtual clock instead of sleeping.
+    let stepper = rig.stepper(Duration::ZERO).with_clock(clock.clone());
+    let job = rig.job("1.0.0");
+    let contender = cli_job("1.1.0");
+    let mut state = StepState::start(job.clone());
+    let mut refused = 0;
+    while !state.done {
+        state = stepper.step(state).await.expect("step");
+        offset.fetch_add(
+            state.wait_seconds as i64,
+            std::sync::atomic::Ordering::SeqCst,
+        );
+        let now = clock();
+        let lock = shipit::deploy::ports::LockInfo {
+            holder: format!("job {}", contender.id),
+            reason: "deploying".into(),
+            since: now,
+            expires: Some(shipit::deploy::ports::LockInfo::lease_from(now)),
+            job: Some(contender.id.clone()),
+            generation: 0,
+            abort: None,
+        };
+        let locked = state.deploy.as_ref().is_some_and(|d| d.locked);
+        match rig
+            .ledger
+            .try_lock("hello", "production", &lock, now)
+            .await
+            .unwrap()
+        {
+            Err(held) => {
+                assert_eq!(held.job.as_ref(), Some(&job.id));
+                refused += 1;
+            }
+            Ok(_) => {
+                assert!(
+                    !locked,
+                    "took the lock of a running deploy at +{} s",
+                    offset.load(std::sync::atomic::Ordering::SeqCst)
+                );
+                rig.ledger
+                    .release("hello", "production", &contender.id)
+                    .await
+                    .unwrap();
+            }
+        }
+    }
+    assert_eq!(state.status, Some(JobStatus::Succeeded), "{state:?}");
+    assert!(offset.load(std::sync::atomic::Ordering::SeqCst) >= bake);
+    assert!(refused as i64 >= bake / shipit::deploy::lock::LEASE_RENEW_SECONDS);
+    let mut expected = expected_order(&rig.nodes, "1.0.0");
+    expected.insert(3, format!("bake {} 1.0.0", rig.nodes[0]));
+    assert_eq!(rig.log(&job).await, expected);
 }

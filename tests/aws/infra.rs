@@ -214,13 +214,13 @@ fn parameter_store_access_stays_under_the_prefix_and_secrets_are_read_only() {
                 .unwrap_or_else(|| panic!("{}: parameter outside the prefix: {r}", s.role));
             if writes {
                 assert!(
-                    path == "live/*" || path == "lock/*",
+                    ["live/*", "lock/*", "faulty/*"].contains(&path),
                     "{}: writes {path}",
                     s.role
                 );
             } else {
                 assert!(
-                    ["config", "secrets/*", "live/*", "lock/*"].contains(&path),
+                    ["config", "secrets/*", "live/*", "lock/*", "faulty/*"].contains(&path),
                     "{}: reads {path}",
                     s.role
                 );

@@ -7,7 +7,8 @@ use crate::helpers::*;
 use chrono::{Duration, Utc};
 use shipit::deploy::history::{rollback_target, Faulty};
 use shipit::deploy::job::{DeployJob, Source};
-use shipit::deploy::ports::{Ledger, LockInfo};
+use shipit::deploy::lock::LEASE_SECONDS;
+use shipit::deploy::ports::{Ledger, LockInfo, Renewal, Unlocked};
 use shipit::local::store::Store;
 
 fn job(version: &str, nonce: &str) -> DeployJob {
@@ -21,6 +22,8 @@ fn manual(reason: &str) -> LockInfo {
         since: Utc::now(),
         expires: None,
         job: None,
+        generation: 0,
+        abort: None,
     }
 }
 
@@ -103,94 +106,168 @@ async fn ledger_contract(ledger: &dyn Ledger) {
     let why = rollback_target(&h, &faulty).unwrap_err();
     assert!(why.contains("marked faulty (1.0.0)"), "{why}");
 
-    assert_eq!(
-        ledger
-            .try_lock("hello", "production", &manual("maintenance"), now)
-            .await
-            .unwrap(),
-        Ok(())
-    );
+    locks_contract(ledger, &j1, &j2).await;
+}
+
+/// The lock rules every ledger keeps: generations that only grow, a lease only its holder
+/// renews, take-over only once it lapsed, unlock only for chat locks, abort for deploys.
+async fn locks_contract(ledger: &dyn Ledger, j1: &DeployJob, j2: &DeployJob) {
+    let now = Utc::now();
+    let (app, env) = ("hello", "production");
+    let taken = ledger
+        .try_lock(app, env, &manual("maintenance"), now)
+        .await
+        .unwrap()
+        .unwrap();
     let held = ledger
-        .try_lock("hello", "production", &manual("second"), now)
+        .try_lock(app, env, &manual("second"), now)
         .await
         .unwrap()
         .unwrap_err();
-    assert_eq!(held.reason, "maintenance");
+    assert_eq!(
+        (held.reason.as_str(), held.generation),
+        ("maintenance", taken.generation)
+    );
     assert_eq!(
         held_reason(ledger, now).await.as_deref(),
         Some("maintenance")
     );
+    assert_eq!(ledger.lock_state(app, "staging", now).await.unwrap(), None);
+    // Nothing to abort: no deploy holds it.
     assert_eq!(
-        ledger.lock_state("hello", "staging", now).await.unwrap(),
+        ledger.request_abort(app, env, "@bob", now).await.unwrap(),
         None
     );
+    match ledger.unlock(app, env, now).await.unwrap() {
+        Unlocked::Released(l) => assert_eq!(l.reason, "maintenance"),
+        other => panic!("{other:?}"),
+    }
     assert_eq!(
-        ledger
-            .unlock("hello", "production")
-            .await
-            .unwrap()
-            .unwrap()
-            .reason,
-        "maintenance"
+        ledger.unlock(app, env, now).await.unwrap(),
+        Unlocked::NotLocked
     );
-    assert_eq!(ledger.unlock("hello", "production").await.unwrap(), None);
 
-    // A deploy ending releases its own lock, never someone else's.
-    let deploying = LockInfo {
-        job: Some(j1.id.clone()),
+    // A deploy's lock: a newer generation, renewed by its holder only, released by its
+    // holder only, never by `unlock`.
+    let lease = |job: &DeployJob, at: chrono::DateTime<Utc>| LockInfo {
+        job: Some(job.id.clone()),
+        since: at,
+        expires: Some(LockInfo::lease_from(at)),
         ..manual("deploying")
     };
+    let first = ledger
+        .try_lock(app, env, &lease(j1, now), now)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(first.generation > taken.generation, "generations only grow");
+    let again = ledger
+        .try_lock(app, env, &lease(j1, now), now)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        again.generation, first.generation,
+        "a replayed take keeps the lock"
+    );
+    assert!(matches!(
+        ledger.unlock(app, env, now).await.unwrap(),
+        Unlocked::Deploying(l) if l.job.as_ref() == Some(&j1.id)
+    ));
+    let later = now + Duration::seconds(LEASE_SECONDS * 10);
     assert_eq!(
         ledger
-            .try_lock("hello", "production", &deploying, now)
+            .renew(
+                app,
+                env,
+                &j1.id,
+                first.generation,
+                LockInfo::lease_from(later)
+            )
             .await
             .unwrap(),
-        Ok(())
+        Renewal::Held { abort: None }
     );
-    ledger.release("hello", "production", &j2.id).await.unwrap();
-    assert_eq!(held_reason(ledger, now).await.as_deref(), Some("deploying"));
-    ledger.release("hello", "production", &j1.id).await.unwrap();
-    assert_eq!(held_reason(ledger, now).await, None);
+    // Renewed, so still held long after its first lease would have lapsed.
+    assert!(ledger
+        .try_lock(app, env, &lease(j2, later), later)
+        .await
+        .unwrap()
+        .is_err());
+    assert!(matches!(
+        ledger.renew(app, env, &j2.id, first.generation, LockInfo::lease_from(later)).await.unwrap(),
+        Renewal::Lost { holder: Some(h) } if h.job.as_ref() == Some(&j1.id)
+    ));
+    ledger.release(app, env, &j2.id).await.unwrap();
     assert_eq!(
-        ledger
-            .try_lock("hello", "production", &manual("by hand"), now)
-            .await
-            .unwrap(),
-        Ok(())
+        held_reason(ledger, later).await.as_deref(),
+        Some("deploying")
     );
-    ledger.release("hello", "production", &j1.id).await.unwrap();
-    assert_eq!(held_reason(ledger, now).await.as_deref(), Some("by hand"));
-    ledger.unlock("hello", "production").await.unwrap();
 
-    // A crashed deploy's lock expires and is taken over.
-    let crashed = LockInfo {
-        expires: Some(now - Duration::seconds(1)),
-        job: Some(j1.id.clone()),
-        ..manual("deploying")
-    };
+    // Abort: recorded on the deploy's lock (first asker kept), seen at its heartbeat.
+    assert!(ledger
+        .request_abort(app, env, "@bob", later)
+        .await
+        .unwrap()
+        .is_some());
+    ledger
+        .request_abort(app, env, "@carol", later)
+        .await
+        .unwrap();
     assert_eq!(
         ledger
-            .try_lock("hello", "production", &crashed, now - Duration::seconds(60))
+            .renew(
+                app,
+                env,
+                &j1.id,
+                first.generation,
+                LockInfo::lease_from(later)
+            )
             .await
             .unwrap(),
-        Ok(())
+        Renewal::Held {
+            abort: Some("@bob".into())
+        }
     );
-    assert_eq!(
-        ledger.lock_state("hello", "production", now).await.unwrap(),
-        None,
-        "expired lock still reported"
-    );
+    ledger.release(app, env, &j1.id).await.unwrap();
+    assert_eq!(held_reason(ledger, later).await, None);
+
+    // A holder that stops renewing is taken over once its lease lapses, with a newer
+    // generation; it learns so at its next heartbeat. The abort asked of it is not the
+    // new holder's.
+    let crashed = ledger
+        .try_lock(app, env, &lease(j1, later), later)
+        .await
+        .unwrap()
+        .unwrap();
+    ledger.request_abort(app, env, "@bob", later).await.unwrap();
+    let lapsed = later + Duration::seconds(LEASE_SECONDS + 1);
+    let successor = ledger
+        .try_lock(app, env, &lease(j2, lapsed), lapsed)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(successor.generation, crashed.generation + 1);
+    assert_eq!(successor.abort, None);
+    assert!(matches!(
+        ledger.renew(app, env, &j1.id, crashed.generation, LockInfo::lease_from(lapsed)).await.unwrap(),
+        Renewal::Lost { holder: Some(h) } if h.generation == successor.generation
+    ));
     assert_eq!(
         ledger
-            .try_lock("hello", "production", &manual("after crash"), now)
+            .renew(
+                app,
+                env,
+                &j2.id,
+                successor.generation,
+                LockInfo::lease_from(lapsed)
+            )
             .await
             .unwrap(),
-        Ok(())
+        Renewal::Held { abort: None }
     );
-    assert_eq!(
-        held_reason(ledger, now).await.as_deref(),
-        Some("after crash")
-    );
+    ledger.release(app, env, &j2.id).await.unwrap();
+    assert_eq!(ledger.lock_state(app, env, lapsed).await.unwrap(), None);
 }
 
 #[tokio::test]
@@ -266,6 +343,47 @@ async fn chat_status_history_lock_and_rollback_over_parameter_store_and_sqs() {
         .await
         .starts_with("Unlocked hello/production"));
 
+    // A running deploy's lock: unlock leaves it, abort asks the deploy to stop.
+    let running = LockInfo {
+        job: Some(live.id.clone()),
+        expires: Some(LockInfo::lease_from(Utc::now())),
+        ..manual("deploying")
+    };
+    assert!(say(&ingress, me, "abort hello")
+        .await
+        .starts_with("No deploy of hello/production is running."));
+    ledger
+        .try_lock("hello", "production", &running, Utc::now())
+        .await
+        .unwrap()
+        .unwrap();
+    let refused = say(&ingress, me, "unlock hello").await;
+    assert!(
+        refused.contains("unlock removes only a lock taken with /deploy lock. To stop that deploy: /deploy abort hello production"),
+        "{refused}"
+    );
+    assert!(say(&ingress, "U999", "abort hello")
+        .await
+        .contains("may not abort"));
+    let text = say(&ingress, me, "abort hello").await;
+    assert!(
+        text.starts_with(&format!(
+            "Aborting the deploy of hello/production (job {})",
+            live.id
+        )),
+        "{text}"
+    );
+    let held = ledger
+        .lock_state("hello", "production", Utc::now())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(held.abort.as_deref(), Some("@roadrunner"));
+    ledger
+        .release("hello", "production", &live.id)
+        .await
+        .unwrap();
+
     // Rollback re-sends the previous live job: its version, a new id, and what it restores.
     let text = say(&ingress, me, "rollback hello").await;
     assert!(
@@ -292,4 +410,58 @@ async fn chat_status_history_lock_and_rollback_over_parameter_store_and_sqs() {
         }
         other => panic!("not a rollback: {other:?}"),
     }
+}
+
+/// Both contenders read the lapsed lock before either writes: exactly one may win, and
+/// the other must learn who did.
+async fn contenders_race(a: &dyn Ledger, b: &dyn Ledger) {
+    let t0 = Utc::now();
+    let (app, env) = ("hello", "production");
+    let lease = |nonce: &str, at: chrono::DateTime<Utc>| LockInfo {
+        job: Some(job("1.0.0", nonce).id),
+        holder: format!("job {nonce}"),
+        since: at,
+        expires: Some(LockInfo::lease_from(at)),
+        ..manual("deploying")
+    };
+    for round in 0..5 {
+        let crashed = lease(&format!("crashed{round}"), t0);
+        a.try_lock(app, env, &crashed, t0).await.unwrap().unwrap();
+        let lapsed = t0 + Duration::seconds(LEASE_SECONDS + 1);
+        let (x, y) = (
+            lease(&format!("x{round}"), lapsed),
+            lease(&format!("y{round}"), lapsed),
+        );
+        let (rx, ry) = tokio::join!(
+            a.try_lock(app, env, &x, lapsed),
+            b.try_lock(app, env, &y, lapsed)
+        );
+        let (rx, ry) = (rx.unwrap(), ry.unwrap());
+        let (won, lost) = match (rx, ry) {
+            (Ok(w), Err(l)) | (Err(l), Ok(w)) => (w, l),
+            other => panic!("round {round}: both or neither won: {other:?}"),
+        };
+        assert_eq!(lost.job, won.job, "the loser must see the winner");
+        assert_eq!(lost.generation, won.generation);
+        a.release(app, env, won.job.as_ref().unwrap())
+            .await
+            .unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_contenders_for_a_lapsed_lock_on_parameter_store_exactly_one_wins() {
+    let sdk = sdk().await;
+    let prefix = format!("/{}", unique("shipit"));
+    let a = shipit::aws::ledger::SsmLedger::new(aws_sdk_ssm::Client::new(&sdk), &prefix);
+    let b = shipit::aws::ledger::SsmLedger::new(aws_sdk_ssm::Client::new(&sdk), &prefix);
+    contenders_race(&a, &b).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_contenders_for_a_lapsed_lock_in_sqlite_exactly_one_wins() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.db");
+    // Two connections, as two processes sharing the store would have.
+    contenders_race(&Store::open(&path).unwrap(), &Store::open(&path).unwrap()).await;
 }

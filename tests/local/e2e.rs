@@ -237,6 +237,7 @@ async fn the_fleet_runs_a_command_key_once_however_often_it_is_asked() {
         version: shipit::deploy::version::Version::parse("1.0.0").unwrap(),
         nodes: vec!["node1".into()],
         concurrency: 0,
+        fence: 0,
     };
     let before = ex.starts("node1", "1.0.0");
     for _ in 0..3 {

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use super::command::{Command, CommandKind, NodeResult};
 use super::job::{DeployJob, Source};
-use super::lock::LockInfo;
+use super::lock::{LockInfo, Renewal, LEASE_RENEW_SECONDS};
 use super::rollout::Rollout;
 use super::version::Version;
 
@@ -21,8 +21,6 @@ mod types;
 
 pub use types::{Action, Node, NodeState, Notice, Observation, Outcome, Phase, Verdict};
 
-/// How long a deploy's lock outlives a crash of its driver.
-pub const LOCK_TTL_SECONDS: i64 = 2 * 3600;
 /// How often to look at a command still running: every 250 ms for its first second and
 /// every 500 ms until its fourth (restarts and health checks take seconds, and each poll
 /// late is a second added per node), then every `POLL_MILLIS`.
@@ -73,6 +71,26 @@ pub struct Deploy {
     pub running_since: Option<DateTime<Utc>>,
     #[serde(default)]
     pub polls: u32,
+    /// The lock this deploy holds: its generation (every command carries it, for nodes to
+    /// refuse a holder that was taken over) and when its lease was last renewed.
+    #[serde(default)]
+    pub lease: Option<Lease>,
+    /// The lease must be renewed before anything else: time has come, or a node is about
+    /// to be restarted (so a lost lock or an abort is seen before each restart).
+    #[serde(default)]
+    pub renew_due: bool,
+    /// Who asked this deploy to stop; it does once no command is in flight.
+    #[serde(default)]
+    pub abort_asked: Option<String>,
+    /// The abort is under way: the failure path ends `Aborted`, not `Failed`.
+    #[serde(default)]
+    pub aborting: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lease {
+    pub generation: u64,
+    pub renewed_at: DateTime<Utc>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -107,6 +125,10 @@ impl Deploy {
             outcome: None,
             running_since: None,
             polls: 0,
+            lease: None,
+            renew_due: false,
+            abort_asked: None,
+            aborting: false,
         }
     }
 
@@ -129,6 +151,7 @@ impl Deploy {
             } else {
                 0
             },
+            fence: self.lease.as_ref().map_or(0, |l| l.generation),
         })
     }
 
@@ -142,7 +165,17 @@ impl Deploy {
 
     /// What to do now. A pure function of the state: asking twice gives the same answer.
     pub fn action(&self) -> Action {
+        if let (true, Some(lease)) = (self.renew_due, &self.lease) {
+            return Action::Renew {
+                generation: lease.generation,
+            };
+        }
         if let Some(millis) = self.wait {
+            // While the lock is held, no pause outlasts the next heartbeat.
+            let millis = match self.lease {
+                Some(_) => millis.min(LEASE_RENEW_SECONDS as u64 * 1000),
+                None => millis,
+            };
             return Action::Wait { millis };
         }
         let v = &self.job.version;
@@ -156,6 +189,8 @@ impl Deploy {
                     since: self.job.requested_at,
                     expires: None,
                     job: Some(self.job.id.clone()),
+                    generation: 0,
+                    abort: None,
                 },
             },
             Phase::Inspect => Action::Inspect,
@@ -247,7 +282,15 @@ impl Deploy {
         let mut notices = vec![];
         let n = &mut notices;
         match (&action, obs) {
-            (Action::Wait { .. }, Observation::Waited) => self.wait = None,
+            (Action::Wait { millis }, Observation::Waited) => {
+                self.wait = self
+                    .wait
+                    .map(|w| w.saturating_sub(*millis))
+                    .filter(|&w| w > 0)
+            }
+            (Action::Renew { .. }, Observation::Renewed { renewal }) => {
+                self.on_renewed(now, renewal, n)
+            }
             (Action::Verify, Observation::Verified { verdict }) => self.on_verdict(now, verdict, n),
             (Action::Lock { .. }, Observation::Lock { taken, holder }) => {
                 self.on_lock(now, taken, holder, n)
@@ -289,7 +332,91 @@ impl Deploy {
                 })
             }
         }
+        self.heartbeat(now, n);
         Ok(notices)
+    }
+
+    /// After every step: renew the lease when it is time, and act on an abort once no
+    /// command is in flight (a restart half-observed must finish before it is undone).
+    fn heartbeat(&mut self, now: DateTime<Utc>, notices: &mut Vec<Notice>) {
+        let Some(lease) = &self.lease else { return };
+        if matches!(self.phase, Phase::Unlock | Phase::Done) {
+            return;
+        }
+        if now - lease.renewed_at >= Duration::seconds(LEASE_RENEW_SECONDS) {
+            self.renew_due = true;
+        }
+        let forward = matches!(
+            self.phase,
+            Phase::Inspect
+                | Phase::Resolve
+                | Phase::Probe
+                | Phase::Install
+                | Phase::Restart { .. }
+                | Phase::Health { .. }
+                | Phase::Bake
+        );
+        if let (Some(by), false, true, None) = (
+            self.abort_asked.clone(),
+            self.aborting,
+            forward,
+            self.running_since,
+        ) {
+            self.aborting = true;
+            self.wait = None;
+            self.polls = 0;
+            self.revert_or_fail(format!("aborted by {by}"), notices);
+        }
+    }
+
+    /// The lease renewed (and perhaps an abort asked for), or the lock lost: then the
+    /// nodes are someone else's to change, and this deploy stops where it is.
+    fn on_renewed(&mut self, now: DateTime<Utc>, renewal: Renewal, notices: &mut Vec<Notice>) {
+        self.renew_due = false;
+        match renewal {
+            Renewal::Held { abort } => {
+                if let Some(lease) = &mut self.lease {
+                    lease.renewed_at = now;
+                }
+                if let (Some(by), None) = (abort, &self.abort_asked) {
+                    notices.push(Notice::Aborting { by: by.clone() });
+                    self.abort_asked = Some(by);
+                }
+            }
+            Renewal::Lost { holder } => {
+                self.locked = false;
+                self.lease = None;
+                self.wait = None;
+                let who = holder.map_or("nobody (it was removed)".to_string(), |h| {
+                    format!("{} ({})", h.holder, h.reason)
+                });
+                self.finish(
+                    Outcome::Failed {
+                        reason: format!(
+                            "lost the lock of {}/{} to {who}; stopped before its next command, nodes are that deploy's to change now",
+                            self.job.app, self.job.env
+                        ),
+                        rolled_back: false,
+                    },
+                    notices,
+                );
+            }
+        }
+    }
+
+    /// How a failed deploy ends: `Aborted` when a person stopped it.
+    fn failed(&self, reason: String, rolled_back: bool) -> Outcome {
+        match (&self.abort_asked, self.aborting) {
+            (Some(by), true) => Outcome::Aborted {
+                by: by.clone(),
+                rolled_back,
+                reason,
+            },
+            _ => Outcome::Failed {
+                reason,
+                rolled_back,
+            },
+        }
     }
 
     /// Ends with `outcome`: through Unlock if the lock is ours, marking the job's version
@@ -360,7 +487,12 @@ impl Deploy {
     /// Restarts the next node that installed, from `index` on; records when none is left.
     fn restart_from(&mut self, index: usize) {
         match (index..self.nodes.len()).find(|&i| self.nodes[i].state == NodeState::Installed) {
-            Some(i) => self.phase = Phase::Restart { index: i },
+            Some(i) => {
+                self.phase = Phase::Restart { index: i };
+                // Before each restart, make sure the lock is still ours and nobody asked
+                // to stop.
+                self.renew_due = true;
+            }
             None => {
                 self.outcome = Some(Outcome::Succeeded {
                     failed_installs: self.names_where(|s| s == NodeState::InstallFailed),
@@ -381,13 +513,7 @@ impl Deploy {
         if self.is_sync() {
             // The nodes it touched did not run the live version before either; there
             // is nothing better to put back.
-            return self.finish(
-                Outcome::Failed {
-                    reason,
-                    rolled_back: false,
-                },
-                notices,
-            );
+            return self.finish(self.failed(reason, false), notices);
         }
         let installed = self.names_where(has_new_version);
         match (
@@ -406,21 +532,9 @@ impl Deploy {
             }
             (None, true, false) => {
                 let why = format!("{reason}; no earlier version is on record to roll back to");
-                self.finish(
-                    Outcome::Failed {
-                        reason: why,
-                        rolled_back: false,
-                    },
-                    notices,
-                );
+                self.finish(self.failed(why, false), notices);
             }
-            _ => self.finish(
-                Outcome::Failed {
-                    reason,
-                    rolled_back: false,
-                },
-                notices,
-            ),
+            _ => self.finish(self.failed(reason, false), notices),
         }
     }
 
@@ -434,13 +548,7 @@ impl Deploy {
     ) {
         match (index..self.nodes.len()).find(|&i| was_restarted(self.nodes[i].state)) {
             Some(index) => self.phase = Phase::RevertRestart { to, index, reason },
-            None => self.finish(
-                Outcome::Failed {
-                    reason,
-                    rolled_back: true,
-                },
-                notices,
-            ),
+            None => self.finish(self.failed(reason, true), notices),
         }
     }
 }

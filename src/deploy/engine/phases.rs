@@ -81,6 +81,10 @@ impl Deploy {
             .is_some_and(|h| h.job.as_ref() == Some(&self.job.id));
         if taken || ours {
             self.locked = true;
+            self.lease = Some(Lease {
+                generation: holder.as_ref().map_or(0, |h| h.generation),
+                renewed_at: now,
+            });
             self.lock_waiting_since = None;
             self.phase = Phase::Inspect;
         } else {

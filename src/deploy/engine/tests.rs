@@ -65,6 +65,18 @@ struct Twin {
     newer: Option<Version>,
     recorded: Vec<JobId>,
     faulty: Vec<crate::deploy::history::Faulty>,
+    /// Lock generations handed out so far.
+    generation: u64,
+    /// An abort asked of the deploy holding the lock.
+    abort: Option<String>,
+    /// When (virtual ms) the deploy renewed its lease.
+    renewals: Vec<i64>,
+    /// Once this command (as logged) has run, someone asks the deploy to stop.
+    abort_after: Option<String>,
+    /// Once this command has run, another deploy takes the lock over.
+    stolen_after: Option<String>,
+    /// The fence every command carried.
+    fences: Vec<u64>,
     waited: Vec<u64>,
     /// What each node has installed, as its version command prints it.
     installed: HashMap<String, String>,
@@ -115,14 +127,36 @@ impl Twin {
                     taken: false,
                     holder: Some(held.clone()),
                 },
-                _ => {
-                    self.lock = Some(lock.clone());
+                Some(held) => Observation::Lock {
+                    taken: true,
+                    holder: Some(held.clone()),
+                },
+                None => {
+                    self.generation += 1;
+                    let taken = LockInfo {
+                        generation: self.generation,
+                        ..lock.clone()
+                    };
+                    self.lock = Some(taken.clone());
                     Observation::Lock {
                         taken: true,
-                        holder: None,
+                        holder: Some(taken),
                     }
                 }
             },
+            Action::Renew { generation } => {
+                self.renewals.push(self.clock);
+                Observation::Renewed {
+                    renewal: match &self.lock {
+                        Some(l) if l.generation == *generation => Renewal::Held {
+                            abort: self.abort.clone(),
+                        },
+                        other => Renewal::Lost {
+                            holder: other.clone(),
+                        },
+                    },
+                }
+            }
             Action::Inspect => Observation::Inspected {
                 live: self.live.clone().map(Box::new),
                 newer_queued: self.newer.clone(),
@@ -132,8 +166,19 @@ impl Twin {
                 nodes: self.nodes.clone(),
             },
             Action::Run(cmd) => {
+                let kind = format!("{:?}", cmd.kind).to_lowercase();
+                let desc = match cmd.kind {
+                    CommandKind::Install => {
+                        format!("{kind} {} {}", cmd.version, cmd.nodes.join(","))
+                    }
+                    _ => format!("{kind} {} {}", cmd.nodes.join(","), cmd.version),
+                };
                 if let Some(pos) = self.slow.iter().position(|k| *k == cmd.key) {
                     self.slow.remove(pos);
+                    // Asked while it runs.
+                    if self.abort_after.as_ref() == Some(&desc) {
+                        self.abort = Some("@bob".into());
+                    }
                     return Observation::Ran {
                         key: cmd.key.clone(),
                         results: cmd
@@ -144,13 +189,24 @@ impl Twin {
                     };
                 }
                 if !self.results.contains_key(&cmd.key) {
-                    let kind = format!("{:?}", cmd.kind).to_lowercase();
-                    self.log.push(match cmd.kind {
-                        CommandKind::Install => {
-                            format!("{kind} {} {}", cmd.version, cmd.nodes.join(","))
-                        }
-                        _ => format!("{kind} {} {}", cmd.nodes.join(","), cmd.version),
-                    });
+                    self.log.push(desc);
+                    self.fences.push(cmd.fence);
+                    let last = self.log.last().cloned();
+                    if last.is_some() && last == self.abort_after {
+                        self.abort = Some("@bob".into());
+                    }
+                    if last.is_some() && last == self.stolen_after {
+                        self.generation += 1;
+                        self.lock = Some(LockInfo {
+                            holder: "job other".into(),
+                            reason: "deploying hello 9.9.9".into(),
+                            since: self.now(),
+                            expires: None,
+                            job: None,
+                            generation: self.generation,
+                            abort: None,
+                        });
+                    }
                     let results = cmd
                         .nodes
                         .iter()
@@ -541,6 +597,8 @@ fn a_held_lock_makes_the_deploy_wait_then_go() {
         since: t0(),
         expires: None,
         job: Some(other.id.clone()),
+        generation: 1,
+        abort: None,
     });
     let mut d = Deploy::new(job("1.1.0", false), policy());
     let mut notices = vec![];
@@ -568,6 +626,8 @@ fn a_lock_held_too_long_fails_the_deploy_without_touching_nodes() {
         since: t0(),
         expires: None,
         job: None,
+        generation: 1,
+        abort: None,
     });
     let (outcome, _) = run(
         &mut twin,
@@ -1017,4 +1077,137 @@ fn a_failed_sync_puts_nothing_back_and_nothing_live_skips() {
     let (outcome, _) = run(&mut twin, sync_job(&[], "1.1.0"), policy());
     assert!(matches!(outcome, Outcome::Skipped { .. }), "{outcome:?}");
     assert!(twin.log.is_empty());
+}
+
+#[test]
+fn every_command_carries_the_lock_generation_and_the_lease_is_renewed_before_each_restart() {
+    let mut twin = Twin::new(&["n1", "n2", "n3"], Some("1.0.0"));
+    twin.generation = 41;
+    let (outcome, _) = run(&mut twin, job("1.1.0", false), policy());
+    assert_eq!(outcome, succeeded());
+    assert!(twin.fences.iter().all(|f| *f == 42), "{:?}", twin.fences);
+    assert_eq!(twin.renewals.len(), 3, "one heartbeat before each restart");
+}
+
+#[test]
+fn no_pause_outlasts_the_lease_while_the_lock_is_held() {
+    let mut twin = Twin::new(&["n1", "n2"], Some("1.0.0"));
+    let bake = 600;
+    let (outcome, _) = run(
+        &mut twin,
+        job("1.1.0", false),
+        Rollout {
+            bake_seconds: bake,
+            ..policy()
+        },
+    );
+    assert_eq!(outcome, succeeded());
+    let renew_ms = LEASE_RENEW_SECONDS * 1000;
+    assert!(
+        twin.waited.iter().all(|w| *w as i64 <= renew_ms),
+        "{:?}",
+        twin.waited
+    );
+    assert!(
+        twin.waited.iter().sum::<u64>() >= bake * 1000,
+        "the bake was cut short"
+    );
+    // Renewed at least every LEASE_RENEW_SECONDS all along: no gap in which the lease
+    // (LEASE_SECONDS) could lapse.
+    for pair in twin.renewals.windows(2) {
+        assert!(pair[1] - pair[0] <= renew_ms * 2, "{:?}", twin.renewals);
+    }
+    assert!(twin.renewals.len() as u64 >= bake / LEASE_RENEW_SECONDS as u64);
+}
+
+#[test]
+fn a_deploy_that_lost_its_lock_stops_before_its_next_command_and_says_so() {
+    let mut twin = Twin::new(&["n1", "n2", "n3"], Some("1.0.0"));
+    twin.stolen_after = Some("health n1 1.1.0".into());
+    let (outcome, notices) = run(&mut twin, job("1.1.0", false), policy());
+    assert!(
+        matches!(&outcome, Outcome::Failed { reason, rolled_back: false } if reason.contains("lost the lock of hello/production to job other (deploying hello 9.9.9)")),
+        "{outcome:?}"
+    );
+    assert_eq!(
+        twin.log.last().unwrap(),
+        "health n1 1.1.0",
+        "{:?}",
+        twin.log
+    );
+    assert_eq!(
+        twin.lock.as_ref().map(|l| l.holder.as_str()),
+        Some("job other"),
+        "released someone else's lock"
+    );
+    assert!(twin.faulty.is_empty());
+    assert!(matches!(notices.last(), Some(Notice::Finished { .. })));
+}
+
+#[test]
+fn an_abort_stops_after_the_command_in_flight_and_puts_back_what_was_restarted() {
+    let mut twin = Twin::new(&["n1", "n2", "n3"], Some("1.0.0"));
+    twin.abort_after = Some("restart n2 1.1.0".into());
+    // The restart of n2 runs for a minute: a heartbeat brings the abort meanwhile.
+    let mut d = Deploy::new(job("1.1.0", false), policy());
+    for _ in 0..40 {
+        twin.slow.push(format!("{}:restart:n2", d.job.id));
+    }
+    let (outcome, notices) = twin.drive(&mut d, None);
+    assert_eq!(
+        outcome,
+        Outcome::Aborted {
+            by: "@bob".into(),
+            rolled_back: true,
+            reason: "aborted by @bob".into()
+        }
+    );
+    assert_eq!(
+        twin.log,
+        [
+            "install 1.1.0 n1,n2,n3",
+            "restart n1 1.1.0",
+            "health n1 1.1.0",
+            "restart n2 1.1.0",
+            "install 1.0.0 n1,n2,n3",
+            "restart n1 1.0.0",
+            "health n1 1.0.0",
+            "restart n2 1.0.0",
+            "health n2 1.0.0"
+        ]
+    );
+    assert!(notices
+        .iter()
+        .any(|n| matches!(n, Notice::Aborting { by } if by == "@bob")));
+    assert!(twin.lock.is_none(), "an aborted deploy releases its lock");
+    assert!(
+        twin.faulty.is_empty(),
+        "an abort is no verdict on the version"
+    );
+    assert!(twin.recorded.is_empty());
+}
+
+#[test]
+fn an_abort_between_nodes_restarts_no_further_node() {
+    let mut twin = Twin::new(&["n1", "n2", "n3"], Some("1.0.0"));
+    twin.abort_after = Some("health n1 1.1.0".into());
+    let (outcome, _) = run(&mut twin, job("1.1.0", false), policy());
+    assert!(
+        matches!(
+            outcome,
+            Outcome::Aborted {
+                rolled_back: true,
+                ..
+            }
+        ),
+        "{outcome:?}"
+    );
+    assert_eq!(
+        twin.log[3..],
+        [
+            "install 1.0.0 n1,n2,n3",
+            "restart n1 1.0.0",
+            "health n1 1.0.0"
+        ]
+    );
 }

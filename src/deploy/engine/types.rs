@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use crate::deploy::command::{Command, NodeResult};
 use crate::deploy::history::Faulty;
 use crate::deploy::job::DeployJob;
-use crate::deploy::lock::LockInfo;
+use crate::deploy::lock::{LockInfo, Renewal};
 use crate::deploy::version::Version;
 
 /// What the driver must do next.
@@ -19,6 +19,9 @@ pub enum Action {
     Verify,
     /// Take `lock` on the job's app+env; answer `Observation::Lock`.
     Lock { lock: LockInfo },
+    /// Renew the lease of the lock this deploy took with `generation`; answer
+    /// `Observation::Renewed`.
+    Renew { generation: u64 },
     /// Read the live job, any newer queued version and whether the job's version was
     /// rolled back from; answer `Observation::Inspected`.
     Inspect,
@@ -44,9 +47,13 @@ pub enum Observation {
     Verified {
         verdict: Verdict,
     },
+    /// `holder`: the lock as it stands, this deploy's when `taken`.
     Lock {
         taken: bool,
         holder: Option<LockInfo>,
+    },
+    Renewed {
+        renewal: Renewal,
     },
     Inspected {
         live: Option<Box<DeployJob>>,
@@ -96,6 +103,12 @@ pub enum Outcome {
     RollbackFailed { reason: String },
     /// Not deployed, on purpose.
     Skipped { reason: String },
+    /// Stopped by a person (`/deploy abort`); nodes it restarted were put back.
+    Aborted {
+        by: String,
+        rolled_back: bool,
+        reason: String,
+    },
 }
 
 impl Outcome {
@@ -105,7 +118,8 @@ impl Outcome {
             Outcome::Succeeded { .. } => None,
             Outcome::Failed { reason, .. }
             | Outcome::RollbackFailed { reason }
-            | Outcome::Skipped { reason } => Some(reason),
+            | Outcome::Skipped { reason }
+            | Outcome::Aborted { reason, .. } => Some(reason),
         }
     }
 }
@@ -124,6 +138,10 @@ pub enum Notice {
     },
     WaitingForLock {
         holder: LockInfo,
+    },
+    /// Someone asked this deploy to stop: it does after the command in flight.
+    Aborting {
+        by: String,
     },
     Installed {
         node: String,

@@ -2,19 +2,49 @@
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use rusqlite::{params, OptionalExtension};
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
 use super::Store;
 use crate::deploy::job::{DeployJob, JobId};
-use crate::deploy::ports::{Faulty, HistoryEntry, Ledger, LockInfo, PortError};
+use crate::deploy::lock::take;
+use crate::deploy::ports::{Faulty, HistoryEntry, Ledger, LockInfo, PortError, Renewal, Unlocked};
 
-fn decode_lock(info: Option<String>) -> Result<Option<LockInfo>, rusqlite::Error> {
-    info.map(|s| {
+fn read_lock(c: &Connection, app: &str, env: &str) -> Result<Option<LockInfo>, rusqlite::Error> {
+    c.query_row(
+        "SELECT info FROM locks WHERE app = ?1 AND env = ?2",
+        params![app, env],
+        |r| r.get::<_, String>(0),
+    )
+    .optional()?
+    .map(|s| {
         serde_json::from_str(&s).map_err(|e| {
             rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e))
         })
     })
     .transpose()
+}
+
+fn write_lock(
+    c: &Connection,
+    app: &str,
+    env: &str,
+    lock: &LockInfo,
+) -> Result<(), rusqlite::Error> {
+    let info = serde_json::to_string(lock)
+        .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
+    c.execute(
+        "INSERT OR REPLACE INTO locks (app, env, info) VALUES (?1, ?2, ?3)",
+        params![app, env, info],
+    )
+    .map(drop)
+}
+
+fn delete_lock(c: &Connection, app: &str, env: &str) -> Result<(), rusqlite::Error> {
+    c.execute(
+        "DELETE FROM locks WHERE app = ?1 AND env = ?2",
+        params![app, env],
+    )
+    .map(drop)
 }
 
 #[async_trait]
@@ -118,31 +148,66 @@ impl Ledger for Store {
         env: &str,
         lock: &LockInfo,
         now: DateTime<Utc>,
-    ) -> Result<Result<(), LockInfo>, PortError> {
-        let (app, env, info) = (
-            app.to_string(),
-            env.to_string(),
-            serde_json::to_string(lock)?,
-        );
+    ) -> Result<Result<LockInfo, LockInfo>, PortError> {
+        let (app, env, asked) = (app.to_string(), env.to_string(), lock.clone());
         self.with(move |c| {
-            let tx = c.transaction()?;
-            let current = decode_lock(
-                tx.query_row(
-                    "SELECT info FROM locks WHERE app = ?1 AND env = ?2",
+            // IMMEDIATE: the read and the write are one decision, however many processes
+            // share the file.
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let current = read_lock(&tx, &app, &env)?;
+            let last: u64 = tx
+                .query_row(
+                    "SELECT last FROM lock_generations WHERE app = ?1 AND env = ?2",
                     params![app, env],
                     |r| r.get(0),
                 )
-                .optional()?,
-            )?;
-            if let Some(held) = current.filter(|l| !l.is_expired(now)) {
-                return Ok(Err(held));
+                .optional()?
+                .unwrap_or(0);
+            let decided = take(current.as_ref(), last, &asked, now);
+            if let Ok(taken) = &decided {
+                if taken.generation > last {
+                    write_lock(&tx, &app, &env, taken)?;
+                    tx.execute(
+                        "INSERT OR REPLACE INTO lock_generations (app, env, last) VALUES (?1, ?2, ?3)",
+                        params![app, env, taken.generation],
+                    )?;
+                }
             }
-            tx.execute(
-                "INSERT OR REPLACE INTO locks (app, env, info) VALUES (?1, ?2, ?3)",
-                params![app, env, info],
-            )?;
             tx.commit()?;
-            Ok(Ok(()))
+            Ok(decided)
+        })
+        .await
+    }
+
+    async fn renew(
+        &self,
+        app: &str,
+        env: &str,
+        job: &JobId,
+        generation: u64,
+        until: DateTime<Utc>,
+    ) -> Result<Renewal, PortError> {
+        let (app, env, job) = (app.to_string(), env.to_string(), job.clone());
+        self.with(move |c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let renewal = match read_lock(&tx, &app, &env)? {
+                Some(held) if held.job.as_ref() == Some(&job) && held.generation == generation => {
+                    let abort = held.abort.clone();
+                    write_lock(
+                        &tx,
+                        &app,
+                        &env,
+                        &LockInfo {
+                            expires: Some(until),
+                            ..held
+                        },
+                    )?;
+                    Renewal::Held { abort }
+                }
+                holder => Renewal::Lost { holder },
+            };
+            tx.commit()?;
+            Ok(renewal)
         })
         .await
     }
@@ -150,37 +215,62 @@ impl Ledger for Store {
     async fn release(&self, app: &str, env: &str, job: &JobId) -> Result<(), PortError> {
         let (app, env, job) = (app.to_string(), env.to_string(), job.clone());
         self.with(move |c| {
-            let tx = c.transaction()?;
-            let held = decode_lock(
-                tx.query_row(
-                    "SELECT info FROM locks WHERE app = ?1 AND env = ?2",
-                    params![app, env],
-                    |r| r.get(0),
-                )
-                .optional()?,
-            )?;
-            if held.is_some_and(|l| l.job.as_ref() == Some(&job)) {
-                tx.execute(
-                    "DELETE FROM locks WHERE app = ?1 AND env = ?2",
-                    params![app, env],
-                )?;
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            if read_lock(&tx, &app, &env)?.is_some_and(|l| l.job.as_ref() == Some(&job)) {
+                delete_lock(&tx, &app, &env)?;
             }
             tx.commit()
         })
         .await
     }
 
-    async fn unlock(&self, app: &str, env: &str) -> Result<Option<LockInfo>, PortError> {
+    async fn unlock(
+        &self,
+        app: &str,
+        env: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Unlocked, PortError> {
         let (app, env) = (app.to_string(), env.to_string());
         self.with(move |c| {
-            decode_lock(
-                c.query_row(
-                    "DELETE FROM locks WHERE app = ?1 AND env = ?2 RETURNING info",
-                    params![app, env],
-                    |r| r.get(0),
-                )
-                .optional()?,
-            )
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let unlocked = match read_lock(&tx, &app, &env)? {
+                None => Unlocked::NotLocked,
+                Some(l) if l.job.is_some() && !l.is_expired(now) => Unlocked::Deploying(l),
+                Some(l) => {
+                    delete_lock(&tx, &app, &env)?;
+                    Unlocked::Released(l)
+                }
+            };
+            tx.commit()?;
+            Ok(unlocked)
+        })
+        .await
+    }
+
+    async fn request_abort(
+        &self,
+        app: &str,
+        env: &str,
+        by: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Option<LockInfo>, PortError> {
+        let (app, env, by) = (app.to_string(), env.to_string(), by.to_string());
+        self.with(move |c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let asked = match read_lock(&tx, &app, &env)? {
+                Some(l) if l.job.is_some() && !l.is_expired(now) => {
+                    // The first to ask is the one the deploy names.
+                    let l = LockInfo {
+                        abort: Some(l.abort.clone().unwrap_or(by)),
+                        ..l
+                    };
+                    write_lock(&tx, &app, &env, &l)?;
+                    Some(l)
+                }
+                _ => None,
+            };
+            tx.commit()?;
+            Ok(asked)
         })
         .await
     }
@@ -192,18 +282,7 @@ impl Ledger for Store {
         now: DateTime<Utc>,
     ) -> Result<Option<LockInfo>, PortError> {
         let (app, env) = (app.to_string(), env.to_string());
-        let lock = self
-            .with(move |c| {
-                decode_lock(
-                    c.query_row(
-                        "SELECT info FROM locks WHERE app = ?1 AND env = ?2",
-                        params![app, env],
-                        |r| r.get(0),
-                    )
-                    .optional()?,
-                )
-            })
-            .await?;
+        let lock = self.with(move |c| read_lock(c, &app, &env)).await?;
         Ok(lock.filter(|l| !l.is_expired(now)))
     }
 }

@@ -44,6 +44,12 @@ CREATE TABLE IF NOT EXISTS faulty (
     mark    TEXT NOT NULL,
     UNIQUE (app, env, version)
 );
+CREATE TABLE IF NOT EXISTS lock_generations (
+    app  TEXT NOT NULL,
+    env  TEXT NOT NULL,
+    last INTEGER NOT NULL,
+    PRIMARY KEY (app, env)
+);
 CREATE TABLE IF NOT EXISTS locks (
     app  TEXT NOT NULL,
     env  TEXT NOT NULL,

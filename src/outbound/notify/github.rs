@@ -73,6 +73,7 @@ impl Round<'_> {
                     Outcome::Failed { reason, .. } => ("failure", reason.clone()),
                     Outcome::RollbackFailed { reason } => ("error", reason.clone()),
                     Outcome::Skipped { reason } => ("inactive", reason.clone()),
+                    Outcome::Aborted { reason, .. } => ("failure", reason.clone()),
                 };
                 // GitHub keeps descriptions to 140 characters.
                 let description: String = description.chars().take(140).collect();

@@ -101,7 +101,24 @@ pub(super) fn status_line(d: &Deploy) -> (String, &'static str) {
             ":rotating_light:",
         ),
         Some(Outcome::Skipped { reason }) => (format!("skipped: {reason}"), ":fast_forward:"),
+        Some(Outcome::Aborted {
+            by, rolled_back, ..
+        }) => (
+            if *rolled_back {
+                format!("aborted by {by}, nodes put back")
+            } else {
+                format!("aborted by {by}")
+            },
+            ":octagonal_sign:",
+        ),
         None => match &d.phase {
+            _ if d.abort_asked.is_some() => (
+                format!(
+                    "aborting (asked by {}): stopping after the command in flight",
+                    d.abort_asked.as_deref().unwrap_or_default()
+                ),
+                ":octagonal_sign:",
+            ),
             Phase::Verify { since: Some(_), .. } => (
                 "waiting for required checks".into(),
                 ":hourglass_flowing_sand:",

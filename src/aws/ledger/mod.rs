@@ -7,14 +7,16 @@ use chrono::{DateTime, Utc};
 use super::sdk_err;
 use crate::deploy::history::faulty_mark;
 use crate::deploy::job::{DeployJob, JobId};
-use crate::deploy::ports::{Faulty, HistoryEntry, Ledger, LockInfo, PortError};
+use crate::deploy::ports::{Faulty, HistoryEntry, Ledger, LockInfo, PortError, Renewal, Unlocked};
+
+mod lock;
 
 /// A standard-tier parameter's value limit.
 const FAULTY_MAX_BYTES: usize = 4096;
 
 /// Parameter Store: `{prefix}/live/{app}/{env}` holds the live job (its parameter
-/// history is the deploy history); `{prefix}/lock/{app}/{env}` exists while someone holds
-/// the app+env, created without overwrite so only one can; `{prefix}/faulty/{app}/{env}`
+/// history is the deploy history); `{prefix}/lock/{app}/{env}/…` the lock, one parameter
+/// per generation (see `lock`); `{prefix}/faulty/{app}/{env}`
 /// lists the versions rolled back from, newest first, as many as fit in a standard
 /// parameter (4 KB): only a lock holder writes it.
 pub struct SsmLedger {
@@ -38,10 +40,6 @@ impl SsmLedger {
         format!("{}/faulty/{app}/{env}", self.prefix)
     }
 
-    fn lock(&self, app: &str, env: &str) -> String {
-        format!("{}/lock/{app}/{env}", self.prefix)
-    }
-
     /// The JSON value of parameter `name`, if it exists.
     async fn read<T: serde::de::DeserializeOwned>(
         &self,
@@ -62,47 +60,8 @@ impl SsmLedger {
         }
     }
 
-    async fn read_lock(&self, name: &str) -> Result<Option<LockInfo>, PortError> {
-        self.read(name).await
-    }
-
     async fn live_entry(&self, app: &str, env: &str) -> Result<Option<HistoryEntry>, PortError> {
         self.read(&self.live(app, env)).await
-    }
-
-    async fn create_lock(&self, name: &str, value: &str) -> Result<bool, PortError> {
-        match self
-            .client
-            .put_parameter()
-            .name(name)
-            .value(value)
-            .r#type(ParameterType::String)
-            .overwrite(false)
-            .send()
-            .await
-        {
-            Ok(_) => Ok(true),
-            Err(e)
-                if e.as_service_error()
-                    .is_some_and(|s| s.is_parameter_already_exists()) =>
-            {
-                Ok(false)
-            }
-            Err(e) => Err(sdk_err("SSM PutParameter", e)),
-        }
-    }
-
-    async fn delete(&self, name: &str) -> Result<(), PortError> {
-        match self.client.delete_parameter().name(name).send().await {
-            Ok(_) => Ok(()),
-            Err(e)
-                if e.as_service_error()
-                    .is_some_and(|s| s.is_parameter_not_found()) =>
-            {
-                Ok(())
-            }
-            Err(e) => Err(sdk_err("SSM DeleteParameter", e)),
-        }
     }
 }
 
@@ -209,53 +168,42 @@ impl Ledger for SsmLedger {
         env: &str,
         lock: &LockInfo,
         now: DateTime<Utc>,
-    ) -> Result<Result<(), LockInfo>, PortError> {
-        let name = self.lock(app, env);
-        let value = serde_json::to_string(lock)?;
-        if self.create_lock(&name, &value).await? {
-            return Ok(Ok(()));
-        }
-        match self.read_lock(&name).await? {
-            Some(held) if !held.is_expired(now) => Ok(Err(held)),
-            // Expired (or deleted meanwhile): clear it and try once more. Parameter Store
-            // has no compare-and-delete, so two takers racing on the same expired lock
-            // within milliseconds could both succeed; deploys keep it far shorter than
-            // its expiry, so it only expires after a crash.
-            _ => {
-                self.delete(&name).await?;
-                if self.create_lock(&name, &value).await? {
-                    Ok(Ok(()))
-                } else {
-                    Ok(Err(self
-                        .read_lock(&name)
-                        .await?
-                        .unwrap_or_else(|| lock.clone())))
-                }
-            }
-        }
+    ) -> Result<Result<LockInfo, LockInfo>, PortError> {
+        self.take_lock(app, env, lock, now).await
+    }
+
+    async fn renew(
+        &self,
+        app: &str,
+        env: &str,
+        job: &JobId,
+        generation: u64,
+        until: DateTime<Utc>,
+    ) -> Result<Renewal, PortError> {
+        self.renew_lock(app, env, job, generation, until).await
     }
 
     async fn release(&self, app: &str, env: &str, job: &JobId) -> Result<(), PortError> {
-        let name = self.lock(app, env);
-        // Parameter Store cannot delete conditionally; between this read and the delete
-        // only a chat `unlock` + `lock` could slip in, and a deploy ends in milliseconds.
-        if self
-            .read_lock(&name)
-            .await?
-            .is_some_and(|l| l.job.as_ref() == Some(job))
-        {
-            self.delete(&name).await?;
-        }
-        Ok(())
+        self.release_lock(app, env, job).await
     }
 
-    async fn unlock(&self, app: &str, env: &str) -> Result<Option<LockInfo>, PortError> {
-        let name = self.lock(app, env);
-        let held = self.read_lock(&name).await?;
-        if held.is_some() {
-            self.delete(&name).await?;
-        }
-        Ok(held)
+    async fn unlock(
+        &self,
+        app: &str,
+        env: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Unlocked, PortError> {
+        self.unlock_chat(app, env, now).await
+    }
+
+    async fn request_abort(
+        &self,
+        app: &str,
+        env: &str,
+        by: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Option<LockInfo>, PortError> {
+        self.abort_deploy(app, env, by, now).await
     }
 
     async fn lock_state(
@@ -265,8 +213,9 @@ impl Ledger for SsmLedger {
         now: DateTime<Utc>,
     ) -> Result<Option<LockInfo>, PortError> {
         Ok(self
-            .read_lock(&self.lock(app, env))
+            .slots(app, env)
             .await?
+            .current()
             .filter(|l| !l.is_expired(now)))
     }
 }
