@@ -20,12 +20,11 @@ use crate::config::command::{ScriptError, Site};
 use crate::config::{App, Config, Environment, Nodes};
 use crate::deploy::command::{tail, Command, CommandKind, NodeResult, OUTPUT_TAIL};
 use crate::deploy::job::DeployJob;
+use crate::deploy::lock::DELIVERY_TIMEOUT_SECONDS;
 use crate::deploy::ports::{Fleet, PortError, Refused, Sent};
 
 /// SendCommand takes at most 50 instance ids.
 pub const MAX_TARGETS: usize = 50;
-/// How long SSM may take to deliver a command to a node before it gives up on it.
-const DELIVERY_TIMEOUT_SECONDS: i32 = 600;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Status {
@@ -370,7 +369,9 @@ impl RunCommand for SdkRunCommand {
             .comment(&req.comment)
             .max_concurrency(&req.max_concurrency)
             .max_errors(&req.max_errors)
-            .timeout_seconds(DELIVERY_TIMEOUT_SECONDS);
+            // A command delivered later than this could run after its deploy's lease
+            // lapsed (see `lease_seconds`): SSM drops it instead.
+            .timeout_seconds(DELIVERY_TIMEOUT_SECONDS as i32);
         if let Some(dir) = &req.dir {
             call = call.parameters("workingDirectory", vec![dir.clone()]);
         }

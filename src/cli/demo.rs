@@ -174,10 +174,13 @@ pub async fn run(dir: Option<PathBuf>) -> anyhow::Result<bool> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let base = format!("http://{}", listener.local_addr()?);
     let (stop, stopped) = tokio::sync::watch::channel(false);
+    let out = crate::run::local::outbound(config.clone()).await;
+    let worker = Worker::new(config.clone(), store.clone(), out);
     let server = tokio::spawn(crate::run::server::serve(
         ingress.clone(),
         store.clone(),
         listener,
+        worker.health(),
         {
             let mut s = stopped.clone();
             async move {
@@ -185,8 +188,6 @@ pub async fn run(dir: Option<PathBuf>) -> anyhow::Result<bool> {
             }
         },
     ));
-    let out = crate::run::local::outbound(config.clone()).await;
-    let worker = Worker::new(config.clone(), store.clone(), out);
     let worker = tokio::spawn(async move { worker.run("demo", stopped).await });
     println!("shipit is serving on {base}\n");
 
@@ -194,7 +195,7 @@ pub async fn run(dir: Option<PathBuf>) -> anyhow::Result<bool> {
     stop_services(&config);
     let _ = stop.send(true);
     server.await??;
-    worker.await?.map_err(|e| anyhow!("worker: {e}"))?;
+    worker.await?;
     let (rows, served) = result?;
 
     println!(

@@ -304,7 +304,7 @@ pub async fn wait(
     let runner = tokio::spawn(async move { worker.run(&holder, stopped).await });
     let finished = follow_job(store, job, on_notice).await;
     let _ = stop.send(true);
-    runner.await?.map_err(port)?;
+    runner.await?;
     Ok(finished?.status)
 }
 
@@ -346,12 +346,37 @@ pub async fn serve(config: Config, listen: Option<std::net::SocketAddr>) -> anyh
     let (stop, stopped) = watch::channel(false);
     let out = crate::run::local::outbound(ingress.config.clone()).await;
     let worker = Worker::new(ingress.config.clone(), store.clone(), out);
+    let health = worker.health();
     let holder = format!("serve-{}", std::process::id());
-    let worker = tokio::spawn(async move { worker.run(&holder, stopped).await });
-    crate::run::server::serve(Arc::new(ingress), store, listener, shutdown_signal()).await?;
+    let supervisor = tokio::spawn(supervise(worker, holder, stopped));
+    crate::run::server::serve(
+        Arc::new(ingress),
+        store,
+        listener,
+        health,
+        shutdown_signal(),
+    )
+    .await?;
     let _ = stop.send(true);
-    worker.await?.map_err(|e| anyhow!("worker: {e}"))?;
+    supervisor.await?;
     Ok(())
+}
+
+/// Keeps the worker running until `stopped`: it retries store errors itself, and if it
+/// ever crashes it is started again (jobs under way resume from their last saved step),
+/// with `/healthz` saying so meanwhile.
+async fn supervise(worker: Worker, holder: String, mut stopped: watch::Receiver<bool>) {
+    loop {
+        let (w, h, s) = (worker.clone(), holder.clone(), stopped.clone());
+        match tokio::spawn(async move { w.run(&h, s).await }).await {
+            Ok(()) => return,
+            Err(e) => worker.crashed(format!("the worker crashed ({e}); restarting it")),
+        }
+        tokio::select! {
+            _ = stopped.changed() => return,
+            _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+        }
+    }
 }
 
 /// Ctrl-C, or SIGTERM where there is one (what a service manager sends).

@@ -5,13 +5,27 @@ use serde::{Deserialize, Serialize};
 
 use super::job::JobId;
 
-/// How long a deploy's lock outlives its last heartbeat. A driver that died is taken
-/// over this long after it last renewed; one that lives renews every `LEASE_RENEW_SECONDS`.
-pub const LEASE_SECONDS: i64 = 180;
 /// How often a deploy renews its lock (and so how soon it learns of an abort or of a
 /// lost lock while nothing restarts): well inside the lease, so that a slow step or a
 /// retried API call does not let it lapse.
 pub const LEASE_RENEW_SECONDS: i64 = 30;
+/// How long a fleet may take to deliver a command to a node before the command is
+/// dropped (SSM SendCommand's `TimeoutSeconds`; local nodes start at once).
+pub const DELIVERY_TIMEOUT_SECONDS: i64 = 120;
+
+/// How long a deploy's lock outlives its last heartbeat, for commands that may run
+/// `command_timeout_seconds`. A driver that stopped renewing may have sent a command up
+/// to `LEASE_RENEW_SECONDS` after its last renewal, which a node may start up to
+/// `DELIVERY_TIMEOUT_SECONDS` later and run for the command timeout: only once that has
+/// surely ended (plus a minute for clocks) may another deploy take over, or the two
+/// would run commands on one app+env at once (the simulation found this with a lease of
+/// three minutes and commands delivered late).
+pub const fn lease_seconds(command_timeout_seconds: u64) -> i64 {
+    LEASE_RENEW_SECONDS + DELIVERY_TIMEOUT_SECONDS + command_timeout_seconds as i64 + 60
+}
+
+/// The lease of the default policy (600 s commands): 13 minutes.
+pub const LEASE_SECONDS: i64 = lease_seconds(600);
 
 /// A hold on an app+env. Deploys take one as a lease they renew; people take one from chat
 /// (no job, no expiry) to stop deploys for a while.
@@ -36,9 +50,15 @@ impl LockInfo {
         self.expires.is_some_and(|e| e <= now)
     }
 
-    /// The lease end of a deploy's lock renewed at `now`.
-    pub fn lease_from(now: DateTime<Utc>) -> DateTime<Utc> {
-        now + Duration::seconds(LEASE_SECONDS)
+    /// A deploy's lock whose lease runs: what `unlock` leaves and `abort` stops. A
+    /// person's lock, or a lapsed lease, is neither.
+    pub fn is_running_deploy(&self, now: DateTime<Utc>) -> bool {
+        self.job.is_some() && !self.is_expired(now)
+    }
+
+    /// The end of a lease of `seconds` renewed at `now`.
+    pub fn lease_from(now: DateTime<Utc>, seconds: i64) -> DateTime<Utc> {
+        now + Duration::seconds(seconds)
     }
 }
 
@@ -100,7 +120,7 @@ mod tests {
             holder: format!("job {job}"),
             reason: "deploying".into(),
             since: at(since),
-            expires: Some(LockInfo::lease_from(at(since))),
+            expires: Some(LockInfo::lease_from(at(since), LEASE_SECONDS)),
             job: Some(JobId::derive("a", "e", &Version::parse("1").unwrap(), job)),
             generation: 0,
             abort: None,

@@ -10,7 +10,6 @@ use super::engine::{Deploy, Notice, Verdict};
 pub use super::history::{Faulty, HistoryEntry};
 use super::job::{DeployJob, JobId};
 pub use super::lock::{LockInfo, Renewal, Unlocked};
-use super::version::Version;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -71,8 +70,8 @@ pub trait Notify: Send + Sync {
 /// The jobs still queued behind one, where a runtime can see them.
 #[async_trait]
 pub trait Backlog: Send + Sync {
-    /// The newest version queued behind `job` for its app+env, if newer than it.
-    async fn newer_queued(&self, job: &DeployJob) -> Result<Option<Version>, PortError>;
+    /// The jobs queued behind `job` for its app+env with a newer version, newest first.
+    async fn newer_queued(&self, job: &DeployJob) -> Result<Vec<DeployJob>, PortError>;
 }
 
 /// The remote commands sent for one command key (SSM command ids), kept with the deploy's

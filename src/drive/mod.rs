@@ -3,6 +3,8 @@
 //! the deploy-step Lambda, state carried by Step Functions) and `worker` (`shipit serve`,
 //! state checkpointed in SQLite). They differ only in how they wait, retry and save.
 
+#[cfg(test)]
+mod sim;
 pub mod step;
 #[cfg(feature = "local")]
 pub mod worker;
@@ -13,13 +15,15 @@ use chrono::{DateTime, Utc};
 
 use crate::config::secrets::Secrets;
 use crate::config::{App, Config};
-use crate::deploy::engine::{Action, Deploy, Notice, Observation, Outcome};
+use crate::deploy::engine::{Action, Deploy, Notice, Observation, Outcome, Verdict};
 use crate::deploy::history::{faulty_mark, Faulty};
 use crate::deploy::job::DeployJob;
+use crate::deploy::lock::lease_seconds;
 use crate::deploy::ports::{
     Backlog, Fleet, Gate, Ledger, LockInfo, Notify, NotifyMemo, PortError, Refused, Sent,
 };
 use crate::deploy::rollout::Rollout;
+use crate::deploy::version::Version;
 use crate::outbound::gate::Gatekeeper;
 use crate::outbound::notify::Notifier;
 
@@ -93,7 +97,7 @@ impl Driver {
             Action::Verify => Observation::Verified {
                 verdict: self.out.gate.verify(job).await?,
             },
-            Action::Lock { lock } => self.take_lock(job, lock, now).await?,
+            Action::Lock { lock } => self.take_lock(deploy, lock, now).await?,
             Action::Renew { generation } => Observation::Renewed {
                 renewal: self
                     .ledger
@@ -102,19 +106,21 @@ impl Driver {
                         &job.env,
                         &job.id,
                         *generation,
-                        LockInfo::lease_from(now),
+                        LockInfo::lease_from(
+                            now,
+                            lease_seconds(deploy.policy.command_timeout_seconds),
+                        ),
                     )
                     .await?,
             },
-            Action::Inspect => Observation::Inspected {
-                live: self.live_job(job).await?,
-                newer_queued: match &self.backlog {
-                    Some(b) => b.newer_queued(job).await?,
-                    None => None,
-                },
-                faulty: faulty_mark(&self.ledger.faulty(&job.app, &job.env).await?, &job.version)
-                    .cloned(),
-            },
+            Action::Inspect => {
+                let faulty = self.ledger.faulty(&job.app, &job.env).await?;
+                Observation::Inspected {
+                    live: self.live_job(job).await?,
+                    newer_queued: self.superseding(job, &faulty).await?,
+                    faulty: faulty_mark(&faulty, &job.version).cloned(),
+                }
+            }
             Action::ResolveNodes => Observation::Nodes {
                 nodes: self.fleet.resolve(job).await?,
             },
@@ -196,13 +202,15 @@ impl Driver {
     /// Tries the engine's lock, as a lease that lapses if this deploy stops renewing it.
     async fn take_lock(
         &self,
-        job: &DeployJob,
+        deploy: &Deploy,
         lock: &LockInfo,
         now: DateTime<Utc>,
     ) -> Result<Observation, PortError> {
+        let job = &deploy.job;
+        let lease = lease_seconds(deploy.policy.command_timeout_seconds);
         let lock = LockInfo {
             since: now,
-            expires: Some(LockInfo::lease_from(now)),
+            expires: Some(LockInfo::lease_from(now, lease)),
             ..lock.clone()
         };
         Ok(
@@ -217,6 +225,28 @@ impl Driver {
                 },
             },
         )
+    }
+
+    /// The newest version queued behind an automatic `job` that will go out when its turn
+    /// comes: one the gate lets through now and not marked faulty. A newer tag whose
+    /// checks are still red supersedes nothing, so the version before it still deploys.
+    async fn superseding(
+        &self,
+        job: &DeployJob,
+        faulty: &[Faulty],
+    ) -> Result<Option<Version>, PortError> {
+        let (Some(backlog), true) = (&self.backlog, job.source.is_automatic()) else {
+            return Ok(None);
+        };
+        for newer in backlog.newer_queued(job).await? {
+            if newer.source.is_automatic() && faulty_mark(faulty, &newer.version).is_some() {
+                continue;
+            }
+            if !newer.is_gated() || self.out.gate.verify(&newer).await? == Verdict::Pass {
+                return Ok(Some(newer.version));
+            }
+        }
+        Ok(None)
     }
 
     /// The job live on `job`'s app+env.

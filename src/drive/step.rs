@@ -121,6 +121,7 @@ impl Stepper {
         let mut progressed = false;
         state.wait_seconds = 0;
         loop {
+            deploy.tick((self.now)());
             let action = deploy.action();
             let obs = match &action {
                 Action::Finished(outcome) => {

@@ -2,6 +2,7 @@
 //! step, saving the engine's state after every one, so a killed process resumes a deploy
 //! where it was (a finished command is never run again).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -31,6 +32,19 @@ const MAX_STEP_RETRIES: u32 = 5;
 pub struct Worker {
     driver: Driver,
     store: Store,
+    health: Arc<watch::Sender<WorkerHealth>>,
+}
+
+/// What the worker is doing, for `/healthz`: a server whose worker cannot run jobs must
+/// say so instead of answering 202 to jobs nobody will run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WorkerHealth {
+    Starting,
+    Running,
+    /// Another process holds the store's worker lease and runs the jobs.
+    Waiting,
+    /// Not running jobs now, and why; it keeps trying.
+    Down(String),
 }
 
 /// Ends a step early: the worker is stopping, or the step cannot be done at all.
@@ -39,83 +53,181 @@ enum Stop {
     Abandon(String),
 }
 
+/// Why the claiming loop ended.
+enum Ended {
+    Shutdown,
+    /// Another process took the worker lease: wait to get it back.
+    LeaseLost,
+}
+
 impl Worker {
     pub fn new(config: Arc<Config>, store: Store, out: Outbound) -> Worker {
         let fleet = LocalFleet::new(store.clone(), config.clone());
         let ports = Arc::new(store.clone());
         let driver = Driver::new(config, ports.clone(), Arc::new(fleet), Some(ports), out);
-        Worker { driver, store }
+        let (health, _) = watch::channel(WorkerHealth::Starting);
+        Worker {
+            driver,
+            store,
+            health: Arc::new(health),
+        }
+    }
+
+    pub fn health(&self) -> watch::Receiver<WorkerHealth> {
+        self.health.subscribe()
+    }
+
+    /// Says the worker is down (its loop crashed) until it runs again.
+    pub fn crashed(&self, reason: String) {
+        self.set_health(WorkerHealth::Down(reason));
+    }
+
+    fn set_health(&self, h: WorkerHealth) {
+        self.health.send_if_modified(|old| {
+            if *old == h {
+                return false;
+            }
+            match &h {
+                WorkerHealth::Down(reason) => {
+                    tracing::error!(%reason, "the worker cannot run jobs; retrying")
+                }
+                _ if matches!(old, WorkerHealth::Down(_)) => {
+                    tracing::info!("the worker runs jobs again")
+                }
+                _ => {}
+            }
+            *old = h;
+            true
+        });
     }
 
     /// Runs jobs until `shutdown` turns true: first the deploys a previous process left
-    /// running, then new ones as they are queued (one at a time per app+env).
-    pub async fn run(
-        &self,
-        holder: &str,
-        mut shutdown: watch::Receiver<bool>,
-    ) -> Result<(), PortError> {
+    /// running, then new ones as they are queued (one at a time per app+env). A store
+    /// that fails is retried, and said in `health`, for as long as it takes: only
+    /// shutdown ends this.
+    pub async fn run(&self, holder: &str, mut shutdown: watch::Receiver<bool>) {
+        loop {
+            if !self.wait_for_lease(holder, &mut shutdown).await {
+                return;
+            }
+            let ended = self.claim_and_drive(holder, &mut shutdown).await;
+            if let Err(e) = self.store.drop_worker_lease(holder).await {
+                tracing::warn!(error = %e, "cannot drop the worker lease; it lapses by itself");
+            }
+            if let Ended::Shutdown = ended {
+                return;
+            }
+        }
+    }
+
+    /// Takes the store's worker lease; `false` on shutdown first.
+    async fn wait_for_lease(&self, holder: &str, shutdown: &mut watch::Receiver<bool>) -> bool {
         let ttl = chrono::Duration::seconds(LEASE_TTL_SECONDS);
         // Another worker (a `deploy --wait`, or one that died and whose lease has not run
         // out yet) holds the store: wait for it rather than run deploys side by side.
-        let mut said = false;
-        while !self
-            .store
-            .take_worker_lease(holder, Utc::now(), ttl)
-            .await?
-        {
-            if !said {
-                tracing::warn!("another shipit worker holds this store; waiting for it to finish");
-                said = true;
+        loop {
+            match self.store.take_worker_lease(holder, Utc::now(), ttl).await {
+                Ok(true) => return true,
+                Ok(false) => {
+                    if *self.health.borrow() != WorkerHealth::Waiting {
+                        tracing::warn!(
+                            "another shipit worker holds this store; waiting for it to finish"
+                        );
+                    }
+                    self.set_health(WorkerHealth::Waiting);
+                }
+                Err(e) => self.set_health(WorkerHealth::Down(format!(
+                    "cannot take the worker lease: {e}"
+                ))),
             }
             tokio::select! {
-                _ = shutdown.changed() => return Ok(()),
+                _ = shutdown.changed() => return false,
                 _ = tokio::time::sleep(LEASE_RENEW) => {}
             }
+            if *shutdown.borrow() {
+                return false;
+            }
         }
+    }
+
+    async fn claim_and_drive(&self, holder: &str, shutdown: &mut watch::Receiver<bool>) -> Ended {
+        let ttl = chrono::Duration::seconds(LEASE_TTL_SECONDS);
         let mut renewed = std::time::Instant::now();
         // Deploys stop at their next step boundary when this loop ends, for any reason.
         let (halt, halted) = watch::channel(false);
         let mut tasks = tokio::task::JoinSet::new();
-        for q in self.store.running_jobs().await? {
-            tracing::info!(job_id = %q.job.id, "resuming deploy");
-            let (w, s) = (self.clone(), halted.clone());
-            tasks.spawn(async move { w.drive(q.job, s).await });
-        }
-        loop {
-            while let Some(q) = self.store.claim_next().await? {
-                let (w, s) = (self.clone(), halted.clone());
-                tasks.spawn(async move { w.drive(q.job, s).await });
+        let mut driving: HashMap<tokio::task::Id, DeployJob> = HashMap::new();
+        let mut resumed = false;
+        let ended = loop {
+            let claimed = async {
+                if !resumed {
+                    for q in self.store.running_jobs(Utc::now()).await? {
+                        tracing::info!(job_id = %q.job.id, "resuming deploy");
+                        let (w, s, job) = (self.clone(), halted.clone(), q.job.clone());
+                        driving.insert(
+                            tasks.spawn(async move { w.drive(job, s).await }).id(),
+                            q.job,
+                        );
+                    }
+                    resumed = true;
+                }
+                while let Some(q) = self.store.claim_next(Utc::now()).await? {
+                    let (w, s, job) = (self.clone(), halted.clone(), q.job.clone());
+                    driving.insert(
+                        tasks.spawn(async move { w.drive(job, s).await }).id(),
+                        q.job,
+                    );
+                }
+                Ok::<_, PortError>(())
+            };
+            match claimed.await {
+                Ok(()) => self.set_health(WorkerHealth::Running),
+                Err(e) => self.set_health(WorkerHealth::Down(format!(
+                    "cannot read the job queue: {e}"
+                ))),
             }
-            while let Some(done) = tasks.try_join_next() {
-                if let Err(e) = done {
-                    tracing::error!(error = %e, "deploy task panicked");
+            while let Some(done) = tasks.try_join_next_with_id() {
+                let id = match &done {
+                    Ok((id, _)) => *id,
+                    Err(e) => e.id(),
+                };
+                let job = driving.remove(&id);
+                if let (Err(e), Some(job)) = (done, job) {
+                    // A bug, not the deploy's fault: it ends alone, the worker goes on.
+                    let reason = format!("the deploy task crashed: {e}");
+                    tracing::error!(job_id = %job.id, %reason);
+                    self.abandon(&job, None, &mut NotifyMemo::Null, reason)
+                        .await;
                 }
             }
             if renewed.elapsed() >= LEASE_RENEW {
-                if !self
-                    .store
-                    .take_worker_lease(holder, Utc::now(), ttl)
-                    .await?
-                {
+                match self.store.take_worker_lease(holder, Utc::now(), ttl).await {
+                    Ok(true) => renewed = std::time::Instant::now(),
                     // Paused past the lease and another worker took over: stop claiming;
                     // deploys under way finish their current step and are resumed there.
-                    tracing::error!("lost the worker lease to another process; stopping");
-                    break;
+                    Ok(false) => {
+                        tracing::error!(
+                            "lost the worker lease to another process; waiting to get it back"
+                        );
+                        break Ended::LeaseLost;
+                    }
+                    Err(e) => self.set_health(WorkerHealth::Down(format!(
+                        "cannot renew the worker lease: {e}"
+                    ))),
                 }
-                renewed = std::time::Instant::now();
             }
             tokio::select! {
-                _ = shutdown.changed() => break,
+                _ = shutdown.changed() => break Ended::Shutdown,
                 _ = tokio::time::sleep(IDLE_POLL) => {}
             }
             if *shutdown.borrow() {
-                break;
+                break Ended::Shutdown;
             }
-        }
+        };
         // Deploys stop at their next step boundary, state saved, and resume on next start.
         let _ = halt.send(true);
         while tasks.join_next().await.is_some() {}
-        self.store.drop_worker_lease(holder).await
+        ended
     }
 
     /// Drives one job to its end (or until shutdown), checkpointing every step.
@@ -147,8 +259,8 @@ impl Worker {
                 return self.abandon(&job, None, &mut memo, reason).await;
             }
         };
-        let mut failures = 0;
         loop {
+            deploy.tick(Utc::now());
             let action = deploy.action();
             if let Action::Finished(outcome) = action {
                 let status = JobStatus::from(&outcome);
@@ -176,17 +288,23 @@ impl Worker {
                     return self.abandon(&job, Some(&deploy), &mut memo, reason).await;
                 }
             };
-            let saved = self.store.save_deploy(&deploy, now).await;
-            let noted = self.store.add_notices(&job.id, &notices, now).await;
-            if let Err(e) = saved.and(noted) {
-                failures += 1;
-                tracing::warn!(error = %e, failures, "cannot save the deploy's state; retrying");
-                if failures > MAX_STEP_RETRIES {
-                    let reason = format!("cannot save its state: {e}");
-                    return self.abandon(&job, Some(&deploy), &mut memo, reason).await;
+            // The next action waits until this step is saved: acting on unsaved state
+            // would let a crash replay it from further back than the nodes are.
+            let mut failures = 0;
+            loop {
+                let saved = self.store.save_step(&deploy, &notices, now).await;
+                match saved {
+                    Ok(()) => break,
+                    Err(e) if failures < MAX_STEP_RETRIES => {
+                        failures += 1;
+                        tracing::warn!(error = %e, failures, "cannot save the deploy's state; retrying");
+                        tokio::time::sleep(RETRY_PAUSE).await;
+                    }
+                    Err(e) => {
+                        let reason = format!("cannot save its state: {e}");
+                        return self.abandon(&job, Some(&deploy), &mut memo, reason).await;
+                    }
                 }
-                tokio::time::sleep(RETRY_PAUSE).await;
-                continue;
             }
             if !notices.is_empty() {
                 self.driver.tell(&deploy, &notices, &mut memo, now).await;

@@ -2,7 +2,7 @@
 //! `sh -c`, with every substituted value shell-quoted (see `template`).
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,6 +11,7 @@ use chrono::Utc;
 use tokio::process::Command as Process;
 use tokio::sync::Semaphore;
 
+use super::store::checkpoints::CommandRecord;
 use super::store::Store;
 use crate::config::command::Site;
 use crate::config::{App, Config, Environment, Nodes};
@@ -34,8 +35,11 @@ impl LocalFleet {
     }
 
     /// Runs `cmd` on its nodes and returns every node's result. A node whose result for
-    /// this key is recorded is not run again; one started by a process that died before
-    /// recording a result is run again (its outcome is unknown).
+    /// this key is recorded is not run again. One started by a process that died before
+    /// recording a result is waited for (its `sh` lives on in its own process group);
+    /// then an interrupted restart is probed with the health check, and run again only
+    /// if the node does not serve the version yet. Other commands are run again (an
+    /// install or a check is safe to repeat).
     pub async fn run_on(
         &self,
         app: &App,
@@ -45,11 +49,12 @@ impl LocalFleet {
         let Nodes::Local(nodes) = &env.nodes else {
             return Err(ssm_nodes(app, env));
         };
-        let recorded: HashMap<String, Option<NodeResult>> = self
+        let recorded: HashMap<String, CommandRecord> = self
             .store
             .command_results(&cmd.key)
             .await?
             .into_iter()
+            .map(|r| (r.node.clone(), r))
             .collect();
         let limit = if cmd.concurrency == 0 {
             cmd.nodes.len().max(1)
@@ -59,12 +64,13 @@ impl LocalFleet {
         let permits = Arc::new(Semaphore::new(limit));
         let mut running = tokio::task::JoinSet::new();
         for name in &cmd.nodes {
-            if let Some(Some(_)) = recorded.get(name) {
-                continue;
-            }
-            if recorded.contains_key(name) {
-                tracing::warn!(key = %cmd.key, node = %name, "command was interrupted before it finished; running it again");
-            }
+            let interrupted = match recorded.get(name) {
+                Some(CommandRecord {
+                    result: Some(_), ..
+                }) => continue,
+                Some(r) => Some(r.pid),
+                None => None,
+            };
             // What to run where: Err is a failure before anything runs, None nothing to run.
             let plan = match nodes.iter().find(|n| &n.name == name) {
                 None => Err(format!("node {name} is not in the config")),
@@ -75,8 +81,19 @@ impl LocalFleet {
                         dir: Some(&dir),
                         vars: &node.vars,
                     };
+                    let probe = Command {
+                        kind: CommandKind::Health,
+                        ..cmd.clone()
+                    };
                     app.script(env, cmd, &site)
-                        .map(|s| s.map(|s| (node.dir.clone(), s)))
+                        .and_then(|s| Ok((s, app.script(env, &probe, &site)?)))
+                        .map(|(s, probe)| {
+                            s.map(|s| Plan {
+                                dir: node.dir.clone(),
+                                script: s,
+                                probe,
+                            })
+                        })
                         .map_err(|e| e.to_string())
                 }
             };
@@ -90,12 +107,36 @@ impl LocalFleet {
             let kind = cmd.kind;
             running.spawn(async move {
                 let _permit = permits.acquire_owned().await;
-                // Noted before it runs: if shipit dies now, the restart knows it was started.
-                store.command_started(&key, &name, Utc::now()).await?;
                 let result = match plan {
-                    Err(e) => failed(None, e),
-                    Ok(None) => NodeResult::Succeeded,
-                    Ok(Some((dir, script))) => execute(&dir, &script, timeout, kind).await,
+                    // Nothing runs: recorded as started so that the result has its row.
+                    Err(e) => {
+                        store.command_started(&key, &name, Utc::now()).await?;
+                        failed(None, e)
+                    }
+                    Ok(None) => {
+                        store.command_started(&key, &name, Utc::now()).await?;
+                        NodeResult::Succeeded
+                    }
+                    Ok(Some(plan)) => {
+                        let ran = match interrupted {
+                            Some(pid) => recover(&plan, &key, &name, pid, kind, timeout).await,
+                            None => None,
+                        };
+                        match ran {
+                            Some(result) => result,
+                            None => {
+                                // Noted before it runs: if shipit dies now, the next
+                                // worker knows it was started, and by which process.
+                                store.command_started(&key, &name, Utc::now()).await?;
+                                let started = |pid| {
+                                    let (store, key, name) =
+                                        (store.clone(), key.clone(), name.clone());
+                                    async move { store.command_pid(&key, &name, pid).await }
+                                };
+                                execute(&plan.dir, &plan.script, timeout, kind, started).await?
+                            }
+                        }
+                    }
                 };
                 store
                     .command_finished(&key, &name, &result, Utc::now())
@@ -111,6 +152,7 @@ impl LocalFleet {
             .command_results(&cmd.key)
             .await?
             .into_iter()
+            .map(|r| (r.node, r.result))
             .collect();
         Ok(cmd
             .nodes
@@ -122,6 +164,82 @@ impl LocalFleet {
                 )
             })
             .collect())
+    }
+}
+
+/// A node's command, and the health check that tells whether an interrupted restart
+/// took effect.
+struct Plan {
+    dir: PathBuf,
+    script: String,
+    probe: Option<String>,
+}
+
+/// After a crash: waits for the interrupted command's process to end (it outlived the
+/// worker in its own process group), then decides. `Some(result)` when running the
+/// command again is not needed: a restart whose node already passes its health check on
+/// the version.
+async fn recover(
+    plan: &Plan,
+    key: &str,
+    node: &str,
+    pid: Option<u32>,
+    kind: CommandKind,
+    timeout: Duration,
+) -> Option<NodeResult> {
+    if let Some(pid) = pid {
+        let deadline = tokio::time::Instant::now() + timeout;
+        while group_leader_alive(pid).await {
+            if tokio::time::Instant::now() >= deadline {
+                tracing::warn!(%key, %node, pid, "the interrupted command still runs past its timeout; killing it");
+                let _ = Process::new("kill")
+                    .args(["-KILL", "--", &format!("-{pid}")])
+                    .status()
+                    .await;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    if kind != CommandKind::Restart {
+        tracing::warn!(%key, %node, "command was interrupted before it finished; running it again");
+        return None;
+    }
+    let probe = plan.probe.as_ref()?;
+    match execute(&plan.dir, probe, timeout, CommandKind::Health, |_| async {
+        Ok(())
+    })
+    .await
+    {
+        Ok(NodeResult::Succeeded) => {
+            tracing::info!(%key, %node, "interrupted restart had taken effect (the health check passes); not restarting again");
+            Some(NodeResult::Succeeded)
+        }
+        _ => {
+            tracing::warn!(%key, %node, "interrupted restart did not take effect; restarting again");
+            None
+        }
+    }
+}
+
+/// Whether `pid` still runs as the leader of its own process group (a pid reused by
+/// another process, or a zombie, does not count). Where there is no /proc, `kill -0`.
+async fn group_leader_alive(pid: u32) -> bool {
+    match tokio::fs::read_to_string(format!("/proc/{pid}/stat")).await {
+        Ok(stat) => {
+            // "pid (comm) state ppid pgrp …": comm may hold spaces, so split after ')'.
+            let fields: Vec<&str> = stat
+                .rsplit_once(')')
+                .map_or(vec![], |(_, rest)| rest.split_whitespace().collect());
+            let running = fields.first().is_some_and(|s| *s != "Z" && *s != "X");
+            running && fields.get(2) == Some(&pid.to_string().as_str())
+        }
+        Err(_) if Path::new("/proc/self").exists() => false,
+        Err(_) => Process::new("kill")
+            .args(["-0", &pid.to_string()])
+            .status()
+            .await
+            .is_ok_and(|s| s.success()),
     }
 }
 
@@ -160,39 +278,59 @@ fn failed(exit_code: Option<i32>, output: String) -> NodeResult {
     NodeResult::Failed { exit_code, output }
 }
 
-async fn execute(dir: &Path, script: &str, timeout: Duration, kind: CommandKind) -> NodeResult {
+/// Runs `script` in `dir` in a process group of its own (a Ctrl-C or SIGTERM meant for
+/// shipit does not cut a restart in half, and a command outlives a worker that was
+/// killed), telling `started` its pid.
+async fn execute<F, Fut>(
+    dir: &Path,
+    script: &str,
+    timeout: Duration,
+    kind: CommandKind,
+    started: F,
+) -> Result<NodeResult, PortError>
+where
+    F: FnOnce(u32) -> Fut,
+    Fut: std::future::Future<Output = Result<(), PortError>>,
+{
     if !dir.is_dir() {
-        return failed(
+        return Ok(failed(
             None,
             format!("node directory {} does not exist", dir.display()),
-        );
+        ));
     }
-    let child = Process::new("sh")
+    let mut command = Process::new("sh");
+    command
         .arg("-c")
         .arg(script)
         .current_dir(dir)
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn();
-    let child = match child {
+        .kill_on_drop(true);
+    #[cfg(unix)]
+    command.process_group(0);
+    let child = match command.spawn() {
         Ok(c) => c,
-        Err(e) => return failed(None, format!("cannot start sh: {e}")),
+        Err(e) => return Ok(failed(None, format!("cannot start sh: {e}"))),
     };
-    match tokio::time::timeout(timeout, child.wait_with_output()).await {
-        Err(_) => failed(None, format!("timed out after {} s", timeout.as_secs())),
-        Ok(Err(e)) => failed(None, format!("waiting for the command: {e}")),
-        Ok(Ok(out)) if out.status.success() && kind == CommandKind::Version => {
-            NodeResult::Reported {
-                output: tail(&String::from_utf8_lossy(&out.stdout), OUTPUT_TAIL),
-            }
-        }
-        Ok(Ok(out)) if out.status.success() => NodeResult::Succeeded,
-        Ok(Ok(out)) => {
-            let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
-            text.push_str(&String::from_utf8_lossy(&out.stderr));
-            failed(out.status.code(), tail(&text, OUTPUT_TAIL))
-        }
+    if let Some(pid) = child.id() {
+        started(pid).await?;
     }
+    Ok(
+        match tokio::time::timeout(timeout, child.wait_with_output()).await {
+            Err(_) => failed(None, format!("timed out after {} s", timeout.as_secs())),
+            Ok(Err(e)) => failed(None, format!("waiting for the command: {e}")),
+            Ok(Ok(out)) if out.status.success() && kind == CommandKind::Version => {
+                NodeResult::Reported {
+                    output: tail(&String::from_utf8_lossy(&out.stdout), OUTPUT_TAIL),
+                }
+            }
+            Ok(Ok(out)) if out.status.success() => NodeResult::Succeeded,
+            Ok(Ok(out)) => {
+                let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+                text.push_str(&String::from_utf8_lossy(&out.stderr));
+                failed(out.status.code(), tail(&text, OUTPUT_TAIL))
+            }
+        },
+    )
 }

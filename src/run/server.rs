@@ -13,6 +13,9 @@ use axum::{Json, Router};
 use chrono::Utc;
 use serde_json::json;
 use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::drive::worker::WorkerHealth;
 
 use crate::ingress::github::MAX_BODY;
 use crate::ingress::{Ingress, Reply};
@@ -22,6 +25,7 @@ use crate::local::store::Store;
 struct AppState {
     ingress: Arc<Ingress>,
     store: Store,
+    worker: watch::Receiver<WorkerHealth>,
 }
 
 fn respond(reply: Reply) -> Response {
@@ -44,18 +48,44 @@ async fn jobs(State(s): State<AppState>) -> Response {
     }
 }
 
-pub fn router(ingress: Arc<Ingress>, store: Store) -> Router {
+/// 200 while jobs that are accepted get run; 503 with the reason while the worker cannot
+/// run them (its store fails, say), so that a load balancer or a person looking knows.
+async fn healthz(State(s): State<AppState>) -> Response {
+    let health = s.worker.borrow().clone();
+    match health {
+        WorkerHealth::Down(reason) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "status": "unavailable", "reason": reason })),
+        )
+            .into_response(),
+        h => {
+            let worker = match h {
+                WorkerHealth::Starting => "starting",
+                WorkerHealth::Waiting => "waiting: another shipit process runs the jobs",
+                _ => "running",
+            };
+            Json(json!({ "status": "ok", "worker": worker })).into_response()
+        }
+    }
+}
+
+pub fn router(
+    ingress: Arc<Ingress>,
+    store: Store,
+    worker: watch::Receiver<WorkerHealth>,
+) -> Router {
     Router::new()
         .route("/hooks/github", post(github))
         .route("/hooks/slack", post(slack))
-        .route(
-            "/healthz",
-            get(|| async { Json(json!({ "status": "ok" })) }),
-        )
+        .route("/healthz", get(healthz))
         .route("/api/deploys", get(jobs))
         // One byte over GitHub's cap reaches the handler, which answers 413 with a reason.
         .layer(DefaultBodyLimit::max(MAX_BODY + 1))
-        .with_state(AppState { ingress, store })
+        .with_state(AppState {
+            ingress,
+            store,
+            worker,
+        })
 }
 
 /// Serves until `shutdown` resolves, then finishes the requests in flight.
@@ -63,10 +93,11 @@ pub async fn serve(
     ingress: Arc<Ingress>,
     store: Store,
     listener: TcpListener,
+    worker: watch::Receiver<WorkerHealth>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let watcher = tokio::spawn(super::packages::watch(ingress.clone(), store.clone()));
-    let result = axum::serve(listener, router(ingress, store))
+    let result = axum::serve(listener, router(ingress, store, worker))
         .with_graceful_shutdown(shutdown)
         .await;
     watcher.abort();

@@ -899,7 +899,10 @@ async fn a_deploy_that_outlives_its_lease_keeps_its_lock_by_renewing_it() {
             holder: format!("job {}", contender.id),
             reason: "deploying".into(),
             since: now,
-            expires: Some(shipit::deploy::ports::LockInfo::lease_from(now)),
+            expires: Some(shipit::deploy::ports::LockInfo::lease_from(
+                now,
+                shipit::deploy::lock::LEASE_SECONDS,
+            )),
             job: Some(contender.id.clone()),
             generation: 0,
             abort: None,

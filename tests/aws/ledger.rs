@@ -152,7 +152,7 @@ async fn locks_contract(ledger: &dyn Ledger, j1: &DeployJob, j2: &DeployJob) {
     let lease = |job: &DeployJob, at: chrono::DateTime<Utc>| LockInfo {
         job: Some(job.id.clone()),
         since: at,
-        expires: Some(LockInfo::lease_from(at)),
+        expires: Some(LockInfo::lease_from(at, LEASE_SECONDS)),
         ..manual("deploying")
     };
     let first = ledger
@@ -182,7 +182,7 @@ async fn locks_contract(ledger: &dyn Ledger, j1: &DeployJob, j2: &DeployJob) {
                 env,
                 &j1.id,
                 first.generation,
-                LockInfo::lease_from(later)
+                LockInfo::lease_from(later, LEASE_SECONDS)
             )
             .await
             .unwrap(),
@@ -195,7 +195,7 @@ async fn locks_contract(ledger: &dyn Ledger, j1: &DeployJob, j2: &DeployJob) {
         .unwrap()
         .is_err());
     assert!(matches!(
-        ledger.renew(app, env, &j2.id, first.generation, LockInfo::lease_from(later)).await.unwrap(),
+        ledger.renew(app, env, &j2.id, first.generation, LockInfo::lease_from(later, LEASE_SECONDS)).await.unwrap(),
         Renewal::Lost { holder: Some(h) } if h.job.as_ref() == Some(&j1.id)
     ));
     ledger.release(app, env, &j2.id).await.unwrap();
@@ -221,7 +221,7 @@ async fn locks_contract(ledger: &dyn Ledger, j1: &DeployJob, j2: &DeployJob) {
                 env,
                 &j1.id,
                 first.generation,
-                LockInfo::lease_from(later)
+                LockInfo::lease_from(later, LEASE_SECONDS)
             )
             .await
             .unwrap(),
@@ -250,7 +250,7 @@ async fn locks_contract(ledger: &dyn Ledger, j1: &DeployJob, j2: &DeployJob) {
     assert_eq!(successor.generation, crashed.generation + 1);
     assert_eq!(successor.abort, None);
     assert!(matches!(
-        ledger.renew(app, env, &j1.id, crashed.generation, LockInfo::lease_from(lapsed)).await.unwrap(),
+        ledger.renew(app, env, &j1.id, crashed.generation, LockInfo::lease_from(lapsed, LEASE_SECONDS)).await.unwrap(),
         Renewal::Lost { holder: Some(h) } if h.generation == successor.generation
     ));
     assert_eq!(
@@ -260,7 +260,7 @@ async fn locks_contract(ledger: &dyn Ledger, j1: &DeployJob, j2: &DeployJob) {
                 env,
                 &j2.id,
                 successor.generation,
-                LockInfo::lease_from(lapsed)
+                LockInfo::lease_from(lapsed, LEASE_SECONDS)
             )
             .await
             .unwrap(),
@@ -346,7 +346,7 @@ async fn chat_status_history_lock_and_rollback_over_parameter_store_and_sqs() {
     // A running deploy's lock: unlock leaves it, abort asks the deploy to stop.
     let running = LockInfo {
         job: Some(live.id.clone()),
-        expires: Some(LockInfo::lease_from(Utc::now())),
+        expires: Some(LockInfo::lease_from(Utc::now(), LEASE_SECONDS)),
         ..manual("deploying")
     };
     assert!(say(&ingress, me, "abort hello")
@@ -421,7 +421,7 @@ async fn contenders_race(a: &dyn Ledger, b: &dyn Ledger) {
         job: Some(job("1.0.0", nonce).id),
         holder: format!("job {nonce}"),
         since: at,
-        expires: Some(LockInfo::lease_from(at)),
+        expires: Some(LockInfo::lease_from(at, LEASE_SECONDS)),
         ..manual("deploying")
     };
     for round in 0..5 {

@@ -328,7 +328,8 @@ nodes = [{nodes}]
     }
 }
 
-/// `shipit serve`'s HTTP side on a free loopback port, until `stop`.
+/// `shipit serve`'s HTTP side on a free loopback port, until `stop`. No worker runs jobs
+/// here (its `/healthz` says the worker is starting): tests look at what was queued.
 pub struct Served {
     pub base: String,
     stop: tokio::sync::oneshot::Sender<()>,
@@ -344,6 +345,7 @@ impl Served {
             Arc::new(ingress),
             store,
             listener,
+            tokio::sync::watch::channel(shipit::drive::worker::WorkerHealth::Starting).1,
             async {
                 let _ = stopped.await;
             },

@@ -136,7 +136,7 @@ async fn two_deploys_of_one_app_never_overlap() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     stop.send(true).unwrap();
-    running.await.unwrap().unwrap();
+    running.await.unwrap();
     for id in [&first.id, &second.id] {
         assert_eq!(
             store.job(id).await.unwrap().unwrap().status,
@@ -309,7 +309,8 @@ async fn the_fleet_runs_a_command_key_once_however_often_it_is_asked() {
         .await
         .unwrap();
     assert!(
-        matches!(&failing[0].1, NodeResult::Failed { output, .. } if output == "node node9 is not in the config")
+        matches!(&failing[0].1, NodeResult::Failed { output, .. } if output == "node node9 is not in the config"),
+        "{failing:?}"
     );
 }
 

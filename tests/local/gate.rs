@@ -315,3 +315,43 @@ async fn deploy_force_from_chat_goes_past_the_gate_and_is_recorded() {
     let text = reply.body["text"].as_str().unwrap();
     assert!(text.starts_with("--force goes only with"), "{text}");
 }
+
+/// Before: an older tag was skipped as "superseded" by any newer one queued behind it,
+/// even one whose checks were red and which the gate then refused: nothing went out.
+#[tokio::test]
+async fn only_a_newer_version_the_gate_lets_through_supersedes_an_older_tag() {
+    const RED: &str = "0000000000000000000000000000000000000bad";
+    let github = MockServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (config, store) = setup(dir.path(), &github, 0);
+    repo(&github, "v1.0.0", "behind").await;
+    checks(&github, "success", ("completed", Some("success"))).await;
+    answer(&github, "/commits/v1.1.0", json!({"sha": RED})).await;
+    answer(
+        &github,
+        &format!("/compare/main...{RED}"),
+        json!({"status": "behind"}),
+    )
+    .await;
+    answer(
+        &github,
+        &format!("/commits/{RED}/status"),
+        json!({"state": "failure", "statuses": [{"context": "ci/test", "state": "failure"}]}),
+    )
+    .await;
+    answer(
+        &github,
+        &format!("/commits/{RED}/check-runs"),
+        json!({"total_count": 1, "check_runs": [
+            {"id": 12, "name": "build", "status": "completed", "conclusion": "failure"}]}),
+    )
+    .await;
+
+    let older = tag_deploy(&config, "v1.0.0").await;
+    let newer = tag_deploy(&config, "v1.1.0").await;
+    let (status, outcome) = run(&config, &store, &older).await;
+    assert_eq!(status, JobStatus::Succeeded, "{outcome:?}");
+    let (status, outcome) = run(&config, &store, &newer).await;
+    assert_eq!(status, JobStatus::Skipped, "{outcome:?}");
+    assert_eq!(live_on(dir.path()), ["1.0.0", "1.0.0"]);
+}

@@ -10,22 +10,24 @@ use shipit::deploy::job::JobId;
 use crate::example::{free_port, Example};
 
 /// `shipit serve` on this example, watching `uploads/` for new packages.
-struct Serve(Child);
+struct Serve(Child, u16);
 
 impl Serve {
     fn start(ex: &Example) -> Serve {
         let uploads = ex.dir.path().join("uploads");
         std::fs::create_dir_all(&uploads).unwrap();
+        let port = free_port();
         let config = std::fs::read_to_string(ex.config_path()).unwrap().replacen(
             "[server]\n",
-            &format!(
-                "[server]\npackage_dir = \"uploads\"\nlisten = \"127.0.0.1:{}\"\n",
-                free_port()
-            ),
+            &format!("[server]\npackage_dir = \"uploads\"\nlisten = \"127.0.0.1:{port}\"\n"),
             1,
         );
         std::fs::write(ex.config_path(), config).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_shipit"))
+        Serve(Self::spawn(ex), port)
+    }
+
+    fn spawn(ex: &Example) -> Child {
+        Command::new(env!("CARGO_BIN_EXE_shipit"))
             .arg("--config")
             .arg(ex.config_path())
             .arg("serve")
@@ -33,8 +35,39 @@ impl Serve {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .unwrap();
-        Serve(child)
+            .unwrap()
+    }
+
+    /// `kill -9`, and start it again on the same store.
+    fn kill_and_restart(&mut self, ex: &Example) {
+        self.0.kill().unwrap();
+        self.0.wait().unwrap();
+        self.0 = Self::spawn(ex);
+    }
+
+    /// `/healthz`: its status code and body, once serve answers.
+    async fn health(&self) -> (u16, serde_json::Value) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            match reqwest::get(format!("http://127.0.0.1:{}/healthz", self.1)).await {
+                Ok(r) => return (r.status().as_u16(), r.json().await.unwrap()),
+                Err(e) => assert!(Instant::now() < deadline, "serve does not answer: {e}"),
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Waits until `/healthz` answers `code` (200: with its worker running).
+    async fn health_becomes(&self, code: u16) -> serde_json::Value {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let (c, body) = self.health().await;
+            if c == code && (c != 200 || body["worker"] == "running") {
+                return body;
+            }
+            assert!(Instant::now() < deadline, "/healthz stayed {c}: {body}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 }
 
@@ -262,4 +295,128 @@ async fn abort_stops_a_running_deploy_and_unlock_cannot_touch_its_lock() {
     let (code, out) = finish(spawn_as(&ex, "bob", &["unlock", "hello"]));
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("was locked by bob: db migration"), "{out}");
+}
+
+/// Before: one undecodable job row, or a store error, ended the worker loop for good while
+/// serve kept answering 202 and /healthz said ok.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_worker_survives_an_unreadable_job_and_a_failing_store_and_healthz_says_so() {
+    let ex = Example::new(1);
+    let serve = Serve::start(&ex);
+    serve.health_becomes(200).await;
+    let db = rusqlite::Connection::open(ex.dir.path().join("state/shipit.db")).unwrap();
+    db.busy_timeout(Duration::from_secs(5)).unwrap();
+    db.execute(
+        "INSERT INTO jobs (id, grp, status, job, queued_at)
+         VALUES ('0123456789abcdef0123', 'hello/production', 'queued', '{\"schema\": 99}', '2026-11-24T10:00:00Z')",
+        [],
+    )
+    .unwrap();
+    let (code, out) = ex.shipit(&["deploy", "hello", "1.0.0", "--wait"]);
+    assert_eq!(code, 0, "the worker stopped at the unreadable job: {out}");
+    let status: String = db
+        .query_row(
+            "SELECT status FROM jobs WHERE id = '0123456789abcdef0123'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(status, "failed");
+    let bad: JobId = serde_json::from_value(serde_json::json!("0123456789abcdef0123")).unwrap();
+    let notices = ex.store().notices(&bad, 0).await.unwrap();
+    assert!(
+        matches!(notices.last(), Some((_, Notice::Finished { outcome: Outcome::Failed { reason, .. } }))
+            if reason.contains("cannot read this job") && reason.contains("99")),
+        "{notices:?}"
+    );
+
+    // The queue's table goes away: the worker cannot claim, and says so; it comes back.
+    db.execute("ALTER TABLE jobs RENAME TO jobs_away", [])
+        .unwrap();
+    let down = serve.health_becomes(503).await;
+    assert!(
+        down["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("cannot read the job queue"),
+        "{down}"
+    );
+    db.execute("ALTER TABLE jobs_away RENAME TO jobs", [])
+        .unwrap();
+    serve.health_becomes(200).await;
+    let (code, out) = ex.shipit(&["deploy", "hello", "1.1.0", "--wait"]);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(ex.served(), ["1.1.0"]);
+}
+
+/// Before: `kill -9` of serve while a restart command ran, three times in one deploy,
+/// restarted node1 four times (the interrupted command was run again, blind), and the
+/// command's `sh` outlived the worker.
+#[tokio::test(flavor = "multi_thread")]
+async fn kill_9_of_serve_in_the_middle_of_restarts_restarts_no_node_twice() {
+    let ex = Example::new(3);
+    let (code, out) = ex.shipit(&["deploy", "hello", "1.0.0", "--wait"]);
+    assert_eq!(code, 0, "{out}");
+    // Restarts that take a while, so that the kills land inside them.
+    let config = std::fs::read_to_string(ex.config_path()).unwrap().replacen(
+        "restart = \"venv/bin/python -m hello_app.ctl restart {port}\"",
+        "restart = \"sleep 1 && venv/bin/python -m hello_app.ctl restart {port} && sleep 1\"",
+        1,
+    );
+    assert!(config.contains("sleep 1 &&"));
+    std::fs::write(ex.config_path(), config).unwrap();
+    let mut serve = Serve::start(&ex);
+    serve.health_becomes(200).await;
+    let (code, out) = ex.shipit(&["deploy", "hello", "1.1.0"]);
+    assert_eq!(code, 0, "{out}");
+    let job: JobId = serde_json::from_value(serde_json::json!(out
+        .split("(job ")
+        .nth(1)
+        .and_then(|r| r.split(')').next())
+        .unwrap()))
+    .unwrap();
+
+    let db = rusqlite::Connection::open(ex.dir.path().join("state/shipit.db")).unwrap();
+    db.busy_timeout(Duration::from_secs(5)).unwrap();
+    let mut killed: Vec<(String, String)> = vec![];
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while killed.len() < 3 {
+        assert!(
+            Instant::now() < deadline,
+            "restarts never ran: killed in {killed:?}"
+        );
+        let running: Option<(String, String)> = db
+            .query_row(
+                "SELECT key, node FROM commands WHERE status = 'running' AND key LIKE '%:restart:%' AND pid IS NOT NULL",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .ok();
+        match running {
+            Some(r) if !killed.contains(&r) => {
+                serve.kill_and_restart(&ex);
+                killed.push(r);
+            }
+            _ => std::thread::sleep(Duration::from_millis(50)),
+        }
+    }
+    let store = ex.store();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let status = loop {
+        let q = store.job(&job).await.unwrap().unwrap();
+        if !q.status.is_pending() {
+            break q.status;
+        }
+        assert!(Instant::now() < deadline, "the deploy never ended");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(status.as_str(), "succeeded");
+    assert_eq!(ex.served(), ["1.1.0", "1.1.0", "1.1.0"]);
+    for node in ["node1", "node2", "node3"] {
+        assert_eq!(
+            ex.starts(node, "1.1.0"),
+            1,
+            "{node} restarted more than once (killed during {killed:?})"
+        );
+    }
 }

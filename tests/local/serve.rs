@@ -320,5 +320,5 @@ async fn a_worker_waits_while_another_holds_the_store() {
         "never took over the expired lease"
     );
     stop.send(true).unwrap();
-    running.await.unwrap().unwrap();
+    running.await.unwrap();
 }

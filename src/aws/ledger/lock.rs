@@ -263,7 +263,7 @@ impl SsmLedger {
         let slots = self.slots(app, env).await?;
         Ok(match slots.current() {
             None => Unlocked::NotLocked,
-            Some(l) if l.job.is_some() && !l.is_expired(now) => Unlocked::Deploying(l),
+            Some(l) if l.is_running_deploy(now) => Unlocked::Deploying(l),
             Some(l) => {
                 self.free(app, env, slots.generation()).await?;
                 Unlocked::Released(l)
@@ -280,7 +280,7 @@ impl SsmLedger {
     ) -> Result<Option<LockInfo>, PortError> {
         let slots = self.slots(app, env).await?;
         match slots.current() {
-            Some(l) if l.job.is_some() && !l.is_expired(now) => {
+            Some(l) if l.is_running_deploy(now) => {
                 // Its own parameter, so that the holder's renewals cannot write over it;
                 // the first to ask is the one the deploy names.
                 let name = format!("{}{ABORT}", self.slot(app, env, slots.generation()));

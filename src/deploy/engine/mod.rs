@@ -336,6 +336,21 @@ impl Deploy {
         Ok(notices)
     }
 
+    /// Tells the deploy the time before its next `action()`: a lease that has not been
+    /// renewed for `LEASE_RENEW_SECONDS` is renewed before anything else, so a driver that
+    /// stalled (a frozen process, a step retried late) learns whether it still holds the
+    /// lock before it acts again, not after.
+    pub fn tick(&mut self, now: DateTime<Utc>) {
+        if let Some(lease) = &self.lease {
+            if self.locked
+                && !matches!(self.phase, Phase::Unlock | Phase::Done)
+                && now - lease.renewed_at >= Duration::seconds(LEASE_RENEW_SECONDS)
+            {
+                self.renew_due = true;
+            }
+        }
+    }
+
     /// After every step: renew the lease when it is time, and act on an abort once no
     /// command is in flight (a restart half-observed must finish before it is undone).
     fn heartbeat(&mut self, now: DateTime<Utc>, notices: &mut Vec<Notice>) {
@@ -387,6 +402,13 @@ impl Deploy {
                 self.locked = false;
                 self.lease = None;
                 self.wait = None;
+                if let Some(outcome) = self.outcome.clone() {
+                    // Decided already (recorded, or put back): only the bookkeeping after
+                    // it is left undone, and the lock is not ours to release.
+                    self.phase = Phase::Done;
+                    notices.push(Notice::Finished { outcome });
+                    return;
+                }
                 let who = holder.map_or("nobody (it was removed)".to_string(), |h| {
                     format!("{} ({})", h.holder, h.reason)
                 });

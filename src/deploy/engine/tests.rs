@@ -276,6 +276,7 @@ impl Twin {
     fn drive(&mut self, deploy: &mut Deploy, crash_every: Option<usize>) -> (Outcome, Vec<Notice>) {
         let mut notices = vec![];
         for step in 1..10_000 {
+            deploy.tick(self.now());
             let action = deploy.action();
             assert_eq!(action, deploy.action(), "action() is not pure");
             if let Action::Finished(outcome) = action {

@@ -10,18 +10,38 @@ use crate::deploy::engine::{Deploy, Notice};
 use crate::deploy::job::JobId;
 use crate::deploy::ports::{NotifyMemo, PortError};
 
+/// What the store knows of one node's run of a command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommandRecord {
+    pub node: String,
+    pub result: Option<NodeResult>,
+    pub pid: Option<u32>,
+}
+
 impl Store {
-    /// Checkpoints a deploy; called after every step.
-    pub async fn save_deploy(&self, deploy: &Deploy, now: DateTime<Utc>) -> Result<(), PortError> {
+    /// One step of a deploy, in one transaction: its engine state and the notices it
+    /// produced (so that a retried save never records a notice twice).
+    pub async fn save_step(
+        &self,
+        deploy: &Deploy,
+        notices: &[Notice],
+        now: DateTime<Utc>,
+    ) -> Result<(), PortError> {
         let (id, state) = (deploy.job.id.to_string(), serde_json::to_string(deploy)?);
+        let rows = notices
+            .iter()
+            .map(serde_json::to_string)
+            .collect::<Result<Vec<_>, _>>()?;
         self.with(move |c| {
-            c.execute(
+            let tx = c.transaction()?;
+            tx.execute(
                 "INSERT INTO deploys (job_id, state, updated_at) VALUES (?1, ?2, ?3)
                  ON CONFLICT(job_id) DO UPDATE
                  SET state = excluded.state, updated_at = excluded.updated_at",
                 params![id, state, now.to_rfc3339()],
-            )
-            .map(drop)
+            )?;
+            insert_notices(&tx, &id, &rows, now)?;
+            tx.commit()
         })
         .await
     }
@@ -75,21 +95,39 @@ impl Store {
 
     /// The recorded result of every node of command `key` that has one; `None` while the
     /// node's command was started but not finished (by this process or one that died).
-    pub async fn command_results(
-        &self,
-        key: &str,
-    ) -> Result<Vec<(String, Option<NodeResult>)>, PortError> {
+    /// Each node's result for `key`; `None` for one started by a process that died
+    /// before it recorded the result, with the pid of its `sh` if that was recorded.
+    pub async fn command_results(&self, key: &str) -> Result<Vec<CommandRecord>, PortError> {
         let key = key.to_string();
-        let rows: Vec<(String, Option<String>)> = self
+        let rows: Vec<(String, Option<String>, Option<u32>)> = self
             .with(move |c| {
-                let mut st = c.prepare("SELECT node, result FROM commands WHERE key = ?1")?;
-                let rows = st.query_map(params![key], |r| Ok((r.get(0)?, r.get(1)?)))?;
+                let mut st = c.prepare("SELECT node, result, pid FROM commands WHERE key = ?1")?;
+                let rows = st.query_map(params![key], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
                 rows.collect()
             })
             .await?;
         rows.into_iter()
-            .map(|(node, result)| Ok((node, result.map(|r| serde_json::from_str(&r)).transpose()?)))
+            .map(|(node, result, pid)| {
+                Ok(CommandRecord {
+                    node,
+                    result: result.map(|r| serde_json::from_str(&r)).transpose()?,
+                    pid,
+                })
+            })
             .collect()
+    }
+
+    /// The process running `key` on `node` (the leader of its own process group).
+    pub async fn command_pid(&self, key: &str, node: &str, pid: u32) -> Result<(), PortError> {
+        let (key, node) = (key.to_string(), node.to_string());
+        self.with(move |c| {
+            c.execute(
+                "UPDATE commands SET pid = ?3 WHERE key = ?1 AND node = ?2",
+                params![key, node, pid],
+            )
+            .map(drop)
+        })
+        .await
     }
 
     /// Notes, durably and before anything runs, that `key` is starting on `node`.
@@ -104,7 +142,7 @@ impl Store {
             c.execute(
                 "INSERT INTO commands (key, node, status, updated_at) VALUES (?1, ?2, 'running', ?3)
                  ON CONFLICT(key, node) DO UPDATE
-                 SET status = 'running', updated_at = excluded.updated_at",
+                 SET status = 'running', pid = NULL, updated_at = excluded.updated_at",
                 params![key, node, now.to_rfc3339()],
             )
             .map(drop)
@@ -148,12 +186,7 @@ impl Store {
             .collect::<Result<Vec<_>, _>>()?;
         self.with(move |c| {
             let tx = c.transaction()?;
-            for n in rows {
-                tx.execute(
-                    "INSERT INTO notices (job_id, notice, at) VALUES (?1, ?2, ?3)",
-                    params![id, n, now.to_rfc3339()],
-                )?;
-            }
+            insert_notices(&tx, &id, &rows, now)?;
             tx.commit()
         })
         .await
@@ -226,4 +259,19 @@ impl Store {
         })
         .await
     }
+}
+
+fn insert_notices(
+    c: &rusqlite::Connection,
+    job: &str,
+    notices: &[String],
+    now: DateTime<Utc>,
+) -> Result<(), rusqlite::Error> {
+    for n in notices {
+        c.execute(
+            "INSERT INTO notices (job_id, notice, at) VALUES (?1, ?2, ?3)",
+            params![job, n, now.to_rfc3339()],
+        )?;
+    }
+    Ok(())
 }

@@ -1,13 +1,14 @@
 //! The queue: jobs in order, one running per app+env, and what is queued behind one.
 
 use async_trait::async_trait;
-use rusqlite::{params, OptionalExtension};
+use chrono::{DateTime, Utc};
+use rusqlite::{params, OptionalExtension, TransactionBehavior};
 
 use super::Store;
+use crate::deploy::engine::{Notice, Outcome};
 use crate::deploy::job::{DeployJob, JobId};
 use crate::deploy::ports::{Backlog, Enqueued, JobQueue, PortError};
 use crate::deploy::status::JobStatus;
-use crate::deploy::version::Version;
 
 /// A queued job as the store keeps it.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -41,44 +42,61 @@ impl Store {
                 rows.collect()
             })
             .await?;
-        rows.into_iter()
-            .map(|(seq, status, job)| QueuedJob::decode(seq, &status, &job))
-            .collect()
+        // A row that cannot be read is left out of the list (the worker fails it with
+        // the reason when it comes to it), not allowed to hide every other job.
+        Ok(rows
+            .into_iter()
+            .filter_map(
+                |(seq, status, job)| match QueuedJob::decode(seq, &status, &job) {
+                    Ok(q) => Some(q),
+                    Err(e) => {
+                        tracing::warn!(seq, error = %e, "a job in the store cannot be read");
+                        None
+                    }
+                },
+            )
+            .collect())
     }
 
     /// Marks the oldest queued job whose app+env has nothing running as running, and
-    /// returns it: deploys of one app+env never overlap, others run side by side.
-    pub async fn claim_next(&self) -> Result<Option<QueuedJob>, PortError> {
-        let row: Option<(i64, String)> = self
-            .with(|c| {
-                let tx = c.transaction()?;
-                let row: Option<(i64, String)> = tx
+    /// returns it: deploys of one app+env never overlap, others run side by side. A job
+    /// that cannot be read (written by a newer shipit, or damaged) fails alone, with the
+    /// reason as its last notice, and the next one is claimed.
+    pub async fn claim_next(&self, now: DateTime<Utc>) -> Result<Option<QueuedJob>, PortError> {
+        self.with(move |c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            loop {
+                let row: Option<(i64, String, String)> = tx
                     .query_row(
-                        "SELECT seq, job FROM jobs j WHERE status = 'queued' AND NOT EXISTS
+                        "SELECT seq, id, job FROM jobs j WHERE status = 'queued' AND NOT EXISTS
                            (SELECT 1 FROM jobs r WHERE r.grp = j.grp AND r.status = 'running')
                          ORDER BY seq LIMIT 1",
                         [],
-                        |r| Ok((r.get(0)?, r.get(1)?)),
+                        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
                     )
                     .optional()?;
-                if let Some((seq, _)) = &row {
-                    tx.execute(
-                        "UPDATE jobs SET status = 'running' WHERE seq = ?1",
-                        params![seq],
-                    )?;
+                let Some((seq, id, body)) = row else {
+                    tx.commit()?;
+                    return Ok(None);
+                };
+                match DeployJob::from_json(&body) {
+                    Ok(job) => {
+                        tx.execute(
+                            "UPDATE jobs SET status = 'running' WHERE seq = ?1",
+                            params![seq],
+                        )?;
+                        tx.commit()?;
+                        return Ok(Some(QueuedJob {
+                            seq,
+                            status: JobStatus::Running,
+                            job,
+                        }));
+                    }
+                    Err(e) => fail_unreadable(&tx, seq, &id, &e.to_string(), now)?,
                 }
-                tx.commit()?;
-                Ok(row)
-            })
-            .await?;
-        row.map(|(seq, job)| {
-            Ok(QueuedJob {
-                seq,
-                status: JobStatus::Running,
-                job: DeployJob::from_json(&job)?,
-            })
+            }
         })
-        .transpose()
+        .await
     }
 
     pub async fn set_status(&self, job: &JobId, status: JobStatus) -> Result<(), PortError> {
@@ -109,15 +127,39 @@ impl Store {
             .transpose()
     }
 
-    /// Jobs marked running: after a crash, these are the deploys to resume.
-    pub async fn running_jobs(&self) -> Result<Vec<QueuedJob>, PortError> {
-        self.jobs(Some(JobStatus::Running)).await
+    /// Jobs marked running: after a crash, these are the deploys to resume. One that
+    /// cannot be read any more fails alone, as in `claim_next`.
+    pub async fn running_jobs(&self, now: DateTime<Utc>) -> Result<Vec<QueuedJob>, PortError> {
+        self.with(move |c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let rows: Vec<(i64, String, String)> = {
+                let mut st = tx.prepare(
+                    "SELECT seq, id, job FROM jobs WHERE status = 'running' ORDER BY seq",
+                )?;
+                let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+                rows.collect::<Result<_, _>>()?
+            };
+            let mut out = vec![];
+            for (seq, id, body) in rows {
+                match DeployJob::from_json(&body) {
+                    Ok(job) => out.push(QueuedJob {
+                        seq,
+                        status: JobStatus::Running,
+                        job,
+                    }),
+                    Err(e) => fail_unreadable(&tx, seq, &id, &e.to_string(), now)?,
+                }
+            }
+            tx.commit()?;
+            Ok(out)
+        })
+        .await
     }
 }
 
 #[async_trait]
 impl Backlog for Store {
-    async fn newer_queued(&self, job: &DeployJob) -> Result<Option<Version>, PortError> {
+    async fn newer_queued(&self, job: &DeployJob) -> Result<Vec<DeployJob>, PortError> {
         let (id, grp) = (job.id.to_string(), job.group());
         let bodies: Vec<String> = self
             .with(move |c| {
@@ -129,14 +171,25 @@ impl Backlog for Store {
                 rows.collect()
             })
             .await?;
-        let mut newest: Option<Version> = None;
+        let mut newer: Vec<DeployJob> = vec![];
         for body in bodies {
-            let v = DeployJob::from_json(&body)?.version;
-            if v.is_newer_than(newest.as_ref().unwrap_or(&job.version)) {
-                newest = Some(v);
+            // One that cannot be read fails when the worker comes to it; it hides nothing.
+            if let Ok(j) = DeployJob::from_json(&body) {
+                if j.version.is_newer_than(&job.version) {
+                    newer.push(j);
+                }
             }
         }
-        Ok(newest)
+        newer.sort_by(|a, b| {
+            if a.version.is_newer_than(&b.version) {
+                std::cmp::Ordering::Less
+            } else if b.version.is_newer_than(&a.version) {
+                std::cmp::Ordering::Greater
+            } else {
+                std::cmp::Ordering::Equal
+            }
+        });
+        Ok(newer)
     }
 }
 
@@ -173,4 +226,33 @@ impl JobQueue for Store {
         })
         .await
     }
+}
+
+/// Fails job `seq` that cannot be read, with the reason as its last notice.
+fn fail_unreadable(
+    c: &rusqlite::Connection,
+    seq: i64,
+    id: &str,
+    error: &str,
+    now: DateTime<Utc>,
+) -> Result<(), rusqlite::Error> {
+    let reason = format!("cannot read this job: {error}");
+    tracing::error!(job_id = %id, %reason, "job failed");
+    let finished = Notice::Finished {
+        outcome: Outcome::Failed {
+            reason,
+            rolled_back: false,
+        },
+    };
+    let notice = serde_json::to_string(&finished)
+        .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
+    c.execute(
+        "UPDATE jobs SET status = 'failed' WHERE seq = ?1",
+        params![seq],
+    )?;
+    c.execute(
+        "INSERT INTO notices (job_id, notice, at) VALUES (?1, ?2, ?3)",
+        params![id, notice, now.to_rfc3339()],
+    )?;
+    Ok(())
 }

@@ -235,7 +235,7 @@ impl Ledger for Store {
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let unlocked = match read_lock(&tx, &app, &env)? {
                 None => Unlocked::NotLocked,
-                Some(l) if l.job.is_some() && !l.is_expired(now) => Unlocked::Deploying(l),
+                Some(l) if l.is_running_deploy(now) => Unlocked::Deploying(l),
                 Some(l) => {
                     delete_lock(&tx, &app, &env)?;
                     Unlocked::Released(l)
@@ -258,7 +258,7 @@ impl Ledger for Store {
         self.with(move |c| {
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let asked = match read_lock(&tx, &app, &env)? {
-                Some(l) if l.job.is_some() && !l.is_expired(now) => {
+                Some(l) if l.is_running_deploy(now) => {
                     // The first to ask is the one the deploy names.
                     let l = LockInfo {
                         abort: Some(l.abort.clone().unwrap_or(by)),

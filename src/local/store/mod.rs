@@ -8,7 +8,7 @@ use rusqlite::Connection;
 
 use crate::deploy::ports::PortError;
 
-mod checkpoints;
+pub mod checkpoints;
 pub mod jobs;
 mod ledger;
 mod packages;
@@ -70,6 +70,7 @@ CREATE TABLE IF NOT EXISTS commands (
     node       TEXT NOT NULL,
     status     TEXT NOT NULL,
     result     TEXT,
+    pid        INTEGER,
     updated_at TEXT NOT NULL,
     PRIMARY KEY (key, node)
 );
@@ -107,6 +108,13 @@ impl Store {
             "PRAGMA busy_timeout=5000; PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL;",
         )?;
         conn.execute_batch(SCHEMA)?;
+        // Stores made before commands kept their pid.
+        let has_pid: bool = conn
+            .prepare("SELECT 1 FROM pragma_table_info('commands') WHERE name = 'pid'")?
+            .exists([])?;
+        if !has_pid {
+            conn.execute_batch("ALTER TABLE commands ADD COLUMN pid INTEGER")?;
+        }
         Ok(Store {
             conn: Arc::new(Mutex::new(conn)),
         })

@@ -1,0 +1,1110 @@
+//! The safety simulation, in the spirit of FoundationDB's: the real engine and the real
+//! deploy-step driver (`Stepper`, with the shared `Driver`) run many deploys at once
+//! against in-memory twins of the ledger (using the same lock decision as SQLite and
+//! Parameter Store) and the fleet, in virtual time, with faults injected: drivers that
+//! crash mid-step and replay it, drivers that stall past their lease, duplicate
+//! deliveries, failing installs and health checks, chat locks, unlocks and aborts.
+//!
+//! A schedule is a list of events generated from a seed, so that a failure can be
+//! replayed and shrunk: the failing seed is printed with the shortest sub-list of its
+//! events that still fails. After every event the invariants below are checked.
+//!
+//! `SHIPIT_SIM_SEEDS=N cargo test --lib sim -- --nocapture` runs N schedules (CI runs
+//! `CI_SEEDS`).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, TimeZone, Utc};
+
+use super::step::{StepState, Stepper};
+use super::{Driver, Outbound};
+use crate::config::Config;
+use crate::deploy::command::{Command, CommandKind, NodeResult};
+use crate::deploy::engine::{Deploy, Notice, Verdict};
+use crate::deploy::history::{faulty_mark, rollback_target, Faulty, HistoryEntry};
+use crate::deploy::job::{DeployJob, JobId, Source};
+use crate::deploy::lock::{take, LockInfo, Renewal, Unlocked, DELIVERY_TIMEOUT_SECONDS};
+use crate::deploy::ports::{Fleet, Gate, Ledger, Notify, NotifyMemo, PortError, Sent};
+use crate::deploy::status::JobStatus;
+use crate::deploy::version::Version;
+
+/// Schedules run in CI: about a minute on this 2-core machine in a debug build.
+const CI_SEEDS: u64 = 10_000;
+const EVENTS: usize = 100;
+const TARGETS: [(&str, &str); 2] = [("a", "prod"), ("b", "prod")];
+const NODES: [&str; 3] = ["n1", "n2", "n3"];
+const VERSIONS: [&str; 5] = ["1.0.0", "1.1.0", "1.2.0", "1.3.0", "2.0.0"];
+
+fn config() -> Arc<Config> {
+    let app = |name: &str| {
+        format!(
+            r#"
+[apps.{name}]
+package = "{name}-app"
+install = "true"
+restart = "true"
+health = "true"
+[apps.{name}.rollout]
+health_timeout_seconds = 3
+health_interval_seconds = 1
+lock_wait_seconds = 900
+command_timeout_seconds = 60
+[apps.{name}.environments.prod]
+nodes = [{{ name = "n1", dir = "n1" }}, {{ name = "n2", dir = "n2" }}, {{ name = "n3", dir = "n3" }}]
+"#
+        )
+    };
+    let text = format!("[server]\nstate = \"sim.db\"\n{}{}", app("a"), app("b"));
+    Arc::new(
+        Config::parse(&text, std::path::Path::new("sim.toml")).unwrap_or_else(|r| panic!("{r}")),
+    )
+}
+
+/// A small deterministic generator (xorshift64*): the same seed, the same schedule.
+struct Rng(u64);
+
+impl Rng {
+    fn new(seed: u64) -> Rng {
+        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum JobKind {
+    Tag,
+    Upload,
+    Chat,
+    Rollback,
+}
+
+#[derive(Debug, Clone)]
+enum Event {
+    /// A trigger queues a job (a rollback is computed from history as chat does).
+    Queue {
+        target: usize,
+        kind: JobKind,
+        version: usize,
+    },
+    /// The queue delivers an already-queued job again.
+    Redeliver(usize),
+    /// One step of the k-th execution that may run now: actions until it must wait.
+    Step(usize),
+    /// The same, but its driver dies after the `n`-th action, before the state machine
+    /// saved the state: that action is replayed from the state before it.
+    Crash(usize, usize),
+    /// The k-th unfinished execution runs alone for a while: the clock moves to each of
+    /// its waits' ends (the other executions stall meanwhile).
+    Run(usize),
+    /// Virtual time passes (drivers not stepped meanwhile have stalled).
+    Advance(i64),
+    Lock(usize),
+    Unlock(usize),
+    Abort(usize),
+    /// A node's installs fail from now on (until faults stop).
+    BreakInstall {
+        target: usize,
+        node: usize,
+    },
+    /// The next command to a node is held back until `DeliverLate`.
+    Delay,
+    /// Held commands reach their nodes now.
+    DeliverLate,
+}
+
+fn schedule(seed: u64) -> Vec<Event> {
+    let mut rng = Rng::new(seed);
+    (0..EVENTS)
+        .map(|_| {
+            let target = rng.below(TARGETS.len() as u64) as usize;
+            match rng.below(100) {
+                0..=11 => Event::Queue {
+                    target,
+                    kind: [JobKind::Tag, JobKind::Upload, JobKind::Chat][rng.below(3) as usize],
+                    version: rng.below(VERSIONS.len() as u64) as usize,
+                },
+                12..=14 => Event::Queue {
+                    target,
+                    kind: JobKind::Rollback,
+                    version: 0,
+                },
+                15..=16 => Event::Redeliver(rng.below(8) as usize),
+                17..=47 => Event::Step(rng.below(8) as usize),
+                48..=62 => Event::Run(rng.below(8) as usize),
+                63..=67 => Event::Crash(rng.below(8) as usize, rng.below(6) as usize),
+                68..=81 => Event::Advance(match rng.below(10) {
+                    0 => 200_000 + rng.below(200_000) as i64, // past a lease
+                    _ => 500 + rng.below(20_000) as i64,
+                }),
+                82..=85 => Event::Lock(target),
+                86..=89 => Event::Unlock(target),
+                90..=94 => Event::Abort(target),
+                95..=96 => Event::Delay,
+                97 => Event::DeliverLate,
+                _ => Event::BreakInstall {
+                    target,
+                    node: rng.below(NODES.len() as u64) as usize,
+                },
+            }
+        })
+        .collect()
+}
+
+#[derive(Default)]
+struct Node {
+    fence: u64,
+    installed: Option<Version>,
+    serving: Option<Version>,
+    broken_install: bool,
+}
+
+/// A command started on a node: when it ends and what it answers then.
+struct Run {
+    job: JobId,
+    end: i64,
+    result: NodeResult,
+}
+
+#[derive(Default)]
+struct Target {
+    nodes: BTreeMap<String, Node>,
+    history: Vec<HistoryEntry>,
+    faulty: Vec<Faulty>,
+    lock: Option<LockInfo>,
+    last_generation: u64,
+    /// Command key → node → its run.
+    runs: HashMap<String, BTreeMap<String, Run>>,
+}
+
+/// Everything the twins share, and the invariants' bookkeeping.
+struct World {
+    now: Arc<AtomicI64>,
+    targets: BTreeMap<(String, String), Target>,
+    /// A version whose health check fails everywhere (a bad build).
+    bad: Version,
+    faults: bool,
+    /// Job → node → forward restarts it ran there.
+    restarts: HashMap<(JobId, String), u32>,
+    violations: Vec<String>,
+    stats: Stats,
+    /// The next command sent is held back (see `SimFleet`).
+    delay_next: bool,
+    held: Vec<Held>,
+}
+
+/// What the schedules exercised, printed at the end so a reader sees the simulation is
+/// not vacuous.
+#[derive(Debug, Default, Clone)]
+struct Stats {
+    schedules: u64,
+    jobs: u64,
+    outcomes: BTreeMap<String, u64>,
+    commands: u64,
+    fenced: u64,
+    lost_locks: u64,
+    takeovers: u64,
+    rollbacks_queued: u64,
+    rollbacks_recorded: u64,
+    faulty_marked: u64,
+    reasons: BTreeMap<String, u64>,
+}
+
+impl World {
+    fn now(&self) -> DateTime<Utc> {
+        t0() + chrono::Duration::milliseconds(self.now.load(Ordering::SeqCst))
+    }
+    fn target(&mut self, app: &str, env: &str) -> &mut Target {
+        self.targets
+            .get_mut(&(app.to_string(), env.to_string()))
+            .expect("a simulated target")
+    }
+}
+
+fn t0() -> DateTime<Utc> {
+    Utc.timestamp_opt(1_800_000_000, 0).unwrap()
+}
+
+type Shared = Arc<Mutex<World>>;
+
+struct SimLedger(Shared);
+
+#[async_trait]
+impl Ledger for SimLedger {
+    async fn record(&self, job: &DeployJob, now: DateTime<Utc>) -> Result<(), PortError> {
+        let mut w = self.0.lock().unwrap();
+        let t = w.target(&job.app, &job.env);
+        if t.history.first().is_some_and(|e| e.job.id == job.id) {
+            return Ok(());
+        }
+        let live = t.history.first().map(|e| e.job.version.clone());
+        let faulty = faulty_mark(&t.faulty, &job.version).is_some();
+        let mut broken = vec![];
+        // (iv) An automatic job never lowers the live version.
+        if let (true, Some(live)) = (job.source.is_automatic(), &live) {
+            if live.is_newer_than(&job.version) {
+                broken.push(format!(
+                    "(iv) automatic job {} lowered {}/{} from {live} to {}",
+                    job.id, job.app, job.env, job.version
+                ));
+            }
+        }
+        // (v) A rollback never lands on a faulty version.
+        if matches!(job.source, Source::Rollback { .. }) && faulty {
+            broken.push(format!(
+                "(v) rollback {} landed on faulty {}",
+                job.id, job.version
+            ));
+        }
+        t.history.insert(
+            0,
+            HistoryEntry {
+                job: job.clone(),
+                recorded_at: now,
+            },
+        );
+        w.violations.extend(broken);
+        if matches!(job.source, Source::Rollback { .. }) {
+            w.stats.rollbacks_recorded += 1;
+        }
+        Ok(())
+    }
+
+    async fn history(
+        &self,
+        app: &str,
+        env: &str,
+        limit: usize,
+    ) -> Result<Vec<HistoryEntry>, PortError> {
+        let mut w = self.0.lock().unwrap();
+        Ok(w.target(app, env)
+            .history
+            .iter()
+            .take(limit)
+            .cloned()
+            .collect())
+    }
+
+    async fn mark_faulty(&self, app: &str, env: &str, mark: &Faulty) -> Result<(), PortError> {
+        let mut w = self.0.lock().unwrap();
+        let t = w.target(app, env);
+        if faulty_mark(&t.faulty, &mark.version).is_none() {
+            t.faulty.insert(0, mark.clone());
+            w.stats.faulty_marked += 1;
+        }
+        Ok(())
+    }
+
+    async fn faulty(&self, app: &str, env: &str) -> Result<Vec<Faulty>, PortError> {
+        Ok(self.0.lock().unwrap().target(app, env).faulty.clone())
+    }
+
+    async fn try_lock(
+        &self,
+        app: &str,
+        env: &str,
+        lock: &LockInfo,
+        now: DateTime<Utc>,
+    ) -> Result<Result<LockInfo, LockInfo>, PortError> {
+        let mut w = self.0.lock().unwrap();
+        let t = w.target(app, env);
+        let decided = take(t.lock.as_ref(), t.last_generation, lock, now);
+        let mut takeover = false;
+        if let Ok(taken) = &decided {
+            takeover = t.lock.as_ref().is_some_and(|l| l.job != taken.job);
+            t.last_generation = t.last_generation.max(taken.generation);
+            t.lock = Some(taken.clone());
+        }
+        if takeover {
+            w.stats.takeovers += 1;
+        }
+        Ok(decided)
+    }
+
+    async fn renew(
+        &self,
+        app: &str,
+        env: &str,
+        job: &JobId,
+        generation: u64,
+        until: DateTime<Utc>,
+    ) -> Result<Renewal, PortError> {
+        let mut w = self.0.lock().unwrap();
+        let t = w.target(app, env);
+        Ok(match &mut t.lock {
+            Some(l) if l.job.as_ref() == Some(job) && l.generation == generation => {
+                l.expires = Some(until);
+                Renewal::Held {
+                    abort: l.abort.clone(),
+                }
+            }
+            other => Renewal::Lost {
+                holder: other.clone(),
+            },
+        })
+    }
+
+    async fn release(&self, app: &str, env: &str, job: &JobId) -> Result<(), PortError> {
+        let mut w = self.0.lock().unwrap();
+        let t = w.target(app, env);
+        if t.lock.as_ref().is_some_and(|l| l.job.as_ref() == Some(job)) {
+            t.lock = None;
+        }
+        Ok(())
+    }
+
+    async fn unlock(
+        &self,
+        app: &str,
+        env: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Unlocked, PortError> {
+        let mut w = self.0.lock().unwrap();
+        let t = w.target(app, env);
+        Ok(match t.lock.clone() {
+            None => Unlocked::NotLocked,
+            Some(l) if l.is_running_deploy(now) => Unlocked::Deploying(l),
+            Some(l) => {
+                t.lock = None;
+                Unlocked::Released(l)
+            }
+        })
+    }
+
+    async fn request_abort(
+        &self,
+        app: &str,
+        env: &str,
+        by: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Option<LockInfo>, PortError> {
+        let mut w = self.0.lock().unwrap();
+        let t = w.target(app, env);
+        Ok(match &mut t.lock {
+            Some(l) if l.is_running_deploy(now) => {
+                l.abort.get_or_insert_with(|| by.to_string());
+                Some(l.clone())
+            }
+            _ => None,
+        })
+    }
+
+    async fn lock_state(
+        &self,
+        app: &str,
+        env: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Option<LockInfo>, PortError> {
+        let mut w = self.0.lock().unwrap();
+        Ok(w.target(app, env)
+            .lock
+            .clone()
+            .filter(|l| !l.is_expired(now)))
+    }
+}
+
+/// Nodes in virtual time: installs take 2–20 s, restarts 2 s, health checks 1 s. A key
+/// runs once per node (the fleet contract); a command carrying an older lock generation
+/// than the node has seen is refused, as `App::script`'s fence does. A command may be
+/// held back and delivered late (a node that was unreachable, SSM's queue), after its
+/// deploy lost the lock: that is what the fence is for.
+struct SimFleet(Shared);
+
+/// The end of a command not delivered yet.
+const HELD: i64 = i64::MAX;
+
+/// A command sent but not yet delivered to `node`.
+struct Held {
+    sent_at: i64,
+    target: (String, String),
+    job: JobId,
+    cmd: Command,
+    node: String,
+}
+
+/// Runs `cmd` of `job` on `name` now: the fence, invariant (i), and its effects.
+fn start(w: &mut World, target: &(String, String), job: &JobId, cmd: &Command, name: &str) {
+    let now = w.now.load(Ordering::SeqCst);
+    let (bad, faults) = (w.bad.clone(), w.faults);
+    let t = w.targets.get_mut(target).expect("a simulated target");
+    let node = t.nodes.get_mut(name).expect("a simulated node");
+    w.stats.commands += 1;
+    if node.fence > cmd.fence {
+        w.stats.fenced += 1;
+        t.runs.entry(cmd.key.clone()).or_default().insert(
+            name.to_string(),
+            Run {
+                job: job.clone(),
+                end: now,
+                result: fenced(),
+            },
+        );
+        return;
+    }
+    node.fence = cmd.fence;
+    let (took, result) = match cmd.kind {
+        CommandKind::Install if faults && node.broken_install => (3_000, failed("broken disk")),
+        CommandKind::Install => {
+            node.installed = Some(cmd.version.clone());
+            // 2–20 s, by node and version, deterministic.
+            let spread = (name.as_bytes()[1] as i64 * 7_919
+                + cmd.version.as_str().as_bytes()[2] as i64 * 104_729)
+                % 18_000;
+            (2_000 + spread, NodeResult::Succeeded)
+        }
+        CommandKind::Restart => {
+            node.serving = node.installed.clone();
+            (2_000, NodeResult::Succeeded)
+        }
+        // A bad build stays bad when the faults stop.
+        CommandKind::Health if node.serving.as_ref() == Some(&bad) => {
+            (1_000, failed("500 Internal Server Error"))
+        }
+        CommandKind::Health if node.serving.as_ref() == Some(&cmd.version) => {
+            (1_000, NodeResult::Succeeded)
+        }
+        CommandKind::Health => (1_000, failed("serving another version")),
+        CommandKind::Version => (
+            500,
+            NodeResult::Reported {
+                output: node
+                    .installed
+                    .as_ref()
+                    .map_or(String::new(), |v| format!("Version: {v}")),
+            },
+        ),
+    };
+    let mut broken = vec![];
+    // (i) Commands of two jobs never overlap on one app+env.
+    for (key, runs) in &t.runs {
+        for (n, r) in runs {
+            // Held back (not on the node yet) and refused commands run nothing.
+            if &r.job != job && r.end > now && r.end != HELD && r.result != fenced() {
+                broken.push(format!(
+                    "(i) {}/{}: {} on {name} while {key} of job {} runs on {n} until +{} ms",
+                    target.0, target.1, cmd.key, r.job, r.end
+                ));
+            }
+        }
+    }
+    t.runs.entry(cmd.key.clone()).or_default().insert(
+        name.to_string(),
+        Run {
+            job: job.clone(),
+            end: now + took,
+            result,
+        },
+    );
+    // (ii) No node is restarted twice by one deploy (the rollback's restart aside).
+    if cmd.kind == CommandKind::Restart && !cmd.key.contains(":revert:") {
+        let count = w
+            .restarts
+            .entry((job.clone(), name.to_string()))
+            .or_default();
+        *count += 1;
+        if *count > 1 {
+            broken.push(format!("(ii) job {job} restarted {name} twice"));
+        }
+    }
+    w.violations.extend(broken);
+}
+
+/// Held commands reach their nodes now, those still within the delivery timeout; the
+/// others were dropped, as SSM drops them (their nodes never answer).
+fn deliver_late(w: &mut World) {
+    let now = w.now.load(Ordering::SeqCst);
+    for h in std::mem::take(&mut w.held) {
+        if now - h.sent_at <= DELIVERY_TIMEOUT_SECONDS * 1000 {
+            start(w, &h.target, &h.job, &h.cmd, &h.node);
+        }
+    }
+}
+
+#[async_trait]
+impl Fleet for SimFleet {
+    async fn resolve(&self, job: &DeployJob) -> Result<Vec<String>, PortError> {
+        let mut w = self.0.lock().unwrap();
+        Ok(w.target(&job.app, &job.env).nodes.keys().cloned().collect())
+    }
+
+    async fn run(
+        &self,
+        job: &DeployJob,
+        cmd: &Command,
+        _max_errors: u32,
+        _sent: &mut Option<Sent>,
+    ) -> Result<Vec<(String, NodeResult)>, PortError> {
+        let mut guard = self.0.lock().unwrap();
+        let w = &mut *guard;
+        let target = (job.app.clone(), job.env.clone());
+        for name in &cmd.nodes {
+            let t = w.targets.get_mut(&target).expect("a simulated target");
+            if t.runs.get(&cmd.key).is_some_and(|r| r.contains_key(name)) {
+                continue;
+            }
+            if w.delay_next {
+                w.delay_next = false;
+                t.runs.entry(cmd.key.clone()).or_default().insert(
+                    name.clone(),
+                    Run {
+                        job: job.id.clone(),
+                        end: HELD,
+                        result: NodeResult::Running,
+                    },
+                );
+                let sent_at = w.now.load(Ordering::SeqCst);
+                w.held.push(Held {
+                    sent_at,
+                    target: target.clone(),
+                    job: job.id.clone(),
+                    cmd: cmd.clone(),
+                    node: name.clone(),
+                });
+                continue;
+            }
+            start(w, &target, &job.id, cmd, name);
+        }
+        let now = w.now.load(Ordering::SeqCst);
+        let t = &w.targets[&target];
+        Ok(cmd
+            .nodes
+            .iter()
+            .map(|n| {
+                let r = &t.runs[&cmd.key][n];
+                let result = if r.end > now {
+                    NodeResult::Running
+                } else {
+                    r.result.clone()
+                };
+                (n.clone(), result)
+            })
+            .collect())
+    }
+}
+
+fn failed(output: &str) -> NodeResult {
+    NodeResult::Failed {
+        exit_code: Some(1),
+        output: output.into(),
+    }
+}
+
+fn fenced() -> NodeResult {
+    NodeResult::Failed {
+        exit_code: Some(75),
+        output: "fenced".into(),
+    }
+}
+
+struct Pass;
+
+#[async_trait]
+impl Gate for Pass {
+    async fn verify(&self, _job: &DeployJob) -> Result<Verdict, PortError> {
+        Ok(Verdict::Pass)
+    }
+}
+
+struct Quiet;
+
+#[async_trait]
+impl Notify for Quiet {
+    async fn notify(&self, _: &Deploy, _: &[Notice], _: &mut NotifyMemo, _: DateTime<Utc>) {}
+}
+
+/// One execution of the deploy state machine: its state, and when it may step again.
+struct Execution {
+    state: StepState,
+    ready_at: i64,
+}
+
+struct Sim {
+    world: Shared,
+    ledger: Arc<SimLedger>,
+    stepper: Stepper,
+    executions: Vec<Execution>,
+    started: BTreeSet<JobId>,
+    queued: Vec<DeployJob>,
+}
+
+impl Sim {
+    fn new(seed: u64) -> Sim {
+        let now = Arc::new(AtomicI64::new(0));
+        let mut targets = BTreeMap::new();
+        for (app, env) in TARGETS {
+            let mut t = Target::default();
+            for n in NODES {
+                t.nodes.insert(n.to_string(), Node::default());
+            }
+            targets.insert((app.to_string(), env.to_string()), t);
+        }
+        let world = Arc::new(Mutex::new(World {
+            now: now.clone(),
+            targets,
+            bad: Version::parse(VERSIONS[(seed % VERSIONS.len() as u64) as usize]).unwrap(),
+            faults: true,
+            restarts: HashMap::new(),
+            violations: vec![],
+            stats: Stats::default(),
+            delay_next: false,
+            held: vec![],
+        }));
+        let ledger = Arc::new(SimLedger(world.clone()));
+        let driver = Driver::new(
+            config(),
+            ledger.clone(),
+            Arc::new(SimFleet(world.clone())),
+            None,
+            Outbound {
+                gate: Arc::new(Pass),
+                notifier: Arc::new(Quiet),
+            },
+        );
+        let clock = now.clone();
+        let stepper = Stepper::new(driver, Duration::ZERO).with_clock(Arc::new(move || {
+            t0() + chrono::Duration::milliseconds(clock.load(Ordering::SeqCst))
+        }));
+        Sim {
+            world,
+            ledger,
+            stepper,
+            executions: vec![],
+            started: BTreeSet::new(),
+            queued: vec![],
+        }
+    }
+
+    fn now_ms(&self) -> i64 {
+        self.world.lock().unwrap().now.load(Ordering::SeqCst)
+    }
+
+    fn now(&self) -> DateTime<Utc> {
+        self.world.lock().unwrap().now()
+    }
+
+    /// The queue hands `job` to the dispatcher, which starts one execution per job id.
+    fn deliver(&mut self, job: DeployJob) {
+        if self.started.insert(job.id.clone()) {
+            self.executions.push(Execution {
+                state: StepState::start(job),
+                ready_at: self.now_ms(),
+            });
+        }
+    }
+
+    async fn apply(&mut self, event: &Event) {
+        let now = self.now();
+        match event {
+            Event::Queue {
+                target,
+                kind,
+                version,
+            } => {
+                let (app, env) = TARGETS[*target];
+                let v = Version::parse(VERSIONS[*version]).unwrap();
+                let n = self.queued.len();
+                let source = match kind {
+                    JobKind::Tag => Source::Tag {
+                        event: "push".into(),
+                        repo: format!("acme/{app}"),
+                        tag: format!("v{v}"),
+                        commit: None,
+                        delivery: None,
+                        pusher: None,
+                    },
+                    JobKind::Upload => Source::Upload {
+                        location: format!("s3://pkgs/{app}-{v}-{n}.whl"),
+                    },
+                    JobKind::Chat | JobKind::Rollback => Source::Chat {
+                        user_id: "U1".into(),
+                        user_name: "ann".into(),
+                        channel_id: "C1".into(),
+                        channel_name: "deploys".into(),
+                        trigger_id: format!("t{n}"),
+                        response_url: None,
+                    },
+                };
+                let job = if let JobKind::Rollback = kind {
+                    let history = self.ledger.history(app, env, 50).await.unwrap();
+                    let faulty = self.ledger.faulty(app, env).await.unwrap();
+                    match rollback_target(&history, &faulty) {
+                        Ok((live, to)) => {
+                            self.world.lock().unwrap().stats.rollbacks_queued += 1;
+                            to.rollback(Some(&live.id), source, now)
+                        }
+                        Err(_) => return,
+                    }
+                } else {
+                    DeployJob::new(
+                        app,
+                        env,
+                        format!("{app}-app").parse().unwrap(),
+                        v,
+                        source,
+                        now,
+                    )
+                };
+                self.queued.push(job.clone());
+                self.deliver(job);
+            }
+            Event::Redeliver(k) => {
+                if let Some(job) = self.queued.get(*k % self.queued.len().max(1)).cloned() {
+                    self.deliver(job);
+                }
+            }
+            Event::Step(k) => {
+                self.step(*k, None).await;
+            }
+            Event::Crash(k, n) => {
+                self.step(*k, Some(*n)).await;
+            }
+            Event::Run(k) => {
+                let pending: Vec<usize> = (0..self.executions.len())
+                    .filter(|&i| !self.executions[i].state.done)
+                    .collect();
+                if pending.is_empty() {
+                    return;
+                }
+                let i = pending[k % pending.len()];
+                for _ in 0..40 {
+                    if self.executions[i].state.done {
+                        break;
+                    }
+                    let at = self.executions[i].ready_at;
+                    self.world
+                        .lock()
+                        .unwrap()
+                        .now
+                        .fetch_max(at, Ordering::SeqCst);
+                    self.step_execution(i, None).await;
+                }
+            }
+            Event::Advance(ms) => {
+                self.world
+                    .lock()
+                    .unwrap()
+                    .now
+                    .fetch_add(*ms, Ordering::SeqCst);
+            }
+            Event::Lock(t) => {
+                let (app, env) = TARGETS[*t];
+                let lock = LockInfo {
+                    holder: "@ann".into(),
+                    reason: "maintenance".into(),
+                    since: now,
+                    expires: None,
+                    job: None,
+                    generation: 0,
+                    abort: None,
+                };
+                self.ledger
+                    .try_lock(app, env, &lock, now)
+                    .await
+                    .unwrap()
+                    .ok();
+            }
+            Event::Unlock(t) => {
+                let (app, env) = TARGETS[*t];
+                self.ledger.unlock(app, env, now).await.unwrap();
+            }
+            Event::Abort(t) => {
+                let (app, env) = TARGETS[*t];
+                self.ledger
+                    .request_abort(app, env, "@bob", now)
+                    .await
+                    .unwrap();
+            }
+            Event::Delay => self.world.lock().unwrap().delay_next = true,
+            Event::DeliverLate => deliver_late(&mut self.world.lock().unwrap()),
+            Event::BreakInstall { target, node } => {
+                let (app, env) = TARGETS[*target];
+                let mut w = self.world.lock().unwrap();
+                w.target(app, env)
+                    .nodes
+                    .get_mut(NODES[*node])
+                    .unwrap()
+                    .broken_install = true;
+            }
+        }
+    }
+
+    /// Steps the `k`-th execution that may run now, one action at a time until it must
+    /// wait, as a deploy-step invocation does; with `crash_at`, the driver dies after that
+    /// action and before its state was saved, and the action is done again from the state
+    /// before it.
+    async fn step(&mut self, k: usize, crash_at: Option<usize>) {
+        let now = self.now_ms();
+        let ready: Vec<usize> = (0..self.executions.len())
+            .filter(|&i| !self.executions[i].state.done && self.executions[i].ready_at <= now)
+            .collect();
+        if ready.is_empty() {
+            return;
+        }
+        self.step_execution(ready[k % ready.len()], crash_at).await;
+    }
+
+    async fn step_execution(&mut self, i: usize, crash_at: Option<usize>) {
+        let now = self.now_ms();
+        let mut state = self.executions[i].state.clone();
+        for n in 0..50 {
+            let before = state.clone();
+            state = match self.stepper.step(before.clone()).await {
+                Ok(s) => s,
+                Err(_) => before.clone(),
+            };
+            if crash_at == Some(n) {
+                state = match self.stepper.step(before.clone()).await {
+                    Ok(s) => s,
+                    Err(_) => before,
+                };
+            }
+            if state.done || state.wait_seconds > 0 {
+                break;
+            }
+        }
+        if state.done {
+            self.finished(&state);
+        }
+        self.executions[i] = Execution {
+            ready_at: now + state.wait_seconds as i64 * 1000,
+            state,
+        };
+    }
+
+    fn finished(&self, state: &StepState) {
+        self.check_finished(state);
+        let mut w = self.world.lock().unwrap();
+        w.stats.jobs += 1;
+        let status = state.status.map_or("?".to_string(), |s| s.to_string());
+        *w.stats.outcomes.entry(status).or_default() += 1;
+        if let Some(r) = &state.reason {
+            if r.contains("lost the lock") {
+                w.stats.lost_locks += 1;
+            }
+            let short: String = r.chars().take(110).collect();
+            *w.stats.reasons.entry(short).or_default() += 1;
+        }
+    }
+
+    /// (iii) A deploy that succeeded is live, on every node it left healthy.
+    fn check_finished(&self, state: &StepState) {
+        let Some(deploy) = &state.deploy else { return };
+        if state.status != Some(JobStatus::Succeeded)
+            || matches!(deploy.job.source, Source::Sync { .. })
+        {
+            return;
+        }
+        let mut w = self.world.lock().unwrap();
+        let job = &deploy.job;
+        let t = w.target(&job.app, &job.env);
+        let live = t.history.first().map(|e| e.job.id.clone());
+        let mut broken = vec![];
+        if live.as_ref() != Some(&job.id) {
+            broken.push(format!(
+                "(iii) job {} succeeded but job {:?} is live on {}/{}",
+                job.id, live, job.app, job.env
+            ));
+        }
+        for n in deploy
+            .nodes
+            .iter()
+            .filter(|n| n.state == crate::deploy::engine::NodeState::Healthy)
+        {
+            let serving = &t.nodes[&n.name].serving;
+            if serving.as_ref() != Some(&job.version) {
+                broken.push(format!(
+                    "(iii) job {} left {} healthy but it serves {:?}",
+                    job.id, n.name, serving
+                ));
+            }
+        }
+        w.violations.extend(broken);
+    }
+
+    /// (vi) Once faults stop: every job ends, and no deploy holds a lock.
+    async fn drain(&mut self) {
+        {
+            let mut w = self.world.lock().unwrap();
+            w.faults = false;
+            w.delay_next = false;
+            deliver_late(&mut w);
+        }
+        for (app, env) in TARGETS {
+            let now = self.now();
+            self.ledger.unlock(app, env, now).await.unwrap();
+        }
+        for _ in 0..20_000 {
+            let now = self.now_ms();
+            let pending: Vec<usize> = (0..self.executions.len())
+                .filter(|&i| !self.executions[i].state.done)
+                .collect();
+            let Some(next) = pending.iter().map(|&i| self.executions[i].ready_at).min() else {
+                break;
+            };
+            if next > now {
+                self.world
+                    .lock()
+                    .unwrap()
+                    .now
+                    .fetch_max(next, Ordering::SeqCst);
+            }
+            self.step(0, None).await;
+            if !self.world.lock().unwrap().violations.is_empty() {
+                return;
+            }
+        }
+        let stuck: Vec<String> = self
+            .executions
+            .iter()
+            .filter(|e| !e.state.done)
+            .map(|e| {
+                format!(
+                    "{} ({:?})",
+                    e.state.job.id,
+                    e.state.deploy.as_ref().map(|d| &d.phase)
+                )
+            })
+            .collect();
+        let mut w = self.world.lock().unwrap();
+        if !stuck.is_empty() {
+            w.violations
+                .push(format!("(vi) jobs never ended: {}", stuck.join(", ")));
+        }
+        let held: Vec<String> = w
+            .targets
+            .iter()
+            .filter_map(|((a, e), t)| t.lock.as_ref().map(|l| format!("{a}/{e} by {}", l.holder)))
+            .collect();
+        if !held.is_empty() {
+            w.violations
+                .push(format!("(vi) locks left held: {}", held.join(", ")));
+        }
+    }
+
+    fn violations(&self) -> Vec<String> {
+        self.world.lock().unwrap().violations.clone()
+    }
+}
+
+/// Runs `events` (then the drain); the first broken invariant, if any.
+async fn run(seed: u64, events: &[Event], stats: &mut Stats) -> Option<String> {
+    let mut sim = Sim::new(seed);
+    for e in events {
+        sim.apply(e).await;
+        if let Some(v) = sim.violations().first() {
+            return Some(v.clone());
+        }
+    }
+    sim.drain().await;
+    let w = sim.world.lock().unwrap();
+    stats.add(&w.stats);
+    w.violations.first().cloned()
+}
+
+impl Stats {
+    fn add(&mut self, o: &Stats) {
+        self.schedules += 1;
+        self.jobs += o.jobs;
+        for (k, v) in &o.outcomes {
+            *self.outcomes.entry(k.clone()).or_default() += v;
+        }
+        self.commands += o.commands;
+        self.fenced += o.fenced;
+        self.lost_locks += o.lost_locks;
+        self.takeovers += o.takeovers;
+        self.rollbacks_queued += o.rollbacks_queued;
+        self.rollbacks_recorded += o.rollbacks_recorded;
+        self.faulty_marked += o.faulty_marked;
+        for (k, v) in &o.reasons {
+            *self.reasons.entry(k.clone()).or_default() += v;
+        }
+    }
+}
+
+/// The shortest sub-list of `events` that still breaks an invariant (one event removed
+/// at a time, until no single removal keeps it failing).
+async fn shrink(seed: u64, mut events: Vec<Event>) -> (Vec<Event>, String) {
+    let mut ignored = Stats::default();
+    let mut failure = run(seed, &events, &mut ignored).await.expect("it failed");
+    loop {
+        let mut smaller = None;
+        for i in 0..events.len() {
+            let mut fewer = events.clone();
+            fewer.remove(i);
+            if let Some(f) = run(seed, &fewer, &mut ignored).await {
+                smaller = Some((fewer, f));
+                break;
+            }
+        }
+        match smaller {
+            Some((fewer, f)) => {
+                events = fewer;
+                failure = f;
+            }
+            None => return (events, failure),
+        }
+    }
+}
+
+#[test]
+fn the_invariants_hold_on_thousands_of_random_schedules() {
+    let seeds: u64 = std::env::var("SHIPIT_SIM_SEEDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(CI_SEEDS);
+    let first: u64 = std::env::var("SHIPIT_SIM_FIRST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    let mut stats = Stats::default();
+    rt.block_on(async {
+        for seed in first..first + seeds {
+            let events = schedule(seed);
+            if run(seed, &events, &mut stats).await.is_some() {
+                let (trace, failure) = shrink(seed, events).await;
+                let lines: Vec<String> = trace.iter().map(|e| format!("  {e:?}")).collect();
+                panic!(
+                    "seed {seed} breaks an invariant: {failure}\nshortest failing schedule ({} events; SHIPIT_SIM_FIRST_SEED={seed} SHIPIT_SIM_SEEDS=1 replays it):\n{}",
+                    trace.len(),
+                    lines.join("\n")
+                );
+            }
+        }
+    });
+    eprintln!("{stats:#?}");
+    // The schedules must reach what the invariants are about, or passing means nothing.
+    if seeds >= 1_000 {
+        for (what, n) in [
+            ("succeeded", stats.outcomes.get("succeeded")),
+            ("failed", stats.outcomes.get("failed")),
+            ("skipped", stats.outcomes.get("skipped")),
+            ("aborted", stats.outcomes.get("aborted")),
+        ] {
+            assert!(n.is_some_and(|n| *n > 0), "no job ever {what}: {stats:#?}");
+        }
+        // Fenced commands stay at zero: a command is delivered within
+        // DELIVERY_TIMEOUT_SECONDS, and a lease outlasts that, so a stale command never
+        // reaches a node after a newer holder's. The fence is there for when that
+        // reasoning fails (clocks); config::command tests it.
+        assert!(stats.takeovers > 0 && stats.lost_locks > 0, "{stats:#?}");
+        assert!(
+            stats.rollbacks_recorded > 0 && stats.faulty_marked > 0,
+            "{stats:#?}"
+        );
+    }
+}
