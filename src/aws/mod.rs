@@ -5,6 +5,7 @@ pub mod fleet;
 pub mod joined;
 pub mod ledger;
 pub mod queue;
+pub mod turn;
 
 use aws_sdk_ssm::error::DisplayErrorContext;
 

@@ -74,6 +74,17 @@ pub trait Backlog: Send + Sync {
     async fn newer_queued(&self, job: &DeployJob) -> Result<Vec<DeployJob>, PortError>;
 }
 
+/// Jobs of one app+env start in the order they were queued, where the queue does not
+/// hold that order itself: SQS FIFO hands jobs over in order, but to Step Functions
+/// executions that then run side by side and would race for the lock.
+#[async_trait]
+pub trait Turn: Send + Sync {
+    /// The oldest job queued before `job` on its app+env that has not ended, if any.
+    async fn ahead(&self, job: &DeployJob) -> Result<Option<JobId>, PortError>;
+    /// `job` ended: the one queued behind it may go.
+    async fn leave(&self, job: &DeployJob) -> Result<(), PortError>;
+}
+
 /// The remote commands sent for one command key (SSM command ids), kept with the deploy's
 /// state so that a step replayed after a crash finds them instead of sending again.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

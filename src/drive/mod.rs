@@ -20,7 +20,7 @@ use crate::deploy::history::{faulty_mark, Faulty};
 use crate::deploy::job::DeployJob;
 use crate::deploy::lock::lease_seconds;
 use crate::deploy::ports::{
-    Backlog, Fleet, Gate, Ledger, LockInfo, Notify, NotifyMemo, PortError, Refused, Sent,
+    Backlog, Fleet, Gate, Ledger, LockInfo, Notify, NotifyMemo, PortError, Refused, Sent, Turn,
 };
 use crate::deploy::rollout::Rollout;
 use crate::deploy::version::Version;
@@ -54,6 +54,9 @@ pub struct Driver {
     /// Functions execution cannot look into SQS, so there a waiting automatic job learns
     /// of a newer version only once that one is live.
     backlog: Option<Arc<dyn Backlog>>,
+    /// Where jobs of one app+env would otherwise race for the lock (Step Functions
+    /// executions): the order they were queued in. The SQLite queue keeps it itself.
+    turn: Option<Arc<dyn Turn>>,
     out: Outbound,
 }
 
@@ -70,7 +73,25 @@ impl Driver {
             ledger,
             fleet,
             backlog,
+            turn: None,
             out,
+        }
+    }
+
+    /// Jobs of one app+env take the lock in queue order, as `turn` says.
+    pub fn with_turn(mut self, turn: Arc<dyn Turn>) -> Driver {
+        self.turn = Some(turn);
+        self
+    }
+
+    /// The job ended (the loop saw `Action::Finished`): the one queued behind it may go.
+    /// Best effort: a ticket left behind is removed by the next job that finds its
+    /// execution ended.
+    pub async fn ended(&self, job: &DeployJob) {
+        if let Some(turn) = &self.turn {
+            if let Err(e) = turn.leave(job).await {
+                tracing::warn!(job_id = %job.id, error = %e, "cannot leave the queue; the next job will clear it");
+            }
         }
     }
 
@@ -196,6 +217,7 @@ impl Driver {
             outcome: outcome.clone(),
         }];
         self.tell(&ended, &finished, memo, now).await;
+        self.ended(job).await;
         outcome
     }
 
@@ -207,6 +229,23 @@ impl Driver {
         now: DateTime<Utc>,
     ) -> Result<Observation, PortError> {
         let job = &deploy.job;
+        if let Some(turn) = &self.turn {
+            if let Some(ahead) = turn.ahead(job).await? {
+                // Waits as for a held lock (backing off, within lock_wait_seconds).
+                return Ok(Observation::Lock {
+                    taken: false,
+                    holder: Some(LockInfo {
+                        holder: format!("job {ahead}"),
+                        reason: "queued before this one".into(),
+                        since: now,
+                        expires: None,
+                        job: Some(ahead),
+                        generation: 0,
+                        abort: None,
+                    }),
+                });
+            }
+        }
         let lease = lease_seconds(deploy.policy.command_timeout_seconds);
         let lock = LockInfo {
             since: now,

@@ -5,6 +5,9 @@
 //! crash mid-step and replay it, drivers that stall past their lease, duplicate
 //! deliveries, failing installs and health checks, chat locks, unlocks and aborts.
 //!
+//! Jobs take the lock in queue order through the same `Turn` port the Step Functions
+//! driver uses (a twin of the dispatcher's tickets).
+//!
 //! A schedule is a list of events generated from a seed, so that a failure can be
 //! replayed and shrunk: the failing seed is printed with the shortest sub-list of its
 //! events that still fails. After every event the invariants below are checked.
@@ -28,7 +31,7 @@ use crate::deploy::engine::{Deploy, Notice, Verdict};
 use crate::deploy::history::{faulty_mark, rollback_target, Faulty, HistoryEntry};
 use crate::deploy::job::{DeployJob, JobId, Source};
 use crate::deploy::lock::{take, LockInfo, Renewal, Unlocked, DELIVERY_TIMEOUT_SECONDS};
-use crate::deploy::ports::{Fleet, Gate, Ledger, Notify, NotifyMemo, PortError, Sent};
+use crate::deploy::ports::{Fleet, Gate, Ledger, Notify, NotifyMemo, PortError, Sent, Turn};
 use crate::deploy::status::JobStatus;
 use crate::deploy::version::Version;
 
@@ -202,6 +205,10 @@ struct World {
     /// The next command sent is held back (see `SimFleet`).
     delay_next: bool,
     held: Vec<Held>,
+    /// Per app+env, the jobs in the order the dispatcher started them (their tickets),
+    /// and the jobs whose execution ended.
+    queue: BTreeMap<(String, String), Vec<JobId>>,
+    ended: BTreeSet<JobId>,
 }
 
 /// What the schedules exercised, printed at the end so a reader sees the simulation is
@@ -317,9 +324,24 @@ impl Ledger for SimLedger {
         lock: &LockInfo,
         now: DateTime<Utc>,
     ) -> Result<Result<LockInfo, LockInfo>, PortError> {
-        let mut w = self.0.lock().unwrap();
-        let t = w.target(app, env);
+        let mut guard = self.0.lock().unwrap();
+        let w = &mut *guard;
+        let key = (app.to_string(), env.to_string());
+        let t = w.targets.get_mut(&key).expect("a simulated target");
         let decided = take(t.lock.as_ref(), t.last_generation, lock, now);
+        // (vii) Jobs of one app+env take the lock in the order they were queued.
+        if let (Ok(taken), Some(job)) = (&decided, &lock.job) {
+            if t.lock.as_ref().and_then(|l| l.job.as_ref()) != Some(job) {
+                let queued = w.queue.get(&key).map_or(&[][..], |q| &q[..]);
+                let mine = queued.iter().position(|j| j == job).unwrap_or(0);
+                if let Some(waiting) = queued[..mine].iter().find(|j| !w.ended.contains(j)) {
+                    w.violations.push(format!(
+                        "(vii) job {job} took {app}/{env} (generation {}) before job {waiting}, queued earlier, ended",
+                        taken.generation
+                    ));
+                }
+            }
+        }
         let mut takeover = false;
         if let Ok(taken) = &decided {
             takeover = t.lock.as_ref().is_some_and(|l| l.job != taken.job);
@@ -607,6 +629,32 @@ fn fenced() -> NodeResult {
     }
 }
 
+/// The queue order twin: tickets in the order the dispatcher started the executions, an
+/// execution running until the simulation sees it end (as `SsmTurn` asks Step Functions).
+struct SimTurn(Shared);
+
+#[async_trait]
+impl Turn for SimTurn {
+    async fn ahead(&self, job: &DeployJob) -> Result<Option<JobId>, PortError> {
+        let w = self.0.lock().unwrap();
+        let Some(queued) = w.queue.get(&(job.app.clone(), job.env.clone())) else {
+            return Ok(None);
+        };
+        let Some(mine) = queued.iter().position(|j| *j == job.id) else {
+            return Ok(None);
+        };
+        Ok(queued[..mine]
+            .iter()
+            .find(|j| !w.ended.contains(j))
+            .cloned())
+    }
+
+    async fn leave(&self, _job: &DeployJob) -> Result<(), PortError> {
+        // Ended executions no longer count in `ahead`: nothing to remove.
+        Ok(())
+    }
+}
+
 struct Pass;
 
 #[async_trait]
@@ -659,6 +707,8 @@ impl Sim {
             stats: Stats::default(),
             delay_next: false,
             held: vec![],
+            queue: BTreeMap::new(),
+            ended: BTreeSet::new(),
         }));
         let ledger = Arc::new(SimLedger(world.clone()));
         let driver = Driver::new(
@@ -670,7 +720,8 @@ impl Sim {
                 gate: Arc::new(Pass),
                 notifier: Arc::new(Quiet),
             },
-        );
+        )
+        .with_turn(Arc::new(SimTurn(world.clone())));
         let clock = now.clone();
         let stepper = Stepper::new(driver, Duration::ZERO).with_clock(Arc::new(move || {
             t0() + chrono::Duration::milliseconds(clock.load(Ordering::SeqCst))
@@ -696,6 +747,14 @@ impl Sim {
     /// The queue hands `job` to the dispatcher, which starts one execution per job id.
     fn deliver(&mut self, job: DeployJob) {
         if self.started.insert(job.id.clone()) {
+            // The dispatcher's ticket: this job's place in its app+env's queue.
+            self.world
+                .lock()
+                .unwrap()
+                .queue
+                .entry((job.app.clone(), job.env.clone()))
+                .or_default()
+                .push(job.id.clone());
             self.executions.push(Execution {
                 state: StepState::start(job),
                 ready_at: self.now_ms(),
@@ -885,6 +944,7 @@ impl Sim {
     fn finished(&self, state: &StepState) {
         self.check_finished(state);
         let mut w = self.world.lock().unwrap();
+        w.ended.insert(state.job.id.clone());
         w.stats.jobs += 1;
         let status = state.status.map_or("?".to_string(), |s| s.to_string());
         *w.stats.outcomes.entry(status).or_default() += 1;

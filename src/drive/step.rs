@@ -127,6 +127,7 @@ impl Stepper {
                 Action::Finished(outcome) => {
                     tracing::info!(outcome = ?outcome, "deploy finished");
                     finish(&mut state, outcome);
+                    self.driver.ended(&state.job).await;
                     break;
                 }
                 Action::Wait { millis } => {

@@ -10,6 +10,7 @@ use crate::aws::fleet::{SdkRunCommand, SsmFleet};
 use crate::aws::ledger::SsmLedger;
 use crate::aws::queue::SqsQueue;
 use crate::aws::sdk_config;
+use crate::aws::turn::SsmTurn;
 use crate::config::secrets::{Secret, Secrets};
 use crate::config::Config;
 use crate::drive::step::Stepper;
@@ -89,7 +90,18 @@ pub async fn node_joined_from_env() -> anyhow::Result<NodeJoined> {
 /// the function's timeout must be longer (infra sets 60 s against a 300 s timeout).
 const DEFAULT_STEP_BUDGET_SECONDS: u64 = 60;
 
-/// The deploy-step function: `SHIPIT_CONFIG`, `SHIPIT_SSM_PREFIX`, and optionally
+/// The queue order of the deploy state machine `machine` (its ARN).
+pub fn turn(sdk: &aws_config::SdkConfig, machine: &str) -> SsmTurn {
+    SsmTurn::new(
+        ssm_client(sdk),
+        aws_sdk_sfn::Client::new(sdk),
+        &ssm_prefix(),
+        machine,
+    )
+}
+
+/// The deploy-step function: `SHIPIT_CONFIG`, `SHIPIT_SSM_PREFIX`,
+/// `SHIPIT_STATE_MACHINE_ARN` (its own state machine, for queue order), and optionally
 /// `SHIPIT_STEP_BUDGET_SECONDS`.
 pub async fn stepper_from_env() -> anyhow::Result<Stepper> {
     let sdk = sdk_config().await;
@@ -102,12 +114,15 @@ pub async fn stepper_from_env() -> anyhow::Result<Stepper> {
             .with_context(|| format!("SHIPIT_STEP_BUDGET_SECONDS={s:?} is not a number"))?,
         Err(_) => DEFAULT_STEP_BUDGET_SECONDS,
     };
+    let machine =
+        std::env::var("SHIPIT_STATE_MACHINE_ARN").context("SHIPIT_STATE_MACHINE_ARN is not set")?;
     let driver = Driver::new(
         config.clone(),
         Arc::new(SsmLedger::new(ssm.clone(), &ssm_prefix())),
         Arc::new(SsmFleet::new(SdkRunCommand::new(ssm), config.clone())),
         None,
         Outbound::new(config, secrets),
-    );
+    )
+    .with_turn(Arc::new(turn(&sdk, &machine)));
     Ok(Stepper::new(driver, Duration::from_secs(budget)))
 }

@@ -177,13 +177,32 @@ pub enum Dispatched {
 }
 
 /// Starts the deploy execution for one queued job, named by the job id so that a message
-/// delivered twice cannot start a second deploy.
+/// delivered twice cannot start a second deploy, and leaves its ticket in the app+env's
+/// queue at `sequence` (the message's SQS sequence number) so that it waits for the jobs
+/// queued before it.
 pub async fn start_deploy(
     sfn: &aws_sdk_sfn::Client,
+    turn: &crate::aws::turn::SsmTurn,
     state_machine: &str,
     body: &str,
+    sequence: Option<&str>,
 ) -> Result<Dispatched, String> {
     let job = crate::deploy::job::DeployJob::from_json(body).map_err(|e| e.to_string())?;
+    let dispatched = start_execution(sfn, state_machine, &job).await?;
+    match sequence {
+        Some(seq) => turn.enter(&job, seq).await.map_err(|e| e.to_string())?,
+        None => {
+            tracing::warn!(job_id = %job.id, "message has no SQS sequence number; this job keeps no queue order")
+        }
+    }
+    Ok(dispatched)
+}
+
+async fn start_execution(
+    sfn: &aws_sdk_sfn::Client,
+    state_machine: &str,
+    job: &crate::deploy::job::DeployJob,
+) -> Result<Dispatched, String> {
     let input = serde_json::to_string(&crate::drive::step::StepState::start(job.clone()))
         .map_err(|e| e.to_string())?;
     match sfn
@@ -215,6 +234,7 @@ pub async fn start_deploy(
 /// the queue's dead-letter queue after its redrive count.
 pub async fn dispatch(
     sfn: &aws_sdk_sfn::Client,
+    turn: &crate::aws::turn::SsmTurn,
     state_machine: &str,
     event: &aws_lambda_events::event::sqs::SqsEvent,
 ) -> aws_lambda_events::event::sqs::SqsBatchResponse {
@@ -223,7 +243,9 @@ pub async fn dispatch(
     for record in &event.records {
         let id = record.message_id.clone().unwrap_or_default();
         if !failed {
-            match start_deploy(sfn, state_machine, record.body.as_deref().unwrap_or("")).await {
+            let sequence = record.attributes.get("SequenceNumber").map(String::as_str);
+            let body = record.body.as_deref().unwrap_or("");
+            match start_deploy(sfn, turn, state_machine, body, sequence).await {
                 Ok(_) => continue,
                 Err(e) => {
                     tracing::error!(message_id = %id, error = %e, "cannot start the deploy; SQS will deliver it again");
@@ -245,10 +267,11 @@ pub async fn run_dispatch_function() -> Result<(), lambda_runtime::Error> {
     let sfn = aws_sdk_sfn::Client::new(&sdk);
     let machine = std::env::var("SHIPIT_STATE_MACHINE_ARN")
         .map_err(|_| "SHIPIT_STATE_MACHINE_ARN is not set")?;
-    let (sfn, machine) = (&sfn, machine.as_str());
+    let turn = crate::run::aws::turn(&sdk, &machine);
+    let (sfn, turn, machine) = (&sfn, &turn, machine.as_str());
     lambda_runtime::run(service_fn(
         move |event: LambdaEvent<aws_lambda_events::event::sqs::SqsEvent>| async move {
-            Ok::<_, lambda_runtime::Error>(dispatch(sfn, machine, &event.payload).await)
+            Ok::<_, lambda_runtime::Error>(dispatch(sfn, turn, machine, &event.payload).await)
         },
     ))
     .await

@@ -185,6 +185,21 @@ impl Rig {
         Stepper::new(driver, budget)
     }
 
+    /// A stepper whose jobs take the lock in `turn`'s queue order, as the deploy-step
+    /// function's do.
+    fn stepper_in_order(&self, turn: Arc<shipit::aws::turn::SsmTurn>, budget: Duration) -> Stepper {
+        let fleet = SsmFleet::new(SdkRunCommand::new(self.ssm.clone()), self.config.clone());
+        let driver = Driver::new(
+            self.config.clone(),
+            self.ledger.clone(),
+            Arc::new(fleet),
+            None,
+            Outbound::new(self.config.clone(), Arc::new(Secrets::new(None))),
+        )
+        .with_turn(turn);
+        Stepper::new(driver, budget)
+    }
+
     fn job(&self, version: &str) -> DeployJob {
         cli_job(version)
     }
@@ -488,45 +503,20 @@ async fn throttling_is_retried_and_unreachable_nodes_are_left_out() {
 async fn dispatch_starts_one_execution_per_job_even_when_a_message_comes_twice() {
     let sdk = sdk().await;
     let sfn = aws_sdk_sfn::Client::new(&sdk);
-    let role = iam_role().await;
     // Executions of this machine just wait: this test is about starting them.
-    let machine = sfn
-        .create_state_machine()
-        .name(unique("dispatch"))
-        .role_arn(&role)
-        .definition(
-            json!({"StartAt": "Hold", "States": {"Hold": {"Type": "Wait", "Seconds": 3600, "End": true}}})
-                .to_string(),
-        )
-        .send()
-        .await
-        .unwrap()
-        .state_machine_arn;
+    let machine = holding_machine(&sfn).await;
     let fifo = crate::helpers::Fifo::new().await;
     let (a, b) = (cli_job("1.0.0"), cli_job("1.1.0"));
     SqsQueue::new(fifo.client.clone(), fifo.url.clone())
         .enqueue(&[a.clone(), b.clone()])
         .await
         .unwrap();
-    let got = fifo.drain().await;
-    let records: Vec<Value> = got
-        .iter()
-        .enumerate()
-        .map(|(i, (group, body))| {
-            json!({
-                "messageId": format!("m{i}"), "receiptHandle": "r", "body": body,
-                "attributes": { "MessageGroupId": group }, "messageAttributes": {},
-                "eventSource": "aws:sqs", "eventSourceARN": "arn:aws:sqs:us-east-1:123456789012:q.fifo",
-                "awsRegion": "us-east-1"
-            })
-        })
-        .collect();
-    let event: aws_lambda_events::event::sqs::SqsEvent =
-        serde_json::from_value(json!({ "Records": records })).unwrap();
-    let resp = shipit::run::lambda::dispatch(&sfn, &machine, &event).await;
+    let event = sqs_event(&fifo).await;
+    let turn = turn_of(&sdk, &machine);
+    let resp = shipit::run::lambda::dispatch(&sfn, &turn, &machine, &event).await;
     assert!(resp.batch_item_failures.is_empty(), "{resp:?}");
     // Delivered again (a Lambda retry, or SQS after its visibility timeout).
-    let resp = shipit::run::lambda::dispatch(&sfn, &machine, &event).await;
+    let resp = shipit::run::lambda::dispatch(&sfn, &turn, &machine, &event).await;
     assert!(resp.batch_item_failures.is_empty(), "{resp:?}");
     let names = executions(&sfn, &machine).await;
     let mut want = vec![a.id.to_string(), b.id.to_string()];
@@ -547,19 +537,88 @@ async fn dispatch_starts_one_execution_per_job_even_when_a_message_comes_twice()
     let state: StepState = serde_json::from_str(&input).unwrap();
     assert_eq!(state, StepState::start(a.clone()));
 
+    // Each left its ticket in the app+env's queue: b waits while a's execution runs.
+    use shipit::deploy::ports::Turn;
+    assert_eq!(turn.ahead(&a).await.unwrap(), None);
+    assert_eq!(turn.ahead(&b).await.unwrap(), Some(a.id.clone()));
+    // a's execution stopped by hand, its ticket left behind: b goes, and clears it.
+    sfn.stop_execution()
+        .execution_arn(format!(
+            "{}:{}",
+            machine.replace(":stateMachine:", ":execution:"),
+            a.id
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(turn.ahead(&b).await.unwrap(), None);
+    turn.leave(&b).await.unwrap();
+    assert_eq!(turn.ahead(&b).await.unwrap(), None);
+
     // A message that cannot be started fails, and so does every one after it (FIFO order).
     let mut records = event.records.clone();
     records[0].body = Some("{not json".into());
     records[0].message_id = Some("bad".into());
     let mut bad = event.clone();
     bad.records = records;
-    let resp = shipit::run::lambda::dispatch(&sfn, &machine, &bad).await;
+    let resp = shipit::run::lambda::dispatch(&sfn, &turn, &machine, &bad).await;
     let failed: Vec<_> = resp
         .batch_item_failures
         .iter()
         .map(|f| f.item_identifier.as_str())
         .collect();
     assert_eq!(failed, ["bad", "m1"]);
+}
+
+/// What SQS hands the dispatcher: the queue's messages in order, with their group and
+/// sequence number, as a Lambda SQS event.
+async fn sqs_event(fifo: &crate::helpers::Fifo) -> aws_lambda_events::event::sqs::SqsEvent {
+    let got = fifo.drain_in_order().await;
+    // As AWS documents SequenceNumber: it grows within a message group.
+    for pair in got.windows(2).filter(|p| p[0].0 == p[1].0) {
+        let (a, b): (u128, u128) = (pair[0].2.parse().unwrap(), pair[1].2.parse().unwrap());
+        assert!(a < b, "sequence numbers of one group do not grow: {a}, {b}");
+    }
+    let records: Vec<Value> = got
+        .iter()
+        .enumerate()
+        .map(|(i, (group, body, sequence))| {
+            assert!(!sequence.is_empty(), "SQS gave no sequence number");
+            json!({
+                "messageId": format!("m{i}"), "receiptHandle": "r", "body": body,
+                "attributes": { "MessageGroupId": group, "SequenceNumber": sequence },
+                "messageAttributes": {},
+                "eventSource": "aws:sqs", "eventSourceARN": "arn:aws:sqs:us-east-1:123456789012:q.fifo",
+                "awsRegion": "us-east-1"
+            })
+        })
+        .collect();
+    serde_json::from_value(json!({ "Records": records })).unwrap()
+}
+
+/// The queue order of `machine`'s executions, under a prefix of its own.
+fn turn_of(sdk: &aws_config::SdkConfig, machine: &str) -> shipit::aws::turn::SsmTurn {
+    shipit::aws::turn::SsmTurn::new(
+        aws_sdk_ssm::Client::new(sdk),
+        aws_sdk_sfn::Client::new(sdk),
+        &format!("/{}", unique("shipit")),
+        machine,
+    )
+}
+
+/// A state machine whose executions just wait: tests start and stop them by hand.
+async fn holding_machine(sfn: &aws_sdk_sfn::Client) -> String {
+    sfn.create_state_machine()
+        .name(unique("hold"))
+        .role_arn(iam_role().await)
+        .definition(
+            json!({"StartAt": "Hold", "States": {"Hold": {"Type": "Wait", "Seconds": 3600, "End": true}}})
+                .to_string(),
+        )
+        .send()
+        .await
+        .unwrap()
+        .state_machine_arn
 }
 
 async fn executions(sfn: &aws_sdk_sfn::Client, machine: &str) -> Vec<String> {
@@ -937,4 +996,101 @@ async fn a_deploy_that_outlives_its_lease_keeps_its_lock_by_renewing_it() {
     let mut expected = expected_order(&rig.nodes, "1.0.0");
     expected.insert(3, format!("bake {} 1.0.0", rig.nodes[0]));
     assert_eq!(rig.log(&job).await, expected);
+}
+
+/// Before: executions of one app+env raced for the lock, so a rollback asked for after an
+/// automatic job was queued could run first, and the older job then deployed over it.
+#[tokio::test]
+async fn jobs_of_one_app_take_the_lock_in_queue_order_so_an_older_job_cannot_undo_a_rollback() {
+    let rig = Rig::new(2).await;
+    let sdk = sdk().await;
+    let sfn = aws_sdk_sfn::Client::new(&sdk);
+    let machine = holding_machine(&sfn).await;
+    let turn = Arc::new(turn_of(&sdk, &machine));
+    let now = Utc::now();
+    let (first, live) = (cli_job("1.0.0"), cli_job("1.1.0"));
+    rig.ledger.record(&first, now).await.unwrap();
+    rig.ledger.record(&live, now).await.unwrap();
+    // An upload of 1.2.0 is queued; then someone rolls 1.1.0 back.
+    let upload = DeployJob::new(
+        "hello",
+        "production",
+        "hello-app".parse().unwrap(),
+        shipit::deploy::version::Version::parse("1.2.0").unwrap(),
+        Source::Upload {
+            location: "s3://packages/hello_app-1.2.0-py3-none-any.whl".into(),
+        },
+        now,
+    );
+    let rollback = first.rollback(
+        Some(&live.id),
+        Source::Cli {
+            user: "ann".into(),
+            nonce: unique("rb"),
+        },
+        now,
+    );
+    let fifo = crate::helpers::Fifo::new().await;
+    fifo.queue()
+        .enqueue(&[upload.clone(), rollback.clone()])
+        .await
+        .unwrap();
+    let resp = shipit::run::lambda::dispatch(&sfn, &turn, &machine, &sqs_event(&fifo).await).await;
+    assert!(resp.batch_item_failures.is_empty(), "{resp:?}");
+
+    // The rollback's execution gets to run first: it waits for the upload's.
+    let one_action = rig.stepper_in_order(turn.clone(), Duration::ZERO);
+    let stepper = rig.stepper_in_order(turn.clone(), Duration::from_secs(60));
+    let mut rb = StepState::start(rollback.clone());
+    for _ in 0..3 {
+        rb = one_action.step(rb).await.unwrap();
+        assert!(!rb.done);
+        assert!(
+            !rb.deploy.as_ref().unwrap().locked,
+            "took the lock out of turn"
+        );
+    }
+    assert!(rig.commands(&rollback).await.is_empty());
+
+    let mut up = StepState::start(upload.clone());
+    while !up.done {
+        up = stepper.step(up).await.unwrap();
+        tokio::time::sleep(Duration::from_secs(up.wait_seconds)).await;
+    }
+    assert_eq!(up.status, Some(JobStatus::Succeeded), "{up:?}");
+    // Its execution ends (the holding machine's must be stopped by hand).
+    sfn.stop_execution()
+        .execution_arn(format!(
+            "{}:{}",
+            machine.replace(":stateMachine:", ":execution:"),
+            upload.id
+        ))
+        .send()
+        .await
+        .unwrap();
+
+    // Now the rollback's turn: what it was asked to undo is no longer live, so it says so
+    // instead of rolling 1.2.0 back to 1.0.0.
+    while !rb.done {
+        rb = stepper.step(rb).await.unwrap();
+        tokio::time::sleep(Duration::from_secs(rb.wait_seconds)).await;
+    }
+    assert_eq!(rb.status, Some(JobStatus::Skipped), "{rb:?}");
+    assert!(
+        rb.reason
+            .as_deref()
+            .unwrap()
+            .starts_with("1.2.0 went live since this rollback was asked for"),
+        "{rb:?}"
+    );
+    let history: Vec<String> = rig
+        .ledger
+        .history("hello", "production", 10)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.job.version.to_string())
+        .collect();
+    assert_eq!(history, ["1.2.0", "1.1.0", "1.0.0"]);
+    assert!(rig.commands(&rollback).await.is_empty());
 }

@@ -214,13 +214,21 @@ fn parameter_store_access_stays_under_the_prefix_and_secrets_are_read_only() {
                 .unwrap_or_else(|| panic!("{}: parameter outside the prefix: {r}", s.role));
             if writes {
                 assert!(
-                    ["live/*", "lock/*", "faulty/*"].contains(&path),
+                    ["live/*", "lock/*", "faulty/*", "queue/*"].contains(&path),
                     "{}: writes {path}",
                     s.role
                 );
             } else {
                 assert!(
-                    ["config", "secrets/*", "live/*", "lock/*", "faulty/*"].contains(&path),
+                    [
+                        "config",
+                        "secrets/*",
+                        "live/*",
+                        "lock/*",
+                        "faulty/*",
+                        "queue/*"
+                    ]
+                    .contains(&path),
                     "{}: reads {path}",
                     s.role
                 );
@@ -293,12 +301,20 @@ fn each_function_has_its_own_role_and_only_the_calls_it_makes() {
         ["Ref DeployStateMachine".to_string()].into()
     );
     assert_eq!(dispatch["sqs:ReceiveMessage"], queue);
-    assert!(dispatch.keys().all(|a| !a.starts_with("ssm:")));
+    // Its only Parameter Store call: each job's queue ticket.
+    assert!(dispatch
+        .keys()
+        .all(|a| !a.starts_with("ssm:") || a == "ssm:PutParameter"));
+    assert_eq!(
+        dispatch["ssm:PutParameter"],
+        [format!("{PARAMETER}queue/*")].into()
+    );
     assert!(!dispatch.contains_key("sqs:SendMessage"));
     let step = grants("deploy-step");
-    assert!(step
-        .keys()
-        .all(|a| a.starts_with("ssm:") || a.starts_with("logs:") || a == "kms:Decrypt"));
+    assert!(step.keys().all(|a| a.starts_with("ssm:")
+        || a.starts_with("logs:")
+        || a == "kms:Decrypt"
+        || a == "states:DescribeExecution"));
 
     // Only the state machine may invoke deploy-step.
     let invokers: Vec<_> = all
@@ -338,6 +354,14 @@ fn functions_get_the_environment_their_code_reads() {
         };
         assert_eq!(text(&vars[want.0]), want.1, "{name}");
     }
+    // deploy-step finds the executions queued before its own by the state machine's ARN,
+    // spelled out (a !Ref would be a cycle): it must name the machine the template makes.
+    let machine_name = text(&r["DeployStateMachine"]["Properties"]["Name"]);
+    let step_env = &r["DeployStepFunction"]["Properties"]["Environment"]["Variables"];
+    assert_eq!(
+        text(&step_env["SHIPIT_STATE_MACHINE_ARN"]),
+        format!("arn:${{AWS::Partition}}:states:${{AWS::Region}}:${{AWS::AccountId}}:stateMachine:{machine_name}")
+    );
 }
 
 #[test]

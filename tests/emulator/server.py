@@ -14,6 +14,9 @@ Added to moto 5.2.5, following the AWS API reference for each shape:
 - `SendCommand` with only InstanceIds targeted every instance in the region; it now
   targets the instances named (Targets still resolve tags as before).
 - ThrottlingException on demand, for the first N calls of an operation.
+- SQS FIFO sequence numbers: moto draws each at random; AWS's "continues to increase
+  for a particular MessageGroupId" (SendMessage, SequenceNumber). Now they grow per
+  queue and group, by uneven steps (AWS: "large, non-consecutive"), 20 digits.
 - Lambda without Docker (`lambda-simple`): a canned result shaped like a function error,
   `{"errorType": …, "errorMessage": …}`, comes back as one (`X-Amz-Function-Error:
   Unhandled`), so Step Functions' Retry and Catch can be run.
@@ -39,6 +42,7 @@ from moto.core.exceptions import ServiceException
 from moto.core.responses import ActionResult
 from moto.ec2.models import ec2_backends
 from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
+from moto.sqs.models import SQSBackend
 from moto.ssm import models as ssm_models
 from moto.ssm.responses import SimpleSystemManagerResponse
 from werkzeug.serving import run_simple
@@ -208,6 +212,27 @@ SimpleSystemManagerResponse.list_command_invocations = throttled(
 for op, attr in [("SendCommand", "send_command"), ("GetCommandInvocation", "get_command_invocation"),
                  ("ListCommands", "list_commands")]:
     setattr(SimpleSystemManagerResponse, attr, throttled(op, getattr(SimpleSystemManagerResponse, attr)))
+
+
+# --- SQS FIFO: sequence numbers that grow within a message group -------------------------
+
+original_send_message = SQSBackend.send_message
+SEQUENCES = {}
+
+
+def send_message(self, queue_name, message_body, *args, **kwargs):
+    message = original_send_message(self, queue_name, message_body, *args, **kwargs)
+    if message.sequence_number is not None:
+        with LOCK:
+            key = (queue_name, message.group_id)
+            # Uneven steps from a number near the top of 20 digits' range.
+            last = SEQUENCES.get(key, 18_000_000_000_000_000_000)
+            SEQUENCES[key] = last + 1 + int(message.id[:4], 16) % 9973
+            message.sequence_number = str(SEQUENCES[key])
+    return message
+
+
+SQSBackend.send_message = send_message
 
 
 # --- Lambda function errors --------------------------------------------------------------

@@ -65,6 +65,15 @@ impl Fifo {
 
     /// Everything on the queue, as (message group, body); deletes what it reads.
     pub async fn drain(&self) -> Vec<(String, String)> {
+        self.drain_in_order()
+            .await
+            .into_iter()
+            .map(|(group, body, _)| (group, body))
+            .collect()
+    }
+
+    /// Everything on the queue, as (message group, body, SQS sequence number).
+    pub async fn drain_in_order(&self) -> Vec<(String, String, String)> {
         let mut out = vec![];
         loop {
             let got = self
@@ -73,6 +82,7 @@ impl Fifo {
                 .queue_url(&self.url)
                 .max_number_of_messages(10)
                 .message_system_attribute_names(MessageSystemAttributeName::MessageGroupId)
+                .message_system_attribute_names(MessageSystemAttributeName::SequenceNumber)
                 .send()
                 .await
                 .expect("receive");
@@ -87,7 +97,13 @@ impl Fifo {
                     .and_then(|a| a.get(&MessageSystemAttributeName::MessageGroupId))
                     .cloned()
                     .unwrap_or_default();
-                out.push((group, m.body.clone().unwrap_or_default()));
+                let sequence = m
+                    .attributes
+                    .as_ref()
+                    .and_then(|a| a.get(&MessageSystemAttributeName::SequenceNumber))
+                    .cloned()
+                    .unwrap_or_default();
+                out.push((group, m.body.clone().unwrap_or_default(), sequence));
                 self.client
                     .delete_message()
                     .queue_url(&self.url)

@@ -1,0 +1,170 @@
+//! Queue order per app+env on AWS. The dispatcher starts one execution per job as SQS
+//! FIFO hands them over, in order, and leaves a ticket for each under
+//! `{prefix}/queue/{app}/{env}/{sequence}` (the message's SQS sequence number, which
+//! grows within a FIFO group) naming its job. Before it takes the lock, a deploy waits
+//! while an older ticket's execution still runs; a job removes its ticket when it ends,
+//! and a ticket whose execution ended without removing it (stopped by hand, timed out)
+//! is removed by whoever finds it.
+
+use async_trait::async_trait;
+use aws_sdk_sfn::types::ExecutionStatus;
+use aws_sdk_ssm::types::ParameterType;
+
+use super::sdk_err;
+use crate::deploy::job::{DeployJob, JobId};
+use crate::deploy::ports::{PortError, Turn};
+
+pub struct SsmTurn {
+    ssm: aws_sdk_ssm::Client,
+    sfn: aws_sdk_sfn::Client,
+    prefix: String,
+    /// The deploy state machine's ARN: executions are named by job id under it.
+    machine: String,
+}
+
+/// A ticket: its parameter, its sequence number, the job it names.
+struct Ticket {
+    name: String,
+    sequence: String,
+    job: String,
+}
+
+impl SsmTurn {
+    pub fn new(
+        ssm: aws_sdk_ssm::Client,
+        sfn: aws_sdk_sfn::Client,
+        prefix: &str,
+        machine: &str,
+    ) -> SsmTurn {
+        SsmTurn {
+            ssm,
+            sfn,
+            prefix: prefix.trim_end_matches('/').to_string(),
+            machine: machine.to_string(),
+        }
+    }
+
+    fn path(&self, job: &DeployJob) -> String {
+        format!("{}/queue/{}/{}", self.prefix, job.app, job.env)
+    }
+
+    /// Leaves `job`'s ticket, at its place in the queue: `sequence`, SQS's sequence number
+    /// of its message (digits, growing within the FIFO group). Idempotent.
+    pub async fn enter(&self, job: &DeployJob, sequence: &str) -> Result<(), PortError> {
+        if sequence.is_empty() || !sequence.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(format!("SQS sequence number {sequence:?} is not a number").into());
+        }
+        // Zero-padded to SQS's 128 bits (39 digits), so names sort as numbers do.
+        self.ssm
+            .put_parameter()
+            .name(format!("{}/{sequence:0>40}", self.path(job)))
+            .value(job.id.as_str())
+            .r#type(ParameterType::String)
+            .overwrite(true)
+            .send()
+            .await
+            .map_err(|e| sdk_err("SSM PutParameter", e))?;
+        Ok(())
+    }
+
+    /// The tickets of `job`'s app+env, oldest first.
+    async fn tickets(&self, job: &DeployJob) -> Result<Vec<Ticket>, PortError> {
+        let mut pages = self
+            .ssm
+            .get_parameters_by_path()
+            .path(self.path(job))
+            .recursive(false)
+            .into_paginator()
+            .send();
+        let mut out = vec![];
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| sdk_err("SSM GetParametersByPath", e))?;
+            for p in page.parameters.unwrap_or_default() {
+                if let (Some(name), Some(job)) = (p.name, p.value) {
+                    let sequence = name.rsplit('/').next().unwrap_or_default().to_string();
+                    out.push(Ticket {
+                        name,
+                        sequence,
+                        job,
+                    });
+                }
+            }
+        }
+        out.sort_by(|a, b| a.sequence.cmp(&b.sequence));
+        Ok(out)
+    }
+
+    async fn remove(&self, names: Vec<String>) -> Result<(), PortError> {
+        for chunk in names.chunks(10) {
+            self.ssm
+                .delete_parameters()
+                .set_names(Some(chunk.to_vec()))
+                .send()
+                .await
+                .map_err(|e| sdk_err("SSM DeleteParameters", e))?;
+        }
+        Ok(())
+    }
+
+    /// Whether the execution of job `id` still runs.
+    async fn running(&self, id: &str) -> Result<bool, PortError> {
+        let arn = format!(
+            "{}:{id}",
+            self.machine.replacen(":stateMachine:", ":execution:", 1)
+        );
+        match self
+            .sfn
+            .describe_execution()
+            .execution_arn(arn)
+            .send()
+            .await
+        {
+            Ok(out) => Ok(out.status == ExecutionStatus::Running),
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|s| s.is_execution_does_not_exist()) =>
+            {
+                Ok(false)
+            }
+            Err(e) => Err(sdk_err("Step Functions DescribeExecution", e)),
+        }
+    }
+}
+
+#[async_trait]
+impl Turn for SsmTurn {
+    async fn ahead(&self, job: &DeployJob) -> Result<Option<JobId>, PortError> {
+        let tickets = self.tickets(job).await?;
+        // A job without a ticket (started before tickets, or by hand) keeps no order.
+        let Some(mine) = tickets.iter().position(|t| t.job == job.id.as_str()) else {
+            return Ok(None);
+        };
+        let mut stale = vec![];
+        let mut ahead = None;
+        for t in &tickets[..mine] {
+            if self.running(&t.job).await? {
+                ahead = Some(t.job.clone());
+                break;
+            }
+            stale.push(t.name.clone());
+        }
+        if !stale.is_empty() {
+            tracing::warn!(tickets = ?stale, "queue tickets of executions that ended without removing them");
+            self.remove(stale).await?;
+        }
+        Ok(ahead
+            .map(|id| serde_json::from_value(serde_json::Value::String(id)))
+            .transpose()?)
+    }
+
+    async fn leave(&self, job: &DeployJob) -> Result<(), PortError> {
+        let mine: Vec<String> = self
+            .tickets(job)
+            .await?
+            .into_iter()
+            .filter(|t| t.job == job.id.as_str())
+            .map(|t| t.name)
+            .collect();
+        self.remove(mine).await
+    }
+}
