@@ -1,18 +1,20 @@
 //! Queue order per app+env on AWS. The dispatcher starts one execution per job as SQS
 //! FIFO hands them over, in order, and leaves a ticket for each under
 //! `{prefix}/queue/{app}/{env}/{sequence}` (the message's SQS sequence number, which
-//! grows within a FIFO group) naming its job. Before it takes the lock, a deploy waits
+//! grows within a FIFO group) holding its job. Before it takes the lock, a deploy waits
 //! while an older ticket's execution still runs; a job removes its ticket when it ends,
 //! and a ticket whose execution ended without removing it (stopped by hand, timed out)
-//! is removed by whoever finds it.
+//! is removed by whoever finds it. The tickets behind a job are also the backlog an
+//! automatic job looks at to see whether a newer version supersedes it.
 
 use async_trait::async_trait;
 use aws_sdk_sfn::types::ExecutionStatus;
 use aws_sdk_ssm::types::ParameterType;
 
 use super::sdk_err;
-use crate::deploy::job::{DeployJob, JobId};
-use crate::deploy::ports::{PortError, Turn};
+use crate::deploy::job::{DeployJob, JobId, Source};
+use crate::deploy::ports::{Backlog, PortError, Turn};
+use crate::deploy::version::newest_first;
 
 pub struct SsmTurn {
     ssm: aws_sdk_ssm::Client,
@@ -22,11 +24,11 @@ pub struct SsmTurn {
     machine: String,
 }
 
-/// A ticket: its parameter, its sequence number, the job it names.
+/// A ticket: its parameter, its sequence number, the job it holds.
 struct Ticket {
     name: String,
     sequence: String,
-    job: String,
+    job: DeployJob,
 }
 
 impl SsmTurn {
@@ -54,11 +56,16 @@ impl SsmTurn {
         if sequence.is_empty() || !sequence.bytes().all(|b| b.is_ascii_digit()) {
             return Err(format!("SQS sequence number {sequence:?} is not a number").into());
         }
+        // The job without its Slack reply address: only the deploy itself answers there.
+        let mut held = job.clone();
+        if let Source::Chat { response_url, .. } = &mut held.source {
+            *response_url = None;
+        }
         // Zero-padded to SQS's 128 bits (39 digits), so names sort as numbers do.
         self.ssm
             .put_parameter()
             .name(format!("{}/{sequence:0>40}", self.path(job)))
-            .value(job.id.as_str())
+            .value(held.to_json())
             .r#type(ParameterType::String)
             .overwrite(true)
             .send()
@@ -80,13 +87,19 @@ impl SsmTurn {
         while let Some(page) = pages.next().await {
             let page = page.map_err(|e| sdk_err("SSM GetParametersByPath", e))?;
             for p in page.parameters.unwrap_or_default() {
-                if let (Some(name), Some(job)) = (p.name, p.value) {
+                if let (Some(name), Some(value)) = (p.name, p.value) {
                     let sequence = name.rsplit('/').next().unwrap_or_default().to_string();
-                    out.push(Ticket {
-                        name,
-                        sequence,
-                        job,
-                    });
+                    match DeployJob::from_json(&value) {
+                        Ok(job) => out.push(Ticket {
+                            name,
+                            sequence,
+                            job,
+                        }),
+                        // Written by a newer shipit: it keeps its place, unread.
+                        Err(e) => {
+                            tracing::warn!(ticket = %name, error = %e, "queue ticket cannot be read")
+                        }
+                    }
                 }
             }
         }
@@ -107,7 +120,7 @@ impl SsmTurn {
     }
 
     /// Whether the execution of job `id` still runs.
-    async fn running(&self, id: &str) -> Result<bool, PortError> {
+    async fn running(&self, id: &JobId) -> Result<bool, PortError> {
         let arn = format!(
             "{}:{id}",
             self.machine.replacen(":stateMachine:", ":execution:", 1)
@@ -136,14 +149,14 @@ impl Turn for SsmTurn {
     async fn ahead(&self, job: &DeployJob) -> Result<Option<JobId>, PortError> {
         let tickets = self.tickets(job).await?;
         // A job without a ticket (started before tickets, or by hand) keeps no order.
-        let Some(mine) = tickets.iter().position(|t| t.job == job.id.as_str()) else {
+        let Some(mine) = tickets.iter().position(|t| t.job.id == job.id) else {
             return Ok(None);
         };
         let mut stale = vec![];
         let mut ahead = None;
         for t in &tickets[..mine] {
-            if self.running(&t.job).await? {
-                ahead = Some(t.job.clone());
+            if self.running(&t.job.id).await? {
+                ahead = Some(t.job.id.clone());
                 break;
             }
             stale.push(t.name.clone());
@@ -152,9 +165,7 @@ impl Turn for SsmTurn {
             tracing::warn!(tickets = ?stale, "queue tickets of executions that ended without removing them");
             self.remove(stale).await?;
         }
-        Ok(ahead
-            .map(|id| serde_json::from_value(serde_json::Value::String(id)))
-            .transpose()?)
+        Ok(ahead)
     }
 
     async fn leave(&self, job: &DeployJob) -> Result<(), PortError> {
@@ -162,9 +173,27 @@ impl Turn for SsmTurn {
             .tickets(job)
             .await?
             .into_iter()
-            .filter(|t| t.job == job.id.as_str())
+            .filter(|t| t.job.id == job.id)
             .map(|t| t.name)
             .collect();
         self.remove(mine).await
+    }
+}
+
+#[async_trait]
+impl Backlog for SsmTurn {
+    async fn newer_queued(&self, job: &DeployJob) -> Result<Vec<DeployJob>, PortError> {
+        let tickets = self.tickets(job).await?;
+        let Some(mine) = tickets.iter().position(|t| t.job.id == job.id) else {
+            return Ok(vec![]);
+        };
+        let mut newer: Vec<DeployJob> = tickets
+            .into_iter()
+            .skip(mine + 1)
+            .map(|t| t.job)
+            .filter(|j| j.version.is_newer_than(&job.version))
+            .collect();
+        newer.sort_by(|a, b| newest_first(&a.version, &b.version));
+        Ok(newer)
     }
 }

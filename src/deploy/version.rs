@@ -63,6 +63,17 @@ impl Version {
     }
 }
 
+/// Orders versions newest first (PEP 440), for `sort_by`.
+pub fn newest_first(a: &Version, b: &Version) -> std::cmp::Ordering {
+    if a.is_newer_than(b) {
+        std::cmp::Ordering::Less
+    } else if b.is_newer_than(a) {
+        std::cmp::Ordering::Greater
+    } else {
+        std::cmp::Ordering::Equal
+    }
+}
+
 impl TryFrom<String> for Version {
     type Error = VersionError;
     fn try_from(value: String) -> Result<Self, Self::Error> {

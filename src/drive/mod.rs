@@ -50,9 +50,8 @@ pub struct Driver {
     config: Arc<Config>,
     ledger: Arc<dyn Ledger>,
     fleet: Arc<dyn Fleet>,
-    /// Where the runtime can see the jobs queued behind one (the SQLite store). A Step
-    /// Functions execution cannot look into SQS, so there a waiting automatic job learns
-    /// of a newer version only once that one is live.
+    /// Where the runtime can see the jobs queued behind one: the SQLite store, or on AWS
+    /// the queue tickets the dispatcher leaves (SQS itself cannot be looked into).
     backlog: Option<Arc<dyn Backlog>>,
     /// Where jobs of one app+env would otherwise race for the lock (Step Functions
     /// executions): the order they were queued in. The SQLite queue keeps it itself.

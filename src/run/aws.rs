@@ -116,13 +116,14 @@ pub async fn stepper_from_env() -> anyhow::Result<Stepper> {
     };
     let machine =
         std::env::var("SHIPIT_STATE_MACHINE_ARN").context("SHIPIT_STATE_MACHINE_ARN is not set")?;
+    let queue = Arc::new(turn(&sdk, &machine));
     let driver = Driver::new(
         config.clone(),
         Arc::new(SsmLedger::new(ssm.clone(), &ssm_prefix())),
         Arc::new(SsmFleet::new(SdkRunCommand::new(ssm), config.clone())),
-        None,
+        Some(queue.clone()),
         Outbound::new(config, secrets),
     )
-    .with_turn(Arc::new(turn(&sdk, &machine)));
+    .with_turn(queue);
     Ok(Stepper::new(driver, Duration::from_secs(budget)))
 }

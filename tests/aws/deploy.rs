@@ -542,15 +542,7 @@ async fn dispatch_starts_one_execution_per_job_even_when_a_message_comes_twice()
     assert_eq!(turn.ahead(&a).await.unwrap(), None);
     assert_eq!(turn.ahead(&b).await.unwrap(), Some(a.id.clone()));
     // a's execution stopped by hand, its ticket left behind: b goes, and clears it.
-    sfn.stop_execution()
-        .execution_arn(format!(
-            "{}:{}",
-            machine.replace(":stateMachine:", ":execution:"),
-            a.id
-        ))
-        .send()
-        .await
-        .unwrap();
+    stop_execution(&sfn, &machine, &a.id).await;
     assert_eq!(turn.ahead(&b).await.unwrap(), None);
     turn.leave(&b).await.unwrap();
     assert_eq!(turn.ahead(&b).await.unwrap(), None);
@@ -604,6 +596,27 @@ fn turn_of(sdk: &aws_config::SdkConfig, machine: &str) -> shipit::aws::turn::Ssm
         &format!("/{}", unique("shipit")),
         machine,
     )
+}
+
+/// Steps `state` to its end as the state machine would, waiting out its waits.
+async fn to_the_end(stepper: &Stepper, mut state: StepState) -> StepState {
+    while !state.done {
+        state = stepper.step(state).await.unwrap();
+        tokio::time::sleep(Duration::from_secs(state.wait_seconds)).await;
+    }
+    state
+}
+
+/// Ends job `id`'s execution of `machine` (what the state machine does when a job ends).
+async fn stop_execution(sfn: &aws_sdk_sfn::Client, machine: &str, id: &shipit::deploy::job::JobId) {
+    sfn.stop_execution()
+        .execution_arn(format!(
+            "{}:{id}",
+            machine.replace(":stateMachine:", ":execution:")
+        ))
+        .send()
+        .await
+        .unwrap();
 }
 
 /// A state machine whose executions just wait: tests start and stop them by hand.
@@ -1052,29 +1065,14 @@ async fn jobs_of_one_app_take_the_lock_in_queue_order_so_an_older_job_cannot_und
     }
     assert!(rig.commands(&rollback).await.is_empty());
 
-    let mut up = StepState::start(upload.clone());
-    while !up.done {
-        up = stepper.step(up).await.unwrap();
-        tokio::time::sleep(Duration::from_secs(up.wait_seconds)).await;
-    }
+    let up = to_the_end(&stepper, StepState::start(upload.clone())).await;
     assert_eq!(up.status, Some(JobStatus::Succeeded), "{up:?}");
     // Its execution ends (the holding machine's must be stopped by hand).
-    sfn.stop_execution()
-        .execution_arn(format!(
-            "{}:{}",
-            machine.replace(":stateMachine:", ":execution:"),
-            upload.id
-        ))
-        .send()
-        .await
-        .unwrap();
+    stop_execution(&sfn, &machine, &upload.id).await;
 
     // Now the rollback's turn: what it was asked to undo is no longer live, so it says so
     // instead of rolling 1.2.0 back to 1.0.0.
-    while !rb.done {
-        rb = stepper.step(rb).await.unwrap();
-        tokio::time::sleep(Duration::from_secs(rb.wait_seconds)).await;
-    }
+    let rb = to_the_end(&stepper, rb).await;
     assert_eq!(rb.status, Some(JobStatus::Skipped), "{rb:?}");
     assert!(
         rb.reason
@@ -1093,4 +1091,56 @@ async fn jobs_of_one_app_take_the_lock_in_queue_order_so_an_older_job_cannot_und
         .collect();
     assert_eq!(history, ["1.2.0", "1.1.0", "1.0.0"]);
     assert!(rig.commands(&rollback).await.is_empty());
+}
+
+/// The queue tickets are also the backlog on AWS: an automatic job with a newer version
+/// queued behind it (one the gate lets through) is skipped, and the newer one deploys.
+#[tokio::test]
+async fn an_older_upload_is_superseded_by_a_newer_one_queued_behind_it() {
+    let rig = Rig::new(2).await;
+    let sdk = sdk().await;
+    let sfn = aws_sdk_sfn::Client::new(&sdk);
+    let machine = holding_machine(&sfn).await;
+    let turn = Arc::new(turn_of(&sdk, &machine));
+    let upload = |v: &str| {
+        DeployJob::new(
+            "hello",
+            "production",
+            "hello-app".parse().unwrap(),
+            shipit::deploy::version::Version::parse(v).unwrap(),
+            Source::Upload {
+                location: format!("s3://packages/hello_app-{v}-py3-none-any.whl"),
+            },
+            Utc::now(),
+        )
+    };
+    let (older, newer) = (upload("1.1.0"), upload("1.2.0"));
+    let fifo = crate::helpers::Fifo::new().await;
+    fifo.queue()
+        .enqueue(&[older.clone(), newer.clone()])
+        .await
+        .unwrap();
+    let resp = shipit::run::lambda::dispatch(&sfn, &turn, &machine, &sqs_event(&fifo).await).await;
+    assert!(resp.batch_item_failures.is_empty(), "{resp:?}");
+    let fleet = SsmFleet::new(SdkRunCommand::new(rig.ssm.clone()), rig.config.clone());
+    let driver = Driver::new(
+        rig.config.clone(),
+        rig.ledger.clone(),
+        Arc::new(fleet),
+        Some(turn.clone()),
+        Outbound::new(rig.config.clone(), Arc::new(Secrets::new(None))),
+    )
+    .with_turn(turn.clone());
+    let stepper = Stepper::new(driver, Duration::from_secs(60));
+    let state = to_the_end(&stepper, StepState::start(older.clone())).await;
+    assert_eq!(state.status, Some(JobStatus::Skipped), "{state:?}");
+    assert_eq!(
+        state.reason.as_deref(),
+        Some("superseded by 1.2.0, queued behind it")
+    );
+    assert!(rig.commands(&older).await.is_empty());
+    stop_execution(&sfn, &machine, &older.id).await;
+    let state = to_the_end(&stepper, StepState::start(newer.clone())).await;
+    assert_eq!(state.status, Some(JobStatus::Succeeded), "{state:?}");
+    assert_eq!(rig.log(&newer).await, expected_order(&rig.nodes, "1.2.0"));
 }

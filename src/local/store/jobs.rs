@@ -9,6 +9,7 @@ use crate::deploy::engine::{Notice, Outcome};
 use crate::deploy::job::{DeployJob, JobId};
 use crate::deploy::ports::{Backlog, Enqueued, JobQueue, PortError};
 use crate::deploy::status::JobStatus;
+use crate::deploy::version::newest_first;
 
 /// A queued job as the store keeps it.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -180,15 +181,7 @@ impl Backlog for Store {
                 }
             }
         }
-        newer.sort_by(|a, b| {
-            if a.version.is_newer_than(&b.version) {
-                std::cmp::Ordering::Less
-            } else if b.version.is_newer_than(&a.version) {
-                std::cmp::Ordering::Greater
-            } else {
-                std::cmp::Ordering::Equal
-            }
-        });
+        newer.sort_by(|a, b| newest_first(&a.version, &b.version));
         Ok(newer)
     }
 }
