@@ -181,6 +181,8 @@ pub async fn run(dir: Option<PathBuf>) -> anyhow::Result<bool> {
         store.clone(),
         listener,
         worker.health(),
+        // The demo listens on loopback: its reads need no token.
+        None,
         {
             let mut s = stopped.clone();
             async move {
@@ -373,6 +375,7 @@ async fn slash_command(
     let form = serde_urlencoded::to_string([
         ("command", "/deploy"),
         ("text", text),
+        ("team_id", "T1DC2JH3J"),
         ("user_id", "U2CERLKJA"),
         ("user_name", "roadrunner"),
         ("channel_id", "C1"),

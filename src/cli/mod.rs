@@ -349,11 +349,13 @@ pub async fn serve(config: Config, listen: Option<std::net::SocketAddr>) -> anyh
     let health = worker.health();
     let holder = format!("serve-{}", std::process::id());
     let supervisor = tokio::spawn(supervise(worker, holder, stopped));
+    let api_token = crate::run::local::api_token(&ingress.config).await?;
     crate::run::server::serve(
         Arc::new(ingress),
         store,
         listener,
         health,
+        api_token,
         shutdown_signal(),
     )
     .await?;

@@ -84,6 +84,8 @@ pub struct Config {
     pub slack_secret: Option<Secret>,
     /// Where a slash command's `response_url` must point for shipit to post to it.
     pub slack_response_url_prefix: String,
+    /// The Slack workspace (and org, and app) whose commands count; any if unset.
+    pub slack_workspace: SlackWorkspace,
     pub apps: BTreeMap<String, App>,
 }
 
@@ -94,6 +96,9 @@ pub struct Server {
     pub state: PathBuf,
     /// Where uploaded wheels and sdists land; a new file there is an upload event.
     pub package_dir: Option<PathBuf>,
+    /// The bearer token the read endpoints (`/api/deploys`) ask for. Without one they
+    /// answer only on a loopback listener.
+    pub api_token: Option<Secret>,
 }
 
 #[derive(Debug, Clone)]
@@ -137,8 +142,21 @@ pub struct Gate {
 pub struct Environment {
     pub name: String,
     pub nodes: Nodes,
-    /// Slack user ids (`U…`), `@name`s, or `*`; nobody may deploy from chat otherwise.
+    /// Slack user ids (`U…`, `W…`) or `*`; nobody may deploy from chat otherwise.
     pub chat_deployers: Vec<String>,
+    /// Who may use `--force` from chat; nobody unless named.
+    pub chat_forcers: Vec<String>,
+    /// Who may lock, unlock and abort from chat; the deployers unless set.
+    pub chat_lockers: Vec<String>,
+}
+
+/// What pins slash commands to one Slack workspace: a command signed with the app's
+/// secret but sent from another workspace it is installed in does not count.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SlackWorkspace {
+    pub team_id: Option<String>,
+    pub enterprise_id: Option<String>,
+    pub api_app_id: Option<String>,
 }
 
 #[derive(Debug, Clone)]

@@ -26,6 +26,7 @@ pub(super) struct RawServer {
     pub(super) listen: Option<String>,
     pub(super) state: Option<PathBuf>,
     pub(super) package_dir: Option<PathBuf>,
+    pub(super) api_token: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -39,6 +40,9 @@ pub(super) struct RawSecretHolder {
 pub(super) struct RawSlackIngress {
     pub(super) signing_secret: Option<String>,
     pub(super) response_url_prefix: Option<String>,
+    pub(super) team_id: Option<String>,
+    pub(super) enterprise_id: Option<String>,
+    pub(super) api_app_id: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -85,6 +89,9 @@ pub(super) struct RawEnvironment {
     pub(super) nodes: Option<Vec<RawLocalNode>>,
     #[serde(default)]
     pub(super) chat_deployers: Vec<String>,
+    #[serde(default)]
+    pub(super) chat_forcers: Vec<String>,
+    pub(super) chat_lockers: Option<Vec<String>>,
 }
 
 #[derive(Deserialize)]

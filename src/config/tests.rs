@@ -12,7 +12,7 @@ const GOOD: &str = r#"
         health = "curl -fsS localhost:{port}/version"
         [apps.hello.environments.production]
         nodes = [{ name = "node1", dir = "n1", vars = { port = "8001" } }]
-        chat_deployers = ["U2CERLKJA", "@ann"]
+        chat_deployers = ["U2CERLKJA", "W0ABCDEF1"]
     "#;
 
 #[test]
@@ -27,6 +27,62 @@ fn good_config_gets_defaults() {
     assert!(app.rollout.canary && app.rollout.auto_rollback);
     assert_eq!(c.server.state, Path::new("/etc/shipit/shipit.db"));
     assert_eq!(c.apps_for_repo("ACME/hello").count(), 1);
+    let env = &app.environments["production"];
+    assert!(env.chat_forcers.is_empty(), "nobody may force unless named");
+    assert_eq!(env.chat_lockers, env.chat_deployers);
+    assert_eq!(c.slack_workspace, SlackWorkspace::default());
+}
+
+#[test]
+fn chat_identities_are_user_ids_and_the_workspace_is_pinned_by_its_ids() {
+    let text = |slack: &str, deployers: &str| {
+        format!(
+            r#"
+            [slack]
+            signing_secret = "env:SLACK"
+            {slack}
+            [apps.hello]
+            package = "hello-app"
+            install = "true"
+            restart = "true"
+            [apps.hello.environments.production]
+            nodes = [{{ name = "n1", dir = "n1" }}]
+            chat_deployers = [{deployers}]
+            chat_forcers = ["U2CERLKJA"]
+            chat_lockers = ["*"]
+        "#
+        )
+    };
+    let c = Config::parse(
+        &text(r#"team_id = "T1DC2JH3J""#, r#""U2CERLKJA""#),
+        Path::new("s.toml"),
+    )
+    .unwrap();
+    assert_eq!(c.slack_workspace.team_id.as_deref(), Some("T1DC2JH3J"));
+    let env = &c.apps["hello"].environments["production"];
+    assert_eq!(env.chat_forcers, ["U2CERLKJA"]);
+    assert_eq!(env.chat_lockers, ["*"]);
+
+    // A name is an error whose hint says how to find the id.
+    let err = Config::parse(&text("", r#""@roadrunner""#), Path::new("s.toml")).unwrap_err();
+    let p = err
+        .problems
+        .iter()
+        .find(|p| p.key == "apps.hello.environments.production.chat_deployers[0]")
+        .unwrap();
+    assert!(p.message.contains("is a user name"), "{p:?}");
+    assert!(p.hint.contains("Copy member ID"), "{p:?}");
+    // No team_id: a warning, since every workspace the app is in could deploy.
+    let (_, problems) = check_text(&text("", r#""U2CERLKJA""#), Path::new("s.toml"));
+    assert!(problems
+        .iter()
+        .any(|p| p.key == "slack.team_id" && p.severity == Severity::Warning));
+    let err = Config::parse(
+        &text(r#"team_id = "acme""#, r#""U2CERLKJA""#),
+        Path::new("s.toml"),
+    )
+    .unwrap_err();
+    assert!(err.problems.iter().any(|p| p.key == "slack.team_id"));
 }
 
 #[test]
@@ -155,4 +211,33 @@ fn tag_patterns() {
     assert_eq!(p.extract("v1.2"), None);
     assert!(TagPattern::parse("v").is_err());
     assert!(TagPattern::parse("{version}-{version}").is_err());
+}
+
+#[test]
+fn a_server_reachable_from_elsewhere_without_an_api_token_is_warned_about() {
+    let text = |server: &str| {
+        format!(
+            r#"
+            [server]
+            {server}
+            [apps.hello]
+            package = "hello-app"
+            install = "true"
+            restart = "true"
+            [apps.hello.environments.production]
+            nodes = [{{ name = "n1", dir = "n1" }}]
+        "#
+        )
+    };
+    let warned = |server: &str| {
+        check_text(&text(server), Path::new("s.toml"))
+            .1
+            .iter()
+            .any(|p| p.key == "server.api_token" && p.severity == Severity::Warning)
+    };
+    assert!(warned(r#"listen = "0.0.0.0:8080""#));
+    assert!(!warned(r#"listen = "127.0.0.1:8080""#));
+    assert!(!warned(
+        "listen = \"0.0.0.0:8080\"\napi_token = \"env:TOKEN\""
+    ));
 }

@@ -9,7 +9,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::{verify_hmac_sha256, Ingress, Reply};
-use crate::config::{App, Environment};
+use crate::config::{App, Environment, SlackWorkspace};
 use crate::deploy::history::{faulty_mark, rollback_target};
 use crate::deploy::job::{DeployJob, Source};
 use crate::deploy::ports::{LockInfo, Unlocked};
@@ -49,6 +49,12 @@ pub struct SlashCommand {
     #[serde(default)]
     pub trigger_id: String,
     pub response_url: Option<String>,
+    #[serde(default)]
+    pub team_id: Option<String>,
+    #[serde(default)]
+    pub enterprise_id: Option<String>,
+    #[serde(default)]
+    pub api_app_id: Option<String>,
 }
 
 fn say(text: impl Into<String>) -> Reply {
@@ -69,7 +75,9 @@ fn verify(secret: &str, headers: &HeaderMap, body: &[u8], now: DateTime<Utc>) ->
     let ts_num: i64 = ts
         .parse()
         .map_err(|_| Reply::error(401, "X-Slack-Request-Timestamp is not a Unix time"))?;
-    if (now.timestamp() - ts_num).abs() > MAX_SKEW_SECONDS {
+    // Checked: the header is anyone's number, and i64::MIN - now overflows.
+    let skew = now.timestamp().checked_sub(ts_num).map(i64::unsigned_abs);
+    if skew.is_none_or(|s| s > MAX_SKEW_SECONDS as u64) {
         return Err(Reply::error(
             401,
             format!("stale request: timestamp is more than {MAX_SKEW_SECONDS} s from now"),
@@ -110,11 +118,33 @@ impl SlashCommand {
         }
     }
 
+    /// Whether this user is one of `ids` (Slack user ids, or `*`). By id only: a name
+    /// is whatever the sender's workspace says it is.
+    fn is_one_of(&self, ids: &[String]) -> bool {
+        ids.iter().any(|d| d == "*" || *d == self.user_id)
+    }
+
     fn may_deploy(&self, env: &Environment) -> bool {
-        env.chat_deployers.iter().any(|d| {
-            d == "*"
-                || *d == self.user_id
-                || (!self.user_name.is_empty() && *d == format!("@{}", self.user_name))
+        self.is_one_of(&env.chat_deployers)
+    }
+
+    fn may_lock(&self, env: &Environment) -> bool {
+        self.is_one_of(&env.chat_lockers)
+    }
+
+    /// Why this command does not come from the pinned workspace (and app), if it does not.
+    fn foreign(&self, pin: &SlackWorkspace) -> Option<String> {
+        let checks = [
+            ("team_id", &pin.team_id, &self.team_id),
+            ("enterprise_id", &pin.enterprise_id, &self.enterprise_id),
+            ("api_app_id", &pin.api_app_id, &self.api_app_id),
+        ];
+        checks.into_iter().find_map(|(what, want, got)| match want {
+            Some(w) if got.as_ref() != Some(w) => Some(format!(
+                "{what} {} is not {w}",
+                got.as_deref().unwrap_or("(none)")
+            )),
+            _ => None,
         })
     }
 }
@@ -134,6 +164,13 @@ impl Ingress {
             Ok(c) => c,
             Err(e) => return Reply::error(400, format!("malformed slash command form: {e}")),
         };
+        // Signed by this app, but the app may be installed in other workspaces too.
+        if let Some(why) = cmd.foreign(&self.config.slack_workspace) {
+            tracing::warn!(user_id = %cmd.user_id, %why, "slash command from another workspace refused");
+            return say(
+                "This command comes from a workspace shipit does not serve; nothing was done.",
+            );
+        }
         // shipit posts the result there later, with nobody watching: only where Slack
         // would send it.
         let prefix = &self.config.slack_response_url_prefix;
@@ -306,6 +343,14 @@ impl Ingress {
         if let Err(r) = self.deploy_gate(cmd, app, env, now).await {
             return r;
         }
+        if force && !cmd.is_one_of(&env.chat_forcers) {
+            return say(format!(
+                "{} may not use --force on {}/{}; nothing was queued. Ask someone in chat_forcers, or deploy a version whose checks pass.",
+                cmd.who(),
+                app.name,
+                env.name
+            ));
+        }
         let job = DeployJob::new(
             &app.name,
             &env.name,
@@ -380,7 +425,7 @@ impl Ingress {
         reason: &str,
         now: DateTime<Utc>,
     ) -> Reply {
-        if !cmd.may_deploy(env) {
+        if !cmd.may_lock(env) {
             return say(format!(
                 "{} may not lock {}/{}.",
                 cmd.who(),
@@ -417,7 +462,7 @@ impl Ingress {
         env: &Environment,
         now: DateTime<Utc>,
     ) -> Reply {
-        if !cmd.may_deploy(env) {
+        if !cmd.may_lock(env) {
             return say(format!(
                 "{} may not unlock {}/{}.",
                 cmd.who(),
@@ -450,7 +495,7 @@ impl Ingress {
         env: &Environment,
         now: DateTime<Utc>,
     ) -> Reply {
-        if !cmd.may_deploy(env) {
+        if !cmd.may_lock(env) {
             return say(format!(
                 "{} may not abort deploys of {}/{}.",
                 cmd.who(),
@@ -542,4 +587,31 @@ fn envs(app: &App) -> String {
         .cloned()
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::TimeZone;
+
+    use super::*;
+
+    fn headers(ts: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert("x-slack-request-timestamp", ts.parse().unwrap());
+        h.insert("x-slack-signature", "v0=00".parse().unwrap());
+        h
+    }
+
+    #[test]
+    fn a_timestamp_at_the_ends_of_i64_is_stale_not_a_panic() {
+        let now = Utc.timestamp_opt(1_800_000_000, 0).unwrap();
+        for ts in [i64::MIN.to_string(), i64::MAX.to_string()] {
+            let reply = verify("secret", &headers(&ts), b"", now).unwrap_err();
+            assert_eq!(reply.status, 401);
+            assert!(
+                reply.body.to_string().contains("stale request"),
+                "{reply:?}"
+            );
+        }
+    }
 }

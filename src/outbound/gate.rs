@@ -17,7 +17,7 @@ use async_trait::async_trait;
 use crate::config::secrets::Secrets;
 use crate::config::{App, Config, Gate};
 use crate::deploy::engine::Verdict;
-use crate::deploy::job::DeployJob;
+use crate::deploy::job::{DeployJob, Source};
 use crate::deploy::ports::{self, PortError, Refused};
 use crate::outbound::http;
 
@@ -68,7 +68,13 @@ impl Gatekeeper {
             token,
             http: &self.http,
         };
-        let verdict = ask.verdict(&app.tag_pattern.tag(&job.version)).await?;
+        // A tag job asks about the tag that was pushed: rebuilt from the normalized
+        // version, `v1.0.0-RC1` would be looked up as `v1.0.0rc1` (another tag, or none).
+        let tag = match &job.source {
+            Source::Tag { tag, .. } => tag.clone(),
+            _ => app.tag_pattern.tag(&job.version),
+        };
+        let verdict = ask.verdict(&tag).await?;
         tracing::info!(?verdict, "gate");
         Ok(verdict)
     }

@@ -47,11 +47,29 @@ fn config_uses_ssm(c: &Config) -> bool {
             .flatten(),
         )
     });
-    [&c.github_secret, &c.slack_secret]
+    [&c.github_secret, &c.slack_secret, &c.server.api_token]
         .into_iter()
         .flatten()
         .chain(notify)
         .any(|s| matches!(s, Secret::Ssm(_)))
+}
+
+/// The bearer token `serve`'s read endpoints ask for, if the config sets one.
+pub async fn api_token(config: &Config) -> anyhow::Result<Option<String>> {
+    let Some(secret) = &config.server.api_token else {
+        return Ok(None);
+    };
+    let ssm = if config_uses_ssm(config) {
+        Some(aws_sdk_ssm::Client::new(&sdk_config().await))
+    } else {
+        None
+    };
+    Ok(Some(
+        Secrets::new(ssm)
+            .resolve(secret)
+            .await
+            .map_err(|e| anyhow!("server.api_token: {e}"))?,
+    ))
 }
 
 /// The gate and notifiers of a one-machine config (SSM only if a secret lives there).

@@ -15,7 +15,9 @@ use serde_json::json;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::deploy::job::Source;
 use crate::drive::worker::WorkerHealth;
+use subtle::ConstantTimeEq;
 
 use crate::ingress::github::MAX_BODY;
 use crate::ingress::{Ingress, Reply};
@@ -26,6 +28,42 @@ struct AppState {
     ingress: Arc<Ingress>,
     store: Store,
     worker: watch::Receiver<WorkerHealth>,
+    reads: Reads,
+}
+
+/// Who may read shipit's state over HTTP: whoever presents the token (bearer), if one is
+/// set; otherwise only this machine, when the listener is loopback; otherwise nobody.
+#[derive(Clone)]
+pub struct Reads {
+    pub token: Option<String>,
+    pub loopback: bool,
+}
+
+impl Reads {
+    fn check(&self, headers: &HeaderMap) -> Result<(), Reply> {
+        match &self.token {
+            Some(token) => {
+                let given = headers
+                    .get(axum::http::header::AUTHORIZATION)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.strip_prefix("Bearer "))
+                    .unwrap_or("");
+                if bool::from(given.as_bytes().ct_eq(token.as_bytes())) {
+                    Ok(())
+                } else {
+                    Err(Reply::error(
+                        401,
+                        "send server.api_token as Authorization: Bearer …",
+                    ))
+                }
+            }
+            None if self.loopback => Ok(()),
+            None => Err(Reply::error(
+                403,
+                "shipit listens beyond loopback and server.api_token is not set: reads are refused",
+            )),
+        }
+    }
 }
 
 fn respond(reply: Reply) -> Response {
@@ -41,9 +79,20 @@ async fn slack(State(s): State<AppState>, headers: HeaderMap, body: Bytes) -> Re
     respond(s.ingress.slack(&headers, &body, Utc::now()).await)
 }
 
-async fn jobs(State(s): State<AppState>) -> Response {
+async fn jobs(State(s): State<AppState>, headers: HeaderMap) -> Response {
+    if let Err(reply) = s.reads.check(&headers) {
+        return respond(reply);
+    }
     match s.store.jobs(None).await {
-        Ok(jobs) => Json(json!({ "jobs": jobs })).into_response(),
+        Ok(mut jobs) => {
+            // Slack's reply address lets whoever holds it post as shipit: it stays inside.
+            for q in &mut jobs {
+                if let Source::Chat { response_url, .. } = &mut q.job.source {
+                    *response_url = None;
+                }
+            }
+            Json(json!({ "jobs": jobs })).into_response()
+        }
         Err(e) => respond(Reply::error(503, format!("store unavailable: {e}"))),
     }
 }
@@ -73,6 +122,7 @@ pub fn router(
     ingress: Arc<Ingress>,
     store: Store,
     worker: watch::Receiver<WorkerHealth>,
+    reads: Reads,
 ) -> Router {
     Router::new()
         .route("/hooks/github", post(github))
@@ -85,6 +135,7 @@ pub fn router(
             ingress,
             store,
             worker,
+            reads,
         })
 }
 
@@ -94,10 +145,15 @@ pub async fn serve(
     store: Store,
     listener: TcpListener,
     worker: watch::Receiver<WorkerHealth>,
+    api_token: Option<String>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    let reads = Reads {
+        token: api_token,
+        loopback: listener.local_addr()?.ip().is_loopback(),
+    };
     let watcher = tokio::spawn(super::packages::watch(ingress.clone(), store.clone()));
-    let result = axum::serve(listener, router(ingress, store, worker))
+    let result = axum::serve(listener, router(ingress, store, worker, reads))
         .with_graceful_shutdown(shutdown)
         .await;
     watcher.abort();

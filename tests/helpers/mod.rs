@@ -143,6 +143,7 @@ pub fn config() -> Config {
 webhook_secret = "sample-github-secret"
 [slack]
 signing_secret = "sample-slack-signing-secret"
+team_id = "T1"
 
 [apps.hello]
 package = "hello-app"
@@ -224,9 +225,21 @@ pub fn slack_form_replying_to(
     text: &str,
     trigger: &str,
 ) -> Vec<u8> {
+    slack_form_in("T1", response_url, user_id, user_name, text, trigger)
+}
+
+/// A slash command from workspace `team`.
+pub fn slack_form_in(
+    team: &str,
+    response_url: &str,
+    user_id: &str,
+    user_name: &str,
+    text: &str,
+    trigger: &str,
+) -> Vec<u8> {
     serde_urlencoded::to_string([
         ("token", "x"),
-        ("team_id", "T1"),
+        ("team_id", team),
         ("channel_id", "C1"),
         ("channel_name", "deploys"),
         ("user_id", user_id),
@@ -265,6 +278,8 @@ pub struct LocalApp {
     pub health: &'static str,
     /// `chat_deployers` of production: nobody by default.
     pub deployers: &'static str,
+    /// `chat_forcers` of production: nobody by default.
+    pub forcers: &'static str,
     /// More keys for `[server]`, `[slack]` and `[apps.hello]`.
     pub server: String,
     pub slack: String,
@@ -281,6 +296,7 @@ impl Default for LocalApp {
             restart: "true",
             health: "true",
             deployers: "",
+            forcers: "",
             server: String::new(),
             slack: String::new(),
             app: String::new(),
@@ -308,6 +324,7 @@ impl LocalApp {
 webhook_secret = "{GITHUB_SECRET}"
 [slack]
 signing_secret = "{SLACK_SECRET}"
+team_id = "T1"
 {slack}
 [apps.hello]
 package = "hello-app"
@@ -318,6 +335,7 @@ health = {health:?}
 {app}
 [apps.hello.environments.production]
 chat_deployers = [{deployers}]
+chat_forcers = [{forcers}]
 nodes = [{nodes}]
 {tables}
 "#,
@@ -328,6 +346,7 @@ nodes = [{nodes}]
             health = self.health,
             app = self.app,
             deployers = self.deployers,
+            forcers = self.forcers,
             nodes = nodes.join(", "),
             tables = self.tables,
         );
@@ -354,6 +373,15 @@ pub struct Served {
 
 impl Served {
     pub async fn start(ingress: Ingress, store: shipit::local::store::Store) -> Served {
+        Served::start_with_token(ingress, store, None).await
+    }
+
+    /// With `server.api_token` set to `api_token`.
+    pub async fn start_with_token(
+        ingress: Ingress,
+        store: shipit::local::store::Store,
+        api_token: Option<String>,
+    ) -> Served {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -362,6 +390,7 @@ impl Served {
             store,
             listener,
             tokio::sync::watch::channel(shipit::drive::worker::WorkerHealth::Starting).1,
+            api_token,
             async {
                 let _ = stopped.await;
             },

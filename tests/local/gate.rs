@@ -37,6 +37,7 @@ api_url = "{api}"
         nodes: vec!["n1", "n2"],
         install: "printf %s {version} > version",
         deployers: r#""*""#,
+        forcers: r#""U1""#,
         tables: gate,
         ..LocalApp::default()
     }
@@ -354,4 +355,20 @@ async fn only_a_newer_version_the_gate_lets_through_supersedes_an_older_tag() {
     let (status, outcome) = run(&config, &store, &newer).await;
     assert_eq!(status, JobStatus::Skipped, "{outcome:?}");
     assert_eq!(live_on(dir.path()), ["1.0.0", "1.0.0"]);
+}
+
+/// Before: the gate asked about a tag rebuilt from the normalized version (`v1.0.0rc1`),
+/// not the tag that was pushed (`v1.0.0-RC1`), and skipped a good release.
+#[tokio::test]
+async fn the_gate_asks_about_the_tag_that_was_pushed() {
+    let github = MockServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (config, store) = setup(dir.path(), &github, 0);
+    repo(&github, "v1.0.0-RC1", "behind").await;
+    checks(&github, "success", ("completed", Some("success"))).await;
+
+    let job = tag_deploy(&config, "v1.0.0-RC1").await;
+    let (status, outcome) = run(&config, &store, &job).await;
+    assert_eq!(status, JobStatus::Succeeded, "{outcome:?}");
+    assert_eq!(live_on(dir.path()), ["1.0.0rc1", "1.0.0rc1"]);
 }

@@ -322,3 +322,138 @@ async fn a_worker_waits_while_another_holds_the_store() {
     stop.send(true).unwrap();
     running.await.unwrap();
 }
+
+/// Before: a user id that was not a deployer, carrying a deployer's `user_name`, deployed;
+/// so did a signed command from any other workspace the app is installed in.
+#[tokio::test]
+async fn slash_commands_count_by_user_id_from_the_pinned_workspace_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = LocalApp {
+        deployers: r#""U2CERLKJA""#,
+        forcers: r#""U0FORCER1""#,
+        ..LocalApp::default()
+    }
+    .write(dir.path());
+    let (ingress, store) = local::ingress(config).await.unwrap();
+    let served = Served::start(ingress, store.clone()).await;
+    let http = reqwest::Client::new();
+    let say = |team: &'static str, user: &'static str, name: &'static str, text: &'static str| {
+        let (http, base) = (http.clone(), served.base.clone());
+        async move {
+            let form = slack_form_in(
+                team,
+                "https://hooks.slack.com/commands/T1/1/x",
+                user,
+                name,
+                text,
+                &unique("trigger"),
+            );
+            let mut req = http.post(format!("{base}/hooks/slack")).body(form.clone());
+            for (k, v) in &slack_headers(&form, Utc::now()) {
+                req = req.header(k.as_str(), v.to_str().unwrap());
+            }
+            let reply: serde_json::Value = req.send().await.unwrap().json().await.unwrap();
+            reply["text"].as_str().unwrap().to_string()
+        }
+    };
+
+    // Someone else, named like the deployer.
+    let text = say("T1", "U0STRANGER", "roadrunner", "hello 1.0.0").await;
+    assert!(
+        text.contains("may not deploy hello to production"),
+        "{text}"
+    );
+    // The deployer's id, from another workspace.
+    let text = say("T2", "U2CERLKJA", "roadrunner", "hello 1.0.0").await;
+    assert_eq!(
+        text,
+        "This command comes from a workspace shipit does not serve; nothing was done."
+    );
+    // A deployer who is not a forcer.
+    let text = say("T1", "U2CERLKJA", "roadrunner", "hello 1.0.0 --force").await;
+    assert!(
+        text.contains("may not use --force on hello/production"),
+        "{text}"
+    );
+    assert!(
+        store.jobs(None).await.unwrap().is_empty(),
+        "a refused command queued a job"
+    );
+
+    let text = say("T1", "U2CERLKJA", "roadrunner", "hello 1.0.0").await;
+    assert!(
+        text.starts_with("Queued hello 1.0.0 to production"),
+        "{text}"
+    );
+    let jobs = store.jobs(None).await.unwrap();
+    assert_eq!(jobs.len(), 1);
+    assert!(
+        matches!(&jobs[0].job.source, shipit::deploy::job::Source::Chat { user_id, .. } if user_id == "U2CERLKJA")
+    );
+    served.stop().await;
+}
+
+/// Before: `GET /api/deploys` answered anyone who could reach it, with each chat job's
+/// Slack `response_url` (good for 30 minutes of posting into the channel as shipit).
+#[tokio::test]
+async fn read_endpoints_hide_reply_addresses_and_ask_for_the_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = LocalApp {
+        deployers: r#""U2CERLKJA""#,
+        ..LocalApp::default()
+    }
+    .write(dir.path());
+    let (ingress, store) = local::ingress(config.clone()).await.unwrap();
+    let now = Utc::now();
+    let form = slack_form("U2CERLKJA", "roadrunner", "hello 1.0.0", "t-read");
+    let reply = ingress.slack(&slack_headers(&form, now), &form, now).await;
+    assert!(
+        reply.body["text"].as_str().unwrap().starts_with("Queued"),
+        "{reply:?}"
+    );
+
+    let served = Served::start_with_token(ingress, store.clone(), Some("s3cret".into())).await;
+    let http = reqwest::Client::new();
+    let get = |token: Option<&'static str>| {
+        let mut req = http.get(format!("{}/api/deploys", served.base));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        req.send()
+    };
+    assert_eq!(get(None).await.unwrap().status(), 401);
+    assert_eq!(get(Some("wrong")).await.unwrap().status(), 401);
+    let ok = get(Some("s3cret")).await.unwrap();
+    assert_eq!(ok.status(), 200);
+    let body = ok.text().await.unwrap();
+    assert!(body.contains("U2CERLKJA"), "{body}");
+    assert!(
+        !body.contains("response_url") && !body.contains("hooks.slack.com"),
+        "{body}"
+    );
+    served.stop().await;
+
+    // Listening beyond loopback without a token: nobody reads.
+    let (ingress, store) = local::ingress(config).await.unwrap();
+    let listener = tokio::net::TcpListener::bind("0.0.0.0:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(shipit::run::server::serve(
+        std::sync::Arc::new(ingress),
+        store,
+        listener,
+        tokio::sync::watch::channel(shipit::drive::worker::WorkerHealth::Starting).1,
+        None,
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    let refused = http
+        .get(format!("http://127.0.0.1:{port}/api/deploys"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 403);
+    stop.send(()).unwrap();
+    server.await.unwrap().unwrap();
+}

@@ -60,11 +60,17 @@ pub(super) fn check_environment(
             None
         }
     };
-    check_deployers(c, &ek, &e.chat_deployers);
+    check_user_ids(c, &format!("{ek}.chat_deployers"), &e.chat_deployers);
+    check_user_ids(c, &format!("{ek}.chat_forcers"), &e.chat_forcers);
+    if let Some(lockers) = &e.chat_lockers {
+        check_user_ids(c, &format!("{ek}.chat_lockers"), lockers);
+    }
     nodes.map(|nodes| Environment {
         name,
         nodes,
+        chat_lockers: e.chat_lockers.unwrap_or_else(|| e.chat_deployers.clone()),
         chat_deployers: e.chat_deployers,
+        chat_forcers: e.chat_forcers,
     })
 }
 
@@ -144,18 +150,25 @@ fn check_local(c: &mut Checker, scope: &mut Scope, ek: &str, nodes: Vec<RawLocal
     )
 }
 
-/// Slack user ids (`U…`, `W…`), `@name`s, or `*`.
-fn check_deployers(c: &mut Checker, ek: &str, deployers: &[String]) {
-    for (i, d) in deployers.iter().enumerate() {
-        let ok = d == "*"
-            || (d.starts_with('@') && d.len() > 1)
-            || (d.starts_with('U') || d.starts_with('W'))
-                && d.chars().all(|c| c.is_ascii_alphanumeric());
-        if !ok {
+/// Slack user ids (`U…`, `W…`) or `*`. Names are refused: Slack deprecated them, and one
+/// is unique only within one workspace, so a name says nothing about who sent a command.
+fn check_user_ids(c: &mut Checker, key: &str, ids: &[String]) {
+    for (i, d) in ids.iter().enumerate() {
+        let id = (d.starts_with('U') || d.starts_with('W'))
+            && d.len() > 1
+            && d.chars()
+                .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit());
+        if d.starts_with('@') {
             c.error(
-                format!("{ek}.chat_deployers[{i}]"),
-                format!("{d:?} is not a Slack user id, @name or *"),
-                "e.g. \"U2CERLKJA\" or \"@roadrunner\"",
+                format!("{key}[{i}]"),
+                format!("{d:?} is a user name; only Slack user ids identify a person"),
+                "use the member id: in Slack, open the person's profile, ⋮ → Copy member ID (e.g. \"U2CERLKJA\")",
+            );
+        } else if d != "*" && !id {
+            c.error(
+                format!("{key}[{i}]"),
+                format!("{d:?} is not a Slack user id or *"),
+                "e.g. \"U2CERLKJA\": in Slack, the person's profile, ⋮ → Copy member ID",
             );
         }
     }

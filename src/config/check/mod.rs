@@ -15,7 +15,7 @@ use std::str::FromStr;
 use super::raw::{RawConfig, RawServer, RawSlackIngress};
 use super::secrets::Secret;
 use super::template::Template;
-use super::{Config, Problem, Server, Severity};
+use super::{Config, Problem, Server, Severity, SlackWorkspace};
 
 /// What the checks of one app share as they go.
 pub(super) struct Scope<'a> {
@@ -46,7 +46,7 @@ pub(super) fn check_text(text: &str, path: &Path) -> (Option<Config>, Vec<Proble
         .webhook_secret
         .as_deref()
         .and_then(|s| c.secret("github.webhook_secret", s));
-    let (slack_secret, slack_response_url_prefix) = check_slack(&mut c, raw.slack);
+    let (slack_secret, slack_response_url_prefix, slack_workspace) = check_slack(&mut c, raw.slack);
     if raw.apps.is_empty() {
         c.error(
             "apps",
@@ -66,6 +66,7 @@ pub(super) fn check_text(text: &str, path: &Path) -> (Option<Config>, Vec<Proble
         github_secret,
         slack_secret,
         slack_response_url_prefix,
+        slack_workspace,
         apps,
     };
     (Some(config), c.problems)
@@ -107,15 +108,28 @@ fn check_server(c: &mut Checker, raw: RawServer, base: &Path) -> Server {
             SocketAddr::from(([127, 0, 0, 1], 8080))
         }
     };
+    let api_token = raw
+        .api_token
+        .as_deref()
+        .and_then(|s| c.secret("server.api_token", s));
+    if api_token.is_none() && !listen.ip().is_loopback() {
+        c.warning(
+            "server.api_token",
+            format!("not set, and {listen} is reachable from other machines: /api/deploys refuses every request"),
+            "set server.api_token = \"env:SHIPIT_API_TOKEN\" and send it as Authorization: Bearer …",
+        );
+    }
     Server {
         listen,
         state: base.join(raw.state.unwrap_or_else(|| "shipit.db".into())),
         package_dir: raw.package_dir.map(|d| base.join(d)),
+        api_token,
     }
 }
 
-/// The signing secret, and where a slash command's reply may be posted.
-fn check_slack(c: &mut Checker, raw: RawSlackIngress) -> (Option<Secret>, String) {
+/// The signing secret, where a slash command's reply may be posted, and the workspace
+/// whose commands count.
+fn check_slack(c: &mut Checker, raw: RawSlackIngress) -> (Option<Secret>, String, SlackWorkspace) {
     let secret = raw
         .signing_secret
         .as_deref()
@@ -132,7 +146,35 @@ fn check_slack(c: &mut Checker, raw: RawSlackIngress) -> (Option<Secret>, String
             "end it with / after the host, e.g. https://hooks.slack.com/",
         );
     }
-    (secret, prefix)
+    let mut id = |key: &str, value: Option<String>, first: char, example: &str| {
+        value.filter(|v| {
+            let ok = v.starts_with(first)
+                && v.len() > 1
+                && v.chars()
+                    .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit());
+            if !ok {
+                c.error(
+                    format!("slack.{key}"),
+                    format!("{v:?} is not a Slack {key}"),
+                    format!("e.g. {example:?}: it is in every slash command Slack sends"),
+                );
+            }
+            ok
+        })
+    };
+    let workspace = SlackWorkspace {
+        team_id: id("team_id", raw.team_id, 'T', "T1DC2JH3J"),
+        enterprise_id: id("enterprise_id", raw.enterprise_id, 'E', "E0AB12CD3"),
+        api_app_id: id("api_app_id", raw.api_app_id, 'A', "A0KRD7HC3"),
+    };
+    if secret.is_some() && workspace.team_id.is_none() {
+        c.warning(
+            "slack.team_id",
+            "not set: a command signed by this app counts from any workspace it is installed in",
+            "set slack.team_id to your workspace's id (the team_id of any slash command, e.g. \"T1DC2JH3J\")",
+        );
+    }
+    (secret, prefix, workspace)
 }
 
 pub(super) struct Checker {
