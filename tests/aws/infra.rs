@@ -178,6 +178,13 @@ fn send_command_only_runs_shell_scripts_on_nodes_tagged_for_shipit() {
                 ["ssm:resourceTag/shipit:app", "ssm:resourceTag/shipit:env"].into()
             );
             assert_eq!(text(&like["ssm:resourceTag/shipit:app"]), "Ref Apps");
+            // Which nodes get root commands is asked at deploy time, never assumed.
+            for p in ["Apps", "Environments"] {
+                assert!(
+                    t["Parameters"][p].get("Default").is_none(),
+                    "{p} has a default"
+                );
+            }
             assert_eq!(
                 text(&like["ssm:resourceTag/shipit:env"]),
                 "Ref Environments"
