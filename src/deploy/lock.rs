@@ -24,7 +24,7 @@ pub const fn lease_seconds(command_timeout_seconds: u64) -> i64 {
     LEASE_RENEW_SECONDS + DELIVERY_TIMEOUT_SECONDS + command_timeout_seconds as i64 + 60
 }
 
-/// The lease of the default policy (600 s commands): 13 minutes.
+/// The lease of the default policy (600 s commands): 13.5 minutes.
 pub const LEASE_SECONDS: i64 = lease_seconds(600);
 
 /// A hold on an app+env. Deploys take one as a lease they renew; people take one from chat
