@@ -12,6 +12,7 @@ use serde_json::{json, Value};
 
 use crate::ingress::package::{eventbridge_detail, CodeArtifactDetail};
 use crate::ingress::{Ingress, Reply};
+use crate::run::fresh::{max_age_from_env, Fresh};
 
 /// Which handler an API Gateway route goes to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -116,12 +117,13 @@ pub async fn handle_any(
 /// Gateway event answered by `hook`'s handler.
 pub async fn run_http_function(hook: Hook) -> Result<(), lambda_runtime::Error> {
     crate::run::telemetry::init_tracing(true, "info");
-    let ingress = crate::run::aws::ingress_from_env().await?;
+    let ingress = Fresh::new(max_age_from_env()?, crate::run::aws::ingress_from_env).await?;
     let ingress = &ingress;
     lambda_runtime::run(service_fn(
         move |event: LambdaEvent<ApiGatewayV2httpRequest>| async move {
+            let ingress = ingress.get().await?;
             Ok::<_, lambda_runtime::Error>(
-                handle_apigw(ingress, hook, &event.payload, Utc::now()).await,
+                handle_apigw(&ingress, hook, &event.payload, Utc::now()).await,
             )
         },
     ))
@@ -132,10 +134,11 @@ pub async fn run_http_function(hook: Hook) -> Result<(), lambda_runtime::Error> 
 /// job ids make the retry harmless.
 pub async fn run_package_function() -> Result<(), lambda_runtime::Error> {
     crate::run::telemetry::init_tracing(true, "info");
-    let ingress = crate::run::aws::ingress_from_env().await?;
+    let ingress = Fresh::new(max_age_from_env()?, crate::run::aws::ingress_from_env).await?;
     let ingress = &ingress;
     lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| async move {
-        handle_package_event(ingress, event.payload, Utc::now())
+        let ingress = ingress.get().await?;
+        handle_package_event(&ingress, event.payload, Utc::now())
             .await
             .map_err(lambda_runtime::Error::from)
     }))
@@ -149,9 +152,10 @@ const REGISTRATION_WAIT: std::time::Duration = std::time::Duration::from_secs(24
 /// The whole of the node-joined function: EC2 state changes in, sync jobs queued.
 pub async fn run_node_joined_function() -> Result<(), lambda_runtime::Error> {
     crate::run::telemetry::init_tracing(true, "info");
-    let n = crate::run::aws::node_joined_from_env().await?;
+    let n = Fresh::new(max_age_from_env()?, crate::run::aws::node_joined_from_env).await?;
     let n = &n;
     lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| async move {
+        let n = n.get().await?;
         crate::aws::joined::node_joined(
             &n.config,
             &n.queue,
@@ -281,10 +285,11 @@ pub async fn run_dispatch_function() -> Result<(), lambda_runtime::Error> {
 /// An error makes the state machine retry the step with the same input.
 pub async fn run_step_function() -> Result<(), lambda_runtime::Error> {
     crate::run::telemetry::init_tracing(true, "info");
-    let stepper = crate::run::aws::stepper_from_env().await?;
+    let stepper = Fresh::new(max_age_from_env()?, crate::run::aws::stepper_from_env).await?;
     let stepper = &stepper;
     lambda_runtime::run(service_fn(
         move |event: LambdaEvent<crate::drive::step::StepState>| async move {
+            let stepper = stepper.get().await?;
             stepper.step(event.payload).await
         },
     ))

@@ -3,6 +3,7 @@
 //! `local` from the config file.
 
 pub mod aws;
+pub mod fresh;
 pub mod lambda;
 #[cfg(feature = "local")]
 pub mod local;
