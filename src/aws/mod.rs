@@ -4,6 +4,7 @@
 pub mod fleet;
 pub mod joined;
 pub mod ledger;
+mod params;
 pub mod queue;
 pub mod turn;
 

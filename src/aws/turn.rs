@@ -7,9 +7,9 @@
 //! is removed by whoever finds it. The tickets behind a job are also the backlog an
 //! automatic job looks at to see whether a newer version supersedes it.
 
+use super::params;
 use async_trait::async_trait;
 use aws_sdk_sfn::types::ExecutionStatus;
-use aws_sdk_ssm::types::ParameterType;
 
 use super::sdk_err;
 use crate::deploy::job::{DeployJob, JobId, Source};
@@ -62,61 +62,30 @@ impl SsmTurn {
             *response_url = None;
         }
         // Zero-padded to SQS's 128 bits (39 digits), so names sort as numbers do.
-        self.ssm
-            .put_parameter()
-            .name(format!("{}/{sequence:0>40}", self.path(job)))
-            .value(held.to_json())
-            .r#type(ParameterType::String)
-            .overwrite(true)
-            .send()
-            .await
-            .map_err(|e| sdk_err("SSM PutParameter", e))?;
+        let name = format!("{}/{sequence:0>40}", self.path(job));
+        params::put(&self.ssm, &name, &held.to_json(), true).await?;
         Ok(())
     }
 
     /// The tickets of `job`'s app+env, oldest first.
     async fn tickets(&self, job: &DeployJob) -> Result<Vec<Ticket>, PortError> {
-        let mut pages = self
-            .ssm
-            .get_parameters_by_path()
-            .path(self.path(job))
-            .recursive(false)
-            .into_paginator()
-            .send();
         let mut out = vec![];
-        while let Some(page) = pages.next().await {
-            let page = page.map_err(|e| sdk_err("SSM GetParametersByPath", e))?;
-            for p in page.parameters.unwrap_or_default() {
-                if let (Some(name), Some(value)) = (p.name, p.value) {
-                    let sequence = name.rsplit('/').next().unwrap_or_default().to_string();
-                    match DeployJob::from_json(&value) {
-                        Ok(job) => out.push(Ticket {
-                            name,
-                            sequence,
-                            job,
-                        }),
-                        // Written by a newer shipit: it keeps its place, unread.
-                        Err(e) => {
-                            tracing::warn!(ticket = %name, error = %e, "queue ticket cannot be read")
-                        }
-                    }
+        for (name, value) in params::under(&self.ssm, &self.path(job)).await? {
+            let sequence = name.rsplit('/').next().unwrap_or_default().to_string();
+            match DeployJob::from_json(&value) {
+                Ok(job) => out.push(Ticket {
+                    name,
+                    sequence,
+                    job,
+                }),
+                // Written by a newer shipit: it keeps its place, unread.
+                Err(e) => {
+                    tracing::warn!(ticket = %name, error = %e, "queue ticket cannot be read")
                 }
             }
         }
         out.sort_by(|a, b| a.sequence.cmp(&b.sequence));
         Ok(out)
-    }
-
-    async fn remove(&self, names: Vec<String>) -> Result<(), PortError> {
-        for chunk in names.chunks(10) {
-            self.ssm
-                .delete_parameters()
-                .set_names(Some(chunk.to_vec()))
-                .send()
-                .await
-                .map_err(|e| sdk_err("SSM DeleteParameters", e))?;
-        }
-        Ok(())
     }
 
     /// Whether the execution of job `id` still runs.
@@ -163,7 +132,7 @@ impl Turn for SsmTurn {
         }
         if !stale.is_empty() {
             tracing::warn!(tickets = ?stale, "queue tickets of executions that ended without removing them");
-            self.remove(stale).await?;
+            params::delete(&self.ssm, &stale).await?;
         }
         Ok(ahead)
     }
@@ -176,7 +145,7 @@ impl Turn for SsmTurn {
             .filter(|t| t.job.id == job.id)
             .map(|t| t.name)
             .collect();
-        self.remove(mine).await
+        params::delete(&self.ssm, &mine).await
     }
 }
 

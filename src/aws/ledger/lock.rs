@@ -10,11 +10,10 @@
 //! one appeared: a holder whose lease lapsed and was taken over learns it at its next
 //! heartbeat at the latest, and its commands carry its generation for the nodes to refuse.
 
-use aws_sdk_ssm::types::ParameterType;
 use chrono::{DateTime, Utc};
 
 use super::SsmLedger;
-use crate::aws::sdk_err;
+use crate::aws::params;
 use crate::deploy::job::JobId;
 use crate::deploy::lock::take;
 use crate::deploy::ports::{LockInfo, PortError, Renewal, Unlocked};
@@ -59,36 +58,22 @@ impl SsmLedger {
 
     /// Every lock parameter of app+env, read in one paginated call.
     pub(super) async fn slots(&self, app: &str, env: &str) -> Result<Slots, PortError> {
-        let path = self.lock_path(app, env);
-        let mut pages = self
-            .client
-            .get_parameters_by_path()
-            .path(&path)
-            .recursive(false)
-            .into_paginator()
-            .send();
         let mut locks: Vec<(u64, String, String)> = vec![];
         let mut aborts: Vec<(u64, String, String)> = vec![];
-        while let Some(page) = pages.next().await {
-            let page = page.map_err(|e| sdk_err("SSM GetParametersByPath", e))?;
-            for p in page.parameters.unwrap_or_default() {
-                let (Some(name), Some(value)) = (p.name, p.value) else {
-                    continue;
-                };
-                let leaf = name.rsplit('/').next().unwrap_or_default();
-                let Some(rest) = leaf.strip_prefix('g') else {
-                    continue;
-                };
-                match rest.strip_suffix(ABORT) {
-                    Some(g) => {
-                        if let Ok(g) = g.parse() {
-                            aborts.push((g, name, value));
-                        }
+        for (name, value) in params::under(&self.client, &self.lock_path(app, env)).await? {
+            let leaf = name.rsplit('/').next().unwrap_or_default();
+            let Some(rest) = leaf.strip_prefix('g') else {
+                continue;
+            };
+            match rest.strip_suffix(ABORT) {
+                Some(g) => {
+                    if let Ok(g) = g.parse() {
+                        aborts.push((g, name, value));
                     }
-                    None => {
-                        if let Ok(g) = rest.parse() {
-                            locks.push((g, name, value));
-                        }
+                }
+                None => {
+                    if let Ok(g) = rest.parse() {
+                        locks.push((g, name, value));
                     }
                 }
             }
@@ -116,52 +101,17 @@ impl SsmLedger {
 
     /// Creates parameter `name` unless it exists: `false` if it did.
     async fn create(&self, name: &str, value: &str) -> Result<bool, PortError> {
-        match self
-            .client
-            .put_parameter()
-            .name(name)
-            .value(value)
-            .r#type(ParameterType::String)
-            .overwrite(false)
-            .send()
-            .await
-        {
-            Ok(_) => Ok(true),
-            Err(e)
-                if e.as_service_error()
-                    .is_some_and(|s| s.is_parameter_already_exists()) =>
-            {
-                Ok(false)
-            }
-            Err(e) => Err(sdk_err("SSM PutParameter", e)),
-        }
+        params::put(&self.client, name, value, false).await
     }
 
     async fn overwrite(&self, name: &str, value: &str) -> Result<(), PortError> {
-        self.client
-            .put_parameter()
-            .name(name)
-            .value(value)
-            .r#type(ParameterType::String)
-            .overwrite(true)
-            .send()
-            .await
-            .map_err(|e| sdk_err("SSM PutParameter", e))?;
-        Ok(())
+        params::put(&self.client, name, value, true).await.map(drop)
     }
 
     /// Deletes what older generations left; best effort, the next taker tries again.
     async fn sweep(&self, stale: &[String]) {
-        for chunk in stale.chunks(10) {
-            if let Err(e) = self
-                .client
-                .delete_parameters()
-                .set_names(Some(chunk.to_vec()))
-                .send()
-                .await
-            {
-                tracing::warn!(error = %sdk_err("SSM DeleteParameters", e), "old lock parameters stay until the next lock");
-            }
+        if let Err(e) = params::delete(&self.client, stale).await {
+            tracing::warn!(error = %e, "old lock parameters stay until the next lock");
         }
     }
 

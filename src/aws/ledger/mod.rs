@@ -1,10 +1,9 @@
 //! History and locks on AWS: SSM Parameter Store.
 
 use async_trait::async_trait;
-use aws_sdk_ssm::types::ParameterType;
 use chrono::{DateTime, Utc};
 
-use super::sdk_err;
+use super::{params, sdk_err};
 use crate::deploy::history::faulty_mark;
 use crate::deploy::job::{DeployJob, JobId};
 use crate::deploy::ports::{Faulty, HistoryEntry, Ledger, LockInfo, PortError, Renewal, Unlocked};
@@ -80,15 +79,8 @@ impl Ledger for SsmLedger {
             job: job.clone(),
             recorded_at: now,
         };
-        self.client
-            .put_parameter()
-            .name(self.live(&job.app, &job.env))
-            .value(serde_json::to_string(&entry)?)
-            .r#type(ParameterType::String)
-            .overwrite(true)
-            .send()
-            .await
-            .map_err(|e| sdk_err("SSM PutParameter", e))?;
+        let name = self.live(&job.app, &job.env);
+        params::put(&self.client, &name, &serde_json::to_string(&entry)?, true).await?;
         Ok(())
     }
 
@@ -143,15 +135,7 @@ impl Ledger for SsmLedger {
             marks.pop();
             value = serde_json::to_string(&marks)?;
         }
-        self.client
-            .put_parameter()
-            .name(self.faulty_list(app, env))
-            .value(value)
-            .r#type(ParameterType::String)
-            .overwrite(true)
-            .send()
-            .await
-            .map_err(|e| sdk_err("SSM PutParameter", e))?;
+        params::put(&self.client, &self.faulty_list(app, env), &value, true).await?;
         Ok(())
     }
 
