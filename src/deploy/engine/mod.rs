@@ -354,12 +354,9 @@ impl Deploy {
     /// After every step: renew the lease when it is time, and act on an abort once no
     /// command is in flight (a restart half-observed must finish before it is undone).
     fn heartbeat(&mut self, now: DateTime<Utc>, notices: &mut Vec<Notice>) {
-        let Some(lease) = &self.lease else { return };
-        if matches!(self.phase, Phase::Unlock | Phase::Done) {
+        self.tick(now);
+        if self.lease.is_none() {
             return;
-        }
-        if now - lease.renewed_at >= Duration::seconds(LEASE_RENEW_SECONDS) {
-            self.renew_due = true;
         }
         let forward = matches!(
             self.phase,
