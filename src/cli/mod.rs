@@ -228,15 +228,7 @@ pub async fn lock(
     reason: &str,
 ) -> anyhow::Result<LockInfo> {
     let (a, env) = target(config, app, env)?;
-    let asked = LockInfo {
-        holder: cli_user(),
-        reason: reason.to_string(),
-        since: Utc::now(),
-        expires: None,
-        job: None,
-        generation: 0,
-        abort: None,
-    };
+    let asked = LockInfo::by_person(cli_user(), reason, Utc::now());
     match store
         .try_lock(&a.name, &env, &asked, Utc::now())
         .await

@@ -56,6 +56,19 @@ impl LockInfo {
         self.job.is_some() && !self.is_expired(now)
     }
 
+    /// A lock a person takes (from chat or the CLI): no job, no expiry, until unlocked.
+    pub fn by_person(holder: String, reason: &str, now: DateTime<Utc>) -> LockInfo {
+        LockInfo {
+            holder,
+            reason: reason.to_string(),
+            since: now,
+            expires: None,
+            job: None,
+            generation: 0,
+            abort: None,
+        }
+    }
+
     /// The end of a lease of `seconds` renewed at `now`.
     pub fn lease_from(now: DateTime<Utc>, seconds: i64) -> DateTime<Utc> {
         now + Duration::seconds(seconds)

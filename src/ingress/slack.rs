@@ -425,23 +425,10 @@ impl Ingress {
         reason: &str,
         now: DateTime<Utc>,
     ) -> Reply {
-        if !cmd.may_lock(env) {
-            return say(format!(
-                "{} may not lock {}/{}.",
-                cmd.who(),
-                app.name,
-                env.name
-            ));
+        if let Err(r) = lockers_only(cmd, app, env, "lock") {
+            return r;
         }
-        let lock = LockInfo {
-            holder: cmd.who(),
-            reason: reason.to_string(),
-            since: now,
-            expires: None,
-            job: None,
-            generation: 0,
-            abort: None,
-        };
+        let lock = LockInfo::by_person(cmd.who(), reason, now);
         match self.ledger.try_lock(&app.name, &env.name, &lock, now).await {
             Ok(Ok(_)) => say(format!(
                 "Locked {}/{}: {reason}. Deploys wait until `/deploy unlock {} {}`.",
@@ -462,13 +449,8 @@ impl Ingress {
         env: &Environment,
         now: DateTime<Utc>,
     ) -> Reply {
-        if !cmd.may_lock(env) {
-            return say(format!(
-                "{} may not unlock {}/{}.",
-                cmd.who(),
-                app.name,
-                env.name
-            ));
+        if let Err(r) = lockers_only(cmd, app, env, "unlock") {
+            return r;
         }
         match self.ledger.unlock(&app.name, &env.name, now).await {
             Ok(Unlocked::Released(l)) => say(format!(
@@ -495,13 +477,8 @@ impl Ingress {
         env: &Environment,
         now: DateTime<Utc>,
     ) -> Reply {
-        if !cmd.may_lock(env) {
-            return say(format!(
-                "{} may not abort deploys of {}/{}.",
-                cmd.who(),
-                app.name,
-                env.name
-            ));
+        if let Err(r) = lockers_only(cmd, app, env, "abort deploys of") {
+            return r;
         }
         match self
             .ledger
@@ -578,6 +555,20 @@ impl Ingress {
                 app.name, env.name
             )),
         }
+    }
+}
+
+/// Refuses, saying what, unless the user may lock, unlock and abort there.
+fn lockers_only(cmd: &SlashCommand, app: &App, env: &Environment, what: &str) -> Result<(), Reply> {
+    if cmd.may_lock(env) {
+        Ok(())
+    } else {
+        Err(say(format!(
+            "{} may not {what} {}/{}.",
+            cmd.who(),
+            app.name,
+            env.name
+        )))
     }
 }
 
