@@ -174,30 +174,31 @@ impl Rig {
     }
 
     fn stepper(&self, budget: Duration) -> Stepper {
-        let fleet = SsmFleet::new(SdkRunCommand::new(self.ssm.clone()), self.config.clone());
-        let driver = Driver::new(
-            self.config.clone(),
-            self.ledger.clone(),
-            Arc::new(fleet),
-            None,
-            Outbound::new(self.config.clone(), Arc::new(Secrets::new(None))),
-        );
-        Stepper::new(driver, budget)
+        Stepper::new(self.driver(None), budget)
     }
 
-    /// A stepper whose jobs take the lock in `turn`'s queue order, as the deploy-step
-    /// function's do.
+    /// A stepper wired as the deploy-step function's: jobs take the lock in `turn`'s
+    /// queue order, and its tickets are the backlog.
     fn stepper_in_order(&self, turn: Arc<shipit::aws::turn::SsmTurn>, budget: Duration) -> Stepper {
+        Stepper::new(self.driver(Some(turn)), budget)
+    }
+
+    fn driver(&self, queue: Option<Arc<shipit::aws::turn::SsmTurn>>) -> Driver {
         let fleet = SsmFleet::new(SdkRunCommand::new(self.ssm.clone()), self.config.clone());
+        let backlog = queue
+            .clone()
+            .map(|q| q as Arc<dyn shipit::deploy::ports::Backlog>);
         let driver = Driver::new(
             self.config.clone(),
             self.ledger.clone(),
             Arc::new(fleet),
-            None,
+            backlog,
             Outbound::new(self.config.clone(), Arc::new(Secrets::new(None))),
-        )
-        .with_turn(turn);
-        Stepper::new(driver, budget)
+        );
+        match queue {
+            Some(q) => driver.with_turn(q),
+            None => driver,
+        }
     }
 
     fn job(&self, version: &str) -> DeployJob {
@@ -1122,16 +1123,7 @@ async fn an_older_upload_is_superseded_by_a_newer_one_queued_behind_it() {
         .unwrap();
     let resp = shipit::run::lambda::dispatch(&sfn, &turn, &machine, &sqs_event(&fifo).await).await;
     assert!(resp.batch_item_failures.is_empty(), "{resp:?}");
-    let fleet = SsmFleet::new(SdkRunCommand::new(rig.ssm.clone()), rig.config.clone());
-    let driver = Driver::new(
-        rig.config.clone(),
-        rig.ledger.clone(),
-        Arc::new(fleet),
-        Some(turn.clone()),
-        Outbound::new(rig.config.clone(), Arc::new(Secrets::new(None))),
-    )
-    .with_turn(turn.clone());
-    let stepper = Stepper::new(driver, Duration::from_secs(60));
+    let stepper = rig.stepper_in_order(turn.clone(), Duration::from_secs(60));
     let state = to_the_end(&stepper, StepState::start(older.clone())).await;
     assert_eq!(state.status, Some(JobStatus::Skipped), "{state:?}");
     assert_eq!(
