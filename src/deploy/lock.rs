@@ -56,6 +56,11 @@ impl LockInfo {
         self.job.is_some() && !self.is_expired(now)
     }
 
+    /// Whether `job` holds this lock as taken with `generation`: what a renewal asks.
+    pub fn held_by(&self, job: &JobId, generation: u64) -> bool {
+        self.job.as_ref() == Some(job) && self.generation == generation
+    }
+
     /// A lock a person takes (from chat or the CLI): no job, no expiry, until unlocked.
     pub fn by_person(holder: String, reason: &str, now: DateTime<Utc>) -> LockInfo {
         LockInfo {

@@ -365,7 +365,7 @@ impl Ledger for SimLedger {
         let mut w = self.0.lock().unwrap();
         let t = w.target(app, env);
         Ok(match &mut t.lock {
-            Some(l) if l.job.as_ref() == Some(job) && l.generation == generation => {
+            Some(l) if l.held_by(job, generation) => {
                 l.expires = Some(until);
                 Renewal::Held {
                     abort: l.abort.clone(),

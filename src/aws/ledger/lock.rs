@@ -155,7 +155,7 @@ impl SsmLedger {
     ) -> Result<Renewal, PortError> {
         let slots = self.slots(app, env).await?;
         let ours = slots.generation() == generation
-            && slots.current().is_some_and(|l| l.job.as_ref() == Some(job));
+            && slots.current().is_some_and(|l| l.held_by(job, generation));
         if !ours {
             return Ok(Renewal::Lost {
                 holder: slots.current(),

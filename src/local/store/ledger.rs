@@ -191,7 +191,7 @@ impl Ledger for Store {
         self.with(move |c| {
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let renewal = match read_lock(&tx, &app, &env)? {
-                Some(held) if held.job.as_ref() == Some(&job) && held.generation == generation => {
+                Some(held) if held.held_by(&job, generation) => {
                     let abort = held.abort.clone();
                     write_lock(
                         &tx,
