@@ -54,6 +54,7 @@ fn bench(c: &mut Criterion) {
             Arc::new(Discard),
             ledger,
             &shipit::config::secrets::Secrets::new(None),
+            &shipit::ingress::Hook::ALL,
         ))
         .unwrap();
     let check = rt.block_on(ingress.github(&headers, &body, Utc::now()));

@@ -13,7 +13,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::{json, Value};
 
-use crate::config::secrets::{SecretError, Secrets};
+use crate::config::secrets::{Secret, SecretError, Secrets};
 use crate::config::{App, Config};
 use crate::deploy::job::{DeployJob, Source};
 use crate::deploy::ports::{Enqueued, JobQueue, Ledger};
@@ -65,6 +65,18 @@ pub struct JobReceipt {
     pub result: Enqueued,
 }
 
+/// A signed webhook an `Ingress` answers. On Lambda each HTTP function answers one and
+/// reads only that one's signing secret: its role may read no other.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hook {
+    GitHub,
+    Slack,
+}
+
+impl Hook {
+    pub const ALL: [Hook; 2] = [Hook::GitHub, Hook::Slack];
+}
+
 /// What the handlers share: the config, the queue, the ledger and the resolved secrets.
 pub struct Ingress {
     pub config: Arc<Config>,
@@ -75,22 +87,26 @@ pub struct Ingress {
 }
 
 impl Ingress {
-    /// Resolves the signing secrets once; a configured secret that cannot be read is an
-    /// error at start-up, not a 401 for every request later.
+    /// Resolves the signing secrets of `hooks` once; a configured secret that cannot be
+    /// read is an error at start-up, not a 401 for every request later.
     pub async fn new(
         config: Arc<Config>,
         queue: Arc<dyn JobQueue>,
         ledger: Arc<dyn Ledger>,
         secrets: &Secrets,
+        hooks: &[Hook],
     ) -> Result<Ingress, SecretError> {
-        let github_secret = match &config.github_secret {
-            Some(s) => Some(secrets.resolve(s).await?),
-            None => None,
+        let resolve = |hook: Hook, secret: &Option<Secret>| {
+            let wanted = secret.clone().filter(|_| hooks.contains(&hook));
+            async move {
+                match wanted {
+                    Some(s) => secrets.resolve(&s).await.map(Some),
+                    None => Ok(None),
+                }
+            }
         };
-        let slack_secret = match &config.slack_secret {
-            Some(s) => Some(secrets.resolve(s).await?),
-            None => None,
-        };
+        let github_secret = resolve(Hook::GitHub, &config.github_secret).await?;
+        let slack_secret = resolve(Hook::Slack, &config.slack_secret).await?;
         Ok(Ingress {
             config,
             queue,

@@ -15,7 +15,7 @@ use crate::config::secrets::{Secret, Secrets};
 use crate::config::Config;
 use crate::drive::step::Stepper;
 use crate::drive::{Driver, Outbound};
-use crate::ingress::Ingress;
+use crate::ingress::{Hook, Ingress};
 
 /// The SSM client for Lambda: Run Command and Parameter Store throttle busy accounts, so
 /// it retries more than the default, with the SDK's adaptive back-off.
@@ -41,9 +41,9 @@ fn ssm_prefix() -> String {
     std::env::var("SHIPIT_SSM_PREFIX").unwrap_or_else(|_| "/shipit".into())
 }
 
-/// Lambda ingress: `SHIPIT_CONFIG`, `SHIPIT_QUEUE_URL`, and `SHIPIT_SSM_PREFIX` (default
-/// `/shipit`).
-pub async fn ingress_from_env() -> anyhow::Result<Ingress> {
+/// Lambda ingress for `hooks`: `SHIPIT_CONFIG`, `SHIPIT_QUEUE_URL`, and
+/// `SHIPIT_SSM_PREFIX` (default `/shipit`).
+pub async fn ingress_from_env(hooks: &[Hook]) -> anyhow::Result<Ingress> {
     let sdk = sdk_config().await;
     let ssm = ssm_client(&sdk);
     let secrets = Secrets::new(Some(ssm.clone()));
@@ -55,6 +55,7 @@ pub async fn ingress_from_env() -> anyhow::Result<Ingress> {
         Arc::new(queue),
         Arc::new(ledger),
         &secrets,
+        hooks,
     )
     .await?)
 }

@@ -11,15 +11,9 @@ use lambda_runtime::{service_fn, LambdaEvent};
 use serde_json::{json, Value};
 
 use crate::ingress::package::{eventbridge_detail, CodeArtifactDetail};
+pub use crate::ingress::Hook;
 use crate::ingress::{Ingress, Reply};
 use crate::run::fresh::{max_age_from_env, Fresh};
-
-/// Which handler an API Gateway route goes to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Hook {
-    GitHub,
-    Slack,
-}
 
 /// The raw body bytes: API Gateway base64-encodes bodies it does not take for text.
 pub fn apigw_body(req: &ApiGatewayV2httpRequest) -> Result<Vec<u8>, Reply> {
@@ -117,7 +111,10 @@ pub async fn handle_any(
 /// Gateway event answered by `hook`'s handler.
 pub async fn run_http_function(hook: Hook) -> Result<(), lambda_runtime::Error> {
     crate::run::telemetry::init_tracing(true, "info");
-    let ingress = Fresh::new(max_age_from_env()?, crate::run::aws::ingress_from_env).await?;
+    let ingress = Fresh::new(max_age_from_env()?, move || async move {
+        crate::run::aws::ingress_from_env(&[hook]).await
+    })
+    .await?;
     let ingress = &ingress;
     lambda_runtime::run(service_fn(
         move |event: LambdaEvent<ApiGatewayV2httpRequest>| async move {
@@ -134,7 +131,11 @@ pub async fn run_http_function(hook: Hook) -> Result<(), lambda_runtime::Error> 
 /// job ids make the retry harmless.
 pub async fn run_package_function() -> Result<(), lambda_runtime::Error> {
     crate::run::telemetry::init_tracing(true, "info");
-    let ingress = Fresh::new(max_age_from_env()?, crate::run::aws::ingress_from_env).await?;
+    // Uploads are not signed: this function reads no secret.
+    let ingress = Fresh::new(max_age_from_env()?, || {
+        crate::run::aws::ingress_from_env(&[])
+    })
+    .await?;
     let ingress = &ingress;
     lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| async move {
         let ingress = ingress.get().await?;

@@ -9,7 +9,7 @@ use crate::aws::sdk_config;
 use crate::config::secrets::{Secret, Secrets};
 use crate::config::Config;
 use crate::drive::Outbound;
-use crate::ingress::Ingress;
+use crate::ingress::{Hook, Ingress};
 use crate::local::store::Store;
 
 /// One machine: the SQLite store named by the config is both queue and ledger.
@@ -22,8 +22,14 @@ pub async fn ingress(config: Config) -> anyhow::Result<(Ingress, Store)> {
     };
     let secrets = Secrets::new(ssm);
     let store_ports = Arc::new(store.clone());
-    let ingress =
-        Ingress::new(Arc::new(config), store_ports.clone(), store_ports, &secrets).await?;
+    let ingress = Ingress::new(
+        Arc::new(config),
+        store_ports.clone(),
+        store_ports,
+        &secrets,
+        &Hook::ALL,
+    )
+    .await?;
     Ok((ingress, store))
 }
 

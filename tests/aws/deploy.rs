@@ -411,6 +411,7 @@ async fn chat_rollback_resends_the_previous_job_through_the_queue_with_its_old_v
         queue,
         rig.ledger.clone(),
         &shipit::config::secrets::Secrets::new(None),
+        &shipit::ingress::Hook::ALL,
     )
     .await
     .unwrap();

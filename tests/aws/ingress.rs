@@ -455,6 +455,7 @@ async fn public_test_vectors() {
         ports.clone(),
         ports,
         &shipit::config::secrets::Secrets::new(None),
+        &shipit::ingress::Hook::ALL,
     )
     .await
     .unwrap();
@@ -532,6 +533,7 @@ async fn every_sample_event_is_answered_as_documented() {
         ports.clone(),
         ports.clone(),
         &shipit::config::secrets::Secrets::new(None),
+        &shipit::ingress::Hook::ALL,
     )
     .await
     .unwrap();
@@ -578,4 +580,67 @@ async fn every_sample_event_is_answered_as_documented() {
             "1.1.0 package upload"
         ]
     );
+}
+
+/// Each webhook function reads only its own signing secret from Parameter Store: its role
+/// may read no other, so asking for the other one would fail its start.
+#[tokio::test]
+async fn a_webhook_function_reads_only_its_own_signing_secret() {
+    use shipit::config::secrets::Secrets;
+    use shipit::ingress::{Hook, Ingress};
+
+    let ssm = aws_sdk_ssm::Client::new(&sdk().await);
+    let prefix = format!("/{}", unique("own-secret"));
+    let github = format!("{prefix}/secrets/github-webhook");
+    ssm.put_parameter()
+        .name(&github)
+        .value("gh-secret")
+        .r#type(aws_sdk_ssm::types::ParameterType::SecureString)
+        .send()
+        .await
+        .unwrap();
+    // The Slack one is not there, as it is not readable by the GitHub function's role.
+    let slack = format!("{prefix}/secrets/slack-signing");
+    let config = shipit::config::Config::parse(
+        &common_config_with_secrets(&format!("ssm:{github}"), &format!("ssm:{slack}")),
+        std::path::Path::new("own.toml"),
+    )
+    .unwrap();
+    let store = Store::open(&tempfile::tempdir().unwrap().path().join("s.db")).unwrap();
+    let ports = Arc::new(store);
+    let build = |hooks: &'static [Hook]| {
+        let (config, ports, ssm) = (config.clone(), ports.clone(), ssm.clone());
+        async move {
+            Ingress::new(
+                Arc::new(config),
+                ports.clone(),
+                ports,
+                &Secrets::new(Some(ssm)),
+                hooks,
+            )
+            .await
+        }
+    };
+
+    let github_only = build(&[Hook::GitHub]).await.expect("GitHub's secret alone");
+    let sig = format!(
+        "sha256={}",
+        shipit::ingress::sign_hex(b"gh-secret", &[b"{}"])
+    );
+    let ping = github_only
+        .github(
+            &headers(&[("x-github-event", "ping"), ("x-hub-signature-256", &sig)]),
+            b"{}",
+            Utc::now(),
+        )
+        .await;
+    assert_eq!(ping.status, 200, "{ping:?}");
+    let err = build(&Hook::ALL)
+        .await
+        .err()
+        .expect("both need the Slack one");
+    assert!(err.to_string().contains(&slack), "{err}");
+    let none = build(&[]).await.expect("uploads need no secret");
+    let refused = none.github(&headers(&[]), b"{}", Utc::now()).await;
+    assert_eq!(refused.status, 503, "{refused:?}");
 }

@@ -174,9 +174,15 @@ ssm_tags = { "shipit:app" = "hello-worker" }
 }
 
 pub async fn ingress(queue: Arc<dyn JobQueue>, ledger: Arc<dyn Ledger>) -> Ingress {
-    Ingress::new(Arc::new(config()), queue, ledger, &Secrets::new(None))
-        .await
-        .expect("ingress")
+    Ingress::new(
+        Arc::new(config()),
+        queue,
+        ledger,
+        &Secrets::new(None),
+        &shipit::ingress::Hook::ALL,
+    )
+    .await
+    .expect("ingress")
 }
 
 pub fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
