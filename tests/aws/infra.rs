@@ -36,11 +36,16 @@ fn text(v: &Value) -> String {
     }
 }
 
-/// A string, or a list of them.
+/// A string, or a list of them; an item `!If [cond, x, !Ref AWS::NoValue]` is read as `x`
+/// (the broader case).
 fn texts(v: &Value) -> Vec<String> {
+    let item = |v: &Value| match v {
+        Value::Tagged(t) if t.tag == "If" => text(&t.value[1]),
+        v => text(v),
+    };
     match v {
-        Value::Sequence(items) => items.iter().map(text).collect(),
-        one => vec![text(one)],
+        Value::Sequence(items) => items.iter().map(item).collect(),
+        one => vec![item(one)],
     }
 }
 
@@ -227,15 +232,8 @@ fn parameter_store_access_stays_under_the_prefix_and_secrets_are_read_only() {
                 );
             } else {
                 assert!(
-                    [
-                        "config",
-                        "secrets/*",
-                        "live/*",
-                        "lock/*",
-                        "faulty/*",
-                        "queue/*"
-                    ]
-                    .contains(&path),
+                    ["config", "live/*", "lock/*", "faulty/*", "queue/*"].contains(&path)
+                        || secret_parameter(path).is_some(),
                     "{}: reads {path}",
                     s.role
                 );
@@ -243,6 +241,110 @@ fn parameter_store_access_stays_under_the_prefix_and_secrets_are_read_only() {
         }
     }
     assert!(seen >= 6, "every function but dispatch reads its config");
+}
+
+/// `secrets/${Name}` → `Name`, the template parameter naming one secret.
+fn secret_parameter(path: &str) -> Option<&str> {
+    path.strip_prefix("secrets/${")?.strip_suffix('}')
+}
+
+#[test]
+fn each_function_reads_only_the_secrets_it_uses() {
+    let t = template();
+    let fns = functions(&t);
+    let expected: BTreeMap<&str, BTreeSet<&str>> = [
+        ("github-webhook", ["GitHubWebhookSecret"].into()),
+        ("slash-command", ["SlackSigningSecret"].into()),
+        (
+            "deploy-step",
+            [
+                "SlackTokenSecret",
+                "GitHubTokenSecret",
+                "NewRelicKeySecret",
+                "DatadogKeySecret",
+            ]
+            .into(),
+        ),
+        ("deploy-dispatch", [].into()),
+        ("package-upload", [].into()),
+        ("node-joined", [].into()),
+    ]
+    .into();
+    assert_eq!(fns.len(), expected.len(), "a function without expectations");
+    let all = statements(&t);
+    for (binary, secrets) in &expected {
+        let role = role_of(&fns, binary);
+        let mut read = BTreeSet::new();
+        let mut decrypts = false;
+        for s in all.iter().filter(|s| s.role == role) {
+            decrypts |= s.actions.iter().any(|a| a == "kms:Decrypt");
+            for r in &s.resources {
+                let Some(path) = r.strip_prefix(PARAMETER) else {
+                    continue;
+                };
+                assert!(
+                    !path.starts_with("secrets/*"),
+                    "{binary}: reads every secret"
+                );
+                if path.starts_with("secrets/") {
+                    let name = secret_parameter(path)
+                        .unwrap_or_else(|| panic!("{binary}: {path} is not one named secret"));
+                    read.insert(name);
+                }
+            }
+        }
+        assert_eq!(&read, secrets, "{binary}");
+        assert_eq!(decrypts, !secrets.is_empty(), "{binary}: kms:Decrypt");
+        for name in secrets {
+            let p = &t["Parameters"][*name];
+            assert_eq!(p["Type"].as_str(), Some("String"), "{name}");
+            // A name, not a path or a pattern.
+            let pattern = p["AllowedPattern"].as_str().unwrap_or_default();
+            assert!(pattern.starts_with("^[A-Za-z0-9_.-]"), "{name}: {pattern}");
+        }
+    }
+}
+
+#[test]
+fn a_bucket_policy_allows_only_the_package_writers_when_they_are_given() {
+    let t = template();
+    let r = resources(&t);
+    let policy = &r["PackageBucketPolicy"];
+    assert_eq!(policy["Type"].as_str(), Some("AWS::S3::BucketPolicy"));
+    assert_eq!(policy["Condition"].as_str(), Some("HasPackageWriters"));
+    assert_eq!(text(&policy["Properties"]["Bucket"]), "Ref PackageBucket");
+    // Only when writers are named, and only with the bucket.
+    let cond = serde_yaml::to_string(&t["Conditions"]["HasPackageWriters"]).unwrap();
+    assert!(
+        cond.contains("HasPackageBucket") && cond.contains("PackageWriterArns"),
+        "{cond}"
+    );
+    assert_eq!(
+        t["Parameters"]["PackageWriterArns"]["Default"].as_str(),
+        Some("")
+    );
+    let statements = policy["Properties"]["PolicyDocument"]["Statement"]
+        .as_sequence()
+        .unwrap();
+    let objects = "arn:${AWS::Partition}:s3:::${PackageBucketName}/*";
+    let deny = statements
+        .iter()
+        .find(|s| s["Effect"].as_str() == Some("Deny"))
+        .expect("a Deny for everyone else");
+    assert_eq!(deny["Principal"].as_str(), Some("*"));
+    assert_eq!(texts(&deny["Action"]), ["s3:PutObject"]);
+    assert_eq!(texts(&deny["Resource"]), [objects]);
+    assert_eq!(
+        text(&deny["Condition"]["ArnNotEquals"]["aws:PrincipalArn"]),
+        "Ref PackageWriterArns"
+    );
+    let allow = statements
+        .iter()
+        .find(|s| s["Effect"].as_str() == Some("Allow"))
+        .expect("an Allow for the writers");
+    assert_eq!(text(&allow["Principal"]["AWS"]), "Ref PackageWriterArns");
+    assert_eq!(texts(&allow["Action"]), ["s3:PutObject"]);
+    assert_eq!(statements.len(), 2);
 }
 
 #[test]
@@ -429,9 +531,18 @@ fn the_aws_example_selects_nodes_the_deploy_role_may_reach() {
             assert_eq!(tags.get("shipit:env"), Some(env), "{app}/{env}");
         }
     }
-    // Its secrets live where the roles may read them (SsmPrefix defaults to /shipit).
-    let text = std::fs::read_to_string(path).unwrap();
-    for line in text.lines().filter(|l| l.contains("\"ssm:")) {
-        assert!(line.contains("\"ssm:/shipit/secrets/"), "{line}");
+    // Its secrets are the ones the roles may read, with the template's defaults.
+    let t = template();
+    let secret = |parameter: &str| {
+        let name = t["Parameters"][parameter]["Default"].as_str().unwrap();
+        Some(shipit::config::secrets::Secret::Ssm(format!(
+            "/shipit/secrets/{name}"
+        )))
+    };
+    assert_eq!(config.github_secret, secret("GitHubWebhookSecret"));
+    assert_eq!(config.slack_secret, secret("SlackSigningSecret"));
+    for a in config.apps.values() {
+        let gate = a.gate.as_ref().and_then(|g| g.token.clone());
+        assert_eq!(gate, secret("GitHubTokenSecret"));
     }
 }
