@@ -10,7 +10,9 @@ use std::path::{Path, PathBuf};
 mod check;
 pub mod command;
 mod raw;
-pub mod secrets;
+outside_input! {
+    pub mod secrets;
+}
 pub mod template;
 
 use crate::deploy::job::DeployJob;

@@ -241,3 +241,52 @@ fn a_server_reachable_from_elsewhere_without_an_api_token_is_warned_about() {
         "listen = \"0.0.0.0:8080\"\napi_token = \"env:TOKEN\""
     ));
 }
+
+#[test]
+fn every_duration_is_bounded_so_that_the_engine_cannot_overflow_on_it() {
+    let errors = |table: &str, line: &str| {
+        let text = format!(
+            r#"
+            [apps.hello]
+            package = "hello-app"
+            repo = "acme/hello"
+            install = "true"
+            restart = "true"
+            [apps.hello.{table}]
+            {line}
+            [apps.hello.environments.production]
+            nodes = [{{ name = "n1", dir = "n1" }}]
+        "#
+        );
+        check_text(&text, Path::new("d.toml"))
+            .1
+            .into_iter()
+            .filter(|p| p.severity == Severity::Error)
+            .map(|p| p.key)
+            .collect::<Vec<_>>()
+    };
+    for (table, key, max) in [
+        ("rollout", "bake_seconds", 86_400),
+        ("rollout", "health_timeout_seconds", 86_400),
+        ("rollout", "health_interval_seconds", 86_400),
+        ("rollout", "lock_wait_seconds", 86_400),
+        ("rollout", "command_timeout_seconds", 172_800),
+        ("gate", "wait_seconds", 86_400),
+    ] {
+        let full = format!("apps.hello.{table}.{key}");
+        assert_eq!(
+            errors(table, &format!("{key} = {max}")),
+            Vec::<String>::new()
+        );
+        for too_many in [max + 1, i64::MAX as u64] {
+            assert_eq!(
+                errors(table, &format!("{key} = {too_many}")),
+                [full.as_str()]
+            );
+        }
+    }
+    assert_eq!(
+        errors("rollout", "command_timeout_seconds = 0"),
+        ["apps.hello.rollout.command_timeout_seconds"]
+    );
+}

@@ -244,18 +244,48 @@ fn check_dir_use(c: &mut Checker, scope: &Scope, (install, restart, health, vers
 }
 
 fn check_rollout(c: &mut Checker, k: &str, rollout: &Rollout) {
-    if rollout.health_interval_seconds == 0 {
-        c.error(
-            format!("{k}.rollout.health_interval_seconds"),
-            "must be at least 1",
+    let r = rollout;
+    let k = format!("{k}.rollout");
+    let waits = [
+        (
+            "bake_seconds",
+            r.bake_seconds,
+            0,
+            "seconds to watch the canary",
+        ),
+        (
+            "health_timeout_seconds",
+            r.health_timeout_seconds,
+            0,
+            "seconds a restarted node has to pass its health check",
+        ),
+        (
+            "health_interval_seconds",
+            r.health_interval_seconds,
+            1,
             "the longest pause between two health checks of a node",
+        ),
+        (
+            "lock_wait_seconds",
+            r.lock_wait_seconds,
+            0,
+            "how long a deploy waits for a held lock",
+        ),
+    ];
+    for (name, value, min, hint) in waits {
+        c.seconds(
+            format!("{k}.{name}"),
+            value,
+            min,
+            super::MAX_WAIT_SECONDS,
+            hint,
         );
     }
-    if rollout.command_timeout_seconds == 0 {
-        c.error(
-            format!("{k}.rollout.command_timeout_seconds"),
-            "must be at least 1",
-            "seconds one command may run on one node",
-        );
-    }
+    c.seconds(
+        format!("{k}.command_timeout_seconds"),
+        r.command_timeout_seconds,
+        1,
+        super::MAX_COMMAND_SECONDS,
+        "seconds one command may run on one node (SSM allows up to 48 h)",
+    );
 }

@@ -177,6 +177,11 @@ fn check_slack(c: &mut Checker, raw: RawSlackIngress) -> (Option<Secret>, String
     (secret, prefix, workspace)
 }
 
+/// AWS-RunShellScript's longest `executionTimeout`.
+const MAX_COMMAND_SECONDS: u64 = 172_800;
+/// Any other wait: a day.
+const MAX_WAIT_SECONDS: u64 = 86_400;
+
 pub(super) struct Checker {
     pub(super) problems: Vec<Problem>,
 }
@@ -208,6 +213,14 @@ impl Checker {
             message: message.into(),
             hint: hint.into(),
         });
+    }
+
+    /// A duration in seconds within `min..=max`: the engine turns these into times and
+    /// milliseconds, so a huge one must be refused here rather than overflow there.
+    pub(super) fn seconds(&mut self, key: String, value: u64, min: u64, max: u64, hint: &str) {
+        if !(min..=max).contains(&value) {
+            self.error(key, format!("{value} is not within {min}..={max}"), hint);
+        }
     }
 
     pub(super) fn secret(&mut self, key: &str, raw: &str) -> Option<Secret> {

@@ -38,6 +38,13 @@ pub(super) fn check_gate(c: &mut Checker, k: &str, g: RawGate, has_repo: bool) -
             );
         }
     }
+    c.seconds(
+        format!("{k}.gate.wait_seconds"),
+        g.wait_seconds,
+        0,
+        super::MAX_WAIT_SECONDS,
+        "how long a deploy waits for pending checks",
+    );
     let api_url = g.api_url.unwrap_or_else(|| "https://api.github.com".into());
     check_url(c, &format!("{k}.gate.api_url"), &api_url);
     let token = match &g.token {
