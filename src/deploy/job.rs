@@ -1,5 +1,4 @@
 //! The deploy job: the one thing every trigger turns into.
-
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -25,7 +24,7 @@ impl JobId {
             h.update((part.len() as u64).to_be_bytes());
             h.update(part.as_bytes());
         }
-        JobId(hex::encode(&h.finalize()[..10]))
+        JobId(hex::encode(h.finalize().get(..10).unwrap_or_default()))
     }
 
     pub fn as_str(&self) -> &str {

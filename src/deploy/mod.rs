@@ -5,10 +5,14 @@
 pub mod command;
 pub mod engine;
 pub mod history;
-pub mod job;
+outside_input! {
+    pub mod job;
+}
 pub mod lock;
 pub mod ports;
 pub mod report;
 pub mod rollout;
 pub mod status;
-pub mod version;
+outside_input! {
+    pub mod version;
+}

@@ -2,7 +2,6 @@
 //!
 //! Every version and package name in a job has passed through here, so the rest of the
 //! system may rely on them being normalized and free of shell metacharacters.
-
 use std::fmt;
 use std::str::FromStr;
 
@@ -120,10 +119,14 @@ pub fn parse_distribution_filename(path: &str) -> Result<Distribution, FilenameE
     let file = path.rsplit('/').next().unwrap_or(path);
     let (name, version) = if let Some(stem) = file.strip_suffix(".whl") {
         let parts: Vec<&str> = stem.split('-').collect();
-        if !(parts.len() == 5 || parts.len() == 6) || parts.iter().any(|p| p.is_empty()) {
-            return Err(FilenameError::BadWheelName(file.to_string()));
+        match parts.as_slice() {
+            [name, version, _, _, _] | [name, version, _, _, _, _]
+                if parts.iter().all(|p| !p.is_empty()) =>
+            {
+                (*name, *version)
+            }
+            _ => return Err(FilenameError::BadWheelName(file.to_string())),
         }
-        (parts[0], parts[1])
     } else if let Some(stem) = file
         .strip_suffix(".tar.gz")
         .or_else(|| file.strip_suffix(".zip"))

@@ -250,10 +250,9 @@ impl Ingress {
                 app.name
             ));
         }
-        if min_rest == 0 && !rest.is_empty() {
+        if let (0, Some(extra)) = (min_rest, rest.first()) {
             return Err(format!(
-                "{:?} is not an environment of {} ({}).",
-                rest[0],
+                "{extra:?} is not an environment of {} ({}).",
                 app.name,
                 envs(app)
             ));

@@ -5,7 +5,6 @@
 //! Anything GitHub answers that is not a clear yes is a no with its reason (the job is
 //! skipped and chat says why); only what may pass on retry (5xx, 429, no connection) is
 //! an error, which the driver retries like any step.
-
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -96,19 +95,20 @@ impl Asker<'_> {
     async fn verdict(&self, tag: &str) -> Result<Verdict, PortError> {
         let repo = self.repo;
         let (status, commit) = self.get(&["commits", tag], &[]).await?;
-        let sha = match (status, commit["sha"].as_str()) {
+        let sha = match (status, commit.get("sha").and_then(Value::as_str)) {
             (StatusCode::OK, Some(sha)) => sha.to_string(),
             (StatusCode::NOT_FOUND | StatusCode::UNPROCESSABLE_ENTITY, _) => {
                 return refuse(format!("tag {tag} is not in {repo} on GitHub"))
             }
             (s, _) => return refuse(self.refused(s, &commit)),
         };
-        let short = &sha[..sha.len().min(7)];
+        // get(): an answer that is not hex must not split a character.
+        let short = sha.get(..7).unwrap_or(&sha);
         let branch = match &self.gate.branch {
             Some(b) => b.clone(),
             None => {
                 let (status, about) = self.get(&[], &[]).await?;
-                match about["default_branch"].as_str() {
+                match about.get("default_branch").and_then(Value::as_str) {
                     Some(b) if status == StatusCode::OK => b.to_string(),
                     _ => return refuse(self.refused(status, &about)),
                 }
@@ -119,7 +119,7 @@ impl Asker<'_> {
         let (status, cmp) = self
             .get(&["compare", &basehead], &[("per_page", "1")])
             .await?;
-        match (status, cmp["status"].as_str()) {
+        match (status, cmp.get("status").and_then(Value::as_str)) {
             (StatusCode::OK, Some("behind" | "identical")) => {}
             (StatusCode::OK, Some(_)) => {
                 return refuse(format!(

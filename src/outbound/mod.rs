@@ -1,6 +1,8 @@
 //! What a deploy asks of and tells the world outside over HTTP: the gate (GitHub)
 //! before it starts, the notifiers (chat, APM) as it goes.
 
-pub mod gate;
+outside_input! {
+    pub mod gate;
+}
 pub mod http;
 pub mod notify;

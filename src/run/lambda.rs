@@ -1,6 +1,5 @@
 //! Glue between Lambda events and the ingress handlers, shared by `functions/*` and by
 //! `shipit ingest` (which replays the same sample events locally).
-
 use aws_lambda_events::encodings::Body;
 use aws_lambda_events::event::apigw::{ApiGatewayV2httpRequest, ApiGatewayV2httpResponse};
 use aws_lambda_events::event::s3::S3Event;

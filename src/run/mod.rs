@@ -4,11 +4,13 @@
 
 pub mod aws;
 pub mod fresh;
-pub mod lambda;
 #[cfg(feature = "local")]
 pub mod local;
-#[cfg(feature = "local")]
-pub mod packages;
-#[cfg(feature = "local")]
-pub mod server;
+outside_input! {
+    pub mod lambda;
+    #[cfg(feature = "local")]
+    pub mod packages;
+    #[cfg(feature = "local")]
+    pub mod server;
+}
 pub mod telemetry;

@@ -372,3 +372,19 @@ async fn the_gate_asks_about_the_tag_that_was_pushed() {
     assert_eq!(status, JobStatus::Succeeded, "{outcome:?}");
     assert_eq!(live_on(dir.path()), ["1.0.0rc1", "1.0.0rc1"]);
 }
+
+/// GitHub's answers are outside input too: a commit id that is not hex (here with a
+/// two-byte character across the 7-byte short form) is refused, not a panic.
+#[tokio::test]
+async fn a_commit_id_that_is_not_hex_is_refused_not_a_panic() {
+    let github = MockServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (config, store) = setup(dir.path(), &github, 0);
+    answer(&github, "/commits/v1.0.0", json!({"sha": "abcdefé0"})).await;
+    answer(&github, "", json!({"default_branch": "main"})).await;
+
+    let job = tag_deploy(&config, "v1.0.0").await;
+    let (status, outcome) = run(&config, &store, &job).await;
+    assert_eq!(status, JobStatus::Skipped, "{outcome:?}");
+    assert_eq!(live_on(dir.path()), ["", ""], "nothing installed");
+}
