@@ -25,6 +25,29 @@ pub fn is_instance_id(s: &str) -> bool {
     })
 }
 
+/// The instance that started running and the event's id, or why the event is not one
+/// this function acts on.
+pub fn joined(event: &Value) -> Result<(&str, &str), &'static str> {
+    if event.get("detail-type").and_then(Value::as_str)
+        != Some("EC2 Instance State-change Notification")
+    {
+        return Err("not an EC2 instance state-change notification");
+    }
+    let detail = event.get("detail");
+    let field = |name: &str| detail.and_then(|d| d.get(name)).and_then(Value::as_str);
+    if field("state") != Some("running") {
+        return Err("the instance is not running");
+    }
+    let instance = match field("instance-id") {
+        Some(id) if is_instance_id(id) => id,
+        _ => return Err("detail.instance-id is not an EC2 instance id"),
+    };
+    match event.get("id").and_then(Value::as_str) {
+        Some(id) if !id.is_empty() => Ok((instance, id)),
+        _ => Err("the event has no id"),
+    }
+}
+
 /// Handles one EventBridge event. `Ok` says what was queued or why nothing was; `Err`
 /// (the agent did not register within `registration_wait`, SSM or SQS unavailable) makes
 /// Lambda retry the event, and job ids derived from the event's id make that harmless.
@@ -38,18 +61,9 @@ pub async fn node_joined(
     registration_wait: Duration,
 ) -> Result<Value, String> {
     let ignored = |reason: &str| Ok(json!({ "status": "ignored", "reason": reason }));
-    if event["detail-type"] != "EC2 Instance State-change Notification" {
-        return ignored("not an EC2 instance state-change notification");
-    }
-    if event["detail"]["state"] != "running" {
-        return ignored("the instance is not running");
-    }
-    let instance = match event["detail"]["instance-id"].as_str() {
-        Some(id) if is_instance_id(id) => id,
-        _ => return ignored("detail.instance-id is not an EC2 instance id"),
-    };
-    let Some(event_id) = event["id"].as_str().filter(|id| !id.is_empty()) else {
-        return ignored("the event has no id");
+    let (instance, event_id) = match joined(event) {
+        Ok(joined) => joined,
+        Err(reason) => return ignored(reason),
     };
 
     // EC2 says running well before the node's SSM agent registers.
@@ -134,5 +148,24 @@ mod tests {
         ] {
             assert!(!is_instance_id(bad), "{bad}");
         }
+    }
+
+    #[test]
+    fn only_a_running_instance_with_an_event_id_joins() {
+        let text = std::fs::read_to_string("events/ec2-instance-running.json").unwrap();
+        let sample: Value = serde_json::from_str(&text).unwrap();
+        let (instance, id) = joined(&sample).unwrap();
+        assert!(is_instance_id(instance) && !id.is_empty());
+        let broken = |pointer: &str, value: Value| {
+            let mut e = sample.clone();
+            *e.pointer_mut(pointer).unwrap() = value;
+            joined(&e).unwrap_err()
+        };
+        assert!(broken("/detail-type", json!(1)).starts_with("not an EC2"));
+        assert!(broken("/detail", json!([])).contains("not running"));
+        assert!(broken("/detail/state", json!("stopped")).contains("not running"));
+        assert!(broken("/detail/instance-id", json!("i-1;reboot")).contains("instance id"));
+        assert!(broken("/id", json!("")).contains("no id"));
+        assert!(joined(&json!("not an object")).is_err());
     }
 }

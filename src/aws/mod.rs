@@ -2,7 +2,9 @@
 //! as the fleet, and what the node-joined function does.
 
 pub mod fleet;
-pub mod joined;
+outside_input! {
+    pub mod joined;
+}
 pub mod ledger;
 mod params;
 pub mod queue;
