@@ -83,6 +83,16 @@ pub enum Source {
     },
 }
 
+/// A chat user as shipit records them (requester, lock holder, who forced or aborted): the
+/// Slack user id, which is who they are, with the name only to be read by people.
+pub fn chat_person(user_id: &str, user_name: &str) -> String {
+    if user_name.is_empty() {
+        user_id.to_string()
+    } else {
+        format!("@{user_name} ({user_id})")
+    }
+}
+
 impl Source {
     /// What makes two deliveries of this source "the same event".
     pub fn identity(&self) -> String {
@@ -109,7 +119,9 @@ impl Source {
                 pusher.clone().unwrap_or_else(|| format!("github:{repo}"))
             }
             Source::Upload { .. } => "package upload".to_string(),
-            Source::Chat { user_name, .. } => format!("@{user_name}"),
+            Source::Chat {
+                user_id, user_name, ..
+            } => chat_person(user_id, user_name),
             Source::Cli { user, .. } => user.clone(),
             Source::Sync { by, .. } => by.clone(),
             Source::Rollback { requested_via, .. } => requested_via.requester(),
@@ -304,7 +316,7 @@ mod tests {
         let rb = live.rollback(None, chat, Utc::now());
         assert_eq!(rb.version, live.version);
         assert_ne!(rb.id, live.id);
-        assert_eq!(rb.requested_by, "@ann");
+        assert_eq!(rb.requested_by, "@ann (U1)");
         assert!(matches!(rb.source, Source::Rollback { ref restores, .. } if *restores == live.id));
     }
 }

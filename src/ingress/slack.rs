@@ -111,11 +111,7 @@ impl SlashCommand {
     }
 
     fn who(&self) -> String {
-        if self.user_name.is_empty() {
-            format!("<@{}>", self.user_id)
-        } else {
-            format!("@{}", self.user_name)
-        }
+        crate::deploy::job::chat_person(&self.user_id, &self.user_name)
     }
 
     /// Whether this user is one of `ids` (Slack user ids, or `*`). By id only: a name

@@ -135,7 +135,7 @@ async fn slash_deploy_from_an_allowed_user_queues_one_job() {
     assert_eq!(msgs.len(), 1);
     assert_eq!(msgs[0].0, "hello/production");
     let job = &jobs(&msgs)[0];
-    assert_eq!(job.requested_by, "@roadrunner");
+    assert_eq!(job.requested_by, "@roadrunner (U2CERLKJA)");
     assert!(text.contains(job.id.as_str()));
     assert!(
         matches!(&job.source, Source::Chat { user_id, channel_name, .. } if user_id == "U2CERLKJA" && channel_name == "deploys")
@@ -575,7 +575,7 @@ async fn every_sample_event_is_answered_as_documented() {
         [
             "1.0.0 octocat",
             "1.1.0 octocat",
-            "1.1.0 @roadrunner",
+            "1.1.0 @roadrunner (U2CERLKJA)",
             "1.1.0 package upload",
             "1.1.0 package upload"
         ]

@@ -329,7 +329,7 @@ async fn chat_status_history_lock_and_rollback_over_parameter_store_and_sqs() {
         .starts_with("Locked hello/production: db migration"));
     let refused = say(&ingress, me, "hello 1.2.0").await;
     assert!(
-        refused.contains("locked by @roadrunner: db migration. Nothing was queued"),
+        refused.contains("locked by @roadrunner (U2CERLKJA): db migration. Nothing was queued"),
         "{refused}"
     );
     assert!(say(&ingress, me, "rollback hello")
@@ -337,7 +337,7 @@ async fn chat_status_history_lock_and_rollback_over_parameter_store_and_sqs() {
         .contains("Nothing was queued"));
     assert!(say(&ingress, me, "status hello")
         .await
-        .contains("locked by @roadrunner: db migration"));
+        .contains("locked by @roadrunner (U2CERLKJA): db migration"));
     assert!(fifo.drain().await.is_empty());
     assert!(say(&ingress, me, "unlock hello")
         .await
@@ -378,7 +378,7 @@ async fn chat_status_history_lock_and_rollback_over_parameter_store_and_sqs() {
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(held.abort.as_deref(), Some("@roadrunner"));
+    assert_eq!(held.abort.as_deref(), Some("@roadrunner (U2CERLKJA)"));
     ledger
         .release("hello", "production", &live.id)
         .await

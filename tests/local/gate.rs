@@ -272,7 +272,7 @@ async fn deploy_force_from_chat_goes_past_the_gate_and_is_recorded() {
 
     let reply = slash("hello 2.0.0 --force", "t-2").await;
     let text = reply.body["text"].as_str().unwrap();
-    assert!(text.contains("forced past the gate by @ann"), "{text}");
+    assert!(text.contains("forced past the gate by @ann (U1)"), "{text}");
     let job = store.jobs(None).await.unwrap().pop().unwrap().job.id;
     assert_eq!(run(&config, &store, &job).await.0, JobStatus::Succeeded);
     assert_eq!(live_on(dir.path()), ["2.0.0", "2.0.0"]);
@@ -283,7 +283,7 @@ async fn deploy_force_from_chat_goes_past_the_gate_and_is_recorded() {
     );
     let history = store.history("hello", "production", 5).await.unwrap();
     assert_eq!(history[0].job.id, job);
-    assert_eq!(history[0].job.forced_by.as_deref(), Some("@ann"));
+    assert_eq!(history[0].job.forced_by.as_deref(), Some("@ann (U1)"));
     // Chat hears both ends: why the first was skipped, and who forced the second.
     let replies: Vec<Value> = chat
         .received_requests()
@@ -306,7 +306,7 @@ async fn deploy_force_from_chat_goes_past_the_gate_and_is_recorded() {
     assert!(
         replies[1]["blocks"]
             .to_string()
-            .contains("forced past the gate by @ann"),
+            .contains("forced past the gate by @ann (U1)"),
         "{}",
         replies[1]["blocks"]
     );

@@ -355,7 +355,9 @@ async fn a_deploy_from_chat_ends_with_a_reply_to_the_command() {
         text.starts_with("hello 1.0.0 (first deploy) on production: deployed"),
         "{text}"
     );
-    assert!(replies[0]["blocks"].to_string().contains("/deploy by @ann"));
+    assert!(replies[0]["blocks"]
+        .to_string()
+        .contains("/deploy by @ann (U1)"));
 }
 
 #[tokio::test]

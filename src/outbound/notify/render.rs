@@ -48,7 +48,7 @@ pub fn trigger(source: &Source) -> String {
             None => format!("{event} of tag {tag}"),
         },
         Source::Upload { location } => format!("upload of {location}"),
-        Source::Chat { user_name, .. } => format!("/deploy by @{user_name}"),
+        Source::Chat { .. } => format!("/deploy by {}", source.requester()),
         Source::Cli { user, .. } => format!("shipit deploy by {user}"),
         Source::Sync { by, .. } => format!("sync by {by}"),
         Source::Rollback { requested_via, .. } => {
