@@ -7,6 +7,7 @@ mod helpers;
 
 mod e2e;
 mod example;
+mod fuzz_replay;
 mod gate;
 mod notify;
 mod safety;
