@@ -23,7 +23,7 @@ use shipit::drive::step::{StepState, Stepper};
 use shipit::drive::{Driver, Outbound};
 
 /// The emulator's SSM outcome rules are one global setting: tests that set them take turns.
-static CONTROL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+pub(crate) static CONTROL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 fn endpoint() -> String {
     std::env::var("AWS_ENDPOINT_URL").expect("run the tests with scripts/test")
@@ -75,7 +75,7 @@ fn xml_values(xml: &str, tag: &str) -> Vec<String> {
 }
 
 /// Launches `n` EC2 instances with `tags` through the EC2 API; returns their ids, sorted.
-async fn launch(n: usize, tags: &[(&str, &str)]) -> Vec<String> {
+pub(crate) async fn launch(n: usize, tags: &[(&str, &str)]) -> Vec<String> {
     let count = n.to_string();
     let mut params = vec![
         ("Action", "RunInstances"),
@@ -104,7 +104,7 @@ async fn launch(n: usize, tags: &[(&str, &str)]) -> Vec<String> {
     ids
 }
 
-async fn control(rules: Value) {
+pub(crate) async fn control(rules: Value) {
     let resp = reqwest::Client::new()
         .post(format!("{}/_shipit/ssm", endpoint()))
         .json(&rules)
@@ -221,11 +221,18 @@ impl Rig {
 
     /// The SSM commands of `job`, oldest first: (comment, instance ids, script).
     async fn commands(&self, job: &DeployJob) -> Vec<(String, Vec<String>, String)> {
-        let out = self.ssm.list_commands().send().await.expect("ListCommands");
-        let mut cmds: Vec<_> = out
-            .commands
-            .unwrap_or_default()
+        // Every page: the emulator, like SSM, answers at most 50 commands a call.
+        let pages: Vec<_> = self
+            .ssm
+            .list_commands()
+            .into_paginator()
+            .send()
+            .collect::<Result<_, _>>()
+            .await
+            .expect("ListCommands");
+        let mut cmds: Vec<_> = pages
             .into_iter()
+            .flat_map(|p| p.commands.unwrap_or_default())
             .filter(|c| {
                 c.comment
                     .as_deref()

@@ -7,6 +7,7 @@
 mod helpers;
 
 mod deploy;
+mod emulator;
 mod infra;
 mod ingress;
 mod ledger;

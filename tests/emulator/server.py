@@ -14,6 +14,19 @@ Added to moto 5.2.5, following the AWS API reference for each shape:
 - `SendCommand` with only InstanceIds targeted every instance in the region; it now
   targets the instances named (Targets still resolve tags as before).
 - ThrottlingException on demand, for the first N calls of an operation.
+- What AWS refuses, each rule from the SSM API reference (tests/aws/emulator.rs tests
+  each one on its own):
+  SendCommand: at most 50 InstanceIds and a Comment of at most 100 characters
+  (ValidationException); MaxConcurrency and MaxErrors must match their documented
+  patterns; TimeoutSeconds within 30..2592000; an instance id that is not a running
+  instance of the emulator is `InvalidInstanceId`; an offline node's invocation ends
+  `TimedOut` / `DeliveryTimedOut`, not Success.
+  ListCommands: MaxResults within 1..50, paged by NextToken; Filters honoured
+  (InvokedAfter, InvokedBefore, Status, DocumentName), an unknown key is
+  `InvalidFilterKey`, a timestamp or status that is not one is a ValidationException
+  (the reference names no error for it).
+  ListCommandInvocations: MaxResults within 1..50. DescribeInstanceInformation:
+  MaxResults within 5..50.
 - SQS FIFO sequence numbers: moto draws each at random; AWS's "continues to increase
   for a particular MessageGroupId" (SendMessage, SequenceNumber). Now they grow per
   queue and group, by uneven steps (AWS: "large, non-consecutive"), 20 digits.
@@ -31,8 +44,10 @@ Added to moto 5.2.5, following the AWS API reference for each shape:
 The first rule whose instance and text match decides an invocation's outcome.
 """
 
+import datetime
 import json
 import os
+import re
 import signal
 import sys
 import threading
@@ -62,6 +77,28 @@ def maybe_throttle(operation):
         if left > 0:
             CONTROL["throttle"][operation] = left - 1
             raise Throttled()
+
+
+class Invalid(ServiceException):
+    code = "ValidationException"
+
+
+class InvalidInstanceId(ServiceException):
+    code = "InvalidInstanceId"
+
+
+class InvalidFilterKey(ServiceException):
+    code = "InvalidFilterKey"
+
+
+def max_results(response, low, high, default):
+    value = response._get_param("MaxResults")
+    if value is None:
+        return default
+    if not low <= int(value) <= high:
+        raise Invalid(f"1 validation error detected: Value '{value}' at 'maxResults' failed to "
+                      f"satisfy constraint: Member must have value between {low} and {high}")
+    return int(value)
 
 
 def outcome_for(instance_id, script):
@@ -96,6 +133,10 @@ def command_init(self, *args, **kwargs):
             inv["StandardOutputContent"] = rule.get("stdout", "")
             inv["StandardErrorContent"] = rule.get("stderr", "")
             inv["_pending"] = rule.get("pending_reads", CONTROL["pending_reads"])
+            if inv["InstanceId"] in CONTROL["offline"]:
+                # The agent never picks it up: SSM gives up after the delivery timeout.
+                inv.update(Status="TimedOut", StatusDetails="DeliveryTimedOut", ResponseCode=-1,
+                           StandardOutputContent="", StandardErrorContent="")
 
 
 def read(inv):
@@ -122,11 +163,97 @@ def get_invocation(self, instance_id, plugin_name):
 ssm_models.Command.get_invocation = get_invocation
 
 
-def page(items, max_results, token, limit):
+def page(items, size, token):
     start = int(token or 0)
-    size = min(int(max_results or limit), limit)
     rest = start + size
     return items[start:rest], (str(rest) if rest < len(items) else None)
+
+
+# --- What AWS refuses --------------------------------------------------------------------
+
+MAX_CONCURRENCY = re.compile(r"^([1-9][0-9]*|[1-9][0-9]%|[1-9]%|100%)$")
+MAX_ERRORS = re.compile(r"^([1-9][0-9]*|[0]|[1-9][0-9]%|[0-9]%|100%)$")
+
+
+def running_instances(response):
+    ec2 = ec2_backends[response.current_account][response.region]
+    return {inst.id for r in ec2.all_reservations() for inst in r.instances
+            if inst.state == "running"}
+
+
+def send_command_checked(original):
+    def send_command(self):
+        ids = self._get_param("InstanceIds", [])
+        comment = self._get_param("Comment", "")
+        if len(ids) > 50:
+            raise Invalid("1 validation error detected: Value at 'instanceIds' failed to satisfy "
+                          "constraint: Member must have length less than or equal to 50")
+        if len(comment) > 100:
+            raise Invalid("1 validation error detected: Value at 'comment' failed to satisfy "
+                          "constraint: Member must have length less than or equal to 100")
+        for name, pattern in [("maxConcurrency", MAX_CONCURRENCY), ("maxErrors", MAX_ERRORS)]:
+            value = self._get_param(name[0].upper() + name[1:])
+            if value is not None and not pattern.match(value):
+                raise Invalid(f"1 validation error detected: Value '{value}' at '{name}' failed "
+                              f"to satisfy constraint: Member must satisfy regular expression "
+                              f"pattern: {pattern.pattern}")
+        timeout = self._get_param("TimeoutSeconds")
+        if timeout is not None and not 30 <= int(timeout) <= 2592000:
+            raise Invalid(f"1 validation error detected: Value '{timeout}' at 'timeoutSeconds' "
+                          "failed to satisfy constraint: Member must have value between 30 and "
+                          "2592000")
+        known = running_instances(self)
+        if any(i not in known for i in ids):
+            raise InvalidInstanceId("Instances " + str([i for i in ids if i not in known])
+                                    + " not in a valid state for account "
+                                    + self.current_account)
+        return original(self)
+    return send_command
+
+
+def parse_time(value):
+    try:
+        return datetime.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise Invalid(f"{value!r} is not a timestamp like 2021-07-07T00:00:00Z")
+
+
+LIST_COMMANDS_STATUSES = {"Pending", "InProgress", "Success", "Cancelled", "Failed", "TimedOut",
+                          "AccessDenied", "DeliveryTimedOut", "ExecutionTimedOut", "Incomplete",
+                          "NoInstancesInTag", "LimitExceeded"}
+
+
+def list_commands(self):
+    size = max_results(self, 1, 50, 50)
+    tests = []
+    for f in self._get_param("Filters", []):
+        key, value = f.get("key") or f.get("Key"), f.get("value") or f.get("Value")
+        if key == "InvokedAfter":
+            after = parse_time(value)
+            tests.append(lambda c, t=after: aware(c.requested_date_time) >= t)
+        elif key == "InvokedBefore":
+            before = parse_time(value)
+            tests.append(lambda c, t=before: aware(c.requested_date_time) < t)
+        elif key == "Status":
+            if value not in LIST_COMMANDS_STATUSES:
+                raise Invalid(f"{value!r} is not a status ListCommands can filter on")
+            tests.append(lambda c, v=value: c.status == v)
+        elif key == "DocumentName":
+            tests.append(lambda c, v=value: c.document_name == v)
+        else:
+            raise InvalidFilterKey(f"unsupported filter key {key}")
+    commands = self.ssm_backend.list_commands(self._get_param("CommandId"),
+                                              self._get_param("InstanceId"))
+    found = [c for c in commands if all(t(c) for t in tests)]
+    items, token = page(found, size, self._get_param("NextToken"))
+    result = {"Commands": [c.response_object() for c in items]}
+    if token:
+        result["NextToken"] = token
+    return ActionResult(result)
+
+
+def aware(moment):
+    return moment if moment.tzinfo else moment.replace(tzinfo=datetime.timezone.utc)
 
 
 # --- Operations moto does not implement -------------------------------------------------
@@ -159,7 +286,7 @@ def describe_instance_information(self):
                     "IPAddress": inst.private_ip,
                 })
     nodes.sort(key=lambda n: n["InstanceId"])
-    items, token = page(nodes, self._get_param("MaxResults"), self._get_param("NextToken"), 50)
+    items, token = page(nodes, max_results(self, 5, 50, 50), self._get_param("NextToken"))
     result = {"InstanceInformationList": items}
     if token:
         result["NextToken"] = token
@@ -191,7 +318,7 @@ def list_command_invocations(self):
                     "Output": (inv["StandardOutputContent"] + inv["StandardErrorContent"])[:2500],
                 }]
             rows.append(row)
-    items, token = page(rows, self._get_param("MaxResults"), self._get_param("NextToken"), 50)
+    items, token = page(rows, max_results(self, 1, 50, 50), self._get_param("NextToken"))
     result = {"CommandInvocations": items}
     if token:
         result["NextToken"] = token
@@ -209,6 +336,9 @@ SimpleSystemManagerResponse.describe_instance_information = throttled(
     "DescribeInstanceInformation", describe_instance_information)
 SimpleSystemManagerResponse.list_command_invocations = throttled(
     "ListCommandInvocations", list_command_invocations)
+SimpleSystemManagerResponse.send_command = send_command_checked(
+    SimpleSystemManagerResponse.send_command)
+SimpleSystemManagerResponse.list_commands = list_commands
 for op, attr in [("SendCommand", "send_command"), ("GetCommandInvocation", "get_command_invocation"),
                  ("ListCommands", "list_commands")]:
     setattr(SimpleSystemManagerResponse, attr, throttled(op, getattr(SimpleSystemManagerResponse, attr)))

@@ -1,0 +1,244 @@
+//! The emulator itself, rule by rule: what it adds to moto must refuse what SSM refuses
+//! (each rule from the SSM API reference, named in tests/emulator/server.py), or a wrong
+//! client would look right against it.
+
+use aws_sdk_ssm::types::{CommandFilter, CommandFilterKey};
+use chrono::{Duration, SecondsFormat, Utc};
+
+use crate::deploy::{control, launch, CONTROL};
+use crate::helpers::{sdk, unique};
+
+async fn ssm() -> aws_sdk_ssm::Client {
+    aws_sdk_ssm::Client::new(&sdk().await)
+}
+
+fn send(
+    ssm: &aws_sdk_ssm::Client,
+    ids: &[String],
+) -> aws_sdk_ssm::operation::send_command::builders::SendCommandFluentBuilder {
+    ssm.send_command()
+        .document_name("AWS-RunShellScript")
+        .set_instance_ids(Some(ids.to_vec()))
+        .parameters("commands", vec!["true".to_string()])
+}
+
+/// The error code of a refused call.
+fn code<E, R>(result: Result<R, aws_sdk_ssm::error::SdkError<E>>) -> String
+where
+    E: aws_sdk_ssm::error::ProvideErrorMetadata + std::fmt::Debug,
+    R: std::fmt::Debug,
+{
+    let err = result.expect_err("refused");
+    err.as_service_error()
+        .and_then(|e| e.code())
+        .unwrap_or_else(|| panic!("not a service error: {err:?}"))
+        .to_string()
+}
+
+#[tokio::test]
+async fn send_command_takes_at_most_50_instance_ids() {
+    let ssm = ssm().await;
+    let ids = launch(51, &[("t", "fifty")]).await;
+    assert_eq!(code(send(&ssm, &ids).send().await), "ValidationException");
+    send(&ssm, &ids[..50]).send().await.expect("50 are fine");
+}
+
+#[tokio::test]
+async fn a_comment_has_at_most_100_characters() {
+    let ssm = ssm().await;
+    let ids = launch(1, &[("t", "comment")]).await;
+    let long = "x".repeat(101);
+    assert_eq!(
+        code(send(&ssm, &ids).comment(&long).send().await),
+        "ValidationException"
+    );
+    send(&ssm, &ids).comment(&long[..100]).send().await.unwrap();
+}
+
+#[tokio::test]
+async fn concurrency_errors_and_timeout_follow_their_documented_forms() {
+    let ssm = ssm().await;
+    let ids = launch(1, &[("t", "forms")]).await;
+    for bad in ["0", "101%", "0%", "-1", "ten"] {
+        let r = send(&ssm, &ids).max_concurrency(bad).send().await;
+        assert_eq!(code(r), "ValidationException", "MaxConcurrency {bad}");
+    }
+    for bad in ["-1", "101%", "x"] {
+        let r = send(&ssm, &ids).max_errors(bad).send().await;
+        assert_eq!(code(r), "ValidationException", "MaxErrors {bad}");
+    }
+    for bad in [29, 2_592_001] {
+        let r = send(&ssm, &ids).timeout_seconds(bad).send().await;
+        assert_eq!(code(r), "ValidationException", "TimeoutSeconds {bad}");
+    }
+    send(&ssm, &ids)
+        .max_concurrency("100%")
+        .max_errors("0")
+        .timeout_seconds(30)
+        .send()
+        .await
+        .expect("documented forms pass");
+}
+
+#[tokio::test]
+async fn an_instance_that_is_not_there_is_an_invalid_instance_id() {
+    let ssm = ssm().await;
+    let mut ids = launch(1, &[("t", "unknown")]).await;
+    ids.push("i-0123456789abcdef0".into());
+    assert_eq!(code(send(&ssm, &ids).send().await), "InvalidInstanceId");
+}
+
+#[tokio::test]
+async fn an_offline_node_times_out_undelivered_instead_of_succeeding() {
+    let _turn = CONTROL.lock().await;
+    let ssm = ssm().await;
+    let ids = launch(2, &[("t", "offline")]).await;
+    control(serde_json::json!({ "offline": [ids[0]], "pending_reads": 0 })).await;
+    let id = send(&ssm, &ids)
+        .send()
+        .await
+        .unwrap()
+        .command
+        .and_then(|c| c.command_id)
+        .unwrap();
+    let status = |node: &str| {
+        let (ssm, id, node) = (ssm.clone(), id.clone(), node.to_string());
+        async move {
+            let inv = ssm
+                .get_command_invocation()
+                .command_id(id)
+                .instance_id(node)
+                .send()
+                .await
+                .unwrap();
+            (
+                inv.status.map(|s| s.as_str().to_string()),
+                inv.status_details,
+            )
+        }
+    };
+    let offline = status(&ids[0]).await;
+    assert_eq!(
+        offline,
+        (Some("TimedOut".into()), Some("DeliveryTimedOut".into()))
+    );
+    assert_eq!(status(&ids[1]).await.0.as_deref(), Some("Success"));
+    control(serde_json::json!({})).await;
+}
+
+#[tokio::test]
+async fn list_commands_pages_by_at_most_50() {
+    let ssm = ssm().await;
+    let ids = launch(1, &[("t", "paging")]).await;
+    for bad in [0, 51] {
+        let r = ssm.list_commands().max_results(bad).send().await;
+        assert_eq!(code(r), "ValidationException", "MaxResults {bad}");
+    }
+    for _ in 0..3 {
+        send(&ssm, &ids).send().await.unwrap();
+    }
+    let first = ssm
+        .list_commands()
+        .instance_id(&ids[0])
+        .max_results(2)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(first.commands.unwrap_or_default().len(), 2);
+    let rest = ssm
+        .list_commands()
+        .instance_id(&ids[0])
+        .max_results(2)
+        .set_next_token(first.next_token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(rest.commands.unwrap_or_default().len(), 1);
+    assert!(rest.next_token.is_none());
+}
+
+#[tokio::test]
+async fn list_commands_honours_its_filters_and_refuses_bad_ones() {
+    let ssm = ssm().await;
+    let ids = launch(1, &[("t", "filters")]).await;
+    let comment = unique("filtered");
+    send(&ssm, &ids).comment(&comment).send().await.unwrap();
+    let listed = |key: CommandFilterKey, value: String| {
+        let (ssm, node) = (ssm.clone(), ids[0].clone());
+        async move {
+            ssm.list_commands()
+                .instance_id(node)
+                .filters(
+                    CommandFilter::builder()
+                        .key(key)
+                        .value(value)
+                        .build()
+                        .unwrap(),
+                )
+                .send()
+                .await
+        }
+    };
+    let at = |d: Duration| (Utc::now() + d).to_rfc3339_opts(SecondsFormat::Secs, true);
+    let count = |r: aws_sdk_ssm::operation::list_commands::ListCommandsOutput| {
+        r.commands.unwrap_or_default().len()
+    };
+    let ok = |r: Result<_, _>| count(r.expect("a valid filter"));
+    assert_eq!(
+        ok(listed(CommandFilterKey::InvokedAfter, at(-Duration::hours(1))).await),
+        1
+    );
+    assert_eq!(
+        ok(listed(CommandFilterKey::InvokedAfter, at(Duration::days(1))).await),
+        0
+    );
+    assert_eq!(
+        ok(listed(CommandFilterKey::InvokedBefore, at(-Duration::hours(1))).await),
+        0
+    );
+    assert_eq!(
+        ok(listed(CommandFilterKey::InvokedBefore, at(Duration::days(1))).await),
+        1
+    );
+    assert_eq!(
+        ok(listed(CommandFilterKey::Status, "Success".into()).await),
+        1
+    );
+    assert_eq!(
+        ok(listed(CommandFilterKey::Status, "Failed".into()).await),
+        0
+    );
+    assert_eq!(
+        code(listed(CommandFilterKey::InvokedAfter, "not-a-date".into()).await),
+        "ValidationException"
+    );
+    assert_eq!(
+        code(listed(CommandFilterKey::Status, "Sucess".into()).await),
+        "ValidationException"
+    );
+    assert_eq!(
+        code(listed(CommandFilterKey::from("Colour"), "red".into()).await),
+        "InvalidFilterKey"
+    );
+}
+
+#[tokio::test]
+async fn invocation_and_node_listings_bound_their_page_size() {
+    let ssm = ssm().await;
+    for bad in [0, 51] {
+        let r = ssm.list_command_invocations().max_results(bad).send().await;
+        assert_eq!(
+            code(r),
+            "ValidationException",
+            "invocations MaxResults {bad}"
+        );
+    }
+    for bad in [4, 51] {
+        let r = ssm
+            .describe_instance_information()
+            .max_results(bad)
+            .send()
+            .await;
+        assert_eq!(code(r), "ValidationException", "nodes MaxResults {bad}");
+    }
+}
