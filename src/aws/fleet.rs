@@ -6,7 +6,7 @@
 //! comment, so a step replayed after a crash finds the command it already sent instead
 //! of running it a second time.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use async_trait::async_trait;
 use aws_sdk_ssm::types::{
@@ -102,6 +102,13 @@ impl<T: RunCommand + ?Sized> RunCommand for std::sync::Arc<T> {
     }
 }
 
+/// What a command needs: its SSM commands (script, nodes), or no command at all (the
+/// results are known without one).
+enum Plan {
+    Parts(Vec<(String, Vec<String>)>),
+    Done(Vec<(String, NodeResult)>),
+}
+
 pub struct SsmFleet<R> {
     api: R,
     config: Arc<Config>,
@@ -132,6 +139,10 @@ impl<R: RunCommand> SsmFleet<R> {
 
     /// Sends `cmd` the first time it is asked for (remembering it in `sent`), and reports
     /// on it after that. `max_errors` is the deploy's install error budget.
+    ///
+    /// With a concurrency cap, at most that many nodes run the command at once across all
+    /// of its SSM commands: a command goes out only when the ones before it leave room,
+    /// and gets the room left as its `MaxConcurrency`.
     pub async fn run_on(
         &self,
         app: &App,
@@ -141,49 +152,42 @@ impl<R: RunCommand> SsmFleet<R> {
         max_errors: u32,
         sent: &mut Option<Sent>,
     ) -> Result<Vec<(String, NodeResult)>, PortError> {
-        if let Some(s) = sent.as_ref().filter(|s| s.key == cmd.key) {
-            return self.report(cmd, &s.commands).await;
-        }
-        let Nodes::Ssm { dir, vars, .. } = &env.nodes else {
-            return Err(Refused::error(format!(
-                "environment {} has no ssm_tags",
-                env.name
-            )));
+        let (mut ids, planned) = match sent.as_ref().filter(|s| s.key == cmd.key) {
+            Some(s) => (s.commands.clone(), s.parts.max(s.commands.len())),
+            None => (vec![], usize::MAX),
         };
-        // Nodes whose script is the same share SSM commands; it differs only if `{node}`
-        // is used.
-        let mut groups: Vec<(String, Vec<String>)> = vec![];
-        for node in &cmd.nodes {
-            let site = Site {
-                node,
-                dir: dir.as_deref(),
-                vars,
-            };
-            let script = match app.script(env, cmd, &site) {
-                Ok(Some(script)) => script,
-                Ok(None) => return Ok(all(&cmd.nodes, NodeResult::Succeeded)),
-                Err(e @ ScriptError::NoVersionCommand(_)) => {
-                    let unknown = NodeResult::Failed {
-                        exit_code: None,
-                        output: e.to_string(),
-                    };
-                    return Ok(all(&cmd.nodes, unknown));
-                }
-                Err(e) => return Err(e.to_string().into()),
-            };
-            match groups.iter_mut().find(|(s, _)| *s == script) {
-                Some((_, nodes)) => nodes.push(node.clone()),
-                None => groups.push((script, vec![node.clone()])),
-            }
+        let results = if ids.is_empty() {
+            all(&cmd.nodes, NodeResult::Running)
+        } else {
+            self.report(cmd, &ids).await?
+        };
+        if ids.len() >= planned {
+            return Ok(results);
         }
-        let parts: Vec<(&String, &[String])> = groups
-            .iter()
-            .flat_map(|(script, nodes)| nodes.chunks(MAX_TARGETS).map(move |c| (script, c)))
-            .collect();
-        // A concurrency cap is shared out between the commands.
-        let max_concurrency = match cmd.concurrency as usize {
-            0 => "100%".to_string(),
-            c => (c / parts.len()).max(1).to_string(),
+        let parts = match self.plan(app, env, cmd)? {
+            Plan::Parts(parts) => parts,
+            Plan::Done(results) => return Ok(results),
+        };
+        let cap = cmd.concurrency as usize;
+        let mut room = if cap == 0 {
+            usize::MAX
+        } else {
+            // Nodes of a sent command still running may each hold a place; never more
+            // than the cap per command.
+            let running: BTreeSet<&str> = results
+                .iter()
+                .filter(|(_, r)| *r == NodeResult::Running)
+                .map(|(n, _)| n.as_str())
+                .collect();
+            let busy: usize = parts
+                .iter()
+                .take(ids.len())
+                .map(|(_, nodes)| {
+                    let n = nodes.iter().filter(|n| running.contains(n.as_str()));
+                    n.count().min(cap)
+                })
+                .sum();
+            cap.saturating_sub(busy)
         };
         let max_errors = if cmd.kind == CommandKind::Install && cmd.version == job.version {
             max_errors.to_string()
@@ -193,10 +197,21 @@ impl<R: RunCommand> SsmFleet<R> {
         };
         // Commands are sent after the job was requested; a margin covers clock skew.
         let after = job.requested_at - Duration::minutes(5);
-        let mut ids = vec![];
-        for (i, (script, nodes)) in parts.iter().enumerate() {
+        let dir = match &env.nodes {
+            Nodes::Ssm { dir, .. } => dir.clone(),
+            Nodes::Local(_) => None,
+        };
+        while let (Some((script, nodes)), true) = (parts.get(ids.len()), room > 0) {
+            let i = ids.len();
             let comment = format!("shipit {} {}/{}", cmd.key, i + 1, parts.len());
-            let id = match self.api.find(&nodes[0], &comment, after).await? {
+            let first = nodes.first().ok_or("an SSM command without nodes")?;
+            let share = if cap == 0 {
+                "100%".to_string()
+            } else {
+                room.min(nodes.len()).to_string()
+            };
+            room = room.saturating_sub(nodes.len());
+            let id = match self.api.find(first, &comment, after).await? {
                 Some(id) => {
                     tracing::info!(key = %cmd.key, command_id = %id, "found the command a previous step sent");
                     id
@@ -208,7 +223,7 @@ impl<R: RunCommand> SsmFleet<R> {
                             script: script.to_string(),
                             dir: dir.clone(),
                             comment,
-                            max_concurrency: max_concurrency.clone(),
+                            max_concurrency: share,
                             max_errors: max_errors.clone(),
                             timeout_seconds: app.rollout.command_timeout_seconds,
                         })
@@ -217,12 +232,60 @@ impl<R: RunCommand> SsmFleet<R> {
             };
             ids.push(id);
         }
+        let parts_count = parts.len();
         *sent = Some(Sent {
             key: cmd.key.clone(),
             commands: ids,
+            parts: if parts_count > 1 { parts_count } else { 0 },
         });
-        // SSM needs a moment before it shows the invocations: ask again on the next poll.
-        Ok(all(&cmd.nodes, NodeResult::Running))
+        // SSM needs a moment before it shows new invocations: ask again on the next poll.
+        Ok(results)
+    }
+
+    /// The SSM commands `cmd` needs, in a stable order: nodes whose script is the same
+    /// share them (it differs only if `{node}` is used), at most 50 nodes each.
+    fn plan(&self, app: &App, env: &Environment, cmd: &Command) -> Result<Plan, PortError> {
+        let Nodes::Ssm { dir, vars, .. } = &env.nodes else {
+            return Err(Refused::error(format!(
+                "environment {} has no ssm_tags",
+                env.name
+            )));
+        };
+        let mut groups: Vec<(String, Vec<String>)> = vec![];
+        for node in &cmd.nodes {
+            let site = Site {
+                node,
+                dir: dir.as_deref(),
+                vars,
+            };
+            let script = match app.script(env, cmd, &site) {
+                Ok(Some(script)) => script,
+                Ok(None) => return Ok(Plan::Done(all(&cmd.nodes, NodeResult::Succeeded))),
+                Err(e @ ScriptError::NoVersionCommand(_)) => {
+                    let unknown = NodeResult::Failed {
+                        exit_code: None,
+                        output: e.to_string(),
+                    };
+                    return Ok(Plan::Done(all(&cmd.nodes, unknown)));
+                }
+                Err(e) => return Err(e.to_string().into()),
+            };
+            match groups.iter_mut().find(|(s, _)| *s == script) {
+                Some((_, nodes)) => nodes.push(node.clone()),
+                None => groups.push((script, vec![node.clone()])),
+            }
+        }
+        Ok(Plan::Parts(
+            groups
+                .into_iter()
+                .flat_map(|(script, nodes)| {
+                    nodes
+                        .chunks(MAX_TARGETS)
+                        .map(|c| (script.clone(), c.to_vec()))
+                        .collect::<Vec<_>>()
+                })
+                .collect(),
+        ))
     }
 
     async fn report(
@@ -480,5 +543,194 @@ impl RunCommand for SdkRunCommand {
             }
             Err(e) => Err(sdk_err("SSM GetCommandInvocation", e)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::deploy::job::Source;
+    use crate::deploy::version::Version;
+
+    /// Run Command as far as the cap is concerned: each command starts at most its
+    /// `MaxConcurrency` invocations at once, in order; an invocation takes one tick.
+    #[derive(Default)]
+    struct Twin {
+        state: Mutex<TwinState>,
+    }
+
+    /// (comment, nodes, max concurrency, per node: the tick it started, if it has)
+    type TwinCommand = (String, Vec<String>, usize, Vec<Option<u32>>);
+
+    #[derive(Default)]
+    struct TwinState {
+        commands: Vec<TwinCommand>,
+        now: u32,
+        most_in_flight: usize,
+    }
+
+    impl Twin {
+        fn tick(&self) {
+            let mut s = self.state.lock().unwrap();
+            s.now += 1;
+            let now = s.now;
+            let mut in_flight = 0;
+            for (_, _, max, started) in &mut s.commands {
+                let running = |t: &Option<u32>| t.is_some_and(|t| t >= now);
+                let mut busy = started.iter().filter(|t| running(t)).count();
+                for t in started.iter_mut().filter(|t| t.is_none()) {
+                    if busy == *max {
+                        break;
+                    }
+                    *t = Some(now);
+                    busy += 1;
+                }
+                in_flight += busy;
+            }
+            s.most_in_flight = s.most_in_flight.max(in_flight);
+        }
+    }
+
+    #[async_trait]
+    impl RunCommand for Twin {
+        async fn online_nodes(
+            &self,
+            _: &BTreeMap<String, String>,
+        ) -> Result<Vec<String>, PortError> {
+            unreachable!("the test names the nodes")
+        }
+        async fn send(&self, req: &SendRequest) -> Result<String, PortError> {
+            let max = req.max_concurrency.parse().unwrap_or(usize::MAX);
+            let mut s = self.state.lock().unwrap();
+            let started = vec![None; req.nodes.len()];
+            s.commands
+                .push((req.comment.clone(), req.nodes.clone(), max, started));
+            Ok((s.commands.len() - 1).to_string())
+        }
+        async fn find(
+            &self,
+            _: &str,
+            comment: &str,
+            _: DateTime<Utc>,
+        ) -> Result<Option<String>, PortError> {
+            let s = self.state.lock().unwrap();
+            let found = s.commands.iter().position(|c| c.0 == comment);
+            Ok(found.map(|i| i.to_string()))
+        }
+        async fn statuses(&self, id: &str) -> Result<Vec<(String, Status)>, PortError> {
+            let s = self.state.lock().unwrap();
+            let (_, nodes, _, started) = &s.commands[id.parse::<usize>()?];
+            let done = |t: &Option<u32>| t.is_some_and(|t| t < s.now);
+            Ok(nodes
+                .iter()
+                .zip(started)
+                .map(|(n, t)| {
+                    (
+                        n.clone(),
+                        if done(t) {
+                            Status::Succeeded
+                        } else {
+                            Status::Running
+                        },
+                    )
+                })
+                .collect())
+        }
+        async fn outcome(
+            &self,
+            _: &str,
+            _: &str,
+        ) -> Result<Option<(Option<i32>, String)>, PortError> {
+            Ok(None)
+        }
+    }
+
+    /// Installs on `nodes` nodes with `install_concurrency = cap`, polling as the engine
+    /// does (and replaying every poll once, as a crashed step would); the most installs
+    /// that ran at once, and how many SSM commands carried them.
+    async fn install(install: &str, nodes: usize, cap: u32) -> (usize, usize) {
+        let text = format!(
+            r#"
+[apps.hello]
+package = "hello-app"
+install = "{install}"
+restart = "true"
+[apps.hello.environments.production]
+ssm_tags = {{ "shipit:app" = "hello", "shipit:env" = "production" }}
+"#
+        );
+        let config = Arc::new(Config::parse(&text, std::path::Path::new("c.toml")).unwrap());
+        let fleet = SsmFleet::new(Twin::default(), config.clone());
+        let (app, env) = (
+            &config.apps["hello"],
+            &config.apps["hello"].environments["production"],
+        );
+        let version = Version::parse("1.0.0").unwrap();
+        let source = Source::Cli {
+            user: "t".into(),
+            nonce: "n".into(),
+        };
+        let job = DeployJob::new(
+            "hello",
+            "production",
+            app.package.clone(),
+            version.clone(),
+            source,
+            Utc::now(),
+        );
+        let cmd = Command {
+            key: format!("{}:install", job.id),
+            kind: CommandKind::Install,
+            version,
+            nodes: (0..nodes).map(|i| format!("i-{i:017x}")).collect(),
+            concurrency: cap,
+            fence: 0,
+        };
+        let mut sent = None;
+        for _ in 0..10 * nodes {
+            let before = sent.clone();
+            let results = fleet
+                .run_on(app, env, &job, &cmd, 0, &mut sent)
+                .await
+                .unwrap();
+            let mut replayed = before;
+            fleet
+                .run_on(app, env, &job, &cmd, 0, &mut replayed)
+                .await
+                .unwrap();
+            if results.iter().all(|(_, r)| *r == NodeResult::Succeeded) {
+                let s = fleet.api.state.lock().unwrap();
+                return (s.most_in_flight, s.commands.len());
+            }
+            fleet.api.tick();
+        }
+        panic!("the install never ended");
+    }
+
+    #[tokio::test]
+    async fn the_install_cap_holds_across_batches_of_50() {
+        // Three SSM commands (50, 50, 20) under a cap of 2: not one invocation each.
+        let (most, commands) = install("pip install {package}=={version}", 120, 2).await;
+        assert_eq!(commands, 3);
+        assert_eq!(most, 2);
+        // A cap above the batches: all of it is used.
+        assert_eq!(
+            install("pip install {package}=={version}", 120, 70).await,
+            (70, 3)
+        );
+    }
+
+    #[tokio::test]
+    async fn the_install_cap_holds_when_every_node_has_its_own_command() {
+        let (most, commands) = install("pip install {package}=={version} # {node}", 10, 3).await;
+        assert_eq!(commands, 10, "one command per node, each sent once");
+        assert_eq!(most, 3);
+        // No cap: every node at once.
+        assert_eq!(
+            install("pip install {package}=={version} # {node}", 10, 0).await,
+            (10, 10)
+        );
     }
 }

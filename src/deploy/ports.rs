@@ -91,6 +91,14 @@ pub trait Turn: Send + Sync {
 pub struct Sent {
     pub key: String,
     pub commands: Vec<String>,
+    /// How many commands the key needs in all, when they go out a few at a time (an
+    /// install capped below its number of commands); 0: all are in `commands`.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub parts: usize,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 /// The nodes of an app+env, and a way to run commands on them.
