@@ -462,6 +462,72 @@ async fn chat_rollback_resends_the_previous_job_through_the_queue_with_its_old_v
     assert_eq!(reply["response_type"], "in_channel");
 }
 
+/// Past SendCommand's 50 ids: 120 nodes are three commands a key, listed over pages.
+/// Every step is replayed once, as after a crash, and sends nothing twice.
+#[tokio::test]
+async fn a_fleet_of_120_deploys_in_batches_of_50_and_rolls_back_a_failure_in_the_last() {
+    let _turn = CONTROL.lock().await;
+    control(json!({ "pending_reads": 0 })).await;
+    let rig = Rig::new(120).await;
+    let run = |job: DeployJob| {
+        let stepper = rig.stepper(Duration::ZERO);
+        async move {
+            let mut state = StepState::start(job);
+            while !state.done {
+                let next = stepper.step(state.clone()).await.unwrap();
+                let again = stepper.step(state.clone()).await.unwrap();
+                assert_eq!(again.sent, next.sent, "a replayed step sent again");
+                state = next;
+            }
+            state
+        }
+    };
+    let batches =
+        |nodes: &[String]| -> Vec<String> { nodes.chunks(50).map(|c| c.join(",")).collect() };
+
+    let first = rig.job("1.0.0");
+    let end = run(first.clone()).await;
+    assert_eq!(end.status, Some(JobStatus::Succeeded), "{end:?}");
+    let log = rig.log(&first).await;
+    let installs: Vec<_> = log.iter().filter(|l| l.starts_with("install ")).collect();
+    let want: Vec<_> = batches(&rig.nodes)
+        .into_iter()
+        .map(|b| format!("install {b} 1.0.0"))
+        .collect();
+    assert_eq!(installs, want.iter().collect::<Vec<_>>());
+    let restarts: Vec<_> = log.iter().filter(|l| l.starts_with("restart ")).collect();
+    assert_eq!(restarts.len(), 120, "each node restarted once");
+
+    // The install fails on a node of the third command: nothing restarts, and every node
+    // that took 1.1.0 gets 1.0.0 back, in the same three commands.
+    let bad = &rig.nodes[110];
+    control(json!({ "pending_reads": 0, "rules": [{
+        "instance": bad, "contains": "hello-app==1.1.0", "status": "Failed",
+        "exit_code": 1, "stderr": "ERROR: No matching distribution found for hello-app==1.1.0"
+    }]}))
+    .await;
+    let job = rig.job("1.1.0");
+    let end = run(job.clone()).await;
+    assert_eq!(end.status, Some(JobStatus::Failed), "{end:?}");
+    assert!(
+        end.reason.as_deref().unwrap_or("").contains(bad.as_str()),
+        "{end:?}"
+    );
+    let log = rig.log(&job).await;
+    assert!(!log.iter().any(|l| l.contains("restart")), "{log:?}");
+    let reverted: Vec<_> = log
+        .iter()
+        .filter(|l| l.starts_with("revert install"))
+        .collect();
+    assert!(
+        !reverted.is_empty() && reverted.iter().all(|l| l.ends_with(" 1.0.0")),
+        "{log:?}"
+    );
+    let live = rig.ledger.history("hello", "production", 1).await.unwrap();
+    assert_eq!(live[0].job.id, first.id);
+    control(json!({})).await;
+}
+
 #[tokio::test]
 async fn a_replayed_step_finds_the_command_it_sent_instead_of_sending_another() {
     let _turn = CONTROL.lock().await;
