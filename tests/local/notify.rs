@@ -14,7 +14,7 @@ use shipit::deploy::job::JobId;
 use shipit::deploy::status::JobStatus;
 use shipit::local::store::Store;
 use wiremock::matchers::{body_partial_json, header, method, path};
-use wiremock::{Mock, MockServer, Request, ResponseTemplate};
+use wiremock::{Mock, MockServer, ResponseTemplate};
 
 const TS: &str = "1700000000.000100";
 const SHA: &str = "6113728f27ae82c7b1a177c8d03f9e96e0adf246";
@@ -109,15 +109,37 @@ async fn apm_ok(apis: &Apis) {
     }
 }
 
+/// The bodies posted to `p`, each checked as the service would check it: a request with
+/// the wrong key (answered 404 by the stand-in, which the notifier shrugs off as
+/// permanent) or an update of another message fails the test here.
 async fn requests(server: &MockServer, p: &str) -> Vec<Value> {
-    server
-        .received_requests()
-        .await
-        .unwrap()
-        .iter()
-        .filter(|r: &&Request| r.url.path() == p)
-        .map(|r| serde_json::from_slice(&r.body).unwrap())
-        .collect()
+    let key = match p {
+        "/api/chat.postMessage" | "/api/chat.update" => Some(("authorization", "Bearer xoxb-test")),
+        "/graphql" => Some(("api-key", "NRAK-test")),
+        "/api/v1/events" | "/api/v2/dora/deployment" => Some(("dd-api-key", "dd-test")),
+        // A response_url is its own credential.
+        _ => None,
+    };
+    let mut bodies = vec![];
+    for r in server.received_requests().await.unwrap() {
+        if r.url.path() != p {
+            continue;
+        }
+        assert_eq!(r.method.as_str(), "POST", "{p}");
+        if let Some((name, value)) = key {
+            let sent = r.headers.get(name).and_then(|v| v.to_str().ok());
+            assert_eq!(sent, Some(value), "{p}: {name}");
+        }
+        let body: Value = serde_json::from_slice(&r.body).unwrap();
+        if p == "/api/chat.update" {
+            assert_eq!(
+                (&body["channel"], &body["ts"]),
+                (&json!("C0DEPLOYS"), &json!(TS))
+            );
+        }
+        bodies.push(body);
+    }
+    bodies
 }
 
 async fn run(config: &Arc<Config>, store: &Store, job: &JobId) -> JobStatus {
