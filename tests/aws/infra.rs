@@ -546,3 +546,151 @@ fn the_aws_example_selects_nodes_the_deploy_role_may_reach() {
         assert_eq!(gate, secret("GitHubTokenSecret"));
     }
 }
+
+/// The AWS calls each function's code makes (through the library's adapters), as IAM
+/// actions. Lambda's own calls for an event source are not the code's: listed apart.
+fn calls(binary: &str) -> BTreeSet<&'static str> {
+    let ingress = ["sqs:SendMessage", "ssm:GetParameter"];
+    let calls: &[&str] = match binary {
+        "github-webhook" | "package-upload" => &ingress,
+        // status, history, rollback, lock, unlock and abort: the ledger and its locks.
+        "slash-command" => &[
+            "sqs:SendMessage",
+            "ssm:GetParameter",
+            "ssm:GetParameterHistory",
+            "ssm:GetParametersByPath",
+            "ssm:PutParameter",
+            "ssm:DeleteParameters",
+        ],
+        // Waits for the node's agent, reads what is live to sync it.
+        "node-joined" => &[
+            "sqs:SendMessage",
+            "ssm:GetParameter",
+            "ssm:GetParameterHistory",
+            "ssm:DescribeInstanceInformation",
+        ],
+        // Starts the execution and leaves the job's queue ticket.
+        "deploy-dispatch" => &["states:StartExecution", "ssm:PutParameter"],
+        "deploy-step" => &[
+            "ssm:GetParameter",
+            "ssm:GetParameterHistory",
+            "ssm:GetParametersByPath",
+            "ssm:PutParameter",
+            "ssm:DeleteParameters",
+            "ssm:DescribeInstanceInformation",
+            "ssm:SendCommand",
+            "ssm:ListCommands",
+            "ssm:ListCommandInvocations",
+            "ssm:GetCommandInvocation",
+            "states:DescribeExecution",
+        ],
+        other => panic!("no calls listed for {other}"),
+    };
+    calls.iter().copied().collect()
+}
+
+/// What Lambda itself calls with the function's role: the SQS event source's polling.
+fn event_source_calls(binary: &str) -> BTreeSet<&'static str> {
+    match binary {
+        // The three Lambda's guide names, and ChangeMessageVisibility, which AWS's own
+        // CDK grants a queue's consumer beside them.
+        "deploy-dispatch" => [
+            "sqs:ReceiveMessage",
+            "sqs:DeleteMessage",
+            "sqs:GetQueueAttributes",
+            "sqs:ChangeMessageVisibility",
+        ]
+        .into(),
+        _ => [].into(),
+    }
+}
+
+#[test]
+fn each_role_allows_every_call_its_function_makes_and_no_other() {
+    let t = template();
+    let fns = functions(&t);
+    let all = statements(&t);
+    for (_, role, binary) in &fns {
+        let allowed: BTreeSet<&str> = all
+            .iter()
+            .filter(|s| &s.role == role)
+            .flat_map(|s| s.actions.iter().map(String::as_str))
+            .filter(|a| !a.starts_with("logs:") && *a != "kms:Decrypt")
+            .collect();
+        let mut needed = calls(binary);
+        needed.extend(event_source_calls(binary));
+        let missing: Vec<_> = needed.difference(&allowed).collect();
+        assert!(missing.is_empty(), "{binary}'s role lacks {missing:?}");
+        let extra: Vec<_> = allowed.difference(&needed).collect();
+        assert!(
+            extra.is_empty(),
+            "{binary}'s role allows {extra:?}, which it never calls"
+        );
+    }
+}
+
+/// Every SDK operation the library calls, as its IAM action: an operation added to the
+/// code but to no function's calls above fails here.
+#[test]
+fn the_calls_above_are_every_aws_operation_the_code_makes() {
+    fn scan(dir: &std::path::Path, found: &mut BTreeSet<String>) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                scan(&path, found);
+                continue;
+            }
+            let text = std::fs::read_to_string(&path).unwrap();
+            // The SDK's fluent builders: `.send_command()`, `.get_parameter()`, …
+            for (i, _) in text.match_indices("()") {
+                let ident: String = text[..i]
+                    .chars()
+                    .rev()
+                    .take_while(|c| c.is_ascii_lowercase() || *c == '_')
+                    .collect::<Vec<_>>()
+                    .into_iter()
+                    .rev()
+                    .collect();
+                let verbs = [
+                    "get_",
+                    "put_",
+                    "list_",
+                    "describe_",
+                    "send_",
+                    "start_",
+                    "delete_",
+                ];
+                if text[..i].ends_with(&format!(".{ident}"))
+                    && verbs.iter().any(|v| ident.starts_with(v))
+                {
+                    found.insert(iam_action(&ident));
+                }
+            }
+        }
+    }
+    fn iam_action(op: &str) -> String {
+        let pascal: String = op
+            .split('_')
+            .map(|w| {
+                let mut c = w.chars();
+                c.next()
+                    .map(|f| f.to_ascii_uppercase().to_string() + c.as_str())
+                    .unwrap_or_default()
+            })
+            .collect();
+        match op {
+            // SendMessageBatch is authorized as SendMessage.
+            "send_message_batch" => "sqs:SendMessage".into(),
+            "start_execution" | "describe_execution" => format!("states:{pascal}"),
+            _ => format!("ssm:{pascal}"),
+        }
+    }
+    let mut found = BTreeSet::new();
+    scan(std::path::Path::new("src"), &mut found);
+    let listed: BTreeSet<String> = functions(&template())
+        .iter()
+        .flat_map(|(_, _, binary)| calls(binary))
+        .map(String::from)
+        .collect();
+    assert_eq!(found, listed);
+}
