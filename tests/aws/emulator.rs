@@ -242,3 +242,149 @@ async fn invocation_and_node_listings_bound_their_page_size() {
         assert_eq!(code(r), "ValidationException", "nodes MaxResults {bad}");
     }
 }
+
+/// The statuses of a command's invocations, one ListCommandInvocations read.
+async fn statuses(ssm: &aws_sdk_ssm::Client, id: &str) -> Vec<String> {
+    let out = ssm
+        .list_command_invocations()
+        .command_id(id)
+        .send()
+        .await
+        .unwrap();
+    let mut rows: Vec<_> = out
+        .command_invocations
+        .unwrap_or_default()
+        .into_iter()
+        .map(|i| {
+            (
+                i.instance_id.unwrap_or_default(),
+                i.status.unwrap().as_str().to_string(),
+            )
+        })
+        .collect();
+    rows.sort();
+    rows.into_iter().map(|(_, s)| s).collect()
+}
+
+fn sorted(mut v: Vec<String>) -> Vec<String> {
+    v.sort();
+    v
+}
+
+async fn command_id(
+    b: aws_sdk_ssm::operation::send_command::builders::SendCommandFluentBuilder,
+) -> String {
+    b.send()
+        .await
+        .unwrap()
+        .command
+        .and_then(|c| c.command_id)
+        .unwrap()
+}
+
+#[tokio::test]
+async fn max_concurrency_limits_how_many_invocations_run_at_once() {
+    let _turn = CONTROL.lock().await;
+    control(serde_json::json!({ "pending_reads": 1 })).await;
+    let ssm = ssm().await;
+    let ids = launch(3, &[("t", "concurrency")]).await;
+    let id = command_id(send(&ssm, &ids).max_concurrency("1")).await;
+    // One runs, two wait; each read of a running one is its last InProgress.
+    assert_eq!(
+        sorted(statuses(&ssm, &id).await),
+        ["InProgress", "Pending", "Pending"]
+    );
+    assert_eq!(
+        sorted(statuses(&ssm, &id).await),
+        ["InProgress", "Pending", "Success"]
+    );
+    assert_eq!(
+        sorted(statuses(&ssm, &id).await),
+        ["InProgress", "Success", "Success"]
+    );
+    assert_eq!(statuses(&ssm, &id).await, ["Success"; 3]);
+    let percent = command_id(send(&ssm, &ids).max_concurrency("67%")).await;
+    assert_eq!(
+        sorted(statuses(&ssm, &percent).await),
+        ["InProgress", "InProgress", "Pending"]
+    );
+    control(serde_json::json!({})).await;
+}
+
+#[tokio::test]
+async fn past_max_errors_the_targets_not_yet_sent_to_are_cancelled() {
+    let _turn = CONTROL.lock().await;
+    let ssm = ssm().await;
+    let ids = launch(3, &[("t", "max-errors")]).await;
+    control(serde_json::json!({ "pending_reads": 0, "rules": [
+        { "instance": ids[0], "status": "Failed", "exit_code": 2 }
+    ]}))
+    .await;
+    // In order of instance id: the first fails, so with MaxErrors 0 nothing more is sent.
+    let one_at_a_time = |errors: &str| send(&ssm, &ids).max_concurrency("1").max_errors(errors);
+    let id = command_id(one_at_a_time("0")).await;
+    let all = sorted(statuses(&ssm, &id).await);
+    assert_eq!(all.iter().filter(|s| *s == "Failed").count(), 1, "{all:?}");
+    assert_eq!(
+        all.iter().filter(|s| *s == "Cancelled").count(),
+        2,
+        "{all:?}"
+    );
+    // With one error allowed, every target runs.
+    let id = command_id(one_at_a_time("1")).await;
+    let all = sorted(statuses(&ssm, &id).await);
+    assert_eq!(all, ["Failed", "Success", "Success"]);
+    control(serde_json::json!({})).await;
+}
+
+#[tokio::test]
+async fn an_invocation_runs_for_its_seconds_and_is_not_visible_at_once() {
+    let _turn = CONTROL.lock().await;
+    control(serde_json::json!({ "pending_reads": 0, "seconds": 0.3, "invisible_reads": 1 })).await;
+    let ssm = ssm().await;
+    let ids = launch(1, &[("t", "seconds")]).await;
+    let id = command_id(send(&ssm, &ids)).await;
+    let get = || {
+        ssm.get_command_invocation()
+            .command_id(&id)
+            .instance_id(&ids[0])
+            .send()
+    };
+    let first = get().await;
+    assert!(
+        first
+            .as_ref()
+            .err()
+            .and_then(|e| e.as_service_error())
+            .is_some_and(|e| e.is_invocation_does_not_exist()),
+        "{first:?}"
+    );
+    let status = |r: aws_sdk_ssm::operation::get_command_invocation::GetCommandInvocationOutput| {
+        r.status.unwrap().as_str().to_string()
+    };
+    assert_eq!(status(get().await.unwrap()), "InProgress");
+    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    assert_eq!(status(get().await.unwrap()), "Success");
+    control(serde_json::json!({})).await;
+}
+
+#[tokio::test]
+async fn output_is_cut_at_24000_characters() {
+    let _turn = CONTROL.lock().await;
+    let ssm = ssm().await;
+    let ids = launch(1, &[("t", "output")]).await;
+    control(serde_json::json!({ "pending_reads": 0, "rules": [
+        { "instance": ids[0], "status": "Success", "stdout": "y".repeat(30_000) }
+    ]}))
+    .await;
+    let id = command_id(send(&ssm, &ids)).await;
+    let inv = ssm
+        .get_command_invocation()
+        .command_id(&id)
+        .instance_id(&ids[0])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(inv.standard_output_content.unwrap().len(), 24_000);
+    control(serde_json::json!({})).await;
+}

@@ -8,9 +8,17 @@ Added to moto 5.2.5, following the AWS API reference for each shape:
   filtered by `tag:KEY`, `PingStatus` and `InstanceIds`, paged by MaxResults/NextToken.
 - ListCommandInvocations: per-instance status of a command, with CommandPlugins
   (ResponseCode, Output) when Details is true, paged the same way.
-- Invocations that take time and fail: an invocation is first reported `InProgress`
-  (`pending_reads` reads, default 1), then its outcome. Outcomes come from rules posted
-  to `POST /_shipit/ssm`; without a rule a command succeeds with exit code 0.
+- Invocations that take time and fail: a command starts its targets in the order given,
+  at most `MaxConcurrency` (count or percentage) at once; the others are `Pending`. A
+  started one is `InProgress` for its `seconds` and its first `pending_reads` reads
+  (default 1), then ends with its outcome. Once more than `MaxErrors` have failed, the
+  targets not yet started end `Cancelled` (those running finish). Outcomes come from
+  rules posted to `POST /_shipit/ssm`; without a rule a command succeeds with exit code 0.
+- Eventual consistency: with `invisible_reads`, a new invocation is missing from
+  ListCommandInvocations and `InvocationDoesNotExist` in GetCommandInvocation for that
+  many reads. GetCommandInvocation shows the first 24,000 characters of each stream.
+- `GET /_shipit/in_flight?TEXT`: the most invocations that ran at once, of the commands
+  whose comment contains TEXT (a test's count of its own deploy's concurrency).
 - `SendCommand` with only InstanceIds targeted every instance in the region; it now
   targets the instances named (Targets still resolve tags as before).
 - ThrottlingException on demand, for the first N calls of an operation.
@@ -37,9 +45,11 @@ Added to moto 5.2.5, following the AWS API reference for each shape:
 `POST /_shipit/ssm` takes, and replaces the previous:
   {"rules": [{"instance": "i-…" (optional), "contains": "text in the script" (optional),
               "status": "Failed" | "TimedOut" | "Success", "exit_code": 1,
-              "stdout": "…", "stderr": "…", "pending_reads": 2}],
+              "stdout": "…", "stderr": "…", "pending_reads": 2, "seconds": 0.5}],
    "offline": ["i-…"],                     # PingStatus ConnectionLost
    "pending_reads": 1,                     # default for invocations without a rule
+   "seconds": 0,                           # likewise
+   "invisible_reads": 0,                   # eventual consistency, for every invocation
    "throttle": {"SendCommand": 2}}         # the next 2 SendCommand calls are throttled
 The first rule whose instance and text match decides an invocation's outcome.
 """
@@ -48,6 +58,7 @@ import datetime
 import json
 import os
 import re
+import time
 import signal
 import sys
 import threading
@@ -63,7 +74,9 @@ from moto.ssm.responses import SimpleSystemManagerResponse
 from werkzeug.serving import run_simple
 
 LOCK = threading.Lock()
-CONTROL = {"rules": [], "offline": [], "pending_reads": 1, "throttle": {}}
+DEFAULTS = {"rules": [], "offline": [], "pending_reads": 1, "seconds": 0, "invisible_reads": 0,
+            "throttle": {}}
+CONTROL = dict(DEFAULTS)
 
 
 class Throttled(ServiceException):
@@ -122,7 +135,11 @@ def targets_only_if_given(self):
 
 
 def command_init(self, *args, **kwargs):
+    asked = list(kwargs.get("instance_ids") or [])
     original_init(self, *args, **kwargs)
+    # moto keeps the ids in a set's order; targets are run in the order they were given.
+    order = {instance: i for i, instance in enumerate(asked)}
+    self.invocations.sort(key=lambda inv: order.get(inv["InstanceId"], len(order)))
     script = "\n".join(self.parameters.get("commands", []))
     with LOCK:
         for inv in self.invocations:
@@ -133,21 +150,72 @@ def command_init(self, *args, **kwargs):
             inv["StandardOutputContent"] = rule.get("stdout", "")
             inv["StandardErrorContent"] = rule.get("stderr", "")
             inv["_pending"] = rule.get("pending_reads", CONTROL["pending_reads"])
+            inv["_seconds"] = rule.get("seconds", CONTROL["seconds"])
+            inv["_invisible"] = CONTROL["invisible_reads"]
+            inv["_started"] = None
+            inv["_done"] = False
             if inv["InstanceId"] in CONTROL["offline"]:
                 # The agent never picks it up: SSM gives up after the delivery timeout.
                 inv.update(Status="TimedOut", StatusDetails="DeliveryTimedOut", ResponseCode=-1,
                            StandardOutputContent="", StandardErrorContent="")
+        advance(self)
 
 
-def read(inv):
-    """The invocation as a caller sees it now: still running for its first reads."""
+def share(value, targets, floor):
+    """A MaxConcurrency or MaxErrors value: a count, or a percentage of the targets."""
+    if value.endswith("%"):
+        return max(floor, int(value[:-1]) * targets // 100)
+    return int(value)
+
+
+def advance(command):
+    """Starts invocations in order while fewer than MaxConcurrency run; once more than
+    MaxErrors have failed, the rest are not sent (they end Cancelled). Holds LOCK."""
+    invs = command.invocations
+    limit = share(command.max_concurrency or "50", len(invs), 1)
+    threshold = share(command.max_errors or "0", len(invs), 0)
+    failed = sum(1 for i in invs if i["_done"] and i["Status"] != "Success")
+    running = sum(1 for i in invs if i["_started"] is not None and not i["_done"])
+    for inv in invs:
+        if inv["_started"] is not None or inv["_done"]:
+            continue
+        if failed > threshold:
+            inv.update(_done=True, Status="Cancelled", StatusDetails="Cancelled", ResponseCode=-1,
+                       StandardOutputContent="", StandardErrorContent="")
+        elif running < limit:
+            inv["_started"] = time.monotonic()
+            running += 1
+
+
+def read(inv, command):
+    """The invocation as a caller sees it now: Pending until MaxConcurrency lets it start,
+    then InProgress for its seconds and its first reads, then its outcome."""
     with LOCK:
-        pending = inv.get("_pending", 0)
-        if pending > 0:
-            inv["_pending"] = pending - 1
-            return dict(inv, Status="InProgress", StatusDetails="InProgress",
-                        ResponseCode=-1, StandardOutputContent="", StandardErrorContent="")
-    return inv
+        advance(command)
+        if not inv["_done"]:
+            if inv["_started"] is None:
+                return dict(inv, Status="Pending", StatusDetails="Pending", ResponseCode=-1,
+                            StandardOutputContent="", StandardErrorContent="")
+            if time.monotonic() < inv["_started"] + inv["_seconds"] or inv["_pending"] > 0:
+                inv["_pending"] = max(0, inv["_pending"] - 1)
+                return dict(inv, Status="InProgress", StatusDetails="InProgress",
+                            ResponseCode=-1, StandardOutputContent="", StandardErrorContent="")
+            inv.update(_done=True, _ended=time.monotonic())
+            advance(command)
+        return inv
+
+
+def invisible(inv):
+    """SSM shows a new invocation only after a moment (eventual consistency)."""
+    with LOCK:
+        if inv.get("_invisible", 0) > 0:
+            inv["_invisible"] -= 1
+            return True
+        return False
+
+
+class InvocationDoesNotExist(ServiceException):
+    code = "InvocationDoesNotExist"
 
 
 ssm_models.Command._get_instance_ids_from_targets = targets_only_if_given
@@ -156,8 +224,15 @@ original_get_invocation = ssm_models.Command.get_invocation
 
 
 def get_invocation(self, instance_id, plugin_name):
-    found = read(original_get_invocation(self, instance_id, plugin_name))
-    return {k: v for k, v in found.items() if not k.startswith("_")}
+    stored = original_get_invocation(self, instance_id, plugin_name)
+    if invisible(stored):
+        raise InvocationDoesNotExist("")
+    found = read(stored, self)
+    shown = {k: v for k, v in found.items() if not k.startswith("_")}
+    # GetCommandInvocation shows the first 24,000 characters of each stream.
+    for stream in ("StandardOutputContent", "StandardErrorContent"):
+        shown[stream] = shown.get(stream, "")[:24000]
+    return shown
 
 
 ssm_models.Command.get_invocation = get_invocation
@@ -303,7 +378,9 @@ def list_command_invocations(self):
         for stored in command.invocations:
             if instance_id and stored["InstanceId"] != instance_id:
                 continue
-            inv = read(stored)
+            if invisible(stored):
+                continue
+            inv = read(stored, command)
             row = {
                 "CommandId": command.command_id, "InstanceId": inv["InstanceId"],
                 "Comment": command.comment, "DocumentName": command.document_name,
@@ -386,16 +463,43 @@ LambdaSimpleBackend.invoke = invoke
 
 # --- The control endpoint ---------------------------------------------------------------
 
+def most_in_flight(comment):
+    """The most invocations that ran at once, of the commands whose comment has `comment`."""
+    moments = []
+    with LOCK:
+        for regions in ssm_models.ssm_backends.values():
+            for backend in regions.values():
+                for command in backend._commands:
+                    if comment not in (command.comment or ""):
+                        continue
+                    for inv in command.invocations:
+                        if inv.get("_started") is not None:
+                            moments.append((inv["_started"], 1))
+                            moments.append((inv.get("_ended", float("inf")), -1))
+    most = running = 0
+    # At a tie an end comes before a start: a slot freed and taken at once is one.
+    for _, step in sorted(moments, key=lambda m: (m[0], m[1])):
+        running += step
+        most = max(most, running)
+    return most
+
+
 def with_control(app):
     def wsgi(environ, start_response):
         if environ.get("PATH_INFO") == "/_shipit/ssm" and environ["REQUEST_METHOD"] == "POST":
             size = int(environ.get("CONTENT_LENGTH") or 0)
             posted = json.loads(environ["wsgi.input"].read(size) or b"{}")
             with LOCK:
-                CONTROL.update({"rules": [], "offline": [], "pending_reads": 1, "throttle": {}})
+                CONTROL.clear()
+                CONTROL.update(DEFAULTS)
                 CONTROL.update(posted)
             start_response("200 OK", [("Content-Type", "application/json")])
             return [b"{}"]
+        if environ.get("PATH_INFO") == "/_shipit/in_flight" and environ["REQUEST_METHOD"] == "GET":
+            comment = environ.get("QUERY_STRING", "")
+            seen = {"most": most_in_flight(comment)}
+            start_response("200 OK", [("Content-Type", "application/json")])
+            return [json.dumps(seen).encode()]
         return app(environ, start_response)
     return wsgi
 
