@@ -219,6 +219,16 @@ impl Rig {
         panic!("deploy did not finish: {state:?}");
     }
 
+    /// Steps `job` to its end one action a step, without the waits between them.
+    async fn deploy_now(&self, job: DeployJob) -> StepState {
+        let stepper = self.stepper(Duration::ZERO);
+        let mut state = StepState::start(job);
+        while !state.done {
+            state = stepper.step(state).await.expect("step");
+        }
+        state
+    }
+
     /// The SSM commands of `job`, oldest first: (comment, instance ids, script).
     async fn commands(&self, job: &DeployJob) -> Vec<(String, Vec<String>, String)> {
         // Every page: the emulator, like SSM, answers at most 50 commands a call.
@@ -525,6 +535,39 @@ async fn a_fleet_of_120_deploys_in_batches_of_50_and_rolls_back_a_failure_in_the
     );
     let live = rig.ledger.history("hello", "production", 1).await.unwrap();
     assert_eq!(live[0].job.id, first.id);
+    control(json!({})).await;
+}
+
+/// The most invocations of commands whose comment has `text` that ran at once.
+async fn most_in_flight(text: &str) -> u64 {
+    let seen: Value = reqwest::get(format!("{}/_shipit/in_flight?{text}", endpoint()))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    seen["most"].as_u64().unwrap()
+}
+
+/// install_concurrency holds across the three SendCommands of 120 nodes, as the emulator
+/// runs them (each command's MaxConcurrency, installs that take time).
+#[tokio::test]
+async fn the_install_cap_holds_across_the_commands_of_a_big_fleet() {
+    let _turn = CONTROL.lock().await;
+    control(json!({ "pending_reads": 0, "seconds": 0.02 })).await;
+    let mut rig = Rig::new(120).await;
+    rig.config = Arc::new(config_with(&rig.fleet, "install_concurrency = 2"));
+    let job = rig.job("1.0.0");
+    let end = rig.deploy_now(job.clone()).await;
+    assert_eq!(end.status, Some(JobStatus::Succeeded), "{end:?}");
+    let installs = rig
+        .log(&job)
+        .await
+        .into_iter()
+        .filter(|l| l.starts_with("install "))
+        .count();
+    assert_eq!(installs, 3, "three commands of at most 50");
+    assert_eq!(most_in_flight(&format!("{}:install", job.id)).await, 2);
     control(json!({})).await;
 }
 
