@@ -351,3 +351,32 @@ async fn sync_brings_a_new_node_and_a_drifted_one_to_the_live_version_and_no_oth
     let (code, out) = ex.shipit(&["sync", "hello", "--check"]);
     assert_eq!(code, 0, "{out}");
 }
+
+/// install_concurrency holds on local nodes too: each install marks itself in flight
+/// for a moment and notes how many were.
+#[tokio::test]
+async fn at_most_install_concurrency_nodes_install_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("inflight")).unwrap();
+    let (config, store) = crate::helpers::LocalApp {
+        nodes: vec!["n1", "n2", "n3", "n4", "n5", "n6"],
+        install: "touch ../inflight/{node}; ls ../inflight | wc -l >> ../seen; sleep 0.3; rm ../inflight/{node}",
+        tables: "[apps.hello.rollout]\ninstall_concurrency = 2\n".into(),
+        ..Default::default()
+    }
+    .open(dir.path());
+    let job = shipit::cli::deploy(&config, &store, "hello", "1.0.0", None, false)
+        .await
+        .unwrap();
+    let status = shipit::cli::wait(config, &store, &job.id, |_| {})
+        .await
+        .unwrap();
+    assert_eq!(status, JobStatus::Succeeded);
+    let seen = std::fs::read_to_string(dir.path().join("seen")).unwrap();
+    let counts: Vec<u32> = seen
+        .split_whitespace()
+        .map(|n| n.parse().unwrap())
+        .collect();
+    assert_eq!(counts.len(), 6, "{seen}");
+    assert_eq!(counts.iter().max(), Some(&2), "{seen}");
+}
