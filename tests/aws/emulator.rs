@@ -93,7 +93,8 @@ async fn an_offline_node_times_out_undelivered_instead_of_succeeding() {
     let _turn = CONTROL.lock().await;
     let ssm = ssm().await;
     let ids = launch(2, &[("t", "offline")]).await;
-    control(serde_json::json!({ "offline": [ids[0]], "pending_reads": 0 })).await;
+    control(serde_json::json!({ "offline": [ids[0]], "pending_reads": 0, "invisible_reads": 0 }))
+        .await;
     let id = send(&ssm, &ids)
         .send()
         .await
@@ -285,7 +286,7 @@ async fn command_id(
 #[tokio::test]
 async fn max_concurrency_limits_how_many_invocations_run_at_once() {
     let _turn = CONTROL.lock().await;
-    control(serde_json::json!({ "pending_reads": 1 })).await;
+    control(serde_json::json!({ "pending_reads": 1, "invisible_reads": 0 })).await;
     let ssm = ssm().await;
     let ids = launch(3, &[("t", "concurrency")]).await;
     let id = command_id(send(&ssm, &ids).max_concurrency("1")).await;
@@ -316,9 +317,11 @@ async fn past_max_errors_the_targets_not_yet_sent_to_are_cancelled() {
     let _turn = CONTROL.lock().await;
     let ssm = ssm().await;
     let ids = launch(3, &[("t", "max-errors")]).await;
-    control(serde_json::json!({ "pending_reads": 0, "rules": [
-        { "instance": ids[0], "status": "Failed", "exit_code": 2 }
-    ]}))
+    control(
+        serde_json::json!({ "pending_reads": 0, "invisible_reads": 0, "rules": [
+            { "instance": ids[0], "status": "Failed", "exit_code": 2 }
+        ]}),
+    )
     .await;
     // In order of instance id: the first fails, so with MaxErrors 0 nothing more is sent.
     let one_at_a_time = |errors: &str| send(&ssm, &ids).max_concurrency("1").max_errors(errors);
@@ -373,9 +376,11 @@ async fn output_is_cut_at_24000_characters() {
     let _turn = CONTROL.lock().await;
     let ssm = ssm().await;
     let ids = launch(1, &[("t", "output")]).await;
-    control(serde_json::json!({ "pending_reads": 0, "rules": [
-        { "instance": ids[0], "status": "Success", "stdout": "y".repeat(30_000) }
-    ]}))
+    control(
+        serde_json::json!({ "pending_reads": 0, "invisible_reads": 0, "rules": [
+            { "instance": ids[0], "status": "Success", "stdout": "y".repeat(30_000) }
+        ]}),
+    )
     .await;
     let id = command_id(send(&ssm, &ids)).await;
     let inv = ssm

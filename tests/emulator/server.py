@@ -14,9 +14,9 @@ Added to moto 5.2.5, following the AWS API reference for each shape:
   (default 1), then ends with its outcome. Once more than `MaxErrors` have failed, the
   targets not yet started end `Cancelled` (those running finish). Outcomes come from
   rules posted to `POST /_shipit/ssm`; without a rule a command succeeds with exit code 0.
-- Eventual consistency: with `invisible_reads`, a new invocation is missing from
-  ListCommandInvocations and `InvocationDoesNotExist` in GetCommandInvocation for that
-  many reads. GetCommandInvocation shows the first 24,000 characters of each stream.
+- Eventual consistency: a new invocation is missing from ListCommandInvocations and
+  `InvocationDoesNotExist` in GetCommandInvocation for its first `invisible_reads` reads
+  (default 1: every AWS test meets it). GetCommandInvocation shows the first 24,000 characters of each stream.
 - `GET /_shipit/in_flight?TEXT`: the most invocations that ran at once, of the commands
   whose comment contains TEXT (a test's count of its own deploy's concurrency).
 - `SendCommand` with only InstanceIds targeted every instance in the region; it now
@@ -49,7 +49,7 @@ Added to moto 5.2.5, following the AWS API reference for each shape:
    "offline": ["i-…"],                     # PingStatus ConnectionLost
    "pending_reads": 1,                     # default for invocations without a rule
    "seconds": 0,                           # likewise
-   "invisible_reads": 0,                   # eventual consistency, for every invocation
+   "invisible_reads": 1,                   # eventual consistency, for every invocation
    "throttle": {"SendCommand": 2}}         # the next 2 SendCommand calls are throttled
 The first rule whose instance and text match decides an invocation's outcome.
 """
@@ -74,7 +74,7 @@ from moto.ssm.responses import SimpleSystemManagerResponse
 from werkzeug.serving import run_simple
 
 LOCK = threading.Lock()
-DEFAULTS = {"rules": [], "offline": [], "pending_reads": 1, "seconds": 0, "invisible_reads": 0,
+DEFAULTS = {"rules": [], "offline": [], "pending_reads": 1, "seconds": 0, "invisible_reads": 1,
             "throttle": {}}
 CONTROL = dict(DEFAULTS)
 
