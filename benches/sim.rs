@@ -48,10 +48,21 @@ struct SentCommand {
     script: String,
     nodes: Vec<String>,
     at: Instant,
+    /// MaxConcurrency as a count (a percentage taken of the targets).
+    concurrency: usize,
 }
 
-/// Run Command in virtual time: a command's invocation on a node ends `duration` after it
-/// was sent; the health check of `failing` on the new version (2.0.0) fails.
+/// MaxConcurrency: a count, or a percentage of `targets` (at least 1).
+fn concurrency(value: &str, targets: usize) -> usize {
+    match value.strip_suffix('%') {
+        Some(p) => (p.parse::<usize>().unwrap() * targets / 100).max(1),
+        None => value.parse().unwrap(),
+    }
+}
+
+/// Run Command in virtual time, with its limits: at most 50 targets a command, which start
+/// in order at most `MaxConcurrency` at once; an invocation ends `duration` after it
+/// started; the health check of `failing` on the new version (2.0.0) fails.
 struct Model {
     install: BTreeMap<String, Duration>,
     failing: Option<String>,
@@ -107,12 +118,22 @@ impl RunCommand for Model {
 
     async fn send(&self, req: &SendRequest) -> Result<String, PortError> {
         self.call(1).await;
+        // What SendCommand refuses (ValidationException).
+        if req.nodes.len() > 50 || req.comment.chars().count() > 100 {
+            return Err(format!(
+                "ValidationException: {} ids, comment {:?}",
+                req.nodes.len(),
+                req.comment
+            )
+            .into());
+        }
         let mut cmds = self.commands.lock().unwrap();
         cmds.push(SentCommand {
             comment: req.comment.clone(),
             script: req.script.clone(),
             nodes: req.nodes.clone(),
             at: Instant::now(),
+            concurrency: concurrency(&req.max_concurrency, req.nodes.len()),
         });
         Ok((cmds.len() - 1).to_string())
     }
@@ -138,13 +159,27 @@ impl RunCommand for Model {
         self.call(pages as u64).await;
         let cmds = self.commands.lock().unwrap();
         let c = &cmds[id];
-        Ok(c.nodes
+        // The node's command is the script's last line, after the lock-fence preamble.
+        let command = c.script.lines().last().unwrap_or("");
+        let kind = command.split_whitespace().next().unwrap_or("");
+        // Targets start in order as MaxConcurrency lets them: each takes the first free slot.
+        let mut slots = vec![c.at; c.concurrency.min(c.nodes.len()).max(1)];
+        let ends: Vec<Instant> = c
+            .nodes
             .iter()
             .map(|n| {
-                let kind = c.script.split_whitespace().next().unwrap_or("");
-                let status = if c.at.elapsed() < self.duration(kind, n) {
+                let slot = slots.iter_mut().min().unwrap();
+                *slot += self.duration(kind, n);
+                *slot
+            })
+            .collect();
+        Ok(c.nodes
+            .iter()
+            .zip(ends)
+            .map(|(n, end)| {
+                let status = if Instant::now() < end {
                     Status::Running
-                } else if c.script == "health 2.0.0" && Some(n) == self.failing.as_ref() {
+                } else if command == "health 2.0.0" && Some(n) == self.failing.as_ref() {
                     Status::Failed
                 } else {
                     Status::Succeeded
