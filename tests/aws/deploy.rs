@@ -604,7 +604,9 @@ async fn throttling_is_retried_and_unreachable_nodes_are_left_out() {
     let rig = Rig::new(3).await;
     control(json!({
         "offline": [rig.nodes[2]],
-        "throttle": { "SendCommand": 2, "DescribeInstanceInformation": 1, "ListCommandInvocations": 2 }
+        "throttle": { "SendCommand": 2, "DescribeInstanceInformation": 1, "ListCommandInvocations": 2 },
+        // And metered, as AWS meters each API: the polls outrun this bucket.
+        "rates": { "ListCommandInvocations": { "per_second": 10, "burst": 3 } }
     }))
     .await;
     let job = rig.job("1.0.0");

@@ -393,3 +393,24 @@ async fn output_is_cut_at_24000_characters() {
     assert_eq!(inv.standard_output_content.unwrap().len(), 24_000);
     control(serde_json::json!({})).await;
 }
+
+#[tokio::test]
+async fn a_rate_rule_throttles_calls_past_its_bucket_until_tokens_come_back() {
+    let _turn = CONTROL.lock().await;
+    control(serde_json::json!({
+        "rates": { "DescribeInstanceInformation": { "per_second": 5, "burst": 2 } }
+    }))
+    .await;
+    // Without the SDK's retries, to see each answer.
+    let conf = aws_sdk_ssm::config::Builder::from(&sdk().await)
+        .retry_config(aws_config::retry::RetryConfig::disabled())
+        .build();
+    let ssm = aws_sdk_ssm::Client::from_conf(conf);
+    let call = || ssm.describe_instance_information().send();
+    call().await.expect("a token");
+    call().await.expect("the burst's second");
+    assert_eq!(code(call().await), "ThrottlingException");
+    tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    call().await.expect("a token came back");
+    control(serde_json::json!({})).await;
+}

@@ -21,7 +21,8 @@ Added to moto 5.2.5, following the AWS API reference for each shape:
   whose comment contains TEXT (a test's count of its own deploy's concurrency).
 - `SendCommand` with only InstanceIds targeted every instance in the region; it now
   targets the instances named (Targets still resolve tags as before).
-- ThrottlingException on demand, for the first N calls of an operation.
+- ThrottlingException on demand, for the first N calls of an operation, or by rate: a
+  token bucket per operation (`per_second`, `burst`), as AWS meters each API.
 - What AWS refuses, each rule from the SSM API reference (tests/aws/emulator.rs tests
   each one on its own):
   SendCommand: at most 50 InstanceIds and a Comment of at most 100 characters
@@ -50,7 +51,8 @@ Added to moto 5.2.5, following the AWS API reference for each shape:
    "pending_reads": 1,                     # default for invocations without a rule
    "seconds": 0,                           # likewise
    "invisible_reads": 1,                   # eventual consistency, for every invocation
-   "throttle": {"SendCommand": 2}}         # the next 2 SendCommand calls are throttled
+   "throttle": {"SendCommand": 2},         # the next 2 SendCommand calls are throttled
+   "rates": {"SendCommand": {"per_second": 5, "burst": 10}}}
 The first rule whose instance and text match decides an invocation's outcome.
 """
 
@@ -75,7 +77,7 @@ from werkzeug.serving import run_simple
 
 LOCK = threading.Lock()
 DEFAULTS = {"rules": [], "offline": [], "pending_reads": 1, "seconds": 0, "invisible_reads": 1,
-            "throttle": {}}
+            "throttle": {}, "rates": {}}
 CONTROL = dict(DEFAULTS)
 
 
@@ -84,12 +86,26 @@ class Throttled(ServiceException):
     message = "Rate exceeded"
 
 
+BUCKETS = {}
+
+
 def maybe_throttle(operation):
     with LOCK:
         left = CONTROL["throttle"].get(operation, 0)
         if left > 0:
             CONTROL["throttle"][operation] = left - 1
             raise Throttled()
+        rate = CONTROL["rates"].get(operation)
+        if rate:
+            # A token bucket per operation, as AWS meters each API: `per_second` tokens
+            # a second, up to `burst` saved; a call without a token is throttled.
+            now = time.monotonic()
+            tokens, then = BUCKETS.get(operation, (rate["burst"], now))
+            tokens = min(rate["burst"], tokens + (now - then) * rate["per_second"])
+            if tokens < 1:
+                BUCKETS[operation] = (tokens, now)
+                raise Throttled()
+            BUCKETS[operation] = (tokens - 1, now)
 
 
 class Invalid(ServiceException):
@@ -493,6 +509,7 @@ def with_control(app):
                 CONTROL.clear()
                 CONTROL.update(DEFAULTS)
                 CONTROL.update(posted)
+                BUCKETS.clear()
             start_response("200 OK", [("Content-Type", "application/json")])
             return [b"{}"]
         if environ.get("PATH_INFO") == "/_shipit/in_flight" and environ["REQUEST_METHOD"] == "GET":
