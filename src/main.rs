@@ -3,7 +3,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use anyhow::{anyhow, Context};
+use anyhow::{anyhow, bail};
 use chrono::Utc;
 use clap::{Parser, Subcommand};
 use serde_json::Value;
@@ -156,14 +156,24 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Ingest { events, json } => {
             let config = load(&cli.config)?;
             let (ingress, _store) = local::ingress(config).await?;
+            // One bad file is reported and the others still go through.
+            let mut failed = 0;
             for path in events {
-                let text = std::fs::read_to_string(&path)
-                    .with_context(|| format!("reading {}", path.display()))?;
-                let event = serde_json::from_str(&text)
-                    .with_context(|| format!("{} is not JSON", path.display()))?;
-                let out = shipit::run::lambda::handle_any(&ingress, event, Utc::now())
-                    .await
-                    .map_err(|e| anyhow!("{}: {e}", path.display()))?;
+                let event = std::fs::read_to_string(&path)
+                    .map_err(|e| format!("reading it: {e}"))
+                    .and_then(|t| serde_json::from_str(&t).map_err(|e| format!("not JSON: {e}")));
+                let out = match event {
+                    Ok(event) => shipit::run::lambda::handle_any(&ingress, event, Utc::now()).await,
+                    Err(e) => Err(e),
+                };
+                let out = match out {
+                    Ok(out) => out,
+                    Err(e) => {
+                        eprintln!("{}: {e}", path.display());
+                        failed += 1;
+                        continue;
+                    }
+                };
                 if json {
                     println!(
                         "{}: {}",
@@ -175,6 +185,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         println!("{}: {line}", path.display());
                     }
                 }
+            }
+            if failed > 0 {
+                bail!("{failed} event file(s) could not be ingested");
             }
         }
         Command::Jobs { json } => {
@@ -309,7 +322,8 @@ async fn follow(
     })
 }
 
-/// One line per job or refusal in an ingest result (API Gateway reply or upload outcomes).
+/// One line per job or refusal in an ingest result (API Gateway reply, upload outcomes, or
+/// why the event is not for ingress).
 fn summarize(out: &Value) -> Vec<String> {
     let job = |j: &Value| {
         format!(
@@ -336,7 +350,11 @@ fn summarize(out: &Value) -> Vec<String> {
             .iter()
             .flat_map(|o| results(String::new(), o))
             .collect(),
-        reply => results(format!("{} ", reply["statusCode"]), &reply["body"]),
+        reply if reply.get("statusCode").is_some() => {
+            results(format!("{} ", reply["statusCode"]), &reply["body"])
+        }
+        // Not for ingress: why.
+        other => results(String::new(), other),
     }
 }
 

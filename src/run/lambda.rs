@@ -76,12 +76,40 @@ pub async fn handle_package_event(
     }
 }
 
-/// Any sample event from `events/`, routed as AWS would route it.
+/// The function AWS delivers an event of this shape to, when it is not one of the
+/// ingress functions (API Gateway, S3, CodeArtifact).
+pub fn other_function(event: &Value) -> Option<&'static str> {
+    let records = event.get("Records").and_then(Value::as_array);
+    let source = records
+        .and_then(|r| r.first())
+        .and_then(|r| r.get("eventSource"))
+        .and_then(Value::as_str);
+    if source == Some("aws:sqs") {
+        Some("deploy-dispatch")
+    } else if event.get("detail-type").and_then(Value::as_str)
+        == Some("EC2 Instance State-change Notification")
+    {
+        Some("node-joined")
+    } else if event.get("job").is_some() {
+        Some("deploy-step")
+    } else {
+        None
+    }
+}
+
+/// Any sample event from `events/`, routed as AWS would route it. An event for a function
+/// that is not ingress is answered `ignored`, naming that function.
 pub async fn handle_any(
     ingress: &Ingress,
     event: Value,
     now: DateTime<Utc>,
 ) -> Result<Value, String> {
+    if let Some(function) = other_function(&event) {
+        return Ok(json!({
+            "status": "ignored",
+            "reason": format!("not an ingress event: it is {function}'s (`cargo lambda invoke {function}`)")
+        }));
+    }
     if event.get("requestContext").is_some() {
         let req: ApiGatewayV2httpRequest = serde_json::from_value(event)
             .map_err(|e| format!("malformed API Gateway event: {e}"))?;

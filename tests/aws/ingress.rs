@@ -563,6 +563,25 @@ async fn every_sample_event_is_answered_as_documented() {
             .unwrap();
         assert_eq!(out[0]["status"], "queued", "{file}: {out}");
     }
+    // The other functions' samples are named, not misread as an upload.
+    for (file, function) in [
+        ("deploy-dispatch-sqs.json", "deploy-dispatch"),
+        ("ec2-instance-running.json", "node-joined"),
+        ("deploy-step-start.json", "deploy-step"),
+    ] {
+        let event =
+            serde_json::from_str(&std::fs::read_to_string(format!("events/{file}")).unwrap())
+                .unwrap();
+        let out = shipit::run::lambda::handle_any(&ingress, event, Utc::now())
+            .await
+            .unwrap();
+        assert_eq!(out["status"], "ignored", "{file}: {out}");
+        let reason = out["reason"].as_str().unwrap();
+        assert!(
+            reason.contains(&format!("it is {function}'s")),
+            "{file}: {reason}"
+        );
+    }
     let queued: Vec<String> = ports
         .jobs(None)
         .await

@@ -457,3 +457,55 @@ async fn read_endpoints_hide_reply_addresses_and_ask_for_the_token() {
     stop.send(()).unwrap();
     server.await.unwrap().unwrap();
 }
+
+/// `shipit ingest events/*.json`, as the README has it: every sample is answered, those of
+/// other functions are named, and one bad file does not stop the rest.
+#[test]
+fn ingest_replays_every_sample_and_names_the_other_functions_events() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("shipit.toml");
+    let example = std::fs::read_to_string("examples/local/shipit.toml").unwrap();
+    std::fs::write(&config, example).unwrap();
+    let broken = dir.path().join("broken.json");
+    std::fs::write(&broken, "{not json").unwrap();
+    let mut files: Vec<String> = std::fs::read_dir("events")
+        .unwrap()
+        .map(|e| e.unwrap().path().display().to_string())
+        .filter(|p| p.ends_with(".json"))
+        .collect();
+    files.sort();
+    let config = config.display().to_string();
+    let mut args = vec![
+        "ingest",
+        "--config",
+        config.as_str(),
+        broken.to_str().unwrap(),
+    ];
+    args.extend(files.iter().map(String::as_str));
+    let out = Command::new(env!("CARGO_BIN_EXE_shipit"))
+        .args(&args)
+        .env("SHIPIT_GITHUB_SECRET", crate::helpers::GITHUB_SECRET)
+        .env("SHIPIT_SLACK_SIGNING_SECRET", crate::helpers::SLACK_SECRET)
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "the broken file fails the run: {stderr}"
+    );
+    assert!(stderr.contains("broken.json: not JSON"), "{stderr}");
+    for file in &files {
+        assert!(
+            stdout.contains(&format!("{file}: ")),
+            "{file} unanswered:\n{stdout}"
+        );
+    }
+    assert!(stdout.contains("it is deploy-dispatch's"), "{stdout}");
+    assert!(stdout.contains("it is node-joined's"), "{stdout}");
+    assert!(stdout.contains("it is deploy-step's"), "{stdout}");
+    assert!(stdout.contains("queued hello/production 1.0.0"), "{stdout}");
+}
