@@ -1,10 +1,13 @@
 //! The AWS deploy simulated in virtual time (`tokio::time::pause`): the real engine, the
 //! real deploy-step driver and the real SSM fleet logic, with Run Command answered by a
-//! model of 1,000 nodes (installs 5–60 s, restart 2 s, health check 1 s). Prints, from
+//! model of 1,000 nodes (installs 5–60 s, restart 2 s, health check 1 s) with Run
+//! Command's limits (50 targets a command, MaxConcurrency, delivery 0.5–1 s, an API rate
+//! with the SDK's retry of throttled calls). Prints, from
 //! one run each (virtual time, so the shared machine's load does not matter):
 //! - makespan ÷ floor (slowest install + Σ over nodes of restart + health);
 //! - one-at-a-time makespan (Σ install + restart + health) ÷ ours;
-//! - SSM API calls per node; deploy-step invocations; Step Functions history events
+//! - SSM API calls per node, and how many were throttled and retried; deploy-step
+//!   invocations; Step Functions history events
 //!   (must stay under 25,000 per execution);
 //! - the same with a health check failing on node 500: time until the rollback is done.
 //!
@@ -36,6 +39,15 @@ const HEALTH: Duration = Duration::from_secs(1);
 /// Every SSM API call takes this long (a typical in-region round trip), so polls do not
 /// land exactly when commands end.
 const CALL_LATENCY: Duration = Duration::from_millis(50);
+/// The account's SSM API rate, a token bucket (an assumption: AWS meters each API and
+/// does not publish every rate; a busy account shares it with its other tools).
+const CALLS_PER_SECOND: f64 = 20.0;
+const CALL_BURST: f64 = 40.0;
+/// The SDK's retry of a throttled call: exponential back-off with full jitter.
+const RETRY_BASE: Duration = Duration::from_millis(100);
+const RETRY_CAP: Duration = Duration::from_secs(20);
+/// Run Command delivers to a node's agent after this, plus up to as much again (jitter).
+const DELIVERY: Duration = Duration::from_millis(500);
 /// Step Functions history events: per step, the Task's five (entered, scheduled, started,
 /// succeeded, exited) and the Choice's two; per loop the Wait's two; plus the execution's
 /// start and end and the final state's two. tests/aws/deploy.rs sees 20 for 2 steps.
@@ -68,31 +80,74 @@ struct Model {
     failing: Option<String>,
     commands: Mutex<Vec<SentCommand>>,
     calls: AtomicU64,
+    /// Calls refused for the rate and retried.
+    throttled: AtomicU64,
+    /// (tokens, when last counted)
+    bucket: Mutex<(f64, Instant)>,
+    rng: Mutex<u64>,
+}
+
+/// A fixed linear congruential sequence: the same "random" numbers every run.
+fn next(x: &mut u64) -> u64 {
+    *x = x
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    *x >> 33
 }
 
 impl Model {
     fn new(failing: Option<usize>) -> Model {
-        // A fixed linear congruential sequence: the same "random" fleet every run.
         let mut x: u64 = 42;
         let install = (0..NODES)
-            .map(|i| {
-                x = x
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                (node(i), Duration::from_secs(5 + (x >> 33) % 56))
-            })
+            .map(|i| (node(i), Duration::from_secs(5 + next(&mut x) % 56)))
             .collect();
         Model {
             install,
             failing: failing.map(node),
             commands: Mutex::new(vec![]),
             calls: AtomicU64::new(0),
+            throttled: AtomicU64::new(0),
+            bucket: Mutex::new((CALL_BURST, Instant::now())),
+            rng: Mutex::new(7),
         }
     }
 
+    /// `calls` API calls, one after another, each waiting out the rate as the SDK would.
     async fn call(&self, calls: u64) {
-        self.calls.fetch_add(calls, Ordering::Relaxed);
-        tokio::time::sleep(CALL_LATENCY * calls as u32).await;
+        for _ in 0..calls {
+            let mut attempt = 0;
+            while !self.token() {
+                self.throttled.fetch_add(1, Ordering::Relaxed);
+                let ceiling = RETRY_CAP.min(RETRY_BASE * 2u32.pow(attempt.min(16)));
+                let jitter = next(&mut self.rng.lock().unwrap()) % 1000;
+                tokio::time::sleep(ceiling.mul_f64(jitter as f64 / 1000.0)).await;
+                attempt += 1;
+            }
+            self.calls.fetch_add(1, Ordering::Relaxed);
+            tokio::time::sleep(CALL_LATENCY).await;
+        }
+    }
+
+    fn token(&self) -> bool {
+        let mut b = self.bucket.lock().unwrap();
+        let now = Instant::now();
+        let tokens = (b.0 + (now - b.1).as_secs_f64() * CALLS_PER_SECOND).min(CALL_BURST);
+        *b = (tokens, now);
+        if b.0 >= 1.0 {
+            b.0 -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// When Run Command reaches `node` for a command sent at `at`.
+    fn delivered(&self, at: Instant, id: usize, node: &str) -> Instant {
+        let mut x = id as u64
+            ^ node
+                .bytes()
+                .fold(0u64, |h, b| h.wrapping_mul(31).wrapping_add(b as u64));
+        at + DELIVERY + DELIVERY.mul_f64((next(&mut x) % 1000) as f64 / 1000.0)
     }
 
     fn duration(&self, kind: &str, node: &str) -> Duration {
@@ -162,14 +217,15 @@ impl RunCommand for Model {
         // The node's command is the script's last line, after the lock-fence preamble.
         let command = c.script.lines().last().unwrap_or("");
         let kind = command.split_whitespace().next().unwrap_or("");
-        // Targets start in order as MaxConcurrency lets them: each takes the first free slot.
+        // Targets start in order as MaxConcurrency lets them, each once delivered: it takes
+        // the first free slot.
         let mut slots = vec![c.at; c.concurrency.min(c.nodes.len()).max(1)];
         let ends: Vec<Instant> = c
             .nodes
             .iter()
             .map(|n| {
                 let slot = slots.iter_mut().min().unwrap();
-                *slot += self.duration(kind, n);
+                *slot = (*slot).max(self.delivered(c.at, id, n)) + self.duration(kind, n);
                 *slot
             })
             .collect();
@@ -200,6 +256,7 @@ struct Run {
     status: Option<JobStatus>,
     steps: u64,
     ssm_calls: u64,
+    throttled: u64,
 }
 
 async fn simulate(failing: Option<usize>, store: &Path) -> (Run, Arc<Model>) {
@@ -253,6 +310,7 @@ ssm_tags = { "shipit:app" = "hello" }
         status: state.status,
         steps,
         ssm_calls: model.calls.load(Ordering::Relaxed),
+        throttled: model.throttled.load(Ordering::Relaxed),
     };
     (run, model)
 }
@@ -277,6 +335,12 @@ fn main() {
     );
     println!("  makespan {ours:.0} s; floor {floor:.0} s (slowest install {max_install:.0} s + {NODES} × {per_node:.0} s)");
     println!("  makespan ÷ floor                  {:.3}", ours / floor);
+    // Each restart and health check also waits for its delivery (mean 1.5 × DELIVERY).
+    let delivered = floor + (2 * NODES + 1) as f64 * 1.5 * DELIVERY.as_secs_f64();
+    println!(
+        "  makespan ÷ floor with delivery    {:.3} ({delivered:.0} s)",
+        ours / delivered
+    );
     println!(
         "  one-at-a-time ({serial:.0} s) ÷ ours   {:.1}",
         serial / ours
@@ -285,6 +349,7 @@ fn main() {
         "  SSM calls per node                {:.2}",
         ok.ssm_calls as f64 / NODES as f64
     );
+    println!("  throttled calls (retried)         {}", ok.throttled);
     println!("  deploy-step invocations           {}", ok.steps);
     println!(
         "  Step Functions history events     {} (limit 25,000)",
