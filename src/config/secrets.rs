@@ -1,5 +1,6 @@
 //! Secrets are written in the config as a literal, `env:NAME`, or `ssm:/path` (an SSM
 //! SecureString); they are resolved once per process and kept in memory.
+
 use std::collections::HashMap;
 use std::fmt;
 use std::str::FromStr;

@@ -1,4 +1,5 @@
 //! The deploy job: the one thing every trigger turns into.
+
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};

@@ -2,6 +2,7 @@
 //!
 //! Every version and package name in a job has passed through here, so the rest of the
 //! system may rely on them being normalized and free of shell metacharacters.
+
 use std::fmt;
 use std::str::FromStr;
 

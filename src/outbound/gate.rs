@@ -5,6 +5,7 @@
 //! Anything GitHub answers that is not a clear yes is a no with its reason (the job is
 //! skipped and chat says why); only what may pass on retry (5xx, 429, no connection) is
 //! an error, which the driver retries like any step.
+
 use std::sync::Arc;
 use std::time::Duration;
 

@@ -1,5 +1,6 @@
 //! Glue between Lambda events and the ingress handlers, shared by `functions/*` and by
 //! `shipit ingest` (which replays the same sample events locally).
+
 use aws_lambda_events::encodings::Body;
 use aws_lambda_events::event::apigw::{ApiGatewayV2httpRequest, ApiGatewayV2httpResponse};
 use aws_lambda_events::event::s3::S3Event;
@@ -10,8 +11,7 @@ use lambda_runtime::{service_fn, LambdaEvent};
 use serde_json::{json, Value};
 
 use crate::ingress::package::{eventbridge_detail, CodeArtifactDetail};
-pub use crate::ingress::Hook;
-use crate::ingress::{Ingress, Reply};
+use crate::ingress::{Hook, Ingress, Reply};
 use crate::run::fresh::{max_age_from_env, Fresh};
 
 /// The raw body bytes: API Gateway base64-encodes bodies it does not take for text.

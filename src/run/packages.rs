@@ -1,5 +1,6 @@
 //! The local package index: a wheelhouse directory on this machine, where a new file is
 //! an upload event.
+
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;

@@ -1,5 +1,6 @@
 //! `shipit serve`: the same ingress handlers behind HTTP, plus the package directory
 //! watcher, on one machine.
+
 use std::future::Future;
 use std::sync::Arc;
 

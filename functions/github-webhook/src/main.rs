@@ -3,5 +3,5 @@
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_runtime::Error> {
-    shipit::run::lambda::run_http_function(shipit::run::lambda::Hook::GitHub).await
+    shipit::run::lambda::run_http_function(shipit::ingress::Hook::GitHub).await
 }
