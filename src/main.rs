@@ -63,6 +63,9 @@ enum Command {
         /// Deploy even if the gate would not (tag not merged, checks not green); recorded.
         #[arg(long)]
         force: bool,
+        /// Print what the deploy would do (gate asked, nodes, commands) and queue nothing.
+        #[arg(long, conflicts_with = "wait")]
+        dry_run: bool,
     },
     /// Bring every node of APP to the live version: nodes added to the config, and nodes
     /// that drifted (another version installed by hand, say). Only those are touched.
@@ -81,6 +84,9 @@ enum Command {
         env: Option<String>,
         #[arg(long)]
         wait: bool,
+        /// Print what the rollback would do and queue nothing.
+        #[arg(long, conflicts_with = "wait")]
+        dry_run: bool,
     },
     /// Stop deploys of APP until `unlock` (as `/deploy lock` does).
     Lock {
@@ -206,9 +212,14 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             env,
             wait,
             force,
+            dry_run,
         } => {
             let config = Arc::new(load(&cli.config)?);
             let store = open_store(&config)?;
+            if dry_run {
+                let job = cli::deploy_job(&config, &app, &version, env.as_deref(), force)?;
+                return print_plan(&config, &store, &job).await;
+            }
             let job = cli::deploy(&config, &store, &app, &version, env.as_deref(), force).await?;
             return follow(config, &store, job, wait).await;
         }
@@ -227,9 +238,18 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 ExitCode::SUCCESS
             });
         }
-        Command::Rollback { app, env, wait } => {
+        Command::Rollback {
+            app,
+            env,
+            wait,
+            dry_run,
+        } => {
             let config = Arc::new(load(&cli.config)?);
             let store = open_store(&config)?;
+            if dry_run {
+                let job = cli::rollback_job(&config, &store, &app, env.as_deref()).await?;
+                return print_plan(&config, &store, &job).await;
+            }
             let job = cli::rollback(&config, &store, &app, env.as_deref()).await?;
             return follow(config, &store, job, wait).await;
         }
@@ -320,6 +340,17 @@ async fn follow(
     } else {
         ExitCode::FAILURE
     })
+}
+
+async fn print_plan(
+    config: &Arc<Config>,
+    store: &shipit::local::store::Store,
+    job: &shipit::deploy::job::DeployJob,
+) -> anyhow::Result<ExitCode> {
+    for line in cli::plan::plan(config, store, job).await? {
+        println!("{line}");
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// One line per job or refusal in an ingest result (API Gateway reply, upload outcomes, or

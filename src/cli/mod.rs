@@ -1,6 +1,7 @@
 //! What the `shipit` commands do on one machine, over the SQLite store.
 
 pub mod demo;
+pub mod plan;
 pub mod views;
 
 use views::{ActiveJob, EnvStatus, HistoryRow, Live, NodeVersion};
@@ -79,6 +80,22 @@ pub async fn deploy(
     env: Option<&str>,
     force: bool,
 ) -> anyhow::Result<DeployJob> {
+    let job = deploy_job(config, app, version, env, force)?;
+    store
+        .enqueue(std::slice::from_ref(&job))
+        .await
+        .map_err(port)?;
+    Ok(job)
+}
+
+/// The job `shipit deploy` queues (and `--dry-run` plans).
+pub fn deploy_job(
+    config: &Config,
+    app: &str,
+    version: &str,
+    env: Option<&str>,
+    force: bool,
+) -> anyhow::Result<DeployJob> {
     let (a, env) = target(config, app, env)?;
     let version = Version::parse(version).map_err(|e| anyhow!("{e}; nothing was queued"))?;
     let mut job = DeployJob::new(
@@ -92,10 +109,6 @@ pub async fn deploy(
     if force {
         job = job.forced();
     }
-    store
-        .enqueue(std::slice::from_ref(&job))
-        .await
-        .map_err(port)?;
     Ok(job)
 }
 
@@ -206,17 +219,27 @@ pub async fn rollback(
     app: &str,
     env: Option<&str>,
 ) -> anyhow::Result<DeployJob> {
-    let (a, env) = target(config, app, env)?;
-    let history = store.history(&a.name, &env, 50).await.map_err(port)?;
-    let faulty = store.faulty(&a.name, &env).await.map_err(port)?;
-    let (live, previous) = rollback_target(&history, &faulty)
-        .map_err(|why| anyhow!("nothing to roll back to on {}/{env}: {why}", a.name))?;
-    let job = previous.rollback(Some(&live.id), cli_source(), Utc::now());
+    let job = rollback_job(config, store, app, env).await?;
     store
         .enqueue(std::slice::from_ref(&job))
         .await
         .map_err(port)?;
     Ok(job)
+}
+
+/// The job `shipit rollback` queues (and `--dry-run` plans).
+pub async fn rollback_job(
+    config: &Config,
+    store: &Store,
+    app: &str,
+    env: Option<&str>,
+) -> anyhow::Result<DeployJob> {
+    let (a, env) = target(config, app, env)?;
+    let history = store.history(&a.name, &env, 50).await.map_err(port)?;
+    let faulty = store.faulty(&a.name, &env).await.map_err(port)?;
+    let (live, previous) = rollback_target(&history, &faulty)
+        .map_err(|why| anyhow!("nothing to roll back to on {}/{env}: {why}", a.name))?;
+    Ok(previous.rollback(Some(&live.id), cli_source(), Utc::now()))
 }
 
 /// Stops deploys of APP until `unlock`, as `/deploy lock` does.

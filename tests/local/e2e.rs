@@ -380,3 +380,58 @@ async fn at_most_install_concurrency_nodes_install_at_once() {
     assert_eq!(counts.len(), 6, "{seen}");
     assert_eq!(counts.iter().max(), Some(&2), "{seen}");
 }
+
+/// `--dry-run` shows the plan (live version, lock, nodes, commands rendered for the first
+/// node) and queues nothing; a rollback's plan names the version it would restore.
+#[tokio::test]
+async fn a_dry_run_shows_the_plan_and_queues_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (config, store) = crate::helpers::LocalApp {
+        nodes: vec!["n1", "n2"],
+        install: "printf %s {version} > version",
+        ..Default::default()
+    }
+    .open(dir.path());
+    for v in ["1.0.0", "1.1.0"] {
+        let job = shipit::cli::deploy(&config, &store, "hello", v, None, false)
+            .await
+            .unwrap();
+        let status = shipit::cli::wait(config.clone(), &store, &job.id, |_| {})
+            .await
+            .unwrap();
+        assert_eq!(status, JobStatus::Succeeded);
+    }
+    let jobs_before = store.jobs(None).await.unwrap().len();
+
+    let job = shipit::cli::deploy_job(&config, "hello", "1.2.0", None, false).unwrap();
+    let plan = shipit::cli::plan::plan(&config, &store, &job)
+        .await
+        .unwrap()
+        .join("\n");
+    assert!(plan.starts_with("Dry run: nothing was queued."), "{plan}");
+    assert!(plan.contains("hello 1.2.0 to production"), "{plan}");
+    assert!(plan.contains("Live: 1.1.0"), "{plan}");
+    assert!(plan.contains("Lock: free"), "{plan}");
+    assert!(plan.contains("Nodes, in restart order: n1, n2"), "{plan}");
+    assert!(
+        plan.contains("Install: printf %s 1.2.0 > version"),
+        "{plan}"
+    );
+
+    let back = shipit::cli::rollback_job(&config, &store, "hello", None)
+        .await
+        .unwrap();
+    let plan = shipit::cli::plan::plan(&config, &store, &back)
+        .await
+        .unwrap()
+        .join("\n");
+    assert!(plan.contains("hello 1.0.0 to production"), "{plan}");
+
+    assert_eq!(
+        store.jobs(None).await.unwrap().len(),
+        jobs_before,
+        "nothing queued"
+    );
+    let on_n1 = std::fs::read_to_string(dir.path().join("n1/version")).unwrap();
+    assert_eq!(on_n1, "1.1.0", "nothing ran");
+}
