@@ -388,3 +388,31 @@ async fn a_commit_id_that_is_not_hex_is_refused_not_a_panic() {
     assert_eq!(status, JobStatus::Skipped, "{outcome:?}");
     assert_eq!(live_on(dir.path()), ["", ""], "nothing installed");
 }
+
+/// A dry run asks the gate for real, and says what it answered.
+#[tokio::test]
+async fn a_dry_run_asks_the_gate_and_says_its_answer() {
+    let github = MockServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (config, store) = setup(dir.path(), &github, 0);
+    repo(&github, "v1.0.0", "diverged").await;
+    checks(&github, "success", ("completed", Some("success"))).await;
+    let job = shipit::cli::deploy_job(&config, "hello", "1.0.0", None, false).unwrap();
+    let plan = shipit::cli::plan::plan(&config, &store, &job)
+        .await
+        .unwrap()
+        .join("\n");
+    assert!(
+        plan.contains(
+            "Gate: refuses, the job would be skipped: tag v1.0.0 (6113728) is not on main"
+        ),
+        "{plan}"
+    );
+    let forced = job.forced();
+    let plan = shipit::cli::plan::plan(&config, &store, &forced)
+        .await
+        .unwrap()
+        .join("\n");
+    assert!(plan.contains("Gate: not asked (forced by"), "{plan}");
+    assert!(store.jobs(None).await.unwrap().is_empty(), "nothing queued");
+}
