@@ -538,6 +538,16 @@ async fn every_sample_event_is_answered_as_documented() {
     .await
     .unwrap();
     let slack_signed_at = Utc.timestamp_opt(1795460400, 0).unwrap();
+    let answer = |file: &str, now| {
+        let text = std::fs::read_to_string(format!("events/{file}")).unwrap();
+        let event = serde_json::from_str(&text).unwrap();
+        let ingress = &ingress;
+        async move {
+            shipit::run::lambda::handle_any(ingress, event, now)
+                .await
+                .unwrap()
+        }
+    };
     for (file, status, now) in [
         ("github-tag-push.json", 202, Utc::now()),
         ("github-release.json", 202, Utc::now()),
@@ -546,21 +556,11 @@ async fn every_sample_event_is_answered_as_documented() {
         ("github-tag-delete.json", 202, Utc::now()),
         ("slack-deploy.json", 200, slack_signed_at),
     ] {
-        let event =
-            serde_json::from_str(&std::fs::read_to_string(format!("events/{file}")).unwrap())
-                .unwrap();
-        let out = shipit::run::lambda::handle_any(&ingress, event, now)
-            .await
-            .unwrap();
+        let out = answer(file, now).await;
         assert_eq!(out["statusCode"], status, "{file}: {out}");
     }
     for file in ["s3-wheel-upload.json", "codeartifact-published.json"] {
-        let event =
-            serde_json::from_str(&std::fs::read_to_string(format!("events/{file}")).unwrap())
-                .unwrap();
-        let out = shipit::run::lambda::handle_any(&ingress, event, Utc::now())
-            .await
-            .unwrap();
+        let out = answer(file, Utc::now()).await;
         assert_eq!(out[0]["status"], "queued", "{file}: {out}");
     }
     // The other functions' samples are named, not misread as an upload.
@@ -569,12 +569,7 @@ async fn every_sample_event_is_answered_as_documented() {
         ("ec2-instance-running.json", "node-joined"),
         ("deploy-step-start.json", "deploy-step"),
     ] {
-        let event =
-            serde_json::from_str(&std::fs::read_to_string(format!("events/{file}")).unwrap())
-                .unwrap();
-        let out = shipit::run::lambda::handle_any(&ingress, event, Utc::now())
-            .await
-            .unwrap();
+        let out = answer(file, Utc::now()).await;
         assert_eq!(out["status"], "ignored", "{file}: {out}");
         let reason = out["reason"].as_str().unwrap();
         assert!(
