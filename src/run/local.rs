@@ -15,12 +15,7 @@ use crate::local::store::Store;
 /// One machine: the SQLite store named by the config is both queue and ledger.
 pub async fn ingress(config: Config) -> anyhow::Result<(Ingress, Store)> {
     let store = open_store(&config)?;
-    let ssm = if config_uses_ssm(&config) {
-        Some(aws_sdk_ssm::Client::new(&sdk_config().await))
-    } else {
-        None
-    };
-    let secrets = Secrets::new(ssm);
+    let secrets = secrets(&config).await;
     let store_ports = Arc::new(store.clone());
     let ingress = Ingress::new(
         Arc::new(config),
@@ -36,6 +31,17 @@ pub async fn ingress(config: Config) -> anyhow::Result<(Ingress, Store)> {
 pub fn open_store(config: &Config) -> anyhow::Result<Store> {
     Store::open(&config.server.state)
         .map_err(|e| anyhow!("opening the store {}: {e}", config.server.state.display()))
+}
+
+/// The config's secrets, with an SSM client only if one of them lives there (a one-machine
+/// setup needs no AWS credentials otherwise).
+async fn secrets(config: &Config) -> Secrets {
+    let ssm = if config_uses_ssm(config) {
+        Some(aws_sdk_ssm::Client::new(&sdk_config().await))
+    } else {
+        None
+    };
+    Secrets::new(ssm)
 }
 
 fn config_uses_ssm(c: &Config) -> bool {
@@ -65,13 +71,9 @@ pub async fn api_token(config: &Config) -> anyhow::Result<Option<String>> {
     let Some(secret) = &config.server.api_token else {
         return Ok(None);
     };
-    let ssm = if config_uses_ssm(config) {
-        Some(aws_sdk_ssm::Client::new(&sdk_config().await))
-    } else {
-        None
-    };
     Ok(Some(
-        Secrets::new(ssm)
+        secrets(config)
+            .await
             .resolve(secret)
             .await
             .map_err(|e| anyhow!("server.api_token: {e}"))?,
@@ -80,10 +82,6 @@ pub async fn api_token(config: &Config) -> anyhow::Result<Option<String>> {
 
 /// The gate and notifiers of a one-machine config (SSM only if a secret lives there).
 pub async fn outbound(config: Arc<Config>) -> Outbound {
-    let ssm = if config_uses_ssm(&config) {
-        Some(aws_sdk_ssm::Client::new(&sdk_config().await))
-    } else {
-        None
-    };
-    Outbound::new(config, Arc::new(Secrets::new(ssm)))
+    let secrets = Arc::new(secrets(&config).await);
+    Outbound::new(config, secrets)
 }
