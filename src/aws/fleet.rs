@@ -102,10 +102,13 @@ impl<T: RunCommand + ?Sized> RunCommand for std::sync::Arc<T> {
     }
 }
 
-/// What a command needs: its SSM commands (script, nodes), or no command at all (the
-/// results are known without one).
+/// What a command needs: its SSM commands (script, nodes) run in the environment's `dir`,
+/// or no command at all (the results are known without one).
 enum Plan {
-    Parts(Vec<(String, Vec<String>)>),
+    Parts {
+        dir: Option<String>,
+        parts: Vec<(String, Vec<String>)>,
+    },
     Done(Vec<(String, NodeResult)>),
 }
 
@@ -164,8 +167,8 @@ impl<R: RunCommand> SsmFleet<R> {
         if ids.len() >= planned {
             return Ok(results);
         }
-        let parts = match self.plan(app, env, cmd)? {
-            Plan::Parts(parts) => parts,
+        let (dir, parts) = match self.plan(app, env, cmd)? {
+            Plan::Parts { dir, parts } => (dir, parts),
             Plan::Done(results) => return Ok(results),
         };
         let cap = cmd.concurrency as usize;
@@ -197,10 +200,6 @@ impl<R: RunCommand> SsmFleet<R> {
         };
         // Commands are sent after the job was requested; a margin covers clock skew.
         let after = job.requested_at - Duration::minutes(5);
-        let dir = match &env.nodes {
-            Nodes::Ssm { dir, .. } => dir.clone(),
-            Nodes::Local(_) => None,
-        };
         while let (Some((script, nodes)), true) = (parts.get(ids.len()), room > 0) {
             let i = ids.len();
             let comment = format!("shipit {} {}/{}", cmd.key, i + 1, parts.len());
@@ -275,8 +274,9 @@ impl<R: RunCommand> SsmFleet<R> {
                 None => groups.push((script, vec![node.clone()])),
             }
         }
-        Ok(Plan::Parts(
-            groups
+        Ok(Plan::Parts {
+            dir: dir.clone(),
+            parts: groups
                 .into_iter()
                 .flat_map(|(script, nodes)| {
                     nodes
@@ -285,7 +285,7 @@ impl<R: RunCommand> SsmFleet<R> {
                         .collect::<Vec<_>>()
                 })
                 .collect(),
-        ))
+        })
     }
 
     async fn report(
