@@ -289,4 +289,16 @@ fn every_duration_is_bounded_so_that_the_engine_cannot_overflow_on_it() {
         errors("rollout", "command_timeout_seconds = 0"),
         ["apps.hello.rollout.command_timeout_seconds"]
     );
+    assert_eq!(
+        errors("rollout", r#"batches = [1, "20%"]"#),
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        errors("rollout", "batches = [1, 0]"),
+        ["apps.hello.rollout.batches[1]"]
+    );
+    assert_eq!(
+        errors("rollout", r#"max_failed = "120%""#),
+        ["line 8, column 26"]
+    );
 }

@@ -1,7 +1,9 @@
 //! How a deploy rolls out: canary, bake, error budget, timeouts. Read from the config
 //! (`[apps.X.rollout]`) and carried by every deploy as a value of its own.
 
-use serde::{Deserialize, Serialize};
+use std::fmt;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -32,6 +34,97 @@ pub struct Rollout {
     /// How long a deploy waits for a lock someone else holds before giving up.
     #[serde(default = "default_lock_wait")]
     pub lock_wait_seconds: u64,
+    /// How many nodes restart together, batch after batch (`[1, 5, "20%"]`); the last
+    /// entry repeats. Empty: one at a time.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub batches: Vec<Share>,
+    /// Restarted nodes that may fail (their restart or health check) before the deploy
+    /// stops and rolls back; the ones that failed are named and left as they are.
+    #[serde(default, skip_serializing_if = "Share::is_none")]
+    pub max_failed: Share,
+}
+
+impl Rollout {
+    /// How many nodes the `number`th batch (from 0) restarts, out of `total`: at least one.
+    pub fn batch_size(&self, number: usize, total: usize) -> usize {
+        self.batches
+            .get(number)
+            .or(self.batches.last())
+            .map_or(1, |s| s.of(total).max(1))
+    }
+
+    /// How many of `total` restarted nodes may fail before the deploy stops.
+    pub fn failure_budget(&self, total: usize) -> usize {
+        self.max_failed.of(total)
+    }
+}
+
+/// A number of nodes (`5`), or a share of an environment's nodes (`"20%"`, rounded down).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Share {
+    Nodes(u32),
+    Percent(u32),
+    #[default]
+    None,
+}
+
+impl Share {
+    pub fn of(self, total: usize) -> usize {
+        match self {
+            Share::Nodes(n) => n as usize,
+            Share::Percent(p) => total.saturating_mul(p as usize) / 100,
+            Share::None => 0,
+        }
+    }
+
+    fn is_none(&self) -> bool {
+        *self == Share::None
+    }
+}
+
+impl fmt::Display for Share {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Share::Nodes(n) => write!(f, "{n}"),
+            Share::Percent(p) => write!(f, "{p}%"),
+            Share::None => write!(f, "0"),
+        }
+    }
+}
+
+impl Serialize for Share {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Share::Nodes(n) => s.serialize_u32(*n),
+            Share::None => s.serialize_u32(0),
+            Share::Percent(_) => s.serialize_str(&self.to_string()),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Share {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Nodes(u32),
+            Text(String),
+        }
+        let bad = || {
+            serde::de::Error::custom(
+                "expected a number of nodes (5) or a share of them (\"20%\", 0 to 100)",
+            )
+        };
+        match Raw::deserialize(d).map_err(|_| bad())? {
+            Raw::Nodes(0) => Ok(Share::None),
+            Raw::Nodes(n) => Ok(Share::Nodes(n)),
+            Raw::Text(t) => match t.trim().strip_suffix('%').map(|p| p.trim().parse::<u32>()) {
+                Some(Ok(0)) => Ok(Share::None),
+                Some(Ok(p)) if p <= 100 => Ok(Share::Percent(p)),
+                _ => Err(bad()),
+            },
+        }
+    }
 }
 
 impl Default for Rollout {
@@ -46,6 +139,8 @@ impl Default for Rollout {
             health_timeout_seconds: default_health_timeout(),
             health_interval_seconds: default_health_interval(),
             lock_wait_seconds: default_lock_wait(),
+            batches: vec![],
+            max_failed: Share::None,
         }
     }
 }

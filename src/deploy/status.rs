@@ -125,13 +125,10 @@ pub fn describe(n: &Notice) -> String {
             format!("deploying {}, marked faulty: {}", mark.version, mark.reason)
         }
         Notice::Finished { outcome } => match outcome {
-            Outcome::Succeeded { failed_installs } if failed_installs.is_empty() => {
-                "succeeded".into()
-            }
-            Outcome::Succeeded { failed_installs } => format!(
-                "succeeded, except installs on {}",
-                failed_installs.join(", ")
-            ),
+            Outcome::Succeeded { .. } => match outcome.left_behind() {
+                None => "succeeded".into(),
+                Some(left) => format!("succeeded, except {left}"),
+            },
             Outcome::Failed {
                 reason,
                 rolled_back: true,

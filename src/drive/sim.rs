@@ -43,7 +43,9 @@ const NODES: [&str; 3] = ["n1", "n2", "n3"];
 const VERSIONS: [&str; 5] = ["1.0.0", "1.1.0", "1.2.0", "1.3.0", "2.0.0"];
 
 fn config() -> Arc<Config> {
-    let app = |name: &str| {
+    // App b restarts in batches with one failure allowed, so that the invariants hold
+    // for both ways of rolling out.
+    let app = |name: &str, batches: &str| {
         format!(
             r#"
 [apps.{name}]
@@ -56,12 +58,17 @@ health_timeout_seconds = 3
 health_interval_seconds = 1
 lock_wait_seconds = 900
 command_timeout_seconds = 60
+{batches}
 [apps.{name}.environments.prod]
 nodes = [{{ name = "n1", dir = "n1" }}, {{ name = "n2", dir = "n2" }}, {{ name = "n3", dir = "n3" }}]
 "#
         )
     };
-    let text = format!("[server]\nstate = \"sim.db\"\n{}{}", app("a"), app("b"));
+    let text = format!(
+        "[server]\nstate = \"sim.db\"\n{}{}",
+        app("a", ""),
+        app("b", "batches = [1, 2]\nmax_failed = 1")
+    );
     Arc::new(
         Config::parse(&text, std::path::Path::new("sim.toml")).unwrap_or_else(|r| panic!("{r}")),
     )
@@ -121,6 +128,11 @@ enum Event {
         target: usize,
         node: usize,
     },
+    /// A node fails its health checks, whatever it serves (until faults stop).
+    Sicken {
+        target: usize,
+        node: usize,
+    },
     /// The next command to a node is held back until `DeliverLate`.
     Delay,
     /// Held commands reach their nodes now.
@@ -156,7 +168,11 @@ fn schedule(seed: u64) -> Vec<Event> {
                 90..=94 => Event::Abort(target),
                 95..=96 => Event::Delay,
                 97 => Event::DeliverLate,
-                _ => Event::BreakInstall {
+                98 => Event::BreakInstall {
+                    target,
+                    node: rng.below(NODES.len() as u64) as usize,
+                },
+                _ => Event::Sicken {
                     target,
                     node: rng.below(NODES.len() as u64) as usize,
                 },
@@ -171,6 +187,7 @@ struct Node {
     installed: Option<Version>,
     serving: Option<Version>,
     broken_install: bool,
+    sick: bool,
 }
 
 /// A command started on a node: when it ends and what it answers then.
@@ -225,6 +242,8 @@ struct Stats {
     rollbacks_queued: u64,
     rollbacks_recorded: u64,
     faulty_marked: u64,
+    /// Deploys that succeeded within their failure budget, a node left unhealthy.
+    left_unhealthy: u64,
     reasons: BTreeMap<String, u64>,
 }
 
@@ -489,6 +508,7 @@ fn start(w: &mut World, target: &(String, String), job: &JobId, cmd: &Command, n
             node.serving = node.installed.clone();
             (2_000, NodeResult::Succeeded)
         }
+        CommandKind::Health if faults && node.sick => (1_000, failed("503 Service Unavailable")),
         // A bad build stays bad when the faults stop.
         CommandKind::Health if node.serving.as_ref() == Some(&bad) => {
             (1_000, failed("500 Internal Server Error"))
@@ -886,14 +906,14 @@ impl Sim {
             }
             Event::Delay => self.world.lock().unwrap().delay_next = true,
             Event::DeliverLate => deliver_late(&mut self.world.lock().unwrap()),
-            Event::BreakInstall { target, node } => {
+            Event::BreakInstall { target, node } | Event::Sicken { target, node } => {
                 let (app, env) = TARGETS[*target];
                 let mut w = self.world.lock().unwrap();
-                w.target(app, env)
-                    .nodes
-                    .get_mut(NODES[*node])
-                    .unwrap()
-                    .broken_install = true;
+                let n = w.target(app, env).nodes.get_mut(NODES[*node]).unwrap();
+                match event {
+                    Event::BreakInstall { .. } => n.broken_install = true,
+                    _ => n.sick = true,
+                }
             }
         }
     }
@@ -948,6 +968,13 @@ impl Sim {
         w.stats.jobs += 1;
         let status = state.status.map_or("?".to_string(), |s| s.to_string());
         *w.stats.outcomes.entry(status).or_default() += 1;
+        let outcome = state.deploy.as_ref().and_then(|d| d.outcome.as_ref());
+        if outcome
+            .and_then(|o| o.left_behind())
+            .is_some_and(|l| l.contains("unhealthy"))
+        {
+            w.stats.left_unhealthy += 1;
+        }
         if let Some(r) = &state.reason {
             if r.contains("lost the lock") {
                 w.stats.lost_locks += 1;
@@ -1086,6 +1113,7 @@ impl Stats {
         self.rollbacks_queued += o.rollbacks_queued;
         self.rollbacks_recorded += o.rollbacks_recorded;
         self.faulty_marked += o.faulty_marked;
+        self.left_unhealthy += o.left_unhealthy;
         for (k, v) in &o.reasons {
             *self.reasons.entry(k.clone()).or_default() += v;
         }
@@ -1166,5 +1194,6 @@ fn the_invariants_hold_on_thousands_of_random_schedules() {
             stats.rollbacks_recorded > 0 && stats.faulty_marked > 0,
             "{stats:#?}"
         );
+        assert!(stats.left_unhealthy > 0, "{stats:#?}");
     }
 }

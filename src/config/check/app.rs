@@ -11,7 +11,7 @@ use super::{valid_name, valid_repo, Checker, Scope, TEMPLATE_VARS};
 use crate::config::raw::RawApp;
 use crate::config::template::Template;
 use crate::config::{App, Environment, TagPattern};
-use crate::deploy::rollout::Rollout;
+use crate::deploy::rollout::{Rollout, Share};
 use crate::deploy::version::PackageName;
 
 pub(super) fn check_app(c: &mut Checker, base: &Path, name: String, a: RawApp) -> Option<App> {
@@ -288,4 +288,11 @@ fn check_rollout(c: &mut Checker, k: &str, rollout: &Rollout) {
         super::MAX_COMMAND_SECONDS,
         "seconds one command may run on one node (SSM allows up to 48 h)",
     );
+    if let Some(i) = r.batches.iter().position(|b| *b == Share::None) {
+        c.error(
+            format!("{k}.batches[{i}]"),
+            "a batch of no nodes restarts nothing",
+            "give each batch a number of nodes (5) or a share of them (\"20%\")",
+        );
+    }
 }

@@ -19,7 +19,7 @@ use super::version::Version;
 mod phases;
 mod types;
 
-pub use types::{Action, Node, NodeState, Notice, Observation, Outcome, Phase, Verdict};
+pub use types::{Action, Batch, Node, NodeState, Notice, Observation, Outcome, Phase, Verdict};
 
 /// How often to look at a command still running: every 250 ms for its first second and
 /// every 500 ms until its fourth (restarts and health checks take seconds, and each poll
@@ -163,6 +163,42 @@ impl Deploy {
             .collect()
     }
 
+    /// A batch's name in command keys: its first node, and how many follow it (a node is
+    /// in one batch of a rollout and one of its rollback, so this is unique).
+    fn label(&self, batch: &Batch) -> String {
+        let first = batch
+            .nodes
+            .first()
+            .map_or("", |&i| self.nodes[i].name.as_str());
+        match batch.nodes.len() {
+            0 | 1 => first.to_string(),
+            n => format!("{first}+{}", n - 1),
+        }
+    }
+
+    fn batch_names(&self, batch: &Batch, keep: impl Fn(NodeState) -> bool) -> Vec<String> {
+        batch
+            .nodes
+            .iter()
+            .map(|&i| &self.nodes[i])
+            .filter(|n| keep(n.state))
+            .map(|n| n.name.clone())
+            .collect()
+    }
+
+    /// The next batch from `index` on: up to the rollout's size for batch `number`, of
+    /// the nodes in state `wanted`, in node order. Empty when none is left.
+    fn batch_from(&self, index: usize, number: usize, wanted: impl Fn(NodeState) -> bool) -> Batch {
+        let size = self.policy.batch_size(number, self.nodes.len());
+        Batch {
+            number,
+            nodes: (index..self.nodes.len())
+                .filter(|&i| wanted(self.nodes[i].state))
+                .take(size)
+                .collect(),
+        }
+    }
+
     /// What to do now. A pure function of the state: asking twice gives the same answer.
     pub fn action(&self) -> Action {
         if let (true, Some(lease)) = (self.renew_due, &self.lease) {
@@ -208,56 +244,44 @@ impl Deploy {
                 v,
                 self.names_where(|s| s == NodeState::Pending),
             ),
-            Phase::Restart { index } => self.run(
-                self.key(&format!("restart:{}", self.nodes[*index].name)),
+            Phase::Restart { batch } => self.run(
+                self.key(&format!("restart:{}", self.label(batch))),
                 CommandKind::Restart,
                 v,
-                vec![self.nodes[*index].name.clone()],
+                self.batch_names(batch, |_| true),
             ),
-            Phase::Health { index, attempt, .. } => {
-                let name = &self.nodes[*index].name;
-                self.run(
-                    self.key(&format!("health:{name}:{attempt}")),
-                    CommandKind::Health,
-                    v,
-                    vec![name.clone()],
-                )
-            }
-            Phase::Bake => {
-                let name = &self.nodes[0].name;
-                self.run(
-                    self.key(&format!("bake:{name}")),
-                    CommandKind::Health,
-                    v,
-                    vec![name.clone()],
-                )
-            }
+            Phase::Health { batch, attempt, .. } => self.run(
+                self.key(&format!("health:{}:{attempt}", self.label(batch))),
+                CommandKind::Health,
+                v,
+                self.batch_names(batch, |s| s == NodeState::Restarted),
+            ),
+            Phase::Bake { batch } => self.run(
+                self.key(&format!("bake:{}", self.label(batch))),
+                CommandKind::Health,
+                v,
+                self.batch_names(batch, |s| s == NodeState::Healthy),
+            ),
             Phase::Revert { to, .. } => self.run(
                 self.key("revert:install"),
                 CommandKind::Install,
                 to,
                 self.names_where(has_new_version),
             ),
-            Phase::RevertRestart { to, index, .. } => {
-                let name = &self.nodes[*index].name;
-                self.run(
-                    self.key(&format!("revert:restart:{name}")),
-                    CommandKind::Restart,
-                    to,
-                    vec![name.clone()],
-                )
-            }
+            Phase::RevertRestart { to, batch, .. } => self.run(
+                self.key(&format!("revert:restart:{}", self.label(batch))),
+                CommandKind::Restart,
+                to,
+                self.batch_names(batch, |_| true),
+            ),
             Phase::RevertHealth {
-                to, index, attempt, ..
-            } => {
-                let name = &self.nodes[*index].name;
-                self.run(
-                    self.key(&format!("revert:health:{name}:{attempt}")),
-                    CommandKind::Health,
-                    to,
-                    vec![name.clone()],
-                )
-            }
+                to, batch, attempt, ..
+            } => self.run(
+                self.key(&format!("revert:health:{}:{attempt}", self.label(batch))),
+                CommandKind::Health,
+                to,
+                self.batch_names(batch, |s| s != NodeState::Reverted),
+            ),
             Phase::Record => Action::Record,
             Phase::MarkFaulty { version, reason } => Action::MarkFaulty {
                 version: version.clone(),
@@ -366,7 +390,7 @@ impl Deploy {
                 | Phase::Install
                 | Phase::Restart { .. }
                 | Phase::Health { .. }
-                | Phase::Bake
+                | Phase::Bake { .. }
         );
         if let (Some(by), false, true, None) = (
             self.abort_asked.clone(),
@@ -477,16 +501,16 @@ impl Deploy {
         match self.phase.clone() {
             Phase::Probe => self.on_probe(result_of, notices),
             Phase::Install => self.on_install(&cmd, result_of, notices),
-            Phase::Restart { index } => self.on_restart(now, index, result_of, notices),
+            Phase::Restart { batch } => self.on_restart(now, batch, result_of, notices),
             Phase::Health {
-                index,
+                batch,
                 attempt,
                 since,
-            } => self.on_health(now, index, attempt, since, result_of, notices),
-            Phase::Bake => self.on_bake(result_of, notices),
+            } => self.on_health(now, batch, attempt, since, result_of, notices),
+            Phase::Bake { batch } => self.on_bake(batch, result_of, notices),
             Phase::Revert { to, reason } => self.on_revert(&cmd, to, reason, result_of, notices),
-            Phase::RevertRestart { to, index, reason } => {
-                self.on_revert_restart(now, to, index, reason, result_of, notices)
+            Phase::RevertRestart { to, batch, reason } => {
+                self.on_revert_restart(now, to, batch, reason, result_of, notices)
             }
             Phase::RevertHealth { .. } => self.on_revert_health(now, result_of, notices),
             _ => {}
@@ -503,27 +527,60 @@ impl Deploy {
             .min(self.policy.health_interval_seconds * 1000)
     }
 
-    /// Restarts the next node that installed, from `index` on; records when none is left.
-    fn restart_from(&mut self, index: usize) {
-        match (index..self.nodes.len()).find(|&i| self.nodes[i].state == NodeState::Installed) {
-            Some(i) => {
-                self.phase = Phase::Restart { index: i };
-                // Before each restart, make sure the lock is still ours and nobody asked
-                // to stop.
-                self.renew_due = true;
-            }
-            None => {
-                self.outcome = Some(Outcome::Succeeded {
-                    failed_installs: self.names_where(|s| s == NodeState::InstallFailed),
-                });
-                // A sync changes no history: the live version stays the live version.
-                self.phase = if self.is_sync() {
-                    Phase::Unlock
-                } else {
-                    Phase::Record
-                };
-            }
+    /// Restarts the next batch of nodes that installed, from `index` on; records when none
+    /// is left.
+    fn restart_from(&mut self, index: usize, number: usize) {
+        let batch = self.batch_from(index, number, |s| s == NodeState::Installed);
+        if batch.nodes.is_empty() {
+            self.outcome = Some(Outcome::Succeeded {
+                failed_installs: self.names_where(|s| s == NodeState::InstallFailed),
+                unhealthy: self.names_where(|s| s == NodeState::Unhealthy),
+            });
+            // A sync changes no history: the live version stays the live version.
+            self.phase = if self.is_sync() {
+                Phase::Unlock
+            } else {
+                Phase::Record
+            };
+        } else {
+            self.phase = Phase::Restart { batch };
+            // Before each batch, make sure the lock is still ours and nobody asked to stop.
+            self.renew_due = true;
         }
+    }
+
+    /// The batch after `batch`: next in node order, one further in the rollout's sizes.
+    fn restart_after(&mut self, batch: &Batch) {
+        let next = batch.nodes.last().map_or(0, |i| i + 1);
+        self.restart_from(next, batch.number + 1);
+    }
+
+    /// Marks `failed` unhealthy (they failed a restart, a health check or the bake); stops
+    /// and rolls back once more nodes failed than the rollout allows, or else goes on.
+    fn count_failures(
+        &mut self,
+        failed: Vec<(usize, String)>,
+        reason: impl FnOnce(&[String]) -> String,
+        notices: &mut Vec<Notice>,
+    ) -> bool {
+        let mut names = vec![];
+        for (i, detail) in failed {
+            self.nodes[i].state = NodeState::Unhealthy;
+            names.push(self.nodes[i].name.clone());
+            notices.push(Notice::Unhealthy {
+                node: self.nodes[i].name.clone(),
+                detail,
+            });
+        }
+        let unhealthy = self
+            .nodes
+            .iter()
+            .filter(|n| n.state == NodeState::Unhealthy);
+        if unhealthy.count() > self.policy.failure_budget(self.nodes.len()) {
+            self.revert_or_fail(reason(&names), notices);
+            return false;
+        }
+        true
     }
 
     /// After a failure: put the previous version back where the new one was installed and
@@ -557,17 +614,21 @@ impl Deploy {
         }
     }
 
-    /// Restarts, in node order, the next node from `index` on that this deploy restarted.
+    /// Restarts, in node order and in the rollout's batches, the next nodes from `index`
+    /// on that this deploy restarted.
     fn revert_restart_from(
         &mut self,
         to: Version,
         index: usize,
+        number: usize,
         reason: String,
         notices: &mut Vec<Notice>,
     ) {
-        match (index..self.nodes.len()).find(|&i| was_restarted(self.nodes[i].state)) {
-            Some(index) => self.phase = Phase::RevertRestart { to, index, reason },
-            None => self.finish(self.failed(reason, true), notices),
+        let batch = self.batch_from(index, number, was_restarted);
+        if batch.nodes.is_empty() {
+            self.finish(self.failed(reason, true), notices);
+        } else {
+            self.phase = Phase::RevertRestart { to, batch, reason };
         }
     }
 }

@@ -330,6 +330,7 @@ impl Deploy {
         if self.nodes.iter().all(|n| n.state == NodeState::Healthy) {
             self.outcome = Some(Outcome::Succeeded {
                 failed_installs: vec![],
+                unhealthy: vec![],
             });
             self.phase = Phase::Unlock;
         } else {
@@ -374,116 +375,134 @@ impl Deploy {
             );
             self.revert_or_fail(reason, notices);
         } else {
-            self.restart_from(0);
+            self.restart_from(0, 0);
         }
     }
 
     pub(super) fn on_restart(
         &mut self,
         now: DateTime<Utc>,
-        index: usize,
+        batch: Batch,
         result_of: &dyn Fn(&str) -> NodeResult,
         notices: &mut Vec<Notice>,
     ) {
-        match result_of(&self.nodes[index].name) {
-            NodeResult::Succeeded => {
-                self.nodes[index].state = NodeState::Restarted;
-                notices.push(Notice::Restarted {
-                    node: self.nodes[index].name.clone(),
-                });
-                self.phase = Phase::Health {
-                    index,
-                    attempt: 1,
-                    since: now,
-                };
+        let mut failed = vec![];
+        for &i in &batch.nodes {
+            match result_of(&self.nodes[i].name) {
+                NodeResult::Succeeded => {
+                    self.nodes[i].state = NodeState::Restarted;
+                    notices.push(Notice::Restarted {
+                        node: self.nodes[i].name.clone(),
+                    });
+                }
+                // A failed restart may have stopped the service: the node counts as
+                // restarted, and is rolled back with the others.
+                r => failed.push((i, detail(&r))),
             }
-            r => {
-                // A failed restart may have stopped the service: count the node as restarted.
-                self.nodes[index].state = NodeState::Unhealthy;
-                let name = self.nodes[index].name.clone();
-                notices.push(Notice::Unhealthy {
-                    node: name.clone(),
-                    detail: detail(&r),
-                });
-                self.revert_or_fail(
-                    format!("restart of {name} failed ({})", detail(&r)),
-                    notices,
-                );
-            }
+        }
+        let first = failed.first().map_or(String::new(), |f| f.1.clone());
+        let why = |names: &[String]| format!("restart of {} failed ({first})", names.join(", "));
+        if !self.count_failures(failed, why, notices) {
+            return;
+        }
+        if batch
+            .nodes
+            .iter()
+            .any(|&i| self.nodes[i].state == NodeState::Restarted)
+        {
+            self.phase = Phase::Health {
+                batch,
+                attempt: 1,
+                since: now,
+            };
+        } else {
+            self.restart_after(&batch);
         }
     }
 
     pub(super) fn on_health(
         &mut self,
         now: DateTime<Utc>,
-        index: usize,
+        batch: Batch,
         attempt: u32,
         since: DateTime<Utc>,
         result_of: &dyn Fn(&str) -> NodeResult,
         notices: &mut Vec<Notice>,
     ) {
-        let name = self.nodes[index].name.clone();
-        match result_of(&name) {
-            NodeResult::Succeeded => {
-                self.nodes[index].state = NodeState::Healthy;
-                notices.push(Notice::Healthy { node: name });
-                if index == 0
-                    && self.policy.canary
-                    && self.policy.bake_seconds > 0
-                    && self.nodes.len() > 1
-                {
-                    self.phase = Phase::Bake;
-                    self.wait = Some(self.policy.bake_seconds * 1000);
-                } else {
-                    self.restart_from(index + 1);
+        let mut failing = vec![];
+        for &i in &batch.nodes {
+            if self.nodes[i].state != NodeState::Restarted {
+                continue;
+            }
+            match result_of(&self.nodes[i].name) {
+                NodeResult::Succeeded => {
+                    self.nodes[i].state = NodeState::Healthy;
+                    notices.push(Notice::Healthy {
+                        node: self.nodes[i].name.clone(),
+                    });
                 }
+                r => failing.push((i, detail(&r))),
             }
-            _ if self.health_time_left(since, now) => {
-                self.phase = Phase::Health {
-                    index,
-                    attempt: attempt + 1,
-                    since,
-                };
-                self.wait = Some(self.health_retry_millis(attempt));
+        }
+        if failing.is_empty() {
+            let more = batch.nodes.last().is_some_and(|&l| {
+                self.nodes[l + 1..]
+                    .iter()
+                    .any(|n| n.state == NodeState::Installed)
+            });
+            if batch.number == 0 && self.policy.canary && self.policy.bake_seconds > 0 && more {
+                self.phase = Phase::Bake { batch };
+                self.wait = Some(self.policy.bake_seconds * 1000);
+            } else {
+                self.restart_after(&batch);
             }
-            r => {
-                self.nodes[index].state = NodeState::Unhealthy;
-                notices.push(Notice::Unhealthy {
-                    node: name.clone(),
-                    detail: detail(&r),
-                });
-                let reason = format!(
-                    "{name} failed its health check for {} s, {attempt} checks ({})",
-                    self.policy.health_timeout_seconds,
-                    detail(&r)
-                );
-                self.revert_or_fail(reason, notices);
+        } else if self.health_time_left(since, now) {
+            self.phase = Phase::Health {
+                batch,
+                attempt: attempt + 1,
+                since,
+            };
+            self.wait = Some(self.health_retry_millis(attempt));
+        } else {
+            let timeout = self.policy.health_timeout_seconds;
+            let first = failing.first().map_or(String::new(), |f| f.1.clone());
+            let why = |names: &[String]| {
+                let whose = if names.len() == 1 { "its" } else { "their" };
+                format!(
+                    "{} failed {whose} health check for {timeout} s, {attempt} checks ({first})",
+                    names.join(", ")
+                )
+            };
+            if self.count_failures(failing, why, notices) {
+                self.restart_after(&batch);
             }
         }
     }
 
     pub(super) fn on_bake(
         &mut self,
+        batch: Batch,
         result_of: &dyn Fn(&str) -> NodeResult,
         notices: &mut Vec<Notice>,
     ) {
-        let name = self.nodes[0].name.clone();
-        match result_of(&name) {
-            NodeResult::Succeeded => self.restart_from(1),
-            r => {
-                self.nodes[0].state = NodeState::Unhealthy;
-                notices.push(Notice::Unhealthy {
-                    node: name.clone(),
-                    detail: detail(&r),
-                });
-                self.revert_or_fail(
-                    format!(
-                        "canary {name} turned unhealthy while baking ({})",
-                        detail(&r)
-                    ),
-                    notices,
-                );
-            }
+        let failed: Vec<(usize, String)> = batch
+            .nodes
+            .iter()
+            .filter(|&&i| self.nodes[i].state == NodeState::Healthy)
+            .filter_map(|&i| match result_of(&self.nodes[i].name) {
+                NodeResult::Succeeded => None,
+                r => Some((i, detail(&r))),
+            })
+            .collect();
+        let first = failed.first().map_or(String::new(), |f| f.1.clone());
+        let why = |names: &[String]| {
+            format!(
+                "canary {} turned unhealthy while baking ({first})",
+                names.join(", ")
+            )
+        };
+        if self.count_failures(failed, why, notices) {
+            self.restart_after(&batch);
         }
     }
 
@@ -513,30 +532,34 @@ impl Deploy {
                 node.state = NodeState::Reverted;
             }
         }
-        self.revert_restart_from(to, 0, reason, notices);
+        self.revert_restart_from(to, 0, 0, reason, notices);
     }
 
     pub(super) fn on_revert_restart(
         &mut self,
         now: DateTime<Utc>,
         to: Version,
-        index: usize,
+        batch: Batch,
         reason: String,
         result_of: &dyn Fn(&str) -> NodeResult,
         notices: &mut Vec<Notice>,
     ) {
-        let name = self.nodes[index].name.clone();
-        match result_of(&name) {
-            NodeResult::Succeeded => {
+        let failed = batch
+            .nodes
+            .iter()
+            .map(|&i| (&self.nodes[i].name, result_of(&self.nodes[i].name)))
+            .find(|(_, r)| *r != NodeResult::Succeeded);
+        match failed {
+            None => {
                 self.phase = Phase::RevertHealth {
                     to,
-                    index,
+                    batch,
                     attempt: 1,
                     since: now,
                     reason,
                 }
             }
-            r => {
+            Some((name, r)) => {
                 let why = format!(
                     "{reason}; then restarting {name} on {to} failed ({})",
                     detail(&r)
@@ -554,7 +577,7 @@ impl Deploy {
     ) {
         let Phase::RevertHealth {
             to,
-            index,
+            batch,
             attempt,
             since,
             reason,
@@ -562,24 +585,38 @@ impl Deploy {
         else {
             unreachable!("called only in Phase::RevertHealth")
         };
-        let name = self.nodes[index].name.clone();
-        match result_of(&name) {
-            NodeResult::Succeeded => {
-                self.nodes[index].state = NodeState::Reverted;
-                notices.push(Notice::Healthy { node: name });
-                self.revert_restart_from(to, index + 1, reason, notices);
+        let mut failing = None;
+        for &i in &batch.nodes {
+            if self.nodes[i].state == NodeState::Reverted {
+                continue;
             }
-            _ if self.health_time_left(since, now) => {
+            let name = self.nodes[i].name.clone();
+            match result_of(&name) {
+                NodeResult::Succeeded => {
+                    self.nodes[i].state = NodeState::Reverted;
+                    notices.push(Notice::Healthy { node: name });
+                }
+                r => {
+                    failing.get_or_insert((name, r));
+                }
+            }
+        }
+        match failing {
+            None => {
+                let next = batch.nodes.last().map_or(0, |i| i + 1);
+                self.revert_restart_from(to, next, batch.number + 1, reason, notices);
+            }
+            Some(_) if self.health_time_left(since, now) => {
                 self.phase = Phase::RevertHealth {
                     to,
-                    index,
+                    batch,
                     attempt: attempt + 1,
                     since,
                     reason,
                 };
                 self.wait = Some(self.health_retry_millis(attempt));
             }
-            r => {
+            Some((name, r)) => {
                 let why = format!(
                     "{reason}; then {name} stayed unhealthy on {to} ({})",
                     detail(&r)

@@ -35,6 +35,7 @@ fn job(version: &str, automatic: bool) -> DeployJob {
 fn succeeded() -> Outcome {
     Outcome::Succeeded {
         failed_installs: vec![],
+        unhealthy: vec![],
     }
 }
 
@@ -399,7 +400,8 @@ fn install_failures_within_max_errors_skip_those_nodes() {
     assert_eq!(
         outcome,
         Outcome::Succeeded {
-            failed_installs: vec!["n2".into()]
+            failed_installs: vec!["n2".into()],
+            unhealthy: vec![],
         }
     );
     assert_eq!(
@@ -1211,4 +1213,241 @@ fn an_abort_between_nodes_restarts_no_further_node() {
             "health n1 1.0.0"
         ]
     );
+}
+
+fn batched(batches: &str, max_failed: &str) -> Rollout {
+    #[derive(serde::Deserialize)]
+    struct Shares {
+        batches: Vec<crate::deploy::rollout::Share>,
+        max_failed: crate::deploy::rollout::Share,
+    }
+    let s: Shares =
+        toml::from_str(&format!("batches = {batches}\nmax_failed = {max_failed}")).unwrap();
+    Rollout {
+        batches: s.batches,
+        max_failed: s.max_failed,
+        ..policy()
+    }
+}
+
+/// The log without repeated health checks of the same nodes (retries while failing).
+fn deduped(log: &[String]) -> Vec<String> {
+    let mut out: Vec<String> = vec![];
+    for l in log {
+        if out.last() != Some(l) {
+            out.push(l.clone());
+        }
+    }
+    out
+}
+
+#[test]
+fn batches_restart_in_node_order_and_the_last_size_repeats() {
+    let nodes = ["n1", "n2", "n3", "n4", "n5", "n6", "n7", "n8"];
+    let mut twin = Twin::new(&nodes, Some("1.0.0"));
+    // 50% of 8 is 4: then 4 again, of which one node is left.
+    let (outcome, notices) = run(
+        &mut twin,
+        job("1.1.0", false),
+        batched(r#"[1, 2, "50%"]"#, "0"),
+    );
+    assert_eq!(outcome, succeeded());
+    assert_eq!(
+        twin.log,
+        [
+            "install 1.1.0 n1,n2,n3,n4,n5,n6,n7,n8",
+            "restart n1 1.1.0",
+            "health n1 1.1.0",
+            "restart n2,n3 1.1.0",
+            "health n2,n3 1.1.0",
+            "restart n4,n5,n6,n7 1.1.0",
+            "health n4,n5,n6,n7 1.1.0",
+            "restart n8 1.1.0",
+            "health n8 1.1.0",
+        ]
+    );
+    let healthy: Vec<_> = notices
+        .iter()
+        .filter_map(|n| match n {
+            Notice::Healthy { node } => Some(node.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(healthy, nodes, "node order holds within and across batches");
+
+    // A share too small for one node still restarts one; the lease is renewed before
+    // each batch.
+    assert_eq!(batched(r#"["20%"]"#, "0").batch_size(3, 3), 1);
+    let mut twin = Twin::new(&["n1", "n2", "n3"], Some("1.0.0"));
+    run(&mut twin, job("1.1.0", false), batched("[1, 2]", "0"));
+    assert_eq!(twin.renewals.len(), 2);
+}
+
+#[test]
+fn a_batch_rechecks_only_its_nodes_still_failing() {
+    let mut twin = Twin::new(&["n1", "n2", "n3"], Some("1.0.0"));
+    twin.fail.insert(
+        (CommandKind::Health, "n3".into(), "1.1.0".into()),
+        NodeResult::Failed {
+            exit_code: Some(7),
+            output: "not yet".into(),
+        },
+    );
+    let mut d = Deploy::new(job("1.1.0", false), batched("[3]", "1"));
+    let (outcome, _) = twin.drive(&mut d, None);
+    assert_eq!(
+        outcome,
+        Outcome::Succeeded {
+            failed_installs: vec![],
+            unhealthy: vec!["n3".into()],
+        }
+    );
+    assert_eq!(
+        twin.log[1..3],
+        ["restart n1,n2,n3 1.1.0", "health n1,n2,n3 1.1.0"]
+    );
+    assert!(twin.log[3..].iter().all(|l| l == "health n3 1.1.0"));
+}
+
+#[test]
+fn failures_within_the_budget_are_named_and_the_rollout_goes_on() {
+    let nodes = ["n1", "n2", "n3", "n4", "n5", "n6"];
+    let mut twin = Twin::new(&nodes, Some("1.0.0")).fail(CommandKind::Health, "n3", "1.1.0");
+    let (outcome, notices) = run(
+        &mut twin,
+        job("1.1.0", false),
+        batched("[1, 2]", r#""20%""#),
+    );
+    assert_eq!(
+        outcome,
+        Outcome::Succeeded {
+            failed_installs: vec![],
+            unhealthy: vec!["n3".into()],
+        }
+    );
+    assert_eq!(
+        deduped(&twin.log),
+        [
+            "install 1.1.0 n1,n2,n3,n4,n5,n6",
+            "restart n1 1.1.0",
+            "health n1 1.1.0",
+            "restart n2,n3 1.1.0",
+            "health n2,n3 1.1.0",
+            "health n3 1.1.0",
+            "restart n4,n5 1.1.0",
+            "health n4,n5 1.1.0",
+            "restart n6 1.1.0",
+            "health n6 1.1.0",
+        ]
+    );
+    assert!(notices.contains(&Notice::Unhealthy {
+        node: "n3".into(),
+        detail: "exit 1: n3 broke".into()
+    }));
+    assert_eq!(twin.recorded.len(), 1, "the version is live");
+    let Some(Notice::Finished { outcome }) = notices.last() else {
+        panic!("no outcome")
+    };
+    assert_eq!(outcome.left_behind().as_deref(), Some("n3 unhealthy"));
+}
+
+#[test]
+fn one_failure_past_the_budget_rolls_back_exactly_the_restarted_nodes_in_batches() {
+    let nodes = ["n1", "n2", "n3", "n4", "n5", "n6"];
+    let mut twin = Twin::new(&nodes, Some("1.0.0"))
+        .fail(CommandKind::Health, "n3", "1.1.0")
+        .fail(CommandKind::Health, "n5", "1.1.0");
+    // 20% of 6 is one failure allowed: n3 is, n5 is one too many.
+    let (outcome, notices) = run(
+        &mut twin,
+        job("1.1.0", false),
+        batched("[1, 2]", r#""20%""#),
+    );
+    assert!(
+        matches!(&outcome, Outcome::Failed { reason, rolled_back: true } if reason.starts_with("n5 failed its health check")),
+        "{outcome:?}"
+    );
+    assert_eq!(
+        deduped(&twin.log),
+        [
+            "install 1.1.0 n1,n2,n3,n4,n5,n6",
+            "restart n1 1.1.0",
+            "health n1 1.1.0",
+            "restart n2,n3 1.1.0",
+            "health n2,n3 1.1.0",
+            "health n3 1.1.0",
+            "restart n4,n5 1.1.0",
+            "health n4,n5 1.1.0",
+            "health n5 1.1.0",
+            // n6 was never restarted: it only gets the old version back on disk.
+            "install 1.0.0 n1,n2,n3,n4,n5,n6",
+            "restart n1 1.0.0",
+            "health n1 1.0.0",
+            "restart n2,n3 1.0.0",
+            "health n2,n3 1.0.0",
+            "restart n4,n5 1.0.0",
+            "health n4,n5 1.0.0",
+        ]
+    );
+    assert!(notices.iter().any(|n| matches!(n, Notice::RollingBack { nodes, .. } if nodes == &["n1", "n2", "n3", "n4", "n5"])));
+    assert!(twin.recorded.is_empty());
+}
+
+#[test]
+fn a_failed_restart_stops_mid_batch_before_any_health_check() {
+    let mut twin = Twin::new(&["n1", "n2", "n3", "n4"], Some("1.0.0")).fail(
+        CommandKind::Restart,
+        "n3",
+        "1.1.0",
+    );
+    let (outcome, notices) = run(&mut twin, job("1.1.0", false), batched("[1, 3]", "0"));
+    assert!(
+        matches!(&outcome, Outcome::Failed { reason, rolled_back: true } if reason == "restart of n3 failed (exit 1: n3 broke)"),
+        "{outcome:?}"
+    );
+    assert_eq!(
+        twin.log,
+        [
+            "install 1.1.0 n1,n2,n3,n4",
+            "restart n1 1.1.0",
+            "health n1 1.1.0",
+            "restart n2,n3,n4 1.1.0",
+            // The batch's health is never checked: the budget is already spent.
+            "install 1.0.0 n1,n2,n3,n4",
+            "restart n1 1.0.0",
+            "health n1 1.0.0",
+            "restart n2,n3,n4 1.0.0",
+            "health n2,n3,n4 1.0.0",
+        ]
+    );
+    assert!(notices.contains(&Notice::Restarted { node: "n4".into() }));
+}
+
+#[test]
+fn shares_read_as_counts_or_percentages_and_refuse_anything_else() {
+    use crate::deploy::rollout::Share;
+    let p = batched(r#"[1, 5, "20%", 0]"#, r#""10%""#);
+    assert_eq!(
+        p.batches,
+        [
+            Share::Nodes(1),
+            Share::Nodes(5),
+            Share::Percent(20),
+            Share::None
+        ]
+    );
+    assert_eq!(p.failure_budget(25), 2);
+    assert_eq!(p.batch_size(2, 1000), 200);
+    assert_eq!(
+        p.batch_size(9, 1000),
+        1,
+        "the last entry repeats, and 0 is still one"
+    );
+    for bad in [r#""101%""#, r#""x%""#, r#""5""#, "-1", "1.5"] {
+        let r: Result<toml::Value, _> = toml::from_str(&format!("v = {bad}"));
+        let parsed = r.ok().and_then(|v| v["v"].clone().try_into::<Share>().ok());
+        assert_eq!(parsed, None, "{bad} was taken");
+    }
+    let json = serde_json::to_string(&p.batches).unwrap();
+    assert_eq!(json, r#"[1,5,"20%",0]"#);
 }

@@ -95,8 +95,13 @@ pub enum Verdict {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "outcome", rename_all = "snake_case")]
 pub enum Outcome {
-    /// Live on every node that installed (installs that failed within `max_errors` are listed).
-    Succeeded { failed_installs: Vec<String> },
+    /// Live on every node that installed (installs that failed within `max_errors` are
+    /// listed), except those that failed their restart within `max_failed`.
+    Succeeded {
+        failed_installs: Vec<String>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        unhealthy: Vec<String>,
+    },
     /// Nothing was restarted (or everything restarted was put back); the old version serves.
     Failed { reason: String, rolled_back: bool },
     /// A rollback did not bring a node back healthy: someone must look.
@@ -112,6 +117,25 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    /// For a success that left nodes behind: which ones, and how.
+    pub fn left_behind(&self) -> Option<String> {
+        let Outcome::Succeeded {
+            failed_installs,
+            unhealthy,
+        } = self
+        else {
+            return None;
+        };
+        let mut parts = vec![];
+        if !failed_installs.is_empty() {
+            parts.push(format!("installs on {}", failed_installs.join(", ")));
+        }
+        if !unhealthy.is_empty() {
+            parts.push(format!("{} unhealthy", unhealthy.join(", ")));
+        }
+        (!parts.is_empty()).then(|| parts.join("; "))
+    }
+
     /// Why it did not succeed.
     pub fn reason(&self) -> Option<&str> {
         match self {
@@ -219,32 +243,35 @@ pub enum Phase {
     /// A sync asks every node which version it runs.
     Probe,
     Install,
-    /// Restart `nodes[index]`, then health-check it.
+    /// Restart the batch's nodes together, then health-check them.
     Restart {
-        index: usize,
+        batch: Batch,
     },
-    /// Health-check `nodes[index]`, restarted at `since`, until `health_timeout_seconds`.
+    /// Health-check the batch's restarted nodes, restarted at `since`, until each passes
+    /// or `health_timeout_seconds` is up.
     Health {
-        index: usize,
+        batch: Batch,
         attempt: u32,
         since: DateTime<Utc>,
     },
-    /// Watch the canary for `bake_seconds`, then check it once more.
-    Bake,
+    /// Watch the first batch (the canary) for `bake_seconds`, then check it once more.
+    Bake {
+        batch: Batch,
+    },
     /// Put the previous version back on disk wherever the new one was installed; then
-    /// restart, in order, the nodes this deploy restarted.
+    /// restart, in order and in the same batches, the nodes this deploy restarted.
     Revert {
         to: Version,
         reason: String,
     },
     RevertRestart {
         to: Version,
-        index: usize,
+        batch: Batch,
         reason: String,
     },
     RevertHealth {
         to: Version,
-        index: usize,
+        batch: Batch,
         attempt: u32,
         since: DateTime<Utc>,
         reason: String,
@@ -258,4 +285,12 @@ pub enum Phase {
     },
     Unlock,
     Done,
+}
+
+/// Nodes restarted together: the `number`th batch (from 0) of a rollout or a rollback,
+/// as indices into the deploy's nodes, in node order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Batch {
+    pub number: usize,
+    pub nodes: Vec<usize>,
 }

@@ -79,16 +79,11 @@ pub(super) fn status_line(d: &Deploy) -> (String, &'static str) {
         _ => None,
     };
     match &d.outcome {
-        Some(Outcome::Succeeded { failed_installs }) if failed_installs.is_empty() => {
-            match synced {
-                Some(line) => (line, ":white_check_mark:"),
-                None => ("deployed".into(), ":white_check_mark:"),
-            }
-        }
-        Some(Outcome::Succeeded { failed_installs }) => (
-            format!("deployed, except on {}", failed_installs.join(", ")),
-            ":warning:",
-        ),
+        Some(o @ Outcome::Succeeded { .. }) => match (o.left_behind(), synced) {
+            (None, Some(line)) => (line, ":white_check_mark:"),
+            (None, None) => ("deployed".into(), ":white_check_mark:"),
+            (Some(left), _) => (format!("deployed, except {left}"), ":warning:"),
+        },
         Some(Outcome::Failed {
             rolled_back: true, ..
         }) => (
@@ -131,7 +126,7 @@ pub(super) fn status_line(d: &Deploy) -> (String, &'static str) {
             }
             Phase::Probe => ("reading the nodes' versions".into(), ":mag:"),
             Phase::Install => ("installing".into(), ":package:"),
-            Phase::Restart { .. } | Phase::Health { .. } | Phase::Bake => (
+            Phase::Restart { .. } | Phase::Health { .. } | Phase::Bake { .. } => (
                 "restarting one node at a time".into(),
                 ":arrows_counterclockwise:",
             ),
@@ -249,6 +244,7 @@ mod tests {
         let mut d = Deploy::new(job, Rollout::default());
         d.outcome = Some(Outcome::Succeeded {
             failed_installs: vec![],
+            unhealthy: vec![],
         });
         render(&d, &NotifyState::default(), Utc::now()).0
     }
