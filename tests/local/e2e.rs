@@ -435,3 +435,66 @@ async fn a_dry_run_shows_the_plan_and_queues_nothing() {
     let on_n1 = std::fs::read_to_string(dir.path().join("n1/version")).unwrap();
     assert_eq!(on_n1, "1.1.0", "nothing ran");
 }
+
+/// `batches = [1, 2]` on six real nodes: node4 fails its health check on 1.1.0 in the
+/// third batch, and exactly the five restarted nodes go back to 1.0.0, in the same
+/// batches; node6 never runs 1.1.0.
+#[tokio::test(flavor = "multi_thread")]
+async fn batches_restart_together_and_one_failure_rolls_back_exactly_the_restarted_nodes() {
+    let ex = Example::new(6);
+    let toml = crate::helpers::pip_app_toml(&ex.nodes, 3)
+        .replace(
+            "health = \"",
+            // The operator's health check, made to fail on node4 running 1.1.0 only.
+            "health = \"test {node}:{version} != node4:1.1.0 && ",
+        )
+        .replace(
+            "health_interval_seconds = 1",
+            "health_interval_seconds = 1\nbatches = [1, 2]",
+        );
+    std::fs::write(ex.config_path(), toml).unwrap();
+    let (_, status, _) = deploy(&ex, "1.0.0").await;
+    assert_eq!(status, JobStatus::Succeeded);
+
+    let (_, status, notices) = deploy(&ex, "1.1.0").await;
+    assert_eq!(status, JobStatus::Failed, "{notices:?}");
+    let s = steps(&notices);
+    assert_eq!(
+        &s[6..],
+        [
+            "node1 restarted",
+            "node1 healthy",
+            // A batch restarts together, then is checked together.
+            "node2 restarted",
+            "node3 restarted",
+            "node2 healthy",
+            "node3 healthy",
+            "node4 restarted",
+            "node5 restarted",
+            "node5 healthy",
+            "node4 unhealthy",
+            "rollback to 1.0.0",
+            "node1 healthy",
+            "node2 healthy",
+            "node3 healthy",
+            "node4 healthy",
+            "node5 healthy",
+        ],
+        "{s:?}"
+    );
+    assert!(notices
+        .iter()
+        .any(|n| matches!(n, Notice::RollingBack { nodes, .. }
+        if nodes == &["node1", "node2", "node3", "node4", "node5"])));
+    for node in ["node1", "node2", "node3", "node4", "node5"] {
+        assert_eq!(ex.starts(node, "1.1.0"), 1, "{node}");
+        assert_eq!(
+            ex.starts(node, "1.0.0"),
+            2,
+            "{node}: started, then rolled back"
+        );
+    }
+    assert_eq!(ex.starts("node6", "1.1.0"), 0);
+    assert_eq!(ex.starts("node6", "1.0.0"), 1, "never restarted");
+    assert_eq!(ex.served(), ["1.0.0"; 6]);
+}
