@@ -9,7 +9,8 @@
 //! - SSM API calls per node, and how many were throttled and retried; deploy-step
 //!   invocations; Step Functions history events
 //!   (must stay under 25,000 per execution);
-//! - the same with a health check failing on node 500: time until the rollback is done.
+//! - the same with a health check failing on node 500: time until the rollback is done;
+//! - the same deploy in batches `[1, 5, "20%"]`: one-at-a-time makespan ÷ batched.
 //!
 //! `cargo bench --bench sim`
 
@@ -259,7 +260,7 @@ struct Run {
     throttled: u64,
 }
 
-async fn simulate(failing: Option<usize>, store: &Path) -> (Run, Arc<Model>) {
+async fn simulate(failing: Option<usize>, rollout: &str, store: &Path) -> (Run, Arc<Model>) {
     let text = r#"
 [apps.hello]
 package = "hello-app"
@@ -268,10 +269,12 @@ restart = "restart"
 health = "health {version}"
 [apps.hello.rollout]
 health_timeout_seconds = 1
+ROLLOUT
 [apps.hello.environments.production]
 ssm_tags = { "shipit:app" = "hello" }
-"#;
-    let config = Arc::new(Config::parse(text, Path::new("sim.toml")).unwrap());
+"#
+    .replace("ROLLOUT", rollout);
+    let config = Arc::new(Config::parse(&text, Path::new("sim.toml")).unwrap());
     let ledger = Arc::new(Store::open(store).unwrap());
     let job = |v: &str, now| {
         DeployJob::new(
@@ -322,7 +325,7 @@ fn main() {
         .build()
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let (ok, model) = rt.block_on(simulate(None, &dir.path().join("a.db")));
+    let (ok, model) = rt.block_on(simulate(None, "", &dir.path().join("a.db")));
     let max_install = model.install.values().max().unwrap().as_secs_f64();
     let sum_install: f64 = model.install.values().map(Duration::as_secs_f64).sum();
     let per_node = (RESTART + HEALTH).as_secs_f64();
@@ -357,7 +360,7 @@ fn main() {
     );
     assert_eq!(ok.status, Some(JobStatus::Succeeded));
 
-    let (bad, _) = rt.block_on(simulate(Some(500), &dir.path().join("b.db")));
+    let (bad, _) = rt.block_on(simulate(Some(500), "", &dir.path().join("b.db")));
     println!("health check failing on node 500: {:?}", bad.status);
     // Its floor: forward to node 500, then the old version reinstalled and 500 restarts.
     let bad_floor = 2.0 * (max_install + 500.0 * per_node);
@@ -374,4 +377,22 @@ fn main() {
         "  Step Functions history events     {}",
         history_events(bad.steps)
     );
+
+    let batches = r#"batches = [1, 5, "20%"]"#;
+    let (fast, _) = rt.block_on(simulate(None, batches, &dir.path().join("c.db")));
+    println!("{batches}: {:?}", fast.status);
+    println!(
+        "  makespan {:.0} s; one at a time ÷ batched            {:.1}",
+        fast.makespan.as_secs_f64(),
+        ours / fast.makespan.as_secs_f64()
+    );
+    println!(
+        "  SSM calls per node                {:.2}",
+        fast.ssm_calls as f64 / NODES as f64
+    );
+    println!(
+        "  Step Functions history events     {}",
+        history_events(fast.steps)
+    );
+    assert_eq!(fast.status, Some(JobStatus::Succeeded));
 }
