@@ -120,7 +120,12 @@ async fn sync_target<'c>(
     env: Option<&str>,
 ) -> anyhow::Result<(&'c App, String, DeployJob)> {
     let (a, env) = target(config, app, env)?;
-    if a.version.is_none() {
+    let layout = a
+        .environments
+        .get(&env)
+        .map(|e| e.layout)
+        .unwrap_or_default();
+    if a.version.is_none() && layout.version_command().is_none() {
         bail!(
             "apps.{}.version is not set: sync needs a command that prints a node's installed \
              version (e.g. venv/bin/pip show {{package}})",

@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 
+use super::template::Template;
 use super::{App, Environment};
 use crate::deploy::command::{Command, CommandKind};
 
@@ -32,6 +33,7 @@ impl App {
         site: &Site,
     ) -> Result<Option<String>, ScriptError> {
         let (kind, version) = (cmd.kind, &cmd.version);
+        let layout_version;
         let template = match kind {
             CommandKind::Install => &self.install,
             CommandKind::Restart => &self.restart,
@@ -39,12 +41,20 @@ impl App {
                 Some(h) => h,
                 None => return Ok(None),
             },
-            CommandKind::Version => match &self.version {
-                Some(v) => v,
-                None => return Err(ScriptError::NoVersionCommand(self.name.clone())),
+            CommandKind::Version => match (&self.version, env.layout.version_command()) {
+                (Some(v), _) => v,
+                (None, Some(text)) => {
+                    layout_version = Template::parse(text).map_err(|e| ScriptError::Render {
+                        kind,
+                        reason: e.to_string(),
+                    })?;
+                    &layout_version
+                }
+                (None, None) => return Err(ScriptError::NoVersionCommand(self.name.clone())),
             },
         };
         let package = self.package.to_string();
+        let venv = env.layout.venv(kind, version);
         let script = template
             .render(|name| match name {
                 "app" => Some(self.name.as_str()),
@@ -53,12 +63,15 @@ impl App {
                 "version" => Some(version.as_str()),
                 "node" => Some(site.node),
                 "dir" => site.dir,
+                "venv" => Some(venv.as_str()),
                 other => site.vars.get(other).map(String::as_str),
             })
             .map_err(|e| ScriptError::Render {
                 kind,
                 reason: e.to_string(),
             })?;
+        let python = site.vars.get("python").map_or("python3", String::as_str);
+        let script = env.layout.wrap(kind, version, python, &script);
         Ok(Some(match cmd.fence {
             0 => script,
             fence => fenced(&self.name, &env.name, site, fence, &script),

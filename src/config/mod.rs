@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 
 mod check;
 pub mod command;
+pub mod layout;
 mod raw;
 outside_input! {
     pub mod secrets;
@@ -18,6 +19,7 @@ pub mod template;
 use crate::deploy::job::DeployJob;
 use crate::deploy::rollout::Rollout;
 use crate::deploy::version::PackageName;
+use layout::Layout;
 use secrets::Secret;
 use template::Template;
 
@@ -144,6 +146,8 @@ pub struct Gate {
 pub struct Environment {
     pub name: String,
     pub nodes: Nodes,
+    /// How its nodes keep the app's versions: in place, or side by side in `releases/`.
+    pub layout: Layout,
     /// Slack user ids (`U…`, `W…`) or `*`; nobody may deploy from chat otherwise.
     pub chat_deployers: Vec<String>,
     /// Who may use `--force` from chat; nobody unless named.

@@ -87,6 +87,8 @@ pub(super) struct RawEnvironment {
     #[serde(default)]
     pub(super) vars: BTreeMap<String, String>,
     pub(super) nodes: Option<Vec<RawLocalNode>>,
+    pub(super) layout: Option<String>,
+    pub(super) keep_releases: Option<u32>,
     #[serde(default)]
     pub(super) chat_deployers: Vec<String>,
     #[serde(default)]

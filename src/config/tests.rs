@@ -302,3 +302,48 @@ fn every_duration_is_bounded_so_that_the_engine_cannot_overflow_on_it() {
         ["line 8, column 26"]
     );
 }
+
+#[test]
+fn layouts_are_in_place_or_releases_keeping_at_least_two() {
+    let check = |lines: &str| {
+        let text = format!(
+            r#"
+            [apps.hello]
+            package = "hello-app"
+            install = "{{venv}}/bin/pip install {{package}}=={{version}}"
+            restart = "true"
+            [apps.hello.environments.production]
+            nodes = [{{ name = "n1", dir = "n1" }}]
+            {lines}
+        "#
+        );
+        let (config, problems) = check_text(&text, Path::new("d.toml"));
+        let errors: Vec<String> = problems
+            .into_iter()
+            .filter(|p| p.severity == Severity::Error)
+            .map(|p| p.key)
+            .collect();
+        (
+            config.map(|c| c.apps["hello"].environments["production"].layout),
+            errors,
+        )
+    };
+    use super::layout::Layout;
+    assert_eq!(check(""), (Some(Layout::InPlace), vec![]));
+    assert_eq!(
+        check("layout = \"releases\""),
+        (Some(Layout::Releases { keep: 5 }), vec![])
+    );
+    assert_eq!(
+        check("layout = \"releases\"\nkeep_releases = 2"),
+        (Some(Layout::Releases { keep: 2 }), vec![])
+    );
+    let env = "apps.hello.environments.production";
+    for (lines, key) in [
+        ("layout = \"releases\"\nkeep_releases = 1", "keep_releases"),
+        ("keep_releases = 3", "keep_releases"),
+        ("layout = \"capistrano\"", "layout"),
+    ] {
+        assert_eq!(check(lines).1, [format!("{env}.{key}")], "{lines}");
+    }
+}

@@ -498,3 +498,129 @@ async fn batches_restart_together_and_one_failure_rolls_back_exactly_the_restart
     assert_eq!(ex.starts("node6", "1.0.0"), 1, "never restarted");
     assert_eq!(ex.served(), ["1.0.0"; 6]);
 }
+
+/// `layout = "releases"` on real nodes: each version in its own virtualenv, `current`
+/// flipped at restart; a rollback installs nothing and still checks every node; old
+/// releases are pruned to `keep_releases`, and one pruned is built again when wanted.
+#[tokio::test(flavor = "multi_thread")]
+async fn releases_side_by_side_roll_back_without_installing_anything() {
+    let ex = Example::with_wheels(3, &["1.0.0", "1.1.0", "1.3.0"]);
+    let toml = crate::helpers::pip_app_toml(&ex.nodes, 10)
+        // One set of templates for both layouts: {venv} is the release's virtualenv.
+        .replace(
+            "install = \"venv/bin/pip",
+            "install = \"echo {version} >> installs.log && {venv}/bin/pip",
+        )
+        .replace(" -U {package}", " {package}")
+        .replace("\"venv/bin/python", "\"{venv}/bin/python")
+        .replace("version = \"venv/bin/pip show {package}\"\n", "")
+        .replace(
+            "[apps.hello.environments.production]",
+            "[apps.hello.environments.production]\nlayout = \"releases\"\nkeep_releases = 2",
+        );
+    std::fs::write(ex.config_path(), toml).unwrap();
+    let node = |n: &str| ex.dir.path().join("nodes").join(n);
+    let current = |n: &str| {
+        std::fs::read_link(node(n).join("current"))
+            .unwrap()
+            .display()
+            .to_string()
+    };
+    let installs = |n: &str| {
+        std::fs::read_to_string(node(n).join("installs.log"))
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_string)
+            .collect::<Vec<_>>()
+    };
+    let releases = |n: &str| {
+        let mut r: Vec<String> = std::fs::read_dir(node(n).join("releases"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+            .filter(|f| !f.starts_with('.'))
+            .collect();
+        r.sort();
+        r
+    };
+    for v in ["1.0.0", "1.1.0"] {
+        let (_, status, notices) = deploy(&ex, v).await;
+        assert_eq!(status, JobStatus::Succeeded, "{notices:?}");
+    }
+    assert_eq!(ex.served(), ["1.1.0"; 3]);
+    let built = node("node1").join("releases/1.0.0/.shipit-built");
+    let built_at = std::fs::metadata(&built).unwrap().modified().unwrap();
+
+    // A version that cannot be installed: nothing restarted, `current` untouched.
+    let (_, status, _) = deploy(&ex, "9.9.9").await;
+    assert_eq!(status, JobStatus::Failed);
+    assert_eq!(current("node1"), "releases/1.1.0");
+    assert_eq!(ex.served(), ["1.1.0"; 3]);
+    assert_eq!(ex.starts("node1", "1.1.0"), 1);
+
+    // The rollback to 1.0.0 installs nothing, flips and restarts each node, and checks
+    // each one's health.
+    let store = ex.store();
+    let job = shipit::cli::rollback(&ex.config(), &store, "hello", None)
+        .await
+        .unwrap();
+    let (_, status, notices) = finish(&ex, &job.id).await;
+    assert_eq!(status, JobStatus::Succeeded, "{notices:?}");
+    assert_eq!(
+        steps(&notices),
+        [
+            "node1 installed",
+            "node2 installed",
+            "node3 installed",
+            "node1 restarted",
+            "node1 healthy",
+            "node2 restarted",
+            "node2 healthy",
+            "node3 restarted",
+            "node3 healthy"
+        ]
+    );
+    for n in ["node1", "node2", "node3"] {
+        assert_eq!(
+            installs(n),
+            ["1.0.0", "1.1.0", "9.9.9"],
+            "{n}: pip ran again"
+        );
+        assert_eq!(current(n), "releases/1.0.0");
+    }
+    assert_eq!(
+        std::fs::metadata(&built).unwrap().modified().unwrap(),
+        built_at
+    );
+    assert_eq!(ex.served(), ["1.0.0"; 3]);
+
+    // 1.3.0 goes live: 1.0.0 is the one before it and stays; 1.1.0 is pruned (and the
+    // failed 9.9.9, never built, stays out of the count).
+    let (_, status, _) = deploy(&ex, "1.3.0").await;
+    assert_eq!(status, JobStatus::Succeeded);
+    assert_eq!(releases("node1"), ["1.0.0", "1.3.0", "9.9.9"]);
+    // 1.1.0 is wanted again: it is built afresh.
+    let (_, status, _) = deploy(&ex, "1.1.0").await;
+    assert_eq!(status, JobStatus::Succeeded);
+    assert_eq!(installs("node2").last().map(String::as_str), Some("1.1.0"));
+    assert_eq!(releases("node2"), ["1.1.0", "1.3.0", "9.9.9"]);
+    assert_eq!(ex.served(), ["1.1.0"; 3]);
+
+    // sync reads each node's version from `current` (the app has no version command),
+    // and puts a node flipped behind shipit's back on the live release, from disk.
+    let (code, out) = ex.shipit(&["sync", "hello", "--check"]);
+    assert_eq!(code, 0, "{out}");
+    std::os::unix::fs::symlink("releases/1.3.0", node("node3").join("flipped")).unwrap();
+    std::fs::rename(node("node3").join("flipped"), node("node3").join("current")).unwrap();
+    let (code, out) = ex.shipit(&["sync", "hello", "--check"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.lines()
+            .any(|l| l.split_whitespace().collect::<Vec<_>>() == ["node3", "1.3.0", "differs"]),
+        "{out}"
+    );
+    let (code, out) = ex.shipit(&["sync", "hello"]);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(current("node3"), "releases/1.1.0");
+    assert_eq!(installs("node3").last().map(String::as_str), Some("1.1.0"));
+    assert_eq!(installs("node3").len(), 5, "sync built nothing");
+}

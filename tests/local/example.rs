@@ -25,12 +25,15 @@ pub fn free_port() -> u16 {
 impl Example {
     /// `n` nodes with their own virtualenvs; wheels 1.0.0, 1.1.0 and a broken 1.2.0.
     pub fn new(n: usize) -> Example {
+        Example::with_wheels(n, &["1.0.0", "1.1.0", "1.2.0:broken"])
+    }
+
+    pub fn with_wheels(n: usize, versions: &[&str]) -> Example {
         let dir = tempfile::tempdir().unwrap();
         let nodes: Vec<(String, u16)> =
             (1..=n).map(|i| (format!("node{i}"), free_port())).collect();
         let names: Vec<String> = nodes.iter().map(|(n, _)| n.clone()).collect();
-        shipit::cli::demo::set_up_nodes(dir.path(), &names, &["1.0.0", "1.1.0", "1.2.0:broken"])
-            .unwrap();
+        shipit::cli::demo::set_up_nodes(dir.path(), &names, versions).unwrap();
         let ex = Example { dir, nodes };
         ex.write_config();
         ex
@@ -130,10 +133,13 @@ impl Example {
 impl Drop for Example {
     fn drop(&mut self) {
         for (name, _) in &self.nodes {
-            let _ = Command::new("venv/bin/python")
-                .args(["-m", "hello_app.ctl", "stop", "0"])
-                .current_dir(self.dir.path().join("nodes").join(name))
-                .output();
+            // In place, or the live release of `layout = "releases"`.
+            for python in ["venv/bin/python", "current/venv/bin/python"] {
+                let _ = Command::new(python)
+                    .args(["-m", "hello_app.ctl", "stop", "0"])
+                    .current_dir(self.dir.path().join("nodes").join(name))
+                    .output();
+            }
         }
     }
 }

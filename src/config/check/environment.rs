@@ -4,6 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::{valid_name, Checker, Scope};
+use crate::config::layout::{Layout, DEFAULT_KEEP_RELEASES};
 use crate::config::raw::{RawEnvironment, RawLocalNode};
 use crate::config::{Environment, LocalNode, Nodes};
 
@@ -60,6 +61,7 @@ pub(super) fn check_environment(
             None
         }
     };
+    let layout = check_layout(c, &ek, e.layout.as_deref(), e.keep_releases);
     check_user_ids(c, &format!("{ek}.chat_deployers"), &e.chat_deployers);
     check_user_ids(c, &format!("{ek}.chat_forcers"), &e.chat_forcers);
     if let Some(lockers) = &e.chat_lockers {
@@ -68,10 +70,44 @@ pub(super) fn check_environment(
     nodes.map(|nodes| Environment {
         name,
         nodes,
+        layout,
         chat_lockers: e.chat_lockers.unwrap_or_else(|| e.chat_deployers.clone()),
         chat_deployers: e.chat_deployers,
         chat_forcers: e.chat_forcers,
     })
+}
+
+fn check_layout(c: &mut Checker, ek: &str, layout: Option<&str>, keep: Option<u32>) -> Layout {
+    match (layout.unwrap_or("in-place"), keep) {
+        ("in-place", None) => Layout::InPlace,
+        ("in-place", Some(_)) => {
+            c.error(
+                format!("{ek}.keep_releases"),
+                "keep_releases is for layout = \"releases\"",
+                "set layout = \"releases\", or remove keep_releases",
+            );
+            Layout::InPlace
+        }
+        ("releases", Some(k)) if k < 2 => {
+            c.error(
+                format!("{ek}.keep_releases"),
+                format!("{k} would not keep the release before the live one"),
+                "at least 2: the live release and the one a rollback goes back to",
+            );
+            Layout::Releases { keep: 2 }
+        }
+        ("releases", keep) => Layout::Releases {
+            keep: keep.unwrap_or(DEFAULT_KEEP_RELEASES),
+        },
+        (other, _) => {
+            c.error(
+                format!("{ek}.layout"),
+                format!("{other:?} is not a layout"),
+                "\"in-place\" (one virtualenv, pip install -U) or \"releases\" (one per version, side by side)",
+            );
+            Layout::InPlace
+        }
+    }
 }
 
 struct SsmEnvironment {

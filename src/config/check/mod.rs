@@ -31,7 +31,7 @@ pub(super) struct Scope<'a> {
 }
 
 /// Placeholders every template may use; nodes add their own `vars`.
-const TEMPLATE_VARS: [&str; 6] = ["app", "env", "package", "version", "node", "dir"];
+const TEMPLATE_VARS: [&str; 7] = ["app", "env", "package", "version", "node", "dir", "venv"];
 
 /// The typed config, if the file could be read as TOML at all, and every problem in it.
 pub(super) fn check_text(text: &str, path: &Path) -> (Option<Config>, Vec<Problem>) {
