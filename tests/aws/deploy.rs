@@ -120,7 +120,15 @@ fn config(fleet: &str) -> Config {
 
 /// The test app, with `rollout` keys added to its rollout policy.
 fn config_with(fleet: &str, rollout: &str) -> Config {
-    let text = format!(
+    parse(&config_text(fleet, rollout))
+}
+
+fn parse(text: &str) -> Config {
+    Config::parse(text, Path::new("aws.toml")).unwrap_or_else(|r| panic!("{r}"))
+}
+
+fn config_text(fleet: &str, rollout: &str) -> String {
+    format!(
         r#"
 [slack]
 signing_secret = "{}"
@@ -142,8 +150,7 @@ vars = {{ port = "8080" }}
 chat_deployers = ["*"]
 "#,
         crate::helpers::SLACK_SECRET,
-    );
-    Config::parse(&text, Path::new("aws.toml")).unwrap_or_else(|r| panic!("{r}"))
+    )
 }
 
 struct Rig {
@@ -470,6 +477,81 @@ async fn chat_rollback_resends_the_previous_job_through_the_queue_with_its_old_v
         "{text}"
     );
     assert_eq!(reply["response_type"], "in_channel");
+}
+
+/// `layout = "releases"` through Run Command: installs build `releases/VERSION` in the
+/// app's directory, restarts carry the flip of `current`, a rollback's install finds its
+/// release built, and the templates' `{venv}` follows the layout.
+#[tokio::test]
+async fn with_releases_the_commands_build_side_by_side_and_flip_current() {
+    let _turn = CONTROL.lock().await;
+    control(json!({})).await;
+    let mut rig = Rig::new(2).await;
+    let text = config_text(&rig.fleet, "")
+        .replace("\"venv/bin/pip install", "\"{venv}/bin/pip install")
+        .replace(
+            "dir = \"/srv/hello app\"",
+            "dir = \"/srv/hello app\"\nlayout = \"releases\"\nkeep_releases = 3",
+        );
+    rig.config = Arc::new(parse(&text));
+    let old = rig.job("1.0.0");
+    assert_eq!(
+        rig.deploy(old.clone()).await.status,
+        Some(JobStatus::Succeeded)
+    );
+    let new = rig.job("1.1.0");
+    assert_eq!(
+        rig.deploy(new.clone()).await.status,
+        Some(JobStatus::Succeeded)
+    );
+    let back = old.rollback(
+        Some(&new.id),
+        Source::Cli {
+            user: "test".into(),
+            nonce: unique("n"),
+        },
+        Utc::now(),
+    );
+    let end = rig.deploy(back.clone()).await;
+    assert_eq!(end.status, Some(JobStatus::Succeeded), "{end:?}");
+    // In order as ever; a restart now names its release.
+    let want: Vec<String> = expected_order(&rig.nodes, "1.0.0")
+        .into_iter()
+        .map(|l| l.replace(" -", " 1.0.0"))
+        .collect();
+    assert_eq!(rig.log(&back).await, want);
+    let cmds = rig.commands(&back).await;
+    let install = &cmds[0].2;
+    assert!(
+        install.contains("shipit_release=releases/1.0.0\n"),
+        "{install}"
+    );
+    assert!(
+        install.contains("is already built: nothing to install"),
+        "{install}"
+    );
+    assert!(
+        install.contains("releases/1.0.0/venv/bin/pip install -U hello-app==1.0.0"),
+        "{install}"
+    );
+    let restart = &cmds[1].2;
+    assert!(
+        restart.contains("shipit_release=releases/1.0.0\n"),
+        "{restart}"
+    );
+    assert!(
+        restart.contains("ln -sfn \"$shipit_release\" .shipit-current")
+            && restart.contains("os.replace(sys.argv[1], sys.argv[2])' .shipit-current current"),
+        "{restart}"
+    );
+    assert!(
+        restart.contains("kill -HUP $(cat '/srv/hello app'/service.pid)"),
+        "{restart}"
+    );
+    assert!(
+        restart.contains("-lt 3"),
+        "keep_releases reaches the node: {restart}"
+    );
 }
 
 /// Past SendCommand's 50 ids: 120 nodes are three commands a key, listed over pages.
