@@ -1,7 +1,9 @@
 //! Figures for the embedded runtime, printed (not asserted), each a ratio from one run:
 //! 1. a deploy to 10 local nodes (real virtualenvs, pip, service processes): wall time ÷
 //!    the floor (one install + Σ over nodes of restart + health, measured on the same nodes);
-//! 2. signed tag pushes that `serve` accepts and durably queues (SQLite, synchronous=FULL),
+//! 2. with `layout = "releases"` on 10 such nodes: rollback wall time ÷ deploy wall time
+//!    (the rollback flips back to a kept release and installs nothing);
+//! 3. signed tag pushes that `serve` accepts and durably queues (SQLite, synchronous=FULL),
 //!    over loopback from 8 concurrent clients: requests/s, p50 and p99 latency.
 //!
 //! Needs python3. `cargo bench --bench local`.
@@ -19,7 +21,7 @@ use shipit::local::store::Store;
 
 #[path = "../tests/helpers/mod.rs"]
 mod helpers;
-use helpers::{pip_app_toml, LocalApp, Served, GITHUB_SECRET};
+use helpers::{pip_app_releases_toml, pip_app_toml, LocalApp, Served, GITHUB_SECRET};
 
 const NODES: usize = 10;
 const WEBHOOKS: usize = 2000;
@@ -49,12 +51,29 @@ fn main() {
         .build()
         .unwrap();
     rt.block_on(async {
-        deploy_figures().await;
+        let in_place = deploy_figures().await;
+        releases_figures(in_place).await;
         webhook_figures().await;
     });
 }
 
-async fn deploy_figures() {
+/// Deploys `version` (or rolls back, with `None`) and waits for it: the wall time.
+async fn timed(config: &Arc<Config>, store: &Store, version: Option<&str>) -> Duration {
+    let job = match version {
+        Some(v) => shipit::cli::deploy(config, store, "hello", v, None, false).await,
+        None => shipit::cli::rollback(config, store, "hello", None).await,
+    }
+    .unwrap();
+    let t = Instant::now();
+    let status = shipit::cli::wait(config.clone(), store, &job.id, |_| {})
+        .await
+        .unwrap();
+    assert_eq!(status, JobStatus::Succeeded);
+    t.elapsed()
+}
+
+/// Prints the deploy figures; returns the in-place deploy's wall time.
+async fn deploy_figures() -> Duration {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
     let ports: Vec<u16> = (0..NODES).map(|_| port()).collect();
@@ -69,22 +88,8 @@ async fn deploy_figures() {
     let config = Arc::new(Config::load(&root.join("shipit.toml")).unwrap());
     let store = Store::open(&config.server.state).unwrap();
 
-    let run = |version: &'static str| {
-        let (config, store) = (config.clone(), store.clone());
-        async move {
-            let job = shipit::cli::deploy(&config, &store, "hello", version, None, false)
-                .await
-                .unwrap();
-            let t = Instant::now();
-            let status = shipit::cli::wait(config, &store, &job.id, |_| {})
-                .await
-                .unwrap();
-            assert_eq!(status, JobStatus::Succeeded);
-            t.elapsed()
-        }
-    };
-    run("1.0.0").await; // starts the services
-    let wall = run("1.1.0").await;
+    timed(&config, &store, Some("1.0.0")).await; // starts the services
+    let wall = timed(&config, &store, Some("1.1.0")).await;
 
     // The floor on the same nodes: one install, then each node's restart and health check
     // in turn (health polled every 20 ms, not every second).
@@ -137,6 +142,39 @@ async fn deploy_figures() {
         wall.as_secs_f64() / floor.as_secs_f64(),
         parallel_installs.as_secs_f64(),
         (parallel_installs + restarts).as_secs_f64() / floor.as_secs_f64(),
+    );
+    wall
+}
+
+async fn releases_figures(in_place: Duration) {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let names: Vec<String> = (1..=NODES).map(|i| format!("node{i}")).collect();
+    shipit::cli::demo::set_up_nodes(root, &names, &["1.0.0", "1.1.0"]).unwrap();
+    let nodes: Vec<(String, u16)> = names.iter().map(|n| (n.clone(), port())).collect();
+    std::fs::write(
+        root.join("shipit.toml"),
+        pip_app_releases_toml(&nodes, 20, 5),
+    )
+    .unwrap();
+    let config = Arc::new(Config::load(&root.join("shipit.toml")).unwrap());
+    let store = Store::open(&config.server.state).unwrap();
+    timed(&config, &store, Some("1.0.0")).await;
+    let deploy = timed(&config, &store, Some("1.1.0")).await;
+    let rollback = timed(&config, &store, None).await;
+    for n in &names {
+        sh(
+            &root.join("nodes").join(n),
+            "current/venv/bin/python -m hello_app.ctl stop 0",
+        );
+    }
+    println!(
+        "layout = \"releases\" on {NODES} local nodes: deploy {:.2} s (a fresh virtualenv each); rollback {:.2} s; rollback / deploy = {:.2}; rollback / in-place deploy ({:.2} s) = {:.2}",
+        deploy.as_secs_f64(),
+        rollback.as_secs_f64(),
+        rollback.as_secs_f64() / deploy.as_secs_f64(),
+        in_place.as_secs_f64(),
+        rollback.as_secs_f64() / in_place.as_secs_f64(),
     );
 }
 

@@ -66,6 +66,9 @@ enum Command {
         /// Print what the deploy would do (gate asked, nodes, commands) and queue nothing.
         #[arg(long, conflicts_with = "wait")]
         dry_run: bool,
+        /// With --dry-run: the plan as JSON.
+        #[arg(long, requires = "dry_run")]
+        json: bool,
     },
     /// Bring every node of APP to the live version: nodes added to the config, and nodes
     /// that drifted (another version installed by hand, say). Only those are touched.
@@ -87,6 +90,9 @@ enum Command {
         /// Print what the rollback would do and queue nothing.
         #[arg(long, conflicts_with = "wait")]
         dry_run: bool,
+        /// With --dry-run: the plan as JSON.
+        #[arg(long, requires = "dry_run")]
+        json: bool,
     },
     /// Stop deploys of APP until `unlock` (as `/deploy lock` does).
     Lock {
@@ -213,12 +219,13 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             wait,
             force,
             dry_run,
+            json,
         } => {
             let config = Arc::new(load(&cli.config)?);
             let store = open_store(&config)?;
             if dry_run {
                 let job = cli::deploy_job(&config, &app, &version, env.as_deref(), force)?;
-                return print_plan(&config, &store, &job).await;
+                return print_plan(&config, &store, &job, json).await;
             }
             let job = cli::deploy(&config, &store, &app, &version, env.as_deref(), force).await?;
             return follow(config, &store, job, wait).await;
@@ -243,12 +250,13 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             env,
             wait,
             dry_run,
+            json,
         } => {
             let config = Arc::new(load(&cli.config)?);
             let store = open_store(&config)?;
             if dry_run {
                 let job = cli::rollback_job(&config, &store, &app, env.as_deref()).await?;
-                return print_plan(&config, &store, &job).await;
+                return print_plan(&config, &store, &job, json).await;
             }
             let job = cli::rollback(&config, &store, &app, env.as_deref()).await?;
             return follow(config, &store, job, wait).await;
@@ -346,9 +354,15 @@ async fn print_plan(
     config: &Arc<Config>,
     store: &shipit::local::store::Store,
     job: &shipit::deploy::job::DeployJob,
+    json: bool,
 ) -> anyhow::Result<ExitCode> {
-    for line in cli::plan::plan(config, store, job).await? {
-        println!("{line}");
+    let plan = cli::plan::plan(config, store, job).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&plan)?);
+    } else {
+        for line in plan.lines() {
+            println!("{line}");
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

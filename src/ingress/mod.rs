@@ -5,6 +5,7 @@
 
 pub mod github;
 pub mod package;
+pub mod plan;
 pub mod slack;
 
 use std::sync::Arc;
@@ -16,7 +17,7 @@ use serde_json::{json, Value};
 use crate::config::secrets::{Secret, SecretError, Secrets};
 use crate::config::{App, Config};
 use crate::deploy::job::{DeployJob, Source};
-use crate::deploy::ports::{Enqueued, JobQueue, Ledger};
+use crate::deploy::ports::{Enqueued, Gate, JobQueue, Ledger};
 use crate::deploy::version::Version;
 
 /// An HTTP answer: status and JSON body.
@@ -82,6 +83,9 @@ pub struct Ingress {
     pub config: Arc<Config>,
     pub queue: Arc<dyn JobQueue>,
     pub ledger: Arc<dyn Ledger>,
+    /// Asked by a dry run (`/deploy … --dry-run`); without one its plan says the deploy
+    /// asks when it runs.
+    pub gate: Option<Arc<dyn Gate>>,
     github_secret: Option<String>,
     slack_secret: Option<String>,
 }
@@ -111,9 +115,17 @@ impl Ingress {
             config,
             queue,
             ledger,
+            gate: None,
             github_secret,
             slack_secret,
         })
+    }
+
+    pub fn with_gate(self, gate: Arc<dyn Gate>) -> Ingress {
+        Ingress {
+            gate: Some(gate),
+            ..self
+        }
     }
 
     /// Jobs for every environment the app deploys to automatically.

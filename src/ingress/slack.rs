@@ -25,7 +25,8 @@ pub const USAGE: &str = "\
 Usage:
   /deploy APP VERSION [ENV]     deploy a version (e.g. /deploy hello 1.4.2)
   /deploy APP VERSION [ENV] --force   even if its tag is not merged or its checks not green
-  /deploy rollback APP [ENV]    put the previous version back
+  /deploy APP VERSION [ENV] --dry-run   show what it would do (gate, lock, nodes, commands)
+  /deploy rollback APP [ENV]    put the previous version back (--dry-run: show it)
   /deploy status [APP]          what is live, and what is locked
   /deploy history APP [ENV]     the last deploys
   /deploy lock APP [ENV] REASON stop deploys until unlocked
@@ -55,6 +56,13 @@ pub struct SlashCommand {
     pub enterprise_id: Option<String>,
     #[serde(default)]
     pub api_app_id: Option<String>,
+}
+
+/// `--force` and `--dry-run`, wherever they appear in the command's text.
+#[derive(Debug, Clone, Copy)]
+struct Flags {
+    force: bool,
+    dry_run: bool,
 }
 
 fn say(text: impl Into<String>) -> Reply {
@@ -179,16 +187,25 @@ impl Ingress {
             }
         }
         let mut words: Vec<&str> = cmd.text.split_whitespace().collect();
-        let force = words.contains(&"--force");
-        words.retain(|w| *w != "--force");
-        if force
-            && matches!(
+        let flags = Flags {
+            force: words.contains(&"--force"),
+            dry_run: words.contains(&"--dry-run"),
+        };
+        words.retain(|w| *w != "--force" && *w != "--dry-run");
+        let other = |also_rollback: bool| {
+            matches!(
                 words.first(),
-                Some(&("help" | "status" | "history" | "rollback" | "lock" | "unlock" | "abort"))
-            )
-        {
+                Some(&("help" | "status" | "history" | "lock" | "unlock" | "abort"))
+            ) || (!also_rollback && words.first() == Some(&"rollback"))
+        };
+        if flags.force && other(false) {
             return say(format!(
                 "--force goes only with /deploy APP VERSION; nothing was done.\n{USAGE}"
+            ));
+        }
+        if flags.dry_run && other(true) {
+            return say(format!(
+                "--dry-run goes only with /deploy APP VERSION and /deploy rollback APP; nothing was done.\n{USAGE}"
             ));
         }
         match words.as_slice() {
@@ -200,7 +217,7 @@ impl Ingress {
                 Err(e) => say(e),
             },
             ["rollback", rest @ ..] => match self.target(rest, 0) {
-                Ok((app, env, _)) => self.chat_rollback(&cmd, app, env, now).await,
+                Ok((app, env, _)) => self.chat_rollback(&cmd, app, env, flags.dry_run, now).await,
                 Err(e) => say(e),
             },
             ["lock", rest @ ..] => match self.target(rest, 1) {
@@ -218,8 +235,8 @@ impl Ingress {
                 Err(e) => say(e),
             },
             ["deploy", app, version, env @ ..] | [app, version, env @ ..] if env.len() <= 1 => {
-                self.chat_deploy(&cmd, app, version, env.first().copied(), force, now)
-                    .await
+                let env = env.first().copied();
+                self.chat_deploy(&cmd, app, version, env, flags, now).await
             }
             _ => say(format!("I did not understand {:?}.\n{USAGE}", cmd.text)),
         }
@@ -311,9 +328,10 @@ impl Ingress {
         app: &str,
         version: &str,
         env: Option<&str>,
-        force: bool,
+        flags: Flags,
         now: DateTime<Utc>,
     ) -> Reply {
+        let Flags { force, dry_run } = flags;
         let app = match self.app(app) {
             Ok(a) => a,
             Err(e) => return say(e),
@@ -355,7 +373,22 @@ impl Ingress {
             now,
         );
         let job = if force { job.forced() } else { job };
-        self.chat_enqueue(job, "").await
+        match dry_run {
+            true => self.chat_plan(job, now).await,
+            false => self.chat_enqueue(job, "").await,
+        }
+    }
+
+    /// What the job would do, for the asker only; nothing is queued.
+    async fn chat_plan(&self, job: DeployJob, now: DateTime<Utc>) -> Reply {
+        let gate = self.gate.as_deref();
+        match super::plan::plan(&self.config, self.ledger.as_ref(), gate, &job, now).await {
+            Ok(plan) => say(plan.lines().join("\n")),
+            Err(e) => say(format!(
+                "Cannot tell what deploying {} {} would do ({e}); nothing was queued.",
+                job.app, job.version
+            )),
+        }
     }
 
     async fn chat_enqueue(&self, job: DeployJob, what: &str) -> Reply {
@@ -375,6 +408,7 @@ impl Ingress {
         cmd: &SlashCommand,
         app: &App,
         env: &Environment,
+        dry_run: bool,
         now: DateTime<Utc>,
     ) -> Reply {
         if let Err(r) = self.deploy_gate(cmd, app, env, now).await {
@@ -408,6 +442,9 @@ impl Ingress {
             }
         };
         let job = previous.rollback(Some(&live.id), cmd.source(), now);
+        if dry_run {
+            return self.chat_plan(job, now).await;
+        }
         self.chat_enqueue(job, &format!("rollback from {} to ", live.version))
             .await
     }

@@ -16,6 +16,7 @@ use crate::config::Config;
 use crate::drive::step::Stepper;
 use crate::drive::{Driver, Outbound};
 use crate::ingress::{Hook, Ingress};
+use crate::outbound::gate::Gatekeeper;
 
 /// The SSM client for Lambda: Run Command and Parameter Store throttle busy accounts, so
 /// it retries more than the default, with the SDK's adaptive back-off.
@@ -46,18 +47,23 @@ fn ssm_prefix() -> String {
 pub async fn ingress_from_env(hooks: &[Hook]) -> anyhow::Result<Ingress> {
     let sdk = sdk_config().await;
     let ssm = ssm_client(&sdk);
-    let secrets = Secrets::new(Some(ssm.clone()));
-    let config = config_from_env(&secrets).await?;
+    let secrets = Arc::new(Secrets::new(Some(ssm.clone())));
+    let config = Arc::new(config_from_env(&secrets).await?);
     let queue = deploy_queue(&sdk)?;
     let ledger = SsmLedger::new(ssm, &ssm_prefix());
-    Ok(Ingress::new(
-        Arc::new(config),
+    let ingress = Ingress::new(
+        config.clone(),
         Arc::new(queue),
         Arc::new(ledger),
         &secrets,
         hooks,
     )
-    .await?)
+    .await?;
+    // Chat's dry runs ask the gate as the deploy would (read-only).
+    Ok(match hooks.contains(&Hook::Slack) {
+        true => ingress.with_gate(Arc::new(Gatekeeper::new(config, secrets))),
+        false => ingress,
+    })
 }
 
 /// The deploy queue named by `SHIPIT_QUEUE_URL`.

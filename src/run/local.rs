@@ -11,20 +11,24 @@ use crate::config::Config;
 use crate::drive::Outbound;
 use crate::ingress::{Hook, Ingress};
 use crate::local::store::Store;
+use crate::outbound::gate::Gatekeeper;
 
 /// One machine: the SQLite store named by the config is both queue and ledger.
 pub async fn ingress(config: Config) -> anyhow::Result<(Ingress, Store)> {
     let store = open_store(&config)?;
-    let secrets = secrets(&config).await;
+    let secrets = Arc::new(secrets(&config).await);
     let store_ports = Arc::new(store.clone());
+    let config = Arc::new(config);
+    let gate = Arc::new(Gatekeeper::new(config.clone(), secrets.clone()));
     let ingress = Ingress::new(
-        Arc::new(config),
+        config,
         store_ports.clone(),
         store_ports,
         &secrets,
         &Hook::ALL,
     )
-    .await?;
+    .await?
+    .with_gate(gate);
     Ok((ingress, store))
 }
 

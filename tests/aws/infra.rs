@@ -254,7 +254,11 @@ fn each_function_reads_only_the_secrets_it_uses() {
     let fns = functions(&t);
     let expected: BTreeMap<&str, BTreeSet<&str>> = [
         ("github-webhook", ["GitHubWebhookSecret"].into()),
-        ("slash-command", ["SlackSigningSecret"].into()),
+        // The gate's token, for dry runs.
+        (
+            "slash-command",
+            ["SlackSigningSecret", "GitHubTokenSecret"].into(),
+        ),
         (
             "deploy-step",
             [

@@ -153,6 +153,57 @@ async fn slash_deploy_from_an_allowed_user_queues_one_job() {
     assert_eq!(fifo.drain().await[0].0, "hello/staging");
 }
 
+/// `/deploy … --dry-run` on AWS: the plan comes from Parameter Store's history and lock,
+/// with the nodes found by their tags when a deploy runs; nothing reaches the queue.
+#[tokio::test]
+async fn a_chat_dry_run_plans_from_the_ledger_and_queues_nothing() {
+    let fifo = Fifo::new().await;
+    let ledger = Arc::new(ssm_ledger(aws_sdk_ssm::Client::new(&sdk().await)));
+    for v in ["1.4.1", "1.4.2"] {
+        let job = cli_job("ann", v, v);
+        shipit::deploy::ports::Ledger::record(ledger.as_ref(), &job, Utc::now())
+            .await
+            .unwrap();
+    }
+    let ingress = ingress(Arc::new(fifo.queue()), ledger).await;
+    let now = Utc::now();
+    let ask = |text: &str| {
+        let body = slack_form("U2CERLKJA", "roadrunner", text, "trig-dry");
+        let ingress = &ingress;
+        async move {
+            let reply = ingress.slack(&slack_headers(&body, now), &body, now).await;
+            assert_eq!(reply.status, 200);
+            assert_eq!(reply.body["response_type"], "ephemeral");
+            reply.body["text"].as_str().unwrap().to_string()
+        }
+    };
+    let plan = ask("hello 1.5.0 --dry-run").await;
+    for line in [
+        "Dry run: nothing was queued.",
+        "hello 1.5.0 to production",
+        "Live: 1.4.2 — job",
+        "Lock: free",
+        "Gate: none configured",
+        "Nodes: the SSM managed nodes tagged",
+        "Install: venv/bin/pip install -U hello-app==1.5.0",
+    ] {
+        assert!(plan.contains(line), "{line:?} not in:\n{plan}");
+    }
+    let plan = ask("rollback hello --dry-run").await;
+    assert!(plan.contains("hello 1.4.1 to production"), "{plan}");
+    // Who may not deploy there may not plan it either.
+    let body = slack_form("U999", "mallory", "hello 1.5.0 --dry-run", "trig-dry2");
+    let reply = ingress.slack(&slack_headers(&body, now), &body, now).await;
+    assert!(
+        reply.body["text"]
+            .as_str()
+            .unwrap()
+            .contains("may not deploy"),
+        "{reply:?}"
+    );
+    assert_eq!(fifo.drain().await, vec![], "a dry run reached the queue");
+}
+
 /// One bad request, what it must be answered, and a part of the reason.
 struct Case {
     name: &'static str,

@@ -440,3 +440,27 @@ nodes = [{}]
         nodes.join(", ")
     )
 }
+
+/// The same app with `layout = "releases"`: the same templates through `{venv}` (no
+/// `version` command: the version is the release `current` points at), and each install
+/// that runs pip notes its version in the node's installs.log.
+pub fn pip_app_releases_toml(
+    nodes: &[(String, u16)],
+    health_timeout_seconds: u64,
+    keep: u32,
+) -> String {
+    pip_app_toml(nodes, health_timeout_seconds)
+        .replace(
+            "install = \"venv/bin/pip",
+            "install = \"echo {version} >> installs.log && {venv}/bin/pip",
+        )
+        .replace(" -U {package}", " {package}")
+        .replace("\"venv/bin/python", "\"{venv}/bin/python")
+        .replace("version = \"venv/bin/pip show {package}\"\n", "")
+        .replace(
+            "[apps.hello.environments.production]",
+            &format!(
+                "[apps.hello.environments.production]\nlayout = \"releases\"\nkeep_releases = {keep}"
+            ),
+        )
+}

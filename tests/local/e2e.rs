@@ -407,6 +407,7 @@ async fn a_dry_run_shows_the_plan_and_queues_nothing() {
     let plan = shipit::cli::plan::plan(&config, &store, &job)
         .await
         .unwrap()
+        .lines()
         .join("\n");
     assert!(plan.starts_with("Dry run: nothing was queued."), "{plan}");
     assert!(plan.contains("hello 1.2.0 to production"), "{plan}");
@@ -424,6 +425,7 @@ async fn a_dry_run_shows_the_plan_and_queues_nothing() {
     let plan = shipit::cli::plan::plan(&config, &store, &back)
         .await
         .unwrap()
+        .lines()
         .join("\n");
     assert!(plan.contains("hello 1.0.0 to production"), "{plan}");
 
@@ -431,6 +433,30 @@ async fn a_dry_run_shows_the_plan_and_queues_nothing() {
         store.jobs(None).await.unwrap().len(),
         jobs_before,
         "nothing queued"
+    );
+    // The same plan as JSON, from the command line.
+    let out = Command::new(env!("CARGO_BIN_EXE_shipit"))
+        .arg("--config")
+        .arg(dir.path().join("shipit.toml"))
+        .args(["deploy", "hello", "1.2.0", "--dry-run", "--json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let plan: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(plan["version"], "1.2.0");
+    assert_eq!(plan["batches"], serde_json::json!([["n1"], ["n2"]]));
+    assert_eq!(plan["gate"]["answer"], "none");
+    assert_eq!(plan["lock"], serde_json::Value::Null);
+    assert_eq!(plan["commands"]["install"], "printf %s 1.2.0 > version");
+    assert!(
+        plan["live"].as_str().unwrap().starts_with("1.1.0 — job"),
+        "{plan}"
+    );
+
+    assert_eq!(
+        store.jobs(None).await.unwrap().len(),
+        jobs_before,
+        "nothing queued from the command line either"
     );
     let on_n1 = std::fs::read_to_string(dir.path().join("n1/version")).unwrap();
     assert_eq!(on_n1, "1.1.0", "nothing ran");
@@ -505,19 +531,7 @@ async fn batches_restart_together_and_one_failure_rolls_back_exactly_the_restart
 #[tokio::test(flavor = "multi_thread")]
 async fn releases_side_by_side_roll_back_without_installing_anything() {
     let ex = Example::with_wheels(3, &["1.0.0", "1.1.0", "1.3.0"]);
-    let toml = crate::helpers::pip_app_toml(&ex.nodes, 10)
-        // One set of templates for both layouts: {venv} is the release's virtualenv.
-        .replace(
-            "install = \"venv/bin/pip",
-            "install = \"echo {version} >> installs.log && {venv}/bin/pip",
-        )
-        .replace(" -U {package}", " {package}")
-        .replace("\"venv/bin/python", "\"{venv}/bin/python")
-        .replace("version = \"venv/bin/pip show {package}\"\n", "")
-        .replace(
-            "[apps.hello.environments.production]",
-            "[apps.hello.environments.production]\nlayout = \"releases\"\nkeep_releases = 2",
-        );
+    let toml = crate::helpers::pip_app_releases_toml(&ex.nodes, 10, 2);
     std::fs::write(ex.config_path(), toml).unwrap();
     let node = |n: &str| ex.dir.path().join("nodes").join(n);
     let current = |n: &str| {

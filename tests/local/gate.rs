@@ -401,6 +401,7 @@ async fn a_dry_run_asks_the_gate_and_says_its_answer() {
     let plan = shipit::cli::plan::plan(&config, &store, &job)
         .await
         .unwrap()
+        .lines()
         .join("\n");
     assert!(
         plan.contains(
@@ -412,6 +413,7 @@ async fn a_dry_run_asks_the_gate_and_says_its_answer() {
     let plan = shipit::cli::plan::plan(&config, &store, &forced)
         .await
         .unwrap()
+        .lines()
         .join("\n");
     assert!(plan.contains("Gate: not asked (forced by"), "{plan}");
     assert!(store.jobs(None).await.unwrap().is_empty(), "nothing queued");

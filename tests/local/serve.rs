@@ -509,3 +509,68 @@ fn ingest_replays_every_sample_and_names_the_other_functions_events() {
     assert!(stdout.contains("it is deploy-step's"), "{stdout}");
     assert!(stdout.contains("queued hello/production 1.0.0"), "{stdout}");
 }
+
+/// `/deploy … --dry-run` over `serve`: the plan goes to the asker alone, for a deploy and
+/// for a rollback, and nothing is queued (`/api/deploys` stays empty).
+#[tokio::test]
+async fn a_chat_dry_run_answers_the_plan_and_queues_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = LocalApp {
+        nodes: vec!["n1", "n2", "n3"],
+        deployers: r#""U2CERLKJA""#,
+        tables: "[apps.hello.rollout]\nbatches = [1, 2]\n".into(),
+        ..LocalApp::default()
+    }
+    .write(dir.path());
+    let (ingress, store) = local::ingress(config).await.unwrap();
+    for v in ["1.0.0", "1.1.0"] {
+        let job = cli_job("ann", v, v);
+        shipit::deploy::ports::Ledger::record(&store, &job, Utc::now())
+            .await
+            .unwrap();
+    }
+    let served = Served::start(ingress, store.clone()).await;
+    let http = reqwest::Client::new();
+    let ask = |text: &str| {
+        let form = slack_form("U2CERLKJA", "roadrunner", text, "t-dry");
+        let mut req = http
+            .post(format!("{}/hooks/slack", served.base))
+            .body(form.clone());
+        for (k, v) in &slack_headers(&form, Utc::now()) {
+            req = req.header(k.as_str(), v.to_str().unwrap());
+        }
+        async move {
+            let reply: serde_json::Value = req.send().await.unwrap().json().await.unwrap();
+            assert_eq!(reply["response_type"], "ephemeral", "{reply}");
+            reply["text"].as_str().unwrap().to_string()
+        }
+    };
+    let plan = ask("hello 1.2.0 --dry-run").await;
+    for line in [
+        "Dry run: nothing was queued.",
+        "hello 1.2.0 to production, asked by @roadrunner (U2CERLKJA); asked for by name",
+        "Live: 1.1.0",
+        "Lock: free",
+        "Nodes, in restart order: n1, n2, n3",
+        "Batches: [n1] [n2, n3]",
+        "then restart in batches of [1, 2] (the last repeats)",
+    ] {
+        assert!(plan.contains(line), "{line:?} not in:\n{plan}");
+    }
+    let plan = ask("rollback hello --dry-run").await;
+    assert!(plan.contains("hello 1.0.0 to production"), "{plan}");
+    assert!(plan.contains("a rollback: job "), "{plan}");
+    let refused = ask("status --dry-run").await;
+    assert!(refused.starts_with("--dry-run goes only with"), "{refused}");
+
+    let listed: serde_json::Value = http
+        .get(format!("{}/api/deploys", served.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(listed["jobs"], serde_json::json!([]), "nothing queued");
+    served.stop().await;
+}

@@ -1,0 +1,330 @@
+//! A dry run: what a deploy or a rollback would do, asked of the ports the deploy would
+//! use (history and lock from the ledger; the gate for real, read-only), with nothing
+//! queued. `shipit deploy|rollback --dry-run` and `/deploy … --dry-run` show it.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use crate::config::command::Site;
+use crate::config::{App, Config, Environment, Nodes};
+use crate::deploy::command::{Command, CommandKind};
+use crate::deploy::engine::Verdict;
+use crate::deploy::history::faulty_mark;
+use crate::deploy::job::{DeployJob, Source};
+use crate::deploy::ports::{Gate, Ledger, PortError};
+use crate::deploy::report::{faulty_phrase, history_line, lock_line};
+use crate::deploy::rollout::Rollout;
+use crate::deploy::version::Version;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Plan {
+    pub app: String,
+    pub env: String,
+    pub version: Version,
+    pub requested_by: String,
+    /// Where the version comes from, in words.
+    pub source: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub forced_by: Option<String>,
+    /// What is live now, as history shows it (with its faulty mark if it has one).
+    pub live: Option<String>,
+    /// The mark on the version to deploy, if a deploy rolled back from it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub faulty: Option<String>,
+    /// Who holds the app+env, if anyone.
+    pub lock: Option<String>,
+    pub lock_wait_seconds: u64,
+    pub gate: GateAnswer,
+    /// The nodes in restart order, in their batches; `None` where they are found only when
+    /// the deploy runs (SSM tags).
+    pub batches: Option<Vec<Vec<String>>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ssm_tags: Option<std::collections::BTreeMap<String, String>>,
+    pub rollout: Rollout,
+    /// The commands as the first node would run them.
+    pub commands: Commands,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "answer", rename_all = "snake_case")]
+pub enum GateAnswer {
+    None,
+    Forced { by: String },
+    /// There is no gate to ask here; the deploy asks it when it runs.
+    NotAsked,
+    Pass,
+    /// The job would be skipped.
+    Refuse { reason: String },
+    Pending { reason: String, wait_seconds: u64 },
+    Unreachable { error: String },
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Commands {
+    pub node: String,
+    pub dir: Option<String>,
+    pub install: String,
+    pub restart: String,
+    pub health: Option<String>,
+}
+
+/// The plan of `job`. Reads only.
+pub async fn plan(
+    config: &Config,
+    ledger: &dyn Ledger,
+    gate: Option<&dyn Gate>,
+    job: &DeployJob,
+    now: DateTime<Utc>,
+) -> Result<Plan, PlanError> {
+    let (app, env) = config.target(job).map_err(PlanError::Target)?;
+    let history = ledger.history(&app.name, &env.name, 1).await?;
+    let faulty = ledger.faulty(&app.name, &env.name).await?;
+    let live = history
+        .first()
+        .map(|l| history_line(l, faulty_mark(&faulty, &l.job.version)));
+    let lock = ledger
+        .lock_state(&app.name, &env.name, now)
+        .await?
+        .map(|l| lock_line(&app.name, &env.name, &l));
+    let gate = match (&job.forced_by, &app.gate, gate) {
+        (Some(by), _, _) => GateAnswer::Forced { by: by.clone() },
+        (None, None, _) => GateAnswer::None,
+        (None, Some(_), None) => GateAnswer::NotAsked,
+        (None, Some(_), Some(gate)) => match gate.verify(job).await {
+            Ok(Verdict::Pass) => GateAnswer::Pass,
+            Ok(Verdict::Refuse { reason }) => GateAnswer::Refuse { reason },
+            Ok(Verdict::Pending {
+                reason,
+                wait_seconds,
+            }) => GateAnswer::Pending {
+                reason,
+                wait_seconds,
+            },
+            Err(e) => GateAnswer::Unreachable {
+                error: e.to_string(),
+            },
+        },
+    };
+    let (batches, ssm_tags) = match &env.nodes {
+        Nodes::Local(nodes) => {
+            let names: Vec<String> = nodes.iter().map(|n| n.name.clone()).collect();
+            (Some(batches(&app.rollout, &names)), None)
+        }
+        Nodes::Ssm { tags, .. } => (None, Some(tags.clone())),
+    };
+    Ok(Plan {
+        app: app.name.clone(),
+        env: env.name.clone(),
+        version: job.version.clone(),
+        requested_by: job.requested_by.clone(),
+        source: source(job),
+        forced_by: job.forced_by.clone(),
+        live,
+        faulty: faulty_mark(&faulty, &job.version).map(faulty_phrase),
+        lock,
+        lock_wait_seconds: app.rollout.lock_wait_seconds,
+        gate,
+        batches,
+        ssm_tags,
+        rollout: app.rollout.clone(),
+        commands: commands(app, env, job)?,
+    })
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PlanError {
+    #[error("{0}")]
+    Target(String),
+    #[error("{0}")]
+    Port(#[from] PortError),
+    #[error("{0}")]
+    Script(#[from] crate::config::command::ScriptError),
+}
+
+/// `nodes` in the rollout's batches, as a deploy that installs everywhere restarts them.
+fn batches(rollout: &Rollout, nodes: &[String]) -> Vec<Vec<String>> {
+    let mut out = vec![];
+    let mut rest = nodes;
+    while !rest.is_empty() {
+        let size = rollout.batch_size(out.len(), nodes.len()).min(rest.len());
+        let (batch, after) = rest.split_at(size);
+        out.push(batch.to_vec());
+        rest = after;
+    }
+    out
+}
+
+fn source(job: &DeployJob) -> String {
+    match &job.source {
+        Source::Rollback {
+            restores, replaces, ..
+        } => match replaces {
+            Some(r) => format!("a rollback: job {restores} sent again, undoing job {r}"),
+            None => format!("a rollback: job {restores} sent again"),
+        },
+        Source::Cli { .. } | Source::Chat { .. } => "asked for by name".into(),
+        Source::Tag { repo, tag, .. } => format!("tag {tag} of {repo}"),
+        Source::Upload { location } => format!("the upload {location}"),
+        Source::Sync { .. } => "a sync to the live version".into(),
+    }
+}
+
+/// The install, restart and health commands as the first node would run them (on SSM,
+/// where nodes are found when the deploy runs: as every node would, `{node}` aside).
+fn commands(app: &App, env: &Environment, job: &DeployJob) -> Result<Commands, PlanError> {
+    let none = std::collections::BTreeMap::new();
+    let (node, dir, vars) = match &env.nodes {
+        Nodes::Local(nodes) => match nodes.first() {
+            Some(n) => (n.name.clone(), Some(n.dir.display().to_string()), &n.vars),
+            None => return Err(PlanError::Target(format!("{} has no nodes", env.name))),
+        },
+        Nodes::Ssm { dir, vars, .. } => ("NODE".to_string(), dir.clone(), vars),
+    };
+    let vars = if vars.is_empty() { &none } else { vars };
+    let site = Site {
+        node: &node,
+        dir: dir.as_deref(),
+        vars,
+    };
+    let script = |kind| {
+        let cmd = Command {
+            key: String::new(),
+            kind,
+            version: job.version.clone(),
+            nodes: vec![node.clone()],
+            concurrency: 0,
+            fence: 0,
+        };
+        app.script(env, &cmd, &site)
+    };
+    let required = |kind| script(kind).map(Option::unwrap_or_default);
+    Ok(Commands {
+        install: required(CommandKind::Install)?,
+        restart: required(CommandKind::Restart)?,
+        health: script(CommandKind::Health)?,
+        node: node.clone(),
+        dir: dir.clone(),
+    })
+}
+
+impl Plan {
+    /// The plan in words, a line each.
+    pub fn lines(&self) -> Vec<String> {
+        let mut out = vec![
+            "Dry run: nothing was queued.".to_string(),
+            format!(
+                "{} {} to {}, asked by {}{}; {}",
+                self.app,
+                self.version,
+                self.env,
+                self.requested_by,
+                self.forced_by
+                    .as_ref()
+                    .map_or(String::new(), |by| format!(", forced past the gate by {by}")),
+                self.source
+            ),
+            match &self.live {
+                Some(l) => format!("Live: {l}"),
+                None => "Live: nothing yet (first deploy)".into(),
+            },
+        ];
+        if let Some(mark) = &self.faulty {
+            out.push(format!("Warning: {} is {mark}", self.version));
+        }
+        out.push(match &self.lock {
+            Some(l) => format!(
+                "Lock: {l}; the deploy would wait for it up to {} s",
+                self.lock_wait_seconds
+            ),
+            None => "Lock: free".into(),
+        });
+        out.push(match &self.gate {
+            GateAnswer::None => "Gate: none configured".into(),
+            GateAnswer::Forced { by } => format!("Gate: not asked (forced by {by})"),
+            GateAnswer::NotAsked => "Gate: asked when the deploy runs".into(),
+            GateAnswer::Pass => "Gate: passes".into(),
+            GateAnswer::Refuse { reason } => {
+                format!("Gate: refuses, the job would be skipped: {reason}")
+            }
+            GateAnswer::Pending {
+                reason,
+                wait_seconds,
+            } => format!("Gate: not yet ({reason}); the deploy would wait up to {wait_seconds} s"),
+            GateAnswer::Unreachable { error } => {
+                format!("Gate: could not be asked ({error}); the deploy asks again when it runs")
+            }
+        });
+        let r = &self.rollout;
+        match (&self.batches, &self.ssm_tags) {
+            (Some(batches), _) => {
+                let all: Vec<&str> = batches.iter().flatten().map(String::as_str).collect();
+                out.push(format!("Nodes, in restart order: {}", all.join(", ")));
+                if batches.iter().any(|b| b.len() > 1) {
+                    let groups: Vec<String> = batches.iter().map(|b| b.join(", ")).collect();
+                    out.push(format!("Batches: [{}]", groups.join("] [")));
+                }
+            }
+            (None, tags) => out.push(format!(
+                "Nodes: the SSM managed nodes tagged {:?}, found when it runs",
+                tags.clone().unwrap_or_default()
+            )),
+        }
+        let together = if r.batches.is_empty() {
+            "one node at a time".to_string()
+        } else {
+            let sizes: Vec<String> = r.batches.iter().map(ToString::to_string).collect();
+            format!("in batches of [{}] (the last repeats)", sizes.join(", "))
+        };
+        out.push(format!(
+            "Install on {}, then restart {together}{}{}, each health-checked within {} s; {}",
+            match r.install_concurrency {
+                0 => "every node at once".to_string(),
+                n => format!("at most {n} nodes at once"),
+            },
+            if r.canary { ", the first as a canary" } else { "" },
+            match r.bake_seconds {
+                0 => String::new(),
+                s => format!(" watched for {s} s"),
+            },
+            r.health_timeout_seconds,
+            match r.max_failed.of(100) {
+                0 => "any failure rolls back".to_string(),
+                _ => format!("up to {} failed nodes are left behind", r.max_failed),
+            }
+        ));
+        let c = &self.commands;
+        out.push(match &c.dir {
+            Some(dir) => format!("Commands on {} (in {dir}):", c.node),
+            None => format!("Commands on {}:", c.node),
+        });
+        out.push(format!("  Install: {}", c.install));
+        out.push(format!("  Restart: {}", c.restart));
+        out.push(format!(
+            "  Health: {}",
+            c.health.as_deref().unwrap_or("(none)")
+        ));
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::deploy::rollout::Share;
+
+    #[test]
+    fn nodes_are_grouped_in_the_rollout_s_batches() {
+        let nodes: Vec<String> = (1..=8).map(|i| format!("n{i}")).collect();
+        let rollout = Rollout {
+            batches: vec![Share::Nodes(1), Share::Nodes(2), Share::Percent(50)],
+            ..Rollout::default()
+        };
+        let sizes: Vec<usize> = batches(&rollout, &nodes).iter().map(Vec::len).collect();
+        assert_eq!(sizes, [1, 2, 4, 1]);
+        let one: Vec<usize> = batches(&Rollout::default(), &nodes[..3])
+            .iter()
+            .map(Vec::len)
+            .collect();
+        assert_eq!(one, [1, 1, 1]);
+    }
+}
