@@ -25,6 +25,7 @@ use chrono::{DateTime, Utc};
 use shipit::aws::fleet::{RunCommand, SendRequest, SsmFleet, Status};
 use shipit::config::secrets::Secrets;
 use shipit::config::Config;
+use shipit::deploy::history::HistoryEntry;
 use shipit::deploy::job::{DeployJob, Source};
 use shipit::deploy::ports::{Ledger, PortError};
 use shipit::deploy::status::JobStatus;
@@ -292,7 +293,7 @@ ssm_tags = { "shipit:app" = "hello" }
     let base = (Utc::now(), Instant::now());
     let clock = Arc::new(move || base.0 + chrono::Duration::from_std(base.1.elapsed()).unwrap());
     ledger
-        .record(&job("1.0.0", clock()), clock())
+        .record(&HistoryEntry::new(job("1.0.0", clock()), clock()))
         .await
         .unwrap();
     let model = Arc::new(Model::new(failing));

@@ -11,6 +11,20 @@ use super::version::Version;
 pub struct HistoryEntry {
     pub job: DeployJob,
     pub recorded_at: DateTime<Utc>,
+    /// Nodes the deploy went live without: installs that failed within `max_errors`,
+    /// nodes unhealthy within `max_failed` (`Outcome::left_behind`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub left_behind: Option<String>,
+}
+
+impl HistoryEntry {
+    pub fn new(job: DeployJob, recorded_at: DateTime<Utc>) -> HistoryEntry {
+        HistoryEntry {
+            job,
+            recorded_at,
+            left_behind: None,
+        }
+    }
 }
 
 /// A version a deploy rolled back from (its own failed health check, or a `rollback`
@@ -87,10 +101,7 @@ mod tests {
                     },
                     at - Duration::minutes(i as i64),
                 );
-                HistoryEntry {
-                    recorded_at: job.requested_at,
-                    job,
-                }
+                HistoryEntry::new(job.clone(), job.requested_at)
             })
             .collect()
     }

@@ -122,8 +122,8 @@ pub trait Fleet: Send + Sync {
 /// What is live where, and who holds which app+env.
 #[async_trait]
 pub trait Ledger: Send + Sync {
-    /// `job` is now live on its app+env. Recording the live job again changes nothing.
-    async fn record(&self, job: &DeployJob, now: DateTime<Utc>) -> Result<(), PortError>;
+    /// `entry.job` is now live on its app+env. Recording the live job again changes nothing.
+    async fn record(&self, entry: &HistoryEntry) -> Result<(), PortError>;
     /// Newest first.
     async fn history(
         &self,

@@ -48,12 +48,16 @@ pub fn forced_note(job: &DeployJob) -> String {
 pub fn history_line(entry: &HistoryEntry, mark: Option<&Faulty>) -> String {
     let job = &entry.job;
     format!(
-        "{} — job {} — {} — by {}{}{}",
+        "{} — job {} — {} — by {}{}{}{}",
         job.version,
         job.id,
         entry.recorded_at.format("%Y-%m-%d %H:%M UTC"),
         job.requested_by,
         forced_note(job),
+        entry
+            .left_behind
+            .as_ref()
+            .map_or(String::new(), |l| format!(" — except {l}")),
         mark.map_or(String::new(), |m| format!(" — {}", faulty_phrase(m)))
     )
 }
@@ -113,10 +117,7 @@ mod tests {
             },
             None => job,
         };
-        HistoryEntry {
-            job,
-            recorded_at: at,
-        }
+        HistoryEntry::new(job, at)
     }
 
     #[test]
@@ -142,6 +143,11 @@ mod tests {
         };
         assert!(history_line(&e, Some(&mark))
             .ends_with(" — by ann — FAULTY: rolled back to 1.1.0 by ann"));
+        let partial = HistoryEntry {
+            left_behind: Some("web3 unhealthy".into()),
+            ..e
+        };
+        assert!(history_line(&partial, None).ends_with(" — by ann — except web3 unhealthy"));
     }
 
     #[test]

@@ -16,7 +16,7 @@ use chrono::{DateTime, Utc};
 use crate::config::secrets::Secrets;
 use crate::config::{App, Config};
 use crate::deploy::engine::{Action, Deploy, Notice, Observation, Outcome, Verdict};
-use crate::deploy::history::{faulty_mark, Faulty};
+use crate::deploy::history::{faulty_mark, Faulty, HistoryEntry};
 use crate::deploy::job::DeployJob;
 use crate::deploy::lock::lease_seconds;
 use crate::deploy::ports::{
@@ -152,7 +152,11 @@ impl Driver {
                     .await?,
             },
             Action::Record => {
-                self.ledger.record(job, now).await?;
+                let entry = HistoryEntry {
+                    left_behind: deploy.outcome.as_ref().and_then(Outcome::left_behind),
+                    ..HistoryEntry::new(job.clone(), now)
+                };
+                self.ledger.record(&entry).await?;
                 Observation::Recorded
             }
             Action::MarkFaulty { version, reason } => {

@@ -268,7 +268,8 @@ struct SimLedger(Shared);
 
 #[async_trait]
 impl Ledger for SimLedger {
-    async fn record(&self, job: &DeployJob, now: DateTime<Utc>) -> Result<(), PortError> {
+    async fn record(&self, entry: &HistoryEntry) -> Result<(), PortError> {
+        let job = &entry.job;
         let mut w = self.0.lock().unwrap();
         let t = w.target(&job.app, &job.env);
         if t.history.first().is_some_and(|e| e.job.id == job.id) {
@@ -293,13 +294,7 @@ impl Ledger for SimLedger {
                 job.id, job.version
             ));
         }
-        t.history.insert(
-            0,
-            HistoryEntry {
-                job: job.clone(),
-                recorded_at: now,
-            },
-        );
+        t.history.insert(0, entry.clone());
         w.violations.extend(broken);
         if matches!(job.source, Source::Rollback { .. }) {
             w.stats.rollbacks_recorded += 1;

@@ -16,6 +16,7 @@ use shipit::aws::ledger::SsmLedger;
 use shipit::aws::queue::SqsQueue;
 use shipit::config::secrets::Secrets;
 use shipit::config::Config;
+use shipit::deploy::history::HistoryEntry;
 use shipit::deploy::job::{DeployJob, Source};
 use shipit::deploy::ports::{JobQueue, Ledger};
 use shipit::deploy::status::JobStatus;
@@ -1224,8 +1225,14 @@ async fn jobs_of_one_app_take_the_lock_in_queue_order_so_an_older_job_cannot_und
     let turn = Arc::new(turn_of(&sdk, &machine));
     let now = Utc::now();
     let (first, live) = (cli_job("1.0.0"), cli_job("1.1.0"));
-    rig.ledger.record(&first, now).await.unwrap();
-    rig.ledger.record(&live, now).await.unwrap();
+    rig.ledger
+        .record(&HistoryEntry::new(first.clone(), now))
+        .await
+        .unwrap();
+    rig.ledger
+        .record(&HistoryEntry::new(live.clone(), now))
+        .await
+        .unwrap();
     // An upload of 1.2.0 is queued; then someone rolls 1.1.0 back.
     let upload = DeployJob::new(
         "hello",

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use crate::helpers::*;
 use chrono::{TimeZone, Utc};
+use shipit::deploy::history::HistoryEntry;
 use shipit::deploy::job::{DeployJob, Source};
 use shipit::ingress::Reply;
 use shipit::local::store::Store;
@@ -161,7 +162,7 @@ async fn a_chat_dry_run_plans_from_the_ledger_and_queues_nothing() {
     let ledger = Arc::new(ssm_ledger(aws_sdk_ssm::Client::new(&sdk().await)));
     for v in ["1.4.1", "1.4.2"] {
         let job = cli_job("ann", v, v);
-        shipit::deploy::ports::Ledger::record(ledger.as_ref(), &job, Utc::now())
+        shipit::deploy::ports::Ledger::record(ledger.as_ref(), &HistoryEntry::new(job, Utc::now()))
             .await
             .unwrap();
     }

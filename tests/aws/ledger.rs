@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use crate::helpers::*;
 use chrono::{Duration, Utc};
-use shipit::deploy::history::{rollback_target, Faulty};
+use shipit::deploy::history::{rollback_target, Faulty, HistoryEntry};
 use shipit::deploy::job::{DeployJob, Source};
 use shipit::deploy::lock::LEASE_SECONDS;
 use shipit::deploy::ports::{Ledger, LockInfo, Renewal, Unlocked};
@@ -46,12 +46,21 @@ async fn ledger_contract(ledger: &dyn Ledger) {
 
     let (j1, j2, j3) = (job("1.0.0", "a"), job("1.1.0", "b"), job("1.1.0", "c"));
     for j in [&j1, &j2, &j3] {
-        ledger.record(j, now).await.unwrap();
+        ledger
+            .record(&HistoryEntry::new(j.clone(), now))
+            .await
+            .unwrap();
     }
     let mut staging = job("9.9.9", "other-env");
     staging.env = "staging".into();
-    ledger.record(&staging, now).await.unwrap();
-    ledger.record(&j3, now).await.unwrap(); // a replayed step
+    ledger
+        .record(&HistoryEntry::new(staging.clone(), now))
+        .await
+        .unwrap();
+    ledger
+        .record(&HistoryEntry::new(j3.clone(), now))
+        .await
+        .unwrap(); // a replayed step
     let h = ledger.history("hello", "production", 10).await.unwrap();
     let ids: Vec<_> = h.iter().map(|e| e.job.id.clone()).collect();
     assert_eq!(
@@ -301,8 +310,14 @@ async fn chat_status_history_lock_and_rollback_over_parameter_store_and_sqs() {
         .await
         .contains("hello/production: nothing deployed yet"));
     let (old, live) = (job("1.0.0", "a"), job("1.1.0", "b"));
-    ledger.record(&old, Utc::now()).await.unwrap();
-    ledger.record(&live, Utc::now()).await.unwrap();
+    ledger
+        .record(&HistoryEntry::new(old.clone(), Utc::now()))
+        .await
+        .unwrap();
+    ledger
+        .record(&HistoryEntry::new(live.clone(), Utc::now()))
+        .await
+        .unwrap();
 
     let status = say(&ingress, me, "status").await;
     assert!(

@@ -523,6 +523,30 @@ async fn batches_restart_together_and_one_failure_rolls_back_exactly_the_restart
     assert_eq!(ex.starts("node6", "1.1.0"), 0);
     assert_eq!(ex.starts("node6", "1.0.0"), 1, "never restarted");
     assert_eq!(ex.served(), ["1.0.0"; 6]);
+
+    // With one failure allowed, the same deploy goes live without node4, and says so in
+    // chat's words and in history.
+    let toml = std::fs::read_to_string(ex.config_path()).unwrap();
+    std::fs::write(
+        ex.config_path(),
+        toml.replace("batches = [1, 2]", "batches = [1, 2]\nmax_failed = 1"),
+    )
+    .unwrap();
+    let (_, status, notices) = deploy(&ex, "1.1.0").await;
+    assert_eq!(status, JobStatus::Succeeded, "{notices:?}");
+    assert!(notices
+        .iter()
+        .any(|n| matches!(n, Notice::Finished { outcome }
+        if outcome.left_behind().as_deref() == Some("node4 unhealthy"))));
+    let history = shipit::cli::history(&ex.config(), &ex.store(), "hello", None)
+        .await
+        .unwrap();
+    assert_eq!(history[0].entry.job.version.as_str(), "1.1.0");
+    assert_eq!(
+        history[0].entry.left_behind.as_deref(),
+        Some("node4 unhealthy")
+    );
+    assert_eq!(ex.starts("node6", "1.1.0"), 1);
 }
 
 /// `layout = "releases"` on real nodes: each version in its own virtualenv, `current`

@@ -6,6 +6,7 @@ use std::process::Command;
 use crate::helpers::*;
 use chrono::Utc;
 use shipit::config::Config;
+use shipit::deploy::history::HistoryEntry;
 use shipit::deploy::status::JobStatus;
 use shipit::ingress::package::UploadOutcome;
 use shipit::run::local;
@@ -525,7 +526,7 @@ async fn a_chat_dry_run_answers_the_plan_and_queues_nothing() {
     let (ingress, store) = local::ingress(config).await.unwrap();
     for v in ["1.0.0", "1.1.0"] {
         let job = cli_job("ann", v, v);
-        shipit::deploy::ports::Ledger::record(&store, &job, Utc::now())
+        shipit::deploy::ports::Ledger::record(&store, &HistoryEntry::new(job, Utc::now()))
             .await
             .unwrap();
     }

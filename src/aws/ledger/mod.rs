@@ -5,7 +5,7 @@ use chrono::{DateTime, Utc};
 
 use super::{params, sdk_err};
 use crate::deploy::history::faulty_mark;
-use crate::deploy::job::{DeployJob, JobId};
+use crate::deploy::job::JobId;
 use crate::deploy::ports::{Faulty, HistoryEntry, Ledger, LockInfo, PortError, Renewal, Unlocked};
 
 mod lock;
@@ -66,7 +66,8 @@ impl SsmLedger {
 
 #[async_trait]
 impl Ledger for SsmLedger {
-    async fn record(&self, job: &DeployJob, now: DateTime<Utc>) -> Result<(), PortError> {
+    async fn record(&self, entry: &HistoryEntry) -> Result<(), PortError> {
+        let job = &entry.job;
         // A replayed step records once: the job is live already.
         if self
             .live_entry(&job.app, &job.env)
@@ -75,12 +76,8 @@ impl Ledger for SsmLedger {
         {
             return Ok(());
         }
-        let entry = HistoryEntry {
-            job: job.clone(),
-            recorded_at: now,
-        };
         let name = self.live(&job.app, &job.env);
-        params::put(&self.client, &name, &serde_json::to_string(&entry)?, true).await?;
+        params::put(&self.client, &name, &serde_json::to_string(entry)?, true).await?;
         Ok(())
     }
 

@@ -49,12 +49,15 @@ fn delete_lock(c: &Connection, app: &str, env: &str) -> Result<(), rusqlite::Err
 
 #[async_trait]
 impl Ledger for Store {
-    async fn record(&self, job: &DeployJob, now: DateTime<Utc>) -> Result<(), PortError> {
-        let (app, env, json, id) = (
+    async fn record(&self, entry: &HistoryEntry) -> Result<(), PortError> {
+        let job = &entry.job;
+        let (app, env, json, id, at, left) = (
             job.app.clone(),
             job.env.clone(),
             job.to_json(),
             job.id.clone(),
+            entry.recorded_at.to_rfc3339(),
+            entry.left_behind.clone(),
         );
         self.with(move |c| {
             let tx = c.transaction()?;
@@ -73,8 +76,9 @@ impl Ledger for Store {
                 .unwrap_or(false);
             if !already {
                 tx.execute(
-                    "INSERT INTO history (app, env, job, recorded_at) VALUES (?1, ?2, ?3, ?4)",
-                    params![app, env, json, now.to_rfc3339()],
+                    "INSERT INTO history (app, env, job, recorded_at, left_behind) \
+                     VALUES (?1, ?2, ?3, ?4, ?5)",
+                    params![app, env, json, at, left],
                 )?;
             }
             tx.commit()
@@ -89,23 +93,24 @@ impl Ledger for Store {
         limit: usize,
     ) -> Result<Vec<HistoryEntry>, PortError> {
         let (app, env) = (app.to_string(), env.to_string());
-        let rows: Vec<(String, String)> = self
+        let rows: Vec<(String, String, Option<String>)> = self
             .with(move |c| {
                 let mut st = c.prepare(
-                    "SELECT job, recorded_at FROM history
+                    "SELECT job, recorded_at, left_behind FROM history
                      WHERE app = ?1 AND env = ?2 ORDER BY seq DESC LIMIT ?3",
                 )?;
                 let rows = st.query_map(params![app, env, limit as i64], |r| {
-                    Ok((r.get(0)?, r.get(1)?))
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
                 })?;
                 rows.collect()
             })
             .await?;
         rows.into_iter()
-            .map(|(job, at)| {
+            .map(|(job, at, left_behind)| {
                 Ok(HistoryEntry {
                     job: DeployJob::from_json(&job)?,
                     recorded_at: DateTime::parse_from_rfc3339(&at)?.with_timezone(&Utc),
+                    left_behind,
                 })
             })
             .collect()

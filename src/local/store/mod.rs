@@ -33,7 +33,8 @@ CREATE TABLE IF NOT EXISTS history (
     app         TEXT NOT NULL,
     env         TEXT NOT NULL,
     job         TEXT NOT NULL,
-    recorded_at TEXT NOT NULL
+    recorded_at TEXT NOT NULL,
+    left_behind TEXT
 );
 CREATE INDEX IF NOT EXISTS history_by_target ON history(app, env, seq);
 CREATE TABLE IF NOT EXISTS faulty (
@@ -114,6 +115,13 @@ impl Store {
             .exists([])?;
         if !has_pid {
             conn.execute_batch("ALTER TABLE commands ADD COLUMN pid INTEGER")?;
+        }
+        // … and before deploys could go live leaving nodes behind.
+        let has_left_behind: bool = conn
+            .prepare("SELECT 1 FROM pragma_table_info('history') WHERE name = 'left_behind'")?
+            .exists([])?;
+        if !has_left_behind {
+            conn.execute_batch("ALTER TABLE history ADD COLUMN left_behind TEXT")?;
         }
         Ok(Store {
             conn: Arc::new(Mutex::new(conn)),
