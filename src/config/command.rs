@@ -64,6 +64,7 @@ impl App {
                 "node" => Some(site.node),
                 "dir" => site.dir,
                 "venv" => Some(venv.as_str()),
+                "index" => self.index.as_ref().map(|i| i.url.as_str()),
                 other => site.vars.get(other).map(String::as_str),
             })
             .map_err(|e| ScriptError::Render {

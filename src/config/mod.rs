@@ -125,6 +125,21 @@ pub struct App {
     pub rollout: Rollout,
     pub notify: Notify,
     pub gate: Option<Gate>,
+    /// The package index the app follows: a new release of its package there deploys.
+    pub index: Option<PackageIndex>,
+}
+
+/// A PyPI-style index (PEP 503 / PEP 691 simple API): pypiserver, devpi, Artifactory,
+/// Nexus, CodeArtifact's PyPI endpoint.
+#[derive(Debug, Clone)]
+pub struct PackageIndex {
+    /// The simple API's root, ending in `/` (`http://pypi.internal/simple/`); also
+    /// `{index}` in the command templates.
+    pub url: String,
+    pub poll_seconds: u64,
+    /// HTTP basic auth for reading the index.
+    pub username: Option<String>,
+    pub password: Option<Secret>,
 }
 
 /// What a version must show on GitHub before it deploys, unless someone forces it.

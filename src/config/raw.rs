@@ -58,6 +58,7 @@ pub(super) struct RawApp {
     pub(super) install: String,
     pub(super) restart: String,
     pub(super) health: Option<String>,
+    pub(super) index: Option<RawIndex>,
     pub(super) version: Option<String>,
     #[serde(default)]
     pub(super) rollout: Rollout,
@@ -157,4 +158,18 @@ pub(super) struct RawDatadog {
 
 fn datadog_site() -> String {
     "datadoghq.com".into()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawIndex {
+    pub(super) url: String,
+    #[serde(default = "thirty")]
+    pub(super) poll_seconds: u64,
+    pub(super) username: Option<String>,
+    pub(super) password: Option<String>,
+}
+
+fn thirty() -> u64 {
+    30
 }

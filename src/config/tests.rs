@@ -347,3 +347,51 @@ fn layouts_are_in_place_or_releases_keeping_at_least_two() {
         assert_eq!(check(lines).1, [format!("{env}.{key}")], "{lines}");
     }
 }
+
+#[test]
+fn an_index_is_an_http_url_polled_within_bounds_and_gives_index_to_templates() {
+    let check = |index: &str, install: &str| {
+        let text = format!(
+            r#"
+            [apps.hello]
+            package = "hello-app"
+            install = "{install}"
+            restart = "true"
+            {index}
+            [apps.hello.environments.production]
+            nodes = [{{ name = "n1", dir = "n1" }}]
+        "#
+        );
+        let (config, problems) = check_text(&text, Path::new("d.toml"));
+        let errors: Vec<String> = problems
+            .into_iter()
+            .filter(|p| p.severity == Severity::Error)
+            .map(|p| p.key)
+            .collect();
+        let index = config.and_then(|c| c.apps.get("hello").and_then(|a| a.index.clone()));
+        (index, errors)
+    };
+    let pip = "venv/bin/pip install --index-url {index} {package}=={version}";
+    let (index, errors) = check(r#"index = { url = "http://pypi.internal/simple" }"#, pip);
+    assert_eq!(errors, Vec::<String>::new());
+    let index = index.unwrap();
+    assert_eq!(index.url, "http://pypi.internal/simple/");
+    assert_eq!(index.poll_seconds, 30);
+    for (line, key) in [
+        (
+            r#"index = { url = "ftp://x/simple/" }"#,
+            "apps.hello.index.url",
+        ),
+        (
+            r#"index = { url = "http://x/", poll_seconds = 0 }"#,
+            "apps.hello.index.poll_seconds",
+        ),
+        (
+            r#"index = { url = "http://x/", username = "ci" }"#,
+            "apps.hello.index",
+        ),
+        ("", "apps.hello.install"),
+    ] {
+        assert_eq!(check(line, pip).1, [key], "{line}");
+    }
+}

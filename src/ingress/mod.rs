@@ -4,6 +4,7 @@
 //! Lambda functions and `shipit serve`, so both answer every request the same way.
 
 pub mod github;
+pub mod index;
 pub mod package;
 pub mod plan;
 pub mod slack;

@@ -39,7 +39,7 @@ pub fn open_store(config: &Config) -> anyhow::Result<Store> {
 
 /// The config's secrets, with an SSM client only if one of them lives there (a one-machine
 /// setup needs no AWS credentials otherwise).
-async fn secrets(config: &Config) -> Secrets {
+pub(crate) async fn secrets(config: &Config) -> Secrets {
     let ssm = if config_uses_ssm(config) {
         Some(aws_sdk_ssm::Client::new(&sdk_config().await))
     } else {
@@ -58,6 +58,7 @@ fn config_uses_ssm(c: &Config) -> bool {
                 n.datadog.as_ref().map(|d| &d.api_key),
                 n.github.as_ref().map(|g| &g.token),
                 a.gate.as_ref().and_then(|g| g.token.as_ref()),
+                a.index.as_ref().and_then(|i| i.password.as_ref()),
             ]
             .into_iter()
             .flatten(),

@@ -153,9 +153,16 @@ pub async fn serve(
         loopback: listener.local_addr()?.ip().is_loopback(),
     };
     let watcher = tokio::spawn(super::packages::watch(ingress.clone(), store.clone()));
+    let secrets = Arc::new(super::local::secrets(&ingress.config).await);
+    let indexes = tokio::spawn(super::packages::follow_indexes(
+        ingress.clone(),
+        store.clone(),
+        secrets,
+    ));
     let result = axum::serve(listener, router(ingress, store, worker, reads))
         .with_graceful_shutdown(shutdown)
         .await;
     watcher.abort();
+    indexes.abort();
     result
 }

@@ -9,6 +9,7 @@ mod e2e;
 mod example;
 mod fuzz_replay;
 mod gate;
+mod index;
 mod notify;
 mod safety;
 mod serve;

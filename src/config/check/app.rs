@@ -8,9 +8,9 @@ use std::str::FromStr;
 use super::environment::check_environment;
 use super::notify::{check_gate, check_notify};
 use super::{valid_name, valid_repo, Checker, Scope, TEMPLATE_VARS};
-use crate::config::raw::RawApp;
+use crate::config::raw::{RawApp, RawIndex};
 use crate::config::template::Template;
-use crate::config::{App, Environment, TagPattern};
+use crate::config::{App, Environment, PackageIndex, TagPattern};
 use crate::deploy::rollout::{Rollout, Share};
 use crate::deploy::version::PackageName;
 
@@ -57,6 +57,11 @@ pub(super) fn check_app(c: &mut Checker, base: &Path, name: String, a: RawApp) -
             );
         }
     }
+    // Known even when the index is wrong: one problem, reported once.
+    if a.index.is_some() {
+        scope.known.insert("index".into());
+    }
+    let index = a.index.and_then(|i| check_index(c, &k, i));
     let commands = Commands {
         install: &a.install,
         restart: &a.restart,
@@ -93,6 +98,49 @@ pub(super) fn check_app(c: &mut Checker, base: &Path, name: String, a: RawApp) -
         rollout: a.rollout,
         notify,
         gate,
+        index,
+    })
+}
+
+/// `[apps.X.index]`: an http(s) URL of a simple API root, polled every so often.
+fn check_index(c: &mut Checker, k: &str, raw: RawIndex) -> Option<PackageIndex> {
+    let k = format!("{k}.index");
+    let scheme_ok = ["http://", "https://"]
+        .iter()
+        .any(|s| raw.url.starts_with(s) && raw.url.len() > s.len());
+    if !scheme_ok || raw.url.contains(char::is_whitespace) {
+        c.error(
+            format!("{k}.url"),
+            format!("{:?} is not an http(s) URL", raw.url),
+            "the index's simple API root, e.g. \"http://pypi.internal/simple/\"",
+        );
+    }
+    c.seconds(
+        format!("{k}.poll_seconds"),
+        raw.poll_seconds,
+        1,
+        super::MAX_WAIT_SECONDS,
+        "how often the index is asked for new releases",
+    );
+    let password = raw
+        .password
+        .and_then(|p| c.secret(&format!("{k}.password"), &p));
+    if password.is_some() != raw.username.is_some() {
+        c.error(
+            &k,
+            "username and password go together",
+            "set both (HTTP basic auth), or neither for an index anyone may read",
+        );
+    }
+    let url = match raw.url.ends_with('/') {
+        true => raw.url,
+        false => format!("{}/", raw.url),
+    };
+    scheme_ok.then_some(PackageIndex {
+        url,
+        poll_seconds: raw.poll_seconds,
+        username: raw.username,
+        password,
     })
 }
 
