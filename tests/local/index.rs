@@ -33,7 +33,7 @@ impl PypiServer {
     fn start(packages: &Path) -> PypiServer {
         std::fs::create_dir_all(packages).unwrap();
         let port = free_port();
-        let child = Command::new(test_venv().join("bin/pypi-server"))
+        let mut child = Command::new(test_venv().join("bin/pypi-server"))
             .args(["run", "-i", "127.0.0.1", "-p", &port.to_string()])
             // Uploads without a password, and no fallback to pypi.org for unknown names.
             .args(["-a", ".", "-P", ".", "--disable-fallback"])
@@ -49,6 +49,8 @@ impl PypiServer {
             }
             std::thread::sleep(Duration::from_millis(100));
         }
+        let _ = child.kill();
+        let _ = child.wait();
         panic!("pypiserver did not start on {url}");
     }
 
