@@ -306,3 +306,31 @@ pub fn job(data: &[u8]) {
         assert_eq!(again, state);
     }
 }
+
+/// A package index's page, as `serve` reads it (`ingress::index::page_files`): the first
+/// byte picks the content type. Every file it gives is an http(s) link with a name.
+pub fn index(data: &[u8]) {
+    let Some((first, body)) = data.split_first() else {
+        return;
+    };
+    let content_type = [
+        "application/vnd.pypi.simple.v1+json",
+        "text/html; charset=utf-8",
+        "application/vnd.pypi.simple.v1+html",
+        "application/json",
+    ][*first as usize % 4];
+    let Ok(body) = std::str::from_utf8(body) else {
+        return;
+    };
+    let page =
+        shipit::ingress::index::Url::parse("http://pypi.internal/simple/hello-app/").unwrap();
+    if let Ok(files) = shipit::ingress::index::page_files(content_type, body, &page) {
+        for f in files {
+            assert!(
+                f.url.starts_with("http://") || f.url.starts_with("https://"),
+                "{f:?}"
+            );
+            assert!(!f.url.contains('#'), "{f:?}");
+        }
+    }
+}

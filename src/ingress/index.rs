@@ -4,6 +4,8 @@
 
 use serde::Deserialize;
 
+pub use reqwest::Url;
+
 /// What to ask for: JSON first, HTML from indexes that have nothing else.
 pub const ACCEPT: &str =
     "application/vnd.pypi.simple.v1+json, application/vnd.pypi.simple.v1+html;q=0.2, text/html;q=0.1";
@@ -56,19 +58,21 @@ pub fn page_files(
         "application/vnd.pypi.simple.v1+html" | "text/html" => html_files(body)?,
         other => return Err(format!("the index answered {other:?}, not a simple API page")),
     };
-    files
-        .into_iter()
-        .map(|(filename, href)| {
-            let mut url = page
-                .join(&href)
-                .map_err(|e| format!("{filename}: bad link {href:?}: {e}"))?;
-            url.set_fragment(None);
-            Ok(IndexFile {
+    let mut out = vec![];
+    for (filename, href) in files {
+        let mut url = page
+            .join(&href)
+            .map_err(|e| format!("{filename}: bad link {href:?}: {e}"))?;
+        url.set_fragment(None);
+        // A link elsewhere (file:, javascript:) is no file of this index.
+        if matches!(url.scheme(), "http" | "https") {
+            out.push(IndexFile {
                 filename,
                 url: url.to_string(),
-            })
-        })
-        .collect()
+            });
+        }
+    }
+    Ok(out)
 }
 
 /// PEP 503: one anchor per file, its text the file name; `data-yanked` marks a yanked one.
@@ -157,6 +161,7 @@ mod tests {
             <a href="/packages/hello_app-1.0.0-py3-none-any.whl#sha256=ab">hello_app-1.0.0-py3-none-any.whl</a><br>
             <A HREF='hello_app-1.1.0.tar.gz' data-yanked="">hello_app-1.1.0.tar.gz</A>
             <a href="hello_app-1.2.0.tar.gz?x=1&amp;y=2">hello_app-1.2.0.tar.gz</a>
+            <a href="file:///etc/passwd">hello_app-6.6.6.tar.gz</a>
         </body></html>"#;
         let names: Vec<String> = page_files("text/html; charset=utf-8", body, &page())
             .unwrap()

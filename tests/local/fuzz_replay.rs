@@ -9,13 +9,14 @@ mod targets;
 
 type Target = fn(&[u8]);
 
-const TARGETS: [(&str, Target); 6] = [
+const TARGETS: [(&str, Target); 7] = [
     ("github", targets::github),
     ("slack", targets::slack),
     ("events", targets::events),
     ("names", targets::names),
     ("config", targets::config),
     ("job", targets::job),
+    ("index", targets::index),
 ];
 
 #[test]
