@@ -188,8 +188,10 @@ impl Backlog for Store {
 
 #[async_trait]
 impl JobQueue for Store {
+    /// Durable when it returns (a 202 means on disk); concurrent callers share one
+    /// transaction and one fsync (see `Store::commit_together`).
     async fn enqueue(&self, jobs: &[DeployJob]) -> Result<Vec<Enqueued>, PortError> {
-        let rows: Vec<(String, String, String, String)> = jobs
+        let rows: Vec<Row> = jobs
             .iter()
             .map(|j| {
                 (
@@ -200,25 +202,31 @@ impl JobQueue for Store {
                 )
             })
             .collect();
-        self.with(move |c| {
-            let tx = c.transaction()?;
-            let mut out = Vec::with_capacity(rows.len());
-            for (id, grp, job, at) in rows {
-                let n = tx.execute(
-                    "INSERT OR IGNORE INTO jobs (id, grp, job, queued_at) VALUES (?1, ?2, ?3, ?4)",
-                    params![id, grp, job, at],
-                )?;
-                out.push(if n == 1 {
-                    Enqueued::Queued
-                } else {
-                    Enqueued::Duplicate
-                });
-            }
-            tx.commit()?;
-            Ok(out)
-        })
-        .await
+        self.commit_together(rows).await
     }
+}
+
+/// A job as the jobs table holds it: id, group, JSON, queued at.
+pub(super) type Row = (String, String, String, String);
+
+/// Inserts `rows` within the caller's transaction: each is queued, or was already.
+pub(super) fn insert_jobs(
+    tx: &rusqlite::Transaction,
+    rows: Vec<Row>,
+) -> Result<Vec<Enqueued>, rusqlite::Error> {
+    let mut out = Vec::with_capacity(rows.len());
+    for (id, grp, job, at) in rows {
+        let n = tx.execute(
+            "INSERT OR IGNORE INTO jobs (id, grp, job, queued_at) VALUES (?1, ?2, ?3, ?4)",
+            params![id, grp, job, at],
+        )?;
+        out.push(if n == 1 {
+            Enqueued::Queued
+        } else {
+            Enqueued::Duplicate
+        });
+    }
+    Ok(out)
 }
 
 /// Fails job `seq` that cannot be read, with the reason as its last notice.
@@ -248,4 +256,72 @@ fn fail_unreadable(
         params![id, notice, now.to_rfc3339()],
     )?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::deploy::job::Source;
+    use crate::deploy::version::Version;
+
+    fn job(i: usize) -> DeployJob {
+        DeployJob::new(
+            "hello",
+            "production",
+            "hello-app".parse().unwrap(),
+            Version::parse(&format!("1.0.{i}")).unwrap(),
+            Source::Cli {
+                user: "ann".into(),
+                nonce: i.to_string(),
+            },
+            Utc::now(),
+        )
+    }
+
+    /// Enqueues that share a commit each hear about their own jobs, and every job is on
+    /// disk once its caller heard back.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_enqueues_share_commits_and_each_hears_its_own_answer() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        let store = Store::open(&path).unwrap();
+        let callers: Vec<_> = (0..64)
+            .map(|i| {
+                let store = store.clone();
+                tokio::spawn(async move {
+                    // Odd callers also send their neighbour's job: a duplicate for one of
+                    // the two, whichever commits second.
+                    let jobs = match i % 2 {
+                        0 => vec![job(i)],
+                        _ => vec![job(i), job(i - 1)],
+                    };
+                    (i, store.enqueue(&jobs).await.unwrap())
+                })
+            })
+            .collect();
+        let mut queued = 0;
+        for c in callers {
+            let (i, answer) = c.await.unwrap();
+            assert_eq!(answer.len(), if i % 2 == 0 { 1 } else { 2 });
+            if i % 2 == 1 {
+                assert_eq!(answer[0], Enqueued::Queued, "caller {i}'s own job");
+            }
+            queued += answer.iter().filter(|a| **a == Enqueued::Queued).count();
+            // On disk: another connection sees it.
+            let other = Store::open(&path).unwrap();
+            let ids: Vec<String> = other
+                .jobs(None)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|r| r.job.id.to_string())
+                .collect();
+            assert!(ids.contains(&job(i).id.to_string()), "caller {i}");
+        }
+        assert_eq!(
+            queued, 64,
+            "each job queued once, the second send a duplicate"
+        );
+        assert_eq!(store.jobs(None).await.unwrap().len(), 64);
+    }
 }

@@ -5,8 +5,10 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use rusqlite::Connection;
+use tokio::sync::oneshot;
 
-use crate::deploy::ports::PortError;
+use crate::deploy::ports::{Enqueued, PortError};
+use jobs::Row;
 
 pub mod checkpoints;
 pub mod jobs;
@@ -16,7 +18,18 @@ mod packages;
 #[derive(Clone)]
 pub struct Store {
     conn: Arc<Mutex<Connection>>,
+    enqueues: Arc<Mutex<Enqueues>>,
 }
+
+/// Enqueues waiting for the next commit, and whether a committer is draining them.
+#[derive(Default)]
+struct Enqueues {
+    waiting: Vec<(Vec<Row>, Waiter)>,
+    committing: bool,
+}
+
+/// Hears how its rows fared, once they are committed.
+type Waiter = oneshot::Sender<Result<Vec<Enqueued>, String>>;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS jobs (
@@ -125,7 +138,68 @@ impl Store {
         }
         Ok(Store {
             conn: Arc::new(Mutex::new(conn)),
+            enqueues: Arc::default(),
         })
+    }
+
+    /// Group commit: enqueues that arrive while a commit is under way wait for the next
+    /// one, and all of them share its transaction and its fsync. Each caller still hears
+    /// back only once its rows are on disk. The committer is a task of its own, so that a
+    /// caller that goes away (a client hanging up) does not strand the others.
+    async fn commit_together(&self, rows: Vec<Row>) -> Result<Vec<Enqueued>, PortError> {
+        let (done, answer) = oneshot::channel();
+        let lead = {
+            let mut q = self
+                .enqueues
+                .lock()
+                .map_err(|_| "enqueue queue poisoned by an earlier panic")?;
+            q.waiting.push((rows, done));
+            !std::mem::replace(&mut q.committing, true)
+        };
+        if lead {
+            tokio::spawn(self.clone().commit_waiting());
+        }
+        answer
+            .await
+            .map_err(|_| "the commit was abandoned")?
+            .map_err(PortError::from)
+    }
+
+    async fn commit_waiting(self) {
+        loop {
+            let batch = match self.enqueues.lock() {
+                Ok(mut q) if q.waiting.is_empty() => {
+                    q.committing = false;
+                    return;
+                }
+                Ok(mut q) => std::mem::take(&mut q.waiting),
+                Err(_) => return,
+            };
+            let (rows, senders): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
+            let done = self
+                .with(move |c| {
+                    let tx = c.transaction()?;
+                    let results = rows
+                        .into_iter()
+                        .map(|r| jobs::insert_jobs(&tx, r))
+                        .collect::<Result<Vec<_>, _>>()?;
+                    tx.commit()?;
+                    Ok(results)
+                })
+                .await;
+            match done {
+                Ok(results) => {
+                    for (send, result) in senders.into_iter().zip(results) {
+                        let _ = send.send(Ok(result));
+                    }
+                }
+                Err(e) => {
+                    for send in senders {
+                        let _ = send.send(Err(e.to_string()));
+                    }
+                }
+            }
+        }
     }
 
     /// Runs `f` on the connection off the async threads.
