@@ -8,12 +8,17 @@ use chrono::Utc;
 
 use crate::config::Config;
 use crate::deploy::job::DeployJob;
-use crate::ingress::plan::Plan;
+use crate::ingress::plan::{Asks, Plan};
 use crate::local::store::Store;
 
 pub async fn plan(config: &Arc<Config>, store: &Store, job: &DeployJob) -> anyhow::Result<Plan> {
     let gate = crate::run::local::outbound(config.clone()).await.gate;
-    crate::ingress::plan::plan(config, store, Some(gate.as_ref()), job, Utc::now())
+    let asks = Asks {
+        ledger: store,
+        gate: Some(gate.as_ref()),
+        fleet: None,
+    };
+    crate::ingress::plan::plan(config, asks, job, Utc::now())
         .await
         .map_err(|e| anyhow!("{e}"))
 }

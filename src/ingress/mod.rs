@@ -18,7 +18,7 @@ use serde_json::{json, Value};
 use crate::config::secrets::{Secret, SecretError, Secrets};
 use crate::config::{App, Config};
 use crate::deploy::job::{DeployJob, Source};
-use crate::deploy::ports::{Enqueued, Gate, JobQueue, Ledger};
+use crate::deploy::ports::{Enqueued, Fleet, Gate, JobQueue, Ledger};
 use crate::deploy::version::Version;
 
 /// An HTTP answer: status and JSON body.
@@ -87,6 +87,9 @@ pub struct Ingress {
     /// Asked by a dry run (`/deploy … --dry-run`); without one its plan says the deploy
     /// asks when it runs.
     pub gate: Option<Arc<dyn Gate>>,
+    /// Lists the nodes of environments found by tags, for a dry run; without one its
+    /// plan says they are found when the deploy runs.
+    pub fleet: Option<Arc<dyn Fleet>>,
     github_secret: Option<String>,
     slack_secret: Option<String>,
 }
@@ -117,6 +120,7 @@ impl Ingress {
             queue,
             ledger,
             gate: None,
+            fleet: None,
             github_secret,
             slack_secret,
         })
@@ -125,6 +129,13 @@ impl Ingress {
     pub fn with_gate(self, gate: Arc<dyn Gate>) -> Ingress {
         Ingress {
             gate: Some(gate),
+            ..self
+        }
+    }
+
+    pub fn with_fleet(self, fleet: Arc<dyn Fleet>) -> Ingress {
+        Ingress {
+            fleet: Some(fleet),
             ..self
         }
     }

@@ -11,7 +11,7 @@ use crate::deploy::command::{Command, CommandKind};
 use crate::deploy::engine::Verdict;
 use crate::deploy::history::faulty_mark;
 use crate::deploy::job::{DeployJob, Source};
-use crate::deploy::ports::{Gate, Ledger, PortError};
+use crate::deploy::ports::{Fleet, Gate, Ledger, PortError};
 use crate::deploy::report::{faulty_phrase, history_line, lock_line};
 use crate::deploy::rollout::Rollout;
 use crate::deploy::version::Version;
@@ -38,6 +38,9 @@ pub struct Plan {
     /// The nodes in restart order, in their batches; `None` where they are found only when
     /// the deploy runs (SSM tags).
     pub batches: Option<Vec<Vec<String>>>,
+    /// Why the nodes are not listed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nodes_unknown: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ssm_tags: Option<std::collections::BTreeMap<String, String>>,
     pub rollout: Rollout,
@@ -68,14 +71,27 @@ pub struct Commands {
     pub health: Option<String>,
 }
 
+/// What a plan asks, read-only: the ledger always; the gate and the fleet where there is
+/// one at hand (without, the plan says the deploy asks them when it runs).
+#[derive(Clone, Copy)]
+pub struct Asks<'a> {
+    pub ledger: &'a dyn Ledger,
+    pub gate: Option<&'a dyn Gate>,
+    pub fleet: Option<&'a dyn Fleet>,
+}
+
 /// The plan of `job`. Reads only.
 pub async fn plan(
     config: &Config,
-    ledger: &dyn Ledger,
-    gate: Option<&dyn Gate>,
+    asks: Asks<'_>,
     job: &DeployJob,
     now: DateTime<Utc>,
 ) -> Result<Plan, PlanError> {
+    let Asks {
+        ledger,
+        gate,
+        fleet,
+    } = asks;
     let (app, env) = config.target(job).map_err(PlanError::Target)?;
     let history = ledger.history(&app.name, &env.name, 1).await?;
     let faulty = ledger.faulty(&app.name, &env.name).await?;
@@ -105,12 +121,20 @@ pub async fn plan(
             },
         },
     };
-    let (batches, ssm_tags) = match &env.nodes {
-        Nodes::Local(nodes) => {
-            let names: Vec<String> = nodes.iter().map(|n| n.name.clone()).collect();
-            (Some(batches(&app.rollout, &names)), None)
-        }
-        Nodes::Ssm { tags, .. } => (None, Some(tags.clone())),
+    let (nodes, ssm_tags) = match (&env.nodes, fleet) {
+        (Nodes::Local(nodes), _) => (Ok(nodes.iter().map(|n| n.name.clone()).collect()), None),
+        (Nodes::Ssm { tags, .. }, Some(fleet)) => (
+            fleet.resolve(job).await.map_err(|e| e.to_string()),
+            Some(tags.clone()),
+        ),
+        (Nodes::Ssm { tags, .. }, None) => (
+            Err("found when the deploy runs".to_string()),
+            Some(tags.clone()),
+        ),
+    };
+    let (batches, nodes_unknown) = match nodes {
+        Ok(names) => (Some(batches(&app.rollout, &names)), None),
+        Err(why) => (None, Some(why)),
     };
     Ok(Plan {
         app: app.name.clone(),
@@ -125,6 +149,7 @@ pub async fn plan(
         lock_wait_seconds: app.rollout.lock_wait_seconds,
         gate,
         batches,
+        nodes_unknown,
         ssm_tags,
         rollout: app.rollout.clone(),
         commands: commands(app, env, job)?,
@@ -255,7 +280,13 @@ impl Plan {
             }
         });
         let r = &self.rollout;
-        match (&self.batches, &self.ssm_tags) {
+        if let Some(tags) = &self.ssm_tags {
+            out.push(format!("Nodes: the SSM managed nodes tagged {tags:?}"));
+        }
+        match (&self.batches, &self.nodes_unknown) {
+            (Some(batches), _) if batches.is_empty() => {
+                out.push("Nodes, in restart order: none (the deploy would fail)".into())
+            }
             (Some(batches), _) => {
                 let all: Vec<&str> = batches.iter().flatten().map(String::as_str).collect();
                 out.push(format!("Nodes, in restart order: {}", all.join(", ")));
@@ -264,9 +295,9 @@ impl Plan {
                     out.push(format!("Batches: [{}]", groups.join("] [")));
                 }
             }
-            (None, tags) => out.push(format!(
-                "Nodes: the SSM managed nodes tagged {:?}, found when it runs",
-                tags.clone().unwrap_or_default()
+            (None, why) => out.push(format!(
+                "Nodes, in restart order: {}",
+                why.as_deref().unwrap_or("unknown")
             )),
         }
         let together = if r.batches.is_empty() {

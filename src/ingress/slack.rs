@@ -381,8 +381,12 @@ impl Ingress {
 
     /// What the job would do, for the asker only; nothing is queued.
     async fn chat_plan(&self, job: DeployJob, now: DateTime<Utc>) -> Reply {
-        let gate = self.gate.as_deref();
-        match super::plan::plan(&self.config, self.ledger.as_ref(), gate, &job, now).await {
+        let asks = super::plan::Asks {
+            ledger: self.ledger.as_ref(),
+            gate: self.gate.as_deref(),
+            fleet: self.fleet.as_deref(),
+        };
+        match super::plan::plan(&self.config, asks, &job, now).await {
             Ok(plan) => say(plan.lines().join("\n")),
             Err(e) => say(format!(
                 "Cannot tell what deploying {} {} would do ({e}); nothing was queued.",

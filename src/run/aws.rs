@@ -50,7 +50,7 @@ pub async fn ingress_from_env(hooks: &[Hook]) -> anyhow::Result<Ingress> {
     let secrets = Arc::new(Secrets::new(Some(ssm.clone())));
     let config = Arc::new(config_from_env(&secrets).await?);
     let queue = deploy_queue(&sdk)?;
-    let ledger = SsmLedger::new(ssm, &ssm_prefix());
+    let ledger = SsmLedger::new(ssm.clone(), &ssm_prefix());
     let ingress = Ingress::new(
         config.clone(),
         Arc::new(queue),
@@ -59,9 +59,11 @@ pub async fn ingress_from_env(hooks: &[Hook]) -> anyhow::Result<Ingress> {
         hooks,
     )
     .await?;
-    // Chat's dry runs ask the gate as the deploy would (read-only).
+    // Chat's dry runs ask the gate and list the nodes as the deploy would (read-only).
     Ok(match hooks.contains(&Hook::Slack) {
-        true => ingress.with_gate(Arc::new(Gatekeeper::new(config, secrets))),
+        true => ingress
+            .with_gate(Arc::new(Gatekeeper::new(config.clone(), secrets)))
+            .with_fleet(Arc::new(SsmFleet::new(SdkRunCommand::new(ssm), config))),
         false => ingress,
     })
 }

@@ -557,7 +557,8 @@ fn calls(binary: &str) -> BTreeSet<&'static str> {
     let ingress = ["sqs:SendMessage", "ssm:GetParameter"];
     let calls: &[&str] = match binary {
         "github-webhook" | "package-upload" => &ingress,
-        // status, history, rollback, lock, unlock and abort: the ledger and its locks.
+        // status, history, rollback, lock, unlock and abort: the ledger and its locks; a
+        // dry run also lists the nodes.
         "slash-command" => &[
             "sqs:SendMessage",
             "ssm:GetParameter",
@@ -565,6 +566,7 @@ fn calls(binary: &str) -> BTreeSet<&'static str> {
             "ssm:GetParametersByPath",
             "ssm:PutParameter",
             "ssm:DeleteParameters",
+            "ssm:DescribeInstanceInformation",
         ],
         // Waits for the node's agent, reads what is live to sync it.
         "node-joined" => &[

@@ -166,7 +166,32 @@ async fn a_chat_dry_run_plans_from_the_ledger_and_queues_nothing() {
             .await
             .unwrap();
     }
+    // Without a fleet at hand, the nodes are left to the deploy; with Run Command's, the
+    // plan lists those the tags find.
     let ingress = ingress(Arc::new(fifo.queue()), ledger).await;
+    let nodes =
+        crate::deploy::launch(2, &[("shipit:app", "hello"), ("shipit:env", "production")]).await;
+    let ssm = shipit::run::aws::ssm_client(&sdk().await);
+    let fleet = shipit::aws::fleet::SsmFleet::new(
+        shipit::aws::fleet::SdkRunCommand::new(ssm),
+        ingress.config.clone(),
+    );
+    let without = {
+        let body = slack_form(
+            "U2CERLKJA",
+            "roadrunner",
+            "hello 1.5.0 --dry-run",
+            "trig-d0",
+        );
+        let now = Utc::now();
+        let reply = ingress.slack(&slack_headers(&body, now), &body, now).await;
+        reply.body["text"].as_str().unwrap().to_string()
+    };
+    assert!(
+        without.contains("Nodes, in restart order: found when the deploy runs"),
+        "{without}"
+    );
+    let ingress = ingress.with_fleet(Arc::new(fleet));
     let now = Utc::now();
     let ask = |text: &str| {
         let body = slack_form("U2CERLKJA", "roadrunner", text, "trig-dry");
@@ -189,6 +214,13 @@ async fn a_chat_dry_run_plans_from_the_ledger_and_queues_nothing() {
         "Install: venv/bin/pip install -U hello-app==1.5.0",
     ] {
         assert!(plan.contains(line), "{line:?} not in:\n{plan}");
+    }
+    let listed = plan
+        .lines()
+        .find_map(|l| l.strip_prefix("Nodes, in restart order: "))
+        .unwrap_or_default();
+    for n in &nodes {
+        assert!(listed.contains(n.as_str()), "{n} not in {listed}");
     }
     let plan = ask("rollback hello --dry-run").await;
     assert!(plan.contains("hello 1.4.1 to production"), "{plan}");
