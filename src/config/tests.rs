@@ -242,6 +242,17 @@ fn a_server_reachable_from_elsewhere_without_an_api_token_is_warned_about() {
     ));
 }
 
+/// The config, if there is one, and the keys of its errors.
+fn error_keys(text: &str) -> (Option<Config>, Vec<String>) {
+    let (config, problems) = check_text(text, Path::new("d.toml"));
+    let errors = problems
+        .into_iter()
+        .filter(|p| p.severity == Severity::Error)
+        .map(|p| p.key)
+        .collect();
+    (config, errors)
+}
+
 #[test]
 fn every_duration_is_bounded_so_that_the_engine_cannot_overflow_on_it() {
     let errors = |table: &str, line: &str| {
@@ -258,12 +269,7 @@ fn every_duration_is_bounded_so_that_the_engine_cannot_overflow_on_it() {
             nodes = [{{ name = "n1", dir = "n1" }}]
         "#
         );
-        check_text(&text, Path::new("d.toml"))
-            .1
-            .into_iter()
-            .filter(|p| p.severity == Severity::Error)
-            .map(|p| p.key)
-            .collect::<Vec<_>>()
+        error_keys(&text).1
     };
     for (table, key, max) in [
         ("rollout", "bake_seconds", 86_400),
@@ -317,12 +323,7 @@ fn layouts_are_in_place_or_releases_keeping_at_least_two() {
             {lines}
         "#
         );
-        let (config, problems) = check_text(&text, Path::new("d.toml"));
-        let errors: Vec<String> = problems
-            .into_iter()
-            .filter(|p| p.severity == Severity::Error)
-            .map(|p| p.key)
-            .collect();
+        let (config, errors) = error_keys(&text);
         (
             config.map(|c| c.apps["hello"].environments["production"].layout),
             errors,
@@ -362,12 +363,7 @@ fn an_index_is_an_http_url_polled_within_bounds_and_gives_index_to_templates() {
             nodes = [{{ name = "n1", dir = "n1" }}]
         "#
         );
-        let (config, problems) = check_text(&text, Path::new("d.toml"));
-        let errors: Vec<String> = problems
-            .into_iter()
-            .filter(|p| p.severity == Severity::Error)
-            .map(|p| p.key)
-            .collect();
+        let (config, errors) = error_keys(&text);
         let index = config.and_then(|c| c.apps.get("hello").and_then(|a| a.index.clone()));
         (index, errors)
     };
