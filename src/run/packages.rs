@@ -126,38 +126,27 @@ pub async fn follow_indexes(ingress: Arc<Ingress>, store: Store, secrets: Arc<Se
         Ok(h) => h,
         Err(e) => return tracing::error!(error = %e, "no HTTP client for the package indexes"),
     };
-    let followers: Vec<_> = ingress
+    // Owned here, so that stopping this future (serve shutting down) stops them all.
+    let mut followers = tokio::task::JoinSet::new();
+    let indexes = ingress
         .config
         .apps
         .values()
-        .filter_map(|app| app.index.clone().map(|i| (app.package.to_string(), i)))
-        .map(|(package, index)| {
-            let (ingress, store, secrets, http) =
-                (ingress.clone(), store.clone(), secrets.clone(), http.clone());
-            tokio::spawn(async move {
-                let mut tick = tokio::time::interval(Duration::from_secs(index.poll_seconds));
-                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                loop {
-                    tick.tick().await;
-                    let look = IndexLook {
-                        http: &http,
-                        secrets: &secrets,
-                        index: &index,
-                        package: &package,
-                    };
-                    match look.poll(&ingress, &store, Utc::now()).await {
-                        Ok(outcomes) => log_outcomes(outcomes),
-                        Err(e) => {
-                            tracing::warn!(index = %index.url, %package, error = %e, "package index look failed; trying again")
-                        }
-                    }
-                }
-            })
-        })
-        .collect();
-    for f in followers {
-        let _ = f.await;
+        .filter_map(|app| app.index.clone().map(|i| (app.package.to_string(), i)));
+    for (package, index) in indexes {
+        let (ingress, store, secrets, http) =
+            (ingress.clone(), store.clone(), secrets.clone(), http.clone());
+        followers.spawn(async move {
+            let look = IndexLook {
+                http: &http,
+                secrets: &secrets,
+                index: &index,
+                package: &package,
+            };
+            look.follow(&ingress, &store).await
+        });
     }
+    while followers.join_next().await.is_some() {}
 }
 
 /// How long one look at an index may take.
@@ -172,6 +161,24 @@ pub struct IndexLook<'a> {
 }
 
 impl IndexLook<'_> {
+    /// Looks every `poll_seconds`, for as long as it is let.
+    async fn follow(&self, ingress: &Ingress, store: &Store) {
+        let mut tick = tokio::time::interval(Duration::from_secs(self.index.poll_seconds));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            match self.poll(ingress, store, Utc::now()).await {
+                Ok(outcomes) => log_outcomes(outcomes),
+                Err(e) => tracing::warn!(
+                    index = %self.index.url,
+                    package = %self.package,
+                    error = %e,
+                    "package index look failed; trying again"
+                ),
+            }
+        }
+    }
+
     /// Every file of the package's page not seen before is an upload (see `take_new`).
     pub async fn poll(
         &self,

@@ -248,3 +248,72 @@ async fn broken_index_answers_are_retried_and_queue_nothing_twice() {
     assert_eq!(jobs.len(), 1);
     assert_eq!(jobs[0].job.version.as_str(), "1.1.0");
 }
+
+/// `serve` follows the index by itself: failed looks are logged and retried, serve keeps
+/// answering, and the release that appears deploys once.
+#[tokio::test(flavor = "multi_thread")]
+async fn serve_keeps_following_an_index_through_its_failures() {
+    let server = MockServer::start().await;
+    let page = "/simple/hello-app/";
+    let json = |files: &str| {
+        ResponseTemplate::new(200).set_body_raw(
+            format!(
+                r#"{{"meta": {{"api-version": "1.1"}}, "name": "hello-app", "files": [{files}]}}"#
+            ),
+            "application/vnd.pypi.simple.v1+json",
+        )
+    };
+    let file = |v: &str| {
+        format!(
+            r#"{{"filename": "hello_app-{v}-py3-none-any.whl", "url": "/f/{v}.whl", "hashes": {{}}}}"#
+        )
+    };
+    for answer in [
+        ResponseTemplate::new(503),
+        ResponseTemplate::new(503),
+        json(&file("1.0.0")),
+    ] {
+        Mock::given(method("GET"))
+            .and(path(page))
+            .respond_with(answer)
+            .up_to_n_times(1)
+            .mount(&server)
+            .await;
+    }
+    let both = format!("{}, {}", file("1.0.0"), file("1.1.0"));
+    Mock::given(method("GET"))
+        .and(path(page))
+        .respond_with(json(&both))
+        .mount(&server)
+        .await;
+    let dir = tempfile::tempdir().unwrap();
+    let (config, _) = LocalApp {
+        app: format!(
+            "index = {{ url = \"{}/simple/\", poll_seconds = 1 }}",
+            server.uri()
+        ),
+        ..LocalApp::default()
+    }
+    .open(dir.path());
+    let (ingress, store) = shipit::run::local::ingress((*config).clone())
+        .await
+        .unwrap();
+    let served = crate::helpers::Served::start(ingress, store.clone()).await;
+    let mut jobs = vec![];
+    for _ in 0..100 {
+        jobs = store.jobs(None).await.unwrap();
+        if !jobs.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(jobs.len(), 1, "the new release was never queued");
+    assert_eq!(jobs[0].job.version.as_str(), "1.1.0");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(store.jobs(None).await.unwrap().len(), 1, "queued twice");
+    let health = reqwest::get(format!("{}/healthz", served.base))
+        .await
+        .unwrap();
+    assert!(health.status().as_u16() > 0, "serve still answers");
+    served.stop().await;
+}
