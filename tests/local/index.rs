@@ -311,9 +311,8 @@ async fn serve_keeps_following_an_index_through_its_failures() {
     assert_eq!(jobs[0].job.version.as_str(), "1.1.0");
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(store.jobs(None).await.unwrap().len(), 1, "queued twice");
-    let health = reqwest::get(format!("{}/healthz", served.base))
+    reqwest::get(format!("{}/healthz", served.base))
         .await
-        .unwrap();
-    assert!(health.status().as_u16() > 0, "serve still answers");
+        .expect("serve still answers");
     served.stop().await;
 }
