@@ -10,7 +10,9 @@
 //!   invocations; Step Functions history events
 //!   (must stay under 25,000 per execution);
 //! - the same with a health check failing on node 500: time until the rollback is done;
-//! - the same deploy in batches `[1, 5, "20%"]`: one-at-a-time makespan ÷ batched.
+//! - the same deploy in batches `[1, 5, "20%"]`: one-at-a-time makespan ÷ batched;
+//! - 10,000 nodes over 500 apps deployed at once, sharing the account's SSM rate: whether
+//!   all finish, throttled calls, and the most history events of one execution.
 //!
 //! `cargo bench --bench sim`
 
@@ -79,6 +81,9 @@ fn concurrency(value: &str, targets: usize) -> usize {
 /// started; the health check of `failing` on the new version (2.0.0) fails.
 struct Model {
     install: BTreeMap<String, Duration>,
+    /// Nodes per app when the nodes are shared out among apps `a0`, `a1`, … by their
+    /// `shipit:app` tag; 0: every node is `hello`'s.
+    per_app: usize,
     failing: Option<String>,
     commands: Mutex<Vec<SentCommand>>,
     calls: AtomicU64,
@@ -99,12 +104,17 @@ fn next(x: &mut u64) -> u64 {
 
 impl Model {
     fn new(failing: Option<usize>) -> Model {
+        Model::shared(failing, NODES, 0)
+    }
+
+    fn shared(failing: Option<usize>, nodes: usize, per_app: usize) -> Model {
         let mut x: u64 = 42;
-        let install = (0..NODES)
+        let install = (0..nodes)
             .map(|i| (node(i), Duration::from_secs(5 + next(&mut x) % 56)))
             .collect();
         Model {
             install,
+            per_app,
             failing: failing.map(node),
             commands: Mutex::new(vec![]),
             calls: AtomicU64::new(0),
@@ -167,10 +177,18 @@ fn node(i: usize) -> String {
 
 #[async_trait]
 impl RunCommand for Model {
-    async fn online_nodes(&self, _: &BTreeMap<String, String>) -> Result<Vec<String>, PortError> {
+    async fn online_nodes(
+        &self,
+        tags: &BTreeMap<String, String>,
+    ) -> Result<Vec<String>, PortError> {
+        let app = tags.get("shipit:app").and_then(|a| a.strip_prefix('a'));
+        let nodes: Vec<String> = match (app.and_then(|a| a.parse::<usize>().ok()), self.per_app) {
+            (Some(k), per) if per > 0 => (k * per..(k + 1) * per).map(node).collect(),
+            _ => self.install.keys().cloned().collect(),
+        };
         // DescribeInstanceInformation pages 50 nodes at a time.
-        self.call(NODES.div_ceil(50) as u64).await;
-        Ok(self.install.keys().cloned().collect())
+        self.call(nodes.len().div_ceil(50) as u64).await;
+        Ok(nodes)
     }
 
     async fn send(&self, req: &SendRequest) -> Result<String, PortError> {
@@ -396,4 +414,119 @@ fn main() {
         history_events(fast.steps)
     );
     assert_eq!(fast.status, Some(JobStatus::Succeeded));
+
+    let (apps, per_app) = (500, 20);
+    let many = rt.block_on(simulate_many(apps, per_app, &dir.path().join("d.db")));
+    println!(
+        "{} nodes over {apps} apps, one execution each at once, SSM shared at {CALLS_PER_SECOND} calls/s:",
+        apps * per_app
+    );
+    println!(
+        "  succeeded {} of {apps}; makespan {:.0} s",
+        many.succeeded,
+        many.makespan.as_secs_f64()
+    );
+    println!(
+        "  SSM calls per node {:.2}; throttled and retried {} ({:.2} per call)",
+        many.ssm_calls as f64 / (apps * per_app) as f64,
+        many.throttled,
+        many.throttled as f64 / many.ssm_calls as f64
+    );
+    println!(
+        "  history events per execution: most {} (limit 25,000)",
+        history_events(many.most_steps)
+    );
+    assert_eq!(many.succeeded, apps);
+    assert!(history_events(many.most_steps) < 25_000);
+}
+
+struct Many {
+    makespan: Duration,
+    succeeded: usize,
+    most_steps: u64,
+    ssm_calls: u64,
+    throttled: u64,
+}
+
+/// `apps` apps of `per_app` nodes each, all deployed at once (one execution per app+env),
+/// sharing one account's SSM rate.
+async fn simulate_many(apps: usize, per_app: usize, store: &Path) -> Many {
+    let mut text = String::new();
+    for k in 0..apps {
+        text.push_str(&format!(
+            r#"
+[apps.a{k}]
+package = "hello-app"
+install = "install {{package}}=={{version}}"
+restart = "restart"
+health = "health {{version}}"
+[apps.a{k}.rollout]
+health_timeout_seconds = 1
+[apps.a{k}.environments.production]
+ssm_tags = {{ "shipit:app" = "a{k}" }}
+"#
+        ));
+    }
+    let config = Arc::new(Config::parse(&text, Path::new("sim.toml")).unwrap());
+    let ledger = Arc::new(Store::open(store).unwrap());
+    let base = (Utc::now(), Instant::now());
+    let clock = Arc::new(move || base.0 + chrono::Duration::from_std(base.1.elapsed()).unwrap());
+    let job = |app: &str, v: &str, now| {
+        DeployJob::new(
+            app,
+            "production",
+            "hello-app".parse().unwrap(),
+            Version::parse(v).unwrap(),
+            Source::Cli {
+                user: "sim".into(),
+                nonce: v.into(),
+            },
+            now,
+        )
+    };
+    for k in 0..apps {
+        let old = job(&format!("a{k}"), "1.0.0", clock());
+        ledger
+            .record(&HistoryEntry::new(old, clock()))
+            .await
+            .unwrap();
+    }
+    let model = Arc::new(Model::shared(None, apps * per_app, per_app));
+    let out = Outbound::new(config.clone(), Arc::new(Secrets::new(None)));
+    let fleet = Arc::new(SsmFleet::new(model.clone(), config.clone()));
+    let driver = Driver::new(config, ledger, fleet, None, out);
+    let stepper = Arc::new(Stepper::new(driver, Duration::from_secs(60)).with_clock(clock.clone()));
+    let start = Instant::now();
+    let runs: Vec<_> = (0..apps)
+        .map(|k| {
+            let (stepper, clock) = (stepper.clone(), clock.clone());
+            let job = job(&format!("a{k}"), "2.0.0", clock());
+            tokio::spawn(async move {
+                let mut state = StepState::start(job);
+                let mut steps = 0;
+                while !state.done {
+                    state = stepper.step(state).await.unwrap();
+                    steps += 1;
+                    tokio::time::sleep(Duration::from_secs(state.wait_seconds)).await;
+                }
+                (state.status, steps)
+            })
+        })
+        .collect();
+    let mut many = Many {
+        makespan: Duration::ZERO,
+        succeeded: 0,
+        most_steps: 0,
+        ssm_calls: 0,
+        throttled: 0,
+    };
+    for r in runs {
+        let (status, steps) = r.await.unwrap();
+        many.succeeded += usize::from(status == Some(JobStatus::Succeeded));
+        many.most_steps = many.most_steps.max(steps);
+    }
+    many.makespan = start.elapsed();
+    many.ssm_calls = model.calls.load(Ordering::Relaxed);
+    many.throttled = model.throttled.load(Ordering::Relaxed);
+    many
 }
