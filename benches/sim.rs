@@ -7,8 +7,8 @@
 //! - makespan ÷ floor (slowest install + Σ over nodes of restart + health);
 //! - one-at-a-time makespan (Σ install + restart + health) ÷ ours;
 //! - SSM API calls per node, and how many were throttled and retried; deploy-step
-//!   invocations; Step Functions history events
-//!   (must stay under 25,000 per execution);
+//!   invocations; Step Functions history events (must stay under 25,000 per execution)
+//!   and state transitions;
 //! - the same with a health check failing on node 500: time until the rollback is done;
 //! - the same deploy in batches `[1, 5, "20%"]`: one-at-a-time makespan ÷ batched;
 //! - 10,000 nodes over 500 apps deployed at once, sharing the account's SSM rate: whether
@@ -57,6 +57,12 @@ const DELIVERY: Duration = Duration::from_millis(500);
 /// start and end and the final state's two. tests/aws/deploy.rs sees 20 for 2 steps.
 fn history_events(steps: u64) -> u64 {
     steps * 7 + (steps - 1) * 2 + 4
+}
+
+/// State transitions, what Step Functions bills: every state entered, so per step the
+/// Task and the Choice, per loop the Wait, and the final Succeed or Fail.
+fn state_transitions(steps: u64) -> u64 {
+    steps * 2 + (steps - 1) + 1
 }
 
 struct SentCommand {
@@ -374,8 +380,9 @@ fn main() {
     println!("  throttled calls (retried)         {}", ok.throttled);
     println!("  deploy-step invocations           {}", ok.steps);
     println!(
-        "  Step Functions history events     {} (limit 25,000)",
-        history_events(ok.steps)
+        "  Step Functions history events     {} (limit 25,000); state transitions {}",
+        history_events(ok.steps),
+        state_transitions(ok.steps)
     );
     assert_eq!(ok.status, Some(JobStatus::Succeeded));
 
@@ -410,8 +417,9 @@ fn main() {
         fast.ssm_calls as f64 / NODES as f64
     );
     println!(
-        "  Step Functions history events     {}",
-        history_events(fast.steps)
+        "  Step Functions history events     {}; state transitions {}",
+        history_events(fast.steps),
+        state_transitions(fast.steps)
     );
     assert_eq!(fast.status, Some(JobStatus::Succeeded));
 
@@ -433,8 +441,9 @@ fn main() {
         many.throttled as f64 / many.ssm_calls as f64
     );
     println!(
-        "  history events per execution: most {} (limit 25,000)",
-        history_events(many.most_steps)
+        "  history events per execution: most {} (limit 25,000); state transitions, all {}",
+        history_events(many.most_steps),
+        many.transitions
     );
     assert_eq!(many.succeeded, apps);
     assert!(history_events(many.most_steps) < 25_000);
@@ -444,6 +453,7 @@ struct Many {
     makespan: Duration,
     succeeded: usize,
     most_steps: u64,
+    transitions: u64,
     ssm_calls: u64,
     throttled: u64,
 }
@@ -517,6 +527,7 @@ ssm_tags = {{ "shipit:app" = "a{k}" }}
         makespan: Duration::ZERO,
         succeeded: 0,
         most_steps: 0,
+        transitions: 0,
         ssm_calls: 0,
         throttled: 0,
     };
@@ -524,6 +535,7 @@ ssm_tags = {{ "shipit:app" = "a{k}" }}
         let (status, steps) = r.await.unwrap();
         many.succeeded += usize::from(status == Some(JobStatus::Succeeded));
         many.most_steps = many.most_steps.max(steps);
+        many.transitions += state_transitions(steps);
     }
     many.makespan = start.elapsed();
     many.ssm_calls = model.calls.load(Ordering::Relaxed);
