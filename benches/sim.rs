@@ -285,6 +285,21 @@ struct Run {
     throttled: u64,
 }
 
+/// A deploy of `version` of `app`'s hello-app to production, asked for by name.
+fn sim_job(app: &str, version: &str, now: DateTime<Utc>) -> DeployJob {
+    DeployJob::new(
+        app,
+        "production",
+        "hello-app".parse().unwrap(),
+        Version::parse(version).unwrap(),
+        Source::Cli {
+            user: "sim".into(),
+            nonce: version.into(),
+        },
+        now,
+    )
+}
+
 async fn simulate(failing: Option<usize>, rollout: &str, store: &Path) -> (Run, Arc<Model>) {
     let text = r#"
 [apps.hello]
@@ -301,19 +316,7 @@ ssm_tags = { "shipit:app" = "hello" }
     .replace("ROLLOUT", rollout);
     let config = Arc::new(Config::parse(&text, Path::new("sim.toml")).unwrap());
     let ledger = Arc::new(Store::open(store).unwrap());
-    let job = |v: &str, now| {
-        DeployJob::new(
-            "hello",
-            "production",
-            "hello-app".parse().unwrap(),
-            Version::parse(v).unwrap(),
-            Source::Cli {
-                user: "sim".into(),
-                nonce: v.into(),
-            },
-            now,
-        )
-    };
+    let job = |v: &str, now| sim_job("hello", v, now);
     let base = (Utc::now(), Instant::now());
     let clock = Arc::new(move || base.0 + chrono::Duration::from_std(base.1.elapsed()).unwrap());
     ledger
@@ -481,19 +484,7 @@ ssm_tags = {{ "shipit:app" = "a{k}" }}
     let ledger = Arc::new(Store::open(store).unwrap());
     let base = (Utc::now(), Instant::now());
     let clock = Arc::new(move || base.0 + chrono::Duration::from_std(base.1.elapsed()).unwrap());
-    let job = |app: &str, v: &str, now| {
-        DeployJob::new(
-            app,
-            "production",
-            "hello-app".parse().unwrap(),
-            Version::parse(v).unwrap(),
-            Source::Cli {
-                user: "sim".into(),
-                nonce: v.into(),
-            },
-            now,
-        )
-    };
+    let job = sim_job;
     for k in 0..apps {
         let old = job(&format!("a{k}"), "1.0.0", clock());
         ledger

@@ -151,26 +151,68 @@ async fn a_release_uploaded_to_the_index_deploys_and_nodes_install_it_from_there
     assert_eq!(ex.served(), ["1.1.0", "1.1.0"]);
 }
 
+const PAGE: &str = "/simple/hello-app/";
+
+/// A PEP 691 page listing a wheel of each of `versions`.
+fn json_page(versions: &[&str]) -> ResponseTemplate {
+    let files: Vec<_> = versions
+        .iter()
+        .map(|v| {
+            let f = format!("hello_app-{v}-py3-none-any.whl");
+            serde_json::json!({ "filename": f, "url": format!("/files/{f}"), "hashes": {} })
+        })
+        .collect();
+    let body =
+        serde_json::json!({ "meta": {"api-version": "1.1"}, "name": "hello-app", "files": files });
+    ResponseTemplate::new(200).set_body_raw(body.to_string(), "application/vnd.pypi.simple.v1+json")
+}
+
+/// A stand-in index that gives `answers` in turn, one each, and then `last` for good;
+/// and an app that follows it, with its ingress and store.
+async fn stand_in(
+    answers: Vec<ResponseTemplate>,
+    last: ResponseTemplate,
+    dir: &Path,
+) -> (
+    MockServer,
+    std::sync::Arc<Config>,
+    shipit::ingress::Ingress,
+    shipit::local::store::Store,
+) {
+    let server = MockServer::start().await;
+    for answer in answers {
+        Mock::given(method("GET"))
+            .and(path(PAGE))
+            .respond_with(answer)
+            .up_to_n_times(1)
+            .mount(&server)
+            .await;
+    }
+    Mock::given(method("GET"))
+        .and(path(PAGE))
+        .respond_with(last)
+        .mount(&server)
+        .await;
+    let (config, _) = LocalApp {
+        app: format!(
+            "index = {{ url = \"{}/simple\", poll_seconds = 1 }}",
+            server.uri()
+        ),
+        ..LocalApp::default()
+    }
+    .open(dir);
+    let (ingress, store) = shipit::run::local::ingress((*config).clone())
+        .await
+        .unwrap();
+    (server, config, ingress, store)
+}
+
 /// An index that answers an error, a page that is not a simple API page, HTML where JSON
 /// was said, or nothing in time: each look fails with the reason and changes nothing (not
 /// even the first look's note of what is history), and the next good answer is read.
 #[tokio::test]
 async fn broken_index_answers_are_retried_and_queue_nothing_twice() {
-    let server = MockServer::start().await;
-    let page = "/simple/hello-app/";
-    let json = |versions: &[&str]| {
-        let files: Vec<_> = versions
-            .iter()
-            .map(|v| {
-                let f = format!("hello_app-{v}-py3-none-any.whl");
-                serde_json::json!({ "filename": f, "url": format!("/files/{f}"), "hashes": {} })
-            })
-            .collect();
-        let body = serde_json::json!({ "meta": {"api-version": "1.1"}, "name": "hello-app", "files": files });
-        ResponseTemplate::new(200)
-            .set_body_raw(body.to_string(), "application/vnd.pypi.simple.v1+json")
-    };
-    let answers = [
+    let answers = vec![
         ResponseTemplate::new(500).set_body_string("upstream down"),
         ResponseTemplate::new(200).set_body_raw(
             "<html><body>Sign in to Artifactory</body></html>",
@@ -180,42 +222,19 @@ async fn broken_index_answers_are_retried_and_queue_nothing_twice() {
             "<html><body>hello_app-9.9.9.tar.gz</body></html>",
             "application/vnd.pypi.simple.v1+json",
         ),
-        json(&["1.0.0"]).set_delay(Duration::from_secs(3)),
-        json(&["1.0.0"]),
+        json_page(&["1.0.0"]).set_delay(Duration::from_secs(3)),
+        json_page(&["1.0.0"]),
     ];
-    for answer in answers {
-        Mock::given(method("GET"))
-            .and(path(page))
-            .respond_with(answer)
-            .up_to_n_times(1)
-            .mount(&server)
-            .await;
-    }
-    Mock::given(method("GET"))
-        .and(path(page))
-        .respond_with(json(&["1.0.0", "1.1.0"]))
-        .mount(&server)
-        .await;
-
     let dir = tempfile::tempdir().unwrap();
-    let (config, store) = LocalApp {
-        app: format!(
-            "index = {{ url = \"{}/simple\", poll_seconds = 1 }}",
-            server.uri()
-        ),
-        ..LocalApp::default()
-    }
-    .open(dir.path());
-    let (ingress, _) = shipit::run::local::ingress((*config).clone())
-        .await
-        .unwrap();
+    let (server, config, ingress, store) =
+        stand_in(answers, json_page(&["1.0.0", "1.1.0"]), dir.path()).await;
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(1))
         .build()
         .unwrap();
     let secrets = Secrets::new(None);
     let look = look(&http, &secrets, &config);
-    let source = format!("{}{page}", server.uri());
+    let source = format!("{}{PAGE}", server.uri());
     for why in [
         "HTTP 500",
         "not a simple API page",
@@ -253,51 +272,14 @@ async fn broken_index_answers_are_retried_and_queue_nothing_twice() {
 /// answering, and the release that appears deploys once.
 #[tokio::test(flavor = "multi_thread")]
 async fn serve_keeps_following_an_index_through_its_failures() {
-    let server = MockServer::start().await;
-    let page = "/simple/hello-app/";
-    let json = |files: &str| {
-        ResponseTemplate::new(200).set_body_raw(
-            format!(
-                r#"{{"meta": {{"api-version": "1.1"}}, "name": "hello-app", "files": [{files}]}}"#
-            ),
-            "application/vnd.pypi.simple.v1+json",
-        )
-    };
-    let file = |v: &str| {
-        format!(
-            r#"{{"filename": "hello_app-{v}-py3-none-any.whl", "url": "/f/{v}.whl", "hashes": {{}}}}"#
-        )
-    };
-    for answer in [
+    let answers = vec![
         ResponseTemplate::new(503),
         ResponseTemplate::new(503),
-        json(&file("1.0.0")),
-    ] {
-        Mock::given(method("GET"))
-            .and(path(page))
-            .respond_with(answer)
-            .up_to_n_times(1)
-            .mount(&server)
-            .await;
-    }
-    let both = format!("{}, {}", file("1.0.0"), file("1.1.0"));
-    Mock::given(method("GET"))
-        .and(path(page))
-        .respond_with(json(&both))
-        .mount(&server)
-        .await;
+        json_page(&["1.0.0"]),
+    ];
     let dir = tempfile::tempdir().unwrap();
-    let (config, _) = LocalApp {
-        app: format!(
-            "index = {{ url = \"{}/simple/\", poll_seconds = 1 }}",
-            server.uri()
-        ),
-        ..LocalApp::default()
-    }
-    .open(dir.path());
-    let (ingress, store) = shipit::run::local::ingress((*config).clone())
-        .await
-        .unwrap();
+    let (_server, _, ingress, store) =
+        stand_in(answers, json_page(&["1.0.0", "1.1.0"]), dir.path()).await;
     let served = crate::helpers::Served::start(ingress, store.clone()).await;
     let mut jobs = vec![];
     for _ in 0..100 {
