@@ -397,8 +397,10 @@ async fn output_is_cut_at_24000_characters() {
 #[tokio::test]
 async fn a_rate_rule_throttles_calls_past_its_bucket_until_tokens_come_back() {
     let _turn = CONTROL.lock().await;
+    // One token every 2 s: slow enough that no token comes back between the calls below,
+    // however slowly a loaded machine answers them (a listing of many instances is slow).
     control(serde_json::json!({
-        "rates": { "DescribeInstanceInformation": { "per_second": 5, "burst": 2 } }
+        "rates": { "DescribeInstanceInformation": { "per_second": 0.5, "burst": 2 } }
     }))
     .await;
     // Without the SDK's retries, to see each answer.
@@ -410,7 +412,7 @@ async fn a_rate_rule_throttles_calls_past_its_bucket_until_tokens_come_back() {
     call().await.expect("a token");
     call().await.expect("the burst's second");
     assert_eq!(code(call().await), "ThrottlingException");
-    tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
     call().await.expect("a token came back");
     control(serde_json::json!({})).await;
 }
