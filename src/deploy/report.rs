@@ -38,7 +38,12 @@ pub fn lock_line(app: &str, env: &str, lock: &LockInfo) -> String {
 
 /// `, forced past the gate by …` for a job someone forced; empty otherwise.
 pub fn forced_note(job: &DeployJob) -> String {
-    job.forced_by.as_ref().map_or(String::new(), |who| {
+    forced_by_note(job.forced_by.as_deref())
+}
+
+/// The same, from who forced it.
+pub fn forced_by_note(forced_by: Option<&str>) -> String {
+    forced_by.map_or(String::new(), |who| {
         format!(", forced past the gate by {who}")
     })
 }

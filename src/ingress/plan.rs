@@ -12,7 +12,7 @@ use crate::deploy::engine::Verdict;
 use crate::deploy::history::faulty_mark;
 use crate::deploy::job::{DeployJob, Source};
 use crate::deploy::ports::{Fleet, Gate, Ledger, PortError};
-use crate::deploy::report::{faulty_phrase, history_line, lock_line};
+use crate::deploy::report::{faulty_phrase, forced_by_note, history_line, lock_line};
 use crate::deploy::rollout::Rollout;
 use crate::deploy::version::Version;
 
@@ -197,7 +197,6 @@ fn source(job: &DeployJob) -> String {
 /// The install, restart and health commands as the first node would run them (on SSM,
 /// where nodes are found when the deploy runs: as every node would, `{node}` aside).
 fn commands(app: &App, env: &Environment, job: &DeployJob) -> Result<Commands, PlanError> {
-    let none = std::collections::BTreeMap::new();
     let (node, dir, vars) = match &env.nodes {
         Nodes::Local(nodes) => match nodes.first() {
             Some(n) => (n.name.clone(), Some(n.dir.display().to_string()), &n.vars),
@@ -205,7 +204,6 @@ fn commands(app: &App, env: &Environment, job: &DeployJob) -> Result<Commands, P
         },
         Nodes::Ssm { dir, vars, .. } => ("NODE".to_string(), dir.clone(), vars),
     };
-    let vars = if vars.is_empty() { &none } else { vars };
     let site = Site {
         node: &node,
         dir: dir.as_deref(),
@@ -243,9 +241,7 @@ impl Plan {
                 self.version,
                 self.env,
                 self.requested_by,
-                self.forced_by
-                    .as_ref()
-                    .map_or(String::new(), |by| format!(", forced past the gate by {by}")),
+                forced_by_note(self.forced_by.as_deref()),
                 self.source
             ),
             match &self.live {
