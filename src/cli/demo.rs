@@ -138,8 +138,8 @@ fn set_up(dir: &Path) -> anyhow::Result<PathBuf> {
 
 fn stop_services(config: &Config) {
     for env in config.apps.values().flat_map(|a| a.environments.values()) {
-        if let crate::config::Nodes::Local(nodes) = &env.nodes {
-            for n in nodes {
+        if let crate::config::Nodes::Listed(nodes) = &env.nodes {
+            for n in nodes.iter().filter(|n| n.ssh.is_none()) {
                 let _ = std::process::Command::new("venv/bin/python")
                     .args(["-m", "hello_app.ctl", "stop", "0"])
                     .current_dir(&n.dir)
@@ -408,7 +408,7 @@ async fn slash_command(
 /// What each node's service answers on /version now.
 async fn served_versions(http: &reqwest::Client, config: &Config) -> Vec<(String, String)> {
     let mut served = vec![];
-    if let Some(crate::config::Nodes::Local(nodes)) = config
+    if let Some(crate::config::Nodes::Listed(nodes)) = config
         .app("hello")
         .and_then(|a| a.environments.get("production"))
         .map(|e| &e.nodes)

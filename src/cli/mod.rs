@@ -156,7 +156,7 @@ pub async fn drift(
     let (a, env, live) = sync_target(config, store, app, env).await?;
     let e = &a.environments[&env];
     let nodes = match &e.nodes {
-        crate::config::Nodes::Local(nodes) => nodes.iter().map(|n| n.name.clone()).collect(),
+        crate::config::Nodes::Listed(nodes) => nodes.iter().map(|n| n.name.clone()).collect(),
         crate::config::Nodes::Ssm { .. } => {
             bail!(
                 "{}/{env} finds its nodes through SSM tags; check it on AWS",

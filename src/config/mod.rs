@@ -14,6 +14,7 @@ mod raw;
 outside_input! {
     pub mod secrets;
 }
+pub mod ssh;
 pub mod template;
 
 use crate::deploy::job::DeployJob;
@@ -190,15 +191,18 @@ pub enum Nodes {
         /// Values for the environment's own template placeholders.
         vars: BTreeMap<String, String>,
     },
-    Local(Vec<LocalNode>),
+    /// Nodes listed in the config, each a directory on this machine or reached over SSH.
+    Listed(Vec<ListedNode>),
 }
 
 #[derive(Debug, Clone)]
-pub struct LocalNode {
+pub struct ListedNode {
     pub name: String,
+    /// The app's directory: on this machine, or on the node when it is reached over SSH.
     pub dir: PathBuf,
     /// Values for the node's own template placeholders (e.g. `{port}`).
     pub vars: BTreeMap<String, String>,
+    pub ssh: Option<ssh::Ssh>,
 }
 
 #[derive(Debug, Clone, Default)]

@@ -87,7 +87,9 @@ pub(super) struct RawEnvironment {
     pub(super) dir: Option<String>,
     #[serde(default)]
     pub(super) vars: BTreeMap<String, String>,
-    pub(super) nodes: Option<Vec<RawLocalNode>>,
+    pub(super) nodes: Option<Vec<RawListedNode>>,
+    /// With `nodes` reached over SSH: defaults for all of them.
+    pub(super) ssh: Option<RawSshDefaults>,
     pub(super) layout: Option<String>,
     pub(super) keep_releases: Option<u32>,
     #[serde(default)]
@@ -99,11 +101,24 @@ pub(super) struct RawEnvironment {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(super) struct RawLocalNode {
+pub(super) struct RawListedNode {
     pub(super) name: String,
     pub(super) dir: PathBuf,
     #[serde(default)]
     pub(super) vars: BTreeMap<String, String>,
+    /// `[user@]host[:port]`: the node is reached over SSH, and `dir` is on it.
+    pub(super) ssh: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawSshDefaults {
+    pub(super) user: Option<String>,
+    pub(super) identity_file: Option<String>,
+    pub(super) known_hosts: Option<String>,
+    #[serde(default)]
+    pub(super) accept_new_host_keys: bool,
+    pub(super) connect_timeout_seconds: Option<u64>,
 }
 
 #[derive(Deserialize, Default)]

@@ -391,3 +391,103 @@ fn an_index_is_an_http_url_polled_within_bounds_and_gives_index_to_templates() {
         assert_eq!(check(line, pip).1, [key], "{line}");
     }
 }
+
+#[test]
+fn ssh_nodes_take_the_environment_s_defaults_and_keep_their_directory_as_written() {
+    let check = |env: &str, nodes: &str| {
+        let text = format!(
+            r#"
+            [apps.hello]
+            package = "hello-app"
+            install = "true"
+            restart = "true"
+            [apps.hello.environments.production]
+            {env}
+            nodes = [{nodes}]
+        "#
+        );
+        let (config, errors) = error_keys(&text);
+        let nodes = config.map(
+            |c| match &c.apps["hello"].environments["production"].nodes {
+                Nodes::Listed(nodes) => nodes.clone(),
+                Nodes::Ssm { .. } => panic!("listed nodes expected"),
+            },
+        );
+        (nodes, errors)
+    };
+    let (nodes, errors) = check(
+        r#"ssh = { user = "deploy", identity_file = "keys/id", known_hosts = "/etc/kh", connect_timeout_seconds = 3 }"#,
+        r#"{ name = "web1", ssh = "10.0.0.5", dir = "/srv/hello" },
+           { name = "web2", ssh = "ops@[::1]:2222", dir = "/srv/hello" },
+           { name = "here", dir = "n1" }"#,
+    );
+    assert_eq!(errors, Vec::<String>::new());
+    let nodes = nodes.unwrap();
+    let web1 = nodes[0].ssh.as_ref().unwrap();
+    assert_eq!(web1.to_string(), "deploy@10.0.0.5");
+    assert_eq!(web1.identity_file.as_deref(), Some(Path::new("keys/id")));
+    assert_eq!(web1.known_hosts.as_deref(), Some(Path::new("/etc/kh")));
+    assert_eq!(web1.connect_timeout_seconds, 3);
+    assert!(
+        !web1.accept_new_host_keys,
+        "no trust on first use unless asked"
+    );
+    assert_eq!(nodes[0].dir, Path::new("/srv/hello"));
+    assert_eq!(nodes[1].ssh.as_ref().unwrap().to_string(), "ops@[::1]:2222");
+    assert!(nodes[2].ssh.is_none());
+
+    let env = "apps.hello.environments.production";
+    for (ssh, nodes, key) in [
+        (
+            "",
+            r#"{ name = "w", ssh = "-oProxyCommand=x", dir = "/srv" }"#,
+            "nodes[0].ssh",
+        ),
+        (
+            "",
+            r#"{ name = "w", ssh = "web1:0", dir = "/srv" }"#,
+            "nodes[0].ssh",
+        ),
+        (
+            "",
+            r#"{ name = "w", ssh = "web1", dir = "srv" }"#,
+            "nodes[0].dir",
+        ),
+        (
+            r#"ssh = { user = "-l" }"#,
+            r#"{ name = "w", ssh = "web1", dir = "/srv" }"#,
+            "ssh.user",
+        ),
+        (
+            r#"ssh = { known_hosts = "~/.ssh/kh" }"#,
+            r#"{ name = "w", ssh = "web1", dir = "/srv" }"#,
+            "ssh.known_hosts",
+        ),
+        (
+            r#"ssh = { identity_file = "a b" }"#,
+            r#"{ name = "w", ssh = "web1", dir = "/srv" }"#,
+            "ssh.identity_file",
+        ),
+        (
+            r#"ssh = { connect_timeout_seconds = 0 }"#,
+            r#"{ name = "w", ssh = "web1", dir = "/srv" }"#,
+            "ssh.connect_timeout_seconds",
+        ),
+        (
+            r#"ssh = { user = "deploy" }"#,
+            r#"{ name = "w", dir = "n1" }"#,
+            "ssh",
+        ),
+    ] {
+        assert_eq!(
+            check(ssh, nodes).1,
+            [format!("{env}.{key}")],
+            "{ssh} {nodes}"
+        );
+    }
+    let (_, errors) = error_keys(&ssm_app(
+        r#""shipit:app" = "hello", "shipit:env" = "production""#,
+        "dir = \"/srv/hello\"\nssh = { user = \"deploy\" }",
+    ));
+    assert_eq!(errors, [format!("{env}.ssh")]);
+}

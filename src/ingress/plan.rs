@@ -122,7 +122,7 @@ pub async fn plan(
         },
     };
     let (nodes, ssm_tags) = match (&env.nodes, fleet) {
-        (Nodes::Local(nodes), _) => (Ok(nodes.iter().map(|n| n.name.clone()).collect()), None),
+        (Nodes::Listed(nodes), _) => (Ok(nodes.iter().map(|n| n.name.clone()).collect()), None),
         (Nodes::Ssm { tags, .. }, Some(fleet)) => (
             fleet.resolve(job).await.map_err(|e| e.to_string()),
             Some(tags.clone()),
@@ -198,7 +198,7 @@ fn source(job: &DeployJob) -> String {
 /// where nodes are found when the deploy runs: as every node would, `{node}` aside).
 fn commands(app: &App, env: &Environment, job: &DeployJob) -> Result<Commands, PlanError> {
     let (node, dir, vars) = match &env.nodes {
-        Nodes::Local(nodes) => match nodes.first() {
+        Nodes::Listed(nodes) => match nodes.first() {
             Some(n) => (n.name.clone(), Some(n.dir.display().to_string()), &n.vars),
             None => return Err(PlanError::Target(format!("{} has no nodes", env.name))),
         },

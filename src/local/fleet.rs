@@ -1,5 +1,6 @@
-//! The local fleet: a node is a directory on this machine; commands run there through
-//! `sh -c`, with every substituted value shell-quoted (see `template`).
+//! The one-machine runtime's fleet: the nodes listed in the config, each a directory on
+//! this machine or one reached over SSH (see `ssh`). Commands run there through `sh -c`,
+//! with every substituted value shell-quoted (see `template`).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -11,9 +12,11 @@ use chrono::Utc;
 use tokio::process::Command as Process;
 use tokio::sync::Semaphore;
 
+use super::ssh;
 use super::store::checkpoints::CommandRecord;
 use super::store::Store;
 use crate::config::command::Site;
+use crate::config::ssh::Ssh;
 use crate::config::{App, Config, Environment, Nodes};
 use crate::deploy::command::{tail, Command, CommandKind, NodeResult, OUTPUT_TAIL};
 use crate::deploy::job::DeployJob;
@@ -23,11 +26,29 @@ use crate::deploy::ports::{Fleet, PortError, Refused, Sent};
 pub struct LocalFleet {
     store: Store,
     config: Arc<Config>,
+    /// Where connections to SSH nodes are shared from (see `ssh::control_dir`).
+    control: Option<Arc<PathBuf>>,
 }
 
 impl LocalFleet {
     pub fn new(store: Store, config: Arc<Config>) -> LocalFleet {
-        LocalFleet { store, config }
+        let listed = config.apps.values().flat_map(|a| a.environments.values());
+        let over_ssh = listed
+            .filter_map(|e| match &e.nodes {
+                Nodes::Listed(nodes) => Some(nodes),
+                Nodes::Ssm { .. } => None,
+            })
+            .flatten()
+            .any(|n| n.ssh.is_some());
+        let control = over_ssh
+            .then(|| ssh::control_dir(&config.server.state))
+            .flatten()
+            .map(Arc::new);
+        LocalFleet {
+            store,
+            config,
+            control,
+        }
     }
 
     fn target(&self, job: &DeployJob) -> Result<(&App, &Environment), PortError> {
@@ -46,7 +67,7 @@ impl LocalFleet {
         env: &Environment,
         cmd: &Command,
     ) -> Result<Vec<(String, NodeResult)>, PortError> {
-        let Nodes::Local(nodes) = &env.nodes else {
+        let Nodes::Listed(nodes) = &env.nodes else {
             return Err(ssm_nodes(app, env));
         };
         let recorded: HashMap<String, CommandRecord> = self
@@ -85,11 +106,16 @@ impl LocalFleet {
                         kind: CommandKind::Health,
                         ..cmd.clone()
                     };
+                    let at = At {
+                        dir: node.dir.clone(),
+                        ssh: node.ssh.clone(),
+                        control: self.control.clone(),
+                    };
                     app.script(env, cmd, &site)
                         .and_then(|s| Ok((s, app.script(env, &probe, &site)?)))
                         .map(|(s, probe)| {
                             s.map(|s| Plan {
-                                dir: node.dir.clone(),
+                                at,
                                 script: s,
                                 probe,
                             })
@@ -133,7 +159,7 @@ impl LocalFleet {
                                         (store.clone(), key.clone(), name.clone());
                                     async move { store.command_pid(&key, &name, pid).await }
                                 };
-                                execute(&plan.dir, &plan.script, timeout, kind, started).await?
+                                execute(&plan.at, &plan.script, timeout, kind, started).await?
                             }
                         }
                     }
@@ -170,9 +196,16 @@ impl LocalFleet {
 /// A node's command, and the health check that tells whether an interrupted restart
 /// took effect.
 struct Plan {
-    dir: PathBuf,
+    at: At,
     script: String,
     probe: Option<String>,
+}
+
+/// Where a node's commands run: its directory, here or over SSH.
+struct At {
+    dir: PathBuf,
+    ssh: Option<Ssh>,
+    control: Option<Arc<PathBuf>>,
 }
 
 /// After a crash: waits for the interrupted command's process to end (it outlived the
@@ -206,7 +239,7 @@ async fn recover(
         return None;
     }
     let probe = plan.probe.as_ref()?;
-    match execute(&plan.dir, probe, timeout, CommandKind::Health, |_| async {
+    match execute(&plan.at, probe, timeout, CommandKind::Health, |_| async {
         Ok(())
     })
     .await
@@ -255,7 +288,7 @@ impl Fleet for LocalFleet {
     async fn resolve(&self, job: &DeployJob) -> Result<Vec<String>, PortError> {
         let (app, env) = self.target(job)?;
         match &env.nodes {
-            Nodes::Local(nodes) => Ok(nodes.iter().map(|n| n.name.clone()).collect()),
+            Nodes::Listed(nodes) => Ok(nodes.iter().map(|n| n.name.clone()).collect()),
             Nodes::Ssm { .. } => Err(ssm_nodes(app, env)),
         }
     }
@@ -278,11 +311,11 @@ fn failed(exit_code: Option<i32>, output: String) -> NodeResult {
     NodeResult::Failed { exit_code, output }
 }
 
-/// Runs `script` in `dir` in a process group of its own (a Ctrl-C or SIGTERM meant for
-/// shipit does not cut a restart in half, and a command outlives a worker that was
-/// killed), telling `started` its pid.
+/// Runs `script` in the node's directory in a process group of its own (a Ctrl-C or
+/// SIGTERM meant for shipit does not cut a restart in half, and a command, or the `ssh`
+/// that carries it, outlives a worker that was killed), telling `started` its pid.
 async fn execute<F, Fut>(
-    dir: &Path,
+    at: &At,
     script: &str,
     timeout: Duration,
     kind: CommandKind,
@@ -292,26 +325,37 @@ where
     F: FnOnce(u32) -> Fut,
     Fut: std::future::Future<Output = Result<(), PortError>>,
 {
-    if !dir.is_dir() {
-        return Ok(failed(
-            None,
-            format!("node directory {} does not exist", dir.display()),
-        ));
-    }
-    let mut command = Process::new("sh");
+    let mut command = match &at.ssh {
+        Some(remote) => ssh::command(
+            remote,
+            at.control.as_deref().map(PathBuf::as_path),
+            &at.dir,
+            script,
+            timeout,
+        ),
+        None if !at.dir.is_dir() => {
+            return Ok(failed(
+                None,
+                format!("node directory {} does not exist", at.dir.display()),
+            ))
+        }
+        None => {
+            let mut c = Process::new("sh");
+            c.arg("-c").arg(script).current_dir(&at.dir);
+            c
+        }
+    };
     command
-        .arg("-c")
-        .arg(script)
-        .current_dir(dir)
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .kill_on_drop(true);
     #[cfg(unix)]
     command.process_group(0);
+    let program = if at.ssh.is_some() { "ssh" } else { "sh" };
     let child = match command.spawn() {
         Ok(c) => c,
-        Err(e) => return Ok(failed(None, format!("cannot start sh: {e}"))),
+        Err(e) => return Ok(failed(None, format!("cannot start {program}: {e}"))),
     };
     if let Some(pid) = child.id() {
         started(pid).await?;
@@ -329,6 +373,11 @@ where
             Ok(Ok(out)) => {
                 let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
                 text.push_str(&String::from_utf8_lossy(&out.stderr));
+                // 255 is ssh's own failure (connection, login, host key), which its
+                // message says; a remote command's own 255 reads the same, and is rare.
+                if let (Some(remote), Some(255)) = (&at.ssh, out.status.code()) {
+                    text = format!("ssh {remote}: {}", text.trim_end());
+                }
                 failed(out.status.code(), tail(&text, OUTPUT_TAIL))
             }
         },

@@ -1,5 +1,6 @@
-//! One machine: the SQLite store (queue, ledger, the worker's checkpoints) and nodes
-//! that are directories here, reached as local processes.
+//! One machine: the SQLite store (queue, ledger, the worker's checkpoints) and the nodes
+//! listed in the config: directories here, reached as local processes, or over SSH.
 
 pub mod fleet;
+mod ssh;
 pub mod store;

@@ -11,7 +11,7 @@ use shipit::deploy::ports::Ledger;
 use shipit::deploy::status::JobStatus;
 use shipit::drive::worker::Worker;
 
-async fn deploy(ex: &Example, version: &str) -> (JobId, JobStatus, Vec<Notice>) {
+pub async fn deploy(ex: &Example, version: &str) -> (JobId, JobStatus, Vec<Notice>) {
     let (config, store) = (ex.config(), ex.store());
     let job = shipit::cli::deploy(&config, &store, "hello", version, None, false)
         .await
@@ -35,7 +35,7 @@ async fn finish(ex: &Example, job: &JobId) -> (JobId, JobStatus, Vec<Notice>) {
 }
 
 /// Notices reduced to "node event" words, e.g. "node1 restarted".
-fn steps(notices: &[Notice]) -> Vec<String> {
+pub fn steps(notices: &[Notice]) -> Vec<String> {
     notices
         .iter()
         .filter_map(|n| match n {

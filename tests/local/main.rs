@@ -13,3 +13,4 @@ mod index;
 mod notify;
 mod safety;
 mod serve;
+mod ssh;

@@ -5,8 +5,9 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use super::{valid_name, Checker, Scope};
 use crate::config::layout::{Layout, DEFAULT_KEEP_RELEASES};
-use crate::config::raw::{RawEnvironment, RawLocalNode};
-use crate::config::{Environment, LocalNode, Nodes};
+use crate::config::raw::{RawEnvironment, RawListedNode, RawSshDefaults};
+use crate::config::ssh::{self, Ssh, DEFAULT_CONNECT_TIMEOUT_SECONDS};
+use crate::config::{Environment, ListedNode, Nodes};
 
 pub(super) fn check_environment(
     c: &mut Checker,
@@ -24,6 +25,13 @@ pub(super) fn check_environment(
     }
     let nodes = match (e.ssm_tags, e.nodes) {
         (Some(tags), None) if !tags.is_empty() => {
+            if e.ssh.is_some() {
+                c.error(
+                    format!("{ek}.ssh"),
+                    "ssh is for listed nodes, not ssm_tags",
+                    "SSM reaches its nodes itself; remove ssh",
+                );
+            }
             let ssm = SsmEnvironment {
                 tags,
                 dir: e.dir,
@@ -36,10 +44,10 @@ pub(super) fn check_environment(
                 c.error(
                     &ek,
                     "dir and vars belong to ssm_tags environments",
-                    "give each local node its own dir and vars",
+                    "give each listed node its own dir and vars",
                 );
             }
-            Some(check_local(c, scope, &ek, nodes))
+            Some(check_listed(c, scope, &ek, nodes, e.ssh))
         }
         (Some(_), Some(_)) => {
             c.error(
@@ -155,7 +163,13 @@ fn check_ssm(c: &mut Checker, scope: &mut Scope, ek: &str, env: &str, e: SsmEnvi
     }
 }
 
-fn check_local(c: &mut Checker, scope: &mut Scope, ek: &str, nodes: Vec<RawLocalNode>) -> Nodes {
+fn check_listed(
+    c: &mut Checker,
+    scope: &mut Scope,
+    ek: &str,
+    nodes: Vec<RawListedNode>,
+    defaults: Option<RawSshDefaults>,
+) -> Nodes {
     let mut seen = BTreeSet::new();
     for (i, n) in nodes.iter().enumerate() {
         if !valid_name(&n.name) {
@@ -174,16 +188,131 @@ fn check_local(c: &mut Checker, scope: &mut Scope, ek: &str, nodes: Vec<RawLocal
         }
         scope.known.extend(n.vars.keys().cloned());
     }
-    Nodes::Local(
-        nodes
-            .into_iter()
-            .map(|n| LocalNode {
+    if defaults.is_some() && nodes.iter().all(|n| n.ssh.is_none()) {
+        c.error(
+            format!("{ek}.ssh"),
+            "no node is reached over SSH",
+            "give the nodes an address, e.g. { name = \"web1\", ssh = \"deploy@10.0.0.5\", dir = \"/srv/hello\" }",
+        );
+    }
+    let defaults = defaults.map(|d| ssh_defaults(c, scope, ek, d));
+    let nodes = nodes
+        .into_iter()
+        .enumerate()
+        .map(|(i, n)| {
+            let ssh = n.ssh.as_deref().and_then(|a| {
+                ssh_node(c, &format!("{ek}.nodes[{i}]"), a, &n.dir, defaults.as_ref())
+            });
+            ListedNode {
                 name: n.name,
-                dir: scope.base.join(n.dir),
+                // A node reached over SSH keeps its directory as written: it is on the node.
+                dir: match n.ssh {
+                    Some(_) => n.dir,
+                    None => scope.base.join(n.dir),
+                },
                 vars: n.vars,
+                ssh,
+            }
+        })
+        .collect();
+    Nodes::Listed(nodes)
+}
+
+/// The environment's `ssh = { … }`, files resolved against the config's directory; the
+/// host and port are each node's own.
+fn ssh_defaults(c: &mut Checker, scope: &Scope, ek: &str, d: RawSshDefaults) -> Ssh {
+    if let Some(Err(e)) = d.user.as_deref().map(ssh::check_user) {
+        c.error(
+            format!("{ek}.ssh.user"),
+            e,
+            "the login name on the nodes, e.g. \"deploy\"",
+        );
+    }
+    let mut file = |key: &str, path: Option<String>| {
+        let path = path?;
+        if let Err(e) = ssh::check_path(&path) {
+            c.error(
+                format!("{ek}.ssh.{key}"),
+                e,
+                "a plain path, absolute or relative to this file",
+            );
+            return None;
+        }
+        let path = scope.base.join(path);
+        if !path.is_file() {
+            c.warning(
+                format!("{ek}.ssh.{key}"),
+                format!("{} does not exist (yet)", path.display()),
+                "every deploy to these nodes fails until it does",
+            );
+        }
+        Some(path)
+    };
+    let identity_file = file("identity_file", d.identity_file);
+    let known_hosts = file("known_hosts", d.known_hosts);
+    let connect_timeout_seconds = match d.connect_timeout_seconds {
+        Some(0) => {
+            c.error(
+                format!("{ek}.ssh.connect_timeout_seconds"),
+                "0 would never connect",
+                format!("at least 1; {DEFAULT_CONNECT_TIMEOUT_SECONDS} unless set"),
+            );
+            DEFAULT_CONNECT_TIMEOUT_SECONDS
+        }
+        t => t.unwrap_or(DEFAULT_CONNECT_TIMEOUT_SECONDS),
+    };
+    Ssh {
+        user: d.user,
+        host: String::new(),
+        port: None,
+        identity_file,
+        known_hosts,
+        accept_new_host_keys: d.accept_new_host_keys,
+        connect_timeout_seconds,
+    }
+}
+
+fn ssh_node(
+    c: &mut Checker,
+    nk: &str,
+    address: &str,
+    dir: &std::path::Path,
+    defaults: Option<&Ssh>,
+) -> Option<Ssh> {
+    if !dir.is_absolute() {
+        c.error(
+            format!("{nk}.dir"),
+            format!("{:?} is not an absolute path", dir.display().to_string()),
+            "the app's directory on the node, e.g. \"/srv/hello\"",
+        );
+    }
+    match ssh::parse_address(address) {
+        Ok((user, host, port)) => {
+            let base = defaults.cloned().unwrap_or(Ssh {
+                user: None,
+                host: String::new(),
+                port: None,
+                identity_file: None,
+                known_hosts: None,
+                accept_new_host_keys: false,
+                connect_timeout_seconds: DEFAULT_CONNECT_TIMEOUT_SECONDS,
+            });
+            Some(Ssh {
+                user: user.or(base.user.clone()),
+                host,
+                port,
+                ..base
             })
-            .collect(),
-    )
+        }
+        Err(e) => {
+            c.error(
+                format!("{nk}.ssh"),
+                e,
+                "[user@]host[:port], e.g. \"deploy@10.0.0.5:22\"",
+            );
+            None
+        }
+    }
 }
 
 /// Slack user ids (`U…`, `W…`) or `*`. Names are refused: Slack deprecated them, and one
