@@ -19,7 +19,7 @@ pub async fn deploy(ex: &Example, version: &str) -> (JobId, JobStatus, Vec<Notic
     finish(ex, &job.id).await
 }
 
-async fn finish(ex: &Example, job: &JobId) -> (JobId, JobStatus, Vec<Notice>) {
+pub async fn finish(ex: &Example, job: &JobId) -> (JobId, JobStatus, Vec<Notice>) {
     let (config, store) = (ex.config(), ex.store());
     let status = shipit::cli::wait(config, &store, job, |_| {})
         .await
@@ -159,13 +159,9 @@ async fn two_deploys_of_one_app_never_overlap() {
     assert_eq!(ex.served(), ["1.1.0", "1.1.0"]);
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_killed_worker_resumes_without_restarting_a_finished_node_again() {
-    let ex = Example::new(3);
-    let (_, status, _) = deploy(&ex, "1.0.0").await;
-    assert_eq!(status, JobStatus::Succeeded);
-
-    // Deploy 1.1.0 in a separate process and kill -9 it once node1 is done.
+/// Deploys `version` in a `shipit deploy --wait` process of its own, and kills it (-9: no
+/// chance to clean up) once `node` is healthy on it.
+pub async fn deploy_killed_after_healthy(ex: &Example, version: &str, node: &str) -> JobId {
     let store = ex.store();
     let mut child = Command::new(env!("CARGO_BIN_EXE_shipit"))
         .args([
@@ -173,7 +169,7 @@ async fn a_killed_worker_resumes_without_restarting_a_finished_node_again() {
             ex.config_path().to_str().unwrap(),
             "deploy",
             "hello",
-            "1.1.0",
+            version,
             "--wait",
         ])
         .stdout(std::process::Stdio::null())
@@ -181,29 +177,35 @@ async fn a_killed_worker_resumes_without_restarting_a_finished_node_again() {
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
     let job = loop {
-        assert!(Instant::now() < deadline, "node1 never became healthy");
+        assert!(Instant::now() < deadline, "{node} never became healthy");
         let jobs = store.jobs(None).await.unwrap();
-        if let Some(q) = jobs.iter().find(|q| q.job.version.as_str() == "1.1.0") {
+        if let Some(q) = jobs.iter().find(|q| q.job.version.as_str() == version) {
             let healthy = store
                 .notices(&q.job.id, 0)
                 .await
                 .unwrap()
                 .iter()
-                .any(|(_, n)| {
-                    *n == Notice::Healthy {
-                        node: "node1".into(),
-                    }
-                });
+                .any(|(_, n)| *n == Notice::Healthy { node: node.into() });
             if healthy {
                 break q.job.id.clone();
             }
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     };
-    child.kill().unwrap(); // SIGKILL: no chance to clean up
+    child.kill().unwrap();
     child.wait().unwrap();
+    job
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_killed_worker_resumes_without_restarting_a_finished_node_again() {
+    let ex = Example::new(3);
+    let (_, status, _) = deploy(&ex, "1.0.0").await;
+    assert_eq!(status, JobStatus::Succeeded);
+
+    let job = deploy_killed_after_healthy(&ex, "1.1.0", "node1").await;
     assert_eq!(
-        store.job(&job).await.unwrap().unwrap().status,
+        ex.store().job(&job).await.unwrap().unwrap().status,
         JobStatus::Running
     );
 

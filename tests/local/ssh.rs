@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::e2e::{deploy, steps};
+use crate::e2e::{deploy, deploy_killed_after_healthy, finish, steps};
 use crate::example::{free_port, Example};
 use crate::helpers::pip_app_toml;
 use shipit::deploy::engine::Notice;
@@ -334,4 +334,49 @@ async fn over_ssh_a_replayed_command_key_runs_once() {
         matches!(&version[0].1, NodeResult::Reported { output } if output.contains("Version: 1.0.0")),
         "{version:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn over_ssh_a_killed_worker_resumes_without_restarting_a_finished_node_again() {
+    let s = OverSsh::new(3);
+    let ex = &s.ex;
+    assert_eq!(deploy(ex, "1.0.0").await.1, JobStatus::Succeeded);
+    // Killed with node2's restart likely in flight: its `ssh` lives on, and is waited for.
+    let job = deploy_killed_after_healthy(ex, "1.1.0", "node1").await;
+    let (_, status, notices) = finish(ex, &job).await;
+    assert_eq!(status, JobStatus::Succeeded, "{notices:?}");
+    assert_eq!(ex.served(), ["1.1.0", "1.1.0", "1.1.0"]);
+    assert_eq!(ex.starts("node1", "1.1.0"), 1, "node1 restarted again");
+    for node in ["node2", "node3"] {
+        assert!(ex.starts(node, "1.1.0") >= 1);
+    }
+}
+
+#[test]
+fn the_ssh_example_checks_and_reaches_each_server_as_written() {
+    let path = Path::new("examples/ssh/shipit.toml");
+    let config = shipit::config::Config::load(path).unwrap();
+    let shipit::config::Nodes::Listed(nodes) =
+        &config.apps["hello"].environments["production"].nodes
+    else {
+        panic!("listed nodes expected");
+    };
+    let reached: Vec<String> = nodes
+        .iter()
+        .map(|n| format!("{} {}", n.ssh.as_ref().unwrap(), n.dir.display()))
+        .collect();
+    assert_eq!(
+        reached,
+        [
+            "deploy@10.0.0.5 /srv/hello",
+            "deploy@10.0.0.6 /srv/hello",
+            "ops@10.0.0.7:2222 /srv/hello"
+        ]
+    );
+    let ssh = nodes[0].ssh.as_ref().unwrap();
+    assert_eq!(
+        ssh.known_hosts.as_deref(),
+        Some(Path::new("examples/ssh/keys/known_hosts"))
+    );
+    assert!(!ssh.accept_new_host_keys);
 }
