@@ -158,9 +158,7 @@ mod tests {
             "true",
             Duration::from_secs(5),
         );
-        let args: Vec<String> = c
-            .as_std()
-            .get_args()
+        let args: Vec<String> = std::process::Command::get_args(c.as_std())
             .map(|a| a.to_string_lossy().into_owned())
             .collect();
         let joined = args.join(" ");

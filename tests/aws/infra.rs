@@ -514,9 +514,18 @@ fn the_readme_shows_how_to_invoke_every_function_with_a_sample_event() {
                 .unwrap_or_else(|| panic!("README: no `{tool} {id}` line"));
             let event = line
                 .split_whitespace()
-                .find(|w| w.starts_with("events/"))
+                .find(|w| w.starts_with("events/") || w.starts_with(".lambda-watch/"))
                 .unwrap_or_else(|| panic!("{line}: no sample event"));
-            assert!(std::path::Path::new(event).is_file(), "{line}");
+            match event.strip_prefix(".lambda-watch/") {
+                // Written by scripts/lambda-watch, for the emulator's own instance.
+                Some(file) => assert!(
+                    std::fs::read_to_string("scripts/lambda-watch")
+                        .unwrap()
+                        .contains(&format!("out / \"{file}\"")),
+                    "{line}: scripts/lambda-watch does not write it"
+                ),
+                None => assert!(std::path::Path::new(event).is_file(), "{line}"),
+            }
         }
     }
 }
