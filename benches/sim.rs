@@ -32,7 +32,7 @@ use shipit::deploy::job::{DeployJob, Source};
 use shipit::deploy::ports::{Ledger, PortError};
 use shipit::deploy::status::JobStatus;
 use shipit::deploy::version::Version;
-use shipit::drive::step::{StepState, Stepper};
+use shipit::drive::step::{StepInput, StepState, Stepper};
 use shipit::drive::{Driver, Outbound};
 use shipit::local::store::Store;
 use tokio::time::Instant;
@@ -332,7 +332,7 @@ ssm_tags = { "shipit:app" = "hello" }
     let mut state = StepState::start(job("2.0.0", clock()));
     let mut steps = 0;
     while !state.done {
-        state = stepper.step(state).await.unwrap();
+        state = stepper.step(StepInput::first(state)).await.unwrap();
         steps += 1;
         tokio::time::sleep(Duration::from_secs(state.wait_seconds)).await;
     }
@@ -506,7 +506,7 @@ ssm_tags = {{ "shipit:app" = "a{k}" }}
                 let mut state = StepState::start(job);
                 let mut steps = 0;
                 while !state.done {
-                    state = stepper.step(state).await.unwrap();
+                    state = stepper.step(StepInput::first(state)).await.unwrap();
                     steps += 1;
                     tokio::time::sleep(Duration::from_secs(state.wait_seconds)).await;
                 }

@@ -2,9 +2,11 @@
 //! carrying an environment's tags that SSM can reach; a command is `AWS-RunShellScript`.
 //!
 //! A command key becomes one or more SSM commands (at most 50 nodes each), each with the
-//! comment `shipit {key} {i}/{n}`. Before sending one, the fleet looks for it by that
-//! comment, so a step replayed after a crash finds the command it already sent instead
-//! of running it a second time.
+//! comment `shipit {key} {i}/{n}`. The ids sent are kept in the deploy's state (`Sent`).
+//! A step that may repeat one whose state was lost (a retry after a crash), or whose
+//! last send failed without an answer, first looks for the command by that comment, so
+//! it finds the command already sent instead of running it a second time; a step
+//! continuing from a saved state sends at once (one ListCommands call less a command).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -141,23 +143,26 @@ impl<R: RunCommand> SsmFleet<R> {
     }
 
     /// Sends `cmd` the first time it is asked for (remembering it in `sent`), and reports
-    /// on it after that. `max_errors` is the deploy's install error budget.
+    /// on it after that. `max_errors` is the deploy's install error budget; `replayed`: see
+    /// [`Fleet::run`].
     ///
     /// With a concurrency cap, at most that many nodes run the command at once across all
     /// of its SSM commands: a command goes out only when the ones before it leave room,
     /// and gets the room left as its `MaxConcurrency`.
-    pub async fn run_on(
+    async fn run_on(
         &self,
-        app: &App,
-        env: &Environment,
         job: &DeployJob,
         cmd: &Command,
         max_errors: u32,
         sent: &mut Option<Sent>,
+        replayed: bool,
     ) -> Result<Vec<(String, NodeResult)>, PortError> {
-        let (mut ids, planned) = match sent.as_ref().filter(|s| s.key == cmd.key) {
-            Some(s) => (s.commands.clone(), s.parts.max(s.commands.len())),
-            None => (vec![], usize::MAX),
+        let (app, env) = self.target(job)?;
+        let (mut ids, planned, unsure) = match sent.as_ref().filter(|s| s.key == cmd.key) {
+            // A send that may have failed leaves its part to be looked for and sent.
+            Some(s) if s.unsure => (s.commands.clone(), usize::MAX, true),
+            Some(s) => (s.commands.clone(), s.parts.max(s.commands.len()), false),
+            None => (vec![], usize::MAX, false),
         };
         let results = if ids.is_empty() {
             all(&cmd.nodes, NodeResult::Running)
@@ -200,6 +205,13 @@ impl<R: RunCommand> SsmFleet<R> {
         };
         // Commands are sent after the job was requested; a margin covers clock skew.
         let after = job.requested_at - Duration::minutes(5);
+        let parts_count = parts.len();
+        let mut record = Sent {
+            key: cmd.key.clone(),
+            commands: ids.clone(),
+            parts: if parts_count > 1 { parts_count } else { 0 },
+            unsure,
+        };
         while let (Some((script, nodes)), true) = (parts.get(ids.len()), room > 0) {
             let i = ids.len();
             let comment = format!("shipit {} {}/{}", cmd.key, i + 1, parts.len());
@@ -210,12 +222,21 @@ impl<R: RunCommand> SsmFleet<R> {
                 room.min(nodes.len()).to_string()
             };
             room = room.saturating_sub(nodes.len());
-            let id = match self.api.find(first, &comment, after).await? {
+            let found = if replayed || record.unsure {
+                self.api.find(first, &comment, after).await?
+            } else {
+                None
+            };
+            let id = match found {
                 Some(id) => {
                     tracing::info!(key = %cmd.key, command_id = %id, "found the command a previous step sent");
                     id
                 }
                 None => {
+                    // Saved as unsure first: if the send fails, whoever goes on looks
+                    // for it (it may have gone out) before sending it again.
+                    record.unsure = true;
+                    *sent = Some(record.clone());
                     self.api
                         .send(&SendRequest {
                             nodes: nodes.to_vec(),
@@ -229,14 +250,11 @@ impl<R: RunCommand> SsmFleet<R> {
                         .await?
                 }
             };
-            ids.push(id);
+            ids.push(id.clone());
+            record.commands.push(id);
+            record.unsure = false;
         }
-        let parts_count = parts.len();
-        *sent = Some(Sent {
-            key: cmd.key.clone(),
-            commands: ids,
-            parts: if parts_count > 1 { parts_count } else { 0 },
-        });
+        *sent = Some(record);
         // SSM needs a moment before it shows new invocations: ask again on the next poll.
         Ok(results)
     }
@@ -335,9 +353,9 @@ impl<R: RunCommand + 'static> Fleet for SsmFleet<R> {
         cmd: &Command,
         max_errors: u32,
         sent: &mut Option<Sent>,
+        replayed: bool,
     ) -> Result<Vec<(String, NodeResult)>, PortError> {
-        let (app, env) = self.target(job)?;
-        self.run_on(app, env, job, cmd, max_errors, sent).await
+        self.run_on(job, cmd, max_errors, sent, replayed).await
     }
 }
 
@@ -569,6 +587,10 @@ mod tests {
         commands: Vec<TwinCommand>,
         now: u32,
         most_in_flight: usize,
+        /// ListCommands calls (lookups by comment).
+        finds: usize,
+        /// The next send goes out, but its answer is lost (the call fails).
+        lose_next_answer: bool,
     }
 
     impl Twin {
@@ -607,6 +629,9 @@ mod tests {
             let started = vec![None; req.nodes.len()];
             s.commands
                 .push((req.comment.clone(), req.nodes.clone(), max, started));
+            if std::mem::take(&mut s.lose_next_answer) {
+                return Err("connection reset".into());
+            }
             Ok((s.commands.len() - 1).to_string())
         }
         async fn find(
@@ -615,7 +640,8 @@ mod tests {
             comment: &str,
             _: DateTime<Utc>,
         ) -> Result<Option<String>, PortError> {
-            let s = self.state.lock().unwrap();
+            let mut s = self.state.lock().unwrap();
+            s.finds += 1;
             let found = s.commands.iter().position(|c| c.0 == comment);
             Ok(found.map(|i| i.to_string()))
         }
@@ -647,10 +673,8 @@ mod tests {
         }
     }
 
-    /// Installs on `nodes` nodes with `install_concurrency = cap`, polling as the engine
-    /// does (and replaying every poll once, as a crashed step would); the most installs
-    /// that ran at once, and how many SSM commands carried them.
-    async fn install(install: &str, nodes: usize, cap: u32) -> (usize, usize) {
+    /// The fleet over a twin, for app hello in production, and a job of it.
+    fn rig(install: &str) -> (Arc<Config>, DeployJob) {
         let text = format!(
             r#"
 [apps.hello]
@@ -662,12 +686,6 @@ ssm_tags = {{ "shipit:app" = "hello", "shipit:env" = "production" }}
 "#
         );
         let config = Arc::new(Config::parse(&text, std::path::Path::new("c.toml")).unwrap());
-        let fleet = SsmFleet::new(Twin::default(), config.clone());
-        let (app, env) = (
-            &config.apps["hello"],
-            &config.apps["hello"].environments["production"],
-        );
-        let version = Version::parse("1.0.0").unwrap();
         let source = Source::Cli {
             user: "t".into(),
             nonce: "n".into(),
@@ -675,29 +693,39 @@ ssm_tags = {{ "shipit:app" = "hello", "shipit:env" = "production" }}
         let job = DeployJob::new(
             "hello",
             "production",
-            app.package.clone(),
-            version.clone(),
+            config.apps["hello"].package.clone(),
+            Version::parse("1.0.0").unwrap(),
             source,
             Utc::now(),
         );
-        let cmd = Command {
-            key: format!("{}:install", job.id),
+        (config, job)
+    }
+
+    fn install_on(job: &DeployJob, key: &str, nodes: usize, cap: u32) -> Command {
+        Command {
+            key: format!("{}:{key}", job.id),
             kind: CommandKind::Install,
-            version,
+            version: job.version.clone(),
             nodes: (0..nodes).map(|i| format!("i-{i:017x}")).collect(),
             concurrency: cap,
             fence: 0,
-        };
+        }
+    }
+
+    /// Installs on `nodes` nodes with `install_concurrency = cap`, polling as the engine
+    /// does (and replaying every poll once, as a crashed step would); the most installs
+    /// that ran at once, and how many SSM commands carried them.
+    async fn install(install: &str, nodes: usize, cap: u32) -> (usize, usize) {
+        let (config, job) = rig(install);
+        let fleet = SsmFleet::new(Twin::default(), config.clone());
+        let cmd = install_on(&job, "install", nodes, cap);
         let mut sent = None;
         for _ in 0..10 * nodes {
             let before = sent.clone();
-            let results = fleet
-                .run_on(app, env, &job, &cmd, 0, &mut sent)
-                .await
-                .unwrap();
+            let results = fleet.run_on(&job, &cmd, 0, &mut sent, false).await.unwrap();
             let mut replayed = before;
             fleet
-                .run_on(app, env, &job, &cmd, 0, &mut replayed)
+                .run_on(&job, &cmd, 0, &mut replayed, true)
                 .await
                 .unwrap();
             if results.iter().all(|(_, r)| *r == NodeResult::Succeeded) {
@@ -732,5 +760,41 @@ ssm_tags = {{ "shipit:app" = "hello", "shipit:env" = "production" }}
             install("pip install {package}=={version} # {node}", 10, 0).await,
             (10, 10)
         );
+    }
+
+    #[tokio::test]
+    async fn only_a_replay_or_a_lost_answer_looks_for_a_command_before_sending_it() {
+        let (config, job) = rig("pip install {package}=={version}");
+        let fleet = SsmFleet::new(Twin::default(), config.clone());
+        let counts = || {
+            let s = fleet.api.state.lock().unwrap();
+            (s.finds, s.commands.len())
+        };
+        // Continuing from a saved state: straight to SendCommand.
+        let cmd = install_on(&job, "a", 2, 0);
+        let mut sent = None;
+        fleet.run_on(&job, &cmd, 0, &mut sent, false).await.unwrap();
+        assert_eq!(counts(), (0, 1));
+        // A retry of that same input may follow a send whose state was lost: it looks,
+        // and finds the command instead of sending another.
+        let mut again = None;
+        fleet.run_on(&job, &cmd, 0, &mut again, true).await.unwrap();
+        assert_eq!(counts(), (1, 1));
+        assert_eq!(again, sent);
+
+        // A send that went out but whose answer was lost is saved as unsure, and the
+        // next step, even from that saved state, looks for it first.
+        let cmd = install_on(&job, "b", 2, 0);
+        fleet.api.state.lock().unwrap().lose_next_answer = true;
+        let mut sent = None;
+        assert!(fleet.run_on(&job, &cmd, 0, &mut sent, false).await.is_err());
+        assert!(sent
+            .as_ref()
+            .is_some_and(|s| s.unsure && s.commands.is_empty()));
+        assert_eq!(counts(), (1, 2));
+        fleet.run_on(&job, &cmd, 0, &mut sent, false).await.unwrap();
+        assert_eq!(counts(), (2, 2), "sent a second time");
+        let s = sent.unwrap();
+        assert_eq!((s.commands, s.unsure), (vec!["1".to_string()], false));
     }
 }

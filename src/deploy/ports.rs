@@ -95,6 +95,10 @@ pub struct Sent {
     /// install capped below its number of commands); 0: all are in `commands`.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub parts: usize,
+    /// A send was under way when this was saved: it may have gone out without its id
+    /// being kept, so it is looked up before being sent again.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub unsure: bool,
 }
 
 fn is_zero(n: &usize) -> bool {
@@ -109,13 +113,16 @@ pub trait Fleet: Send + Sync {
     /// Runs `cmd` on its nodes the first time its key is asked for, and reports on it
     /// after that (a key never runs twice on a node): every node's result, `Running`
     /// while unknown. `max_errors` is the deploy's install error budget; `sent` what this
-    /// fleet needs to remember between steps.
+    /// fleet needs to remember between steps. `replayed`: this step may repeat one that
+    /// sent commands `sent` does not list (a retry after a crash), so a fleet that cannot
+    /// tell by itself looks for them before sending.
     async fn run(
         &self,
         job: &DeployJob,
         cmd: &Command,
         max_errors: u32,
         sent: &mut Option<Sent>,
+        replayed: bool,
     ) -> Result<Vec<(String, NodeResult)>, PortError>;
 }
 

@@ -105,11 +105,13 @@ impl Driver {
 
     /// Does `action` (anything but `Wait` and `Finished`, which the loops do their own
     /// way) and says what happened. A [`Refused`] error will not go away by retrying.
+    /// `replayed`: see [`Fleet::run`].
     pub async fn perform(
         &self,
         deploy: &Deploy,
         action: &Action,
         sent: &mut Option<Sent>,
+        replayed: bool,
         now: DateTime<Utc>,
     ) -> Result<Observation, PortError> {
         let job = &deploy.job;
@@ -148,7 +150,7 @@ impl Driver {
                 key: cmd.key.clone(),
                 results: self
                     .fleet
-                    .run(job, cmd, deploy.policy.max_errors, sent)
+                    .run(job, cmd, deploy.policy.max_errors, sent, replayed)
                     .await?,
             },
             Action::Record => {

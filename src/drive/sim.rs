@@ -23,7 +23,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, TimeZone, Utc};
 
-use super::step::{StepState, Stepper};
+use super::step::{StepInput, StepState, Stepper};
 use super::{Driver, Outbound};
 use crate::config::Config;
 use crate::deploy::command::{Command, CommandKind, NodeResult};
@@ -581,6 +581,7 @@ impl Fleet for SimFleet {
         cmd: &Command,
         _max_errors: u32,
         _sent: &mut Option<Sent>,
+        _replayed: bool,
     ) -> Result<Vec<(String, NodeResult)>, PortError> {
         let mut guard = self.0.lock().unwrap();
         let w = &mut *guard;
@@ -931,16 +932,22 @@ impl Sim {
     async fn step_execution(&mut self, i: usize, crash_at: Option<usize>) {
         let now = self.now_ms();
         let mut state = self.executions[i].state.clone();
+        // A step after one that failed is a retry, as the state machine tells it.
+        let mut retry = false;
         for n in 0..50 {
             let before = state.clone();
-            state = match self.stepper.step(before.clone()).await {
-                Ok(s) => s,
-                Err(_) => before.clone(),
+            let input = |state: StepState, retry: bool| match retry {
+                true => StepInput::from(state),
+                false => StepInput::first(state),
+            };
+            (state, retry) = match self.stepper.step(input(before.clone(), retry)).await {
+                Ok(s) => (s, false),
+                Err(_) => (before.clone(), true),
             };
             if crash_at == Some(n) {
-                state = match self.stepper.step(before.clone()).await {
-                    Ok(s) => s,
-                    Err(_) => before,
+                (state, retry) = match self.stepper.step(input(before.clone(), true)).await {
+                    Ok(s) => (s, false),
+                    Err(_) => (before, true),
                 };
             }
             if state.done || state.wait_seconds > 0 {

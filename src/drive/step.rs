@@ -47,6 +47,36 @@ pub struct StepState {
     pub error: Option<TaskError>,
 }
 
+/// What the state machine passes to a step: the state, and `$$.State.RetryCount`, how
+/// often this step was retried. A bare state (an older definition, the Abort task, a
+/// sample event) counts as a retry: commands are looked up before they are sent.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(untagged)]
+pub enum StepInput {
+    Attempt { state: StepState, attempt: u32 },
+    State(StepState),
+}
+
+impl From<StepState> for StepInput {
+    fn from(state: StepState) -> StepInput {
+        StepInput::State(state)
+    }
+}
+
+impl StepInput {
+    /// The first attempt at a state a step saved: nothing was sent that it does not list.
+    pub fn first(state: StepState) -> StepInput {
+        StepInput::Attempt { state, attempt: 0 }
+    }
+
+    fn into_parts(self) -> (StepState, bool) {
+        match self {
+            StepInput::Attempt { state, attempt } => (state, attempt > 0),
+            StepInput::State(state) => (state, true),
+        }
+    }
+}
+
 /// Step Functions' error object (`ResultPath: "$.error"` in a Catch).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TaskError {
@@ -98,14 +128,17 @@ impl Stepper {
 
     /// Runs the deploy for up to the budget. An `Err` leaves the input state as it was, for
     /// the state machine to retry; progress made before a failure is returned instead.
-    pub async fn step(&self, state: StepState) -> Result<StepState, PortError> {
+    pub async fn step(&self, input: impl Into<StepInput>) -> Result<StepState, PortError> {
+        let (state, replayed) = input.into().into_parts();
         let span = state.job.span();
         // Boxed: the step's future nests the driver's and every port's, deep enough to
         // overflow the compiler's layout query in callers that nest it further.
-        Box::pin(self.step_job(state)).instrument(span).await
+        Box::pin(self.step_job(state, replayed))
+            .instrument(span)
+            .await
     }
 
-    async fn step_job(&self, mut state: StepState) -> Result<StepState, PortError> {
+    async fn step_job(&self, mut state: StepState, replayed: bool) -> Result<StepState, PortError> {
         if let Some(err) = state.error.take() {
             let reason = format!("the deploy step failed: {} {}", err.error, err.cause);
             return Ok(self.give_up(state, reason.trim().to_string()).await);
@@ -145,7 +178,7 @@ impl Stepper {
                     let now = (self.now)();
                     match self
                         .driver
-                        .perform(&deploy, action, &mut state.sent, now)
+                        .perform(&deploy, action, &mut state.sent, replayed, now)
                         .await
                     {
                         Ok(obs) => obs,

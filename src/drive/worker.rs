@@ -333,7 +333,8 @@ impl Worker {
                 // Local commands end within the call: nothing to carry between steps.
                 action => {
                     self.driver
-                        .perform(deploy, action, &mut None, Utc::now())
+                        // The local fleet keeps its own record of what ran.
+                        .perform(deploy, action, &mut None, true, Utc::now())
                         .await
                 }
             };

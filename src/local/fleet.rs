@@ -301,6 +301,7 @@ impl Fleet for LocalFleet {
         cmd: &Command,
         _max_errors: u32,
         _sent: &mut Option<Sent>,
+        _replayed: bool,
     ) -> Result<Vec<(String, NodeResult)>, PortError> {
         let (app, env) = self.target(job)?;
         self.run_on(app, env, cmd).await

@@ -316,7 +316,7 @@ pub async fn run_step_function() -> Result<(), lambda_runtime::Error> {
     let stepper = Fresh::new(max_age_from_env()?, crate::run::aws::stepper_from_env).await?;
     let stepper = &stepper;
     lambda_runtime::run(service_fn(
-        move |event: LambdaEvent<crate::drive::step::StepState>| async move {
+        move |event: LambdaEvent<crate::drive::step::StepInput>| async move {
             let stepper = stepper.get().await?;
             stepper.step(event.payload).await
         },

@@ -20,7 +20,7 @@ use shipit::deploy::history::HistoryEntry;
 use shipit::deploy::job::{DeployJob, Source};
 use shipit::deploy::ports::{JobQueue, Ledger};
 use shipit::deploy::status::JobStatus;
-use shipit::drive::step::{StepState, Stepper};
+use shipit::drive::step::{StepInput, StepState, Stepper};
 use shipit::drive::{Driver, Outbound};
 
 /// The emulator's SSM outcome rules are one global setting: tests that set them take turns.
@@ -218,7 +218,7 @@ impl Rig {
         let stepper = self.stepper(Duration::from_secs(60));
         let mut state = StepState::start(job);
         for _ in 0..100 {
-            state = stepper.step(state).await.expect("step");
+            state = stepper.step(StepInput::first(state)).await.expect("step");
             if state.done {
                 return state;
             }
@@ -232,7 +232,7 @@ impl Rig {
         let stepper = self.stepper(Duration::ZERO);
         let mut state = StepState::start(job);
         while !state.done {
-            state = stepper.step(state).await.expect("step");
+            state = stepper.step(StepInput::first(state)).await.expect("step");
         }
         state
     }
@@ -567,7 +567,8 @@ async fn a_fleet_of_120_deploys_in_batches_of_50_and_rolls_back_a_failure_in_the
         async move {
             let mut state = StepState::start(job);
             while !state.done {
-                let next = stepper.step(state.clone()).await.unwrap();
+                let next = stepper.step(StepInput::first(state.clone())).await.unwrap();
+                // The retry of a step whose answer was lost.
                 let again = stepper.step(state.clone()).await.unwrap();
                 assert_eq!(again.sent, next.sent, "a replayed step sent again");
                 state = next;
@@ -666,7 +667,7 @@ async fn a_replayed_step_finds_the_command_it_sent_instead_of_sending_another() 
     let mut state = StepState::start(job.clone());
     let mut replays = 0;
     while !state.done {
-        let next = stepper.step(state.clone()).await.unwrap();
+        let next = stepper.step(StepInput::first(state.clone())).await.unwrap();
         if next.sent != state.sent {
             // The step sent a command; a retry of the same input must not send it again.
             let again = stepper.step(state.clone()).await.unwrap();
@@ -804,7 +805,7 @@ fn turn_of(sdk: &aws_config::SdkConfig, machine: &str) -> shipit::aws::turn::Ssm
 /// Steps `state` to its end as the state machine would, waiting out its waits.
 async fn to_the_end(stepper: &Stepper, mut state: StepState) -> StepState {
     while !state.done {
-        state = stepper.step(state).await.unwrap();
+        state = stepper.step(StepInput::first(state)).await.unwrap();
         tokio::time::sleep(Duration::from_secs(state.wait_seconds)).await;
     }
     state
@@ -1023,6 +1024,23 @@ async fn the_state_machine_loops_waits_and_ends_on_the_outcome_or_the_catch() {
                 .iter()
                 .any(|e| e.r#type == HistoryEventType::WaitStateExited));
         }
+        if through == "Abort" {
+            // Each attempt of the step is told which it is; Abort gets the bare state,
+            // with the error the Catch put in it.
+            let payloads: Vec<Value> = events
+                .iter()
+                .filter_map(|e| e.task_scheduled_event_details.as_ref())
+                .map(|d| serde_json::from_str::<Value>(&d.parameters).unwrap()["Payload"].clone())
+                .collect();
+            let attempts: Vec<&Value> = payloads.iter().map(|p| &p["attempt"]).collect();
+            assert_eq!(attempts, [&json!(0), &json!(1), &json!(2), &Value::Null]);
+            assert!(
+                payloads[..3].iter().all(|p| p["state"] == job),
+                "{payloads:?}"
+            );
+            assert_eq!(payloads[3]["job"], job["job"]);
+            assert!(payloads[3]["error"]["Error"].is_string(), "{payloads:?}");
+        }
         if want == ExecutionStatus::Failed {
             let failed = events
                 .iter()
@@ -1042,6 +1060,19 @@ fn the_deploy_function_samples_are_what_the_functions_read() {
     let job = DeployJob::from_json(sqs.records[0].body.as_deref().unwrap()).unwrap();
     let step: StepState = serde_json::from_str(&read("deploy-step-start.json")).unwrap();
     assert_eq!(step, StepState::start(job));
+    // What deploy-step reads: the sample as it is (a bare state: looked up as a retry),
+    // or the state machine's {state, attempt}.
+    let input: StepInput = serde_json::from_str(&read("deploy-step-start.json")).unwrap();
+    assert_eq!(input, StepInput::from(step.clone()));
+    let wrapped = json!({ "state": step, "attempt": 2 });
+    let input: StepInput = serde_json::from_value(wrapped).unwrap();
+    assert_eq!(
+        input,
+        StepInput::Attempt {
+            state: step,
+            attempt: 2
+        }
+    );
 }
 
 /// EventBridge's notice that `instance` is running.
@@ -1164,7 +1195,7 @@ async fn a_deploy_that_outlives_its_lease_keeps_its_lock_by_renewing_it() {
     let mut state = StepState::start(job.clone());
     let mut refused = 0;
     while !state.done {
-        state = stepper.step(state).await.expect("step");
+        state = stepper.step(StepInput::first(state)).await.expect("step");
         offset.fetch_add(
             state.wait_seconds as i64,
             std::sync::atomic::Ordering::SeqCst,
@@ -1265,7 +1296,7 @@ async fn jobs_of_one_app_take_the_lock_in_queue_order_so_an_older_job_cannot_und
     let stepper = rig.stepper_in_order(turn.clone(), Duration::from_secs(60));
     let mut rb = StepState::start(rollback.clone());
     for _ in 0..3 {
-        rb = one_action.step(rb).await.unwrap();
+        rb = one_action.step(StepInput::first(rb)).await.unwrap();
         assert!(!rb.done);
         assert!(
             !rb.deploy.as_ref().unwrap().locked,
