@@ -22,6 +22,22 @@ pub struct Ssh {
 
 pub const DEFAULT_CONNECT_TIMEOUT_SECONDS: u64 = 10;
 
+/// No host yet, and ssh's own choices for the rest: what a node without the
+/// environment's `ssh = { … }` starts from.
+impl Default for Ssh {
+    fn default() -> Ssh {
+        Ssh {
+            user: None,
+            host: String::new(),
+            port: None,
+            identity_file: None,
+            known_hosts: None,
+            accept_new_host_keys: false,
+            connect_timeout_seconds: DEFAULT_CONNECT_TIMEOUT_SECONDS,
+        }
+    }
+}
+
 impl fmt::Display for Ssh {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if let Some(user) = &self.user {
@@ -169,10 +185,7 @@ mod tests {
             user: user.map(str::to_string),
             host: host.into(),
             port,
-            identity_file: None,
-            known_hosts: None,
-            accept_new_host_keys: false,
-            connect_timeout_seconds: 10,
+            ..Ssh::default()
         };
         assert_eq!(
             ssh(Some("deploy"), "10.0.0.5", Some(22)).to_string(),

@@ -263,12 +263,11 @@ fn ssh_defaults(c: &mut Checker, scope: &Scope, ek: &str, d: RawSshDefaults) -> 
     };
     Ssh {
         user: d.user,
-        host: String::new(),
-        port: None,
         identity_file,
         known_hosts,
         accept_new_host_keys: d.accept_new_host_keys,
         connect_timeout_seconds,
+        ..Ssh::default()
     }
 }
 
@@ -288,15 +287,7 @@ fn ssh_node(
     }
     match ssh::parse_address(address) {
         Ok((user, host, port)) => {
-            let base = defaults.cloned().unwrap_or(Ssh {
-                user: None,
-                host: String::new(),
-                port: None,
-                identity_file: None,
-                known_hosts: None,
-                accept_new_host_keys: false,
-                connect_timeout_seconds: DEFAULT_CONNECT_TIMEOUT_SECONDS,
-            });
+            let base = defaults.cloned().unwrap_or_default();
             Some(Ssh {
                 user: user.or(base.user.clone()),
                 host,
