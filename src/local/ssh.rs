@@ -28,8 +28,11 @@ const MAX_CONTROL_DIR: usize = 60;
 pub fn control_dir(state: &Path) -> Option<PathBuf> {
     let dir = state.parent().unwrap_or(Path::new(".")).join("ssh");
     let dir = std::path::absolute(&dir).ok()?;
-    if dir.as_os_str().len() > MAX_CONTROL_DIR {
-        tracing::info!(dir = %dir.display(), "path too long for SSH control sockets; each command connects on its own");
+    // ssh reads `-o ControlPath=…` as config text: spaces, quotes and `%` would not mean
+    // what they say.
+    let text = dir.to_str().unwrap_or("%");
+    if text.len() > MAX_CONTROL_DIR || crate::config::ssh::check_path(text).is_err() {
+        tracing::info!(dir = %dir.display(), "no SSH control sockets there (too long, or characters ssh reads as syntax); each command connects on its own");
         return None;
     }
     #[cfg(unix)]
@@ -138,6 +141,20 @@ mod tests {
         assert_eq!(inner[..2], ["cd", "/srv/it's here"]);
         assert!(inner.contains(&"echo 'a b' && kill -HUP $(cat pid)".to_string()));
         assert!(words[2].contains("timeout -k 5 30 sh -c"));
+    }
+
+    #[test]
+    fn control_sockets_go_only_where_ssh_reads_the_path_as_written() {
+        let base = tempfile::tempdir().unwrap();
+        let ok = base.path().join("state/shipit.db");
+        let dir = control_dir(&ok).expect("a short plain path");
+        assert!(dir.ends_with("state/ssh") && dir.is_dir());
+        assert_eq!(control_dir(&base.path().join("my state/shipit.db")), None);
+        let long = base
+            .path()
+            .join("a".repeat(MAX_CONTROL_DIR))
+            .join("shipit.db");
+        assert_eq!(control_dir(&long), None);
     }
 
     #[test]
