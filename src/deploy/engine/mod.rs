@@ -19,7 +19,9 @@ use super::version::Version;
 mod phases;
 mod types;
 
-pub use types::{Action, Batch, Node, NodeState, Notice, Observation, Outcome, Phase, Verdict};
+pub use types::{
+    Action, Batch, Node, NodeState, Notice, Observation, Outcome, Phase, Took, Verdict,
+};
 
 /// How often to look at a command still running: every 250 ms for its first second and
 /// every 500 ms until its fourth (restarts and health checks take seconds, and each poll
@@ -71,6 +73,13 @@ pub struct Deploy {
     pub running_since: Option<DateTime<Utc>>,
     #[serde(default)]
     pub polls: u32,
+    /// When a look last found the running command still running.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub running_seen: Option<DateTime<Utc>>,
+    /// How long restarts and health checks take here, so that a running one is first
+    /// looked at about when it should be done (each look is an API call on AWS).
+    #[serde(default, skip_serializing_if = "Took::is_empty")]
+    pub took: Took,
     /// The lock this deploy holds: its generation (every command carries it, for nodes to
     /// refuse a holder that was taken over) and when its lease was last renewed.
     #[serde(default)]
@@ -125,6 +134,8 @@ impl Deploy {
             outcome: None,
             running_since: None,
             polls: 0,
+            running_seen: None,
+            took: Took::default(),
             lease: None,
             renew_due: false,
             abort_asked: None,

@@ -290,13 +290,25 @@ impl Deploy {
             let since = *self.running_since.get_or_insert(now);
             let limit = self.policy.command_timeout_seconds as i64 + COMMAND_GRACE_SECONDS;
             if now - since <= Duration::seconds(limit) {
-                self.wait = Some(poll_millis(self.polls));
+                let elapsed = (now - since).num_milliseconds().max(0) as u64;
+                self.wait = Some(self.next_look(cmd.kind, elapsed));
+                self.running_seen = Some(now);
                 self.polls += 1;
                 return;
             }
             late = true;
         }
+        // It took at least until the last look that found it running: a bound that a
+        // late look (a throttled call, say) cannot inflate, so the next wait never
+        // outlasts a command that is quicker than this one.
+        if let (Some(since), Some(seen), false) = (self.running_since, self.running_seen, late) {
+            let took = (seen - since).num_milliseconds().max(0) as u64;
+            if let Some(last) = self.took.of(cmd.kind) {
+                *last = Some(took);
+            }
+        }
         self.running_since = None;
+        self.running_seen = None;
         self.polls = 0;
         let waited = self.policy.command_timeout_seconds as i64 + COMMAND_GRACE_SECONDS;
         let result_of = |node: &str| match result_of(node) {
@@ -307,6 +319,16 @@ impl Deploy {
             r => r,
         };
         self.on_command(now, cmd.clone(), &result_of, notices);
+    }
+
+    /// How long to wait before looking at a command of `kind` that has run `elapsed` ms:
+    /// until nine tenths of what the last such command of this deploy took at least, if
+    /// one finished, then (or without one) on the usual schedule.
+    fn next_look(&mut self, kind: CommandKind, elapsed: u64) -> u64 {
+        match self.took.of(kind).and_then(|t| *t) {
+            Some(took) if elapsed + poll_millis(0) < took * 9 / 10 => took * 9 / 10 - elapsed,
+            _ => poll_millis(self.polls),
+        }
     }
 
     pub(super) fn on_probe(

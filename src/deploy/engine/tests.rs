@@ -1451,3 +1451,24 @@ fn shares_read_as_counts_or_percentages_and_refuse_anything_else() {
     let json = serde_json::to_string(&p.batches).unwrap();
     assert_eq!(json, r#"[1,5,"20%",0]"#);
 }
+
+#[test]
+fn a_running_restart_is_first_looked_at_about_when_the_one_before_it_finished() {
+    let mut twin = Twin::new(&["n1", "n2", "n3"], Some("1.0.0"));
+    let j = job("1.1.0", false);
+    // n1's restart answers Running four times (1 s of polls), n2's and n3's three times.
+    let slow = |node: &str, times: usize| vec![format!("{}:restart:{node}", j.id); times];
+    twin.slow = [slow("n1", 4), slow("n2", 3), slow("n3", 3)].concat();
+    let mut d = Deploy::new(j, policy());
+    let (outcome, _) = twin.drive(&mut d, None);
+    assert_eq!(outcome, succeeded());
+    // n1 on the usual schedule: last seen running at 750 ms. n2 waits nine tenths of
+    // that at once, then looks again on the schedule (last seen running at 925 ms); n3
+    // waits nine tenths of n2's.
+    assert_eq!(
+        twin.waited,
+        [250, 250, 250, 250, 675, 250, 250, 832, 250, 250]
+    );
+    assert_eq!(d.took.restart, Some(1082));
+    assert_eq!(d.took.health, None, "health checks answered at once");
+}

@@ -4,7 +4,7 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::deploy::command::{Command, NodeResult};
+use crate::deploy::command::{Command, CommandKind, NodeResult};
 use crate::deploy::history::Faulty;
 use crate::deploy::job::DeployJob;
 use crate::deploy::lock::{LockInfo, Renewal};
@@ -293,4 +293,29 @@ pub enum Phase {
 pub struct Batch {
     pub number: usize,
     pub nodes: Vec<usize>,
+}
+
+/// How long the last restart and health check of this deploy took at least (ms), from
+/// its send to the last look that found it running: when the next one is worth a look.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Took {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restart: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<u64>,
+}
+
+impl Took {
+    pub fn is_empty(&self) -> bool {
+        *self == Took::default()
+    }
+
+    pub(super) fn of(&mut self, kind: CommandKind) -> Option<&mut Option<u64>> {
+        match kind {
+            CommandKind::Restart => Some(&mut self.restart),
+            CommandKind::Health => Some(&mut self.health),
+            // An install runs once a deploy, a version probe too: nothing to learn from.
+            CommandKind::Install | CommandKind::Version => None,
+        }
+    }
 }
