@@ -158,7 +158,7 @@ impl<R: RunCommand> SsmFleet<R> {
         replayed: bool,
     ) -> Result<Vec<(String, NodeResult)>, PortError> {
         let (app, env) = self.target(job)?;
-        let (mut ids, planned, unsure) = match sent.as_ref().filter(|s| s.key == cmd.key) {
+        let (ids, planned, unsure) = match sent.as_ref().filter(|s| s.key == cmd.key) {
             // A send that may have failed leaves its part to be looked for and sent.
             Some(s) if s.unsure => (s.commands.clone(), usize::MAX, true),
             Some(s) => (s.commands.clone(), s.parts.max(s.commands.len()), false),
@@ -208,12 +208,12 @@ impl<R: RunCommand> SsmFleet<R> {
         let parts_count = parts.len();
         let mut record = Sent {
             key: cmd.key.clone(),
-            commands: ids.clone(),
+            commands: ids,
             parts: if parts_count > 1 { parts_count } else { 0 },
             unsure,
         };
-        while let (Some((script, nodes)), true) = (parts.get(ids.len()), room > 0) {
-            let i = ids.len();
+        while let (Some((script, nodes)), true) = (parts.get(record.commands.len()), room > 0) {
+            let i = record.commands.len();
             let comment = format!("shipit {} {}/{}", cmd.key, i + 1, parts.len());
             let first = nodes.first().ok_or("an SSM command without nodes")?;
             let share = if cap == 0 {
@@ -250,7 +250,6 @@ impl<R: RunCommand> SsmFleet<R> {
                         .await?
                 }
             };
-            ids.push(id.clone());
             record.commands.push(id);
             record.unsure = false;
         }
