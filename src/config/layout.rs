@@ -6,6 +6,7 @@
 //! The operator's templates serve both layouts through `{venv}`: `venv` in place;
 //! `releases/VERSION/venv` while installing a release; `current/venv` for the rest.
 
+use crate::config::template::sh_quote;
 use crate::deploy::command::CommandKind;
 use crate::deploy::version::Version;
 
@@ -42,8 +43,9 @@ impl Layout {
         let Layout::Releases { keep } = self else {
             return script.to_string();
         };
-        let release = quote(&release(version));
-        let python = quote(python);
+        // Versions are PEP 440 (letters, digits, `.+!-_`); quoted all the same.
+        let release = sh_quote(&release(version));
+        let python = sh_quote(python);
         match kind {
             // A release already built is not built again: a rollback to it installs
             // nothing. One that failed half-way has no marker, and is built afresh.
@@ -89,11 +91,6 @@ impl Layout {
 
 fn release(version: &Version) -> String {
     format!("releases/{version}")
-}
-
-/// Versions are PEP 440 (letters, digits, `.+!-_`); quoted all the same.
-fn quote(s: &str) -> String {
-    shlex::try_quote(s).map_or_else(|_| "''".into(), |q| q.into_owned())
 }
 
 /// Keeps the live release, the one before it, and the newest others (by when they were

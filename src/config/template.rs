@@ -106,6 +106,13 @@ impl Template {
     }
 }
 
+/// `s` quoted for `sh`. Only a NUL byte cannot be quoted: such a string is kept as it is,
+/// and the process meant to run it refuses to start (no argument may hold a NUL), so it
+/// fails rather than running something else.
+pub fn sh_quote(s: &str) -> String {
+    shlex::try_quote(s).map_or_else(|_| s.to_string(), |q| q.into_owned())
+}
+
 impl fmt::Display for Template {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.source)

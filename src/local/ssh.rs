@@ -14,6 +14,7 @@ use std::time::Duration;
 use tokio::process::Command as Process;
 
 use crate::config::ssh::Ssh;
+use crate::config::template::sh_quote;
 
 /// How long an idle shared connection stays open: longer than the waits between the
 /// steps of a deploy (health intervals, bake), short enough to let go of nodes soon after.
@@ -107,19 +108,13 @@ pub fn command(
 /// The line the node's login shell runs. Everything in it is quoted for `sh`, which then
 /// runs the script as the local fleet would: in the node's directory.
 fn remote(dir: &Path, script: &str, timeout: Duration) -> String {
-    let s = quote(script);
+    let s = sh_quote(script);
     let inner = format!(
         "cd {dir} || exit; if command -v timeout >/dev/null 2>&1; then exec timeout -k 5 {secs} sh -c {s}; fi; exec sh -c {s}",
-        dir = quote(&dir.display().to_string()),
+        dir = sh_quote(&dir.display().to_string()),
         secs = timeout.as_secs().max(1),
     );
-    format!("sh -c {}", quote(&inner))
-}
-
-/// Config values and scripts are text without NUL bytes (TOML has none), which is all
-/// `try_quote` refuses.
-fn quote(s: &str) -> String {
-    shlex::try_quote(s).map_or_else(|_| "''".into(), |q| q.into_owned())
+    format!("sh -c {}", sh_quote(&inner))
 }
 
 #[cfg(test)]
@@ -141,6 +136,10 @@ mod tests {
         assert_eq!(inner[..2], ["cd", "/srv/it's here"]);
         assert!(inner.contains(&"echo 'a b' && kill -HUP $(cat pid)".to_string()));
         assert!(words[2].contains("timeout -k 5 30 sh -c"));
+        // A script that cannot be quoted stays as it is, and ssh cannot be started with it:
+        // never an empty script that succeeds.
+        let line = remote(Path::new("/srv"), "a\0b", Duration::from_secs(1));
+        assert!(line.contains('\0'), "{line:?}");
     }
 
     #[test]
