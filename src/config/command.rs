@@ -92,9 +92,12 @@ pub fn fenced(app: &str, env: &str, site: &Site, fence: u64, script: &str) -> St
     };
     // App, env and directory come from the config, never from outside; quoted anyway.
     let file = shlex::try_quote(&file).map_or_else(|_| "/dev/null".into(), |q| q.into_owned());
+    // The shell reads the generation itself: `$(cat …)` forked twice before every command,
+    // on the restart path that runs one node at a time.
     format!(
         "shipit_fence={file}\n\
-         shipit_seen=$(cat \"$shipit_fence\" 2>/dev/null || echo 0)\n\
+         shipit_seen=0\n\
+         {{ read -r shipit_seen < \"$shipit_fence\"; }} 2>/dev/null\n\
          if [ \"$shipit_seen\" -gt {fence} ] 2>/dev/null; then \
          echo \"shipit: refused: this node took commands under lock generation $shipit_seen, \
          newer than this deploy's {fence} (it lost its lock)\" >&2; exit 75; fi\n\
@@ -143,5 +146,10 @@ mod tests {
             "{out}"
         );
         assert!(!out.contains("ran"));
+        // Written by hand without a newline, or unreadable as a number.
+        std::fs::write(dir.path().join(".shipit-fence-production"), "9").unwrap();
+        assert_eq!(run(dir.path(), 8).0, Some(75));
+        std::fs::write(dir.path().join(".shipit-fence-production"), "junk\n").unwrap();
+        assert_eq!(run(dir.path(), 8), (Some(0), "ran\n".into()));
     }
 }
