@@ -28,7 +28,8 @@ pub struct Rollout {
     /// Seconds a restarted node has to pass its health check before it counts as unhealthy.
     #[serde(default = "default_health_timeout")]
     pub health_timeout_seconds: u64,
-    /// Longest pause between two health checks of one node (they start 100 ms apart).
+    /// Longest pause between two health checks of one node (the first retry is 25 ms after
+    /// a failed check, each later one twice as late).
     #[serde(default = "default_health_interval")]
     pub health_interval_seconds: u64,
     /// How long a deploy waits for a lock someone else holds before giving up.

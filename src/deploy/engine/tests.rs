@@ -422,7 +422,7 @@ fn health_failure_on_node_k_rolls_back_nodes_1_to_k_and_fails_the_job() {
         Twin::new(&["n1", "n2", "n3"], Some("1.0.0")).fail(CommandKind::Health, "n2", "1.1.0");
     let (outcome, notices) = run(&mut twin, job("1.1.0", false), policy());
     assert!(
-        matches!(&outcome, Outcome::Failed { reason, rolled_back: true } if reason.contains("n2 failed its health check for 1 s, 5 checks")),
+        matches!(&outcome, Outcome::Failed { reason, rolled_back: true } if reason.contains("n2 failed its health check for 1 s, 7 checks")),
         "{outcome:?}"
     );
     assert_eq!(
@@ -432,7 +432,10 @@ fn health_failure_on_node_k_rolls_back_nodes_1_to_k_and_fails_the_job() {
             "restart n1 1.1.0",
             "health n1 1.1.0",
             "restart n2 1.1.0",
-            // Checked at +0, 0.1, 0.3, 0.7 and 1.5 s: past the 1 s timeout.
+            // Checked at +0, 0.025, 0.075, 0.175, 0.375, 0.775 and 1.575 s: past the 1 s
+            // timeout.
+            "health n2 1.1.0",
+            "health n2 1.1.0",
             "health n2 1.1.0",
             "health n2 1.1.0",
             "health n2 1.1.0",
@@ -452,7 +455,7 @@ fn health_failure_on_node_k_rolls_back_nodes_1_to_k_and_fails_the_job() {
         "a failed deploy was recorded as live"
     );
     assert!(notices.iter().any(|n| matches!(n, Notice::RollingBack { to, nodes, .. } if to.as_str() == "1.0.0" && nodes == &["n1", "n2"])));
-    assert_eq!(twin.waited, [100, 200, 400, 800]);
+    assert_eq!(twin.waited, [25, 50, 100, 200, 400, 800]);
 }
 
 #[test]
@@ -882,8 +885,8 @@ fn a_slow_service_gets_its_whole_health_timeout_with_checks_backing_off() {
             ..policy()
         },
     );
-    let waits: Vec<u64> = (1..=8).map(|a| d.health_retry_millis(a)).collect();
-    assert_eq!(waits, [100, 200, 400, 800, 1600, 3200, 5000, 5000]);
+    let waits: Vec<u64> = (1..=10).map(|a| d.health_retry_millis(a)).collect();
+    assert_eq!(waits, [25, 50, 100, 200, 400, 800, 1600, 3200, 5000, 5000]);
     assert!(d.health_time_left(t0(), t0() + Duration::seconds(29)));
     assert!(!d.health_time_left(t0(), t0() + Duration::seconds(30)));
 }
