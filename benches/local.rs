@@ -1,6 +1,7 @@
 //! Figures for the embedded runtime, printed (not asserted), each a ratio from one run:
 //! 1. a deploy to 10 local nodes (real virtualenvs, pip, service processes): wall time ÷
-//!    the floor (one install + Σ over nodes of restart + health, measured on the same nodes);
+//!    the floor (the 10 installs at once + Σ over nodes of restart + health, done by hand
+//!    on the same nodes), over 5 rounds of each;
 //! 2. with `layout = "releases"` on 10 such nodes: rollback wall time ÷ deploy wall time
 //!    (the rollback flips back to a kept release and installs nothing);
 //! 3. signed tag pushes that `serve` accepts and durably queues (SQLite, synchronous=FULL),
@@ -72,32 +73,21 @@ async fn timed(config: &Arc<Config>, store: &Store, version: Option<&str>) -> Du
     t.elapsed()
 }
 
-/// Prints the deploy figures; returns the in-place deploy's wall time.
-async fn deploy_figures() -> Duration {
-    let dir = tempfile::tempdir().unwrap();
-    let root = dir.path();
-    let ports: Vec<u16> = (0..NODES).map(|_| port()).collect();
-    let names: Vec<String> = (1..=NODES).map(|i| format!("node{i}")).collect();
-    shipit::cli::demo::set_up_nodes(root, &names, &["1.0.0", "1.1.0"]).unwrap();
-    let nodes: Vec<(String, u16)> = names.iter().cloned().zip(ports.iter().copied()).collect();
-    let config = pip_app_toml(&nodes, 20);
-    // The same install by hand, for the floor.
-    let install =
-        "venv/bin/pip install --quiet --no-index --find-links ../../wheelhouse -U hello-app==";
-    std::fs::write(root.join("shipit.toml"), config).unwrap();
-    let config = Arc::new(Config::load(&root.join("shipit.toml")).unwrap());
-    let store = Store::open(&config.server.state).unwrap();
-
-    timed(&config, &store, Some("1.0.0")).await; // starts the services
-    let wall = timed(&config, &store, Some("1.1.0")).await;
-
-    // The floor on the same nodes: one install, then each node's restart and health check
-    // in turn (health polled every 20 ms, not every second).
-    let node1 = root.join("nodes/node1");
+/// The deploy's own work done by hand on `root`'s nodes, to the floor's rules: every
+/// node's install of `version` at once (as the deploy runs them; on a small machine they
+/// compete for the cores), then each node's restart and health check in turn, the check
+/// repeated every 20 ms until it passes. Returns (installs, Σ restart+health).
+fn by_hand(root: &Path, ports: &[u16], version: &str) -> (Duration, Duration) {
     let t = Instant::now();
-    assert!(sh(&node1, &format!("{install}1.0.0")));
-    let one_install = t.elapsed();
-    assert!(sh(&node1, &format!("{install}1.1.0")));
+    let all: Vec<_> = (1..=ports.len())
+        .map(|i| {
+            let d = root.join(format!("nodes/node{i}"));
+            let script = format!("{INSTALL}{version}");
+            std::thread::spawn(move || sh(&d, &script))
+        })
+        .collect();
+    assert!(all.into_iter().all(|h| h.join().unwrap()));
+    let installs = t.elapsed();
     let mut restarts = Duration::ZERO;
     for (i, p) in ports.iter().enumerate() {
         let d = root.join(format!("nodes/node{}", i + 1));
@@ -108,11 +98,45 @@ async fn deploy_figures() -> Duration {
         ));
         while !sh(
             &d,
-            &format!("venv/bin/python -m hello_app.ctl check {p} 1.1.0 >/dev/null 2>&1"),
+            &format!("venv/bin/python -m hello_app.ctl check {p} {version} >/dev/null 2>&1"),
         ) {
             std::thread::sleep(Duration::from_millis(20));
         }
         restarts += t.elapsed();
+    }
+    (installs, restarts)
+}
+
+/// The install the config runs, by hand.
+const INSTALL: &str =
+    "venv/bin/pip install --quiet --no-index --find-links ../../wheelhouse -U hello-app==";
+
+/// Prints the deploy figures; returns one in-place deploy's mean wall time.
+///
+/// Deploys and hand-run floors alternate, each to the next version (every one an
+/// upgrade of the same size), so that a change in the shared machine's load falls on both
+/// sides of the ratio.
+async fn deploy_figures() -> Duration {
+    const ROUNDS: usize = 5;
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let ports: Vec<u16> = (0..NODES).map(|_| port()).collect();
+    let names: Vec<String> = (1..=NODES).map(|i| format!("node{i}")).collect();
+    let versions: Vec<String> = (0..=2 * ROUNDS).map(|i| format!("1.{i}.0")).collect();
+    let refs: Vec<&str> = versions.iter().map(String::as_str).collect();
+    shipit::cli::demo::set_up_nodes(root, &names, &refs).unwrap();
+    let nodes: Vec<(String, u16)> = names.iter().cloned().zip(ports.iter().copied()).collect();
+    std::fs::write(root.join("shipit.toml"), pip_app_toml(&nodes, 20)).unwrap();
+    let config = Arc::new(Config::load(&root.join("shipit.toml")).unwrap());
+    let store = Store::open(&config.server.state).unwrap();
+
+    timed(&config, &store, Some("1.0.0")).await; // starts the services
+    let (mut wall, mut installs, mut restarts) = (Duration::ZERO, Duration::ZERO, Duration::ZERO);
+    for round in 0..ROUNDS {
+        wall += timed(&config, &store, Some(&versions[2 * round + 1])).await;
+        let (i, r) = by_hand(root, &ports, &versions[2 * round + 2]);
+        installs += i;
+        restarts += r;
     }
     for i in 1..=NODES {
         sh(
@@ -120,30 +144,17 @@ async fn deploy_figures() -> Duration {
             "venv/bin/python -m hello_app.ctl stop 0",
         );
     }
-    // Not in the floor, but where the rest goes on a small machine: every node's install
-    // at once, as the deploy runs them, competing for the cores.
-    let t = Instant::now();
-    let all: Vec<_> = (1..=NODES)
-        .map(|i| {
-            let d = root.join(format!("nodes/node{i}"));
-            std::thread::spawn(move || sh(&d, &format!("{install}1.0.0")))
-        })
-        .collect();
-    assert!(all.into_iter().all(|h| h.join().unwrap()));
-    let parallel_installs = t.elapsed();
-    let floor = one_install + restarts;
+    let floor = installs + restarts;
     println!(
-        "deploy to {NODES} local nodes on {} cores: wall {:.2} s; floor {:.2} s (one install {:.2} s + restart+health {:.2} s); wall / floor = {:.2}; {NODES} installs at once take {:.2} s, (that + restart+health) / floor = {:.2}",
+        "deploy to {NODES} local nodes on {} cores, {ROUNDS} rounds: wall {:.2} s; floor {:.2} s ({NODES} installs at once {:.2} s + restart+health {:.2} s); wall / floor = {:.3}",
         std::thread::available_parallelism().map_or(1, |n| n.get()),
         wall.as_secs_f64(),
         floor.as_secs_f64(),
-        one_install.as_secs_f64(),
+        installs.as_secs_f64(),
         restarts.as_secs_f64(),
         wall.as_secs_f64() / floor.as_secs_f64(),
-        parallel_installs.as_secs_f64(),
-        (parallel_installs + restarts).as_secs_f64() / floor.as_secs_f64(),
     );
-    wall
+    wall / ROUNDS as u32
 }
 
 async fn releases_figures(in_place: Duration) {
