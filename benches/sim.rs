@@ -6,9 +6,9 @@
 //! one run each (virtual time, so the shared machine's load does not matter):
 //! - makespan ÷ floor (slowest install + Σ over nodes of restart + health);
 //! - one-at-a-time makespan (Σ install + restart + health) ÷ ours;
-//! - SSM API calls per node, and how many were throttled and retried; deploy-step
-//!   invocations; Step Functions history events (must stay under 25,000 per execution)
-//!   and state transitions;
+//! - SSM API calls per node (by API, polls by command kind), and how many were throttled
+//!   and retried; deploy-step invocations; Step Functions history events (must stay
+//!   under 25,000 per execution) and state transitions;
 //! - the same with a health check failing on node 500: time until the rollback is done;
 //! - the same deploy in batches `[1, 5, "20%"]`: one-at-a-time makespan ÷ batched;
 //! - 10,000 nodes over 500 apps deployed at once, sharing the account's SSM rate: whether
@@ -93,6 +93,8 @@ struct Model {
     failing: Option<String>,
     commands: Mutex<Vec<SentCommand>>,
     calls: AtomicU64,
+    /// Calls by API, and for ListCommandInvocations by the command kind it looked at.
+    by_api: Mutex<BTreeMap<String, u64>>,
     /// Calls refused for the rate and retried.
     throttled: AtomicU64,
     /// (tokens, when last counted)
@@ -124,14 +126,17 @@ impl Model {
             failing: failing.map(node),
             commands: Mutex::new(vec![]),
             calls: AtomicU64::new(0),
+            by_api: Mutex::new(BTreeMap::new()),
             throttled: AtomicU64::new(0),
             bucket: Mutex::new((CALL_BURST, Instant::now())),
             rng: Mutex::new(7),
         }
     }
 
-    /// `calls` API calls, one after another, each waiting out the rate as the SDK would.
-    async fn call(&self, calls: u64) {
+    /// `calls` API calls to `api`, one after another, each waiting out the rate as the SDK
+    /// would.
+    async fn call(&self, calls: u64, api: &str) {
+        *self.by_api.lock().unwrap().entry(api.into()).or_default() += calls;
         for _ in 0..calls {
             let mut attempt = 0;
             while !self.token() {
@@ -177,6 +182,11 @@ impl Model {
     }
 }
 
+/// The node's command: the script's last line, after the lock-fence preamble.
+fn command_of(script: &str) -> &str {
+    script.lines().last().unwrap_or("")
+}
+
 fn node(i: usize) -> String {
     format!("i-{i:017x}")
 }
@@ -193,12 +203,16 @@ impl RunCommand for Model {
             _ => self.install.keys().cloned().collect(),
         };
         // DescribeInstanceInformation pages 50 nodes at a time.
-        self.call(nodes.len().div_ceil(50) as u64).await;
+        self.call(
+            nodes.len().div_ceil(50) as u64,
+            "DescribeInstanceInformation",
+        )
+        .await;
         Ok(nodes)
     }
 
     async fn send(&self, req: &SendRequest) -> Result<String, PortError> {
-        self.call(1).await;
+        self.call(1, "SendCommand").await;
         // What SendCommand refuses (ValidationException).
         if req.nodes.len() > 50 || req.comment.chars().count() > 100 {
             return Err(format!(
@@ -225,7 +239,7 @@ impl RunCommand for Model {
         comment: &str,
         _: DateTime<Utc>,
     ) -> Result<Option<String>, PortError> {
-        self.call(1).await;
+        self.call(1, "ListCommands").await;
         let cmds = self.commands.lock().unwrap();
         Ok(cmds
             .iter()
@@ -236,13 +250,20 @@ impl RunCommand for Model {
     async fn statuses(&self, id: &str) -> Result<Vec<(String, Status)>, PortError> {
         let id: usize = id.parse()?;
         // ListCommandInvocations pages 50 invocations at a time.
-        let pages = self.commands.lock().unwrap()[id].nodes.len().div_ceil(50);
-        self.call(pages as u64).await;
+        let (pages, kind) = {
+            let cmds = self.commands.lock().unwrap();
+            let kind = command_of(&cmds[id].script).split_whitespace().next();
+            (
+                cmds[id].nodes.len().div_ceil(50),
+                kind.unwrap_or("").to_string(),
+            )
+        };
+        self.call(pages as u64, &format!("ListCommandInvocations ({kind})"))
+            .await;
         let cmds = self.commands.lock().unwrap();
         let c = &cmds[id];
-        // The node's command is the script's last line, after the lock-fence preamble.
-        let command = c.script.lines().last().unwrap_or("");
-        let kind = command.split_whitespace().next().unwrap_or("");
+        let command = command_of(&c.script);
+        let kind = kind.as_str();
         // Targets start in order as MaxConcurrency lets them, each once delivered: it takes
         // the first free slot.
         let mut slots = vec![c.at; c.concurrency.min(c.nodes.len()).max(1)];
@@ -272,7 +293,7 @@ impl RunCommand for Model {
     }
 
     async fn outcome(&self, _: &str, _: &str) -> Result<Option<(Option<i32>, String)>, PortError> {
-        self.call(1).await;
+        self.call(1, "GetCommandInvocation").await;
         Ok(Some((Some(1), "HTTP 502 from /health".into())))
     }
 }
@@ -380,6 +401,9 @@ fn main() {
         "  SSM calls per node                {:.2}",
         ok.ssm_calls as f64 / NODES as f64
     );
+    for (api, calls) in model.by_api.lock().unwrap().iter() {
+        println!("    {api:<33} {:.2}", *calls as f64 / NODES as f64);
+    }
     println!("  throttled calls (retried)         {}", ok.throttled);
     println!("  deploy-step invocations           {}", ok.steps);
     println!(
