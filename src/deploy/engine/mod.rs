@@ -41,8 +41,8 @@ pub const COMMAND_GRACE_SECONDS: i64 = 600;
 /// late each time, up to `health_interval_seconds`: services are usually back within
 /// a fraction of a second, and a fixed interval would make every node wait it out. Nodes
 /// restart one after another, so each wait counts once per node (bench local: at 100 ms,
-/// a 10-node deploy whose services answered a check too early spent a tenth of its
-/// restarts waiting); over Run Command a check takes its delivery time anyway.
+/// a 10-node deploy whose services answered a check too early spent up to a tenth of
+/// its restarts waiting); over Run Command a check takes its delivery time anyway.
 pub const HEALTH_FIRST_RETRY_MILLIS: u64 = 25;
 /// How much of a failed command's last output line goes into a notice.
 pub const DETAIL_CHARS: usize = 300;
