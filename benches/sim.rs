@@ -92,7 +92,6 @@ struct Model {
     per_app: usize,
     failing: Option<String>,
     commands: Mutex<Vec<SentCommand>>,
-    calls: AtomicU64,
     /// Calls by API, and for ListCommandInvocations by the command kind it looked at.
     by_api: Mutex<BTreeMap<String, u64>>,
     /// Calls refused for the rate and retried.
@@ -125,7 +124,6 @@ impl Model {
             per_app,
             failing: failing.map(node),
             commands: Mutex::new(vec![]),
-            calls: AtomicU64::new(0),
             by_api: Mutex::new(BTreeMap::new()),
             throttled: AtomicU64::new(0),
             bucket: Mutex::new((CALL_BURST, Instant::now())),
@@ -146,9 +144,13 @@ impl Model {
                 tokio::time::sleep(ceiling.mul_f64(jitter as f64 / 1000.0)).await;
                 attempt += 1;
             }
-            self.calls.fetch_add(1, Ordering::Relaxed);
             tokio::time::sleep(CALL_LATENCY).await;
         }
+    }
+
+    /// API calls made, throttled retries aside.
+    fn calls(&self) -> u64 {
+        self.by_api.lock().unwrap().values().sum()
     }
 
     fn token(&self) -> bool {
@@ -361,7 +363,7 @@ ssm_tags = { "shipit:app" = "hello" }
         makespan: start.elapsed(),
         status: state.status,
         steps,
-        ssm_calls: model.calls.load(Ordering::Relaxed),
+        ssm_calls: model.calls(),
         throttled: model.throttled.load(Ordering::Relaxed),
     };
     (run, model)
@@ -553,7 +555,7 @@ ssm_tags = {{ "shipit:app" = "a{k}" }}
         many.transitions += state_transitions(steps);
     }
     many.makespan = start.elapsed();
-    many.ssm_calls = model.calls.load(Ordering::Relaxed);
+    many.ssm_calls = model.calls();
     many.throttled = model.throttled.load(Ordering::Relaxed);
     many
 }
