@@ -245,7 +245,7 @@ impl<R: RunCommand> SsmFleet<R> {
                             comment,
                             max_concurrency: share,
                             max_errors: max_errors.clone(),
-                            timeout_seconds: app.rollout.command_timeout_seconds,
+                            timeout_seconds: app.rollout.command_seconds(cmd.kind),
                         })
                         .await?
                 }

@@ -206,7 +206,7 @@ impl LiveView {
                 let phrase = node_phrase(NodeState::InstallFailed);
                 self.set(node, format!("{phrase}: {detail}"))
             }
-            Notice::Restarted { node } => self.set(node, node_phrase(NodeState::Restarted).into()),
+            Notice::Restarted { node } => self.set(node, "restarted".into()),
             Notice::Healthy { node } => self.set(node, node_phrase(NodeState::Healthy).into()),
             Notice::Unhealthy { node, detail } => {
                 let phrase = node_phrase(NodeState::Unhealthy);

@@ -4,7 +4,12 @@ use std::collections::BTreeMap;
 
 use super::template::Template;
 use super::{App, Environment};
-use crate::deploy::command::{Command, CommandKind};
+use crate::deploy::command::{Command, CommandKind, UNHEALTHY};
+use crate::deploy::rollout::Rollout;
+
+/// The first health check after a restart that fails is retried this soon (see
+/// `until_healthy`).
+pub const HEALTH_FIRST_RETRY_MILLIS: u64 = 25;
 
 /// Where a command runs: the node's name, its app directory, and its own placeholders.
 pub struct Site<'a> {
@@ -53,31 +58,71 @@ impl App {
                 (None, None) => return Err(ScriptError::NoVersionCommand(self.name.clone())),
             },
         };
-        let package = self.package.to_string();
-        let venv = env.layout.venv(kind, version);
-        let script = template
-            .render(|name| match name {
-                "app" => Some(self.name.as_str()),
-                "env" => Some(env.name.as_str()),
-                "package" => Some(package.as_str()),
-                "version" => Some(version.as_str()),
-                "node" => Some(site.node),
-                "dir" => site.dir,
-                "venv" => Some(venv.as_str()),
-                "index" => self.index.as_ref().map(|i| i.url.as_str()),
-                other => site.vars.get(other).map(String::as_str),
-            })
-            .map_err(|e| ScriptError::Render {
-                kind,
-                reason: e.to_string(),
-            })?;
+        let render = |kind: CommandKind, template: &Template| {
+            let package = self.package.to_string();
+            let venv = env.layout.venv(kind, version);
+            template
+                .render(|name| match name {
+                    "app" => Some(self.name.as_str()),
+                    "env" => Some(env.name.as_str()),
+                    "package" => Some(package.as_str()),
+                    "version" => Some(version.as_str()),
+                    "node" => Some(site.node),
+                    "dir" => site.dir,
+                    "venv" => Some(venv.as_str()),
+                    "index" => self.index.as_ref().map(|i| i.url.as_str()),
+                    other => site.vars.get(other).map(String::as_str),
+                })
+                .map_err(|e| ScriptError::Render {
+                    kind,
+                    reason: e.to_string(),
+                })
+        };
         let python = site.vars.get("python").map_or("python3", String::as_str);
-        let script = env.layout.wrap(kind, version, python, &script);
+        let mut script = env
+            .layout
+            .wrap(kind, version, python, &render(kind, template)?);
+        if let (CommandKind::Restart, Some(health)) = (kind, &self.health) {
+            let check = render(CommandKind::Health, health)?;
+            script = until_healthy(&script, &check, &self.rollout);
+        }
         Ok(Some(match cmd.fence {
             0 => script,
             fence => fenced(&self.name, &env.name, site, fence, &script),
         }))
     }
+}
+
+/// `restart`, then `check` until it passes: the first retry 25 ms after a failed check,
+/// each later one twice as late up to `health_interval_seconds`, for up to
+/// `health_timeout_seconds` (and less than a second more: `date +%s` is what every
+/// node's shell can read). Services are usually back within a fraction of a second, and
+/// nodes restart one after another, so each wait counts once per node. Waiting here, not
+/// in the deploy, makes a restart and its checks one command: one delivery, and on AWS
+/// one send and its polls instead of one per check. A node that stays unhealthy prints
+/// its last check's output, then `UNHEALTHY` and how many checks it made, and exits
+/// with the check's status. Both run in subshells, so an `exit` in them ends only them.
+fn until_healthy(restart: &str, check: &str, rollout: &Rollout) -> String {
+    let timeout = rollout.health_timeout_seconds;
+    let most = rollout.health_interval_seconds * 1000;
+    format!(
+        "(\n{restart}\n) || exit $?\n\
+         shipit_checks=1\n\
+         shipit_wait={HEALTH_FIRST_RETRY_MILLIS}\n\
+         shipit_end=$(($(date +%s) + {timeout} + 1))\n\
+         until shipit_out=$( (\n{check}\n) 2>&1 ); do\n\
+         shipit_status=$?\n\
+         if [ \"$(date +%s)\" -ge \"$shipit_end\" ]; then \
+         printf '%s\\n' \"$shipit_out\" >&2; \
+         echo \"{UNHEALTHY} $shipit_checks checks in {timeout} s\" >&2; \
+         exit \"$shipit_status\"; fi\n\
+         shipit_ms=$((shipit_wait % 1000 + 1000))\n\
+         sleep \"$((shipit_wait / 1000)).${{shipit_ms#1}}\"\n\
+         shipit_wait=$((shipit_wait * 2))\n\
+         if [ \"$shipit_wait\" -gt {most} ]; then shipit_wait={most}; fi\n\
+         shipit_checks=$((shipit_checks + 1))\n\
+         done"
+    )
 }
 
 /// `script`, run only if this node has not taken a command under a newer lock generation
@@ -151,5 +196,85 @@ mod tests {
         assert_eq!(run(dir.path(), 8).0, Some(75));
         std::fs::write(dir.path().join(".shipit-fence-production"), "junk\n").unwrap();
         assert_eq!(run(dir.path(), 8), (Some(0), "ran\n".into()));
+    }
+
+    /// Runs `until_healthy` under sh in `dir` with a 1 s timeout: (exit code, stdout,
+    /// stderr).
+    fn wait(dir: &std::path::Path, restart: &str, check: &str) -> (Option<i32>, String, String) {
+        let rollout = Rollout {
+            health_timeout_seconds: 1,
+            health_interval_seconds: 1,
+            ..Rollout::default()
+        };
+        let out = Command::new("sh")
+            .arg("-c")
+            .arg(until_healthy(restart, check, &rollout))
+            .current_dir(dir)
+            .output()
+            .unwrap();
+        let text = |b: &[u8]| String::from_utf8_lossy(b).to_string();
+        (out.status.code(), text(&out.stdout), text(&out.stderr))
+    }
+
+    #[test]
+    fn a_restart_waits_on_the_node_until_its_service_passes_the_check() {
+        let dir = tempfile::tempdir().unwrap();
+        // Passes at the third check; each check notes the wait that follows it if it fails.
+        let check = "echo $shipit_wait >> checks; [ $(wc -l < checks) -ge 3 ] || exit 7";
+        let (code, _, err) = wait(dir.path(), "echo restarted > restart", check);
+        assert_eq!(code, Some(0), "{err}");
+        let read = |f: &str| std::fs::read_to_string(dir.path().join(f)).unwrap();
+        assert_eq!(read("restart"), "restarted\n");
+        assert_eq!(read("checks"), "25\n50\n100\n", "backs off from 25 ms");
+    }
+
+    #[test]
+    fn a_service_that_never_passes_gets_the_whole_timeout_then_the_node_says_so() {
+        let dir = tempfile::tempdir().unwrap();
+        let check = "echo $shipit_wait >> checks; echo 'HTTP 502 from /health'; exit 7";
+        let (code, _, err) = wait(dir.path(), "true", check);
+        assert_eq!(code, Some(7), "the check's own status: {err}");
+        let checks: Vec<u64> = std::fs::read_to_string(dir.path().join("checks"))
+            .unwrap()
+            .lines()
+            .map(|l| l.parse().unwrap())
+            .collect();
+        // 25 + 50 + 100 + 200 + 400 ms of waits fit in the second it must keep checking.
+        assert!(checks.len() >= 6, "{checks:?}");
+        assert!(
+            checks.windows(2).all(|w| w[1] == (w[0] * 2).min(1000)),
+            "{checks:?}"
+        );
+        let lines: Vec<&str> = err.lines().collect();
+        assert_eq!(
+            lines[lines.len() - 2..],
+            [
+                "HTTP 502 from /health".to_string(),
+                format!("{UNHEALTHY} {} checks in 1 s", checks.len())
+            ]
+        );
+    }
+
+    #[test]
+    fn a_failed_restart_is_not_health_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let (code, _, err) = wait(
+            dir.path(),
+            "echo 'no such service' >&2; exit 3",
+            "touch checked",
+        );
+        assert_eq!((code, err.as_str()), (Some(3), "no such service\n"));
+        assert!(!dir.path().join("checked").exists());
+    }
+
+    #[test]
+    fn an_exit_in_the_restart_or_the_check_ends_only_itself() {
+        let dir = tempfile::tempdir().unwrap();
+        let (code, _, err) = wait(dir.path(), "exit 0", "touch checked; exit 0");
+        assert_eq!(code, Some(0), "{err}");
+        assert!(
+            dir.path().join("checked").exists(),
+            "checked after the restart's exit 0"
+        );
     }
 }

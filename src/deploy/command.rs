@@ -7,11 +7,19 @@ use super::version::Version;
 /// How much of a command's output a fleet keeps for the report (the last bytes).
 pub const OUTPUT_TAIL: usize = 2000;
 
+/// How a restart's output ends when its node restarted but did not pass the health check
+/// in time, followed by "N checks in T s" (see `App::script`): what tells a failed health
+/// check from a failed restart, one command for both.
+pub const UNHEALTHY: &str = "shipit: unhealthy after";
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum CommandKind {
     Install,
+    /// Restart, then check health until it passes or the health timeout is up: the node
+    /// waits, not the deploy, so one command (one send, its polls) does both.
     Restart,
+    /// One health check (a canary's after its bake).
     Health,
     /// Print the installed version (answered `NodeResult::Reported`).
     Version,

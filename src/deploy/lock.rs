@@ -14,17 +14,17 @@ pub const LEASE_RENEW_SECONDS: i64 = 30;
 pub const DELIVERY_TIMEOUT_SECONDS: i64 = 120;
 
 /// How long a deploy's lock outlives its last heartbeat, for commands that may run
-/// `command_timeout_seconds`. A driver that stopped renewing may have sent a command up
-/// to `LEASE_RENEW_SECONDS` after its last renewal, which a node may start up to
-/// `DELIVERY_TIMEOUT_SECONDS` later and run for the command timeout: only once that has
-/// surely ended (plus a minute for clocks) may another deploy take over, or the two
-/// would run commands on one app+env at once (the simulation found this with a lease of
-/// three minutes and commands delivered late).
-pub const fn lease_seconds(command_timeout_seconds: u64) -> i64 {
-    LEASE_RENEW_SECONDS + DELIVERY_TIMEOUT_SECONDS + command_timeout_seconds as i64 + 60
+/// `command_seconds` (a restart's, with its health timeout, the longest). A driver that
+/// stopped renewing may have sent a command up to `LEASE_RENEW_SECONDS` after its last
+/// renewal, which a node may start up to `DELIVERY_TIMEOUT_SECONDS` later and run for
+/// that long: only once that has surely ended (plus a minute for clocks) may another
+/// deploy take over, or the two would run commands on one app+env at once (the
+/// simulation found this with a lease of three minutes and commands delivered late).
+pub const fn lease_seconds(command_seconds: u64) -> i64 {
+    LEASE_RENEW_SECONDS + DELIVERY_TIMEOUT_SECONDS + command_seconds as i64 + 60
 }
 
-/// The lease of the default policy (600 s commands): 13.5 minutes.
+/// The lease of a deploy whose commands run up to 600 s: 13.5 minutes.
 pub const LEASE_SECONDS: i64 = lease_seconds(600);
 
 /// A hold on an app+env. Deploys take one as a lease they renew; people take one from chat

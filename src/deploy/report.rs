@@ -87,7 +87,6 @@ pub fn node_phrase(state: NodeState) -> &'static str {
         NodeState::Pending => "waiting",
         NodeState::Installed => "installed",
         NodeState::InstallFailed => "install failed",
-        NodeState::Restarted => "restarted, checking health",
         NodeState::Healthy => "healthy",
         NodeState::Unhealthy => "unhealthy",
         NodeState::Reverted => "back on the previous version",

@@ -5,6 +5,8 @@ use std::fmt;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use super::command::CommandKind;
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Rollout {
@@ -22,10 +24,12 @@ pub struct Rollout {
     pub install_concurrency: u32,
     #[serde(default = "yes")]
     pub auto_rollback: bool,
-    /// Seconds one command may run on one node before it counts as failed.
+    /// Seconds one command may run on one node before it counts as failed (a restart
+    /// has its health timeout on top: the node waits for its service to pass).
     #[serde(default = "default_command_timeout")]
     pub command_timeout_seconds: u64,
-    /// Seconds a restarted node has to pass its health check before it counts as unhealthy.
+    /// Seconds a restarted node has to pass its health check before it counts as unhealthy
+    /// (the node itself checks, within the restart command).
     #[serde(default = "default_health_timeout")]
     pub health_timeout_seconds: u64,
     /// Longest pause between two health checks of one node (the first retry is 25 ms after
@@ -52,6 +56,20 @@ impl Rollout {
             .get(number)
             .or(self.batches.last())
             .map_or(1, |s| s.of(total).max(1))
+    }
+
+    /// How long a command of `kind` may run on a node: a restart waits for its service to
+    /// pass the health check too.
+    pub fn command_seconds(&self, kind: CommandKind) -> u64 {
+        match kind {
+            CommandKind::Restart => self.command_timeout_seconds + self.health_timeout_seconds,
+            _ => self.command_timeout_seconds,
+        }
+    }
+
+    /// The longest any command may run: what a lock's lease must outlast.
+    pub fn longest_command_seconds(&self) -> u64 {
+        self.command_seconds(CommandKind::Restart)
     }
 
     /// How many of `total` restarted nodes may fail before the deploy stops.

@@ -130,7 +130,7 @@ impl Driver {
                         *generation,
                         LockInfo::lease_from(
                             now,
-                            lease_seconds(deploy.policy.command_timeout_seconds),
+                            lease_seconds(deploy.policy.longest_command_seconds()),
                         ),
                     )
                     .await?,
@@ -251,7 +251,7 @@ impl Driver {
                 });
             }
         }
-        let lease = lease_seconds(deploy.policy.command_timeout_seconds);
+        let lease = lease_seconds(deploy.policy.longest_command_seconds());
         let lock = LockInfo {
             since: now,
             expires: Some(LockInfo::lease_from(now, lease)),

@@ -26,7 +26,7 @@ use chrono::{DateTime, TimeZone, Utc};
 use super::step::{StepInput, StepState, Stepper};
 use super::{Driver, Outbound};
 use crate::config::Config;
-use crate::deploy::command::{Command, CommandKind, NodeResult};
+use crate::deploy::command::{Command, CommandKind, NodeResult, UNHEALTHY};
 use crate::deploy::engine::{Deploy, Notice, Verdict};
 use crate::deploy::history::{faulty_mark, rollback_target, Faulty, HistoryEntry};
 use crate::deploy::job::{DeployJob, JobId, Source};
@@ -450,7 +450,8 @@ impl Ledger for SimLedger {
     }
 }
 
-/// Nodes in virtual time: installs take 2–20 s, restarts 2 s, health checks 1 s. A key
+/// Nodes in virtual time: installs take 2–20 s, restarts 2 s and their node's health
+/// checks 1 s (3 s more if it never passes), a canary's single check 1 s. A key
 /// runs once per node (the fleet contract); a command carrying an older lock generation
 /// than the node has seen is refused, as `App::script`'s fence does. A command may be
 /// held back and delivered late (a node that was unreachable, SSM's queue), after its
@@ -489,6 +490,14 @@ fn start(w: &mut World, target: &(String, String), job: &JobId, cmd: &Command, n
         return;
     }
     node.fence = cmd.fence;
+    // One check of what the node serves now.
+    let check = |node: &Node| match &node.serving {
+        _ if faults && node.sick => failed("503 Service Unavailable"),
+        // A bad build stays bad when the faults stop.
+        Some(v) if *v == bad => failed("500 Internal Server Error"),
+        Some(v) if *v == cmd.version => NodeResult::Succeeded,
+        _ => failed("serving another version"),
+    };
     let (took, result) = match cmd.kind {
         CommandKind::Install if faults && node.broken_install => (3_000, failed("broken disk")),
         CommandKind::Install => {
@@ -499,19 +508,22 @@ fn start(w: &mut World, target: &(String, String), job: &JobId, cmd: &Command, n
                 % 18_000;
             (2_000 + spread, NodeResult::Succeeded)
         }
+        // The restart, then the node's checks until one passes or the timeout (3 s) is up.
         CommandKind::Restart => {
             node.serving = node.installed.clone();
-            (2_000, NodeResult::Succeeded)
+            match check(node) {
+                NodeResult::Succeeded => (3_000, NodeResult::Succeeded),
+                NodeResult::Failed { exit_code, output } => (
+                    5_000,
+                    NodeResult::Failed {
+                        exit_code,
+                        output: format!("{output}\n{UNHEALTHY} 7 checks in 3 s"),
+                    },
+                ),
+                other => (3_000, other),
+            }
         }
-        CommandKind::Health if faults && node.sick => (1_000, failed("503 Service Unavailable")),
-        // A bad build stays bad when the faults stop.
-        CommandKind::Health if node.serving.as_ref() == Some(&bad) => {
-            (1_000, failed("500 Internal Server Error"))
-        }
-        CommandKind::Health if node.serving.as_ref() == Some(&cmd.version) => {
-            (1_000, NodeResult::Succeeded)
-        }
-        CommandKind::Health => (1_000, failed("serving another version")),
+        CommandKind::Health => (1_000, check(node)),
         CommandKind::Version => (
             500,
             NodeResult::Reported {

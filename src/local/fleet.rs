@@ -129,7 +129,7 @@ impl LocalFleet {
                 name.clone(),
                 permits.clone(),
             );
-            let timeout = Duration::from_secs(app.rollout.command_timeout_seconds);
+            let timeout = Duration::from_secs(app.rollout.command_seconds(cmd.kind));
             let kind = cmd.kind;
             running.spawn(async move {
                 let _permit = permits.acquire_owned().await;

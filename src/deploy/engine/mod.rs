@@ -37,13 +37,6 @@ pub const POLL_MILLIS: u64 = 2000;
 /// Beyond its `command_timeout_seconds`, how long a command may go without a result from a
 /// node (delivery to a node that went away, say) before that node counts as failed.
 pub const COMMAND_GRACE_SECONDS: i64 = 600;
-/// The first health check after a restart that fails is retried this soon, then twice as
-/// late each time, up to `health_interval_seconds`: services are usually back within
-/// a fraction of a second, and a fixed interval would make every node wait it out. Nodes
-/// restart one after another, so each wait counts once per node (bench local: at 100 ms,
-/// a 10-node deploy whose services answered a check too early spent up to a tenth of
-/// its restarts waiting); over Run Command a check takes its delivery time anyway.
-pub const HEALTH_FIRST_RETRY_MILLIS: u64 = 25;
 /// How much of a failed command's last output line goes into a notice.
 pub const DETAIL_CHARS: usize = 300;
 /// Longest pause between two tries of a held lock.
@@ -264,12 +257,6 @@ impl Deploy {
                 v,
                 self.batch_names(batch, |_| true),
             ),
-            Phase::Health { batch, attempt, .. } => self.run(
-                self.key(&format!("health:{}:{attempt}", self.label(batch))),
-                CommandKind::Health,
-                v,
-                self.batch_names(batch, |s| s == NodeState::Restarted),
-            ),
             Phase::Bake { batch } => self.run(
                 self.key(&format!("bake:{}", self.label(batch))),
                 CommandKind::Health,
@@ -287,14 +274,6 @@ impl Deploy {
                 CommandKind::Restart,
                 to,
                 self.batch_names(batch, |_| true),
-            ),
-            Phase::RevertHealth {
-                to, batch, attempt, ..
-            } => self.run(
-                self.key(&format!("revert:health:{}:{attempt}", self.label(batch))),
-                CommandKind::Health,
-                to,
-                self.batch_names(batch, |s| s != NodeState::Reverted),
             ),
             Phase::Record => Action::Record,
             Phase::MarkFaulty { version, reason } => Action::MarkFaulty {
@@ -403,7 +382,6 @@ impl Deploy {
                 | Phase::Probe
                 | Phase::Install
                 | Phase::Restart { .. }
-                | Phase::Health { .. }
                 | Phase::Bake { .. }
         );
         if let (Some(by), false, true, None) = (
@@ -507,7 +485,6 @@ impl Deploy {
     /// Advances on a finished command: every node has its result (`Running` ones timed out).
     fn on_command(
         &mut self,
-        now: DateTime<Utc>,
         cmd: Command,
         result_of: &dyn Fn(&str) -> NodeResult,
         notices: &mut Vec<Notice>,
@@ -515,30 +492,14 @@ impl Deploy {
         match self.phase.clone() {
             Phase::Probe => self.on_probe(result_of, notices),
             Phase::Install => self.on_install(&cmd, result_of, notices),
-            Phase::Restart { batch } => self.on_restart(now, batch, result_of, notices),
-            Phase::Health {
-                batch,
-                attempt,
-                since,
-            } => self.on_health(now, batch, attempt, since, result_of, notices),
+            Phase::Restart { batch } => self.on_restart(batch, result_of, notices),
             Phase::Bake { batch } => self.on_bake(batch, result_of, notices),
             Phase::Revert { to, reason } => self.on_revert(&cmd, to, reason, result_of, notices),
             Phase::RevertRestart { to, batch, reason } => {
-                self.on_revert_restart(now, to, batch, reason, result_of, notices)
+                self.on_revert_restart(to, batch, reason, result_of, notices)
             }
-            Phase::RevertHealth { .. } => self.on_revert_health(now, result_of, notices),
             _ => {}
         }
-    }
-
-    fn health_time_left(&self, since: DateTime<Utc>, now: DateTime<Utc>) -> bool {
-        now - since < Duration::seconds(self.policy.health_timeout_seconds as i64)
-    }
-
-    /// 25 ms, 50 ms, 100 ms … up to `health_interval_seconds`.
-    fn health_retry_millis(&self, attempt: u32) -> u64 {
-        (HEALTH_FIRST_RETRY_MILLIS << attempt.saturating_sub(1).min(16))
-            .min(self.policy.health_interval_seconds * 1000)
     }
 
     /// Restarts the next batch of nodes that installed, from `index` on; records when none
@@ -683,15 +644,12 @@ fn last_line(output: &str) -> String {
 fn has_new_version(s: NodeState) -> bool {
     matches!(
         s,
-        NodeState::Installed | NodeState::Restarted | NodeState::Healthy | NodeState::Unhealthy
+        NodeState::Installed | NodeState::Healthy | NodeState::Unhealthy
     )
 }
 
 fn was_restarted(s: NodeState) -> bool {
-    matches!(
-        s,
-        NodeState::Restarted | NodeState::Healthy | NodeState::Unhealthy
-    )
+    matches!(s, NodeState::Healthy | NodeState::Unhealthy)
 }
 
 #[cfg(test)]

@@ -3,26 +3,58 @@
 use chrono::{DateTime, Duration, Utc};
 
 use super::*;
-use crate::deploy::command::{Command, NodeResult};
+use crate::deploy::command::{Command, NodeResult, UNHEALTHY};
 use crate::deploy::history::Faulty;
 use crate::deploy::job::{DeployJob, Source};
 use crate::deploy::lock::LockInfo;
 use crate::deploy::version::Version;
 
-/// What a failed command says, for a notice: its exit code and last output line.
-fn detail(r: &NodeResult) -> String {
-    match r {
-        NodeResult::Failed { exit_code, output } => {
-            // The last line says what went wrong (the error after a traceback, say);
-            // the whole tail stays with the command's result.
-            let last = last_line(output);
-            format!(
-                "exit {}: {last}",
-                exit_code.map_or("?".to_string(), |c| c.to_string())
-            )
+/// Why a node failed a command: its exit code and the last line it printed; for a restart
+/// whose service never passed its health check, how often the node checked (what its
+/// `UNHEALTHY` line says), and the exit code and last line of its last check.
+struct Failure {
+    checks: Option<String>,
+    detail: String,
+}
+
+impl Failure {
+    fn of(r: &NodeResult) -> Failure {
+        let NodeResult::Failed { exit_code, output } = r else {
+            return Failure {
+                checks: None,
+                detail: String::new(),
+            };
+        };
+        let code = exit_code.map_or("?".to_string(), |c| c.to_string());
+        // The last line says what went wrong (the error after a traceback, say); the
+        // whole tail stays with the command's result.
+        let mut lines = output.lines().rev().filter(|l| !l.trim().is_empty());
+        let last = lines.next().unwrap_or("").trim();
+        let (checks, said) = match last.strip_prefix(UNHEALTHY) {
+            Some(checks) => (Some(checks.trim().to_string()), lines.next().unwrap_or("")),
+            None => (None, last),
+        };
+        let said: String = said.trim().chars().take(DETAIL_CHARS).collect();
+        Failure {
+            checks,
+            detail: format!("exit {code}: {said}"),
         }
-        _ => String::new(),
     }
+}
+
+/// For a notice: "exit 1: HTTP 502", or for a node that stayed unhealthy "12 checks in
+/// 30 s, the last: exit 1: HTTP 502".
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.checks {
+            Some(checks) => write!(f, "{checks}, the last: {}", self.detail),
+            None => f.write_str(&self.detail),
+        }
+    }
+}
+
+fn detail(r: &NodeResult) -> String {
+    Failure::of(r).to_string()
 }
 
 impl Deploy {
@@ -288,7 +320,7 @@ impl Deploy {
             .any(|n| result_of(n) == NodeResult::Running)
         {
             let since = *self.running_since.get_or_insert(now);
-            let limit = self.policy.command_timeout_seconds as i64 + COMMAND_GRACE_SECONDS;
+            let limit = self.policy.command_seconds(cmd.kind) as i64 + COMMAND_GRACE_SECONDS;
             if now - since <= Duration::seconds(limit) {
                 let elapsed = (now - since).num_milliseconds().max(0) as u64;
                 self.wait = Some(self.next_look(cmd.kind, elapsed));
@@ -310,7 +342,7 @@ impl Deploy {
         self.running_since = None;
         self.running_seen = None;
         self.polls = 0;
-        let waited = self.policy.command_timeout_seconds as i64 + COMMAND_GRACE_SECONDS;
+        let waited = self.policy.command_seconds(cmd.kind) as i64 + COMMAND_GRACE_SECONDS;
         let result_of = |node: &str| match result_of(node) {
             NodeResult::Running if late => NodeResult::Failed {
                 exit_code: None,
@@ -318,7 +350,7 @@ impl Deploy {
             },
             r => r,
         };
-        self.on_command(now, cmd.clone(), &result_of, notices);
+        self.on_command(cmd.clone(), &result_of, notices);
     }
 
     /// How long to wait before looking at a command of `kind` that has run `elapsed` ms:
@@ -403,101 +435,66 @@ impl Deploy {
 
     pub(super) fn on_restart(
         &mut self,
-        now: DateTime<Utc>,
         batch: Batch,
         result_of: &dyn Fn(&str) -> NodeResult,
         notices: &mut Vec<Notice>,
     ) {
         let mut failed = vec![];
         for &i in &batch.nodes {
-            match result_of(&self.nodes[i].name) {
+            let node = self.nodes[i].name.clone();
+            match result_of(&node) {
                 NodeResult::Succeeded => {
-                    self.nodes[i].state = NodeState::Restarted;
-                    notices.push(Notice::Restarted {
-                        node: self.nodes[i].name.clone(),
-                    });
+                    self.nodes[i].state = NodeState::Healthy;
+                    notices.push(Notice::Restarted { node: node.clone() });
+                    notices.push(Notice::Healthy { node });
                 }
                 // A failed restart may have stopped the service: the node counts as
                 // restarted, and is rolled back with the others.
-                r => failed.push((i, detail(&r))),
+                r => {
+                    let failure = Failure::of(&r);
+                    if failure.checks.is_some() {
+                        notices.push(Notice::Restarted { node });
+                    }
+                    failed.push((i, failure));
+                }
             }
         }
-        let first = failed.first().map_or(String::new(), |f| f.1.clone());
-        let why = |names: &[String]| format!("restart of {} failed ({first})", names.join(", "));
+        let first = failed
+            .first()
+            .map(|f| (f.1.checks.is_some(), f.1.to_string()));
+        let why = |names: &[String]| match &first {
+            Some((true, first)) => {
+                let whose = if names.len() == 1 { "its" } else { "their" };
+                format!("{} failed {whose} health check ({first})", names.join(", "))
+            }
+            _ => format!(
+                "restart of {} failed ({})",
+                names.join(", "),
+                first.as_ref().map_or("", |f| f.1.as_str())
+            ),
+        };
+        let failed = failed
+            .into_iter()
+            .map(|(i, f)| (i, f.to_string()))
+            .collect();
         if !self.count_failures(failed, why, notices) {
             return;
         }
-        if batch
+        let more = batch.nodes.last().is_some_and(|&l| {
+            self.nodes[l + 1..]
+                .iter()
+                .any(|n| n.state == NodeState::Installed)
+        });
+        let healthy = batch
             .nodes
             .iter()
-            .any(|&i| self.nodes[i].state == NodeState::Restarted)
-        {
-            self.phase = Phase::Health {
-                batch,
-                attempt: 1,
-                since: now,
-            };
+            .any(|&i| self.nodes[i].state == NodeState::Healthy);
+        let policy = &self.policy;
+        if batch.number == 0 && policy.canary && policy.bake_seconds > 0 && more && healthy {
+            self.wait = Some(policy.bake_seconds * 1000);
+            self.phase = Phase::Bake { batch };
         } else {
             self.restart_after(&batch);
-        }
-    }
-
-    pub(super) fn on_health(
-        &mut self,
-        now: DateTime<Utc>,
-        batch: Batch,
-        attempt: u32,
-        since: DateTime<Utc>,
-        result_of: &dyn Fn(&str) -> NodeResult,
-        notices: &mut Vec<Notice>,
-    ) {
-        let mut failing = vec![];
-        for &i in &batch.nodes {
-            if self.nodes[i].state != NodeState::Restarted {
-                continue;
-            }
-            match result_of(&self.nodes[i].name) {
-                NodeResult::Succeeded => {
-                    self.nodes[i].state = NodeState::Healthy;
-                    notices.push(Notice::Healthy {
-                        node: self.nodes[i].name.clone(),
-                    });
-                }
-                r => failing.push((i, detail(&r))),
-            }
-        }
-        if failing.is_empty() {
-            let more = batch.nodes.last().is_some_and(|&l| {
-                self.nodes[l + 1..]
-                    .iter()
-                    .any(|n| n.state == NodeState::Installed)
-            });
-            if batch.number == 0 && self.policy.canary && self.policy.bake_seconds > 0 && more {
-                self.phase = Phase::Bake { batch };
-                self.wait = Some(self.policy.bake_seconds * 1000);
-            } else {
-                self.restart_after(&batch);
-            }
-        } else if self.health_time_left(since, now) {
-            self.phase = Phase::Health {
-                batch,
-                attempt: attempt + 1,
-                since,
-            };
-            self.wait = Some(self.health_retry_millis(attempt));
-        } else {
-            let timeout = self.policy.health_timeout_seconds;
-            let first = failing.first().map_or(String::new(), |f| f.1.clone());
-            let why = |names: &[String]| {
-                let whose = if names.len() == 1 { "its" } else { "their" };
-                format!(
-                    "{} failed {whose} health check for {timeout} s, {attempt} checks ({first})",
-                    names.join(", ")
-                )
-            };
-            if self.count_failures(failing, why, notices) {
-                self.restart_after(&batch);
-            }
         }
     }
 
@@ -559,59 +556,14 @@ impl Deploy {
 
     pub(super) fn on_revert_restart(
         &mut self,
-        now: DateTime<Utc>,
         to: Version,
         batch: Batch,
         reason: String,
         result_of: &dyn Fn(&str) -> NodeResult,
         notices: &mut Vec<Notice>,
     ) {
-        let failed = batch
-            .nodes
-            .iter()
-            .map(|&i| (&self.nodes[i].name, result_of(&self.nodes[i].name)))
-            .find(|(_, r)| *r != NodeResult::Succeeded);
-        match failed {
-            None => {
-                self.phase = Phase::RevertHealth {
-                    to,
-                    batch,
-                    attempt: 1,
-                    since: now,
-                    reason,
-                }
-            }
-            Some((name, r)) => {
-                let why = format!(
-                    "{reason}; then restarting {name} on {to} failed ({})",
-                    detail(&r)
-                );
-                self.finish(Outcome::RollbackFailed { reason: why }, notices);
-            }
-        }
-    }
-
-    pub(super) fn on_revert_health(
-        &mut self,
-        now: DateTime<Utc>,
-        result_of: &dyn Fn(&str) -> NodeResult,
-        notices: &mut Vec<Notice>,
-    ) {
-        let Phase::RevertHealth {
-            to,
-            batch,
-            attempt,
-            since,
-            reason,
-        } = self.phase.clone()
-        else {
-            unreachable!("called only in Phase::RevertHealth")
-        };
-        let mut failing = None;
+        let mut failed = None;
         for &i in &batch.nodes {
-            if self.nodes[i].state == NodeState::Reverted {
-                continue;
-            }
             let name = self.nodes[i].name.clone();
             match result_of(&name) {
                 NodeResult::Succeeded => {
@@ -619,30 +571,21 @@ impl Deploy {
                     notices.push(Notice::Healthy { node: name });
                 }
                 r => {
-                    failing.get_or_insert((name, r));
+                    failed.get_or_insert((name, Failure::of(&r)));
                 }
             }
         }
-        match failing {
+        match failed {
             None => {
                 let next = batch.nodes.last().map_or(0, |i| i + 1);
                 self.revert_restart_from(to, next, batch.number + 1, reason, notices);
             }
-            Some(_) if self.health_time_left(since, now) => {
-                self.phase = Phase::RevertHealth {
-                    to,
-                    batch,
-                    attempt: attempt + 1,
-                    since,
-                    reason,
+            Some((name, failure)) => {
+                let what = match failure.checks {
+                    Some(_) => format!("{name} stayed unhealthy on {to}"),
+                    None => format!("restarting {name} on {to} failed"),
                 };
-                self.wait = Some(self.health_retry_millis(attempt));
-            }
-            Some((name, r)) => {
-                let why = format!(
-                    "{reason}; then {name} stayed unhealthy on {to} ({})",
-                    detail(&r)
-                );
+                let why = format!("{reason}; then {what} ({failure})");
                 self.finish(Outcome::RollbackFailed { reason: why }, notices);
             }
         }

@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 use chrono::{DateTime, Duration, TimeZone, Utc};
 
 use super::*;
+use crate::deploy::command::UNHEALTHY;
 use crate::deploy::job::{JobId, Source};
 
 fn t0() -> DateTime<Utc> {
@@ -212,10 +213,29 @@ impl Twin {
                         .nodes
                         .iter()
                         .map(|n| {
-                            let r = self
-                                .fail
-                                .get(&(cmd.kind, n.clone(), cmd.version.to_string()))
-                                .cloned()
+                            let failing = |kind| {
+                                self.fail
+                                    .get(&(kind, n.clone(), cmd.version.to_string()))
+                                    .cloned()
+                            };
+                            let r = failing(cmd.kind)
+                                .or_else(|| match cmd.kind {
+                                    // The node's own wait for health (`until_healthy`).
+                                    CommandKind::Restart => {
+                                        failing(CommandKind::Health).map(|r| match r {
+                                            NodeResult::Failed { exit_code, output } => {
+                                                NodeResult::Failed {
+                                                    exit_code,
+                                                    output: format!(
+                                                        "{output}\n{UNHEALTHY} 6 checks in 1 s"
+                                                    ),
+                                                }
+                                            }
+                                            r => r,
+                                        })
+                                    }
+                                    _ => None,
+                                })
                                 .unwrap_or(NodeResult::Succeeded);
                             let r = match (cmd.kind, r) {
                                 (CommandKind::Version, NodeResult::Succeeded) => {
@@ -324,11 +344,8 @@ fn happy_path_installs_everywhere_then_restarts_one_at_a_time_in_order() {
         [
             "install 1.1.0 n1,n2,n3",
             "restart n1 1.1.0",
-            "health n1 1.1.0",
             "restart n2 1.1.0",
-            "health n2 1.1.0",
             "restart n3 1.1.0",
-            "health n3 1.1.0"
         ]
     );
     assert_eq!(twin.recorded.len(), 1);
@@ -409,9 +426,7 @@ fn install_failures_within_max_errors_skip_those_nodes() {
         [
             "install 1.1.0 n1,n2,n3",
             "restart n1 1.1.0",
-            "health n1 1.1.0",
             "restart n3 1.1.0",
-            "health n3 1.1.0"
         ]
     );
 }
@@ -422,7 +437,7 @@ fn health_failure_on_node_k_rolls_back_nodes_1_to_k_and_fails_the_job() {
         Twin::new(&["n1", "n2", "n3"], Some("1.0.0")).fail(CommandKind::Health, "n2", "1.1.0");
     let (outcome, notices) = run(&mut twin, job("1.1.0", false), policy());
     assert!(
-        matches!(&outcome, Outcome::Failed { reason, rolled_back: true } if reason.contains("n2 failed its health check for 1 s, 7 checks")),
+        matches!(&outcome, Outcome::Failed { reason, rolled_back: true } if reason.contains("n2 failed its health check (6 checks in 1 s, the last: exit 1: n2 broke)")),
         "{outcome:?}"
     );
     assert_eq!(
@@ -430,24 +445,12 @@ fn health_failure_on_node_k_rolls_back_nodes_1_to_k_and_fails_the_job() {
         [
             "install 1.1.0 n1,n2,n3",
             "restart n1 1.1.0",
-            "health n1 1.1.0",
             "restart n2 1.1.0",
-            // Checked at +0, 0.025, 0.075, 0.175, 0.375, 0.775 and 1.575 s: past the 1 s
-            // timeout.
-            "health n2 1.1.0",
-            "health n2 1.1.0",
-            "health n2 1.1.0",
-            "health n2 1.1.0",
-            "health n2 1.1.0",
-            "health n2 1.1.0",
-            "health n2 1.1.0",
             // Back to 1.0.0 on disk everywhere the new version landed; restarts only
             // where this deploy restarted, in the same order.
             "install 1.0.0 n1,n2,n3",
             "restart n1 1.0.0",
-            "health n1 1.0.0",
             "restart n2 1.0.0",
-            "health n2 1.0.0"
         ]
     );
     assert!(
@@ -455,7 +458,7 @@ fn health_failure_on_node_k_rolls_back_nodes_1_to_k_and_fails_the_job() {
         "a failed deploy was recorded as live"
     );
     assert!(notices.iter().any(|n| matches!(n, Notice::RollingBack { to, nodes, .. } if to.as_str() == "1.0.0" && nodes == &["n1", "n2"])));
-    assert_eq!(twin.waited, [25, 50, 100, 200, 400, 800]);
+    assert!(twin.waited.is_empty(), "the node waited, not the deploy");
 }
 
 #[test]
@@ -503,20 +506,9 @@ fn replayed_steps_never_send_a_second_command() {
         let mut clean =
             Twin::new(&["n1", "n2", "n3"], Some("1.0.0")).fail(CommandKind::Health, "n3", "1.1.0");
         run(&mut clean, job("1.1.0", false), policy());
-        // Time passes during a lost step too, so fewer health probes fit in the timeout;
-        // every other command runs exactly as in a clean run, and each key once.
-        let acting = |log: &[String]| {
-            log.iter()
-                .filter(|l| !l.starts_with("health"))
-                .cloned()
-                .collect::<Vec<_>>()
-        };
-        assert_eq!(
-            acting(&twin.log),
-            acting(&clean.log),
-            "crash every {crash_every}"
-        );
-        assert!(twin.log.iter().any(|l| l == "health n3 1.1.0"));
+        // Every command runs exactly as in a clean run, and each key once.
+        assert_eq!(twin.log, clean.log, "crash every {crash_every}");
+        assert!(twin.log.iter().any(|l| l == "restart n3 1.1.0"));
     }
 }
 
@@ -845,9 +837,7 @@ fn the_canary_bakes_and_is_checked_again_before_the_rest() {
             "install 1.1.0 n1,n2",
             "restart n1 1.1.0",
             "health n1 1.1.0",
-            "health n1 1.1.0",
             "restart n2 1.1.0",
-            "health n2 1.1.0"
         ]
     );
     assert_eq!(twin.waited, [30_000]);
@@ -873,22 +863,6 @@ fn the_state_survives_a_json_round_trip_mid_deploy() {
         let json = serde_json::to_string(&d).unwrap();
         assert_eq!(serde_json::from_str::<Deploy>(&json).unwrap(), d);
     }
-}
-
-#[test]
-fn a_slow_service_gets_its_whole_health_timeout_with_checks_backing_off() {
-    let d = Deploy::new(
-        job("1.1.0", false),
-        Rollout {
-            health_timeout_seconds: 30,
-            health_interval_seconds: 5,
-            ..policy()
-        },
-    );
-    let waits: Vec<u64> = (1..=10).map(|a| d.health_retry_millis(a)).collect();
-    assert_eq!(waits, [25, 50, 100, 200, 400, 800, 1600, 3200, 5000, 5000]);
-    assert!(d.health_time_left(t0(), t0() + Duration::seconds(29)));
-    assert!(!d.health_time_left(t0(), t0() + Duration::seconds(30)));
 }
 
 fn pending(wait_seconds: u64) -> Verdict {
@@ -1000,9 +974,7 @@ fn a_sync_installs_and_restarts_only_the_nodes_off_the_live_version() {
             "version n1,n2,n3,n4 1.1.0",
             "install 1.1.0 n2,n4",
             "restart n2 1.1.0",
-            "health n2 1.1.0",
             "restart n4 1.1.0",
-            "health n4 1.1.0"
         ]
     );
     let drifted: Vec<_> = notices
@@ -1040,12 +1012,7 @@ fn a_sync_of_one_new_node_touches_no_other() {
     assert_eq!(outcome, succeeded());
     assert_eq!(
         twin.log,
-        [
-            "version n3 1.1.0",
-            "install 1.1.0 n3",
-            "restart n3 1.1.0",
-            "health n3 1.1.0"
-        ]
+        ["version n3 1.1.0", "install 1.1.0 n3", "restart n3 1.1.0",]
     );
 
     // A node that is not (yet) among the environment's nodes fails the sync, naming it.
@@ -1129,7 +1096,7 @@ fn no_pause_outlasts_the_lease_while_the_lock_is_held() {
 #[test]
 fn a_deploy_that_lost_its_lock_stops_before_its_next_command_and_says_so() {
     let mut twin = Twin::new(&["n1", "n2", "n3"], Some("1.0.0"));
-    twin.stolen_after = Some("health n1 1.1.0".into());
+    twin.stolen_after = Some("restart n1 1.1.0".into());
     let (outcome, notices) = run(&mut twin, job("1.1.0", false), policy());
     assert!(
         matches!(&outcome, Outcome::Failed { reason, rolled_back: false } if reason.contains("lost the lock of hello/production to job other (deploying hello 9.9.9)")),
@@ -1137,7 +1104,7 @@ fn a_deploy_that_lost_its_lock_stops_before_its_next_command_and_says_so() {
     );
     assert_eq!(
         twin.log.last().unwrap(),
-        "health n1 1.1.0",
+        "restart n1 1.1.0",
         "{:?}",
         twin.log
     );
@@ -1173,13 +1140,10 @@ fn an_abort_stops_after_the_command_in_flight_and_puts_back_what_was_restarted()
         [
             "install 1.1.0 n1,n2,n3",
             "restart n1 1.1.0",
-            "health n1 1.1.0",
             "restart n2 1.1.0",
             "install 1.0.0 n1,n2,n3",
             "restart n1 1.0.0",
-            "health n1 1.0.0",
             "restart n2 1.0.0",
-            "health n2 1.0.0"
         ]
     );
     assert!(notices
@@ -1196,7 +1160,7 @@ fn an_abort_stops_after_the_command_in_flight_and_puts_back_what_was_restarted()
 #[test]
 fn an_abort_between_nodes_restarts_no_further_node() {
     let mut twin = Twin::new(&["n1", "n2", "n3"], Some("1.0.0"));
-    twin.abort_after = Some("health n1 1.1.0".into());
+    twin.abort_after = Some("restart n1 1.1.0".into());
     let (outcome, _) = run(&mut twin, job("1.1.0", false), policy());
     assert!(
         matches!(
@@ -1209,12 +1173,8 @@ fn an_abort_between_nodes_restarts_no_further_node() {
         "{outcome:?}"
     );
     assert_eq!(
-        twin.log[3..],
-        [
-            "install 1.0.0 n1,n2,n3",
-            "restart n1 1.0.0",
-            "health n1 1.0.0"
-        ]
+        twin.log[2..],
+        ["install 1.0.0 n1,n2,n3", "restart n1 1.0.0",]
     );
 }
 
@@ -1233,17 +1193,6 @@ fn batched(batches: &str, max_failed: &str) -> Rollout {
     }
 }
 
-/// The log without repeated health checks of the same nodes (retries while failing).
-fn deduped(log: &[String]) -> Vec<String> {
-    let mut out: Vec<String> = vec![];
-    for l in log {
-        if out.last() != Some(l) {
-            out.push(l.clone());
-        }
-    }
-    out
-}
-
 #[test]
 fn batches_restart_in_node_order_and_the_last_size_repeats() {
     let nodes = ["n1", "n2", "n3", "n4", "n5", "n6", "n7", "n8"];
@@ -1260,13 +1209,9 @@ fn batches_restart_in_node_order_and_the_last_size_repeats() {
         [
             "install 1.1.0 n1,n2,n3,n4,n5,n6,n7,n8",
             "restart n1 1.1.0",
-            "health n1 1.1.0",
             "restart n2,n3 1.1.0",
-            "health n2,n3 1.1.0",
             "restart n4,n5,n6,n7 1.1.0",
-            "health n4,n5,n6,n7 1.1.0",
             "restart n8 1.1.0",
-            "health n8 1.1.0",
         ]
     );
     let healthy: Vec<_> = notices
@@ -1287,7 +1232,7 @@ fn batches_restart_in_node_order_and_the_last_size_repeats() {
 }
 
 #[test]
-fn a_batch_rechecks_only_its_nodes_still_failing() {
+fn a_batch_names_only_its_nodes_that_stayed_unhealthy() {
     let mut twin = Twin::new(&["n1", "n2", "n3"], Some("1.0.0"));
     twin.fail.insert(
         (CommandKind::Health, "n3".into(), "1.1.0".into()),
@@ -1305,11 +1250,7 @@ fn a_batch_rechecks_only_its_nodes_still_failing() {
             unhealthy: vec!["n3".into()],
         }
     );
-    assert_eq!(
-        twin.log[1..3],
-        ["restart n1,n2,n3 1.1.0", "health n1,n2,n3 1.1.0"]
-    );
-    assert!(twin.log[3..].iter().all(|l| l == "health n3 1.1.0"));
+    assert_eq!(twin.log[1..], ["restart n1,n2,n3 1.1.0"]);
 }
 
 #[test]
@@ -1329,23 +1270,18 @@ fn failures_within_the_budget_are_named_and_the_rollout_goes_on() {
         }
     );
     assert_eq!(
-        deduped(&twin.log),
+        twin.log,
         [
             "install 1.1.0 n1,n2,n3,n4,n5,n6",
             "restart n1 1.1.0",
-            "health n1 1.1.0",
             "restart n2,n3 1.1.0",
-            "health n2,n3 1.1.0",
-            "health n3 1.1.0",
             "restart n4,n5 1.1.0",
-            "health n4,n5 1.1.0",
             "restart n6 1.1.0",
-            "health n6 1.1.0",
         ]
     );
     assert!(notices.contains(&Notice::Unhealthy {
         node: "n3".into(),
-        detail: "exit 1: n3 broke".into()
+        detail: "6 checks in 1 s, the last: exit 1: n3 broke".into()
     }));
     assert_eq!(twin.recorded.len(), 1, "the version is live");
     let Some(Notice::Finished { outcome }) = notices.last() else {
@@ -1371,25 +1307,17 @@ fn one_failure_past_the_budget_rolls_back_exactly_the_restarted_nodes_in_batches
         "{outcome:?}"
     );
     assert_eq!(
-        deduped(&twin.log),
+        twin.log,
         [
             "install 1.1.0 n1,n2,n3,n4,n5,n6",
             "restart n1 1.1.0",
-            "health n1 1.1.0",
             "restart n2,n3 1.1.0",
-            "health n2,n3 1.1.0",
-            "health n3 1.1.0",
             "restart n4,n5 1.1.0",
-            "health n4,n5 1.1.0",
-            "health n5 1.1.0",
             // n6 was never restarted: it only gets the old version back on disk.
             "install 1.0.0 n1,n2,n3,n4,n5,n6",
             "restart n1 1.0.0",
-            "health n1 1.0.0",
             "restart n2,n3 1.0.0",
-            "health n2,n3 1.0.0",
             "restart n4,n5 1.0.0",
-            "health n4,n5 1.0.0",
         ]
     );
     assert!(notices.iter().any(|n| matches!(n, Notice::RollingBack { nodes, .. } if nodes == &["n1", "n2", "n3", "n4", "n5"])));
@@ -1413,14 +1341,11 @@ fn a_failed_restart_stops_mid_batch_before_any_health_check() {
         [
             "install 1.1.0 n1,n2,n3,n4",
             "restart n1 1.1.0",
-            "health n1 1.1.0",
             "restart n2,n3,n4 1.1.0",
             // The batch's health is never checked: the budget is already spent.
             "install 1.0.0 n1,n2,n3,n4",
             "restart n1 1.0.0",
-            "health n1 1.0.0",
             "restart n2,n3,n4 1.0.0",
-            "health n2,n3,n4 1.0.0",
         ]
     );
     assert!(notices.contains(&Notice::Restarted { node: "n4".into() }));

@@ -216,10 +216,11 @@ pub enum NodeState {
     Pending,
     Installed,
     InstallFailed,
-    Restarted,
+    /// Restarted and passed its health check.
     Healthy,
     Unhealthy,
-    /// Back on the previous version (reinstalled, and restarted if it had been).
+    /// Back on the previous version (reinstalled, and restarted and healthy if it had been
+    /// restarted).
     Reverted,
 }
 
@@ -243,16 +244,10 @@ pub enum Phase {
     /// A sync asks every node which version it runs.
     Probe,
     Install,
-    /// Restart the batch's nodes together, then health-check them.
+    /// Restart the batch's nodes together, each waiting on the node for its service to
+    /// pass the health check (see `CommandKind::Restart`).
     Restart {
         batch: Batch,
-    },
-    /// Health-check the batch's restarted nodes, restarted at `since`, until each passes
-    /// or `health_timeout_seconds` is up.
-    Health {
-        batch: Batch,
-        attempt: u32,
-        since: DateTime<Utc>,
     },
     /// Watch the first batch (the canary) for `bake_seconds`, then check it once more.
     Bake {
@@ -267,13 +262,6 @@ pub enum Phase {
     RevertRestart {
         to: Version,
         batch: Batch,
-        reason: String,
-    },
-    RevertHealth {
-        to: Version,
-        batch: Batch,
-        attempt: u32,
-        since: DateTime<Utc>,
         reason: String,
     },
     Record,
@@ -295,8 +283,9 @@ pub struct Batch {
     pub nodes: Vec<usize>,
 }
 
-/// How long the last restart and health check of this deploy took at least (ms), from
-/// its send to the last look that found it running: when the next one is worth a look.
+/// How long the last restart (with the node's wait for health) and the last single health
+/// check of this deploy took at least (ms), from its send to the last look that found it
+/// running: when the next one is worth a look.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Took {
     #[serde(default, skip_serializing_if = "Option::is_none")]

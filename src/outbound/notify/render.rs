@@ -126,11 +126,11 @@ pub(super) fn status_line(d: &Deploy) -> (String, &'static str) {
             }
             Phase::Probe => ("reading the nodes' versions".into(), ":mag:"),
             Phase::Install => ("installing".into(), ":package:"),
-            Phase::Restart { .. } | Phase::Health { .. } | Phase::Bake { .. } => (
+            Phase::Restart { .. } | Phase::Bake { .. } => (
                 "restarting one node at a time".into(),
                 ":arrows_counterclockwise:",
             ),
-            Phase::Revert { .. } | Phase::RevertRestart { .. } | Phase::RevertHealth { .. } => {
+            Phase::Revert { .. } | Phase::RevertRestart { .. } => {
                 ("rolling back".into(), ":leftwards_arrow_with_hook:")
             }
             Phase::Record | Phase::MarkFaulty { .. } | Phase::Unlock | Phase::Done => {
@@ -145,7 +145,6 @@ pub(super) fn node_word(s: NodeState) -> (&'static str, &'static str) {
         NodeState::Pending => ":white_circle:",
         NodeState::Installed => ":package:",
         NodeState::InstallFailed | NodeState::Unhealthy => ":x:",
-        NodeState::Restarted => ":arrows_counterclockwise:",
         NodeState::Healthy => ":white_check_mark:",
         NodeState::Reverted => ":leftwards_arrow_with_hook:",
     };
