@@ -1,6 +1,7 @@
 //! The AWS deploy simulated in virtual time (`tokio::time::pause`): the real engine, the
 //! real deploy-step driver and the real SSM fleet logic, with Run Command answered by a
-//! model of 1,000 nodes (installs 5–60 s, restart 2 s, health check 1 s) with Run
+//! model of 1,000 nodes (installs 5–60 s, restart 2 s then its health check 1 s, both in
+//! one command as the node waits for health) with Run
 //! Command's limits (50 targets a command, MaxConcurrency, delivery 0.5–1 s, an API rate
 //! with the SDK's retry of throttled calls). Prints, from
 //! one run each (virtual time, so the shared machine's load does not matter):
@@ -27,6 +28,7 @@ use chrono::{DateTime, Utc};
 use shipit::aws::fleet::{RunCommand, SendRequest, SsmFleet, Status};
 use shipit::config::secrets::Secrets;
 use shipit::config::Config;
+use shipit::deploy::command::UNHEALTHY;
 use shipit::deploy::history::HistoryEntry;
 use shipit::deploy::job::{DeployJob, Source};
 use shipit::deploy::ports::{Ledger, PortError};
@@ -175,18 +177,31 @@ impl Model {
         at + DELIVERY + DELIVERY.mul_f64((next(&mut x) % 1000) as f64 / 1000.0)
     }
 
-    fn duration(&self, kind: &str, node: &str) -> Duration {
+    /// A failing node checks for the whole 1 s health timeout, then once more.
+    fn duration(&self, kind: &str, node: &str, version: &str) -> Duration {
         match kind {
             "install" => self.install[node],
-            "restart" => RESTART,
+            "restart" if self.fails(node, version) => RESTART + 2 * HEALTH,
+            "restart" => RESTART + HEALTH,
             _ => HEALTH,
         }
     }
+
+    fn fails(&self, node: &str, version: &str) -> bool {
+        version == "2.0.0" && Some(node) == self.failing.as_deref()
+    }
 }
 
-/// The node's command: the script's last line, after the lock-fence preamble.
-fn command_of(script: &str) -> &str {
-    script.lines().last().unwrap_or("")
+/// The node's command and the version it checks: "restart" (with its node's health
+/// checks), "install", "health", from the lines of the script the config renders.
+fn command_of(script: &str) -> (&'static str, &str) {
+    let line = |word: &str| script.lines().find_map(|l| l.strip_prefix(word));
+    let version = line("health ").unwrap_or("").trim();
+    match (line("restart"), line("install ")) {
+        (Some(_), _) => ("restart", version),
+        (None, Some(_)) => ("install", version),
+        (None, None) => ("health", version),
+    }
 }
 
 fn node(i: usize) -> String {
@@ -254,18 +269,14 @@ impl RunCommand for Model {
         // ListCommandInvocations pages 50 invocations at a time.
         let (pages, kind) = {
             let cmds = self.commands.lock().unwrap();
-            let kind = command_of(&cmds[id].script).split_whitespace().next();
-            (
-                cmds[id].nodes.len().div_ceil(50),
-                kind.unwrap_or("").to_string(),
-            )
+            let kind = command_of(&cmds[id].script).0;
+            (cmds[id].nodes.len().div_ceil(50), kind)
         };
         self.call(pages as u64, &format!("ListCommandInvocations ({kind})"))
             .await;
         let cmds = self.commands.lock().unwrap();
         let c = &cmds[id];
-        let command = command_of(&c.script);
-        let kind = kind.as_str();
+        let version = command_of(&c.script).1;
         // Targets start in order as MaxConcurrency lets them, each once delivered: it takes
         // the first free slot.
         let mut slots = vec![c.at; c.concurrency.min(c.nodes.len()).max(1)];
@@ -274,7 +285,8 @@ impl RunCommand for Model {
             .iter()
             .map(|n| {
                 let slot = slots.iter_mut().min().unwrap();
-                *slot = (*slot).max(self.delivered(c.at, id, n)) + self.duration(kind, n);
+                let took = self.duration(kind, n, version);
+                *slot = (*slot).max(self.delivered(c.at, id, n)) + took;
                 *slot
             })
             .collect();
@@ -284,7 +296,7 @@ impl RunCommand for Model {
             .map(|(n, end)| {
                 let status = if Instant::now() < end {
                     Status::Running
-                } else if command == "health 2.0.0" && Some(n) == self.failing.as_ref() {
+                } else if kind != "install" && self.fails(n, version) {
                     Status::Failed
                 } else {
                     Status::Succeeded
@@ -294,9 +306,15 @@ impl RunCommand for Model {
             .collect())
     }
 
-    async fn outcome(&self, _: &str, _: &str) -> Result<Option<(Option<i32>, String)>, PortError> {
+    async fn outcome(&self, id: &str, _: &str) -> Result<Option<(Option<i32>, String)>, PortError> {
         self.call(1, "GetCommandInvocation").await;
-        Ok(Some((Some(1), "HTTP 502 from /health".into())))
+        let restart =
+            command_of(&self.commands.lock().unwrap()[id.parse::<usize>()?].script).0 == "restart";
+        let mut said = "HTTP 502 from /health".to_string();
+        if restart {
+            said.push_str(&format!("\n{UNHEALTHY} 2 checks in 1 s"));
+        }
+        Ok(Some((Some(1), said)))
     }
 }
 
@@ -389,8 +407,9 @@ fn main() {
     );
     println!("  makespan {ours:.0} s; floor {floor:.0} s (slowest install {max_install:.0} s + {NODES} × {per_node:.0} s)");
     println!("  makespan ÷ floor                  {:.3}", ours / floor);
-    // Each restart and health check also waits for its delivery (mean 1.5 × DELIVERY).
-    let delivered = floor + (2 * NODES + 1) as f64 * 1.5 * DELIVERY.as_secs_f64();
+    // Each restart (with its node's health check) and the install also wait for their
+    // delivery (mean 1.5 × DELIVERY).
+    let delivered = floor + (NODES + 1) as f64 * 1.5 * DELIVERY.as_secs_f64();
     println!(
         "  makespan ÷ floor with delivery    {:.3} ({delivered:.0} s)",
         ours / delivered
