@@ -34,6 +34,10 @@ pub fn poll_millis(polls: u32) -> u64 {
     }
 }
 pub const POLL_MILLIS: u64 = 2000;
+/// How much earlier than the last one a command's first look comes when the last one
+/// found its command finished (see `next_first_look`): small, so that the looks stay
+/// near the top of how long the command takes and few of them find it running.
+pub const FIRST_LOOK_EARLIER_PERCENT: u64 = 2;
 /// Beyond its `command_timeout_seconds`, how long a command may go without a result from a
 /// node (delivery to a node that went away, say) before that node counts as failed.
 pub const COMMAND_GRACE_SECONDS: i64 = 600;
@@ -72,8 +76,9 @@ pub struct Deploy {
     /// When a look last found the running command still running.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub running_seen: Option<DateTime<Utc>>,
-    /// How long restarts and health checks take here, so that a running one is first
-    /// looked at about when it should be done (each look is an API call on AWS).
+    /// When to first look at a running restart or health check, learnt from the ones
+    /// before it, so that it is first looked at about when it should be done (each look
+    /// is an API call on AWS).
     #[serde(default, skip_serializing_if = "Took::is_empty")]
     pub took: Took,
     /// The lock this deploy holds: its generation (every command carries it, for nodes to

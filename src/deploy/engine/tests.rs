@@ -1381,22 +1381,33 @@ fn shares_read_as_counts_or_percentages_and_refuse_anything_else() {
 }
 
 #[test]
-fn a_running_restart_is_first_looked_at_about_when_the_one_before_it_finished() {
+fn a_running_restart_is_first_looked_at_when_the_ones_before_it_were_seen_finished() {
     let mut twin = Twin::new(&["n1", "n2", "n3"], Some("1.0.0"));
     let j = job("1.1.0", false);
-    // n1's restart answers Running four times (1 s of polls), n2's and n3's three times.
+    // Each restart answers Running this many times (its send's answer the first).
     let slow = |node: &str, times: usize| vec![format!("{}:restart:{node}", j.id); times];
-    twin.slow = [slow("n1", 4), slow("n2", 3), slow("n3", 3)].concat();
+    twin.slow = [slow("n1", 4), slow("n2", 1), slow("n3", 3)].concat();
     let mut d = Deploy::new(j, policy());
     let (outcome, _) = twin.drive(&mut d, None);
     assert_eq!(outcome, succeeded());
-    // n1 on the usual schedule: last seen running at 750 ms. n2 waits nine tenths of
-    // that at once, then looks again on the schedule (last seen running at 925 ms); n3
-    // waits nine tenths of n2's.
-    assert_eq!(
-        twin.waited,
-        [250, 250, 250, 250, 675, 250, 250, 832, 250, 250]
-    );
-    assert_eq!(d.took.restart, Some(1082));
+    // n1 on the usual schedule: seen finished at 1,000 ms. n2 is first looked at then,
+    // and found finished: n3 is first looked at 2 % earlier, found running, and looked
+    // at on the schedule until it is seen finished at 1,480 ms.
+    assert_eq!(twin.waited, [250, 250, 250, 250, 1000, 980, 250, 250]);
+    assert_eq!(d.took.restart, Some(1480), "the next one's first look");
     assert_eq!(d.took.health, None, "health checks answered at once");
+}
+
+#[test]
+fn a_first_look_moves_earlier_when_it_found_its_command_finished_and_later_when_not() {
+    use super::phases::next_first_look;
+    // Without one yet: when the look that found it finished was due.
+    assert_eq!(next_first_look(None, 750, 4), 1000);
+    assert_eq!(next_first_look(None, 0, 1), 250);
+    // Found finished (nothing seen running since the send): 2 % earlier.
+    assert_eq!(next_first_look(Some(3000), 0, 1), 2940);
+    // Found running: when the look that found it finished was due after the last that
+    // saw it running (at 500 ms after the ninth look), however late it came.
+    assert_eq!(next_first_look(Some(3000), 3600, 9), 4100);
+    assert_eq!(next_first_look(Some(3000), 3000, 2), 3250);
 }

@@ -283,9 +283,9 @@ pub struct Batch {
     pub nodes: Vec<usize>,
 }
 
-/// How long the last restart (with the node's wait for health) and the last single health
-/// check of this deploy took at least (ms), from its send to the last look that found it
-/// running: when the next one is worth a look.
+/// When (ms after its send) the next restart (with the node's wait for health) and the
+/// next single health check of this deploy are first worth a look (see
+/// `next_first_look`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Took {
     #[serde(default, skip_serializing_if = "Option::is_none")]
