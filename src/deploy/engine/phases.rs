@@ -54,14 +54,15 @@ impl std::fmt::Display for Failure {
 }
 
 /// When (ms after its send) to first look at the next command of a kind, from this one:
-/// `first`, when this one was first looked at (`None` on the usual schedule), `seen`,
-/// the last look that found it running, and `polls`, how many looks did. Each look is an
-/// API call on AWS, and a restart holds up the next node until it is seen finished: a
-/// first look that found it finished comes `FIRST_LOOK_EARLIER_PERCENT` earlier next
-/// time (commands that get quicker are followed, and one early look in a few costs a
-/// call, not time); one that found it running moves to when the look that found it
-/// finished was due (not when it came: a late look, a throttled call say, must not push
-/// every later one back).
+/// `first`, when this one's first look was due (`None`: on the usual schedule), `seen`,
+/// the last look that found it running, and `polls`, how many found it running (its
+/// send's answer the first). Each look is an API call on AWS, and a restart holds up the
+/// next node until it is seen finished. A first look that found its command finished
+/// comes `FIRST_LOOK_EARLIER_PERCENT` earlier next time, so that commands that get
+/// quicker are followed (a look that comes too early costs a call and one poll interval
+/// at most). One that found it running moves to when the look that found it finished was
+/// due, not when it came: a late look (a throttled call, say) must not push every later
+/// one back.
 pub(super) fn next_first_look(first: Option<u64>, seen: u64, polls: u32) -> u64 {
     match first {
         Some(first) if seen < first => first - first * FIRST_LOOK_EARLIER_PERCENT / 100,
