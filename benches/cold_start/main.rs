@@ -141,6 +141,23 @@ fn target_dir() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("target"))
 }
 
+/// Whether an ELF file still has its symbol table. The release profile strips it; the
+/// bench profile builds into the same `target/release` without stripping, so a `cargo
+/// bench` overwrites a release build there and would be timed in its place.
+fn has_symbols(binary: &Path) -> bool {
+    let elf = std::fs::read(binary)
+        .unwrap_or_else(|e| panic!("{}: {e} (build it first; see this file)", binary.display()));
+    let u16_at = |at: usize| u16::from_le_bytes(elf[at..at + 2].try_into().unwrap()) as usize;
+    let u64_at = |at: usize| u64::from_le_bytes(elf[at..at + 8].try_into().unwrap()) as usize;
+    // ELF64 little-endian: the section headers, and the one holding their names.
+    let (headers, size, names) = (u64_at(0x28), u16_at(0x3A), u16_at(0x3E));
+    let names = headers + names * size;
+    let (start, len) = (u64_at(names + 0x18), u64_at(names + 0x20));
+    elf[start..start + len]
+        .split(|&b| b == 0)
+        .any(|name| name == b".symtab")
+}
+
 fn main() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("shipit.toml");
@@ -215,6 +232,14 @@ ssm_tags = {{ "shipit:app" = "hello", "shipit:env" = "production" }}
             ping.into_bytes(),
         ),
     ];
+    for (_, binary, _, _) in &subjects {
+        assert!(
+            !has_symbols(binary),
+            "{} is not stripped: not a release build (a `cargo bench` may have overwritten \
+             it); build both again as this file says",
+            binary.display()
+        );
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

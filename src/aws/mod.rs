@@ -11,12 +11,45 @@ pub mod queue;
 pub mod turn;
 
 use aws_sdk_ssm::error::DisplayErrorContext;
+use aws_smithy_http_client::tls::{rustls_provider::CryptoMode, Provider};
+use aws_smithy_runtime_api::client::connector_metadata::ConnectorMetadata;
+use aws_smithy_runtime_api::client::http::{
+    HttpClient, HttpConnectorSettings, SharedHttpClient, SharedHttpConnector,
+};
+use aws_smithy_runtime_api::client::runtime_components::RuntimeComponents;
 
 use crate::deploy::ports::PortError;
 
 /// Loads the SDK config from the environment (region, credentials, `AWS_ENDPOINT_URL`).
 pub async fn sdk_config() -> aws_config::SdkConfig {
-    aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await
+    let https = aws_smithy_http_client::Builder::new()
+        .tls_provider(Provider::Rustls(CryptoMode::Ring))
+        .build_https();
+    aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .http_client(SharedHttpClient::new(OnFirstRequest(https)))
+        .load()
+        .await
+}
+
+/// The SDK's HTTPS client, without the warm-up it does as each SDK client is made: that
+/// loads the system's root certificates, half of a function's cold start when measured
+/// (`bench cold_start`), which an event answered without calling AWS (a ping, a refused
+/// signature) never needs. The first request loads them instead.
+#[derive(Debug)]
+struct OnFirstRequest(SharedHttpClient);
+
+impl HttpClient for OnFirstRequest {
+    fn http_connector(
+        &self,
+        settings: &HttpConnectorSettings,
+        components: &RuntimeComponents,
+    ) -> SharedHttpConnector {
+        self.0.http_connector(settings, components)
+    }
+
+    fn connector_metadata(&self) -> Option<ConnectorMetadata> {
+        self.0.connector_metadata()
+    }
 }
 
 pub(crate) fn sdk_err<E: std::error::Error + Send + Sync + 'static>(what: &str, e: E) -> PortError {
