@@ -26,7 +26,7 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct Gatekeeper {
     config: Arc<Config>,
     secrets: Arc<Secrets>,
-    http: reqwest::Client,
+    http: http::Client,
 }
 
 /// How one required check stands on the commit.
@@ -50,7 +50,7 @@ impl Gatekeeper {
         Gatekeeper {
             config,
             secrets,
-            http: http::client(REQUEST_TIMEOUT),
+            http: http::Client::new(REQUEST_TIMEOUT),
         }
     }
 

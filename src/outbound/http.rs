@@ -1,17 +1,41 @@
 //! What the gate and the notifiers share over HTTP: one way to build a client, and which
 //! answers are worth asking again.
 
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use reqwest::StatusCode;
 
-/// A client with a timeout and shipit's User-Agent (GitHub refuses API requests without one).
-pub fn client(timeout: Duration) -> reqwest::Client {
-    reqwest::Client::builder()
-        .timeout(timeout)
-        .user_agent(concat!("shipit/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .expect("an HTTP client with default TLS settings")
+/// A client with a timeout and shipit's User-Agent (GitHub refuses API requests without
+/// one), built on its first use: building one loads the system's root certificates, which
+/// a Lambda function would otherwise do at every cold start, whether or not its events
+/// ever call out (most deploy steps do not notify, most chat commands ask no gate).
+pub struct Client {
+    timeout: Duration,
+    built: OnceLock<reqwest::Client>,
+}
+
+impl Client {
+    pub fn new(timeout: Duration) -> Client {
+        Client {
+            timeout,
+            built: OnceLock::new(),
+        }
+    }
+}
+
+impl std::ops::Deref for Client {
+    type Target = reqwest::Client;
+
+    fn deref(&self) -> &reqwest::Client {
+        self.built.get_or_init(|| {
+            reqwest::Client::builder()
+                .timeout(self.timeout)
+                .user_agent(concat!("shipit/", env!("CARGO_PKG_VERSION")))
+                .build()
+                .expect("an HTTP client with default TLS settings")
+        })
+    }
 }
 
 /// A 5xx or a 429 may pass later; any other answer is the answer.

@@ -73,7 +73,7 @@ pub struct SlackMessage {
 pub struct Notifier {
     config: Arc<Config>,
     secrets: Arc<Secrets>,
-    http: reqwest::Client,
+    http: http::Client,
 }
 
 impl Notifier {
@@ -81,7 +81,7 @@ impl Notifier {
         Notifier {
             config,
             secrets,
-            http: http::client(REQUEST_TIMEOUT),
+            http: http::Client::new(REQUEST_TIMEOUT),
         }
     }
 
