@@ -11,3 +11,4 @@ mod emulator;
 mod infra;
 mod ingress;
 mod ledger;
+mod tls;
