@@ -10,7 +10,8 @@ mod params;
 pub mod queue;
 pub mod turn;
 
-use aws_sdk_ssm::error::DisplayErrorContext;
+use aws_runtime::retries::classifiers::THROTTLING_ERRORS;
+use aws_sdk_ssm::error::{DisplayErrorContext, ProvideErrorMetadata};
 use aws_smithy_http_client::tls::{rustls_provider::CryptoMode, Provider};
 use aws_smithy_runtime_api::client::connector_metadata::ConnectorMetadata;
 use aws_smithy_runtime_api::client::http::{
@@ -18,7 +19,7 @@ use aws_smithy_runtime_api::client::http::{
 };
 use aws_smithy_runtime_api::client::runtime_components::RuntimeComponents;
 
-use crate::deploy::ports::PortError;
+use crate::deploy::ports::{PortError, Throttled};
 
 /// Loads the SDK config from the environment (region, credentials, `AWS_ENDPOINT_URL`).
 pub async fn sdk_config() -> aws_config::SdkConfig {
@@ -52,6 +53,16 @@ impl HttpClient for OnFirstRequest {
     }
 }
 
-pub(crate) fn sdk_err<E: std::error::Error + Send + Sync + 'static>(what: &str, e: E) -> PortError {
-    format!("{what}: {}", DisplayErrorContext(e)).into()
+/// An SDK error as a port error: [`Throttled`] when the service said so with one of the
+/// codes the SDK itself retries as throttling.
+pub(crate) fn sdk_err<E>(what: &str, e: E) -> PortError
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+{
+    let throttled = e.code().is_some_and(|c| THROTTLING_ERRORS.contains(&c));
+    let text = format!("{what}: {}", DisplayErrorContext(e));
+    match throttled {
+        true => Box::new(Throttled(text)),
+        false => text.into(),
+    }
 }

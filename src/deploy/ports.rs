@@ -38,6 +38,17 @@ pub fn is_refused(e: &PortError) -> bool {
     e.downcast_ref::<Refused>().is_some()
 }
 
+/// An API refused a call for the account's request rate, after the client's own retries
+/// (other deploys, other tools share that rate): trying again later will do, and a driver
+/// that waits longer the longer it lasts leaves more of the rate to everyone.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Throttled(pub String);
+
+pub fn is_throttled(e: &PortError) -> bool {
+    e.downcast_ref::<Throttled>().is_some()
+}
+
 #[async_trait]
 pub trait JobQueue: Send + Sync {
     /// Queues jobs in order; all of them or, on error, as many as the error says nothing

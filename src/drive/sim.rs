@@ -31,7 +31,9 @@ use crate::deploy::engine::{Deploy, Notice, Verdict};
 use crate::deploy::history::{faulty_mark, rollback_target, Faulty, HistoryEntry};
 use crate::deploy::job::{DeployJob, JobId, Source};
 use crate::deploy::lock::{take, LockInfo, Renewal, Unlocked, DELIVERY_TIMEOUT_SECONDS};
-use crate::deploy::ports::{Fleet, Gate, Ledger, Notify, NotifyMemo, PortError, Sent, Turn};
+use crate::deploy::ports::{
+    Fleet, Gate, Ledger, Notify, NotifyMemo, PortError, Sent, Throttled, Turn,
+};
 use crate::deploy::status::JobStatus;
 use crate::deploy::version::Version;
 
@@ -135,6 +137,9 @@ enum Event {
     },
     /// The next command to a node is held back until `DeliverLate`.
     Delay,
+    /// The next `n` calls to the fleet and lock renewals are refused for the account's
+    /// request rate, as AWS throttles them.
+    Throttle(u32),
     /// Held commands reach their nodes now.
     DeliverLate,
 }
@@ -166,7 +171,8 @@ fn schedule(seed: u64) -> Vec<Event> {
                 82..=85 => Event::Lock(target),
                 86..=89 => Event::Unlock(target),
                 90..=94 => Event::Abort(target),
-                95..=96 => Event::Delay,
+                95 => Event::Delay,
+                96 => Event::Throttle(1 + rng.below(4) as u32),
                 97 => Event::DeliverLate,
                 98 => Event::BreakInstall {
                     target,
@@ -221,6 +227,8 @@ struct World {
     stats: Stats,
     /// The next command sent is held back (see `SimFleet`).
     delay_next: bool,
+    /// How many calls are still to be throttled.
+    throttle_next: u32,
     held: Vec<Held>,
     /// Per app+env, the jobs in the order the dispatcher started them (their tickets),
     /// and the jobs whose execution ended.
@@ -244,10 +252,24 @@ struct Stats {
     faulty_marked: u64,
     /// Deploys that succeeded within their failure budget, a node left unhealthy.
     left_unhealthy: u64,
+    /// Calls refused as throttled.
+    throttled: u64,
     reasons: BTreeMap<String, u64>,
 }
 
 impl World {
+    /// A call's turn at the rate: refused while `Throttle` says so.
+    fn call(&mut self) -> Result<(), PortError> {
+        if self.throttle_next == 0 {
+            return Ok(());
+        }
+        self.throttle_next -= 1;
+        self.stats.throttled += 1;
+        Err(Box::new(Throttled(
+            "ThrottlingException: Rate exceeded".into(),
+        )))
+    }
+
     fn now(&self) -> DateTime<Utc> {
         t0() + chrono::Duration::milliseconds(self.now.load(Ordering::SeqCst))
     }
@@ -377,6 +399,7 @@ impl Ledger for SimLedger {
         until: DateTime<Utc>,
     ) -> Result<Renewal, PortError> {
         let mut w = self.0.lock().unwrap();
+        w.call()?;
         let t = w.target(app, env);
         Ok(match &mut t.lock {
             Some(l) if l.held_by(job, generation) => {
@@ -584,6 +607,7 @@ fn deliver_late(w: &mut World) {
 impl Fleet for SimFleet {
     async fn resolve(&self, job: &DeployJob) -> Result<Vec<String>, PortError> {
         let mut w = self.0.lock().unwrap();
+        w.call()?;
         Ok(w.target(&job.app, &job.env).nodes.keys().cloned().collect())
     }
 
@@ -597,6 +621,7 @@ impl Fleet for SimFleet {
     ) -> Result<Vec<(String, NodeResult)>, PortError> {
         let mut guard = self.0.lock().unwrap();
         let w = &mut *guard;
+        w.call()?;
         let target = (job.app.clone(), job.env.clone());
         for name in &cmd.nodes {
             let t = w.targets.get_mut(&target).expect("a simulated target");
@@ -734,6 +759,7 @@ impl Sim {
             violations: vec![],
             stats: Stats::default(),
             delay_next: false,
+            throttle_next: 0,
             held: vec![],
             queue: BTreeMap::new(),
             ended: BTreeSet::new(),
@@ -913,6 +939,7 @@ impl Sim {
                     .unwrap();
             }
             Event::Delay => self.world.lock().unwrap().delay_next = true,
+            Event::Throttle(n) => self.world.lock().unwrap().throttle_next = *n,
             Event::DeliverLate => deliver_late(&mut self.world.lock().unwrap()),
             Event::BreakInstall { target, node } | Event::Sicken { target, node } => {
                 let (app, env) = TARGETS[*target];
@@ -1039,6 +1066,7 @@ impl Sim {
             let mut w = self.world.lock().unwrap();
             w.faults = false;
             w.delay_next = false;
+            w.throttle_next = 0;
             deliver_late(&mut w);
         }
         for (app, env) in TARGETS {
@@ -1128,6 +1156,7 @@ impl Stats {
         self.rollbacks_recorded += o.rollbacks_recorded;
         self.faulty_marked += o.faulty_marked;
         self.left_unhealthy += o.left_unhealthy;
+        self.throttled += o.throttled;
         for (k, v) in &o.reasons {
             *self.reasons.entry(k.clone()).or_default() += v;
         }
@@ -1209,5 +1238,6 @@ fn the_invariants_hold_on_thousands_of_random_schedules() {
             "{stats:#?}"
         );
         assert!(stats.left_unhealthy > 0, "{stats:#?}");
+        assert!(stats.throttled > 0, "{stats:#?}");
     }
 }

@@ -7,6 +7,7 @@
 //! machine's Wait state. That keeps an execution's history small: a 1,000-node deploy is
 //! a few hundred state transitions, far below the 25,000-event limit.
 
+use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,7 +18,7 @@ use tracing::Instrument;
 use super::Driver;
 use crate::deploy::engine::{Action, Deploy, Observation, Outcome};
 use crate::deploy::job::DeployJob;
-use crate::deploy::ports::{is_refused, NotifyMemo, PortError, Refused, Sent};
+use crate::deploy::ports::{is_refused, is_throttled, NotifyMemo, PortError, Refused, Sent};
 use crate::deploy::status::JobStatus;
 
 /// The state machine's payload between steps.
@@ -45,6 +46,28 @@ pub struct StepState {
     /// Set by the state machine's Catch: the step failed for good; end the deploy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<TaskError>,
+    /// Steps in a row that AWS throttled before they could go on (see `throttled_wait`).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub throttled: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+/// The first wait after a throttled step; it doubles with each throttled step in a row,
+/// up to 8 times as long.
+const THROTTLED_WAIT_SECONDS: u64 = 5;
+
+/// How long to wait after the `n`th throttled step in a row: `THROTTLED_WAIT_SECONDS`
+/// doubled each time up to eight times, plus up to as much again picked by the job's id,
+/// so that deploys throttled together do not all come back together. (Throttled for a
+/// day and more, an execution would reach its history limit; the lock's lease lapses.)
+fn throttled_wait(n: u32, job: &DeployJob) -> u64 {
+    let base = THROTTLED_WAIT_SECONDS << n.saturating_sub(1).min(3);
+    let mut spread = std::hash::DefaultHasher::new();
+    job.id.hash(&mut spread);
+    base + spread.finish() % base
 }
 
 /// What the state machine passes to a step: the state, and `$$.State.RetryCount`, how
@@ -98,6 +121,7 @@ impl StepState {
             reason: None,
             notify: NotifyMemo::Null,
             error: None,
+            throttled: 0,
         }
     }
 }
@@ -181,10 +205,22 @@ impl Stepper {
                         .perform(&deploy, action, &mut state.sent, replayed, now)
                         .await
                     {
-                        Ok(obs) => obs,
+                        Ok(obs) => {
+                            state.throttled = 0;
+                            obs
+                        }
                         Err(e) if is_refused(&e) => {
                             state.deploy = Some(deploy);
                             return Ok(self.give_up(state, e.to_string()).await);
+                        }
+                        // Failing the step would have the state machine try again within
+                        // seconds and end the deploy after three tries, mid-rollout; the
+                        // rate comes back, so wait for it, longer while it lasts.
+                        Err(e) if is_throttled(&e) => {
+                            state.throttled += 1;
+                            state.wait_seconds = throttled_wait(state.throttled, &state.job);
+                            tracing::warn!(error = %e, wait_seconds = state.wait_seconds, "throttled; the next step goes on");
+                            break;
                         }
                         Err(e) if progressed => {
                             tracing::warn!(error = %e, "step failed; the next step retries it");
@@ -233,4 +269,34 @@ fn finish(state: &mut StepState, outcome: &Outcome) {
     state.wait_seconds = 0;
     state.status = Some(JobStatus::from(outcome));
     state.reason = outcome.reason().map(str::to_string);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::deploy::job::Source;
+
+    #[test]
+    fn a_throttled_wait_doubles_up_to_eight_times_and_spreads_by_job() {
+        let job = |i: u32| {
+            DeployJob::new(
+                "hello",
+                "production",
+                "hello-app".parse().unwrap(),
+                crate::deploy::version::Version::parse("1.0.0").unwrap(),
+                Source::Cli {
+                    user: "ann".into(),
+                    nonce: i.to_string(),
+                },
+                Utc::now(),
+            )
+        };
+        for (n, base) in [(1, 5), (2, 10), (3, 20), (4, 40), (5, 40), (60, 40)] {
+            let wait = throttled_wait(n, &job(0));
+            assert!((base..2 * base).contains(&wait), "{n}: {wait}");
+        }
+        let waits: std::collections::BTreeSet<u64> =
+            (0..20).map(|i| throttled_wait(1, &job(i))).collect();
+        assert!(waits.len() > 1, "{waits:?}");
+    }
 }

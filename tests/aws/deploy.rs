@@ -690,6 +690,49 @@ async fn throttling_is_retried_and_unreachable_nodes_are_left_out() {
     control(json!({})).await;
 }
 
+/// A call still throttled when the SDK's attempts run out: the step is no failure (the
+/// state machine would try it again within seconds and end the deploy after three tries,
+/// mid-rollout); it hands back its state as it was, to go on after a longer wait.
+#[tokio::test]
+async fn a_step_throttled_past_the_sdks_attempts_waits_longer_and_then_goes_on() {
+    let _turn = CONTROL.lock().await;
+    let mut rig = Rig::new(2).await;
+    // One attempt a call, so that the throttled call fails at once (the functions' client
+    // makes eight, over a minute or so).
+    let one_attempt = aws_sdk_ssm::config::Builder::from(&sdk().await)
+        .retry_config(aws_sdk_ssm::config::retry::RetryConfig::standard().with_max_attempts(1));
+    rig.ssm = aws_sdk_ssm::Client::from_conf(one_attempt.build());
+    // One action a step, so that the throttled one starts its step.
+    let stepper = rig.stepper(Duration::ZERO);
+    let job = rig.job("1.0.0");
+    let mut state = StepState::start(job.clone());
+    while state.sent.is_none() {
+        state = stepper.step(StepInput::first(state)).await.unwrap();
+    }
+    control(json!({ "throttle": { "ListCommandInvocations": 1 } })).await;
+    let mut throttled = state.clone();
+    for _ in 0..5 {
+        state = throttled;
+        throttled = stepper
+            .step(StepInput::first(state.clone()))
+            .await
+            .expect("a throttled step is no failure");
+        if throttled.throttled > 0 {
+            break;
+        }
+    }
+    assert_eq!(throttled.throttled, 1, "{throttled:?}");
+    assert!((5..10).contains(&throttled.wait_seconds), "{throttled:?}");
+    assert_eq!(throttled.deploy, state.deploy);
+    assert_eq!(throttled.sent, state.sent);
+    assert!(!throttled.done);
+    control(json!({})).await;
+    let end = to_the_end(&stepper, throttled).await;
+    assert_eq!(end.status, Some(JobStatus::Succeeded), "{end:?}");
+    assert_eq!(end.throttled, 0);
+    assert_eq!(rig.log(&job).await, expected_order(&rig.nodes, "1.0.0"));
+}
+
 #[tokio::test]
 async fn dispatch_starts_one_execution_per_job_even_when_a_message_comes_twice() {
     let sdk = sdk().await;
