@@ -3,7 +3,9 @@
 //! model of 1,000 nodes (installs 5–60 s, restart 2 s then its health check 1 s, both in
 //! one command as the node waits for health) with Run
 //! Command's limits (50 targets a command, MaxConcurrency, delivery 0.5–1 s, an API rate
-//! with the SDK's retry of throttled calls). Prints, from
+//! with the SDK's retry of throttled calls, which gives up after the attempts our client
+//! makes), each execution run as the state machine runs it (a failed step retried twice,
+//! then the Abort task). Prints, from
 //! one run each (virtual time, so the shared machine's load does not matter):
 //! - makespan ÷ floor (slowest install + Σ over nodes of restart + health);
 //! - one-at-a-time makespan (Σ install + restart + health) ÷ ours;
@@ -13,7 +15,8 @@
 //! - the same with a health check failing on node 500: time until the rollback is done;
 //! - the same deploy in batches `[1, 5, "20%"]`: one-at-a-time makespan ÷ batched;
 //! - 10,000 nodes over 500 apps deployed at once, sharing the account's SSM rate: whether
-//!   all finish, throttled calls, and the most history events of one execution.
+//!   all finish, throttled attempts, calls that failed when their attempts ran out and
+//!   steps that failed, and the most history events of one execution.
 //!
 //! `cargo bench --bench sim`
 
@@ -31,10 +34,10 @@ use shipit::config::Config;
 use shipit::deploy::command::UNHEALTHY;
 use shipit::deploy::history::HistoryEntry;
 use shipit::deploy::job::{DeployJob, Source};
-use shipit::deploy::ports::{Ledger, PortError};
+use shipit::deploy::ports::{Ledger, PortError, Throttled};
 use shipit::deploy::status::JobStatus;
 use shipit::deploy::version::Version;
-use shipit::drive::step::{StepInput, StepState, Stepper};
+use shipit::drive::step::{StepInput, StepState, Stepper, TaskError};
 use shipit::drive::{Driver, Outbound};
 use shipit::local::store::Store;
 use tokio::time::Instant;
@@ -49,8 +52,11 @@ const CALL_LATENCY: Duration = Duration::from_millis(50);
 /// does not publish every rate; a busy account shares it with its other tools).
 const CALLS_PER_SECOND: f64 = 20.0;
 const CALL_BURST: f64 = 40.0;
-/// The SDK's retry of a throttled call: exponential back-off with full jitter.
-const RETRY_BASE: Duration = Duration::from_millis(100);
+/// The SDK's retry of a throttled call as `run::aws::ssm_client` configures it: at most
+/// `ATTEMPTS` attempts, exponential back-off with full jitter from the SDK's default
+/// initial back-off to its cap; then the call fails with the throttling error.
+const ATTEMPTS: u32 = 8;
+const RETRY_BASE: Duration = Duration::from_secs(1);
 const RETRY_CAP: Duration = Duration::from_secs(20);
 /// Run Command delivers to a node's agent after this, plus up to as much again (jitter).
 const DELIVERY: Duration = Duration::from_millis(500);
@@ -96,8 +102,10 @@ struct Model {
     commands: Mutex<Vec<SentCommand>>,
     /// Calls by API, and for ListCommandInvocations by the command kind it looked at.
     by_api: Mutex<BTreeMap<String, u64>>,
-    /// Calls refused for the rate and retried.
+    /// Attempts refused for the rate.
     throttled: AtomicU64,
+    /// Calls that failed when the SDK's attempts ran out.
+    gave_up: AtomicU64,
     /// (tokens, when last counted)
     bucket: Mutex<(f64, Instant)>,
     rng: Mutex<u64>,
@@ -128,26 +136,37 @@ impl Model {
             commands: Mutex::new(vec![]),
             by_api: Mutex::new(BTreeMap::new()),
             throttled: AtomicU64::new(0),
+            gave_up: AtomicU64::new(0),
             bucket: Mutex::new((CALL_BURST, Instant::now())),
             rng: Mutex::new(7),
         }
     }
 
-    /// `calls` API calls to `api`, one after another, each waiting out the rate as the SDK
-    /// would.
-    async fn call(&self, calls: u64, api: &str) {
+    /// `calls` API calls to `api`, one after another, each retried as the SDK does while
+    /// the rate refuses it, and failing with the throttling error when its attempts run out.
+    async fn call(&self, calls: u64, api: &str) -> Result<(), PortError> {
         *self.by_api.lock().unwrap().entry(api.into()).or_default() += calls;
         for _ in 0..calls {
             let mut attempt = 0;
-            while !self.token() {
+            loop {
+                tokio::time::sleep(CALL_LATENCY).await;
+                if self.token() {
+                    break;
+                }
                 self.throttled.fetch_add(1, Ordering::Relaxed);
-                let ceiling = RETRY_CAP.min(RETRY_BASE * 2u32.pow(attempt.min(16)));
+                attempt += 1;
+                if attempt == ATTEMPTS {
+                    self.gave_up.fetch_add(1, Ordering::Relaxed);
+                    // As the SDK adapter reports it (`aws::sdk_err`).
+                    let said = format!("SSM {api}: ThrottlingException: Rate exceeded");
+                    return Err(Box::new(Throttled(said)));
+                }
+                let ceiling = RETRY_CAP.min(RETRY_BASE * 2u32.pow(attempt - 1));
                 let jitter = next(&mut self.rng.lock().unwrap()) % 1000;
                 tokio::time::sleep(ceiling.mul_f64(jitter as f64 / 1000.0)).await;
-                attempt += 1;
             }
-            tokio::time::sleep(CALL_LATENCY).await;
         }
+        Ok(())
     }
 
     /// API calls made, throttled retries aside.
@@ -224,12 +243,12 @@ impl RunCommand for Model {
             nodes.len().div_ceil(50) as u64,
             "DescribeInstanceInformation",
         )
-        .await;
+        .await?;
         Ok(nodes)
     }
 
     async fn send(&self, req: &SendRequest) -> Result<String, PortError> {
-        self.call(1, "SendCommand").await;
+        self.call(1, "SendCommand").await?;
         // What SendCommand refuses (ValidationException).
         if req.nodes.len() > 50 || req.comment.chars().count() > 100 {
             return Err(format!(
@@ -256,7 +275,7 @@ impl RunCommand for Model {
         comment: &str,
         _: DateTime<Utc>,
     ) -> Result<Option<String>, PortError> {
-        self.call(1, "ListCommands").await;
+        self.call(1, "ListCommands").await?;
         let cmds = self.commands.lock().unwrap();
         Ok(cmds
             .iter()
@@ -273,7 +292,7 @@ impl RunCommand for Model {
             (cmds[id].nodes.len().div_ceil(50), kind)
         };
         self.call(pages as u64, &format!("ListCommandInvocations ({kind})"))
-            .await;
+            .await?;
         let cmds = self.commands.lock().unwrap();
         let c = &cmds[id];
         let version = command_of(&c.script).1;
@@ -307,7 +326,7 @@ impl RunCommand for Model {
     }
 
     async fn outcome(&self, id: &str, _: &str) -> Result<Option<(Option<i32>, String)>, PortError> {
-        self.call(1, "GetCommandInvocation").await;
+        self.call(1, "GetCommandInvocation").await?;
         let restart =
             command_of(&self.commands.lock().unwrap()[id.parse::<usize>()?].script).0 == "restart";
         let mut said = "HTTP 502 from /health".to_string();
@@ -370,16 +389,10 @@ ssm_tags = { "shipit:app" = "hello" }
     let driver = Driver::new(config, ledger, fleet, None, out);
     let stepper = Stepper::new(driver, Duration::from_secs(60)).with_clock(clock.clone());
     let start = Instant::now();
-    let mut state = StepState::start(job("2.0.0", clock()));
-    let mut steps = 0;
-    while !state.done {
-        state = stepper.step(StepInput::first(state)).await.unwrap();
-        steps += 1;
-        tokio::time::sleep(Duration::from_secs(state.wait_seconds)).await;
-    }
+    let (status, steps, _) = execute(&stepper, job("2.0.0", clock())).await;
     let run = Run {
         makespan: start.elapsed(),
-        status: state.status,
+        status,
         steps,
         ssm_calls: model.calls(),
         throttled: model.throttled.load(Ordering::Relaxed),
@@ -425,7 +438,7 @@ fn main() {
     for (api, calls) in model.by_api.lock().unwrap().iter() {
         println!("    {api:<33} {:.2}", *calls as f64 / NODES as f64);
     }
-    println!("  throttled calls (retried)         {}", ok.throttled);
+    println!("  attempts throttled                {}", ok.throttled);
     println!("  deploy-step invocations           {}", ok.steps);
     println!(
         "  Step Functions history events     {} (limit 25,000); state transitions {}",
@@ -483,10 +496,14 @@ fn main() {
         many.makespan.as_secs_f64()
     );
     println!(
-        "  SSM calls per node {:.2}; throttled and retried {} ({:.2} per call)",
+        "  SSM calls per node {:.2}; attempts throttled {} ({:.2} per call)",
         many.ssm_calls as f64 / (apps * per_app) as f64,
         many.throttled,
         many.throttled as f64 / many.ssm_calls as f64
+    );
+    println!(
+        "  calls failed after the SDK's {ATTEMPTS} attempts {}; steps failed {}",
+        many.gave_up, many.failed_steps
     );
     println!(
         "  history events per execution: most {} (limit 25,000); state transitions, all {}",
@@ -504,6 +521,8 @@ struct Many {
     transitions: u64,
     ssm_calls: u64,
     throttled: u64,
+    gave_up: u64,
+    failed_steps: u64,
 }
 
 /// `apps` apps of `per_app` nodes each, all deployed at once (one execution per app+env),
@@ -547,16 +566,7 @@ ssm_tags = {{ "shipit:app" = "a{k}" }}
         .map(|k| {
             let (stepper, clock) = (stepper.clone(), clock.clone());
             let job = job(&format!("a{k}"), "2.0.0", clock());
-            tokio::spawn(async move {
-                let mut state = StepState::start(job);
-                let mut steps = 0;
-                while !state.done {
-                    state = stepper.step(StepInput::first(state)).await.unwrap();
-                    steps += 1;
-                    tokio::time::sleep(Duration::from_secs(state.wait_seconds)).await;
-                }
-                (state.status, steps)
-            })
+            tokio::spawn(async move { execute(&stepper, job).await })
         })
         .collect();
     let mut many = Many {
@@ -566,9 +576,12 @@ ssm_tags = {{ "shipit:app" = "a{k}" }}
         transitions: 0,
         ssm_calls: 0,
         throttled: 0,
+        gave_up: 0,
+        failed_steps: 0,
     };
     for r in runs {
-        let (status, steps) = r.await.unwrap();
+        let (status, steps, failed) = r.await.unwrap();
+        many.failed_steps += failed;
         many.succeeded += usize::from(status == Some(JobStatus::Succeeded));
         many.most_steps = many.most_steps.max(steps);
         many.transitions += state_transitions(steps);
@@ -576,5 +589,45 @@ ssm_tags = {{ "shipit:app" = "a{k}" }}
     many.makespan = start.elapsed();
     many.ssm_calls = model.calls();
     many.throttled = model.throttled.load(Ordering::Relaxed);
+    many.gave_up = model.gave_up.load(Ordering::Relaxed);
     many
+}
+
+/// One execution as the state machine (infra/statemachine/deploy.asl.json) runs it: a
+/// step that fails is retried twice, 2 s then 4 s later, and told it is a retry; after a
+/// third failure the Catch hands the error to the Abort task, a step that ends the deploy.
+/// Returns the job's status, the steps taken and how many of them failed.
+async fn execute(stepper: &Stepper, job: DeployJob) -> (Option<JobStatus>, u64, u64) {
+    let mut state = StepState::start(job);
+    let (mut steps, mut failed) = (0, 0);
+    while !state.done {
+        let mut attempt = 0;
+        state = loop {
+            steps += 1;
+            let input = StepInput::Attempt {
+                state: state.clone(),
+                attempt,
+            };
+            match stepper.step(input).await {
+                Ok(next) => break next,
+                Err(_) if attempt < 2 => {
+                    failed += 1;
+                    tokio::time::sleep(Duration::from_secs(2 << attempt)).await;
+                    attempt += 1;
+                }
+                Err(e) => {
+                    failed += 1;
+                    steps += 1;
+                    let mut aborted = state.clone();
+                    aborted.error = Some(TaskError {
+                        error: "Error".into(),
+                        cause: e.to_string(),
+                    });
+                    break stepper.step(StepInput::from(aborted)).await.unwrap();
+                }
+            }
+        };
+        tokio::time::sleep(Duration::from_secs(state.wait_seconds)).await;
+    }
+    (state.status, steps, failed)
 }
