@@ -17,7 +17,12 @@ use aws_sdk_ssm::types::{
 use chrono::{DateTime, Duration, SecondsFormat, Utc};
 use std::sync::Arc;
 
-use super::sdk_err;
+use aws_sdk_ssm::error::ProvideErrorMetadata;
+use aws_sdk_ssm::operation::send_command::SendCommandError;
+use aws_smithy_runtime_api::client::interceptors::context::InterceptorContext;
+use aws_smithy_runtime_api::client::retries::classifiers::{ClassifyRetry, RetryAction};
+
+use super::{sdk_err, throttling};
 use crate::config::command::{ScriptError, Site};
 use crate::config::{App, Config, Environment, Nodes};
 use crate::deploy::command::{tail, Command, CommandKind, NodeResult, OUTPUT_TAIL};
@@ -362,6 +367,34 @@ fn all(nodes: &[String], r: NodeResult) -> Vec<(String, NodeResult)> {
     nodes.iter().map(|n| (n.clone(), r.clone())).collect()
 }
 
+/// SendCommand takes no idempotency token: a send the SDK made again after an answer that
+/// never came back (a dropped connection, a 500 after the work) would run the command twice
+/// on its nodes. So only a throttled send, which AWS refused before doing anything, is made
+/// again; any other failure reaches `SsmFleet::run_on`, which saved the send as unsure and
+/// looks for it by its comment before sending it again.
+#[derive(Debug)]
+struct OnlyThrottledSendsAgain;
+
+impl ClassifyRetry for OnlyThrottledSendsAgain {
+    fn classify_retry(&self, ctx: &InterceptorContext) -> RetryAction {
+        let Some(Err(err)) = ctx.output_or_error() else {
+            return RetryAction::NoActionIndicated;
+        };
+        let code = err
+            .as_operation_error()
+            .and_then(|e| e.downcast_ref::<SendCommandError>())
+            .and_then(|e| e.code());
+        match throttling(code) {
+            true => RetryAction::NoActionIndicated,
+            false => RetryAction::RetryForbidden,
+        }
+    }
+
+    fn name(&self) -> &'static str {
+        "SendCommand made again only when throttled"
+    }
+}
+
 /// Run Command through the AWS SDK. Throttling is retried by the client's retry policy
 /// (see `run::aws::ssm_client`), with back-off.
 pub struct SdkRunCommand {
@@ -456,6 +489,10 @@ impl RunCommand for SdkRunCommand {
             call = call.parameters("workingDirectory", vec![dir.clone()]);
         }
         let out = call
+            .customize()
+            .config_override(
+                aws_sdk_ssm::config::Builder::new().retry_classifier(OnlyThrottledSendsAgain),
+            )
             .send()
             .await
             .map_err(|e| sdk_err("SSM SendCommand", e))?;

@@ -59,10 +59,16 @@ pub(crate) fn sdk_err<E>(what: &str, e: E) -> PortError
 where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
 {
-    let throttled = e.code().is_some_and(|c| THROTTLING_ERRORS.contains(&c));
+    let throttled = throttling(e.code());
     let text = format!("{what}: {}", DisplayErrorContext(e));
     match throttled {
         true => Box::new(Throttled(text)),
         false => text.into(),
     }
+}
+
+/// Whether an AWS error code is one the SDK itself retries as throttling: the service
+/// refused the call before doing anything.
+pub(crate) fn throttling(code: Option<&str>) -> bool {
+    code.is_some_and(|c| THROTTLING_ERRORS.contains(&c))
 }

@@ -733,6 +733,23 @@ async fn a_step_throttled_past_the_sdks_attempts_waits_longer_and_then_goes_on()
     assert_eq!(rig.log(&job).await, expected_order(&rig.nodes, "1.0.0"));
 }
 
+/// SendCommand takes no idempotency token: sent again after an answer that never came
+/// back (the command went out), the install would run twice on every node at once, two
+/// pip installs into one virtualenv. The send is retried by the SDK only when throttled
+/// (AWS did not take it); otherwise the next step looks for it by its comment, and finds
+/// it.
+#[tokio::test]
+async fn a_send_whose_answer_is_lost_runs_once() {
+    let _turn = CONTROL.lock().await;
+    let rig = Rig::new(2).await;
+    control(json!({ "lost_answers": { "SendCommand": 1 } })).await;
+    let job = rig.job("1.0.0");
+    let end = rig.deploy(job.clone()).await;
+    assert_eq!(end.status, Some(JobStatus::Succeeded), "{end:?}");
+    assert_eq!(rig.log(&job).await, expected_order(&rig.nodes, "1.0.0"));
+    control(json!({})).await;
+}
+
 #[tokio::test]
 async fn dispatch_starts_one_execution_per_job_even_when_a_message_comes_twice() {
     let sdk = sdk().await;

@@ -416,3 +416,34 @@ async fn a_rate_rule_throttles_calls_past_its_bucket_until_tokens_come_back() {
     call().await.expect("a token came back");
     control(serde_json::json!({})).await;
 }
+
+#[tokio::test]
+async fn a_lost_answer_is_a_500_for_a_call_that_was_done() {
+    let _turn = CONTROL.lock().await;
+    let ids = launch(1, &[("t", "lost")]).await;
+    control(serde_json::json!({ "lost_answers": { "SendCommand": 1 } })).await;
+    // Without the SDK's retries, to see the one answer.
+    let conf = aws_sdk_ssm::config::Builder::from(&sdk().await)
+        .retry_config(aws_config::retry::RetryConfig::disabled())
+        .build();
+    let ssm = aws_sdk_ssm::Client::from_conf(conf);
+    let comment = unique("lost");
+    let err = send(&ssm, &ids).comment(&comment).send().await.unwrap_err();
+    let raw = err.raw_response().expect("an answer");
+    assert_eq!(raw.status().as_u16(), 500);
+    let listed = ssm
+        .list_commands()
+        .instance_id(&ids[0])
+        .send()
+        .await
+        .unwrap();
+    let sent = listed.commands().iter();
+    assert_eq!(sent.filter(|c| c.comment() == Some(&comment)).count(), 1);
+    // Only the one call: the next is answered.
+    send(&ssm, &ids)
+        .comment(unique("next"))
+        .send()
+        .await
+        .unwrap();
+    control(serde_json::json!({})).await;
+}

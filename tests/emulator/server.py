@@ -52,7 +52,10 @@ Added to moto 5.2.5, following the AWS API reference for each shape:
    "seconds": 0,                           # likewise
    "invisible_reads": 1,                   # eventual consistency, for every invocation
    "throttle": {"SendCommand": 2},         # the next 2 SendCommand calls are throttled
-   "rates": {"SendCommand": {"per_second": 5, "burst": 10}}}
+   "rates": {"SendCommand": {"per_second": 5, "burst": 10}},
+   "lost_answers": {"SendCommand": 1}}     # the next SendCommand is done, but answered
+                                           # 500 InternalServerError: a reply lost on its
+                                           # way back, as a dropped connection leaves it
 The first rule whose instance and text match decides an invocation's outcome.
 """
 
@@ -77,7 +80,7 @@ from werkzeug.serving import run_simple
 
 LOCK = threading.Lock()
 DEFAULTS = {"rules": [], "offline": [], "pending_reads": 1, "seconds": 0, "invisible_reads": 1,
-            "throttle": {}, "rates": {}}
+            "throttle": {}, "rates": {}, "lost_answers": {}}
 CONTROL = dict(DEFAULTS)
 
 
@@ -517,6 +520,21 @@ def with_control(app):
             seen = {"most": most_in_flight(comment)}
             start_response("200 OK", [("Content-Type", "application/json")])
             return [json.dumps(seen).encode()]
+        operation = environ.get("HTTP_X_AMZ_TARGET", "").rpartition(".")[2]
+        with LOCK:
+            lose = CONTROL["lost_answers"].get(operation, 0) > 0
+            if lose:
+                CONTROL["lost_answers"][operation] -= 1
+        if lose:
+            # Done as asked; the answer is what the client gets when it never arrives.
+            for _ in app(environ, lambda *a, **k: None):
+                pass
+            body = json.dumps({"__type": "InternalServerError",
+                               "message": "the answer was lost"}).encode()
+            start_response("500 Internal Server Error",
+                           [("Content-Type", "application/x-amz-json-1.1"),
+                            ("Content-Length", str(len(body)))])
+            return [body]
         return app(environ, start_response)
     return wsgi
 
