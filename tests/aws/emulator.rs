@@ -445,5 +445,17 @@ async fn a_lost_answer_is_a_500_for_a_call_that_was_done() {
         .send()
         .await
         .unwrap();
+    // With "contains", only a call whose request holds the text.
+    let marked = unique("marked");
+    let rule = serde_json::json!({ "SendCommand": { "count": 1, "contains": marked } });
+    control(serde_json::json!({ "lost_answers": rule })).await;
+    send(&ssm, &ids)
+        .comment(unique("other"))
+        .send()
+        .await
+        .unwrap();
+    let err = send(&ssm, &ids).comment(&marked).send().await.unwrap_err();
+    assert_eq!(err.raw_response().map(|r| r.status().as_u16()), Some(500));
+    send(&ssm, &ids).comment(&marked).send().await.unwrap();
     control(serde_json::json!({})).await;
 }

@@ -480,3 +480,27 @@ async fn two_contenders_for_a_lapsed_lock_in_sqlite_exactly_one_wins() {
     // Two connections, as two processes sharing the store would have.
     contenders_race(&Store::open(&path).unwrap(), &Store::open(&path).unwrap()).await;
 }
+
+/// A lock's create whose answer is lost (done, answered 500) is made again by the SDK and
+/// finds the parameter there: made by this job's first try, so the lock is its own.
+#[tokio::test]
+async fn a_lock_whose_create_answer_was_lost_is_taken_all_the_same() {
+    let _turn = crate::deploy::CONTROL.lock().await;
+    let sdk = sdk().await;
+    let prefix = format!("/{}", unique("shipit"));
+    let ledger = shipit::aws::ledger::SsmLedger::new(aws_sdk_ssm::Client::new(&sdk), &prefix);
+    let lost = serde_json::json!({ "PutParameter": { "count": 1, "contains": prefix } });
+    crate::deploy::control(serde_json::json!({ "lost_answers": lost })).await;
+    let now = Utc::now();
+    let mine = LockInfo {
+        job: Some(job("1.0.0", "lost").id),
+        holder: "job lost".into(),
+        since: now,
+        expires: Some(LockInfo::lease_from(now, LEASE_SECONDS)),
+        ..manual("deploying")
+    };
+    let taken = ledger.try_lock("hello", "production", &mine, now).await;
+    crate::deploy::control(serde_json::json!({})).await;
+    let taken = taken.unwrap().expect("taken, not held by another");
+    assert_eq!((taken.job, taken.generation), (mine.job, 1));
+}

@@ -55,11 +55,14 @@ Added to moto 5.2.5, following the AWS API reference for each shape:
    "rates": {"SendCommand": {"per_second": 5, "burst": 10}},
    "lost_answers": {"SendCommand": 1}}     # the next SendCommand is done, but answered
                                            # 500 InternalServerError: a reply lost on its
-                                           # way back, as a dropped connection leaves it
+                                           # way back, as a dropped connection leaves it;
+                                           # {"count": 1, "contains": "text"}: the next
+                                           # whose request body holds the text
 The first rule whose instance and text match decides an invocation's outcome.
 """
 
 import datetime
+import io
 import json
 import os
 import re
@@ -521,10 +524,20 @@ def with_control(app):
             start_response("200 OK", [("Content-Type", "application/json")])
             return [json.dumps(seen).encode()]
         operation = environ.get("HTTP_X_AMZ_TARGET", "").rpartition(".")[2]
+        lose = False
         with LOCK:
-            lose = CONTROL["lost_answers"].get(operation, 0) > 0
-            if lose:
-                CONTROL["lost_answers"][operation] -= 1
+            rule = CONTROL["lost_answers"].get(operation)
+        if rule:
+            size = int(environ.get("CONTENT_LENGTH") or 0)
+            body = environ["wsgi.input"].read(size)
+            environ["wsgi.input"] = io.BytesIO(body)
+            with LOCK:
+                rule = CONTROL["lost_answers"].get(operation)
+                if isinstance(rule, int):
+                    rule = {"count": rule}
+                lose = rule["count"] > 0 and rule.get("contains", "").encode() in body
+                if lose:
+                    CONTROL["lost_answers"][operation] = dict(rule, count=rule["count"] - 1)
         if lose:
             # Done as asked; the answer is what the client gets when it never arrives.
             for _ in app(environ, lambda *a, **k: None):

@@ -140,9 +140,20 @@ impl SsmLedger {
             self.sweep(&stale).await;
             return Ok(Ok(taken));
         }
-        // Another contender created this generation first: it holds the lock.
+        // Another contender created this generation first, and holds the lock; or this
+        // job did, and the SDK made the create again after its answer was lost.
         let winner = self.slots(app, env).await?.current();
-        Ok(Err(winner.unwrap_or(taken)))
+        Ok(match winner {
+            Some(w)
+                if taken
+                    .job
+                    .as_ref()
+                    .is_some_and(|j| w.held_by(j, taken.generation)) =>
+            {
+                Ok(w)
+            }
+            w => Err(w.unwrap_or(taken)),
+        })
     }
 
     pub(super) async fn renew_lock(
