@@ -504,3 +504,41 @@ async fn a_lock_whose_create_answer_was_lost_is_taken_all_the_same() {
     let taken = taken.unwrap().expect("taken, not held by another");
     assert_eq!((taken.job, taken.generation), (mine.job, 1));
 }
+
+/// A history write whose answer is lost is made again by the SDK: a second version of the
+/// parameter with the same entry. The history still lists the deploy once.
+#[tokio::test]
+async fn a_history_write_made_twice_is_listed_once() {
+    let _turn = crate::deploy::CONTROL.lock().await;
+    let sdk = sdk().await;
+    let prefix = format!("/{}", unique("shipit"));
+    let ledger = shipit::aws::ledger::SsmLedger::new(aws_sdk_ssm::Client::new(&sdk), &prefix);
+    let now = Utc::now();
+    let (j1, j2, j3) = (job("1.0.0", "a"), job("1.1.0", "b"), job("1.2.0", "c"));
+    let lost = serde_json::json!({ "PutParameter": { "count": 1, "contains": j2.id.as_str() } });
+    crate::deploy::control(serde_json::json!({ "lost_answers": lost })).await;
+    for j in [&j1, &j2, &j3] {
+        let recorded = ledger.record(&HistoryEntry::new(j.clone(), now)).await;
+        if let Err(e) = recorded {
+            crate::deploy::control(serde_json::json!({})).await;
+            panic!("{e}");
+        }
+    }
+    crate::deploy::control(serde_json::json!({})).await;
+    let versions = aws_sdk_ssm::Client::new(&sdk)
+        .get_parameter_history()
+        .name(format!("{prefix}/live/hello/production"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        versions.parameters().len(),
+        4,
+        "the lost answer's write made twice"
+    );
+    let h = ledger.history("hello", "production", 10).await.unwrap();
+    let ids: Vec<_> = h.iter().map(|e| e.job.id.clone()).collect();
+    assert_eq!(ids, [j3.id.clone(), j2.id.clone(), j1.id.clone()]);
+    let two = ledger.history("hello", "production", 2).await.unwrap();
+    assert_eq!(two.len(), 2);
+}

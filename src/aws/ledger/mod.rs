@@ -111,13 +111,20 @@ impl Ledger for SsmLedger {
                 Err(e) => return Err(sdk_err("SSM GetParameterHistory", e)),
             }
         }
-        // Parameter Store lists versions oldest first.
-        values
-            .iter()
-            .rev()
-            .take(limit)
-            .map(|v| Ok(serde_json::from_str(v)?))
-            .collect()
+        // Parameter Store lists versions oldest first. A job is recorded once (`record`),
+        // but a write the SDK made again after its answer was lost is a second version
+        // of the same entry.
+        let mut entries: Vec<HistoryEntry> = vec![];
+        for v in values.iter().rev() {
+            if entries.len() == limit {
+                break;
+            }
+            let entry: HistoryEntry = serde_json::from_str(v)?;
+            if entries.last().is_none_or(|e| e.job.id != entry.job.id) {
+                entries.push(entry);
+            }
+        }
+        Ok(entries)
     }
 
     async fn mark_faulty(&self, app: &str, env: &str, mark: &Faulty) -> Result<(), PortError> {
