@@ -542,3 +542,21 @@ async fn a_history_write_made_twice_is_listed_once() {
     let two = ledger.history("hello", "production", 2).await.unwrap();
     assert_eq!(two.len(), 2);
 }
+
+/// The same for a person's lock from chat: their create made twice is still theirs.
+#[tokio::test]
+async fn a_persons_lock_whose_create_answer_was_lost_is_theirs() {
+    let _turn = crate::deploy::CONTROL.lock().await;
+    let sdk = sdk().await;
+    let prefix = format!("/{}", unique("shipit"));
+    let ledger = shipit::aws::ledger::SsmLedger::new(aws_sdk_ssm::Client::new(&sdk), &prefix);
+    let lost = serde_json::json!({ "PutParameter": { "count": 1, "contains": prefix } });
+    crate::deploy::control(serde_json::json!({ "lost_answers": lost })).await;
+    let asked = manual("maintenance");
+    let taken = ledger
+        .try_lock("hello", "production", &asked, Utc::now())
+        .await;
+    crate::deploy::control(serde_json::json!({})).await;
+    let taken = taken.unwrap().expect("taken, not held by another");
+    assert_eq!((taken.holder, taken.generation), (asked.holder, 1));
+}

@@ -141,17 +141,11 @@ impl SsmLedger {
             return Ok(Ok(taken));
         }
         // Another contender created this generation first, and holds the lock; or this
-        // job did, and the SDK made the create again after its answer was lost.
+        // caller did, and the SDK made the create again after its answer was lost: the
+        // parameter holds exactly what it wrote (another's differs in job or time).
         let winner = self.slots(app, env).await?.current();
         Ok(match winner {
-            Some(w)
-                if taken
-                    .job
-                    .as_ref()
-                    .is_some_and(|j| w.held_by(j, taken.generation)) =>
-            {
-                Ok(w)
-            }
+            Some(w) if w == taken => Ok(w),
             w => Err(w.unwrap_or(taken)),
         })
     }
