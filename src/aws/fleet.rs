@@ -9,18 +9,17 @@
 //! continuing from a saved state sends at once (one ListCommands call less a command).
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use async_trait::async_trait;
+use aws_sdk_ssm::error::ProvideErrorMetadata;
+use aws_sdk_ssm::operation::send_command::SendCommandError;
 use aws_sdk_ssm::types::{
     CommandFilter, CommandFilterKey, CommandInvocationStatus, InstanceInformationStringFilter,
 };
-use chrono::{DateTime, Duration, SecondsFormat, Utc};
-use std::sync::Arc;
-
-use aws_sdk_ssm::error::ProvideErrorMetadata;
-use aws_sdk_ssm::operation::send_command::SendCommandError;
 use aws_smithy_runtime_api::client::interceptors::context::InterceptorContext;
 use aws_smithy_runtime_api::client::retries::classifiers::{ClassifyRetry, RetryAction};
+use chrono::{DateTime, Duration, SecondsFormat, Utc};
 
 use super::{sdk_err, throttling};
 use crate::config::command::{ScriptError, Site};
