@@ -481,82 +481,75 @@ async fn two_contenders_for_a_lapsed_lock_in_sqlite_exactly_one_wins() {
     contenders_race(&Store::open(&path).unwrap(), &Store::open(&path).unwrap()).await;
 }
 
-/// A lock's create whose answer is lost (done, answered 500) is made again by the SDK and
-/// finds the parameter there: made by this job's first try, so the lock is its own.
+/// A Parameter Store ledger of its own, and its prefix, with the emulator set to lose the
+/// answer to the next PutParameter whose request holds `contains` (or the prefix): the
+/// call is done, answered 500.
+async fn losing_a_put(contains: &str) -> (shipit::aws::ledger::SsmLedger, String) {
+    let prefix = format!("/{}", unique("shipit"));
+    let ssm = aws_sdk_ssm::Client::new(&sdk().await);
+    let contains = if contains.is_empty() {
+        &prefix
+    } else {
+        contains
+    };
+    let lost = serde_json::json!({ "PutParameter": { "count": 1, "contains": contains } });
+    crate::deploy::control(serde_json::json!({ "lost_answers": lost })).await;
+    (shipit::aws::ledger::SsmLedger::new(ssm, &prefix), prefix)
+}
+
+/// A lock's create whose answer was lost is made again by the SDK, and finds the
+/// parameter there: made by the first try, so the lock is the caller's, a job's or a
+/// person's.
 #[tokio::test]
 async fn a_lock_whose_create_answer_was_lost_is_taken_all_the_same() {
     let _turn = crate::deploy::CONTROL.lock().await;
-    let sdk = sdk().await;
-    let prefix = format!("/{}", unique("shipit"));
-    let ledger = shipit::aws::ledger::SsmLedger::new(aws_sdk_ssm::Client::new(&sdk), &prefix);
-    let lost = serde_json::json!({ "PutParameter": { "count": 1, "contains": prefix } });
-    crate::deploy::control(serde_json::json!({ "lost_answers": lost })).await;
     let now = Utc::now();
-    let mine = LockInfo {
+    let deploy = LockInfo {
         job: Some(job("1.0.0", "lost").id),
         holder: "job lost".into(),
         since: now,
         expires: Some(LockInfo::lease_from(now, LEASE_SECONDS)),
         ..manual("deploying")
     };
-    let taken = ledger.try_lock("hello", "production", &mine, now).await;
-    crate::deploy::control(serde_json::json!({})).await;
-    let taken = taken.unwrap().expect("taken, not held by another");
-    assert_eq!((taken.job, taken.generation), (mine.job, 1));
+    for asked in [deploy, manual("maintenance")] {
+        let (ledger, _) = losing_a_put("").await;
+        let taken = ledger.try_lock("hello", "production", &asked, now).await;
+        crate::deploy::control(serde_json::json!({})).await;
+        let taken = taken.unwrap().expect("taken, not held by another");
+        assert_eq!(
+            taken,
+            LockInfo {
+                generation: 1,
+                ..asked
+            }
+        );
+    }
 }
 
-/// A history write whose answer is lost is made again by the SDK: a second version of the
-/// parameter with the same entry. The history still lists the deploy once.
+/// A history write whose answer was lost is made again by the SDK: a second version of
+/// the parameter with the same entry. The history still lists the deploy once.
 #[tokio::test]
 async fn a_history_write_made_twice_is_listed_once() {
     let _turn = crate::deploy::CONTROL.lock().await;
-    let sdk = sdk().await;
-    let prefix = format!("/{}", unique("shipit"));
-    let ledger = shipit::aws::ledger::SsmLedger::new(aws_sdk_ssm::Client::new(&sdk), &prefix);
     let now = Utc::now();
     let (j1, j2, j3) = (job("1.0.0", "a"), job("1.1.0", "b"), job("1.2.0", "c"));
-    let lost = serde_json::json!({ "PutParameter": { "count": 1, "contains": j2.id.as_str() } });
-    crate::deploy::control(serde_json::json!({ "lost_answers": lost })).await;
+    let (ledger, prefix) = losing_a_put(j2.id.as_str()).await;
+    let mut recorded = vec![];
     for j in [&j1, &j2, &j3] {
-        let recorded = ledger.record(&HistoryEntry::new(j.clone(), now)).await;
-        if let Err(e) = recorded {
-            crate::deploy::control(serde_json::json!({})).await;
-            panic!("{e}");
-        }
+        recorded.push(ledger.record(&HistoryEntry::new(j.clone(), now)).await);
     }
     crate::deploy::control(serde_json::json!({})).await;
-    let versions = aws_sdk_ssm::Client::new(&sdk)
+    assert!(recorded.iter().all(Result::is_ok), "{recorded:?}");
+    let versions = aws_sdk_ssm::Client::new(&sdk().await)
         .get_parameter_history()
         .name(format!("{prefix}/live/hello/production"))
         .send()
         .await
         .unwrap();
-    assert_eq!(
-        versions.parameters().len(),
-        4,
-        "the lost answer's write made twice"
-    );
+    assert_eq!(versions.parameters().len(), 4, "j2 written twice");
     let h = ledger.history("hello", "production", 10).await.unwrap();
     let ids: Vec<_> = h.iter().map(|e| e.job.id.clone()).collect();
     assert_eq!(ids, [j3.id.clone(), j2.id.clone(), j1.id.clone()]);
     let two = ledger.history("hello", "production", 2).await.unwrap();
     assert_eq!(two.len(), 2);
-}
-
-/// The same for a person's lock from chat: their create made twice is still theirs.
-#[tokio::test]
-async fn a_persons_lock_whose_create_answer_was_lost_is_theirs() {
-    let _turn = crate::deploy::CONTROL.lock().await;
-    let sdk = sdk().await;
-    let prefix = format!("/{}", unique("shipit"));
-    let ledger = shipit::aws::ledger::SsmLedger::new(aws_sdk_ssm::Client::new(&sdk), &prefix);
-    let lost = serde_json::json!({ "PutParameter": { "count": 1, "contains": prefix } });
-    crate::deploy::control(serde_json::json!({ "lost_answers": lost })).await;
-    let asked = manual("maintenance");
-    let taken = ledger
-        .try_lock("hello", "production", &asked, Utc::now())
-        .await;
-    crate::deploy::control(serde_json::json!({})).await;
-    let taken = taken.unwrap().expect("taken, not held by another");
-    assert_eq!((taken.holder, taken.generation), (asked.holder, 1));
 }
