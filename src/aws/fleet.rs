@@ -27,7 +27,7 @@ use crate::config::{App, Config, Environment, Nodes};
 use crate::deploy::command::{tail, Command, CommandKind, NodeResult, OUTPUT_TAIL};
 use crate::deploy::job::DeployJob;
 use crate::deploy::lock::DELIVERY_TIMEOUT_SECONDS;
-use crate::deploy::ports::{Fleet, PortError, Refused, Sent};
+use crate::deploy::ports::{is_throttled, Fleet, PortError, Refused, Sent};
 
 /// SendCommand takes at most 50 instance ids.
 pub const MAX_TARGETS: usize = 50;
@@ -57,7 +57,9 @@ pub trait RunCommand: Send + Sync {
     /// Managed nodes carrying every one of `tags` that SSM can reach now (any order).
     async fn online_nodes(&self, tags: &BTreeMap<String, String>)
         -> Result<Vec<String>, PortError>;
-    /// Sends `req`; returns the command id.
+    /// Sends `req`; returns the command id. Fails with
+    /// [`Throttled`](crate::deploy::ports::Throttled) only when no attempt went out (see
+    /// `OnlyThrottledSendsAgain`).
     async fn send(&self, req: &SendRequest) -> Result<String, PortError>;
     /// The id of a command sent to `node` since `after` with `comment`.
     async fn find(
@@ -241,17 +243,26 @@ impl<R: RunCommand> SsmFleet<R> {
                     // for it (it may have gone out) before sending it again.
                     record.unsure = true;
                     *sent = Some(record.clone());
-                    self.api
-                        .send(&SendRequest {
-                            nodes: nodes.to_vec(),
-                            script: script.to_string(),
-                            dir: dir.clone(),
-                            comment,
-                            max_concurrency: share,
-                            max_errors: max_errors.clone(),
-                            timeout_seconds: app.rollout.command_seconds(cmd.kind),
-                        })
-                        .await?
+                    let req = SendRequest {
+                        nodes: nodes.to_vec(),
+                        script: script.to_string(),
+                        dir: dir.clone(),
+                        comment,
+                        max_concurrency: share,
+                        max_errors: max_errors.clone(),
+                        timeout_seconds: app.rollout.command_seconds(cmd.kind),
+                    };
+                    match self.api.send(&req).await {
+                        Ok(id) => id,
+                        // Refused before SSM did anything: nothing to look for. (A key
+                        // of one command saved without it would read as all sent.)
+                        Err(e) if is_throttled(&e) => {
+                            record.unsure = false;
+                            *sent = (record.parts > 0).then_some(record);
+                            return Err(e);
+                        }
+                        Err(e) => return Err(e),
+                    }
                 }
             };
             record.commands.push(id);
@@ -605,6 +616,7 @@ mod tests {
 
     use super::*;
     use crate::deploy::job::Source;
+    use crate::deploy::ports::Throttled;
     use crate::deploy::version::Version;
 
     /// Run Command as far as the cap is concerned: each command starts at most its
@@ -626,6 +638,8 @@ mod tests {
         finds: usize,
         /// The next send goes out, but its answer is lost (the call fails).
         lose_next_answer: bool,
+        /// The next send is refused as throttled, and does not go out.
+        throttle_next: bool,
     }
 
     impl Twin {
@@ -661,6 +675,9 @@ mod tests {
         async fn send(&self, req: &SendRequest) -> Result<String, PortError> {
             let max = req.max_concurrency.parse().unwrap_or(usize::MAX);
             let mut s = self.state.lock().unwrap();
+            if std::mem::take(&mut s.throttle_next) {
+                return Err(Box::new(Throttled("ThrottlingException".into())));
+            }
             let started = vec![None; req.nodes.len()];
             s.commands
                 .push((req.comment.clone(), req.nodes.clone(), max, started));
@@ -831,5 +848,29 @@ ssm_tags = {{ "shipit:app" = "hello", "shipit:env" = "production" }}
         assert_eq!(counts(), (2, 2), "sent a second time");
         let s = sent.unwrap();
         assert_eq!((s.commands, s.unsure), (vec!["1".to_string()], false));
+
+        // A throttled send did not go out: nothing to look for before sending it.
+        let cmd = install_on(&job, "c", 2, 0);
+        fleet.api.state.lock().unwrap().throttle_next = true;
+        let mut sent = None;
+        let err = fleet.run_on(&job, &cmd, 0, &mut sent, false).await;
+        assert!(err.is_err_and(|e| is_throttled(&e)));
+        assert_eq!(sent, None);
+        fleet.run_on(&job, &cmd, 0, &mut sent, false).await.unwrap();
+        assert_eq!(counts(), (2, 3), "sent without a look");
+        assert_eq!(sent.unwrap().commands, vec!["2".to_string()]);
+
+        // The same for a key of several commands: its record stays, with none sent.
+        let (config, job) = rig("pip install {package}=={version} # {node}");
+        let fleet = SsmFleet::new(Twin::default(), config);
+        let cmd = install_on(&job, "d", 3, 0);
+        fleet.api.state.lock().unwrap().throttle_next = true;
+        let mut sent = None;
+        assert!(fleet.run_on(&job, &cmd, 0, &mut sent, false).await.is_err());
+        let s = sent.clone().unwrap();
+        assert_eq!((s.parts, s.commands.len(), s.unsure), (3, 0, false));
+        fleet.run_on(&job, &cmd, 0, &mut sent, false).await.unwrap();
+        let s = fleet.api.state.lock().unwrap();
+        assert_eq!((s.finds, s.commands.len()), (0, 3));
     }
 }

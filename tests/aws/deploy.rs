@@ -705,32 +705,44 @@ async fn a_step_throttled_past_the_sdks_attempts_waits_longer_and_then_goes_on()
     // One action a step, so that the throttled one starts its step.
     let stepper = rig.stepper(Duration::ZERO);
     let job = rig.job("1.0.0");
-    let mut state = StepState::start(job.clone());
+    // The install's send throttled: it did not go out, so there is nothing to look for.
+    control(json!({ "throttle": { "SendCommand": 1 } })).await;
+    let (before, throttled) = until_throttled(&stepper, StepState::start(job.clone())).await;
+    assert_eq!(throttled.sent, None);
+    assert_eq!(throttled.deploy, before.deploy);
+    let mut state = throttled;
     while state.sent.is_none() {
         state = stepper.step(StepInput::first(state)).await.unwrap();
     }
+    // A poll throttled.
     control(json!({ "throttle": { "ListCommandInvocations": 1 } })).await;
-    let mut throttled = state.clone();
-    for _ in 0..5 {
-        state = throttled;
-        throttled = stepper
-            .step(StepInput::first(state.clone()))
-            .await
-            .expect("a throttled step is no failure");
-        if throttled.throttled > 0 {
-            break;
-        }
-    }
+    let (before, throttled) = until_throttled(&stepper, state).await;
     assert_eq!(throttled.throttled, 1, "{throttled:?}");
     assert!((5..10).contains(&throttled.wait_seconds), "{throttled:?}");
-    assert_eq!(throttled.deploy, state.deploy);
-    assert_eq!(throttled.sent, state.sent);
+    assert_eq!(throttled.deploy, before.deploy);
+    assert_eq!(throttled.sent, before.sent);
     assert!(!throttled.done);
     control(json!({})).await;
     let end = to_the_end(&stepper, throttled).await;
     assert_eq!(end.status, Some(JobStatus::Succeeded), "{end:?}");
     assert_eq!(end.throttled, 0);
     assert_eq!(rig.log(&job).await, expected_order(&rig.nodes, "1.0.0"));
+}
+
+/// Steps until a step comes back throttled: the state it started from, and the one it
+/// handed back.
+async fn until_throttled(stepper: &Stepper, mut state: StepState) -> (StepState, StepState) {
+    for _ in 0..10 {
+        let next = stepper
+            .step(StepInput::first(state.clone()))
+            .await
+            .expect("a throttled step is no failure");
+        if next.throttled > 0 {
+            return (state, next);
+        }
+        state = next;
+    }
+    panic!("no step was throttled: {state:?}");
 }
 
 /// SendCommand takes no idempotency token: sent again after an answer that never came
