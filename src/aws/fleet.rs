@@ -241,6 +241,7 @@ impl<R: RunCommand> SsmFleet<R> {
                 None => {
                     // Saved as unsure first: if the send fails, whoever goes on looks
                     // for it (it may have gone out) before sending it again.
+                    let was_unsure = record.unsure;
                     record.unsure = true;
                     *sent = Some(record.clone());
                     let req = SendRequest {
@@ -254,11 +255,13 @@ impl<R: RunCommand> SsmFleet<R> {
                     };
                     match self.api.send(&req).await {
                         Ok(id) => id,
-                        // Refused before SSM did anything: nothing to look for. (A key
-                        // of one command saved without it would read as all sent.)
+                        // Refused before SSM did anything: this send left nothing to
+                        // look for (an earlier one whose answer was lost still may have,
+                        // should the lookup have missed it). A key of one command saved
+                        // sure and without it would read as all sent.
                         Err(e) if is_throttled(&e) => {
-                            record.unsure = false;
-                            *sent = (record.parts > 0).then_some(record);
+                            record.unsure = was_unsure;
+                            *sent = (record.unsure || record.parts > 0).then_some(record);
                             return Err(e);
                         }
                         Err(e) => return Err(e),
@@ -859,6 +862,20 @@ ssm_tags = {{ "shipit:app" = "hello", "shipit:env" = "production" }}
         fleet.run_on(&job, &cmd, 0, &mut sent, false).await.unwrap();
         assert_eq!(counts(), (2, 3), "sent without a look");
         assert_eq!(sent.unwrap().commands, vec!["2".to_string()]);
+
+        // After a lost answer whose command a lookup misses (SSM shows it late), a
+        // throttled send still leaves the earlier one to look for.
+        let cmd = install_on(&job, "e", 2, 0);
+        fleet.api.state.lock().unwrap().lose_next_answer = true;
+        let mut sent = None;
+        assert!(fleet.run_on(&job, &cmd, 0, &mut sent, false).await.is_err());
+        let hide = |s: &mut TwinState| s.commands.last_mut().unwrap().0 = "not yet".into();
+        hide(&mut fleet.api.state.lock().unwrap());
+        fleet.api.state.lock().unwrap().throttle_next = true;
+        assert!(fleet.run_on(&job, &cmd, 0, &mut sent, false).await.is_err());
+        assert!(sent.as_ref().is_some_and(|s| s.unsure));
+        fleet.run_on(&job, &cmd, 0, &mut sent, false).await.unwrap();
+        assert_eq!(counts(), (4, 5), "looked for again before sending");
 
         // The same for a key of several commands: its record stays, with none sent.
         let (config, job) = rig("pip install {package}=={version} # {node}");
