@@ -67,6 +67,14 @@ impl SsmTurn {
         Ok(())
     }
 
+    /// Removes `job`'s ticket if its execution is not running (it ended already).
+    pub async fn leave_if_ended(&self, job: &DeployJob) -> Result<(), PortError> {
+        if self.running(&job.id).await? {
+            return Ok(());
+        }
+        self.leave(job).await
+    }
+
     /// The tickets of `job`'s app+env, oldest first.
     async fn tickets(&self, job: &DeployJob) -> Result<Vec<Ticket>, PortError> {
         let mut out = vec![];

@@ -140,6 +140,9 @@ pub fn print_history(entries: &[HistoryRow]) -> anyhow::Result<()> {
         if let Some(mark) = &row.faulty {
             source.push_str(&format!(" — {}", faulty_phrase(mark)));
         }
+        if let Some(lifted) = &e.cleared {
+            source.push_str(&format!(" — lifted the FAULTY mark ({})", lifted.reason));
+        }
         println!(
             "{:<20} {:<12} {:<22} {:<22} {source}",
             e.recorded_at.format("%Y-%m-%d %H:%M:%S"),

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use super::template::Template;
 use super::{App, Environment};
-use crate::deploy::command::{Command, CommandKind, UNHEALTHY};
+use crate::deploy::command::{Command, CommandKind, REFUSED, REFUSED_EXIT, UNHEALTHY};
 use crate::deploy::rollout::Rollout;
 
 /// The first health check after a restart that fails is retried this soon (see
@@ -144,8 +144,8 @@ pub fn fenced(app: &str, env: &str, site: &Site, fence: u64, script: &str) -> St
          shipit_seen=0\n\
          {{ read -r shipit_seen < \"$shipit_fence\"; }} 2>/dev/null\n\
          if [ \"$shipit_seen\" -gt {fence} ] 2>/dev/null; then \
-         echo \"shipit: refused: this node took commands under lock generation $shipit_seen, \
-         newer than this deploy's {fence} (it lost its lock)\" >&2; exit 75; fi\n\
+         echo \"{REFUSED} this node took commands under lock generation $shipit_seen, \
+         newer than this deploy's {fence} (it lost its lock)\" >&2; exit {REFUSED_EXIT}; fi\n\
          echo {fence} > \"$shipit_fence\"\n\
          {script}"
     )

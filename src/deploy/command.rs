@@ -12,6 +12,12 @@ pub const OUTPUT_TAIL: usize = 2000;
 /// check from a failed restart, one command for both.
 pub const UNHEALTHY: &str = "shipit: unhealthy after";
 
+/// How a node's refusal begins when it has taken commands under a newer lock generation
+/// than the command carries (see `config::command::fenced`): the deploy lost its lock.
+pub const REFUSED: &str = "shipit: refused:";
+/// The exit code of that refusal (EX_TEMPFAIL).
+pub const REFUSED_EXIT: i32 = 75;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum CommandKind {
@@ -53,6 +59,19 @@ pub enum NodeResult {
         exit_code: Option<i32>,
         output: String,
     },
+    /// The node is gone (terminated, deregistered, offline past the delivery timeout,
+    /// unreachable): the command did not run there, or nobody can say how it ended. Not
+    /// the version's fault.
+    Gone {
+        detail: String,
+    },
+}
+
+impl NodeResult {
+    /// The node refused the command: a newer lock holder has sent it commands.
+    pub fn is_refused(&self) -> bool {
+        matches!(self, NodeResult::Failed { exit_code: Some(REFUSED_EXIT), output } if output.contains(REFUSED))
+    }
 }
 
 /// The last `max` bytes of `text`, cut at a character boundary.

@@ -15,6 +15,10 @@ pub struct HistoryEntry {
     /// nodes unhealthy within `max_failed` (`Outcome::left_behind`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub left_behind: Option<String>,
+    /// The faulty mark this deploy lifted: a person deployed the marked version by name
+    /// and it went well (`job.requested_by` says who).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cleared: Option<Faulty>,
 }
 
 impl HistoryEntry {
@@ -23,13 +27,16 @@ impl HistoryEntry {
             job,
             recorded_at,
             left_behind: None,
+            cleared: None,
         }
     }
 }
 
-/// A version a deploy rolled back from (its own failed health check, or a `rollback`
-/// that replaced it): never the target of a rollback or of an automatic job again. Only a
-/// person deploying it by name sends it out, and is told.
+/// A version rolled back from after it served: it failed its restart, health check or bake
+/// on a node and the deploy put the previous version back, or a `rollback` replaced it.
+/// Install failures and nodes that went away mark nothing. A marked version is never the
+/// target of a rollback or of an automatic job; a person may deploy it by name (and is
+/// told), and once such a deploy succeeds the mark is lifted (`HistoryEntry::cleared`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Faulty {
     pub version: Version,

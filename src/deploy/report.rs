@@ -8,6 +8,31 @@ use super::lock::LockInfo;
 
 pub const NOTHING_LIVE: &str = "nothing deployed yet";
 
+/// How many names a list of nodes shows before it says how many more there are: lists
+/// grow with the fleet, what shipit keeps and sends of them must not (Parameter Store
+/// values, the execution's state, chat messages).
+pub const NAMES_SHOWN: usize = 10;
+
+/// `names` as kept in an outcome: the first `NAMES_SHOWN`, then `… and 193 more`.
+pub fn capped(mut names: Vec<String>) -> Vec<String> {
+    if names.len() > NAMES_SHOWN {
+        let more = names.len() - NAMES_SHOWN;
+        names.truncate(NAMES_SHOWN);
+        names.push(format!("… and {more} more"));
+    }
+    names
+}
+
+/// `web001, web002, … and 193 more`.
+pub fn names(list: &[String]) -> String {
+    let shown = list.len().min(NAMES_SHOWN);
+    let mut text = list[..shown].join(", ");
+    if list.len() > shown {
+        text.push_str(&format!(", … and {} more", list.len() - shown));
+    }
+    text
+}
+
 /// What is live: `1.2.0 (job …, 2026-11-24 10:00 UTC by …)`.
 pub fn live_line(live: Option<&HistoryEntry>) -> String {
     live.map_or(NOTHING_LIVE.to_string(), |e| {
@@ -48,12 +73,12 @@ pub fn forced_by_note(forced_by: Option<&str>) -> String {
     })
 }
 
-/// One past deploy: `1.2.0 — job … — 2026-11-24 10:00 UTC — by …`, and what marked its
-/// version faulty if something did.
+/// One past deploy: `1.2.0 — job … — 2026-11-24 10:00 UTC — by …`, what marked its
+/// version faulty if something did, and the mark it lifted if it did.
 pub fn history_line(entry: &HistoryEntry, mark: Option<&Faulty>) -> String {
     let job = &entry.job;
     format!(
-        "{} — job {} — {} — by {}{}{}{}",
+        "{} — job {} — {} — by {}{}{}{}{}",
         job.version,
         job.id,
         entry.recorded_at.format("%Y-%m-%d %H:%M UTC"),
@@ -63,7 +88,11 @@ pub fn history_line(entry: &HistoryEntry, mark: Option<&Faulty>) -> String {
             .left_behind
             .as_ref()
             .map_or(String::new(), |l| format!(" — except {l}")),
-        mark.map_or(String::new(), |m| format!(" — {}", faulty_phrase(m)))
+        mark.map_or(String::new(), |m| format!(" — {}", faulty_phrase(m))),
+        entry.cleared.as_ref().map_or(String::new(), |c| format!(
+            " — lifted the FAULTY mark ({}) by deploying it by name",
+            c.reason
+        ))
     )
 }
 
@@ -90,6 +119,7 @@ pub fn node_phrase(state: NodeState) -> &'static str {
         NodeState::Healthy => "healthy",
         NodeState::Unhealthy => "unhealthy",
         NodeState::Reverted => "back on the previous version",
+        NodeState::Gone => "gone (did not answer)",
     }
 }
 
@@ -152,6 +182,20 @@ mod tests {
             ..e
         };
         assert!(history_line(&partial, None).ends_with(" — by ann — except web3 unhealthy"));
+    }
+
+    #[test]
+    fn long_lists_of_nodes_say_how_many_more_instead_of_growing() {
+        let list: Vec<String> = (1..=203).map(|i| format!("web{i:03}")).collect();
+        assert_eq!(
+            names(&list),
+            "web001, web002, web003, web004, web005, web006, web007, web008, web009, web010, … and 193 more"
+        );
+        assert_eq!(names(&list[..2]), "web001, web002");
+        let kept = capped(list.clone());
+        assert_eq!(kept.len(), NAMES_SHOWN + 1);
+        assert_eq!(kept.last().unwrap(), "… and 193 more");
+        assert_eq!(capped(list[..NAMES_SHOWN].to_vec()).len(), NAMES_SHOWN);
     }
 
     #[test]

@@ -103,6 +103,7 @@ pub fn describe(n: &Notice) -> String {
         Notice::Restarted { node } => format!("{node}: restarted"),
         Notice::Healthy { node } => format!("{node}: healthy"),
         Notice::Unhealthy { node, detail } => format!("{node}: UNHEALTHY: {detail}"),
+        Notice::Gone { node, detail } => format!("{node}: GONE: {detail}"),
         Notice::RollingBack { to, nodes, reason } => format!(
             "rolling back to {to} ({}): {reason}",
             if nodes.is_empty() {
@@ -132,6 +133,7 @@ pub fn describe(n: &Notice) -> String {
             Outcome::Failed {
                 reason,
                 rolled_back: true,
+                ..
             } => format!("FAILED and rolled back: {reason}"),
             Outcome::Failed { reason, .. } => format!("FAILED: {reason}"),
             Outcome::RollbackFailed { reason } => {

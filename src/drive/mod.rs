@@ -17,7 +17,7 @@ use crate::config::secrets::Secrets;
 use crate::config::{App, Config};
 use crate::deploy::engine::{Action, Deploy, Notice, Observation, Outcome, Verdict};
 use crate::deploy::history::{faulty_mark, Faulty, HistoryEntry};
-use crate::deploy::job::DeployJob;
+use crate::deploy::job::{DeployJob, Source};
 use crate::deploy::lock::lease_seconds;
 use crate::deploy::ports::{
     Backlog, Fleet, Gate, Ledger, LockInfo, Notify, NotifyMemo, PortError, Refused, Sent, Turn,
@@ -156,6 +156,7 @@ impl Driver {
             Action::Record => {
                 let entry = HistoryEntry {
                     left_behind: deploy.outcome.as_ref().and_then(Outcome::left_behind),
+                    cleared: deploy.clears.clone(),
                     ..HistoryEntry::new(job.clone(), now)
                 };
                 self.ledger.record(&entry).await?;
@@ -208,9 +209,9 @@ impl Driver {
         if let Err(e) = self.ledger.release(&job.app, &job.env, &job.id).await {
             tracing::error!(job_id = %job.id, error = %e, "cannot release the lock; `unlock` it from chat or the CLI");
         }
-        let outcome = Outcome::Failed {
-            reason,
-            rolled_back: false,
+        let outcome = match deploy {
+            Some(d) => d.failed(reason, false),
+            None => Outcome::failed(reason),
         };
         let ended = Deploy {
             outcome: Some(outcome.clone()),
@@ -283,6 +284,10 @@ impl Driver {
             return Ok(None);
         };
         for newer in backlog.newer_queued(job).await? {
+            // A sync sends out whatever is live at its turn: it supersedes nothing.
+            if matches!(newer.source, Source::Sync { .. }) {
+                continue;
+            }
             if newer.source.is_automatic() && faulty_mark(faulty, &newer.version).is_some() {
                 continue;
             }

@@ -26,7 +26,7 @@ use chrono::{DateTime, TimeZone, Utc};
 use super::step::{StepInput, StepState, Stepper};
 use super::{Driver, Outbound};
 use crate::config::Config;
-use crate::deploy::command::{Command, CommandKind, NodeResult, UNHEALTHY};
+use crate::deploy::command::{Command, CommandKind, NodeResult, REFUSED, REFUSED_EXIT, UNHEALTHY};
 use crate::deploy::engine::{Deploy, Notice, Verdict};
 use crate::deploy::history::{faulty_mark, rollback_target, Faulty, HistoryEntry};
 use crate::deploy::job::{DeployJob, JobId, Source};
@@ -317,6 +317,9 @@ impl Ledger for SimLedger {
             ));
         }
         t.history.insert(0, entry.clone());
+        if let Some(cleared) = &entry.cleared {
+            t.faulty.retain(|f| !f.version.same_as(&cleared.version));
+        }
         w.violations.extend(broken);
         if matches!(job.source, Source::Rollback { .. }) {
             w.stats.rollbacks_recorded += 1;
@@ -677,8 +680,8 @@ fn failed(output: &str) -> NodeResult {
 
 fn fenced() -> NodeResult {
     NodeResult::Failed {
-        exit_code: Some(75),
-        output: "fenced".into(),
+        exit_code: Some(REFUSED_EXIT),
+        output: format!("{REFUSED} a newer lock generation has been here"),
     }
 }
 

@@ -165,7 +165,21 @@ impl Stepper {
     async fn step_job(&self, mut state: StepState, replayed: bool) -> Result<StepState, PortError> {
         if let Some(err) = state.error.take() {
             let reason = format!("the deploy step failed: {} {}", err.error, err.cause);
-            return Ok(self.give_up(state, reason.trim().to_string()).await);
+            let reason = reason.trim().to_string();
+            // Put back what it changed before giving the lock up: the state machine goes
+            // on stepping from here. Stopped a second time, it gives up.
+            let now = (self.now)();
+            let stopped = state.deploy.as_mut().and_then(|d| d.stop(now, &reason));
+            let (Some(notices), Some(deploy)) = (stopped, &state.deploy) else {
+                return Ok(self.give_up(state, reason).await);
+            };
+            tracing::error!(%reason, "the deploy cannot go on; winding it down");
+            self.driver
+                .tell(deploy, &notices, &mut state.notify, now)
+                .await;
+            state.throttled = 0;
+            state.wait_seconds = 0;
+            return Ok(state);
         }
         let mut deploy = match state.deploy.take() {
             Some(deploy) => deploy,

@@ -273,20 +273,25 @@ impl Worker {
             if *shutdown.borrow() {
                 return None;
             }
-            let obs = match self.execute(&deploy, &action, &mut shutdown).await {
-                Ok(obs) => obs,
-                Err(Stop::Shutdown) => return None,
-                Err(Stop::Abandon(reason)) => {
-                    return self.abandon(&job, Some(&deploy), &mut memo, reason).await
-                }
-            };
+            let obs = self.execute(&deploy, &action, &mut shutdown).await;
             let now = Utc::now();
-            let notices = match deploy.observe(now, obs) {
-                Ok(n) => n,
-                Err(e) => {
-                    let reason = format!("engine refused a result: {e}");
-                    return self.abandon(&job, Some(&deploy), &mut memo, reason).await;
-                }
+            let notices = match obs {
+                Ok(obs) => match deploy.observe(now, obs) {
+                    Ok(n) => n,
+                    Err(e) => {
+                        let reason = format!("engine refused a result: {e}");
+                        return self.abandon(&job, Some(&deploy), &mut memo, reason).await;
+                    }
+                },
+                Err(Stop::Shutdown) => return None,
+                // Put back what it changed before giving the lock up.
+                Err(Stop::Abandon(reason)) => match deploy.stop(now, &reason) {
+                    Some(notices) => {
+                        tracing::error!(%reason, "the deploy cannot go on; winding it down");
+                        notices
+                    }
+                    None => return self.abandon(&job, Some(&deploy), &mut memo, reason).await,
+                },
             };
             // The next action waits until this step is saved: acting on unsaved state
             // would let a crash replay it from further back than the nodes are.

@@ -220,12 +220,20 @@ pub async fn start_deploy(
     sequence: Option<&str>,
 ) -> Result<Dispatched, String> {
     let job = crate::deploy::job::DeployJob::from_json(body).map_err(|e| e.to_string())?;
-    let dispatched = start_execution(sfn, state_machine, &job).await?;
+    // The ticket first: an execution that starts before its ticket exists finds no place
+    // in the queue and would take the lock ahead of older jobs. A ticket whose execution
+    // never starts is stale to whoever finds it (`SsmTurn::ahead`).
     match sequence {
         Some(seq) => turn.enter(&job, seq).await.map_err(|e| e.to_string())?,
         None => {
             tracing::warn!(job_id = %job.id, "message has no SQS sequence number; this job keeps no queue order")
         }
+    }
+    let dispatched = start_execution(sfn, state_machine, &job).await?;
+    if dispatched == Dispatched::AlreadyStarted {
+        // A message delivered again after its deploy ended must not leave a ticket behind:
+        // a ticket is also a newer version queued (`Backlog`).
+        turn.leave_if_ended(&job).await.map_err(|e| e.to_string())?;
     }
     Ok(dispatched)
 }

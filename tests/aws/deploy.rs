@@ -806,6 +806,22 @@ async fn dispatch_starts_one_execution_per_job_even_when_a_message_comes_twice()
     assert_eq!(turn.ahead(&b).await.unwrap(), Some(a.id.clone()));
     // a's execution stopped by hand, its ticket left behind: b goes, and clears it.
     stop_execution(&sfn, &machine, &a.id).await;
+    // Delivered once more after it ended: its ticket goes, or it would pass for a newer
+    // version still queued.
+    let older = cli_job("0.9.0");
+    turn.enter(&older, "0").await.unwrap();
+    let resp = shipit::run::lambda::dispatch(&sfn, &turn, &machine, &event).await;
+    assert!(resp.batch_item_failures.is_empty(), "{resp:?}");
+    use shipit::deploy::ports::Backlog;
+    let newer: Vec<_> = turn
+        .newer_queued(&older)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|j| j.id)
+        .collect();
+    assert_eq!(newer, std::slice::from_ref(&b.id));
+    turn.leave(&older).await.unwrap();
     assert_eq!(turn.ahead(&b).await.unwrap(), None);
     turn.leave(&b).await.unwrap();
     assert_eq!(turn.ahead(&b).await.unwrap(), None);

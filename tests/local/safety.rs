@@ -122,6 +122,18 @@ fn a_second_rollback_never_brings_back_the_version_rolled_back_from() {
         "{out}"
     );
     assert_eq!(ex.served(), ["1.1.0", "1.1.0"]);
+    // It went well: the mark is lifted, and history says who lifted it.
+    let status = json(&ex, &["status", "--json"]);
+    assert_eq!(status[0]["faulty"], serde_json::json!([]), "{status}");
+    let (_, out) = ex.shipit(&["history", "hello"]);
+    let line = out.lines().nth(1).unwrap();
+    assert!(
+        line.contains(" 1.1.0 ")
+            && line.contains("lifted the FAULTY mark (rolled back to 1.0.0 by"),
+        "{out}"
+    );
+    let history = json(&ex, &["history", "hello", "--json"]);
+    assert_eq!(history[0]["cleared"]["version"], "1.1.0", "{history}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

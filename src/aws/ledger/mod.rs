@@ -72,12 +72,27 @@ impl Ledger for SsmLedger {
         if self
             .live_entry(&job.app, &job.env)
             .await?
-            .is_some_and(|e| e.job.id == job.id)
+            .is_none_or(|e| e.job.id != job.id)
         {
-            return Ok(());
+            let name = self.live(&job.app, &job.env);
+            params::put(&self.client, &name, &serde_json::to_string(entry)?, true).await?;
         }
-        let name = self.live(&job.app, &job.env);
-        params::put(&self.client, &name, &serde_json::to_string(entry)?, true).await?;
+        // After the entry, and again on a replay: a mark lifted is lifted once it is live.
+        if let Some(cleared) = &entry.cleared {
+            let mut marks = self.faulty(&job.app, &job.env).await?;
+            let before = marks.len();
+            marks.retain(|m| !m.version.same_as(&cleared.version));
+            if marks.len() != before {
+                let value = serde_json::to_string(&marks)?;
+                params::put(
+                    &self.client,
+                    &self.faulty_list(&job.app, &job.env),
+                    &value,
+                    true,
+                )
+                .await?;
+            }
+        }
         Ok(())
     }
 

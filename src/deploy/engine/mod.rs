@@ -11,8 +11,10 @@ use chrono::{DateTime, Duration, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::command::{Command, CommandKind, NodeResult};
+use super::history::Faulty;
 use super::job::{DeployJob, Source};
 use super::lock::{LockInfo, Renewal, LEASE_RENEW_SECONDS};
+use super::report;
 use super::rollout::Rollout;
 use super::version::Version;
 
@@ -20,7 +22,7 @@ mod phases;
 mod types;
 
 pub use types::{
-    Action, Batch, Node, NodeState, Notice, Observation, Outcome, Phase, Took, Verdict,
+    Action, Batch, Mark, Node, NodeState, Notice, Observation, Outcome, Phase, Took, Verdict,
 };
 
 /// How often to look at a command still running: every 250 ms for its first second and
@@ -95,6 +97,19 @@ pub struct Deploy {
     /// The abort is under way: the failure path ends `Aborted`, not `Failed`.
     #[serde(default)]
     pub aborting: bool,
+    /// A faulty mark to write before anything else while the lock is held: the verdict
+    /// on a version this deploy rolls back from, written before the rollback starts, so
+    /// that a deploy that loses its lock midway has not put back anything unmarked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mark: Option<Mark>,
+    /// The mark on this job's version that a person deploying it by name lifts once the
+    /// deploy succeeds (recorded with the history entry).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clears: Option<Faulty>,
+    /// The driver could not go on (see `stop`): why. This deploy is putting back what it
+    /// changed; stopped a second time, it ends where it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stopping: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -141,6 +156,9 @@ impl Deploy {
             renew_due: false,
             abort_asked: None,
             aborting: false,
+            mark: None,
+            clears: None,
+            stopping: None,
         }
     }
 
@@ -218,6 +236,12 @@ impl Deploy {
                 generation: lease.generation,
             };
         }
+        if let (true, Some(mark)) = (self.locked, &self.mark) {
+            return Action::MarkFaulty {
+                version: mark.version.clone(),
+                reason: mark.reason.clone(),
+            };
+        }
         if let Some(millis) = self.wait {
             // While the lock is held, no pause outlasts the next heartbeat.
             let millis = match self.lease {
@@ -226,6 +250,11 @@ impl Deploy {
             };
             return Action::Wait { millis };
         }
+        self.phase_action()
+    }
+
+    /// What the phase asks for, heartbeat and pauses aside.
+    fn phase_action(&self) -> Action {
         let v = &self.job.version;
         match &self.phase {
             Phase::Verify { .. } => Action::Verify,
@@ -281,15 +310,12 @@ impl Deploy {
                 self.batch_names(batch, |_| true),
             ),
             Phase::Record => Action::Record,
-            Phase::MarkFaulty { version, reason } => Action::MarkFaulty {
-                version: version.clone(),
-                reason: reason.clone(),
-            },
             Phase::Unlock => Action::Unlock,
-            Phase::Done => Action::Finished(self.outcome.clone().unwrap_or(Outcome::Failed {
-                reason: "finished without an outcome".into(),
-                rolled_back: false,
-            })),
+            Phase::Done => Action::Finished(
+                self.outcome
+                    .clone()
+                    .unwrap_or(Outcome::failed("finished without an outcome")),
+            ),
         }
     }
 
@@ -338,7 +364,7 @@ impl Deploy {
                     version: version.clone(),
                     reason: reason.clone(),
                 });
-                self.phase = Phase::Unlock;
+                self.mark = None;
             }
             (Action::Unlock, Observation::Unlocked) => {
                 self.locked = false;
@@ -373,6 +399,75 @@ impl Deploy {
         }
     }
 
+    /// The driver cannot go on with this deploy (a step kept failing): put back what it
+    /// changed and end, as a failed health check would but marking nothing, so that it
+    /// never releases its lock with nodes on two versions. The command this state was
+    /// about to send or look at may have reached its nodes unseen: they count as changed,
+    /// and nothing more is sent before it surely ended. A deploy that touched no node just
+    /// ends (releasing its lock); one that fails while putting things back ends
+    /// `RollbackFailed`. `None`: the engine can do nothing more (stopped a second time, or
+    /// only the unlock is left): the driver gives up.
+    pub fn stop(&mut self, now: DateTime<Utc>, reason: &str) -> Option<Vec<Notice>> {
+        if self.stopping.is_some() || matches!(self.phase, Phase::Unlock | Phase::Done) {
+            return None;
+        }
+        let mut notices = vec![];
+        let mut reason = format!("the deploy could not go on: {reason}");
+        self.stopping = Some(reason.clone());
+        // A command is in flight (sent, not seen to end), or about to be sent: the step
+        // that failed may have sent it.
+        let in_doubt = self.running_since.is_some() || matches!(self.action(), Action::Run(_));
+        let in_flight = match self.phase_action() {
+            Action::Run(cmd) if in_doubt => Some(cmd),
+            _ => None,
+        };
+        if let Some(mark) = self.mark.take() {
+            // Marks are written before anything else: this is what kept failing.
+            reason.push_str(&format!(" (marking {} faulty failed)", mark.version));
+        }
+        if !self.locked {
+            self.finish(Outcome::failed(reason), &mut notices);
+            return Some(notices);
+        }
+        let since = self.running_since.take().unwrap_or(now);
+        self.running_seen = None;
+        self.polls = 0;
+        if let Some(cmd) =
+            in_flight.filter(|c| matches!(c.kind, CommandKind::Install | CommandKind::Restart))
+        {
+            let limit = Duration::seconds(
+                self.policy.command_seconds(cmd.kind) as i64 + COMMAND_GRACE_SECONDS,
+            );
+            let left = (since + limit - now).num_milliseconds().max(0) as u64;
+            self.wait = (left > 0).then_some(left);
+            let sent: std::collections::HashSet<&str> =
+                cmd.nodes.iter().map(String::as_str).collect();
+            let (from, to) = match cmd.kind {
+                CommandKind::Install => (NodeState::Pending, NodeState::Installed),
+                _ => (NodeState::Installed, NodeState::Unhealthy),
+            };
+            for node in &mut self.nodes {
+                if node.state == from && sent.contains(node.name.as_str()) {
+                    node.state = to;
+                }
+            }
+        }
+        match self.phase.clone() {
+            Phase::Revert { to, .. } | Phase::RevertRestart { to, .. } => {
+                let why = format!("{reason}, while putting {to} back");
+                self.finish(Outcome::RollbackFailed { reason: why }, &mut notices);
+            }
+            _ => {
+                // Recorded as live only once Record answers: a failure there is before it.
+                if self.phase == Phase::Record {
+                    self.outcome = None;
+                }
+                self.revert_or_fail(reason, false, &mut notices);
+            }
+        }
+        Some(notices)
+    }
+
     /// After every step: renew the lease when it is time, and act on an abort once no
     /// command is in flight (a restart half-observed must finish before it is undone).
     fn heartbeat(&mut self, now: DateTime<Utc>, notices: &mut Vec<Notice>) {
@@ -398,7 +493,7 @@ impl Deploy {
             self.aborting = true;
             self.wait = None;
             self.polls = 0;
-            self.revert_or_fail(format!("aborted by {by}"), notices);
+            self.revert_or_fail(format!("aborted by {by}"), false, notices);
         }
     }
 
@@ -417,69 +512,88 @@ impl Deploy {
                 }
             }
             Renewal::Lost { holder } => {
-                self.locked = false;
-                self.lease = None;
-                self.wait = None;
-                if let Some(outcome) = self.outcome.clone() {
-                    // Decided already (recorded, or put back): only the bookkeeping after
-                    // it is left undone, and the lock is not ours to release.
-                    self.phase = Phase::Done;
-                    notices.push(Notice::Finished { outcome });
-                    return;
-                }
                 let who = holder.map_or("nobody (it was removed)".to_string(), |h| {
                     format!("{} ({})", h.holder, h.reason)
                 });
-                self.finish(
-                    Outcome::Failed {
-                        reason: format!(
-                            "lost the lock of {}/{} to {who}; stopped before its next command, nodes are that deploy's to change now",
-                            self.job.app, self.job.env
-                        ),
-                        rolled_back: false,
-                    },
-                    notices,
+                let why = format!(
+                    "lost the lock of {}/{} to {who}",
+                    self.job.app, self.job.env
                 );
+                self.lost_lock(why, notices);
             }
         }
     }
 
-    /// How a failed deploy ends: `Aborted` when a person stopped it.
-    fn failed(&self, reason: String, rolled_back: bool) -> Outcome {
+    /// The lock is someone else's now (taken over after this deploy's lease lapsed, or
+    /// removed): the nodes are that holder's to change, so this deploy stops where it is,
+    /// writes nothing more, and names the nodes it leaves on its version. A success not
+    /// yet recorded is no success: history does not say so.
+    fn lost_lock(&mut self, why: String, notices: &mut Vec<Notice>) {
+        self.locked = false;
+        self.lease = None;
+        self.wait = None;
+        self.renew_due = false;
+        self.mark = None;
+        self.running_since = None;
+        self.running_seen = None;
+        self.polls = 0;
+        let outcome = match self.outcome.take() {
+            Some(Outcome::Succeeded { .. }) if self.phase == Phase::Record => Outcome::Failed {
+                reason: format!(
+                    "{why} before it recorded {} as live: its nodes serve it, history does not say so",
+                    self.job.version
+                ),
+                rolled_back: false,
+                left_behind: self.left_on_version(),
+            },
+            // Decided already (recorded, or put back): only the bookkeeping after it is
+            // left undone, and the lock is not ours to release.
+            Some(outcome) => outcome,
+            None => self.failed(
+                format!("{why}; stopped before its next command, nodes are that deploy's to change now"),
+                false,
+            ),
+        };
+        self.phase = Phase::Done;
+        self.outcome = Some(outcome.clone());
+        notices.push(Notice::Finished { outcome });
+    }
+
+    /// The nodes that may serve this job's version: restarted on it and not put back, or
+    /// gone (a node that went away may come back as it was).
+    fn left_on_version(&self) -> Vec<String> {
+        report::capped(self.names_where(|s| {
+            matches!(
+                s,
+                NodeState::Healthy | NodeState::Unhealthy | NodeState::Gone
+            )
+        }))
+    }
+
+    /// How a failed deploy ends (`Aborted` when a person stopped it), naming the nodes it
+    /// leaves on its version.
+    pub fn failed(&self, reason: String, rolled_back: bool) -> Outcome {
+        let left_behind = self.left_on_version();
         match (&self.abort_asked, self.aborting) {
             (Some(by), true) => Outcome::Aborted {
                 by: by.clone(),
                 rolled_back,
                 reason,
+                left_behind,
             },
             _ => Outcome::Failed {
                 reason,
                 rolled_back,
+                left_behind,
             },
         }
     }
 
-    /// Ends with `outcome`: through Unlock if the lock is ours, marking the job's version
-    /// faulty first if this deploy rolled back from it.
+    /// Ends with `outcome`: through Unlock if the lock is ours (a pending faulty mark is
+    /// written first, see `action`).
     fn finish(&mut self, outcome: Outcome, notices: &mut Vec<Notice>) {
         self.outcome = Some(outcome.clone());
-        let rolled_back = matches!(
-            outcome,
-            Outcome::Failed {
-                rolled_back: true,
-                ..
-            } | Outcome::RollbackFailed { .. }
-        );
-        if self.locked && rolled_back && !self.is_sync() {
-            self.phase = Phase::MarkFaulty {
-                version: self.job.version.clone(),
-                reason: format!(
-                    "job {} rolled back from it: {}",
-                    self.job.id,
-                    outcome.reason().unwrap_or_default()
-                ),
-            };
-        } else if self.locked {
+        if self.locked {
             self.phase = Phase::Unlock;
         } else {
             self.phase = Phase::Done;
@@ -513,9 +627,25 @@ impl Deploy {
         let batch = self.batch_from(index, number, |s| s == NodeState::Installed);
         if batch.nodes.is_empty() {
             self.outcome = Some(Outcome::Succeeded {
-                failed_installs: self.names_where(|s| s == NodeState::InstallFailed),
-                unhealthy: self.names_where(|s| s == NodeState::Unhealthy),
+                failed_installs: report::capped(
+                    self.names_where(|s| s == NodeState::InstallFailed),
+                ),
+                unhealthy: report::capped(self.names_where(|s| s == NodeState::Unhealthy)),
+                gone: report::capped(self.names_where(|s| s == NodeState::Gone)),
             });
+            // A rollback that went out replaced the version it undoes: marked before it
+            // is recorded, while the lock is surely this deploy's.
+            if let (Source::Rollback { .. }, Some(from)) = (&self.job.source, &self.previous) {
+                if !from.same_as(&self.job.version) {
+                    self.mark = Some(Mark {
+                        version: from.clone(),
+                        reason: format!(
+                            "rolled back to {} by {} (job {})",
+                            self.job.version, self.job.requested_by, self.job.id
+                        ),
+                    });
+                }
+            }
             // A sync changes no history: the live version stays the live version.
             self.phase = if self.is_sync() {
                 Phase::Unlock
@@ -557,7 +687,7 @@ impl Deploy {
             .iter()
             .filter(|n| n.state == NodeState::Unhealthy);
         if unhealthy.count() > self.policy.failure_budget(self.nodes.len()) {
-            self.revert_or_fail(reason(&names), notices);
+            self.revert_or_fail(reason(&names), true, notices);
             return false;
         }
         true
@@ -565,7 +695,10 @@ impl Deploy {
 
     /// After a failure: put the previous version back where the new one was installed and
     /// restart the nodes this deploy restarted, or stop if the policy or history forbids it.
-    fn revert_or_fail(&mut self, reason: String, notices: &mut Vec<Notice>) {
+    /// `served`: the version failed on a node after it served there (its restart, health
+    /// check or bake), so rolling back from it marks it faulty; an install failure, an
+    /// abort or a driver that cannot go on is no verdict on the version.
+    fn revert_or_fail(&mut self, reason: String, served: bool, notices: &mut Vec<Notice>) {
         if self.is_sync() {
             // The nodes it touched did not run the live version before either; there
             // is nothing better to put back.
@@ -579,9 +712,17 @@ impl Deploy {
         ) {
             (Some(to), true, false) => {
                 let to = to.clone();
+                // Rolling back to the version itself (a re-deploy of the live one) rolls
+                // back from nothing.
+                if served && !to.same_as(&self.job.version) {
+                    self.mark = Some(Mark {
+                        version: self.job.version.clone(),
+                        reason: format!("job {} rolled back from it: {reason}", self.job.id),
+                    });
+                }
                 notices.push(Notice::RollingBack {
                     to: to.clone(),
-                    nodes: self.names_where(was_restarted),
+                    nodes: report::capped(self.names_where(was_restarted)),
                     reason: reason.clone(),
                 });
                 self.phase = Phase::Revert { to, reason };

@@ -7,6 +7,7 @@ use crate::deploy::command::{Command, NodeResult, UNHEALTHY};
 use crate::deploy::history::Faulty;
 use crate::deploy::job::{DeployJob, Source};
 use crate::deploy::lock::LockInfo;
+use crate::deploy::report;
 use crate::deploy::version::Version;
 
 /// Why a node failed a command: its exit code and the last line it printed; for a restart
@@ -75,6 +76,17 @@ fn detail(r: &NodeResult) -> String {
 }
 
 impl Deploy {
+    /// `name` went away: dropped from the deploy (see `NodeResult::Gone`).
+    fn went(&mut self, name: &str, detail: String, notices: &mut Vec<Notice>) {
+        if let Some(node) = self.nodes.iter_mut().find(|n| n.name == name) {
+            node.state = NodeState::Gone;
+        }
+        notices.push(Notice::Gone {
+            node: name.to_string(),
+            detail,
+        });
+    }
+
     pub(super) fn on_verdict(
         &mut self,
         now: DateTime<Utc>,
@@ -148,13 +160,10 @@ impl Deploy {
                     format!("{} ({})", h.holder, h.reason)
                 });
                 self.finish(
-                    Outcome::Failed {
-                        reason: format!(
-                            "gave up after waiting {} s for the lock held by {who}",
-                            self.policy.lock_wait_seconds
-                        ),
-                        rolled_back: false,
-                    },
+                    Outcome::failed(format!(
+                        "gave up after waiting {} s for the lock held by {who}",
+                        self.policy.lock_wait_seconds
+                    )),
                     notices,
                 );
             } else {
@@ -203,6 +212,8 @@ impl Deploy {
             Some(reason) => self.finish(Outcome::Skipped { reason }, notices),
             None => {
                 if let Some(mark) = faulty {
+                    // A person sends it out by name: if it goes well, the mark is lifted.
+                    self.clears = Some(mark.clone());
                     notices.push(Notice::DeployingFaulty { mark });
                 }
                 self.phase = Phase::Resolve;
@@ -253,20 +264,9 @@ impl Deploy {
         }
     }
 
-    /// Live now; a rollback also marks the version it replaced.
+    /// Live now (a rollback marked the version it replaced before it was recorded).
     pub(super) fn on_recorded(&mut self) {
-        self.phase = match (&self.job.source, &self.previous) {
-            (Source::Rollback { .. }, Some(from)) if !from.same_as(&self.job.version) => {
-                Phase::MarkFaulty {
-                    version: from.clone(),
-                    reason: format!(
-                        "rolled back to {} by {} (job {})",
-                        self.job.version, self.job.requested_by, self.job.id
-                    ),
-                }
-            }
-            _ => Phase::Unlock,
-        };
+        self.phase = Phase::Unlock;
     }
 
     pub(super) fn on_nodes(&mut self, mut nodes: Vec<String>, notices: &mut Vec<Notice>) {
@@ -279,21 +279,18 @@ impl Deploy {
         };
         if let (Some(wanted), true) = (&wanted, nodes.is_empty()) {
             self.finish(
-                Outcome::Failed {
-                    reason: format!(
-                        "{wanted}: not among the nodes of {}/{} (yet)",
-                        self.job.app, self.job.env
-                    ),
-                    rolled_back: false,
-                },
+                Outcome::failed(format!(
+                    "{wanted}: not among the nodes of {}/{} (yet)",
+                    self.job.app, self.job.env
+                )),
                 notices,
             );
         } else if nodes.is_empty() {
             self.finish(
-                Outcome::Failed {
-                    reason: format!("no nodes found for {}/{}", self.job.app, self.job.env),
-                    rolled_back: false,
-                },
+                Outcome::failed(format!(
+                    "no nodes found for {}/{}",
+                    self.job.app, self.job.env
+                )),
                 notices,
             );
         } else {
@@ -323,13 +320,9 @@ impl Deploy {
         results: Vec<(String, NodeResult)>,
         notices: &mut Vec<Notice>,
     ) {
-        let result_of = |node: &str| {
-            results
-                .iter()
-                .find(|(n, _)| n == node)
-                .map(|(_, r)| r.clone())
-                .unwrap_or(NodeResult::Running)
-        };
+        // A map: a command of a large fleet has thousands of nodes.
+        let results: std::collections::HashMap<String, NodeResult> = results.into_iter().collect();
+        let result_of = |node: &str| results.get(node).cloned().unwrap_or(NodeResult::Running);
         let mut late = false;
         if cmd
             .nodes
@@ -357,6 +350,21 @@ impl Deploy {
         self.running_since = None;
         self.running_seen = None;
         self.polls = 0;
+        if let Some(node) = cmd.nodes.iter().find(|n| result_of(n).is_refused()) {
+            // Nodes of a batch that restarted before the refusal serve this version now.
+            if let Phase::Restart { batch } = self.phase.clone() {
+                for i in batch.nodes {
+                    if !result_of(&self.nodes[i].name).is_refused() {
+                        self.nodes[i].state = NodeState::Unhealthy;
+                    }
+                }
+            }
+            let why = format!(
+                "{node} refused this deploy's command: it has taken commands under a newer lock generation of {}/{}, so another deploy took the lock over",
+                self.job.app, self.job.env
+            );
+            return self.lost_lock(why, notices);
+        }
         let waited = self.policy.command_seconds(cmd.kind) as i64 + COMMAND_GRACE_SECONDS;
         let result_of = |node: &str| match result_of(node) {
             NodeResult::Running if late => NodeResult::Failed {
@@ -385,7 +393,16 @@ impl Deploy {
     ) {
         let target = self.job.version.clone();
         for node in &mut self.nodes {
-            let (installed, detail) = probed(&result_of(&node.name));
+            let result = result_of(&node.name);
+            if let NodeResult::Gone { detail } = result {
+                node.state = NodeState::Gone;
+                notices.push(Notice::Gone {
+                    node: node.name.clone(),
+                    detail,
+                });
+                continue;
+            }
+            let (installed, detail) = probed(&result);
             if installed.as_ref().is_some_and(|v| v.same_as(&target)) {
                 node.state = NodeState::Healthy;
             } else {
@@ -396,10 +413,15 @@ impl Deploy {
                 });
             }
         }
-        if self.nodes.iter().all(|n| n.state == NodeState::Healthy) {
+        if self
+            .nodes
+            .iter()
+            .all(|n| matches!(n.state, NodeState::Healthy | NodeState::Gone))
+        {
             self.outcome = Some(Outcome::Succeeded {
                 failed_installs: vec![],
                 unhealthy: vec![],
+                gone: report::capped(self.names_where(|s| s == NodeState::Gone)),
             });
             self.phase = Phase::Unlock;
         } else {
@@ -413,8 +435,9 @@ impl Deploy {
         result_of: &dyn Fn(&str) -> NodeResult,
         notices: &mut Vec<Notice>,
     ) {
+        let sent: std::collections::HashSet<&str> = cmd.nodes.iter().map(String::as_str).collect();
         for node in &mut self.nodes {
-            if !cmd.nodes.contains(&node.name) {
+            if !sent.contains(node.name.as_str()) {
                 continue;
             }
             match result_of(&node.name) {
@@ -422,6 +445,13 @@ impl Deploy {
                     node.state = NodeState::Installed;
                     notices.push(Notice::Installed {
                         node: node.name.clone(),
+                    });
+                }
+                NodeResult::Gone { detail } => {
+                    node.state = NodeState::Gone;
+                    notices.push(Notice::Gone {
+                        node: node.name.clone(),
+                        detail,
                     });
                 }
                 r => {
@@ -434,15 +464,28 @@ impl Deploy {
             }
         }
         let failed = self.names_where(|s| s == NodeState::InstallFailed);
-        if failed.len() as u64 > u64::from(self.policy.max_errors)
-            || failed.len() == cmd.nodes.len()
-        {
-            let reason = format!(
-                "install of {} failed on {}; nothing was restarted",
-                self.job.version,
-                failed.join(", ")
-            );
-            self.revert_or_fail(reason, notices);
+        let installed = self
+            .nodes
+            .iter()
+            .filter(|n| n.state == NodeState::Installed && sent.contains(n.name.as_str()))
+            .count();
+        // A sync whose nodes all went away has nothing left to do; a deploy with no node
+        // left installed has nothing to go live on.
+        let nothing_left = installed == 0 && (!self.is_sync() || !failed.is_empty());
+        if failed.len() as u64 > u64::from(self.policy.max_errors) || nothing_left {
+            let reason = if failed.is_empty() {
+                format!(
+                    "every node of {}/{} went away before {} was installed; nothing was restarted",
+                    self.job.app, self.job.env, self.job.version
+                )
+            } else {
+                format!(
+                    "install of {} failed on {}; nothing was restarted",
+                    self.job.version,
+                    report::names(&failed)
+                )
+            };
+            self.revert_or_fail(reason, false, notices);
         } else {
             self.restart_from(0, 0);
         }
@@ -463,6 +506,10 @@ impl Deploy {
                     notices.push(Notice::Restarted { node: node.clone() });
                     notices.push(Notice::Healthy { node });
                 }
+                NodeResult::Gone { detail } => {
+                    self.nodes[i].state = NodeState::Gone;
+                    notices.push(Notice::Gone { node, detail });
+                }
                 // A failed restart may have stopped the service: the node counts as
                 // restarted, and is rolled back with the others.
                 r => {
@@ -480,11 +527,14 @@ impl Deploy {
         let why = |names: &[String]| match &first {
             Some((true, first)) => {
                 let whose = if names.len() == 1 { "its" } else { "their" };
-                format!("{} failed {whose} health check ({first})", names.join(", "))
+                format!(
+                    "{} failed {whose} health check ({first})",
+                    report::names(names)
+                )
             }
             _ => format!(
                 "restart of {} failed ({})",
-                names.join(", "),
+                report::names(names),
                 first.as_ref().map_or("", |f| f.1.as_str())
             ),
         };
@@ -519,20 +569,28 @@ impl Deploy {
         result_of: &dyn Fn(&str) -> NodeResult,
         notices: &mut Vec<Notice>,
     ) {
-        let failed: Vec<(usize, String)> = batch
-            .nodes
-            .iter()
-            .filter(|&&i| self.nodes[i].state == NodeState::Healthy)
-            .filter_map(|&i| match result_of(&self.nodes[i].name) {
-                NodeResult::Succeeded => None,
-                r => Some((i, detail(&r))),
-            })
-            .collect();
+        let mut failed: Vec<(usize, String)> = vec![];
+        for &i in &batch.nodes {
+            if self.nodes[i].state != NodeState::Healthy {
+                continue;
+            }
+            match result_of(&self.nodes[i].name) {
+                NodeResult::Succeeded => {}
+                NodeResult::Gone { detail } => {
+                    self.nodes[i].state = NodeState::Gone;
+                    notices.push(Notice::Gone {
+                        node: self.nodes[i].name.clone(),
+                        detail,
+                    });
+                }
+                r => failed.push((i, detail(&r))),
+            }
+        }
         let first = failed.first().map_or(String::new(), |f| f.1.clone());
         let why = |names: &[String]| {
             format!(
                 "canary {} turned unhealthy while baking ({first})",
-                names.join(", ")
+                report::names(names)
             )
         };
         if self.count_failures(failed, why, notices) {
@@ -548,21 +606,28 @@ impl Deploy {
         result_of: &dyn Fn(&str) -> NodeResult,
         notices: &mut Vec<Notice>,
     ) {
-        let failed: Vec<String> = cmd
-            .nodes
-            .iter()
-            .filter(|n| result_of(n) != NodeResult::Succeeded)
-            .cloned()
-            .collect();
+        let mut failed: Vec<String> = vec![];
+        for name in &cmd.nodes {
+            match result_of(name) {
+                NodeResult::Succeeded => {}
+                // Nothing to put back on a node that is not there.
+                NodeResult::Gone { detail } => self.went(name, detail, notices),
+                _ => failed.push(name.clone()),
+            }
+        }
         if !failed.is_empty() {
             let why = format!(
                 "{reason}; then reinstalling {to} failed on {}",
-                failed.join(", ")
+                report::names(&failed)
             );
             return self.finish(Outcome::RollbackFailed { reason: why }, notices);
         }
+        let sent: std::collections::HashSet<&str> = cmd.nodes.iter().map(String::as_str).collect();
         for node in &mut self.nodes {
-            if cmd.nodes.contains(&node.name) && !was_restarted(node.state) {
+            if sent.contains(node.name.as_str())
+                && !was_restarted(node.state)
+                && node.state != NodeState::Gone
+            {
                 node.state = NodeState::Reverted;
             }
         }
@@ -585,6 +650,7 @@ impl Deploy {
                     self.nodes[i].state = NodeState::Reverted;
                     notices.push(Notice::Healthy { node: name });
                 }
+                NodeResult::Gone { detail } => self.went(&name, detail, notices),
                 r => {
                     failed.get_or_insert((name, Failure::of(&r)));
                 }

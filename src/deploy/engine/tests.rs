@@ -6,6 +6,7 @@ use chrono::{DateTime, Duration, TimeZone, Utc};
 
 use super::*;
 use crate::deploy::command::UNHEALTHY;
+use crate::deploy::command::{REFUSED, REFUSED_EXIT};
 use crate::deploy::job::{JobId, Source};
 
 fn t0() -> DateTime<Utc> {
@@ -37,6 +38,7 @@ fn succeeded() -> Outcome {
     Outcome::Succeeded {
         failed_installs: vec![],
         unhealthy: vec![],
+        gone: vec![],
     }
 }
 
@@ -59,6 +61,14 @@ struct Twin {
     slow: Vec<String>,
     /// Nodes that never report a result (they went away).
     silent: Vec<String>,
+    /// (kind, node) answered `Gone`: the node went away before or during that command.
+    gone: Vec<(CommandKind, String)>,
+    /// `log.len()` when each faulty mark was written: marks come before the rollback.
+    marked_at: Vec<usize>,
+    /// Once the deploy has renewed this many times, another deploy takes the lock over
+    /// right after answering `Held` (the lease lapsed in between): the nodes, fenced,
+    /// refuse the next command.
+    stolen_after_renewals: Option<usize>,
     results: BTreeMap<String, Vec<(String, NodeResult)>>,
     /// What really ran, in order: "install 1.1.0 n1,n2,n3", "restart n1 1.1.0", …
     log: Vec<String>,
@@ -113,6 +123,20 @@ impl Twin {
         t0() + Duration::milliseconds(self.clock)
     }
 
+    /// Another deploy takes the lock over.
+    fn steal(&mut self) {
+        self.generation += 1;
+        self.lock = Some(LockInfo {
+            holder: "job other".into(),
+            reason: "deploying hello 9.9.9".into(),
+            since: self.now(),
+            expires: None,
+            job: None,
+            generation: self.generation,
+            abort: None,
+        });
+    }
+
     fn execute(&mut self, action: &Action) -> Observation {
         match action {
             Action::Verify => {
@@ -148,6 +172,16 @@ impl Twin {
             },
             Action::Renew { generation } => {
                 self.renewals.push(self.clock);
+                let held = self
+                    .lock
+                    .as_ref()
+                    .is_some_and(|l| l.generation == *generation);
+                if held && self.stolen_after_renewals == Some(self.renewals.len()) {
+                    self.steal();
+                    return Observation::Renewed {
+                        renewal: Renewal::Held { abort: None },
+                    };
+                }
                 Observation::Renewed {
                     renewal: match &self.lock {
                         Some(l) if l.generation == *generation => Renewal::Held {
@@ -190,6 +224,20 @@ impl Twin {
                             .collect(),
                     };
                 }
+                if self.lock.as_ref().is_some_and(|l| l.generation > cmd.fence) {
+                    let refusal = NodeResult::Failed {
+                        exit_code: Some(REFUSED_EXIT),
+                        output: format!("{REFUSED} lock generation {} is stale", cmd.fence),
+                    };
+                    return Observation::Ran {
+                        key: cmd.key.clone(),
+                        results: cmd
+                            .nodes
+                            .iter()
+                            .map(|n| (n.clone(), refusal.clone()))
+                            .collect(),
+                    };
+                }
                 if !self.results.contains_key(&cmd.key) {
                     self.log.push(desc);
                     self.fences.push(cmd.fence);
@@ -198,21 +246,20 @@ impl Twin {
                         self.abort = Some("@bob".into());
                     }
                     if last.is_some() && last == self.stolen_after {
-                        self.generation += 1;
-                        self.lock = Some(LockInfo {
-                            holder: "job other".into(),
-                            reason: "deploying hello 9.9.9".into(),
-                            since: self.now(),
-                            expires: None,
-                            job: None,
-                            generation: self.generation,
-                            abort: None,
-                        });
+                        self.steal();
                     }
                     let results = cmd
                         .nodes
                         .iter()
                         .map(|n| {
+                            if self.gone.contains(&(cmd.kind, n.clone())) {
+                                return (
+                                    n.clone(),
+                                    NodeResult::Gone {
+                                        detail: "terminated".into(),
+                                    },
+                                );
+                            }
                             let failing = |kind| {
                                 self.fail
                                     .get(&(kind, n.clone(), cmd.version.to_string()))
@@ -276,6 +323,7 @@ impl Twin {
                 Observation::Recorded
             }
             Action::MarkFaulty { version, reason } => {
+                self.marked_at.push(self.log.len());
                 self.faulty.push(crate::deploy::history::Faulty {
                     version: version.clone(),
                     job: JobId::derive("x", "x", version, "x"),
@@ -295,8 +343,22 @@ impl Twin {
     /// Drives `deploy` to the end; `crash_every` replays every n-th step from the state
     /// saved before it, as a driver that died after acting but before saving would.
     fn drive(&mut self, deploy: &mut Deploy, crash_every: Option<usize>) -> (Outcome, Vec<Notice>) {
+        self.drive_until(deploy, crash_every, |_| false)
+            .expect("the deploy finished")
+    }
+
+    /// `drive`, stopping short (`None`) once `until` holds after a step.
+    fn drive_until(
+        &mut self,
+        deploy: &mut Deploy,
+        crash_every: Option<usize>,
+        until: impl Fn(&Twin) -> bool,
+    ) -> Option<(Outcome, Vec<Notice>)> {
         let mut notices = vec![];
         for step in 1..10_000 {
+            if until(self) {
+                return None;
+            }
             deploy.tick(self.now());
             let action = deploy.action();
             assert_eq!(action, deploy.action(), "action() is not pure");
@@ -306,7 +368,7 @@ impl Twin {
                         || self.lock.as_ref().unwrap().job != Some(deploy.job.id.clone()),
                     "finished holding the lock"
                 );
-                return (outcome, notices);
+                return Some((outcome, notices));
             }
             if let Action::Record = action {
                 self.live = Some(deploy.job.clone());
@@ -371,7 +433,7 @@ fn install_failure_restarts_nothing_and_puts_the_old_version_back_on_disk() {
         Twin::new(&["n1", "n2", "n3"], Some("1.0.0")).fail(CommandKind::Install, "n2", "1.1.0");
     let (outcome, notices) = run(&mut twin, job("1.1.0", false), policy());
     assert!(
-        matches!(&outcome, Outcome::Failed { reason, rolled_back: true } if reason.contains("install of 1.1.0 failed on n2; nothing was restarted")),
+        matches!(&outcome, Outcome::Failed { reason, rolled_back: true, .. } if reason.contains("install of 1.1.0 failed on n2; nothing was restarted")),
         "{outcome:?}"
     );
     assert_eq!(twin.log, ["install 1.1.0 n1,n2,n3", "install 1.0.0 n1,n3"]);
@@ -419,6 +481,7 @@ fn install_failures_within_max_errors_skip_those_nodes() {
         Outcome::Succeeded {
             failed_installs: vec!["n2".into()],
             unhealthy: vec![],
+            gone: vec![],
         }
     );
     assert_eq!(
@@ -437,7 +500,7 @@ fn health_failure_on_node_k_rolls_back_nodes_1_to_k_and_fails_the_job() {
         Twin::new(&["n1", "n2", "n3"], Some("1.0.0")).fail(CommandKind::Health, "n2", "1.1.0");
     let (outcome, notices) = run(&mut twin, job("1.1.0", false), policy());
     assert!(
-        matches!(&outcome, Outcome::Failed { reason, rolled_back: true } if reason.contains("n2 failed its health check (6 checks in 1 s, the last: exit 1: n2 broke)")),
+        matches!(&outcome, Outcome::Failed { reason, rolled_back: true, .. } if reason.contains("n2 failed its health check (6 checks in 1 s, the last: exit 1: n2 broke)")),
         "{outcome:?}"
     );
     assert_eq!(
@@ -466,7 +529,7 @@ fn a_failed_first_deploy_has_nothing_to_roll_back_to() {
     let mut twin = Twin::new(&["n1", "n2"], None).fail(CommandKind::Restart, "n1", "1.0.0");
     let (outcome, _) = run(&mut twin, job("1.0.0", false), policy());
     assert!(
-        matches!(&outcome, Outcome::Failed { reason, rolled_back: false } if reason.contains("no earlier version is on record")),
+        matches!(&outcome, Outcome::Failed { reason, rolled_back: false, .. } if reason.contains("no earlier version is on record")),
         "{outcome:?}"
     );
     assert_eq!(twin.log, ["install 1.0.0 n1,n2", "restart n1 1.0.0"]);
@@ -1029,7 +1092,7 @@ fn a_failed_sync_puts_nothing_back_and_nothing_live_skips() {
     twin.installed.insert("n1".into(), "1.1.0".into());
     let (outcome, _) = run(&mut twin, sync_job(&[], "1.1.0"), policy());
     assert!(
-        matches!(&outcome, Outcome::Failed { rolled_back: false, reason } if reason.contains("n2 failed its health check")),
+        matches!(&outcome, Outcome::Failed { rolled_back: false, reason, .. } if reason.contains("n2 failed its health check")),
         "{outcome:?}"
     );
     assert_eq!(
@@ -1099,7 +1162,7 @@ fn a_deploy_that_lost_its_lock_stops_before_its_next_command_and_says_so() {
     twin.stolen_after = Some("restart n1 1.1.0".into());
     let (outcome, notices) = run(&mut twin, job("1.1.0", false), policy());
     assert!(
-        matches!(&outcome, Outcome::Failed { reason, rolled_back: false } if reason.contains("lost the lock of hello/production to job other (deploying hello 9.9.9)")),
+        matches!(&outcome, Outcome::Failed { reason, rolled_back: false, .. } if reason.contains("lost the lock of hello/production to job other (deploying hello 9.9.9)")),
         "{outcome:?}"
     );
     assert_eq!(
@@ -1114,7 +1177,226 @@ fn a_deploy_that_lost_its_lock_stops_before_its_next_command_and_says_so() {
         "released someone else's lock"
     );
     assert!(twin.faulty.is_empty());
+    assert_eq!(outcome.left_behind().as_deref(), Some("n1"));
     assert!(matches!(notices.last(), Some(Notice::Finished { .. })));
+}
+
+#[test]
+fn a_refused_command_means_the_lock_is_lost_and_nothing_more_is_sent() {
+    let mut twin = Twin::new(&["n1", "n2", "n3"], Some("1.0.0"));
+    // Renewed before restarting n1 and n2; taken over right after the second renewal.
+    let renewals_before_n2 = {
+        let mut probe = Twin::new(&["n1", "n2", "n3"], Some("1.0.0"));
+        let mut d = Deploy::new(job("1.1.0", false), policy());
+        probe.drive_until(&mut d, None, |t| t.log.len() == 2);
+        probe.renewals.len() + 1
+    };
+    twin.stolen_after_renewals = Some(renewals_before_n2);
+    let (outcome, notices) = run(&mut twin, job("1.1.0", false), policy());
+    assert!(
+        matches!(&outcome, Outcome::Failed { reason, rolled_back: false, .. } if reason.contains("n2 refused this deploy's command")),
+        "{outcome:?}"
+    );
+    assert_eq!(twin.log, ["install 1.1.0 n1,n2,n3", "restart n1 1.1.0"]);
+    assert_eq!(outcome.left_behind().as_deref(), Some("n1"));
+    assert_eq!(
+        twin.lock.as_ref().map(|l| l.holder.as_str()),
+        Some("job other")
+    );
+    assert!(twin.recorded.is_empty() && twin.faulty.is_empty());
+    assert!(matches!(notices.last(), Some(Notice::Finished { .. })));
+}
+
+#[test]
+fn a_success_not_yet_recorded_when_the_lock_is_lost_is_a_failure_naming_its_nodes() {
+    let mut twin = Twin::new(&["n1", "n2"], Some("1.0.0"));
+    let mut d = Deploy::new(job("1.1.0", false), policy());
+    let stopped = twin.drive_until(&mut d, None, |t| t.log.len() == 3);
+    assert!(stopped.is_none());
+    while d.phase != Phase::Record {
+        let action = d.action();
+        let obs = twin.execute(&action);
+        d.observe(twin.now(), obs).unwrap();
+    }
+    let mut notices = vec![];
+    d.lost_lock(
+        "lost the lock of hello/production to nobody".into(),
+        &mut notices,
+    );
+    let Some(Notice::Finished { outcome }) = notices.last() else {
+        panic!("{notices:?}")
+    };
+    assert!(
+        matches!(outcome, Outcome::Failed { reason, .. } if reason.contains("before it recorded 1.1.0 as live")),
+        "{outcome:?}"
+    );
+    assert_eq!(outcome.left_behind().as_deref(), Some("n1, n2"));
+    assert_eq!(d.action(), Action::Finished(outcome.clone()));
+}
+
+#[test]
+fn a_node_that_goes_away_is_dropped_and_the_rollout_goes_on_marking_nothing() {
+    let mut twin = Twin::new(&["n1", "n2", "n3"], Some("1.0.0"));
+    twin.gone.push((CommandKind::Restart, "n2".into()));
+    let (outcome, notices) = run(&mut twin, job("1.1.0", false), policy());
+    assert_eq!(
+        outcome,
+        Outcome::Succeeded {
+            failed_installs: vec![],
+            unhealthy: vec![],
+            gone: vec!["n2".into()],
+        }
+    );
+    assert_eq!(
+        twin.log,
+        [
+            "install 1.1.0 n1,n2,n3",
+            "restart n1 1.1.0",
+            "restart n2 1.1.0",
+            "restart n3 1.1.0",
+        ]
+    );
+    assert!(notices.contains(&Notice::Gone {
+        node: "n2".into(),
+        detail: "terminated".into()
+    }));
+    assert_eq!(twin.recorded.len(), 1);
+    assert!(twin.faulty.is_empty());
+
+    // Gone during the install: never restarted.
+    let mut twin = Twin::new(&["n1", "n2"], Some("1.0.0"));
+    twin.gone.push((CommandKind::Install, "n1".into()));
+    let (outcome, _) = run(&mut twin, job("1.1.0", false), policy());
+    assert_eq!(outcome.left_behind().as_deref(), Some("n1 gone"));
+    assert_eq!(twin.log, ["install 1.1.0 n1,n2", "restart n2 1.1.0"]);
+
+    // Every node gone: nothing to go live on, and nothing to blame the version for.
+    let mut twin = Twin::new(&["n1", "n2"], Some("1.0.0"));
+    twin.gone.push((CommandKind::Install, "n1".into()));
+    twin.gone.push((CommandKind::Install, "n2".into()));
+    let (outcome, _) = run(&mut twin, job("1.1.0", false), policy());
+    assert!(
+        matches!(&outcome, Outcome::Failed { reason, .. } if reason.contains("every node of hello/production went away")),
+        "{outcome:?}"
+    );
+    assert!(twin.recorded.is_empty() && twin.faulty.is_empty());
+}
+
+#[test]
+fn only_a_version_that_served_is_marked_and_the_mark_comes_before_the_rollback() {
+    // An install failure is no verdict on the version.
+    let mut twin =
+        Twin::new(&["n1", "n2"], Some("1.0.0")).fail(CommandKind::Install, "n2", "1.1.0");
+    run(&mut twin, job("1.1.0", false), policy());
+    assert!(twin.faulty.is_empty(), "{:?}", twin.faulty);
+
+    // A failed health check is, written before the first command that puts 1.0.0 back.
+    let mut twin = Twin::new(&["n1", "n2"], Some("1.0.0")).fail(CommandKind::Health, "n2", "1.1.0");
+    let (_, notices) = run(&mut twin, job("1.1.0", false), policy());
+    assert_eq!(twin.faulty.len(), 1);
+    assert_eq!(twin.faulty[0].version.as_str(), "1.1.0");
+    assert_eq!(twin.marked_at, [3], "{:?}", twin.log);
+    assert_eq!(twin.log[3], "install 1.0.0 n1,n2");
+    let marked = notices
+        .iter()
+        .position(|n| matches!(n, Notice::MarkedFaulty { .. }));
+    let rolling = notices
+        .iter()
+        .position(|n| matches!(n, Notice::RollingBack { .. }));
+    assert!(marked.is_some() && rolling < marked, "{notices:?}");
+
+    // A re-deploy of the live version that fails rolls back from nothing.
+    let mut twin = Twin::new(&["n1", "n2"], Some("1.0.0")).fail(CommandKind::Health, "n2", "1.0.0");
+    let again = DeployJob::new(
+        "hello",
+        "production",
+        "hello-app".parse().unwrap(),
+        Version::parse("1.0.0").unwrap(),
+        Source::Cli {
+            user: "ann".into(),
+            nonce: "again".into(),
+        },
+        t0(),
+    );
+    let (outcome, _) = run(&mut twin, again, policy());
+    // (Putting 1.0.0 back on n2 fails the same way.)
+    assert!(
+        matches!(outcome, Outcome::RollbackFailed { .. }),
+        "{outcome:?}"
+    );
+    assert!(twin.faulty.is_empty(), "{:?}", twin.faulty);
+}
+
+#[test]
+fn a_driver_that_cannot_go_on_puts_back_what_it_changed_and_marks_nothing() {
+    let mut twin = Twin::new(&["n1", "n2", "n3"], Some("1.0.0"));
+    let mut d = Deploy::new(job("1.1.0", false), policy());
+    // Stopped while n2's restart is in flight: n2 counts as restarted.
+    twin.slow.push(format!("{}:restart:n2", d.job.id));
+    twin.drive_until(&mut d, None, |t| t.slow.is_empty());
+    let notices = d
+        .stop(twin.now(), "SSM kept answering ThrottlingException")
+        .unwrap();
+    assert!(
+        notices
+            .iter()
+            .any(|n| matches!(n, Notice::RollingBack { nodes, .. } if nodes == &["n1", "n2"])),
+        "{notices:?}"
+    );
+    let (outcome, _) = twin.drive(&mut d, None);
+    assert!(
+        matches!(&outcome, Outcome::Failed { reason, rolled_back: true, .. } if reason.contains("could not go on: SSM kept answering ThrottlingException")),
+        "{outcome:?}"
+    );
+    assert_eq!(
+        // (The twin logs a slow command once it answers: n2's never did.)
+        &twin.log[2..],
+        [
+            "install 1.0.0 n1,n2,n3",
+            "restart n1 1.0.0",
+            "restart n2 1.0.0"
+        ]
+    );
+    assert!(twin.faulty.is_empty() && twin.recorded.is_empty() && twin.lock.is_none());
+    // Stopped again (putting back failed too): the driver gives up.
+    assert_eq!(d.stop(twin.now(), "again"), None);
+
+    // Before it touched a node: it just ends, releasing the lock.
+    let mut twin = Twin::new(&["n1"], Some("1.0.0"));
+    let mut d = Deploy::new(job("1.1.0", false), policy());
+    twin.drive_until(&mut d, None, |t| t.lock.is_some());
+    d.stop(twin.now(), "no answer").unwrap();
+    let (outcome, _) = twin.drive(&mut d, None);
+    assert!(
+        matches!(
+            outcome,
+            Outcome::Failed {
+                rolled_back: false,
+                ..
+            }
+        ),
+        "{outcome:?}"
+    );
+    assert!(twin.log.is_empty() && twin.lock.is_none());
+}
+
+#[test]
+fn a_person_deploying_a_marked_version_lifts_the_mark_once_it_succeeds() {
+    let mut twin = Twin::new(&["n1"], Some("1.0.0"));
+    twin.faulty.push(crate::deploy::history::Faulty {
+        version: Version::parse("1.1.0").unwrap(),
+        job: JobId::derive("x", "x", &Version::parse("1.1.0").unwrap(), "x"),
+        reason: "rolled back".into(),
+        at: t0(),
+    });
+    let mut d = Deploy::new(job("1.1.0", false), policy());
+    let (outcome, notices) = twin.drive(&mut d, None);
+    assert_eq!(outcome, succeeded());
+    assert!(notices
+        .iter()
+        .any(|n| matches!(n, Notice::DeployingFaulty { .. })));
+    assert_eq!(d.clears.as_ref().map(|m| m.version.as_str()), Some("1.1.0"));
+    assert_eq!(twin.recorded.len(), 1);
 }
 
 #[test]
@@ -1132,7 +1414,8 @@ fn an_abort_stops_after_the_command_in_flight_and_puts_back_what_was_restarted()
         Outcome::Aborted {
             by: "@bob".into(),
             rolled_back: true,
-            reason: "aborted by @bob".into()
+            reason: "aborted by @bob".into(),
+            left_behind: vec![],
         }
     );
     assert_eq!(
@@ -1248,6 +1531,7 @@ fn a_batch_names_only_its_nodes_that_stayed_unhealthy() {
         Outcome::Succeeded {
             failed_installs: vec![],
             unhealthy: vec!["n3".into()],
+            gone: vec![],
         }
     );
     assert_eq!(twin.log[1..], ["restart n1,n2,n3 1.1.0"]);
@@ -1267,6 +1551,7 @@ fn failures_within_the_budget_are_named_and_the_rollout_goes_on() {
         Outcome::Succeeded {
             failed_installs: vec![],
             unhealthy: vec!["n3".into()],
+            gone: vec![],
         }
     );
     assert_eq!(
@@ -1303,7 +1588,7 @@ fn one_failure_past_the_budget_rolls_back_exactly_the_restarted_nodes_in_batches
         batched("[1, 2]", r#""20%""#),
     );
     assert!(
-        matches!(&outcome, Outcome::Failed { reason, rolled_back: true } if reason.starts_with("n5 failed its health check")),
+        matches!(&outcome, Outcome::Failed { reason, rolled_back: true, .. } if reason.starts_with("n5 failed its health check")),
         "{outcome:?}"
     );
     assert_eq!(
@@ -1333,7 +1618,7 @@ fn a_failed_restart_stops_mid_batch_before_any_health_check() {
     );
     let (outcome, notices) = run(&mut twin, job("1.1.0", false), batched("[1, 3]", "0"));
     assert!(
-        matches!(&outcome, Outcome::Failed { reason, rolled_back: true } if reason == "restart of n3 failed (exit 1: n3 broke)"),
+        matches!(&outcome, Outcome::Failed { reason, rolled_back: true, .. } if reason == "restart of n3 failed (exit 1: n3 broke)"),
         "{outcome:?}"
     );
     assert_eq!(

@@ -31,9 +31,11 @@ pub enum Action {
     Run(Command),
     /// Answer `Observation::Waited` after this long.
     Wait { millis: u64 },
-    /// The job is now live: record it; answer `Observation::Recorded`.
+    /// The job is now live: record it (and lift the faulty mark on its version, if a
+    /// person deployed a marked version and it went well); answer `Observation::Recorded`.
     Record,
-    /// Mark `version` as rolled back from; answer `Observation::MarkedFaulty`.
+    /// Mark `version` as rolled back from after it served (before the rollback starts,
+    /// while the lock is surely held); answer `Observation::MarkedFaulty`.
     MarkFaulty { version: Version, reason: String },
     /// Release the lock; answer `Observation::Unlocked`.
     Unlock,
@@ -96,42 +98,76 @@ pub enum Verdict {
 #[serde(tag = "outcome", rename_all = "snake_case")]
 pub enum Outcome {
     /// Live on every node that installed (installs that failed within `max_errors` are
-    /// listed), except those that failed their restart within `max_failed`.
+    /// listed), except those that failed their restart within `max_failed` and those that
+    /// went away. Lists past `report::NAMES_SHOWN` names end `… and N more`.
     Succeeded {
         failed_installs: Vec<String>,
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         unhealthy: Vec<String>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        gone: Vec<String>,
     },
-    /// Nothing was restarted (or everything restarted was put back); the old version serves.
-    Failed { reason: String, rolled_back: bool },
+    /// Nothing was restarted (or everything restarted was put back); the old version
+    /// serves, except on the nodes `left_behind` names (this deploy lost its lock before it
+    /// could put them back, or they went away while on the new version).
+    Failed {
+        reason: String,
+        rolled_back: bool,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        left_behind: Vec<String>,
+    },
     /// A rollback did not bring a node back healthy: someone must look.
     RollbackFailed { reason: String },
     /// Not deployed, on purpose.
     Skipped { reason: String },
-    /// Stopped by a person (`/deploy abort`); nodes it restarted were put back.
+    /// Stopped by a person (`/deploy abort`); nodes it restarted were put back, except
+    /// `left_behind`.
     Aborted {
         by: String,
         rolled_back: bool,
         reason: String,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        left_behind: Vec<String>,
     },
 }
 
 impl Outcome {
-    /// For a success that left nodes behind: which ones, and how.
-    pub fn left_behind(&self) -> Option<String> {
-        let Outcome::Succeeded {
-            failed_installs,
-            unhealthy,
-        } = self
-        else {
-            return None;
-        };
-        let mut parts = vec![];
-        if !failed_installs.is_empty() {
-            parts.push(format!("installs on {}", failed_installs.join(", ")));
+    /// A failure that changed nothing it did not put back.
+    pub fn failed(reason: impl Into<String>) -> Outcome {
+        Outcome::Failed {
+            reason: reason.into(),
+            rolled_back: false,
+            left_behind: vec![],
         }
-        if !unhealthy.is_empty() {
-            parts.push(format!("{} unhealthy", unhealthy.join(", ")));
+    }
+
+    /// The nodes a deploy that ended left as they are, and how: for a success, installs
+    /// that failed, nodes unhealthy within `max_failed` and nodes gone; for a failure, the
+    /// nodes that may still serve its version.
+    pub fn left_behind(&self) -> Option<String> {
+        let mut parts = vec![];
+        match self {
+            Outcome::Succeeded {
+                failed_installs,
+                unhealthy,
+                gone,
+            } => {
+                if !failed_installs.is_empty() {
+                    parts.push(format!("installs on {}", failed_installs.join(", ")));
+                }
+                if !unhealthy.is_empty() {
+                    parts.push(format!("{} unhealthy", unhealthy.join(", ")));
+                }
+                if !gone.is_empty() {
+                    parts.push(format!("{} gone", gone.join(", ")));
+                }
+            }
+            Outcome::Failed { left_behind, .. } | Outcome::Aborted { left_behind, .. } => {
+                if !left_behind.is_empty() {
+                    parts.push(left_behind.join(", "));
+                }
+            }
+            Outcome::RollbackFailed { .. } | Outcome::Skipped { .. } => {}
         }
         (!parts.is_empty()).then(|| parts.join("; "))
     }
@@ -184,6 +220,12 @@ pub enum Notice {
         node: String,
         detail: String,
     },
+    /// The node went away (terminated, deregistered, unreachable): dropped from the
+    /// deploy, which goes on with the others.
+    Gone {
+        node: String,
+        detail: String,
+    },
     RollingBack {
         to: Version,
         nodes: Vec<String>,
@@ -196,7 +238,8 @@ pub enum Notice {
         installed: Option<Version>,
         detail: String,
     },
-    /// This deploy marked `version` faulty: nothing automatic sends it out again.
+    /// This deploy marked `version` faulty (it rolled back from it after it served):
+    /// nothing automatic sends it out again.
     MarkedFaulty {
         version: Version,
         reason: String,
@@ -222,6 +265,8 @@ pub enum NodeState {
     /// Back on the previous version (reinstalled, and restarted and healthy if it had been
     /// restarted).
     Reverted,
+    /// Went away mid-deploy: no longer sent anything.
+    Gone,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -265,14 +310,15 @@ pub enum Phase {
         reason: String,
     },
     Record,
-    /// After a rollback (asked for, or after a failed health check): `version` must not
-    /// go out again by itself.
-    MarkFaulty {
-        version: Version,
-        reason: String,
-    },
     Unlock,
     Done,
+}
+
+/// A faulty mark to write: `version` was rolled back from after it served.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Mark {
+    pub version: Version,
+    pub reason: String,
 }
 
 /// Nodes restarted together: the `number`th batch (from 0) of a rollout or a rollback,

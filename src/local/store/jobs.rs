@@ -240,10 +240,7 @@ fn fail_unreadable(
     let reason = format!("cannot read this job: {error}");
     tracing::error!(job_id = %id, %reason, "job failed");
     let finished = Notice::Finished {
-        outcome: Outcome::Failed {
-            reason,
-            rolled_back: false,
-        },
+        outcome: Outcome::failed(reason),
     };
     let notice = serde_json::to_string(&finished)
         .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;

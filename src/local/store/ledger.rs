@@ -59,6 +59,11 @@ impl Ledger for Store {
             entry.recorded_at.to_rfc3339(),
             entry.left_behind.clone(),
         );
+        let cleared = entry
+            .cleared
+            .as_ref()
+            .map(|f| Ok::<_, PortError>((f.version.to_string(), serde_json::to_string(f)?)))
+            .transpose()?;
         self.with(move |c| {
             let tx = c.transaction()?;
             let latest: Option<String> = tx
@@ -75,11 +80,19 @@ impl Ledger for Store {
                 .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?
                 .unwrap_or(false);
             if !already {
+                let (version, mark) = cleared.unzip();
                 tx.execute(
-                    "INSERT INTO history (app, env, job, recorded_at, left_behind) \
-                     VALUES (?1, ?2, ?3, ?4, ?5)",
-                    params![app, env, json, at, left],
+                    "INSERT INTO history (app, env, job, recorded_at, left_behind, cleared) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                    params![app, env, json, at, left, mark],
                 )?;
+                // The mark goes with the entry that lifts it, in one transaction.
+                if let Some(version) = version {
+                    tx.execute(
+                        "DELETE FROM faulty WHERE app = ?1 AND env = ?2 AND version = ?3",
+                        params![app, env, version],
+                    )?;
+                }
             }
             tx.commit()
         })
@@ -93,24 +106,25 @@ impl Ledger for Store {
         limit: usize,
     ) -> Result<Vec<HistoryEntry>, PortError> {
         let (app, env) = (app.to_string(), env.to_string());
-        let rows: Vec<(String, String, Option<String>)> = self
+        let rows: Vec<(String, String, Option<String>, Option<String>)> = self
             .with(move |c| {
                 let mut st = c.prepare(
-                    "SELECT job, recorded_at, left_behind FROM history
+                    "SELECT job, recorded_at, left_behind, cleared FROM history
                      WHERE app = ?1 AND env = ?2 ORDER BY seq DESC LIMIT ?3",
                 )?;
                 let rows = st.query_map(params![app, env, limit as i64], |r| {
-                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
                 })?;
                 rows.collect()
             })
             .await?;
         rows.into_iter()
-            .map(|(job, at, left_behind)| {
+            .map(|(job, at, left_behind, cleared)| {
                 Ok(HistoryEntry {
                     job: DeployJob::from_json(&job)?,
                     recorded_at: DateTime::parse_from_rfc3339(&at)?.with_timezone(&Utc),
                     left_behind,
+                    cleared: cleared.map(|c| serde_json::from_str(&c)).transpose()?,
                 })
             })
             .collect()

@@ -47,7 +47,8 @@ CREATE TABLE IF NOT EXISTS history (
     env         TEXT NOT NULL,
     job         TEXT NOT NULL,
     recorded_at TEXT NOT NULL,
-    left_behind TEXT
+    left_behind TEXT,
+    cleared     TEXT
 );
 CREATE INDEX IF NOT EXISTS history_by_target ON history(app, env, seq);
 CREATE TABLE IF NOT EXISTS faulty (
@@ -122,19 +123,22 @@ impl Store {
             "PRAGMA busy_timeout=5000; PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL;",
         )?;
         conn.execute_batch(SCHEMA)?;
-        // Stores made before commands kept their pid.
-        let has_pid: bool = conn
-            .prepare("SELECT 1 FROM pragma_table_info('commands') WHERE name = 'pid'")?
-            .exists([])?;
-        if !has_pid {
-            conn.execute_batch("ALTER TABLE commands ADD COLUMN pid INTEGER")?;
-        }
-        // … and before deploys could go live leaving nodes behind.
-        let has_left_behind: bool = conn
-            .prepare("SELECT 1 FROM pragma_table_info('history') WHERE name = 'left_behind'")?
-            .exists([])?;
-        if !has_left_behind {
-            conn.execute_batch("ALTER TABLE history ADD COLUMN left_behind TEXT")?;
+        // Stores made before commands kept their pid, before deploys could go live
+        // leaving nodes behind, and before a deploy could lift a faulty mark.
+        for (table, column) in [
+            ("commands", "pid INTEGER"),
+            ("history", "left_behind TEXT"),
+            ("history", "cleared TEXT"),
+        ] {
+            let name = column.split(' ').next().unwrap_or(column);
+            let has: bool = conn
+                .prepare(&format!(
+                    "SELECT 1 FROM pragma_table_info('{table}') WHERE name = '{name}'"
+                ))?
+                .exists([])?;
+            if !has {
+                conn.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column}"))?;
+            }
         }
         Ok(Store {
             conn: Arc::new(Mutex::new(conn)),

@@ -133,7 +133,7 @@ pub(super) fn status_line(d: &Deploy) -> (String, &'static str) {
             Phase::Revert { .. } | Phase::RevertRestart { .. } => {
                 ("rolling back".into(), ":leftwards_arrow_with_hook:")
             }
-            Phase::Record | Phase::MarkFaulty { .. } | Phase::Unlock | Phase::Done => {
+            Phase::Record | Phase::Unlock | Phase::Done => {
                 ("finishing".into(), ":hourglass_flowing_sand:")
             }
         },
@@ -147,6 +147,7 @@ pub(super) fn node_word(s: NodeState) -> (&'static str, &'static str) {
         NodeState::InstallFailed | NodeState::Unhealthy => ":x:",
         NodeState::Healthy => ":white_check_mark:",
         NodeState::Reverted => ":leftwards_arrow_with_hook:",
+        NodeState::Gone => ":ghost:",
     };
     (emoji, node_phrase(s))
 }
@@ -244,6 +245,7 @@ mod tests {
         d.outcome = Some(Outcome::Succeeded {
             failed_installs: vec![],
             unhealthy: vec![],
+            gone: vec![],
         });
         render(&d, &NotifyState::default(), Utc::now()).0
     }
