@@ -12,13 +12,14 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use aws_sdk_ssm::error::ProvideErrorMetadata;
+use aws_sdk_ssm::error::{DisplayErrorContext, ProvideErrorMetadata};
 use aws_sdk_ssm::operation::send_command::SendCommandError;
 use aws_sdk_ssm::types::{
     CommandFilter, CommandFilterKey, CommandInvocationStatus, InstanceInformationStringFilter,
 };
 use aws_smithy_runtime_api::client::interceptors::context::InterceptorContext;
 use aws_smithy_runtime_api::client::retries::classifiers::{ClassifyRetry, RetryAction};
+
 use chrono::{DateTime, Duration, SecondsFormat, Utc};
 
 use super::{sdk_err, throttling};
@@ -32,12 +33,21 @@ use crate::deploy::ports::{is_throttled, Fleet, PortError, Refused, Sent};
 /// SendCommand takes at most 50 instance ids.
 pub const MAX_TARGETS: usize = 50;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Status {
     Running,
     Succeeded,
     Failed,
+    /// SSM could not deliver the command, or gave up on a node that stopped answering
+    /// (StatusDetails `Undeliverable`, `DeliveryTimedOut`): terminated, stopped, offline.
+    Gone(String),
 }
+
+/// SendCommand named a node that is no longer a running managed node (InvalidInstanceId):
+/// SSM sent nothing.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct InvalidInstances(pub String);
 
 /// One SendCommand.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -164,21 +174,32 @@ impl<R: RunCommand> SsmFleet<R> {
         replayed: bool,
     ) -> Result<Vec<(String, NodeResult)>, PortError> {
         let (app, env) = self.target(job)?;
-        let (ids, planned, unsure) = match sent.as_ref().filter(|s| s.key == cmd.key) {
+        let mine = sent.as_ref().filter(|s| s.key == cmd.key);
+        let gone: Vec<String> = mine.map_or(vec![], |s| s.gone.clone());
+        let (ids, planned, unsure) = match mine {
             // A send that may have failed leaves its part to be looked for and sent.
             Some(s) if s.unsure => (s.commands.clone(), usize::MAX, true),
+            Some(s) if s.commands.is_empty() => (vec![], usize::MAX, false),
             Some(s) => (s.commands.clone(), s.parts.max(s.commands.len()), false),
             None => (vec![], usize::MAX, false),
         };
-        let results = if ids.is_empty() {
+        let mut results = if ids.is_empty() {
             all(&cmd.nodes, NodeResult::Running)
         } else {
             self.report(cmd, &ids).await?
         };
+        let gone_since_send = |detail: &str| NodeResult::Gone {
+            detail: format!("SSM: {detail}"),
+        };
+        for (node, result) in &mut results {
+            if gone.contains(node) {
+                *result = gone_since_send("not a running managed node when its command was sent");
+            }
+        }
         if ids.len() >= planned {
             return Ok(results);
         }
-        let (dir, parts) = match self.plan(app, env, cmd)? {
+        let (dir, parts) = match self.plan(app, env, cmd, &gone)? {
             Plan::Parts { dir, parts } => (dir, parts),
             Plan::Done(results) => return Ok(results),
         };
@@ -217,6 +238,7 @@ impl<R: RunCommand> SsmFleet<R> {
             commands: ids,
             parts: if parts_count > 1 { parts_count } else { 0 },
             unsure,
+            gone,
         };
         while let (Some((script, nodes)), true) = (parts.get(record.commands.len()), room > 0) {
             let i = record.commands.len();
@@ -261,8 +283,39 @@ impl<R: RunCommand> SsmFleet<R> {
                         // sure and without it would read as all sent.
                         Err(e) if is_throttled(&e) => {
                             record.unsure = was_unsure;
-                            *sent = (record.unsure || record.parts > 0).then_some(record);
+                            *sent = (record.unsure || record.parts > 0 || !record.gone.is_empty())
+                                .then_some(record);
                             return Err(e);
+                        }
+                        // A node of this part went away since it was resolved: SSM sent
+                        // nothing. Those no longer online are left out (gone), and the
+                        // part goes again, re-planned, on the next poll.
+                        Err(e) if e.downcast_ref::<InvalidInstances>().is_some() => {
+                            let Nodes::Ssm { tags, .. } = &env.nodes else {
+                                return Err(e);
+                            };
+                            let online: BTreeSet<String> =
+                                self.api.online_nodes(tags).await?.into_iter().collect();
+                            let missing: Vec<String> = nodes
+                                .iter()
+                                .filter(|n| !online.contains(*n))
+                                .cloned()
+                                .collect();
+                            if missing.is_empty() {
+                                return Err(e);
+                            }
+                            tracing::warn!(key = %cmd.key, nodes = ?missing, "nodes went away before their command was sent");
+                            record.unsure = was_unsure;
+                            for (node, result) in &mut results {
+                                if missing.contains(node) {
+                                    *result = gone_since_send(
+                                        "not a running managed node when its command was sent",
+                                    );
+                                }
+                            }
+                            record.gone.extend(missing);
+                            *sent = Some(record);
+                            return Ok(results);
                         }
                         Err(e) => return Err(e),
                     }
@@ -278,7 +331,13 @@ impl<R: RunCommand> SsmFleet<R> {
 
     /// The SSM commands `cmd` needs, in a stable order: nodes whose script is the same
     /// share them (it differs only if `{node}` is used), at most 50 nodes each.
-    fn plan(&self, app: &App, env: &Environment, cmd: &Command) -> Result<Plan, PortError> {
+    fn plan(
+        &self,
+        app: &App,
+        env: &Environment,
+        cmd: &Command,
+        gone: &[String],
+    ) -> Result<Plan, PortError> {
         let Nodes::Ssm { dir, vars, .. } = &env.nodes else {
             return Err(Refused::error(format!(
                 "environment {} has no ssm_tags",
@@ -286,7 +345,8 @@ impl<R: RunCommand> SsmFleet<R> {
             )));
         };
         let mut groups: Vec<(String, Vec<String>)> = vec![];
-        for node in &cmd.nodes {
+        // Gone nodes leave later parts only: the parts before them are as they were sent.
+        for node in cmd.nodes.iter().filter(|n| !gone.contains(n)) {
             let site = Site {
                 node,
                 dir: dir.as_deref(),
@@ -344,6 +404,9 @@ impl<R: RunCommand> SsmFleet<R> {
                         Some((exit_code, output)) => NodeResult::Failed { exit_code, output },
                         None => NodeResult::Running,
                     },
+                    Status::Gone(details) => NodeResult::Gone {
+                        detail: format!("SSM: {details} (terminated, stopped or offline)"),
+                    },
                 };
                 seen.insert(node, result);
             }
@@ -378,6 +441,13 @@ impl<R: RunCommand + 'static> Fleet for SsmFleet<R> {
 
 fn all(nodes: &[String], r: NodeResult) -> Vec<(String, NodeResult)> {
     nodes.iter().map(|n| (n.clone(), r.clone())).collect()
+}
+
+/// StatusDetails that say the node never took the command, or stopped answering while it
+/// ran: the API reference spells them with spaces, the API answers without.
+fn is_gone(details: &str) -> bool {
+    let squeezed: String = details.chars().filter(|c| !c.is_whitespace()).collect();
+    matches!(squeezed.as_str(), "Undeliverable" | "DeliveryTimedOut")
 }
 
 /// SendCommand takes no idempotency token: a send the SDK made again after an answer that
@@ -508,7 +578,13 @@ impl RunCommand for SdkRunCommand {
             )
             .send()
             .await
-            .map_err(|e| sdk_err("SSM SendCommand", e))?;
+            .map_err(|e| match e.as_service_error() {
+                Some(s) if s.is_invalid_instance_id() => {
+                    let text = format!("SSM SendCommand: {}", DisplayErrorContext(&e));
+                    Box::new(InvalidInstances(text)) as PortError
+                }
+                _ => sdk_err("SSM SendCommand", e),
+            })?;
         out.command
             .and_then(|c| c.command_id)
             .ok_or_else(|| "SSM SendCommand returned no command id".into())
@@ -558,7 +634,9 @@ impl RunCommand for SdkRunCommand {
         while let Some(page) = pages.next().await {
             let page = page.map_err(|e| sdk_err("SSM ListCommandInvocations", e))?;
             for inv in page.command_invocations.unwrap_or_default() {
+                let details = inv.status_details.as_deref().unwrap_or_default();
                 let status = match inv.status {
+                    _ if is_gone(details) => Status::Gone(details.to_string()),
                     Some(CommandInvocationStatus::Success) => Status::Succeeded,
                     Some(
                         CommandInvocationStatus::Failed
@@ -616,6 +694,22 @@ impl RunCommand for SdkRunCommand {
 #[cfg(test)]
 mod tests {
     use std::sync::Mutex;
+
+    #[test]
+    fn undelivered_invocations_read_as_gone_in_either_spelling() {
+        for gone in ["Undeliverable", "DeliveryTimedOut", "Delivery Timed Out"] {
+            assert!(super::is_gone(gone), "{gone}");
+        }
+        for not in [
+            "Execution Timed Out",
+            "ExecutionTimedOut",
+            "Failed",
+            "Terminated",
+            "",
+        ] {
+            assert!(!super::is_gone(not), "{not}");
+        }
+    }
 
     use super::*;
     use crate::deploy::job::Source;

@@ -110,6 +110,9 @@ pub struct Sent {
     /// being kept, so it is looked up before being sent again.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub unsure: bool,
+    /// Nodes the key's commands leave out: gone before one could be sent to them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gone: Vec<String>,
 }
 
 fn is_zero(n: &usize) -> bool {

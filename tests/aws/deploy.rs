@@ -55,7 +55,7 @@ async fn aws_call(
     text
 }
 
-async fn query(service: &str, params: &[(&str, &str)]) -> String {
+pub(crate) async fn query(service: &str, params: &[(&str, &str)]) -> String {
     let body = serde_urlencoded::to_string(params).unwrap();
     aws_call(
         service,
@@ -103,6 +103,20 @@ pub(crate) async fn launch(n: usize, tags: &[(&str, &str)]) -> Vec<String> {
     ids.sort();
     assert_eq!(ids.len(), n, "{xml}");
     ids
+}
+
+/// Terminates EC2 instance `id` in the emulator.
+pub(crate) async fn terminate(id: &str) {
+    let xml = query(
+        "ec2",
+        &[
+            ("Action", "TerminateInstances"),
+            ("Version", "2016-11-15"),
+            ("InstanceId.1", id),
+        ],
+    )
+    .await;
+    assert!(xml.contains(id), "{xml}");
 }
 
 pub(crate) async fn control(rules: Value) {
@@ -687,6 +701,74 @@ async fn throttling_is_retried_and_unreachable_nodes_are_left_out() {
         rig.log(&job).await,
         expected_order(&rig.nodes[..2], "1.0.0")
     );
+    control(json!({})).await;
+}
+
+/// A node terminated mid-rollout: one whose install is under way ends undelivered and is
+/// left out, the rest go on; one terminated before its restart is sent makes SSM refuse
+/// the send (InvalidInstanceId), is looked up, and is left out too. Neither is a verdict
+/// on the version; a node gone while restarting counts against the failure budget.
+#[tokio::test]
+async fn nodes_terminated_mid_rollout_are_left_out_and_blamed_for_nothing() {
+    let _turn = CONTROL.lock().await;
+    control(json!({ "pending_reads": 2 })).await;
+    let rig = Rig::new(3).await;
+    let stepper = rig.stepper(Duration::ZERO);
+    let sent = |state: &StepState, what: &str| {
+        state
+            .sent
+            .as_ref()
+            .is_some_and(|s| s.key.contains(what) && !s.commands.is_empty())
+    };
+    let job = rig.job("1.0.0");
+    let mut state = StepState::start(job.clone());
+    while !sent(&state, ":install") {
+        state = stepper.step(StepInput::first(state)).await.unwrap();
+    }
+    terminate(&rig.nodes[2]).await;
+    let end = to_the_end(&stepper, state).await;
+    assert_eq!(end.status, Some(JobStatus::Succeeded), "{end:?}");
+    let outcome = end.deploy.as_ref().unwrap().outcome.clone().unwrap();
+    assert_eq!(
+        outcome.left_behind(),
+        Some(format!("{} gone", rig.nodes[2])),
+        "{outcome:?}"
+    );
+    let mut want = expected_order(&rig.nodes[..2], "1.0.0");
+    want[0] = format!("install {} 1.0.0", rig.nodes.join(","));
+    assert_eq!(rig.log(&job).await, want);
+
+    // Gone before its restart went out: the send is refused, nothing runs there.
+    let next = rig.job("1.1.0");
+    let mut state = StepState::start(next.clone());
+    while !sent(&state, ":restart:") {
+        state = stepper.step(StepInput::first(state)).await.unwrap();
+    }
+    terminate(&rig.nodes[1]).await;
+    let end = to_the_end(&stepper, state).await;
+    assert_eq!(end.status, Some(JobStatus::Failed), "{end:?}");
+    let reason = end.reason.clone().unwrap_or_default();
+    assert!(
+        reason.contains("1 node(s) went away while restarting on 1.1.0"),
+        "{reason}"
+    );
+    let log = rig.log(&next).await;
+    assert!(
+        !log.iter()
+            .any(|l| l.starts_with("restart") && l.contains(&rig.nodes[1])),
+        "{log:?}"
+    );
+    // Put back on the node it restarted, and nothing marked faulty.
+    assert!(
+        log.contains(&format!("revert restart {} 1.0.0", rig.nodes[0])),
+        "{log:?}"
+    );
+    assert!(rig
+        .ledger
+        .faulty("hello", "production")
+        .await
+        .unwrap()
+        .is_empty());
     control(json!({})).await;
 }
 

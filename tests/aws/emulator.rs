@@ -5,7 +5,7 @@
 use aws_sdk_ssm::types::{CommandFilter, CommandFilterKey};
 use chrono::{Duration, SecondsFormat, Utc};
 
-use crate::deploy::{control, launch, CONTROL};
+use crate::deploy::{control, launch, terminate, CONTROL};
 use crate::helpers::{sdk, unique};
 
 async fn ssm() -> aws_sdk_ssm::Client {
@@ -86,6 +86,51 @@ async fn an_instance_that_is_not_there_is_an_invalid_instance_id() {
     let mut ids = launch(1, &[("t", "unknown")]).await;
     ids.push("i-0123456789abcdef0".into());
     assert_eq!(code(send(&ssm, &ids).send().await), "InvalidInstanceId");
+}
+
+#[tokio::test]
+async fn an_instance_terminated_mid_command_ends_undelivered_and_takes_no_more() {
+    let _turn = CONTROL.lock().await;
+    let ssm = ssm().await;
+    let ids = launch(2, &[("t", "terminated")]).await;
+    control(serde_json::json!({ "pending_reads": 2, "invisible_reads": 0 })).await;
+    let id = send(&ssm, &ids)
+        .send()
+        .await
+        .unwrap()
+        .command
+        .and_then(|c| c.command_id)
+        .unwrap();
+    let status = |node: &str| {
+        let (ssm, id, node) = (ssm.clone(), id.clone(), node.to_string());
+        async move {
+            let inv = ssm
+                .list_command_invocations()
+                .command_id(id)
+                .instance_id(node)
+                .send()
+                .await
+                .unwrap();
+            let inv = &inv.command_invocations.unwrap()[0];
+            (
+                inv.status.as_ref().map(|s| s.as_str().to_string()),
+                inv.status_details.clone(),
+            )
+        }
+    };
+    assert_eq!(status(&ids[0]).await.0.as_deref(), Some("InProgress"));
+    terminate(&ids[0]).await;
+    assert_eq!(
+        status(&ids[0]).await,
+        (Some("TimedOut".into()), Some("DeliveryTimedOut".into()))
+    );
+    // The other runs on to its end.
+    assert_eq!(status(&ids[1]).await.0.as_deref(), Some("InProgress"));
+    assert_eq!(status(&ids[1]).await.0.as_deref(), Some("InProgress"));
+    assert_eq!(status(&ids[1]).await.0.as_deref(), Some("Success"));
+    // And no new command goes to it.
+    assert_eq!(code(send(&ssm, &ids).send().await), "InvalidInstanceId");
+    control(serde_json::json!({})).await;
 }
 
 #[tokio::test]

@@ -29,7 +29,8 @@ Added to moto 5.2.5, following the AWS API reference for each shape:
   (ValidationException); MaxConcurrency and MaxErrors must match their documented
   patterns; TimeoutSeconds within 30..2592000; an instance id that is not a running
   instance of the emulator is `InvalidInstanceId`; an offline node's invocation ends
-  `TimedOut` / `DeliveryTimedOut`, not Success.
+  `TimedOut` / `DeliveryTimedOut`, not Success; so does an invocation whose instance is
+  terminated (EC2 TerminateInstances) before it ended.
   ListCommands: MaxResults within 1..50, paged by NextToken; Filters honoured
   (InvokedAfter, InvokedBefore, Status, DocumentName), an unknown key is
   `InvalidFilterKey`, a timestamp or status that is not one is a ValidationException
@@ -209,10 +210,27 @@ def advance(command):
             running += 1
 
 
+TERMINATED = set()
+original_terminate = None
+
+
+def terminate_instances(self, instance_ids, *args, **kwargs):
+    with LOCK:
+        TERMINATED.update(instance_ids)
+    return original_terminate(self, instance_ids, *args, **kwargs)
+
+
 def read(inv, command):
     """The invocation as a caller sees it now: Pending until MaxConcurrency lets it start,
-    then InProgress for its seconds and its first reads, then its outcome."""
+    then InProgress for its seconds and its first reads, then its outcome. An instance
+    terminated before its invocation ended never answers: SSM gives up on it as it does on
+    a command past its expiry, DeliveryTimedOut ("If a command expires, it changes status
+    to DeliveryTimedOut for all invocations that have the status InProgress, Pending, or
+    Delayed", Command.ExpiresAfter); the wait for that expiry is not modelled."""
     with LOCK:
+        if not inv["_done"] and inv["InstanceId"] in TERMINATED:
+            inv.update(_done=True, Status="TimedOut", StatusDetails="DeliveryTimedOut",
+                       ResponseCode=-1, StandardOutputContent="", StandardErrorContent="")
         advance(command)
         if not inv["_done"]:
             if inv["_started"] is None:
@@ -240,6 +258,10 @@ class InvocationDoesNotExist(ServiceException):
     code = "InvocationDoesNotExist"
 
 
+from moto.ec2.models.instances import InstanceBackend  # noqa: E402
+
+original_terminate = InstanceBackend.terminate_instances
+InstanceBackend.terminate_instances = terminate_instances
 ssm_models.Command._get_instance_ids_from_targets = targets_only_if_given
 ssm_models.Command.__init__ = command_init
 original_get_invocation = ssm_models.Command.get_invocation

@@ -110,6 +110,13 @@ pub struct Deploy {
     /// changed; stopped a second time, it ends where it is.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stopping: Option<String>,
+    /// Nodes that went away while restarting or baking (see `count_failures`).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub vanished: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -159,6 +166,7 @@ impl Deploy {
             mark: None,
             clears: None,
             stopping: None,
+            vanished: 0,
         }
     }
 
@@ -685,9 +693,21 @@ impl Deploy {
         let unhealthy = self
             .nodes
             .iter()
-            .filter(|n| n.state == NodeState::Unhealthy);
-        if unhealthy.count() > self.policy.failure_budget(self.nodes.len()) {
-            self.revert_or_fail(reason(&names), true, notices);
+            .filter(|n| n.state == NodeState::Unhealthy)
+            .count();
+        // Nodes that went away while restarting count against the budget too: a version
+        // that takes its nodes down must not roll across the fleet. They are no verdict
+        // on it, though: only nodes that failed their checks mark it.
+        if unhealthy + self.vanished as usize > self.policy.failure_budget(self.nodes.len()) {
+            let why = if names.is_empty() {
+                format!(
+                    "{} node(s) went away while restarting on {}, more than the rollout allows",
+                    self.vanished, self.job.version
+                )
+            } else {
+                reason(&names)
+            };
+            self.revert_or_fail(why, unhealthy > 0, notices);
             return false;
         }
         true

@@ -508,6 +508,7 @@ impl Deploy {
                 }
                 NodeResult::Gone { detail } => {
                     self.nodes[i].state = NodeState::Gone;
+                    self.vanished += 1;
                     notices.push(Notice::Gone { node, detail });
                 }
                 // A failed restart may have stopped the service: the node counts as
@@ -578,6 +579,7 @@ impl Deploy {
                 NodeResult::Succeeded => {}
                 NodeResult::Gone { detail } => {
                     self.nodes[i].state = NodeState::Gone;
+                    self.vanished += 1;
                     notices.push(Notice::Gone {
                         node: self.nodes[i].name.clone(),
                         detail,

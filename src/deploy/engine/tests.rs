@@ -1236,9 +1236,14 @@ fn a_success_not_yet_recorded_when_the_lock_is_lost_is_a_failure_naming_its_node
 
 #[test]
 fn a_node_that_goes_away_is_dropped_and_the_rollout_goes_on_marking_nothing() {
+    // Within the failure budget, a node gone while restarting is left out.
     let mut twin = Twin::new(&["n1", "n2", "n3"], Some("1.0.0"));
     twin.gone.push((CommandKind::Restart, "n2".into()));
-    let (outcome, notices) = run(&mut twin, job("1.1.0", false), policy());
+    let budget = Rollout {
+        max_failed: crate::deploy::rollout::Share::Nodes(1),
+        ..policy()
+    };
+    let (outcome, notices) = run(&mut twin, job("1.1.0", false), budget);
     assert_eq!(
         outcome,
         Outcome::Succeeded {
@@ -1262,6 +1267,19 @@ fn a_node_that_goes_away_is_dropped_and_the_rollout_goes_on_marking_nothing() {
     }));
     assert_eq!(twin.recorded.len(), 1);
     assert!(twin.faulty.is_empty());
+
+    // Past it, the rollout stops and puts back the others, blaming nothing on 1.1.0: a
+    // version that takes nodes down does not roll across the fleet.
+    let mut twin = Twin::new(&["n1", "n2", "n3"], Some("1.0.0"));
+    twin.gone.push((CommandKind::Restart, "n2".into()));
+    let (outcome, _) = run(&mut twin, job("1.1.0", false), policy());
+    assert!(
+        matches!(&outcome, Outcome::Failed { reason, rolled_back: true, .. } if reason.contains("1 node(s) went away while restarting on 1.1.0")),
+        "{outcome:?}"
+    );
+    assert_eq!(&twin.log[3..], ["install 1.0.0 n1,n3", "restart n1 1.0.0"]);
+    assert!(twin.faulty.is_empty() && twin.recorded.is_empty());
+    assert_eq!(outcome.left_behind().as_deref(), Some("n2"));
 
     // Gone during the install: never restarted.
     let mut twin = Twin::new(&["n1", "n2"], Some("1.0.0"));
