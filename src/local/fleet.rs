@@ -225,10 +225,7 @@ async fn recover(
         while group_leader_alive(pid).await {
             if tokio::time::Instant::now() >= deadline {
                 tracing::warn!(%key, %node, pid, "the interrupted command still runs past its timeout; killing it");
-                let _ = Process::new("kill")
-                    .args(["-KILL", "--", &format!("-{pid}")])
-                    .status()
-                    .await;
+                signal_group(pid, "KILL").await;
                 break;
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
@@ -312,6 +309,32 @@ fn failed(exit_code: Option<i32>, output: String) -> NodeResult {
     NodeResult::Failed { exit_code, output }
 }
 
+/// How long a timed-out command's processes have between TERM and KILL.
+const KILL_AFTER: Duration = Duration::from_secs(5);
+
+/// What ssh says when it cannot reach a server, or lost it mid-command.
+const UNREACHABLE: [&str; 8] = [
+    "Connection refused",
+    "No route to host",
+    "Connection timed out",
+    "Network is unreachable",
+    "Could not resolve hostname",
+    "closed by remote host",
+    "Connection reset",
+    "not responding",
+];
+
+/// Sends SIG to every process of group `pgid` (a command's `sh` and all it started
+/// that did not leave the group).
+async fn signal_group(pgid: u32, sig: &str) {
+    let _ = Process::new("kill")
+        .args([format!("-{sig}"), "--".into(), format!("-{pgid}")])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .await;
+}
+
 /// Runs `script` in the node's directory in a process group of its own (a Ctrl-C or
 /// SIGTERM meant for shipit does not cut a restart in half, and a command, or the `ssh`
 /// that carries it, outlives a worker that was killed), telling `started` its pid.
@@ -358,29 +381,60 @@ where
         Ok(c) => c,
         Err(e) => return Ok(failed(None, format!("cannot start {program}: {e}"))),
     };
-    if let Some(pid) = child.id() {
+    let pid = child.id();
+    if let Some(pid) = pid {
         started(pid).await?;
     }
-    Ok(
-        match tokio::time::timeout(timeout, child.wait_with_output()).await {
-            Err(_) => failed(None, format!("timed out after {} s", timeout.as_secs())),
-            Ok(Err(e)) => failed(None, format!("waiting for the command: {e}")),
-            Ok(Ok(out)) if out.status.success() && kind == CommandKind::Version => {
-                NodeResult::Reported {
-                    output: tail(&String::from_utf8_lossy(&out.stdout), OUTPUT_TAIL),
-                }
-            }
-            Ok(Ok(out)) if out.status.success() => NodeResult::Succeeded,
-            Ok(Ok(out)) => {
-                let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
-                text.push_str(&String::from_utf8_lossy(&out.stderr));
-                // 255 is ssh's own failure (connection, login, host key), which its
-                // message says; a remote command's own 255 reads the same, and is rare.
-                if let (Some(remote), Some(255)) = (&at.ssh, out.status.code()) {
-                    text = format!("ssh {remote}: {}", text.trim_end());
-                }
-                failed(out.status.code(), tail(&text, OUTPUT_TAIL))
-            }
+    // Over SSH the remote `timeout` stops the command and says so: give it time to.
+    let timeout = match at.ssh {
+        Some(_) => timeout + KILL_AFTER + Duration::from_secs(5),
+        None => timeout,
+    };
+    let output = child.wait_with_output();
+    tokio::pin!(output);
+    let finished = tokio::select! {
+        out = &mut output => Some(out),
+        _ = tokio::time::sleep(timeout) => None,
+    };
+    let Some(finished) = finished else {
+        // Past its timeout: the whole process group goes, not just `sh` (an install's
+        // pip, a child a script left running): TERM, then KILL what is left.
+        if let Some(pid) = pid {
+            signal_group(pid, "TERM").await;
+            let _ = tokio::time::timeout(KILL_AFTER, &mut output).await;
+            signal_group(pid, "KILL").await;
+        }
+        return Ok(failed(
+            None,
+            format!(
+                "timed out after {} s; its processes were stopped (TERM, then KILL after {} s)",
+                timeout.as_secs(),
+                KILL_AFTER.as_secs()
+            ),
+        ));
+    };
+    Ok(match finished {
+        Err(e) => failed(None, format!("waiting for the command: {e}")),
+        Ok(out) if out.status.success() && kind == CommandKind::Version => NodeResult::Reported {
+            output: tail(&String::from_utf8_lossy(&out.stdout), OUTPUT_TAIL),
         },
-    )
+        Ok(out) if out.status.success() => NodeResult::Succeeded,
+        Ok(out) => {
+            let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+            text.push_str(&String::from_utf8_lossy(&out.stderr));
+            // 255 is ssh's own failure (connection, login, host key), which its
+            // message says; a remote command's own 255 reads the same, and is rare.
+            if let (Some(remote), Some(255)) = (&at.ssh, out.status.code()) {
+                text = format!("ssh {remote}: {}", text.trim_end());
+                // Not there (down, terminated, cut off mid-command): no verdict on the
+                // version. A host key that changed is no absence: it fails.
+                if UNREACHABLE.iter().any(|m| text.contains(m)) {
+                    return Ok(NodeResult::Gone {
+                        detail: tail(&text, OUTPUT_TAIL),
+                    });
+                }
+            }
+            failed(out.status.code(), tail(&text, OUTPUT_TAIL))
+        }
+    })
 }

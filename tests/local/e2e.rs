@@ -666,3 +666,67 @@ async fn releases_side_by_side_roll_back_without_installing_anything() {
     assert_eq!(installs("node3").last().map(String::as_str), Some("1.1.0"));
     assert_eq!(installs("node3").len(), 5, "sync built nothing");
 }
+
+/// A command past its timeout is stopped with everything it started: TERM to its whole
+/// process group, then KILL (here both ignore TERM), so that no install is left running
+/// into the next command.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_command_past_its_timeout_is_stopped_with_every_process_it_started() {
+    use shipit::deploy::command::{Command as FleetCommand, CommandKind, NodeResult};
+    let dir = tempfile::tempdir().unwrap();
+    let node = dir.path().join("n1");
+    std::fs::create_dir(&node).unwrap();
+    let text = format!(
+        r#"
+[server]
+state = "{state}"
+
+[apps.slow]
+package = "slow-app"
+install = "trap '' TERM; sleep 300 & echo $! > grandchild.pid; wait"
+restart = "true"
+health = "true"
+[apps.slow.rollout]
+command_timeout_seconds = 1
+[apps.slow.environments.production]
+nodes = [{{ name = "n1", dir = "{node}" }}]
+"#,
+        state = dir.path().join("shipit.db").display(),
+        node = node.display()
+    );
+    let config = std::sync::Arc::new(
+        shipit::config::Config::parse(&text, &dir.path().join("shipit.toml"))
+            .unwrap_or_else(|r| panic!("{r}")),
+    );
+    let store = shipit::local::store::Store::open(&config.server.state).unwrap();
+    let fleet = shipit::local::fleet::LocalFleet::new(store, config.clone());
+    let app = config.app("slow").unwrap();
+    let env = &app.environments["production"];
+    let install = FleetCommand {
+        key: "slow:install".into(),
+        kind: CommandKind::Install,
+        version: shipit::deploy::version::Version::parse("1.0.0").unwrap(),
+        nodes: vec!["n1".into()],
+        concurrency: 0,
+        fence: 0,
+    };
+    let results = fleet.run_on(app, env, &install).await.unwrap();
+    assert!(
+        matches!(&results[0].1, NodeResult::Failed { output, .. } if output.contains("timed out after 1 s")),
+        "{results:?}"
+    );
+    let pid = std::fs::read_to_string(node.join("grandchild.pid")).unwrap();
+    let stat = std::fs::read_to_string(format!("/proc/{}/stat", pid.trim()));
+    // Gone, or a zombie waiting for a parent that does not reap (no init in a container).
+    let alive = stat.is_ok_and(|s| {
+        let state = s
+            .rsplit_once(')')
+            .map(|(_, r)| r.trim_start().chars().next());
+        !matches!(state, Some(Some('Z' | 'X')))
+    });
+    assert!(
+        !alive,
+        "the install's child {} outlived its timeout",
+        pid.trim()
+    );
+}
