@@ -129,10 +129,13 @@ fn until_healthy(restart: &str, check: &str, rollout: &Rollout) -> String {
 /// of app+env: the node is the last to know that a deploy lost its lock (its lease lapsed
 /// while it was stalled, and another deploy took over), so it refuses the stale holder
 /// (exit 75) instead of trusting it. The generation is kept in the node's app directory,
-/// or under /var/tmp when it has none.
+/// where every runtime runs the command (by a path relative to it: a directory the config
+/// names relative to shipit's own would be looked for inside itself), or under /var/tmp
+/// when it has none. A generation that cannot be written fails the command: a fence that
+/// silently does not hold is no fence.
 pub fn fenced(app: &str, env: &str, site: &Site, fence: u64, script: &str) -> String {
     let file = match site.dir {
-        Some(dir) => format!("{dir}/.shipit-fence-{env}"),
+        Some(_) => format!("./.shipit-fence-{env}"),
         None => format!("/var/tmp/shipit-{app}-{env}.fence"),
     };
     // App, env and directory come from the config, never from outside; quoted anyway.
@@ -146,7 +149,7 @@ pub fn fenced(app: &str, env: &str, site: &Site, fence: u64, script: &str) -> St
          if [ \"$shipit_seen\" -gt {fence} ] 2>/dev/null; then \
          echo \"{REFUSED} this node took commands under lock generation $shipit_seen, \
          newer than this deploy's {fence} (it lost its lock)\" >&2; exit {REFUSED_EXIT}; fi\n\
-         echo {fence} > \"$shipit_fence\"\n\
+         echo {fence} 2>/dev/null > \"$shipit_fence\" ||          {{ echo \"shipit: cannot record lock generation {fence} in $shipit_fence\" >&2; exit 1; }}\n\
          {script}"
     )
 }
@@ -169,6 +172,7 @@ mod tests {
         let out = Command::new("sh")
             .arg("-c")
             .arg(fenced("hello", "production", &site, fence, "echo ran"))
+            .current_dir(dir)
             .output()
             .unwrap();
         (
@@ -196,6 +200,39 @@ mod tests {
         assert_eq!(run(dir.path(), 8).0, Some(75));
         std::fs::write(dir.path().join(".shipit-fence-production"), "junk\n").unwrap();
         assert_eq!(run(dir.path(), 8), (Some(0), "ran\n".into()));
+    }
+
+    #[test]
+    fn the_fence_is_kept_where_the_command_runs_and_a_fence_that_cannot_be_kept_fails() {
+        // A node directory named relative to shipit's working directory: the command
+        // runs inside it, so the generation goes there, not into `n1/n1`.
+        let base = tempfile::tempdir().unwrap();
+        let node = base.path().join("n1");
+        std::fs::create_dir(&node).unwrap();
+        let vars = BTreeMap::new();
+        let site = Site {
+            node: "n1",
+            dir: Some("n1"),
+            vars: &vars,
+        };
+        let out = Command::new("sh")
+            .arg("-c")
+            .arg(fenced("hello", "production", &site, 5, "echo ran"))
+            .current_dir(&node)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        let kept = std::fs::read_to_string(node.join(".shipit-fence-production")).unwrap();
+        assert_eq!(kept.trim(), "5");
+
+        // Unwritable (here a directory stands where the file goes): the command fails
+        // closed instead of running unfenced.
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join(".shipit-fence-production")).unwrap();
+        let (code, out) = run(dir.path(), 3);
+        assert_eq!(code, Some(1), "{out}");
+        assert!(out.contains("cannot record lock generation 3"), "{out}");
+        assert!(!out.contains("ran"), "{out}");
     }
 
     /// Runs `until_healthy` under sh in `dir` with a 1 s timeout: (exit code, stdout,
