@@ -3,7 +3,10 @@
 //! against in-memory twins of the ledger (using the same lock decision as SQLite and
 //! Parameter Store) and the fleet, in virtual time, with faults injected: drivers that
 //! crash mid-step and replay it, drivers that stall past their lease, duplicate
-//! deliveries, failing installs and health checks, chat locks, unlocks and aborts.
+//! deliveries, failing installs and health checks, chat locks, unlocks and aborts, calls
+//! that fail (before or after they took effect: a lost answer) until the state machine's
+//! Retry gives up and its Catch winds the deploy down, nodes terminated mid-rollout and
+//! new ones joining (with the sync job that brings them to the live version).
 //!
 //! Jobs take the lock in queue order through the same `Turn` port the Step Functions
 //! driver uses (a twin of the dispatcher's tickets).
@@ -142,6 +145,23 @@ enum Event {
     Throttle(u32),
     /// Held commands reach their nodes now.
     DeliverLate,
+    /// The next `n` calls to the fleet and ledger fail; `lost`: after taking effect (the
+    /// answer was lost on its way back).
+    FailCalls {
+        n: u32,
+        lost: bool,
+    },
+    /// A node is terminated: it answers nothing more, and resolving no longer finds it.
+    Terminate {
+        target: usize,
+        node: usize,
+    },
+    /// A terminated node comes back as a new instance (nothing installed), and a sync job
+    /// is queued for it, as the node-joined event does.
+    Join {
+        target: usize,
+        node: usize,
+    },
 }
 
 fn schedule(seed: u64) -> Vec<Event> {
@@ -173,7 +193,22 @@ fn schedule(seed: u64) -> Vec<Event> {
                 90..=94 => Event::Abort(target),
                 95 => Event::Delay,
                 96 => Event::Throttle(1 + rng.below(4) as u32),
-                97 => Event::DeliverLate,
+                97 => match rng.below(4) {
+                    0 => Event::DeliverLate,
+                    1 => Event::FailCalls {
+                        // At most 5: three failed tries of a step, two of its Abort.
+                        n: 1 + rng.below(5) as u32,
+                        lost: rng.below(2) == 0,
+                    },
+                    2 => Event::Terminate {
+                        target,
+                        node: rng.below(NODES.len() as u64) as usize,
+                    },
+                    _ => Event::Join {
+                        target,
+                        node: rng.below(NODES.len() as u64) as usize,
+                    },
+                },
                 98 => Event::BreakInstall {
                     target,
                     node: rng.below(NODES.len() as u64) as usize,
@@ -192,8 +227,12 @@ struct Node {
     fence: u64,
     installed: Option<Version>,
     serving: Option<Version>,
+    /// The job whose restart put `serving` there.
+    served_by: Option<JobId>,
     broken_install: bool,
     sick: bool,
+    /// Terminated: resolving skips it, commands to it answer `Gone`.
+    gone: bool,
 }
 
 /// A command started on a node: when it ends and what it answers then.
@@ -234,6 +273,13 @@ struct World {
     /// and the jobs whose execution ended.
     queue: BTreeMap<(String, String), Vec<JobId>>,
     ended: BTreeSet<JobId>,
+    /// Calls still to fail, and whether after taking effect.
+    fail_next: u32,
+    lose_next: u32,
+    /// Jobs whose release of the lock failed: the lease frees it.
+    unreleased: BTreeSet<JobId>,
+    /// Every job delivered, by id.
+    jobs: HashMap<JobId, DeployJob>,
 }
 
 /// What the schedules exercised, printed at the end so a reader sees the simulation is
@@ -254,12 +300,25 @@ struct Stats {
     left_unhealthy: u64,
     /// Calls refused as throttled.
     throttled: u64,
+    /// Calls failed, before or after taking effect.
+    failed_calls: u64,
+    /// Steps that failed past the state machine's Retry: its Catch wound the deploy down.
+    caught: u64,
+    /// Nodes a deploy found gone.
+    gone: u64,
+    /// Sync jobs queued for joined nodes.
+    syncs: u64,
     reasons: BTreeMap<String, u64>,
 }
 
 impl World {
     /// A call's turn at the rate: refused while `Throttle` says so.
     fn call(&mut self) -> Result<(), PortError> {
+        if self.fail_next > 0 {
+            self.fail_next -= 1;
+            self.stats.failed_calls += 1;
+            return Err("InternalServerError: the call failed".into());
+        }
         if self.throttle_next == 0 {
             return Ok(());
         }
@@ -268,6 +327,16 @@ impl World {
         Err(Box::new(Throttled(
             "ThrottlingException: Rate exceeded".into(),
         )))
+    }
+
+    /// The answer of a call that took effect: lost while `FailCalls` says so.
+    fn answer(&mut self) -> Result<(), PortError> {
+        if self.lose_next == 0 {
+            return Ok(());
+        }
+        self.lose_next -= 1;
+        self.stats.failed_calls += 1;
+        Err("connection reset: the answer was lost".into())
     }
 
     fn now(&self) -> DateTime<Utc> {
@@ -293,9 +362,18 @@ impl Ledger for SimLedger {
     async fn record(&self, entry: &HistoryEntry) -> Result<(), PortError> {
         let job = &entry.job;
         let mut w = self.0.lock().unwrap();
+        w.call()?;
+        // (xii) What Parameter Store keeps fits a standard parameter.
+        let size = serde_json::to_string(entry)?.len();
+        if size > 4096 {
+            w.violations.push(format!(
+                "(xii) the history entry of job {} is {size} bytes, past 4 KB",
+                job.id
+            ));
+        }
         let t = w.target(&job.app, &job.env);
         if t.history.first().is_some_and(|e| e.job.id == job.id) {
-            return Ok(());
+            return w.answer();
         }
         let live = t.history.first().map(|e| e.job.version.clone());
         let faulty = faulty_mark(&t.faulty, &job.version).is_some();
@@ -324,7 +402,7 @@ impl Ledger for SimLedger {
         if matches!(job.source, Source::Rollback { .. }) {
             w.stats.rollbacks_recorded += 1;
         }
-        Ok(())
+        w.answer()
     }
 
     async fn history(
@@ -344,12 +422,32 @@ impl Ledger for SimLedger {
 
     async fn mark_faulty(&self, app: &str, env: &str, mark: &Faulty) -> Result<(), PortError> {
         let mut w = self.0.lock().unwrap();
+        w.call()?;
+        // (x) Only a version that served is marked: by the deploy that restarted a node
+        // onto it, or by a rollback replacing it. Installs that failed, nodes that went
+        // away, aborts and wound-down deploys mark nothing.
+        let by = w.jobs.get(&mark.job).cloned();
+        let restarted = w
+            .restarts
+            .iter()
+            .any(|((j, _), n)| *j == mark.job && *n > 0);
+        let served = match &by {
+            Some(job) if job.version.same_as(&mark.version) => restarted,
+            Some(job) => matches!(job.source, Source::Rollback { .. }),
+            None => false,
+        };
+        if !served {
+            w.violations.push(format!(
+                "(x) job {} marked {} faulty without it having served",
+                mark.job, mark.version
+            ));
+        }
         let t = w.target(app, env);
         if faulty_mark(&t.faulty, &mark.version).is_none() {
             t.faulty.insert(0, mark.clone());
             w.stats.faulty_marked += 1;
         }
-        Ok(())
+        w.answer()
     }
 
     async fn faulty(&self, app: &str, env: &str) -> Result<Vec<Faulty>, PortError> {
@@ -404,7 +502,7 @@ impl Ledger for SimLedger {
         let mut w = self.0.lock().unwrap();
         w.call()?;
         let t = w.target(app, env);
-        Ok(match &mut t.lock {
+        let renewal = match &mut t.lock {
             Some(l) if l.held_by(job, generation) => {
                 l.expires = Some(until);
                 Renewal::Held {
@@ -414,16 +512,23 @@ impl Ledger for SimLedger {
             other => Renewal::Lost {
                 holder: other.clone(),
             },
-        })
+        };
+        w.answer()?;
+        Ok(renewal)
     }
 
     async fn release(&self, app: &str, env: &str, job: &JobId) -> Result<(), PortError> {
         let mut w = self.0.lock().unwrap();
+        if let Err(e) = w.call() {
+            // Its lease frees the lock instead (see `drain`).
+            w.unreleased.insert(job.clone());
+            return Err(e);
+        }
         let t = w.target(app, env);
         if t.lock.as_ref().is_some_and(|l| l.job.as_ref() == Some(job)) {
             t.lock = None;
         }
-        Ok(())
+        w.answer()
     }
 
     async fn unlock(
@@ -501,8 +606,40 @@ fn start(w: &mut World, target: &(String, String), job: &JobId, cmd: &Command, n
     let now = w.now.load(Ordering::SeqCst);
     let (bad, faults) = (w.bad.clone(), w.faults);
     let t = w.targets.get_mut(target).expect("a simulated target");
+    // (xi) A command key runs at most once on a node.
+    if t.runs
+        .get(&cmd.key)
+        .and_then(|r| r.get(name))
+        .is_some_and(|r| r.end != HELD)
+    {
+        w.violations
+            .push(format!("(xi) {} ran twice on {name}", cmd.key));
+    }
+    let holds = t.lock.as_ref().is_some_and(|l| l.job.as_ref() == Some(job));
     let node = t.nodes.get_mut(name).expect("a simulated node");
     w.stats.commands += 1;
+    if node.gone {
+        w.stats.gone += 1;
+        t.runs.entry(cmd.key.clone()).or_default().insert(
+            name.to_string(),
+            Run {
+                job: job.clone(),
+                end: now,
+                result: NodeResult::Gone {
+                    detail: "terminated".into(),
+                },
+            },
+        );
+        return;
+    }
+    // (ix) No command runs on a node for a deploy that does not hold the lock, unless the
+    // node's fence refuses it.
+    if !holds && node.fence <= cmd.fence {
+        w.violations.push(format!(
+            "(ix) {} of job {job} ran on {name} while the job did not hold {}/{}",
+            cmd.key, target.0, target.1
+        ));
+    }
     if node.fence > cmd.fence {
         w.stats.fenced += 1;
         t.runs.entry(cmd.key.clone()).or_default().insert(
@@ -537,6 +674,8 @@ fn start(w: &mut World, target: &(String, String), job: &JobId, cmd: &Command, n
         // The restart, then the node's checks until one passes or the timeout (3 s) is up.
         CommandKind::Restart => {
             node.serving = node.installed.clone();
+            // Put back by a rollback, it serves what it did before this deploy.
+            node.served_by = (!cmd.key.contains(":revert:")).then(|| job.clone());
             match check(node) {
                 NodeResult::Succeeded => (3_000, NodeResult::Succeeded),
                 NodeResult::Failed { exit_code, output } => (
@@ -611,7 +750,12 @@ impl Fleet for SimFleet {
     async fn resolve(&self, job: &DeployJob) -> Result<Vec<String>, PortError> {
         let mut w = self.0.lock().unwrap();
         w.call()?;
-        Ok(w.target(&job.app, &job.env).nodes.keys().cloned().collect())
+        Ok(w.target(&job.app, &job.env)
+            .nodes
+            .iter()
+            .filter(|(_, n)| !n.gone)
+            .map(|(name, _)| name.clone())
+            .collect())
     }
 
     async fn run(
@@ -653,6 +797,7 @@ impl Fleet for SimFleet {
             }
             start(w, &target, &job.id, cmd, name);
         }
+        w.answer()?;
         let now = w.now.load(Ordering::SeqCst);
         let t = &w.targets[&target];
         Ok(cmd
@@ -660,7 +805,15 @@ impl Fleet for SimFleet {
             .iter()
             .map(|n| {
                 let r = &t.runs[&cmd.key][n];
-                let result = if r.end > now {
+                let held = w.held.iter().find(|h| h.cmd.key == cmd.key && h.node == *n);
+                // Never delivered within the delivery timeout: SSM gives up on it.
+                let undelivered = r.end == HELD
+                    && held.is_none_or(|h| now - h.sent_at > DELIVERY_TIMEOUT_SECONDS * 1000);
+                let result = if undelivered {
+                    NodeResult::Gone {
+                        detail: "DeliveryTimedOut".into(),
+                    }
+                } else if r.end > now {
                     NodeResult::Running
                 } else {
                     r.result.clone()
@@ -766,6 +919,10 @@ impl Sim {
             held: vec![],
             queue: BTreeMap::new(),
             ended: BTreeSet::new(),
+            fail_next: 0,
+            lose_next: 0,
+            unreleased: BTreeSet::new(),
+            jobs: HashMap::new(),
         }));
         let ledger = Arc::new(SimLedger(world.clone()));
         let driver = Driver::new(
@@ -805,13 +962,13 @@ impl Sim {
     fn deliver(&mut self, job: DeployJob) {
         if self.started.insert(job.id.clone()) {
             // The dispatcher's ticket: this job's place in its app+env's queue.
-            self.world
-                .lock()
-                .unwrap()
-                .queue
+            let mut w = self.world.lock().unwrap();
+            w.jobs.insert(job.id.clone(), job.clone());
+            w.queue
                 .entry((job.app.clone(), job.env.clone()))
                 .or_default()
                 .push(job.id.clone());
+            drop(w);
             self.executions.push(Execution {
                 state: StepState::start(job),
                 ready_at: self.now_ms(),
@@ -941,6 +1098,53 @@ impl Sim {
                     .await
                     .unwrap();
             }
+            Event::FailCalls { n, lost } => {
+                let mut w = self.world.lock().unwrap();
+                match lost {
+                    true => w.lose_next = *n,
+                    false => w.fail_next = *n,
+                }
+            }
+            Event::Terminate { target, node } => {
+                let (app, env) = TARGETS[*target];
+                let mut w = self.world.lock().unwrap();
+                w.target(app, env).nodes.get_mut(NODES[*node]).unwrap().gone = true;
+            }
+            Event::Join { target, node } => {
+                let (app, env) = TARGETS[*target];
+                let live = {
+                    let mut w = self.world.lock().unwrap();
+                    let t = w.target(app, env);
+                    // The first terminated node from `node` on comes back.
+                    let Some(name) = (0..NODES.len())
+                        .map(|k| NODES[(node + k) % NODES.len()])
+                        .find(|n| t.nodes[*n].gone)
+                    else {
+                        return;
+                    };
+                    let n = t.nodes.get_mut(name).unwrap();
+                    // A new instance: a clean disk, nothing served, no fence seen.
+                    *n = Node::default();
+                    (name, t.history.first().map(|e| e.job.version.clone()))
+                };
+                let (name, Some(live)) = live else { return };
+                let nonce = format!("join-{}", self.queued.len());
+                let job = DeployJob::new(
+                    app,
+                    env,
+                    format!("{app}-app").parse().unwrap(),
+                    live,
+                    Source::Sync {
+                        nodes: vec![name.to_string()],
+                        by: "node-joined".into(),
+                        nonce,
+                    },
+                    now,
+                );
+                self.world.lock().unwrap().stats.syncs += 1;
+                self.queued.push(job.clone());
+                self.deliver(job);
+            }
             Event::Delay => self.world.lock().unwrap().delay_next = true,
             Event::Throttle(n) => self.world.lock().unwrap().throttle_next = *n,
             Event::DeliverLate => deliver_late(&mut self.world.lock().unwrap()),
@@ -976,6 +1180,9 @@ impl Sim {
         let mut state = self.executions[i].state.clone();
         // A step after one that failed is a retry, as the state machine tells it.
         let mut retry = false;
+        // Tries of the Step task that failed in a row: its Retry makes 2 more, then its
+        // Catch hands the state, with the error, to Abort (5 more tries of its own).
+        let mut failures = 0;
         for n in 0..50 {
             let before = state.clone();
             let input = |state: StepState, retry: bool| match retry {
@@ -992,9 +1199,28 @@ impl Sim {
                     Err(_) => (before, true),
                 };
             }
+            failures = if retry { failures + 1 } else { 0 };
+            if failures == 3 {
+                state = self.abort(state).await;
+                retry = false;
+                failures = 0;
+            }
             if state.done || state.wait_seconds > 0 {
                 break;
             }
+        }
+        // (xii) The state the state machine keeps between steps fits its 256 KB payload
+        // (checked as each job ends: serializing every step would slow the run threefold;
+        // the bench checks it at 10,000 nodes).
+        let size = match state.done {
+            true => serde_json::to_vec(&state).map_or(0, |v| v.len()),
+            false => 0,
+        };
+        if size > 256 * 1024 {
+            self.world.lock().unwrap().violations.push(format!(
+                "(xii) job {}'s state is {size} bytes, past 256 KB",
+                state.job.id
+            ));
         }
         if state.done {
             self.finished(&state);
@@ -1005,8 +1231,28 @@ impl Sim {
         };
     }
 
+    /// The state machine's Catch → Abort: the step with the error, tried up to 6 times.
+    async fn abort(&mut self, mut state: StepState) -> StepState {
+        self.world.lock().unwrap().stats.caught += 1;
+        state.error = Some(super::step::TaskError {
+            error: "InternalServerError".into(),
+            cause: "the step kept failing".into(),
+        });
+        for _ in 0..6 {
+            if let Ok(next) = self.stepper.step(StepInput::from(state.clone())).await {
+                return next;
+            }
+        }
+        self.world.lock().unwrap().violations.push(format!(
+            "(vi) the Abort of job {} failed 6 times: its execution would end with the lock maybe held",
+            state.job.id
+        ));
+        state
+    }
+
     fn finished(&self, state: &StepState) {
         self.check_finished(state);
+        self.check_left_behind(state);
         let mut w = self.world.lock().unwrap();
         w.ended.insert(state.job.id.clone());
         w.stats.jobs += 1;
@@ -1063,6 +1309,37 @@ impl Sim {
         w.violations.extend(broken);
     }
 
+    /// (viii) A deploy that failed or was aborted leaves no node serving its version from
+    /// its own restart, except the nodes its outcome names as left behind.
+    fn check_left_behind(&self, state: &StepState) {
+        let Some(deploy) = &state.deploy else { return };
+        let Some(outcome) = &deploy.outcome else {
+            return;
+        };
+        use crate::deploy::engine::Outcome;
+        let left = match outcome {
+            Outcome::Failed { left_behind, .. } | Outcome::Aborted { left_behind, .. } => {
+                left_behind
+            }
+            _ => return,
+        };
+        let mut w = self.world.lock().unwrap();
+        let job = &deploy.job;
+        let t = w.target(&job.app, &job.env);
+        let mut broken = vec![];
+        for (name, n) in &t.nodes {
+            let ours = n.served_by.as_ref() == Some(&job.id)
+                && n.serving.as_ref().is_some_and(|v| v.same_as(&job.version));
+            if ours && !n.gone && !left.contains(name) {
+                broken.push(format!(
+                    "(viii) job {} ended {:?} with {name} serving {} unnamed",
+                    job.id, outcome, job.version
+                ));
+            }
+        }
+        w.violations.extend(broken);
+    }
+
     /// (vi) Once faults stop: every job ends, and no deploy holds a lock.
     async fn drain(&mut self) {
         {
@@ -1070,6 +1347,8 @@ impl Sim {
             w.faults = false;
             w.delay_next = false;
             w.throttle_next = 0;
+            w.fail_next = 0;
+            w.lose_next = 0;
             deliver_late(&mut w);
         }
         for (app, env) in TARGETS {
@@ -1113,9 +1392,17 @@ impl Sim {
             w.violations
                 .push(format!("(vi) jobs never ended: {}", stuck.join(", ")));
         }
+        // A lock whose release failed is freed by its lease, as a person's `unlock` sees.
+        let unreleased = w.unreleased.clone();
         let held: Vec<String> = w
             .targets
             .iter()
+            .filter(|(_, t)| {
+                !t.lock
+                    .as_ref()
+                    .and_then(|l| l.job.as_ref())
+                    .is_some_and(|j| unreleased.contains(j))
+            })
             .filter_map(|((a, e), t)| t.lock.as_ref().map(|l| format!("{a}/{e} by {}", l.holder)))
             .collect();
         if !held.is_empty() {
@@ -1160,6 +1447,10 @@ impl Stats {
         self.faulty_marked += o.faulty_marked;
         self.left_unhealthy += o.left_unhealthy;
         self.throttled += o.throttled;
+        self.failed_calls += o.failed_calls;
+        self.caught += o.caught;
+        self.gone += o.gone;
+        self.syncs += o.syncs;
         for (k, v) in &o.reasons {
             *self.reasons.entry(k.clone()).or_default() += v;
         }
@@ -1242,5 +1533,9 @@ fn the_invariants_hold_on_thousands_of_random_schedules() {
         );
         assert!(stats.left_unhealthy > 0, "{stats:#?}");
         assert!(stats.throttled > 0, "{stats:#?}");
+        assert!(
+            stats.failed_calls > 0 && stats.caught > 0 && stats.gone > 0 && stats.syncs > 0,
+            "{stats:#?}"
+        );
     }
 }

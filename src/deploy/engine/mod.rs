@@ -537,6 +537,14 @@ impl Deploy {
     /// writes nothing more, and names the nodes it leaves on its version. A success not
     /// yet recorded is no success: history does not say so.
     fn lost_lock(&mut self, why: String, notices: &mut Vec<Notice>) {
+        // A restart in flight may have taken effect: its nodes count as on the version.
+        if let (Some(_), Phase::Restart { batch }) = (self.running_since, &self.phase) {
+            for &i in &batch.nodes {
+                if self.nodes[i].state == NodeState::Installed {
+                    self.nodes[i].state = NodeState::Unhealthy;
+                }
+            }
+        }
         self.locked = false;
         self.lease = None;
         self.wait = None;
