@@ -59,6 +59,7 @@ pub struct Deploy {
     pub job: DeployJob,
     pub policy: Rollout,
     pub phase: Phase,
+    #[serde(with = "types::compact_nodes")]
     pub nodes: Vec<Node>,
     /// The version live before this deploy: what a rollback puts back.
     pub previous: Option<Version>,

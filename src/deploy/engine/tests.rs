@@ -1714,3 +1714,61 @@ fn a_first_look_moves_earlier_when_it_found_its_command_finished_and_later_when_
     assert_eq!(next_first_look(Some(3000), 3600, 9), 4100);
     assert_eq!(next_first_look(Some(3000), 3000, 2), 3250);
 }
+
+/// (xii) The state Step Functions carries between steps stays under its 256 KB at 10,000
+/// nodes with AWS's instance ids, through a deploy with install failures, unhealthy and
+/// gone nodes and a rollback; every list an outcome keeps is capped.
+#[test]
+fn a_ten_thousand_node_deploy_keeps_its_state_under_256_kb() {
+    let names: Vec<String> = (0..10_000)
+        .map(|i| format!("i-{:017x}", 0xabc0_0000_u64 + i))
+        .collect();
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let mut twin = Twin::new(&refs, Some("1.0.0"));
+    for i in (3..10_000).step_by(97) {
+        twin = twin.fail(CommandKind::Install, &names[i], "1.1.0");
+    }
+    for i in (5..6_000).step_by(89) {
+        twin.gone.push((CommandKind::Restart, names[i].clone()));
+    }
+    twin = twin.fail(CommandKind::Health, &names[6_001], "1.1.0");
+    let policy = Rollout {
+        max_errors: 200,
+        max_failed: crate::deploy::rollout::Share::Percent(10),
+        batches: vec![
+            crate::deploy::rollout::Share::Nodes(1),
+            crate::deploy::rollout::Share::Nodes(5),
+            crate::deploy::rollout::Share::Percent(20),
+        ],
+        ..policy()
+    };
+    let mut d = Deploy::new(job("1.1.0", false), policy);
+    let mut largest = 0;
+    let mut notices = vec![];
+    for _ in 0..10_000 {
+        d.tick(twin.now());
+        largest = largest.max(serde_json::to_vec(&d).unwrap().len());
+        let action = d.action();
+        if let Action::Finished(_) = action {
+            break;
+        }
+        let obs = twin.execute(&action);
+        notices.extend(d.observe(twin.now(), obs).unwrap());
+    }
+    let outcome = d.outcome.clone().unwrap();
+    assert!(matches!(outcome, Outcome::Succeeded { .. }), "{outcome:?}");
+    let left = outcome.left_behind().unwrap();
+    assert!(
+        left.contains("… and 94 more") && left.len() < 1_500,
+        "{left}"
+    );
+    // What the rest of the state holds (the job, 200 SSM command ids, the chat memo)
+    // is under 16 KB.
+    assert!(
+        largest < 240 * 1024,
+        "the deploy's state reached {largest} bytes"
+    );
+    eprintln!("10,000 nodes: the deploy's state peaked at {largest} bytes");
+    let round: Deploy = serde_json::from_slice(&serde_json::to_vec(&d).unwrap()).unwrap();
+    assert_eq!(round, d);
+}

@@ -275,6 +275,85 @@ pub struct Node {
     pub state: NodeState,
 }
 
+/// A deploy's nodes as its state keeps them: the names in one list and the states as one
+/// letter each, so that the state of a 10,000-node deploy fits the 256 KB Step Functions
+/// passes between steps (an object per node took about 50 bytes: 500 KB). Reads the
+/// object form that older states hold too.
+pub(super) mod compact_nodes {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    use super::{Node, NodeState};
+
+    const LETTERS: [(NodeState, char); 7] = [
+        (NodeState::Pending, 'p'),
+        (NodeState::Installed, 'i'),
+        (NodeState::InstallFailed, 'f'),
+        (NodeState::Healthy, 'h'),
+        (NodeState::Unhealthy, 'u'),
+        (NodeState::Reverted, 'r'),
+        (NodeState::Gone, 'g'),
+    ];
+
+    #[derive(Serialize)]
+    struct Written<'a> {
+        names: Vec<&'a str>,
+        states: String,
+    }
+
+    #[derive(Deserialize)]
+    struct Read {
+        names: Vec<String>,
+        states: String,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Either {
+        Compact(Read),
+        Objects(Vec<Node>),
+    }
+
+    pub fn serialize<S: Serializer>(nodes: &[Node], s: S) -> Result<S::Ok, S::Error> {
+        let letter = |state| {
+            LETTERS
+                .iter()
+                .find(|(st, _)| *st == state)
+                .map_or('?', |l| l.1)
+        };
+        Written {
+            names: nodes.iter().map(|n| n.name.as_str()).collect(),
+            states: nodes.iter().map(|n| letter(n.state)).collect(),
+        }
+        .serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Node>, D::Error> {
+        let read = match Either::deserialize(d)? {
+            Either::Objects(nodes) => return Ok(nodes),
+            Either::Compact(read) => read,
+        };
+        let states: Vec<char> = read.states.chars().collect();
+        if states.len() != read.names.len() {
+            return Err(serde::de::Error::custom(format!(
+                "{} node names but {} states",
+                read.names.len(),
+                states.len()
+            )));
+        }
+        read.names
+            .into_iter()
+            .zip(states)
+            .map(|(name, c)| match LETTERS.iter().find(|l| l.1 == c) {
+                Some((state, _)) => Ok(Node {
+                    name,
+                    state: *state,
+                }),
+                None => Err(serde::de::Error::custom(format!("node state {c:?}"))),
+            })
+            .collect()
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "phase", rename_all = "snake_case")]
 pub enum Phase {
