@@ -23,6 +23,22 @@ pub fn capped(mut names: Vec<String>) -> Vec<String> {
     names
 }
 
+/// The longest reason a faulty mark keeps: a failure's reason can hold a command's
+/// output, and marks are kept in one 4 KB Parameter Store value.
+pub const MARK_REASON_MAX: usize = 300;
+
+/// `text` cut to at most `max` bytes at a character boundary, ending `…` when cut.
+pub fn clip(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_string();
+    }
+    let mut end = max.saturating_sub('…'.len_utf8());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &text[..end])
+}
+
 /// `web001, web002, … and 193 more`.
 pub fn names(list: &[String]) -> String {
     let shown = list.len().min(NAMES_SHOWN);
@@ -120,6 +136,17 @@ pub fn node_phrase(state: NodeState) -> &'static str {
         NodeState::Unhealthy => "unhealthy",
         NodeState::Reverted => "back on the previous version",
         NodeState::Gone => "gone (did not answer)",
+    }
+}
+
+#[cfg(test)]
+mod clip_tests {
+    #[test]
+    fn a_clipped_reason_stays_within_its_bytes_at_a_character_boundary() {
+        assert_eq!(super::clip("short", 300), "short");
+        let long = "é".repeat(400);
+        let cut = super::clip(&long, 300);
+        assert!(cut.len() <= 300 && cut.ends_with('…'), "{}", cut.len());
     }
 }
 

@@ -166,7 +166,10 @@ impl Driver {
                 let mark = Faulty {
                     version: version.clone(),
                     job: job.id.clone(),
-                    reason: reason.clone(),
+                    reason: crate::deploy::report::clip(
+                        reason,
+                        crate::deploy::report::MARK_REASON_MAX,
+                    ),
                     at: now,
                 };
                 self.ledger.mark_faulty(&job.app, &job.env, &mark).await?;

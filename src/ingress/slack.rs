@@ -32,7 +32,10 @@ Usage:
   /deploy lock APP [ENV] REASON stop deploys until unlocked
   /deploy unlock APP [ENV]      remove a lock taken with /deploy lock
   /deploy abort APP [ENV]       stop the running deploy, putting back what it restarted
-  /deploy help";
+  /deploy help
+A version is FAULTY once rolled back from after it served (it failed its restart, health
+check or bake on a node, or a rollback replaced it): rollbacks and automatic deploys skip
+it; deploying it by name goes ahead, and lifts the mark once it succeeds.";
 
 /// The form Slack posts; see api.slack.com/interactivity/slash-commands.
 #[derive(Debug, Deserialize)]
