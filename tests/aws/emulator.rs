@@ -204,6 +204,32 @@ async fn list_commands_pages_by_at_most_50() {
 }
 
 #[tokio::test]
+async fn list_commands_can_leave_out_a_command_just_sent() {
+    let _turn = CONTROL.lock().await;
+    let ssm = ssm().await;
+    let ids = launch(1, &[("t", "lagging")]).await;
+    let comment = unique("lagging");
+    control(serde_json::json!({ "list_lag": { "reads": 2, "contains": comment } })).await;
+    let sent = send(&ssm, &ids).comment(&comment).send().await.unwrap();
+    let id = sent.command.and_then(|c| c.command_id).unwrap();
+    let listed = || async {
+        ssm.list_commands()
+            .instance_id(&ids[0])
+            .send()
+            .await
+            .unwrap()
+            .commands
+            .unwrap_or_default()
+            .iter()
+            .any(|c| c.command_id.as_deref() == Some(id.as_str()))
+    };
+    assert!(!listed().await, "left out of the first listing");
+    assert!(!listed().await, "and of the second");
+    assert!(listed().await, "then listed");
+    control(serde_json::json!({})).await;
+}
+
+#[tokio::test]
 async fn list_commands_honours_its_filters_and_refuses_bad_ones() {
     let ssm = ssm().await;
     let ids = launch(1, &[("t", "filters")]).await;
@@ -503,4 +529,37 @@ async fn a_lost_answer_is_a_500_for_a_call_that_was_done() {
     assert_eq!(err.raw_response().map(|r| r.status().as_u16()), Some(500));
     send(&ssm, &ids).comment(&marked).send().await.unwrap();
     control(serde_json::json!({})).await;
+}
+
+#[tokio::test]
+async fn a_parameter_value_over_4_kb_is_refused_unless_advanced() {
+    let ssm = ssm().await;
+    let name = format!("/{}/value", unique("limits"));
+    let put = |value: String, tier: Option<aws_sdk_ssm::types::ParameterTier>| {
+        ssm.put_parameter()
+            .name(&name)
+            .value(value)
+            .r#type(aws_sdk_ssm::types::ParameterType::String)
+            .overwrite(true)
+            .set_tier(tier)
+    };
+    put("x".repeat(4096), None).send().await.expect("4 KB fits");
+    // Bytes, not characters.
+    assert_eq!(
+        code(put("é".repeat(2049), None).send().await),
+        "ValidationException"
+    );
+    assert_eq!(
+        code(put("x".repeat(4097), None).send().await),
+        "ValidationException"
+    );
+    let advanced = Some(aws_sdk_ssm::types::ParameterTier::Advanced);
+    put("x".repeat(8192), advanced.clone())
+        .send()
+        .await
+        .expect("8 KB fits the advanced tier");
+    assert_eq!(
+        code(put("x".repeat(8193), advanced).send().await),
+        "ValidationException"
+    );
 }

@@ -31,12 +31,14 @@ Added to moto 5.2.5, following the AWS API reference for each shape:
   instance of the emulator is `InvalidInstanceId`; an offline node's invocation ends
   `TimedOut` / `DeliveryTimedOut`, not Success; so does an invocation whose instance is
   terminated (EC2 TerminateInstances) before it ended.
-  ListCommands: MaxResults within 1..50, paged by NextToken; Filters honoured
+  ListCommands: on demand, a new command is left out of its first listings (eventual
+  consistency, `list_lag`); MaxResults within 1..50, paged by NextToken; Filters honoured
   (InvokedAfter, InvokedBefore, Status, DocumentName), an unknown key is
   `InvalidFilterKey`, a timestamp or status that is not one is a ValidationException
   (the reference names no error for it).
   ListCommandInvocations: MaxResults within 1..50. DescribeInstanceInformation:
-  MaxResults within 5..50.
+  MaxResults within 5..50. PutParameter: a value of at most 4 KB (standard tier) or
+  8 KB (advanced).
 - SQS FIFO sequence numbers: moto draws each at random; AWS's "continues to increase
   for a particular MessageGroupId" (SendMessage, SequenceNumber). Now they grow per
   queue and group, by uneven steps (AWS: "large, non-consecutive"), 20 digits.
@@ -52,6 +54,9 @@ Added to moto 5.2.5, following the AWS API reference for each shape:
    "pending_reads": 1,                     # default for invocations without a rule
    "seconds": 0,                           # likewise
    "invisible_reads": 1,                   # eventual consistency, for every invocation
+   "list_lag": {"reads": 2, "contains": "text"},  # ListCommands leaves a new command
+                                           # (whose comment holds the text, if given) out
+                                           # of the first 2 listings that would show it
    "throttle": {"SendCommand": 2},         # the next 2 SendCommand calls are throttled
    "rates": {"SendCommand": {"per_second": 5, "burst": 10}},
    "lost_answers": {"SendCommand": 1}}     # the next SendCommand is done, but answered
@@ -84,7 +89,7 @@ from werkzeug.serving import run_simple
 
 LOCK = threading.Lock()
 DEFAULTS = {"rules": [], "offline": [], "pending_reads": 1, "seconds": 0, "invisible_reads": 1,
-            "throttle": {}, "rates": {}, "lost_answers": {}}
+            "throttle": {}, "rates": {}, "lost_answers": {}, "list_lag": {}}
 CONTROL = dict(DEFAULTS)
 
 
@@ -363,12 +368,28 @@ def list_commands(self):
             raise InvalidFilterKey(f"unsupported filter key {key}")
     commands = self.ssm_backend.list_commands(self._get_param("CommandId"),
                                               self._get_param("InstanceId"))
-    found = [c for c in commands if all(t(c) for t in tests)]
+    found = [c for c in commands if all(t(c) for t in tests) and listed(c)]
     items, token = page(found, size, self._get_param("NextToken"))
     result = {"Commands": [c.response_object() for c in items]}
     if token:
         result["NextToken"] = token
     return ActionResult(result)
+
+
+def listed(command):
+    """ListCommands is a read AWS does not promise to be consistent with the SendCommand
+    just answered: on demand, a new command is left out of its first `list_lag.reads`
+    listings that would show it."""
+    with LOCK:
+        lag = CONTROL["list_lag"]
+        if lag.get("contains", "") not in (command.comment or ""):
+            return True
+        seen = LISTINGS.get(command.command_id, 0)
+        LISTINGS[command.command_id] = seen + 1
+        return seen >= lag.get("reads", 0)
+
+
+LISTINGS = {}
 
 
 def aware(moment):
@@ -460,6 +481,24 @@ SimpleSystemManagerResponse.list_command_invocations = throttled(
 SimpleSystemManagerResponse.send_command = send_command_checked(
     SimpleSystemManagerResponse.send_command)
 SimpleSystemManagerResponse.list_commands = list_commands
+
+
+def put_parameter_checked(original):
+    """PutParameter: a standard-tier value holds at most 4 KB, an advanced one 8 KB
+    (Parameter Store quotas); moto takes any size."""
+    def put_parameter(self):
+        value = self._get_param("Value") or ""
+        tier = self._get_param("Tier") or "Standard"
+        limit = 8192 if tier == "Advanced" else 4096
+        if len(value.encode()) > limit:
+            raise Invalid(f"1 validation error detected: Value at 'value' failed to satisfy "
+                          f"constraint: Member must have length less than or equal to {limit}")
+        return original(self)
+    return put_parameter
+
+
+SimpleSystemManagerResponse.put_parameter = put_parameter_checked(
+    SimpleSystemManagerResponse.put_parameter)
 for op, attr in [("SendCommand", "send_command"), ("GetCommandInvocation", "get_command_invocation"),
                  ("ListCommands", "list_commands")]:
     setattr(SimpleSystemManagerResponse, attr, throttled(op, getattr(SimpleSystemManagerResponse, attr)))
