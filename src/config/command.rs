@@ -86,6 +86,10 @@ impl App {
             let check = render(CommandKind::Health, health)?;
             script = until_healthy(&script, &check, &self.rollout);
         }
+        // No key: a plan shown to a reader, who wants the app's command, not its guard.
+        if matches!(kind, CommandKind::Install | CommandKind::Restart) && !cmd.key.is_empty() {
+            script = once(&self.name, &env.name, site, &cmd.key, &script);
+        }
         Ok(Some(match cmd.fence {
             0 => script,
             fence => fenced(&self.name, &env.name, site, fence, &script),
@@ -122,6 +126,50 @@ fn until_healthy(restart: &str, check: &str, rollout: &Rollout) -> String {
          if [ \"$shipit_wait\" -gt {most} ]; then shipit_wait={most}; fi\n\
          shipit_checks=$((shipit_checks + 1))\n\
          done"
+    )
+}
+
+/// How long a node keeps the record of a command it ran (see `once`).
+const RUNS_KEPT_DAYS: u32 = 14;
+
+/// `script`, run at most once on this node for command `key`, however often it is sent
+/// (a send retried after its answer was lost, a lookup that missed it in an eventually
+/// consistent listing, a replayed step). The first send makes the key's directory under
+/// `.shipit/runs` in the node directory (`mkdir` is atomic), records its process (pid,
+/// boot id, start time), and keeps the exit code and output; a later send waits for the
+/// first to end and answers what it answered. A first run that died without an end (a
+/// reboot, a kill) is run again. Records older than two weeks are pruned. A node where
+/// the record cannot be made fails the command rather than run it unguarded.
+pub fn once(app: &str, env: &str, site: &Site, key: &str, script: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let runs = match site.dir {
+        Some(_) => "./.shipit/runs".to_string(),
+        None => format!("/var/tmp/shipit-{app}-{env}/runs"),
+    };
+    let runs = shlex::try_quote(&runs).map_or_else(|_| "/dev/null".into(), |q| q.into_owned());
+    // Keys hold job ids and step names; their hash is a plain file name.
+    let id = &hex::encode(Sha256::digest(key.as_bytes()))[..24];
+    format!(
+        "shipit_runs={runs}\n\
+         shipit_run=\"$shipit_runs/{id}\"\n\
+         mkdir -p \"$shipit_runs\" || {{ echo \"shipit: cannot keep a record of this command in $shipit_runs\" >&2; exit 1; }}\n\
+         find \"$shipit_runs\" -mindepth 1 -maxdepth 1 -mtime +{RUNS_KEPT_DAYS} -exec rm -rf {{}} + 2>/dev/null\n\
+         shipit_boot=$(cat /proc/sys/kernel/random/boot_id 2>/dev/null)\n\
+         shipit_began() {{ awk '{{print $22}}' \"/proc/$1/stat\" 2>/dev/null; }}\n\
+         while ! mkdir \"$shipit_run\" 2>/dev/null; do\n\
+         if [ -f \"$shipit_run/exit\" ]; then cat \"$shipit_run/out\" 2>/dev/null; exit \"$(cat \"$shipit_run/exit\")\"; fi\n\
+         shipit_pid=; shipit_was=; shipit_at=\n\
+         read -r shipit_pid shipit_was shipit_at 2>/dev/null < \"$shipit_run/pid\"\n\
+         if [ -n \"$shipit_pid\" ] && {{ [ \"$shipit_was\" != \"$shipit_boot\" ] || ! kill -0 \"$shipit_pid\" 2>/dev/null || [ \"$(shipit_began \"$shipit_pid\")\" != \"$shipit_at\" ]; }}; then\n\
+         rm -rf \"$shipit_run\"; continue; fi\n\
+         sleep 1\n\
+         done\n\
+         echo \"$$ $shipit_boot $(shipit_began $$)\" > \"$shipit_run/pid\"\n\
+         ( {script}\n) > \"$shipit_run/out\" 2>&1\n\
+         shipit_code=$?\n\
+         echo \"$shipit_code\" > \"$shipit_run/exit.new\" && mv \"$shipit_run/exit.new\" \"$shipit_run/exit\"\n\
+         cat \"$shipit_run/out\"\n\
+         exit \"$shipit_code\""
     )
 }
 
@@ -200,6 +248,94 @@ mod tests {
         assert_eq!(run(dir.path(), 8).0, Some(75));
         std::fs::write(dir.path().join(".shipit-fence-production"), "junk\n").unwrap();
         assert_eq!(run(dir.path(), 8), (Some(0), "ran\n".into()));
+    }
+
+    /// Runs `once(key, script)` in `dir`: (exit code, output).
+    fn run_once(dir: &std::path::Path, key: &str, script: &str) -> (Option<i32>, String) {
+        let vars = BTreeMap::new();
+        let site = Site {
+            node: "n1",
+            dir: Some("n1"),
+            vars: &vars,
+        };
+        let out = Command::new("sh")
+            .arg("-c")
+            .arg(once("hello", "production", &site, key, script))
+            .current_dir(dir)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).to_string()
+                + &String::from_utf8_lossy(&out.stderr),
+        )
+    }
+
+    #[test]
+    fn a_key_runs_once_on_a_node_and_a_second_send_answers_what_the_first_did() {
+        let dir = tempfile::tempdir().unwrap();
+        let count = || {
+            std::fs::read_to_string(dir.path().join("count"))
+                .unwrap_or_default()
+                .lines()
+                .count()
+        };
+        let script = "echo ran >> count; echo 'it said so'; exit 3";
+        assert_eq!(
+            run_once(dir.path(), "j1:install", script),
+            (Some(3), "it said so\n".into())
+        );
+        assert_eq!(
+            run_once(dir.path(), "j1:install", script),
+            (Some(3), "it said so\n".into())
+        );
+        assert_eq!(count(), 1, "the second send ran it again");
+        // Another key runs.
+        assert_eq!(run_once(dir.path(), "j1:restart:n1", script).0, Some(3));
+        assert_eq!(count(), 2);
+
+        // Sent again while the first still runs: waits for it and answers its result.
+        let slow = "sleep 1; echo ran >> count; echo done";
+        let first = {
+            let dir = dir.path().to_path_buf();
+            std::thread::spawn(move || run_once(&dir, "j2:restart:n1", slow))
+        };
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let second = run_once(dir.path(), "j2:restart:n1", slow);
+        assert_eq!(first.join().unwrap(), (Some(0), "done\n".into()));
+        assert_eq!(second, (Some(0), "done\n".into()));
+        assert_eq!(count(), 3);
+
+        // A first run that died without an end (its process is gone) is run again.
+        let runs = dir.path().join(".shipit/runs");
+        let before: Vec<_> = std::fs::read_dir(&runs).unwrap().collect();
+        let gone = Command::new("true").spawn().unwrap();
+        let pid = gone.id();
+        let _ = { gone }.wait();
+        let key = "j3:install";
+        let id = &hex::encode(<sha2::Sha256 as sha2::Digest>::digest(key.as_bytes()))[..24];
+        std::fs::create_dir(runs.join(id)).unwrap();
+        std::fs::write(runs.join(id).join("pid"), format!("{pid} x 1\n")).unwrap();
+        assert_eq!(
+            run_once(dir.path(), key, "echo ran >> count"),
+            (Some(0), String::new())
+        );
+        assert_eq!(count(), 4);
+        assert_eq!(std::fs::read_dir(&runs).unwrap().count(), before.len() + 1);
+
+        // Where no record can be kept, nothing runs.
+        let bad = tempfile::tempdir().unwrap();
+        std::fs::write(
+            bad.path().join(".shipit"),
+            "a file where the directory goes",
+        )
+        .unwrap();
+        let (code, out) = run_once(bad.path(), "j4:install", "echo ran");
+        assert_eq!(code, Some(1), "{out}");
+        assert!(
+            out.contains("cannot keep a record of this command"),
+            "{out}"
+        );
     }
 
     #[test]

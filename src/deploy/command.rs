@@ -32,7 +32,8 @@ pub enum CommandKind {
 }
 
 /// A command for the fleet: run `kind` for `version` on `nodes`, at most `concurrency` at
-/// once (0: all). Asking again with the same key returns its status; it never runs twice.
+/// once (0: all). Asking again with the same key returns its status; it never runs twice
+/// (an empty key only renders the command for a plan: nothing guards it).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Command {
     pub key: String,

@@ -844,6 +844,71 @@ async fn a_send_whose_answer_is_lost_runs_once() {
     control(json!({})).await;
 }
 
+/// The lookup after a lost answer can miss: ListCommands may not list a command just
+/// sent, and the restart goes out again. The node keeps a record of each command key it
+/// ran, so what it runs is the first send's, once. The emulator runs no scripts: the test
+/// plays every script each node was sent, in order, in a directory of its own standing for
+/// the node's, and counts what ran.
+#[tokio::test]
+async fn a_restart_sent_twice_after_a_missed_lookup_runs_once_on_the_node() {
+    let _turn = CONTROL.lock().await;
+    let mut rig = Rig::new(2).await;
+    let text = config_text(&rig.fleet, "")
+        .replace(
+            "venv/bin/pip install -U {package}=={version}",
+            "echo {version} >> installs",
+        )
+        .replace(
+            "kill -HUP $(cat {dir}/service.pid)",
+            "echo {version} >> restarts",
+        )
+        .replace(
+            "curl -fsS localhost:{port}/version | grep -qx {version}",
+            "true",
+        );
+    rig.config = Arc::new(parse(&text));
+    let job = rig.job("1.0.0");
+    control(json!({
+        "lost_answers": { "SendCommand": { "count": 1, "contains": ":restart:" } },
+        "list_lag": { "reads": 10, "contains": job.id.as_str() },
+    }))
+    .await;
+    let end = rig.deploy(job.clone()).await;
+    assert_eq!(end.status, Some(JobStatus::Succeeded), "{end:?}");
+    control(json!({})).await;
+
+    let sent = rig.commands(&job).await;
+    let first = &rig.nodes[0];
+    let restarts_sent = sent
+        .iter()
+        .filter(|(comment, ids, _)| comment.contains(":restart:") && ids.contains(first))
+        .count();
+    assert_eq!(
+        restarts_sent, 2,
+        "the lookup missed, and sent again: {sent:?}"
+    );
+    for node in &rig.nodes {
+        let dir = tempfile::tempdir().unwrap();
+        for (_, _, script) in sent.iter().filter(|(_, ids, _)| ids.contains(node)) {
+            let ran = std::process::Command::new("sh")
+                .arg("-c")
+                .arg(script)
+                .current_dir(dir.path())
+                .output()
+                .unwrap();
+            assert!(ran.status.success(), "{ran:?}");
+        }
+        let lines = |file: &str| {
+            std::fs::read_to_string(dir.path().join(file))
+                .unwrap()
+                .lines()
+                .count()
+        };
+        assert_eq!(lines("installs"), 1, "{node}");
+        assert_eq!(lines("restarts"), 1, "{node}");
+    }
+}
+
 #[tokio::test]
 async fn dispatch_starts_one_execution_per_job_even_when_a_message_comes_twice() {
     let sdk = sdk().await;
