@@ -335,6 +335,26 @@ async fn signal_group(pgid: u32, sig: &str) {
         .await;
 }
 
+/// Whether a process of group `pgid` still runs (zombies aside: in a container whose
+/// first process reaps nothing, they stay for good, and run nothing).
+fn group_alive(pgid: u32) -> bool {
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return false;
+    };
+    procs.flatten().any(|p| {
+        let Ok(stat) = std::fs::read_to_string(p.path().join("stat")) else {
+            return false;
+        };
+        // After the command name, which may hold anything but ends with the last ')':
+        // state, parent, group.
+        let fields: Vec<&str> = stat.rsplit_once(')').map_or(vec![], |(_, rest)| {
+            rest.split_whitespace().take(3).collect()
+        });
+        matches!(fields.as_slice(), [state, _, group]
+            if *group == pgid.to_string() && !matches!(*state, "Z" | "X"))
+    })
+}
+
 /// Runs `script` in the node's directory in a process group of its own (a Ctrl-C or
 /// SIGTERM meant for shipit does not cut a restart in half, and a command, or the `ssh`
 /// that carries it, outlives a worker that was killed), telling `started` its pid.
@@ -403,6 +423,14 @@ where
             signal_group(pid, "TERM").await;
             let _ = tokio::time::timeout(KILL_AFTER, &mut output).await;
             signal_group(pid, "KILL").await;
+            // A killed process ends when it is next scheduled: the next command (a
+            // rollback's install) must not start beside what is left of this one.
+            let gone = async {
+                while group_alive(pid) {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            };
+            let _ = tokio::time::timeout(KILL_AFTER, gone).await;
         }
         return Ok(failed(
             None,
