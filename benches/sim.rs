@@ -16,7 +16,10 @@
 //! - the same deploy in batches `[1, 5, "20%"]`: one-at-a-time makespan ÷ batched;
 //! - 10,000 nodes over 500 apps deployed at once, sharing the account's SSM rate: whether
 //!   all finish, throttled attempts, calls that failed when their attempts ran out and
-//!   steps that failed, and the most history events of one execution.
+//!   steps that failed, and the most history events of one execution;
+//! - 10,000 nodes in one environment, one at a time: the largest state a step returned
+//!   (Step Functions' limit: 256 KB) and the largest value written as Parameter Store
+//!   would hold it (history entry, faulty list; limit 4 KB), beside the 1,000-node runs'.
 //!
 //! `cargo bench --bench sim`
 
@@ -120,10 +123,6 @@ fn next(x: &mut u64) -> u64 {
 }
 
 impl Model {
-    fn new(failing: Option<usize>) -> Model {
-        Model::shared(failing, NODES, 0)
-    }
-
     fn shared(failing: Option<usize>, nodes: usize, per_app: usize) -> Model {
         let mut x: u64 = 42;
         let install = (0..nodes)
@@ -214,7 +213,12 @@ impl Model {
 /// The node's command and the version it checks: "restart" (with its node's health
 /// checks), "install", "health", from the lines of the script the config renders.
 fn command_of(script: &str) -> (&'static str, &str) {
-    let line = |word: &str| script.lines().find_map(|l| l.strip_prefix(word));
+    // A line may open the subshell of the node's run-once guard.
+    let line = |word: &str| {
+        script
+            .lines()
+            .find_map(|l| l.trim_start_matches("( ").strip_prefix(word))
+    };
     let version = line("health ").unwrap_or("").trim();
     match (line("restart"), line("install ")) {
         (Some(_), _) => ("restart", version),
@@ -339,6 +343,10 @@ impl RunCommand for Model {
 
 struct Run {
     makespan: Duration,
+    /// The largest state a step returned, as JSON (what Step Functions carries).
+    most_state: usize,
+    /// The largest history entry or faulty list, as the SSM ledger writes them.
+    most_value: usize,
     status: Option<JobStatus>,
     steps: u64,
     ssm_calls: u64,
@@ -360,7 +368,12 @@ fn sim_job(app: &str, version: &str, now: DateTime<Utc>) -> DeployJob {
     )
 }
 
-async fn simulate(failing: Option<usize>, rollout: &str, store: &Path) -> (Run, Arc<Model>) {
+async fn simulate(
+    nodes: usize,
+    failing: Option<usize>,
+    rollout: &str,
+    store: &Path,
+) -> (Run, Arc<Model>) {
     let text = r#"
 [apps.hello]
 package = "hello-app"
@@ -383,15 +396,27 @@ ssm_tags = { "shipit:app" = "hello" }
         .record(&HistoryEntry::new(job("1.0.0", clock()), clock()))
         .await
         .unwrap();
-    let model = Arc::new(Model::new(failing));
+    let model = Arc::new(Model::shared(failing, nodes, 0));
     let out = Outbound::new(config.clone(), Arc::new(Secrets::new(None)));
     let fleet = Arc::new(SsmFleet::new(model.clone(), config.clone()));
-    let driver = Driver::new(config, ledger, fleet, None, out);
+    let driver = Driver::new(config, ledger.clone(), fleet, None, out);
     let stepper = Stepper::new(driver, Duration::from_secs(60)).with_clock(clock.clone());
     let start = Instant::now();
-    let (status, steps, _) = execute(&stepper, job("2.0.0", clock())).await;
+    let (status, steps, _, most_state) = execute(&stepper, job("2.0.0", clock())).await;
+    let makespan = start.elapsed();
+    // Each as `aws::ledger::SsmLedger` writes it: one entry a parameter, the marks in one.
+    let entries = ledger.history("hello", "production", 10).await.unwrap();
+    let faulty = ledger.faulty("hello", "production").await.unwrap();
+    let most_value = entries
+        .iter()
+        .map(|e| serde_json::to_string(e).unwrap().len())
+        .chain([serde_json::to_string(&faulty).unwrap().len()])
+        .max()
+        .unwrap();
     let run = Run {
-        makespan: start.elapsed(),
+        makespan,
+        most_state,
+        most_value,
         status,
         steps,
         ssm_calls: model.calls(),
@@ -407,7 +432,7 @@ fn main() {
         .build()
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let (ok, model) = rt.block_on(simulate(None, "", &dir.path().join("a.db")));
+    let (ok, model) = rt.block_on(simulate(NODES, None, "", &dir.path().join("a.db")));
     let max_install = model.install.values().max().unwrap().as_secs_f64();
     let sum_install: f64 = model.install.values().map(Duration::as_secs_f64).sum();
     let per_node = (RESTART + HEALTH).as_secs_f64();
@@ -445,9 +470,13 @@ fn main() {
         history_events(ok.steps),
         state_transitions(ok.steps)
     );
+    println!(
+        "  largest state returned {} bytes; largest Parameter Store value {} bytes",
+        ok.most_state, ok.most_value
+    );
     assert_eq!(ok.status, Some(JobStatus::Succeeded));
 
-    let (bad, _) = rt.block_on(simulate(Some(500), "", &dir.path().join("b.db")));
+    let (bad, _) = rt.block_on(simulate(NODES, Some(500), "", &dir.path().join("b.db")));
     println!("health check failing on node 500: {:?}", bad.status);
     // Its floor: forward to node 500, then the old version reinstalled and 500 restarts.
     let bad_floor = 2.0 * (max_install + 500.0 * per_node);
@@ -464,9 +493,13 @@ fn main() {
         "  Step Functions history events     {}",
         history_events(bad.steps)
     );
+    println!(
+        "  largest state returned {} bytes; largest Parameter Store value {} bytes (the faulty list)",
+        bad.most_state, bad.most_value
+    );
 
     let batches = r#"batches = [1, 5, "20%"]"#;
-    let (fast, _) = rt.block_on(simulate(None, batches, &dir.path().join("c.db")));
+    let (fast, _) = rt.block_on(simulate(NODES, None, batches, &dir.path().join("c.db")));
     println!("{batches}: {:?}", fast.status);
     println!(
         "  makespan {:.0} s; one at a time ÷ batched            {:.1}",
@@ -512,6 +545,25 @@ fn main() {
     );
     assert_eq!(many.succeeded, apps);
     assert!(history_events(many.most_steps) < 25_000);
+
+    let big = 10_000;
+    let (one, _) = rt.block_on(simulate(big, None, "", &dir.path().join("e.db")));
+    println!(
+        "{big} nodes in one environment, one at a time: {:?}",
+        one.status
+    );
+    println!(
+        "  makespan {:.0} s; deploy-step invocations {}; history events {} (limit 25,000)",
+        one.makespan.as_secs_f64(),
+        one.steps,
+        history_events(one.steps)
+    );
+    println!(
+        "  largest state returned {} bytes (limit 262,144); largest Parameter Store value {} bytes (limit 4,096)",
+        one.most_state, one.most_value
+    );
+    assert_eq!(one.status, Some(JobStatus::Succeeded));
+    assert!(one.most_state <= 256 * 1024 && one.most_value <= 4096);
 }
 
 struct Many {
@@ -580,7 +632,7 @@ ssm_tags = {{ "shipit:app" = "a{k}" }}
         failed_steps: 0,
     };
     for r in runs {
-        let (status, steps, failed) = r.await.unwrap();
+        let (status, steps, failed, _) = r.await.unwrap();
         many.failed_steps += failed;
         many.succeeded += usize::from(status == Some(JobStatus::Succeeded));
         many.most_steps = many.most_steps.max(steps);
@@ -596,10 +648,11 @@ ssm_tags = {{ "shipit:app" = "a{k}" }}
 /// One execution as the state machine (infra/statemachine/deploy.asl.json) runs it: a
 /// step that fails is retried twice, 2 s then 4 s later, and told it is a retry; after a
 /// third failure the Catch hands the error to the Abort task, a step that ends the deploy.
-/// Returns the job's status, the steps taken and how many of them failed.
-async fn execute(stepper: &Stepper, job: DeployJob) -> (Option<JobStatus>, u64, u64) {
+/// Returns the job's status, the steps taken, how many of them failed, and the largest
+/// state a step returned (bytes of JSON).
+async fn execute(stepper: &Stepper, job: DeployJob) -> (Option<JobStatus>, u64, u64, usize) {
     let mut state = StepState::start(job);
-    let (mut steps, mut failed) = (0, 0);
+    let (mut steps, mut failed, mut most) = (0, 0, 0);
     while !state.done {
         let mut attempt = 0;
         state = loop {
@@ -627,7 +680,8 @@ async fn execute(stepper: &Stepper, job: DeployJob) -> (Option<JobStatus>, u64, 
                 }
             }
         };
+        most = most.max(serde_json::to_string(&state).unwrap().len());
         tokio::time::sleep(Duration::from_secs(state.wait_seconds)).await;
     }
-    (state.status, steps, failed)
+    (state.status, steps, failed, most)
 }
