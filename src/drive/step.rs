@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use tracing::Instrument;
 
 use super::Driver;
-use crate::deploy::engine::{Action, Deploy, Observation, Outcome};
+use crate::deploy::engine::{Action, Deploy, Observation, Outcome, STATE_MAX_BYTES};
 use crate::deploy::job::DeployJob;
 use crate::deploy::ports::{is_refused, is_throttled, NotifyMemo, PortError, Refused, Sent};
 use crate::deploy::status::JobStatus;
@@ -278,6 +278,23 @@ impl Stepper {
     }
 }
 
+/// A state past what an execution carries fails its step instead of being returned
+/// (`run::lambda`, as the step function returns it): the state machine cannot catch a
+/// result over the limit (`States.DataLimitExceeded`), but after its retries it catches a
+/// failure, and winds the deploy down from the last state that fit. Deploys too big for
+/// it are refused before they touch a node; this is the guard for whatever else might
+/// grow.
+pub fn fits(state: &StepState) -> Result<(), PortError> {
+    let bytes = serde_json::to_vec(state)?.len();
+    if bytes > STATE_MAX_BYTES {
+        return Err(format!(
+            "the deploy's state grew to {bytes} bytes, past the {STATE_MAX_BYTES} an execution carries"
+        )
+        .into());
+    }
+    Ok(())
+}
+
 fn finish(state: &mut StepState, outcome: &Outcome) {
     state.done = true;
     state.wait_seconds = 0;
@@ -312,5 +329,29 @@ mod tests {
         let waits: std::collections::BTreeSet<u64> =
             (0..20).map(|i| throttled_wait(1, &job(i))).collect();
         assert!(waits.len() > 1, "{waits:?}");
+    }
+
+    #[test]
+    fn a_state_past_what_an_execution_carries_fails_its_step() {
+        let job = |user: String| {
+            DeployJob::new(
+                "hello",
+                "production",
+                "hello-app".parse().unwrap(),
+                crate::deploy::version::Version::parse("1.0.0").unwrap(),
+                Source::Cli {
+                    user,
+                    nonce: "n".into(),
+                },
+                Utc::now(),
+            )
+        };
+        assert!(fits(&StepState::start(job("ann".into()))).is_ok());
+        let err = fits(&StepState::start(job("a".repeat(STATE_MAX_BYTES)))).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("past the 262144 an execution carries"),
+            "{err}"
+        );
     }
 }

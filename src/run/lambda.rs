@@ -326,7 +326,9 @@ pub async fn run_step_function() -> Result<(), lambda_runtime::Error> {
     lambda_runtime::run(service_fn(
         move |event: LambdaEvent<crate::drive::step::StepInput>| async move {
             let stepper = stepper.get().await?;
-            stepper.step(event.payload).await
+            let state = stepper.step(event.payload).await?;
+            crate::drive::step::fits(&state)?;
+            Ok::<_, crate::deploy::ports::PortError>(state)
         },
     ))
     .await

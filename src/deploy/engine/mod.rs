@@ -43,6 +43,10 @@ pub const FIRST_LOOK_EARLIER_PERCENT: u64 = 2;
 /// Beyond its `command_timeout_seconds`, how long a command may go without a result from a
 /// node (delivery to a node that went away, say) before that node counts as failed.
 pub const COMMAND_GRACE_SECONDS: i64 = 600;
+
+/// The most a deploy's state may take as JSON: what a Step Functions execution carries
+/// from one state to the next (256 KB).
+pub const STATE_MAX_BYTES: usize = 256 * 1024;
 /// How much of a failed command's last output line goes into a notice.
 pub const DETAIL_CHARS: usize = 300;
 /// Longest pause between two tries of a held lock.

@@ -293,6 +293,20 @@ impl Deploy {
                 )),
                 notices,
             );
+        } else if let Some(bytes) = too_many_to_carry(&nodes) {
+            // Refused before any node is touched: a step result past the limit cannot be
+            // caught by the state machine, and would leave the deploy where it stood.
+            self.finish(
+                Outcome::failed(format!(
+                    "{} nodes are more than one deploy can carry: its state would need about \
+                     {bytes} bytes, and an AWS execution's holds {STATE_MAX_BYTES}; split \
+                     {}/{} into environments of fewer nodes",
+                    nodes.len(),
+                    self.job.app,
+                    self.job.env
+                )),
+                notices,
+            );
         } else {
             self.nodes = nodes
                 .into_iter()
@@ -673,4 +687,20 @@ impl Deploy {
             }
         }
     }
+}
+
+/// What a deploy's state needs beside its nodes: the job, the chat memo, an outcome's
+/// capped lists and clipped reasons.
+const STATE_RESERVE_BYTES: usize = 16 * 1024;
+
+/// The bytes a deploy of `nodes` would carry, if more than `STATE_MAX_BYTES`: each node's
+/// name as JSON and its state letter, and per node about one byte more for the SSM command
+/// ids (one per 50 nodes) and a batch in flight (kept as runs of indices).
+pub(super) fn too_many_to_carry(nodes: &[String]) -> Option<usize> {
+    let names: usize = nodes
+        .iter()
+        .map(|n| serde_json::to_string(n).map_or(n.len() + 2, |j| j.len()) + 1)
+        .sum();
+    let bytes = names + 2 * nodes.len() + STATE_RESERVE_BYTES;
+    (bytes > STATE_MAX_BYTES).then_some(bytes)
 }

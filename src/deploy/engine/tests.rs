@@ -1772,3 +1772,38 @@ fn a_ten_thousand_node_deploy_keeps_its_state_under_256_kb() {
     let round: Deploy = serde_json::from_slice(&serde_json::to_vec(&d).unwrap()).unwrap();
     assert_eq!(round, d);
 }
+
+/// Past what one execution's state can carry, a deploy ends before it touches a node
+/// (a step result over 256 KB cannot be caught, and would strand the deploy mid-rollout).
+#[test]
+fn a_fleet_too_big_for_the_deploys_state_is_refused_before_any_node_is_touched() {
+    let names: Vec<String> = (0..10_500)
+        .map(|i| format!("i-{:017x}", 0xabc0_0000_u64 + i))
+        .collect();
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let mut twin = Twin::new(&refs, Some("1.0.0"));
+    let (outcome, _) = run(&mut twin, job("1.1.0", false), policy());
+    let reason = outcome.reason().unwrap_or_default().to_string();
+    assert!(
+        reason.contains("10500 nodes are more than one deploy can carry")
+            && reason.contains("split hello/production"),
+        "{reason}"
+    );
+    assert!(twin.log.is_empty(), "{:?}", twin.log);
+    // 10,000 such nodes still go (see the test above).
+    assert!(super::phases::too_many_to_carry(&names[..10_000]).is_none());
+}
+
+#[test]
+fn a_batch_travels_as_runs_of_indices_and_reads_back() {
+    let batch = Batch {
+        number: 2,
+        nodes: vec![0, 1, 2, 5, 7, 8],
+    };
+    let json = serde_json::to_string(&batch).unwrap();
+    assert_eq!(json, r#"{"number":2,"nodes":"0-2,5,7-8"}"#);
+    assert_eq!(serde_json::from_str::<Batch>(&json).unwrap(), batch);
+    let old: Batch = serde_json::from_str(r#"{"number":2,"nodes":[0,1,2,5,7,8]}"#).unwrap();
+    assert_eq!(old, batch);
+    assert!(serde_json::from_str::<Batch>(r#"{"number":0,"nodes":"3-1"}"#).is_err());
+}

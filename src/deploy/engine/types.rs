@@ -405,7 +405,64 @@ pub struct Mark {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Batch {
     pub number: usize,
+    /// As runs, "0-1999,2001-2400": a batch of a large fleet is thousands of nodes, mostly
+    /// in a row, and travels in the execution's state.
+    #[serde(with = "index_runs")]
     pub nodes: Vec<usize>,
+}
+
+/// Indices as runs of consecutive ones ("3,5-9"); the plain list still reads.
+pub(super) mod index_runs {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(indices: &[usize], s: S) -> Result<S::Ok, S::Error> {
+        let mut runs: Vec<(usize, usize)> = vec![];
+        for &i in indices {
+            match runs.last_mut() {
+                Some((_, end)) if i == *end + 1 => *end = i,
+                _ => runs.push((i, i)),
+            }
+        }
+        let text: Vec<String> = runs
+            .iter()
+            .map(|&(a, b)| {
+                if a == b {
+                    a.to_string()
+                } else {
+                    format!("{a}-{b}")
+                }
+            })
+            .collect();
+        s.serialize_str(&text.join(","))
+    }
+
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Either {
+        Runs(String),
+        List(Vec<usize>),
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<usize>, D::Error> {
+        let text = match Either::deserialize(d)? {
+            Either::List(list) => return Ok(list),
+            Either::Runs(text) => text,
+        };
+        let bad = |part: &str| serde::de::Error::custom(format!("not a run of indices: {part:?}"));
+        let mut out = vec![];
+        for part in text.split(',').filter(|p| !p.is_empty()) {
+            let (a, b) = part.split_once('-').unwrap_or((part, part));
+            let (a, b): (usize, usize) = (
+                a.parse().map_err(|_| bad(part))?,
+                b.parse().map_err(|_| bad(part))?,
+            );
+            if b < a {
+                return Err(bad(part));
+            }
+            out.extend(a..=b);
+        }
+        Ok(out)
+    }
 }
 
 /// When (ms after its send) the next restart (with the node's wait for health) and the
