@@ -132,23 +132,37 @@ fn until_healthy(restart: &str, check: &str, rollout: &Rollout) -> String {
 /// How long a node keeps the record of a command it ran (see `once`).
 const RUNS_KEPT_DAYS: u32 = 14;
 
+/// Where, in a node's directory, `once` keeps its records.
+const RUNS: &str = ".shipit/runs";
+
+/// The record of command `key` in a node's directory (see `once`): its `pid` file holds
+/// the first run's pid, boot id and start time.
+pub fn run_record(key: &str) -> String {
+    format!("{RUNS}/{}", run_id(key))
+}
+
+/// Keys hold job ids and step names; their hash is a plain file name.
+fn run_id(key: &str) -> String {
+    use sha2::{Digest, Sha256};
+    hex::encode(Sha256::digest(key.as_bytes()))[..24].to_string()
+}
+
 /// `script`, run at most once on this node for command `key`, however often it is sent
 /// (a send retried after its answer was lost, a lookup that missed it in an eventually
 /// consistent listing, a replayed step). The first send makes the key's directory under
 /// `.shipit/runs` in the node directory (`mkdir` is atomic), records its process (pid,
 /// boot id, start time), and keeps the exit code and output; a later send waits for the
 /// first to end and answers what it answered. A first run that died without an end (a
-/// reboot, a kill) is run again. Records older than two weeks are pruned. A node where
-/// the record cannot be made fails the command rather than run it unguarded.
+/// reboot, a kill; or before it wrote its pid, a minute ago) is run again. Records older
+/// than two weeks are pruned. A node where the record cannot be made fails the command
+/// rather than run it unguarded.
 pub fn once(app: &str, env: &str, site: &Site, key: &str, script: &str) -> String {
-    use sha2::{Digest, Sha256};
     let runs = match site.dir {
-        Some(_) => "./.shipit/runs".to_string(),
+        Some(_) => format!("./{RUNS}"),
         None => format!("/var/tmp/shipit-{app}-{env}/runs"),
     };
     let runs = shlex::try_quote(&runs).map_or_else(|_| "/dev/null".into(), |q| q.into_owned());
-    // Keys hold job ids and step names; their hash is a plain file name.
-    let id = &hex::encode(Sha256::digest(key.as_bytes()))[..24];
+    let id = run_id(key);
     format!(
         "shipit_runs={runs}\n\
          shipit_run=\"$shipit_runs/{id}\"\n\
@@ -160,7 +174,8 @@ pub fn once(app: &str, env: &str, site: &Site, key: &str, script: &str) -> Strin
          if [ -f \"$shipit_run/exit\" ]; then cat \"$shipit_run/out\" 2>/dev/null; exit \"$(cat \"$shipit_run/exit\")\"; fi\n\
          shipit_pid=; shipit_was=; shipit_at=\n\
          read -r shipit_pid shipit_was shipit_at 2>/dev/null < \"$shipit_run/pid\"\n\
-         if [ -n \"$shipit_pid\" ] && {{ [ \"$shipit_was\" != \"$shipit_boot\" ] || ! kill -0 \"$shipit_pid\" 2>/dev/null || [ \"$(shipit_began \"$shipit_pid\")\" != \"$shipit_at\" ]; }}; then\n\
+         if {{ [ -z \"$shipit_pid\" ] && [ -n \"$(find \"$shipit_run\" -maxdepth 0 -mmin +1)\" ]; }} || \
+         {{ [ -n \"$shipit_pid\" ] && {{ [ \"$shipit_was\" != \"$shipit_boot\" ] || ! kill -0 \"$shipit_pid\" 2>/dev/null || [ \"$(shipit_began \"$shipit_pid\")\" != \"$shipit_at\" ]; }}; }}; then\n\
          rm -rf \"$shipit_run\"; continue; fi\n\
          sleep 1\n\
          done\n\
@@ -313,15 +328,29 @@ mod tests {
         let pid = gone.id();
         let _ = { gone }.wait();
         let key = "j3:install";
-        let id = &hex::encode(<sha2::Sha256 as sha2::Digest>::digest(key.as_bytes()))[..24];
-        std::fs::create_dir(runs.join(id)).unwrap();
-        std::fs::write(runs.join(id).join("pid"), format!("{pid} x 1\n")).unwrap();
+        let record = dir.path().join(run_record(key));
+        std::fs::create_dir(&record).unwrap();
+        std::fs::write(record.join("pid"), format!("{pid} x 1\n")).unwrap();
         assert_eq!(
             run_once(dir.path(), key, "echo ran >> count"),
             (Some(0), String::new())
         );
         assert_eq!(count(), 4);
         assert_eq!(std::fs::read_dir(&runs).unwrap().count(), before.len() + 1);
+        // One that died before it wrote its pid, over a minute ago: run again too.
+        let record = dir.path().join(run_record("j5:install"));
+        std::fs::create_dir(&record).unwrap();
+        let touched = Command::new("touch")
+            .args(["-d", "2 minutes ago"])
+            .arg(&record)
+            .status()
+            .unwrap();
+        assert!(touched.success());
+        assert_eq!(
+            run_once(dir.path(), "j5:install", "echo ran >> count").0,
+            Some(0)
+        );
+        assert_eq!(count(), 5);
 
         // Where no record can be kept, nothing runs.
         let bad = tempfile::tempdir().unwrap();

@@ -89,7 +89,7 @@ impl LocalFleet {
                 Some(CommandRecord {
                     result: Some(_), ..
                 }) => continue,
-                Some(r) => Some(r.pid),
+                Some(r) => Some(r.since),
                 None => None,
             };
             // What to run where: Err is a failure before anything runs, None nothing to run.
@@ -102,24 +102,13 @@ impl LocalFleet {
                         dir: Some(&dir),
                         vars: &node.vars,
                     };
-                    let probe = Command {
-                        kind: CommandKind::Health,
-                        ..cmd.clone()
-                    };
                     let at = At {
                         dir: node.dir.clone(),
                         ssh: node.ssh.clone(),
                         control: self.control.clone(),
                     };
                     app.script(env, cmd, &site)
-                        .and_then(|s| Ok((s, app.script(env, &probe, &site)?)))
-                        .map(|(s, probe)| {
-                            s.map(|s| Plan {
-                                at,
-                                script: s,
-                                probe,
-                            })
-                        })
+                        .map(|s| s.map(|script| (at, script)))
                         .map_err(|e| e.to_string())
                 }
             };
@@ -131,6 +120,7 @@ impl LocalFleet {
             );
             let timeout = Duration::from_secs(app.rollout.command_seconds(cmd.kind));
             let kind = cmd.kind;
+            let record = crate::config::command::run_record(&cmd.key);
             running.spawn(async move {
                 let _permit = permits.acquire_owned().await;
                 let result = match plan {
@@ -143,23 +133,18 @@ impl LocalFleet {
                         store.command_started(&key, &name, Utc::now()).await?;
                         NodeResult::Succeeded
                     }
-                    Ok(Some(plan)) => {
+                    Ok(Some((at, script))) => {
                         let ran = match interrupted {
-                            Some(pid) => recover(&plan, &key, &name, pid, kind, timeout).await,
+                            Some(since) => recover(&at, &record, &key, &name, since, timeout).await,
                             None => None,
                         };
                         match ran {
                             Some(result) => result,
                             None => {
                                 // Noted before it runs: if shipit dies now, the next
-                                // worker knows it was started, and by which process.
+                                // worker knows it was started, and when.
                                 store.command_started(&key, &name, Utc::now()).await?;
-                                let started = |pid| {
-                                    let (store, key, name) =
-                                        (store.clone(), key.clone(), name.clone());
-                                    async move { store.command_pid(&key, &name, pid).await }
-                                };
-                                execute(&plan.at, &plan.script, timeout, kind, started).await?
+                                execute(&at, &script, timeout, kind).await
                             }
                         }
                     }
@@ -193,14 +178,6 @@ impl LocalFleet {
     }
 }
 
-/// A node's command, and the health check that tells whether an interrupted restart
-/// took effect.
-struct Plan {
-    at: At,
-    script: String,
-    probe: Option<String>,
-}
-
 /// Where a node's commands run: its directory, here or over SSH.
 struct At {
     dir: PathBuf,
@@ -208,69 +185,59 @@ struct At {
     control: Option<Arc<PathBuf>>,
 }
 
-/// After a crash: waits for the interrupted command's process to end (it outlived the
-/// worker in its own process group), then decides. `Some(result)` when running the
-/// command again is not needed: a restart whose node already passes its health check on
-/// the version.
+/// After a crash: a command shipit started outlives it (in a process group of its own),
+/// and its run-once record on the node says by which process (pid, boot id, start time:
+/// a pid alone may be another process's after a reboot). Locally nothing else bounds it,
+/// so this waits for it until the command's deadline, then stops it as a timeout would.
+/// `None`: send the command again under its key, and the node's record answers what the
+/// first run did (or runs it, if it never ran or died without an end). Over SSH the
+/// remote `timeout` bounds the first run, and the node's record waits for it.
 async fn recover(
-    plan: &Plan,
+    at: &At,
+    record: &str,
     key: &str,
     node: &str,
-    pid: Option<u32>,
-    kind: CommandKind,
+    since: chrono::DateTime<Utc>,
     timeout: Duration,
 ) -> Option<NodeResult> {
-    if let Some(pid) = pid {
-        let deadline = tokio::time::Instant::now() + timeout;
-        while group_leader_alive(pid).await {
-            if tokio::time::Instant::now() >= deadline {
-                tracing::warn!(%key, %node, pid, "the interrupted command still runs past its timeout; killing it");
-                signal_group(pid, "KILL").await;
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    }
-    if kind != CommandKind::Restart {
-        tracing::warn!(%key, %node, "command was interrupted before it finished; running it again");
+    if at.ssh.is_some() {
         return None;
     }
-    let probe = plan.probe.as_ref()?;
-    match execute(&plan.at, probe, timeout, CommandKind::Health, |_| async {
-        Ok(())
-    })
-    .await
-    {
-        Ok(NodeResult::Succeeded) => {
-            tracing::info!(%key, %node, "interrupted restart had taken effect (the health check passes); not restarting again");
-            Some(NodeResult::Succeeded)
+    let first = first_run(&at.dir.join(record))?;
+    let deadline = since + chrono::Duration::from_std(timeout).unwrap_or(chrono::Duration::MAX);
+    tracing::info!(%key, %node, pid = first, "the interrupted command still runs; waiting for it");
+    while group_alive(first) {
+        if Utc::now() >= deadline {
+            tracing::warn!(%key, %node, pid = first, "the interrupted command ran past its timeout; stopping it");
+            stop_group(first).await;
+            return Some(failed(
+                None,
+                format!(
+                    "timed out after {} s (while shipit was down); its processes were stopped",
+                    timeout.as_secs()
+                ),
+            ));
         }
-        _ => {
-            tracing::warn!(%key, %node, "interrupted restart did not take effect; restarting again");
-            None
-        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    None
 }
 
-/// Whether `pid` still runs as the leader of its own process group (a pid reused by
-/// another process, or a zombie, does not count). Where there is no /proc, `kill -0`.
-async fn group_leader_alive(pid: u32) -> bool {
-    match tokio::fs::read_to_string(format!("/proc/{pid}/stat")).await {
-        Ok(stat) => {
-            // "pid (comm) state ppid pgrp …": comm may hold spaces, so split after ')'.
-            let fields: Vec<&str> = stat
-                .rsplit_once(')')
-                .map_or(vec![], |(_, rest)| rest.split_whitespace().collect());
-            let running = fields.first().is_some_and(|s| *s != "Z" && *s != "X");
-            running && fields.get(2) == Some(&pid.to_string().as_str())
-        }
-        Err(_) if Path::new("/proc/self").exists() => false,
-        Err(_) => Process::new("kill")
-            .args(["-0", &pid.to_string()])
-            .status()
-            .await
-            .is_ok_and(|s| s.success()),
-    }
+/// The process of a command's first run, from its record (`config::command::once`), if
+/// it is still that process: same boot, same start time.
+fn first_run(record: &Path) -> Option<u32> {
+    let text = std::fs::read_to_string(record.join("pid")).ok()?;
+    let mut fields = text.split_whitespace();
+    let (pid, boot, began) = (
+        fields.next()?.parse::<u32>().ok()?,
+        fields.next()?,
+        fields.next()?,
+    );
+    let now_boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Field 22, the start time: the 20th after the command name, which ends with the last ')'.
+    let start = stat.rsplit_once(')')?.1.split_whitespace().nth(19)?;
+    (now_boot.trim() == boot && start == began).then_some(pid)
 }
 
 fn ssm_nodes(app: &App, env: &Environment) -> PortError {
@@ -335,6 +302,22 @@ async fn signal_group(pgid: u32, sig: &str) {
         .await;
 }
 
+/// TERM to every process of group `pgid`, KILL to what is left `KILL_AFTER` later; back
+/// once none runs (a killed process ends when it is next scheduled: the next command, a
+/// rollback's install, must not start beside what is left of this one).
+async fn stop_group(pgid: u32) {
+    let gone = || async {
+        while group_alive(pgid) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    signal_group(pgid, "TERM").await;
+    if tokio::time::timeout(KILL_AFTER, gone()).await.is_err() {
+        signal_group(pgid, "KILL").await;
+        let _ = tokio::time::timeout(KILL_AFTER, gone()).await;
+    }
+}
+
 /// Whether a process of group `pgid` still runs (zombies aside: in a container whose
 /// first process reaps nothing, they stay for good, and run nothing).
 fn group_alive(pgid: u32) -> bool {
@@ -357,18 +340,8 @@ fn group_alive(pgid: u32) -> bool {
 
 /// Runs `script` in the node's directory in a process group of its own (a Ctrl-C or
 /// SIGTERM meant for shipit does not cut a restart in half, and a command, or the `ssh`
-/// that carries it, outlives a worker that was killed), telling `started` its pid.
-async fn execute<F, Fut>(
-    at: &At,
-    script: &str,
-    timeout: Duration,
-    kind: CommandKind,
-    started: F,
-) -> Result<NodeResult, PortError>
-where
-    F: FnOnce(u32) -> Fut,
-    Fut: std::future::Future<Output = Result<(), PortError>>,
-{
+/// that carries it, outlives a worker that was killed).
+async fn execute(at: &At, script: &str, timeout: Duration, kind: CommandKind) -> NodeResult {
     let mut command = match &at.ssh {
         Some(remote) => ssh::command(
             remote,
@@ -378,10 +351,10 @@ where
             timeout,
         ),
         None if !at.dir.is_dir() => {
-            return Ok(failed(
+            return failed(
                 None,
                 format!("node directory {} does not exist", at.dir.display()),
-            ))
+            );
         }
         None => {
             let mut c = Process::new("sh");
@@ -399,12 +372,9 @@ where
     let program = if at.ssh.is_some() { "ssh" } else { "sh" };
     let child = match command.spawn() {
         Ok(c) => c,
-        Err(e) => return Ok(failed(None, format!("cannot start {program}: {e}"))),
+        Err(e) => return failed(None, format!("cannot start {program}: {e}")),
     };
     let pid = child.id();
-    if let Some(pid) = pid {
-        started(pid).await?;
-    }
     // Over SSH the remote `timeout` stops the command and says so: give it time to.
     let timeout = match at.ssh {
         Some(_) => timeout + KILL_AFTER + Duration::from_secs(5),
@@ -420,28 +390,18 @@ where
         // Past its timeout: the whole process group goes, not just `sh` (an install's
         // pip, a child a script left running): TERM, then KILL what is left.
         if let Some(pid) = pid {
-            signal_group(pid, "TERM").await;
-            let _ = tokio::time::timeout(KILL_AFTER, &mut output).await;
-            signal_group(pid, "KILL").await;
-            // A killed process ends when it is next scheduled: the next command (a
-            // rollback's install) must not start beside what is left of this one.
-            let gone = async {
-                while group_alive(pid) {
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-            };
-            let _ = tokio::time::timeout(KILL_AFTER, gone).await;
+            stop_group(pid).await;
         }
-        return Ok(failed(
+        return failed(
             None,
             format!(
                 "timed out after {} s; its processes were stopped (TERM, then KILL after {} s)",
                 timeout.as_secs(),
                 KILL_AFTER.as_secs()
             ),
-        ));
+        );
     };
-    Ok(match finished {
+    match finished {
         Err(e) => failed(None, format!("waiting for the command: {e}")),
         Ok(out) if out.status.success() && kind == CommandKind::Version => NodeResult::Reported {
             output: tail(&String::from_utf8_lossy(&out.stdout), OUTPUT_TAIL),
@@ -457,12 +417,12 @@ where
                 // Not there (down, terminated, cut off mid-command): no verdict on the
                 // version. A host key that changed is no absence: it fails.
                 if UNREACHABLE.iter().any(|m| text.contains(m)) {
-                    return Ok(NodeResult::Gone {
+                    return NodeResult::Gone {
                         detail: tail(&text, OUTPUT_TAIL),
-                    });
+                    };
                 }
             }
             failed(out.status.code(), tail(&text, OUTPUT_TAIL))
         }
-    })
+    }
 }

@@ -730,3 +730,128 @@ nodes = [{{ name = "n1", dir = "{node}" }}]
         pid.trim()
     );
 }
+
+/// After a crash, the next worker finds the interrupted command by the node's record of
+/// it (pid, boot id, start time), not by a pid alone: a first run still going past its
+/// deadline is stopped with its whole group and reported timed out; a record whose pid
+/// now belongs to another process (its start time differs: a reused pid) is neither
+/// waited for nor signalled, and the command runs.
+#[tokio::test(flavor = "multi_thread")]
+async fn after_a_crash_the_interrupted_command_is_known_by_its_start_time_not_its_pid() {
+    use shipit::config::command::{run_record, Site};
+    use shipit::deploy::command::{Command as FleetCommand, CommandKind, NodeResult};
+    use std::os::unix::process::CommandExt;
+    let dir = tempfile::tempdir().unwrap();
+    let node = dir.path().join("n1");
+    std::fs::create_dir(&node).unwrap();
+    let text = format!(
+        r#"
+[server]
+state = "{state}"
+
+[apps.slow]
+package = "slow-app"
+install = "sleep 300"
+restart = "true"
+health = "true"
+[apps.slow.rollout]
+command_timeout_seconds = 1
+[apps.slow.environments.production]
+nodes = [{{ name = "n1", dir = "{node}" }}]
+
+[apps.quick]
+package = "quick-app"
+install = "echo ran >> ran"
+restart = "true"
+health = "true"
+[apps.quick.environments.production]
+nodes = [{{ name = "n1", dir = "{node}" }}]
+"#,
+        state = dir.path().join("shipit.db").display(),
+        node = node.display()
+    );
+    let config = std::sync::Arc::new(
+        shipit::config::Config::parse(&text, &dir.path().join("shipit.toml"))
+            .unwrap_or_else(|r| panic!("{r}")),
+    );
+    let store = shipit::local::store::Store::open(&config.server.state).unwrap();
+    let fleet = shipit::local::fleet::LocalFleet::new(store.clone(), config.clone());
+    let install = |key: &str| FleetCommand {
+        key: key.into(),
+        kind: CommandKind::Install,
+        version: shipit::deploy::version::Version::parse("1.0.0").unwrap(),
+        nodes: vec!["n1".into()],
+        concurrency: 0,
+        fence: 0,
+    };
+    let alive = |pid: u32| {
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+            let state = s
+                .rsplit_once(')')
+                .and_then(|(_, r)| r.split_whitespace().next());
+            !matches!(state, Some("Z" | "X"))
+        })
+    };
+
+    // A worker started the slow install, then died: its `sh` runs on, in its own group.
+    let slow = config.app("slow").unwrap();
+    let env = &slow.environments["production"];
+    let (vars, at) = (Default::default(), node.display().to_string());
+    let site = Site {
+        node: "n1",
+        dir: Some(&at),
+        vars: &vars,
+    };
+    let cmd = install("crashed:install");
+    let script = slow.script(env, &cmd, &site).unwrap().unwrap();
+    store
+        .command_started(&cmd.key, "n1", chrono::Utc::now())
+        .await
+        .unwrap();
+    let mut first = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(&script)
+        .current_dir(&node)
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    let record = node.join(run_record(&cmd.key)).join("pid");
+    while !record.exists() {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let results = fleet.run_on(slow, env, &cmd).await.unwrap();
+    assert!(
+        matches!(&results[0].1, NodeResult::Failed { output, .. } if output.contains("while shipit was down")),
+        "{results:?}"
+    );
+    let _ = first.wait();
+    assert!(!alive(first.id()), "the first run outlived its deadline");
+
+    // A record whose pid is now another process's: a `sleep` that started later.
+    let quick = config.app("quick").unwrap();
+    let env = &quick.environments["production"];
+    let cmd = install("reused:install");
+    store
+        .command_started(&cmd.key, "n1", chrono::Utc::now())
+        .await
+        .unwrap();
+    let mut other = std::process::Command::new("sleep")
+        .arg("300")
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap();
+    let record = node.join(run_record(&cmd.key));
+    std::fs::create_dir_all(&record).unwrap();
+    std::fs::write(
+        record.join("pid"),
+        format!("{} {} 1\n", other.id(), boot.trim()),
+    )
+    .unwrap();
+    let results = fleet.run_on(quick, env, &cmd).await.unwrap();
+    assert_eq!(results[0].1, NodeResult::Succeeded, "{results:?}");
+    assert_eq!(std::fs::read_to_string(node.join("ran")).unwrap(), "ran\n");
+    assert!(alive(other.id()), "another process was signalled");
+    other.kill().unwrap();
+    let _ = other.wait();
+}

@@ -15,7 +15,8 @@ use crate::deploy::ports::{NotifyMemo, PortError};
 pub struct CommandRecord {
     pub node: String,
     pub result: Option<NodeResult>,
-    pub pid: Option<u32>,
+    /// When it was started (last), or finished.
+    pub since: DateTime<Utc>,
 }
 
 impl Store {
@@ -93,41 +94,27 @@ impl Store {
         Ok(state.map(|s| serde_json::from_str(&s)).transpose()?)
     }
 
-    /// The recorded result of every node of command `key` that has one; `None` while the
-    /// node's command was started but not finished (by this process or one that died).
-    /// Each node's result for `key`; `None` for one started by a process that died
-    /// before it recorded the result, with the pid of its `sh` if that was recorded.
+    /// Each node's result for `key`; `None` while the node's command was started but not
+    /// finished (by this process, or one that died before it recorded the result).
     pub async fn command_results(&self, key: &str) -> Result<Vec<CommandRecord>, PortError> {
         let key = key.to_string();
-        let rows: Vec<(String, Option<String>, Option<u32>)> = self
+        let rows: Vec<(String, Option<String>, String)> = self
             .with(move |c| {
-                let mut st = c.prepare("SELECT node, result, pid FROM commands WHERE key = ?1")?;
+                let mut st =
+                    c.prepare("SELECT node, result, updated_at FROM commands WHERE key = ?1")?;
                 let rows = st.query_map(params![key], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
                 rows.collect()
             })
             .await?;
         rows.into_iter()
-            .map(|(node, result, pid)| {
+            .map(|(node, result, since)| {
                 Ok(CommandRecord {
                     node,
                     result: result.map(|r| serde_json::from_str(&r)).transpose()?,
-                    pid,
+                    since: DateTime::parse_from_rfc3339(&since)?.with_timezone(&Utc),
                 })
             })
             .collect()
-    }
-
-    /// The process running `key` on `node` (the leader of its own process group).
-    pub async fn command_pid(&self, key: &str, node: &str, pid: u32) -> Result<(), PortError> {
-        let (key, node) = (key.to_string(), node.to_string());
-        self.with(move |c| {
-            c.execute(
-                "UPDATE commands SET pid = ?3 WHERE key = ?1 AND node = ?2",
-                params![key, node, pid],
-            )
-            .map(drop)
-        })
-        .await
     }
 
     /// Notes, durably and before anything runs, that `key` is starting on `node`.
@@ -142,7 +129,7 @@ impl Store {
             c.execute(
                 "INSERT INTO commands (key, node, status, updated_at) VALUES (?1, ?2, 'running', ?3)
                  ON CONFLICT(key, node) DO UPDATE
-                 SET status = 'running', pid = NULL, updated_at = excluded.updated_at",
+                 SET status = 'running', updated_at = excluded.updated_at",
                 params![key, node, now.to_rfc3339()],
             )
             .map(drop)

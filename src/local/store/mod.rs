@@ -85,7 +85,6 @@ CREATE TABLE IF NOT EXISTS commands (
     node       TEXT NOT NULL,
     status     TEXT NOT NULL,
     result     TEXT,
-    pid        INTEGER,
     updated_at TEXT NOT NULL,
     PRIMARY KEY (key, node)
 );
@@ -123,13 +122,10 @@ impl Store {
             "PRAGMA busy_timeout=5000; PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL;",
         )?;
         conn.execute_batch(SCHEMA)?;
-        // Stores made before commands kept their pid, before deploys could go live
-        // leaving nodes behind, and before a deploy could lift a faulty mark.
-        for (table, column) in [
-            ("commands", "pid INTEGER"),
-            ("history", "left_behind TEXT"),
-            ("history", "cleared TEXT"),
-        ] {
+        // Stores made before deploys could go live leaving nodes behind, and before a
+        // deploy could lift a faulty mark. (Those from when commands kept their pid keep
+        // the column, unused: nodes keep a record of their runs now.)
+        for (table, column) in [("history", "left_behind TEXT"), ("history", "cleared TEXT")] {
             let name = column.split(' ').next().unwrap_or(column);
             let has: bool = conn
                 .prepare(&format!(
