@@ -1188,6 +1188,16 @@ async fn the_state_machine_loops_waits_and_ends_on_the_outcome_or_the_catch() {
             ExecutionStatus::Failed,
             "Abort",
         ),
+        // A result over 256 KB: States.DataLimitExceeded, which no Retry or Catch takes
+        // (moto's own rule, as AWS's); so deploy-step fails such a step itself, which the
+        // Catch does take.
+        (
+            vec![json!({"job": {"id": "j"}, "done": false, "wait_seconds": 0,
+                        "pad": "x".repeat(256 * 1024)})
+            .to_string()],
+            ExecutionStatus::Failed,
+            "Step",
+        ),
     ];
     for (i, (results, want, through)) in cases.into_iter().enumerate() {
         post(
@@ -1268,7 +1278,21 @@ async fn the_state_machine_loops_waits_and_ends_on_the_outcome_or_the_catch() {
                 .iter()
                 .find_map(|e| e.execution_failed_event_details.clone())
                 .unwrap();
-            assert_eq!(failed.error.as_deref(), Some("DeployFailed"));
+            let too_big = through == "Step";
+            let error = if too_big {
+                "States.DataLimitExceeded"
+            } else {
+                "DeployFailed"
+            };
+            assert_eq!(failed.error.as_deref(), Some(error), "case {i}");
+            if too_big {
+                assert!(!entered.iter().any(|s| s == "Abort"), "{entered:?}");
+                let steps = events
+                    .iter()
+                    .filter(|e| e.r#type == HistoryEventType::TaskScheduled)
+                    .count();
+                assert_eq!(steps, 1, "not retried: {entered:?}");
+            }
         }
     }
 }
