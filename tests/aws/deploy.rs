@@ -1189,8 +1189,8 @@ async fn the_state_machine_loops_waits_and_ends_on_the_outcome_or_the_catch() {
             "Abort",
         ),
         // A result over 256 KB: States.DataLimitExceeded, which no Retry or Catch takes
-        // (moto's own rule, as AWS's); so deploy-step fails such a step itself, which the
-        // Catch does take.
+        // (moto checks the size; the emulator makes the error terminal, as on AWS); so
+        // deploy-step fails such a step itself, which the Catch does take.
         (
             vec![json!({"job": {"id": "j"}, "done": false, "wait_seconds": 0,
                         "pad": "x".repeat(256 * 1024)})

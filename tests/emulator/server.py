@@ -42,6 +42,9 @@ Added to moto 5.2.5, following the AWS API reference for each shape:
 - SQS FIFO sequence numbers: moto draws each at random; AWS's "continues to increase
   for a particular MessageGroupId" (SendMessage, SequenceNumber). Now they grow per
   queue and group, by uneven steps (AWS: "large, non-consecutive"), 20 digits.
+- Step Functions: States.DataLimitExceeded (a state's data past 256 KB, which moto
+  checks) is terminal: no Retry or Catch takes it, as States.ALL does not on AWS; moto
+  retried and caught it like any other error.
 - Lambda without Docker (`lambda-simple`): a canned result shaped like a function error,
   `{"errorType": …, "errorMessage": …}`, comes back as one (`X-Amz-Function-Error:
   Unhandled`), so Step Functions' Retry and Catch can be run.
@@ -78,6 +81,8 @@ import sys
 import threading
 
 from moto.awslambda_simple.models import LambdaSimpleBackend
+from moto.stepfunctions.parser.asl.component.common.error_name.error_equals_decl import (
+    ErrorEqualsDecl)
 from moto.core.exceptions import ServiceException
 from moto.core.responses import ActionResult
 from moto.ec2.models import ec2_backends
@@ -542,6 +547,26 @@ def invoke(self, function_name, qualifier, body, headers, response_headers):
 
 
 LambdaSimpleBackend.invoke = invoke
+
+
+# --- Step Functions: States.DataLimitExceeded is terminal -------------------------------
+
+original_error_equals = ErrorEqualsDecl._eval_body
+
+
+def error_equals(self, env):
+    """A state whose data passes 256 KB fails with States.DataLimitExceeded (moto checks
+    the size), a terminal error that States.ALL does not catch (Step Functions error
+    handling); moto retries and catches it like any other. Taken here as terminal for
+    every Retry and Catch, the stricter reading."""
+    if getattr(env.stack[-1], "error_name", None) == "States.DataLimitExceeded":
+        env.stack.pop()
+        env.stack.append(False)
+        return
+    original_error_equals(self, env)
+
+
+ErrorEqualsDecl._eval_body = error_equals
 
 
 # --- The control endpoint ---------------------------------------------------------------
