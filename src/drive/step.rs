@@ -307,21 +307,23 @@ mod tests {
     use super::*;
     use crate::deploy::job::Source;
 
+    fn job_of(user: &str, nonce: &str) -> DeployJob {
+        DeployJob::new(
+            "hello",
+            "production",
+            "hello-app".parse().unwrap(),
+            crate::deploy::version::Version::parse("1.0.0").unwrap(),
+            Source::Cli {
+                user: user.into(),
+                nonce: nonce.into(),
+            },
+            Utc::now(),
+        )
+    }
+
     #[test]
     fn a_throttled_wait_doubles_up_to_eight_times_and_spreads_by_job() {
-        let job = |i: u32| {
-            DeployJob::new(
-                "hello",
-                "production",
-                "hello-app".parse().unwrap(),
-                crate::deploy::version::Version::parse("1.0.0").unwrap(),
-                Source::Cli {
-                    user: "ann".into(),
-                    nonce: i.to_string(),
-                },
-                Utc::now(),
-            )
-        };
+        let job = |i: u32| job_of("ann", &i.to_string());
         for (n, base) in [(1, 5), (2, 10), (3, 20), (4, 40), (5, 40), (60, 40)] {
             let wait = throttled_wait(n, &job(0));
             assert!((base..2 * base).contains(&wait), "{n}: {wait}");
@@ -333,21 +335,9 @@ mod tests {
 
     #[test]
     fn a_state_past_what_an_execution_carries_fails_its_step() {
-        let job = |user: String| {
-            DeployJob::new(
-                "hello",
-                "production",
-                "hello-app".parse().unwrap(),
-                crate::deploy::version::Version::parse("1.0.0").unwrap(),
-                Source::Cli {
-                    user,
-                    nonce: "n".into(),
-                },
-                Utc::now(),
-            )
-        };
-        assert!(fits(&StepState::start(job("ann".into()))).is_ok());
-        let err = fits(&StepState::start(job("a".repeat(STATE_MAX_BYTES)))).unwrap_err();
+        assert!(fits(&StepState::start(job_of("ann", "n"))).is_ok());
+        let big = job_of(&"a".repeat(STATE_MAX_BYTES), "n");
+        let err = fits(&StepState::start(big)).unwrap_err();
         assert!(
             err.to_string()
                 .contains("past the 262144 an execution carries"),

@@ -667,20 +667,80 @@ async fn releases_side_by_side_roll_back_without_installing_anything() {
     assert_eq!(installs("node3").len(), 5, "sync built nothing");
 }
 
+/// One node directory, a store and the local fleet, for `apps` (TOML; `{node}` is the
+/// node's directory): commands run through `LocalFleet` directly.
+struct OneNode {
+    _dir: tempfile::TempDir,
+    node: std::path::PathBuf,
+    config: std::sync::Arc<shipit::config::Config>,
+    store: shipit::local::store::Store,
+    fleet: shipit::local::fleet::LocalFleet,
+}
+
+impl OneNode {
+    fn new(apps: &str) -> OneNode {
+        let dir = tempfile::tempdir().unwrap();
+        let node = dir.path().join("n1");
+        std::fs::create_dir(&node).unwrap();
+        let text = format!(
+            "[server]\nstate = \"{}\"\n{}",
+            dir.path().join("shipit.db").display(),
+            apps.replace("{node}", &node.display().to_string())
+        );
+        let config = std::sync::Arc::new(
+            shipit::config::Config::parse(&text, &dir.path().join("shipit.toml"))
+                .unwrap_or_else(|r| panic!("{r}")),
+        );
+        let store = shipit::local::store::Store::open(&config.server.state).unwrap();
+        let fleet = shipit::local::fleet::LocalFleet::new(store.clone(), config.clone());
+        OneNode {
+            _dir: dir,
+            node,
+            config,
+            store,
+            fleet,
+        }
+    }
+
+    /// Runs the install of 1.0.0 of `app` on the node under `key`.
+    async fn install(&self, app: &str, key: &str) -> shipit::deploy::command::NodeResult {
+        let app = self.config.app(app).unwrap();
+        let env = &app.environments["production"];
+        let results = self.fleet.run_on(app, env, &install(key)).await.unwrap();
+        results.into_iter().next().unwrap().1
+    }
+}
+
+fn install(key: &str) -> shipit::deploy::command::Command {
+    shipit::deploy::command::Command {
+        key: key.into(),
+        kind: shipit::deploy::command::CommandKind::Install,
+        version: shipit::deploy::version::Version::parse("1.0.0").unwrap(),
+        nodes: vec!["n1".into()],
+        concurrency: 0,
+        fence: 0,
+    }
+}
+
+/// Whether `pid` runs (a zombie waits for a parent that does not reap: no init in a
+/// container).
+fn alive(pid: &str) -> bool {
+    std::fs::read_to_string(format!("/proc/{}/stat", pid.trim())).is_ok_and(|s| {
+        let state = s
+            .rsplit_once(')')
+            .and_then(|(_, r)| r.split_whitespace().next());
+        !matches!(state, Some("Z" | "X"))
+    })
+}
+
 /// A command past its timeout is stopped with everything it started: TERM to its whole
 /// process group, then KILL (here both ignore TERM), so that no install is left running
 /// into the next command.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_command_past_its_timeout_is_stopped_with_every_process_it_started() {
-    use shipit::deploy::command::{Command as FleetCommand, CommandKind, NodeResult};
-    let dir = tempfile::tempdir().unwrap();
-    let node = dir.path().join("n1");
-    std::fs::create_dir(&node).unwrap();
-    let text = format!(
+    use shipit::deploy::command::NodeResult;
+    let one = OneNode::new(
         r#"
-[server]
-state = "{state}"
-
 [apps.slow]
 package = "slow-app"
 install = "trap '' TERM; sleep 300 & echo $! > grandchild.pid; wait"
@@ -689,45 +749,18 @@ health = "true"
 [apps.slow.rollout]
 command_timeout_seconds = 1
 [apps.slow.environments.production]
-nodes = [{{ name = "n1", dir = "{node}" }}]
+nodes = [{ name = "n1", dir = "{node}" }]
 "#,
-        state = dir.path().join("shipit.db").display(),
-        node = node.display()
     );
-    let config = std::sync::Arc::new(
-        shipit::config::Config::parse(&text, &dir.path().join("shipit.toml"))
-            .unwrap_or_else(|r| panic!("{r}")),
-    );
-    let store = shipit::local::store::Store::open(&config.server.state).unwrap();
-    let fleet = shipit::local::fleet::LocalFleet::new(store, config.clone());
-    let app = config.app("slow").unwrap();
-    let env = &app.environments["production"];
-    let install = FleetCommand {
-        key: "slow:install".into(),
-        kind: CommandKind::Install,
-        version: shipit::deploy::version::Version::parse("1.0.0").unwrap(),
-        nodes: vec!["n1".into()],
-        concurrency: 0,
-        fence: 0,
-    };
-    let results = fleet.run_on(app, env, &install).await.unwrap();
+    let result = one.install("slow", "slow:install").await;
     assert!(
-        matches!(&results[0].1, NodeResult::Failed { output, .. } if output.contains("timed out after 1 s")),
-        "{results:?}"
+        matches!(&result, NodeResult::Failed { output, .. } if output.contains("timed out after 1 s")),
+        "{result:?}"
     );
-    let pid = std::fs::read_to_string(node.join("grandchild.pid")).unwrap();
-    let stat = std::fs::read_to_string(format!("/proc/{}/stat", pid.trim()));
-    // Gone, or a zombie waiting for a parent that does not reap (no init in a container).
-    let alive = stat.is_ok_and(|s| {
-        let state = s
-            .rsplit_once(')')
-            .map(|(_, r)| r.trim_start().chars().next());
-        !matches!(state, Some(Some('Z' | 'X')))
-    });
+    let pid = std::fs::read_to_string(one.node.join("grandchild.pid")).unwrap();
     assert!(
-        !alive,
-        "the install's child {} outlived its timeout",
-        pid.trim()
+        !alive(&pid),
+        "the install's child {pid} outlived its timeout"
     );
 }
 
@@ -739,16 +772,10 @@ nodes = [{{ name = "n1", dir = "{node}" }}]
 #[tokio::test(flavor = "multi_thread")]
 async fn after_a_crash_the_interrupted_command_is_known_by_its_start_time_not_its_pid() {
     use shipit::config::command::{run_record, Site};
-    use shipit::deploy::command::{Command as FleetCommand, CommandKind, NodeResult};
+    use shipit::deploy::command::NodeResult;
     use std::os::unix::process::CommandExt;
-    let dir = tempfile::tempdir().unwrap();
-    let node = dir.path().join("n1");
-    std::fs::create_dir(&node).unwrap();
-    let text = format!(
+    let one = OneNode::new(
         r#"
-[server]
-state = "{state}"
-
 [apps.slow]
 package = "slow-app"
 install = "sleep 300"
@@ -757,7 +784,7 @@ health = "true"
 [apps.slow.rollout]
 command_timeout_seconds = 1
 [apps.slow.environments.production]
-nodes = [{{ name = "n1", dir = "{node}" }}]
+nodes = [{ name = "n1", dir = "{node}" }]
 
 [apps.quick]
 package = "quick-app"
@@ -765,37 +792,13 @@ install = "echo ran >> ran"
 restart = "true"
 health = "true"
 [apps.quick.environments.production]
-nodes = [{{ name = "n1", dir = "{node}" }}]
+nodes = [{ name = "n1", dir = "{node}" }]
 "#,
-        state = dir.path().join("shipit.db").display(),
-        node = node.display()
     );
-    let config = std::sync::Arc::new(
-        shipit::config::Config::parse(&text, &dir.path().join("shipit.toml"))
-            .unwrap_or_else(|r| panic!("{r}")),
-    );
-    let store = shipit::local::store::Store::open(&config.server.state).unwrap();
-    let fleet = shipit::local::fleet::LocalFleet::new(store.clone(), config.clone());
-    let install = |key: &str| FleetCommand {
-        key: key.into(),
-        kind: CommandKind::Install,
-        version: shipit::deploy::version::Version::parse("1.0.0").unwrap(),
-        nodes: vec!["n1".into()],
-        concurrency: 0,
-        fence: 0,
-    };
-    let alive = |pid: u32| {
-        std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
-            let state = s
-                .rsplit_once(')')
-                .and_then(|(_, r)| r.split_whitespace().next());
-            !matches!(state, Some("Z" | "X"))
-        })
-    };
+    let node = &one.node;
 
     // A worker started the slow install, then died: its `sh` runs on, in its own group.
-    let slow = config.app("slow").unwrap();
-    let env = &slow.environments["production"];
+    let slow = one.config.app("slow").unwrap();
     let (vars, at) = (Default::default(), node.display().to_string());
     let site = Site {
         node: "n1",
@@ -803,15 +806,18 @@ nodes = [{{ name = "n1", dir = "{node}" }}]
         vars: &vars,
     };
     let cmd = install("crashed:install");
-    let script = slow.script(env, &cmd, &site).unwrap().unwrap();
-    store
+    let script = slow
+        .script(&slow.environments["production"], &cmd, &site)
+        .unwrap()
+        .unwrap();
+    one.store
         .command_started(&cmd.key, "n1", chrono::Utc::now())
         .await
         .unwrap();
     let mut first = std::process::Command::new("sh")
         .arg("-c")
         .arg(&script)
-        .current_dir(&node)
+        .current_dir(node)
         .process_group(0)
         .spawn()
         .unwrap();
@@ -819,20 +825,21 @@ nodes = [{{ name = "n1", dir = "{node}" }}]
     while !record.exists() {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
-    let results = fleet.run_on(slow, env, &cmd).await.unwrap();
+    let result = one.install("slow", &cmd.key).await;
     assert!(
-        matches!(&results[0].1, NodeResult::Failed { output, .. } if output.contains("while shipit was down")),
-        "{results:?}"
+        matches!(&result, NodeResult::Failed { output, .. } if output.contains("while shipit was down")),
+        "{result:?}"
     );
     let _ = first.wait();
-    assert!(!alive(first.id()), "the first run outlived its deadline");
+    assert!(
+        !alive(&first.id().to_string()),
+        "the first run outlived its deadline"
+    );
 
     // A record whose pid is now another process's: a `sleep` that started later.
-    let quick = config.app("quick").unwrap();
-    let env = &quick.environments["production"];
-    let cmd = install("reused:install");
-    store
-        .command_started(&cmd.key, "n1", chrono::Utc::now())
+    let key = "reused:install";
+    one.store
+        .command_started(key, "n1", chrono::Utc::now())
         .await
         .unwrap();
     let mut other = std::process::Command::new("sleep")
@@ -841,17 +848,19 @@ nodes = [{{ name = "n1", dir = "{node}" }}]
         .spawn()
         .unwrap();
     let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap();
-    let record = node.join(run_record(&cmd.key));
+    let record = node.join(run_record(key));
     std::fs::create_dir_all(&record).unwrap();
     std::fs::write(
         record.join("pid"),
         format!("{} {} 1\n", other.id(), boot.trim()),
     )
     .unwrap();
-    let results = fleet.run_on(quick, env, &cmd).await.unwrap();
-    assert_eq!(results[0].1, NodeResult::Succeeded, "{results:?}");
+    assert_eq!(one.install("quick", key).await, NodeResult::Succeeded);
     assert_eq!(std::fs::read_to_string(node.join("ran")).unwrap(), "ran\n");
-    assert!(alive(other.id()), "another process was signalled");
+    assert!(
+        alive(&other.id().to_string()),
+        "another process was signalled"
+    );
     other.kill().unwrap();
     let _ = other.wait();
 }
