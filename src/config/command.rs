@@ -135,6 +135,10 @@ const RUNS_KEPT_DAYS: u32 = 14;
 /// Where, in a node's directory, `once` keeps its records.
 const RUNS: &str = ".shipit/runs";
 
+/// The end of a run's output (stdout and stderr, as they came) that a node answers with:
+/// SSM keeps the first 24,000 characters of a command's output, and what failed is last.
+const RUNS_OUTPUT_TAIL: usize = 20_000;
+
 /// The record of command `key` in a node's directory (see `once`): its `pid` file holds
 /// the first run's pid, boot id and start time.
 pub fn run_record(key: &str) -> String {
@@ -169,21 +173,29 @@ pub fn once(app: &str, env: &str, site: &Site, key: &str, script: &str) -> Strin
          mkdir -p \"$shipit_runs\" || {{ echo \"shipit: cannot keep a record of this command in $shipit_runs\" >&2; exit 1; }}\n\
          find \"$shipit_runs\" -mindepth 1 -maxdepth 1 -mtime +{RUNS_KEPT_DAYS} -exec rm -rf {{}} + 2>/dev/null\n\
          shipit_boot=$(cat /proc/sys/kernel/random/boot_id 2>/dev/null)\n\
-         shipit_began() {{ awk '{{print $22}}' \"/proc/$1/stat\" 2>/dev/null; }}\n\
-         while ! mkdir \"$shipit_run\" 2>/dev/null; do\n\
-         if [ -f \"$shipit_run/exit\" ]; then cat \"$shipit_run/out\" 2>/dev/null; exit \"$(cat \"$shipit_run/exit\")\"; fi\n\
+         shipit_boot=${{shipit_boot:--}}\n\
+         shipit_began() {{ shipit_b=$(awk '{{print $22}}' \"/proc/$1/stat\" 2>/dev/null); echo \"${{shipit_b:--}}\"; }}\n\
+         shipit_dead() {{\n\
          shipit_pid=; shipit_was=; shipit_at=\n\
          read -r shipit_pid shipit_was shipit_at 2>/dev/null < \"$shipit_run/pid\"\n\
-         if {{ [ -z \"$shipit_pid\" ] && [ -n \"$(find \"$shipit_run\" -maxdepth 0 -mmin +1)\" ]; }} || \
-         {{ [ -n \"$shipit_pid\" ] && {{ [ \"$shipit_was\" != \"$shipit_boot\" ] || ! kill -0 \"$shipit_pid\" 2>/dev/null || [ \"$(shipit_began \"$shipit_pid\")\" != \"$shipit_at\" ]; }}; }}; then\n\
-         rm -rf \"$shipit_run\"; continue; fi\n\
+         if [ -z \"$shipit_pid\" ]; then [ -n \"$(find \"$shipit_run\" -maxdepth 0 -mmin +1 2>/dev/null)\" ]; return; fi\n\
+         [ \"$shipit_was\" != \"$shipit_boot\" ] || ! kill -0 \"$shipit_pid\" 2>/dev/null || [ \"$(awk '{{print $3}}' \"/proc/$shipit_pid/stat\" 2>/dev/null)\" = Z ] || [ \"$(shipit_began \"$shipit_pid\")\" != \"$shipit_at\" ]\n\
+         }}\n\
+         while ! mkdir \"$shipit_run\" 2>/dev/null; do\n\
+         if [ -f \"$shipit_run/exit\" ]; then tail -c {RUNS_OUTPUT_TAIL} \"$shipit_run/out\" 2>/dev/null; exit \"$(cat \"$shipit_run/exit\")\"; fi\n\
+         if [ ! -d \"$shipit_run\" ]; then mkdir \"$shipit_run\" && break; echo \"shipit: cannot keep a record of this command in $shipit_runs\" >&2; exit 1; fi\n\
+         if shipit_dead && mkdir \"$shipit_run.reap\" 2>/dev/null; then\n\
+         if [ ! -f \"$shipit_run/exit\" ] && shipit_dead; then rm -rf \"$shipit_run\"; fi\n\
+         rmdir \"$shipit_run.reap\"; continue; fi\n\
+         if [ -n \"$(find \"$shipit_run.reap\" -maxdepth 0 -mmin +1 2>/dev/null)\" ]; then rmdir \"$shipit_run.reap\" 2>/dev/null; fi\n\
          sleep 1\n\
          done\n\
-         echo \"$$ $shipit_boot $(shipit_began $$)\" > \"$shipit_run/pid\"\n\
-         ( {script}\n) > \"$shipit_run/out\" 2>&1\n\
+         echo \"$$ $shipit_boot $(shipit_began $$)\" > \"$shipit_run/pid\" || {{ rm -rf \"$shipit_run\"; echo \"shipit: cannot keep a record of this command in $shipit_runs\" >&2; exit 1; }}\n\
+         ( {script}\n\
+         ) > \"$shipit_run/out\" 2>&1\n\
          shipit_code=$?\n\
          echo \"$shipit_code\" > \"$shipit_run/exit.new\" && mv \"$shipit_run/exit.new\" \"$shipit_run/exit\"\n\
-         cat \"$shipit_run/out\"\n\
+         tail -c {RUNS_OUTPUT_TAIL} \"$shipit_run/out\"\n\
          exit \"$shipit_code\""
     )
 }
@@ -350,6 +362,12 @@ mod tests {
             run_once(dir.path(), "j5:install", "echo ran >> count").0,
             Some(0)
         );
+        assert_eq!(count(), 5);
+        // A record that cannot be made (here a file is in its way): no endless wait.
+        std::fs::write(dir.path().join(run_record("j6:install")), "").unwrap();
+        let (code, out) = run_once(dir.path(), "j6:install", "echo ran >> count");
+        assert_eq!(code, Some(1), "{out}");
+        assert!(out.contains("cannot keep a record"), "{out}");
         assert_eq!(count(), 5);
 
         // Where no record can be kept, nothing runs.
