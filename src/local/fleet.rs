@@ -203,10 +203,12 @@ async fn recover(
     if at.ssh.is_some() {
         return None;
     }
-    let first = first_run(&at.dir.join(record))?;
+    let record = at.dir.join(record);
+    let first = first_run(&record)?;
     let deadline = since + chrono::Duration::from_std(timeout).unwrap_or(chrono::Duration::MAX);
     tracing::info!(%key, %node, pid = first, "the interrupted command still runs; waiting for it");
-    while group_alive(first) {
+    // Its `sh`, not its group: a restart may leave its service in the group, running.
+    while first_run(&record).is_some() {
         if Utc::now() >= deadline {
             tracing::warn!(%key, %node, pid = first, "the interrupted command ran past its timeout; stopping it");
             stop_group(first).await;
@@ -223,8 +225,8 @@ async fn recover(
     None
 }
 
-/// The process of a command's first run, from its record (`config::command::once`), if
-/// it is still that process: same boot, same start time.
+/// The process of a command's first run, from its record (`config::command::once`), while
+/// it still runs as that process: same boot, same start time, not a zombie.
 fn first_run(record: &Path) -> Option<u32> {
     let text = std::fs::read_to_string(record.join("pid")).ok()?;
     let mut fields = text.split_whitespace();
@@ -235,9 +237,11 @@ fn first_run(record: &Path) -> Option<u32> {
     );
     let now_boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Field 22, the start time: the 20th after the command name, which ends with the last ')'.
-    let start = stat.rsplit_once(')')?.1.split_whitespace().nth(19)?;
-    (now_boot.trim() == boot && start == began).then_some(pid)
+    // After the command name, which ends with the last ')': field 3, the state, first;
+    // field 22, the start time, 20th.
+    let after: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let running = !matches!(after.first(), Some(&"Z" | &"X"));
+    (running && now_boot.trim() == boot && after.get(19) == Some(&began)).then_some(pid)
 }
 
 fn ssm_nodes(app: &App, env: &Environment) -> PortError {
@@ -322,7 +326,12 @@ async fn stop_group(pgid: u32) {
 /// first process reaps nothing, they stay for good, and run nothing).
 fn group_alive(pgid: u32) -> bool {
     let Ok(procs) = std::fs::read_dir("/proc") else {
-        return false;
+        // No /proc: `kill -0` asks, zombies included.
+        return std::process::Command::new("kill")
+            .args(["-0", "--", &format!("-{pgid}")])
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
     };
     procs.flatten().any(|p| {
         let Ok(stat) = std::fs::read_to_string(p.path().join("stat")) else {
