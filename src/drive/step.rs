@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use tracing::Instrument;
 
 use super::Driver;
-use crate::deploy::engine::{Action, Deploy, Observation, Outcome, STATE_MAX_BYTES};
+use crate::deploy::engine::{Action, Deploy, Observation, Outcome, STATE_ROOM_BYTES};
 use crate::deploy::job::DeployJob;
 use crate::deploy::ports::{is_refused, is_throttled, NotifyMemo, PortError, Refused, Sent};
 use crate::deploy::status::JobStatus;
@@ -286,9 +286,9 @@ impl Stepper {
 /// grow.
 pub fn fits(state: &StepState) -> Result<(), PortError> {
     let bytes = serde_json::to_vec(state)?.len();
-    if bytes > STATE_MAX_BYTES {
+    if bytes > STATE_ROOM_BYTES {
         return Err(format!(
-            "the deploy's state grew to {bytes} bytes, past the {STATE_MAX_BYTES} an execution carries"
+            "the deploy's state grew to {bytes} bytes, past the {STATE_ROOM_BYTES} a step may return"
         )
         .into());
     }
@@ -336,11 +336,11 @@ mod tests {
     #[test]
     fn a_state_past_what_an_execution_carries_fails_its_step() {
         assert!(fits(&StepState::start(job_of("ann", "n"))).is_ok());
-        let big = job_of(&"a".repeat(STATE_MAX_BYTES), "n");
+        let big = job_of(&"a".repeat(STATE_ROOM_BYTES), "n");
         let err = fits(&StepState::start(big)).unwrap_err();
         assert!(
             err.to_string()
-                .contains("past the 262144 an execution carries"),
+                .contains("past the 249856 a step may return"),
             "{err}"
         );
     }

@@ -47,6 +47,11 @@ pub const COMMAND_GRACE_SECONDS: i64 = 600;
 /// The most a deploy's state may take as JSON: what a Step Functions execution carries
 /// from one state to the next (256 KB).
 pub const STATE_MAX_BYTES: usize = 256 * 1024;
+
+/// The most a step may return: the limit less room for what Step Functions puts around
+/// the state (the Lambda invoke's metadata before `OutputPath`, the `attempt` beside it
+/// in the next step's input, a Catch's `$.error`).
+pub const STATE_ROOM_BYTES: usize = STATE_MAX_BYTES - 12 * 1024;
 /// How much of a failed command's last output line goes into a notice.
 pub const DETAIL_CHARS: usize = 300;
 /// Longest pause between two tries of a held lock.

@@ -1806,4 +1806,9 @@ fn a_batch_travels_as_runs_of_indices_and_reads_back() {
     let old: Batch = serde_json::from_str(r#"{"number":2,"nodes":[0,1,2,5,7,8]}"#).unwrap();
     assert_eq!(old, batch);
     assert!(serde_json::from_str::<Batch>(r#"{"number":0,"nodes":"3-1"}"#).is_err());
+    let huge = r#"{"number":0,"nodes":"0-18446744073709551615"}"#;
+    assert!(
+        serde_json::from_str::<Batch>(huge).is_err(),
+        "no run past a fleet"
+    );
 }

@@ -284,15 +284,32 @@ pub(super) mod compact_nodes {
 
     use super::{Node, NodeState};
 
-    const LETTERS: [(NodeState, char); 7] = [
-        (NodeState::Pending, 'p'),
-        (NodeState::Installed, 'i'),
-        (NodeState::InstallFailed, 'f'),
-        (NodeState::Healthy, 'h'),
-        (NodeState::Unhealthy, 'u'),
-        (NodeState::Reverted, 'r'),
-        (NodeState::Gone, 'g'),
-    ];
+    /// Exhaustive, so that a new state cannot be written without a letter.
+    fn letter(state: NodeState) -> char {
+        match state {
+            NodeState::Pending => 'p',
+            NodeState::Installed => 'i',
+            NodeState::InstallFailed => 'f',
+            NodeState::Healthy => 'h',
+            NodeState::Unhealthy => 'u',
+            NodeState::Reverted => 'r',
+            NodeState::Gone => 'g',
+        }
+    }
+
+    fn state(letter: char) -> Option<NodeState> {
+        [
+            NodeState::Pending,
+            NodeState::Installed,
+            NodeState::InstallFailed,
+            NodeState::Healthy,
+            NodeState::Unhealthy,
+            NodeState::Reverted,
+            NodeState::Gone,
+        ]
+        .into_iter()
+        .find(|s| self::letter(*s) == letter)
+    }
 
     #[derive(Serialize)]
     struct Written<'a> {
@@ -314,12 +331,6 @@ pub(super) mod compact_nodes {
     }
 
     pub fn serialize<S: Serializer>(nodes: &[Node], s: S) -> Result<S::Ok, S::Error> {
-        let letter = |state| {
-            LETTERS
-                .iter()
-                .find(|(st, _)| *st == state)
-                .map_or('?', |l| l.1)
-        };
         Written {
             names: nodes.iter().map(|n| n.name.as_str()).collect(),
             states: nodes.iter().map(|n| letter(n.state)).collect(),
@@ -343,11 +354,8 @@ pub(super) mod compact_nodes {
         read.names
             .into_iter()
             .zip(states)
-            .map(|(name, c)| match LETTERS.iter().find(|l| l.1 == c) {
-                Some((state, _)) => Ok(Node {
-                    name,
-                    state: *state,
-                }),
+            .map(|(name, c)| match state(c) {
+                Some(state) => Ok(Node { name, state }),
                 None => Err(serde::de::Error::custom(format!("node state {c:?}"))),
             })
             .collect()
@@ -443,6 +451,8 @@ pub(super) mod index_runs {
         List(Vec<usize>),
     }
 
+    const MAX_RUN: usize = 1_000_000;
+
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<usize>, D::Error> {
         let text = match Either::deserialize(d)? {
             Either::List(list) => return Ok(list),
@@ -456,7 +466,8 @@ pub(super) mod index_runs {
                 a.parse().map_err(|_| bad(part))?,
                 b.parse().map_err(|_| bad(part))?,
             );
-            if b < a {
+            // A batch is at most a fleet: a run past that is no state shipit wrote.
+            if b < a || b - a >= MAX_RUN {
                 return Err(bad(part));
             }
             out.extend(a..=b);
