@@ -8,6 +8,7 @@ pub mod history;
 outside_input! {
     pub mod job;
 }
+pub mod lists;
 pub mod lock;
 pub mod ports;
 pub mod report;

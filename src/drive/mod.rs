@@ -166,9 +166,9 @@ impl Driver {
                 let mark = Faulty {
                     version: version.clone(),
                     job: job.id.clone(),
-                    reason: crate::deploy::report::clip(
+                    reason: crate::deploy::lists::clip(
                         reason,
-                        crate::deploy::report::MARK_REASON_MAX,
+                        crate::deploy::lists::MARK_REASON_MAX,
                     ),
                     at: now,
                 };

@@ -13,8 +13,8 @@ use serde::{Deserialize, Serialize};
 use super::command::{Command, CommandKind, NodeResult};
 use super::history::Faulty;
 use super::job::{DeployJob, Source};
+use super::lists;
 use super::lock::{LockInfo, Renewal, LEASE_RENEW_SECONDS};
-use super::report;
 use super::rollout::Rollout;
 use super::version::Version;
 
@@ -588,7 +588,7 @@ impl Deploy {
     /// The nodes that may serve this job's version: restarted on it and not put back, or
     /// gone (a node that went away may come back as it was).
     fn left_on_version(&self) -> Vec<String> {
-        report::capped(self.names_where(|s| {
+        lists::capped(self.names_where(|s| {
             matches!(
                 s,
                 NodeState::Healthy | NodeState::Unhealthy | NodeState::Gone
@@ -653,11 +653,9 @@ impl Deploy {
         let batch = self.batch_from(index, number, |s| s == NodeState::Installed);
         if batch.nodes.is_empty() {
             self.outcome = Some(Outcome::Succeeded {
-                failed_installs: report::capped(
-                    self.names_where(|s| s == NodeState::InstallFailed),
-                ),
-                unhealthy: report::capped(self.names_where(|s| s == NodeState::Unhealthy)),
-                gone: report::capped(self.names_where(|s| s == NodeState::Gone)),
+                failed_installs: lists::capped(self.names_where(|s| s == NodeState::InstallFailed)),
+                unhealthy: lists::capped(self.names_where(|s| s == NodeState::Unhealthy)),
+                gone: lists::capped(self.names_where(|s| s == NodeState::Gone)),
             });
             // A rollback that went out replaced the version it undoes: marked before it
             // is recorded, while the lock is surely this deploy's.
@@ -760,7 +758,7 @@ impl Deploy {
                 }
                 notices.push(Notice::RollingBack {
                     to: to.clone(),
-                    nodes: report::capped(self.names_where(was_restarted)),
+                    nodes: lists::capped(self.names_where(was_restarted)),
                     reason: reason.clone(),
                 });
                 self.phase = Phase::Revert { to, reason };

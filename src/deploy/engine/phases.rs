@@ -6,8 +6,8 @@ use super::*;
 use crate::deploy::command::{Command, NodeResult, UNHEALTHY};
 use crate::deploy::history::Faulty;
 use crate::deploy::job::{DeployJob, Source};
+use crate::deploy::lists;
 use crate::deploy::lock::LockInfo;
-use crate::deploy::report;
 use crate::deploy::version::Version;
 
 /// Why a node failed a command: its exit code and the last line it printed; for a restart
@@ -435,7 +435,7 @@ impl Deploy {
             self.outcome = Some(Outcome::Succeeded {
                 failed_installs: vec![],
                 unhealthy: vec![],
-                gone: report::capped(self.names_where(|s| s == NodeState::Gone)),
+                gone: lists::capped(self.names_where(|s| s == NodeState::Gone)),
             });
             self.phase = Phase::Unlock;
         } else {
@@ -496,7 +496,7 @@ impl Deploy {
                 format!(
                     "install of {} failed on {}; nothing was restarted",
                     self.job.version,
-                    report::names(&failed)
+                    lists::names(&failed)
                 )
             };
             self.revert_or_fail(reason, false, notices);
@@ -544,12 +544,12 @@ impl Deploy {
                 let whose = if names.len() == 1 { "its" } else { "their" };
                 format!(
                     "{} failed {whose} health check ({first})",
-                    report::names(names)
+                    lists::names(names)
                 )
             }
             _ => format!(
                 "restart of {} failed ({})",
-                report::names(names),
+                lists::names(names),
                 first.as_ref().map_or("", |f| f.1.as_str())
             ),
         };
@@ -606,7 +606,7 @@ impl Deploy {
         let why = |names: &[String]| {
             format!(
                 "canary {} turned unhealthy while baking ({first})",
-                report::names(names)
+                lists::names(names)
             )
         };
         if self.count_failures(failed, why, notices) {
@@ -634,7 +634,7 @@ impl Deploy {
         if !failed.is_empty() {
             let why = format!(
                 "{reason}; then reinstalling {to} failed on {}",
-                report::names(&failed)
+                lists::names(&failed)
             );
             return self.finish(Outcome::RollbackFailed { reason: why }, notices);
         }

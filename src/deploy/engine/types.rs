@@ -99,7 +99,7 @@ pub enum Verdict {
 pub enum Outcome {
     /// Live on every node that installed (installs that failed within `max_errors` are
     /// listed), except those that failed their restart within `max_failed` and those that
-    /// went away. Lists past `report::NAMES_SHOWN` names end `… and N more`.
+    /// went away. Lists past `lists::NAMES_SHOWN` names end `… and N more`.
     Succeeded {
         failed_installs: Vec<String>,
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
