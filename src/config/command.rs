@@ -244,9 +244,17 @@ mod tests {
             dir: Some(&d),
             vars: &vars,
         };
+        sh_in(
+            dir,
+            &fenced("hello", "production", &site, fence, "echo ran"),
+        )
+    }
+
+    /// Runs `script` with `sh` in `dir`: (exit code, stdout then stderr).
+    fn sh_in(dir: &std::path::Path, script: &str) -> (Option<i32>, String) {
         let out = Command::new("sh")
             .arg("-c")
-            .arg(fenced("hello", "production", &site, fence, "echo ran"))
+            .arg(script)
             .current_dir(dir)
             .output()
             .unwrap();
@@ -285,17 +293,7 @@ mod tests {
             dir: Some("n1"),
             vars: &vars,
         };
-        let out = Command::new("sh")
-            .arg("-c")
-            .arg(once("hello", "production", &site, key, script))
-            .current_dir(dir)
-            .output()
-            .unwrap();
-        (
-            out.status.code(),
-            String::from_utf8_lossy(&out.stdout).to_string()
-                + &String::from_utf8_lossy(&out.stderr),
-        )
+        sh_in(dir, &once("hello", "production", &site, key, script))
     }
 
     #[test]

@@ -236,12 +236,33 @@ fn first_run(record: &Path) -> Option<u32> {
         fields.next()?,
     );
     let now_boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // After the command name, which ends with the last ')': field 3, the state, first;
-    // field 22, the start time, 20th.
-    let after: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-    let running = !matches!(after.first(), Some(&"Z" | &"X"));
-    (running && now_boot.trim() == boot && after.get(19) == Some(&began)).then_some(pid)
+    let stat = Stat::read(Path::new(&format!("/proc/{pid}/stat")))?;
+    (stat.running() && now_boot.trim() == boot && stat.field(22) == Some(began)).then_some(pid)
+}
+
+/// A process's `/proc/PID/stat`.
+struct Stat(String);
+
+impl Stat {
+    fn read(path: &Path) -> Option<Stat> {
+        std::fs::read_to_string(path).ok().map(Stat)
+    }
+
+    /// Field `n` (from 1, as proc(5) counts them), from 3 on: they follow the command
+    /// name, which may hold anything but ends with the last ')'.
+    fn field(&self, n: usize) -> Option<&str> {
+        self.0
+            .rsplit_once(')')?
+            .1
+            .split_whitespace()
+            .nth(n.checked_sub(3)?)
+    }
+
+    /// Neither a zombie nor dead: zombies stay for good in a container whose first
+    /// process reaps nothing, and run nothing.
+    fn running(&self) -> bool {
+        !matches!(self.field(3), Some("Z" | "X") | None)
+    }
 }
 
 fn ssm_nodes(app: &App, env: &Environment) -> PortError {
@@ -322,8 +343,7 @@ async fn stop_group(pgid: u32) {
     }
 }
 
-/// Whether a process of group `pgid` still runs (zombies aside: in a container whose
-/// first process reaps nothing, they stay for good, and run nothing).
+/// Whether a process of group `pgid` still runs (`Stat::running`).
 fn group_alive(pgid: u32) -> bool {
     let Ok(procs) = std::fs::read_dir("/proc") else {
         // No /proc: `kill -0` asks, zombies included.
@@ -333,17 +353,10 @@ fn group_alive(pgid: u32) -> bool {
             .status()
             .is_ok_and(|s| s.success());
     };
+    let group = pgid.to_string();
     procs.flatten().any(|p| {
-        let Ok(stat) = std::fs::read_to_string(p.path().join("stat")) else {
-            return false;
-        };
-        // After the command name, which may hold anything but ends with the last ')':
-        // state, parent, group.
-        let fields: Vec<&str> = stat.rsplit_once(')').map_or(vec![], |(_, rest)| {
-            rest.split_whitespace().take(3).collect()
-        });
-        matches!(fields.as_slice(), [state, _, group]
-            if *group == pgid.to_string() && !matches!(*state, "Z" | "X"))
+        Stat::read(&p.path().join("stat"))
+            .is_some_and(|stat| stat.running() && stat.field(5) == Some(group.as_str()))
     })
 }
 
