@@ -393,7 +393,10 @@ ssm_tags = { "shipit:app" = "hello" }
     let base = (Utc::now(), Instant::now());
     let clock = Arc::new(move || base.0 + chrono::Duration::from_std(base.1.elapsed()).unwrap());
     ledger
-        .record(&HistoryEntry::new(job("1.0.0", clock()), clock()))
+        .record(
+            &HistoryEntry::new(job("1.0.0", clock()), clock()),
+            Default::default(),
+        )
         .await
         .unwrap();
     let model = Arc::new(Model::shared(failing, nodes, 0));
@@ -604,7 +607,7 @@ ssm_tags = {{ "shipit:app" = "a{k}" }}
     for k in 0..apps {
         let old = job(&format!("a{k}"), "1.0.0", clock());
         ledger
-            .record(&HistoryEntry::new(old, clock()))
+            .record(&HistoryEntry::new(old, clock()), Default::default())
             .await
             .unwrap();
     }

@@ -5,14 +5,14 @@ use aws_sdk_ssm::types::ParameterType;
 use super::sdk_err;
 use crate::deploy::ports::PortError;
 
-/// Writes String parameter `name`. Without `overwrite`, `false` if it exists already:
-/// creating a parameter that way succeeds for exactly one caller.
+/// Writes String parameter `name`: the version written. Without `overwrite`, `None` if
+/// it exists already: creating a parameter that way succeeds for exactly one caller.
 pub async fn put(
     client: &aws_sdk_ssm::Client,
     name: &str,
     value: &str,
     overwrite: bool,
-) -> Result<bool, PortError> {
+) -> Result<Option<u64>, PortError> {
     match client
         .put_parameter()
         .name(name)
@@ -22,13 +22,13 @@ pub async fn put(
         .send()
         .await
     {
-        Ok(_) => Ok(true),
+        Ok(out) => Ok(Some(out.version.max(0) as u64)),
         Err(e)
             if !overwrite
                 && e.as_service_error()
                     .is_some_and(|s| s.is_parameter_already_exists()) =>
         {
-            Ok(false)
+            Ok(None)
         }
         Err(e) => Err(sdk_err("SSM PutParameter", e)),
     }

@@ -43,6 +43,38 @@ pub struct LockInfo {
     /// Who asked the deploy holding the lock to stop (`/deploy abort`, `shipit abort`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub abort: Option<String>,
+    /// What the lock's holders wrote to the ledger so far, handed from each holder to the
+    /// next: a ledger whose reads may lag its writes answers no older (see [`Written`]).
+    #[serde(default, skip_serializing_if = "Written::is_none")]
+    pub written: Written,
+}
+
+/// The versions of an app+env's live entry and faulty list that the lock's holders last
+/// wrote (0: not written yet). Parameter Store's reads are not promised to see a write
+/// just made: a new holder reading the live version before the last deploy's record
+/// shows would let an automatic job lower it. Writes happen only under the lock, so the
+/// lock carries what was written to the next holder, whose reads then wait until they
+/// answer at least these versions. Ledgers that read what they wrote leave it at 0.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Written {
+    #[serde(default)]
+    pub live: u64,
+    #[serde(default)]
+    pub faulty: u64,
+}
+
+impl Written {
+    pub fn is_none(&self) -> bool {
+        *self == Written::default()
+    }
+
+    /// The newer of two, field by field.
+    pub fn max(self, other: Written) -> Written {
+        Written {
+            live: self.live.max(other.live),
+            faulty: self.faulty.max(other.faulty),
+        }
+    }
 }
 
 impl LockInfo {
@@ -71,6 +103,7 @@ impl LockInfo {
             job: None,
             generation: 0,
             abort: None,
+            written: Written::default(),
         }
     }
 
@@ -142,6 +175,7 @@ mod tests {
             job: Some(JobId::derive("a", "e", &Version::parse("1").unwrap(), job)),
             generation: 0,
             abort: None,
+            written: Written::default(),
         }
     }
 

@@ -9,7 +9,7 @@ use super::command::{Command, NodeResult};
 use super::engine::{Deploy, Notice, Verdict};
 pub use super::history::{Faulty, HistoryEntry};
 use super::job::{DeployJob, JobId};
-pub use super::lock::{LockInfo, Renewal, Unlocked};
+pub use super::lock::{LockInfo, Renewal, Unlocked, Written};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -144,8 +144,10 @@ pub trait Fleet: Send + Sync {
 #[async_trait]
 pub trait Ledger: Send + Sync {
     /// `entry.job` is now live on its app+env. Recording the live job again changes nothing.
-    async fn record(&self, entry: &HistoryEntry) -> Result<(), PortError>;
-    /// Newest first.
+    /// `seen`: what the lock's holders wrote before (reads answer no older); returns it
+    /// with this write added.
+    async fn record(&self, entry: &HistoryEntry, seen: Written) -> Result<Written, PortError>;
+    /// Newest first. Reads outside the lock: they may lag the newest writes (see [`Written`]).
     async fn history(
         &self,
         app: &str,
@@ -153,9 +155,31 @@ pub trait Ledger: Send + Sync {
         limit: usize,
     ) -> Result<Vec<HistoryEntry>, PortError>;
     /// Marks a version rolled back from. Marking a version again keeps the first mark.
-    async fn mark_faulty(&self, app: &str, env: &str, mark: &Faulty) -> Result<(), PortError>;
+    /// `seen` and the answer as for `record`.
+    async fn mark_faulty(
+        &self,
+        app: &str,
+        env: &str,
+        mark: &Faulty,
+        seen: Written,
+    ) -> Result<Written, PortError>;
     /// The versions marked faulty on app+env, newest mark first.
     async fn faulty(&self, app: &str, env: &str) -> Result<Vec<Faulty>, PortError>;
+    /// What a lock holder decides on: the live entry and the marks, no older than what the
+    /// lock's earlier holders wrote (`seen`). A ledger that cannot answer that yet fails,
+    /// to be asked again.
+    async fn inspect(
+        &self,
+        app: &str,
+        env: &str,
+        seen: Written,
+    ) -> Result<(Option<HistoryEntry>, Vec<Faulty>), PortError> {
+        let _ = seen;
+        Ok((
+            self.history(app, env, 1).await?.into_iter().next(),
+            self.faulty(app, env).await?,
+        ))
+    }
     /// Takes the lock if it is free or its holder's lease lapsed (of two contenders,
     /// exactly one wins), with the next generation; a deploy asking again for the lock it
     /// holds gets it back as it stands. `Ok(the lock now held)`, `Err(whoever holds it)`.
@@ -176,8 +200,15 @@ pub trait Ledger: Send + Sync {
         generation: u64,
         until: DateTime<Utc>,
     ) -> Result<Renewal, PortError>;
-    /// Releases the lock if `job` holds it (a deploy ending); anyone else's stays.
-    async fn release(&self, app: &str, env: &str, job: &JobId) -> Result<(), PortError>;
+    /// Releases the lock if `job` holds it (a deploy ending); anyone else's stays. `written`
+    /// goes to the next holder.
+    async fn release(
+        &self,
+        app: &str,
+        env: &str,
+        job: &JobId,
+        written: Written,
+    ) -> Result<(), PortError>;
     /// Releases a lock taken from chat (or a deploy's whose lease lapsed); a running
     /// deploy's stays.
     async fn unlock(&self, app: &str, env: &str, now: DateTime<Utc>)

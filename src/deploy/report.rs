@@ -104,6 +104,7 @@ mod tests {
 
     use super::*;
     use crate::deploy::job::{JobId, Source};
+    use crate::deploy::lock::Written;
     use crate::deploy::version::Version;
 
     fn entry(forced_by: Option<&str>) -> HistoryEntry {
@@ -170,6 +171,7 @@ mod tests {
             job: None,
             generation: 1,
             abort: None,
+            written: Written::default(),
         };
         assert_eq!(
             lock_line("hello", "production", &lock),

@@ -18,7 +18,7 @@ use crate::config::{App, Config};
 use crate::deploy::engine::{Action, Deploy, Notice, Observation, Outcome, Verdict};
 use crate::deploy::history::{faulty_mark, Faulty, HistoryEntry};
 use crate::deploy::job::{DeployJob, Source};
-use crate::deploy::lock::lease_seconds;
+use crate::deploy::lock::{lease_seconds, Written};
 use crate::deploy::ports::{
     Backlog, Fleet, Gate, Ledger, LockInfo, Notify, NotifyMemo, PortError, Refused, Sent, Turn,
 };
@@ -136,9 +136,12 @@ impl Driver {
                     .await?,
             },
             Action::Inspect => {
-                let faulty = self.ledger.faulty(&job.app, &job.env).await?;
+                let (live, faulty) = self
+                    .ledger
+                    .inspect(&job.app, &job.env, deploy.written())
+                    .await?;
                 Observation::Inspected {
-                    live: self.live_job(job).await?,
+                    live: live.map(|e| Box::new(e.job)),
                     newer_queued: self.superseding(job, &faulty).await?,
                     faulty: faulty_mark(&faulty, &job.version).cloned(),
                 }
@@ -159,8 +162,9 @@ impl Driver {
                     cleared: deploy.clears.clone(),
                     ..HistoryEntry::new(job.clone(), now)
                 };
-                self.ledger.record(&entry).await?;
-                Observation::Recorded
+                Observation::Recorded {
+                    written: self.ledger.record(&entry, deploy.written()).await?,
+                }
             }
             Action::MarkFaulty { version, reason } => {
                 let mark = Faulty {
@@ -172,11 +176,17 @@ impl Driver {
                     ),
                     at: now,
                 };
-                self.ledger.mark_faulty(&job.app, &job.env, &mark).await?;
-                Observation::MarkedFaulty
+                Observation::MarkedFaulty {
+                    written: self
+                        .ledger
+                        .mark_faulty(&job.app, &job.env, &mark, deploy.written())
+                        .await?,
+                }
             }
             Action::Unlock => {
-                self.ledger.release(&job.app, &job.env, &job.id).await?;
+                self.ledger
+                    .release(&job.app, &job.env, &job.id, deploy.written())
+                    .await?;
                 Observation::Unlocked
             }
             Action::Wait { .. } | Action::Finished(_) => {
@@ -209,7 +219,12 @@ impl Driver {
         now: DateTime<Utc>,
     ) -> Outcome {
         tracing::error!(job_id = %job.id, %reason, "deploy given up");
-        if let Err(e) = self.ledger.release(&job.app, &job.env, &job.id).await {
+        let written = deploy.map_or(Written::default(), Deploy::written);
+        if let Err(e) = self
+            .ledger
+            .release(&job.app, &job.env, &job.id, written)
+            .await
+        {
             tracing::error!(job_id = %job.id, error = %e, "cannot release the lock; `unlock` it from chat or the CLI");
         }
         let outcome = match deploy {
@@ -251,6 +266,7 @@ impl Driver {
                         job: Some(ahead),
                         generation: 0,
                         abort: None,
+                        written: Written::default(),
                     }),
                 });
             }
@@ -299,16 +315,5 @@ impl Driver {
             }
         }
         Ok(None)
-    }
-
-    /// The job live on `job`'s app+env.
-    async fn live_job(&self, job: &DeployJob) -> Result<Option<Box<DeployJob>>, PortError> {
-        Ok(self
-            .ledger
-            .history(&job.app, &job.env, 1)
-            .await?
-            .into_iter()
-            .next()
-            .map(|e| Box::new(e.job)))
     }
 }

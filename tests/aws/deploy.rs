@@ -1457,6 +1457,7 @@ async fn a_deploy_that_outlives_its_lease_keeps_its_lock_by_renewing_it() {
             job: Some(contender.id.clone()),
             generation: 0,
             abort: None,
+            written: shipit::deploy::ports::Written::default(),
         };
         let locked = state.deploy.as_ref().is_some_and(|d| d.locked);
         match rig
@@ -1476,7 +1477,12 @@ async fn a_deploy_that_outlives_its_lease_keeps_its_lock_by_renewing_it() {
                     offset.load(std::sync::atomic::Ordering::SeqCst)
                 );
                 rig.ledger
-                    .release("hello", "production", &contender.id)
+                    .release(
+                        "hello",
+                        "production",
+                        &contender.id,
+                        shipit::deploy::ports::Written::default(),
+                    )
                     .await
                     .unwrap();
             }
@@ -1502,11 +1508,17 @@ async fn jobs_of_one_app_take_the_lock_in_queue_order_so_an_older_job_cannot_und
     let now = Utc::now();
     let (first, live) = (cli_job("1.0.0"), cli_job("1.1.0"));
     rig.ledger
-        .record(&HistoryEntry::new(first.clone(), now))
+        .record(
+            &HistoryEntry::new(first.clone(), now),
+            shipit::deploy::ports::Written::default(),
+        )
         .await
         .unwrap();
     rig.ledger
-        .record(&HistoryEntry::new(live.clone(), now))
+        .record(
+            &HistoryEntry::new(live.clone(), now),
+            shipit::deploy::ports::Written::default(),
+        )
         .await
         .unwrap();
     // An upload of 1.2.0 is queued; then someone rolls 1.1.0 back.
@@ -1619,4 +1631,38 @@ async fn an_older_upload_is_superseded_by_a_newer_one_queued_behind_it() {
     let state = to_the_end(&stepper, StepState::start(newer.clone())).await;
     assert_eq!(state.status, Some(JobStatus::Succeeded), "{state:?}");
     assert_eq!(rig.log(&newer).await, expected_order(&rig.nodes, "1.2.0"));
+}
+
+#[tokio::test]
+async fn an_upload_waits_for_parameter_store_to_show_the_version_the_last_deploy_made_live() {
+    let _turn = CONTROL.lock().await;
+    let mut rig = Rig::new(2).await;
+    let prefix = format!("/{}", unique("lagging"));
+    rig.ledger = Arc::new(SsmLedger::new(rig.ssm.clone(), &prefix));
+    control(json!({})).await;
+    let first = rig.deploy_now(rig.job("1.2.0")).await;
+    assert_eq!(first.status, Some(JobStatus::Succeeded), "{first:?}");
+    // From here, each write to the live entry is read back as it was before it for the
+    // next three reads: the record of 1.3.0 is not seen at once.
+    let live = format!("{prefix}/live/");
+    control(json!({ "param_lag": { "reads": 3, "contains": live } })).await;
+    let tagged = rig.deploy_now(rig.job("1.3.0")).await;
+    assert_eq!(tagged.status, Some(JobStatus::Succeeded), "{tagged:?}");
+    let upload = DeployJob::new(
+        "hello",
+        "production",
+        "hello-app".parse().unwrap(),
+        shipit::deploy::version::Version::parse("1.2.5").unwrap(),
+        Source::Upload {
+            location: "s3://packages/hello_app-1.2.5-py3-none-any.whl".into(),
+        },
+        Utc::now(),
+    );
+    let state = rig.deploy_now(upload.clone()).await;
+    control(json!({})).await;
+    // Read before the record showed, 1.2.0 would be live, and the upload would lower 1.3.0.
+    assert_eq!(state.status, Some(JobStatus::Skipped), "{state:?}");
+    assert!(rig.commands(&upload).await.is_empty());
+    let history = rig.ledger.history("hello", "production", 1).await.unwrap();
+    assert_eq!(history[0].job.version.to_string(), "1.3.0");
 }

@@ -230,6 +230,53 @@ async fn list_commands_can_leave_out_a_command_just_sent() {
 }
 
 #[tokio::test]
+async fn get_parameter_can_answer_from_before_a_write() {
+    let _turn = CONTROL.lock().await;
+    let ssm = ssm().await;
+    let name = format!("/{}/live/x", unique("lag"));
+    let put = |value: &'static str| {
+        let (ssm, name) = (ssm.clone(), name.clone());
+        async move {
+            ssm.put_parameter()
+                .name(name)
+                .value(value)
+                .r#type(aws_sdk_ssm::types::ParameterType::String)
+                .overwrite(true)
+                .send()
+                .await
+                .unwrap()
+                .version
+        }
+    };
+    let get = || async {
+        match ssm.get_parameter().name(&name).send().await {
+            Ok(out) => out.parameter.map(|p| (p.value.unwrap(), p.version)),
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|e| e.is_parameter_not_found()) =>
+            {
+                None
+            }
+            Err(e) => panic!("{e:?}"),
+        }
+    };
+    control(serde_json::json!({ "param_lag": { "reads": 2, "contains": name } })).await;
+    assert_eq!(put("one").await, 1);
+    assert_eq!(get().await, None, "a new parameter is not found at first");
+    assert_eq!(get().await, None);
+    assert_eq!(get().await, Some(("one".into(), 1)));
+    assert_eq!(put("two").await, 2);
+    assert_eq!(
+        get().await,
+        Some(("one".into(), 1)),
+        "then the version before"
+    );
+    assert_eq!(get().await, Some(("one".into(), 1)));
+    assert_eq!(get().await, Some(("two".into(), 2)), "then the write");
+    control(serde_json::json!({})).await;
+}
+
+#[tokio::test]
 async fn list_commands_honours_its_filters_and_refuses_bad_ones() {
     let ssm = ssm().await;
     let ids = launch(1, &[("t", "filters")]).await;

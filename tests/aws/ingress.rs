@@ -162,9 +162,13 @@ async fn a_chat_dry_run_plans_from_the_ledger_and_queues_nothing() {
     let ledger = Arc::new(ssm_ledger(aws_sdk_ssm::Client::new(&sdk().await)));
     for v in ["1.4.1", "1.4.2"] {
         let job = cli_job("ann", v, v);
-        shipit::deploy::ports::Ledger::record(ledger.as_ref(), &HistoryEntry::new(job, Utc::now()))
-            .await
-            .unwrap();
+        shipit::deploy::ports::Ledger::record(
+            ledger.as_ref(),
+            &HistoryEntry::new(job, Utc::now()),
+            shipit::deploy::ports::Written::default(),
+        )
+        .await
+        .unwrap();
     }
     // Without a fleet at hand, the nodes are left to the deploy; with Run Command's, the
     // plan lists those the tags find.

@@ -8,7 +8,7 @@ use chrono::{Duration, Utc};
 use shipit::deploy::history::{rollback_target, Faulty, HistoryEntry};
 use shipit::deploy::job::{DeployJob, Source};
 use shipit::deploy::lock::LEASE_SECONDS;
-use shipit::deploy::ports::{Ledger, LockInfo, Renewal, Unlocked};
+use shipit::deploy::ports::{Ledger, LockInfo, Renewal, Unlocked, Written};
 use shipit::local::store::Store;
 
 fn job(version: &str, nonce: &str) -> DeployJob {
@@ -24,6 +24,7 @@ fn manual(reason: &str) -> LockInfo {
         job: None,
         generation: 0,
         abort: None,
+        written: Written::default(),
     }
 }
 
@@ -47,18 +48,18 @@ async fn ledger_contract(ledger: &dyn Ledger) {
     let (j1, j2, j3) = (job("1.0.0", "a"), job("1.1.0", "b"), job("1.1.0", "c"));
     for j in [&j1, &j2, &j3] {
         ledger
-            .record(&HistoryEntry::new(j.clone(), now))
+            .record(&HistoryEntry::new(j.clone(), now), Written::default())
             .await
             .unwrap();
     }
     let mut staging = job("9.9.9", "other-env");
     staging.env = "staging".into();
     ledger
-        .record(&HistoryEntry::new(staging.clone(), now))
+        .record(&HistoryEntry::new(staging.clone(), now), Written::default())
         .await
         .unwrap();
     ledger
-        .record(&HistoryEntry::new(j3.clone(), now))
+        .record(&HistoryEntry::new(j3.clone(), now), Written::default())
         .await
         .unwrap(); // a replayed step
     let h = ledger.history("hello", "production", 10).await.unwrap();
@@ -97,15 +98,30 @@ async fn ledger_contract(ledger: &dyn Ledger) {
         at: now,
     };
     ledger
-        .mark_faulty("hello", "production", &mark(&j1, "first"))
+        .mark_faulty(
+            "hello",
+            "production",
+            &mark(&j1, "first"),
+            Written::default(),
+        )
         .await
         .unwrap();
     ledger
-        .mark_faulty("hello", "production", &mark(&j1, "again"))
+        .mark_faulty(
+            "hello",
+            "production",
+            &mark(&j1, "again"),
+            Written::default(),
+        )
         .await
         .unwrap();
     ledger
-        .mark_faulty("hello", "production", &mark(&j2, "second"))
+        .mark_faulty(
+            "hello",
+            "production",
+            &mark(&j2, "second"),
+            Written::default(),
+        )
         .await
         .unwrap();
     let faulty = ledger.faulty("hello", "production").await.unwrap();
@@ -207,7 +223,10 @@ async fn locks_contract(ledger: &dyn Ledger, j1: &DeployJob, j2: &DeployJob) {
         ledger.renew(app, env, &j2.id, first.generation, LockInfo::lease_from(later, LEASE_SECONDS)).await.unwrap(),
         Renewal::Lost { holder: Some(h) } if h.job.as_ref() == Some(&j1.id)
     ));
-    ledger.release(app, env, &j2.id).await.unwrap();
+    ledger
+        .release(app, env, &j2.id, Written::default())
+        .await
+        .unwrap();
     assert_eq!(
         held_reason(ledger, later).await.as_deref(),
         Some("deploying")
@@ -238,7 +257,10 @@ async fn locks_contract(ledger: &dyn Ledger, j1: &DeployJob, j2: &DeployJob) {
             abort: Some("@bob".into())
         }
     );
-    ledger.release(app, env, &j1.id).await.unwrap();
+    ledger
+        .release(app, env, &j1.id, Written::default())
+        .await
+        .unwrap();
     assert_eq!(held_reason(ledger, later).await, None);
 
     // A holder that stops renewing is taken over once its lease lapses, with a newer
@@ -275,7 +297,10 @@ async fn locks_contract(ledger: &dyn Ledger, j1: &DeployJob, j2: &DeployJob) {
             .unwrap(),
         Renewal::Held { abort: None }
     );
-    ledger.release(app, env, &j2.id).await.unwrap();
+    ledger
+        .release(app, env, &j2.id, Written::default())
+        .await
+        .unwrap();
     assert_eq!(ledger.lock_state(app, env, lapsed).await.unwrap(), None);
 }
 
@@ -311,11 +336,17 @@ async fn chat_status_history_lock_and_rollback_over_parameter_store_and_sqs() {
         .contains("hello/production: nothing deployed yet"));
     let (old, live) = (job("1.0.0", "a"), job("1.1.0", "b"));
     ledger
-        .record(&HistoryEntry::new(old.clone(), Utc::now()))
+        .record(
+            &HistoryEntry::new(old.clone(), Utc::now()),
+            Written::default(),
+        )
         .await
         .unwrap();
     ledger
-        .record(&HistoryEntry::new(live.clone(), Utc::now()))
+        .record(
+            &HistoryEntry::new(live.clone(), Utc::now()),
+            Written::default(),
+        )
         .await
         .unwrap();
 
@@ -395,7 +426,7 @@ async fn chat_status_history_lock_and_rollback_over_parameter_store_and_sqs() {
         .unwrap();
     assert_eq!(held.abort.as_deref(), Some("@roadrunner (U2CERLKJA)"));
     ledger
-        .release("hello", "production", &live.id)
+        .release("hello", "production", &live.id, Written::default())
         .await
         .unwrap();
 
@@ -458,7 +489,7 @@ async fn contenders_race(a: &dyn Ledger, b: &dyn Ledger) {
         };
         assert_eq!(lost.job, won.job, "the loser must see the winner");
         assert_eq!(lost.generation, won.generation);
-        a.release(app, env, won.job.as_ref().unwrap())
+        a.release(app, env, won.job.as_ref().unwrap(), Written::default())
             .await
             .unwrap();
     }
@@ -536,7 +567,11 @@ async fn a_history_write_made_twice_is_listed_once() {
     let (ledger, prefix) = losing_a_put(j2.id.as_str()).await;
     let mut recorded = vec![];
     for j in [&j1, &j2, &j3] {
-        recorded.push(ledger.record(&HistoryEntry::new(j.clone(), now)).await);
+        recorded.push(
+            ledger
+                .record(&HistoryEntry::new(j.clone(), now), Written::default())
+                .await,
+        );
     }
     crate::deploy::control(serde_json::json!({})).await;
     assert!(recorded.iter().all(Result::is_ok), "{recorded:?}");

@@ -39,6 +39,10 @@ Added to moto 5.2.5, following the AWS API reference for each shape:
   ListCommandInvocations: MaxResults within 1..50. DescribeInstanceInformation:
   MaxResults within 5..50. PutParameter: a value of at most 4 KB (standard tier) or
   8 KB (advanced).
+  GetParameter: on demand, a parameter just written is answered as it was before the
+  write (the version before, or ParameterNotFound for a new one) for the next
+  `param_lag.reads` reads: AWS does not promise that a read sees a write it has just
+  acknowledged.
 - SQS FIFO sequence numbers: moto draws each at random; AWS's "continues to increase
   for a particular MessageGroupId" (SendMessage, SequenceNumber). Now they grow per
   queue and group, by uneven steps (AWS: "large, non-consecutive"), 20 digits.
@@ -57,6 +61,9 @@ Added to moto 5.2.5, following the AWS API reference for each shape:
    "pending_reads": 1,                     # default for invocations without a rule
    "seconds": 0,                           # likewise
    "invisible_reads": 1,                   # eventual consistency, for every invocation
+   "param_lag": {"reads": 3, "contains": "/live/"},  # GetParameter answers a parameter
+                                           # whose name holds the text as it was before
+                                           # each write, for the next 3 reads
    "list_lag": {"reads": 2, "contains": "text"},  # ListCommands leaves a new command
                                            # (whose comment holds the text, if given) out
                                            # of the first 2 listings that would show it
@@ -88,13 +95,14 @@ from moto.core.responses import ActionResult
 from moto.ec2.models import ec2_backends
 from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
 from moto.sqs.models import SQSBackend
+from moto.ssm import exceptions as ssm_exceptions
 from moto.ssm import models as ssm_models
 from moto.ssm.responses import SimpleSystemManagerResponse
 from werkzeug.serving import run_simple
 
 LOCK = threading.Lock()
 DEFAULTS = {"rules": [], "offline": [], "pending_reads": 1, "seconds": 0, "invisible_reads": 1,
-            "throttle": {}, "rates": {}, "lost_answers": {}, "list_lag": {}}
+            "throttle": {}, "rates": {}, "lost_answers": {}, "list_lag": {}, "param_lag": {}}
 CONTROL = dict(DEFAULTS)
 
 
@@ -498,12 +506,43 @@ def put_parameter_checked(original):
         if len(value.encode()) > limit:
             raise Invalid(f"1 validation error detected: Value at 'value' failed to satisfy "
                           f"constraint: Member must have length less than or equal to {limit}")
-        return original(self)
+        name = self._get_param("Name") or ""
+        before = self.ssm_backend.get_parameter(name) if ":" not in name else None
+        answer = original(self)
+        with LOCK:
+            lag = CONTROL["param_lag"]
+            if lag.get("reads") and lag.get("contains", "") in name:
+                PARAM_STALE[name] = {"reads": lag["reads"],
+                                     "version": before.version if before else None}
+        return answer
     return put_parameter
+
+
+PARAM_STALE = {}
+
+
+def get_parameter_lagging(original):
+    """GetParameter as it answers before it has caught up with a write (`param_lag`)."""
+    def get_parameter(self):
+        name = self._get_param("Name") or ""
+        with LOCK:
+            stale = PARAM_STALE.get(name)
+            lagging = bool(stale and stale["reads"] > 0)
+            if lagging:
+                stale["reads"] -= 1
+        if not lagging:
+            return original(self)
+        if stale["version"] is None:
+            raise ssm_exceptions.ParameterNotFound(f"Parameter {name} not found.")
+        old = self.ssm_backend.get_parameter(f"{name}:{stale['version']}")
+        return ActionResult({"Parameter": old.response_object(False, self.region)})
+    return get_parameter
 
 
 SimpleSystemManagerResponse.put_parameter = put_parameter_checked(
     SimpleSystemManagerResponse.put_parameter)
+SimpleSystemManagerResponse.get_parameter = get_parameter_lagging(
+    SimpleSystemManagerResponse.get_parameter)
 for op, attr in [("SendCommand", "send_command"), ("GetCommandInvocation", "get_command_invocation"),
                  ("ListCommands", "list_commands")]:
     setattr(SimpleSystemManagerResponse, attr, throttled(op, getattr(SimpleSystemManagerResponse, attr)))
@@ -602,6 +641,7 @@ def with_control(app):
                 CONTROL.update(DEFAULTS)
                 CONTROL.update(posted)
                 BUCKETS.clear()
+                PARAM_STALE.clear()
             start_response("200 OK", [("Content-Type", "application/json")])
             return [b"{}"]
         if environ.get("PATH_INFO") == "/_shipit/in_flight" and environ["REQUEST_METHOD"] == "GET":

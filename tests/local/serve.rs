@@ -526,9 +526,13 @@ async fn a_chat_dry_run_answers_the_plan_and_queues_nothing() {
     let (ingress, store) = local::ingress(config).await.unwrap();
     for v in ["1.0.0", "1.1.0"] {
         let job = cli_job("ann", v, v);
-        shipit::deploy::ports::Ledger::record(&store, &HistoryEntry::new(job, Utc::now()))
-            .await
-            .unwrap();
+        shipit::deploy::ports::Ledger::record(
+            &store,
+            &HistoryEntry::new(job, Utc::now()),
+            shipit::deploy::ports::Written::default(),
+        )
+        .await
+        .unwrap();
     }
     let served = Served::start(ingress, store.clone()).await;
     let http = reqwest::Client::new();

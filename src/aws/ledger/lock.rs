@@ -1,6 +1,7 @@
 //! The lock on Parameter Store, one parameter per generation under
 //! `{prefix}/lock/{app}/{env}/`: `g{generation}` holds the lock taken with that generation
-//! (`free` once released), `g{generation}-abort` who asked its deploy to stop.
+//! (`free` once released, followed by what its holders wrote: see [`Written`]),
+//! `g{generation}-abort` who asked its deploy to stop.
 //!
 //! Parameter Store has no compare-and-swap or compare-and-delete, but creating a parameter
 //! without overwrite succeeds for exactly one caller. So taking a free or lapsed lock is
@@ -16,7 +17,7 @@ use super::SsmLedger;
 use crate::aws::params;
 use crate::deploy::job::JobId;
 use crate::deploy::lock::take;
-use crate::deploy::ports::{LockInfo, PortError, Renewal, Unlocked};
+use crate::deploy::ports::{LockInfo, PortError, Renewal, Unlocked, Written};
 
 const FREE: &str = "free";
 const ABORT: &str = "-abort";
@@ -26,6 +27,8 @@ const ABORT: &str = "-abort";
 pub(super) struct Slots {
     /// The newest generation and its lock (`None`: released).
     newest: Option<(u64, Option<LockInfo>)>,
+    /// What the newest generation's holders wrote, released or not.
+    written: Written,
     abort: Option<String>,
     /// Parameters of older generations, to delete.
     stale: Vec<String>,
@@ -81,10 +84,19 @@ impl SsmLedger {
         locks.sort_by_key(|(g, _, _)| *g);
         let mut slots = Slots::default();
         if let Some((g, _, value)) = locks.pop() {
-            let lock = match value.as_str() {
-                FREE => None,
-                v => Some(serde_json::from_str::<LockInfo>(v)?),
+            let lock = match value.strip_prefix(FREE) {
+                Some(written) => {
+                    slots.written = match written.trim() {
+                        "" => Written::default(),
+                        w => serde_json::from_str(w)?,
+                    };
+                    None
+                }
+                None => Some(serde_json::from_str::<LockInfo>(&value)?),
             };
+            slots.written = slots
+                .written
+                .max(lock.as_ref().map_or(Written::default(), |l| l.written));
             slots.newest = Some((g, lock));
         }
         let newest = slots.generation();
@@ -101,7 +113,9 @@ impl SsmLedger {
 
     /// Creates parameter `name` unless it exists: `false` if it did.
     async fn create(&self, name: &str, value: &str) -> Result<bool, PortError> {
-        params::put(&self.client, name, value, false).await
+        Ok(params::put(&self.client, name, value, false)
+            .await?
+            .is_some())
     }
 
     async fn overwrite(&self, name: &str, value: &str) -> Result<(), PortError> {
@@ -126,7 +140,11 @@ impl SsmLedger {
         let current = slots.current();
         let taken = match take(current.as_ref(), slots.generation(), asked, now) {
             Ok(t) if t.generation == slots.generation() => return Ok(Ok(t)),
-            Ok(t) => t,
+            // What was written under the lock so far goes on with it.
+            Ok(t) => LockInfo {
+                written: slots.written,
+                ..t
+            },
             Err(held) => return Ok(Err(held)),
         };
         let name = self.slot(app, env, taken.generation);
@@ -193,18 +211,31 @@ impl SsmLedger {
         app: &str,
         env: &str,
         job: &JobId,
+        written: Written,
     ) -> Result<(), PortError> {
         let slots = self.slots(app, env).await?;
         if slots.current().is_some_and(|l| l.job.as_ref() == Some(job)) {
-            self.free(app, env, slots.generation()).await?;
+            self.free(app, env, slots.generation(), written.max(slots.written))
+                .await?;
         }
         Ok(())
     }
 
-    /// Marks `generation` released; its parameter stays so that generations keep counting.
-    async fn free(&self, app: &str, env: &str, generation: u64) -> Result<(), PortError> {
+    /// Marks `generation` released, with what its holders wrote for the next one; its
+    /// parameter stays so that generations keep counting.
+    async fn free(
+        &self,
+        app: &str,
+        env: &str,
+        generation: u64,
+        written: Written,
+    ) -> Result<(), PortError> {
         let name = self.slot(app, env, generation);
-        self.overwrite(&name, FREE).await?;
+        let value = match written.is_none() {
+            true => FREE.to_string(),
+            false => format!("{FREE} {}", serde_json::to_string(&written)?),
+        };
+        self.overwrite(&name, &value).await?;
         self.sweep(&[format!("{name}{ABORT}")]).await;
         Ok(())
     }
@@ -220,7 +251,8 @@ impl SsmLedger {
             None => Unlocked::NotLocked,
             Some(l) if l.is_running_deploy(now) => Unlocked::Deploying(l),
             Some(l) => {
-                self.free(app, env, slots.generation()).await?;
+                self.free(app, env, slots.generation(), slots.written)
+                    .await?;
                 Unlocked::Released(l)
             }
         })

@@ -1,12 +1,17 @@
 //! History and locks on AWS: SSM Parameter Store.
 
+use std::time::Duration;
+
 use async_trait::async_trait;
+use backoff::ExponentialBackoff;
 use chrono::{DateTime, Utc};
 
 use super::{params, sdk_err};
 use crate::deploy::history::faulty_mark;
 use crate::deploy::job::JobId;
-use crate::deploy::ports::{Faulty, HistoryEntry, Ledger, LockInfo, PortError, Renewal, Unlocked};
+use crate::deploy::ports::{
+    Faulty, HistoryEntry, Ledger, LockInfo, PortError, Renewal, Unlocked, Written,
+};
 
 mod lock;
 
@@ -39,14 +44,14 @@ impl SsmLedger {
         format!("{}/faulty/{app}/{env}", self.prefix)
     }
 
-    /// The JSON value of parameter `name`, if it exists.
+    /// The JSON value of parameter `name` and its version, if it exists.
     async fn read<T: serde::de::DeserializeOwned>(
         &self,
         name: &str,
-    ) -> Result<Option<T>, PortError> {
+    ) -> Result<Option<(T, u64)>, PortError> {
         match self.client.get_parameter().name(name).send().await {
-            Ok(out) => match out.parameter.and_then(|p| p.value) {
-                Some(v) => Ok(Some(serde_json::from_str(&v)?)),
+            Ok(out) => match out.parameter.and_then(|p| Some((p.value?, p.version))) {
+                Some((v, version)) => Ok(Some((serde_json::from_str(&v)?, version.max(0) as u64))),
                 None => Ok(None),
             },
             Err(e)
@@ -59,41 +64,94 @@ impl SsmLedger {
         }
     }
 
-    async fn live_entry(&self, app: &str, env: &str) -> Result<Option<HistoryEntry>, PortError> {
-        self.read(&self.live(app, env)).await
+    /// `read`, asked again until it answers version `floor` or a newer one: Parameter
+    /// Store may answer from before a write it has acknowledged. Still older after a few
+    /// seconds, an error: the step is tried again later.
+    async fn read_at_least<T: serde::de::DeserializeOwned>(
+        &self,
+        name: &str,
+        floor: u64,
+    ) -> Result<Option<(T, u64)>, PortError> {
+        let policy = ExponentialBackoff {
+            initial_interval: Duration::from_millis(100),
+            max_interval: Duration::from_secs(1),
+            max_elapsed_time: Some(Duration::from_secs(5)),
+            ..ExponentialBackoff::default()
+        };
+        backoff::future::retry(policy, || async {
+            let got = self.read(name).await.map_err(backoff::Error::permanent)?;
+            let version = got.as_ref().map_or(0, |(_, v)| *v);
+            if version >= floor {
+                Ok(got)
+            } else {
+                Err(backoff::Error::transient(PortError::from(format!(
+                    "Parameter Store still answers version {version} of {name}, older than \
+                     version {floor} written before this deploy took the lock; try again"
+                ))))
+            }
+        })
+        .await
+    }
+
+    /// The live entry, no older than version `floor`.
+    async fn live_entry(
+        &self,
+        app: &str,
+        env: &str,
+        floor: u64,
+    ) -> Result<(Option<HistoryEntry>, u64), PortError> {
+        Ok(
+            match self.read_at_least(&self.live(app, env), floor).await? {
+                Some((entry, version)) => (Some(entry), version),
+                None => (None, 0),
+            },
+        )
+    }
+
+    /// The faulty marks, no older than version `floor`.
+    async fn marks(
+        &self,
+        app: &str,
+        env: &str,
+        floor: u64,
+    ) -> Result<(Vec<Faulty>, u64), PortError> {
+        Ok(self
+            .read_at_least(&self.faulty_list(app, env), floor)
+            .await?
+            .unwrap_or_default())
     }
 }
 
 #[async_trait]
 impl Ledger for SsmLedger {
-    async fn record(&self, entry: &HistoryEntry) -> Result<(), PortError> {
+    async fn record(&self, entry: &HistoryEntry, seen: Written) -> Result<Written, PortError> {
         let job = &entry.job;
+        let mut written = seen;
         // A replayed step records once: the job is live already.
-        if self
-            .live_entry(&job.app, &job.env)
-            .await?
-            .is_none_or(|e| e.job.id != job.id)
-        {
+        let (live, version) = self.live_entry(&job.app, &job.env, seen.live).await?;
+        written.live = version;
+        if live.is_none_or(|e| e.job.id != job.id) {
             let name = self.live(&job.app, &job.env);
-            params::put(&self.client, &name, &serde_json::to_string(entry)?, true).await?;
+            let value = serde_json::to_string(entry)?;
+            written.live = params::put(&self.client, &name, &value, true)
+                .await?
+                .unwrap_or(version);
         }
         // After the entry, and again on a replay: a mark lifted is lifted once it is live.
         if let Some(cleared) = &entry.cleared {
-            let mut marks = self.faulty(&job.app, &job.env).await?;
+            let (mut marks, version) = self.marks(&job.app, &job.env, seen.faulty).await?;
+            written.faulty = version;
             let before = marks.len();
             marks.retain(|m| !m.version.same_as(&cleared.version));
             if marks.len() != before {
                 let value = serde_json::to_string(&marks)?;
-                params::put(
-                    &self.client,
-                    &self.faulty_list(&job.app, &job.env),
-                    &value,
-                    true,
-                )
-                .await?;
+                let name = self.faulty_list(&job.app, &job.env);
+                written.faulty = params::put(&self.client, &name, &value, true)
+                    .await?
+                    .unwrap_or(version);
             }
         }
-        Ok(())
+        Ok(written.max(seen))
     }
 
     async fn history(
@@ -142,10 +200,20 @@ impl Ledger for SsmLedger {
         Ok(entries)
     }
 
-    async fn mark_faulty(&self, app: &str, env: &str, mark: &Faulty) -> Result<(), PortError> {
-        let mut marks = self.faulty(app, env).await?;
+    async fn mark_faulty(
+        &self,
+        app: &str,
+        env: &str,
+        mark: &Faulty,
+        seen: Written,
+    ) -> Result<Written, PortError> {
+        let (mut marks, version) = self.marks(app, env, seen.faulty).await?;
         if faulty_mark(&marks, &mark.version).is_some() {
-            return Ok(());
+            return Ok(Written {
+                faulty: version,
+                ..seen
+            }
+            .max(seen));
         }
         marks.insert(0, mark.clone());
         let mut value = serde_json::to_string(&marks)?;
@@ -154,15 +222,27 @@ impl Ledger for SsmLedger {
             marks.pop();
             value = serde_json::to_string(&marks)?;
         }
-        params::put(&self.client, &self.faulty_list(app, env), &value, true).await?;
-        Ok(())
+        let name = self.faulty_list(app, env);
+        let faulty = params::put(&self.client, &name, &value, true)
+            .await?
+            .unwrap_or(version);
+        Ok(Written { faulty, ..seen }.max(seen))
     }
 
     async fn faulty(&self, app: &str, env: &str) -> Result<Vec<Faulty>, PortError> {
-        Ok(self
-            .read(&self.faulty_list(app, env))
-            .await?
-            .unwrap_or_default())
+        Ok(self.marks(app, env, 0).await?.0)
+    }
+
+    async fn inspect(
+        &self,
+        app: &str,
+        env: &str,
+        seen: Written,
+    ) -> Result<(Option<HistoryEntry>, Vec<Faulty>), PortError> {
+        Ok((
+            self.live_entry(app, env, seen.live).await?.0,
+            self.marks(app, env, seen.faulty).await?.0,
+        ))
     }
 
     async fn try_lock(
@@ -186,8 +266,14 @@ impl Ledger for SsmLedger {
         self.renew_lock(app, env, job, generation, until).await
     }
 
-    async fn release(&self, app: &str, env: &str, job: &JobId) -> Result<(), PortError> {
-        self.release_lock(app, env, job).await
+    async fn release(
+        &self,
+        app: &str,
+        env: &str,
+        job: &JobId,
+        written: Written,
+    ) -> Result<(), PortError> {
+        self.release_lock(app, env, job, written).await
     }
 
     async fn unlock(

@@ -14,7 +14,7 @@ use super::command::{Command, CommandKind, NodeResult};
 use super::history::Faulty;
 use super::job::{DeployJob, Source};
 use super::lists;
-use super::lock::{LockInfo, Renewal, LEASE_RENEW_SECONDS};
+use super::lock::{LockInfo, Renewal, Written, LEASE_RENEW_SECONDS};
 use super::rollout::Rollout;
 use super::version::Version;
 
@@ -133,6 +133,10 @@ fn is_zero(n: &u32) -> bool {
 pub struct Lease {
     pub generation: u64,
     pub renewed_at: DateTime<Utc>,
+    /// What the lock's holders, this deploy included, wrote to the ledger: its reads
+    /// answer no older, and its release hands it on.
+    #[serde(default, skip_serializing_if = "Written::is_none")]
+    pub written: Written,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -286,6 +290,7 @@ impl Deploy {
                     job: Some(self.job.id.clone()),
                     generation: 0,
                     abort: None,
+                    written: Written::default(),
                 },
             },
             Phase::Inspect => Action::Inspect,
@@ -376,8 +381,12 @@ impl Deploy {
             (Action::Run(cmd), Observation::Ran { key, results }) if key == cmd.key => {
                 self.on_ran(now, cmd, results, n)
             }
-            (Action::Record, Observation::Recorded) => self.on_recorded(),
-            (Action::MarkFaulty { version, reason }, Observation::MarkedFaulty) => {
+            (Action::Record, Observation::Recorded { written }) => {
+                self.wrote(written);
+                self.on_recorded()
+            }
+            (Action::MarkFaulty { version, reason }, Observation::MarkedFaulty { written }) => {
+                self.wrote(written);
                 n.push(Notice::MarkedFaulty {
                     version: version.clone(),
                     reason: reason.clone(),
@@ -400,6 +409,20 @@ impl Deploy {
         }
         self.heartbeat(now, n);
         Ok(notices)
+    }
+
+    /// What the lock's holders wrote to the ledger, as far as this deploy knows.
+    pub fn written(&self) -> Written {
+        self.lease
+            .as_ref()
+            .map_or(Written::default(), |l| l.written)
+    }
+
+    /// The ledger took a write of this deploy's: the lock hands it to the next holder.
+    fn wrote(&mut self, written: Written) {
+        if let Some(lease) = &mut self.lease {
+            lease.written = lease.written.max(written);
+        }
     }
 
     /// Tells the deploy the time before its next `action()`: a lease that has not been

@@ -145,6 +145,7 @@ impl Deploy {
             self.lease = Some(Lease {
                 generation: holder.as_ref().map_or(0, |h| h.generation),
                 renewed_at: now,
+                written: holder.as_ref().map_or(Written::default(), |h| h.written),
             });
             self.lock_waiting_since = None;
             self.phase = Phase::Inspect;

@@ -97,6 +97,10 @@ struct Twin {
     verifies: usize,
     /// Virtual time, in milliseconds: only waits advance it.
     clock: i64,
+    /// What the ledger holds written (one more at each record or mark), handed with a
+    /// free lock; and what the deploy released the lock with.
+    written: Written,
+    released: Option<Written>,
 }
 
 impl Twin {
@@ -134,6 +138,7 @@ impl Twin {
             job: None,
             generation: self.generation,
             abort: None,
+            written: Written::default(),
         });
     }
 
@@ -161,6 +166,7 @@ impl Twin {
                     self.generation += 1;
                     let taken = LockInfo {
                         generation: self.generation,
+                        written: self.written,
                         ..lock.clone()
                     };
                     self.lock = Some(taken.clone());
@@ -320,7 +326,10 @@ impl Twin {
                     .push(self.live.as_ref().map(|j| j.id.clone()).unwrap_or_else(|| {
                         JobId::derive("x", "x", &Version::parse("0").unwrap(), "x")
                     }));
-                Observation::Recorded
+                self.written.live += 1;
+                Observation::Recorded {
+                    written: self.written,
+                }
             }
             Action::MarkFaulty { version, reason } => {
                 self.marked_at.push(self.log.len());
@@ -330,7 +339,10 @@ impl Twin {
                     reason: reason.clone(),
                     at: self.now(),
                 });
-                Observation::MarkedFaulty
+                self.written.faulty += 1;
+                Observation::MarkedFaulty {
+                    written: self.written,
+                }
             }
             Action::Unlock => {
                 self.lock = None;
@@ -372,6 +384,9 @@ impl Twin {
             }
             if let Action::Record = action {
                 self.live = Some(deploy.job.clone());
+            }
+            if let Action::Unlock = action {
+                self.released = Some(deploy.written());
             }
             let mut obs = self.execute(&action);
             if let Observation::Inspected { faulty, .. } = &mut obs {
@@ -579,7 +594,14 @@ fn replayed_steps_never_send_a_second_command() {
 fn a_replayed_or_stale_observation_is_refused_and_changes_nothing() {
     let mut d = Deploy::new(job("1.1.0", false), policy());
     let before = d.clone();
-    assert!(d.observe(t0(), Observation::Recorded).is_err());
+    assert!(d
+        .observe(
+            t0(),
+            Observation::Recorded {
+                written: Written::default(),
+            },
+        )
+        .is_err());
     assert!(d
         .observe(
             t0(),
@@ -649,6 +671,29 @@ fn a_node_that_never_answers_fails_after_the_command_timeout_and_grace() {
 }
 
 #[test]
+fn what_the_lock_holders_wrote_is_handed_on_with_the_lock() {
+    // The ledger's versions came with the lock; the deploy adds its own writes and
+    // releases the lock with them, for the next holder's reads to wait for.
+    let before = Written { live: 7, faulty: 3 };
+    let mut twin = Twin {
+        written: before,
+        ..Twin::new(&["n1", "n2"], Some("1.0.0"))
+    };
+    let mut d = Deploy::new(job("1.1.0", false), policy());
+    assert_eq!(twin.drive(&mut d, None).0, succeeded());
+    assert_eq!(twin.released, Some(Written { live: 8, faulty: 3 }));
+
+    let mut twin = Twin {
+        written: before,
+        ..Twin::new(&["n1", "n2"], Some("1.0.0")).fail(CommandKind::Restart, "n1", "1.2.0")
+    };
+    let mut d = Deploy::new(job("1.2.0", false), policy());
+    let (outcome, _) = twin.drive(&mut d, None);
+    assert!(matches!(outcome, Outcome::Failed { .. }), "{outcome:?}");
+    assert_eq!(twin.released, Some(Written { live: 7, faulty: 4 }));
+}
+
+#[test]
 fn a_held_lock_makes_the_deploy_wait_then_go() {
     let other = job("0.9.0", false);
     let mut twin = Twin::new(&["n1"], Some("1.0.0"));
@@ -660,6 +705,7 @@ fn a_held_lock_makes_the_deploy_wait_then_go() {
         job: Some(other.id.clone()),
         generation: 1,
         abort: None,
+        written: Written::default(),
     });
     let mut d = Deploy::new(job("1.1.0", false), policy());
     let mut notices = vec![];
@@ -689,6 +735,7 @@ fn a_lock_held_too_long_fails_the_deploy_without_touching_nodes() {
         job: None,
         generation: 1,
         abort: None,
+        written: Written::default(),
     });
     let (outcome, _) = run(
         &mut twin,

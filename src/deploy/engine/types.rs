@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use crate::deploy::command::{Command, CommandKind, NodeResult};
 use crate::deploy::history::Faulty;
 use crate::deploy::job::DeployJob;
-use crate::deploy::lock::{LockInfo, Renewal};
+use crate::deploy::lock::{LockInfo, Renewal, Written};
 use crate::deploy::version::Version;
 
 /// What the driver must do next.
@@ -72,8 +72,15 @@ pub enum Observation {
         results: Vec<(String, NodeResult)>,
     },
     Waited,
-    Recorded,
-    MarkedFaulty,
+    /// `written`: the ledger's answer, what the lock's holders have written now.
+    Recorded {
+        #[serde(default)]
+        written: Written,
+    },
+    MarkedFaulty {
+        #[serde(default)]
+        written: Written,
+    },
     Unlocked,
 }
 

@@ -7,7 +7,9 @@ use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use super::Store;
 use crate::deploy::job::{DeployJob, JobId};
 use crate::deploy::lock::take;
-use crate::deploy::ports::{Faulty, HistoryEntry, Ledger, LockInfo, PortError, Renewal, Unlocked};
+use crate::deploy::ports::{
+    Faulty, HistoryEntry, Ledger, LockInfo, PortError, Renewal, Unlocked, Written,
+};
 
 fn read_lock(c: &Connection, app: &str, env: &str) -> Result<Option<LockInfo>, rusqlite::Error> {
     c.query_row(
@@ -49,7 +51,8 @@ fn delete_lock(c: &Connection, app: &str, env: &str) -> Result<(), rusqlite::Err
 
 #[async_trait]
 impl Ledger for Store {
-    async fn record(&self, entry: &HistoryEntry) -> Result<(), PortError> {
+    // SQLite reads what was written: nothing to hand on (see `Written`).
+    async fn record(&self, entry: &HistoryEntry, seen: Written) -> Result<Written, PortError> {
         let job = &entry.job;
         let (app, env, json, id, at, left) = (
             job.app.clone(),
@@ -96,7 +99,8 @@ impl Ledger for Store {
             }
             tx.commit()
         })
-        .await
+        .await?;
+        Ok(seen)
     }
 
     async fn history(
@@ -130,7 +134,13 @@ impl Ledger for Store {
             .collect()
     }
 
-    async fn mark_faulty(&self, app: &str, env: &str, mark: &Faulty) -> Result<(), PortError> {
+    async fn mark_faulty(
+        &self,
+        app: &str,
+        env: &str,
+        mark: &Faulty,
+        seen: Written,
+    ) -> Result<Written, PortError> {
         let (app, env, version, json) = (
             app.to_string(),
             env.to_string(),
@@ -144,7 +154,8 @@ impl Ledger for Store {
             )
             .map(drop)
         })
-        .await
+        .await?;
+        Ok(seen)
     }
 
     async fn faulty(&self, app: &str, env: &str) -> Result<Vec<Faulty>, PortError> {
@@ -231,7 +242,13 @@ impl Ledger for Store {
         .await
     }
 
-    async fn release(&self, app: &str, env: &str, job: &JobId) -> Result<(), PortError> {
+    async fn release(
+        &self,
+        app: &str,
+        env: &str,
+        job: &JobId,
+        _written: Written,
+    ) -> Result<(), PortError> {
         let (app, env, job) = (app.to_string(), env.to_string(), job.clone());
         self.with(move |c| {
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
