@@ -23,8 +23,18 @@ struct Cli {
     #[arg(long, short, global = true, env = "SHIPIT_CONFIG")]
     #[arg(default_value = config::DEFAULT_CONFIG)]
     config: PathBuf,
+    /// How logs (on standard error) are written: text, coloured only on a terminal, or
+    /// one JSON object a line.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -411,7 +421,23 @@ fn text(v: &Value) -> &str {
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     let quiet = !matches!(cli.command, Command::Serve { .. });
-    init_tracing(false, if quiet { "warn" } else { "info" });
+    init_tracing(
+        cli.log_format == LogFormat::Json,
+        if quiet { "warn" } else { "info" },
+    );
+    if matches!(
+        cli.command,
+        Command::Check | Command::Jobs { .. } | Command::Status { .. } | Command::History { .. }
+    ) {
+        // Reports end quietly when their reader does (`shipit history hello | head -1`),
+        // as Unix tools do, instead of panicking on the broken pipe. Not for the commands
+        // that run deploys: one must not die half-way because its terminal went away.
+        // SAFETY: signal(2) only sets the process's disposition for SIGPIPE; these commands
+        // write to no socket or child that relies on it being ignored.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     match run(cli).await {
         Ok(code) => code,
         Err(e) => {

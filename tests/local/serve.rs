@@ -579,3 +579,73 @@ async fn a_chat_dry_run_answers_the_plan_and_queues_nothing() {
     assert_eq!(listed["jobs"], serde_json::json!([]), "nothing queued");
     served.stop().await;
 }
+
+/// `shipit history hello | head -1`: the reader goes away, and shipit ends quietly (by
+/// SIGPIPE, as Unix tools do), with no panic on standard error.
+#[tokio::test]
+async fn a_report_whose_reader_went_away_ends_quietly() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = LocalApp::default().write(dir.path());
+    let store = shipit::local::store::Store::open(&config.server.state).unwrap();
+    for v in ["1.0.0", "1.1.0"] {
+        shipit::deploy::ports::Ledger::record(
+            &store,
+            &HistoryEntry::new(cli_job("ann", v, v), Utc::now()),
+            shipit::deploy::ports::Written::default(),
+        )
+        .await
+        .unwrap();
+    }
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let out = Command::new(env!("CARGO_BIN_EXE_shipit"))
+        .arg("--config")
+        .arg(dir.path().join("shipit.toml"))
+        .args(["history", "hello"])
+        .stdout(writer)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.is_empty(), "{stderr}");
+    // 13: SIGPIPE on Linux.
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&out.status),
+        Some(13)
+    );
+}
+
+/// `serve`'s log, written to a file as a service manager would: plain text with no
+/// colour codes by default, one JSON object a line with `--log-format json`.
+#[test]
+fn serve_logs_to_a_file_without_colour_codes_or_as_json() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    LocalApp::default().write(dir.path());
+    for format in ["text", "json"] {
+        let port = crate::example::free_port();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_shipit"))
+            .arg("--config")
+            .arg(dir.path().join("shipit.toml"))
+            .args(["--log-format", format, "serve", "--listen"])
+            .arg(format!("127.0.0.1:{port}"))
+            .env("RUST_LOG", "info")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let line = loop {
+            let line = lines.next().expect("serve logged nothing").unwrap();
+            if line.contains("shipit serving") {
+                break line;
+            }
+        };
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert!(!line.contains('\u{1b}'), "{format}: {line:?}");
+        if format == "json" {
+            let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+            assert_eq!(v["fields"]["message"], "shipit serving", "{v}");
+        }
+    }
+}
