@@ -138,11 +138,24 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// The deploys of APP, newest first.
+    /// The deploys of APP that went live, newest first; with --all, every job that ended.
     History {
         app: String,
+        /// The environment (default: the app's default_env).
         #[arg(long)]
         env: Option<String>,
+        /// Every job that ended: failed, skipped and aborted ones too, with why.
+        #[arg(long)]
+        all: bool,
+        /// As JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// One job's story: status, why, who asked, when, and what ran on each node.
+    Show {
+        /// The job's id, or the start of it (see `shipit jobs`).
+        job: String,
+        /// As JSON (what `/api/jobs/ID` answers).
         #[arg(long)]
         json: bool,
     },
@@ -314,7 +327,26 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 cli::views::print_status(&status);
             }
         }
-        Command::History { app, env, json } => {
+        Command::History {
+            app,
+            env,
+            all: true,
+            json,
+        } => {
+            let config = load(&cli.config)?;
+            let jobs = cli::ended(&config, &open_store(&config)?, &app, env.as_deref()).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&jobs)?);
+            } else {
+                cli::views::print_ended(&jobs);
+            }
+        }
+        Command::History {
+            app,
+            env,
+            all: false,
+            json,
+        } => {
             let config = load(&cli.config)?;
             let entries =
                 cli::history(&config, &open_store(&config)?, &app, env.as_deref()).await?;
@@ -322,6 +354,15 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 println!("{}", serde_json::to_string_pretty(&entries)?);
             } else {
                 cli::views::print_history(&entries)?;
+            }
+        }
+        Command::Show { job, json } => {
+            let config = load(&cli.config)?;
+            let story = cli::story(&open_store(&config)?, &job).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&story)?);
+            } else {
+                cli::views::print_story(&story);
             }
         }
     }
@@ -427,7 +468,11 @@ async fn main() -> ExitCode {
     );
     if matches!(
         cli.command,
-        Command::Check | Command::Jobs { .. } | Command::Status { .. } | Command::History { .. }
+        Command::Check
+            | Command::Jobs { .. }
+            | Command::Status { .. }
+            | Command::History { .. }
+            | Command::Show { .. }
     ) {
         // Reports end quietly when their reader does (`shipit history hello | head -1`),
         // as Unix tools do, instead of panicking on the broken pipe. Not for the commands

@@ -20,6 +20,7 @@ use crate::deploy::job::{DeployJob, JobId, Source};
 use crate::deploy::ports::{JobQueue, Ledger, LockInfo, Unlocked};
 use crate::deploy::report::lock_line;
 use crate::deploy::status::JobStatus;
+use crate::deploy::story::Story;
 use crate::deploy::version::Version;
 use crate::drive::worker::Worker;
 use crate::local::store::jobs::QueuedJob;
@@ -61,8 +62,26 @@ fn cli_source() -> Source {
     }
 }
 
+/// Who runs the command: `$USER` or `$LOGNAME` as a login shell sets them, else the
+/// account of the process's uid (a service or a container may set neither).
 fn cli_user() -> String {
-    std::env::var("USER").unwrap_or_else(|_| "cli".into())
+    for var in ["USER", "LOGNAME"] {
+        if let Some(user) = std::env::var(var).ok().filter(|u| !u.is_empty()) {
+            return user;
+        }
+    }
+    // SAFETY: getuid cannot fail; getpwuid's answer is read at once, before any other
+    // call could reuse its buffer, and copied out.
+    unsafe {
+        let uid = libc::getuid();
+        let pw = libc::getpwuid(uid);
+        if !pw.is_null() && !(*pw).pw_name.is_null() {
+            return std::ffi::CStr::from_ptr((*pw).pw_name)
+                .to_string_lossy()
+                .into_owned();
+        }
+        format!("uid {uid}")
+    }
 }
 
 fn nonce() -> String {
@@ -490,4 +509,40 @@ pub async fn history(
             entry,
         })
         .collect())
+}
+
+/// Every job of APP's environment that ended, newest first: failed, skipped and aborted
+/// ones too, with why.
+pub async fn ended(
+    config: &Config,
+    store: &Store,
+    app: &str,
+    env: Option<&str>,
+) -> anyhow::Result<Vec<QueuedJob>> {
+    let (a, env) = target(config, app, env)?;
+    let group = format!("{}/{env}", a.name);
+    let mut jobs: Vec<QueuedJob> = store
+        .jobs(None)
+        .await
+        .map_err(port)?
+        .into_iter()
+        .filter(|q| q.job.group() == group && !q.status.is_pending())
+        .collect();
+    jobs.reverse();
+    Ok(jobs)
+}
+
+/// The story of the job whose id is or starts with `id` (as `git` takes a commit).
+pub async fn story(store: &Store, id: &str) -> anyhow::Result<Story> {
+    let found = store.jobs_starting(id).await.map_err(port)?;
+    let q = match found.as_slice() {
+        [q] => q,
+        [] => bail!("no job {id:?} (see `shipit jobs` for their ids)"),
+        _ => bail!("{id:?} starts more than one job id: give more of it"),
+    };
+    store
+        .story(&q.job.id)
+        .await
+        .map_err(port)?
+        .ok_or_else(|| anyhow!("job {} went away while being read", q.job.id))
 }

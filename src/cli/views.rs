@@ -8,8 +8,9 @@ use crate::deploy::engine::{NodeState, Notice};
 use crate::deploy::history::{Faulty, HistoryEntry};
 use crate::deploy::job::JobId;
 use crate::deploy::ports::LockInfo;
-use crate::deploy::report::{faulty_phrase, lock_phrase, node_phrase, NOTHING_LIVE};
+use crate::deploy::report::{faulty_phrase, forced_note, lock_phrase, node_phrase, NOTHING_LIVE};
 use crate::deploy::status::{describe, JobStatus};
+use crate::deploy::story::Story;
 use crate::deploy::version::Version;
 use crate::local::store::jobs::QueuedJob;
 
@@ -51,63 +52,106 @@ pub struct ActiveJob {
     pub status: JobStatus,
 }
 
-pub fn print_status(status: &[EnvStatus]) {
-    println!(
-        "{:<24} {:<12} {:<22} JOBS / LOCK",
-        "APP/ENV", "LIVE", "SINCE"
-    );
-    for s in status {
-        let jobs: Vec<String> = s
-            .jobs
-            .iter()
-            .map(|j| format!("{} {}", j.status, j.version))
-            .collect();
-        let lock = s.lock.as_ref().map(lock_phrase).unwrap_or_default();
-        let faulty = if s.faulty.is_empty() {
-            String::new()
-        } else {
-            let versions: Vec<String> = s.faulty.iter().map(|v| v.to_string()).collect();
-            format!("faulty: {}", versions.join(", "))
-        };
-        println!(
-            "{:<24} {:<12} {:<22} {}",
-            format!("{}/{}", s.app, s.env),
-            s.live
-                .as_ref()
-                .map_or("-".into(), |l| l.version.to_string()),
-            s.live.as_ref().map_or("-".into(), |l| l
-                .since
-                .format("%Y-%m-%d %H:%M:%S")
-                .to_string()),
-            [jobs.join(", "), lock, faulty]
-                .into_iter()
-                .filter(|s| !s.is_empty())
-                .collect::<Vec<_>>()
-                .join("; ")
-        );
-    }
+fn print_table(header: &[&str], rows: &[Vec<String>]) {
+    print!("{}", table(header, rows));
 }
 
+/// `rows` under `header`, each column as wide as its widest cell (the last one is not
+/// padded), a line each.
+fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let last = cells.len().saturating_sub(1);
+        let padded: Vec<String> = cells
+            .iter()
+            .enumerate()
+            .map(|(i, c)| match i == last {
+                true => c.to_string(),
+                false => format!("{c:<w$}", w = widths[i]),
+            })
+            .collect();
+        format!("{}\n", padded.join("  ").trim_end())
+    };
+    let mut out = line(header.to_vec());
+    for row in rows {
+        out.push_str(&line(row.iter().map(String::as_str).collect()));
+    }
+    out
+}
+
+const WHEN: &str = "%Y-%m-%d %H:%M:%S";
+
+pub fn print_status(status: &[EnvStatus]) {
+    let rows: Vec<Vec<String>> = status
+        .iter()
+        .map(|s| {
+            let jobs: Vec<String> = s
+                .jobs
+                .iter()
+                .map(|j| format!("{} {}", j.status, j.version))
+                .collect();
+            let lock = s.lock.as_ref().map(lock_phrase).unwrap_or_default();
+            let faulty = if s.faulty.is_empty() {
+                String::new()
+            } else {
+                let versions: Vec<String> = s.faulty.iter().map(|v| v.to_string()).collect();
+                format!("faulty: {}", versions.join(", "))
+            };
+            vec![
+                format!("{}/{}", s.app, s.env),
+                s.live
+                    .as_ref()
+                    .map_or("-".into(), |l| l.version.to_string()),
+                s.live
+                    .as_ref()
+                    .map_or("-".into(), |l| l.since.format(WHEN).to_string()),
+                [jobs.join(", "), lock, faulty]
+                    .into_iter()
+                    .filter(|s| !s.is_empty())
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            ]
+        })
+        .collect();
+    print_table(&["APP/ENV", "LIVE", "SINCE", "JOBS / LOCK"], &rows);
+}
+
+/// The jobs, oldest first, with why each one that ended did not succeed.
 pub fn print_jobs(jobs: &[QueuedJob]) {
     if jobs.is_empty() {
         println!("no jobs");
         return;
     }
-    println!(
-        "{:<22} {:<8} {:<22} {:<12} REQUESTED BY",
-        "JOB", "STATUS", "APP/ENV", "VERSION"
+    let rows: Vec<Vec<String>> = jobs
+        .iter()
+        .map(|q| {
+            let j = &q.job;
+            vec![
+                j.id.to_string(),
+                q.status.to_string(),
+                j.group(),
+                j.version.to_string(),
+                j.requested_by.clone(),
+                q.reason.clone().unwrap_or_default(),
+            ]
+        })
+        .collect();
+    print_table(
+        &[
+            "JOB",
+            "STATUS",
+            "APP/ENV",
+            "VERSION",
+            "REQUESTED BY",
+            "REASON",
+        ],
+        &rows,
     );
-    for q in jobs {
-        let j = &q.job;
-        println!(
-            "{:<22} {:<8} {:<22} {:<12} {}",
-            j.id,
-            q.status.as_str(),
-            j.group(),
-            j.version,
-            j.requested_by
-        );
-    }
 }
 
 /// One line of `shipit history`.
@@ -124,10 +168,7 @@ pub fn print_history(entries: &[HistoryRow]) -> anyhow::Result<()> {
         println!("{NOTHING_LIVE}");
         return Ok(());
     }
-    println!(
-        "{:<20} {:<12} {:<22} {:<22} SOURCE",
-        "WHEN (UTC)", "VERSION", "JOB", "BY"
-    );
+    let mut rows = vec![];
     for row in entries {
         let (e, j) = (&row.entry, &row.entry.job);
         let mut source = serde_json::to_value(&j.source)?["kind"]
@@ -143,15 +184,104 @@ pub fn print_history(entries: &[HistoryRow]) -> anyhow::Result<()> {
         if let Some(lifted) = &e.cleared {
             source.push_str(&format!(" — lifted the FAULTY mark ({})", lifted.reason));
         }
-        println!(
-            "{:<20} {:<12} {:<22} {:<22} {source}",
-            e.recorded_at.format("%Y-%m-%d %H:%M:%S"),
-            j.version,
-            j.id,
-            j.requested_by
+        rows.push(vec![
+            e.recorded_at.format(WHEN).to_string(),
+            j.version.to_string(),
+            j.id.to_string(),
+            j.requested_by.clone(),
+            source,
+        ]);
+    }
+    print_table(&["WHEN (UTC)", "VERSION", "JOB", "BY", "SOURCE"], &rows);
+    Ok(())
+}
+
+/// `history --all`: every job of an app+env that ended, newest first, with its status
+/// and why.
+pub fn print_ended(jobs: &[QueuedJob]) {
+    if jobs.is_empty() {
+        println!("no job has ended yet");
+        return;
+    }
+    let rows: Vec<Vec<String>> = jobs
+        .iter()
+        .map(|q| {
+            vec![
+                q.ended_at
+                    .map_or("-".into(), |t| t.format(WHEN).to_string()),
+                q.job.version.to_string(),
+                q.job.id.to_string(),
+                q.status.to_string(),
+                q.job.requested_by.clone(),
+                q.reason.clone().unwrap_or_default(),
+            ]
+        })
+        .collect();
+    print_table(
+        &["ENDED (UTC)", "VERSION", "JOB", "STATUS", "BY", "REASON"],
+        &rows,
+    );
+}
+
+/// `shipit show`: a job's story.
+pub fn print_story(story: &Story) {
+    let j = &story.job;
+    println!("job {} — {} {} to {}", j.id, j.app, j.version, j.env);
+    println!("status: {}", story.status);
+    if let Some(reason) = &story.reason {
+        println!("reason: {reason}");
+    }
+    println!("asked by: {}{}", j.requested_by, forced_note(j));
+    let at = |t: Option<DateTime<Utc>>| t.map_or("-".into(), |t| t.format(WHEN).to_string());
+    println!(
+        "queued: {}   started: {}   ended: {}",
+        story.queued_at.format(WHEN),
+        at(story.started_at),
+        at(story.ended_at)
+    );
+    if !story.steps.is_empty() {
+        println!();
+        let rows: Vec<Vec<String>> = story
+            .steps
+            .iter()
+            .map(|s| {
+                let took = match (s.started_at, s.ended_at) {
+                    (Some(a), Some(b)) => {
+                        format!("{:.1} s", (b - a).num_milliseconds() as f64 / 1000.0)
+                    }
+                    _ => "-".into(),
+                };
+                vec![
+                    s.node.clone(),
+                    s.stage.as_str().into(),
+                    s.started_at
+                        .map_or("-".into(), |t| t.format("%H:%M:%S").to_string()),
+                    took,
+                    format!("{:?}", s.result).to_lowercase(),
+                    s.exit_code.map_or("-".into(), |c| c.to_string()),
+                    s.output.lines().last().unwrap_or_default().to_string(),
+                ]
+            })
+            .collect();
+        print_table(
+            &[
+                "NODE",
+                "STEP",
+                "STARTED",
+                "TOOK",
+                "RESULT",
+                "EXIT",
+                "OUTPUT (LAST LINE)",
+            ],
+            &rows,
         );
     }
-    Ok(())
+    if !story.events.is_empty() {
+        println!();
+        for e in &story.events {
+            println!("{}  {}", e.at.format(WHEN), e.text);
+        }
+    }
 }
 
 /// Each node's installed version against the live one; how many differ.
@@ -243,5 +373,28 @@ impl LiveView {
         }
         self.drawn = lines.len();
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::table;
+
+    #[test]
+    fn every_column_is_as_wide_as_its_widest_cell() {
+        let rows = vec![
+            vec!["a1".to_string(), "rollback_failed".into(), "é".into()],
+            vec!["a22".to_string(), "succeeded".into(), "x y".into()],
+        ];
+        let text = table(&["JOB", "STATUS", "WHY"], &rows);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(
+            lines,
+            [
+                "JOB  STATUS           WHY",
+                "a1   rollback_failed  é",
+                "a22  succeeded        x y",
+            ]
+        );
     }
 }

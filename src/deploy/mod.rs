@@ -14,6 +14,7 @@ pub mod ports;
 pub mod report;
 pub mod rollout;
 pub mod status;
+pub mod story;
 outside_input! {
     pub mod version;
 }

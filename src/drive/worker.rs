@@ -15,7 +15,6 @@ use crate::config::Config;
 use crate::deploy::engine::{Action, Deploy, Notice, Observation, Outcome};
 use crate::deploy::job::DeployJob;
 use crate::deploy::ports::{is_refused, NotifyMemo, PortError, Refused};
-use crate::deploy::status::JobStatus;
 use crate::local::fleet::LocalFleet;
 use crate::local::store::Store;
 
@@ -263,8 +262,7 @@ impl Worker {
             deploy.tick(Utc::now());
             let action = deploy.action();
             if let Action::Finished(outcome) = action {
-                let status = JobStatus::from(&outcome);
-                if let Err(e) = self.store.set_status(&job.id, status).await {
+                if let Err(e) = self.store.finish(&job.id, &outcome, Utc::now()).await {
                     tracing::error!(error = %e, "cannot record the job's outcome");
                 }
                 tracing::info!(outcome = ?outcome, "deploy finished");
@@ -376,9 +374,7 @@ impl Worker {
             self.store
                 .add_notices(&job.id, std::slice::from_ref(&finished), now)
                 .await?;
-            self.store
-                .set_status(&job.id, JobStatus::from(&outcome))
-                .await
+            self.store.finish(&job.id, &outcome, now).await
         };
         if let Err(e) = steps.await {
             tracing::error!(error = %e, "cannot record the abandoned job");

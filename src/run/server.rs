@@ -5,7 +5,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -97,6 +97,30 @@ async fn jobs(State(s): State<AppState>, headers: HeaderMap) -> Response {
     }
 }
 
+/// One job's story, as `shipit show ID --json` prints it; the same access rule.
+async fn job_story(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    if let Err(reply) = s.reads.check(&headers) {
+        return respond(reply);
+    }
+    let found = match s.store.jobs_starting(&id).await {
+        Ok(found) => found,
+        Err(e) => return respond(Reply::error(503, format!("store unavailable: {e}"))),
+    };
+    // The whole id only: a prefix is for people typing at a terminal.
+    let Some(q) = found.into_iter().find(|q| q.job.id.as_str() == id) else {
+        return respond(Reply::error(404, format!("no job {id:?}")));
+    };
+    match s.store.story(&q.job.id).await {
+        Ok(Some(story)) => Json(story).into_response(),
+        Ok(None) => respond(Reply::error(404, format!("no job {id:?}"))),
+        Err(e) => respond(Reply::error(503, format!("store unavailable: {e}"))),
+    }
+}
+
 /// 200 while jobs that are accepted get run; 503 with the reason while the worker cannot
 /// run them (its store fails, say), so that a load balancer or a person looking knows.
 async fn healthz(State(s): State<AppState>) -> Response {
@@ -129,6 +153,7 @@ pub fn router(
         .route("/hooks/slack", post(slack))
         .route("/healthz", get(healthz))
         .route("/api/deploys", get(jobs))
+        .route("/api/jobs/{id}", get(job_story))
         // One byte over GitHub's cap reaches the handler, which answers 413 with a reason.
         .layer(DefaultBodyLimit::max(MAX_BODY + 1))
         .with_state(AppState {

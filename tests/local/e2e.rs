@@ -34,6 +34,78 @@ pub async fn finish(ex: &Example, job: &JobId) -> (JobId, JobStatus, Vec<Notice>
     (job.clone(), status, notices)
 }
 
+/// What `shipit ARGS` prints on standard output, as JSON.
+fn shipit_json(ex: &Example, args: &[&str]) -> serde_json::Value {
+    let out = Command::new(env!("CARGO_BIN_EXE_shipit"))
+        .arg("--config")
+        .arg(ex.config_path())
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// After the canary failed its health check on 1.2.0: the job says why, when, and what
+/// ran on each node, in `show` (by a prefix of its id), `jobs` and `history --all`.
+fn the_failed_deploy_keeps_its_story(ex: &Example, failed: &JobId) {
+    let story = shipit_json(ex, &["show", &failed.as_str()[..8], "--json"]);
+    assert_eq!(story["job"]["id"], failed.as_str());
+    assert_eq!(story["status"], "failed");
+    let reason = story["reason"].as_str().unwrap();
+    assert!(reason.contains("node1 failed its health check"), "{story}");
+    let user = std::env::var("USER").unwrap_or_default();
+    if !user.is_empty() {
+        assert_eq!(story["job"]["requested_by"], user.as_str());
+    }
+    for time in ["queued_at", "started_at", "ended_at"] {
+        assert!(story[time].is_string(), "{time}: {story}");
+    }
+    let step = |node: &str, stage: &str| {
+        story["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["node"] == node && s["stage"] == stage)
+            .unwrap_or_else(|| panic!("no {stage} on {node}: {story}"))
+            .clone()
+    };
+    assert_eq!(step("node3", "install")["result"], "ok");
+    let restart = step("node1", "restart");
+    assert_eq!(restart["result"], "failed", "{restart}");
+    assert_ne!(restart["exit_code"], 0, "{restart}");
+    assert!(
+        restart["output"].as_str().unwrap().contains("unhealthy"),
+        "{restart}"
+    );
+    assert!(restart["started_at"].as_str() <= restart["ended_at"].as_str());
+    assert_eq!(step("node1", "rollback_restart")["result"], "ok");
+    assert!(
+        story["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|s| !(s["node"] == "node2" && s["stage"] == "restart")),
+        "node2 was never restarted onto 1.2.0: {story}"
+    );
+    let jobs = shipit_json(ex, &["jobs", "--json"]);
+    let listed = jobs
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|q| q["job"]["id"] == failed.as_str())
+        .unwrap();
+    assert_eq!(listed["reason"], reason);
+    let ended = shipit_json(ex, &["history", "hello", "--all", "--json"]);
+    assert_eq!(
+        ended[0]["job"]["id"],
+        failed.as_str(),
+        "newest first: {ended}"
+    );
+    assert_eq!(ended[0]["status"], "failed");
+    assert_eq!(ended[0]["reason"], reason);
+}
+
 /// Notices reduced to "node event" words, e.g. "node1 restarted".
 pub fn steps(notices: &[Notice]) -> Vec<String> {
     notices
@@ -76,7 +148,7 @@ async fn installs_in_parallel_restarts_in_order_and_rolls_back_a_bad_version() {
     assert_eq!(ex.served(), ["1.1.0", "1.1.0", "1.1.0"]);
 
     // The broken build fails on the canary; nodes 2 and 3 are never restarted onto it.
-    let (_, status, notices) = deploy(&ex, "1.2.0").await;
+    let (failed, status, notices) = deploy(&ex, "1.2.0").await;
     assert_eq!(status, JobStatus::Failed);
     let s = steps(&notices);
     assert_eq!(
@@ -103,6 +175,7 @@ async fn installs_in_parallel_restarts_in_order_and_rolls_back_a_bad_version() {
         ["1.1.0", "1.0.0"],
         "a failed deploy is not history"
     );
+    the_failed_deploy_keeps_its_story(&ex, &failed);
 
     // Rollback re-sends the previous live job.
     let job = shipit::cli::rollback(&ex.config(), &store, "hello", None)

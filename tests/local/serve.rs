@@ -413,25 +413,56 @@ async fn read_endpoints_hide_reply_addresses_and_ask_for_the_token() {
         "{reply:?}"
     );
 
+    let queued = store.jobs(None).await.unwrap()[0].job.id.clone();
     let served = Served::start_with_token(ingress, store.clone(), Some("s3cret".into())).await;
     let http = reqwest::Client::new();
-    let get = |token: Option<&'static str>| {
-        let mut req = http.get(format!("{}/api/deploys", served.base));
-        if let Some(t) = token {
-            req = req.bearer_auth(t);
-        }
-        req.send()
-    };
-    assert_eq!(get(None).await.unwrap().status(), 401);
-    assert_eq!(get(Some("wrong")).await.unwrap().status(), 401);
-    let ok = get(Some("s3cret")).await.unwrap();
-    assert_eq!(ok.status(), 200);
-    let body = ok.text().await.unwrap();
-    assert!(body.contains("U2CERLKJA"), "{body}");
-    assert!(
-        !body.contains("response_url") && !body.contains("hooks.slack.com"),
-        "{body}"
-    );
+    for path in ["/api/deploys".to_string(), format!("/api/jobs/{queued}")] {
+        let get = |token: Option<&'static str>| {
+            let mut req = http.get(format!("{}{path}", served.base));
+            if let Some(t) = token {
+                req = req.bearer_auth(t);
+            }
+            req.send()
+        };
+        assert_eq!(get(None).await.unwrap().status(), 401, "{path}");
+        assert_eq!(get(Some("wrong")).await.unwrap().status(), 401, "{path}");
+        let ok = get(Some("s3cret")).await.unwrap();
+        assert_eq!(ok.status(), 200, "{path}");
+        let body = ok.text().await.unwrap();
+        assert!(body.contains("U2CERLKJA"), "{body}");
+        assert!(
+            !body.contains("response_url") && !body.contains("hooks.slack.com"),
+            "{body}"
+        );
+    }
+    // The story the API tells is the one `shipit show --json` prints.
+    let api: serde_json::Value = http
+        .get(format!("{}/api/jobs/{queued}", served.base))
+        .bearer_auth("s3cret")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let (code, shown, _) = shipit(&[
+        "--config",
+        dir.path().join("shipit.toml").to_str().unwrap(),
+        "show",
+        queued.as_str(),
+        "--json",
+    ]);
+    assert_eq!(code, 0);
+    let shown: serde_json::Value = serde_json::from_str(&shown).unwrap();
+    assert_eq!(api, shown);
+    assert_eq!(api["status"], "queued");
+    let missing = http
+        .get(format!("{}/api/jobs/0123456789abcdef0123", served.base))
+        .bearer_auth("s3cret")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(missing.status(), 404);
     served.stop().await;
 
     // Listening beyond loopback without a token: nobody reads.

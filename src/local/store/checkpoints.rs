@@ -127,9 +127,11 @@ impl Store {
         let (key, node) = (key.to_string(), node.to_string());
         self.with(move |c| {
             c.execute(
-                "INSERT INTO commands (key, node, status, updated_at) VALUES (?1, ?2, 'running', ?3)
+                "INSERT INTO commands (key, node, status, updated_at, started_at)
+                 VALUES (?1, ?2, 'running', ?3, ?3)
                  ON CONFLICT(key, node) DO UPDATE
-                 SET status = 'running', updated_at = excluded.updated_at",
+                 SET status = 'running', updated_at = excluded.updated_at,
+                     started_at = excluded.started_at",
                 params![key, node, now.to_rfc3339()],
             )
             .map(drop)

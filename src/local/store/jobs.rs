@@ -17,29 +17,81 @@ pub struct QueuedJob {
     pub seq: i64,
     pub status: JobStatus,
     pub job: DeployJob,
+    pub queued_at: DateTime<Utc>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<DateTime<Utc>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ended_at: Option<DateTime<Utc>>,
+    /// Why it did not succeed, or what a success left behind.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// The columns a `QueuedJob` is read from, in `JOB_COLUMNS` order.
+type JobRow = (
+    i64,
+    String,
+    String,
+    String,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+);
+
+pub(super) const JOB_COLUMNS: &str = "seq, status, job, queued_at, started_at, ended_at, reason";
+
+pub(super) fn job_row(r: &rusqlite::Row) -> Result<JobRow, rusqlite::Error> {
+    Ok((
+        r.get(0)?,
+        r.get(1)?,
+        r.get(2)?,
+        r.get(3)?,
+        r.get(4)?,
+        r.get(5)?,
+        r.get(6)?,
+    ))
+}
+
+fn time(text: &str) -> Result<DateTime<Utc>, PortError> {
+    Ok(DateTime::parse_from_rfc3339(text)?.with_timezone(&Utc))
 }
 
 impl QueuedJob {
-    fn decode(seq: i64, status: &str, job: &str) -> Result<QueuedJob, PortError> {
+    pub(super) fn decode(row: JobRow) -> Result<QueuedJob, PortError> {
+        let (seq, status, job, queued_at, started_at, ended_at, reason) = row;
         Ok(QueuedJob {
             seq,
             status: status.parse()?,
-            job: DeployJob::from_json(job)?,
+            job: DeployJob::from_json(&job)?,
+            queued_at: time(&queued_at)?,
+            started_at: started_at.as_deref().map(time).transpose()?,
+            ended_at: ended_at.as_deref().map(time).transpose()?,
+            reason,
         })
+    }
+
+    fn running(seq: i64, job: DeployJob) -> QueuedJob {
+        QueuedJob {
+            seq,
+            status: JobStatus::Running,
+            queued_at: job.requested_at,
+            job,
+            started_at: None,
+            ended_at: None,
+            reason: None,
+        }
     }
 }
 
 impl Store {
     pub async fn jobs(&self, status: Option<JobStatus>) -> Result<Vec<QueuedJob>, PortError> {
         let status = status.map(JobStatus::as_str);
-        let rows: Vec<(i64, String, String)> = self
+        let rows: Vec<JobRow> = self
             .with(move |c| {
-                let mut st = c.prepare(
-                    "SELECT seq, status, job FROM jobs
-                     WHERE ?1 IS NULL OR status = ?1 ORDER BY seq",
-                )?;
-                let rows =
-                    st.query_map(params![status], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+                let mut st = c.prepare(&format!(
+                    "SELECT {JOB_COLUMNS} FROM jobs WHERE ?1 IS NULL OR status = ?1 ORDER BY seq"
+                ))?;
+                let rows = st.query_map(params![status], job_row)?;
                 rows.collect()
             })
             .await?;
@@ -47,15 +99,16 @@ impl Store {
         // the reason when it comes to it), not allowed to hide every other job.
         Ok(rows
             .into_iter()
-            .filter_map(
-                |(seq, status, job)| match QueuedJob::decode(seq, &status, &job) {
+            .filter_map(|row| {
+                let seq = row.0;
+                match QueuedJob::decode(row) {
                     Ok(q) => Some(q),
                     Err(e) => {
                         tracing::warn!(seq, error = %e, "a job in the store cannot be read");
                         None
                     }
-                },
-            )
+                }
+            })
             .collect())
     }
 
@@ -83,15 +136,12 @@ impl Store {
                 match DeployJob::from_json(&body) {
                     Ok(job) => {
                         tx.execute(
-                            "UPDATE jobs SET status = 'running' WHERE seq = ?1",
-                            params![seq],
+                            "UPDATE jobs SET status = 'running',
+                               started_at = COALESCE(started_at, ?2) WHERE seq = ?1",
+                            params![seq, now.to_rfc3339()],
                         )?;
                         tx.commit()?;
-                        return Ok(Some(QueuedJob {
-                            seq,
-                            status: JobStatus::Running,
-                            job,
-                        }));
+                        return Ok(Some(QueuedJob::running(seq, job)));
                     }
                     Err(e) => fail_unreadable(&tx, seq, &id, &e.to_string(), now)?,
                 }
@@ -100,12 +150,23 @@ impl Store {
         .await
     }
 
-    pub async fn set_status(&self, job: &JobId, status: JobStatus) -> Result<(), PortError> {
-        let (id, status) = (job.to_string(), status.as_str());
+    /// The job ended with `outcome`: its status, when, and why (what a success left, or
+    /// why the job did not succeed).
+    pub async fn finish(
+        &self,
+        job: &JobId,
+        outcome: &Outcome,
+        now: DateTime<Utc>,
+    ) -> Result<(), PortError> {
+        let (id, status) = (job.to_string(), JobStatus::from(outcome).as_str());
+        let reason = outcome
+            .reason()
+            .map(str::to_string)
+            .or_else(|| outcome.left_behind().map(|l| format!("except {l}")));
         self.with(move |c| {
             c.execute(
-                "UPDATE jobs SET status = ?2 WHERE id = ?1",
-                params![id, status],
+                "UPDATE jobs SET status = ?2, ended_at = ?3, reason = ?4 WHERE id = ?1",
+                params![id, status, now.to_rfc3339(), reason],
             )
             .map(drop)
         })
@@ -114,18 +175,37 @@ impl Store {
 
     pub async fn job(&self, job: &JobId) -> Result<Option<QueuedJob>, PortError> {
         let id = job.to_string();
-        let row: Option<(i64, String, String)> = self
+        let row: Option<JobRow> = self
             .with(move |c| {
                 c.query_row(
-                    "SELECT seq, status, job FROM jobs WHERE id = ?1",
+                    &format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?1"),
                     params![id],
-                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                    job_row,
                 )
                 .optional()
             })
             .await?;
-        row.map(|(seq, status, job)| QueuedJob::decode(seq, &status, &job))
-            .transpose()
+        row.map(QueuedJob::decode).transpose()
+    }
+
+    /// The jobs whose id starts with `prefix` (at most two: one is an answer, two say it
+    /// is not unique).
+    pub async fn jobs_starting(&self, prefix: &str) -> Result<Vec<QueuedJob>, PortError> {
+        // Ids are hex: anything else matches nothing (and `%`/`_` never reach LIKE).
+        if prefix.is_empty() || !prefix.chars().all(|c| c.is_ascii_hexdigit()) {
+            return Ok(vec![]);
+        }
+        let pattern = format!("{}%", prefix.to_ascii_lowercase());
+        let rows: Vec<JobRow> = self
+            .with(move |c| {
+                let mut st = c.prepare(&format!(
+                    "SELECT {JOB_COLUMNS} FROM jobs WHERE id LIKE ?1 ORDER BY seq LIMIT 2"
+                ))?;
+                let rows = st.query_map(params![pattern], job_row)?;
+                rows.collect()
+            })
+            .await?;
+        rows.into_iter().map(QueuedJob::decode).collect()
     }
 
     /// Jobs marked running: after a crash, these are the deploys to resume. One that
@@ -143,11 +223,7 @@ impl Store {
             let mut out = vec![];
             for (seq, id, body) in rows {
                 match DeployJob::from_json(&body) {
-                    Ok(job) => out.push(QueuedJob {
-                        seq,
-                        status: JobStatus::Running,
-                        job,
-                    }),
+                    Ok(job) => out.push(QueuedJob::running(seq, job)),
                     Err(e) => fail_unreadable(&tx, seq, &id, &e.to_string(), now)?,
                 }
             }
@@ -240,13 +316,13 @@ fn fail_unreadable(
     let reason = format!("cannot read this job: {error}");
     tracing::error!(job_id = %id, %reason, "job failed");
     let finished = Notice::Finished {
-        outcome: Outcome::failed(reason),
+        outcome: Outcome::failed(reason.clone()),
     };
     let notice = serde_json::to_string(&finished)
         .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
     c.execute(
-        "UPDATE jobs SET status = 'failed' WHERE seq = ?1",
-        params![seq],
+        "UPDATE jobs SET status = 'failed', ended_at = ?2, reason = ?3 WHERE seq = ?1",
+        params![seq, now.to_rfc3339(), reason],
     )?;
     c.execute(
         "INSERT INTO notices (job_id, notice, at) VALUES (?1, ?2, ?3)",

@@ -14,6 +14,7 @@ pub mod checkpoints;
 pub mod jobs;
 mod ledger;
 mod packages;
+mod story;
 
 #[derive(Clone)]
 pub struct Store {
@@ -122,10 +123,18 @@ impl Store {
             "PRAGMA busy_timeout=5000; PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL;",
         )?;
         conn.execute_batch(SCHEMA)?;
-        // Stores made before deploys could go live leaving nodes behind, and before a
-        // deploy could lift a faulty mark. (Those from when commands kept their pid keep
-        // the column, unused: nodes keep a record of their runs now.)
-        for (table, column) in [("history", "left_behind TEXT"), ("history", "cleared TEXT")] {
+        // Stores made before deploys could go live leaving nodes behind, before a deploy
+        // could lift a faulty mark, and before jobs kept their times and reasons. (Those
+        // from when commands kept their pid keep the column, unused: nodes keep a record
+        // of their runs now.)
+        for (table, column) in [
+            ("history", "left_behind TEXT"),
+            ("history", "cleared TEXT"),
+            ("jobs", "started_at TEXT"),
+            ("jobs", "ended_at TEXT"),
+            ("jobs", "reason TEXT"),
+            ("commands", "started_at TEXT"),
+        ] {
             let name = column.split(' ').next().unwrap_or(column);
             let has: bool = conn
                 .prepare(&format!(
