@@ -151,6 +151,11 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Take a queued job off the queue before it starts (a running one: see `abort`).
+    Cancel {
+        /// The job's id, or the start of it (see `shipit jobs`).
+        job: String,
+    },
     /// One job's story: status, why, who asked, when, and what ran on each node.
     Show {
         /// The job's id, or the start of it (see `shipit jobs`).
@@ -356,6 +361,14 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 cli::views::print_history(&entries)?;
             }
         }
+        Command::Cancel { job } => {
+            let config = load(&cli.config)?;
+            let q = cli::cancel(&open_store(&config)?, &job).await?;
+            println!(
+                "cancelled job {} ({} {} to {}): it will not run",
+                q.job.id, q.job.app, q.job.version, q.job.env
+            );
+        }
         Command::Show { job, json } => {
             let config = load(&cli.config)?;
             let story = cli::story(&open_store(&config)?, &job).await?;
@@ -381,19 +394,50 @@ async fn follow(
         job.app, job.version, job.env, job.id
     );
     if !wait {
+        if !store
+            .worker_running(Utc::now())
+            .await
+            .map_err(|e| anyhow!("{e}"))?
+        {
+            println!(
+                "no `shipit serve` runs jobs from this store: this one waits until one starts \
+                 (or run it here with --wait)"
+            );
+        }
         return Ok(ExitCode::SUCCESS);
     }
     let prefix = format!("{}/{} {}", job.app, job.env, job.version);
+    let mut finished = false;
     let status = if std::io::stdout().is_terminal() {
         let mut view = cli::views::LiveView::new(format!("{prefix} (job {})", job.id));
-        cli::wait(config, store, &job.id, |n| print!("{}", view.update(n))).await?
-    } else {
         cli::wait(config, store, &job.id, |n| {
-            println!("{prefix}: {}", shipit::deploy::status::describe(n))
+            finished |= matches!(n, shipit::deploy::engine::Notice::Finished { .. });
+            print!("{}", view.update(n))
+        })
+        .await?
+    } else {
+        // Once it rolls back, the lines are about the version it puts back.
+        let mut now_on = prefix.clone();
+        cli::wait(config, store, &job.id, |n| {
+            use shipit::deploy::engine::Notice;
+            if let Notice::RollingBack { to, .. } = n {
+                now_on = format!("{}/{} rollback to {to}", job.app, job.env);
+            }
+            let on = match n {
+                Notice::Finished { .. } => {
+                    finished = true;
+                    &prefix
+                }
+                _ => &now_on,
+            };
+            println!("{on}: {}", shipit::deploy::status::describe(n))
         })
         .await?
     };
-    println!("{prefix}: {status}");
+    // The outcome's own line already said how it ended.
+    if !finished {
+        println!("{prefix}: {status}");
+    }
     Ok(if status == shipit::deploy::status::JobStatus::Succeeded {
         ExitCode::SUCCESS
     } else {

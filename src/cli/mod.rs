@@ -532,17 +532,41 @@ pub async fn ended(
     Ok(jobs)
 }
 
-/// The story of the job whose id is or starts with `id` (as `git` takes a commit).
-pub async fn story(store: &Store, id: &str) -> anyhow::Result<Story> {
-    let found = store.jobs_starting(id).await.map_err(port)?;
-    let q = match found.as_slice() {
-        [q] => q,
-        [] => bail!("no job {id:?} (see `shipit jobs` for their ids)"),
+/// The job whose id is or starts with `id` (as `git` takes a commit).
+async fn one_job(store: &Store, id: &str) -> anyhow::Result<QueuedJob> {
+    let mut found = store.jobs_starting(id).await.map_err(port)?;
+    match found.len() {
+        1 => Ok(found.remove(0)),
+        0 => bail!("no job {id:?} (see `shipit jobs` for their ids)"),
         _ => bail!("{id:?} starts more than one job id: give more of it"),
-    };
+    }
+}
+
+/// The story of the job whose id is or starts with `id`.
+pub async fn story(store: &Store, id: &str) -> anyhow::Result<Story> {
+    let q = one_job(store, id).await?;
     store
         .story(&q.job.id)
         .await
         .map_err(port)?
         .ok_or_else(|| anyhow!("job {} went away while being read", q.job.id))
+}
+
+/// Takes a queued job (by its id or the start of it) off the queue: it never runs.
+pub async fn cancel(store: &Store, id: &str) -> anyhow::Result<QueuedJob> {
+    let q = one_job(store, id).await?;
+    match store
+        .cancel(&q.job.id, &cli_user(), Utc::now())
+        .await
+        .map_err(port)?
+    {
+        None => Ok(q),
+        Some(JobStatus::Running) => bail!(
+            "job {} is running: `shipit abort {} --env {}` stops it and puts back what it restarted",
+            q.job.id,
+            q.job.app,
+            q.job.env
+        ),
+        Some(status) => bail!("job {} is not queued: it is {status}", q.job.id),
+    }
 }

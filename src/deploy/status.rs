@@ -17,10 +17,12 @@ pub enum JobStatus {
     Skipped,
     /// Stopped by a person; nodes it restarted were put back.
     Aborted,
+    /// Taken off the queue by a person before it started: it never ran.
+    Cancelled,
 }
 
 impl JobStatus {
-    pub const ALL: [JobStatus; 7] = [
+    pub const ALL: [JobStatus; 8] = [
         JobStatus::Queued,
         JobStatus::Running,
         JobStatus::Succeeded,
@@ -28,6 +30,7 @@ impl JobStatus {
         JobStatus::RollbackFailed,
         JobStatus::Skipped,
         JobStatus::Aborted,
+        JobStatus::Cancelled,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -39,6 +42,7 @@ impl JobStatus {
             JobStatus::RollbackFailed => "rollback_failed",
             JobStatus::Skipped => "skipped",
             JobStatus::Aborted => "aborted",
+            JobStatus::Cancelled => "cancelled",
         }
     }
 

@@ -278,7 +278,17 @@ async fn abort_stops_a_running_deploy_and_unlock_cannot_touch_its_lock() {
         out.contains("ABORTED by bob; the nodes it restarted were put back"),
         "{out}"
     );
-    assert!(out.ends_with("hello/production 1.1.0: aborted\n"), "{out}");
+    // How it ended, once, and said of the job; the putting back, of the version put back.
+    let last = out.lines().last().unwrap();
+    assert!(
+        last.starts_with("hello/production 1.1.0: ABORTED by bob"),
+        "{out}"
+    );
+    assert_eq!(out.matches("ABORTED by bob").count(), 1, "{out}");
+    assert!(
+        out.contains("hello/production rollback to 1.0.0: node1: healthy"),
+        "{out}"
+    );
     assert_eq!(ex.served(), ["1.0.0", "1.0.0", "1.0.0"]);
     assert_eq!(
         ex.starts("node2", "1.1.0"),

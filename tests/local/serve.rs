@@ -680,3 +680,46 @@ fn serve_logs_to_a_file_without_colour_codes_or_as_json() {
         }
     }
 }
+
+/// A job queued by mistake is taken off the queue by id (or its start) and never runs;
+/// one that is no longer queued is not, and says why. With no worker running, `deploy`
+/// says the job waits for one.
+#[tokio::test]
+async fn a_queued_job_is_cancelled_and_never_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = LocalApp::default().write(dir.path());
+    let path = dir.path().join("shipit.toml");
+    let cli = |args: &[&str]| {
+        let mut all = vec!["--config", path.to_str().unwrap()];
+        all.extend_from_slice(args);
+        shipit(&all)
+    };
+    let (code, out, err) = cli(&["deploy", "hello", "1.0.0"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("no `shipit serve` runs jobs from this store"),
+        "{out}"
+    );
+    let store = shipit::local::store::Store::open(&config.server.state).unwrap();
+    let job = store.jobs(None).await.unwrap()[0].job.id.clone();
+    let (code, out, err) = cli(&["cancel", &job.as_str()[..7]]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with(&format!("cancelled job {job}")), "{out}");
+    let q = store.job(&job).await.unwrap().unwrap();
+    assert_eq!(q.status, JobStatus::Cancelled);
+    assert!(
+        q.reason.as_deref().unwrap().starts_with("cancelled by "),
+        "{q:?}"
+    );
+    assert!(q.ended_at.is_some());
+    assert!(
+        store.claim_next(Utc::now()).await.unwrap().is_none(),
+        "a cancelled job is never claimed"
+    );
+    let (code, _, err) = cli(&["cancel", job.as_str()]);
+    assert_ne!(code, 0);
+    assert!(err.contains("is not queued: it is cancelled"), "{err}");
+    let (code, _, err) = cli(&["cancel", "fff0000"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("no job \"fff0000\""), "{err}");
+}

@@ -237,6 +237,21 @@ impl Store {
         .await
     }
 
+    /// Whether a worker (`shipit serve`, or a `--wait`) holds the lease: queued jobs run.
+    pub async fn worker_running(&self, now: DateTime<Utc>) -> Result<bool, PortError> {
+        let expires: Option<String> = self
+            .with(|c| {
+                c.query_row("SELECT expires FROM worker_lease WHERE id = 1", [], |r| {
+                    r.get(0)
+                })
+                .optional()
+            })
+            .await?;
+        Ok(expires
+            .and_then(|e| DateTime::parse_from_rfc3339(&e).ok())
+            .is_some_and(|e| e > now))
+    }
+
     pub async fn drop_worker_lease(&self, holder: &str) -> Result<(), PortError> {
         let holder = holder.to_string();
         self.with(move |c| {

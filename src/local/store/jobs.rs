@@ -150,6 +150,42 @@ impl Store {
         .await
     }
 
+    /// Takes queued job `job` off the queue, `by` whom: `Ok(None)` once cancelled,
+    /// `Ok(Some(status))` when it is no longer queued (the worker claimed it, or it
+    /// ended). One transaction, as the worker's claim is, so exactly one of them wins.
+    pub async fn cancel(
+        &self,
+        job: &JobId,
+        by: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Option<JobStatus>, PortError> {
+        let (id, reason) = (
+            job.to_string(),
+            format!("cancelled by {by} before it started"),
+        );
+        let status: Option<String> = self
+            .with(move |c| {
+                let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                let n = tx.execute(
+                    "UPDATE jobs SET status = 'cancelled', ended_at = ?2, reason = ?3
+                     WHERE id = ?1 AND status = 'queued'",
+                    params![id, now.to_rfc3339(), reason],
+                )?;
+                let status = match n {
+                    1 => None,
+                    _ => Some(tx.query_row(
+                        "SELECT status FROM jobs WHERE id = ?1",
+                        params![id],
+                        |r| r.get(0),
+                    )?),
+                };
+                tx.commit()?;
+                Ok(status)
+            })
+            .await?;
+        Ok(status.map(|s| s.parse()).transpose()?)
+    }
+
     /// The job ended with `outcome`: its status, when, and why (what a success left, or
     /// why the job did not succeed).
     pub async fn finish(
