@@ -347,7 +347,7 @@ pub fn check(path: &Path) -> Report {
     match std::fs::read_to_string(path) {
         Ok(text) => Report {
             file: path.to_path_buf(),
-            problems: check::check_text(&text, path).1,
+            problems: check::check_here(&text, path),
         },
         Err(e) => unreadable(path, e),
     }

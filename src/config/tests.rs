@@ -199,9 +199,56 @@ fn ssm_tags_without_the_template_s_tag_keys_are_warned_about() {
 
 #[test]
 fn syntax_errors_point_at_the_line() {
-    let err = Config::parse("[apps.hello]\npakage = 1\n", Path::new("x.toml")).unwrap_err();
-    assert_eq!(err.problems[0].key, "line 2, column 1");
-    assert!(err.problems[0].message.contains("pakage"));
+    let err = Config::parse("[apps.hello]\npackage = \n", Path::new("x.toml")).unwrap_err();
+    assert_eq!(err.problems[0].key, "line 2, column 11");
+}
+
+#[test]
+fn every_unknown_key_is_named_by_its_path_with_the_nearest_known_one() {
+    let text = r#"
+[server]
+listn = "127.0.0.1:9000"
+
+[apps.hello]
+pakage = "hello-app"
+package = "hello-app"
+install = "true"
+restart = "true"
+
+[apps.hello.rollout]
+bathces = [1, 2]
+zzzzzz = 1
+
+[apps.hello.environments.production]
+nodes = [{ name = "n1", dir = "n1" }]
+"#;
+    let err = Config::parse(text, Path::new("x.toml")).unwrap_err();
+    let said: Vec<(&str, &str, &str)> = err
+        .problems
+        .iter()
+        .map(|p| (p.key.as_str(), p.message.as_str(), p.hint.as_str()))
+        .collect();
+    assert_eq!(said.len(), 4, "{said:#?}");
+    assert!(said.contains(&(
+        "server.listn",
+        "unknown key `listn`",
+        "did you mean `listen`?"
+    )));
+    assert!(said.contains(&(
+        "apps.hello.pakage",
+        "unknown key `pakage`",
+        "did you mean `package`?"
+    )));
+    assert!(said.contains(&(
+        "apps.hello.rollout.bathces",
+        "unknown key `bathces`",
+        "did you mean `batches`?"
+    )));
+    let far = said
+        .iter()
+        .find(|p| p.0 == "apps.hello.rollout.zzzzzz")
+        .unwrap();
+    assert!(far.2.starts_with("known here: "), "{far:?}");
 }
 
 #[test]
@@ -490,4 +537,44 @@ fn ssh_nodes_take_the_environment_s_defaults_and_keep_their_directory_as_written
         "dir = \"/srv/hello\"\nssh = { user = \"deploy\" }",
     ));
     assert_eq!(errors, [format!("{env}.ssh")]);
+}
+
+#[test]
+fn check_names_unset_secret_variables_and_node_directories_that_are_not_there() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("n1")).unwrap();
+    let text = r#"
+[github]
+webhook_secret = "env:SHIPIT_TEST_SURELY_UNSET_SECRET"
+[apps.hello]
+package = "hello-app"
+install = "true"
+restart = "true"
+[apps.hello.environments.production]
+nodes = [{ name = "n1", dir = "n1" }, { name = "n2", dir = "n2" }]
+"#;
+    let path = dir.path().join("shipit.toml");
+    std::fs::write(&path, text).unwrap();
+    let report = super::check(&path);
+    let errors: Vec<(&str, &str)> = report
+        .problems
+        .iter()
+        .filter(|p| p.severity == Severity::Error)
+        .map(|p| (p.key.as_str(), p.message.as_str()))
+        .collect();
+    assert_eq!(errors.len(), 2, "{errors:#?}");
+    assert_eq!(
+        errors[0],
+        (
+            "github.webhook_secret",
+            "environment variable SHIPIT_TEST_SURELY_UNSET_SECRET is not set here"
+        )
+    );
+    assert_eq!(
+        errors[1].0,
+        "apps.hello.environments.production.nodes[1].dir"
+    );
+    assert!(errors[1].1.ends_with("n2 is not a directory"), "{errors:?}");
+    // Loading is not refused for either: a function has only its own secrets' variables.
+    assert!(Config::load(&path).is_ok());
 }

@@ -211,16 +211,39 @@ chat_deployers = ["everyone"]
     }
     assert!(stderr.contains("7 error(s)"), "{stderr}");
 
-    // The example leaves the gate off (the demo has no GitHub to ask), and says so.
+    // The example as shipped, before the demo sets it up: what a deploy would trip on.
     let (code, stdout, _) = shipit(&["check", "--config", "examples/local/shipit.toml"]);
-    assert_eq!(code, 0, "{stdout}");
+    assert_eq!(code, 1, "{stdout}");
+    for line in [
+        "error: github.webhook_secret: environment variable SHIPIT_GITHUB_SECRET is not set here",
+        "error: slack.signing_secret: environment variable SHIPIT_SLACK_SIGNING_SECRET is not set here",
+        "error: apps.hello.environments.production.nodes[2].dir: ",
+    ] {
+        assert!(stdout.contains(line), "{line}\n{stdout}");
+    }
+    // Set up, it leaves the gate off (the demo has no GitHub to ask), and says so.
+    let setup = tempfile::tempdir().unwrap();
+    let example = setup.path().join("shipit.toml");
+    std::fs::copy("examples/local/shipit.toml", &example).unwrap();
+    for n in ["node1", "node2", "node3"] {
+        std::fs::create_dir_all(setup.path().join("nodes").join(n)).unwrap();
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_shipit"))
+        .args(["check", "--config", example.to_str().unwrap()])
+        .env("SHIPIT_GITHUB_SECRET", "s")
+        .env("SHIPIT_SLACK_SIGNING_SECRET", "s")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
     let lines: Vec<&str> = stdout.lines().collect();
+    let shown = example.display().to_string();
     assert_eq!(lines.len(), 3, "{stdout}");
     assert!(
-        lines[0].starts_with("examples/local/shipit.toml: warning: apps.hello.gate: "),
+        lines[0].starts_with(&format!("{shown}: warning: apps.hello.gate: ")),
         "{stdout}"
     );
-    assert_eq!(lines[2], "examples/local/shipit.toml: ok (1 app(s): hello)");
+    assert_eq!(lines[2], format!("{shown}: ok (1 app(s): hello)"));
     let (code, stdout, _) = shipit(&["check", "--config", "/nonexistent/shipit.toml"]);
     assert_eq!(code, 1);
     assert!(stdout.contains("error: (file): cannot read"), "{stdout}");

@@ -35,9 +35,51 @@ const TEMPLATE_VARS: [&str; 7] = ["app", "env", "package", "version", "node", "d
 
 /// The typed config, if the file could be read as TOML at all, and every problem in it.
 pub(super) fn check_text(text: &str, path: &Path) -> (Option<Config>, Vec<Problem>) {
-    let mut c = Checker { problems: vec![] };
+    let (config, c) = check_all(text, path);
+    (config, c.problems)
+}
+
+/// `shipit check`: every problem of the file, and what a deploy would trip on where it
+/// runs: `env:` secrets whose variable is not set, node directories that do not exist.
+/// Not when loading: each Lambda function has only its own secrets' variables, and a
+/// node's directory may be made after the config.
+pub(super) fn check_here(text: &str, path: &Path) -> Vec<Problem> {
+    let (config, mut c) = check_all(text, path);
+    for (key, var) in std::mem::take(&mut c.env) {
+        if std::env::var_os(&var).is_none_or(|v| v.is_empty()) {
+            c.error(
+                key,
+                format!("environment variable {var} is not set here"),
+                "set it where shipit runs: serve reads it as it starts",
+            );
+        }
+    }
+    for app in config.iter().flat_map(|c| c.apps.values()) {
+        for (name, env) in &app.environments {
+            let super::Nodes::Listed(nodes) = &env.nodes else {
+                continue;
+            };
+            for (i, n) in nodes.iter().enumerate() {
+                if n.ssh.is_none() && !n.dir.is_dir() {
+                    c.error(
+                        format!("apps.{}.environments.{name}.nodes[{i}].dir", app.name),
+                        format!("{} is not a directory", n.dir.display()),
+                        "make it (with the app's virtualenv), or fix the path: it is relative to this file",
+                    );
+                }
+            }
+        }
+    }
+    c.problems
+}
+
+fn check_all(text: &str, path: &Path) -> (Option<Config>, Checker) {
+    let mut c = Checker {
+        problems: vec![],
+        env: vec![],
+    };
     let Some(raw) = parse(&mut c, text) else {
-        return (None, c.problems);
+        return (None, c);
     };
     let base = path.parent().unwrap_or(Path::new("."));
     let server = check_server(&mut c, raw.server, base);
@@ -69,13 +111,18 @@ pub(super) fn check_text(text: &str, path: &Path) -> (Option<Config>, Vec<Proble
         slack_workspace,
         apps,
     };
-    (Some(config), c.problems)
+    (Some(config), c)
 }
 
-/// The TOML, or a problem that points at its line and column.
+/// The TOML, or a problem that points at its line and column; every unknown key with
+/// its path and the known key it most looks like.
 fn parse(c: &mut Checker, text: &str) -> Option<RawConfig> {
     match toml::from_str(text) {
         Ok(raw) => Some(raw),
+        Err(e) if e.message().starts_with("unknown field") => {
+            unknown_keys(c, text);
+            None
+        }
         Err(e) => {
             let at = e
                 .span()
@@ -94,6 +141,87 @@ fn parse(c: &mut Checker, text: &str) -> Option<RawConfig> {
             None
         }
     }
+}
+
+/// Reports each unknown key (serde stops at the first): read as a plain table, each is
+/// found, reported and taken out in turn, until what is left reads or fails otherwise.
+fn unknown_keys(c: &mut Checker, text: &str) {
+    let Ok(mut table) = toml::from_str::<toml::Table>(text) else {
+        return;
+    };
+    // Each turn takes one key out: as many turns as the file has keys at most.
+    for _ in 0..text.len() {
+        let e = match serde_path_to_error::deserialize::<_, RawConfig>(table.clone()) {
+            Ok(_) => return,
+            Err(e) => e,
+        };
+        let message = e.inner().message().to_string();
+        let Some((key, known)) = unknown_field(&message) else {
+            // Not an unknown key: said where it is, after the unknown ones.
+            c.error(
+                e.path().to_string(),
+                message,
+                "see examples/local/shipit.toml",
+            );
+            return;
+        };
+        let mut path: Vec<String> = e
+            .path()
+            .iter()
+            .filter_map(|s| match s {
+                serde_path_to_error::Segment::Map { key } => Some(key.clone()),
+                serde_path_to_error::Segment::Seq { index } => Some(index.to_string()),
+                _ => None,
+            })
+            .collect();
+        // The path ends at the table holding the key, or at the key itself.
+        if path.last() != Some(&key) {
+            path.push(key.clone());
+        }
+        let nearest = known
+            .iter()
+            .map(|k| (strsim::damerau_levenshtein(&key, k), k))
+            .filter(|(d, k)| *d <= 2.max(k.len() / 3))
+            .min();
+        let hint = match nearest {
+            Some((_, k)) => format!("did you mean `{k}`?"),
+            None if known.is_empty() => "this table takes no keys".to_string(),
+            None => format!("known here: {}", known.join(", ")),
+        };
+        c.error(path.join("."), format!("unknown key `{key}`"), hint);
+        if !remove(&mut table, &path) {
+            return;
+        }
+    }
+}
+
+/// The key and the known ones from serde's "unknown field `x`, expected one of `a`, `b`"
+/// (or "expected `a`", or "there are no fields").
+fn unknown_field(message: &str) -> Option<(String, Vec<String>)> {
+    let rest = message.strip_prefix("unknown field `")?;
+    let (key, rest) = rest.split_once('`')?;
+    let known = rest
+        .split('`')
+        .skip(1)
+        .step_by(2)
+        .map(str::to_string)
+        .collect();
+    Some((key.to_string(), known))
+}
+
+/// Takes the key at `path` out of `table`; whether it was there.
+fn remove(table: &mut toml::Table, path: &[String]) -> bool {
+    let Some((last, parents)) = path.split_last() else {
+        return false;
+    };
+    let mut here = table;
+    for p in parents {
+        here = match here.get_mut(p) {
+            Some(toml::Value::Table(t)) => t,
+            _ => return false,
+        };
+    }
+    here.remove(last).is_some()
 }
 
 fn check_server(c: &mut Checker, raw: RawServer, base: &Path) -> Server {
@@ -184,6 +312,8 @@ const MAX_WAIT_SECONDS: u64 = 86_400;
 
 pub(super) struct Checker {
     pub(super) problems: Vec<Problem>,
+    /// Each `env:` secret's key and variable, for `check_here`.
+    env: Vec<(String, String)>,
 }
 
 impl Checker {
@@ -226,6 +356,9 @@ impl Checker {
     pub(super) fn secret(&mut self, key: &str, raw: &str) -> Option<Secret> {
         match Secret::from_str(raw) {
             Ok(s) => {
+                if let Secret::Env(var) = &s {
+                    self.env.push((key.to_string(), var.clone()));
+                }
                 if matches!(s, Secret::Literal(_)) {
                     self.warning(
                         key,
