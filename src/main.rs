@@ -50,6 +50,7 @@ enum Command {
     /// Process event files (API Gateway, S3, CodeArtifact: see events/) as AWS would
     /// deliver them, queueing into the local store.
     Ingest {
+        /// Event files, as AWS delivers them (see events/).
         #[arg(required = true)]
         events: Vec<PathBuf>,
         /// Print the full replies instead of one line per result.
@@ -58,13 +59,17 @@ enum Command {
     },
     /// List the jobs in the local store.
     Jobs {
+        /// As JSON.
         #[arg(long)]
         json: bool,
     },
     /// Deploy VERSION of APP. Exit 0 only if the deploy succeeded (with --wait).
     Deploy {
+        /// The app, as named in the config.
         app: String,
+        /// The version to deploy (PEP 440, e.g. 1.4.2).
         version: String,
+        /// The environment (default: the app's default_env).
         #[arg(long)]
         env: Option<String>,
         /// Follow the deploy to its end (running it here if no server is running).
@@ -83,7 +88,9 @@ enum Command {
     /// Bring every node of APP to the live version: nodes added to the config, and nodes
     /// that drifted (another version installed by hand, say). Only those are touched.
     Sync {
+        /// The app, as named in the config.
         app: String,
+        /// The environment (default: the app's default_env).
         #[arg(long)]
         env: Option<String>,
         /// Only list each node's installed version; exit 1 if any differs from the live one.
@@ -92,9 +99,12 @@ enum Command {
     },
     /// Put the previous version of APP back, through the same pipeline.
     Rollback {
+        /// The app, as named in the config.
         app: String,
+        /// The environment (default: the app's default_env).
         #[arg(long)]
         env: Option<String>,
+        /// Follow it to its end (running it here if no server is running); exit 0 only if it succeeded.
         #[arg(long)]
         wait: bool,
         /// Print what the rollback would do and queue nothing.
@@ -106,7 +116,9 @@ enum Command {
     },
     /// Stop deploys of APP until `unlock` (as `/deploy lock` does).
     Lock {
+        /// The app, as named in the config.
         app: String,
+        /// The environment (default: the app's default_env).
         #[arg(long)]
         env: Option<String>,
         /// Why, for whoever finds it locked.
@@ -115,14 +127,18 @@ enum Command {
     },
     /// Remove a lock taken with `lock`; a running deploy's lock stays (see `abort`).
     Unlock {
+        /// The app, as named in the config.
         app: String,
+        /// The environment (default: the app's default_env).
         #[arg(long)]
         env: Option<String>,
     },
     /// Stop the deploy running on APP after its command in flight; the nodes it restarted
     /// are put back on the previous version, and it is recorded as aborted by you.
     Abort {
+        /// The app, as named in the config.
         app: String,
+        /// The environment (default: the app's default_env).
         #[arg(long)]
         env: Option<String>,
     },
@@ -135,11 +151,13 @@ enum Command {
     },
     /// What is live where, what is queued or running, and what is locked.
     Status {
+        /// As JSON.
         #[arg(long)]
         json: bool,
     },
     /// The deploys of APP that went live, newest first; with --all, every job that ended.
     History {
+        /// The app, as named in the config.
         app: String,
         /// The environment (default: the app's default_env).
         #[arg(long)]
@@ -533,5 +551,27 @@ async fn main() -> ExitCode {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// `shipit X --help` explains every argument of every command.
+    #[test]
+    fn every_argument_has_help() {
+        let cli = super::Cli::command();
+        let mut missing = vec![];
+        for sub in cli.get_subcommands() {
+            for arg in sub.get_arguments() {
+                if arg.get_help().is_none() && !matches!(arg.get_id().as_str(), "help" | "version")
+                {
+                    missing.push(format!("{} {}", sub.get_name(), arg.get_id()));
+                }
+            }
+        }
+        assert!(missing.is_empty(), "no help for: {missing:?}");
+        cli.debug_assert();
     }
 }

@@ -578,3 +578,23 @@ nodes = [{ name = "n1", dir = "n1" }, { name = "n2", dir = "n2" }]
     // Loading is not refused for either: a function has only its own secrets' variables.
     assert!(Config::load(&path).is_ok());
 }
+
+#[test]
+fn a_local_node_directory_is_absolute_whatever_the_config_path() {
+    let text = r#"
+[apps.hello]
+package = "hello-app"
+install = "true"
+restart = "true"
+[apps.hello.environments.production]
+nodes = [{ name = "n1", dir = "nodes/n1" }]
+"#;
+    // A relative config path, as the default `shipit.toml` is: `{dir}` must still name the
+    // node's directory from inside it, where its commands run.
+    let config = Config::parse(text, Path::new("shipit.toml")).unwrap();
+    let Nodes::Listed(nodes) = &config.apps["hello"].environments["production"].nodes else {
+        panic!("listed nodes");
+    };
+    let want = std::env::current_dir().unwrap().join("nodes/n1");
+    assert_eq!(nodes[0].dir, want);
+}

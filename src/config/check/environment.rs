@@ -206,9 +206,14 @@ fn check_listed(
             ListedNode {
                 name: n.name,
                 // A node reached over SSH keeps its directory as written: it is on the node.
+                // A local one is made absolute: its commands run inside it, where `{dir}`
+                // relative to the config's directory would point elsewhere.
                 dir: match n.ssh {
                     Some(_) => n.dir,
-                    None => scope.base.join(n.dir),
+                    None => {
+                        let dir = scope.base.join(n.dir);
+                        std::path::absolute(&dir).unwrap_or(dir)
+                    }
                 },
                 vars: n.vars,
                 ssh,
