@@ -77,6 +77,23 @@ pub enum Hook {
 
 impl Hook {
     pub const ALL: [Hook; 2] = [Hook::GitHub, Hook::Slack];
+
+    /// The config key of its signing secret.
+    pub fn secret_key(self) -> &'static str {
+        match self {
+            Hook::GitHub => "github.webhook_secret",
+            Hook::Slack => "slack.signing_secret",
+        }
+    }
+}
+
+/// A hook's signing secret that cannot be read, named by its config key.
+#[derive(Debug, thiserror::Error)]
+#[error("{key}: {source}")]
+pub struct HookSecretError {
+    pub key: &'static str,
+    #[source]
+    pub source: SecretError,
 }
 
 /// What the handlers share: the config, the queue, the ledger and the resolved secrets.
@@ -103,12 +120,19 @@ impl Ingress {
         ledger: Arc<dyn Ledger>,
         secrets: &Secrets,
         hooks: &[Hook],
-    ) -> Result<Ingress, SecretError> {
+    ) -> Result<Ingress, HookSecretError> {
         let resolve = |hook: Hook, secret: &Option<Secret>| {
             let wanted = secret.clone().filter(|_| hooks.contains(&hook));
             async move {
                 match wanted {
-                    Some(s) => secrets.resolve(&s).await.map(Some),
+                    Some(s) => secrets
+                        .resolve(&s)
+                        .await
+                        .map(Some)
+                        .map_err(|source| HookSecretError {
+                            key: hook.secret_key(),
+                            source,
+                        }),
                     None => Ok(None),
                 }
             }

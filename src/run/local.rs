@@ -18,6 +18,7 @@ pub async fn ingress(config: Config) -> anyhow::Result<(Ingress, Store)> {
     let store = open_store(&config)?;
     let secrets = Arc::new(secrets(&config).await);
     let store_ports = Arc::new(store.clone());
+    let file = config.file.display().to_string();
     let config = Arc::new(config);
     let gate = Arc::new(Gatekeeper::new(config.clone(), secrets.clone()));
     let ingress = Ingress::new(
@@ -27,7 +28,8 @@ pub async fn ingress(config: Config) -> anyhow::Result<(Ingress, Store)> {
         &secrets,
         &Hook::ALL,
     )
-    .await?
+    .await
+    .map_err(|e| anyhow!("{file}: {e} (`shipit check` lists every such problem)"))?
     .with_gate(gate);
     Ok((ingress, store))
 }
@@ -76,13 +78,9 @@ pub async fn api_token(config: &Config) -> anyhow::Result<Option<String>> {
     let Some(secret) = &config.server.api_token else {
         return Ok(None);
     };
-    Ok(Some(
-        secrets(config)
-            .await
-            .resolve(secret)
-            .await
-            .map_err(|e| anyhow!("server.api_token: {e}"))?,
-    ))
+    Ok(Some(secrets(config).await.resolve(secret).await.map_err(
+        |e| anyhow!("{}: server.api_token: {e}", config.file.display()),
+    )?))
 }
 
 /// The gate and notifiers of a one-machine config (SSM only if a secret lives there).

@@ -746,3 +746,34 @@ async fn a_queued_job_is_cancelled_and_never_runs() {
     assert_ne!(code, 0);
     assert!(err.contains("no job \"fff0000\""), "{err}");
 }
+
+/// A signing secret whose variable is unset stops `serve` at start, naming the file and
+/// the key (it said only "environment variable … is not set").
+#[test]
+fn serve_names_the_file_and_key_of_a_secret_it_cannot_read() {
+    let dir = tempfile::tempdir().unwrap();
+    LocalApp::default().write(dir.path());
+    let path = dir.path().join("shipit.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let at = text.find("webhook_secret = ").unwrap();
+    let end = at + text[at..].find('\n').unwrap();
+    let text = format!(
+        "{}webhook_secret = \"env:SHIPIT_TEST_UNSET_GITHUB_SECRET\"{}",
+        &text[..at],
+        &text[end..]
+    );
+    std::fs::write(&path, text).unwrap();
+    let (code, _, stderr) = shipit(&[
+        "--config",
+        path.to_str().unwrap(),
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+    ]);
+    assert_eq!(code, 1, "{stderr}");
+    let want = format!(
+        "{}: github.webhook_secret: environment variable SHIPIT_TEST_UNSET_GITHUB_SECRET is not set",
+        path.display()
+    );
+    assert!(stderr.contains(&want), "{stderr}");
+}
