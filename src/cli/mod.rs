@@ -4,7 +4,9 @@ pub mod demo;
 pub mod plan;
 pub mod views;
 
-use views::{ActiveJob, EnvStatus, HistoryRow, Live, NodeVersion};
+use views::{HistoryRow, NodeVersion};
+
+pub use crate::run::overview::status;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -441,52 +443,6 @@ async fn shutdown_signal() {
     #[cfg(not(unix))]
     let _ = ctrl_c.await;
     tracing::info!("shutting down");
-}
-
-/// What is live on every app+env, what is queued or running there, and who holds it.
-pub async fn status(config: &Config, store: &Store) -> anyhow::Result<Vec<EnvStatus>> {
-    let now = Utc::now();
-    let jobs = store.jobs(None).await.map_err(port)?;
-    let mut out = vec![];
-    for app in config.apps.values() {
-        for env in app.environments.keys() {
-            let live = store
-                .history(&app.name, env, 1)
-                .await
-                .map_err(port)?
-                .into_iter()
-                .next();
-            let group = format!("{}/{env}", app.name);
-            out.push(EnvStatus {
-                app: app.name.clone(),
-                env: env.clone(),
-                live: live.map(|e| Live {
-                    version: e.job.version,
-                    job: e.job.id,
-                    since: e.recorded_at,
-                    by: e.job.requested_by,
-                }),
-                lock: store.lock_state(&app.name, env, now).await.map_err(port)?,
-                faulty: store
-                    .faulty(&app.name, env)
-                    .await
-                    .map_err(port)?
-                    .into_iter()
-                    .map(|f| f.version)
-                    .collect(),
-                jobs: jobs
-                    .iter()
-                    .filter(|q| q.job.group() == group && q.status.is_pending())
-                    .map(|q| ActiveJob {
-                        job: q.job.id.clone(),
-                        version: q.job.version.clone(),
-                        status: q.status,
-                    })
-                    .collect(),
-            });
-        }
-    }
-    Ok(out)
 }
 
 /// The last deploys of APP, newest first, each with the mark on its version if it was

@@ -6,13 +6,12 @@ use serde::Serialize;
 
 use crate::deploy::engine::{NodeState, Notice};
 use crate::deploy::history::{Faulty, HistoryEntry};
-use crate::deploy::job::JobId;
-use crate::deploy::ports::LockInfo;
 use crate::deploy::report::{faulty_phrase, forced_note, lock_phrase, node_phrase, NOTHING_LIVE};
-use crate::deploy::status::{describe, JobStatus};
+use crate::deploy::status::describe;
 use crate::deploy::story::Story;
 use crate::deploy::version::Version;
 use crate::local::store::jobs::QueuedJob;
+pub use crate::run::overview::{ActiveJob, EnvStatus, Live};
 
 /// What `shipit sync --check` reports of one node.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -21,35 +20,6 @@ pub struct NodeVersion {
     /// `None`: nothing installed, or the version command failed (`detail` says).
     pub installed: Option<Version>,
     pub detail: String,
-}
-
-/// One app+env in `shipit status`.
-#[derive(Debug, Clone, Serialize)]
-pub struct EnvStatus {
-    pub app: String,
-    pub env: String,
-    pub live: Option<Live>,
-    pub lock: Option<LockInfo>,
-    /// Versions rolled back from, newest mark first: no rollback or automatic job sends
-    /// them out again.
-    pub faulty: Vec<Version>,
-    /// Queued and running jobs, oldest first.
-    pub jobs: Vec<ActiveJob>,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct Live {
-    pub version: Version,
-    pub job: JobId,
-    pub since: DateTime<Utc>,
-    pub by: String,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct ActiveJob {
-    pub job: JobId,
-    pub version: Version,
-    pub status: JobStatus,
 }
 
 fn print_table(header: &[&str], rows: &[Vec<String>]) {

@@ -6,6 +6,10 @@ pub mod aws;
 pub mod fresh;
 #[cfg(feature = "local")]
 pub mod local;
+#[cfg(feature = "local")]
+pub mod overview;
+#[cfg(feature = "local")]
+pub mod page;
 outside_input! {
     pub mod lambda;
     #[cfg(feature = "local")]

@@ -16,6 +16,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::deploy::job::Source;
+use crate::deploy::status::JobStatus;
 use crate::drive::worker::WorkerHealth;
 use subtle::ConstantTimeEq;
 
@@ -29,6 +30,9 @@ struct AppState {
     store: Store,
     worker: watch::Receiver<WorkerHealth>,
     reads: Reads,
+    /// True once the server is shutting down: the page's event streams end then, or the
+    /// graceful shutdown would wait for them for ever.
+    closing: watch::Receiver<bool>,
 }
 
 /// Who may read shipit's state over HTTP: whoever presents the token (bearer), if one is
@@ -97,6 +101,68 @@ async fn jobs(State(s): State<AppState>, headers: HeaderMap) -> Response {
     }
 }
 
+/// The page (see `page`); the same access rule as the API.
+async fn dashboard(State(s): State<AppState>, headers: HeaderMap) -> Response {
+    if let Err(reply) = s.reads.check(&headers) {
+        return respond(reply);
+    }
+    let read = async {
+        let envs = super::overview::status(&s.ingress.config, &s.store).await?;
+        let jobs = s.store.jobs(None).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+        let mut running = vec![];
+        for q in jobs.iter().filter(|q| q.status == JobStatus::Running) {
+            let deploy = s
+                .store
+                .load_deploy(&q.job.id)
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            running.push(super::page::Running {
+                job: q.clone(),
+                deploy,
+            });
+        }
+        anyhow::Ok((envs, running, jobs))
+    };
+    match read.await {
+        Ok((envs, running, jobs)) => super::page::dashboard(&envs, &running, &jobs, &headers),
+        Err(e) => respond(Reply::error(503, format!("store unavailable: {e}"))),
+    }
+}
+
+async fn job_page(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    if let Err(reply) = s.reads.check(&headers) {
+        return respond(reply);
+    }
+    match story_of(&s.store, &id).await {
+        Ok(Some(story)) => super::page::job(&story, &headers),
+        Ok(None) => respond(Reply::error(404, format!("no job {id:?}"))),
+        Err(e) => respond(Reply::error(503, format!("store unavailable: {e}"))),
+    }
+}
+
+async fn events(State(s): State<AppState>, headers: HeaderMap) -> Response {
+    if let Err(reply) = s.reads.check(&headers) {
+        return respond(reply);
+    }
+    super::page::events(s.store.clone(), s.closing.clone()).into_response()
+}
+
+/// The story of the job with id `id` (the whole id: a prefix is for people at a terminal).
+async fn story_of(
+    store: &Store,
+    id: &str,
+) -> Result<Option<crate::deploy::story::Story>, crate::deploy::ports::PortError> {
+    let found = store.jobs_starting(id).await?;
+    match found.into_iter().find(|q| q.job.id.as_str() == id) {
+        Some(q) => store.story(&q.job.id).await,
+        None => Ok(None),
+    }
+}
+
 /// One job's story, as `shipit show ID --json` prints it; the same access rule.
 async fn job_story(
     State(s): State<AppState>,
@@ -106,15 +172,7 @@ async fn job_story(
     if let Err(reply) = s.reads.check(&headers) {
         return respond(reply);
     }
-    let found = match s.store.jobs_starting(&id).await {
-        Ok(found) => found,
-        Err(e) => return respond(Reply::error(503, format!("store unavailable: {e}"))),
-    };
-    // The whole id only: a prefix is for people typing at a terminal.
-    let Some(q) = found.into_iter().find(|q| q.job.id.as_str() == id) else {
-        return respond(Reply::error(404, format!("no job {id:?}")));
-    };
-    match s.store.story(&q.job.id).await {
+    match story_of(&s.store, &id).await {
         Ok(Some(story)) => Json(story).into_response(),
         Ok(None) => respond(Reply::error(404, format!("no job {id:?}"))),
         Err(e) => respond(Reply::error(503, format!("store unavailable: {e}"))),
@@ -142,11 +200,12 @@ async fn healthz(State(s): State<AppState>) -> Response {
     }
 }
 
-pub fn router(
+fn router(
     ingress: Arc<Ingress>,
     store: Store,
     worker: watch::Receiver<WorkerHealth>,
     reads: Reads,
+    closing: watch::Receiver<bool>,
 ) -> Router {
     Router::new()
         .route("/hooks/github", post(github))
@@ -154,6 +213,9 @@ pub fn router(
         .route("/healthz", get(healthz))
         .route("/api/deploys", get(jobs))
         .route("/api/jobs/{id}", get(job_story))
+        .route("/", get(dashboard))
+        .route("/jobs/{id}", get(job_page))
+        .route("/events", get(events))
         // One byte over GitHub's cap reaches the handler, which answers 413 with a reason.
         .layer(DefaultBodyLimit::max(MAX_BODY + 1))
         .with_state(AppState {
@@ -161,6 +223,7 @@ pub fn router(
             store,
             worker,
             reads,
+            closing,
         })
 }
 
@@ -184,7 +247,12 @@ pub async fn serve(
         store.clone(),
         secrets,
     ));
-    let result = axum::serve(listener, router(ingress, store, worker, reads))
+    let (close, closing) = watch::channel(false);
+    let shutdown = async move {
+        shutdown.await;
+        let _ = close.send(true);
+    };
+    let result = axum::serve(listener, router(ingress, store, worker, reads, closing))
         .with_graceful_shutdown(shutdown)
         .await;
     watcher.abort();

@@ -777,3 +777,132 @@ fn serve_names_the_file_and_key_of_a_secret_it_cannot_read() {
     );
     assert!(stderr.contains(&want), "{stderr}");
 }
+
+/// Every `src` and `href` of a page: what a browser would load or follow.
+fn links(html: &str) -> Vec<String> {
+    let mut out = vec![];
+    for attr in ["src=\"", "href=\""] {
+        let mut rest = html;
+        while let Some(at) = rest.find(attr) {
+            rest = &rest[at + attr.len()..];
+            out.push(rest[..rest.find('"').unwrap()].to_string());
+        }
+    }
+    out
+}
+
+/// The page at `/`: environments, the jobs with why each ended, each job's story with its
+/// timeline at `/jobs/ID`, live updates over `/events`; nothing loaded from elsewhere; the
+/// API's access rule.
+#[tokio::test]
+async fn the_page_shows_the_jobs_and_their_stories_and_says_when_they_change() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = LocalApp::default().write(dir.path());
+    let (ingress, store) = local::ingress(config).await.unwrap();
+    // A job that ran and failed on n1's restart, as the worker keeps it.
+    let job = cli_job("ann", "1.1.0", "page");
+    shipit::deploy::ports::JobQueue::enqueue(&store, std::slice::from_ref(&job))
+        .await
+        .unwrap();
+    let now = Utc::now();
+    store.claim_next(now).await.unwrap().unwrap();
+    let key = format!("{}:restart:1", job.id);
+    store.command_started(&key, "n1", now).await.unwrap();
+    let failed = shipit::deploy::command::NodeResult::Failed {
+        exit_code: Some(1),
+        output: "shipit: unhealthy after 3 checks in 2 s".into(),
+    };
+    store
+        .command_finished(&key, "n1", &failed, now + chrono::Duration::seconds(2))
+        .await
+        .unwrap();
+    let outcome = shipit::deploy::engine::Outcome::failed("n1 failed its health check <b>");
+    store.finish(&job.id, &outcome, now).await.unwrap();
+
+    let served = Served::start_with_token(ingress, store.clone(), Some("s3cret".into())).await;
+    let http = reqwest::Client::new();
+    let get = |path: &str| {
+        http.get(format!("{}{path}", served.base))
+            .bearer_auth("s3cret")
+            .send()
+    };
+    for path in ["/", "/events", &format!("/jobs/{}", job.id)] {
+        let refused = http
+            .get(format!("{}{path}", served.base))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(refused.status(), 401, "{path}");
+    }
+    let home = get("/").await.unwrap().text().await.unwrap();
+    assert!(home.contains("<h3>hello/production</h3>"), "{home}");
+    assert!(
+        home.contains(&format!("href=\"/jobs/{}\"", job.id)),
+        "{home}"
+    );
+    // Escaped, not markup.
+    assert!(
+        home.contains("n1 failed its health check &lt;b&gt;"),
+        "{home}"
+    );
+    let page = get(&format!("/jobs/{}", job.id))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(page.contains("<svg class=\"timeline\""), "{page}");
+    assert!(
+        page.contains("shipit: unhealthy after 3 checks in 2 s"),
+        "{page}"
+    );
+    for html in [&home, &page] {
+        for link in links(html) {
+            assert!(
+                link.starts_with('/') && !link.starts_with("//"),
+                "{link} is not this server's"
+            );
+        }
+    }
+    let fragment = http
+        .get(format!("{}/", served.base))
+        .bearer_auth("s3cret")
+        .header("x-shipit-fragment", "1")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(fragment.starts_with("<section>"), "{fragment}");
+
+    // Live: a first `changed` for the state the page was rendered from, another once a
+    // job is queued.
+    let mut events = get("/events").await.unwrap();
+    assert_eq!(
+        events.headers()["content-type"].to_str().unwrap(),
+        "text/event-stream"
+    );
+    let mut seen = String::new();
+    let mut next_changed = async || loop {
+        let chunk = events.chunk().await.unwrap().expect("the stream went on");
+        seen.push_str(&String::from_utf8_lossy(&chunk));
+        if let Some(at) = seen.find("event: changed") {
+            seen.drain(..at + "event: changed".len());
+            return;
+        }
+    };
+    next_changed().await;
+    let second = cli_job("ann", "1.2.0", "page-2");
+    shipit::deploy::ports::JobQueue::enqueue(&store, &[second])
+        .await
+        .unwrap();
+    tokio::time::timeout(std::time::Duration::from_secs(10), next_changed())
+        .await
+        .expect("a change was told");
+    // A page left open does not hold the server's shutdown up: its stream ends.
+    tokio::time::timeout(std::time::Duration::from_secs(10), served.stop())
+        .await
+        .expect("serve stops with a page's event stream open");
+    assert!(matches!(events.chunk().await, Ok(None) | Err(_)));
+}

@@ -181,6 +181,22 @@ impl Store {
         .await
     }
 
+    /// A mark that changes whenever a job is queued or ends, a deploy says something, or
+    /// a lock is taken or given up: what the page's live updates watch.
+    pub async fn changes(&self) -> Result<String, PortError> {
+        self.with(|c| {
+            c.query_row(
+                "SELECT (SELECT IFNULL(MAX(seq), 0) FROM notices) || '/' ||
+                        (SELECT IFNULL(MAX(seq), 0) FROM jobs) || '/' ||
+                        (SELECT COUNT(*) FROM jobs WHERE status NOT IN ('queued', 'running'))
+                        || '/' || (SELECT IFNULL(group_concat(info), '') FROM locks)",
+                [],
+                |r| r.get(0),
+            )
+        })
+        .await
+    }
+
     /// The job's notices after `after` (a sequence number), oldest first.
     pub async fn notices(&self, job: &JobId, after: i64) -> Result<Vec<(i64, Notice)>, PortError> {
         let id = job.to_string();

@@ -1,0 +1,307 @@
+//! The page `shipit serve` shows at `/`: where every app+env stands, the deploys running
+//! (node by node), the jobs with why each ended as it did, and each job's story with its
+//! timeline (`/jobs/ID`). Server-rendered; its style and its one script are in the
+//! binary, and it loads nothing from anywhere else. Live: the script listens to
+//! `/events` (server-sent events) and, when the store changes, fetches the page's main
+//! part again and swaps it in.
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::http::HeaderMap;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{Html, IntoResponse, Response};
+use chrono::{DateTime, Utc};
+use futures_util::Stream;
+use maud::{html, Markup, PreEscaped, DOCTYPE};
+use tokio::sync::watch;
+
+use super::overview::EnvStatus;
+use crate::deploy::engine::{Deploy, NodeState};
+use crate::deploy::report::{lock_phrase, node_phrase};
+use crate::deploy::status::JobStatus;
+use crate::deploy::story::{Stage, Step, StepResult, Story};
+use crate::local::store::jobs::QueuedJob;
+use crate::local::store::Store;
+
+const STYLE: &str = include_str!("page.css");
+const SCRIPT: &str = include_str!("page.js");
+/// The header the script sends to get only the page's main part.
+const FRAGMENT: &str = "x-shipit-fragment";
+const JOBS_SHOWN: usize = 50;
+
+/// A deploy running now, as its last saved state has it.
+pub struct Running {
+    pub job: QueuedJob,
+    pub deploy: Option<Deploy>,
+}
+
+fn page(title: &str, main: Markup, headers: &HeaderMap) -> Response {
+    if headers.contains_key(FRAGMENT) {
+        return Html(main.into_string()).into_response();
+    }
+    Html(
+        html! {
+            (DOCTYPE)
+            html lang="en" {
+                head {
+                    meta charset="utf-8";
+                    meta name="viewport" content="width=device-width, initial-scale=1";
+                    title { (title) " — shipit" }
+                    style { (PreEscaped(STYLE)) }
+                }
+                body {
+                    header { a href="/" { "shipit" } span.live id="live" { "live" } }
+                    main id="main" { (main) }
+                    script { (PreEscaped(SCRIPT)) }
+                }
+            }
+        }
+        .into_string(),
+    )
+    .into_response()
+}
+
+fn when(t: DateTime<Utc>) -> String {
+    t.format("%Y-%m-%d %H:%M:%S").to_string()
+}
+
+fn status_class(status: JobStatus) -> &'static str {
+    match status {
+        JobStatus::Succeeded => "ok",
+        JobStatus::Queued | JobStatus::Running => "busy",
+        JobStatus::Skipped | JobStatus::Cancelled => "quiet",
+        JobStatus::Failed | JobStatus::RollbackFailed | JobStatus::Aborted => "bad",
+    }
+}
+
+pub fn dashboard(
+    envs: &[EnvStatus],
+    running: &[Running],
+    jobs: &[QueuedJob],
+    headers: &HeaderMap,
+) -> Response {
+    let main = html! {
+        section {
+            h2 { "Environments" }
+            div.cards {
+                @for e in envs {
+                    div.card {
+                        h3 { (e.app) "/" (e.env) }
+                        p.version { @match &e.live {
+                            Some(l) => { (l.version.as_str()) },
+                            None => { "nothing deployed yet" },
+                        } }
+                        @if let Some(l) = &e.live {
+                            p.small { "since " (when(l.since)) " by " (l.by) }
+                        }
+                        @if let Some(lock) = &e.lock { p.warn { (lock_phrase(lock)) } }
+                        @if !e.faulty.is_empty() {
+                            p.bad { "faulty: "
+                                (e.faulty.iter().map(|v| v.to_string()).collect::<Vec<_>>().join(", ")) }
+                        }
+                        @for j in &e.jobs {
+                            p { span class=(status_class(j.status)) { (j.status) } " "
+                                a href={ "/jobs/" (j.job) } { (j.version.as_str()) } }
+                        }
+                    }
+                }
+            }
+        }
+        @if !running.is_empty() {
+            section {
+                h2 { "Deploying now" }
+                @for r in running { (progress(r)) }
+            }
+        }
+        section {
+            h2 { "Jobs" }
+            @if jobs.is_empty() { p { "no jobs yet" } } @else {
+                table {
+                    tr { th { "queued" } th { "app/env" } th { "version" } th { "status" }
+                         th { "asked by" } th { "why" } }
+                    @for q in jobs.iter().rev().take(JOBS_SHOWN) {
+                        tr {
+                            td { (when(q.queued_at)) }
+                            td { (q.job.group()) }
+                            td { a href={ "/jobs/" (q.job.id) } { (q.job.version.as_str()) } }
+                            td { span class=(status_class(q.status)) { (q.status) } }
+                            td { (q.job.requested_by) }
+                            td.reason { (q.reason.as_deref().unwrap_or("")) }
+                        }
+                    }
+                }
+            }
+        }
+    };
+    page("deploys", main, headers)
+}
+
+/// A running deploy: each node and where it stands.
+fn progress(r: &Running) -> Markup {
+    let j = &r.job.job;
+    html! {
+        div.card.running {
+            h3 { a href={ "/jobs/" (j.id) } { (j.app) "/" (j.env) " " (j.version.as_str()) } }
+            @match &r.deploy {
+                None => p { "starting" },
+                Some(d) => {
+                    ol.nodes {
+                        @for n in &d.nodes {
+                            li class=(node_class(n.state)) {
+                                span.node { (n.name) } " " (node_phrase(n.state))
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn node_class(state: NodeState) -> &'static str {
+    match state {
+        NodeState::Pending => "quiet",
+        NodeState::Installed => "busy",
+        NodeState::Healthy | NodeState::Reverted => "ok",
+        NodeState::InstallFailed | NodeState::Unhealthy | NodeState::Gone => "bad",
+    }
+}
+
+pub fn job(story: &Story, headers: &HeaderMap) -> Response {
+    let j = &story.job;
+    let main = html! {
+        section {
+            h2 { (j.app) "/" (j.env) " " (j.version.as_str()) " "
+                 span class=(status_class(story.status)) { (story.status) } }
+            @if let Some(reason) = &story.reason { p.reason id="reason" { (reason) } }
+            p.small { "job " (j.id) " — asked by " (j.requested_by) }
+            p.small {
+                "queued " (when(story.queued_at))
+                @if let Some(t) = story.started_at { " — started " (when(t)) }
+                @if let Some(t) = story.ended_at { " — ended " (when(t)) }
+            }
+        }
+        @if !story.steps.is_empty() {
+            section {
+                h2 { "Timeline" }
+                (timeline(&story.steps))
+                table {
+                    tr { th { "node" } th { "step" } th { "started" } th { "took" } th { "result" }
+                         th { "exit" } th { "output" } }
+                    @for s in &story.steps {
+                        tr {
+                            td { (s.node) }
+                            td { (s.stage.as_str()) }
+                            td { (s.started_at.map(|t| t.format("%H:%M:%S").to_string()).unwrap_or_default()) }
+                            td { (took(s)) }
+                            td { span class=(result_class(s.result)) { (format!("{:?}", s.result).to_lowercase()) } }
+                            td { (s.exit_code.map(|c| c.to_string()).unwrap_or_default()) }
+                            td { pre { (s.output) } }
+                        }
+                    }
+                }
+            }
+        }
+        @if !story.events.is_empty() {
+            section {
+                h2 { "What it said" }
+                ul.events { @for e in &story.events { li { span.small { (when(e.at)) } " " (e.text) } } }
+            }
+        }
+    };
+    page(&format!("{} {}", j.app, j.version), main, headers)
+}
+
+fn took(s: &Step) -> String {
+    match (s.started_at, s.ended_at) {
+        (Some(a), Some(b)) => format!("{:.1} s", (b - a).num_milliseconds() as f64 / 1000.0),
+        _ => String::new(),
+    }
+}
+
+fn result_class(r: StepResult) -> &'static str {
+    match r {
+        StepResult::Ok => "ok",
+        StepResult::Running => "busy",
+        StepResult::Failed | StepResult::Gone => "bad",
+    }
+}
+
+/// Nodes down, time across: a bar per step, from its start to its end (or to the last
+/// moment seen, while it runs).
+fn timeline(steps: &[Step]) -> Markup {
+    let mut nodes: Vec<&str> = vec![];
+    for s in steps {
+        if !nodes.contains(&s.node.as_str()) {
+            nodes.push(&s.node);
+        }
+    }
+    let times = steps.iter().flat_map(|s| [s.started_at, s.ended_at]).flatten();
+    let (Some(first), Some(last)) = (times.clone().min(), times.max()) else {
+        return html! {};
+    };
+    let span = (last - first).num_milliseconds().max(1) as f64;
+    let (left, width, row) = (110.0, 600.0, 22.0);
+    let x = |t: DateTime<Utc>| left + width * (t - first).num_milliseconds() as f64 / span;
+    let height = row * nodes.len() as f64 + 24.0;
+    html! {
+        svg.timeline xmlns="http://www.w3.org/2000/svg" viewBox={ "0 0 " (left + width + 10.0) " " (height) }
+            role="img" aria-label="each node's steps over time" {
+            @for (i, n) in nodes.iter().enumerate() {
+                text x="0" y=(row * i as f64 + 15.0) { (n) }
+            }
+            @for s in steps {
+                @let i = nodes.iter().position(|n| *n == s.node).unwrap_or(0);
+                @let start = s.started_at.unwrap_or(first);
+                @let end = s.ended_at.unwrap_or(last);
+                rect class={ "bar " (stage_class(s.stage)) " " (result_class(s.result)) }
+                    x=(format!("{:.1}", x(start))) y=(row * i as f64 + 3.0)
+                    width=(format!("{:.1}", (x(end) - x(start)).max(2.0))) height=(row - 6.0) {
+                    title { (s.node) " " (s.stage.as_str()) ": " (took(s)) }
+                }
+            }
+            text x=(left) y=(height - 4.0) { (first.format("%H:%M:%S")) }
+            text x=(left + width) y=(height - 4.0) text-anchor="end" {
+                "+" (format!("{:.1}", span / 1000.0)) " s"
+            }
+        }
+    }
+}
+
+fn stage_class(s: Stage) -> &'static str {
+    match s {
+        Stage::Probe => "probe",
+        Stage::Install | Stage::RollbackInstall => "install",
+        Stage::Restart | Stage::RollbackRestart => "restart",
+        Stage::Bake => "bake",
+    }
+}
+
+/// `/events`: `changed` whenever the store's mark moves (looked at every second), and a
+/// comment now and then so that proxies keep the connection open; it ends when the
+/// server starts shutting down (`closing`).
+pub fn events(
+    store: Store,
+    closing: watch::Receiver<bool>,
+) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+    let start = (store, closing, None);
+    let stream = futures_util::stream::unfold(start, |(store, mut closing, last)| async move {
+        loop {
+            if *closing.borrow() {
+                return None;
+            }
+            let now = store.changes().await.ok();
+            if now.is_some() && now != last {
+                let event = Event::default().event("changed").data("");
+                return Some((Ok(event), (store, closing, now)));
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                // Gone without a word: the server is gone too.
+                r = closing.changed() => if r.is_err() { return None; },
+            }
+        }
+    });
+    Sse::new(stream).keep_alive(KeepAlive::default())
+}
