@@ -237,7 +237,10 @@ fn timeline(steps: &[Step]) -> Markup {
             nodes.push(&s.node);
         }
     }
-    let times = steps.iter().flat_map(|s| [s.started_at, s.ended_at]).flatten();
+    let times = steps
+        .iter()
+        .flat_map(|s| [s.started_at, s.ended_at])
+        .flatten();
     let (Some(first), Some(last)) = (times.clone().min(), times.max()) else {
         return html! {};
     };
@@ -293,7 +296,8 @@ pub fn events(
             }
             let now = store.changes().await.ok();
             if now.is_some() && now != last {
-                let event = Event::default().event("changed").data("");
+                // With data: a browser drops an event whose data is empty.
+                let event = Event::default().event("changed").data("changed");
                 return Some((Ok(event), (store, closing, now)));
             }
             tokio::select! {

@@ -11,6 +11,7 @@ mod fuzz_replay;
 mod gate;
 mod index;
 mod notify;
+mod page;
 mod safety;
 mod serve;
 mod ssh;

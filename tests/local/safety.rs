@@ -10,10 +10,10 @@ use shipit::deploy::job::JobId;
 use crate::example::{free_port, Example};
 
 /// `shipit serve` on this example, watching `uploads/` for new packages.
-struct Serve(Child, u16);
+pub struct Serve(Child, pub u16);
 
 impl Serve {
-    fn start(ex: &Example) -> Serve {
+    pub fn start(ex: &Example) -> Serve {
         let uploads = ex.dir.path().join("uploads");
         std::fs::create_dir_all(&uploads).unwrap();
         let port = free_port();
@@ -58,7 +58,7 @@ impl Serve {
     }
 
     /// Waits until `/healthz` answers `code` (200: with its worker running).
-    async fn health_becomes(&self, code: u16) -> serde_json::Value {
+    pub async fn health_becomes(&self, code: u16) -> serde_json::Value {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let (c, body) = self.health().await;
