@@ -169,6 +169,16 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The DORA figures of every app+env: deploy frequency, lead time for changes,
+    /// change failure rate, time to restore.
+    Stats {
+        /// Over the last this many days.
+        #[arg(long, default_value_t = 30)]
+        days: u32,
+        /// As JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Take a queued job off the queue before it starts (a running one: see `abort`).
     Cancel {
         /// The job's id, or the start of it (see `shipit jobs`).
@@ -379,6 +389,17 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 cli::views::print_history(&entries)?;
             }
         }
+        Command::Stats { days, json } => {
+            let config = load(&cli.config)?;
+            let figures =
+                shipit::run::overview::dora(&config, &open_store(&config)?, days, Utc::now())
+                    .await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&figures)?);
+            } else {
+                cli::views::print_dora(&figures);
+            }
+        }
         Command::Cancel { job } => {
             let config = load(&cli.config)?;
             let q = cli::cancel(&open_store(&config)?, &job).await?;
@@ -534,6 +555,7 @@ async fn main() -> ExitCode {
             | Command::Jobs { .. }
             | Command::Status { .. }
             | Command::History { .. }
+            | Command::Stats { .. }
             | Command::Show { .. }
     ) {
         // Reports end quietly when their reader does (`shipit history hello | head -1`),

@@ -4,6 +4,7 @@
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
+use crate::deploy::dora::{dora_phrases, Figures};
 use crate::deploy::engine::{NodeState, Notice};
 use crate::deploy::history::{Faulty, HistoryEntry};
 use crate::deploy::report::{faulty_phrase, forced_note, lock_phrase, node_phrase, NOTHING_LIVE};
@@ -189,6 +190,35 @@ pub fn print_ended(jobs: &[QueuedJob]) {
         .collect();
     print_table(
         &["ENDED (UTC)", "VERSION", "JOB", "STATUS", "BY", "REASON"],
+        &rows,
+    );
+}
+
+/// `shipit stats`: a line per app+env.
+pub fn print_dora(figures: &[Figures]) {
+    let rows: Vec<Vec<String>> = figures
+        .iter()
+        .map(|f| {
+            let d = dora_phrases(f);
+            vec![
+                format!("{}/{}", f.app, f.env),
+                d.frequency,
+                d.lead_time,
+                d.failure_rate,
+                d.restore,
+            ]
+        })
+        .collect();
+    let days = figures.first().map_or(30, |f| f.days);
+    println!("over the last {days} days");
+    print_table(
+        &[
+            "APP/ENV",
+            "DEPLOYS",
+            "LEAD TIME",
+            "CHANGE FAILURE RATE",
+            "TIME TO RESTORE",
+        ],
         &rows,
     );
 }

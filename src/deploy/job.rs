@@ -51,6 +51,9 @@ pub enum Source {
         commit: Option<String>,
         delivery: Option<String>,
         pusher: Option<String>,
+        /// The tagged commit's time, as the push event says (for the lead time).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        committed_at: Option<DateTime<Utc>>,
     },
     /// A package file appeared in the package index.
     Upload { location: String },
@@ -259,6 +262,7 @@ mod tests {
             commit: Some("abc".into()),
             delivery: Some(delivery.into()),
             pusher: Some("octocat".into()),
+            committed_at: None,
         }
     }
 

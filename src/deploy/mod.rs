@@ -3,6 +3,7 @@
 //! config file format, an adapter, tokio or AWS.
 
 pub mod command;
+pub mod dora;
 pub mod engine;
 pub mod history;
 outside_input! {

@@ -1129,6 +1129,7 @@ impl Sim {
                         commit: None,
                         delivery: None,
                         pusher: None,
+                        committed_at: None,
                     },
                     JobKind::Upload => Source::Upload {
                         location: format!("s3://pkgs/{app}-{v}-{n}.whl"),

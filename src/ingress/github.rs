@@ -34,6 +34,13 @@ struct PushEvent {
     after: Option<String>,
     repository: Repository,
     pusher: Option<Account>,
+    head_commit: Option<HeadCommit>,
+}
+
+#[derive(Deserialize)]
+struct HeadCommit {
+    /// RFC 3339; one that is not reads as unknown rather than refusing the push.
+    timestamp: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -115,6 +122,11 @@ impl Ingress {
                     commit: push.after,
                     delivery,
                     pusher: push.pusher.and_then(|p| p.name),
+                    committed_at: push
+                        .head_commit
+                        .and_then(|c| c.timestamp)
+                        .and_then(|t| DateTime::parse_from_rfc3339(&t).ok())
+                        .map(|t| t.with_timezone(&Utc)),
                 };
                 (push.repository.full_name, tag.to_string(), source)
             }
@@ -133,6 +145,7 @@ impl Ingress {
                     commit: None,
                     delivery,
                     pusher: rel.sender.and_then(|s| s.name),
+                    committed_at: None,
                 };
                 (rel.repository.full_name, rel.release.tag_name, source)
             }

@@ -1,10 +1,13 @@
 //! Where every app+env stands, read from the local store: what `shipit status` prints
 //! and the page shows.
 
+use std::collections::HashMap;
+
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use crate::config::Config;
+use crate::deploy::dora::{figures, Ended, Figures};
 use crate::deploy::job::JobId;
 use crate::deploy::ports::{Ledger, LockInfo, PortError};
 use crate::deploy::status::JobStatus;
@@ -89,3 +92,43 @@ pub async fn status(config: &Config, store: &Store) -> anyhow::Result<Vec<EnvSta
     }
     Ok(out)
 }
+
+/// The DORA figures of every app+env over the `days` before `now` (see `deploy::dora`).
+pub async fn dora(
+    config: &Config,
+    store: &Store,
+    days: u32,
+    now: DateTime<Utc>,
+) -> anyhow::Result<Vec<Figures>> {
+    let jobs = store.jobs(None).await.map_err(port)?;
+    let mut out = vec![];
+    for app in config.apps.values() {
+        for env in app.environments.keys() {
+            // When each job went live: its history entry.
+            let live: HashMap<JobId, DateTime<Utc>> = store
+                .history(&app.name, env, HISTORY_READ)
+                .await
+                .map_err(port)?
+                .into_iter()
+                .map(|e| (e.job.id, e.recorded_at))
+                .collect();
+            let group = format!("{}/{env}", app.name);
+            let ended: Vec<Ended> = jobs
+                .iter()
+                .filter(|q| q.job.group() == group && !q.status.is_pending())
+                .map(|q| Ended {
+                    job: q.job.clone(),
+                    status: q.status,
+                    started_at: q.started_at,
+                    ended_at: q.ended_at,
+                    live_at: live.get(&q.job.id).copied(),
+                })
+                .collect();
+            out.push(figures(&app.name, env, &ended, days, now));
+        }
+    }
+    Ok(out)
+}
+
+/// History entries read for the figures: a deploy every hour for more than a year.
+const HISTORY_READ: usize = 10_000;

@@ -17,6 +17,7 @@ use maud::{html, Markup, PreEscaped, DOCTYPE};
 use tokio::sync::watch;
 
 use super::overview::EnvStatus;
+use crate::deploy::dora::{dora_phrases, Figures};
 use crate::deploy::engine::{Deploy, NodeState};
 use crate::deploy::report::{lock_phrase, node_phrase};
 use crate::deploy::status::JobStatus;
@@ -75,10 +76,14 @@ fn status_class(status: JobStatus) -> &'static str {
     }
 }
 
+/// The days the page's DORA figures look back.
+pub const DORA_DAYS: u32 = 30;
+
 pub fn dashboard(
     envs: &[EnvStatus],
     running: &[Running],
     jobs: &[QueuedJob],
+    dora: &[Figures],
     headers: &HeaderMap,
 ) -> Response {
     let main = html! {
@@ -112,6 +117,23 @@ pub fn dashboard(
             section {
                 h2 { "Deploying now" }
                 @for r in running { (progress(r)) }
+            }
+        }
+        section id="dora" {
+            h2 { "The last " (DORA_DAYS) " days" }
+            table {
+                tr { th { "app/env" } th { "deploys" } th { "lead time" }
+                     th { "change failure rate" } th { "time to restore" } }
+                @for f in dora {
+                    @let p = dora_phrases(f);
+                    tr {
+                        td { (f.app) "/" (f.env) }
+                        td { (p.frequency) }
+                        td { (p.lead_time) }
+                        td { (p.failure_rate) }
+                        td { (p.restore) }
+                    }
+                }
             }
         }
         section {

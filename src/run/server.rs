@@ -121,10 +121,19 @@ async fn dashboard(State(s): State<AppState>, headers: HeaderMap) -> Response {
                 deploy,
             });
         }
-        anyhow::Ok((envs, running, jobs))
+        let dora = super::overview::dora(
+            &s.ingress.config,
+            &s.store,
+            super::page::DORA_DAYS,
+            Utc::now(),
+        )
+        .await?;
+        anyhow::Ok((envs, running, jobs, dora))
     };
     match read.await {
-        Ok((envs, running, jobs)) => super::page::dashboard(&envs, &running, &jobs, &headers),
+        Ok((envs, running, jobs, dora)) => {
+            super::page::dashboard(&envs, &running, &jobs, &dora, &headers)
+        }
         Err(e) => respond(Reply::error(503, format!("store unavailable: {e}"))),
     }
 }

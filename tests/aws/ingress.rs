@@ -49,9 +49,15 @@ async fn signed_tag_push_queues_one_job_in_the_app_env_group() {
             commit,
             delivery,
             pusher,
+            committed_at,
             ..
         } => {
             assert_eq!((repo.as_str(), tag.as_str()), ("Acme/Hello", "v1.4.2"));
+            // The head commit's time, in UTC: what the lead time counts from.
+            assert_eq!(
+                committed_at.map(|t| t.to_rfc3339()),
+                Some("2026-11-23T18:59:50+00:00".to_string())
+            );
             assert_eq!(
                 commit.as_deref(),
                 Some("6113728f27ae82c7b1a177c8d03f9e96e0adf246")

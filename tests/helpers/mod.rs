@@ -213,7 +213,9 @@ pub fn tag_push(repo: &str, tag: &str) -> Vec<u8> {
         "created": true,
         "deleted": false,
         "repository": { "full_name": repo, "default_branch": "main" },
-        "pusher": { "name": "octocat", "email": "octocat@example.com" }
+        "pusher": { "name": "octocat", "email": "octocat@example.com" },
+        "head_commit": { "id": "6113728f27ae82c7b1a177c8d03f9e96e0adf246",
+                         "timestamp": "2026-11-23T10:59:50-08:00" }
     })
     .to_string()
     .into_bytes()

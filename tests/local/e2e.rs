@@ -5,6 +5,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use crate::example::Example;
+use serde_json::{json, Value};
 use shipit::deploy::engine::Notice;
 use shipit::deploy::job::JobId;
 use shipit::deploy::ports::Ledger;
@@ -96,6 +97,28 @@ fn the_failed_deploy_keeps_its_story(ex: &Example, failed: &JobId) {
         .find(|q| q["job"]["id"] == failed.as_str())
         .unwrap();
     assert_eq!(listed["reason"], reason);
+    // DORA: two changes went live, the third failed and was put back at once.
+    let stats = shipit_json(ex, &["stats", "--json"]);
+    let f = &stats[0];
+    assert_eq!(
+        (f["app"].as_str(), f["env"].as_str()),
+        (Some("hello"), Some("production"))
+    );
+    assert_eq!(
+        (
+            &f["deploys"],
+            &f["changes"],
+            &f["failed_changes"],
+            &f["restores"]
+        ),
+        (&json!(2), &json!(3), &json!(1), &json!(1)),
+        "{f}"
+    );
+    assert_eq!(
+        f["lead_time_seconds"],
+        Value::Null,
+        "no commit times from the CLI"
+    );
     let ended = shipit_json(ex, &["history", "hello", "--all", "--json"]);
     assert_eq!(
         ended[0]["job"]["id"],

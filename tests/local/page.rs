@@ -158,6 +158,13 @@ async fn the_page_follows_a_deploy_node_by_node_in_a_real_browser() {
         json!(42),
         "the page was loaded again"
     );
+    // The DORA figures count the deploy.
+    until(
+        &client,
+        "the DORA figures",
+        "return document.getElementById('dora').innerText.includes('1 (0.03 a day)');",
+    )
+    .await;
     let live = client.find(Locator::Css(".card .version")).await.unwrap();
     assert_eq!(live.text().await.unwrap(), "1.0.0");
     only_from(&client, &base).await;
@@ -172,6 +179,14 @@ async fn the_page_follows_a_deploy_node_by_node_in_a_real_browser() {
         "return Array.from(document.querySelectorAll('main table tr')).some(tr => tr.textContent.includes('1.2.0') && tr.textContent.includes('failed its health check'));",
     )
     .await;
+    let dora = client
+        .find(Locator::Id("dora"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(dora.contains("50 % (1 of 2)"), "{dora}");
     let link = client
         .find(Locator::XPath("//main//table//a[text()='1.2.0']"))
         .await
