@@ -138,19 +138,8 @@ async fn dashboard(State(s): State<AppState>, headers: HeaderMap) -> Response {
     }
 }
 
-async fn job_page(
-    State(s): State<AppState>,
-    headers: HeaderMap,
-    Path(id): Path<String>,
-) -> Response {
-    if let Err(reply) = s.reads.check(&headers) {
-        return respond(reply);
-    }
-    match story_of(&s.store, &id).await {
-        Ok(Some(story)) => super::page::job(&story, &headers),
-        Ok(None) => respond(Reply::error(404, format!("no job {id:?}"))),
-        Err(e) => respond(Reply::error(503, format!("store unavailable: {e}"))),
-    }
+async fn job_page(s: State<AppState>, headers: HeaderMap, id: Path<String>) -> Response {
+    with_story(s, &headers, id, |story| super::page::job(story, &headers)).await
 }
 
 async fn events(State(s): State<AppState>, headers: HeaderMap) -> Response {
@@ -160,29 +149,32 @@ async fn events(State(s): State<AppState>, headers: HeaderMap) -> Response {
     super::page::events(s.store.clone(), s.closing.clone()).into_response()
 }
 
-/// The story of the job with id `id` (the whole id: a prefix is for people at a terminal).
-async fn story_of(
-    store: &Store,
-    id: &str,
-) -> Result<Option<crate::deploy::story::Story>, crate::deploy::ports::PortError> {
-    let found = store.jobs_starting(id).await?;
-    match found.into_iter().find(|q| q.job.id.as_str() == id) {
-        Some(q) => store.story(&q.job.id).await,
-        None => Ok(None),
-    }
-}
 
 /// One job's story, as `shipit show ID --json` prints it; the same access rule.
-async fn job_story(
+async fn job_story(s: State<AppState>, headers: HeaderMap, id: Path<String>) -> Response {
+    with_story(s, &headers, id, |story| Json(story).into_response()).await
+}
+
+/// `show` of the story of job `id` (the whole id: a prefix is for people at a terminal),
+/// to whoever may read it.
+async fn with_story(
     State(s): State<AppState>,
-    headers: HeaderMap,
+    headers: &HeaderMap,
     Path(id): Path<String>,
+    show: impl FnOnce(&crate::deploy::story::Story) -> Response,
 ) -> Response {
-    if let Err(reply) = s.reads.check(&headers) {
+    if let Err(reply) = s.reads.check(headers) {
         return respond(reply);
     }
-    match story_of(&s.store, &id).await {
-        Ok(Some(story)) => Json(story).into_response(),
+    let story = async {
+        let found = s.store.jobs_starting(&id).await?;
+        match found.into_iter().find(|q| q.job.id.as_str() == id) {
+            Some(q) => s.store.story(&q.job.id).await,
+            None => Ok(None),
+        }
+    };
+    match story.await {
+        Ok(Some(story)) => show(&story),
         Ok(None) => respond(Reply::error(404, format!("no job {id:?}"))),
         Err(e) => respond(Reply::error(503, format!("store unavailable: {e}"))),
     }
