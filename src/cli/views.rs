@@ -73,6 +73,14 @@ pub fn print_status(status: &[EnvStatus]) {
                 let versions: Vec<String> = s.faulty.iter().map(|v| v.to_string()).collect();
                 format!("faulty: {}", versions.join(", "))
             };
+            let nodes: Vec<String> = s
+                .nodes
+                .iter()
+                .map(|n| {
+                    let v = n.version.as_ref().map_or("-", |v| v.as_str());
+                    format!("{}={v}", n.node)
+                })
+                .collect();
             vec![
                 format!("{}/{}", s.app, s.env),
                 s.live
@@ -81,6 +89,7 @@ pub fn print_status(status: &[EnvStatus]) {
                 s.live
                     .as_ref()
                     .map_or("-".into(), |l| l.since.format(WHEN).to_string()),
+                nodes.join(" "),
                 [jobs.join(", "), lock, faulty]
                     .into_iter()
                     .filter(|s| !s.is_empty())
@@ -89,7 +98,16 @@ pub fn print_status(status: &[EnvStatus]) {
             ]
         })
         .collect();
-    print_table(&["APP/ENV", "LIVE", "SINCE", "JOBS / LOCK"], &rows);
+    print_table(
+        &[
+            "APP/ENV",
+            "LIVE",
+            "SINCE",
+            "NODES (LAST SEEN)",
+            "JOBS / LOCK",
+        ],
+        &rows,
+    );
 }
 
 /// The jobs, oldest first, with why each one that ended did not succeed.

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use crate::config::Config;
+use crate::config::{Config, Nodes};
 use crate::deploy::dora::{figures, Ended, Figures};
 use crate::deploy::job::JobId;
 use crate::deploy::ports::{Ledger, LockInfo, PortError};
@@ -30,6 +30,16 @@ pub struct EnvStatus {
     pub faulty: Vec<Version>,
     /// Queued and running jobs, oldest first.
     pub jobs: Vec<ActiveJob>,
+    /// Each node, in the config's order, with the version it was last seen serving.
+    pub nodes: Vec<NodeStatus>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct NodeStatus {
+    pub node: String,
+    /// `None`: no deploy of shipit's has seen it serve yet.
+    pub version: Option<Version>,
+    pub seen_at: Option<DateTime<Utc>>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -61,6 +71,21 @@ pub async fn status(config: &Config, store: &Store) -> anyhow::Result<Vec<EnvSta
                 .into_iter()
                 .next();
             let group = format!("{}/{env}", app.name);
+            let seen = store.node_versions(&app.name, env).await.map_err(port)?;
+            let nodes = match &app.environments[env].nodes {
+                Nodes::Listed(nodes) => nodes
+                    .iter()
+                    .map(|n| {
+                        let s = seen.iter().find(|s| s.node == n.name);
+                        NodeStatus {
+                            node: n.name.clone(),
+                            version: s.map(|s| s.version.clone()),
+                            seen_at: s.map(|s| s.seen_at),
+                        }
+                    })
+                    .collect(),
+                Nodes::Ssm { .. } => vec![],
+            };
             out.push(EnvStatus {
                 app: app.name.clone(),
                 env: env.clone(),
@@ -87,6 +112,7 @@ pub async fn status(config: &Config, store: &Store) -> anyhow::Result<Vec<EnvSta
                         status: q.status,
                     })
                     .collect(),
+                nodes,
             });
         }
     }

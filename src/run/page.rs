@@ -100,6 +100,16 @@ pub fn dashboard(
                         @if let Some(l) = &e.live {
                             p.small { "since " (when(l.since)) " by " (l.by) }
                         }
+                        @if !e.nodes.is_empty() {
+                            ol.nodes {
+                                @for n in &e.nodes {
+                                    li title="the version it was last seen serving" {
+                                        span.node { (n.node) } " "
+                                        (n.version.as_ref().map_or("–", |v| v.as_str()))
+                                    }
+                                }
+                            }
+                        }
                         @if let Some(lock) = &e.lock { p.warn { (lock_phrase(lock)) } }
                         @if !e.faulty.is_empty() {
                             p.bad { "faulty: "

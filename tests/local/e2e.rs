@@ -199,6 +199,14 @@ async fn installs_in_parallel_restarts_in_order_and_rolls_back_a_bad_version() {
         "a failed deploy is not history"
     );
     the_failed_deploy_keeps_its_story(&ex, &failed);
+    // Each node as last seen: node1 put back onto 1.1.0 by the failed deploy, the others
+    // still on 1.1.0 since the deploy before.
+    let status = shipit_json(&ex, &["status", "--json"]);
+    let nodes = &status[0]["nodes"];
+    for (i, node) in ["node1", "node2", "node3"].iter().enumerate() {
+        assert_eq!(nodes[i]["node"], *node, "{status}");
+        assert_eq!(nodes[i]["version"], "1.1.0", "{status}");
+    }
 
     // Rollback re-sends the previous live job.
     let job = shipit::cli::rollback(&ex.config(), &store, "hello", None)

@@ -6,9 +6,38 @@ use rusqlite::{params, OptionalExtension};
 
 use super::Store;
 use crate::deploy::command::NodeResult;
-use crate::deploy::engine::{Deploy, Notice};
+use crate::deploy::engine::{Deploy, NodeState, Notice};
 use crate::deploy::job::JobId;
 use crate::deploy::ports::{NotifyMemo, PortError};
+use crate::deploy::version::Version;
+
+/// A node and the version it was last seen serving.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct NodeSeen {
+    pub node: String,
+    pub version: Version,
+    pub job: JobId,
+    pub seen_at: DateTime<Utc>,
+}
+
+/// The nodes this step saw serve a version: healthy after their restart (the deploy's
+/// version) or after being put back (the one before it).
+fn serving(deploy: &Deploy, notices: &[Notice]) -> Vec<(String, String)> {
+    notices
+        .iter()
+        .filter_map(|n| match n {
+            Notice::Healthy { node } => {
+                let state = deploy.nodes.iter().find(|x| &x.name == node)?.state;
+                let version = match state {
+                    NodeState::Reverted => deploy.previous.as_ref()?,
+                    _ => &deploy.job.version,
+                };
+                Some((node.clone(), version.to_string()))
+            }
+            _ => None,
+        })
+        .collect()
+}
 
 /// What the store knows of one node's run of a command.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,6 +62,8 @@ impl Store {
             .iter()
             .map(serde_json::to_string)
             .collect::<Result<Vec<_>, _>>()?;
+        let seen = serving(deploy, notices);
+        let (app, env) = (deploy.job.app.clone(), deploy.job.env.clone());
         self.with(move |c| {
             let tx = c.transaction()?;
             tx.execute(
@@ -42,9 +73,46 @@ impl Store {
                 params![id, state, now.to_rfc3339()],
             )?;
             insert_notices(&tx, &id, &rows, now)?;
+            for (node, version) in seen {
+                tx.execute(
+                    "INSERT INTO node_versions (app, env, node, version, job_id, seen_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                     ON CONFLICT(app, env, node) DO UPDATE SET version = excluded.version,
+                       job_id = excluded.job_id, seen_at = excluded.seen_at",
+                    params![app, env, node, version, id, now.to_rfc3339()],
+                )?;
+            }
             tx.commit()
         })
         .await
+    }
+
+    /// Each node of app+env, the version it was last seen serving (restarted onto it and
+    /// healthy, or put back onto it), by which job and when.
+    pub async fn node_versions(&self, app: &str, env: &str) -> Result<Vec<NodeSeen>, PortError> {
+        let (app, env) = (app.to_string(), env.to_string());
+        let rows: Vec<(String, String, String, String)> = self
+            .with(move |c| {
+                c.prepare(
+                    "SELECT node, version, job_id, seen_at FROM node_versions
+                     WHERE app = ?1 AND env = ?2",
+                )?
+                .query_map(params![app, env], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+                })?
+                .collect()
+            })
+            .await?;
+        rows.into_iter()
+            .map(|(node, version, job, at)| {
+                Ok(NodeSeen {
+                    node,
+                    version: Version::parse(&version)?,
+                    job: serde_json::from_value(serde_json::Value::String(job))?,
+                    seen_at: DateTime::parse_from_rfc3339(&at)?.with_timezone(&Utc),
+                })
+            })
+            .collect()
     }
 
     /// What the notifiers remember of a deploy (its Slack message, say).

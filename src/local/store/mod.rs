@@ -96,6 +96,15 @@ CREATE TABLE IF NOT EXISTS notices (
     at      TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS notices_by_job ON notices(job_id, seq);
+CREATE TABLE IF NOT EXISTS node_versions (
+    app     TEXT NOT NULL,
+    env     TEXT NOT NULL,
+    node    TEXT NOT NULL,
+    version TEXT NOT NULL,
+    job_id  TEXT NOT NULL,
+    seen_at TEXT NOT NULL,
+    PRIMARY KEY (app, env, node)
+);
 CREATE TABLE IF NOT EXISTS worker_lease (
     id      INTEGER PRIMARY KEY CHECK (id = 1),
     holder  TEXT NOT NULL,
