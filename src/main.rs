@@ -353,7 +353,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Status { json } => {
             let config = load(&cli.config)?;
-            let status = cli::status(&config, &open_store(&config)?).await?;
+            let store = open_store(&config)?;
+            let jobs = store.jobs(None).await.map_err(|e| anyhow!("{e}"))?;
+            let status = cli::status(&config, &store, &jobs).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&status)?);
             } else {
@@ -391,9 +393,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Stats { days, json } => {
             let config = load(&cli.config)?;
+            let store = open_store(&config)?;
+            let jobs = store.jobs(None).await.map_err(|e| anyhow!("{e}"))?;
             let figures =
-                shipit::run::overview::dora(&config, &open_store(&config)?, days, Utc::now())
-                    .await?;
+                shipit::run::overview::dora(&config, &store, &jobs, days, Utc::now()).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&figures)?);
             } else {

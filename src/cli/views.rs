@@ -263,11 +263,9 @@ pub fn print_story(story: &Story) {
             .steps
             .iter()
             .map(|s| {
-                let took = match (s.started_at, s.ended_at) {
-                    (Some(a), Some(b)) => {
-                        format!("{:.1} s", (b - a).num_milliseconds() as f64 / 1000.0)
-                    }
-                    _ => "-".into(),
+                let took = match s.took() {
+                    t if t.is_empty() => "-".into(),
+                    t => t,
                 };
                 vec![
                     s.node.clone(),

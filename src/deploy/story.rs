@@ -52,6 +52,16 @@ pub struct Step {
     pub output: String,
 }
 
+impl Step {
+    /// How long it took, `1.2 s`; empty while it runs or when a time is unknown.
+    pub fn took(&self) -> String {
+        match (self.started_at, self.ended_at) {
+            (Some(a), Some(b)) => format!("{:.1} s", (b - a).num_milliseconds() as f64 / 1000.0),
+            _ => String::new(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Stage {
@@ -173,10 +183,7 @@ impl Story {
         // The outcome's words, when the store kept none (a job that ended before it did).
         let reason = kept.reason.or_else(|| {
             kept.notices.iter().rev().find_map(|(_, n)| match n {
-                Notice::Finished { outcome } => outcome
-                    .reason()
-                    .map(str::to_string)
-                    .or_else(|| outcome.left_behind().map(|l| format!("except {l}"))),
+                Notice::Finished { outcome } => outcome.why(),
                 _ => None,
             })
         });

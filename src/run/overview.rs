@@ -12,6 +12,7 @@ use crate::deploy::job::JobId;
 use crate::deploy::ports::{Ledger, LockInfo, PortError};
 use crate::deploy::status::JobStatus;
 use crate::deploy::version::Version;
+use crate::local::store::jobs::QueuedJob;
 use crate::local::store::Store;
 
 fn port(e: PortError) -> anyhow::Error {
@@ -57,10 +58,14 @@ pub struct ActiveJob {
     pub status: JobStatus,
 }
 
-/// What is live on every app+env, what is queued or running there, and who holds it.
-pub async fn status(config: &Config, store: &Store) -> anyhow::Result<Vec<EnvStatus>> {
+/// What is live on every app+env, what is queued or running there (of `jobs`, the
+/// store's), and who holds it.
+pub async fn status(
+    config: &Config,
+    store: &Store,
+    jobs: &[QueuedJob],
+) -> anyhow::Result<Vec<EnvStatus>> {
     let now = Utc::now();
-    let jobs = store.jobs(None).await.map_err(port)?;
     let mut out = vec![];
     for app in config.apps.values() {
         for env in app.environments.keys() {
@@ -120,13 +125,14 @@ pub async fn status(config: &Config, store: &Store) -> anyhow::Result<Vec<EnvSta
 }
 
 /// The DORA figures of every app+env over the `days` before `now` (see `deploy::dora`).
+/// `jobs`: the store's.
 pub async fn dora(
     config: &Config,
     store: &Store,
+    jobs: &[QueuedJob],
     days: u32,
     now: DateTime<Utc>,
 ) -> anyhow::Result<Vec<Figures>> {
-    let jobs = store.jobs(None).await.map_err(port)?;
     let mut out = vec![];
     for app in config.apps.values() {
         for env in app.environments.keys() {

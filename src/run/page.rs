@@ -226,7 +226,7 @@ pub fn job(story: &Story, headers: &HeaderMap) -> Response {
                             td { (s.node) }
                             td { (s.stage.as_str()) }
                             td { (s.started_at.map(|t| t.format("%H:%M:%S").to_string()).unwrap_or_default()) }
-                            td { (took(s)) }
+                            td { (s.took()) }
                             td { span class=(result_class(s.result)) { (format!("{:?}", s.result).to_lowercase()) } }
                             td { (s.exit_code.map(|c| c.to_string()).unwrap_or_default()) }
                             td { pre { (s.output) } }
@@ -243,13 +243,6 @@ pub fn job(story: &Story, headers: &HeaderMap) -> Response {
         }
     };
     page(&format!("{} {}", j.app, j.version), main, headers)
-}
-
-fn took(s: &Step) -> String {
-    match (s.started_at, s.ended_at) {
-        (Some(a), Some(b)) => format!("{:.1} s", (b - a).num_milliseconds() as f64 / 1000.0),
-        _ => String::new(),
-    }
 }
 
 fn result_class(r: StepResult) -> &'static str {
@@ -293,7 +286,7 @@ fn timeline(steps: &[Step]) -> Markup {
                 rect class={ "bar " (stage_class(s.stage)) " " (result_class(s.result)) }
                     x=(format!("{:.1}", x(start))) y=(row * i as f64 + 3.0)
                     width=(format!("{:.1}", (x(end) - x(start)).max(2.0))) height=(row - 6.0) {
-                    title { (s.node) " " (s.stage.as_str()) ": " (took(s)) }
+                    title { (s.node) " " (s.stage.as_str()) ": " (s.took()) }
                 }
             }
             text x=(left) y=(height - 4.0) { (first.format("%H:%M:%S")) }

@@ -107,8 +107,8 @@ async fn dashboard(State(s): State<AppState>, headers: HeaderMap) -> Response {
         return respond(reply);
     }
     let read = async {
-        let envs = super::overview::status(&s.ingress.config, &s.store).await?;
         let jobs = s.store.jobs(None).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+        let envs = super::overview::status(&s.ingress.config, &s.store, &jobs).await?;
         let mut running = vec![];
         for q in jobs.iter().filter(|q| q.status == JobStatus::Running) {
             let deploy = s
@@ -124,6 +124,7 @@ async fn dashboard(State(s): State<AppState>, headers: HeaderMap) -> Response {
         let dora = super::overview::dora(
             &s.ingress.config,
             &s.store,
+            &jobs,
             super::page::DORA_DAYS,
             Utc::now(),
         )

@@ -179,6 +179,14 @@ impl Outcome {
         (!parts.is_empty()).then(|| parts.join("; "))
     }
 
+    /// Why it did not succeed, or what a success left behind (`except …`): what a job's
+    /// story and its stored row say of how it ended.
+    pub fn why(&self) -> Option<String> {
+        self.reason()
+            .map(str::to_string)
+            .or_else(|| self.left_behind().map(|l| format!("except {l}")))
+    }
+
     /// Why it did not succeed.
     pub fn reason(&self) -> Option<&str> {
         match self {

@@ -4,7 +4,7 @@
 use chrono::{DateTime, Utc};
 use rusqlite::{params, OptionalExtension};
 
-use super::Store;
+use super::{time, Store};
 use crate::deploy::command::NodeResult;
 use crate::deploy::engine::{Deploy, NodeState, Notice};
 use crate::deploy::job::JobId;
@@ -109,7 +109,7 @@ impl Store {
                     node,
                     version: Version::parse(&version)?,
                     job: serde_json::from_value(serde_json::Value::String(job))?,
-                    seen_at: DateTime::parse_from_rfc3339(&at)?.with_timezone(&Utc),
+                    seen_at: time(&at)?,
                 })
             })
             .collect()
@@ -179,7 +179,7 @@ impl Store {
                 Ok(CommandRecord {
                     node,
                     result: result.map(|r| serde_json::from_str(&r)).transpose()?,
-                    since: DateTime::parse_from_rfc3339(&since)?.with_timezone(&Utc),
+                    since: time(&since)?,
                 })
             })
             .collect()

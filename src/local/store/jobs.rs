@@ -4,7 +4,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use rusqlite::{params, OptionalExtension, TransactionBehavior};
 
-use super::Store;
+use super::{time, Store};
 use crate::deploy::engine::{Notice, Outcome};
 use crate::deploy::job::{DeployJob, JobId};
 use crate::deploy::ports::{Backlog, Enqueued, JobQueue, PortError};
@@ -50,10 +50,6 @@ pub(super) fn job_row(r: &rusqlite::Row) -> Result<JobRow, rusqlite::Error> {
         r.get(5)?,
         r.get(6)?,
     ))
-}
-
-fn time(text: &str) -> Result<DateTime<Utc>, PortError> {
-    Ok(DateTime::parse_from_rfc3339(text)?.with_timezone(&Utc))
 }
 
 impl QueuedJob {
@@ -195,10 +191,7 @@ impl Store {
         now: DateTime<Utc>,
     ) -> Result<(), PortError> {
         let (id, status) = (job.to_string(), JobStatus::from(outcome).as_str());
-        let reason = outcome
-            .reason()
-            .map(str::to_string)
-            .or_else(|| outcome.left_behind().map(|l| format!("except {l}")));
+        let reason = outcome.why();
         self.with(move |c| {
             c.execute(
                 "UPDATE jobs SET status = ?2, ended_at = ?3, reason = ?4 WHERE id = ?1",

@@ -4,7 +4,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
-use super::Store;
+use super::{time, Store};
 use crate::deploy::job::{DeployJob, JobId};
 use crate::deploy::lock::take;
 use crate::deploy::ports::{
@@ -126,7 +126,7 @@ impl Ledger for Store {
             .map(|(job, at, left_behind, cleared)| {
                 Ok(HistoryEntry {
                     job: DeployJob::from_json(&job)?,
-                    recorded_at: DateTime::parse_from_rfc3339(&at)?.with_timezone(&Utc),
+                    recorded_at: time(&at)?,
                     left_behind,
                     cleared: cleared.map(|c| serde_json::from_str(&c)).transpose()?,
                 })

@@ -16,6 +16,11 @@ mod ledger;
 mod packages;
 mod story;
 
+/// A time as the store writes it (RFC 3339).
+fn time(text: &str) -> Result<chrono::DateTime<chrono::Utc>, PortError> {
+    Ok(chrono::DateTime::parse_from_rfc3339(text)?.with_timezone(&chrono::Utc))
+}
+
 #[derive(Clone)]
 pub struct Store {
     conn: Arc<Mutex<Connection>>,

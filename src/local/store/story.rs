@@ -1,18 +1,13 @@
 //! A job's story from what the store keeps: the job row, its notices and its commands.
 
-use chrono::{DateTime, Utc};
 use rusqlite::params;
 
-use super::Store;
+use super::{time, Store};
 use crate::deploy::job::JobId;
 use crate::deploy::ports::PortError;
 use crate::deploy::story::{Kept, Ran, Story};
 
 type CommandRow = (String, String, Option<String>, Option<String>, String);
-
-fn time(text: &str) -> Result<DateTime<Utc>, PortError> {
-    Ok(DateTime::parse_from_rfc3339(text)?.with_timezone(&Utc))
-}
 
 impl Store {
     pub async fn story(&self, id: &JobId) -> Result<Option<Story>, PortError> {
