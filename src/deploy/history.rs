@@ -42,8 +42,31 @@ pub struct Faulty {
     pub version: Version,
     /// The deploy that rolled back from it.
     pub job: JobId,
+    /// Empty once the list outgrew its parameter and this mark's reason gave way ([`fit`]).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub reason: String,
     pub at: DateTime<Utc>,
+}
+
+/// Fits `marks` (newest first) into `max_bytes` of JSON, the one Parameter Store value
+/// they share: the oldest marks' reasons give way first, so that a version's mark
+/// outlives its words (about 45 marks fit a 4 KB value without reasons); only past that
+/// are the oldest marks dropped. The JSON and how many marks were dropped.
+pub fn fit(marks: &mut Vec<Faulty>, max_bytes: usize) -> (String, usize) {
+    let mut dropped = 0;
+    loop {
+        let value = serde_json::to_string(&marks).unwrap_or_default();
+        if value.len() <= max_bytes || marks.len() <= 1 {
+            return (value, dropped);
+        }
+        match marks.iter_mut().rev().find(|m| !m.reason.is_empty()) {
+            Some(oldest) => oldest.reason.clear(),
+            None => {
+                marks.pop();
+                dropped += 1;
+            }
+        }
+    }
 }
 
 /// The mark on `version`, if it was rolled back from.
@@ -141,6 +164,29 @@ mod tests {
         assert!(err.contains("marked faulty (1.1.0)"), "{err}");
         let h = history(&["1.2.0", "1.1.0", "1.0.0"]);
         assert_eq!(target(&h, &[mark("1.1")]), Ok("1.0.0".into()));
+    }
+
+    #[test]
+    fn marks_past_their_parameter_lose_the_oldest_reasons_before_any_mark() {
+        let mut marks: Vec<Faulty> = (0..40)
+            .map(|i| Faulty {
+                reason: "x".repeat(300),
+                ..mark(&format!("1.{i}.0"))
+            })
+            .collect();
+        let (value, dropped) = fit(&mut marks, 4096);
+        assert!(value.len() <= 4096, "{}", value.len());
+        assert_eq!((dropped, marks.len()), (0, 40));
+        assert_eq!(marks[0].reason.len(), 300, "the newest keeps its words");
+        assert!(marks[39].reason.is_empty());
+        let back: Vec<Faulty> = serde_json::from_str(&value).unwrap();
+        assert_eq!(back, marks);
+
+        let mut many: Vec<Faulty> = (0..100).map(|i| mark(&format!("1.{i}.0"))).collect();
+        let (value, dropped) = fit(&mut many, 4096);
+        assert!(value.len() <= 4096 && dropped > 0 && many.len() >= 40);
+        assert_eq!(many[0].version.to_string(), "1.0.0", "the newest stays");
+        assert_eq!(many.len() + dropped, 100);
     }
 
     #[test]

@@ -34,7 +34,7 @@ use super::{Driver, Outbound};
 use crate::config::Config;
 use crate::deploy::command::{Command, CommandKind, NodeResult, REFUSED, REFUSED_EXIT, UNHEALTHY};
 use crate::deploy::engine::{Deploy, Notice, Verdict};
-use crate::deploy::history::{faulty_mark, rollback_target, Faulty, HistoryEntry};
+use crate::deploy::history::{faulty_mark, fit, rollback_target, Faulty, HistoryEntry};
 use crate::deploy::job::{DeployJob, JobId, Source};
 use crate::deploy::lock::{take, LockInfo, Renewal, Unlocked, Written, DELIVERY_TIMEOUT_SECONDS};
 use crate::deploy::ports::{
@@ -548,6 +548,13 @@ impl Ledger for SimLedger {
         }
         w.lag_write(app, env);
         marks.insert(0, mark.clone());
+        let (value, _) = fit(&mut marks, 4096);
+        if value.len() > 4096 {
+            w.violations.push(format!(
+                "(xii) the faulty list of {app}/{env} is {} bytes, past 4 KB",
+                value.len()
+            ));
+        }
         let t = w.target(app, env);
         t.faulty = marks;
         t.versions.faulty += 1;

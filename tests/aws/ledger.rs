@@ -588,3 +588,31 @@ async fn a_history_write_made_twice_is_listed_once() {
     let two = ledger.history("hello", "production", 2).await.unwrap();
     assert_eq!(two.len(), 2);
 }
+
+/// A marked version stays marked however many marks come after it, within the 4 KB the
+/// emulator holds Parameter Store to: the oldest marks lose their reasons first.
+#[tokio::test]
+async fn many_faulty_marks_fit_one_parameter_by_giving_up_the_oldest_reasons() {
+    let ledger = ssm_ledger(aws_sdk_ssm::Client::new(&sdk().await));
+    let now = Utc::now();
+    let mut seen = Written::default();
+    for i in 0..40 {
+        let j = job(&format!("1.{i}.0"), "m");
+        let mark = Faulty {
+            version: j.version.clone(),
+            job: j.id.clone(),
+            reason: format!("n{i} failed its health check: {}", "x".repeat(300)),
+            at: now,
+        };
+        seen = ledger
+            .mark_faulty("hello", "production", &mark, seen)
+            .await
+            .expect("every mark fits");
+    }
+    let marks = ledger.faulty("hello", "production").await.unwrap();
+    assert_eq!(marks.len(), 40, "no mark dropped");
+    assert_eq!(marks[0].version.to_string(), "1.39.0");
+    assert!(marks[0].reason.starts_with("n39 failed"), "{:?}", marks[0]);
+    assert!(marks[39].reason.is_empty(), "{:?}", marks[39]);
+    assert!(marks.iter().any(|m| m.version.to_string() == "1.0.0"));
+}

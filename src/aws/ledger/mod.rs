@@ -7,7 +7,7 @@ use backoff::ExponentialBackoff;
 use chrono::{DateTime, Utc};
 
 use super::{params, sdk_err};
-use crate::deploy::history::faulty_mark;
+use crate::deploy::history::{faulty_mark, fit};
 use crate::deploy::job::JobId;
 use crate::deploy::ports::{
     Faulty, HistoryEntry, Ledger, LockInfo, PortError, Renewal, Unlocked, Written,
@@ -216,11 +216,9 @@ impl Ledger for SsmLedger {
             .max(seen));
         }
         marks.insert(0, mark.clone());
-        let mut value = serde_json::to_string(&marks)?;
-        // The oldest marks go first when the list outgrows the parameter.
-        while value.len() > FAULTY_MAX_BYTES && marks.len() > 1 {
-            marks.pop();
-            value = serde_json::to_string(&marks)?;
+        let (value, dropped) = fit(&mut marks, FAULTY_MAX_BYTES);
+        if dropped > 0 {
+            tracing::warn!(app, env, dropped, "faulty marks past the parameter's 4 KB: the oldest were dropped");
         }
         let name = self.faulty_list(app, env);
         let faulty = params::put(&self.client, &name, &value, true)
