@@ -445,7 +445,7 @@ fn all(nodes: &[String], r: NodeResult) -> Vec<(String, NodeResult)> {
 
 /// StatusDetails that say the node never took the command, or stopped answering while it
 /// ran: the API reference spells them with spaces, the API answers without.
-fn is_gone(details: &str) -> bool {
+pub(crate) fn is_gone(details: &str) -> bool {
     let squeezed: String = details.chars().filter(|c| !c.is_whitespace()).collect();
     matches!(squeezed.as_str(), "Undeliverable" | "DeliveryTimedOut")
 }

@@ -31,6 +31,13 @@ impl JobId {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// An id as `derive` makes them (20 lowercase hex digits), typed by a person: `None`
+    /// for anything else, which then reaches no store or API.
+    pub fn parse(text: &str) -> Option<JobId> {
+        (text.len() == 20 && text.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
+            .then(|| JobId(text.to_string()))
+    }
 }
 
 impl std::fmt::Display for JobId {

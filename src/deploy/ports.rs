@@ -10,6 +10,7 @@ use super::engine::{Deploy, Notice, Verdict};
 pub use super::history::{Faulty, HistoryEntry};
 use super::job::{DeployJob, JobId};
 pub use super::lock::{LockInfo, Renewal, Unlocked, Written};
+use super::story::Story;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -76,6 +77,14 @@ pub trait Notify: Send + Sync {
         memo: &mut NotifyMemo,
         now: DateTime<Utc>,
     );
+}
+
+/// Every job's story, where its runtime keeps it: the SQLite store, or on AWS the job's
+/// execution and its Run Command invocations.
+#[async_trait]
+pub trait Stories: Send + Sync {
+    /// `None`: no job of that id is kept.
+    async fn story(&self, job: &JobId) -> Result<Option<Story>, PortError>;
 }
 
 /// The jobs still queued behind one, where a runtime can see them.

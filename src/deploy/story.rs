@@ -207,6 +207,71 @@ impl Story {
     }
 }
 
+/// How many node steps a story shows in chat before it says how many more there are.
+const CHAT_STEPS: usize = 30;
+
+impl Story {
+    /// The story in a chat message: plain lines, the steps (at most `CHAT_STEPS`) and
+    /// what the deploy said.
+    pub fn chat_text(&self) -> String {
+        let j = &self.job;
+        let at =
+            |t: Option<DateTime<Utc>>| t.map_or("-".into(), |t| t.format("%H:%M:%S").to_string());
+        let mut lines = vec![format!(
+            "Job {} — {} {} to {}: {}",
+            j.id, j.app, j.version, j.env, self.status
+        )];
+        if let Some(reason) = &self.reason {
+            lines.push(format!("Reason: {reason}"));
+        }
+        lines.push(format!(
+            "Asked by {} — queued {}, started {}, ended {} (UTC, {})",
+            j.requested_by,
+            self.queued_at.format("%H:%M:%S"),
+            at(self.started_at),
+            at(self.ended_at),
+            self.queued_at.format("%Y-%m-%d")
+        ));
+        if !self.steps.is_empty() {
+            lines.push("Steps:".into());
+            for s in self.steps.iter().take(CHAT_STEPS) {
+                let mut line = format!(
+                    "• {} {} {}",
+                    s.node,
+                    s.stage.as_str(),
+                    format!("{:?}", s.result).to_lowercase()
+                );
+                if let Some(code) = s.exit_code.filter(|c| *c != 0) {
+                    line.push_str(&format!(" (exit {code})"));
+                }
+                let took = s.took();
+                if !took.is_empty() {
+                    line.push_str(&format!(" in {took}"));
+                }
+                if let Some(last) = s.output.lines().last().filter(|l| !l.trim().is_empty()) {
+                    line.push_str(&format!(": {last}"));
+                }
+                lines.push(line);
+            }
+            if self.steps.len() > CHAT_STEPS {
+                lines.push(format!(
+                    "… and {} more steps",
+                    self.steps.len() - CHAT_STEPS
+                ));
+            }
+        }
+        if !self.events.is_empty() {
+            lines.push("Said:".into());
+            lines.extend(
+                self.events
+                    .iter()
+                    .map(|e| format!("• {} {}", e.at.format("%H:%M:%S"), e.text)),
+            );
+        }
+        lines.join("\n")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use chrono::{Duration, TimeZone};

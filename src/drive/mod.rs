@@ -3,6 +3,7 @@
 //! the deploy-step Lambda, state carried by Step Functions) and `worker` (`shipit serve`,
 //! state checkpointed in SQLite). They differ only in how they wait, retry and save.
 
+pub mod execution;
 #[cfg(test)]
 mod sim;
 pub mod step;

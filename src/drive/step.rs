@@ -16,10 +16,13 @@ use serde::{Deserialize, Serialize};
 use tracing::Instrument;
 
 use super::Driver;
-use crate::deploy::engine::{Action, Deploy, Observation, Outcome, STATE_ROOM_BYTES};
+use crate::deploy::engine::{Action, Deploy, Notice, Observation, Outcome, STATE_ROOM_BYTES};
 use crate::deploy::job::DeployJob;
+use crate::deploy::lists::clip;
 use crate::deploy::ports::{is_refused, is_throttled, NotifyMemo, PortError, Refused, Sent};
+use crate::deploy::status::describe;
 use crate::deploy::status::JobStatus;
+use crate::deploy::story::Event;
 
 /// The state machine's payload between steps.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -49,6 +52,37 @@ pub struct StepState {
     /// Steps in a row that AWS throttled before they could go on (see `throttled_wait`).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub throttled: u32,
+    /// What the deploy said during this step, as chat words it (each clipped, at most
+    /// `SAID_MAX`, a node's routine progress left out): kept by the execution's history,
+    /// where a job's story on AWS reads it (`aws::story`). Dropped from a state that would
+    /// not fit otherwise.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub said: Vec<Event>,
+}
+
+/// How many of a step's notices its state keeps, and how long each may be.
+const SAID_MAX: usize = 20;
+const SAID_TEXT_MAX: usize = 300;
+
+impl StepState {
+    /// Keeps what `notices` say for the job's story (see `said`).
+    fn say(&mut self, now: DateTime<Utc>, notices: &[Notice]) {
+        let told = notices.iter().filter(|n| {
+            !matches!(
+                n,
+                Notice::Installed { .. } | Notice::Restarted { .. } | Notice::Healthy { .. }
+            )
+        });
+        for n in told {
+            if self.said.len() == SAID_MAX {
+                self.said.remove(0);
+            }
+            self.said.push(Event {
+                at: now,
+                text: clip(&describe(n), SAID_TEXT_MAX),
+            });
+        }
+    }
 }
 
 fn is_zero(n: &u32) -> bool {
@@ -122,6 +156,7 @@ impl StepState {
             notify: NotifyMemo::Null,
             error: None,
             throttled: 0,
+            said: vec![],
         }
     }
 }
@@ -157,12 +192,17 @@ impl Stepper {
         let span = state.job.span();
         // Boxed: the step's future nests the driver's and every port's, deep enough to
         // overflow the compiler's layout query in callers that nest it further.
-        Box::pin(self.step_job(state, replayed))
+        let mut state = Box::pin(self.step_job(state, replayed))
             .instrument(span)
-            .await
+            .await?;
+        if !state.said.is_empty() && fits(&state).is_err() {
+            state.said.clear();
+        }
+        Ok(state)
     }
 
     async fn step_job(&self, mut state: StepState, replayed: bool) -> Result<StepState, PortError> {
+        state.said.clear();
         if let Some(err) = state.error.take() {
             let reason = format!("the deploy step failed: {} {}", err.error, err.cause);
             let reason = reason.trim().to_string();
@@ -170,13 +210,16 @@ impl Stepper {
             // on stepping from here. Stopped a second time, it gives up.
             let now = (self.now)();
             let stopped = state.deploy.as_mut().and_then(|d| d.stop(now, &reason));
-            let (Some(notices), Some(deploy)) = (stopped, &state.deploy) else {
+            let Some(notices) = stopped else {
                 return Ok(self.give_up(state, reason).await);
             };
             tracing::error!(%reason, "the deploy cannot go on; winding it down");
-            self.driver
-                .tell(deploy, &notices, &mut state.notify, now)
-                .await;
+            state.say(now, &notices);
+            if let Some(deploy) = &state.deploy {
+                self.driver
+                    .tell(deploy, &notices, &mut state.notify, now)
+                    .await;
+            }
             state.throttled = 0;
             state.wait_seconds = 0;
             return Ok(state);
@@ -247,6 +290,7 @@ impl Stepper {
             };
             let now = (self.now)();
             let notices = deploy.observe(now, obs)?;
+            state.say(now, &notices);
             self.driver
                 .tell(&deploy, &notices, &mut state.notify, now)
                 .await;
@@ -273,6 +317,12 @@ impl Stepper {
                 now,
             )
             .await;
+        state.say(
+            now,
+            &[Notice::Finished {
+                outcome: outcome.clone(),
+            }],
+        );
         finish(&mut state, &outcome);
         state
     }

@@ -18,7 +18,7 @@ use serde_json::{json, Value};
 use crate::config::secrets::{Secret, SecretError, Secrets};
 use crate::config::{App, Config};
 use crate::deploy::job::{DeployJob, Source};
-use crate::deploy::ports::{Enqueued, Fleet, Gate, JobQueue, Ledger};
+use crate::deploy::ports::{Enqueued, Fleet, Gate, JobQueue, Ledger, Stories};
 use crate::deploy::version::Version;
 
 /// An HTTP answer: status and JSON body.
@@ -107,6 +107,8 @@ pub struct Ingress {
     /// Lists the nodes of environments found by tags, for a dry run; without one its
     /// plan says they are found when the deploy runs.
     pub fleet: Option<Arc<dyn Fleet>>,
+    /// Where `/deploy show JOB` reads a job's story.
+    pub stories: Option<Arc<dyn Stories>>,
     github_secret: Option<String>,
     slack_secret: Option<String>,
 }
@@ -145,6 +147,7 @@ impl Ingress {
             ledger,
             gate: None,
             fleet: None,
+            stories: None,
             github_secret,
             slack_secret,
         })
@@ -160,6 +163,13 @@ impl Ingress {
     pub fn with_fleet(self, fleet: Arc<dyn Fleet>) -> Ingress {
         Ingress {
             fleet: Some(fleet),
+            ..self
+        }
+    }
+
+    pub fn with_stories(self, stories: Arc<dyn Stories>) -> Ingress {
+        Ingress {
+            stories: Some(stories),
             ..self
         }
     }

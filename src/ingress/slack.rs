@@ -11,7 +11,7 @@ use serde_json::json;
 use super::{verify_hmac_sha256, Ingress, Reply};
 use crate::config::{App, Environment, SlackWorkspace};
 use crate::deploy::history::{faulty_mark, rollback_target};
-use crate::deploy::job::{DeployJob, Source};
+use crate::deploy::job::{DeployJob, JobId, Source};
 use crate::deploy::ports::{LockInfo, Unlocked};
 use crate::deploy::report::{
     faulty_versions, forced_note, history_line, live_line, lock_line, NOTHING_LIVE,
@@ -29,6 +29,7 @@ Usage:
   /deploy rollback APP [ENV]    put the previous version back (--dry-run: show it)
   /deploy status [APP]          what is live, and what is locked
   /deploy history APP [ENV]     the last deploys
+  /deploy show JOB              a job's story: why it ended so, what ran on each node
   /deploy lock APP [ENV] REASON stop deploys until unlocked
   /deploy unlock APP [ENV]      remove a lock taken with /deploy lock
   /deploy abort APP [ENV]       stop the running deploy, putting back what it restarted
@@ -198,7 +199,7 @@ impl Ingress {
         let other = |also_rollback: bool| {
             matches!(
                 words.first(),
-                Some(&("help" | "status" | "history" | "lock" | "unlock" | "abort"))
+                Some(&("help" | "status" | "history" | "show" | "lock" | "unlock" | "abort"))
             ) || (!also_rollback && words.first() == Some(&"rollback"))
         };
         if flags.force && other(false) {
@@ -219,6 +220,7 @@ impl Ingress {
                 Ok((app, env, _)) => self.history_text(app, env).await,
                 Err(e) => say(e),
             },
+            ["show", id] => self.show(id).await,
             ["rollback", rest @ ..] => match self.target(rest, 0) {
                 Ok((app, env, _)) => self.chat_rollback(&cmd, app, env, flags.dry_run, now).await,
                 Err(e) => say(e),
@@ -564,6 +566,22 @@ impl Ingress {
             }
         }
         say(lines.join("\n"))
+    }
+
+    async fn show(&self, id: &str) -> Reply {
+        let Some(job) = JobId::parse(id) else {
+            return say(format!(
+                "{id:?} is not a job id (20 hex digits, as /deploy history shows them)."
+            ));
+        };
+        let Some(stories) = &self.stories else {
+            return say("Job stories are not kept where this shipit runs.");
+        };
+        match stories.story(&job).await {
+            Ok(Some(story)) => say(story.chat_text()),
+            Ok(None) => say(format!("No job {job} is known (or it is no longer kept).")),
+            Err(e) => say(format!("The story of job {job} is unavailable: {e}")),
+        }
     }
 
     async fn history_text(&self, app: &App, env: &Environment) -> Reply {

@@ -13,6 +13,7 @@ use crate::aws::sdk_config;
 use crate::aws::turn::SsmTurn;
 use crate::config::secrets::{Secret, Secrets};
 use crate::config::Config;
+use crate::drive::execution::ExecutionStories;
 use crate::drive::step::Stepper;
 use crate::drive::{Driver, Outbound};
 use crate::ingress::{Hook, Ingress};
@@ -43,7 +44,8 @@ fn ssm_prefix() -> String {
 }
 
 /// Lambda ingress for `hooks`: `SHIPIT_CONFIG`, `SHIPIT_QUEUE_URL`, and
-/// `SHIPIT_SSM_PREFIX` (default `/shipit`).
+/// `SHIPIT_SSM_PREFIX` (default `/shipit`); for chat also `SHIPIT_STATE_MACHINE_ARN`
+/// (the deploy state machine, whose executions tell each job's story).
 pub async fn ingress_from_env(hooks: &[Hook]) -> anyhow::Result<Ingress> {
     let sdk = sdk_config().await;
     let ssm = ssm_client(&sdk);
@@ -60,12 +62,16 @@ pub async fn ingress_from_env(hooks: &[Hook]) -> anyhow::Result<Ingress> {
     )
     .await?;
     // Chat's dry runs ask the gate and list the nodes as the deploy would (read-only).
-    Ok(match hooks.contains(&Hook::Slack) {
-        true => ingress
-            .with_gate(Arc::new(Gatekeeper::new(config.clone(), secrets)))
-            .with_fleet(Arc::new(SsmFleet::new(SdkRunCommand::new(ssm), config))),
-        false => ingress,
-    })
+    if !hooks.contains(&Hook::Slack) {
+        return Ok(ingress);
+    }
+    let machine =
+        std::env::var("SHIPIT_STATE_MACHINE_ARN").context("SHIPIT_STATE_MACHINE_ARN is not set")?;
+    let stories = ExecutionStories::new(aws_sdk_sfn::Client::new(&sdk), ssm.clone(), &machine);
+    Ok(ingress
+        .with_gate(Arc::new(Gatekeeper::new(config.clone(), secrets)))
+        .with_fleet(Arc::new(SsmFleet::new(SdkRunCommand::new(ssm), config)))
+        .with_stories(Arc::new(stories)))
 }
 
 /// The deploy queue named by `SHIPIT_QUEUE_URL`.

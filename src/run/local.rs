@@ -24,13 +24,14 @@ pub async fn ingress(config: Config) -> anyhow::Result<(Ingress, Store)> {
     let ingress = Ingress::new(
         config,
         store_ports.clone(),
-        store_ports,
+        store_ports.clone(),
         &secrets,
         &Hook::ALL,
     )
     .await
     .map_err(|e| anyhow!("{file}: {e} (`shipit check` lists every such problem)"))?
-    .with_gate(gate);
+    .with_gate(gate)
+    .with_stories(store_ports);
     Ok((ingress, store))
 }
 

@@ -16,6 +16,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::deploy::job::Source;
+use crate::deploy::ports::Stories;
 use crate::deploy::status::JobStatus;
 use crate::drive::worker::WorkerHealth;
 use subtle::ConstantTimeEq;

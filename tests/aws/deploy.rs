@@ -1089,18 +1089,18 @@ async fn iam_role() -> String {
     xml_values(&xml, "Arn").remove(0)
 }
 
-/// The deploy state machine from infra/, its step function answering with canned
-/// results (the emulator's Lambda without Docker).
-#[tokio::test]
-async fn the_state_machine_loops_waits_and_ends_on_the_outcome_or_the_catch() {
-    let sdk = sdk().await;
-    let sfn = aws_sdk_sfn::Client::new(&sdk);
-    let http = reqwest::Client::new();
-    let post = |path: &str, body: Value| {
-        let req = http.post(format!("{}{path}", endpoint())).json(&body);
-        async move { assert!(req.send().await.unwrap().status().is_success()) }
-    };
-    post(
+async fn post_emulator(path: &str, body: Value) {
+    let req = reqwest::Client::new()
+        .post(format!("{}{path}", endpoint()))
+        .json(&body);
+    assert!(req.send().await.unwrap().status().is_success());
+}
+
+/// The deploy state machine from infra/ in the emulator, running its executions, its step
+/// function answering with the results queued by `post_emulator` to
+/// `/moto-api/static/lambda-simple/response` (the emulator's Lambda without Docker).
+async fn deploy_machine(sfn: &aws_sdk_sfn::Client) -> String {
+    post_emulator(
         "/moto-api/config",
         json!({"stepfunctions": {"execute_state_machine": true}, "lambda": {"use_docker": false}}),
     )
@@ -1130,15 +1130,44 @@ async fn the_state_machine_loops_waits_and_ends_on_the_outcome_or_the_catch() {
             "${DeployStepFunctionArn}",
             function["FunctionArn"].as_str().unwrap(),
         );
-    let machine = sfn
-        .create_state_machine()
+    sfn.create_state_machine()
         .name(unique("deploy"))
         .role_arn(&role)
         .definition(definition)
         .send()
         .await
         .expect("the emulator accepts the definition")
-        .state_machine_arn;
+        .state_machine_arn
+}
+
+/// Waits for execution `arn` to end; its status.
+async fn ended(sfn: &aws_sdk_sfn::Client, arn: &str) -> ExecutionStatus {
+    let mut status = ExecutionStatus::Running;
+    for _ in 0..200 {
+        status = sfn
+            .describe_execution()
+            .execution_arn(arn)
+            .send()
+            .await
+            .unwrap()
+            .status;
+        if status != ExecutionStatus::Running {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    status
+}
+
+/// The deploy state machine from infra/, its step function answering with canned
+/// results (the emulator's Lambda without Docker).
+#[tokio::test]
+async fn the_state_machine_loops_waits_and_ends_on_the_outcome_or_the_catch() {
+    // The emulator's canned step results are one global queue: tests take turns.
+    let _turn = CONTROL.lock().await;
+    let sfn = aws_sdk_sfn::Client::new(&sdk().await);
+    let machine = deploy_machine(&sfn).await;
+    let post = post_emulator;
     let job = json!({"job": {"id": "j"}});
     let step = |done: bool, wait: u64, status: Option<&str>, reason: Option<&str>| {
         json!({"job": {"id": "j"}, "done": done, "wait_seconds": wait, "status": status, "reason": reason})
@@ -1214,20 +1243,7 @@ async fn the_state_machine_loops_waits_and_ends_on_the_outcome_or_the_catch() {
             .await
             .unwrap()
             .execution_arn;
-        let mut status = ExecutionStatus::Running;
-        for _ in 0..200 {
-            status = sfn
-                .describe_execution()
-                .execution_arn(&arn)
-                .send()
-                .await
-                .unwrap()
-                .status;
-            if status != ExecutionStatus::Running {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        let status = ended(&sfn, &arn).await;
         let events = sfn
             .get_execution_history()
             .execution_arn(&arn)
@@ -1665,4 +1681,144 @@ async fn an_upload_waits_for_parameter_store_to_show_the_version_the_last_deploy
     assert!(rig.commands(&upload).await.is_empty());
     let history = rig.ledger.history("hello", "production", 1).await.unwrap();
     assert_eq!(history[0].job.version.to_string(), "1.3.0");
+}
+
+/// A job's story on AWS is told from what AWS keeps: its execution (the deploy state
+/// machine from infra/, its step function answering with the states a real deploy's steps
+/// returned) and the Run Command invocations of its commands. Chat shows it.
+#[tokio::test]
+async fn a_failed_jobs_story_is_told_from_its_execution_and_its_commands() {
+    use shipit::deploy::ports::Stories;
+    use shipit::deploy::story::{Stage, StepResult};
+    use shipit::drive::execution::ExecutionStories;
+    let _turn = CONTROL.lock().await;
+    let rig = Rig::new(2).await;
+    control(json!({})).await;
+    rig.deploy(rig.job("1.1.0")).await;
+    control(json!({ "rules": [{
+        "instance": rig.nodes[1], "contains": "grep -qx 1.2.0", "status": "Failed",
+        "exit_code": 1,
+        "stderr": "curl: (7) Failed to connect to localhost port 8080\nshipit: unhealthy after 4 checks in 3 s"
+    }]}))
+    .await;
+    let job = rig.job("1.2.0");
+    let stepper = rig.stepper(Duration::from_secs(60));
+    let mut state = StepState::start(job.clone());
+    let mut returned = vec![];
+    while !state.done {
+        state = stepper.step(StepInput::first(state)).await.expect("step");
+        tokio::time::sleep(Duration::from_secs(state.wait_seconds)).await;
+        // The emulator's execution need not wait again.
+        let mut played = state.clone();
+        played.wait_seconds = 0;
+        returned.push(serde_json::to_string(&played).unwrap());
+    }
+    control(json!({})).await;
+    assert_eq!(state.status, Some(JobStatus::Failed), "{state:?}");
+
+    let sfn = aws_sdk_sfn::Client::new(&sdk().await);
+    let machine = deploy_machine(&sfn).await;
+    post_emulator(
+        "/moto-api/static/lambda-simple/response",
+        json!({ "results": returned }),
+    )
+    .await;
+    let arn = sfn
+        .start_execution()
+        .state_machine_arn(&machine)
+        .name(job.id.as_str())
+        .input(serde_json::to_string(&StepState::start(job.clone())).unwrap())
+        .send()
+        .await
+        .unwrap()
+        .execution_arn;
+    assert_eq!(ended(&sfn, &arn).await, ExecutionStatus::Failed);
+
+    let stories = Arc::new(ExecutionStories::new(sfn, rig.ssm.clone(), &machine));
+    let story = stories
+        .story(&job.id)
+        .await
+        .unwrap()
+        .expect("its execution");
+    assert_eq!(story.status, JobStatus::Failed);
+    let (n1, n2) = (&rig.nodes[0], &rig.nodes[1]);
+    let reason = story.reason.clone().unwrap();
+    assert!(
+        reason.contains(&format!("{n2} failed its health check")),
+        "{reason}"
+    );
+    let seen: Vec<(String, Stage, StepResult)> = story
+        .steps
+        .iter()
+        .map(|s| (s.node.clone(), s.stage, s.result))
+        .collect();
+    for step in [
+        (n1.clone(), Stage::Install, StepResult::Ok),
+        (n2.clone(), Stage::Install, StepResult::Ok),
+        (n1.clone(), Stage::Restart, StepResult::Ok),
+        (n2.clone(), Stage::Restart, StepResult::Failed),
+        (n1.clone(), Stage::RollbackRestart, StepResult::Ok),
+        (n2.clone(), Stage::RollbackRestart, StepResult::Ok),
+    ] {
+        assert!(seen.contains(&step), "{step:?} not in {seen:?}");
+    }
+    let failed = story
+        .steps
+        .iter()
+        .find(|s| s.result == StepResult::Failed)
+        .unwrap();
+    assert_eq!(failed.exit_code, Some(1));
+    assert!(
+        failed.output.contains("unhealthy after 4 checks"),
+        "{failed:?}"
+    );
+    for s in &story.steps {
+        let (a, b) = (s.started_at.expect("a start"), s.ended_at.expect("an end"));
+        assert!(a <= b, "{s:?}");
+    }
+    assert!(
+        story.started_at.is_some() && story.ended_at.is_some(),
+        "{story:?}"
+    );
+    let said: Vec<&str> = story.events.iter().map(|e| e.text.as_str()).collect();
+    assert!(
+        said.iter().any(|t| t.starts_with("started: 2 node(s)")),
+        "{said:?}"
+    );
+    assert!(
+        said.iter().any(|t| t.contains("failed its health check")),
+        "{said:?}"
+    );
+    // Another job's commands are not this one's.
+    assert!(story.steps.iter().all(|s| s.node == *n1 || s.node == *n2));
+    let unknown = shipit::deploy::job::JobId::parse("0123456789abcdef0123").unwrap();
+    assert_eq!(stories.story(&unknown).await.unwrap(), None);
+
+    let fifo = crate::helpers::Fifo::new().await;
+    let ingress = crate::helpers::ingress(Arc::new(fifo.queue()), rig.ledger.clone())
+        .await
+        .with_stories(stories);
+    let now = Utc::now();
+    let say = |text: String| {
+        let body = crate::helpers::slack_form("U2CERLKJA", "roadrunner", &text, &unique("t"));
+        let headers = crate::helpers::slack_headers(&body, now);
+        let ingress = &ingress;
+        async move {
+            let reply = ingress.slack(&headers, &body, now).await;
+            assert_eq!(reply.status, 200, "{reply:?}");
+            reply.body["text"].as_str().unwrap().to_string()
+        }
+    };
+    let text = say(format!("show {}", job.id)).await;
+    assert!(text.contains("hello 1.2.0 to production: failed"), "{text}");
+    assert!(
+        text.contains(&format!("{n2} restart failed (exit 1)")),
+        "{text}"
+    );
+    assert!(
+        text.contains("shipit: unhealthy after 4 checks in 3 s"),
+        "{text}"
+    );
+    let text = say("show ../../x".into()).await;
+    assert!(text.contains("is not a job id"), "{text}");
 }

@@ -610,3 +610,86 @@ async fn a_parameter_value_over_4_kb_is_refused_unless_advanced() {
         "ValidationException"
     );
 }
+
+/// ListCommandInvocations without a command id lists every command's invocations, the
+/// InvokedAfter / InvokedBefore filters keep those of commands sent in that window, and
+/// with Details each plugin says when it started and finished (the API reference's
+/// CommandPlugin.ResponseStartDateTime / ResponseFinishDateTime).
+#[tokio::test]
+async fn invocations_are_listed_by_when_their_command_was_sent_with_their_times() {
+    let _turn = CONTROL.lock().await;
+    control(serde_json::json!({ "invisible_reads": 0 })).await;
+    let ssm = ssm().await;
+    let ids = launch(1, &[("t", "window")]).await;
+    let first = command_id(send(&ssm, &ids).comment("window one")).await;
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    // Whole seconds: the first command was sent a second before, the second after.
+    let after = Utc::now();
+    let second = command_id(send(&ssm, &ids).comment("window two")).await;
+    let at = |t: chrono::DateTime<Utc>| t.to_rfc3339_opts(SecondsFormat::Secs, true);
+    let filter = |key: CommandFilterKey, t| {
+        CommandFilter::builder()
+            .key(key)
+            .value(at(t))
+            .build()
+            .unwrap()
+    };
+    let node = ids[0].clone();
+    let listed = |filters: Vec<CommandFilter>| {
+        let (ssm, node) = (ssm.clone(), node.clone());
+        async move {
+            let mut ask = ssm.list_command_invocations().details(true).max_results(50);
+            for f in filters {
+                ask = ask.filters(f);
+            }
+            let pages: Vec<_> = ask
+                .into_paginator()
+                .send()
+                .collect::<Result<_, _>>()
+                .await
+                .unwrap();
+            pages
+                .into_iter()
+                .flat_map(|p| p.command_invocations.unwrap_or_default())
+                .filter(|i| i.instance_id.as_deref() == Some(node.as_str()))
+                .collect::<Vec<_>>()
+        }
+    };
+    let all: Vec<String> = listed(vec![])
+        .await
+        .into_iter()
+        .filter_map(|i| i.command_id)
+        .collect();
+    assert!(all.contains(&first) && all.contains(&second), "{all:?}");
+    let since = listed(vec![filter(CommandFilterKey::InvokedAfter, after)]).await;
+    let since: Vec<_> = since.iter().filter_map(|i| i.command_id.clone()).collect();
+    assert_eq!(since, vec![second.clone()]);
+    let before = listed(vec![filter(CommandFilterKey::InvokedBefore, after)]).await;
+    let before: Vec<_> = before.iter().filter_map(|i| i.command_id.clone()).collect();
+    assert_eq!(before, vec![first.clone()]);
+    let done = listed(vec![]).await;
+    let plugin = done
+        .iter()
+        .find(|i| i.command_id.as_deref() == Some(first.as_str()))
+        .and_then(|i| i.command_plugins.clone())
+        .unwrap()
+        .remove(0);
+    let (start, end) = (
+        plugin.response_start_date_time.expect("a start"),
+        plugin.response_finish_date_time.expect("an end"),
+    );
+    assert!(start.secs() <= end.secs());
+    let bad = ssm
+        .list_command_invocations()
+        .filters(
+            CommandFilter::builder()
+                .key(CommandFilterKey::InvokedAfter)
+                .value("yesterday")
+                .build()
+                .unwrap(),
+        )
+        .send()
+        .await;
+    assert_eq!(code(bad), "ValidationException");
+    control(serde_json::json!({})).await;
+}

@@ -388,14 +388,25 @@ fn each_function_has_its_own_role_and_only_the_calls_it_makes() {
     ] {
         let g = grants(ingress);
         assert_eq!(g["sqs:SendMessage"], queue, "{ingress}");
+        // Chat reads a job's execution for `/deploy show`; no ingress starts or stops one.
+        let reads = ["states:DescribeExecution", "states:GetExecutionHistory"];
         for a in g.keys() {
+            let read = ingress == "slash-command" && reads.contains(&a.as_str());
             assert!(
-                !a.starts_with("states:")
+                (read || !a.starts_with("states:"))
                     && a != "ssm:SendCommand"
                     && !a.starts_with("sqs:Receive"),
                 "{ingress} may {a}"
             );
         }
+    }
+    let executions: BTreeSet<String> = [
+        "arn:${AWS::Partition}:states:${AWS::Region}:${AWS::AccountId}:execution:${Name}-deploy:*"
+            .to_string(),
+    ]
+    .into();
+    for read in ["states:DescribeExecution", "states:GetExecutionHistory"] {
+        assert_eq!(grants("slash-command")[read], executions, "{read}");
     }
     let joined = grants("node-joined");
     assert!(
@@ -466,6 +477,11 @@ fn functions_get_the_environment_their_code_reads() {
             _ => ("SHIPIT_QUEUE_URL", "Ref DeployQueue"),
         };
         assert_eq!(text(&vars[want.0]), want.1, "{name}");
+        if binary == "slash-command" {
+            // `/deploy show JOB` reads the job's execution.
+            let machine = text(&vars["SHIPIT_STATE_MACHINE_ARN"]);
+            assert_eq!(machine, "Ref DeployStateMachine", "{name}");
+        }
     }
     // deploy-step finds the executions queued before its own by the state machine's ARN,
     // spelled out (a !Ref would be a cycle): it must name the machine the template makes.
@@ -567,7 +583,7 @@ fn calls(binary: &str) -> BTreeSet<&'static str> {
     let calls: &[&str] = match binary {
         "github-webhook" | "package-upload" => &ingress,
         // status, history, rollback, lock, unlock and abort: the ledger and its locks; a
-        // dry run also lists the nodes.
+        // dry run also lists the nodes; show reads the job's execution and commands.
         "slash-command" => &[
             "sqs:SendMessage",
             "ssm:GetParameter",
@@ -576,6 +592,9 @@ fn calls(binary: &str) -> BTreeSet<&'static str> {
             "ssm:PutParameter",
             "ssm:DeleteParameters",
             "ssm:DescribeInstanceInformation",
+            "ssm:ListCommandInvocations",
+            "states:DescribeExecution",
+            "states:GetExecutionHistory",
         ],
         // Waits for the node's agent, reads what is live to sync it.
         "node-joined" => &[
@@ -699,7 +718,9 @@ fn the_calls_above_are_every_aws_operation_the_code_makes() {
         match op {
             // SendMessageBatch is authorized as SendMessage.
             "send_message_batch" => "sqs:SendMessage".into(),
-            "start_execution" | "describe_execution" => format!("states:{pascal}"),
+            "start_execution" | "describe_execution" | "get_execution_history" => {
+                format!("states:{pascal}")
+            }
             _ => format!("ssm:{pascal}"),
         }
     }

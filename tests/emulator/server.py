@@ -225,6 +225,7 @@ def advance(command):
                        StandardOutputContent="", StandardErrorContent="")
         elif running < limit:
             inv["_started"] = time.monotonic()
+            inv["_started_at"] = datetime.datetime.now(datetime.timezone.utc)
             running += 1
 
 
@@ -258,7 +259,8 @@ def read(inv, command):
                 inv["_pending"] = max(0, inv["_pending"] - 1)
                 return dict(inv, Status="InProgress", StatusDetails="InProgress",
                             ResponseCode=-1, StandardOutputContent="", StandardErrorContent="")
-            inv.update(_done=True, _ended=time.monotonic())
+            inv.update(_done=True, _ended=time.monotonic(),
+                       _ended_at=datetime.datetime.now(datetime.timezone.utc))
             advance(command)
         return inv
 
@@ -360,8 +362,8 @@ LIST_COMMANDS_STATUSES = {"Pending", "InProgress", "Success", "Cancelled", "Fail
                           "NoInstancesInTag", "LimitExceeded"}
 
 
-def list_commands(self):
-    size = max_results(self, 1, 50, 50)
+def command_filters(self, operation):
+    """The Filters of ListCommands or ListCommandInvocations, as tests on a command."""
     tests = []
     for f in self._get_param("Filters", []):
         key, value = f.get("key") or f.get("Key"), f.get("value") or f.get("Value")
@@ -378,7 +380,13 @@ def list_commands(self):
         elif key == "DocumentName":
             tests.append(lambda c, v=value: c.document_name == v)
         else:
-            raise InvalidFilterKey(f"unsupported filter key {key}")
+            raise InvalidFilterKey(f"filter key {key} of {operation} is not modelled here")
+    return tests
+
+
+def list_commands(self):
+    size = max_results(self, 1, 50, 50)
+    tests = command_filters(self, "ListCommands")
     commands = self.ssm_backend.list_commands(self._get_param("CommandId"),
                                               self._get_param("InstanceId"))
     found = [c for c in commands if all(t(c) for t in tests) and listed(c)]
@@ -450,9 +458,11 @@ def list_command_invocations(self):
     command_id = self._get_param("CommandId")
     instance_id = self._get_param("InstanceId")
     details = self._get_param("Details", False)
+    tests = command_filters(self, "ListCommandInvocations")
+    size = max_results(self, 1, 50, 50)
     commands = self.ssm_backend.list_commands(command_id, instance_id)
     rows = []
-    for command in commands:
+    for command in (c for c in commands if all(t(c) for t in tests)):
         for stored in command.invocations:
             if instance_id and stored["InstanceId"] != instance_id:
                 continue
@@ -472,8 +482,12 @@ def list_command_invocations(self):
                     # ListCommandInvocations shows the first 2,500 characters.
                     "Output": (inv["StandardOutputContent"] + inv["StandardErrorContent"])[:2500],
                 }]
+                for field, moment in (("ResponseStartDateTime", "_started_at"),
+                                      ("ResponseFinishDateTime", "_ended_at")):
+                    if inv.get(moment) is not None:
+                        row["CommandPlugins"][0][field] = inv[moment]
             rows.append(row)
-    items, token = page(rows, max_results(self, 1, 50, 50), self._get_param("NextToken"))
+    items, token = page(rows, size, self._get_param("NextToken"))
     result = {"CommandInvocations": items}
     if token:
         result["NextToken"] = token

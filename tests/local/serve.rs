@@ -437,6 +437,23 @@ async fn read_endpoints_hide_reply_addresses_and_ask_for_the_token() {
     );
 
     let queued = store.jobs(None).await.unwrap()[0].job.id.clone();
+    // Chat tells the same story, without the reply address either.
+    let form = slack_form(
+        "U2CERLKJA",
+        "roadrunner",
+        &format!("show {queued}"),
+        "t-show",
+    );
+    let reply = ingress.slack(&slack_headers(&form, now), &form, now).await;
+    let text = reply.body["text"].as_str().unwrap();
+    assert!(
+        text.starts_with(&format!("Job {queued} — hello 1.0.0 to production: queued")),
+        "{text}"
+    );
+    assert!(
+        text.contains("Asked by @roadrunner (U2CERLKJA)") && !text.contains("hooks.slack.com"),
+        "{text}"
+    );
     let served = Served::start_with_token(ingress, store.clone(), Some("s3cret".into())).await;
     let http = reqwest::Client::new();
     for path in ["/api/deploys".to_string(), format!("/api/jobs/{queued}")] {

@@ -218,7 +218,12 @@ impl Ledger for SsmLedger {
         marks.insert(0, mark.clone());
         let (value, dropped) = fit(&mut marks, FAULTY_MAX_BYTES);
         if dropped > 0 {
-            tracing::warn!(app, env, dropped, "faulty marks past the parameter's 4 KB: the oldest were dropped");
+            tracing::warn!(
+                app,
+                env,
+                dropped,
+                "faulty marks past the parameter's 4 KB: the oldest were dropped"
+            );
         }
         let name = self.faulty_list(app, env);
         let faulty = params::put(&self.client, &name, &value, true)

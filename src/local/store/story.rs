@@ -4,13 +4,14 @@ use rusqlite::params;
 
 use super::{time, Store};
 use crate::deploy::job::JobId;
-use crate::deploy::ports::PortError;
+use crate::deploy::ports::{PortError, Stories};
 use crate::deploy::story::{Kept, Ran, Story};
 
 type CommandRow = (String, String, Option<String>, Option<String>, String);
 
-impl Store {
-    pub async fn story(&self, id: &JobId) -> Result<Option<Story>, PortError> {
+#[async_trait::async_trait]
+impl Stories for Store {
+    async fn story(&self, id: &JobId) -> Result<Option<Story>, PortError> {
         let Some(q) = self.job(id).await? else {
             return Ok(None);
         };

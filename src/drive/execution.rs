@@ -1,0 +1,262 @@
+//! A job's story on AWS, from what AWS keeps of it: its Step Functions execution (named
+//! by the job id; each step's output holds the deploy's state and what it said) and the
+//! Run Command invocations of its commands (each node's start, end, exit code and
+//! output). Nothing more is stored for it; both are kept by AWS for 90 and 30 days.
+
+use async_trait::async_trait;
+use aws_sdk_sfn::types::{ExecutionStatus, HistoryEventType};
+use aws_sdk_ssm::types::{
+    CommandFilter, CommandFilterKey, CommandInvocation, CommandInvocationStatus,
+};
+use chrono::{DateTime, Duration, SecondsFormat, Utc};
+
+use super::step::StepState;
+use crate::aws::sdk_err;
+use crate::deploy::command::{tail, NodeResult, OUTPUT_TAIL};
+use crate::deploy::job::JobId;
+use crate::deploy::ports::{PortError, Stories};
+use crate::deploy::status::JobStatus;
+use crate::deploy::story::{Event, Kept, Ran, Story};
+
+/// How many node commands a story reads at most (50 a page): a story is read while
+/// someone waits for it, and a 10,000-node deploy ran more than 20,000.
+const MOST_INVOCATIONS: usize = 1_000;
+
+/// How many events of the execution's history a story reads at most (1,000 a page).
+const MOST_EVENTS: usize = 10_000;
+
+pub struct ExecutionStories {
+    sfn: aws_sdk_sfn::Client,
+    ssm: aws_sdk_ssm::Client,
+    /// The deploy state machine's ARN.
+    machine: String,
+}
+
+impl ExecutionStories {
+    pub fn new(
+        sfn: aws_sdk_sfn::Client,
+        ssm: aws_sdk_ssm::Client,
+        machine: &str,
+    ) -> ExecutionStories {
+        ExecutionStories {
+            sfn,
+            ssm,
+            machine: machine.to_string(),
+        }
+    }
+
+    fn execution(&self, job: &JobId) -> String {
+        format!(
+            "{}:{job}",
+            self.machine.replacen(":stateMachine:", ":execution:", 1)
+        )
+    }
+
+    /// Each step's state as it left the step (`Step` or the `Abort` that winds a deploy
+    /// down), oldest first, with when; and whether the history was longer than read.
+    async fn steps(&self, arn: &str) -> Result<(Vec<(DateTime<Utc>, StepState)>, bool), PortError> {
+        let mut pages = self
+            .sfn
+            .get_execution_history()
+            .execution_arn(arn)
+            .include_execution_data(true)
+            .max_results(1000)
+            .into_paginator()
+            .send();
+        let (mut steps, mut read) = (vec![], 0);
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| sdk_err("Step Functions GetExecutionHistory", e))?;
+            for event in page.events {
+                read += 1;
+                if event.r#type != HistoryEventType::TaskStateExited {
+                    continue;
+                }
+                let Some(output) = event.state_exited_event_details.and_then(|d| d.output) else {
+                    continue;
+                };
+                // A state that is no deploy step's (a sample, an older shape) tells nothing.
+                if let Ok(state) = serde_json::from_str::<StepState>(&output) {
+                    steps.push((chrono_of(&event.timestamp), state));
+                }
+            }
+            if read >= MOST_EVENTS {
+                return Ok((steps, true));
+            }
+        }
+        Ok((steps, false))
+    }
+
+    /// What ran on each node for `job` between `from` and `to`, found by the comment its
+    /// commands carry (`shipit KEY i/n`); and whether there were more than read.
+    async fn ran(
+        &self,
+        job: &JobId,
+        from: DateTime<Utc>,
+        to: Option<DateTime<Utc>>,
+    ) -> Result<(Vec<Ran>, bool), PortError> {
+        let at = |t: DateTime<Utc>| t.to_rfc3339_opts(SecondsFormat::Secs, true);
+        let filter = |key, t| {
+            CommandFilter::builder()
+                .key(key)
+                .value(at(t))
+                .build()
+                .map_err(PortError::from)
+        };
+        let mut ask = self
+            .ssm
+            .list_command_invocations()
+            .details(true)
+            .max_results(50)
+            .filters(filter(
+                CommandFilterKey::InvokedAfter,
+                from - Duration::minutes(1),
+            )?);
+        if let Some(to) = to {
+            ask = ask.filters(filter(
+                CommandFilterKey::InvokedBefore,
+                to + Duration::minutes(1),
+            )?);
+        }
+        let mine = format!("shipit {job}:");
+        let mut pages = ask.into_paginator().send();
+        let mut ran = vec![];
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| sdk_err("SSM ListCommandInvocations", e))?;
+            for inv in page.command_invocations.unwrap_or_default() {
+                let Some(key) = inv
+                    .comment
+                    .as_deref()
+                    .filter(|c| c.starts_with(&mine))
+                    .and_then(|c| c.split(' ').nth(1))
+                    .map(str::to_string)
+                else {
+                    continue;
+                };
+                if ran.len() == MOST_INVOCATIONS {
+                    return Ok((ran, true));
+                }
+                ran.push(invocation(key, inv));
+            }
+        }
+        Ok((ran, false))
+    }
+}
+
+/// One node's run of one command, as Run Command reports it.
+fn invocation(key: String, inv: CommandInvocation) -> Ran {
+    let plugin = inv.command_plugins.unwrap_or_default().into_iter().next();
+    let details = inv.status_details.clone().unwrap_or_default();
+    let (code, output, started, ended) = match &plugin {
+        Some(p) => (
+            Some(p.response_code).filter(|c| *c >= 0),
+            p.output.clone().unwrap_or_default(),
+            p.response_start_date_time.as_ref().map(chrono_of),
+            p.response_finish_date_time.as_ref().map(chrono_of),
+        ),
+        None => (None, String::new(), None, None),
+    };
+    let result = match inv.status {
+        _ if crate::aws::fleet::is_gone(&details) => Some(NodeResult::Gone {
+            detail: format!("SSM: {details} (terminated, stopped or offline)"),
+        }),
+        Some(CommandInvocationStatus::Success) => Some(NodeResult::Succeeded),
+        Some(
+            CommandInvocationStatus::Failed
+            | CommandInvocationStatus::TimedOut
+            | CommandInvocationStatus::Cancelled,
+        ) => Some(NodeResult::Failed {
+            exit_code: code,
+            output: tail(
+                if output.is_empty() { &details } else { &output },
+                OUTPUT_TAIL,
+            ),
+        }),
+        _ => None,
+    };
+    let requested = inv.requested_date_time.as_ref().map(chrono_of);
+    Ran {
+        key,
+        node: inv.instance_id.unwrap_or_default(),
+        started_at: started.or(requested),
+        ended_at: result.as_ref().and(ended),
+        result,
+    }
+}
+
+/// Past chrono's range (no date AWS sends): the epoch.
+fn chrono_of(t: &aws_sdk_sfn::primitives::DateTime) -> DateTime<Utc> {
+    DateTime::from_timestamp(t.secs(), t.subsec_nanos()).unwrap_or_default()
+}
+
+#[async_trait]
+impl Stories for ExecutionStories {
+    async fn story(&self, job: &JobId) -> Result<Option<Story>, PortError> {
+        let arn = self.execution(job);
+        let run = match self
+            .sfn
+            .describe_execution()
+            .execution_arn(&arn)
+            .send()
+            .await
+        {
+            Ok(run) => run,
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|s| s.is_execution_does_not_exist()) =>
+            {
+                return Ok(None)
+            }
+            Err(e) => return Err(sdk_err("Step Functions DescribeExecution", e)),
+        };
+        let first: StepState = serde_json::from_str(run.input.as_deref().unwrap_or_default())?;
+        let started = chrono_of(&run.start_date);
+        let stopped = run.stop_date.as_ref().map(chrono_of);
+        let (steps, more_steps) = self.steps(&arn).await?;
+        let last = steps.last().map(|(_, s)| s);
+        let ended = last.filter(|s| s.done);
+        let status = match (ended.and_then(|s| s.status), &run.status) {
+            (Some(status), _) => status,
+            // Ended without a step saying how: stopped by hand, or timed out.
+            (None, ExecutionStatus::Running) if last.is_some_and(|s| s.deploy.is_some()) => {
+                JobStatus::Running
+            }
+            (None, ExecutionStatus::Running) => JobStatus::Queued,
+            (None, _) => JobStatus::Failed,
+        };
+        let reason = match (ended, &run.status) {
+            (Some(s), _) => s.reason.clone(),
+            (None, ExecutionStatus::Running) => None,
+            (None, other) => Some(format!(
+                "its execution ended {} without a step saying how: {}",
+                other.as_str(),
+                run.cause
+                    .as_deref()
+                    .or(run.error.as_deref())
+                    .unwrap_or("no cause given")
+            )),
+        };
+        let (ran, more_ran) = self.ran(job, started, stopped).await?;
+        let mut story = Story::tell(Kept {
+            job: first.job,
+            status,
+            reason,
+            queued_at: started,
+            // The execution's first step starts with it (and waits there for the lock).
+            started_at: Some(started),
+            ended_at: ended.and(steps.last().map(|(at, _)| *at)).or(stopped),
+            notices: vec![],
+            ran,
+        });
+        story.queued_at = story.job.requested_at.min(started);
+        story.events = steps.into_iter().flat_map(|(_, s)| s.said).collect();
+        if more_steps || more_ran {
+            story.events.push(Event {
+                at: Utc::now(),
+                text: format!(
+                    "this story is cut short: it shows at most {MOST_EVENTS} events of the execution and {MOST_INVOCATIONS} node commands"
+                ),
+            });
+        }
+        Ok(Some(story))
+    }
+}
