@@ -452,15 +452,15 @@ async fn follow(
     let mut finished = false;
     let status = if std::io::stdout().is_terminal() {
         let mut view = cli::views::LiveView::new(format!("{prefix} (job {})", job.id));
-        cli::wait(config, store, &job.id, |n| {
+        cli::wait(config, store, &job.id, |n, took| {
             finished |= matches!(n, shipit::deploy::engine::Notice::Finished { .. });
-            print!("{}", view.update(n))
+            print!("{}", view.update(n, took))
         })
         .await?
     } else {
         // Once it rolls back, the lines are about the version it puts back.
         let mut now_on = prefix.clone();
-        cli::wait(config, store, &job.id, |n| {
+        cli::wait(config, store, &job.id, |n, took| {
             use shipit::deploy::engine::Notice;
             if let Notice::RollingBack { to, .. } = n {
                 now_on = format!("{}/{} rollback to {to}", job.app, job.env);
@@ -472,7 +472,11 @@ async fn follow(
                 }
                 _ => &now_on,
             };
-            println!("{on}: {}", shipit::deploy::status::describe(n))
+            let took = match took {
+                "" => String::new(),
+                t => format!(" ({t})"),
+            };
+            println!("{on}: {}{took}", shipit::deploy::status::describe(n))
         })
         .await?
     };

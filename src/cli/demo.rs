@@ -438,7 +438,10 @@ async fn follow(
     started: Instant,
 ) -> anyhow::Result<Row> {
     let id: JobId = serde_json::from_value(Value::String(job.to_string()))?;
-    let log = |n: &crate::deploy::engine::Notice| println!("  deploy {job}: {}", describe(n));
+    let log = |n: &crate::deploy::engine::Notice, took: &str| match took {
+        "" => println!("  deploy {job}: {}", describe(n)),
+        took => println!("  deploy {job}: {} ({took})", describe(n)),
+    };
     let left = STEP_TIMEOUT.saturating_sub(started.elapsed());
     let q = tokio::time::timeout(left, crate::cli::follow_job(store, &id, log))
         .await

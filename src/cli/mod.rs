@@ -332,7 +332,7 @@ pub async fn wait(
     config: Arc<Config>,
     store: &Store,
     job: &JobId,
-    on_notice: impl FnMut(&Notice),
+    on_notice: impl FnMut(&Notice, &str),
 ) -> anyhow::Result<JobStatus> {
     let holder = format!(
         "cli-{}-{}",
@@ -349,12 +349,13 @@ pub async fn wait(
     Ok(finished?.status)
 }
 
-/// Hands each of the job's notices to `on_notice` as they come, until the job has ended;
-/// returns the ended job.
+/// Hands each of the job's notices to `on_notice` as they come, with how long the step
+/// it ends took on its node (`2.1 s`, or empty), until the job has ended; returns the
+/// ended job.
 pub async fn follow_job(
     store: &Store,
     job: &JobId,
-    mut on_notice: impl FnMut(&Notice),
+    mut on_notice: impl FnMut(&Notice, &str),
 ) -> anyhow::Result<QueuedJob> {
     let mut seen = 0;
     loop {
@@ -364,14 +365,41 @@ pub async fn follow_job(
             .map_err(port)?
             .context("the job disappeared from the store")?;
         // Read after the status: a job's notices are all written before it ends.
-        for (seq, notice) in store.notices(job, seen).await.map_err(port)? {
+        let notices = store.notices(job, seen).await.map_err(port)?;
+        let ends_a_step = |n: &Notice| step_node(n).is_some();
+        let story = match notices.iter().any(|(_, n)| ends_a_step(n)) {
+            true => store.story(job).await.map_err(port)?,
+            false => None,
+        };
+        for (seq, notice) in notices {
             seen = seq;
-            on_notice(&notice);
+            let took = match (step_node(&notice), &story) {
+                (Some(node), Some(story)) => story
+                    .steps
+                    .iter()
+                    .filter(|s| s.node == node && s.ended_at.is_some())
+                    .max_by_key(|s| s.ended_at)
+                    .map(|s| s.took())
+                    .unwrap_or_default(),
+                _ => String::new(),
+            };
+            on_notice(&notice, &took);
         }
         if !q.status.is_pending() {
             return Ok(q);
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The node whose step `notice` says has ended (the notice comes right after it).
+fn step_node(notice: &Notice) -> Option<&str> {
+    match notice {
+        Notice::Installed { node }
+        | Notice::InstallFailed { node, .. }
+        | Notice::Healthy { node }
+        | Notice::Unhealthy { node, .. } => Some(node),
+        _ => None,
     }
 }
 

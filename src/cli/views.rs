@@ -347,19 +347,28 @@ impl LiveView {
         }
     }
 
-    /// Takes in a notice and returns the text that redraws the view (ANSI cursor moves).
-    pub fn update(&mut self, notice: &Notice) -> String {
+    /// Takes in a notice, with how long the step it ends took (or empty), and returns the
+    /// text that redraws the view (ANSI cursor moves).
+    pub fn update(&mut self, notice: &Notice, took: &str) -> String {
+        let took = match took {
+            "" => String::new(),
+            t => format!(" ({t})"),
+        };
         match notice {
-            Notice::Installed { node } => self.set(node, node_phrase(NodeState::Installed).into()),
+            Notice::Installed { node } => {
+                self.set(node, format!("{}{took}", node_phrase(NodeState::Installed)))
+            }
             Notice::InstallFailed { node, detail } => {
                 let phrase = node_phrase(NodeState::InstallFailed);
-                self.set(node, format!("{phrase}: {detail}"))
+                self.set(node, format!("{phrase}{took}: {detail}"))
             }
             Notice::Restarted { node } => self.set(node, "restarted".into()),
-            Notice::Healthy { node } => self.set(node, node_phrase(NodeState::Healthy).into()),
+            Notice::Healthy { node } => {
+                self.set(node, format!("{}{took}", node_phrase(NodeState::Healthy)))
+            }
             Notice::Unhealthy { node, detail } => {
                 let phrase = node_phrase(NodeState::Unhealthy);
-                self.set(node, format!("{phrase}: {detail}"))
+                self.set(node, format!("{phrase}{took}: {detail}"))
             }
             Notice::RollingBack { nodes, .. } => {
                 for n in nodes {

@@ -22,7 +22,7 @@ pub async fn deploy(ex: &Example, version: &str) -> (JobId, JobStatus, Vec<Notic
 
 pub async fn finish(ex: &Example, job: &JobId) -> (JobId, JobStatus, Vec<Notice>) {
     let (config, store) = (ex.config(), ex.store());
-    let status = shipit::cli::wait(config, &store, job, |_| {})
+    let status = shipit::cli::wait(config, &store, job, |_, _| {})
         .await
         .unwrap();
     let notices = store
@@ -474,7 +474,7 @@ async fn at_most_install_concurrency_nodes_install_at_once() {
     let job = shipit::cli::deploy(&config, &store, "hello", "1.0.0", None, false)
         .await
         .unwrap();
-    let status = shipit::cli::wait(config, &store, &job.id, |_| {})
+    let status = shipit::cli::wait(config, &store, &job.id, |_, _| {})
         .await
         .unwrap();
     assert_eq!(status, JobStatus::Succeeded);
@@ -502,7 +502,7 @@ async fn a_dry_run_shows_the_plan_and_queues_nothing() {
         let job = shipit::cli::deploy(&config, &store, "hello", v, None, false)
             .await
             .unwrap();
-        let status = shipit::cli::wait(config.clone(), &store, &job.id, |_| {})
+        let status = shipit::cli::wait(config.clone(), &store, &job.id, |_, _| {})
             .await
             .unwrap();
         assert_eq!(status, JobStatus::Succeeded);

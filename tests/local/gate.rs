@@ -99,7 +99,7 @@ async fn tag_deploy(config: &Arc<Config>, tag: &str) -> JobId {
 /// Runs the job to its end: its status and how it ended.
 async fn run(config: &Arc<Config>, store: &Store, job: &JobId) -> (JobStatus, Outcome) {
     let mut outcome = None;
-    let status = shipit::cli::wait(config.clone(), store, job, |n| {
+    let status = shipit::cli::wait(config.clone(), store, job, |n, _| {
         if let Notice::Finished { outcome: o } = n {
             outcome = Some(o.clone());
         }
@@ -211,7 +211,7 @@ async fn pending_checks_are_waited_for_when_configured() {
 
     let job = tag_deploy(&config, "v1.0.0").await;
     let mut waiting = vec![];
-    let status = shipit::cli::wait(config.clone(), &store, &job, |n| {
+    let status = shipit::cli::wait(config.clone(), &store, &job, |n, _| {
         if let Notice::WaitingForChecks { reason, .. } = n {
             waiting.push(reason.clone());
         }

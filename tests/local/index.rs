@@ -144,7 +144,7 @@ async fn a_release_uploaded_to_the_index_deploys_and_nodes_install_it_from_there
     let job = &jobs[0].job;
     assert_eq!(job.version.as_str(), "1.1.0");
 
-    let status = shipit::cli::wait(config.clone(), &store, &job.id, |_| {})
+    let status = shipit::cli::wait(config.clone(), &store, &job.id, |_, _| {})
         .await
         .unwrap();
     assert_eq!(status, JobStatus::Succeeded);

@@ -143,7 +143,7 @@ async fn requests(server: &MockServer, p: &str) -> Vec<Value> {
 }
 
 async fn run(config: &Arc<Config>, store: &Store, job: &JobId) -> JobStatus {
-    shipit::cli::wait(config.clone(), store, job, |_| {})
+    shipit::cli::wait(config.clone(), store, job, |_, _| {})
         .await
         .unwrap()
 }

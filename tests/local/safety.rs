@@ -90,6 +90,20 @@ fn a_second_rollback_never_brings_back_the_version_rolled_back_from() {
     for v in ["1.0.0", "1.1.0"] {
         let (code, out) = ex.shipit(&["deploy", "hello", v, "--wait"]);
         assert_eq!(code, 0, "{out}");
+        // Each node's step says how long it took.
+        for node in ["node1", "node2"] {
+            let took = |line: &str| {
+                let (_, rest) = line.rsplit_once(" (")?;
+                rest.strip_suffix(" s)")?.parse::<f64>().ok()
+            };
+            for what in ["installed", "healthy"] {
+                let line = format!("{node}: {what} (");
+                assert!(
+                    out.lines().any(|l| l.contains(&line) && took(l).is_some()),
+                    "no {line}… s) in {out}"
+                );
+            }
+        }
     }
     let (code, out) = ex.shipit(&["rollback", "hello", "--wait"]);
     assert_eq!(code, 0, "{out}");
