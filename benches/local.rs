@@ -66,7 +66,7 @@ async fn timed(config: &Arc<Config>, store: &Store, version: Option<&str>) -> Du
     }
     .unwrap();
     let t = Instant::now();
-    let status = shipit::cli::wait(config.clone(), store, &job.id, |_| {})
+    let status = shipit::cli::wait(config.clone(), store, &job.id, |_, _| {})
         .await
         .unwrap();
     assert_eq!(status, JobStatus::Succeeded);
