@@ -407,21 +407,21 @@ fn step_node(notice: &Notice) -> Option<&str> {
 /// SIGTERM; deploys under way stop at a step boundary and resume on the next start.
 pub async fn serve(config: Config, listen: Option<std::net::SocketAddr>) -> anyhow::Result<()> {
     let addr = listen.unwrap_or(config.server.listen);
-    let (ingress, store) = crate::run::local::ingress(config).await?;
+    let runtime = crate::run::local::Runtime::new(config).await?;
+    let ingress = runtime.ingress().await?;
+    let api_token = runtime.api_token().await?;
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("binding {addr}"))?;
     tracing::info!(addr = %listener.local_addr()?, "shipit serving");
     let (stop, stopped) = watch::channel(false);
-    let out = crate::run::local::outbound(ingress.config.clone()).await;
-    let worker = Worker::new(ingress.config.clone(), store.clone(), out);
+    let worker = runtime.worker();
     let health = worker.health();
     let holder = format!("serve-{}", std::process::id());
     let supervisor = tokio::spawn(supervise(worker, holder, stopped));
-    let api_token = crate::run::local::api_token(&ingress.config).await?;
     crate::run::server::serve(
         Arc::new(ingress),
-        store,
+        runtime.store,
         listener,
         health,
         api_token,

@@ -8,31 +8,72 @@ use anyhow::anyhow;
 use crate::aws::sdk_config;
 use crate::config::secrets::{Secret, Secrets};
 use crate::config::Config;
+use crate::drive::worker::Worker;
 use crate::drive::Outbound;
 use crate::ingress::{Hook, Ingress};
 use crate::local::store::Store;
-use crate::outbound::gate::Gatekeeper;
 
-/// One machine: the SQLite store named by the config is both queue and ledger.
+/// One machine, put together once from its config: the SQLite store (queue, ledger and
+/// every job's story), the secrets (one cache, SSM only if a secret lives there), and the
+/// gate and notifiers that both the ingress and the worker use.
+pub struct Runtime {
+    pub config: Arc<Config>,
+    pub store: Store,
+    pub secrets: Arc<Secrets>,
+    pub out: Outbound,
+}
+
+impl Runtime {
+    pub async fn new(config: Config) -> anyhow::Result<Runtime> {
+        let store = open_store(&config)?;
+        let secrets = Arc::new(secrets(&config).await);
+        let config = Arc::new(config);
+        let out = Outbound::new(config.clone(), secrets.clone());
+        Ok(Runtime {
+            config,
+            store,
+            secrets,
+            out,
+        })
+    }
+
+    /// The webhooks and chat, on the store, with the runtime's gate.
+    pub async fn ingress(&self) -> anyhow::Result<Ingress> {
+        let ports = Arc::new(self.store.clone());
+        let file = self.config.file.display().to_string();
+        Ok(Ingress::new(
+            self.config.clone(),
+            ports.clone(),
+            ports.clone(),
+            &self.secrets,
+            &Hook::ALL,
+        )
+        .await
+        .map_err(|e| anyhow!("{file}: {e} (`shipit check` lists every such problem)"))?
+        .with_gate(self.out.gate.clone())
+        .with_stories(ports))
+    }
+
+    /// The deploy worker, on the store and the runtime's gate and notifiers.
+    pub fn worker(&self) -> Worker {
+        Worker::new(self.config.clone(), self.store.clone(), self.out.clone())
+    }
+
+    /// The bearer token `serve`'s read endpoints ask for, if the config sets one.
+    pub async fn api_token(&self) -> anyhow::Result<Option<String>> {
+        let Some(secret) = &self.config.server.api_token else {
+            return Ok(None);
+        };
+        Ok(Some(self.secrets.resolve(secret).await.map_err(|e| {
+            anyhow!("{}: server.api_token: {e}", self.config.file.display())
+        })?))
+    }
+}
+
+/// The ingress of a one-machine config, and its store.
 pub async fn ingress(config: Config) -> anyhow::Result<(Ingress, Store)> {
-    let store = open_store(&config)?;
-    let secrets = Arc::new(secrets(&config).await);
-    let store_ports = Arc::new(store.clone());
-    let file = config.file.display().to_string();
-    let config = Arc::new(config);
-    let gate = Arc::new(Gatekeeper::new(config.clone(), secrets.clone()));
-    let ingress = Ingress::new(
-        config,
-        store_ports.clone(),
-        store_ports.clone(),
-        &secrets,
-        &Hook::ALL,
-    )
-    .await
-    .map_err(|e| anyhow!("{file}: {e} (`shipit check` lists every such problem)"))?
-    .with_gate(gate)
-    .with_stories(store_ports);
-    Ok((ingress, store))
+    let runtime = Runtime::new(config).await?;
+    Ok((runtime.ingress().await?, runtime.store))
 }
 
 pub fn open_store(config: &Config) -> anyhow::Result<Store> {
@@ -72,16 +113,6 @@ fn config_uses_ssm(c: &Config) -> bool {
         .flatten()
         .chain(notify)
         .any(|s| matches!(s, Secret::Ssm(_)))
-}
-
-/// The bearer token `serve`'s read endpoints ask for, if the config sets one.
-pub async fn api_token(config: &Config) -> anyhow::Result<Option<String>> {
-    let Some(secret) = &config.server.api_token else {
-        return Ok(None);
-    };
-    Ok(Some(secrets(config).await.resolve(secret).await.map_err(
-        |e| anyhow!("{}: server.api_token: {e}", config.file.display()),
-    )?))
 }
 
 /// The gate and notifiers of a one-machine config (SSM only if a secret lives there).
