@@ -15,6 +15,10 @@ use serde::Serialize;
 use super::job::{DeployJob, JobId, Source};
 use super::status::JobStatus;
 
+/// The days the figures look back, where nobody asked for another window (the page,
+/// Datadog).
+pub const WINDOW_DAYS: u32 = 30;
+
 /// One job that ended, as the figures need it.
 #[derive(Debug, Clone)]
 pub struct Ended {

@@ -6,6 +6,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::command::{Command, NodeResult};
+use super::dora::Figures;
 use super::engine::{Deploy, Notice, Verdict};
 pub use super::history::{Faulty, HistoryEntry};
 use super::job::{DeployJob, JobId};
@@ -77,6 +78,15 @@ pub trait Notify: Send + Sync {
         memo: &mut NotifyMemo,
         now: DateTime<Utc>,
     );
+    /// Whether anyone keeps `app`'s DORA figures (so that a runtime computes them only then).
+    fn wants_figures(&self, app: &str) -> bool {
+        let _ = app;
+        false
+    }
+    /// An app+env's DORA figures, as they stand after one of its jobs ended.
+    async fn figures(&self, figures: &Figures, now: DateTime<Utc>) {
+        let _ = (figures, now);
+    }
 }
 
 /// Every job's story, where its runtime keeps it: the SQLite store, or on AWS the job's

@@ -209,6 +209,23 @@ impl Driver {
         }
     }
 
+    /// The job ended: tells whoever keeps its app's DORA figures how they stand now, as
+    /// `figures` computes them (only asked when someone keeps them).
+    pub async fn tell_figures<F>(&self, job: &DeployJob, figures: F)
+    where
+        F: std::future::Future<Output = Result<crate::deploy::dora::Figures, PortError>>,
+    {
+        if !self.out.notifier.wants_figures(&job.app) {
+            return;
+        }
+        match figures.await {
+            Ok(f) => self.out.notifier.figures(&f, Utc::now()).await,
+            Err(e) => {
+                tracing::warn!(job_id = %job.id, error = %e, "cannot compute the DORA figures")
+            }
+        }
+    }
+
     /// Ends a job the engine cannot finish: frees its lock if it holds it and says why.
     /// Never fails: it is each runtime's last resort.
     pub async fn give_up(

@@ -237,6 +237,17 @@ impl Worker {
         self.drive_job(job, shutdown).instrument(span).await
     }
 
+    /// The DORA figures of `job`'s app+env once it ended, to whoever keeps them.
+    async fn tell_figures(&self, job: &DeployJob) {
+        let store = &self.store;
+        let figures = async {
+            let jobs = store.jobs(None).await?;
+            let (days, now) = (crate::deploy::dora::WINDOW_DAYS, Utc::now());
+            store.figures(&job.app, &job.env, &jobs, days, now).await
+        };
+        self.driver.tell_figures(job, figures).await;
+    }
+
     async fn drive_job(
         &self,
         job: DeployJob,
@@ -266,6 +277,7 @@ impl Worker {
                     tracing::error!(error = %e, "cannot record the job's outcome");
                 }
                 tracing::info!(outcome = ?outcome, "deploy finished");
+                self.tell_figures(&job).await;
                 return Some(outcome);
             }
             if *shutdown.borrow() {
@@ -379,6 +391,7 @@ impl Worker {
         if let Err(e) = steps.await {
             tracing::error!(error = %e, "cannot record the abandoned job");
         }
+        self.tell_figures(job).await;
         Some(outcome)
     }
 }

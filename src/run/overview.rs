@@ -1,13 +1,11 @@
 //! Where every app+env stands, read from the local store: what `shipit status` prints
 //! and the page shows.
 
-use std::collections::HashMap;
-
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use crate::config::{Config, Nodes};
-use crate::deploy::dora::{figures, Ended, Figures};
+use crate::deploy::dora::Figures;
 use crate::deploy::job::JobId;
 use crate::deploy::ports::{Ledger, LockInfo, PortError};
 use crate::deploy::status::JobStatus;
@@ -136,31 +134,13 @@ pub async fn dora(
     let mut out = vec![];
     for app in config.apps.values() {
         for env in app.environments.keys() {
-            // When each job went live: its history entry.
-            let live: HashMap<JobId, DateTime<Utc>> = store
-                .history(&app.name, env, HISTORY_READ)
-                .await
-                .map_err(port)?
-                .into_iter()
-                .map(|e| (e.job.id, e.recorded_at))
-                .collect();
-            let group = format!("{}/{env}", app.name);
-            let ended: Vec<Ended> = jobs
-                .iter()
-                .filter(|q| q.job.group() == group && !q.status.is_pending())
-                .map(|q| Ended {
-                    job: q.job.clone(),
-                    status: q.status,
-                    started_at: q.started_at,
-                    ended_at: q.ended_at,
-                    live_at: live.get(&q.job.id).copied(),
-                })
-                .collect();
-            out.push(figures(&app.name, env, &ended, days, now));
+            out.push(
+                store
+                    .figures(&app.name, env, jobs, days, now)
+                    .await
+                    .map_err(port)?,
+            );
         }
     }
     Ok(out)
 }
-
-/// History entries read for the figures: a deploy every hour for more than a year.
-const HISTORY_READ: usize = 10_000;

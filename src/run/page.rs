@@ -17,7 +17,7 @@ use maud::{html, Markup, PreEscaped, DOCTYPE};
 use tokio::sync::watch;
 
 use super::overview::EnvStatus;
-use crate::deploy::dora::{dora_phrases, Figures};
+use crate::deploy::dora::{dora_phrases, Figures, WINDOW_DAYS};
 use crate::deploy::engine::{Deploy, NodeState};
 use crate::deploy::report::{lock_phrase, node_phrase};
 use crate::deploy::status::JobStatus;
@@ -76,9 +76,6 @@ fn status_class(status: JobStatus) -> &'static str {
     }
 }
 
-/// The days the page's DORA figures look back.
-pub const DORA_DAYS: u32 = 30;
-
 pub fn dashboard(
     envs: &[EnvStatus],
     running: &[Running],
@@ -130,7 +127,7 @@ pub fn dashboard(
             }
         }
         section id="dora" {
-            h2 { "The last " (DORA_DAYS) " days" }
+            h2 { "The last " (WINDOW_DAYS) " days" }
             table {
                 tr { th { "app/env" } th { "deploys" } th { "lead time" }
                      th { "change failure rate" } th { "time to restore" } }

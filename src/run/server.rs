@@ -126,7 +126,7 @@ async fn dashboard(State(s): State<AppState>, headers: HeaderMap) -> Response {
             &s.ingress.config,
             &s.store,
             &jobs,
-            super::page::DORA_DAYS,
+            crate::deploy::dora::WINDOW_DAYS,
             Utc::now(),
         )
         .await?;

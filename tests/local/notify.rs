@@ -99,7 +99,7 @@ async fn apm_ok(apis: &Apis) {
         ))
         .mount(&apis.newrelic)
         .await;
-    for p in ["/api/v1/events", "/api/v2/dora/deployment"] {
+    for p in ["/api/v1/events", "/api/v2/dora/deployment", "/api/v2/series"] {
         Mock::given(method("POST"))
             .and(path(p))
             .and(header("dd-api-key", "dd-test"))
@@ -116,7 +116,9 @@ async fn requests(server: &MockServer, p: &str) -> Vec<Value> {
     let key = match p {
         "/api/chat.postMessage" | "/api/chat.update" => Some(("authorization", "Bearer xoxb-test")),
         "/graphql" => Some(("api-key", "NRAK-test")),
-        "/api/v1/events" | "/api/v2/dora/deployment" => Some(("dd-api-key", "dd-test")),
+        "/api/v1/events" | "/api/v2/dora/deployment" | "/api/v2/series" => {
+            Some(("dd-api-key", "dd-test"))
+        }
         // A response_url is its own credential.
         _ => None,
     };
@@ -252,6 +254,29 @@ async fn a_tag_deploy_posts_one_slack_message_updates_it_and_marks_apm_and_githu
     );
     assert_eq!(a["git"]["commit_sha"], SHA);
     assert!(a["started_at"].as_i64().unwrap() <= a["finished_at"].as_i64().unwrap());
+    // And the figures shipit computes, as gauges, once the job ended.
+    let series = requests(&apis.datadog, "/api/v2/series").await;
+    assert_eq!(series.len(), 1, "{series:?}");
+    let gauges: Vec<(&str, f64)> = series[0]["series"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            assert_eq!(m["type"], 3, "{m}");
+            assert_eq!(
+                m["tags"],
+                json!(["service:hello", "env:production", "window_days:30"])
+            );
+            let point = &m["points"][0];
+            assert!(point["timestamp"].as_i64().unwrap() <= Utc::now().timestamp());
+            (m["metric"].as_str().unwrap(), point["value"].as_f64().unwrap())
+        })
+        .collect();
+    let figure = |name: &str| gauges.iter().find(|(m, _)| *m == name).map(|(_, v)| *v);
+    assert_eq!(figure("shipit.dora.deploys_per_day"), Some(1.0 / 30.0), "{gauges:?}");
+    assert_eq!(figure("shipit.dora.change_failure_rate"), Some(0.0), "{gauges:?}");
+    assert!(figure("shipit.dora.lead_time_seconds").is_some(), "{gauges:?}");
+    assert_eq!(figure("shipit.dora.time_to_restore_seconds"), None, "nothing restored");
     // The GitHub mocks' `expect` counts are checked when `apis` drops.
 }
 

@@ -11,6 +11,7 @@ use crate::deploy::ports::{Enqueued, PortError};
 use jobs::Row;
 
 pub mod checkpoints;
+mod dora;
 pub mod jobs;
 mod ledger;
 mod packages;

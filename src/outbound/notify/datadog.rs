@@ -1,4 +1,6 @@
-//! Datadog: an event per deploy, and a DORA deployment when asked for.
+//! Datadog: an event per deploy; when asked for (`dora = true`), a DORA deployment when a
+//! version goes live and the app+env's DORA figures, as shipit computes them, as metrics
+//! after each of its jobs ends.
 
 use serde_json::{json, Value};
 
@@ -76,4 +78,63 @@ impl Round<'_> {
     }
 
     // --- GitHub Deployments ----------------------------------------------------------------
+}
+
+/// The figures as gauges `shipit.dora.*` (Datadog's metric intake, v2: type 3 is a gauge),
+/// tagged with the service, environment and window; a figure with nothing to measure yet
+/// (no lead time without a tag's commit time, say) is left out rather than sent as zero.
+pub(super) async fn figures(notifier: &Notifier, app: &App, f: &Figures, now: DateTime<Utc>) {
+    let Some(DatadogTarget {
+        api_key,
+        api_url,
+        service,
+        dora: true,
+    }) = &app.notify.datadog
+    else {
+        return;
+    };
+    let tags = json!([
+        format!("service:{service}"),
+        format!("env:{}", f.env),
+        format!("window_days:{}", f.days)
+    ]);
+    let gauge = |metric: &str, value: f64| {
+        json!({
+            "metric": format!("shipit.dora.{metric}"),
+            "type": 3,
+            "points": [{"timestamp": now.timestamp(), "value": value}],
+            "tags": tags,
+        })
+    };
+    let mut series = vec![gauge("deploys_per_day", f.deploys_per_day)];
+    if let Some(s) = f.lead_time_seconds {
+        series.push(gauge("lead_time_seconds", s as f64));
+    }
+    if let Some(r) = f.change_failure_rate {
+        series.push(gauge("change_failure_rate", r));
+    }
+    if let Some(s) = f.time_to_restore_seconds {
+        series.push(gauge("time_to_restore_seconds", s as f64));
+    }
+    let body = json!({ "series": series });
+    let deadline = tokio::time::Instant::now() + NOTIFY_BUDGET;
+    let result = async {
+        let key = notifier
+            .secrets
+            .resolve(api_key)
+            .await
+            .map_err(|e| e.to_string())?;
+        let url = format!("{api_url}/api/v2/series");
+        send_until(deadline, || {
+            notifier
+                .http
+                .post(&url)
+                .header("DD-API-KEY", &key)
+                .json(&body)
+        })
+        .await
+    };
+    if let Err(error) = result.await {
+        tracing::warn!(app = %f.app, env = %f.env, %error, "sending the DORA figures to Datadog failed");
+    }
 }

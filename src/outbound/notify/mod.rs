@@ -20,6 +20,7 @@ use serde_json::Value;
 
 use crate::config::secrets::Secrets;
 use crate::config::{App, Config, DatadogTarget, GitHubTarget, NewRelicTarget, SlackTarget};
+use crate::deploy::dora::Figures;
 use crate::deploy::engine::{Deploy, Notice, Outcome};
 use crate::deploy::job::Source;
 use crate::deploy::ports::{Notify, NotifyMemo};
@@ -178,6 +179,25 @@ impl Notify for Notifier {
             serde_json::to_value(&state).unwrap_or(NotifyMemo::Null)
         };
     }
+
+    fn wants_figures(&self, app: &str) -> bool {
+        self.config
+            .app(app)
+            .and_then(|a| a.notify.datadog.as_ref())
+            .is_some_and(|d| d.dora)
+    }
+
+    async fn figures(&self, figures: &Figures, now: DateTime<Utc>) {
+        if let Some(app) = self.config.app(&figures.app) {
+            let send = datadog::figures(self, app, figures, now);
+            if tokio::time::timeout(NOTIFY_BUDGET + REQUEST_TIMEOUT, send)
+                .await
+                .is_err()
+            {
+                tracing::warn!(app = %figures.app, env = %figures.env, "DORA figures cut off after their time budget");
+            }
+        }
+    }
 }
 
 /// One round of notifications.
@@ -210,59 +230,66 @@ impl Round<'_> {
             .map_err(|e| e.to_string())
     }
 
-    /// Sends the request `make` builds, retrying 429 (after its `Retry-After`), 5xx and
-    /// connection errors with exponential back-off until the round's deadline. Returns
-    /// the response body as JSON (`null` if it is not JSON).
+    /// Sends the request `make` builds within the round's deadline (see [`send_until`]).
     async fn send(&self, make: impl Fn() -> reqwest::RequestBuilder) -> Result<Value, String> {
-        let policy = ExponentialBackoff {
-            initial_interval: Duration::from_millis(250),
-            max_interval: Duration::from_secs(2),
-            max_elapsed_time: Some(self.deadline - tokio::time::Instant::now()),
-            ..ExponentialBackoff::default()
-        };
-        backoff::future::retry(policy, || async {
-            let transient = |err: String, after: Option<Duration>| {
-                let left = self.deadline - tokio::time::Instant::now();
-                match after {
-                    // Slack may ask for minutes; the deploy does not wait that long.
-                    Some(d) if d > left => backoff::Error::permanent(format!(
-                        "{err}; asked to retry after {} s, beyond the notification budget",
-                        d.as_secs()
-                    )),
-                    after => backoff::Error::Transient {
-                        err,
-                        retry_after: after,
-                    },
-                }
-            };
-            let resp = make().send().await.map_err(|e| {
-                if e.is_builder() {
-                    backoff::Error::permanent(e.to_string())
-                } else {
-                    transient(e.to_string(), None)
-                }
-            })?;
-            let status = resp.status();
-            let retry_after = resp
-                .headers()
-                .get(reqwest::header::RETRY_AFTER)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.trim().parse::<u64>().ok())
-                .map(Duration::from_secs);
-            let body = resp.text().await.unwrap_or_default();
-            let short = http::excerpt(&body, 300);
-            if status.is_success() {
-                Ok(serde_json::from_str(&body).unwrap_or(Value::Null))
-            } else if http::is_transient(status) {
-                let asked =
-                    retry_after.filter(|_| status == reqwest::StatusCode::TOO_MANY_REQUESTS);
-                Err(transient(format!("{status}: {short}"), asked))
-            } else {
-                Err(backoff::Error::permanent(format!("{status}: {short}")))
-            }
-        })
-        .await
+        send_until(self.deadline, make).await
     }
 
     // --- Slack -------------------------------------------------------------------------
+}
+
+/// Sends the request `make` builds, retrying 429 (after its `Retry-After`), 5xx and
+/// connection errors with exponential back-off until `deadline`. Returns the response
+/// body as JSON (`null` if it is not JSON).
+async fn send_until(
+    deadline: tokio::time::Instant,
+    make: impl Fn() -> reqwest::RequestBuilder,
+) -> Result<Value, String> {
+    let policy = ExponentialBackoff {
+        initial_interval: Duration::from_millis(250),
+        max_interval: Duration::from_secs(2),
+        max_elapsed_time: Some(deadline - tokio::time::Instant::now()),
+        ..ExponentialBackoff::default()
+    };
+    backoff::future::retry(policy, || async {
+        let transient = |err: String, after: Option<Duration>| {
+            let left = deadline - tokio::time::Instant::now();
+            match after {
+                // Slack may ask for minutes; the deploy does not wait that long.
+                Some(d) if d > left => backoff::Error::permanent(format!(
+                    "{err}; asked to retry after {} s, beyond the notification budget",
+                    d.as_secs()
+                )),
+                after => backoff::Error::Transient {
+                    err,
+                    retry_after: after,
+                },
+            }
+        };
+        let resp = make().send().await.map_err(|e| {
+            if e.is_builder() {
+                backoff::Error::permanent(e.to_string())
+            } else {
+                transient(e.to_string(), None)
+            }
+        })?;
+        let status = resp.status();
+        let retry_after = resp
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(Duration::from_secs);
+        let body = resp.text().await.unwrap_or_default();
+        let short = http::excerpt(&body, 300);
+        if status.is_success() {
+            Ok(serde_json::from_str(&body).unwrap_or(Value::Null))
+        } else if http::is_transient(status) {
+            let asked = retry_after.filter(|_| status == reqwest::StatusCode::TOO_MANY_REQUESTS);
+            Err(transient(format!("{status}: {short}"), asked))
+        } else {
+            Err(backoff::Error::permanent(format!("{status}: {short}")))
+        }
+    })
+    .await
 }
