@@ -19,7 +19,7 @@ use crate::config::{App, Config};
 use crate::deploy::engine::Notice;
 use crate::deploy::history::{faulty_mark, rollback_target};
 use crate::deploy::job::{DeployJob, JobId, Source};
-use crate::deploy::ports::{JobQueue, Ledger, LockInfo, Stories, Unlocked};
+use crate::deploy::ports::{Cancel, JobQueue, Ledger, LockInfo, Stories, Unlocked};
 use crate::deploy::report::lock_line;
 use crate::deploy::status::JobStatus;
 use crate::deploy::story::Story;

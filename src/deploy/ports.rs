@@ -11,6 +11,7 @@ use super::engine::{Deploy, Notice, Verdict};
 pub use super::history::{Faulty, HistoryEntry};
 use super::job::{DeployJob, JobId};
 pub use super::lock::{LockInfo, Renewal, Unlocked, Written};
+use super::status::JobStatus;
 use super::story::Story;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -95,6 +96,20 @@ pub trait Notify: Send + Sync {
 pub trait Stories: Send + Sync {
     /// `None`: no job of that id is kept.
     async fn story(&self, job: &JobId) -> Result<Option<Story>, PortError>;
+}
+
+/// Taking a job off the queue before it starts, where a runtime can do that in one step
+/// with the worker's claim of it (the SQLite store; not yet on AWS).
+#[async_trait]
+pub trait Cancel: Send + Sync {
+    /// `Ok(None)` once `job` will not run (cancelled by `by`); `Ok(Some(status))` when it
+    /// had started or ended already, and nothing changed.
+    async fn cancel(
+        &self,
+        job: &JobId,
+        by: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Option<JobStatus>, PortError>;
 }
 
 /// The jobs still queued behind one, where a runtime can see them.

@@ -18,7 +18,7 @@ use serde_json::{json, Value};
 use crate::config::secrets::{Secret, SecretError, Secrets};
 use crate::config::{App, Config};
 use crate::deploy::job::{DeployJob, Source};
-use crate::deploy::ports::{Enqueued, Fleet, Gate, JobQueue, Ledger, Stories};
+use crate::deploy::ports::{Cancel, Enqueued, Fleet, Gate, JobQueue, Ledger, Stories};
 use crate::deploy::version::Version;
 
 /// An HTTP answer: status and JSON body.
@@ -109,6 +109,8 @@ pub struct Ingress {
     pub fleet: Option<Arc<dyn Fleet>>,
     /// Where `/deploy show JOB` reads a job's story.
     pub stories: Option<Arc<dyn Stories>>,
+    /// Where `/deploy cancel JOB` takes a queued job off the queue.
+    pub cancel: Option<Arc<dyn Cancel>>,
     github_secret: Option<String>,
     slack_secret: Option<String>,
 }
@@ -148,6 +150,7 @@ impl Ingress {
             gate: None,
             fleet: None,
             stories: None,
+            cancel: None,
             github_secret,
             slack_secret,
         })
@@ -163,6 +166,13 @@ impl Ingress {
     pub fn with_fleet(self, fleet: Arc<dyn Fleet>) -> Ingress {
         Ingress {
             fleet: Some(fleet),
+            ..self
+        }
+    }
+
+    pub fn with_cancel(self, cancel: Arc<dyn Cancel>) -> Ingress {
+        Ingress {
+            cancel: Some(cancel),
             ..self
         }
     }

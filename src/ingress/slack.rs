@@ -16,6 +16,7 @@ use crate::deploy::ports::{LockInfo, Unlocked};
 use crate::deploy::report::{
     faulty_versions, forced_note, history_line, live_line, lock_line, NOTHING_LIVE,
 };
+use crate::deploy::status::JobStatus;
 use crate::deploy::version::Version;
 
 /// Slack's advice: refuse requests more than five minutes from now (replays).
@@ -30,6 +31,7 @@ Usage:
   /deploy status [APP]          what is live, and what is locked
   /deploy history APP [ENV]     the last deploys
   /deploy show JOB              a job's story: why it ended so, what ran on each node
+  /deploy cancel JOB            take a queued job off the queue: it never runs
   /deploy lock APP [ENV] REASON stop deploys until unlocked
   /deploy unlock APP [ENV]      remove a lock taken with /deploy lock
   /deploy abort APP [ENV]       stop the running deploy, putting back what it restarted
@@ -199,7 +201,7 @@ impl Ingress {
         let other = |also_rollback: bool| {
             matches!(
                 words.first(),
-                Some(&("help" | "status" | "history" | "show" | "lock" | "unlock" | "abort"))
+                Some(&("help" | "status" | "history" | "show" | "cancel" | "lock" | "unlock" | "abort"))
             ) || (!also_rollback && words.first() == Some(&"rollback"))
         };
         if flags.force && other(false) {
@@ -221,6 +223,7 @@ impl Ingress {
                 Err(e) => say(e),
             },
             ["show", id] => self.show(id).await,
+            ["cancel", id] => self.chat_cancel(&cmd, id, now).await,
             ["rollback", rest @ ..] => match self.target(rest, 0) {
                 Ok((app, env, _)) => self.chat_rollback(&cmd, app, env, flags.dry_run, now).await,
                 Err(e) => say(e),
@@ -581,6 +584,49 @@ impl Ingress {
             Ok(Some(story)) => say(story.chat_text()),
             Ok(None) => say(format!("No job {job} is known (or it is no longer kept).")),
             Err(e) => say(format!("The story of job {job} is unavailable: {e}")),
+        }
+    }
+
+    /// Takes a queued job off the queue, for whoever asked for it or may deploy there.
+    async fn chat_cancel(&self, cmd: &SlashCommand, id: &str, now: DateTime<Utc>) -> Reply {
+        let Some(job) = JobId::parse(id) else {
+            return say(format!(
+                "{id:?} is not a job id (20 hex digits, as /deploy history shows them)."
+            ));
+        };
+        let (Some(stories), Some(cancel)) = (&self.stories, &self.cancel) else {
+            return say(
+                "Taking a queued job off the queue is not available where this shipit runs \
+                 (on AWS, not yet); once it runs, /deploy abort APP ENV stops it.",
+            );
+        };
+        let queued = match stories.story(&job).await {
+            Ok(Some(story)) => story.job,
+            Ok(None) => return say(format!("No job {job} is known (or it is no longer kept).")),
+            Err(e) => return say(format!("Could not read job {job}: {e}; nothing was done.")),
+        };
+        let asked = matches!(&queued.source, Source::Chat { user_id, .. } if *user_id == cmd.user_id);
+        let may = match self.config.target(&queued) {
+            Ok((_, env)) => asked || cmd.may_deploy(env),
+            Err(_) => asked,
+        };
+        if !may {
+            return say(format!(
+                "{} may not cancel job {job}: only who asked for it and who may deploy {}/{} can.",
+                cmd.who(),
+                queued.app,
+                queued.env
+            ));
+        }
+        let what = format!("{} {} to {}", queued.app, queued.version, queued.env);
+        match cancel.cancel(&job, &cmd.who(), now).await {
+            Ok(None) => say(format!("Cancelled job {job} ({what}): it will not run.")),
+            Ok(Some(JobStatus::Running)) => say(format!(
+                "Job {job} ({what}) is running: /deploy abort {} {} stops it and puts back what it restarted.",
+                queued.app, queued.env
+            )),
+            Ok(Some(status)) => say(format!("Job {job} ({what}) is not queued: it is {status}.")),
+            Err(e) => say(format!("Could not cancel job {job}: {e}; nothing was done.")),
         }
     }
 

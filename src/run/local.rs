@@ -51,7 +51,8 @@ impl Runtime {
         .await
         .map_err(|e| anyhow!("{file}: {e} (`shipit check` lists every such problem)"))?
         .with_gate(self.out.gate.clone())
-        .with_stories(ports))
+        .with_stories(ports.clone())
+        .with_cancel(ports))
     }
 
     /// The deploy worker, on the store and the runtime's gate and notifiers.

@@ -99,7 +99,11 @@ async fn apm_ok(apis: &Apis) {
         ))
         .mount(&apis.newrelic)
         .await;
-    for p in ["/api/v1/events", "/api/v2/dora/deployment", "/api/v2/series"] {
+    for p in [
+        "/api/v1/events",
+        "/api/v2/dora/deployment",
+        "/api/v2/series",
+    ] {
         Mock::given(method("POST"))
             .and(path(p))
             .and(header("dd-api-key", "dd-test"))
@@ -269,14 +273,32 @@ async fn a_tag_deploy_posts_one_slack_message_updates_it_and_marks_apm_and_githu
             );
             let point = &m["points"][0];
             assert!(point["timestamp"].as_i64().unwrap() <= Utc::now().timestamp());
-            (m["metric"].as_str().unwrap(), point["value"].as_f64().unwrap())
+            (
+                m["metric"].as_str().unwrap(),
+                point["value"].as_f64().unwrap(),
+            )
         })
         .collect();
     let figure = |name: &str| gauges.iter().find(|(m, _)| *m == name).map(|(_, v)| *v);
-    assert_eq!(figure("shipit.dora.deploys_per_day"), Some(1.0 / 30.0), "{gauges:?}");
-    assert_eq!(figure("shipit.dora.change_failure_rate"), Some(0.0), "{gauges:?}");
-    assert!(figure("shipit.dora.lead_time_seconds").is_some(), "{gauges:?}");
-    assert_eq!(figure("shipit.dora.time_to_restore_seconds"), None, "nothing restored");
+    assert_eq!(
+        figure("shipit.dora.deploys_per_day"),
+        Some(1.0 / 30.0),
+        "{gauges:?}"
+    );
+    assert_eq!(
+        figure("shipit.dora.change_failure_rate"),
+        Some(0.0),
+        "{gauges:?}"
+    );
+    assert!(
+        figure("shipit.dora.lead_time_seconds").is_some(),
+        "{gauges:?}"
+    );
+    assert_eq!(
+        figure("shipit.dora.time_to_restore_seconds"),
+        None,
+        "nothing restored"
+    );
     // The GitHub mocks' `expect` counts are checked when `apis` drops.
 }
 

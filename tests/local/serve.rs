@@ -923,3 +923,45 @@ async fn the_page_shows_the_jobs_and_their_stories_and_says_when_they_change() {
         .expect("serve stops with a page's event stream open");
     assert!(matches!(events.chunk().await, Ok(None) | Err(_)));
 }
+
+/// `/deploy cancel JOB`: who asked for a queued job, or who may deploy there, takes it off
+/// the queue; it never runs, and once it is no longer queued nothing changes.
+#[tokio::test]
+async fn chat_takes_a_queued_job_off_the_queue_for_who_may() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = LocalApp {
+        deployers: r#""U2CERLKJA", "U0BOB""#,
+        ..LocalApp::default()
+    }
+    .write(dir.path());
+    let (ingress, store) = local::ingress(config).await.unwrap();
+    let say = |user: &'static str, text: String| {
+        let ingress = &ingress;
+        async move {
+            let now = Utc::now();
+            let form = slack_form(user, "someone", &text, &format!("t-{user}-{text}"));
+            let reply = ingress.slack(&slack_headers(&form, now), &form, now).await;
+            reply.body["text"].as_str().unwrap().to_string()
+        }
+    };
+    let text = say("U2CERLKJA", "hello 1.0.0".into()).await;
+    assert!(text.starts_with("Queued"), "{text}");
+    let id = store.jobs(None).await.unwrap()[0].job.id.clone();
+
+    let text = say("U0STRANGER", format!("cancel {id}")).await;
+    assert!(text.contains("may not cancel job"), "{text}");
+    assert_eq!(store.jobs(None).await.unwrap()[0].status, JobStatus::Queued);
+
+    let text = say("U0BOB", format!("cancel {id}")).await;
+    assert!(
+        text.starts_with(&format!("Cancelled job {id} (hello 1.0.0 to production)")),
+        "{text}"
+    );
+    let q = store.jobs(None).await.unwrap().remove(0);
+    assert_eq!(q.status, JobStatus::Cancelled);
+    assert!(q.reason.unwrap().contains("cancelled by"));
+    let text = say("U2CERLKJA", format!("cancel {id}")).await;
+    assert!(text.contains("is not queued: it is cancelled"), "{text}");
+    let text = say("U2CERLKJA", "cancel 12345".into()).await;
+    assert!(text.contains("is not a job id"), "{text}");
+}

@@ -7,7 +7,7 @@ use rusqlite::{params, OptionalExtension, TransactionBehavior};
 use super::{time, Store};
 use crate::deploy::engine::{Notice, Outcome};
 use crate::deploy::job::{DeployJob, JobId};
-use crate::deploy::ports::{Backlog, Enqueued, JobQueue, PortError};
+use crate::deploy::ports::{Backlog, Cancel, Enqueued, JobQueue, PortError};
 use crate::deploy::status::JobStatus;
 use crate::deploy::version::newest_first;
 
@@ -144,42 +144,6 @@ impl Store {
             }
         })
         .await
-    }
-
-    /// Takes queued job `job` off the queue, `by` whom: `Ok(None)` once cancelled,
-    /// `Ok(Some(status))` when it is no longer queued (the worker claimed it, or it
-    /// ended). One transaction, as the worker's claim is, so exactly one of them wins.
-    pub async fn cancel(
-        &self,
-        job: &JobId,
-        by: &str,
-        now: DateTime<Utc>,
-    ) -> Result<Option<JobStatus>, PortError> {
-        let (id, reason) = (
-            job.to_string(),
-            format!("cancelled by {by} before it started"),
-        );
-        let status: Option<String> = self
-            .with(move |c| {
-                let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
-                let n = tx.execute(
-                    "UPDATE jobs SET status = 'cancelled', ended_at = ?2, reason = ?3
-                     WHERE id = ?1 AND status = 'queued'",
-                    params![id, now.to_rfc3339(), reason],
-                )?;
-                let status = match n {
-                    1 => None,
-                    _ => Some(tx.query_row(
-                        "SELECT status FROM jobs WHERE id = ?1",
-                        params![id],
-                        |r| r.get(0),
-                    )?),
-                };
-                tx.commit()?;
-                Ok(status)
-            })
-            .await?;
-        Ok(status.map(|s| s.parse()).transpose()?)
     }
 
     /// The job ended with `outcome`: its status, when, and why (what a success left, or
@@ -358,6 +322,43 @@ fn fail_unreadable(
         params![id, notice, now.to_rfc3339()],
     )?;
     Ok(())
+}
+
+#[async_trait]
+impl Cancel for Store {
+    /// One transaction, as the worker's claim is, so exactly one of them wins.
+    async fn cancel(
+        &self,
+        job: &JobId,
+        by: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Option<JobStatus>, PortError> {
+        let (id, reason) = (
+            job.to_string(),
+            format!("cancelled by {by} before it started"),
+        );
+        let status: Option<String> = self
+            .with(move |c| {
+                let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                let n = tx.execute(
+                    "UPDATE jobs SET status = 'cancelled', ended_at = ?2, reason = ?3
+                     WHERE id = ?1 AND status = 'queued'",
+                    params![id, now.to_rfc3339(), reason],
+                )?;
+                let status = match n {
+                    1 => None,
+                    _ => Some(tx.query_row(
+                        "SELECT status FROM jobs WHERE id = ?1",
+                        params![id],
+                        |r| r.get(0),
+                    )?),
+                };
+                tx.commit()?;
+                Ok(status)
+            })
+            .await?;
+        Ok(status.map(|s| s.parse()).transpose()?)
+    }
 }
 
 #[cfg(test)]
