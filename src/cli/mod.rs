@@ -17,7 +17,7 @@ use tokio::sync::watch;
 
 use crate::config::{App, Config};
 use crate::deploy::engine::Notice;
-use crate::deploy::history::{faulty_mark, rollback_target};
+use crate::deploy::history::rollback_target;
 use crate::deploy::job::{DeployJob, JobId, Source};
 use crate::deploy::ports::{Cancel, JobQueue, Ledger, LockInfo, Stories, Unlocked};
 use crate::deploy::report::lock_line;
@@ -482,17 +482,9 @@ pub async fn history(
     env: Option<&str>,
 ) -> anyhow::Result<Vec<HistoryRow>> {
     let (a, env) = target(config, app, env)?;
-    let faulty = store.faulty(&a.name, &env).await.map_err(port)?;
-    Ok(store
-        .history(&a.name, &env, 50)
+    crate::deploy::overview::history(store, &a.name, &env, 50)
         .await
-        .map_err(port)?
-        .into_iter()
-        .map(|entry| HistoryRow {
-            faulty: faulty_mark(&faulty, &entry.job.version).cloned(),
-            entry,
-        })
-        .collect())
+        .map_err(port)
 }
 
 /// Every job of APP's environment that ended, newest first: failed, skipped and aborted

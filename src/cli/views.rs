@@ -2,17 +2,15 @@
 //! as tables for people (and as JSON, with `--json`, for scripts).
 
 use chrono::{DateTime, Utc};
-use serde::Serialize;
 
 use crate::deploy::dora::{dora_phrases, Figures};
 use crate::deploy::engine::{NodeState, Notice};
-use crate::deploy::history::{Faulty, HistoryEntry};
+pub use crate::deploy::overview::{ActiveJob, EnvStatus, HistoryRow, Live};
 use crate::deploy::report::{faulty_phrase, forced_note, lock_phrase, node_phrase, NOTHING_LIVE};
 use crate::deploy::status::describe;
 use crate::deploy::story::Story;
 use crate::deploy::version::Version;
 use crate::local::store::jobs::QueuedJob;
-pub use crate::run::overview::{ActiveJob, EnvStatus, Live};
 
 /// What `shipit sync --check` reports of one node.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -141,15 +139,6 @@ pub fn print_jobs(jobs: &[QueuedJob]) {
         ],
         &rows,
     );
-}
-
-/// One line of `shipit history`.
-#[derive(Debug, Clone, Serialize)]
-pub struct HistoryRow {
-    #[serde(flatten)]
-    pub entry: HistoryEntry,
-    /// Set when this version was rolled back from since.
-    pub faulty: Option<Faulty>,
 }
 
 pub fn print_history(entries: &[HistoryRow]) -> anyhow::Result<()> {

@@ -11,6 +11,7 @@ outside_input! {
 }
 pub mod lists;
 pub mod lock;
+pub mod overview;
 pub mod ports;
 pub mod report;
 pub mod rollout;

@@ -8,19 +8,6 @@ use super::lock::LockInfo;
 
 pub const NOTHING_LIVE: &str = "nothing deployed yet";
 
-/// What is live: `1.2.0 (job …, 2026-11-24 10:00 UTC by …)`.
-pub fn live_line(live: Option<&HistoryEntry>) -> String {
-    live.map_or(NOTHING_LIVE.to_string(), |e| {
-        format!(
-            "{} (job {}, {} by {})",
-            e.job.version,
-            e.job.id,
-            e.recorded_at.format("%Y-%m-%d %H:%M UTC"),
-            e.job.requested_by
-        )
-    })
-}
-
 /// Who holds an app+env: a deploy (`being deployed by job …`) or a person.
 pub fn lock_phrase(lock: &LockInfo) -> String {
     match &lock.job {
@@ -69,15 +56,6 @@ pub fn history_line(entry: &HistoryEntry, mark: Option<&Faulty>) -> String {
             c.reason
         ))
     )
-}
-
-/// `1.1.0, 1.0.2`: the versions marked faulty, newest mark first.
-pub fn faulty_versions(marks: &[Faulty]) -> String {
-    marks
-        .iter()
-        .map(|m| m.version.to_string())
-        .collect::<Vec<_>>()
-        .join(", ")
 }
 
 /// `FAULTY: rolled back to 1.0.0 by …`.
@@ -131,17 +109,8 @@ mod tests {
     }
 
     #[test]
-    fn live_history_and_forced_read_the_same_everywhere() {
+    fn history_and_forced_read_the_same_everywhere() {
         let e = entry(None);
-        let id = e.job.id.clone();
-        assert_eq!(
-            live_line(Some(&e)),
-            format!(
-                "1.2.0 (job {id}, 2026-11-24 10:00 UTC by {})",
-                e.job.requested_by
-            )
-        );
-        assert_eq!(live_line(None), NOTHING_LIVE);
         let forced = entry(Some("@ann"));
         assert!(history_line(&forced, None).ends_with(", forced past the gate by @ann"));
         assert!(!history_line(&e, None).contains("forced"));

@@ -10,12 +10,11 @@ use serde_json::json;
 
 use super::{verify_hmac_sha256, Ingress, Reply};
 use crate::config::{App, Environment, SlackWorkspace};
-use crate::deploy::history::{faulty_mark, rollback_target};
+use crate::deploy::history::rollback_target;
 use crate::deploy::job::{DeployJob, JobId, Source};
 use crate::deploy::ports::{LockInfo, Unlocked};
-use crate::deploy::report::{
-    faulty_versions, forced_note, history_line, live_line, lock_line, NOTHING_LIVE,
-};
+use crate::deploy::overview::{history, EnvStatus};
+use crate::deploy::report::{forced_note, history_line, lock_line, NOTHING_LIVE};
 use crate::deploy::status::JobStatus;
 use crate::deploy::version::Version;
 
@@ -551,21 +550,12 @@ impl Ingress {
         let mut lines = vec![];
         for app in apps {
             for env in app.environments.values() {
-                let live = match self.ledger.history(&app.name, &env.name, 1).await {
-                    Ok(h) => live_line(h.first()),
-                    Err(e) => format!("history unavailable: {e}"),
-                };
-                let lock = match self.ledger.lock_state(&app.name, &env.name, now).await {
-                    Ok(Some(l)) => format!(" — {}", lock_line(&app.name, &env.name, &l)),
-                    Ok(None) => String::new(),
-                    Err(e) => format!(" — lock unknown: {e}"),
-                };
-                let faulty = match self.ledger.faulty(&app.name, &env.name).await {
-                    Ok(f) if f.is_empty() => String::new(),
-                    Ok(f) => format!(" — faulty: {}", faulty_versions(&f)),
-                    Err(e) => format!(" — faulty versions unknown: {e}"),
-                };
-                lines.push(format!("{}/{}: {live}{lock}{faulty}", app.name, env.name));
+                lines.push(
+                    match EnvStatus::read(&*self.ledger, &app.name, &env.name, now).await {
+                        Ok(status) => status.line(),
+                        Err(e) => format!("{}/{}: unavailable: {e}", app.name, env.name),
+                    },
+                );
             }
         }
         say(lines.join("\n"))
@@ -631,26 +621,19 @@ impl Ingress {
     }
 
     async fn history_text(&self, app: &App, env: &Environment) -> Reply {
-        let read = async {
-            let h = self.ledger.history(&app.name, &env.name, 10).await?;
-            let f = self.ledger.faulty(&app.name, &env.name).await?;
-            Ok::<_, crate::deploy::ports::PortError>((h, f))
-        };
-        match read.await {
-            Ok((h, _)) if h.is_empty() => {
+        match history(&*self.ledger, &app.name, &env.name, 10).await {
+            Ok(h) if h.is_empty() => {
                 say(format!("{}/{}: {NOTHING_LIVE}.", app.name, env.name))
             }
-            Ok((h, faulty)) => {
+            Ok(h) => {
                 let mut lines = vec![format!(
                     "Last deploys of {}/{} (newest first):",
                     app.name, env.name
                 )];
-                lines.extend(h.iter().map(|e| {
-                    format!(
-                        "• {}",
-                        history_line(e, faulty_mark(&faulty, &e.job.version))
-                    )
-                }));
+                lines.extend(
+                    h.iter()
+                        .map(|r| format!("• {}", history_line(&r.entry, r.faulty.as_ref()))),
+                );
                 say(lines.join("\n"))
             }
             Err(e) => say(format!(

@@ -16,9 +16,9 @@ use futures_util::Stream;
 use maud::{html, Markup, PreEscaped, DOCTYPE};
 use tokio::sync::watch;
 
-use super::overview::EnvStatus;
 use crate::deploy::dora::{dora_phrases, Figures, WINDOW_DAYS};
 use crate::deploy::engine::{Deploy, NodeState};
+use crate::deploy::overview::EnvStatus;
 use crate::deploy::report::{lock_phrase, node_phrase};
 use crate::deploy::status::JobStatus;
 use crate::deploy::story::{Stage, Step, StepResult, Story};
