@@ -69,6 +69,17 @@ def apigw(path, headers, body, epoch_ms=1795460400000):
                                "routeKey": f"POST {path}", "stage": "$default", "time": "23/Nov/2026:19:00:00 +0000", "timeEpoch": epoch_ms},
             "body": body, "isBase64Encoded": False}
 
+def page_get(path):
+    """A browser's GET past the HTTP API's JWT authorizer, which adds the token's claims."""
+    event = apigw(path, {"accept": "text/html", "user-agent": "Mozilla/5.0",
+                         "authorization": "Bearer eyJhbGciOiJSUzI1NiJ9.sample.signature"}, None)
+    event["routeKey"] = event["requestContext"]["routeKey"] = f"GET {path}"
+    event["requestContext"]["http"]["method"] = "GET"
+    event["requestContext"]["authorizer"] = {"jwt": {"claims": {"sub": "00u1a2b3c4", "aud": "shipit-page",
+                                                                "iss": "https://sso.example.com"}, "scopes": None}}
+    del event["body"]
+    return event
+
 def github(event, payload, delivery):
     body = json.dumps(payload, indent=2)
     sig = "sha256=" + hmac.new(GITHUB_SECRET.encode(), body.encode(), hashlib.sha256).hexdigest()
@@ -139,6 +150,7 @@ SAMPLES = {
     "s3-wheel-upload.json": s3("simple/hello-app/hello_app-1.1.0-py3-none-any.whl"),
     "codeartifact-published.json": codeartifact("hello-app", "1.1.0"),
     "ec2-instance-running.json": ec2_running("i-0a1b2c3d4e5f60718"),
+    "page-get.json": page_get("/"),
 }
 
 if __name__ == "__main__":

@@ -47,7 +47,22 @@ impl SsmTurn {
     }
 
     fn path(&self, job: &DeployJob) -> String {
-        format!("{}/queue/{}/{}", self.prefix, job.app, job.env)
+        self.path_of(&job.app, &job.env)
+    }
+
+    fn path_of(&self, app: &str, env: &str) -> String {
+        format!("{}/queue/{app}/{env}", self.prefix)
+    }
+
+    /// The jobs of `app`/`env` with a ticket (queued, or running: a ticket leaves when its
+    /// job ends), oldest first.
+    pub async fn waiting(&self, app: &str, env: &str) -> Result<Vec<DeployJob>, PortError> {
+        Ok(self
+            .read_tickets(&self.path_of(app, env))
+            .await?
+            .into_iter()
+            .map(|t| t.job)
+            .collect())
     }
 
     /// Leaves `job`'s ticket, at its place in the queue: `sequence`, SQS's sequence number
@@ -77,8 +92,12 @@ impl SsmTurn {
 
     /// The tickets of `job`'s app+env, oldest first.
     async fn tickets(&self, job: &DeployJob) -> Result<Vec<Ticket>, PortError> {
+        self.read_tickets(&self.path(job)).await
+    }
+
+    async fn read_tickets(&self, path: &str) -> Result<Vec<Ticket>, PortError> {
         let mut out = vec![];
-        for (name, value) in params::under(&self.ssm, &self.path(job)).await? {
+        for (name, value) in params::under(&self.ssm, path).await? {
             let sequence = name.rsplit('/').next().unwrap_or_default().to_string();
             match DeployJob::from_json(&value) {
                 Ok(job) => out.push(Ticket {

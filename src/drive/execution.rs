@@ -188,6 +188,64 @@ fn chrono_of(t: &aws_sdk_sfn::primitives::DateTime) -> DateTime<Utc> {
     DateTime::from_timestamp(t.secs(), t.subsec_nanos()).unwrap_or_default()
 }
 
+impl ExecutionStories {
+    /// The `limit` newest jobs' stories in short (no steps, nothing said), newest first:
+    /// one DescribeExecution each, for the page's list of jobs.
+    pub async fn recent(&self, limit: i32) -> Result<Vec<Story>, PortError> {
+        let listed = self
+            .sfn
+            .list_executions()
+            .state_machine_arn(&self.machine)
+            .max_results(limit)
+            .send()
+            .await
+            .map_err(|e| sdk_err("Step Functions ListExecutions", e))?;
+        let mut out = vec![];
+        for e in listed.executions {
+            let run = self
+                .sfn
+                .describe_execution()
+                .execution_arn(&e.execution_arn)
+                .send()
+                .await
+                .map_err(|e| sdk_err("Step Functions DescribeExecution", e))?;
+            // An execution not started by the dispatcher (by hand, a sample) is no job.
+            let Ok(first) =
+                serde_json::from_str::<StepState>(run.input.as_deref().unwrap_or_default())
+            else {
+                continue;
+            };
+            let last: Option<StepState> = run
+                .output
+                .as_deref()
+                .and_then(|o| serde_json::from_str(o).ok());
+            let (status, reason) = match (
+                last.and_then(|s| s.status.map(|st| (st, s.reason))),
+                &run.status,
+            ) {
+                (Some((status, reason)), _) => (status, reason),
+                (None, ExecutionStatus::Running) => (JobStatus::Running, None),
+                // DeployFailed (and AbortFailed) end the execution with the reason as cause.
+                (None, _) => (JobStatus::Failed, run.cause.clone()),
+            };
+            let started = chrono_of(&run.start_date);
+            let mut story = Story::tell(Kept {
+                job: first.job,
+                status,
+                reason,
+                queued_at: started,
+                started_at: Some(started),
+                ended_at: run.stop_date.as_ref().map(chrono_of),
+                notices: vec![],
+                ran: vec![],
+            });
+            story.queued_at = story.job.requested_at.min(started);
+            out.push(story);
+        }
+        Ok(out)
+    }
+}
+
 #[async_trait]
 impl Stories for ExecutionStories {
     async fn story(&self, job: &JobId) -> Result<Option<Story>, PortError> {

@@ -142,3 +142,22 @@ pub async fn stepper_from_env() -> anyhow::Result<Stepper> {
     .with_turn(queue);
     Ok(Stepper::new(driver, Duration::from_secs(budget)))
 }
+
+/// The page function: `SHIPIT_CONFIG`, `SHIPIT_SSM_PREFIX` and `SHIPIT_STATE_MACHINE_ARN`
+/// (the deploy state machine, whose executions are the jobs).
+#[cfg(feature = "page")]
+pub async fn page_from_env() -> anyhow::Result<crate::run::aws_page::AwsPage> {
+    let sdk = sdk_config().await;
+    let ssm = ssm_client(&sdk);
+    let secrets = Secrets::new(Some(ssm.clone()));
+    let config = Arc::new(config_from_env(&secrets).await?);
+    let machine =
+        std::env::var("SHIPIT_STATE_MACHINE_ARN").context("SHIPIT_STATE_MACHINE_ARN is not set")?;
+    let sfn = aws_sdk_sfn::Client::new(&sdk);
+    Ok(crate::run::aws_page::AwsPage::new(
+        config,
+        Arc::new(SsmLedger::new(ssm.clone(), &ssm_prefix())),
+        turn(&sdk, &machine),
+        Arc::new(ExecutionStories::new(sfn, ssm, &machine)),
+    ))
+}

@@ -154,6 +154,22 @@ pub async fn run_http_function(hook: Hook) -> Result<(), lambda_runtime::Error> 
     .await
 }
 
+/// The whole of the page function: every API Gateway event it gets (already past the
+/// HTTP API's JWT authorizer) answered with the page.
+#[cfg(feature = "page")]
+pub async fn run_page_function() -> Result<(), lambda_runtime::Error> {
+    crate::run::telemetry::init_tracing(true, "info");
+    let page = Fresh::new(max_age_from_env()?, crate::run::aws::page_from_env).await?;
+    let page = &page;
+    lambda_runtime::run(service_fn(
+        move |event: LambdaEvent<ApiGatewayV2httpRequest>| async move {
+            let page = page.get().await?;
+            Ok::<_, lambda_runtime::Error>(page.answer(&event.payload, Utc::now()).await)
+        },
+    ))
+    .await
+}
+
 /// The whole of the package-upload function. An error makes Lambda retry the event;
 /// job ids make the retry harmless.
 pub async fn run_package_function() -> Result<(), lambda_runtime::Error> {

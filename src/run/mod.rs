@@ -8,9 +8,11 @@ pub mod fresh;
 pub mod local;
 #[cfg(feature = "local")]
 pub mod overview;
-#[cfg(feature = "local")]
+#[cfg(feature = "page")]
 pub mod page;
 outside_input! {
+    #[cfg(feature = "page")]
+    pub mod aws_page;
     pub mod lambda;
     #[cfg(feature = "local")]
     pub mod packages;

@@ -1,13 +1,29 @@
-// Live updates: when the store changes, fetch this page's main part and swap it in.
+// Live updates: fetch this page's main part again and swap it in, when the store changes
+// (`/events`), or every `data-poll` seconds where the server sends no events.
 (function () {
   var live = document.getElementById("live");
+  function refresh() {
+    return fetch(location.pathname, { headers: { "x-shipit-fragment": "1" }, credentials: "same-origin" })
+      .then(function (r) { return r.ok ? r.text() : null; })
+      .then(function (html) {
+        if (html !== null) { document.getElementById("main").innerHTML = html; }
+        return html !== null;
+      });
+  }
+  var poll = Number(document.body.dataset.poll || 0);
+  if (poll > 0) {
+    live.className = "live on";
+    setInterval(function () {
+      refresh().then(function (ok) { live.className = ok ? "live on" : "live"; },
+                     function () { live.className = "live"; });
+    }, poll * 1000);
+    return;
+  }
   var source = new EventSource("/events");
   var first = true;
   source.addEventListener("changed", function () {
     if (first) { first = false; return; } // the state the page was rendered from
-    fetch(location.pathname, { headers: { "x-shipit-fragment": "1" }, credentials: "same-origin" })
-      .then(function (r) { return r.ok ? r.text() : null; })
-      .then(function (html) { if (html !== null) { document.getElementById("main").innerHTML = html; } });
+    refresh();
   });
   source.onopen = function () { live.className = "live on"; };
   source.onerror = function () { live.className = "live"; };

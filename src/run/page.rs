@@ -1,66 +1,77 @@
-//! The page `shipit serve` shows at `/`: where every app+env stands, the deploys running
-//! (node by node), the jobs with why each ended as it did, and each job's story with its
-//! timeline (`/jobs/ID`). Server-rendered; its style and its one script are in the
-//! binary, and it loads nothing from anywhere else. Live: the script listens to
-//! `/events` (server-sent events) and, when the store changes, fetches the page's main
-//! part again and swaps it in.
+//! The page: where every app+env stands, the deploys running (node by node), the jobs
+//! with why each ended as it did, and each job's story with its timeline (`/jobs/ID`).
+//! Server-rendered, the same from `shipit serve` and from the AWS page function; its
+//! style and its one script are in the binary, and it loads nothing from anywhere else.
+//! Live: the script fetches the page's main part again and swaps it in, when `/events`
+//! (server-sent events, `shipit serve`) says something changed, or every few seconds
+//! where there are no events (a Lambda function answers one request at a time).
 
-use std::convert::Infallible;
-use std::time::Duration;
-
-use axum::http::HeaderMap;
-use axum::response::sse::{Event, KeepAlive, Sse};
-use axum::response::{Html, IntoResponse, Response};
 use chrono::{DateTime, Utc};
-use futures_util::Stream;
 use maud::{html, Markup, PreEscaped, DOCTYPE};
-use tokio::sync::watch;
 
 use crate::deploy::dora::{dora_phrases, Figures, WINDOW_DAYS};
 use crate::deploy::engine::{Deploy, NodeState};
+use crate::deploy::job::DeployJob;
 use crate::deploy::overview::EnvStatus;
 use crate::deploy::report::{lock_phrase, node_phrase};
 use crate::deploy::status::JobStatus;
 use crate::deploy::story::{Stage, Step, StepResult, Story};
-use crate::local::store::jobs::QueuedJob;
-use crate::local::store::Store;
 
 const STYLE: &str = include_str!("page.css");
 const SCRIPT: &str = include_str!("page.js");
 /// The header the script sends to get only the page's main part.
-const FRAGMENT: &str = "x-shipit-fragment";
+pub const FRAGMENT: &str = "x-shipit-fragment";
 const JOBS_SHOWN: usize = 50;
 
 /// A deploy running now, as its last saved state has it.
 pub struct Running {
-    pub job: QueuedJob,
+    pub job: DeployJob,
     pub deploy: Option<Deploy>,
 }
 
-fn page(title: &str, main: Markup, headers: &HeaderMap) -> Response {
-    if headers.contains_key(FRAGMENT) {
-        return Html(main.into_string()).into_response();
+/// One job in the page's list.
+pub struct JobRow {
+    pub job: DeployJob,
+    pub status: JobStatus,
+    pub reason: Option<String>,
+    pub queued_at: DateTime<Utc>,
+}
+
+/// How the page keeps itself up to date.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Live {
+    /// Listens to `/events`.
+    Events,
+    /// Fetches itself again every this many seconds.
+    Poll(u32),
+}
+
+/// The page around `main`, or only `main` when the script asks for it (`fragment`).
+pub fn document(title: &str, main: Markup, fragment: bool, live: Live) -> String {
+    if fragment {
+        return main.into_string();
     }
-    Html(
-        html! {
-            (DOCTYPE)
-            html lang="en" {
-                head {
-                    meta charset="utf-8";
-                    meta name="viewport" content="width=device-width, initial-scale=1";
-                    title { (title) " — shipit" }
-                    style { (PreEscaped(STYLE)) }
-                }
-                body {
-                    header { a href="/" { "shipit" } span.live id="live" { "live" } }
-                    main id="main" { (main) }
-                    script { (PreEscaped(SCRIPT)) }
-                }
+    let poll = match live {
+        Live::Events => None,
+        Live::Poll(s) => Some(s),
+    };
+    html! {
+        (DOCTYPE)
+        html lang="en" {
+            head {
+                meta charset="utf-8";
+                meta name="viewport" content="width=device-width, initial-scale=1";
+                title { (title) " — shipit" }
+                style { (PreEscaped(STYLE)) }
+            }
+            body data-poll=[poll] {
+                header { a href="/" { "shipit" } span.live id="live" { "live" } }
+                main id="main" { (main) }
+                script { (PreEscaped(SCRIPT)) }
             }
         }
-        .into_string(),
-    )
-    .into_response()
+    }
+    .into_string()
 }
 
 fn when(t: DateTime<Utc>) -> String {
@@ -76,14 +87,15 @@ fn status_class(status: JobStatus) -> &'static str {
     }
 }
 
+/// Every app+env, the deploys running, the DORA figures (where the runtime computes
+/// them) and the jobs, oldest first in `jobs` (the newest are shown first).
 pub fn dashboard(
     envs: &[EnvStatus],
     running: &[Running],
-    jobs: &[QueuedJob],
+    jobs: &[JobRow],
     dora: &[Figures],
-    headers: &HeaderMap,
-) -> Response {
-    let main = html! {
+) -> Markup {
+    html! {
         section {
             h2 { "Environments" }
             div.cards {
@@ -126,7 +138,7 @@ pub fn dashboard(
                 @for r in running { (progress(r)) }
             }
         }
-        section id="dora" {
+        @if !dora.is_empty() { section id="dora" {
             h2 { "The last " (WINDOW_DAYS) " days" }
             table {
                 tr { th { "app/env" } th { "deploys" } th { "lead time" }
@@ -142,7 +154,7 @@ pub fn dashboard(
                     }
                 }
             }
-        }
+        } }
         section {
             h2 { "Jobs" }
             @if jobs.is_empty() { p { "no jobs yet" } } @else {
@@ -162,13 +174,12 @@ pub fn dashboard(
                 }
             }
         }
-    };
-    page("deploys", main, headers)
+    }
 }
 
 /// A running deploy: each node and where it stands.
 fn progress(r: &Running) -> Markup {
-    let j = &r.job.job;
+    let j = &r.job;
     html! {
         div.card.running {
             h3 { a href={ "/jobs/" (j.id) } { (j.app) "/" (j.env) " " (j.version.as_str()) } }
@@ -197,9 +208,10 @@ fn node_class(state: NodeState) -> &'static str {
     }
 }
 
-pub fn job(story: &Story, headers: &HeaderMap) -> Response {
+/// A job's story: how it ended and why, who asked, when, its timeline and what it said.
+pub fn job(story: &Story) -> Markup {
     let j = &story.job;
-    let main = html! {
+    html! {
         section {
             h2 { (j.app) "/" (j.env) " " (j.version.as_str()) " "
                  span class=(status_class(story.status)) { (story.status) } }
@@ -238,8 +250,7 @@ pub fn job(story: &Story, headers: &HeaderMap) -> Response {
                 ul.events { @for e in &story.events { li { span.small { (when(e.at)) } " " (e.text) } } }
             }
         }
-    };
-    page(&format!("{} {}", j.app, j.version), main, headers)
+    }
 }
 
 fn result_class(r: StepResult) -> &'static str {
@@ -301,33 +312,4 @@ fn stage_class(s: Stage) -> &'static str {
         Stage::Restart | Stage::RollbackRestart => "restart",
         Stage::Bake => "bake",
     }
-}
-
-/// `/events`: `changed` whenever the store's mark moves (looked at every second), and a
-/// comment now and then so that proxies keep the connection open; it ends when the
-/// server starts shutting down (`closing`).
-pub fn events(
-    store: Store,
-    closing: watch::Receiver<bool>,
-) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
-    let start = (store, closing, None);
-    let stream = futures_util::stream::unfold(start, |(store, mut closing, last)| async move {
-        loop {
-            if *closing.borrow() {
-                return None;
-            }
-            let now = store.changes().await.ok();
-            if now.is_some() && now != last {
-                // With data: a browser drops an event whose data is empty.
-                let event = Event::default().event("changed").data("changed");
-                return Some((Ok(event), (store, closing, now)));
-            }
-            tokio::select! {
-                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                // Gone without a word: the server is gone too.
-                r = closing.changed() => if r.is_err() { return None; },
-            }
-        }
-    });
-    Sse::new(stream).keep_alive(KeepAlive::default())
 }

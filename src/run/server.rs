@@ -7,7 +7,8 @@ use std::sync::Arc;
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use chrono::Utc;
@@ -24,6 +25,10 @@ use subtle::ConstantTimeEq;
 use crate::ingress::github::MAX_BODY;
 use crate::ingress::{Ingress, Reply};
 use crate::local::store::Store;
+use super::page;
+use std::convert::Infallible;
+use std::time::Duration;
+use futures_util::Stream;
 
 #[derive(Clone)]
 struct AppState {
@@ -117,8 +122,8 @@ async fn dashboard(State(s): State<AppState>, headers: HeaderMap) -> Response {
                 .load_deploy(&q.job.id)
                 .await
                 .map_err(|e| anyhow::anyhow!("{e}"))?;
-            running.push(super::page::Running {
-                job: q.clone(),
+            running.push(page::Running {
+                job: q.job.clone(),
                 deploy,
             });
         }
@@ -134,21 +139,41 @@ async fn dashboard(State(s): State<AppState>, headers: HeaderMap) -> Response {
     };
     match read.await {
         Ok((envs, running, jobs, dora)) => {
-            super::page::dashboard(&envs, &running, &jobs, &dora, &headers)
+            let rows: Vec<page::JobRow> = jobs
+                .iter()
+                .map(|q| page::JobRow {
+                    job: q.job.clone(),
+                    status: q.status,
+                    reason: q.reason.clone(),
+                    queued_at: q.queued_at,
+                })
+                .collect();
+            let main = page::dashboard(&envs, &running, &rows, &dora);
+            html_page("deploys", main, &headers)
         }
         Err(e) => respond(Reply::error(503, format!("store unavailable: {e}"))),
     }
 }
 
+/// The page around `main`, or `main` alone when its script asks.
+fn html_page(title: &str, main: maud::Markup, headers: &HeaderMap) -> Response {
+    let fragment = headers.contains_key(page::FRAGMENT);
+    Html(page::document(title, main, fragment, page::Live::Events)).into_response()
+}
+
 async fn job_page(s: State<AppState>, headers: HeaderMap, id: Path<String>) -> Response {
-    with_story(s, &headers, id, |story| super::page::job(story, &headers)).await
+    with_story(s, &headers, id, |story| {
+        let title = format!("{} {}", story.job.app, story.job.version);
+        html_page(&title, page::job(story), &headers)
+    })
+    .await
 }
 
 async fn events(State(s): State<AppState>, headers: HeaderMap) -> Response {
     if let Err(reply) = s.reads.check(&headers) {
         return respond(reply);
     }
-    super::page::events(s.store.clone(), s.closing.clone()).into_response()
+    store_events(s.store.clone(), s.closing.clone()).into_response()
 }
 
 
@@ -261,4 +286,33 @@ pub async fn serve(
     watcher.abort();
     indexes.abort();
     result
+}
+
+/// `/events`: `changed` whenever the store's mark moves (looked at every second), and a
+/// comment now and then so that proxies keep the connection open; it ends when the
+/// server starts shutting down (`closing`).
+fn store_events(
+    store: Store,
+    closing: watch::Receiver<bool>,
+) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+    let start = (store, closing, None);
+    let stream = futures_util::stream::unfold(start, |(store, mut closing, last)| async move {
+        loop {
+            if *closing.borrow() {
+                return None;
+            }
+            let now = store.changes().await.ok();
+            if now.is_some() && now != last {
+                // With data: a browser drops an event whose data is empty.
+                let event = Event::default().event("changed").data("changed");
+                return Some((Ok(event), (store, closing, now)));
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                // Gone without a word: the server is gone too.
+                r = closing.changed() => if r.is_err() { return None; },
+            }
+        }
+    });
+    Sse::new(stream).keep_alive(KeepAlive::default())
 }

@@ -1797,7 +1797,7 @@ async fn a_failed_jobs_story_is_told_from_its_execution_and_its_commands() {
     let fifo = crate::helpers::Fifo::new().await;
     let ingress = crate::helpers::ingress(Arc::new(fifo.queue()), rig.ledger.clone())
         .await
-        .with_stories(stories);
+        .with_stories(stories.clone());
     let now = Utc::now();
     let say = |text: String| {
         let body = crate::helpers::slack_form("U2CERLKJA", "roadrunner", &text, &unique("t"));
@@ -1821,4 +1821,69 @@ async fn a_failed_jobs_story_is_told_from_its_execution_and_its_commands() {
     );
     let text = say("show ../../x".into()).await;
     assert!(text.contains("is not a job id"), "{text}");
+    drop(ingress);
+
+    // The page function tells the same, through its handler.
+    let page = shipit::run::aws_page::AwsPage::new(
+        rig.config.clone(),
+        rig.ledger.clone(),
+        turn_of(&sdk().await, &machine),
+        stories.clone(),
+    );
+    let get = |method: &str, path: &str, fragment: bool| {
+        let mut event: Value =
+            serde_json::from_str(&std::fs::read_to_string("events/page-get.json").unwrap())
+                .unwrap();
+        event["rawPath"] = json!(path);
+        event["requestContext"]["http"]["method"] = json!(method);
+        if fragment {
+            event["headers"]["x-shipit-fragment"] = json!("1");
+        }
+        let req: aws_lambda_events::event::apigw::ApiGatewayV2httpRequest =
+            serde_json::from_value(event).unwrap();
+        let page = &page;
+        async move {
+            let resp = page.answer(&req, Utc::now()).await;
+            let body = match resp.body {
+                Some(aws_lambda_events::encodings::Body::Text(t)) => t,
+                other => panic!("{other:?}"),
+            };
+            let kind = resp.headers["content-type"].to_str().unwrap().to_string();
+            (resp.status_code, kind, body)
+        }
+    };
+    let (code, kind, body) = get("GET", "/", false).await;
+    assert_eq!(
+        (code, kind.as_str()),
+        (200, "text/html; charset=utf-8"),
+        "{body}"
+    );
+    assert!(body.contains("hello/production"), "{body}");
+    assert!(
+        body.contains(&format!("href=\"/jobs/{}\"", job.id)),
+        "{body}"
+    );
+    assert!(
+        body.contains(&format!("{n2} failed its health check")),
+        "{body}"
+    );
+    assert!(body.contains("data-poll=\"10\""), "{body}");
+    // Nothing from anywhere else: no stylesheet, script or image by address.
+    assert!(!body.contains("src=") && !body.contains("<link"), "{body}");
+    let (_, _, fragment) = get("GET", "/", true).await;
+    assert!(!fragment.contains("<html") && fragment.contains("hello/production"));
+    let (code, _, body) = get("GET", &format!("/jobs/{}", job.id), false).await;
+    assert_eq!(code, 200, "{body}");
+    assert!(
+        body.contains("<svg") && body.contains("rollback restart"),
+        "{body}"
+    );
+    let (code, kind, body) = get("GET", &format!("/api/jobs/{}", job.id), false).await;
+    assert_eq!((code, kind.as_str()), (200, "application/json"));
+    let told: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(told, serde_json::to_value(&story).unwrap());
+    assert_eq!(get("GET", "/jobs/0123456789abcdef0123", false).await.0, 404);
+    assert_eq!(get("GET", "/jobs/../../etc", false).await.0, 404);
+    assert_eq!(get("GET", "/elsewhere", false).await.0, 404);
+    assert_eq!(get("POST", "/", false).await.0, 405);
 }

@@ -272,6 +272,7 @@ fn each_function_reads_only_the_secrets_it_uses() {
         ("deploy-dispatch", [].into()),
         ("package-upload", [].into()),
         ("node-joined", [].into()),
+        ("page", [].into()),
     ]
     .into();
     assert_eq!(fns.len(), expected.len(), "a function without expectations");
@@ -472,7 +473,7 @@ fn functions_get_the_environment_their_code_reads() {
     for (name, _, binary) in functions(&t) {
         let vars = &r[&name]["Properties"]["Environment"]["Variables"];
         let want = match binary.as_str() {
-            "deploy-dispatch" => ("SHIPIT_STATE_MACHINE_ARN", "Ref DeployStateMachine"),
+            "deploy-dispatch" | "page" => ("SHIPIT_STATE_MACHINE_ARN", "Ref DeployStateMachine"),
             "deploy-step" => ("SHIPIT_STEP_BUDGET_SECONDS", "Ref StepBudgetSeconds"),
             _ => ("SHIPIT_QUEUE_URL", "Ref DeployQueue"),
         };
@@ -593,6 +594,17 @@ fn calls(binary: &str) -> BTreeSet<&'static str> {
             "ssm:DeleteParameters",
             "ssm:DescribeInstanceInformation",
             "ssm:ListCommandInvocations",
+            "states:DescribeExecution",
+            "states:GetExecutionHistory",
+        ],
+        // Reads only: what is live, locks, marks, queue tickets, the jobs' executions and
+        // their commands' invocations.
+        "page" => &[
+            "ssm:GetParameter",
+            "ssm:GetParameterHistory",
+            "ssm:GetParametersByPath",
+            "ssm:ListCommandInvocations",
+            "states:ListExecutions",
             "states:DescribeExecution",
             "states:GetExecutionHistory",
         ],
@@ -718,7 +730,10 @@ fn the_calls_above_are_every_aws_operation_the_code_makes() {
         match op {
             // SendMessageBatch is authorized as SendMessage.
             "send_message_batch" => "sqs:SendMessage".into(),
-            "start_execution" | "describe_execution" | "get_execution_history" => {
+            "start_execution"
+            | "describe_execution"
+            | "get_execution_history"
+            | "list_executions" => {
                 format!("states:{pascal}")
             }
             _ => format!("ssm:{pascal}"),
@@ -732,4 +747,64 @@ fn the_calls_above_are_every_aws_operation_the_code_makes() {
         .map(String::from)
         .collect();
     assert_eq!(found, listed);
+}
+
+/// The page reads state, so it is never open: the function and every route to it exist
+/// only with a JWT issuer and audience set, each route goes through the HTTP API's JWT
+/// authorizer, and its role writes nothing.
+#[test]
+fn the_page_is_served_only_behind_the_jwt_authorizer_and_only_reads() {
+    let t = template();
+    let r = resources(&t);
+    let has_page = &t["Conditions"]["HasPage"];
+    let given = |p: &str| format!("{has_page:?}").contains(p);
+    assert!(
+        given("PageJwtIssuer") && given("PageJwtAudience"),
+        "{has_page:?}"
+    );
+    for (name, res) in &r {
+        if name.starts_with("Page") {
+            assert_eq!(res["Condition"].as_str(), Some("HasPage"), "{name}");
+        }
+    }
+    let auth = &r["PageAuthorizer"]["Properties"];
+    assert_eq!(auth["AuthorizerType"].as_str(), Some("JWT"));
+    assert_eq!(
+        text(&auth["JwtConfiguration"]["Issuer"]),
+        "Ref PageJwtIssuer"
+    );
+    assert_eq!(
+        texts(&auth["JwtConfiguration"]["Audience"]),
+        ["Ref PageJwtAudience"]
+    );
+    assert_eq!(
+        texts(&auth["IdentitySource"]),
+        ["$request.header.Authorization"]
+    );
+    let mut routes: Vec<String> = vec![];
+    for res in r.values() {
+        if res["Type"].as_str() != Some("AWS::ApiGatewayV2::Route") {
+            continue;
+        }
+        let p = &res["Properties"];
+        routes.push(p["RouteKey"].as_str().unwrap().to_string());
+        assert_eq!(p["AuthorizationType"].as_str(), Some("JWT"), "{p:?}");
+        assert_eq!(text(&p["AuthorizerId"]), "Ref PageAuthorizer", "{p:?}");
+        assert_eq!(text(&p["Target"]), "integrations/${PageIntegration}");
+    }
+    routes.sort();
+    assert_eq!(routes, ["GET /", "GET /api/jobs/{id}", "GET /jobs/{id}"]);
+    // The function has no route of SAM's own (which would skip the authorizer).
+    assert!(r["PageFunction"]["Properties"].get("Events").is_none());
+    let writes = ["Put", "Delete", "Send", "Start", "Stop", "Create", "Update"];
+    for s in statements(&t).iter().filter(|s| s.role == "PageRole") {
+        // Its own log lines aside.
+        for a in s.actions.iter().filter(|a| !a.starts_with("logs:")) {
+            let verb = a.split_once(':').map_or("", |(_, v)| v);
+            assert!(
+                !writes.iter().any(|w| verb.starts_with(w)),
+                "the page may {a}"
+            );
+        }
+    }
 }

@@ -1,0 +1,154 @@
+//! The page on AWS: the `page` function behind the stack's HTTP API, where the HTTP API's
+//! JWT authorizer lets only a valid token through (the stack creates neither the function
+//! nor its routes unless its issuer and audience are set). The same page as `shipit
+//! serve`'s (`run::page`), read from what the AWS runtime keeps: what is live, the locks
+//! and faulty marks from Parameter Store, the jobs waiting from their queue tickets, the
+//! newest jobs and each job's story from their Step Functions executions. It polls
+//! instead of listening to events, and shows no DORA figures (Datadog computes them from
+//! the deployment events on AWS).
+
+use std::sync::Arc;
+
+use aws_lambda_events::encodings::Body;
+use aws_lambda_events::event::apigw::{ApiGatewayV2httpRequest, ApiGatewayV2httpResponse};
+use chrono::{DateTime, Utc};
+use http::header::{HeaderValue, CONTENT_TYPE};
+use serde_json::json;
+
+use super::page::{self, JobRow, Live};
+use crate::aws::turn::SsmTurn;
+use crate::config::Config;
+use crate::deploy::job::JobId;
+use crate::deploy::overview::{ActiveJob, EnvStatus};
+use crate::deploy::ports::{Ledger, PortError, Stories};
+use crate::deploy::status::JobStatus;
+use crate::drive::execution::ExecutionStories;
+
+/// How often the page fetches itself again.
+const POLL_SECONDS: u32 = 10;
+/// The newest jobs the page lists (a DescribeExecution each).
+const JOBS_LISTED: i32 = 25;
+
+pub struct AwsPage {
+    config: Arc<Config>,
+    ledger: Arc<dyn Ledger>,
+    turn: SsmTurn,
+    executions: Arc<ExecutionStories>,
+}
+
+impl AwsPage {
+    pub fn new(
+        config: Arc<Config>,
+        ledger: Arc<dyn Ledger>,
+        turn: SsmTurn,
+        executions: Arc<ExecutionStories>,
+    ) -> AwsPage {
+        AwsPage {
+            config,
+            ledger,
+            turn,
+            executions,
+        }
+    }
+
+    /// `GET /`, `GET /jobs/ID` and `GET /api/jobs/ID` (the story as JSON); 404 for any
+    /// other path, 405 for any other method.
+    pub async fn answer(
+        &self,
+        req: &ApiGatewayV2httpRequest,
+        now: DateTime<Utc>,
+    ) -> ApiGatewayV2httpResponse {
+        if req.request_context.http.method != http::Method::GET {
+            return text(405, "only GET is answered here");
+        }
+        let path = req.raw_path.as_deref().unwrap_or("/");
+        let fragment = req.headers.contains_key(page::FRAGMENT);
+        let html = |title: &str, main| {
+            respond(200, "text/html; charset=utf-8", page::document(title, main, fragment, Live::Poll(POLL_SECONDS)))
+        };
+        if path == "/" {
+            return match self.dashboard(now).await {
+                Ok(main) => html("deploys", main),
+                Err(e) => text(503, &format!("AWS unavailable: {e}")),
+            };
+        }
+        let (api, id) = match (path.strip_prefix("/api/jobs/"), path.strip_prefix("/jobs/")) {
+            (Some(id), _) => (true, id),
+            (None, Some(id)) => (false, id),
+            (None, None) => return text(404, &format!("no page at {path:?}")),
+        };
+        let Some(job) = JobId::parse(id) else {
+            return text(404, &format!("no job {id:?}"));
+        };
+        match self.executions.story(&job).await {
+            Ok(Some(story)) if api => respond(
+                200,
+                "application/json",
+                serde_json::to_string(&story).unwrap_or_default(),
+            ),
+            Ok(Some(story)) => html(
+                &format!("{} {}", story.job.app, story.job.version),
+                page::job(&story),
+            ),
+            Ok(None) => text(404, &format!("no job {job}")),
+            Err(e) => text(503, &format!("AWS unavailable: {e}")),
+        }
+    }
+
+    async fn dashboard(&self, now: DateTime<Utc>) -> Result<maud::Markup, PortError> {
+        let mut envs = vec![];
+        for app in self.config.apps.values() {
+            for env in app.environments.keys() {
+                let mut status = EnvStatus::read(&*self.ledger, &app.name, env, now).await?;
+                let holder = status.lock.as_ref().and_then(|l| l.job.clone());
+                status.jobs = self
+                    .turn
+                    .waiting(&app.name, env)
+                    .await?
+                    .into_iter()
+                    .map(|j| ActiveJob {
+                        status: match holder.as_ref() == Some(&j.id) {
+                            true => JobStatus::Running,
+                            false => JobStatus::Queued,
+                        },
+                        job: j.id,
+                        version: j.version,
+                    })
+                    .collect();
+                envs.push(status);
+            }
+        }
+        // Oldest first, as the page takes them.
+        let jobs: Vec<JobRow> = self
+            .executions
+            .recent(JOBS_LISTED)
+            .await?
+            .into_iter()
+            .rev()
+            .map(|s| JobRow {
+                job: s.job,
+                status: s.status,
+                reason: s.reason,
+                queued_at: s.queued_at,
+            })
+            .collect();
+        Ok(page::dashboard(&envs, &[], &jobs, &[]))
+    }
+}
+
+fn respond(status: u16, content_type: &'static str, body: String) -> ApiGatewayV2httpResponse {
+    let mut resp = ApiGatewayV2httpResponse::default();
+    resp.status_code = i64::from(status);
+    resp.headers
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    resp.body = Some(Body::Text(body));
+    resp
+}
+
+fn text(status: u16, why: &str) -> ApiGatewayV2httpResponse {
+    respond(
+        status,
+        "application/json",
+        json!({ "error": why }).to_string(),
+    )
+}
