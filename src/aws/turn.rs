@@ -12,7 +12,7 @@ use async_trait::async_trait;
 use aws_sdk_sfn::types::ExecutionStatus;
 
 use super::sdk_err;
-use crate::deploy::job::{DeployJob, JobId, Source};
+use crate::deploy::job::{DeployJob, JobId};
 use crate::deploy::ports::{Backlog, PortError, Turn};
 use crate::deploy::version::newest_first;
 
@@ -73,9 +73,7 @@ impl SsmTurn {
         }
         // The job without its Slack reply address: only the deploy itself answers there.
         let mut held = job.clone();
-        if let Source::Chat { response_url, .. } = &mut held.source {
-            *response_url = None;
-        }
+        held.source.forget_reply_address();
         // Zero-padded to SQS's 128 bits (39 digits), so names sort as numbers do.
         let name = format!("{}/{sequence:0>40}", self.path(job));
         params::put(&self.ssm, &name, &held.to_json(), true).await?;

@@ -22,7 +22,7 @@ use crate::deploy::job::{DeployJob, JobId, Source};
 use crate::deploy::ports::{Cancel, JobQueue, Ledger, LockInfo, Stories, Unlocked};
 use crate::deploy::report::lock_line;
 use crate::deploy::status::JobStatus;
-use crate::deploy::story::Story;
+use crate::deploy::story::{Stage, Story};
 use crate::deploy::version::Version;
 use crate::drive::worker::Worker;
 use crate::local::store::jobs::QueuedJob;
@@ -374,10 +374,11 @@ pub async fn follow_job(
         for (seq, notice) in notices {
             seen = seq;
             let took = match (step_node(&notice), &story) {
-                (Some(node), Some(story)) => story
+                (Some((node, stages)), Some(story)) => story
                     .steps
                     .iter()
-                    .filter(|s| s.node == node && s.ended_at.is_some())
+                    .filter(|s| s.node == node && stages.contains(&s.stage))
+                    .filter(|s| s.ended_at.is_some())
                     .max_by_key(|s| s.ended_at)
                     .map(|s| s.took())
                     .unwrap_or_default(),
@@ -392,13 +393,14 @@ pub async fn follow_job(
     }
 }
 
-/// The node whose step `notice` says has ended (the notice comes right after it).
-fn step_node(notice: &Notice) -> Option<&str> {
+/// The node whose step `notice` says has ended (the notice comes right after it), and
+/// the stages that step may be.
+fn step_node(notice: &Notice) -> Option<(&str, &'static [Stage])> {
+    const INSTALL: &[Stage] = &[Stage::Install, Stage::RollbackInstall];
+    const RESTART: &[Stage] = &[Stage::Restart, Stage::RollbackRestart, Stage::Bake];
     match notice {
-        Notice::Installed { node }
-        | Notice::InstallFailed { node, .. }
-        | Notice::Healthy { node }
-        | Notice::Unhealthy { node, .. } => Some(node),
+        Notice::Installed { node } | Notice::InstallFailed { node, .. } => Some((node, INSTALL)),
+        Notice::Healthy { node } | Notice::Unhealthy { node, .. } => Some((node, RESTART)),
         _ => None,
     }
 }

@@ -160,7 +160,7 @@ pub fn print_history(entries: &[HistoryRow]) -> anyhow::Result<()> {
             source.push_str(&format!(" — {}", faulty_phrase(mark)));
         }
         if let Some(lifted) = &e.cleared {
-            source.push_str(&format!(" — lifted the FAULTY mark ({})", lifted.reason));
+            source.push_str(&format!(" — lifted the FAULTY mark ({})", lifted.why()));
         }
         rows.push(vec![
             e.recorded_at.format(WHEN).to_string(),

@@ -48,6 +48,9 @@ pub struct Faulty {
     pub at: DateTime<Utc>,
 }
 
+/// What the marks of one app+env may take: one standard-tier Parameter Store value.
+pub const MARKS_MAX_BYTES: usize = 4096;
+
 /// Fits `marks` (newest first) into `max_bytes` of JSON, the one Parameter Store value
 /// they share: the oldest marks' reasons give way first, so that a version's mark
 /// outlives its words (about 45 marks fit a 4 KB value without reasons); only past that
@@ -65,6 +68,21 @@ pub fn fit(marks: &mut Vec<Faulty>, max_bytes: usize) -> (String, usize) {
                 marks.pop();
                 dropped += 1;
             }
+        }
+    }
+}
+
+impl Faulty {
+    /// Why it was marked; a mark whose words gave way (see [`fit`]) says by which job and
+    /// when.
+    pub fn why(&self) -> String {
+        match self.reason.as_str() {
+            "" => format!(
+                "rolled back from by job {} on {}",
+                self.job,
+                self.at.format("%Y-%m-%d %H:%M UTC")
+            ),
+            reason => reason.to_string(),
         }
     }
 }
@@ -181,6 +199,12 @@ mod tests {
         assert!(marks[39].reason.is_empty());
         let back: Vec<Faulty> = serde_json::from_str(&value).unwrap();
         assert_eq!(back, marks);
+        assert!(
+            marks[39].why().starts_with("rolled back from by job "),
+            "{}",
+            marks[39].why()
+        );
+        assert_eq!(marks[0].why(), marks[0].reason);
 
         let mut many: Vec<Faulty> = (0..100).map(|i| mark(&format!("1.{i}.0"))).collect();
         let (value, dropped) = fit(&mut many, 4096);

@@ -105,6 +105,17 @@ pub fn chat_person(user_id: &str, user_name: &str) -> String {
 }
 
 impl Source {
+    /// Forgets Slack's reply address, here and in the command a rollback came from:
+    /// whoever holds it may post as shipit for 30 minutes, so no copy a view shows or a
+    /// ticket keeps carries it.
+    pub fn forget_reply_address(&mut self) {
+        match self {
+            Source::Chat { response_url, .. } => *response_url = None,
+            Source::Rollback { requested_via, .. } => requested_via.forget_reply_address(),
+            _ => {}
+        }
+    }
+
     /// What makes two deliveries of this source "the same event".
     pub fn identity(&self) -> String {
         match self {
@@ -260,6 +271,29 @@ impl DeployJob {
 mod tests {
     use super::*;
     use std::str::FromStr;
+
+    #[test]
+    fn the_reply_address_is_forgotten_in_a_rollback_asked_for_from_chat_too() {
+        let chat = Source::Chat {
+            user_id: "U1".into(),
+            user_name: "ann".into(),
+            channel_id: "C1".into(),
+            channel_name: "deploys".into(),
+            trigger_id: "t".into(),
+            response_url: Some("https://hooks.slack.com/commands/T/1/x".into()),
+        };
+        let mut rollback = Source::Rollback {
+            restores: JobId("a".repeat(20)),
+            replaces: None,
+            requested_via: Box::new(chat.clone()),
+        };
+        rollback.forget_reply_address();
+        let text = serde_json::to_string(&rollback).unwrap();
+        assert!(!text.contains("hooks.slack.com"), "{text}");
+        let mut direct = chat;
+        direct.forget_reply_address();
+        assert!(!serde_json::to_string(&direct).unwrap().contains("hooks.slack.com"));
+    }
 
     fn tag_source(delivery: &str) -> Source {
         Source::Tag {

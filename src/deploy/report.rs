@@ -53,14 +53,14 @@ pub fn history_line(entry: &HistoryEntry, mark: Option<&Faulty>) -> String {
         mark.map_or(String::new(), |m| format!(" — {}", faulty_phrase(m))),
         entry.cleared.as_ref().map_or(String::new(), |c| format!(
             " — lifted the FAULTY mark ({}) by deploying it by name",
-            c.reason
+            c.why()
         ))
     )
 }
 
 /// `FAULTY: rolled back to 1.0.0 by …`.
 pub fn faulty_phrase(mark: &Faulty) -> String {
-    format!("FAULTY: {}", mark.reason)
+    format!("FAULTY: {}", mark.why())
 }
 
 /// Where a node of a deploy is.

@@ -127,7 +127,7 @@ pub fn describe(n: &Notice) -> String {
         },
         Notice::MarkedFaulty { version, reason } => format!("{version} marked faulty: {reason}"),
         Notice::DeployingFaulty { mark } => {
-            format!("deploying {}, marked faulty: {}", mark.version, mark.reason)
+            format!("deploying {}, marked faulty: {}", mark.version, mark.why())
         }
         Notice::Finished { outcome } => match outcome {
             Outcome::Succeeded { .. } => match outcome.left_behind() {

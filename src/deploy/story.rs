@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use super::command::NodeResult;
 use super::engine::Notice;
-use super::job::{DeployJob, Source};
+use super::job::DeployJob;
 use super::status::{describe, JobStatus};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -147,9 +147,7 @@ pub struct Kept {
 impl Story {
     pub fn tell(mut kept: Kept) -> Story {
         // Slack's reply address lets whoever holds it post as shipit: no view shows it.
-        if let Source::Chat { response_url, .. } = &mut kept.job.source {
-            *response_url = None;
-        }
+        kept.job.source.forget_reply_address();
         let mut steps: Vec<Step> = kept
             .ran
             .into_iter()
@@ -207,8 +205,10 @@ impl Story {
     }
 }
 
-/// How many node steps a story shows in chat before it says how many more there are.
+/// How many node steps a story shows in chat before it says how many more there are, and
+/// how many of the last things it said (a chat message holds at most 40,000 characters).
 const CHAT_STEPS: usize = 30;
+const CHAT_EVENTS: usize = 20;
 
 impl Story {
     /// The story in a chat message: plain lines, the steps (at most `CHAT_STEPS`) and
@@ -262,9 +262,14 @@ impl Story {
         }
         if !self.events.is_empty() {
             lines.push("Said:".into());
+            let earlier = self.events.len().saturating_sub(CHAT_EVENTS);
+            if earlier > 0 {
+                lines.push(format!("… {earlier} earlier lines"));
+            }
             lines.extend(
                 self.events
                     .iter()
+                    .skip(earlier)
                     .map(|e| format!("• {} {}", e.at.format("%H:%M:%S"), e.text)),
             );
         }
@@ -278,6 +283,7 @@ mod tests {
 
     use super::*;
     use crate::deploy::engine::Outcome;
+    use crate::deploy::job::Source;
     use crate::deploy::version::Version;
 
     fn at(s: i64) -> DateTime<Utc> {

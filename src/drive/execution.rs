@@ -13,6 +13,7 @@ use chrono::{DateTime, Duration, SecondsFormat, Utc};
 use super::step::StepState;
 use crate::aws::sdk_err;
 use crate::deploy::command::{tail, NodeResult, OUTPUT_TAIL};
+use crate::deploy::engine::Deploy;
 use crate::deploy::job::JobId;
 use crate::deploy::ports::{PortError, Stories};
 use crate::deploy::status::JobStatus;
@@ -21,6 +22,10 @@ use crate::deploy::story::{Event, Kept, Ran, Story};
 /// How many node commands a story reads at most (50 a page): a story is read while
 /// someone waits for it, and a 10,000-node deploy ran more than 20,000.
 const MOST_INVOCATIONS: usize = 1_000;
+
+/// How many pages of the account's invocations in the job's time a story looks through
+/// at most for its own (other deploys' commands share the window).
+const MOST_INVOCATION_PAGES: usize = 60;
 
 /// How many events of the execution's history a story reads at most (1,000 a page).
 const MOST_EVENTS: usize = 10_000;
@@ -52,9 +57,10 @@ impl ExecutionStories {
         )
     }
 
-    /// Each step's state as it left the step (`Step` or the `Abort` that winds a deploy
-    /// down), oldest first, with when; and whether the history was longer than read.
-    async fn steps(&self, arn: &str) -> Result<(Vec<(DateTime<Utc>, StepState)>, bool), PortError> {
+    /// What the deploy said, step after step (`Step`, or the `Abort` that winds a deploy
+    /// down), oldest first; and whether the history was longer than read. A state a
+    /// Catch passed on (with its `error`) is a step's input again, not what it said.
+    async fn said(&self, arn: &str) -> Result<(Vec<Event>, bool), PortError> {
         let mut pages = self
             .sfn
             .get_execution_history()
@@ -63,7 +69,7 @@ impl ExecutionStories {
             .max_results(1000)
             .into_paginator()
             .send();
-        let (mut steps, mut read) = (vec![], 0);
+        let (mut said, mut read) = (vec![], 0);
         while let Some(page) = pages.next().await {
             let page = page.map_err(|e| sdk_err("Step Functions GetExecutionHistory", e))?;
             for event in page.events {
@@ -76,14 +82,59 @@ impl ExecutionStories {
                 };
                 // A state that is no deploy step's (a sample, an older shape) tells nothing.
                 if let Ok(state) = serde_json::from_str::<StepState>(&output) {
-                    steps.push((chrono_of(&event.timestamp), state));
+                    if state.error.is_none() {
+                        said.extend(state.said);
+                    }
                 }
             }
             if read >= MOST_EVENTS {
-                return Ok((steps, true));
+                return Ok((said, true));
             }
         }
-        Ok((steps, false))
+        Ok((said, false))
+    }
+
+    /// The state the newest step left, or `None` before one ended (or without an
+    /// execution): the history read newest first, a few events, and of those the step
+    /// with the highest event id (the newest, whatever order they came in).
+    async fn last_step(&self, arn: &str) -> Result<Option<StepState>, PortError> {
+        let read = self
+            .sfn
+            .get_execution_history()
+            .execution_arn(arn)
+            .include_execution_data(true)
+            .reverse_order(true)
+            .max_results(20)
+            .send()
+            .await;
+        let events = match read {
+            Ok(out) => out.events,
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|s| s.is_execution_does_not_exist()) =>
+            {
+                return Ok(None)
+            }
+            Err(e) => return Err(sdk_err("Step Functions GetExecutionHistory", e)),
+        };
+        Ok(events
+            .into_iter()
+            .filter(|e| e.r#type == HistoryEventType::TaskStateExited)
+            .filter_map(|e| {
+                let output = e.state_exited_event_details?.output?;
+                let state: StepState = serde_json::from_str(&output).ok()?;
+                state.error.is_none().then_some((e.id, state))
+            })
+            .max_by_key(|(id, _)| *id)
+            .map(|(_, state)| state))
+    }
+
+    /// The deploy as its newest step left it: `None` before a step ended.
+    pub async fn last_state(&self, job: &JobId) -> Result<Option<Deploy>, PortError> {
+        Ok(self
+            .last_step(&self.execution(job))
+            .await?
+            .and_then(|s| s.deploy))
     }
 
     /// What ran on each node for `job` between `from` and `to`, found by the comment its
@@ -119,9 +170,13 @@ impl ExecutionStories {
         }
         let mine = format!("shipit {job}:");
         let mut pages = ask.into_paginator().send();
-        let mut ran = vec![];
+        let (mut ran, mut read) = (vec![], 0);
         while let Some(page) = pages.next().await {
             let page = page.map_err(|e| sdk_err("SSM ListCommandInvocations", e))?;
+            read += 1;
+            if read > MOST_INVOCATION_PAGES {
+                return Ok((ran, true));
+            }
             for inv in page.command_invocations.unwrap_or_default() {
                 let Some(key) = inv
                     .comment
@@ -189,71 +244,13 @@ fn chrono_of(t: &aws_sdk_sfn::primitives::DateTime) -> DateTime<Utc> {
 }
 
 impl ExecutionStories {
-    /// The `limit` newest jobs' stories in short (no steps, nothing said), newest first:
-    /// one DescribeExecution each, for the page's list of jobs.
-    pub async fn recent(&self, limit: i32) -> Result<Vec<Story>, PortError> {
-        let listed = self
-            .sfn
-            .list_executions()
-            .state_machine_arn(&self.machine)
-            .max_results(limit)
-            .send()
-            .await
-            .map_err(|e| sdk_err("Step Functions ListExecutions", e))?;
-        let mut out = vec![];
-        for e in listed.executions {
-            let run = self
-                .sfn
-                .describe_execution()
-                .execution_arn(&e.execution_arn)
-                .send()
-                .await
-                .map_err(|e| sdk_err("Step Functions DescribeExecution", e))?;
-            // An execution not started by the dispatcher (by hand, a sample) is no job.
-            let Ok(first) =
-                serde_json::from_str::<StepState>(run.input.as_deref().unwrap_or_default())
-            else {
-                continue;
-            };
-            let last: Option<StepState> = run
-                .output
-                .as_deref()
-                .and_then(|o| serde_json::from_str(o).ok());
-            let (status, reason) = match (
-                last.and_then(|s| s.status.map(|st| (st, s.reason))),
-                &run.status,
-            ) {
-                (Some((status, reason)), _) => (status, reason),
-                (None, ExecutionStatus::Running) => (JobStatus::Running, None),
-                // DeployFailed (and AbortFailed) end the execution with the reason as cause.
-                (None, _) => (JobStatus::Failed, run.cause.clone()),
-            };
-            let started = chrono_of(&run.start_date);
-            let mut story = Story::tell(Kept {
-                job: first.job,
-                status,
-                reason,
-                queued_at: started,
-                started_at: Some(started),
-                ended_at: run.stop_date.as_ref().map(chrono_of),
-                notices: vec![],
-                ran: vec![],
-            });
-            story.queued_at = story.job.requested_at.min(started);
-            out.push(story);
-        }
-        Ok(out)
-    }
-}
-
-#[async_trait]
-impl Stories for ExecutionStories {
-    async fn story(&self, job: &JobId) -> Result<Option<Story>, PortError> {
-        let arn = self.execution(job);
+    /// A job's story without its steps or what it said: its execution (`None` without
+    /// one, or for one no dispatcher started), and how its newest step left it.
+    async fn summary(&self, arn: &str) -> Result<Option<Story>, PortError> {
         let run = match self
             .sfn
             .describe_execution()
-            .execution_arn(&arn)
+            .execution_arn(arn)
             .send()
             .await
         {
@@ -266,48 +263,94 @@ impl Stories for ExecutionStories {
             }
             Err(e) => return Err(sdk_err("Step Functions DescribeExecution", e)),
         };
-        let first: StepState = serde_json::from_str(run.input.as_deref().unwrap_or_default())?;
+        let Ok(first) = serde_json::from_str::<StepState>(run.input.as_deref().unwrap_or_default())
+        else {
+            return Ok(None);
+        };
+        // The execution's output is the last step's state when it succeeded; a failed one
+        // has none (its Fail state takes the reason as its cause): ask its history.
+        let last = match run.output.as_deref().map(serde_json::from_str::<StepState>) {
+            Some(Ok(state)) => Some(state),
+            _ => self.last_step(arn).await?,
+        };
+        let ended = last.as_ref().filter(|s| s.done && s.status.is_some());
+        let (status, reason) = match (ended, &run.status) {
+            (Some(s), _) => (s.status.unwrap_or(JobStatus::Failed), s.reason.clone()),
+            (None, ExecutionStatus::Running) => match last.as_ref().and_then(|s| s.deploy.as_ref())
+            {
+                Some(d) if d.locked => (JobStatus::Running, None),
+                _ => (JobStatus::Queued, None),
+            },
+            // Stopped by hand, timed out, or failed past its Abort.
+            (None, other) => (
+                JobStatus::Failed,
+                Some(format!(
+                    "its execution ended {} without a step saying how: {}",
+                    other.as_str(),
+                    run.cause
+                        .as_deref()
+                        .or(run.error.as_deref())
+                        .unwrap_or("no cause given")
+                )),
+            ),
+        };
         let started = chrono_of(&run.start_date);
-        let stopped = run.stop_date.as_ref().map(chrono_of);
-        let (steps, more_steps) = self.steps(&arn).await?;
-        let last = steps.last().map(|(_, s)| s);
-        let ended = last.filter(|s| s.done);
-        let status = match (ended.and_then(|s| s.status), &run.status) {
-            (Some(status), _) => status,
-            // Ended without a step saying how: stopped by hand, or timed out.
-            (None, ExecutionStatus::Running) if last.is_some_and(|s| s.deploy.is_some()) => {
-                JobStatus::Running
-            }
-            (None, ExecutionStatus::Running) => JobStatus::Queued,
-            (None, _) => JobStatus::Failed,
-        };
-        let reason = match (ended, &run.status) {
-            (Some(s), _) => s.reason.clone(),
-            (None, ExecutionStatus::Running) => None,
-            (None, other) => Some(format!(
-                "its execution ended {} without a step saying how: {}",
-                other.as_str(),
-                run.cause
-                    .as_deref()
-                    .or(run.error.as_deref())
-                    .unwrap_or("no cause given")
-            )),
-        };
-        let (ran, more_ran) = self.ran(job, started, stopped).await?;
         let mut story = Story::tell(Kept {
             job: first.job,
             status,
             reason,
             queued_at: started,
-            // The execution's first step starts with it (and waits there for the lock).
+            // The execution's first step starts with it (and waits there for its turn).
             started_at: Some(started),
-            ended_at: ended.and(steps.last().map(|(at, _)| *at)).or(stopped),
+            ended_at: run.stop_date.as_ref().map(chrono_of),
             notices: vec![],
-            ran,
+            ran: vec![],
         });
         story.queued_at = story.job.requested_at.min(started);
-        story.events = steps.into_iter().flat_map(|(_, s)| s.said).collect();
-        if more_steps || more_ran {
+        Ok(Some(story))
+    }
+
+    /// The `limit` newest jobs in short (no steps, nothing said), newest first: for the
+    /// page's list of jobs.
+    pub async fn recent(&self, limit: i32) -> Result<Vec<Story>, PortError> {
+        let listed = self
+            .sfn
+            .list_executions()
+            .state_machine_arn(&self.machine)
+            .max_results(limit)
+            .send()
+            .await
+            .map_err(|e| sdk_err("Step Functions ListExecutions", e))?;
+        let mut out = vec![];
+        for e in listed.executions {
+            out.extend(self.summary(&e.execution_arn).await?);
+        }
+        Ok(out)
+    }
+}
+
+#[async_trait]
+impl Stories for ExecutionStories {
+    async fn story(&self, job: &JobId) -> Result<Option<Story>, PortError> {
+        let arn = self.execution(job);
+        let Some(mut story) = self.summary(&arn).await? else {
+            return Ok(None);
+        };
+        let (said, more_said) = self.said(&arn).await?;
+        let (ran, more_ran) = self.ran(job, story.queued_at, story.ended_at).await?;
+        let kept = Kept {
+            job: story.job.clone(),
+            status: story.status,
+            reason: story.reason.clone(),
+            queued_at: story.queued_at,
+            started_at: story.started_at,
+            ended_at: story.ended_at,
+            notices: vec![],
+            ran,
+        };
+        story = Story::tell(kept);
+        story.events = said;
+        if more_said || more_ran {
             story.events.push(Event {
                 at: Utc::now(),
                 text: format!(

@@ -34,7 +34,9 @@ use super::{Driver, Outbound};
 use crate::config::Config;
 use crate::deploy::command::{Command, CommandKind, NodeResult, REFUSED, REFUSED_EXIT, UNHEALTHY};
 use crate::deploy::engine::{Deploy, Notice, Verdict};
-use crate::deploy::history::{faulty_mark, fit, rollback_target, Faulty, HistoryEntry};
+use crate::deploy::history::{
+    faulty_mark, fit, rollback_target, Faulty, HistoryEntry, MARKS_MAX_BYTES,
+};
 use crate::deploy::job::{DeployJob, JobId, Source};
 use crate::deploy::lock::{take, LockInfo, Renewal, Unlocked, Written, DELIVERY_TIMEOUT_SECONDS};
 use crate::deploy::ports::{
@@ -548,8 +550,8 @@ impl Ledger for SimLedger {
         }
         w.lag_write(app, env);
         marks.insert(0, mark.clone());
-        let (value, _) = fit(&mut marks, 4096);
-        if value.len() > 4096 {
+        let (value, _) = fit(&mut marks, MARKS_MAX_BYTES);
+        if value.len() > MARKS_MAX_BYTES {
             w.violations.push(format!(
                 "(xii) the faulty list of {app}/{env} is {} bytes, past 4 KB",
                 value.len()

@@ -54,7 +54,7 @@ pub struct StepState {
     pub throttled: u32,
     /// What the deploy said during this step, as chat words it (each clipped, at most
     /// `SAID_MAX`, a node's routine progress left out): kept by the execution's history,
-    /// where a job's story on AWS reads it (`aws::story`). Dropped from a state that would
+    /// where a job's story on AWS reads it (`drive::execution`). Dropped from a state that would
     /// not fit otherwise.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub said: Vec<Event>,

@@ -221,8 +221,9 @@ impl Ingress {
                 Ok((app, env, _)) => self.history_text(app, env).await,
                 Err(e) => say(e),
             },
-            ["show", id] => self.show(id).await,
+            ["show", id] => self.show(&cmd, id).await,
             ["cancel", id] => self.chat_cancel(&cmd, id, now).await,
+            ["show" | "cancel", ..] => say(format!("Which job? Give its id.\n{USAGE}")),
             ["rollback", rest @ ..] => match self.target(rest, 0) {
                 Ok((app, env, _)) => self.chat_rollback(&cmd, app, env, flags.dry_run, now).await,
                 Err(e) => say(e),
@@ -561,28 +562,51 @@ impl Ingress {
         say(lines.join("\n"))
     }
 
-    async fn show(&self, id: &str) -> Reply {
-        let Some(job) = JobId::parse(id) else {
-            return say(format!(
-                "{id:?} is not a job id (20 hex digits, as /deploy history shows them)."
-            ));
+    /// A job's story, for whoever asked for it or may deploy there (it holds what its
+    /// commands printed).
+    async fn show(&self, cmd: &SlashCommand, id: &str) -> Reply {
+        let job = match job_id(id) {
+            Ok(job) => job,
+            Err(r) => return r,
         };
         let Some(stories) = &self.stories else {
             return say("Job stories are not kept where this shipit runs.");
         };
         match stories.story(&job).await {
-            Ok(Some(story)) => say(story.chat_text()),
+            Ok(Some(story)) => match self.may_touch(cmd, &story.job, "read the story of") {
+                Ok(()) => say(story.chat_text()),
+                Err(r) => r,
+            },
             Ok(None) => say(format!("No job {job} is known (or it is no longer kept).")),
             Err(e) => say(format!("The story of job {job} is unavailable: {e}")),
         }
     }
 
+    /// Refuses, saying what, unless `cmd` comes from who asked for `job` or from someone
+    /// who may deploy where it goes.
+    fn may_touch(&self, cmd: &SlashCommand, job: &DeployJob, what: &str) -> Result<(), Reply> {
+        let asked = matches!(&job.source, Source::Chat { user_id, .. } if *user_id == cmd.user_id);
+        let may = match self.config.target(job) {
+            Ok((_, env)) => asked || cmd.may_deploy(env),
+            Err(_) => asked,
+        };
+        match may {
+            true => Ok(()),
+            false => Err(say(format!(
+                "{} may not {what} job {}: only who asked for it and who may deploy {}/{} can.",
+                cmd.who(),
+                job.id,
+                job.app,
+                job.env
+            ))),
+        }
+    }
+
     /// Takes a queued job off the queue, for whoever asked for it or may deploy there.
     async fn chat_cancel(&self, cmd: &SlashCommand, id: &str, now: DateTime<Utc>) -> Reply {
-        let Some(job) = JobId::parse(id) else {
-            return say(format!(
-                "{id:?} is not a job id (20 hex digits, as /deploy history shows them)."
-            ));
+        let job = match job_id(id) {
+            Ok(job) => job,
+            Err(r) => return r,
         };
         let (Some(stories), Some(cancel)) = (&self.stories, &self.cancel) else {
             return say(
@@ -595,18 +619,8 @@ impl Ingress {
             Ok(None) => return say(format!("No job {job} is known (or it is no longer kept).")),
             Err(e) => return say(format!("Could not read job {job}: {e}; nothing was done.")),
         };
-        let asked = matches!(&queued.source, Source::Chat { user_id, .. } if *user_id == cmd.user_id);
-        let may = match self.config.target(&queued) {
-            Ok((_, env)) => asked || cmd.may_deploy(env),
-            Err(_) => asked,
-        };
-        if !may {
-            return say(format!(
-                "{} may not cancel job {job}: only who asked for it and who may deploy {}/{} can.",
-                cmd.who(),
-                queued.app,
-                queued.env
-            ));
+        if let Err(r) = self.may_touch(cmd, &queued, "cancel") {
+            return r;
         }
         let what = format!("{} {} to {}", queued.app, queued.version, queued.env);
         match cancel.cancel(&job, &cmd.who(), now).await {
@@ -642,6 +656,15 @@ impl Ingress {
             )),
         }
     }
+}
+
+/// A job id typed in chat, or why it is none.
+fn job_id(id: &str) -> Result<JobId, Reply> {
+    JobId::parse(id).ok_or_else(|| {
+        say(format!(
+            "{id:?} is not a job id (20 hex digits, as /deploy history shows them)."
+        ))
+    })
 }
 
 /// Refuses, saying what, unless the user may lock, unlock and abort there.

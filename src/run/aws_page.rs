@@ -3,19 +3,19 @@
 //! nor its routes unless its issuer and audience are set). The same page as `shipit
 //! serve`'s (`run::page`), read from what the AWS runtime keeps: what is live, the locks
 //! and faulty marks from Parameter Store, the jobs waiting from their queue tickets, the
-//! newest jobs and each job's story from their Step Functions executions. It polls
-//! instead of listening to events, and shows no DORA figures (Datadog computes them from
-//! the deployment events on AWS).
+//! newest jobs, each job's story and the running deploys' nodes from their Step
+//! Functions executions. It polls instead of listening to events, and shows no DORA
+//! figures (Datadog computes them from the deployment events on AWS).
 
 use std::sync::Arc;
 
 use aws_lambda_events::encodings::Body;
 use aws_lambda_events::event::apigw::{ApiGatewayV2httpRequest, ApiGatewayV2httpResponse};
 use chrono::{DateTime, Utc};
-use http::header::{HeaderValue, CONTENT_TYPE};
+use http::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE};
 use serde_json::json;
 
-use super::page::{self, JobRow, Live};
+use super::page::{self, JobRow, Live, Running};
 use crate::aws::turn::SsmTurn;
 use crate::config::Config;
 use crate::deploy::job::JobId;
@@ -63,12 +63,17 @@ impl AwsPage {
         }
         let path = req.raw_path.as_deref().unwrap_or("/");
         let fragment = req.headers.contains_key(page::FRAGMENT);
-        let html = |title: &str, main| {
-            respond(200, "text/html; charset=utf-8", page::document(title, main, fragment, Live::Poll(POLL_SECONDS)))
+        // A job that ended does not change: its page stops asking.
+        let html = |title: &str, main, live: bool| {
+            let live = match live {
+                true => Live::Poll(POLL_SECONDS),
+                false => Live::Still,
+            };
+            respond(200, "text/html; charset=utf-8", page::document(title, main, fragment, live))
         };
         if path == "/" {
             return match self.dashboard(now).await {
-                Ok(main) => html("deploys", main),
+                Ok(main) => html("deploys", main, true),
                 Err(e) => text(503, &format!("AWS unavailable: {e}")),
             };
         }
@@ -89,6 +94,7 @@ impl AwsPage {
             Ok(Some(story)) => html(
                 &format!("{} {}", story.job.app, story.job.version),
                 page::job(&story),
+                story.status.is_pending(),
             ),
             Ok(None) => text(404, &format!("no job {job}")),
             Err(e) => text(503, &format!("AWS unavailable: {e}")),
@@ -96,15 +102,20 @@ impl AwsPage {
     }
 
     async fn dashboard(&self, now: DateTime<Utc>) -> Result<maud::Markup, PortError> {
-        let mut envs = vec![];
+        let (mut envs, mut running) = (vec![], vec![]);
         for app in self.config.apps.values() {
             for env in app.environments.keys() {
                 let mut status = EnvStatus::read(&*self.ledger, &app.name, env, now).await?;
                 let holder = status.lock.as_ref().and_then(|l| l.job.clone());
-                status.jobs = self
-                    .turn
-                    .waiting(&app.name, env)
-                    .await?
+                let waiting = self.turn.waiting(&app.name, env).await?;
+                // The deploy holding the lock, node by node, as its last step left it.
+                if let Some(job) = waiting.iter().find(|j| holder.as_ref() == Some(&j.id)) {
+                    running.push(Running {
+                        job: job.clone(),
+                        deploy: self.executions.last_state(&job.id).await?,
+                    });
+                }
+                status.jobs = waiting
                     .into_iter()
                     .map(|j| ActiveJob {
                         status: match holder.as_ref() == Some(&j.id) {
@@ -132,7 +143,7 @@ impl AwsPage {
                 queued_at: s.queued_at,
             })
             .collect();
-        Ok(page::dashboard(&envs, &[], &jobs, &[]))
+        Ok(page::dashboard(&envs, &running, &jobs, &[]))
     }
 }
 
@@ -141,6 +152,9 @@ fn respond(status: u16, content_type: &'static str, body: String) -> ApiGatewayV
     resp.status_code = i64::from(status);
     resp.headers
         .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    // What stands now, for this reader: no cache keeps it, whole page or main part.
+    resp.headers
+        .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
     resp.body = Some(Body::Text(body));
     resp
 }

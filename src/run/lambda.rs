@@ -92,6 +92,10 @@ pub fn other_function(event: &Value) -> Option<&'static str> {
         Some("node-joined")
     } else if event.get("job").is_some() {
         Some("deploy-step")
+    } else if event.pointer("/requestContext/http/method").and_then(Value::as_str) == Some("GET")
+    {
+        // Ingress only takes posts; a GET is the page's.
+        Some("page")
     } else {
         None
     }

@@ -12,11 +12,15 @@
   }
   var poll = Number(document.body.dataset.poll || 0);
   if (poll > 0) {
+    // One request at a time, the next one `poll` seconds after the last answer.
+    var again = function () {
+      setTimeout(function () {
+        refresh().then(function (ok) { live.className = ok ? "live on" : "live"; again(); },
+                       function () { live.className = "live"; again(); });
+      }, poll * 1000);
+    };
     live.className = "live on";
-    setInterval(function () {
-      refresh().then(function (ok) { live.className = ok ? "live on" : "live"; },
-                     function () { live.className = "live"; });
-    }, poll * 1000);
+    again();
     return;
   }
   var source = new EventSource("/events");

@@ -44,6 +44,8 @@ pub enum Live {
     Events,
     /// Fetches itself again every this many seconds.
     Poll(u32),
+    /// Stays as it is (a job that ended).
+    Still,
 }
 
 /// The page around `main`, or only `main` when the script asks for it (`fragment`).
@@ -51,9 +53,10 @@ pub fn document(title: &str, main: Markup, fragment: bool, live: Live) -> String
     if fragment {
         return main.into_string();
     }
-    let poll = match live {
-        Live::Events => None,
-        Live::Poll(s) => Some(s),
+    let (poll, script) = match live {
+        Live::Events => (None, true),
+        Live::Poll(s) => (Some(s), true),
+        Live::Still => (None, false),
     };
     html! {
         (DOCTYPE)
@@ -67,7 +70,7 @@ pub fn document(title: &str, main: Markup, fragment: bool, live: Live) -> String
             body data-poll=[poll] {
                 header { a href="/" { "shipit" } span.live id="live" { "live" } }
                 main id="main" { (main) }
-                script { (PreEscaped(SCRIPT)) }
+                @if script { script { (PreEscaped(SCRIPT)) } }
             }
         }
     }

@@ -16,7 +16,6 @@ use serde_json::json;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::deploy::job::Source;
 use crate::deploy::ports::Stories;
 use crate::deploy::status::JobStatus;
 use crate::drive::worker::WorkerHealth;
@@ -97,9 +96,7 @@ async fn jobs(State(s): State<AppState>, headers: HeaderMap) -> Response {
         Ok(mut jobs) => {
             // Slack's reply address lets whoever holds it post as shipit: it stays inside.
             for q in &mut jobs {
-                if let Source::Chat { response_url, .. } = &mut q.job.source {
-                    *response_url = None;
-                }
+                q.job.source.forget_reply_address();
             }
             Json(json!({ "jobs": jobs })).into_response()
         }

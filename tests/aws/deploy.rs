@@ -1824,10 +1824,19 @@ async fn a_failed_jobs_story_is_told_from_its_execution_and_its_commands() {
     drop(ingress);
 
     // The page function tells the same, through its handler.
+    let (sdk, tickets) = (sdk().await, format!("/{}", unique("shipit")));
+    let turn = || {
+        shipit::aws::turn::SsmTurn::new(
+            aws_sdk_ssm::Client::new(&sdk),
+            aws_sdk_sfn::Client::new(&sdk),
+            &tickets,
+            &machine,
+        )
+    };
     let page = shipit::run::aws_page::AwsPage::new(
         rig.config.clone(),
         rig.ledger.clone(),
-        turn_of(&sdk().await, &machine),
+        turn(),
         stories.clone(),
     );
     let get = |method: &str, path: &str, fragment: bool| {
@@ -1886,4 +1895,45 @@ async fn a_failed_jobs_story_is_told_from_its_execution_and_its_commands() {
     assert_eq!(get("GET", "/jobs/../../etc", false).await.0, 404);
     assert_eq!(get("GET", "/elsewhere", false).await.0, 404);
     assert_eq!(get("POST", "/", false).await.0, 405);
+
+    // A deploy holding the lock, its ticket still there: the page shows its nodes as its
+    // newest step left them.
+    let turn = turn();
+    turn.enter(&job, "7").await.unwrap();
+    let now = Utc::now();
+    let lock = shipit::deploy::ports::LockInfo {
+        holder: format!("job {}", job.id),
+        reason: "deploying".into(),
+        since: now,
+        expires: Some(now + chrono::Duration::minutes(10)),
+        job: Some(job.id.clone()),
+        generation: 0,
+        abort: None,
+        written: shipit::deploy::ports::Written::default(),
+    };
+    let held = rig
+        .ledger
+        .try_lock("hello", "production", &lock, now)
+        .await
+        .unwrap();
+    assert!(held.is_ok(), "{held:?}");
+    let (code, _, body) = get("GET", "/", false).await;
+    assert_eq!(code, 200);
+    assert!(body.contains("Deploying now"), "{body}");
+    assert!(
+        body.contains(&format!("{n1}</span> back on the previous version")),
+        "{body}"
+    );
+    rig.ledger
+        .release(
+            "hello",
+            "production",
+            &job.id,
+            shipit::deploy::ports::Written::default(),
+        )
+        .await
+        .unwrap();
+    shipit::deploy::ports::Turn::leave(&turn, &job)
+        .await
+        .unwrap();
 }

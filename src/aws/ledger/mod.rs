@@ -7,16 +7,13 @@ use backoff::ExponentialBackoff;
 use chrono::{DateTime, Utc};
 
 use super::{params, sdk_err};
-use crate::deploy::history::{faulty_mark, fit};
+use crate::deploy::history::{faulty_mark, fit, MARKS_MAX_BYTES};
 use crate::deploy::job::JobId;
 use crate::deploy::ports::{
     Faulty, HistoryEntry, Ledger, LockInfo, PortError, Renewal, Unlocked, Written,
 };
 
 mod lock;
-
-/// A standard-tier parameter's value limit.
-const FAULTY_MAX_BYTES: usize = 4096;
 
 /// Parameter Store: `{prefix}/live/{app}/{env}` holds the live job (its parameter
 /// history is the deploy history); `{prefix}/lock/{app}/{env}/…` the lock, one parameter
@@ -216,7 +213,7 @@ impl Ledger for SsmLedger {
             .max(seen));
         }
         marks.insert(0, mark.clone());
-        let (value, dropped) = fit(&mut marks, FAULTY_MAX_BYTES);
+        let (value, dropped) = fit(&mut marks, MARKS_MAX_BYTES);
         if dropped > 0 {
             tracing::warn!(
                 app,

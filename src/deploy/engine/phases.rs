@@ -239,7 +239,7 @@ impl Deploy {
                     l.version
                 )),
                 _ => faulty.map(|f| {
-                    format!("{v} was marked faulty since this rollback was asked for: {}", f.reason)
+                    format!("{v} was marked faulty since this rollback was asked for: {}", f.why())
                 }),
             };
         }
@@ -259,7 +259,7 @@ impl Deploy {
             )),
             (_, Some(f)) => Some(format!(
                 "{v} is marked faulty ({}); deploy it by hand to send it out anyway",
-                f.reason
+                f.why()
             )),
             _ => None,
         }

@@ -120,7 +120,7 @@ impl Round<'_> {
                 ),
                 Notice::DeployingFaulty { mark } => format!(
                     ":warning: {} was marked faulty ({}); deploying it because it was asked for by name",
-                    mark.version, mark.reason
+                    mark.version, mark.why()
                 ),
                 _ => continue,
             };
