@@ -767,7 +767,12 @@ fn the_page_is_served_only_behind_the_jwt_authorizer_and_only_reads() {
             assert_eq!(res["Condition"].as_str(), Some("HasPage"), "{name}");
         }
     }
+    assert_eq!(
+        r["PageApi"]["Properties"]["ProtocolType"].as_str(),
+        Some("HTTP")
+    );
     let auth = &r["PageAuthorizer"]["Properties"];
+    assert_eq!(text(&auth["ApiId"]), "Ref PageApi");
     assert_eq!(auth["AuthorizerType"].as_str(), Some("JWT"));
     assert_eq!(
         text(&auth["JwtConfiguration"]["Issuer"]),
@@ -788,6 +793,8 @@ fn the_page_is_served_only_behind_the_jwt_authorizer_and_only_reads() {
         }
         let p = &res["Properties"];
         routes.push(p["RouteKey"].as_str().unwrap().to_string());
+        // On the page's own API, never on the webhooks' (whose posts are signed instead).
+        assert_eq!(text(&p["ApiId"]), "Ref PageApi", "{p:?}");
         assert_eq!(p["AuthorizationType"].as_str(), Some("JWT"), "{p:?}");
         assert_eq!(text(&p["AuthorizerId"]), "Ref PageAuthorizer", "{p:?}");
         assert_eq!(text(&p["Target"]), "integrations/${PageIntegration}");
