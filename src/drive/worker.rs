@@ -241,7 +241,7 @@ impl Worker {
     async fn tell_figures(&self, job: &DeployJob) {
         let store = &self.store;
         let figures = async {
-            let jobs = store.jobs(None).await?;
+            let jobs = store.jobs_of(&job.group()).await?;
             let (days, now) = (crate::deploy::dora::WINDOW_DAYS, Utc::now());
             store.figures(&job.app, &job.env, &jobs, days, now).await
         };

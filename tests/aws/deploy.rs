@@ -227,6 +227,17 @@ impl Rig {
         cli_job(version)
     }
 
+    /// From now on node `i` fails its health check on `version` (after 4 checks in 3 s,
+    /// as the node's restart says it).
+    async fn unhealthy_on(&self, i: usize, version: &str) {
+        control(json!({ "rules": [{
+            "instance": self.nodes[i], "contains": format!("grep -qx {version}"),
+            "status": "Failed", "exit_code": 1,
+            "stderr": "curl: (7) Failed to connect to localhost port 8080\nshipit: unhealthy after 4 checks in 3 s"
+        }]}))
+        .await;
+    }
+
     /// Steps `job` to its end the way the state machine does; returns the final state.
     async fn deploy(&self, job: DeployJob) -> StepState {
         let stepper = self.stepper(Duration::from_secs(60));
@@ -381,12 +392,7 @@ async fn a_failed_health_check_on_node_2_puts_nodes_1_and_2_back_and_fails_the_j
     rig.deploy(rig.job("1.1.0")).await;
     // The node runs restart and health check as one command, and says last how long
     // it checked before giving up.
-    control(json!({ "rules": [{
-        "instance": rig.nodes[1], "contains": "grep -qx 1.2.0", "status": "Failed",
-        "exit_code": 1,
-        "stderr": "curl: (7) Failed to connect to localhost port 8080\nshipit: unhealthy after 4 checks in 3 s"
-    }]}))
-    .await;
+    rig.unhealthy_on(1, "1.2.0").await;
     let job = rig.job("1.2.0");
     let end = rig.deploy(job.clone()).await;
     assert_eq!(end.status, Some(JobStatus::Failed), "{end:?}");
@@ -1695,12 +1701,7 @@ async fn a_failed_jobs_story_is_told_from_its_execution_and_its_commands() {
     let rig = Rig::new(2).await;
     control(json!({})).await;
     rig.deploy(rig.job("1.1.0")).await;
-    control(json!({ "rules": [{
-        "instance": rig.nodes[1], "contains": "grep -qx 1.2.0", "status": "Failed",
-        "exit_code": 1,
-        "stderr": "curl: (7) Failed to connect to localhost port 8080\nshipit: unhealthy after 4 checks in 3 s"
-    }]}))
-    .await;
+    rig.unhealthy_on(1, "1.2.0").await;
     let job = rig.job("1.2.0");
     let stepper = rig.stepper(Duration::from_secs(60));
     let mut state = StepState::start(job.clone());

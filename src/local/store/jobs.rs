@@ -81,13 +81,27 @@ impl QueuedJob {
 
 impl Store {
     pub async fn jobs(&self, status: Option<JobStatus>) -> Result<Vec<QueuedJob>, PortError> {
+        self.jobs_where(status, None).await
+    }
+
+    /// The jobs of one app+env (`app/env`), oldest first.
+    pub async fn jobs_of(&self, group: &str) -> Result<Vec<QueuedJob>, PortError> {
+        self.jobs_where(None, Some(group.to_string())).await
+    }
+
+    async fn jobs_where(
+        &self,
+        status: Option<JobStatus>,
+        group: Option<String>,
+    ) -> Result<Vec<QueuedJob>, PortError> {
         let status = status.map(JobStatus::as_str);
         let rows: Vec<JobRow> = self
             .with(move |c| {
                 let mut st = c.prepare(&format!(
-                    "SELECT {JOB_COLUMNS} FROM jobs WHERE ?1 IS NULL OR status = ?1 ORDER BY seq"
+                    "SELECT {JOB_COLUMNS} FROM jobs WHERE (?1 IS NULL OR status = ?1)
+                     AND (?2 IS NULL OR grp = ?2) ORDER BY seq"
                 ))?;
-                let rows = st.query_map(params![status], job_row)?;
+                let rows = st.query_map(params![status, group], job_row)?;
                 rows.collect()
             })
             .await?;

@@ -48,6 +48,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     queued_at TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs(status, seq);
+CREATE INDEX IF NOT EXISTS jobs_by_group ON jobs(grp, seq);
 CREATE TABLE IF NOT EXISTS history (
     seq         INTEGER PRIMARY KEY AUTOINCREMENT,
     app         TEXT NOT NULL,
