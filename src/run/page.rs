@@ -316,3 +316,30 @@ fn stage_class(s: Stage) -> &'static str {
         Stage::Bake => "bake",
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_page_listens_polls_or_stays_and_its_main_part_comes_alone_when_asked() {
+        let main = || html! { p { "hello <b>" } };
+        let events = document("t", main(), false, Live::Events);
+        assert!(
+            events.contains("<script>") && events.contains("<body>"),
+            "{events}"
+        );
+        assert!(events.contains("hello &lt;b&gt;"), "escaped: {events}");
+        let poll = document("t", main(), false, Live::Poll(10));
+        assert!(poll.contains(r#"<body data-poll="10">"#) && poll.contains("<script>"));
+        let still = document("t", main(), false, Live::Still);
+        assert!(
+            !still.contains("<script>") && still.contains("<body>"),
+            "{still}"
+        );
+        assert_eq!(
+            document("t", main(), true, Live::Events),
+            "<p>hello &lt;b&gt;</p>"
+        );
+    }
+}
