@@ -244,9 +244,9 @@ fn chrono_of(t: &aws_sdk_sfn::primitives::DateTime) -> DateTime<Utc> {
 }
 
 impl ExecutionStories {
-    /// A job's story without its steps or what it said: its execution (`None` without
-    /// one, or for one no dispatcher started), and how its newest step left it.
-    async fn summary(&self, arn: &str) -> Result<Option<Story>, PortError> {
+    /// What AWS keeps of a job but its node commands: its execution (`None` without one,
+    /// or for one no dispatcher started), and how its newest step left it.
+    async fn summary(&self, arn: &str) -> Result<Option<Kept>, PortError> {
         let run = match self
             .sfn
             .describe_execution()
@@ -295,19 +295,17 @@ impl ExecutionStories {
             ),
         };
         let started = chrono_of(&run.start_date);
-        let mut story = Story::tell(Kept {
+        Ok(Some(Kept {
+            queued_at: first.job.requested_at.min(started),
             job: first.job,
             status,
             reason,
-            queued_at: started,
             // The execution's first step starts with it (and waits there for its turn).
             started_at: Some(started),
             ended_at: run.stop_date.as_ref().map(chrono_of),
             notices: vec![],
             ran: vec![],
-        });
-        story.queued_at = story.job.requested_at.min(started);
-        Ok(Some(story))
+        }))
     }
 
     /// The `limit` newest jobs in short (no steps, nothing said), newest first: for the
@@ -323,7 +321,7 @@ impl ExecutionStories {
             .map_err(|e| sdk_err("Step Functions ListExecutions", e))?;
         let mut out = vec![];
         for e in listed.executions {
-            out.extend(self.summary(&e.execution_arn).await?);
+            out.extend(self.summary(&e.execution_arn).await?.map(Story::tell));
         }
         Ok(out)
     }
@@ -333,22 +331,13 @@ impl ExecutionStories {
 impl Stories for ExecutionStories {
     async fn story(&self, job: &JobId) -> Result<Option<Story>, PortError> {
         let arn = self.execution(job);
-        let Some(mut story) = self.summary(&arn).await? else {
+        let Some(mut kept) = self.summary(&arn).await? else {
             return Ok(None);
         };
         let (said, more_said) = self.said(&arn).await?;
-        let (ran, more_ran) = self.ran(job, story.queued_at, story.ended_at).await?;
-        let kept = Kept {
-            job: story.job.clone(),
-            status: story.status,
-            reason: story.reason.clone(),
-            queued_at: story.queued_at,
-            started_at: story.started_at,
-            ended_at: story.ended_at,
-            notices: vec![],
-            ran,
-        };
-        story = Story::tell(kept);
+        let (ran, more_ran) = self.ran(job, kept.queued_at, kept.ended_at).await?;
+        kept.ran = ran;
+        let mut story = Story::tell(kept);
         story.events = said;
         if more_said || more_ran {
             story.events.push(Event {

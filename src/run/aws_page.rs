@@ -13,7 +13,6 @@ use aws_lambda_events::encodings::Body;
 use aws_lambda_events::event::apigw::{ApiGatewayV2httpRequest, ApiGatewayV2httpResponse};
 use chrono::{DateTime, Utc};
 use http::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE};
-use serde_json::json;
 
 use super::page::{self, JobRow, Live, Running};
 use crate::aws::turn::SsmTurn;
@@ -23,6 +22,7 @@ use crate::deploy::overview::{ActiveJob, EnvStatus};
 use crate::deploy::ports::{Ledger, PortError, Stories};
 use crate::deploy::status::JobStatus;
 use crate::drive::execution::ExecutionStories;
+use crate::ingress::Reply;
 
 /// How often the page fetches itself again.
 const POLL_SECONDS: u32 = 10;
@@ -159,10 +159,8 @@ fn respond(status: u16, content_type: &'static str, body: String) -> ApiGatewayV
     resp
 }
 
+/// A refusal, worded as the ingress functions word theirs (`Reply::error`).
 fn text(status: u16, why: &str) -> ApiGatewayV2httpResponse {
-    respond(
-        status,
-        "application/json",
-        json!({ "error": why }).to_string(),
-    )
+    let reply = Reply::error(status, why);
+    respond(status, "application/json", reply.body.to_string())
 }
