@@ -34,6 +34,25 @@ pub async fn put(
     }
 }
 
+/// The value of parameter `name` and its version, if it exists.
+pub async fn get(
+    client: &aws_sdk_ssm::Client,
+    name: &str,
+) -> Result<Option<(String, u64)>, PortError> {
+    match client.get_parameter().name(name).send().await {
+        Ok(out) => Ok(out
+            .parameter
+            .and_then(|p| Some((p.value?, p.version.max(0) as u64)))),
+        Err(e)
+            if e.as_service_error()
+                .is_some_and(|s| s.is_parameter_not_found()) =>
+        {
+            Ok(None)
+        }
+        Err(e) => Err(sdk_err("SSM GetParameter", e)),
+    }
+}
+
 /// Every parameter directly under `path`, as (name, value), read in one paginated call.
 pub async fn under(
     client: &aws_sdk_ssm::Client,

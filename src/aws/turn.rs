@@ -6,15 +6,34 @@
 //! and a ticket whose execution ended without removing it (stopped by hand, timed out)
 //! is removed by whoever finds it. The tickets behind a job are also the backlog an
 //! automatic job looks at to see whether a newer version supersedes it.
+//!
+//! Whether a job runs or was cancelled is decided by one conditional create of its claim,
+//! `{prefix}/claim/{app}/{env}/{job}`: the deploy makes it (`started`) once it holds the
+//! lock and before it touches a node, `/deploy cancel` makes it (`cancelled`) while the
+//! job waits; Parameter Store lets exactly one create succeed, and the other reads what
+//! won. A claim outlives its job's execution (were the job to remove its own, a cancel
+//! could come after and claim an ended job), and is removed by a later job of its
+//! app+env once its execution has ended: a few claims per app+env at a time.
 
 use super::params;
 use async_trait::async_trait;
 use aws_sdk_sfn::types::ExecutionStatus;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
 
 use super::sdk_err;
 use crate::deploy::job::{DeployJob, JobId};
-use crate::deploy::ports::{Backlog, PortError, Turn};
+use crate::deploy::ports::{Backlog, Cancel, PortError, Turn};
+use crate::deploy::status::JobStatus;
 use crate::deploy::version::newest_first;
+
+/// Who won a job: its start, or a person's cancel.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "claim", rename_all = "snake_case")]
+enum Claim {
+    Started,
+    Cancelled { by: String, at: DateTime<Utc> },
+}
 
 pub struct SsmTurn {
     ssm: aws_sdk_ssm::Client,
@@ -80,6 +99,53 @@ impl SsmTurn {
         Ok(())
     }
 
+    fn claims_of(&self, app: &str, env: &str) -> String {
+        format!("{}/claim/{app}/{env}", self.prefix)
+    }
+
+    fn claim_name(&self, job: &DeployJob) -> String {
+        format!("{}/{}", self.claims_of(&job.app, &job.env), job.id)
+    }
+
+    /// `job`'s claim, if one was made (a read that may lag the create).
+    async fn claim(&self, job: &DeployJob) -> Result<Option<Claim>, PortError> {
+        match params::get(&self.ssm, &self.claim_name(job)).await? {
+            Some((value, _)) => Ok(Some(serde_json::from_str(&value)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Makes `claim` for `job` unless one was made first: `None` when this one was made,
+    /// else the one that won.
+    async fn make_claim(&self, job: &DeployJob, claim: &Claim) -> Result<Option<Claim>, PortError> {
+        let name = self.claim_name(job);
+        if params::put(&self.ssm, &name, &serde_json::to_string(claim)?, false)
+            .await?
+            .is_some()
+        {
+            return Ok(None);
+        }
+        match self.claim(job).await? {
+            Some(first) => Ok(Some(first)),
+            // The create failed on a claim that a read does not show yet.
+            None => Err(format!("job {}'s claim exists but cannot be read yet", job.id).into()),
+        }
+    }
+
+    /// Removes the claims of `app`/`env`'s jobs whose executions ended, but `keep`'s.
+    async fn clear_claims(&self, app: &str, env: &str, keep: &JobId) -> Result<(), PortError> {
+        let mut ended = vec![];
+        for (name, _) in params::under(&self.ssm, &self.claims_of(app, env)).await? {
+            let Some(id) = JobId::parse(name.rsplit('/').next().unwrap_or_default()) else {
+                continue;
+            };
+            if id != *keep && !self.running(&id).await? {
+                ended.push(name);
+            }
+        }
+        params::delete(&self.ssm, &ended).await
+    }
+
     /// Removes `job`'s ticket if its execution is not running (it ended already).
     pub async fn leave_if_ended(&self, job: &DeployJob) -> Result<(), PortError> {
         if self.running(&job.id).await? {
@@ -115,26 +181,46 @@ impl SsmTurn {
 
     /// Whether the execution of job `id` still runs.
     async fn running(&self, id: &JobId) -> Result<bool, PortError> {
+        Ok(self.status(id).await? == Some(JobStatus::Running))
+    }
+
+    /// Where job `id` is, as its execution says (`None`: it has none): running, or how it
+    /// ended, as its last step's state says (`status`) or else the execution's own end.
+    async fn status(&self, id: &JobId) -> Result<Option<JobStatus>, PortError> {
         let arn = format!(
             "{}:{id}",
             self.machine.replacen(":stateMachine:", ":execution:", 1)
         );
-        match self
+        let out = match self
             .sfn
             .describe_execution()
             .execution_arn(arn)
             .send()
             .await
         {
-            Ok(out) => Ok(out.status == ExecutionStatus::Running),
+            Ok(out) => out,
             Err(e)
                 if e.as_service_error()
                     .is_some_and(|s| s.is_execution_does_not_exist()) =>
             {
-                Ok(false)
+                return Ok(None)
             }
-            Err(e) => Err(sdk_err("Step Functions DescribeExecution", e)),
+            Err(e) => return Err(sdk_err("Step Functions DescribeExecution", e)),
+        };
+        #[derive(Deserialize)]
+        struct Ended {
+            status: JobStatus,
         }
+        let told = out
+            .output
+            .as_deref()
+            .and_then(|o| serde_json::from_str::<Ended>(o).ok());
+        Ok(Some(match (&out.status, told) {
+            (ExecutionStatus::Running, _) => JobStatus::Running,
+            (_, Some(ended)) => ended.status,
+            (ExecutionStatus::Aborted, None) => JobStatus::Aborted,
+            (_, None) => JobStatus::Failed,
+        }))
     }
 }
 
@@ -170,7 +256,53 @@ impl Turn for SsmTurn {
             .filter(|t| t.job.id == job.id)
             .map(|t| t.name)
             .collect();
-        params::delete(&self.ssm, &mine).await
+        params::delete(&self.ssm, &mine).await?;
+        self.clear_claims(&job.app, &job.env, &job.id).await
+    }
+
+    async fn cancelled(&self, job: &DeployJob) -> Result<Option<String>, PortError> {
+        Ok(match self.claim(job).await? {
+            Some(Claim::Cancelled { by, .. }) => Some(by),
+            Some(Claim::Started) | None => None,
+        })
+    }
+
+    async fn start(&self, job: &DeployJob) -> Result<Option<String>, PortError> {
+        Ok(match self.make_claim(job, &Claim::Started).await? {
+            Some(Claim::Cancelled { by, .. }) => Some(by),
+            Some(Claim::Started) | None => None,
+        })
+    }
+}
+
+#[async_trait]
+impl Cancel for SsmTurn {
+    async fn cancel(
+        &self,
+        job: &DeployJob,
+        by: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Option<JobStatus>, PortError> {
+        let ours = Claim::Cancelled {
+            by: by.to_string(),
+            at: now,
+        };
+        match self.make_claim(job, &ours).await? {
+            // The claim was free: either the job has not started, and its execution will
+            // read the claim and end, or its execution ended without ever starting it (or
+            // its claim was cleared once it ended): then nothing was cancelled.
+            None => match self.status(&job.id).await? {
+                Some(JobStatus::Running) => Ok(None),
+                ended => {
+                    params::delete(&self.ssm, &[self.claim_name(job)]).await?;
+                    Ok(Some(ended.unwrap_or(JobStatus::Failed)))
+                }
+            },
+            Some(Claim::Cancelled { .. }) => Ok(Some(JobStatus::Cancelled)),
+            Some(Claim::Started) => Ok(Some(
+                self.status(&job.id).await?.unwrap_or(JobStatus::Running),
+            )),
+        }
     }
 }
 

@@ -534,7 +534,7 @@ pub async fn story(store: &Store, id: &str) -> anyhow::Result<Story> {
 pub async fn cancel(store: &Store, id: &str) -> anyhow::Result<QueuedJob> {
     let q = one_job(store, id).await?;
     match store
-        .cancel(&q.job.id, &cli_user(), Utc::now())
+        .cancel(&q.job, &cli_user(), Utc::now())
         .await
         .map_err(port)?
     {

@@ -98,15 +98,15 @@ pub trait Stories: Send + Sync {
     async fn story(&self, job: &JobId) -> Result<Option<Story>, PortError>;
 }
 
-/// Taking a job off the queue before it starts, where a runtime can do that in one step
-/// with the worker's claim of it (the SQLite store; not yet on AWS).
+/// Taking a job off the queue before it starts, decided in one step with the start of
+/// the job (the worker's claim in SQLite; on AWS, [`Turn::start`]).
 #[async_trait]
 pub trait Cancel: Send + Sync {
     /// `Ok(None)` once `job` will not run (cancelled by `by`); `Ok(Some(status))` when it
     /// had started or ended already, and nothing changed.
     async fn cancel(
         &self,
-        job: &JobId,
+        job: &DeployJob,
         by: &str,
         now: DateTime<Utc>,
     ) -> Result<Option<JobStatus>, PortError>;
@@ -128,6 +128,14 @@ pub trait Turn: Send + Sync {
     async fn ahead(&self, job: &DeployJob) -> Result<Option<JobId>, PortError>;
     /// `job` ended: the one queued behind it may go.
     async fn leave(&self, job: &DeployJob) -> Result<(), PortError>;
+    /// Who took `job` off the queue, if someone did: a read that may lag the cancel, for
+    /// a job still waiting to end early. `start` is what decides.
+    async fn cancelled(&self, job: &DeployJob) -> Result<Option<String>, PortError>;
+    /// `job` holds its lock and has touched no node: from now on it cannot be cancelled,
+    /// unless someone cancelled it first (`Some(by)`): then it must not run. Decided in
+    /// one step with [`Cancel::cancel`], whichever comes first; the same answer again
+    /// when asked again.
+    async fn start(&self, job: &DeployJob) -> Result<Option<String>, PortError>;
 }
 
 /// The remote commands sent for one command key (SSM command ids), kept with the deploy's

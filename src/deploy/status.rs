@@ -60,6 +60,7 @@ impl From<&Outcome> for JobStatus {
             Outcome::RollbackFailed { .. } => JobStatus::RollbackFailed,
             Outcome::Skipped { .. } => JobStatus::Skipped,
             Outcome::Aborted { .. } => JobStatus::Aborted,
+            Outcome::Cancelled { .. } => JobStatus::Cancelled,
         }
     }
 }
@@ -150,6 +151,7 @@ pub fn describe(n: &Notice) -> String {
                 ..
             } => format!("ABORTED by {by}; the nodes it restarted were put back"),
             Outcome::Aborted { reason, .. } => format!("ABORTED: {reason}"),
+            Outcome::Cancelled { reason, .. } => reason.clone(),
         },
     }
 }

@@ -272,6 +272,10 @@ impl Driver {
     ) -> Result<Observation, PortError> {
         let job = &deploy.job;
         if let Some(turn) = &self.turn {
+            // A cancelled job need not wait for its turn to end.
+            if let Some(by) = turn.cancelled(job).await? {
+                return Ok(Observation::Cancelled { by, holder: None });
+            }
             if let Some(ahead) = turn.ahead(job).await? {
                 // Waits as for a held lock (backing off, within lock_wait_seconds).
                 return Ok(Observation::Lock {
@@ -295,18 +299,26 @@ impl Driver {
             expires: Some(LockInfo::lease_from(now, lease)),
             ..lock.clone()
         };
-        Ok(
-            match self.ledger.try_lock(&job.app, &job.env, &lock, now).await? {
-                Ok(ours) => Observation::Lock {
-                    taken: true,
-                    holder: Some(ours),
-                },
-                Err(theirs) => Observation::Lock {
-                    taken: false,
-                    holder: Some(theirs),
-                },
-            },
-        )
+        let (taken, holder) = match self.ledger.try_lock(&job.app, &job.env, &lock, now).await? {
+            Ok(ours) => (true, ours),
+            Err(theirs) => (false, theirs),
+        };
+        // Held (taken now, or by an earlier try of this step), before any node: from here
+        // the job can only run, unless it was cancelled first.
+        if taken || holder.job.as_ref() == Some(&job.id) {
+            if let Some(turn) = &self.turn {
+                if let Some(by) = turn.start(job).await? {
+                    return Ok(Observation::Cancelled {
+                        by,
+                        holder: Some(holder),
+                    });
+                }
+            }
+        }
+        Ok(Observation::Lock {
+            taken,
+            holder: Some(holder),
+        })
     }
 
     /// The newest version queued behind an automatic `job` that will go out when its turn

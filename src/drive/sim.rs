@@ -9,7 +9,8 @@
 //! new ones joining (with the sync job that brings them to the live version).
 //!
 //! Jobs take the lock in queue order through the same `Turn` port the Step Functions
-//! driver uses (a twin of the dispatcher's tickets).
+//! driver uses (a twin of the dispatcher's tickets), and chat cancels waiting jobs as
+//! `SsmTurn` does: one create of the job's claim decides between its start and a cancel.
 //!
 //! A schedule is a list of events generated from a seed, so that a failure can be
 //! replayed and shrunk: the failing seed is printed with the shortest sub-list of its
@@ -171,6 +172,8 @@ enum Event {
     /// after it (eventual consistency: they answer what was there before), for at most
     /// `LAG_MS`.
     LagReads(u32),
+    /// Chat cancels the k-th job delivered, whatever it is doing (`SsmTurn::cancel`).
+    Cancel(usize),
 }
 
 /// How long a read may lag a write. AWS names no bound; the ledger relies on one well
@@ -199,7 +202,8 @@ fn schedule(seed: u64) -> Vec<Event> {
                     kind: JobKind::Rollback,
                     version: 0,
                 },
-                15..=16 => Event::Redeliver(rng.below(8) as usize),
+                15 => Event::Redeliver(rng.below(8) as usize),
+                16 => Event::Cancel(rng.below(8) as usize),
                 17..=47 => Event::Step(rng.below(8) as usize),
                 48..=62 => Event::Run(rng.below(8) as usize),
                 63..=67 => Event::Crash(rng.below(8) as usize, rng.below(6) as usize),
@@ -311,6 +315,10 @@ struct World {
     unreleased: BTreeSet<JobId>,
     /// Every job delivered, by id.
     jobs: HashMap<JobId, DeployJob>,
+    /// Each job's claim: `Some(by)` cancelled, `None` started (see `SsmTurn`).
+    claims: HashMap<JobId, Option<String>>,
+    /// The jobs chat said would not run.
+    cancelled: BTreeSet<JobId>,
 }
 
 /// What the schedules exercised, printed at the end so a reader sees the simulation is
@@ -341,6 +349,8 @@ struct Stats {
     syncs: u64,
     /// Reads of history or marks that answered what was there before a write.
     stale_reads: u64,
+    /// Jobs chat cancelled before they started.
+    cancelled: u64,
     reasons: BTreeMap<String, u64>,
 }
 
@@ -590,6 +600,7 @@ impl Ledger for SimLedger {
     ) -> Result<Result<LockInfo, LockInfo>, PortError> {
         let mut guard = self.0.lock().unwrap();
         let w = &mut *guard;
+        w.call()?;
         let key = (app.to_string(), env.to_string());
         let t = w.targets.get_mut(&key).expect("a simulated target");
         let decided = take(t.lock.as_ref(), t.last_generation, lock, now);
@@ -623,6 +634,7 @@ impl Ledger for SimLedger {
         if takeover {
             w.stats.takeovers += 1;
         }
+        w.answer()?;
         Ok(decided)
     }
 
@@ -747,6 +759,13 @@ struct Held {
 fn start(w: &mut World, target: &(String, String), job: &JobId, cmd: &Command, name: &str) {
     let now = w.now.load(Ordering::SeqCst);
     let (bad, faults) = (w.bad.clone(), w.faults);
+    // (xiii) A job chat said would not run touches no node.
+    if w.cancelled.contains(job) {
+        w.violations.push(format!(
+            "(xiii) {} ran on {name}, although its job was cancelled",
+            cmd.key
+        ));
+    }
     let t = w.targets.get_mut(target).expect("a simulated target");
     // (xi) A command key runs at most once on a node.
     if t.runs
@@ -1004,6 +1023,25 @@ impl Turn for SimTurn {
         // Ended executions no longer count in `ahead`: nothing to remove.
         Ok(())
     }
+
+    async fn cancelled(&self, job: &DeployJob) -> Result<Option<String>, PortError> {
+        Ok(self
+            .0
+            .lock()
+            .unwrap()
+            .claims
+            .get(&job.id)
+            .cloned()
+            .flatten())
+    }
+
+    async fn start(&self, job: &DeployJob) -> Result<Option<String>, PortError> {
+        let mut w = self.0.lock().unwrap();
+        w.call()?;
+        let claim = w.claims.entry(job.id.clone()).or_insert(None).clone();
+        w.answer()?;
+        Ok(claim)
+    }
 }
 
 struct Pass;
@@ -1066,6 +1104,8 @@ impl Sim {
             lose_next: 0,
             unreleased: BTreeSet::new(),
             jobs: HashMap::new(),
+            claims: HashMap::new(),
+            cancelled: BTreeSet::new(),
         }));
         let ledger = Arc::new(SimLedger(world.clone()));
         let driver = Driver::new(
@@ -1226,11 +1266,8 @@ impl Sim {
                     abort: None,
                     written: Written::default(),
                 };
-                self.ledger
-                    .try_lock(app, env, &lock, now)
-                    .await
-                    .unwrap()
-                    .ok();
+                // A chat lock whose call failed is one chat said had failed.
+                let _ = self.ledger.try_lock(app, env, &lock, now).await;
             }
             Event::Unlock(t) => {
                 let (app, env) = TARGETS[*t];
@@ -1290,6 +1327,23 @@ impl Sim {
                 self.world.lock().unwrap().stats.syncs += 1;
                 self.queued.push(job.clone());
                 self.deliver(job);
+            }
+            Event::Cancel(k) => {
+                let Some(job) = self.queued.get(*k % self.queued.len().max(1)) else {
+                    return;
+                };
+                let mut w = self.world.lock().unwrap();
+                // As `SsmTurn::cancel`: the claim, if free; the job will not run if its
+                // execution still runs, else the claim is taken back.
+                if w.claims.contains_key(&job.id) {
+                    return;
+                }
+                if w.ended.contains(&job.id) || !self.started.contains(&job.id) {
+                    return;
+                }
+                w.claims.insert(job.id.clone(), Some("U2".into()));
+                w.cancelled.insert(job.id.clone());
+                w.stats.cancelled += 1;
             }
             Event::Delay => self.world.lock().unwrap().delay_next = true,
             Event::Throttle(n) => self.world.lock().unwrap().throttle_next = *n,
@@ -1400,6 +1454,13 @@ impl Sim {
         self.check_finished(state);
         self.check_left_behind(state);
         let mut w = self.world.lock().unwrap();
+        // (xiii) … and ends cancelled.
+        if w.cancelled.contains(&state.job.id) && state.status != Some(JobStatus::Cancelled) {
+            w.violations.push(format!(
+                "(xiii) job {} was cancelled but ended {:?}",
+                state.job.id, state.status
+            ));
+        }
         w.ended.insert(state.job.id.clone());
         w.stats.jobs += 1;
         let status = state.status.map_or("?".to_string(), |s| s.to_string());
@@ -1598,6 +1659,7 @@ impl Stats {
         self.gone += o.gone;
         self.syncs += o.syncs;
         self.stale_reads += o.stale_reads;
+        self.cancelled += o.cancelled;
         for (k, v) in &o.reasons {
             *self.reasons.entry(k.clone()).or_default() += v;
         }
@@ -1666,6 +1728,7 @@ fn the_invariants_hold_on_thousands_of_random_schedules() {
             ("failed", stats.outcomes.get("failed")),
             ("skipped", stats.outcomes.get("skipped")),
             ("aborted", stats.outcomes.get("aborted")),
+            ("cancelled", stats.outcomes.get("cancelled")),
         ] {
             assert!(n.is_some_and(|n| *n > 0), "no job ever {what}: {stats:#?}");
         }

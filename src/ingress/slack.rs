@@ -610,8 +610,8 @@ impl Ingress {
         };
         let (Some(stories), Some(cancel)) = (&self.stories, &self.cancel) else {
             return say(
-                "Taking a queued job off the queue is not available where this shipit runs \
-                 (on AWS, not yet); once it runs, /deploy abort APP ENV stops it.",
+                "Taking a queued job off the queue is not available here; \
+                 once it runs, /deploy abort APP ENV stops it.",
             );
         };
         let queued = match stories.story(&job).await {
@@ -623,7 +623,7 @@ impl Ingress {
             return r;
         }
         let what = format!("{} {} to {}", queued.app, queued.version, queued.env);
-        match cancel.cancel(&job, &cmd.who(), now).await {
+        match cancel.cancel(&queued, &cmd.who(), now).await {
             Ok(None) => say(format!("Cancelled job {job} ({what}): it will not run.")),
             Ok(Some(JobStatus::Running)) => say(format!(
                 "Job {job} ({what}) is running: /deploy abort {} {} stops it and puts back what it restarted.",

@@ -71,7 +71,8 @@ pub async fn ingress_from_env(hooks: &[Hook]) -> anyhow::Result<Ingress> {
     Ok(ingress
         .with_gate(Arc::new(Gatekeeper::new(config.clone(), secrets)))
         .with_fleet(Arc::new(SsmFleet::new(SdkRunCommand::new(ssm), config)))
-        .with_stories(Arc::new(stories)))
+        .with_stories(Arc::new(stories))
+        .with_cancel(Arc::new(turn(&sdk, &machine))))
 }
 
 /// The deploy queue named by `SHIPIT_QUEUE_URL`.

@@ -1938,3 +1938,118 @@ async fn a_failed_jobs_story_is_told_from_its_execution_and_its_commands() {
         .await
         .unwrap();
 }
+
+/// `/deploy cancel` on AWS: a job waiting its turn is taken off the queue and ends
+/// cancelled at its next step, touching nothing; a job that holds its lock cannot be
+/// cancelled. One conditional create of the job's claim decides (`SsmTurn`).
+#[tokio::test]
+async fn a_waiting_job_cancelled_from_chat_never_runs_and_a_started_one_cannot_be() {
+    use shipit::deploy::ports::Turn;
+    let rig = Rig::new(2).await;
+    let sdk = sdk().await;
+    let sfn = aws_sdk_sfn::Client::new(&sdk);
+    let machine = holding_machine(&sfn).await;
+    let prefix = format!("/{}", unique("shipit"));
+    let turn = Arc::new(shipit::aws::turn::SsmTurn::new(
+        rig.ssm.clone(),
+        sfn.clone(),
+        &prefix,
+        &machine,
+    ));
+    let (first, second) = (cli_job("1.1.0"), cli_job("1.2.0"));
+    let fifo = crate::helpers::Fifo::new().await;
+    fifo.queue()
+        .enqueue(&[first.clone(), second.clone()])
+        .await
+        .unwrap();
+    let resp = shipit::run::lambda::dispatch(&sfn, &turn, &machine, &sqs_event(&fifo).await).await;
+    assert!(resp.batch_item_failures.is_empty(), "{resp:?}");
+
+    // The first takes its lock: from then on it runs.
+    let one_action = rig.stepper_in_order(turn.clone(), Duration::ZERO);
+    let stepper = rig.stepper_in_order(turn.clone(), Duration::from_secs(60));
+    let mut a = StepState::start(first.clone());
+    while !a.deploy.as_ref().is_some_and(|d| d.locked) {
+        a = one_action.step(StepInput::first(a)).await.unwrap();
+    }
+
+    let stories =
+        shipit::drive::execution::ExecutionStories::new(sfn.clone(), rig.ssm.clone(), &machine);
+    let ingress = crate::helpers::ingress(Arc::new(fifo.queue()), rig.ledger.clone())
+        .await
+        .with_stories(Arc::new(stories))
+        .with_cancel(turn.clone());
+    let now = Utc::now();
+    let say = |text: String| {
+        let body = crate::helpers::slack_form("U2CERLKJA", "roadrunner", &text, &unique("t"));
+        let headers = crate::helpers::slack_headers(&body, now);
+        let ingress = &ingress;
+        async move {
+            let reply = ingress.slack(&headers, &body, now).await;
+            assert_eq!(reply.status, 200, "{reply:?}");
+            reply.body["text"].as_str().unwrap().to_string()
+        }
+    };
+    let text = say(format!("cancel {}", first.id)).await;
+    assert!(
+        text.contains("is running: /deploy abort hello production stops it"),
+        "{text}"
+    );
+    let text = say(format!("cancel {}", second.id)).await;
+    assert_eq!(
+        text,
+        format!(
+            "Cancelled job {} (hello 1.2.0 to production): it will not run.",
+            second.id
+        )
+    );
+    let text = say(format!("cancel {}", second.id)).await;
+    assert!(text.contains("is not queued: it is cancelled"), "{text}");
+    // Had the second reached its lock first, the claim would have stopped it there too.
+    let by = turn.start(&second).await.unwrap().expect("cancelled");
+    assert!(by.contains("U2CERLKJA"), "{by}");
+    assert_eq!(turn.start(&first).await.unwrap(), None);
+
+    // The cancelled job ends at its next step, without waiting for the first's turn.
+    let b = to_the_end(&stepper, StepState::start(second.clone())).await;
+    assert_eq!(b.status, Some(JobStatus::Cancelled), "{b:?}");
+    assert_eq!(
+        b.reason.as_deref(),
+        Some(format!("cancelled by {by} before it started").as_str())
+    );
+    assert!(rig.commands(&second).await.is_empty());
+    let a = to_the_end(&stepper, a).await;
+    assert_eq!(a.status, Some(JobStatus::Succeeded), "{a:?}");
+    let live = rig.ledger.history("hello", "production", 1).await.unwrap();
+    assert_eq!(live[0].job.id, first.id);
+
+    // Claims outlive their executions, and a later job of the app+env clears those of
+    // executions that ended (its own stays until the next one).
+    let claims = || async {
+        let mut names: Vec<String> = rig
+            .ssm
+            .get_parameters_by_path()
+            .path(format!("{prefix}/claim/hello/production"))
+            .send()
+            .await
+            .unwrap()
+            .parameters
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|p| p.name?.rsplit('/').next().map(str::to_string))
+            .collect();
+        names.sort();
+        names
+    };
+    let mut both = vec![first.id.to_string(), second.id.to_string()];
+    both.sort();
+    assert_eq!(claims().await, both);
+    stop_execution(&sfn, &machine, &first.id).await;
+    stop_execution(&sfn, &machine, &second.id).await;
+    turn.leave(&second).await.unwrap();
+    assert_eq!(claims().await, [second.id.to_string()]);
+    // Cancelling a job that ended claims nothing and says how it ended.
+    let text = say(format!("cancel {}", first.id)).await;
+    assert!(text.contains("is not queued"), "{text}");
+    assert_eq!(claims().await, [second.id.to_string()]);
+}

@@ -226,13 +226,14 @@ fn parameter_store_access_stays_under_the_prefix_and_secrets_are_read_only() {
                 .unwrap_or_else(|| panic!("{}: parameter outside the prefix: {r}", s.role));
             if writes {
                 assert!(
-                    ["live/*", "lock/*", "faulty/*", "queue/*"].contains(&path),
+                    ["live/*", "lock/*", "faulty/*", "queue/*", "claim/*"].contains(&path),
                     "{}: writes {path}",
                     s.role
                 );
             } else {
                 assert!(
-                    ["config", "live/*", "lock/*", "faulty/*", "queue/*"].contains(&path)
+                    ["config", "live/*", "lock/*", "faulty/*", "queue/*", "claim/*"]
+                        .contains(&path)
                         || secret_parameter(path).is_some(),
                     "{}: reads {path}",
                     s.role
@@ -409,6 +410,20 @@ fn each_function_has_its_own_role_and_only_the_calls_it_makes() {
     for read in ["states:DescribeExecution", "states:GetExecutionHistory"] {
         assert_eq!(grants("slash-command")[read], executions, "{read}");
     }
+    // Chat writes no parameter but the lock's and a job's claim (`/deploy cancel`).
+    let claims = format!("{PARAMETER}claim/*");
+    for write in ["ssm:PutParameter", "ssm:DeleteParameters"] {
+        let on: BTreeSet<String> = [format!("{PARAMETER}lock/*"), claims.clone()].into();
+        assert_eq!(grants("slash-command")[write], on, "{write}");
+    }
+    for call in [
+        "ssm:GetParameter",
+        "ssm:PutParameter",
+        "ssm:GetParametersByPath",
+        "ssm:DeleteParameters",
+    ] {
+        assert!(grants("deploy-step")[call].contains(&claims), "{call}");
+    }
     let joined = grants("node-joined");
     assert!(
         joined.keys().all(|a| !a.starts_with("ssm:")
@@ -584,7 +599,8 @@ fn calls(binary: &str) -> BTreeSet<&'static str> {
     let calls: &[&str] = match binary {
         "github-webhook" | "package-upload" => &ingress,
         // status, history, rollback, lock, unlock and abort: the ledger and its locks; a
-        // dry run also lists the nodes; show reads the job's execution and commands.
+        // dry run also lists the nodes; show reads the job's execution and commands;
+        // cancel makes the job's claim.
         "slash-command" => &[
             "sqs:SendMessage",
             "ssm:GetParameter",

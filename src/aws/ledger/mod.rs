@@ -46,18 +46,9 @@ impl SsmLedger {
         &self,
         name: &str,
     ) -> Result<Option<(T, u64)>, PortError> {
-        match self.client.get_parameter().name(name).send().await {
-            Ok(out) => match out.parameter.and_then(|p| Some((p.value?, p.version))) {
-                Some((v, version)) => Ok(Some((serde_json::from_str(&v)?, version.max(0) as u64))),
-                None => Ok(None),
-            },
-            Err(e)
-                if e.as_service_error()
-                    .is_some_and(|s| s.is_parameter_not_found()) =>
-            {
-                Ok(None)
-            }
-            Err(e) => Err(sdk_err("SSM GetParameter", e)),
+        match params::get(&self.client, name).await? {
+            Some((v, version)) => Ok(Some((serde_json::from_str(&v)?, version))),
+            None => Ok(None),
         }
     }
 

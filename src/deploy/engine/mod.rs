@@ -366,6 +366,12 @@ impl Deploy {
             (Action::Lock { .. }, Observation::Lock { taken, holder }) => {
                 self.on_lock(now, taken, holder, n)
             }
+            (Action::Lock { .. }, Observation::Cancelled { by, holder }) => {
+                if holder.is_some() {
+                    self.on_lock(now, true, holder, n);
+                }
+                self.finish(Outcome::cancelled(by), n);
+            }
             (Action::Inspect, Observation::Inspected { live, .. }) if self.is_sync() => {
                 self.on_live_for_sync(live, n)
             }
@@ -447,9 +453,13 @@ impl Deploy {
     /// and nothing more is sent before it surely ended. A deploy that touched no node just
     /// ends (releasing its lock); one that fails while putting things back ends
     /// `RollbackFailed`. `None`: the engine can do nothing more (stopped a second time, or
-    /// only the unlock is left): the driver gives up.
+    /// only the unlock is left, or a try at the lock may have taken it unseen): the driver
+    /// gives up, which releases the lock if this job holds it.
     pub fn stop(&mut self, now: DateTime<Utc>, reason: &str) -> Option<Vec<Notice>> {
-        if self.stopping.is_some() || matches!(self.phase, Phase::Unlock | Phase::Done) {
+        if self.stopping.is_some()
+            || matches!(self.phase, Phase::Unlock | Phase::Done)
+            || (self.phase == Phase::Lock && !self.locked)
+        {
             return None;
         }
         let mut notices = vec![];

@@ -1859,3 +1859,69 @@ fn a_batch_travels_as_runs_of_indices_and_reads_back() {
         "no run past a fleet"
     );
 }
+
+#[test]
+fn a_job_cancelled_before_it_started_unlocks_if_it_took_the_lock_and_touches_nothing() {
+    // Cancelled while it waited: it just ends.
+    let mut twin = Twin::new(&["n1"], Some("1.0.0"));
+    let mut d = Deploy::new(job("1.1.0", false), policy());
+    let now = twin.now();
+    assert_eq!(d.action(), Action::Verify);
+    d.observe(now, twin.execute(&Action::Verify)).unwrap();
+    let Action::Lock { .. } = d.action() else {
+        panic!("{:?}", d.action())
+    };
+    let notices = d
+        .observe(
+            now,
+            Observation::Cancelled {
+                by: "U2".into(),
+                holder: None,
+            },
+        )
+        .unwrap();
+    let cancelled = Outcome::cancelled("U2");
+    assert_eq!(
+        notices,
+        [Notice::Finished {
+            outcome: cancelled.clone()
+        }]
+    );
+    assert_eq!(d.action(), Action::Finished(cancelled.clone()));
+    assert_eq!(
+        crate::deploy::status::JobStatus::from(&cancelled),
+        crate::deploy::status::JobStatus::Cancelled
+    );
+
+    // Cancelled first, learnt once it holds the lock: it releases it, nothing else.
+    let mut twin = Twin::new(&["n1"], Some("1.0.0"));
+    let mut d = Deploy::new(job("1.1.0", false), policy());
+    d.observe(now, twin.execute(&Action::Verify)).unwrap();
+    let Observation::Lock { holder, .. } = twin.execute(&d.action()) else {
+        panic!()
+    };
+    d.observe(
+        now,
+        Observation::Cancelled {
+            by: "U2".into(),
+            holder,
+        },
+    )
+    .unwrap();
+    assert_eq!(d.action(), Action::Unlock);
+    let (outcome, _) = twin.drive(&mut d, None);
+    assert_eq!(outcome, cancelled);
+    assert!(twin.log.is_empty() && twin.lock.is_none(), "{:?}", twin.log);
+}
+
+#[test]
+fn a_driver_stopped_while_trying_the_lock_gives_up_so_the_lock_is_released() {
+    // The try may have taken the lock, its answer lost: the engine cannot know, and
+    // leaves it to the driver's give_up, which releases whatever this job holds.
+    let mut twin = Twin::new(&["n1"], Some("1.0.0"));
+    let mut d = Deploy::new(job("1.1.0", false), policy());
+    d.observe(twin.now(), twin.execute(&Action::Verify))
+        .unwrap();
+    assert!(matches!(d.action(), Action::Lock { .. }));
+    assert_eq!(d.stop(twin.now(), "no answer"), None);
+}

@@ -54,6 +54,12 @@ pub enum Observation {
         taken: bool,
         holder: Option<LockInfo>,
     },
+    /// In answer to `Action::Lock`: someone took the job off the queue (`by`) before it
+    /// started. `holder`: this deploy's lock, when it took it before it learnt that.
+    Cancelled {
+        by: String,
+        holder: Option<LockInfo>,
+    },
     Renewed {
         renewal: Renewal,
     },
@@ -136,6 +142,8 @@ pub enum Outcome {
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         left_behind: Vec<String>,
     },
+    /// Taken off the queue by a person before it touched a node: it never ran.
+    Cancelled { by: String, reason: String },
 }
 
 impl Outcome {
@@ -145,6 +153,15 @@ impl Outcome {
             reason: reason.into(),
             rolled_back: false,
             left_behind: vec![],
+        }
+    }
+
+    /// Taken off the queue by `by` before it touched a node.
+    pub fn cancelled(by: impl Into<String>) -> Outcome {
+        let by = by.into();
+        Outcome::Cancelled {
+            reason: format!("cancelled by {by} before it started"),
+            by,
         }
     }
 
@@ -174,7 +191,9 @@ impl Outcome {
                     parts.push(left_behind.join(", "));
                 }
             }
-            Outcome::RollbackFailed { .. } | Outcome::Skipped { .. } => {}
+            Outcome::RollbackFailed { .. }
+            | Outcome::Skipped { .. }
+            | Outcome::Cancelled { .. } => {}
         }
         (!parts.is_empty()).then(|| parts.join("; "))
     }
@@ -194,7 +213,8 @@ impl Outcome {
             Outcome::Failed { reason, .. }
             | Outcome::RollbackFailed { reason }
             | Outcome::Skipped { reason }
-            | Outcome::Aborted { reason, .. } => Some(reason),
+            | Outcome::Aborted { reason, .. }
+            | Outcome::Cancelled { reason, .. } => Some(reason),
         }
     }
 }

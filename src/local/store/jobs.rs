@@ -343,14 +343,11 @@ impl Cancel for Store {
     /// One transaction, as the worker's claim is, so exactly one of them wins.
     async fn cancel(
         &self,
-        job: &JobId,
+        job: &DeployJob,
         by: &str,
         now: DateTime<Utc>,
     ) -> Result<Option<JobStatus>, PortError> {
-        let (id, reason) = (
-            job.to_string(),
-            format!("cancelled by {by} before it started"),
-        );
+        let (id, reason) = (job.id.to_string(), Outcome::cancelled(by).why());
         let status: Option<String> = self
             .with(move |c| {
                 let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;

@@ -23,7 +23,7 @@ impl Round<'_> {
         let Some(outcome) = finished(self.notices) else {
             return;
         };
-        if matches!(outcome, Outcome::Skipped { .. }) {
+        if matches!(outcome, Outcome::Skipped { .. } | Outcome::Cancelled { .. }) {
             return;
         }
         let job = &self.deploy.job;

@@ -72,7 +72,9 @@ impl Round<'_> {
                     }
                     Outcome::Failed { reason, .. } => ("failure", reason.clone()),
                     Outcome::RollbackFailed { reason } => ("error", reason.clone()),
-                    Outcome::Skipped { reason } => ("inactive", reason.clone()),
+                    Outcome::Skipped { reason } | Outcome::Cancelled { reason, .. } => {
+                        ("inactive", reason.clone())
+                    }
                     Outcome::Aborted { reason, .. } => ("failure", reason.clone()),
                 };
                 // GitHub keeps descriptions to 140 characters.

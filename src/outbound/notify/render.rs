@@ -96,6 +96,7 @@ pub(super) fn status_line(d: &Deploy) -> (String, &'static str) {
             ":rotating_light:",
         ),
         Some(Outcome::Skipped { reason }) => (format!("skipped: {reason}"), ":fast_forward:"),
+        Some(Outcome::Cancelled { reason, .. }) => (reason.clone(), ":wastebasket:"),
         Some(Outcome::Aborted {
             by, rolled_back, ..
         }) => (
