@@ -12,8 +12,10 @@
 use chrono::{DateTime, Duration, Utc};
 use serde::Serialize;
 
+use super::history::HistoryEntry;
 use super::job::{DeployJob, JobId, Source};
 use super::status::JobStatus;
+use super::story::Kept;
 
 /// The days the figures look back, where nobody asked for another window (the page,
 /// Datadog).
@@ -28,6 +30,30 @@ pub struct Ended {
     pub ended_at: Option<DateTime<Utc>>,
     /// When it went live (its history entry), if it did.
     pub live_at: Option<DateTime<Utc>>,
+}
+
+impl Ended {
+    /// A job as the live history keeps it: it went live when it was recorded.
+    pub fn went_live(entry: &HistoryEntry) -> Ended {
+        Ended {
+            job: entry.job.clone(),
+            status: JobStatus::Succeeded,
+            started_at: None,
+            ended_at: Some(entry.recorded_at),
+            live_at: Some(entry.recorded_at),
+        }
+    }
+
+    /// A job that ended without going live, as a runtime kept it.
+    pub fn not_live(kept: &Kept) -> Ended {
+        Ended {
+            job: kept.job.clone(),
+            status: kept.status,
+            started_at: kept.started_at,
+            ended_at: kept.ended_at,
+            live_at: None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]

@@ -9,13 +9,15 @@ use aws_sdk_ssm::types::{
     CommandFilter, CommandFilterKey, CommandInvocation, CommandInvocationStatus,
 };
 use chrono::{DateTime, Duration, SecondsFormat, Utc};
+use std::time::Instant;
 
 use super::step::StepState;
 use crate::aws::sdk_err;
 use crate::deploy::command::{tail, NodeResult, OUTPUT_TAIL};
+use crate::deploy::dora::{figures, Ended, Figures, WINDOW_DAYS};
 use crate::deploy::engine::Deploy;
 use crate::deploy::job::JobId;
-use crate::deploy::ports::{PortError, Stories};
+use crate::deploy::ports::{Ledger, PortError, Stories};
 use crate::deploy::status::JobStatus;
 use crate::deploy::story::{Event, Kept, Ran, Story};
 
@@ -30,11 +32,24 @@ const MOST_INVOCATION_PAGES: usize = 60;
 /// How many events of the execution's history a story reads at most (1,000 a page).
 const MOST_EVENTS: usize = 10_000;
 
+/// How many failed jobs the DORA figures read at most (a DescribeExecution and a
+/// GetExecutionHistory each, unless kept from an earlier read).
+const MOST_FAILED: usize = 100;
+
+/// How many ended executions' summaries a warm function keeps.
+const KEPT_ENDED: usize = 2_000;
+
 pub struct ExecutionStories {
     sfn: aws_sdk_sfn::Client,
     ssm: aws_sdk_ssm::Client,
     /// The deploy state machine's ARN.
     machine: String,
+    /// Summaries of executions that ended, by ARN: they never change, and a page that
+    /// polls would otherwise read the same ones again every few seconds.
+    ended: std::sync::Mutex<std::collections::HashMap<String, Kept>>,
+    /// How long a story is read for at most, where someone waits on it (Slack wants a
+    /// slash command answered within 3 s): past it, what was read, said to be cut short.
+    budget: Option<std::time::Duration>,
 }
 
 impl ExecutionStories {
@@ -47,7 +62,15 @@ impl ExecutionStories {
             sfn,
             ssm,
             machine: machine.to_string(),
+            ended: Default::default(),
+            budget: None,
         }
+    }
+
+    /// Reads each story for `budget` at most (see `budget`).
+    pub fn within(mut self, budget: std::time::Duration) -> ExecutionStories {
+        self.budget = Some(budget);
+        self
     }
 
     fn execution(&self, job: &JobId) -> String {
@@ -60,7 +83,11 @@ impl ExecutionStories {
     /// What the deploy said, step after step (`Step`, or the `Abort` that winds a deploy
     /// down), oldest first; and whether the history was longer than read. A state a
     /// Catch passed on (with its `error`) is a step's input again, not what it said.
-    async fn said(&self, arn: &str) -> Result<(Vec<Event>, bool), PortError> {
+    async fn said(
+        &self,
+        arn: &str,
+        until: Option<Instant>,
+    ) -> Result<(Vec<Event>, bool), PortError> {
         let mut pages = self
             .sfn
             .get_execution_history()
@@ -72,6 +99,7 @@ impl ExecutionStories {
         let (mut said, mut read) = (vec![], 0);
         while let Some(page) = pages.next().await {
             let page = page.map_err(|e| sdk_err("Step Functions GetExecutionHistory", e))?;
+            let last = page.next_token.is_none();
             for event in page.events {
                 read += 1;
                 if event.r#type != HistoryEventType::TaskStateExited {
@@ -87,7 +115,10 @@ impl ExecutionStories {
                     }
                 }
             }
-            if read >= MOST_EVENTS {
+            if last {
+                break;
+            }
+            if read >= MOST_EVENTS || past(until) {
                 return Ok((said, true));
             }
         }
@@ -144,6 +175,7 @@ impl ExecutionStories {
         job: &JobId,
         from: DateTime<Utc>,
         to: Option<DateTime<Utc>>,
+        until: Option<Instant>,
     ) -> Result<(Vec<Ran>, bool), PortError> {
         let at = |t: DateTime<Utc>| t.to_rfc3339_opts(SecondsFormat::Secs, true);
         let filter = |key, t| {
@@ -174,9 +206,7 @@ impl ExecutionStories {
         while let Some(page) = pages.next().await {
             let page = page.map_err(|e| sdk_err("SSM ListCommandInvocations", e))?;
             read += 1;
-            if read > MOST_INVOCATION_PAGES {
-                return Ok((ran, true));
-            }
+            let last = page.next_token.is_none();
             for inv in page.command_invocations.unwrap_or_default() {
                 let Some(key) = inv
                     .comment
@@ -192,9 +222,20 @@ impl ExecutionStories {
                 }
                 ran.push(invocation(key, inv));
             }
+            if last {
+                break;
+            }
+            if read >= MOST_INVOCATION_PAGES || past(until) {
+                return Ok((ran, true));
+            }
         }
         Ok((ran, false))
     }
+}
+
+/// Whether `until` has come.
+fn past(until: Option<Instant>) -> bool {
+    until.is_some_and(|u| Instant::now() >= u)
 }
 
 /// One node's run of one command, as Run Command reports it.
@@ -247,6 +288,14 @@ impl ExecutionStories {
     /// What AWS keeps of a job but its node commands: its execution (`None` without one,
     /// or for one no dispatcher started), and how its newest step left it.
     async fn summary(&self, arn: &str) -> Result<Option<Kept>, PortError> {
+        if let Some(kept) = self
+            .ended
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(arn)
+        {
+            return Ok(Some(kept.clone()));
+        }
         let run = match self
             .sfn
             .describe_execution()
@@ -295,7 +344,7 @@ impl ExecutionStories {
             ),
         };
         let started = chrono_of(&run.start_date);
-        Ok(Some(Kept {
+        let kept = Kept {
             queued_at: first.job.requested_at.min(started),
             job: first.job,
             status,
@@ -305,7 +354,53 @@ impl ExecutionStories {
             ended_at: run.stop_date.as_ref().map(chrono_of),
             notices: vec![],
             ran: vec![],
-        }))
+        };
+        if run.status != ExecutionStatus::Running {
+            let mut ended = self.ended.lock().unwrap_or_else(|e| e.into_inner());
+            if ended.len() >= KEPT_ENDED {
+                ended.clear();
+            }
+            ended.insert(arn.to_string(), kept.clone());
+        }
+        Ok(Some(kept))
+    }
+
+    /// The jobs whose executions failed (a deploy that failed, was aborted or whose
+    /// rollback failed) and ended in the `WINDOW_DAYS` before `now`, newest first, at
+    /// most `MOST_FAILED`: with the live history, what the DORA figures count on AWS.
+    pub async fn failed_lately(&self, now: DateTime<Utc>) -> Result<Vec<Kept>, PortError> {
+        let since = now - Duration::days(i64::from(WINDOW_DAYS));
+        let mut pages = self
+            .sfn
+            .list_executions()
+            .state_machine_arn(&self.machine)
+            .status_filter(ExecutionStatus::Failed)
+            .max_results(100)
+            .into_paginator()
+            .send();
+        let mut out = vec![];
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| sdk_err("Step Functions ListExecutions", e))?;
+            for e in page.executions {
+                // Newest first: an execution that started before the window is the last
+                // that could have ended in it (a job waits minutes, not weeks).
+                if chrono_of(&e.start_date) < since - Duration::days(7) {
+                    return Ok(out);
+                }
+                if e.stop_date
+                    .as_ref()
+                    .map(chrono_of)
+                    .is_none_or(|t| t < since)
+                {
+                    continue;
+                }
+                if out.len() == MOST_FAILED {
+                    return Ok(out);
+                }
+                out.extend(self.summary(&e.execution_arn).await?);
+            }
+        }
+        Ok(out)
     }
 
     /// The `limit` newest jobs in short (no steps, nothing said), newest first: for the
@@ -327,6 +422,32 @@ impl ExecutionStories {
     }
 }
 
+/// The live versions the DORA figures look back through: as many as Parameter Store
+/// keeps of a parameter.
+const LIVE_VERSIONS_READ: usize = 100;
+
+/// `app`/`env`'s DORA figures on AWS over the `WINDOW_DAYS` before `now`: the changes
+/// that went live, from the live history (the last 100 versions Parameter Store keeps of
+/// it), and those that failed on the way, from `failed` (`failed_lately`; other apps' are
+/// left out).
+pub async fn dora(
+    ledger: &dyn Ledger,
+    app: &str,
+    env: &str,
+    failed: &[Kept],
+    now: DateTime<Utc>,
+) -> Result<Figures, PortError> {
+    let live = ledger.history(app, env, LIVE_VERSIONS_READ).await?;
+    let mut ended: Vec<Ended> = live.iter().map(Ended::went_live).collect();
+    ended.extend(
+        failed
+            .iter()
+            .filter(|k| k.job.app == app && k.job.env == env)
+            .map(Ended::not_live),
+    );
+    Ok(figures(app, env, &ended, WINDOW_DAYS, now))
+}
+
 #[async_trait]
 impl Stories for ExecutionStories {
     async fn story(&self, job: &JobId) -> Result<Option<Story>, PortError> {
@@ -334,8 +455,9 @@ impl Stories for ExecutionStories {
         let Some(mut kept) = self.summary(&arn).await? else {
             return Ok(None);
         };
-        let (said, more_said) = self.said(&arn).await?;
-        let (ran, more_ran) = self.ran(job, kept.queued_at, kept.ended_at).await?;
+        let until = self.budget.map(|b| Instant::now() + b);
+        let (said, more_said) = self.said(&arn, until).await?;
+        let (ran, more_ran) = self.ran(job, kept.queued_at, kept.ended_at, until).await?;
         kept.ran = ran;
         let mut story = Story::tell(kept);
         story.events = said;
@@ -343,7 +465,7 @@ impl Stories for ExecutionStories {
             story.events.push(Event {
                 at: Utc::now(),
                 text: format!(
-                    "this story is cut short: it shows at most {MOST_EVENTS} events of the execution and {MOST_INVOCATIONS} node commands"
+                    "this story is cut short: it shows what could be read in time, and at most {MOST_EVENTS} events of the execution and {MOST_INVOCATIONS} node commands"
                 ),
             });
         }

@@ -84,6 +84,11 @@ impl Driver {
         self
     }
 
+    /// Where history, locks and marks are kept.
+    pub fn ledger(&self) -> &dyn Ledger {
+        &*self.ledger
+    }
+
     /// The job ended (the loop saw `Action::Finished`): the one queued behind it may go.
     /// Best effort: a ticket left behind is removed by the next job that finds its
     /// execution ended.

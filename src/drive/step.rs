@@ -15,6 +15,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use tracing::Instrument;
 
+use super::execution::{dora, ExecutionStories};
 use super::Driver;
 use crate::deploy::engine::{Action, Deploy, Notice, Observation, Outcome, STATE_ROOM_BYTES};
 use crate::deploy::job::DeployJob;
@@ -22,7 +23,7 @@ use crate::deploy::lists::clip;
 use crate::deploy::ports::{is_refused, is_throttled, NotifyMemo, PortError, Refused, Sent};
 use crate::deploy::status::describe;
 use crate::deploy::status::JobStatus;
-use crate::deploy::story::Event;
+use crate::deploy::story::{Event, Kept};
 
 /// The state machine's payload between steps.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -168,6 +169,9 @@ pub struct Stepper {
     /// Longest a step keeps working before it returns its state.
     budget: Duration,
     now: Clock,
+    /// Where a job's DORA figures are read when it ends (the executions), for notifiers
+    /// that keep them.
+    figures: Option<Arc<ExecutionStories>>,
 }
 
 impl Stepper {
@@ -176,7 +180,15 @@ impl Stepper {
             driver,
             budget,
             now: Arc::new(Utc::now),
+            figures: None,
         }
+    }
+
+    /// Tells notifiers that keep DORA figures how they stand once a job ends, read from
+    /// the executions and the ledger (`execution::dora`).
+    pub fn with_figures(mut self, executions: Arc<ExecutionStories>) -> Stepper {
+        self.figures = Some(executions);
+        self
     }
 
     /// The simulator's virtual clock instead of the wall clock.
@@ -242,6 +254,7 @@ impl Stepper {
                     tracing::info!(outcome = ?outcome, "deploy finished");
                     finish(&mut state, outcome);
                     self.driver.ended(&state.job).await;
+                    self.tell_figures(&state).await;
                     break;
                 }
                 Action::Wait { millis } => {
@@ -303,6 +316,37 @@ impl Stepper {
         Ok(state)
     }
 
+    /// The job of `state` ended: its app+env's DORA figures as they stand now. Its own
+    /// execution still runs (this is its last step), so a failure is counted from the
+    /// state, as started when it was asked for.
+    async fn tell_figures(&self, state: &StepState) {
+        let Some(executions) = &self.figures else {
+            return;
+        };
+        let job = &state.job;
+        let now = (self.now)();
+        let figures = async {
+            let mut failed = executions.failed_lately(now).await?;
+            if let Some(status) = state
+                .status
+                .filter(|s| matches!(s, JobStatus::Failed | JobStatus::RollbackFailed))
+            {
+                failed.push(Kept {
+                    job: job.clone(),
+                    status,
+                    reason: state.reason.clone(),
+                    queued_at: job.requested_at,
+                    started_at: Some(job.requested_at),
+                    ended_at: Some(now),
+                    notices: vec![],
+                    ran: vec![],
+                });
+            }
+            dora(self.driver.ledger(), &job.app, &job.env, &failed, now).await
+        };
+        self.driver.tell_figures(job, figures).await;
+    }
+
     /// Ends a deploy that cannot go on (its step failed for good, its app left the
     /// config). Never fails: it is the state machine's last resort.
     async fn give_up(&self, mut state: StepState, reason: String) -> StepState {
@@ -324,6 +368,7 @@ impl Stepper {
             }],
         );
         finish(&mut state, &outcome);
+        self.tell_figures(&state).await;
         state
     }
 }

@@ -67,7 +67,9 @@ pub async fn ingress_from_env(hooks: &[Hook]) -> anyhow::Result<Ingress> {
     }
     let machine =
         std::env::var("SHIPIT_STATE_MACHINE_ARN").context("SHIPIT_STATE_MACHINE_ARN is not set")?;
-    let stories = ExecutionStories::new(aws_sdk_sfn::Client::new(&sdk), ssm.clone(), &machine);
+    // Slack wants an answer within 3 s, a cold start and the signature check included.
+    let stories = ExecutionStories::new(aws_sdk_sfn::Client::new(&sdk), ssm.clone(), &machine)
+        .within(Duration::from_millis(1500));
     Ok(ingress
         .with_gate(Arc::new(Gatekeeper::new(config.clone(), secrets)))
         .with_fleet(Arc::new(SsmFleet::new(SdkRunCommand::new(ssm), config)))
@@ -133,6 +135,7 @@ pub async fn stepper_from_env() -> anyhow::Result<Stepper> {
     let machine =
         std::env::var("SHIPIT_STATE_MACHINE_ARN").context("SHIPIT_STATE_MACHINE_ARN is not set")?;
     let queue = Arc::new(turn(&sdk, &machine));
+    let executions = ExecutionStories::new(aws_sdk_sfn::Client::new(&sdk), ssm.clone(), &machine);
     let driver = Driver::new(
         config.clone(),
         Arc::new(SsmLedger::new(ssm.clone(), &ssm_prefix())),
@@ -141,7 +144,7 @@ pub async fn stepper_from_env() -> anyhow::Result<Stepper> {
         Outbound::new(config, secrets),
     )
     .with_turn(queue);
-    Ok(Stepper::new(driver, Duration::from_secs(budget)))
+    Ok(Stepper::new(driver, Duration::from_secs(budget)).with_figures(Arc::new(executions)))
 }
 
 /// The page function: `SHIPIT_CONFIG`, `SHIPIT_SSM_PREFIX` and `SHIPIT_STATE_MACHINE_ARN`

@@ -4,8 +4,9 @@
 //! serve`'s (`run::page`), read from what the AWS runtime keeps: what is live, the locks
 //! and faulty marks from Parameter Store, the jobs waiting from their queue tickets, the
 //! newest jobs, each job's story and the running deploys' nodes from their Step
-//! Functions executions. It polls instead of listening to events, and shows no DORA
-//! figures (Datadog computes them from the deployment events on AWS).
+//! Functions executions. It polls instead of listening to events. Its DORA figures come
+//! from the live history (the last 100 versions Parameter Store keeps of each app+env's
+//! live entry) and the executions that failed in the window.
 
 use std::sync::Arc;
 
@@ -17,11 +18,12 @@ use http::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE};
 use super::page::{self, JobRow, Live, Running};
 use crate::aws::turn::SsmTurn;
 use crate::config::Config;
+use crate::deploy::dora::Figures;
 use crate::deploy::job::JobId;
 use crate::deploy::overview::{ActiveJob, EnvStatus};
 use crate::deploy::ports::{Ledger, PortError, Stories};
 use crate::deploy::status::JobStatus;
-use crate::drive::execution::ExecutionStories;
+use crate::drive::execution::{dora, ExecutionStories};
 use crate::ingress::Reply;
 
 /// How often the page fetches itself again.
@@ -143,7 +145,19 @@ impl AwsPage {
                 queued_at: s.queued_at,
             })
             .collect();
-        Ok(page::dashboard(&envs, &running, &jobs, &[]))
+        Ok(page::dashboard(&envs, &running, &jobs, &self.dora(now).await?))
+    }
+
+    /// Each app+env's DORA figures over the last `dora::WINDOW_DAYS`.
+    async fn dora(&self, now: DateTime<Utc>) -> Result<Vec<Figures>, PortError> {
+        let failed = self.executions.failed_lately(now).await?;
+        let mut out = vec![];
+        for app in self.config.apps.values() {
+            for env in app.environments.keys() {
+                out.push(dora(&*self.ledger, &app.name, env, &failed, now).await?);
+            }
+        }
+        Ok(out)
     }
 }
 

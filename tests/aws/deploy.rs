@@ -917,6 +917,9 @@ async fn a_restart_sent_twice_after_a_missed_lookup_runs_once_on_the_node() {
 
 #[tokio::test]
 async fn dispatch_starts_one_execution_per_job_even_when_a_message_comes_twice() {
+    // A test that has the emulator run executions switches it for every machine, and
+    // executions started before the switch are no longer found: take turns with those.
+    let _turn = CONTROL.lock().await;
     let sdk = sdk().await;
     let sfn = aws_sdk_sfn::Client::new(&sdk);
     // Executions of this machine just wait: this test is about starting them.
@@ -1198,6 +1201,16 @@ async fn the_state_machine_loops_waits_and_ends_on_the_outcome_or_the_catch() {
             )],
             ExecutionStatus::Succeeded,
             "Skipped",
+        ),
+        (
+            vec![step(
+                true,
+                0,
+                Some("cancelled"),
+                Some("cancelled by <@U2> before it started"),
+            )],
+            ExecutionStatus::Succeeded,
+            "Cancelled",
         ),
         (
             vec![
@@ -1522,6 +1535,9 @@ async fn a_deploy_that_outlives_its_lease_keeps_its_lock_by_renewing_it() {
 /// automatic job was queued could run first, and the older job then deployed over it.
 #[tokio::test]
 async fn jobs_of_one_app_take_the_lock_in_queue_order_so_an_older_job_cannot_undo_a_rollback() {
+    // A test that has the emulator run executions switches it for every machine, and
+    // executions started before the switch are no longer found: take turns with those.
+    let _turn = CONTROL.lock().await;
     let rig = Rig::new(2).await;
     let sdk = sdk().await;
     let sfn = aws_sdk_sfn::Client::new(&sdk);
@@ -1616,6 +1632,9 @@ async fn jobs_of_one_app_take_the_lock_in_queue_order_so_an_older_job_cannot_und
 /// queued behind it (one the gate lets through) is skipped, and the newer one deploys.
 #[tokio::test]
 async fn an_older_upload_is_superseded_by_a_newer_one_queued_behind_it() {
+    // A test that has the emulator run executions switches it for every machine, and
+    // executions started before the switch are no longer found: take turns with those.
+    let _turn = CONTROL.lock().await;
     let rig = Rig::new(2).await;
     let sdk = sdk().await;
     let sfn = aws_sdk_sfn::Client::new(&sdk);
@@ -1698,12 +1717,41 @@ async fn a_failed_jobs_story_is_told_from_its_execution_and_its_commands() {
     use shipit::deploy::story::{Stage, StepResult};
     use shipit::drive::execution::ExecutionStories;
     let _turn = CONTROL.lock().await;
-    let rig = Rig::new(2).await;
+    let mut rig = Rig::new(2).await;
+    // Datadog keeps the DORA figures: the step that ends a job tells it how they stand.
+    let datadog = wiremock::MockServer::start().await;
+    for p in [
+        "/api/v1/events",
+        "/api/v2/dora/deployment",
+        "/api/v2/series",
+    ] {
+        wiremock::Mock::given(wiremock::matchers::method("POST"))
+            .and(wiremock::matchers::path(p))
+            .and(wiremock::matchers::header("dd-api-key", "dd-test"))
+            .respond_with(
+                wiremock::ResponseTemplate::new(202).set_body_json(json!({"status": "ok"})),
+            )
+            .mount(&datadog)
+            .await;
+    }
+    rig.config = Arc::new(parse(&format!(
+        "{}\n[apps.hello.notify]\ndatadog = {{ api_key = \"dd-test\", site = \"{}\", dora = true }}\n",
+        config_text(&rig.fleet, ""),
+        datadog.uri()
+    )));
     control(json!({})).await;
     rig.deploy(rig.job("1.1.0")).await;
     rig.unhealthy_on(1, "1.2.0").await;
     let job = rig.job("1.2.0");
-    let stepper = rig.stepper(Duration::from_secs(60));
+    let sfn = aws_sdk_sfn::Client::new(&sdk().await);
+    let machine = deploy_machine(&sfn).await;
+    let stepper =
+        rig.stepper(Duration::from_secs(60))
+            .with_figures(Arc::new(ExecutionStories::new(
+                sfn.clone(),
+                rig.ssm.clone(),
+                &machine,
+            )));
     let mut state = StepState::start(job.clone());
     let mut returned = vec![];
     while !state.done {
@@ -1716,9 +1764,39 @@ async fn a_failed_jobs_story_is_told_from_its_execution_and_its_commands() {
     }
     control(json!({})).await;
     assert_eq!(state.status, Some(JobStatus::Failed), "{state:?}");
+    // 1.1.0 went live, 1.2.0 failed on the way (counted from the step's own state: its
+    // execution had not ended yet).
+    let series: Vec<Value> = datadog
+        .received_requests()
+        .await
+        .unwrap()
+        .iter()
+        .filter(|r| r.url.path() == "/api/v2/series")
+        .map(|r| serde_json::from_slice(&r.body).unwrap())
+        .collect();
+    let last = &series.last().expect("figures sent")["series"];
+    let figure = |name: &str| {
+        last.as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["metric"] == name)
+            .map(|m| m["points"][0]["value"].as_f64().unwrap())
+    };
+    assert_eq!(
+        figure("shipit.dora.change_failure_rate"),
+        Some(0.5),
+        "{last}"
+    );
+    assert_eq!(
+        figure("shipit.dora.deploys_per_day"),
+        Some(1.0 / 30.0),
+        "{last}"
+    );
+    assert!(
+        figure("shipit.dora.time_to_restore_seconds").is_some(),
+        "{last}"
+    );
 
-    let sfn = aws_sdk_sfn::Client::new(&sdk().await);
-    let machine = deploy_machine(&sfn).await;
     post_emulator(
         "/moto-api/static/lambda-simple/response",
         json!({ "results": returned }),
@@ -1794,6 +1872,21 @@ async fn a_failed_jobs_story_is_told_from_its_execution_and_its_commands() {
     assert!(story.steps.iter().all(|s| s.node == *n1 || s.node == *n2));
     let unknown = shipit::deploy::job::JobId::parse("0123456789abcdef0123").unwrap();
     assert_eq!(stories.story(&unknown).await.unwrap(), None);
+    // Read against the clock (as chat reads it), a story that fits in one page of each
+    // read is whole, and not said to be cut short.
+    let hurried = ExecutionStories::new(
+        aws_sdk_sfn::Client::new(&sdk().await),
+        rig.ssm.clone(),
+        &machine,
+    )
+    .within(Duration::ZERO);
+    let quick = hurried.story(&job.id).await.unwrap().unwrap();
+    assert_eq!(quick.steps, story.steps);
+    assert!(
+        quick.events.iter().all(|e| !e.text.contains("cut short")),
+        "{:?}",
+        quick.events
+    );
 
     let fifo = crate::helpers::Fifo::new().await;
     let ingress = crate::helpers::ingress(Arc::new(fifo.queue()), rig.ledger.clone())
@@ -1878,6 +1971,10 @@ async fn a_failed_jobs_story_is_told_from_its_execution_and_its_commands() {
         "{body}"
     );
     assert!(body.contains("data-poll=\"10\""), "{body}");
+    // The DORA figures: 1.1.0 from the live history, 1.2.0 from its failed execution.
+    assert!(body.contains("id=\"dora\""), "{body}");
+    assert!(body.contains("50 % (1 of 2)"), "{body}");
+    assert!(body.contains("(median of 1)"), "{body}");
     // Nothing from anywhere else: no stylesheet, script or image by address.
     assert!(!body.contains("src=") && !body.contains("<link"), "{body}");
     let (_, _, fragment) = get("GET", "/", true).await;
@@ -1944,6 +2041,9 @@ async fn a_failed_jobs_story_is_told_from_its_execution_and_its_commands() {
 /// cancelled. One conditional create of the job's claim decides (`SsmTurn`).
 #[tokio::test]
 async fn a_waiting_job_cancelled_from_chat_never_runs_and_a_started_one_cannot_be() {
+    // A test that has the emulator run executions switches it for every machine, and
+    // executions started before the switch are no longer found: take turns with those.
+    let _turn = CONTROL.lock().await;
     use shipit::deploy::ports::Turn;
     let rig = Rig::new(2).await;
     let sdk = sdk().await;

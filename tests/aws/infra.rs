@@ -454,7 +454,12 @@ fn each_function_has_its_own_role_and_only_the_calls_it_makes() {
     assert!(step.keys().all(|a| a.starts_with("ssm:")
         || a.starts_with("logs:")
         || a == "kms:Decrypt"
-        || a == "states:DescribeExecution"));
+        || [
+            "states:DescribeExecution",
+            "states:GetExecutionHistory",
+            "states:ListExecutions"
+        ]
+        .contains(&a.as_str())));
 
     // Only the state machine may invoke deploy-step.
     let invokers: Vec<_> = all
@@ -645,6 +650,8 @@ fn calls(binary: &str) -> BTreeSet<&'static str> {
             "ssm:ListCommandInvocations",
             "ssm:GetCommandInvocation",
             "states:DescribeExecution",
+            "states:GetExecutionHistory",
+            "states:ListExecutions",
         ],
         other => panic!("no calls listed for {other}"),
     };
