@@ -291,12 +291,17 @@ impl Cancel for SsmTurn {
             // The claim was free: either the job has not started, and its execution will
             // read the claim and end, or its execution ended without ever starting it (or
             // its claim was cleared once it ended): then nothing was cancelled.
-            None => match self.status(&job.id).await? {
-                Some(JobStatus::Running) => Ok(None),
-                ended => {
+            None => match self.status(&job.id).await {
+                Ok(Some(JobStatus::Running)) => Ok(None),
+                Ok(ended) => {
                     params::delete(&self.ssm, &[self.claim_name(job)]).await?;
                     Ok(Some(ended.unwrap_or(JobStatus::Failed)))
                 }
+                Err(e) => Err(format!(
+                    "the cancel is recorded, so the job will not start if it has not yet, \
+                     but whether it had could not be read ({e})"
+                )
+                .into()),
             },
             Some(Claim::Cancelled { .. }) => Ok(Some(JobStatus::Cancelled)),
             Some(Claim::Started) => Ok(Some(

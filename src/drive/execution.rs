@@ -4,7 +4,7 @@
 //! output). Nothing more is stored for it; both are kept by AWS for 90 and 30 days.
 
 use async_trait::async_trait;
-use aws_sdk_sfn::types::{ExecutionStatus, HistoryEventType};
+use aws_sdk_sfn::types::{ExecutionListItem, ExecutionStatus, HistoryEventType};
 use aws_sdk_ssm::types::{
     CommandFilter, CommandFilterKey, CommandInvocation, CommandInvocationStatus,
 };
@@ -44,9 +44,10 @@ pub struct ExecutionStories {
     ssm: aws_sdk_ssm::Client,
     /// The deploy state machine's ARN.
     machine: String,
-    /// Summaries of executions that ended, by ARN: they never change, and a page that
-    /// polls would otherwise read the same ones again every few seconds.
-    ended: std::sync::Mutex<std::collections::HashMap<String, Kept>>,
+    /// Summaries of executions that ended, by ARN and redrive count (an ended execution
+    /// changes only when redriven): a page that polls would otherwise read the same ones
+    /// again every few seconds.
+    ended: std::sync::Mutex<std::collections::HashMap<(String, i32), Kept>>,
     /// How long a story is read for at most, where someone waits on it (Slack wants a
     /// slash command answered within 3 s): past it, what was read, said to be cut short.
     budget: Option<std::time::Duration>,
@@ -288,14 +289,6 @@ impl ExecutionStories {
     /// What AWS keeps of a job but its node commands: its execution (`None` without one,
     /// or for one no dispatcher started), and how its newest step left it.
     async fn summary(&self, arn: &str) -> Result<Option<Kept>, PortError> {
-        if let Some(kept) = self
-            .ended
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(arn)
-        {
-            return Ok(Some(kept.clone()));
-        }
         let run = match self
             .sfn
             .describe_execution()
@@ -360,9 +353,26 @@ impl ExecutionStories {
             if ended.len() >= KEPT_ENDED {
                 ended.clear();
             }
-            ended.insert(arn.to_string(), kept.clone());
+            let key = (arn.to_string(), run.redrive_count.unwrap_or(0));
+            ended.insert(key, kept.clone());
         }
         Ok(Some(kept))
+    }
+
+    /// `summary` of an execution as ListExecutions lists it: kept from an earlier read if
+    /// it had ended then and has not been redriven since.
+    async fn summary_of(&self, e: &ExecutionListItem) -> Result<Option<Kept>, PortError> {
+        let key = (e.execution_arn.clone(), e.redrive_count.unwrap_or(0));
+        let kept = self
+            .ended
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&key)
+            .cloned();
+        match kept {
+            Some(kept) if e.status != ExecutionStatus::Running => Ok(Some(kept)),
+            _ => self.summary(&e.execution_arn).await,
+        }
     }
 
     /// The jobs whose executions failed (a deploy that failed, was aborted or whose
@@ -397,7 +407,7 @@ impl ExecutionStories {
                 if out.len() == MOST_FAILED {
                     return Ok(out);
                 }
-                out.extend(self.summary(&e.execution_arn).await?);
+                out.extend(self.summary_of(&e).await?);
             }
         }
         Ok(out)
@@ -416,7 +426,7 @@ impl ExecutionStories {
             .map_err(|e| sdk_err("Step Functions ListExecutions", e))?;
         let mut out = vec![];
         for e in listed.executions {
-            out.extend(self.summary(&e.execution_arn).await?.map(Story::tell));
+            out.extend(self.summary_of(&e).await?.map(Story::tell));
         }
         Ok(out)
     }
@@ -439,10 +449,13 @@ pub async fn dora(
 ) -> Result<Figures, PortError> {
     let live = ledger.history(app, env, LIVE_VERSIONS_READ).await?;
     let mut ended: Vec<Ended> = live.iter().map(Ended::went_live).collect();
+    // A job recorded live and then failed (its lock lost before it could say so) counts
+    // once, as live.
     ended.extend(
         failed
             .iter()
             .filter(|k| k.job.app == app && k.job.env == env)
+            .filter(|k| !live.iter().any(|e| e.job.id == k.job.id))
             .map(Ended::not_live),
     );
     Ok(figures(app, env, &ended, WINDOW_DAYS, now))

@@ -122,8 +122,12 @@ impl Driver {
     ) -> Result<Observation, PortError> {
         let job = &deploy.job;
         Ok(match action {
-            Action::Verify => Observation::Verified {
-                verdict: self.out.gate.verify(job).await?,
+            // A job waiting for its checks may be cancelled meanwhile.
+            Action::Verify => match self.cancelled(job).await? {
+                Some(by) => Observation::Cancelled { by, holder: None },
+                None => Observation::Verified {
+                    verdict: self.out.gate.verify(job).await?,
+                },
             },
             Action::Lock { lock } => self.take_lock(deploy, lock, now).await?,
             Action::Renew { generation } => Observation::Renewed {
@@ -250,9 +254,18 @@ impl Driver {
         {
             tracing::error!(job_id = %job.id, error = %e, "cannot release the lock; `unlock` it from chat or the CLI");
         }
-        let outcome = match deploy {
-            Some(d) => d.failed(reason, false),
-            None => Outcome::failed(reason),
+        // A job that was cancelled never started (its claim says so): it touched nothing.
+        let cancelled = match self.cancelled(job).await {
+            Ok(by) => by,
+            Err(e) => {
+                tracing::warn!(job_id = %job.id, error = %e, "cannot read whether the job was cancelled");
+                None
+            }
+        };
+        let outcome = match (cancelled, deploy) {
+            (Some(by), _) => Outcome::cancelled(by),
+            (None, Some(d)) => d.failed(reason, false),
+            (None, None) => Outcome::failed(reason),
         };
         let ended = Deploy {
             outcome: Some(outcome.clone()),
@@ -268,6 +281,15 @@ impl Driver {
         outcome
     }
 
+    /// Who took `job` off the queue, where the runtime decides that through the turn
+    /// (a read that may lag: `Turn::start` decides).
+    pub async fn cancelled(&self, job: &DeployJob) -> Result<Option<String>, PortError> {
+        match &self.turn {
+            Some(turn) => turn.cancelled(job).await,
+            None => Ok(None),
+        }
+    }
+
     /// Tries the engine's lock, as a lease that lapses if this deploy stops renewing it.
     async fn take_lock(
         &self,
@@ -276,11 +298,11 @@ impl Driver {
         now: DateTime<Utc>,
     ) -> Result<Observation, PortError> {
         let job = &deploy.job;
+        // A cancelled job need not wait for its turn to end.
+        if let Some(by) = self.cancelled(job).await? {
+            return Ok(Observation::Cancelled { by, holder: None });
+        }
         if let Some(turn) = &self.turn {
-            // A cancelled job need not wait for its turn to end.
-            if let Some(by) = turn.cancelled(job).await? {
-                return Ok(Observation::Cancelled { by, holder: None });
-            }
             if let Some(ahead) = turn.ahead(job).await? {
                 // Waits as for a held lock (backing off, within lock_wait_seconds).
                 return Ok(Observation::Lock {

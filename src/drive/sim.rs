@@ -1025,14 +1025,9 @@ impl Turn for SimTurn {
     }
 
     async fn cancelled(&self, job: &DeployJob) -> Result<Option<String>, PortError> {
-        Ok(self
-            .0
-            .lock()
-            .unwrap()
-            .claims
-            .get(&job.id)
-            .cloned()
-            .flatten())
+        let mut w = self.0.lock().unwrap();
+        w.call()?;
+        Ok(w.claims.get(&job.id).cloned().flatten())
     }
 
     async fn start(&self, job: &DeployJob) -> Result<Option<String>, PortError> {
@@ -1338,7 +1333,7 @@ impl Sim {
                 if w.claims.contains_key(&job.id) {
                     return;
                 }
-                if w.ended.contains(&job.id) || !self.started.contains(&job.id) {
+                if w.ended.contains(&job.id) {
                     return;
                 }
                 w.claims.insert(job.id.clone(), Some("U2".into()));
@@ -1454,8 +1449,17 @@ impl Sim {
         self.check_finished(state);
         self.check_left_behind(state);
         let mut w = self.world.lock().unwrap();
-        // (xiii) … and ends cancelled.
-        if w.cancelled.contains(&state.job.id) && state.status != Some(JobStatus::Cancelled) {
+        // (xiii) … and ends cancelled (or, wound down by the Catch while its claim could
+        // not be read, failed: it touched nothing either way).
+        let wound_down = state.status == Some(JobStatus::Failed)
+            && state
+                .reason
+                .as_deref()
+                .is_some_and(|r| r.contains("could not go on"));
+        if w.cancelled.contains(&state.job.id)
+            && state.status != Some(JobStatus::Cancelled)
+            && !wound_down
+        {
             w.violations.push(format!(
                 "(xiii) job {} was cancelled but ended {:?}",
                 state.job.id, state.status

@@ -164,6 +164,10 @@ impl StepState {
 
 pub type Clock = Arc<dyn Fn() -> DateTime<Utc> + Send + Sync>;
 
+/// Longest the step that ends a job spends reading its DORA figures (a cold function
+/// reads up to a hundred failed executions).
+const FIGURES_WAIT: Duration = Duration::from_secs(20);
+
 pub struct Stepper {
     driver: Driver,
     /// Longest a step keeps working before it returns its state.
@@ -218,6 +222,14 @@ impl Stepper {
         if let Some(err) = state.error.take() {
             let reason = format!("the deploy step failed: {} {}", err.error, err.cause);
             let reason = reason.trim().to_string();
+            // A job cancelled before it started touched nothing: it ends (cancelled, as
+            // `give_up` reads it). Unread, it is wound down as any other: the Catch must
+            // not hang on one more call that can fail.
+            match self.driver.cancelled(&state.job).await {
+                Ok(Some(_)) => return Ok(self.give_up(state, reason).await),
+                Ok(None) => {}
+                Err(e) => tracing::warn!(error = %e, "cannot read whether the job was cancelled"),
+            }
             // Put back what it changed before giving the lock up: the state machine goes
             // on stepping from here. Stopped a second time, it gives up.
             let now = (self.now)();
@@ -317,8 +329,9 @@ impl Stepper {
     }
 
     /// The job of `state` ended: its app+env's DORA figures as they stand now. Its own
-    /// execution still runs (this is its last step), so a failure is counted from the
-    /// state, as started when it was asked for.
+    /// execution still runs (this is its last step), so its failure, if it failed, is
+    /// counted from the state, from when it was queued (its execution started moments
+    /// later: the figure the page shows for it).
     async fn tell_figures(&self, state: &StepState) {
         let Some(executions) = &self.figures else {
             return;
@@ -343,6 +356,15 @@ impl Stepper {
                 });
             }
             dora(self.driver.ledger(), &job.app, &job.env, &failed, now).await
+        };
+        // The job has ended: its last step must not fail (and be retried) over figures.
+        let figures = async {
+            match tokio::time::timeout(FIGURES_WAIT, figures).await {
+                Ok(figures) => figures,
+                Err(_) => {
+                    Err(format!("reading them took over {} s", FIGURES_WAIT.as_secs()).into())
+                }
+            }
         };
         self.driver.tell_figures(job, figures).await;
     }

@@ -630,7 +630,8 @@ impl Ingress {
                 queued.app, queued.env
             )),
             Ok(Some(status)) => say(format!("Job {job} ({what}) is not queued: it is {status}.")),
-            Err(e) => say(format!("Could not cancel job {job}: {e}; nothing was done.")),
+            // The runtime's error says what, if anything, was done.
+            Err(e) => say(format!("Could not cancel job {job}: {e}.")),
         }
     }
 

@@ -366,10 +366,13 @@ impl Deploy {
             (Action::Lock { .. }, Observation::Lock { taken, holder }) => {
                 self.on_lock(now, taken, holder, n)
             }
-            (Action::Lock { .. }, Observation::Cancelled { by, holder }) => {
+            (Action::Verify | Action::Lock { .. }, Observation::Cancelled { by, holder }) => {
                 if holder.is_some() {
                     self.on_lock(now, true, holder, n);
                 }
+                // An earlier try at the lock may have taken it unseen (its answer lost):
+                // end through Unlock, which frees the lock only if this job holds it.
+                self.locked = true;
                 self.finish(Outcome::cancelled(by), n);
             }
             (Action::Inspect, Observation::Inspected { live, .. }) if self.is_sync() => {

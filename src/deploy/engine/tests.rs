@@ -1861,33 +1861,34 @@ fn a_batch_travels_as_runs_of_indices_and_reads_back() {
 }
 
 #[test]
-fn a_job_cancelled_before_it_started_unlocks_if_it_took_the_lock_and_touches_nothing() {
-    // Cancelled while it waited: it just ends.
-    let mut twin = Twin::new(&["n1"], Some("1.0.0"));
-    let mut d = Deploy::new(job("1.1.0", false), policy());
-    let now = twin.now();
-    assert_eq!(d.action(), Action::Verify);
-    d.observe(now, twin.execute(&Action::Verify)).unwrap();
-    let Action::Lock { .. } = d.action() else {
-        panic!("{:?}", d.action())
-    };
-    let notices = d
-        .observe(
-            now,
-            Observation::Cancelled {
-                by: "U2".into(),
-                holder: None,
-            },
-        )
-        .unwrap();
+fn a_job_cancelled_before_it_started_ends_through_unlock_and_touches_nothing() {
     let cancelled = Outcome::cancelled("U2");
-    assert_eq!(
-        notices,
-        [Notice::Finished {
-            outcome: cancelled.clone()
-        }]
-    );
-    assert_eq!(d.action(), Action::Finished(cancelled.clone()));
+    let by = || Observation::Cancelled {
+        by: "U2".into(),
+        holder: None,
+    };
+    // Cancelled while it waited for its checks, or for the lock: it ends through Unlock
+    // (an earlier try may have taken the lock unseen; releasing frees only its own).
+    for at_lock in [false, true] {
+        let mut twin = Twin::new(&["n1"], Some("1.0.0"));
+        let mut d = Deploy::new(job("1.1.0", false), policy());
+        let now = twin.now();
+        if at_lock {
+            d.observe(now, twin.execute(&Action::Verify)).unwrap();
+            assert!(matches!(d.action(), Action::Lock { .. }));
+        } else {
+            assert_eq!(d.action(), Action::Verify);
+        }
+        assert_eq!(d.observe(now, by()).unwrap(), []);
+        assert_eq!(d.action(), Action::Unlock);
+        assert_eq!(
+            d.observe(now, Observation::Unlocked).unwrap(),
+            [Notice::Finished {
+                outcome: cancelled.clone()
+            }]
+        );
+        assert_eq!(d.action(), Action::Finished(cancelled.clone()));
+    }
     assert_eq!(
         crate::deploy::status::JobStatus::from(&cancelled),
         crate::deploy::status::JobStatus::Cancelled
@@ -1896,6 +1897,7 @@ fn a_job_cancelled_before_it_started_unlocks_if_it_took_the_lock_and_touches_not
     // Cancelled first, learnt once it holds the lock: it releases it, nothing else.
     let mut twin = Twin::new(&["n1"], Some("1.0.0"));
     let mut d = Deploy::new(job("1.1.0", false), policy());
+    let now = twin.now();
     d.observe(now, twin.execute(&Action::Verify)).unwrap();
     let Observation::Lock { holder, .. } = twin.execute(&d.action()) else {
         panic!()

@@ -54,8 +54,9 @@ pub enum Observation {
         taken: bool,
         holder: Option<LockInfo>,
     },
-    /// In answer to `Action::Lock`: someone took the job off the queue (`by`) before it
-    /// started. `holder`: this deploy's lock, when it took it before it learnt that.
+    /// In answer to `Action::Verify` or `Action::Lock`: someone took the job off the
+    /// queue (`by`) before it started. `holder`: this deploy's lock, when it took it
+    /// before it learnt that.
     Cancelled {
         by: String,
         holder: Option<LockInfo>,
