@@ -130,14 +130,27 @@ enum Plan {
     Done(Vec<(String, NodeResult)>),
 }
 
+/// What time it is (the simulator's virtual clock, or the wall clock).
+pub type Clock = Arc<dyn Fn() -> DateTime<Utc> + Send + Sync>;
+
 pub struct SsmFleet<R> {
     api: R,
     config: Arc<Config>,
+    now: Clock,
 }
 
 impl<R: RunCommand> SsmFleet<R> {
     pub fn new(api: R, config: Arc<Config>) -> SsmFleet<R> {
-        SsmFleet { api, config }
+        SsmFleet {
+            api,
+            config,
+            now: Arc::new(Utc::now),
+        }
+    }
+
+    pub fn with_clock(mut self, now: Clock) -> SsmFleet<R> {
+        self.now = now;
+        self
     }
 
     fn target(&self, job: &DeployJob) -> Result<(&App, &Environment), PortError> {
@@ -233,13 +246,42 @@ impl<R: RunCommand> SsmFleet<R> {
         // Commands are sent after the job was requested; a margin covers clock skew.
         let after = job.requested_at - Duration::minutes(5);
         let parts_count = parts.len();
+        // A command's time runs from its first send: SSM ends a later part (re-planned
+        // after a node went away, or waiting for room under the cap) by then too, so that
+        // nothing of it runs past the deploy's wait for it (`running_since`, which comes
+        // after this), and a part whose time is up goes nowhere.
+        let now = (self.now)();
+        let since = mine.and_then(|s| s.since).unwrap_or(now);
+        let limit = app.rollout.command_seconds(cmd.kind);
+        let left = limit.saturating_sub((now - since).num_seconds().max(0) as u64);
         let mut record = Sent {
             key: cmd.key.clone(),
             commands: ids,
             parts: if parts_count > 1 { parts_count } else { 0 },
             unsure,
             gone,
+            since: Some(since),
         };
+        if left == 0 {
+            let unsent: BTreeSet<&String> = parts
+                .iter()
+                .skip(record.commands.len())
+                .flat_map(|(_, nodes)| nodes)
+                .collect();
+            for (node, result) in &mut results {
+                // As SSM answers a command it could not deliver in time: the node is
+                // left out, and the version is not to blame.
+                if unsent.contains(node) {
+                    *result = NodeResult::Gone {
+                        detail: format!(
+                            "not sent: the command's {limit} s were up before it could go out (the deploy was held up)"
+                        ),
+                    };
+                }
+            }
+            *sent = Some(record);
+            return Ok(results);
+        }
         while let (Some((script, nodes)), true) = (parts.get(record.commands.len()), room > 0) {
             let i = record.commands.len();
             let comment = format!("shipit {} {}/{}", cmd.key, i + 1, parts.len());
@@ -273,7 +315,7 @@ impl<R: RunCommand> SsmFleet<R> {
                         comment,
                         max_concurrency: share,
                         max_errors: max_errors.clone(),
-                        timeout_seconds: app.rollout.command_seconds(cmd.kind),
+                        timeout_seconds: left,
                     };
                     match self.api.send(&req).await {
                         Ok(id) => id,
@@ -737,6 +779,8 @@ mod tests {
         lose_next_answer: bool,
         /// The next send is refused as throttled, and does not go out.
         throttle_next: bool,
+        /// Each send's TimeoutSeconds.
+        timeouts: Vec<u64>,
     }
 
     impl Twin {
@@ -776,6 +820,7 @@ mod tests {
                 return Err(Box::new(Throttled("ThrottlingException".into())));
             }
             let started = vec![None; req.nodes.len()];
+            s.timeouts.push(req.timeout_seconds);
             s.commands
                 .push((req.comment.clone(), req.nodes.clone(), max, started));
             if std::mem::take(&mut s.lose_next_answer) {
@@ -912,6 +957,47 @@ ssm_tags = {{ "shipit:app" = "hello", "shipit:env" = "production" }}
     }
 
     #[tokio::test]
+    async fn a_part_sent_late_gets_what_is_left_of_the_commands_time_and_none_once_it_is_up() {
+        let (config, job) = rig("pip install {package}=={version}");
+        let t0 = Utc::now();
+        let clock = Arc::new(std::sync::Mutex::new(t0));
+        let read = clock.clone();
+        let fleet = SsmFleet::new(Twin::default(), config.clone())
+            .with_clock(Arc::new(move || *read.lock().unwrap()));
+        let limit = config.apps["hello"]
+            .rollout
+            .command_seconds(CommandKind::Install);
+        // 120 nodes under a cap of 50: three parts, the later ones as room frees up.
+        let cmd = install_on(&job, "install", 120, 50);
+        let mut sent = None;
+        fleet.run_on(&job, &cmd, 0, &mut sent, false).await.unwrap();
+        fleet.api.tick();
+        fleet.api.tick();
+        *clock.lock().unwrap() = t0 + Duration::seconds(100);
+        fleet.run_on(&job, &cmd, 0, &mut sent, false).await.unwrap();
+        assert_eq!(
+            fleet.api.state.lock().unwrap().timeouts,
+            [limit, limit - 100]
+        );
+        // Its time up before the last part could go: that part goes nowhere, and its
+        // nodes are left out as SSM leaves out nodes it could not deliver to in time.
+        fleet.api.tick();
+        fleet.api.tick();
+        *clock.lock().unwrap() = t0 + Duration::seconds(limit as i64);
+        let results = fleet.run_on(&job, &cmd, 0, &mut sent, false).await.unwrap();
+        assert_eq!(fleet.api.state.lock().unwrap().commands.len(), 2);
+        let last = results.iter().find(|(n, _)| *n == cmd.nodes[119]).unwrap();
+        assert!(
+            matches!(&last.1, NodeResult::Gone { detail } if detail.contains("were up before it could go out")),
+            "{last:?}"
+        );
+        assert!(results
+            .iter()
+            .take(100)
+            .all(|(_, r)| !matches!(r, NodeResult::Gone { .. })));
+    }
+
+    #[tokio::test]
     async fn only_a_replay_or_a_lost_answer_looks_for_a_command_before_sending_it() {
         let (config, job) = rig("pip install {package}=={version}");
         let fleet = SsmFleet::new(Twin::default(), config.clone());
@@ -929,7 +1015,9 @@ ssm_tags = {{ "shipit:app" = "hello", "shipit:env" = "production" }}
         let mut again = None;
         fleet.run_on(&job, &cmd, 0, &mut again, true).await.unwrap();
         assert_eq!(counts(), (1, 1));
-        assert_eq!(again, sent);
+        // (Its time counted from this try: the first one's was lost with its state.)
+        let commands = |s: &Option<Sent>| s.as_ref().map(|s| (s.key.clone(), s.commands.clone()));
+        assert_eq!(commands(&again), commands(&sent));
 
         // A send that went out but whose answer was lost is saved as unsure, and the
         // next step, even from that saved state, looks for it first.

@@ -1,7 +1,9 @@
-//! The safety simulation, in the spirit of FoundationDB's: the real engine and the real
-//! deploy-step driver (`Stepper`, with the shared `Driver`) run many deploys at once
-//! against in-memory twins of the ledger (using the same lock decision as SQLite and
-//! Parameter Store) and the fleet, in virtual time, with faults injected: drivers that
+//! The safety simulation, in the spirit of FoundationDB's: the real engine, the real
+//! deploy-step driver (`Stepper`, with the shared `Driver`) and the real SSM fleet
+//! (`SsmFleet`: its sends, lookups and polls) run many deploys at once against in-memory
+//! twins of the ledger (using the same lock decision as SQLite and Parameter Store) and
+//! of Run Command (ListCommands lagging its sends, nodes keeping a record of each key),
+//! in virtual time, with faults injected: drivers that
 //! crash mid-step and replay it, drivers that stall past their lease, duplicate
 //! deliveries, failing installs and health checks, chat locks, unlocks and aborts, calls
 //! that fail (before or after they took effect: a lost answer) until the state machine's
@@ -32,6 +34,7 @@ use chrono::{DateTime, TimeZone, Utc};
 
 use super::step::{StepInput, StepState, Stepper};
 use super::{Driver, Outbound};
+use crate::aws::fleet::{InvalidInstances, RunCommand, SendRequest, SsmFleet, Status};
 use crate::config::Config;
 use crate::deploy::command::{Command, CommandKind, NodeResult, REFUSED, REFUSED_EXIT, UNHEALTHY};
 use crate::deploy::engine::{Deploy, Notice, Verdict};
@@ -40,9 +43,7 @@ use crate::deploy::history::{
 };
 use crate::deploy::job::{DeployJob, JobId, Source};
 use crate::deploy::lock::{take, LockInfo, Renewal, Unlocked, Written, DELIVERY_TIMEOUT_SECONDS};
-use crate::deploy::ports::{
-    Fleet, Gate, Ledger, Notify, NotifyMemo, PortError, Sent, Throttled, Turn,
-};
+use crate::deploy::ports::{Gate, Ledger, Notify, NotifyMemo, PortError, Throttled, Turn};
 use crate::deploy::status::JobStatus;
 use crate::deploy::version::Version;
 
@@ -61,9 +62,10 @@ fn config() -> Arc<Config> {
             r#"
 [apps.{name}]
 package = "{name}-app"
-install = "true"
-restart = "true"
-health = "true"
+install = "sim-install {{version}}"
+restart = "sim-restart {{version}}"
+health = "sim-health {{version}}"
+version = "sim-version"
 [apps.{name}.rollout]
 health_timeout_seconds = 3
 health_interval_seconds = 1
@@ -71,7 +73,7 @@ lock_wait_seconds = 900
 command_timeout_seconds = 60
 {batches}
 [apps.{name}.environments.prod]
-nodes = [{{ name = "n1", dir = "n1" }}, {{ name = "n2", dir = "n2" }}, {{ name = "n3", dir = "n3" }}]
+ssm_tags = {{ "shipit:app" = "{name}", "shipit:env" = "prod" }}
 "#
         )
     };
@@ -83,6 +85,12 @@ nodes = [{{ name = "n1", dir = "n1" }}, {{ name = "n2", dir = "n2" }}, {{ name =
     Arc::new(
         Config::parse(&text, std::path::Path::new("sim.toml")).unwrap_or_else(|r| panic!("{r}")),
     )
+}
+
+/// The simulation's time, as the drivers read it.
+fn virtual_clock(now: &Arc<AtomicI64>) -> crate::aws::fleet::Clock {
+    let now = now.clone();
+    Arc::new(move || t0() + chrono::Duration::milliseconds(now.load(Ordering::SeqCst)))
 }
 
 /// A small deterministic generator (xorshift64*): the same seed, the same schedule.
@@ -174,6 +182,9 @@ enum Event {
     LagReads(u32),
     /// Chat cancels the k-th job delivered, whatever it is doing (`SsmTurn::cancel`).
     Cancel(usize),
+    /// The next command sent is missing from the next `n` ListCommands reads (eventual
+    /// consistency): a step replayed then sends it again.
+    LagList(u32),
 }
 
 /// How long a read may lag a write. AWS names no bound; the ledger relies on one well
@@ -187,7 +198,7 @@ const READS_BEFORE_GIVING_UP: u32 = 8;
 
 fn schedule(seed: u64) -> Vec<Event> {
     let mut rng = Rng::new(seed);
-    let kinds = 5;
+    let kinds = 6;
     (0..EVENTS)
         .map(|_| {
             let target = rng.below(TARGETS.len() as u64) as usize;
@@ -219,6 +230,7 @@ fn schedule(seed: u64) -> Vec<Event> {
                 97 => match rng.below(kinds) {
                     0 => Event::DeliverLate,
                     4 => Event::LagReads(1 + rng.below(3) as u32),
+                    5 => Event::LagList(1 + rng.below(3) as u32),
                     1 => Event::FailCalls {
                         // At most 5: three failed tries of a step, two of its Abort.
                         n: 1 + rng.below(5) as u32,
@@ -297,7 +309,7 @@ struct World {
     restarts: HashMap<(JobId, String), u32>,
     violations: Vec<String>,
     stats: Stats,
-    /// The next command sent is held back (see `SimFleet`).
+    /// The next command sent is held back (see `SimRunCommand`).
     delay_next: bool,
     /// How many calls are still to be throttled.
     throttle_next: u32,
@@ -319,6 +331,10 @@ struct World {
     claims: HashMap<JobId, Option<String>>,
     /// The jobs chat said would not run.
     cancelled: BTreeSet<JobId>,
+    /// Every SendCommand, by command id (its index).
+    sent: Vec<SentCommand>,
+    /// The next command sent is missing from this many ListCommands reads.
+    list_lag_next: u32,
 }
 
 /// What the schedules exercised, printed at the end so a reader sees the simulation is
@@ -351,6 +367,10 @@ struct Stats {
     stale_reads: u64,
     /// Jobs chat cancelled before they started.
     cancelled: u64,
+    /// Lookups of a sent command that ListCommands did not show yet.
+    missed_lookups: u64,
+    /// Sends of a key to a node that had run it already (its run record answered).
+    sent_again: u64,
     reasons: BTreeMap<String, u64>,
 }
 
@@ -735,13 +755,28 @@ impl Ledger for SimLedger {
     }
 }
 
-/// Nodes in virtual time: installs take 2–20 s, restarts 2 s and their node's health
-/// checks 1 s (3 s more if it never passes), a canary's single check 1 s. A key
-/// runs once per node (the fleet contract); a command carrying an older lock generation
-/// than the node has seen is refused, as `App::script`'s fence does. A command may be
-/// held back and delivered late (a node that was unreachable, SSM's queue), after its
-/// deploy lost the lock: that is what the fence is for.
-struct SimFleet(Shared);
+/// Run Command in virtual time, under the real `SsmFleet` (the deploy step's fleet): it
+/// reads each command's key, kind, version and lock generation from what `SsmFleet`
+/// sends (its comment and script, as a node would run it). Nodes: installs take 2–20 s,
+/// restarts 2 s and their node's health checks 1 s (3 s more if it never passes), a
+/// canary's single check 1 s. A key runs once per node, as the node's run record
+/// (`config::command::once`) makes it however often it is sent; a command carrying an
+/// older lock generation than the node has seen is refused, as the fence does. As SSM
+/// does: a new command is missing from ListCommands for a few reads (`LagList`), a send
+/// naming a terminated node is refused whole (InvalidInstanceId), and a command held
+/// back (a node unreachable, SSM's queue) reaches its node late, after its deploy may
+/// have lost the lock (what the fence is for), or is given up on (DeliveryTimedOut).
+struct SimRunCommand(Shared);
+
+/// One SendCommand, as ListCommands would list it.
+struct SentCommand {
+    comment: String,
+    key: String,
+    target: (String, String),
+    nodes: Vec<String>,
+    /// ListCommands reads that will still miss it.
+    hidden: u32,
+}
 
 /// The end of a command not delivered yet.
 const HELD: i64 = i64::MAX;
@@ -749,6 +784,8 @@ const HELD: i64 = i64::MAX;
 /// A command sent but not yet delivered to `node`.
 struct Held {
     sent_at: i64,
+    /// How long SSM lets it run once delivered.
+    timeout_ms: i64,
     target: (String, String),
     job: JobId,
     cmd: Command,
@@ -756,7 +793,14 @@ struct Held {
 }
 
 /// Runs `cmd` of `job` on `name` now: the fence, invariant (i), and its effects.
-fn start(w: &mut World, target: &(String, String), job: &JobId, cmd: &Command, name: &str) {
+fn start(
+    w: &mut World,
+    target: &(String, String),
+    job: &JobId,
+    cmd: &Command,
+    name: &str,
+    timeout_ms: i64,
+) {
     let now = w.now.load(Ordering::SeqCst);
     let (bad, faults) = (w.bad.clone(), w.faults);
     // (xiii) A job chat said would not run touches no node.
@@ -860,6 +904,17 @@ fn start(w: &mut World, target: &(String, String), job: &JobId, cmd: &Command, n
             },
         ),
     };
+    // SSM ends a command at its execution timeout.
+    let (took, result) = match took > timeout_ms {
+        true => (
+            timeout_ms,
+            NodeResult::Failed {
+                exit_code: None,
+                output: "TimedOut".into(),
+            },
+        ),
+        false => (took, result),
+    };
     let mut broken = vec![];
     // (i) Commands of two jobs never overlap on one app+env.
     for (key, runs) in &t.runs {
@@ -901,17 +956,62 @@ fn deliver_late(w: &mut World) {
     let now = w.now.load(Ordering::SeqCst);
     for h in std::mem::take(&mut w.held) {
         if now - h.sent_at <= DELIVERY_TIMEOUT_SECONDS * 1000 {
-            start(w, &h.target, &h.job, &h.cmd, &h.node);
+            start(w, &h.target, &h.job, &h.cmd, &h.node, h.timeout_ms);
         }
     }
 }
 
+/// What a sent script asks of a node: its kind, version and lock generation (the sim's
+/// templates name their kind and version: `sim-install 1.2.0`).
+fn read_script(script: &str) -> Option<(CommandKind, Version, u64)> {
+    let after = |word: &str| {
+        let rest = &script[script.find(word)? + word.len()..];
+        Version::parse(rest.split_whitespace().next()?).ok()
+    };
+    let (kind, version) = if let Some(v) = after("sim-install ") {
+        (CommandKind::Install, v)
+    } else if let Some(v) = after("sim-restart ") {
+        (CommandKind::Restart, v)
+    } else if let Some(v) = after("sim-health ") {
+        (CommandKind::Health, v)
+    } else if script.contains("sim-version") {
+        // The probe's version is the job's: the node reports what it has.
+        (CommandKind::Version, Version::parse("0").ok()?)
+    } else {
+        return None;
+    };
+    let fence = match script.find("-gt ") {
+        Some(i) => script[i + 4..].split_whitespace().next()?.parse().ok()?,
+        None => 0,
+    };
+    Some((kind, version, fence))
+}
+
+/// Where a result stands now: held back past the delivery timeout, SSM gave up on it.
+fn seen(w: &World, key: &str, node: &str, r: &Run) -> NodeResult {
+    let now = w.now.load(Ordering::SeqCst);
+    let held = w.held.iter().find(|h| h.cmd.key == key && h.node == node);
+    if r.end == HELD && held.is_none_or(|h| now - h.sent_at > DELIVERY_TIMEOUT_SECONDS * 1000) {
+        return NodeResult::Gone {
+            detail: "DeliveryTimedOut".into(),
+        };
+    }
+    if r.end > now {
+        return NodeResult::Running;
+    }
+    r.result.clone()
+}
+
 #[async_trait]
-impl Fleet for SimFleet {
-    async fn resolve(&self, job: &DeployJob) -> Result<Vec<String>, PortError> {
+impl RunCommand for SimRunCommand {
+    async fn online_nodes(
+        &self,
+        tags: &BTreeMap<String, String>,
+    ) -> Result<Vec<String>, PortError> {
         let mut w = self.0.lock().unwrap();
         w.call()?;
-        Ok(w.target(&job.app, &job.env)
+        let (app, env) = (tags["shipit:app"].clone(), tags["shipit:env"].clone());
+        Ok(w.target(&app, &env)
             .nodes
             .iter()
             .filter(|(_, n)| !n.gone)
@@ -919,26 +1019,55 @@ impl Fleet for SimFleet {
             .collect())
     }
 
-    async fn run(
-        &self,
-        job: &DeployJob,
-        cmd: &Command,
-        _max_errors: u32,
-        _sent: &mut Option<Sent>,
-        _replayed: bool,
-    ) -> Result<Vec<(String, NodeResult)>, PortError> {
+    async fn send(&self, req: &SendRequest) -> Result<String, PortError> {
         let mut guard = self.0.lock().unwrap();
         let w = &mut *guard;
         w.call()?;
+        let key = req
+            .comment
+            .split(' ')
+            .nth(1)
+            .unwrap_or_default()
+            .to_string();
+        let id = key.split(':').next().unwrap_or_default();
+        let job = w.jobs.values().find(|j| j.id.as_str() == id).cloned();
+        let (Some(job), Some((kind, version, fence))) = (job, read_script(&req.script)) else {
+            panic!(
+                "a command the simulation cannot read: {}\n{}",
+                req.comment, req.script
+            );
+        };
         let target = (job.app.clone(), job.env.clone());
-        for name in &cmd.nodes {
+        let t = w.targets.get_mut(&target).expect("a simulated target");
+        let gone: Vec<&String> = req.nodes.iter().filter(|n| t.nodes[*n].gone).collect();
+        if !gone.is_empty() {
+            let refused = format!("InvalidInstanceId: {gone:?} are not running managed nodes");
+            w.stats.gone += 1;
+            return Err(Box::new(InvalidInstances(refused)));
+        }
+        let version = match kind {
+            CommandKind::Version => job.version.clone(),
+            _ => version,
+        };
+        let timeout_ms = req.timeout_seconds as i64 * 1000;
+        let cmd = Command {
+            key: key.clone(),
+            kind,
+            version,
+            nodes: req.nodes.clone(),
+            concurrency: 0,
+            fence,
+        };
+        for name in &req.nodes {
             let t = w.targets.get_mut(&target).expect("a simulated target");
-            if t.runs.get(&cmd.key).is_some_and(|r| r.contains_key(name)) {
+            // The node's run record: a second send answers what the first run did.
+            if t.runs.get(&key).is_some_and(|r| r.contains_key(name)) {
+                w.stats.sent_again += 1;
                 continue;
             }
             if w.delay_next {
                 w.delay_next = false;
-                t.runs.entry(cmd.key.clone()).or_default().insert(
+                t.runs.entry(key.clone()).or_default().insert(
                     name.clone(),
                     Run {
                         job: job.id.clone(),
@@ -949,6 +1078,7 @@ impl Fleet for SimFleet {
                 let sent_at = w.now.load(Ordering::SeqCst);
                 w.held.push(Held {
                     sent_at,
+                    timeout_ms,
                     target: target.clone(),
                     job: job.id.clone(),
                     cmd: cmd.clone(),
@@ -956,32 +1086,85 @@ impl Fleet for SimFleet {
                 });
                 continue;
             }
-            start(w, &target, &job.id, cmd, name);
+            start(w, &target, &job.id, &cmd, name, timeout_ms);
         }
+        let hidden = std::mem::take(&mut w.list_lag_next);
+        w.sent.push(SentCommand {
+            comment: req.comment.clone(),
+            key,
+            target,
+            nodes: req.nodes.clone(),
+            hidden,
+        });
+        let id = (w.sent.len() - 1).to_string();
         w.answer()?;
-        let now = w.now.load(Ordering::SeqCst);
-        let t = &w.targets[&target];
-        Ok(cmd
-            .nodes
+        Ok(id)
+    }
+
+    async fn find(
+        &self,
+        node: &str,
+        comment: &str,
+        _after: DateTime<Utc>,
+    ) -> Result<Option<String>, PortError> {
+        let mut w = self.0.lock().unwrap();
+        w.call()?;
+        let mut missed = false;
+        let mut found = None;
+        for (i, c) in w.sent.iter_mut().enumerate() {
+            if c.comment != comment || !c.nodes.iter().any(|n| n == node) {
+                continue;
+            }
+            if c.hidden > 0 {
+                c.hidden -= 1;
+                missed = true;
+                continue;
+            }
+            found = Some(i.to_string());
+            break;
+        }
+        if missed && found.is_none() {
+            w.stats.missed_lookups += 1;
+        }
+        Ok(found)
+    }
+
+    async fn statuses(&self, id: &str) -> Result<Vec<(String, Status)>, PortError> {
+        let mut guard = self.0.lock().unwrap();
+        guard.call()?;
+        let w = &*guard;
+        let c = &w.sent[id.parse::<usize>()?];
+        let runs = &w.targets[&c.target].runs[&c.key];
+        Ok(c.nodes
             .iter()
             .map(|n| {
-                let r = &t.runs[&cmd.key][n];
-                let held = w.held.iter().find(|h| h.cmd.key == cmd.key && h.node == *n);
-                // Never delivered within the delivery timeout: SSM gives up on it.
-                let undelivered = r.end == HELD
-                    && held.is_none_or(|h| now - h.sent_at > DELIVERY_TIMEOUT_SECONDS * 1000);
-                let result = if undelivered {
-                    NodeResult::Gone {
-                        detail: "DeliveryTimedOut".into(),
-                    }
-                } else if r.end > now {
-                    NodeResult::Running
-                } else {
-                    r.result.clone()
+                let status = match seen(w, &c.key, n, &runs[n]) {
+                    NodeResult::Running => Status::Running,
+                    NodeResult::Succeeded | NodeResult::Reported { .. } => Status::Succeeded,
+                    NodeResult::Failed { .. } => Status::Failed,
+                    NodeResult::Gone { detail } => Status::Gone(detail),
                 };
-                (n.clone(), result)
+                (n.clone(), status)
             })
             .collect())
+    }
+
+    async fn outcome(
+        &self,
+        id: &str,
+        node: &str,
+    ) -> Result<Option<(Option<i32>, String)>, PortError> {
+        let mut guard = self.0.lock().unwrap();
+        guard.call()?;
+        let w = &*guard;
+        let c = &w.sent[id.parse::<usize>()?];
+        let r = &w.targets[&c.target].runs[&c.key][node];
+        Ok(match seen(w, &c.key, node, r) {
+            NodeResult::Failed { exit_code, output } => Some((exit_code, output)),
+            NodeResult::Reported { output } => Some((Some(0), output)),
+            NodeResult::Succeeded => Some((Some(0), String::new())),
+            NodeResult::Running | NodeResult::Gone { .. } => None,
+        })
     }
 }
 
@@ -1101,12 +1284,18 @@ impl Sim {
             jobs: HashMap::new(),
             claims: HashMap::new(),
             cancelled: BTreeSet::new(),
+            sent: vec![],
+            list_lag_next: 0,
         }));
         let ledger = Arc::new(SimLedger(world.clone()));
+        let config = config();
         let driver = Driver::new(
-            config(),
+            config.clone(),
             ledger.clone(),
-            Arc::new(SimFleet(world.clone())),
+            Arc::new(
+                SsmFleet::new(Arc::new(SimRunCommand(world.clone())), config.clone())
+                    .with_clock(virtual_clock(&now)),
+            ),
             None,
             Outbound {
                 gate: Arc::new(Pass),
@@ -1114,10 +1303,7 @@ impl Sim {
             },
         )
         .with_turn(Arc::new(SimTurn(world.clone())));
-        let clock = now.clone();
-        let stepper = Stepper::new(driver, Duration::ZERO).with_clock(Arc::new(move || {
-            t0() + chrono::Duration::milliseconds(clock.load(Ordering::SeqCst))
-        }));
+        let stepper = Stepper::new(driver, Duration::ZERO).with_clock(virtual_clock(&now));
         Sim {
             world,
             ledger,
@@ -1283,6 +1469,7 @@ impl Sim {
                 }
             }
             Event::LagReads(n) => self.world.lock().unwrap().lag_next = *n,
+            Event::LagList(n) => self.world.lock().unwrap().list_lag_next = *n,
             Event::Terminate { target, node } => {
                 let (app, env) = TARGETS[*target];
                 let mut w = self.world.lock().unwrap();
@@ -1452,10 +1639,9 @@ impl Sim {
         // (xiii) … and ends cancelled (or, wound down by the Catch while its claim could
         // not be read, failed: it touched nothing either way).
         let wound_down = state.status == Some(JobStatus::Failed)
-            && state
-                .reason
-                .as_deref()
-                .is_some_and(|r| r.contains("could not go on"));
+            && state.reason.as_deref().is_some_and(|r| {
+                r.contains("could not go on") || r.starts_with("the deploy step failed")
+            });
         if w.cancelled.contains(&state.job.id)
             && state.status != Some(JobStatus::Cancelled)
             && !wound_down
@@ -1664,6 +1850,8 @@ impl Stats {
         self.syncs += o.syncs;
         self.stale_reads += o.stale_reads;
         self.cancelled += o.cancelled;
+        self.missed_lookups += o.missed_lookups;
+        self.sent_again += o.sent_again;
         for (k, v) in &o.reasons {
             *self.reasons.entry(k.clone()).or_default() += v;
         }
@@ -1752,7 +1940,9 @@ fn the_invariants_hold_on_thousands_of_random_schedules() {
                 && stats.caught > 0
                 && stats.gone > 0
                 && stats.syncs > 0
-                && stats.stale_reads > 0,
+                && stats.stale_reads > 0
+                && stats.missed_lookups > 0
+                && stats.sent_again > 0,
             "{stats:#?}"
         );
     }
