@@ -26,6 +26,7 @@ use super::{sdk_err, throttling};
 use crate::config::command::{ScriptError, Site};
 use crate::config::{App, Config, Environment, Nodes};
 use crate::deploy::command::{tail, Command, CommandKind, NodeResult, OUTPUT_TAIL};
+use crate::deploy::engine::COMMAND_GRACE_SECONDS;
 use crate::deploy::job::DeployJob;
 use crate::deploy::lock::DELIVERY_TIMEOUT_SECONDS;
 use crate::deploy::ports::{is_throttled, Fleet, PortError, Refused, Sent};
@@ -246,14 +247,19 @@ impl<R: RunCommand> SsmFleet<R> {
         // Commands are sent after the job was requested; a margin covers clock skew.
         let after = job.requested_at - Duration::minutes(5);
         let parts_count = parts.len();
-        // A command's time runs from its first send: SSM ends a later part (re-planned
-        // after a node went away, or waiting for room under the cap) by then too, so that
-        // nothing of it runs past the deploy's wait for it (`running_since`, which comes
-        // after this), and a part whose time is up goes nowhere.
+        // The deploy waits for a command until `COMMAND_GRACE_SECONDS` past its time,
+        // counted from its first look (`running_since`, which comes after the first try
+        // here). A part that goes out later (re-planned after a node went away, waiting
+        // for room under the install cap, after a held-up driver) must end by then too,
+        // delivery included, or it would run on after the deploy stopped waiting (and
+        // perhaps released its lock): SSM is told to end it in time, and a part with no
+        // time left is not sent.
         let now = (self.now)();
         let since = mine.and_then(|s| s.since).unwrap_or(now);
         let limit = app.rollout.command_seconds(cmd.kind);
-        let left = limit.saturating_sub((now - since).num_seconds().max(0) as u64);
+        let margin = (COMMAND_GRACE_SECONDS - DELIVERY_TIMEOUT_SECONDS).max(0) as u64;
+        let elapsed = (now - since).num_seconds().max(0) as u64;
+        let left = (limit + margin).saturating_sub(elapsed).min(limit);
         let mut record = Sent {
             key: cmd.key.clone(),
             commands: ids,
@@ -262,26 +268,6 @@ impl<R: RunCommand> SsmFleet<R> {
             gone,
             since: Some(since),
         };
-        if left == 0 {
-            let unsent: BTreeSet<&String> = parts
-                .iter()
-                .skip(record.commands.len())
-                .flat_map(|(_, nodes)| nodes)
-                .collect();
-            for (node, result) in &mut results {
-                // As SSM answers a command it could not deliver in time: the node is
-                // left out, and the version is not to blame.
-                if unsent.contains(node) {
-                    *result = NodeResult::Gone {
-                        detail: format!(
-                            "not sent: the command's {limit} s were up before it could go out (the deploy was held up)"
-                        ),
-                    };
-                }
-            }
-            *sent = Some(record);
-            return Ok(results);
-        }
         while let (Some((script, nodes)), true) = (parts.get(record.commands.len()), room > 0) {
             let i = record.commands.len();
             let comment = format!("shipit {} {}/{}", cmd.key, i + 1, parts.len());
@@ -301,6 +287,19 @@ impl<R: RunCommand> SsmFleet<R> {
                 Some(id) => {
                     tracing::info!(key = %cmd.key, command_id = %id, "found the command a previous step sent");
                     id
+                }
+                // Surely not sent, and too late to: the deploy cannot go on with this
+                // command (the step fails; after its retries the deploy is wound down,
+                // putting back what it changed, blaming the version for nothing).
+                None if left == 0 => {
+                    *sent = Some(record);
+                    return Err(format!(
+                        "part {} of {} of command {} was not sent: its {limit} s and the wait for it were up ({elapsed} s since its first part), as the deploy was held up",
+                        i + 1,
+                        parts.len(),
+                        cmd.key
+                    )
+                    .into());
                 }
                 None => {
                     // Saved as unsure first: if the send fails, whoever goes on looks
@@ -957,44 +956,44 @@ ssm_tags = {{ "shipit:app" = "hello", "shipit:env" = "production" }}
     }
 
     #[tokio::test]
-    async fn a_part_sent_late_gets_what_is_left_of_the_commands_time_and_none_once_it_is_up() {
+    async fn a_part_sent_late_gets_what_is_left_of_the_wait_for_it_and_none_once_it_is_up() {
         let (config, job) = rig("pip install {package}=={version}");
         let t0 = Utc::now();
         let clock = Arc::new(std::sync::Mutex::new(t0));
         let read = clock.clone();
         let fleet = SsmFleet::new(Twin::default(), config.clone())
             .with_clock(Arc::new(move || *read.lock().unwrap()));
+        let at = |s: u64| *clock.lock().unwrap() = t0 + Duration::seconds(s as i64);
         let limit = config.apps["hello"]
             .rollout
             .command_seconds(CommandKind::Install);
+        // What the deploy waits past a command's time, less SSM's delivery timeout.
+        let margin = (COMMAND_GRACE_SECONDS - DELIVERY_TIMEOUT_SECONDS) as u64;
         // 120 nodes under a cap of 50: three parts, the later ones as room frees up.
         let cmd = install_on(&job, "install", 120, 50);
         let mut sent = None;
         fleet.run_on(&job, &cmd, 0, &mut sent, false).await.unwrap();
         fleet.api.tick();
         fleet.api.tick();
-        *clock.lock().unwrap() = t0 + Duration::seconds(100);
+        // Late, but within the margin: the whole time. Past it: what is left.
+        at(margin + 100);
         fleet.run_on(&job, &cmd, 0, &mut sent, false).await.unwrap();
         assert_eq!(
             fleet.api.state.lock().unwrap().timeouts,
             [limit, limit - 100]
         );
-        // Its time up before the last part could go: that part goes nowhere, and its
-        // nodes are left out as SSM leaves out nodes it could not deliver to in time.
+        // No time left for the last part: it is not sent, and the step fails (the
+        // deploy is then wound down).
         fleet.api.tick();
         fleet.api.tick();
-        *clock.lock().unwrap() = t0 + Duration::seconds(limit as i64);
-        let results = fleet.run_on(&job, &cmd, 0, &mut sent, false).await.unwrap();
+        at(limit + margin);
+        let err = fleet
+            .run_on(&job, &cmd, 0, &mut sent, false)
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("part 3 of 3"), "{err}");
         assert_eq!(fleet.api.state.lock().unwrap().commands.len(), 2);
-        let last = results.iter().find(|(n, _)| *n == cmd.nodes[119]).unwrap();
-        assert!(
-            matches!(&last.1, NodeResult::Gone { detail } if detail.contains("were up before it could go out")),
-            "{last:?}"
-        );
-        assert!(results
-            .iter()
-            .take(100)
-            .all(|(_, r)| !matches!(r, NodeResult::Gone { .. })));
+        assert_eq!(sent.as_ref().map(|s| s.commands.len()), Some(2));
     }
 
     #[tokio::test]

@@ -155,8 +155,8 @@ pub struct Sent {
     /// Nodes the key's commands leave out: gone before one could be sent to them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub gone: Vec<String>,
-    /// When the first of the key's commands was about to go out: a later one gets only
-    /// what is left of the command's time (see `SsmFleet::run_on`).
+    /// When the first of the key's commands was first tried: a later one gets only what
+    /// lets it end before the deploy stops waiting for it (see `SsmFleet::run_on`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub since: Option<DateTime<Utc>>,
 }

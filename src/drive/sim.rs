@@ -47,7 +47,7 @@ use crate::deploy::ports::{Gate, Ledger, Notify, NotifyMemo, PortError, Throttle
 use crate::deploy::status::JobStatus;
 use crate::deploy::version::Version;
 
-/// Schedules run in CI: about a minute on this 2-core machine in a debug build.
+/// Schedules run in CI: about two minutes on this 2-core machine in a debug build.
 const CI_SEEDS: u64 = 10_000;
 const EVENTS: usize = 100;
 const TARGETS: [(&str, &str); 2] = [("a", "prod"), ("b", "prod")];
@@ -267,7 +267,8 @@ struct Node {
     served_by: Option<JobId>,
     broken_install: bool,
     sick: bool,
-    /// Terminated: resolving skips it, commands to it answer `Gone`.
+    /// Terminated: resolving skips it, a send naming it is refused (InvalidInstanceId),
+    /// and one held back for it is never delivered (DeliveryTimedOut).
     gone: bool,
 }
 
@@ -359,8 +360,10 @@ struct Stats {
     failed_calls: u64,
     /// Steps that failed past the state machine's Retry: its Catch wound the deploy down.
     caught: u64,
-    /// Nodes a deploy found gone.
+    /// Sends refused for naming a terminated node, and commands started on one.
     gone: u64,
+    /// Parts sent with less than their command's time (sent late: see `SsmFleet`).
+    shortened: u64,
     /// Sync jobs queued for joined nodes.
     syncs: u64,
     /// Reads of history or marks that answered what was there before a write.
@@ -697,10 +700,24 @@ impl Ledger for SimLedger {
             w.unreleased.insert(job.clone());
             return Err(e);
         }
+        let now = w.now.load(Ordering::SeqCst);
         let t = w.target(app, env);
+        let mut broken = vec![];
         if let Some(l) = t.lock.take_if(|l| l.job.as_ref() == Some(job)) {
             t.handed = t.handed.max(l.written).max(written);
+            // (xiv) No command of a job runs once it released its lock.
+            for (key, runs) in &t.runs {
+                for (node, r) in runs {
+                    if &r.job == job && r.end > now && r.end != HELD {
+                        broken.push(format!(
+                            "(xiv) job {job} released {app}/{env} while {key} runs on {node} until +{} ms",
+                            r.end
+                        ));
+                    }
+                }
+            }
         }
+        w.violations.extend(broken);
         w.answer()
     }
 
@@ -766,7 +783,7 @@ impl Ledger for SimLedger {
 /// naming a terminated node is refused whole (InvalidInstanceId), and a command held
 /// back (a node unreachable, SSM's queue) reaches its node late, after its deploy may
 /// have lost the lock (what the fence is for), or is given up on (DeliveryTimedOut).
-struct SimRunCommand(Shared);
+struct SimRunCommand(Shared, Arc<Config>);
 
 /// One SendCommand, as ListCommands would list it.
 struct SentCommand {
@@ -980,8 +997,14 @@ fn read_script(script: &str) -> Option<(CommandKind, Version, u64)> {
     } else {
         return None;
     };
-    let fence = match script.find("-gt ") {
-        Some(i) => script[i + 4..].split_whitespace().next()?.parse().ok()?,
+    // The fence's test (`config::command::fenced`), not the health loop's.
+    let test = "\"$shipit_seen\" -gt ";
+    let fence = match script.find(test) {
+        Some(i) => script[i + test.len()..]
+            .split_whitespace()
+            .next()?
+            .parse()
+            .ok()?,
         None => 0,
     };
     Some((kind, version, fence))
@@ -1050,6 +1073,9 @@ impl RunCommand for SimRunCommand {
             _ => version,
         };
         let timeout_ms = req.timeout_seconds as i64 * 1000;
+        if req.timeout_seconds < self.1.apps[&job.app].rollout.command_seconds(kind) {
+            w.stats.shortened += 1;
+        }
         let cmd = Command {
             key: key.clone(),
             kind,
@@ -1293,8 +1319,11 @@ impl Sim {
             config.clone(),
             ledger.clone(),
             Arc::new(
-                SsmFleet::new(Arc::new(SimRunCommand(world.clone())), config.clone())
-                    .with_clock(virtual_clock(&now)),
+                SsmFleet::new(
+                    Arc::new(SimRunCommand(world.clone(), config.clone())),
+                    config.clone(),
+                )
+                .with_clock(virtual_clock(&now)),
             ),
             None,
             Outbound {
@@ -1852,6 +1881,7 @@ impl Stats {
         self.cancelled += o.cancelled;
         self.missed_lookups += o.missed_lookups;
         self.sent_again += o.sent_again;
+        self.shortened += o.shortened;
         for (k, v) in &o.reasons {
             *self.reasons.entry(k.clone()).or_default() += v;
         }
