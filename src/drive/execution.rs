@@ -11,7 +11,7 @@ use aws_sdk_ssm::types::{
 use chrono::{DateTime, Duration, SecondsFormat, Utc};
 use std::time::Instant;
 
-use super::step::StepState;
+use super::step::{FiguresSource, StepState};
 use crate::aws::sdk_err;
 use crate::deploy::command::{tail, NodeResult, OUTPUT_TAIL};
 use crate::deploy::dora::{figures, Ended, Figures, WINDOW_DAYS};
@@ -459,6 +459,37 @@ pub async fn dora(
             .map(Ended::not_live),
     );
     Ok(figures(app, env, &ended, WINDOW_DAYS, now))
+}
+
+#[async_trait]
+impl FiguresSource for ExecutionStories {
+    /// The job's failure, if it failed, counts from when it was queued (its execution
+    /// started moments later: the figure the page shows for it).
+    async fn figures(
+        &self,
+        ledger: &dyn Ledger,
+        state: &StepState,
+        now: DateTime<Utc>,
+    ) -> Result<Figures, PortError> {
+        let job = &state.job;
+        let mut failed = self.failed_lately(now).await?;
+        if let Some(status) = state
+            .status
+            .filter(|s| matches!(s, JobStatus::Failed | JobStatus::RollbackFailed))
+        {
+            failed.push(Kept {
+                job: job.clone(),
+                status,
+                reason: state.reason.clone(),
+                queued_at: job.requested_at,
+                started_at: Some(job.requested_at),
+                ended_at: Some(now),
+                notices: vec![],
+                ran: vec![],
+            });
+        }
+        dora(ledger, &job.app, &job.env, &failed, now).await
+    }
 }
 
 #[async_trait]

@@ -15,15 +15,17 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use tracing::Instrument;
 
-use super::execution::{dora, ExecutionStories};
 use super::Driver;
+use crate::deploy::dora::Figures;
 use crate::deploy::engine::{Action, Deploy, Notice, Observation, Outcome, STATE_ROOM_BYTES};
 use crate::deploy::job::DeployJob;
 use crate::deploy::lists::clip;
-use crate::deploy::ports::{is_refused, is_throttled, NotifyMemo, PortError, Refused, Sent};
+use crate::deploy::ports::{
+    is_refused, is_throttled, Ledger, NotifyMemo, PortError, Refused, Sent,
+};
 use crate::deploy::status::describe;
 use crate::deploy::status::JobStatus;
-use crate::deploy::story::{Event, Kept};
+use crate::deploy::story::Event;
 
 /// The state machine's payload between steps.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -164,6 +166,20 @@ impl StepState {
 
 pub type Clock = Arc<dyn Fn() -> DateTime<Utc> + Send + Sync>;
 
+/// Where a job's DORA figures are read once it ended (`execution::ExecutionStories` on
+/// AWS).
+#[async_trait::async_trait]
+pub trait FiguresSource: Send + Sync {
+    /// The figures of `state`'s app+env as they stand at `now`, its job counted as it
+    /// ended (its execution still runs: this is its last step).
+    async fn figures(
+        &self,
+        ledger: &dyn Ledger,
+        state: &StepState,
+        now: DateTime<Utc>,
+    ) -> Result<Figures, PortError>;
+}
+
 /// Longest the step that ends a job spends reading its DORA figures (a cold function
 /// reads up to a hundred failed executions).
 const FIGURES_WAIT: Duration = Duration::from_secs(20);
@@ -175,7 +191,7 @@ pub struct Stepper {
     now: Clock,
     /// Where a job's DORA figures are read when it ends (the executions), for notifiers
     /// that keep them.
-    figures: Option<Arc<ExecutionStories>>,
+    figures: Option<Arc<dyn FiguresSource>>,
 }
 
 impl Stepper {
@@ -189,9 +205,9 @@ impl Stepper {
     }
 
     /// Tells notifiers that keep DORA figures how they stand once a job ends, read from
-    /// the executions and the ledger (`execution::dora`).
-    pub fn with_figures(mut self, executions: Arc<ExecutionStories>) -> Stepper {
-        self.figures = Some(executions);
+    /// `source` (on AWS, the executions and the ledger: `execution::dora`).
+    pub fn with_figures(mut self, source: Arc<dyn FiguresSource>) -> Stepper {
+        self.figures = Some(source);
         self
     }
 
@@ -328,35 +344,14 @@ impl Stepper {
         Ok(state)
     }
 
-    /// The job of `state` ended: its app+env's DORA figures as they stand now. Its own
-    /// execution still runs (this is its last step), so its failure, if it failed, is
-    /// counted from the state, from when it was queued (its execution started moments
-    /// later: the figure the page shows for it).
+    /// The job of `state` ended: its app+env's DORA figures as they stand now.
     async fn tell_figures(&self, state: &StepState) {
         let Some(executions) = &self.figures else {
             return;
         };
         let job = &state.job;
         let now = (self.now)();
-        let figures = async {
-            let mut failed = executions.failed_lately(now).await?;
-            if let Some(status) = state
-                .status
-                .filter(|s| matches!(s, JobStatus::Failed | JobStatus::RollbackFailed))
-            {
-                failed.push(Kept {
-                    job: job.clone(),
-                    status,
-                    reason: state.reason.clone(),
-                    queued_at: job.requested_at,
-                    started_at: Some(job.requested_at),
-                    ended_at: Some(now),
-                    notices: vec![],
-                    ran: vec![],
-                });
-            }
-            dora(self.driver.ledger(), &job.app, &job.env, &failed, now).await
-        };
+        let figures = executions.figures(self.driver.ledger(), state, now);
         // The job has ended: its last step must not fail (and be retried) over figures.
         let figures = async {
             match tokio::time::timeout(FIGURES_WAIT, figures).await {

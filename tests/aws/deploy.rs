@@ -344,6 +344,16 @@ fn commands_of(state: &StepState) -> Option<(String, Vec<String>, usize)> {
         .map(|s| (s.key.clone(), s.commands.clone(), s.parts))
 }
 
+/// What chat answers `/deploy TEXT` from someone who may deploy.
+async fn chat(ingress: &shipit::ingress::Ingress, text: String) -> String {
+    let now = Utc::now();
+    let body = crate::helpers::slack_form("U2CERLKJA", "roadrunner", &text, &unique("t"));
+    let headers = crate::helpers::slack_headers(&body, now);
+    let reply = ingress.slack(&headers, &body, now).await;
+    assert_eq!(reply.status, 200, "{reply:?}");
+    reply.body["text"].as_str().unwrap().to_string()
+}
+
 fn cli_job(version: &str) -> DeployJob {
     crate::helpers::cli_job("test", version, &unique("n"))
 }
@@ -1905,17 +1915,7 @@ async fn a_failed_jobs_story_is_told_from_its_execution_and_its_commands() {
     let ingress = crate::helpers::ingress(Arc::new(fifo.queue()), rig.ledger.clone())
         .await
         .with_stories(stories.clone());
-    let now = Utc::now();
-    let say = |text: String| {
-        let body = crate::helpers::slack_form("U2CERLKJA", "roadrunner", &text, &unique("t"));
-        let headers = crate::helpers::slack_headers(&body, now);
-        let ingress = &ingress;
-        async move {
-            let reply = ingress.slack(&headers, &body, now).await;
-            assert_eq!(reply.status, 200, "{reply:?}");
-            reply.body["text"].as_str().unwrap().to_string()
-        }
-    };
+    let say = |text: String| chat(&ingress, text);
     let text = say(format!("show {}", job.id)).await;
     assert!(text.contains("hello 1.2.0 to production: failed"), "{text}");
     assert!(
@@ -2092,17 +2092,7 @@ async fn a_waiting_job_cancelled_from_chat_never_runs_and_a_started_one_cannot_b
         .await
         .with_stories(Arc::new(stories))
         .with_cancel(turn.clone());
-    let now = Utc::now();
-    let say = |text: String| {
-        let body = crate::helpers::slack_form("U2CERLKJA", "roadrunner", &text, &unique("t"));
-        let headers = crate::helpers::slack_headers(&body, now);
-        let ingress = &ingress;
-        async move {
-            let reply = ingress.slack(&headers, &body, now).await;
-            assert_eq!(reply.status, 200, "{reply:?}");
-            reply.body["text"].as_str().unwrap().to_string()
-        }
-    };
+    let say = |text: String| chat(&ingress, text);
     let text = say(format!("cancel {}", first.id)).await;
     assert!(
         text.contains("is running: /deploy abort hello production stops it"),

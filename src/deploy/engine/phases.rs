@@ -7,7 +7,7 @@ use crate::deploy::command::{Command, NodeResult, UNHEALTHY};
 use crate::deploy::history::Faulty;
 use crate::deploy::job::{DeployJob, Source};
 use crate::deploy::lists;
-use crate::deploy::lock::LockInfo;
+use crate::deploy::lock::{lease_seconds, LockInfo};
 use crate::deploy::version::Version;
 
 /// Why a node failed a command: its exit code and the last line it printed; for a restart
@@ -142,9 +142,17 @@ impl Deploy {
             .is_some_and(|h| h.job.as_ref() == Some(&self.job.id));
         if taken || ours {
             self.locked = true;
+            // A lock got back as it stood (a try again after an answer was lost) may be
+            // near its end, or past it: the lease counts from the last renewal the ledger
+            // knows, so a late one is renewed before anything else is done under it.
+            let lease = Duration::seconds(lease_seconds(self.policy.longest_command_seconds()));
+            let renewed_at = holder
+                .as_ref()
+                .and_then(|h| h.expires)
+                .map_or(now, |e| (e - lease).min(now));
             self.lease = Some(Lease {
                 generation: holder.as_ref().map_or(0, |h| h.generation),
-                renewed_at: now,
+                renewed_at,
                 written: holder.as_ref().map_or(Written::default(), |h| h.written),
             });
             self.lock_waiting_since = None;

@@ -1927,3 +1927,55 @@ fn a_driver_stopped_while_trying_the_lock_gives_up_so_the_lock_is_released() {
     assert!(matches!(d.action(), Action::Lock { .. }));
     assert_eq!(d.stop(twin.now(), "no answer"), None);
 }
+
+#[test]
+fn a_lock_got_back_as_it_stood_is_renewed_before_anything_is_done_under_it() {
+    // A try at the lock whose answer was lost took it; the try again, much later, gets
+    // it back with the expiry it had then: the deploy renews before it inspects.
+    let mut twin = Twin::new(&["n1"], Some("1.0.0"));
+    let mut d = Deploy::new(job("1.1.0", false), policy());
+    let now = twin.now();
+    d.observe(now, twin.execute(&Action::Verify)).unwrap();
+    let Action::Lock { lock } = d.action() else {
+        panic!("{:?}", d.action())
+    };
+    let held = LockInfo {
+        expires: Some(now - Duration::seconds(5)),
+        generation: 1,
+        ..lock
+    };
+    d.observe(
+        now,
+        Observation::Lock {
+            taken: true,
+            holder: Some(held),
+        },
+    )
+    .unwrap();
+    d.tick(now);
+    assert_eq!(d.action(), Action::Renew { generation: 1 });
+    // A lock taken now is not renewed at once.
+    let mut d = Deploy::new(job("1.1.0", false), policy());
+    d.observe(now, twin.execute(&Action::Verify)).unwrap();
+    let Action::Lock { lock } = d.action() else {
+        panic!()
+    };
+    let fresh = LockInfo {
+        expires: Some(LockInfo::lease_from(
+            now,
+            crate::deploy::lock::lease_seconds(d.policy.longest_command_seconds()),
+        )),
+        generation: 2,
+        ..lock
+    };
+    d.observe(
+        now,
+        Observation::Lock {
+            taken: true,
+            holder: Some(fresh),
+        },
+    )
+    .unwrap();
+    d.tick(now);
+    assert_eq!(d.action(), Action::Inspect);
+}
