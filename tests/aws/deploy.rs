@@ -1046,6 +1046,21 @@ async fn sqs_event(fifo: &crate::helpers::Fifo) -> aws_lambda_events::event::sqs
     serde_json::from_value(json!({ "Records": records })).unwrap()
 }
 
+/// `jobs` queued on a FIFO queue of their own, and handed to the dispatcher as SQS hands
+/// them over: an execution of `machine` and a queue ticket each.
+async fn dispatched(
+    sfn: &aws_sdk_sfn::Client,
+    turn: &shipit::aws::turn::SsmTurn,
+    machine: &str,
+    jobs: &[DeployJob],
+) -> crate::helpers::Fifo {
+    let fifo = crate::helpers::Fifo::new().await;
+    fifo.queue().enqueue(jobs).await.unwrap();
+    let resp = shipit::run::lambda::dispatch(sfn, turn, machine, &sqs_event(&fifo).await).await;
+    assert!(resp.batch_item_failures.is_empty(), "{resp:?}");
+    fifo
+}
+
 /// The queue order of `machine`'s executions, under a prefix of its own.
 fn turn_of(sdk: &aws_config::SdkConfig, machine: &str) -> shipit::aws::turn::SsmTurn {
     shipit::aws::turn::SsmTurn::new(
@@ -1601,13 +1616,7 @@ async fn jobs_of_one_app_take_the_lock_in_queue_order_so_an_older_job_cannot_und
         },
         now,
     );
-    let fifo = crate::helpers::Fifo::new().await;
-    fifo.queue()
-        .enqueue(&[upload.clone(), rollback.clone()])
-        .await
-        .unwrap();
-    let resp = shipit::run::lambda::dispatch(&sfn, &turn, &machine, &sqs_event(&fifo).await).await;
-    assert!(resp.batch_item_failures.is_empty(), "{resp:?}");
+    dispatched(&sfn, &turn, &machine, &[upload.clone(), rollback.clone()]).await;
 
     // The rollback's execution gets to run first: it waits for the upload's.
     let one_action = rig.stepper_in_order(turn.clone(), Duration::ZERO);
@@ -1676,13 +1685,7 @@ async fn an_older_upload_is_superseded_by_a_newer_one_queued_behind_it() {
         )
     };
     let (older, newer) = (upload("1.1.0"), upload("1.2.0"));
-    let fifo = crate::helpers::Fifo::new().await;
-    fifo.queue()
-        .enqueue(&[older.clone(), newer.clone()])
-        .await
-        .unwrap();
-    let resp = shipit::run::lambda::dispatch(&sfn, &turn, &machine, &sqs_event(&fifo).await).await;
-    assert!(resp.batch_item_failures.is_empty(), "{resp:?}");
+    dispatched(&sfn, &turn, &machine, &[older.clone(), newer.clone()]).await;
     let stepper = rig.stepper_in_order(turn.clone(), Duration::from_secs(60));
     let state = to_the_end(&stepper, StepState::start(older.clone())).await;
     assert_eq!(state.status, Some(JobStatus::Skipped), "{state:?}");
@@ -2070,13 +2073,7 @@ async fn a_waiting_job_cancelled_from_chat_never_runs_and_a_started_one_cannot_b
         &machine,
     ));
     let (first, second) = (cli_job("1.1.0"), cli_job("1.2.0"));
-    let fifo = crate::helpers::Fifo::new().await;
-    fifo.queue()
-        .enqueue(&[first.clone(), second.clone()])
-        .await
-        .unwrap();
-    let resp = shipit::run::lambda::dispatch(&sfn, &turn, &machine, &sqs_event(&fifo).await).await;
-    assert!(resp.batch_item_failures.is_empty(), "{resp:?}");
+    let fifo = dispatched(&sfn, &turn, &machine, &[first.clone(), second.clone()]).await;
 
     // The first takes its lock: from then on it runs.
     let one_action = rig.stepper_in_order(turn.clone(), Duration::ZERO);
