@@ -378,7 +378,7 @@ impl ExecutionStories {
     /// The jobs whose executions failed (a deploy that failed, was aborted or whose
     /// rollback failed) and ended in the `WINDOW_DAYS` before `now`, newest first, at
     /// most `MOST_FAILED`: with the live history, what the DORA figures count on AWS.
-    pub async fn failed_lately(&self, now: DateTime<Utc>) -> Result<Vec<Kept>, PortError> {
+    pub async fn failed_lately(&self, now: DateTime<Utc>) -> Result<Vec<Ended>, PortError> {
         let since = now - Duration::days(i64::from(WINDOW_DAYS));
         let mut pages = self
             .sfn
@@ -407,7 +407,7 @@ impl ExecutionStories {
                 if out.len() == MOST_FAILED {
                     return Ok(out);
                 }
-                out.extend(self.summary_of(&e).await?);
+                out.extend(self.summary_of(&e).await?.as_ref().map(Ended::not_live));
             }
         }
         Ok(out)
@@ -444,7 +444,7 @@ pub async fn dora(
     ledger: &dyn Ledger,
     app: &str,
     env: &str,
-    failed: &[Kept],
+    failed: &[Ended],
     now: DateTime<Utc>,
 ) -> Result<Figures, PortError> {
     let live = ledger.history(app, env, LIVE_VERSIONS_READ).await?;
@@ -454,9 +454,9 @@ pub async fn dora(
     ended.extend(
         failed
             .iter()
-            .filter(|k| k.job.app == app && k.job.env == env)
-            .filter(|k| !live.iter().any(|e| e.job.id == k.job.id))
-            .map(Ended::not_live),
+            .filter(|f| f.job.app == app && f.job.env == env)
+            .filter(|f| !live.iter().any(|e| e.job.id == f.job.id))
+            .cloned(),
     );
     Ok(figures(app, env, &ended, WINDOW_DAYS, now))
 }
@@ -477,15 +477,12 @@ impl FiguresSource for ExecutionStories {
             .status
             .filter(|s| matches!(s, JobStatus::Failed | JobStatus::RollbackFailed))
         {
-            failed.push(Kept {
+            failed.push(Ended {
                 job: job.clone(),
                 status,
-                reason: state.reason.clone(),
-                queued_at: job.requested_at,
                 started_at: Some(job.requested_at),
                 ended_at: Some(now),
-                notices: vec![],
-                ran: vec![],
+                live_at: None,
             });
         }
         dora(ledger, &job.app, &job.env, &failed, now).await

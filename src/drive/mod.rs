@@ -246,14 +246,6 @@ impl Driver {
         now: DateTime<Utc>,
     ) -> Outcome {
         tracing::error!(job_id = %job.id, %reason, "deploy given up");
-        let written = deploy.map_or(Written::default(), Deploy::written);
-        if let Err(e) = self
-            .ledger
-            .release(&job.app, &job.env, &job.id, written)
-            .await
-        {
-            tracing::error!(job_id = %job.id, error = %e, "cannot release the lock; `unlock` it from chat or the CLI");
-        }
         // A job that was cancelled never started (its claim says so): it touched nothing.
         let cancelled = match self.cancelled(job).await {
             Ok(by) => by,
@@ -267,6 +259,27 @@ impl Driver {
             (None, Some(d)) => d.failed(reason, false),
             (None, None) => Outcome::failed(reason),
         };
+        self.end(job, deploy, memo, outcome, now).await
+    }
+
+    /// Ends a job as `outcome`, the engine aside: frees its lock if it holds it and says
+    /// how it ended. Never fails.
+    pub async fn end(
+        &self,
+        job: &DeployJob,
+        deploy: Option<&Deploy>,
+        memo: &mut NotifyMemo,
+        outcome: Outcome,
+        now: DateTime<Utc>,
+    ) -> Outcome {
+        let written = deploy.map_or(Written::default(), Deploy::written);
+        if let Err(e) = self
+            .ledger
+            .release(&job.app, &job.env, &job.id, written)
+            .await
+        {
+            tracing::error!(job_id = %job.id, error = %e, "cannot release the lock; `unlock` it from chat or the CLI");
+        }
         let ended = Deploy {
             outcome: Some(outcome.clone()),
             ..deploy

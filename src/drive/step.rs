@@ -238,11 +238,11 @@ impl Stepper {
         if let Some(err) = state.error.take() {
             let reason = format!("the deploy step failed: {} {}", err.error, err.cause);
             let reason = reason.trim().to_string();
-            // A job cancelled before it started touched nothing: it ends (cancelled, as
-            // `give_up` reads it). Unread, it is wound down as any other: the Catch must
-            // not hang on one more call that can fail.
+            // A job cancelled before it started touched nothing: it just ends, cancelled.
+            // Unread, it is wound down as any other: the Catch must not hang on one more
+            // call that can fail.
             match self.driver.cancelled(&state.job).await {
-                Ok(Some(_)) => return Ok(self.give_up(state, reason).await),
+                Ok(Some(by)) => return Ok(self.end(state, Outcome::cancelled(by)).await),
                 Ok(None) => {}
                 Err(e) => tracing::warn!(error = %e, "cannot read whether the job was cancelled"),
             }
@@ -378,6 +378,32 @@ impl Stepper {
                 now,
             )
             .await;
+        self.ended_as(state, outcome, now).await
+    }
+
+    /// Ends the job as `outcome`, the engine aside (see `Driver::end`).
+    async fn end(&self, mut state: StepState, outcome: Outcome) -> StepState {
+        let now = (self.now)();
+        let outcome = self
+            .driver
+            .end(
+                &state.job,
+                state.deploy.as_ref(),
+                &mut state.notify,
+                outcome,
+                now,
+            )
+            .await;
+        self.ended_as(state, outcome, now).await
+    }
+
+    /// The job ended as `outcome`, out of the engine's loop: the state says so.
+    async fn ended_as(
+        &self,
+        mut state: StepState,
+        outcome: Outcome,
+        now: DateTime<Utc>,
+    ) -> StepState {
         state.say(
             now,
             &[Notice::Finished {
