@@ -16,24 +16,48 @@ impl Serve {
     pub fn start(ex: &Example) -> Serve {
         let uploads = ex.dir.path().join("uploads");
         std::fs::create_dir_all(&uploads).unwrap();
-        let port = free_port();
-        let config = std::fs::read_to_string(ex.config_path()).unwrap().replacen(
-            "[server]\n",
-            &format!("[server]\npackage_dir = \"uploads\"\nlisten = \"127.0.0.1:{port}\"\n"),
-            1,
-        );
-        std::fs::write(ex.config_path(), config).unwrap();
-        Serve(Self::spawn(ex), port)
+        let base = std::fs::read_to_string(ex.config_path()).unwrap();
+        // A port free when asked may be taken before serve binds it (by a process of
+        // another test): then serve exits, and is tried on another port.
+        for _ in 0..5 {
+            let port = free_port();
+            let config = base.replacen(
+                "[server]\n",
+                &format!("[server]\npackage_dir = \"uploads\"\nlisten = \"127.0.0.1:{port}\"\n"),
+                1,
+            );
+            std::fs::write(ex.config_path(), config).unwrap();
+            let mut child = Self::spawn(ex);
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                if let Some(status) = child.try_wait().unwrap() {
+                    let log = std::fs::read_to_string(Self::log(ex)).unwrap_or_default();
+                    assert!(log.contains("in use"), "serve exited ({status}): {log}");
+                    break;
+                }
+                if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                    return Serve(child, port);
+                }
+                assert!(Instant::now() < deadline, "serve does not listen on {port}");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        panic!("serve found no free port in 5 tries");
+    }
+
+    fn log(ex: &Example) -> std::path::PathBuf {
+        ex.dir.path().join("serve.log")
     }
 
     fn spawn(ex: &Example) -> Child {
+        let log = std::fs::File::create(Self::log(ex)).unwrap();
         Command::new(env!("CARGO_BIN_EXE_shipit"))
             .arg("--config")
             .arg(ex.config_path())
             .arg("serve")
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(log)
             .spawn()
             .unwrap()
     }
@@ -165,7 +189,8 @@ async fn an_older_upload_never_moves_production_back() {
     {
         assert!(
             Instant::now() < deadline,
-            "serve never looked at {uploads:?}"
+            "serve never looked at {uploads:?}: {}",
+            std::fs::read_to_string(Serve::log(&ex)).unwrap_or_default()
         );
         std::thread::sleep(Duration::from_millis(100));
     }
