@@ -139,7 +139,9 @@ impl SsmTurn {
             let Some(id) = JobId::parse(name.rsplit('/').next().unwrap_or_default()) else {
                 continue;
             };
-            if id != *keep && !self.running(&id).await? {
+            // A claim of a job with no execution yet (its dispatch to be tried again)
+            // is a cancel it has still to read.
+            if id != *keep && !matches!(self.status(&id).await?, Some(JobStatus::Running) | None) {
                 ended.push(name);
             }
         }
@@ -288,14 +290,15 @@ impl Cancel for SsmTurn {
             at: now,
         };
         match self.make_claim(job, &ours).await? {
-            // The claim was free: either the job has not started, and its execution will
+            // The claim was free: either the job has not started, and its execution (or,
+            // while the dispatcher has not started one yet, the one it will start) will
             // read the claim and end, or its execution ended without ever starting it (or
             // its claim was cleared once it ended): then nothing was cancelled.
             None => match self.status(&job.id).await {
-                Ok(Some(JobStatus::Running)) => Ok(None),
-                Ok(ended) => {
+                Ok(Some(JobStatus::Running) | None) => Ok(None),
+                Ok(Some(ended)) => {
                     params::delete(&self.ssm, &[self.claim_name(job)]).await?;
-                    Ok(Some(ended.unwrap_or(JobStatus::Failed)))
+                    Ok(Some(ended))
                 }
                 Err(e) => Err(format!(
                     "the cancel is recorded, so the job will not start if it has not yet, \

@@ -13,6 +13,9 @@
 //! Jobs take the lock in queue order through the same `Turn` port the Step Functions
 //! driver uses (a twin of the dispatcher's tickets), and chat cancels waiting jobs as
 //! `SsmTurn` does: one create of the job's claim decides between its start and a cancel.
+//! The dispatcher's calls (the ticket, then StartExecution) fail like any other, before
+//! or after taking effect; SQS then delivers the message again, holding back the rest
+//! of its FIFO group meanwhile.
 //!
 //! A schedule is a list of events generated from a seed, so that a failure can be
 //! replayed and shrunk: the failing seed is printed with the shortest sub-list of its
@@ -315,9 +318,12 @@ struct World {
     /// How many calls are still to be throttled.
     throttle_next: u32,
     held: Vec<Held>,
-    /// Per app+env, the jobs in the order the dispatcher started them (their tickets),
-    /// and the jobs whose execution ended.
-    queue: BTreeMap<(String, String), Vec<JobId>>,
+    /// Per app+env, the jobs in the order they were queued (SQS's FIFO group).
+    fifo: BTreeMap<(String, String), Vec<JobId>>,
+    /// Per app+env, the dispatcher's tickets, in queue order (see `SsmTurn`).
+    tickets: BTreeMap<(String, String), Vec<JobId>>,
+    /// The jobs whose execution the dispatcher started, and those whose execution ended.
+    executing: BTreeSet<JobId>,
     ended: BTreeSet<JobId>,
     /// Calls still to fail, and whether after taking effect.
     fail_next: u32,
@@ -374,6 +380,9 @@ struct Stats {
     missed_lookups: u64,
     /// Sends of a key to a node that had run it already (its run record answered).
     sent_again: u64,
+    /// Messages the dispatcher failed to handle (its ticket or execution call failed),
+    /// delivered again later.
+    undispatched: u64,
     reasons: BTreeMap<String, u64>,
 }
 
@@ -630,7 +639,7 @@ impl Ledger for SimLedger {
         // (vii) Jobs of one app+env take the lock in the order they were queued.
         if let (Ok(taken), Some(job)) = (&decided, &lock.job) {
             if t.lock.as_ref().and_then(|l| l.job.as_ref()) != Some(job) {
-                let queued = w.queue.get(&key).map_or(&[][..], |q| &q[..]);
+                let queued = w.fifo.get(&key).map_or(&[][..], |q| &q[..]);
                 let mine = queued.iter().position(|j| j == job).unwrap_or(0);
                 if let Some(waiting) = queued[..mine].iter().find(|j| !w.ended.contains(j)) {
                     w.violations.push(format!(
@@ -1208,28 +1217,66 @@ fn fenced() -> NodeResult {
     }
 }
 
-/// The queue order twin: tickets in the order the dispatcher started the executions, an
-/// execution running until the simulation sees it end (as `SsmTurn` asks Step Functions).
+/// The queue order twin: the dispatcher's tickets, in queue order, an execution running
+/// until the simulation sees it end (as `SsmTurn` asks Step Functions).
 struct SimTurn(Shared);
+
+impl World {
+    /// Leaves `job`'s ticket at its place in the queue (`SsmTurn::enter`).
+    fn enter(&mut self, job: &DeployJob) {
+        let key = (job.app.clone(), job.env.clone());
+        let place = |w: &World, id: &JobId| w.fifo[&key].iter().position(|j| j == id);
+        let mine = place(self, &job.id);
+        let tickets = self.tickets.get(&key).cloned().unwrap_or_default();
+        if tickets.contains(&job.id) {
+            return;
+        }
+        let at = tickets
+            .iter()
+            .position(|j| place(self, j) > mine)
+            .unwrap_or(tickets.len());
+        self.tickets
+            .entry(key)
+            .or_default()
+            .insert(at, job.id.clone());
+    }
+
+    fn running(&self, job: &JobId) -> bool {
+        self.executing.contains(job) && !self.ended.contains(job)
+    }
+}
 
 #[async_trait]
 impl Turn for SimTurn {
     async fn ahead(&self, job: &DeployJob) -> Result<Option<JobId>, PortError> {
-        let w = self.0.lock().unwrap();
-        let Some(queued) = w.queue.get(&(job.app.clone(), job.env.clone())) else {
+        let mut guard = self.0.lock().unwrap();
+        let w = &mut *guard;
+        let Some(tickets) = w.tickets.get(&(job.app.clone(), job.env.clone())) else {
             return Ok(None);
         };
-        let Some(mine) = queued.iter().position(|j| *j == job.id) else {
+        let Some(mine) = tickets.iter().position(|j| *j == job.id) else {
             return Ok(None);
         };
-        Ok(queued[..mine]
+        // As `SsmTurn`: the tickets before the first running execution are stale (their
+        // executions ended, or never started) and are removed.
+        let ahead = tickets[..mine].iter().find(|j| w.running(j)).cloned();
+        let stale: Vec<JobId> = tickets[..mine]
             .iter()
-            .find(|j| !w.ended.contains(j))
-            .cloned())
+            .take_while(|j| Some(*j) != ahead.as_ref())
+            .cloned()
+            .collect();
+        w.tickets
+            .get_mut(&(job.app.clone(), job.env.clone()))
+            .expect("read above")
+            .retain(|j| !stale.contains(j));
+        Ok(ahead)
     }
 
-    async fn leave(&self, _job: &DeployJob) -> Result<(), PortError> {
-        // Ended executions no longer count in `ahead`: nothing to remove.
+    async fn leave(&self, job: &DeployJob) -> Result<(), PortError> {
+        let mut w = self.0.lock().unwrap();
+        if let Some(tickets) = w.tickets.get_mut(&(job.app.clone(), job.env.clone())) {
+            tickets.retain(|j| *j != job.id);
+        }
         Ok(())
     }
 
@@ -1275,7 +1322,9 @@ struct Sim {
     ledger: Arc<SimLedger>,
     stepper: Stepper,
     executions: Vec<Execution>,
-    started: BTreeSet<JobId>,
+    /// Per app+env (a FIFO group), the messages the dispatcher has not yet handled: the
+    /// first one's failure holds back the rest until SQS delivers it again.
+    inbox: BTreeMap<(String, String), std::collections::VecDeque<DeployJob>>,
     queued: Vec<DeployJob>,
 }
 
@@ -1301,7 +1350,9 @@ impl Sim {
             delay_next: false,
             throttle_next: 0,
             held: vec![],
-            queue: BTreeMap::new(),
+            fifo: BTreeMap::new(),
+            tickets: BTreeMap::new(),
+            executing: BTreeSet::new(),
             ended: BTreeSet::new(),
             fail_next: 0,
             lag_next: 0,
@@ -1338,7 +1389,7 @@ impl Sim {
             ledger,
             stepper,
             executions: vec![],
-            started: BTreeSet::new(),
+            inbox: BTreeMap::new(),
             queued: vec![],
         }
     }
@@ -1351,22 +1402,61 @@ impl Sim {
         self.world.lock().unwrap().now()
     }
 
-    /// The queue hands `job` to the dispatcher, which starts one execution per job id.
-    fn deliver(&mut self, job: DeployJob) {
-        if self.started.insert(job.id.clone()) {
-            // The dispatcher's ticket: this job's place in its app+env's queue.
-            let mut w = self.world.lock().unwrap();
-            w.jobs.insert(job.id.clone(), job.clone());
-            w.queue
-                .entry((job.app.clone(), job.env.clone()))
-                .or_default()
-                .push(job.id.clone());
-            drop(w);
+    /// `job` is queued: SQS hands it to the dispatcher once the jobs queued before it in
+    /// its group were.
+    fn queue(&mut self, job: DeployJob) {
+        let key = (job.app.clone(), job.env.clone());
+        self.world
+            .lock()
+            .unwrap()
+            .fifo
+            .entry(key.clone())
+            .or_default()
+            .push(job.id.clone());
+        self.queued.push(job.clone());
+        self.inbox.entry(key).or_default().push_back(job);
+        self.pump();
+    }
+
+    /// SQS delivers each group's first message to the dispatcher until one fails: that
+    /// one becomes visible again later (a later pump), holding back its group.
+    fn pump(&mut self) {
+        let keys: Vec<_> = self.inbox.keys().cloned().collect();
+        for key in keys {
+            while let Some(job) = self.inbox[&key].front().cloned() {
+                if self.dispatch(&job).is_err() {
+                    self.world.lock().unwrap().stats.undispatched += 1;
+                    break;
+                }
+                self.inbox.get_mut(&key).expect("read above").pop_front();
+            }
+        }
+    }
+
+    /// The dispatcher (`start_deploy`): the ticket, then the execution named by the job
+    /// id; each call may fail before or after taking effect.
+    fn dispatch(&mut self, job: &DeployJob) -> Result<(), PortError> {
+        let mut w = self.world.lock().unwrap();
+        w.jobs.insert(job.id.clone(), job.clone());
+        w.call()?;
+        w.enter(job);
+        w.answer()?;
+        w.call()?;
+        let fresh = w.executing.insert(job.id.clone());
+        if fresh {
             self.executions.push(Execution {
-                state: StepState::start(job),
-                ready_at: self.now_ms(),
+                state: StepState::start(job.clone()),
+                ready_at: w.now.load(Ordering::SeqCst),
             });
         }
+        w.answer()?;
+        // A message delivered again after its deploy ended leaves no ticket behind.
+        if !fresh && w.ended.contains(&job.id) {
+            if let Some(t) = w.tickets.get_mut(&(job.app.clone(), job.env.clone())) {
+                t.retain(|j| *j != job.id);
+            }
+        }
+        Ok(())
     }
 
     async fn apply(&mut self, event: &Event) {
@@ -1422,12 +1512,18 @@ impl Sim {
                         now,
                     )
                 };
-                self.queued.push(job.clone());
-                self.deliver(job);
+                self.queue(job);
             }
             Event::Redeliver(k) => {
                 if let Some(job) = self.queued.get(*k % self.queued.len().max(1)).cloned() {
-                    self.deliver(job);
+                    let key = (job.app.clone(), job.env.clone());
+                    match self.inbox[&key].iter().any(|j| j.id == job.id) {
+                        true => self.pump(),
+                        // A duplicate of a message handled already.
+                        false => {
+                            let _ = self.dispatch(&job);
+                        }
+                    }
                 }
             }
             Event::Step(k) => {
@@ -1463,6 +1559,7 @@ impl Sim {
                     .unwrap()
                     .now
                     .fetch_add(*ms, Ordering::SeqCst);
+                self.pump();
             }
             Event::Lock(t) => {
                 let (app, env) = TARGETS[*t];
@@ -1536,8 +1633,7 @@ impl Sim {
                     now,
                 );
                 self.world.lock().unwrap().stats.syncs += 1;
-                self.queued.push(job.clone());
-                self.deliver(job);
+                self.queue(job);
             }
             Event::Cancel(k) => {
                 let Some(job) = self.queued.get(*k % self.queued.len().max(1)) else {
@@ -1777,6 +1873,7 @@ impl Sim {
             w.lose_next = 0;
             deliver_late(&mut w);
         }
+        self.pump();
         for (app, env) in TARGETS {
             let now = self.now();
             self.ledger.unlock(app, env, now).await.unwrap();
@@ -1881,6 +1978,7 @@ impl Stats {
         self.cancelled += o.cancelled;
         self.missed_lookups += o.missed_lookups;
         self.sent_again += o.sent_again;
+        self.undispatched += o.undispatched;
         self.shortened += o.shortened;
         for (k, v) in &o.reasons {
             *self.reasons.entry(k.clone()).or_default() += v;
@@ -1972,7 +2070,8 @@ fn the_invariants_hold_on_thousands_of_random_schedules() {
                 && stats.syncs > 0
                 && stats.stale_reads > 0
                 && stats.missed_lookups > 0
-                && stats.sent_again > 0,
+                && stats.sent_again > 0
+                && stats.undispatched > 0,
             "{stats:#?}"
         );
     }

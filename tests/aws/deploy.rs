@@ -2109,6 +2109,20 @@ async fn a_waiting_job_cancelled_from_chat_never_runs_and_a_started_one_cannot_b
     let by = turn.start(&second).await.unwrap().expect("cancelled");
     assert!(by.contains("U2CERLKJA"), "{by}");
     assert_eq!(turn.start(&first).await.unwrap(), None);
+    // A job the dispatcher left a ticket for but has not started an execution for yet (a
+    // StartExecution that failed, to be tried again) is waiting, not ended: the claim
+    // stays, and the execution it gets ends cancelled too.
+    let third = cli_job("1.3.0");
+    turn.enter(&third, &"9".repeat(30)).await.unwrap();
+    use shipit::deploy::ports::Cancel;
+    assert_eq!(
+        turn.cancel(&third, "U2CERLKJA", chrono::Utc::now())
+            .await
+            .unwrap(),
+        None
+    );
+    assert!(turn.start(&third).await.unwrap().is_some());
+    turn.leave(&third).await.unwrap();
 
     // The cancelled job ends at its next step, without waiting for the first's turn.
     let b = to_the_end(&stepper, StepState::start(second.clone())).await;
@@ -2141,15 +2155,21 @@ async fn a_waiting_job_cancelled_from_chat_never_runs_and_a_started_one_cannot_b
         names.sort();
         names
     };
-    let mut both = vec![first.id.to_string(), second.id.to_string()];
-    both.sort();
-    assert_eq!(claims().await, both);
+    let mut all = vec![
+        first.id.to_string(),
+        second.id.to_string(),
+        third.id.to_string(),
+    ];
+    all.sort();
+    assert_eq!(claims().await, all);
     stop_execution(&sfn, &machine, &first.id).await;
     stop_execution(&sfn, &machine, &second.id).await;
     turn.leave(&second).await.unwrap();
-    assert_eq!(claims().await, [second.id.to_string()]);
+    let mut kept = vec![second.id.to_string(), third.id.to_string()];
+    kept.sort();
+    assert_eq!(claims().await, kept);
     // Cancelling a job that ended claims nothing and says how it ended.
     let text = say(format!("cancel {}", first.id)).await;
     assert!(text.contains("is not queued"), "{text}");
-    assert_eq!(claims().await, [second.id.to_string()]);
+    assert_eq!(claims().await, kept);
 }
