@@ -213,6 +213,14 @@ impl<R: RunCommand> SsmFleet<R> {
         if ids.len() >= planned {
             return Ok(results);
         }
+        let now = (self.now)();
+        // Every node starts an uncapped command within the delivery timeout, or not at all
+        // (see `Command::not_after`). A capped one runs in waves (its MaxConcurrency), a
+        // later wave starting after the first ends: it carries no such limit.
+        let cmd = &match cmd.concurrency {
+            0 => cmd.sent_at(now),
+            _ => cmd.clone(),
+        };
         let (dir, parts) = match self.plan(app, env, cmd, &gone)? {
             Plan::Parts { dir, parts } => (dir, parts),
             Plan::Done(results) => return Ok(results),
@@ -254,7 +262,6 @@ impl<R: RunCommand> SsmFleet<R> {
         // delivery included, or it would run on after the deploy stopped waiting (and
         // perhaps released its lock): SSM is told to end it in time, and a part with no
         // time left is not sent.
-        let now = (self.now)();
         let since = mine.and_then(|s| s.since).unwrap_or(now);
         let limit = app.rollout.command_seconds(cmd.kind);
         let margin = (COMMAND_GRACE_SECONDS - DELIVERY_TIMEOUT_SECONDS).max(0) as u64;
@@ -902,6 +909,7 @@ ssm_tags = {{ "shipit:app" = "hello", "shipit:env" = "production" }}
             nodes: (0..nodes).map(|i| format!("i-{i:017x}")).collect(),
             concurrency: cap,
             fence: 0,
+            not_after: None,
         }
     }
 

@@ -193,6 +193,7 @@ pub async fn drift(
         concurrency: 0,
         // Reading versions changes nothing: no lock, no fence.
         fence: 0,
+        not_after: None,
     };
     let results = crate::local::fleet::LocalFleet::new(store.clone(), config.clone())
         .run_on(a, e, &cmd)

@@ -2,9 +2,11 @@
 
 use std::collections::BTreeMap;
 
+use chrono::{DateTime, Utc};
+
 use super::template::Template;
 use super::{App, Environment};
-use crate::deploy::command::{Command, CommandKind, REFUSED, REFUSED_EXIT, UNHEALTHY};
+use crate::deploy::command::{Command, CommandKind, LATE, REFUSED, REFUSED_EXIT, UNHEALTHY};
 use crate::deploy::rollout::Rollout;
 
 /// The first health check after a restart that fails is retried this soon (see
@@ -88,7 +90,14 @@ impl App {
         }
         // No key: a plan shown to a reader, who wants the app's command, not its guard.
         if matches!(kind, CommandKind::Install | CommandKind::Restart) && !cmd.key.is_empty() {
-            script = once(&self.name, &env.name, site, &cmd.key, &script);
+            script = once(
+                &self.name,
+                &env.name,
+                site,
+                &cmd.key,
+                cmd.not_after,
+                &script,
+            );
         }
         Ok(Some(match cmd.fence {
             0 => script,
@@ -160,13 +169,31 @@ fn run_id(key: &str) -> String {
 /// reboot, a kill; or before it wrote its pid, a minute ago) is run again. Records older
 /// than two weeks are pruned. A node where the record cannot be made fails the command
 /// rather than run it unguarded.
-pub fn once(app: &str, env: &str, site: &Site, key: &str, script: &str) -> String {
+pub fn once(
+    app: &str,
+    env: &str,
+    site: &Site,
+    key: &str,
+    not_after: Option<DateTime<Utc>>,
+    script: &str,
+) -> String {
     let runs = match site.dir {
         Some(_) => format!("./{RUNS}"),
         None => format!("/var/tmp/shipit-{app}-{env}/runs"),
     };
     let runs = shlex::try_quote(&runs).map_or_else(|_| "/dev/null".into(), |q| q.into_owned());
     let id = run_id(key);
+    // Checked once the key is this send's to run, so that a late copy of a command that
+    // ran answers what it did; the record is dropped, so a timely send may still run it.
+    let deadline = not_after.map_or(String::new(), |t| {
+        format!(
+            "if [ \"$(date +%s)\" -gt {secs} ]; then rm -rf \"$shipit_run\"; \
+             echo \"{LATE} this command had to start by {at}; it reached this node at $(date -u +%Y-%m-%dT%H:%M:%SZ) \
+             (held up on its way, or this node's clock is off)\" >&2; exit {REFUSED_EXIT}; fi\n",
+            secs = t.timestamp(),
+            at = t.format("%Y-%m-%dT%H:%M:%SZ"),
+        )
+    });
     format!(
         "shipit_runs={runs}\n\
          shipit_run=\"$shipit_runs/{id}\"\n\
@@ -190,6 +217,7 @@ pub fn once(app: &str, env: &str, site: &Site, key: &str, script: &str) -> Strin
          if [ -n \"$(find \"$shipit_run.reap\" -maxdepth 0 -mmin +1 2>/dev/null)\" ]; then rmdir \"$shipit_run.reap\" 2>/dev/null; fi\n\
          sleep 1\n\
          done\n\
+         {deadline}\
          echo \"$$ $shipit_boot $(shipit_began $$)\" > \"$shipit_run/pid\" || {{ rm -rf \"$shipit_run\"; echo \"shipit: cannot keep a record of this command in $shipit_runs\" >&2; exit 1; }}\n\
          ( {script}\n\
          ) > \"$shipit_run/out\" 2>&1\n\
@@ -287,13 +315,60 @@ mod tests {
 
     /// Runs `once(key, script)` in `dir`: (exit code, output).
     fn run_once(dir: &std::path::Path, key: &str, script: &str) -> (Option<i32>, String) {
+        run_once_by(dir, key, None, script)
+    }
+
+    /// The same, for a command that must start by `not_after`.
+    fn run_once_by(
+        dir: &std::path::Path,
+        key: &str,
+        not_after: Option<chrono::DateTime<chrono::Utc>>,
+        script: &str,
+    ) -> (Option<i32>, String) {
         let vars = BTreeMap::new();
         let site = Site {
             node: "n1",
             dir: Some("n1"),
             vars: &vars,
         };
-        sh_in(dir, &once("hello", "production", &site, key, script))
+        sh_in(
+            dir,
+            &once("hello", "production", &site, key, not_after, script),
+        )
+    }
+
+    #[test]
+    fn a_command_that_reaches_its_node_too_late_does_not_start_unless_its_key_ran_there() {
+        use crate::deploy::command::NodeResult;
+        let dir = tempfile::tempdir().unwrap();
+        let now = chrono::Utc::now();
+        let past = now - chrono::Duration::seconds(5);
+        let script = "echo ran >> count; echo ok";
+        let (code, out) = run_once_by(dir.path(), "j1:install", Some(past), script);
+        assert_eq!(code, Some(REFUSED_EXIT), "{out}");
+        assert!(
+            out.starts_with(LATE) && out.contains("had to start by"),
+            "{out}"
+        );
+        assert!(!dir.path().join("count").exists(), "it ran");
+        let late = NodeResult::Failed {
+            exit_code: code,
+            output: out,
+        };
+        assert!(late.is_late() && !late.is_refused());
+        // Its record is not kept: a send in time runs it, and a late copy of it then
+        // answers what it did instead of refusing.
+        let soon = now + chrono::Duration::seconds(120);
+        assert_eq!(
+            run_once_by(dir.path(), "j1:install", Some(soon), script),
+            (Some(0), "ok\n".into())
+        );
+        assert_eq!(
+            run_once_by(dir.path(), "j1:install", Some(past), script),
+            (Some(0), "ok\n".into())
+        );
+        let runs = std::fs::read_to_string(dir.path().join("count")).unwrap();
+        assert_eq!(runs.lines().count(), 1);
     }
 
     #[test]

@@ -1,6 +1,9 @@
 //! What a fleet is asked to run on nodes, and what it answers per node.
 
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+
+use super::lock::DELIVERY_TIMEOUT_SECONDS;
 
 use super::version::Version;
 
@@ -17,6 +20,9 @@ pub const UNHEALTHY: &str = "shipit: unhealthy after";
 pub const REFUSED: &str = "shipit: refused:";
 /// The exit code of that refusal (EX_TEMPFAIL).
 pub const REFUSED_EXIT: i32 = 75;
+/// How a node's refusal begins when a command reached it after the time it had to start
+/// by (see `Command::not_after`); the same exit code.
+pub const LATE: &str = "shipit: late:";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -45,6 +51,23 @@ pub struct Command {
     /// the command (see `App::script`).
     #[serde(default)]
     pub fence: u64,
+    /// A node refuses to start the command after this (by its clock), unless the key ran
+    /// there already: the fleet sets it as it sends, one delivery timeout on, so that a
+    /// request held up on the way (SigV4 lets AWS take one up to five minutes after it
+    /// was signed; a TCP connection may hold one longer) cannot start after the lease it
+    /// was sent under has lapsed. Unset: no limit (a plan shown to a reader).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_after: Option<DateTime<Utc>>,
+}
+
+impl Command {
+    /// This command as a fleet sends it at `now`: to start within the delivery timeout.
+    pub fn sent_at(&self, now: DateTime<Utc>) -> Command {
+        Command {
+            not_after: Some(now + chrono::Duration::seconds(DELIVERY_TIMEOUT_SECONDS)),
+            ..self.clone()
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -72,6 +95,11 @@ impl NodeResult {
     /// The node refused the command: a newer lock holder has sent it commands.
     pub fn is_refused(&self) -> bool {
         matches!(self, NodeResult::Failed { exit_code: Some(REFUSED_EXIT), output } if output.contains(REFUSED))
+    }
+
+    /// The node refused the command for reaching it too late: it did not run there.
+    pub fn is_late(&self) -> bool {
+        matches!(self, NodeResult::Failed { exit_code: Some(REFUSED_EXIT), output } if output.contains(LATE))
     }
 }
 

@@ -39,7 +39,9 @@ use super::step::{StepInput, StepState, Stepper};
 use super::{Driver, Outbound};
 use crate::aws::fleet::{InvalidInstances, RunCommand, SendRequest, SsmFleet, Status};
 use crate::config::Config;
-use crate::deploy::command::{Command, CommandKind, NodeResult, REFUSED, REFUSED_EXIT, UNHEALTHY};
+use crate::deploy::command::{
+    Command, CommandKind, NodeResult, LATE, REFUSED, REFUSED_EXIT, UNHEALTHY,
+};
 use crate::deploy::engine::{Deploy, Notice, Verdict};
 use crate::deploy::history::{
     faulty_mark, fit, rollback_target, Faulty, HistoryEntry, MARKS_MAX_BYTES,
@@ -188,6 +190,10 @@ enum Event {
     /// The next command sent is missing from the next `n` ListCommands reads (eventual
     /// consistency): a step replayed then sends it again.
     LagList(u32),
+    /// The next SendCommand request reaches SSM this many ms after it was made (a slow
+    /// network), its sender having given up on the answer. AWS refuses a request signed
+    /// more than five minutes before it arrives (Signature Version 4), so at most that.
+    SlowSend(i64),
 }
 
 /// How long a read may lag a write. AWS names no bound; the ledger relies on one well
@@ -195,13 +201,18 @@ enum Event {
 /// what that holder inherited, not what it wrote since: see `SsmLedger`'s lock).
 const LAG_MS: i64 = 60_000;
 
+/// The deploy-step function's timeout (infra/template.yaml), and the state machine's
+/// first Retry interval (infra/statemachine/deploy.asl.json).
+const STEP_TIMEOUT_MS: i64 = 300_000;
+const STEP_RETRY_MS: i64 = 2_000;
+
 /// How many times a read is made before a lagging one fails: `SsmLedger::read_at_least`
 /// asks again for about five seconds.
 const READS_BEFORE_GIVING_UP: u32 = 8;
 
 fn schedule(seed: u64) -> Vec<Event> {
     let mut rng = Rng::new(seed);
-    let kinds = 6;
+    let kinds = 7;
     (0..EVENTS)
         .map(|_| {
             let target = rng.below(TARGETS.len() as u64) as usize;
@@ -234,6 +245,7 @@ fn schedule(seed: u64) -> Vec<Event> {
                     0 => Event::DeliverLate,
                     4 => Event::LagReads(1 + rng.below(3) as u32),
                     5 => Event::LagList(1 + rng.below(3) as u32),
+                    6 => Event::SlowSend(1 + rng.below(300_000) as i64),
                     1 => Event::FailCalls {
                         // At most 5: three failed tries of a step, two of its Abort.
                         n: 1 + rng.below(5) as u32,
@@ -342,6 +354,12 @@ struct World {
     sent: Vec<SentCommand>,
     /// The next command sent is missing from this many ListCommands reads.
     list_lag_next: u32,
+    /// The next SendCommand arrives this many ms late (`Event::SlowSend`).
+    slow_next: Option<i64>,
+    /// SendCommand requests on their way: when they reach SSM.
+    in_flight: Vec<(i64, SendRequest)>,
+    /// The step under way hung this long in a call (see `SimRunCommand::send`).
+    hung: Option<i64>,
 }
 
 /// What the schedules exercised, printed at the end so a reader sees the simulation is
@@ -380,6 +398,10 @@ struct Stats {
     missed_lookups: u64,
     /// Sends of a key to a node that had run it already (its run record answered).
     sent_again: u64,
+    /// SendCommand requests that reached SSM after their sender gave up on them.
+    slow_sends: u64,
+    /// Commands their nodes refused for reaching them after they had to start.
+    late: u64,
     /// Messages the dispatcher failed to handle (its ticket or execution call failed),
     /// delivered again later.
     undispatched: u64,
@@ -863,9 +885,14 @@ fn start(
         );
         return;
     }
+    // As the command's script: the fence first, then (its key not run here yet) the time
+    // it had to start by.
+    let late = cmd
+        .not_after
+        .is_some_and(|t| (t0() + chrono::Duration::milliseconds(now)).timestamp() > t.timestamp());
     // (ix) No command runs on a node for a deploy that does not hold the lock, unless the
-    // node's fence refuses it.
-    if !holds && node.fence <= cmd.fence {
+    // node's fence or the command's deadline refuses it.
+    if !holds && node.fence <= cmd.fence && !late {
         w.violations.push(format!(
             "(ix) {} of job {job} ran on {name} while the job did not hold {}/{}",
             cmd.key, target.0, target.1
@@ -884,6 +911,22 @@ fn start(
         return;
     }
     node.fence = cmd.fence;
+    if late {
+        // Refused without a record on the node; kept here as this send's answer.
+        w.stats.late += 1;
+        t.runs.entry(cmd.key.clone()).or_default().insert(
+            name.to_string(),
+            Run {
+                job: job.clone(),
+                end: now,
+                result: NodeResult::Failed {
+                    exit_code: Some(REFUSED_EXIT),
+                    output: format!("{LATE} this command had to start by …"),
+                },
+            },
+        );
+        return;
+    }
     // One check of what the node serves now.
     let check = |node: &Node| match &node.serving {
         _ if faults && node.sick => failed("503 Service Unavailable"),
@@ -989,7 +1032,7 @@ fn deliver_late(w: &mut World) {
 
 /// What a sent script asks of a node: its kind, version and lock generation (the sim's
 /// templates name their kind and version: `sim-install 1.2.0`).
-fn read_script(script: &str) -> Option<(CommandKind, Version, u64)> {
+fn read_script(script: &str) -> Option<(CommandKind, Version, u64, Option<DateTime<Utc>>)> {
     let after = |word: &str| {
         let rest = &script[script.find(word)? + word.len()..];
         Version::parse(rest.split_whitespace().next()?).ok()
@@ -1016,7 +1059,20 @@ fn read_script(script: &str) -> Option<(CommandKind, Version, u64)> {
             .ok()?,
         None => 0,
     };
-    Some((kind, version, fence))
+    // The time it must start by (`config::command::once`).
+    let test = "\"$(date +%s)\" -gt ";
+    let not_after = match script.find(test) {
+        Some(i) => {
+            let secs = script[i + test.len()..]
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()?;
+            Some(Utc.timestamp_opt(secs, 0).single()?)
+        }
+        None => None,
+    };
+    Some((kind, version, fence, not_after))
 }
 
 /// Where a result stands now: held back past the delivery timeout, SSM gave up on it.
@@ -1055,83 +1111,16 @@ impl RunCommand for SimRunCommand {
         let mut guard = self.0.lock().unwrap();
         let w = &mut *guard;
         w.call()?;
-        let key = req
-            .comment
-            .split(' ')
-            .nth(1)
-            .unwrap_or_default()
-            .to_string();
-        let id = key.split(':').next().unwrap_or_default();
-        let job = w.jobs.values().find(|j| j.id.as_str() == id).cloned();
-        let (Some(job), Some((kind, version, fence))) = (job, read_script(&req.script)) else {
-            panic!(
-                "a command the simulation cannot read: {}\n{}",
-                req.comment, req.script
-            );
-        };
-        let target = (job.app.clone(), job.env.clone());
-        let t = w.targets.get_mut(&target).expect("a simulated target");
-        let gone: Vec<&String> = req.nodes.iter().filter(|n| t.nodes[*n].gone).collect();
-        if !gone.is_empty() {
-            let refused = format!("InvalidInstanceId: {gone:?} are not running managed nodes");
-            w.stats.gone += 1;
-            return Err(Box::new(InvalidInstances(refused)));
+        if let Some(late_ms) = w.slow_next.take() {
+            // The request is on its way; the step waits for the answer until the request
+            // arrives or its Lambda times out, and fails.
+            let arrives = w.now.load(Ordering::SeqCst) + late_ms;
+            w.in_flight.push((arrives, req.clone()));
+            w.hung = Some(late_ms.min(STEP_TIMEOUT_MS));
+            w.stats.slow_sends += 1;
+            return Err("timed out waiting for SendCommand's answer".into());
         }
-        let version = match kind {
-            CommandKind::Version => job.version.clone(),
-            _ => version,
-        };
-        let timeout_ms = req.timeout_seconds as i64 * 1000;
-        if req.timeout_seconds < self.1.apps[&job.app].rollout.command_seconds(kind) {
-            w.stats.shortened += 1;
-        }
-        let cmd = Command {
-            key: key.clone(),
-            kind,
-            version,
-            nodes: req.nodes.clone(),
-            concurrency: 0,
-            fence,
-        };
-        for name in &req.nodes {
-            let t = w.targets.get_mut(&target).expect("a simulated target");
-            // The node's run record: a second send answers what the first run did.
-            if t.runs.get(&key).is_some_and(|r| r.contains_key(name)) {
-                w.stats.sent_again += 1;
-                continue;
-            }
-            if w.delay_next {
-                w.delay_next = false;
-                t.runs.entry(key.clone()).or_default().insert(
-                    name.clone(),
-                    Run {
-                        job: job.id.clone(),
-                        end: HELD,
-                        result: NodeResult::Running,
-                    },
-                );
-                let sent_at = w.now.load(Ordering::SeqCst);
-                w.held.push(Held {
-                    sent_at,
-                    timeout_ms,
-                    target: target.clone(),
-                    job: job.id.clone(),
-                    cmd: cmd.clone(),
-                    node: name.clone(),
-                });
-                continue;
-            }
-            start(w, &target, &job.id, &cmd, name, timeout_ms);
-        }
-        let hidden = std::mem::take(&mut w.list_lag_next);
-        w.sent.push(SentCommand {
-            comment: req.comment.clone(),
-            key,
-            target,
-            nodes: req.nodes.clone(),
-            hidden,
-        });
-        let id = (w.sent.len() - 1).to_string();
+        let id = receive(w, &self.1, req)?;
         w.answer()?;
         Ok(id)
     }
@@ -1201,6 +1190,89 @@ impl RunCommand for SimRunCommand {
             NodeResult::Running | NodeResult::Gone { .. } => None,
         })
     }
+}
+
+/// SSM receives a SendCommand: the command, each node's part of it, its id.
+fn receive(w: &mut World, config: &Config, req: &SendRequest) -> Result<String, PortError> {
+    let key = req
+        .comment
+        .split(' ')
+        .nth(1)
+        .unwrap_or_default()
+        .to_string();
+    let id = key.split(':').next().unwrap_or_default();
+    let job = w.jobs.values().find(|j| j.id.as_str() == id).cloned();
+    let (Some(job), Some((kind, version, fence, not_after))) = (job, read_script(&req.script))
+    else {
+        panic!(
+            "a command the simulation cannot read: {}\n{}",
+            req.comment, req.script
+        );
+    };
+    let target = (job.app.clone(), job.env.clone());
+    let t = w.targets.get_mut(&target).expect("a simulated target");
+    let gone: Vec<&String> = req.nodes.iter().filter(|n| t.nodes[*n].gone).collect();
+    if !gone.is_empty() {
+        let refused = format!("InvalidInstanceId: {gone:?} are not running managed nodes");
+        w.stats.gone += 1;
+        return Err(Box::new(InvalidInstances(refused)));
+    }
+    let version = match kind {
+        CommandKind::Version => job.version.clone(),
+        _ => version,
+    };
+    let timeout_ms = req.timeout_seconds as i64 * 1000;
+    if req.timeout_seconds < config.apps[&job.app].rollout.command_seconds(kind) {
+        w.stats.shortened += 1;
+    }
+    let cmd = Command {
+        key: key.clone(),
+        kind,
+        version,
+        nodes: req.nodes.clone(),
+        concurrency: 0,
+        fence,
+        not_after,
+    };
+    for name in &req.nodes {
+        let t = w.targets.get_mut(&target).expect("a simulated target");
+        // The node's run record: a second send answers what the first run did.
+        if t.runs.get(&key).is_some_and(|r| r.contains_key(name)) {
+            w.stats.sent_again += 1;
+            continue;
+        }
+        if w.delay_next {
+            w.delay_next = false;
+            t.runs.entry(key.clone()).or_default().insert(
+                name.clone(),
+                Run {
+                    job: job.id.clone(),
+                    end: HELD,
+                    result: NodeResult::Running,
+                },
+            );
+            let sent_at = w.now.load(Ordering::SeqCst);
+            w.held.push(Held {
+                sent_at,
+                timeout_ms,
+                target: target.clone(),
+                job: job.id.clone(),
+                cmd: cmd.clone(),
+                node: name.clone(),
+            });
+            continue;
+        }
+        start(w, &target, &job.id, &cmd, name, timeout_ms);
+    }
+    let hidden = std::mem::take(&mut w.list_lag_next);
+    w.sent.push(SentCommand {
+        comment: req.comment.clone(),
+        key,
+        target,
+        nodes: req.nodes.clone(),
+        hidden,
+    });
+    Ok((w.sent.len() - 1).to_string())
 }
 
 fn failed(output: &str) -> NodeResult {
@@ -1315,6 +1387,8 @@ impl Notify for Quiet {
 struct Execution {
     state: StepState,
     ready_at: i64,
+    /// Tries of its Step task that failed in a row (see `step_execution`).
+    failures: u32,
 }
 
 struct Sim {
@@ -1325,6 +1399,7 @@ struct Sim {
     /// Per app+env (a FIFO group), the messages the dispatcher has not yet handled: the
     /// first one's failure holds back the rest until SQS delivers it again.
     inbox: BTreeMap<(String, String), std::collections::VecDeque<DeployJob>>,
+    config: Arc<Config>,
     queued: Vec<DeployJob>,
 }
 
@@ -1363,6 +1438,9 @@ impl Sim {
             cancelled: BTreeSet::new(),
             sent: vec![],
             list_lag_next: 0,
+            slow_next: None,
+            in_flight: vec![],
+            hung: None,
         }));
         let ledger = Arc::new(SimLedger(world.clone()));
         let config = config();
@@ -1390,6 +1468,7 @@ impl Sim {
             stepper,
             executions: vec![],
             inbox: BTreeMap::new(),
+            config,
             queued: vec![],
         }
     }
@@ -1447,6 +1526,7 @@ impl Sim {
             self.executions.push(Execution {
                 state: StepState::start(job.clone()),
                 ready_at: w.now.load(Ordering::SeqCst),
+                failures: 0,
             });
         }
         w.answer()?;
@@ -1459,7 +1539,49 @@ impl Sim {
         Ok(())
     }
 
+    /// The clock moves on to `to`, SendCommand requests on their way reaching SSM at
+    /// their times on the way there.
+    fn advance_to(&mut self, to: i64) {
+        loop {
+            let next = {
+                let w = self.world.lock().unwrap();
+                w.in_flight.iter().map(|(at, _)| *at).min()
+            };
+            match next {
+                Some(at) if at <= to => {
+                    self.world
+                        .lock()
+                        .unwrap()
+                        .now
+                        .fetch_max(at, Ordering::SeqCst);
+                    self.arrive();
+                }
+                _ => break,
+            }
+        }
+        self.world
+            .lock()
+            .unwrap()
+            .now
+            .fetch_max(to, Ordering::SeqCst);
+    }
+
+    /// SendCommand requests reach SSM once their time has come.
+    fn arrive(&mut self) {
+        let mut w = self.world.lock().unwrap();
+        let now = w.now.load(Ordering::SeqCst);
+        let (due, later) = std::mem::take(&mut w.in_flight)
+            .into_iter()
+            .partition(|(at, _)| *at <= now);
+        w.in_flight = later;
+        for (_, req) in due {
+            // SSM refuses one that names a node gone since: nobody hears of it.
+            let _ = receive(&mut w, &self.config, &req);
+        }
+    }
+
     async fn apply(&mut self, event: &Event) {
+        self.arrive();
         let now = self.now();
         match event {
             Event::Queue {
@@ -1545,20 +1667,12 @@ impl Sim {
                         break;
                     }
                     let at = self.executions[i].ready_at;
-                    self.world
-                        .lock()
-                        .unwrap()
-                        .now
-                        .fetch_max(at, Ordering::SeqCst);
+                    self.advance_to(at);
                     self.step_execution(i, None).await;
                 }
             }
             Event::Advance(ms) => {
-                self.world
-                    .lock()
-                    .unwrap()
-                    .now
-                    .fetch_add(*ms, Ordering::SeqCst);
+                self.advance_to(self.now_ms() + *ms);
                 self.pump();
             }
             Event::Lock(t) => {
@@ -1596,6 +1710,7 @@ impl Sim {
             }
             Event::LagReads(n) => self.world.lock().unwrap().lag_next = *n,
             Event::LagList(n) => self.world.lock().unwrap().list_lag_next = *n,
+            Event::SlowSend(ms) => self.world.lock().unwrap().slow_next = Some(*ms),
             Event::Terminate { target, node } => {
                 let (app, env) = TARGETS[*target];
                 let mut w = self.world.lock().unwrap();
@@ -1683,13 +1798,20 @@ impl Sim {
     }
 
     async fn step_execution(&mut self, i: usize, crash_at: Option<usize>) {
+        self.arrive();
         let now = self.now_ms();
         let mut state = self.executions[i].state.clone();
-        // A step after one that failed is a retry, as the state machine tells it.
-        let mut retry = false;
         // Tries of the Step task that failed in a row: its Retry makes 2 more, then its
         // Catch hands the state, with the error, to Abort (5 more tries of its own).
-        let mut failures = 0;
+        let mut failures = self.executions[i].failures;
+        if failures == 3 {
+            state = self.abort(state).await;
+            failures = 0;
+        }
+        // A step after one that failed is a retry, as the state machine tells it.
+        let mut retry = failures > 0;
+        // The step hung in a call until its Lambda timed out: retried that much later.
+        let mut hung = None;
         for n in 0..50 {
             let before = state.clone();
             let input = |state: StepState, retry: bool| match retry {
@@ -1707,6 +1829,10 @@ impl Sim {
                 };
             }
             failures = if retry { failures + 1 } else { 0 };
+            hung = self.world.lock().unwrap().hung.take();
+            if hung.is_some() {
+                break;
+            }
             if failures == 3 {
                 state = self.abort(state).await;
                 retry = false;
@@ -1732,9 +1858,14 @@ impl Sim {
         if state.done {
             self.finished(&state);
         }
+        let wait = match hung {
+            Some(ms) => ms + STEP_RETRY_MS,
+            None => state.wait_seconds as i64 * 1000,
+        };
         self.executions[i] = Execution {
-            ready_at: now + state.wait_seconds as i64 * 1000,
+            ready_at: now + wait,
             state,
+            failures,
         };
     }
 
@@ -1746,7 +1877,10 @@ impl Sim {
             cause: "the step kept failing".into(),
         });
         for _ in 0..6 {
-            if let Ok(next) = self.stepper.step(StepInput::from(state.clone())).await {
+            let tried = self.stepper.step(StepInput::from(state.clone())).await;
+            // Abort's tries are not held up by a hung call (a simplification).
+            self.world.lock().unwrap().hung = None;
+            if let Ok(next) = tried {
                 return next;
             }
         }
@@ -1887,16 +2021,24 @@ impl Sim {
                 break;
             };
             if next > now {
-                self.world
-                    .lock()
-                    .unwrap()
-                    .now
-                    .fetch_max(next, Ordering::SeqCst);
+                self.advance_to(next);
             }
             self.step(0, None).await;
             if !self.world.lock().unwrap().violations.is_empty() {
                 return;
             }
+        }
+        // Requests still on their way reach SSM after the last job ended.
+        let last = self
+            .world
+            .lock()
+            .unwrap()
+            .in_flight
+            .iter()
+            .map(|(at, _)| *at)
+            .max();
+        if let Some(at) = last {
+            self.advance_to(at);
         }
         let stuck: Vec<String> = self
             .executions
@@ -1979,6 +2121,8 @@ impl Stats {
         self.missed_lookups += o.missed_lookups;
         self.sent_again += o.sent_again;
         self.undispatched += o.undispatched;
+        self.slow_sends += o.slow_sends;
+        self.late += o.late;
         self.shortened += o.shortened;
         for (k, v) in &o.reasons {
             *self.reasons.entry(k.clone()).or_default() += v;
@@ -2071,7 +2215,8 @@ fn the_invariants_hold_on_thousands_of_random_schedules() {
                 && stats.stale_reads > 0
                 && stats.missed_lookups > 0
                 && stats.sent_again > 0
-                && stats.undispatched > 0,
+                && stats.undispatched > 0
+                && stats.slow_sends > 0,
             "{stats:#?}"
         );
     }

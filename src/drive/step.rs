@@ -271,6 +271,9 @@ impl Stepper {
                 Err(Refused(reason)) => return Ok(self.give_up(state, reason).await),
             },
         };
+        if replayed {
+            deploy.in_doubt((self.now)());
+        }
         let started = tokio::time::Instant::now();
         let mut progressed = false;
         state.wait_seconds = 0;

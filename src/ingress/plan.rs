@@ -217,6 +217,7 @@ fn commands(app: &App, env: &Environment, job: &DeployJob) -> Result<Commands, P
             nodes: vec![node.clone()],
             concurrency: 0,
             fence: 0,
+            not_after: None,
         };
         app.script(env, &cmd, &site)
     };

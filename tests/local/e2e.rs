@@ -344,6 +344,7 @@ async fn the_fleet_runs_a_command_key_once_however_often_it_is_asked() {
         nodes: vec!["node1".into()],
         concurrency: 0,
         fence: 0,
+        not_after: None,
     };
     let before = ex.starts("node1", "1.0.0");
     for _ in 0..3 {
@@ -823,6 +824,7 @@ fn install(key: &str) -> shipit::deploy::command::Command {
         nodes: vec!["n1".into()],
         concurrency: 0,
         fence: 0,
+        not_after: None,
     }
 }
 

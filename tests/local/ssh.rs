@@ -295,6 +295,7 @@ async fn over_ssh_a_replayed_command_key_runs_once() {
         nodes: vec!["node1".into()],
         concurrency: 0,
         fence: 0,
+        not_after: None,
     };
     let before = ex.starts("node1", "1.0.0");
     for _ in 0..3 {

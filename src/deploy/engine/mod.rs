@@ -204,6 +204,7 @@ impl Deploy {
                 0
             },
             fence: self.lease.as_ref().map_or(0, |l| l.generation),
+            not_after: None,
         })
     }
 
@@ -431,6 +432,16 @@ impl Deploy {
     fn wrote(&mut self, written: Written) {
         if let Some(lease) = &mut self.lease {
             lease.written = lease.written.max(written);
+        }
+    }
+
+    /// The step that saved this state failed, and may have sent the command it was about
+    /// to send before failing: that command counts as running from `now`, so that an
+    /// abort seen first waits for it (as for any command in flight) instead of ending
+    /// the deploy while it may still reach its nodes.
+    pub fn in_doubt(&mut self, now: DateTime<Utc>) {
+        if self.running_since.is_none() && matches!(self.action(), Action::Run(_)) {
+            self.running_since = Some(now);
         }
     }
 

@@ -3,7 +3,7 @@
 use chrono::{DateTime, Duration, Utc};
 
 use super::*;
-use crate::deploy::command::{Command, NodeResult, UNHEALTHY};
+use crate::deploy::command::{tail, Command, NodeResult, UNHEALTHY};
 use crate::deploy::history::Faulty;
 use crate::deploy::job::{DeployJob, Source};
 use crate::deploy::lists;
@@ -393,6 +393,14 @@ impl Deploy {
             NodeResult::Running if late => NodeResult::Failed {
                 exit_code: None,
                 output: format!("no result from {node} after {waited} s"),
+            },
+            // It did not run there, through no fault of the version: the node is left out
+            // as one that went away is.
+            r if r.is_late() => NodeResult::Gone {
+                detail: match r {
+                    NodeResult::Failed { output, .. } => tail(&output, 300),
+                    _ => String::new(),
+                },
             },
             r => r,
         };

@@ -1506,6 +1506,48 @@ fn an_abort_stops_after_the_command_in_flight_and_puts_back_what_was_restarted()
 }
 
 #[test]
+fn an_abort_seen_by_a_replayed_step_waits_for_the_command_the_failed_step_may_have_sent() {
+    let mut twin = Twin::new(&["n1", "n2", "n3"], Some("1.0.0"));
+    twin.abort_after = Some("restart n2 1.1.0".into());
+    let mut d = Deploy::new(job("1.1.0", false), policy());
+    // The step that sends n2's restart fails after it went out (its answer lost)...
+    loop {
+        d.tick(twin.now());
+        let action = d.action();
+        let n2 = matches!(&action, Action::Run(c) if c.nodes == ["n2"]);
+        let obs = twin.execute(&action);
+        if n2 {
+            break;
+        }
+        d.observe(twin.now(), obs).unwrap();
+    }
+    // ... and the state machine tries it again later: the lease is renewed first, and
+    // the abort asked meanwhile comes with it. The restart that may have gone out is
+    // waited for and put back, not left on the new version.
+    twin.clock += LEASE_RENEW_SECONDS * 1000;
+    d.in_doubt(twin.now());
+    let (outcome, _) = twin.drive(&mut d, None);
+    assert!(
+        matches!(
+            outcome,
+            Outcome::Aborted {
+                rolled_back: true,
+                ..
+            }
+        ),
+        "{outcome:?}"
+    );
+    assert_eq!(
+        twin.log[3..],
+        [
+            "install 1.0.0 n1,n2,n3",
+            "restart n1 1.0.0",
+            "restart n2 1.0.0"
+        ]
+    );
+}
+
+#[test]
 fn an_abort_between_nodes_restarts_no_further_node() {
     let mut twin = Twin::new(&["n1", "n2", "n3"], Some("1.0.0"));
     twin.abort_after = Some("restart n1 1.1.0".into());
