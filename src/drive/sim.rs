@@ -2216,7 +2216,8 @@ fn the_invariants_hold_on_thousands_of_random_schedules() {
                 && stats.missed_lookups > 0
                 && stats.sent_again > 0
                 && stats.undispatched > 0
-                && stats.slow_sends > 0,
+                && stats.slow_sends > 0
+                && stats.late > 0,
             "{stats:#?}"
         );
     }

@@ -271,7 +271,8 @@ impl Stepper {
                 Err(Refused(reason)) => return Ok(self.give_up(state, reason).await),
             },
         };
-        if replayed {
+        // A step tried again, or one after a send that failed once it may have gone out.
+        if replayed || state.sent.as_ref().is_some_and(|s| s.unsure) {
             deploy.in_doubt((self.now)());
         }
         let started = tokio::time::Instant::now();

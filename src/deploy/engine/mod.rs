@@ -437,8 +437,10 @@ impl Deploy {
 
     /// The step that saved this state failed, and may have sent the command it was about
     /// to send before failing: that command counts as running from `now`, so that an
-    /// abort seen first waits for it (as for any command in flight) instead of ending
-    /// the deploy while it may still reach its nodes.
+    /// abort seen first waits for it (as for any command in flight: looked up, or sent if
+    /// not found) instead of ending the deploy while it may still reach its nodes. Only
+    /// the next command is known: one a failed step sent after others it completed is
+    /// not (see the README's "What does not hold").
     pub fn in_doubt(&mut self, now: DateTime<Utc>) {
         if self.running_since.is_none() && matches!(self.action(), Action::Run(_)) {
             self.running_since = Some(now);
