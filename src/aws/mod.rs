@@ -28,8 +28,21 @@ pub async fn sdk_config() -> aws_config::SdkConfig {
         .build_https();
     aws_config::defaults(aws_config::BehaviorVersion::latest())
         .http_client(SharedHttpClient::new(OnFirstRequest(https)))
+        .timeout_config(call_timeouts())
         .load()
         .await
+}
+
+/// How long one AWS call may take: an attempt, and all of them with their back-off. The
+/// SDK sets neither, so a call whose answer never comes would hold a deploy step until
+/// its function's timeout killed it, losing what the step did and sent before; bounded,
+/// the step fails and hands back its state (a send it made saved as unsure, to be
+/// looked up), with time to spare in a 300 s function.
+fn call_timeouts() -> aws_config::timeout::TimeoutConfig {
+    aws_config::timeout::TimeoutConfig::builder()
+        .operation_attempt_timeout(std::time::Duration::from_secs(15))
+        .operation_timeout(std::time::Duration::from_secs(60))
+        .build()
 }
 
 /// The SDK's HTTPS client, without the warm-up it does as each SDK client is made: that

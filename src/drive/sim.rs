@@ -191,7 +191,7 @@ enum Event {
     /// consistency): a step replayed then sends it again.
     LagList(u32),
     /// The next SendCommand request reaches SSM this many ms after it was made (a slow
-    /// network), its sender having given up on the answer. AWS refuses a request signed
+    /// network), its sender having waited for the answer until the SDK gave up. AWS refuses a request signed
     /// more than five minutes before it arrives (Signature Version 4), so at most that.
     SlowSend(i64),
 }
@@ -201,9 +201,9 @@ enum Event {
 /// what that holder inherited, not what it wrote since: see `SsmLedger`'s lock).
 const LAG_MS: i64 = 60_000;
 
-/// The deploy-step function's timeout (infra/template.yaml), and the state machine's
-/// first Retry interval (infra/statemachine/deploy.asl.json).
-const STEP_TIMEOUT_MS: i64 = 300_000;
+/// How long an AWS call may take in all before the SDK gives up (`aws::call_timeouts`),
+/// and the state machine's first Retry interval (infra/statemachine/deploy.asl.json).
+const CALL_TIMEOUT_MS: i64 = 60_000;
 const STEP_RETRY_MS: i64 = 2_000;
 
 /// How many times a read is made before a lagging one fails: `SsmLedger::read_at_least`
@@ -1113,10 +1113,10 @@ impl RunCommand for SimRunCommand {
         w.call()?;
         if let Some(late_ms) = w.slow_next.take() {
             // The request is on its way; the step waits for the answer until the request
-            // arrives or its Lambda times out, and fails.
+            // arrives or the SDK gives up on it, and fails.
             let arrives = w.now.load(Ordering::SeqCst) + late_ms;
             w.in_flight.push((arrives, req.clone()));
-            w.hung = Some(late_ms.min(STEP_TIMEOUT_MS));
+            w.hung = Some(late_ms.min(CALL_TIMEOUT_MS));
             w.stats.slow_sends += 1;
             return Err("timed out waiting for SendCommand's answer".into());
         }
@@ -1810,7 +1810,7 @@ impl Sim {
         }
         // A step after one that failed is a retry, as the state machine tells it.
         let mut retry = failures > 0;
-        // The step hung in a call until its Lambda timed out: retried that much later.
+        // The step waited on a call until the SDK gave up: retried that much later.
         let mut hung = None;
         for n in 0..50 {
             let before = state.clone();
