@@ -6,7 +6,9 @@ use chrono::{DateTime, Utc};
 
 use super::template::Template;
 use super::{App, Environment};
-use crate::deploy::command::{Command, CommandKind, LATE, REFUSED, REFUSED_EXIT, UNHEALTHY};
+use crate::deploy::command::{
+    Command, CommandKind, HOOK_FAILED, LATE, REFUSED, REFUSED_EXIT, UNHEALTHY,
+};
 use crate::deploy::rollout::Rollout;
 
 /// The first health check after a restart that fails is retried this soon (see
@@ -88,6 +90,20 @@ impl App {
             let check = render(CommandKind::Health, health)?;
             script = until_healthy(&script, &check, &self.rollout);
         }
+        if kind == CommandKind::Restart {
+            let hook = |template: &Option<Template>, seconds: Option<u64>| {
+                template
+                    .as_ref()
+                    .map(|t| render(kind, t).map(|s| (s, seconds.unwrap_or(60))))
+                    .transpose()
+            };
+            let r = &self.rollout;
+            let pre = hook(&self.pre_restart, r.pre_restart_timeout_seconds)?;
+            let post = hook(&self.post_restart, r.post_restart_timeout_seconds)?;
+            if pre.is_some() || post.is_some() {
+                script = with_hooks(&script, pre, post);
+            }
+        }
         // No key: a plan shown to a reader, who wants the app's command, not its guard.
         if matches!(kind, CommandKind::Install | CommandKind::Restart) && !cmd.key.is_empty() {
             script = once(
@@ -104,6 +120,30 @@ impl App {
             fence => fenced(&self.name, &env.name, site, fence, &script),
         }))
     }
+}
+
+/// `restart` (with its health checks) between the app's drain hooks: `pre_restart` just
+/// before it, whose failure fails the restart before anything restarted, and
+/// `post_restart` once the node passed its checks. Each runs under `timeout` (TERM at its
+/// time, KILL 5 s later), in a shell of its own so that its `exit` ends only it; a failed
+/// hook says which, last, so that the deploy can tell it from the version failing.
+fn with_hooks(restart: &str, pre: Option<(String, u64)>, post: Option<(String, u64)>) -> String {
+    let hook = |name: &str, (script, seconds): (String, u64)| {
+        // A rendered template quotes its values already; NUL is all quoting refuses.
+        let quoted = shlex::try_quote(&script).map_or_else(|_| "false".into(), |q| q.into_owned());
+        format!(
+            "timeout -k 5 {seconds} sh -c {quoted} || {{ shipit_status=$?; \
+             if [ \"$shipit_status\" -eq 124 ] || [ \"$shipit_status\" -eq 137 ]; then \
+             echo \"{HOOK_FAILED} {name} timed out after {seconds} s\" >&2; \
+             else echo \"{HOOK_FAILED} {name} exited $shipit_status\" >&2; fi; \
+             exit \"$shipit_status\"; }}\n"
+        )
+    };
+    format!(
+        "{}(\n{restart}\n) || exit $?\n{}",
+        pre.map_or(String::new(), |p| hook("pre_restart", p)),
+        post.map_or(String::new(), |p| hook("post_restart", p)),
+    )
 }
 
 /// `restart`, then `check` until it passes: the first retry 25 ms after a failed check,
@@ -568,6 +608,74 @@ mod tests {
         assert!(
             dir.path().join("checked").exists(),
             "checked after the restart's exit 0"
+        );
+    }
+    /// Runs `with_hooks` around a restart that logs, health-checked by `check`: (exit
+    /// code, stderr, the log).
+    fn hooked(
+        dir: &std::path::Path,
+        pre: Option<(&str, u64)>,
+        check: &str,
+        post: Option<(&str, u64)>,
+    ) -> (Option<i32>, String, String) {
+        let rollout = Rollout {
+            health_timeout_seconds: 1,
+            health_interval_seconds: 1,
+            ..Rollout::default()
+        };
+        let restart = until_healthy("echo restart >> log", check, &rollout);
+        let own = |h: Option<(&str, u64)>| h.map(|(s, t)| (s.to_string(), t));
+        let out = Command::new("sh")
+            .arg("-c")
+            .arg(with_hooks(&restart, own(pre), own(post)))
+            .current_dir(dir)
+            .output()
+            .unwrap();
+        let log = std::fs::read_to_string(dir.join("log")).unwrap_or_default();
+        let err = String::from_utf8_lossy(&out.stderr).to_string();
+        (out.status.code(), err, log)
+    }
+
+    #[test]
+    fn drain_hooks_run_around_the_restart_and_a_failed_one_says_which() {
+        // Each in a shell of its own: its exit ends only it.
+        let pre = Some(("echo pre >> log; exit 0", 5));
+        let post = Some(("echo post >> log", 5));
+        let dir = tempfile::tempdir().unwrap();
+        let (code, err, log) = hooked(dir.path(), pre, "true", post);
+        assert_eq!(code, Some(0), "{err}");
+        assert_eq!(log, "pre\nrestart\npost\n");
+
+        // A pre_restart that fails: nothing restarts, and the last line says so.
+        let dir = tempfile::tempdir().unwrap();
+        let failing = Some(("echo 'target group not found' >&2; exit 3", 5));
+        let (code, err, log) = hooked(dir.path(), failing, "true", post);
+        assert_eq!(code, Some(3));
+        assert_eq!(log, "");
+        assert_eq!(
+            err.lines().collect::<Vec<_>>(),
+            [
+                "target group not found",
+                &format!("{HOOK_FAILED} pre_restart exited 3")
+            ]
+        );
+
+        // A node that stays unhealthy is not put back in: post_restart does not run.
+        let dir = tempfile::tempdir().unwrap();
+        let (code, err, log) = hooked(dir.path(), pre, "exit 4", post);
+        assert_eq!(code, Some(4), "{err}");
+        assert!(!log.contains("post"), "{log}");
+        assert!(err.contains(UNHEALTHY), "{err}");
+
+        // A hook past its time is stopped, and says so.
+        let dir = tempfile::tempdir().unwrap();
+        let (code, err, log) = hooked(dir.path(), pre, "true", Some(("sleep 30", 1)));
+        assert_eq!(code, Some(124), "{err}");
+        assert!(log.ends_with("restart\n"), "{log}");
+        assert!(
+            err.trim_end()
+                .ends_with(&format!("{HOOK_FAILED} post_restart timed out after 1 s")),
+            "{err}"
         );
     }
 }

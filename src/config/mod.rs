@@ -120,6 +120,10 @@ pub struct App {
     pub install: Template,
     pub restart: Template,
     pub health: Option<Template>,
+    /// Run on a node just before its restart (take it out of the load balancer), and
+    /// after its health check passes (put it back): see `App::script`.
+    pub pre_restart: Option<Template>,
+    pub post_restart: Option<Template>,
     /// Prints the version installed on a node (`pip show {package}` will do): what sync
     /// compares with the live version.
     pub version: Option<Template>,

@@ -58,6 +58,8 @@ pub(super) struct RawApp {
     pub(super) install: String,
     pub(super) restart: String,
     pub(super) health: Option<String>,
+    pub(super) pre_restart: Option<String>,
+    pub(super) post_restart: Option<String>,
     pub(super) index: Option<RawIndex>,
     pub(super) version: Option<String>,
     #[serde(default)]

@@ -357,6 +357,61 @@ fn every_duration_is_bounded_so_that_the_engine_cannot_overflow_on_it() {
 }
 
 #[test]
+fn drain_hooks_are_templates_with_their_own_timeouts_counted_in_the_restart_s() {
+    let config = |hooks: &str, rollout: &str| {
+        format!(
+            r#"
+            [apps.hello]
+            package = "hello-app"
+            install = "true"
+            restart = "true"
+            {hooks}
+            [apps.hello.rollout]
+            command_timeout_seconds = 10
+            health_timeout_seconds = 5
+            {rollout}
+            [apps.hello.environments.production]
+            nodes = [{{ name = "n1", dir = "n1" }}]
+        "#
+        )
+    };
+    let (c, errors) = error_keys(&config("", ""));
+    assert!(errors.is_empty(), "{errors:?}");
+    let restart = |c: Option<Config>| {
+        c.unwrap().apps["hello"]
+            .rollout
+            .command_seconds(crate::deploy::command::CommandKind::Restart)
+    };
+    assert_eq!(restart(c), 15, "no hooks: no time for them");
+    let (c, errors) = error_keys(&config(
+        r#"pre_restart = "lb out {node}"
+            post_restart = "lb in {node}""#,
+        "post_restart_timeout_seconds = 7",
+    ));
+    assert!(errors.is_empty(), "{errors:?}");
+    assert_eq!(restart(c), 15 + 60 + 7, "60 s unless given");
+    for (hooks, rollout, key) in [
+        (
+            "",
+            "pre_restart_timeout_seconds = 5",
+            "apps.hello.rollout.pre_restart_timeout_seconds",
+        ),
+        (
+            r#"post_restart = "true""#,
+            "post_restart_timeout_seconds = 0",
+            "apps.hello.rollout.post_restart_timeout_seconds",
+        ),
+        (
+            r#"pre_restart = "lb out {nowhere}""#,
+            "",
+            "apps.hello.pre_restart",
+        ),
+    ] {
+        assert_eq!(error_keys(&config(hooks, rollout)).1, [key]);
+    }
+}
+
+#[test]
 fn layouts_are_in_place_or_releases_keeping_at_least_two() {
     let check = |lines: &str| {
         let text = format!(

@@ -20,6 +20,11 @@ pub const UNHEALTHY: &str = "shipit: unhealthy after";
 pub const REFUSED: &str = "shipit: refused:";
 /// The exit code of that refusal (EX_TEMPFAIL).
 pub const REFUSED_EXIT: i32 = 75;
+/// How a restart's output ends when one of the app's drain hooks failed (see
+/// `App::script`): "pre_restart exited 3" or "post_restart timed out after 60 s". No
+/// verdict on the version: the hook is the load balancer's, not the app's.
+pub const HOOK_FAILED: &str = "shipit: hook failed:";
+
 /// How a node's refusal begins when a command reached it after the time it had to start
 /// by (see `Command::not_after`); the same exit code.
 pub const LATE: &str = "shipit: late:";

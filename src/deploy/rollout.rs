@@ -47,6 +47,12 @@ pub struct Rollout {
     /// stops and rolls back; the ones that failed are named and left as they are.
     #[serde(default, skip_serializing_if = "Share::is_none")]
     pub max_failed: Share,
+    /// Seconds the app's `pre_restart` and `post_restart` hooks may each run (set only
+    /// where the app has the hook: 60 unless given).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pre_restart_timeout_seconds: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub post_restart_timeout_seconds: Option<u64>,
 }
 
 impl Rollout {
@@ -59,10 +65,15 @@ impl Rollout {
     }
 
     /// How long a command of `kind` may run on a node: a restart waits for its service to
-    /// pass the health check too.
+    /// pass the health check too, and runs the app's drain hooks around it.
     pub fn command_seconds(&self, kind: CommandKind) -> u64 {
         match kind {
-            CommandKind::Restart => self.command_timeout_seconds + self.health_timeout_seconds,
+            CommandKind::Restart => {
+                self.command_timeout_seconds
+                    + self.health_timeout_seconds
+                    + self.pre_restart_timeout_seconds.unwrap_or(0)
+                    + self.post_restart_timeout_seconds.unwrap_or(0)
+            }
             _ => self.command_timeout_seconds,
         }
     }
@@ -160,6 +171,8 @@ impl Default for Rollout {
             lock_wait_seconds: default_lock_wait(),
             batches: vec![],
             max_failed: Share::None,
+            pre_restart_timeout_seconds: None,
+            post_restart_timeout_seconds: None,
         }
     }
 }

@@ -970,3 +970,70 @@ nodes = [{ name = "n1", dir = "{node}" }]
     other.kill().unwrap();
     let _ = other.wait();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn drain_hooks_run_in_order_around_each_restart_and_on_rollback() {
+    let ex = Example::new(2);
+    let log = ex.dir.path().join("hooks.log");
+    let toml = crate::helpers::pip_app_toml(&ex.nodes, 3)
+        .replace(
+            "restart = \"",
+            "pre_restart = \"test {node}:{version} != node2:1.1.0 && echo pre {node} {version} >> ../../hooks.log\"\n\
+             post_restart = \"echo post {node} {version} >> ../../hooks.log\"\n\
+             restart = \"echo restart {node} {version} >> ../../hooks.log && ",
+        )
+        .replace(
+            "health_interval_seconds = 1",
+            "health_interval_seconds = 1\npre_restart_timeout_seconds = 20",
+        );
+    std::fs::write(ex.config_path(), toml).unwrap();
+    let (code, out) = ex.shipit(&["check"]);
+    assert_eq!(code, 0, "{out}");
+    let take = || {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        std::fs::remove_file(&log).ok();
+        text
+    };
+
+    let (_, status, notices) = deploy(&ex, "1.0.0").await;
+    assert_eq!(status, JobStatus::Succeeded, "{notices:?}");
+    assert_eq!(
+        take(),
+        "pre node1 1.0.0\nrestart node1 1.0.0\npost node1 1.0.0\n\
+         pre node2 1.0.0\nrestart node2 1.0.0\npost node2 1.0.0\n"
+    );
+
+    // 1.2.0 never passes its health check: node1 is not put back in until the rollback
+    // has restarted it on 1.0.0, through the same hooks.
+    let (_, status, notices) = deploy(&ex, "1.2.0").await;
+    assert_eq!(status, JobStatus::Failed, "{notices:?}");
+    assert_eq!(
+        take(),
+        "pre node1 1.2.0\nrestart node1 1.2.0\n\
+         pre node1 1.0.0\nrestart node1 1.0.0\npost node1 1.0.0\n"
+    );
+
+    // node2's pre_restart fails on 1.1.0: node2 does not restart, both are put back, and
+    // 1.1.0 is not marked faulty (the hook is not the version).
+    let (id, status, notices) = deploy(&ex, "1.1.0").await;
+    assert_eq!(status, JobStatus::Failed, "{notices:?}");
+    assert_eq!(
+        take(),
+        "pre node1 1.1.0\nrestart node1 1.1.0\npost node1 1.1.0\n\
+         pre node1 1.0.0\nrestart node1 1.0.0\npost node1 1.0.0\n\
+         pre node2 1.0.0\nrestart node2 1.0.0\npost node2 1.0.0\n"
+    );
+    let story = shipit_json(&ex, &["show", id.as_str(), "--json"]);
+    let reason = story["reason"].as_str().unwrap_or_default().to_string();
+    assert!(
+        reason.contains("restart of node2 failed (pre_restart exited 1"),
+        "{story}"
+    );
+    let status = shipit_json(&ex, &["status", "--json"]);
+    assert_eq!(
+        status[0]["faulty"],
+        serde_json::json!(["1.2.0"]),
+        "{status}"
+    );
+    assert_eq!(ex.served(), ["1.0.0", "1.0.0"]);
+}

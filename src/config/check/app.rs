@@ -69,7 +69,9 @@ pub(super) fn check_app(c: &mut Checker, base: &Path, name: String, a: RawApp) -
         version: a.version.as_deref(),
     };
     let commands = check_commands(c, &scope, commands);
-    check_rollout(c, &k, &a.rollout);
+    let mut rollout = a.rollout;
+    let hooks = check_hooks(c, &scope, &mut rollout, (a.pre_restart, a.post_restart));
+    check_rollout(c, &k, &rollout);
     check_dir_use(c, &scope, &commands);
     let notify = check_notify(c, &k, a.notify, &name, repo.is_some());
     let gate = a.gate.and_then(|g| check_gate(c, &k, g, repo.is_some()));
@@ -83,6 +85,7 @@ pub(super) fn check_app(c: &mut Checker, base: &Path, name: String, a: RawApp) -
     let (install, restart, health, version) = commands;
     let (package, tag_pattern) = (package?, tag_pattern?);
     let (install, restart, health, version) = (install?, restart?, health?, version?);
+    let (pre_restart, post_restart) = hooks?;
     Some(App {
         name,
         package,
@@ -94,8 +97,10 @@ pub(super) fn check_app(c: &mut Checker, base: &Path, name: String, a: RawApp) -
         install,
         restart,
         health,
+        pre_restart,
+        post_restart,
         version,
-        rollout: a.rollout,
+        rollout,
         notify,
         gate,
         index,
@@ -265,6 +270,63 @@ fn check_commands(c: &mut Checker, scope: &Scope, raw: Commands) -> Checked {
     };
     (install, restart, health, version)
 }
+
+/// The drain hooks, each with its timeout (60 s unless given; a timeout without its hook
+/// is a mistake). `None` where one has a problem.
+fn check_hooks(
+    c: &mut Checker,
+    scope: &Scope,
+    rollout: &mut Rollout,
+    (pre, post): (Option<String>, Option<String>),
+) -> Option<(Option<Template>, Option<Template>)> {
+    let k = scope.key;
+    let mut hook = |name: &str, raw: Option<String>, timeout: &mut Option<u64>| {
+        let key = format!("{k}.rollout.{name}_timeout_seconds");
+        match (raw, *timeout) {
+            (None, None) => Some(None),
+            (None, Some(_)) => {
+                c.error(
+                    key,
+                    format!("{name}_timeout_seconds is set but {name} is not"),
+                    format!("set {k}.{name} to the command, or remove the timeout"),
+                );
+                Some(None)
+            }
+            (Some(raw), t) => {
+                let seconds = t.unwrap_or(DEFAULT_HOOK_SECONDS);
+                c.seconds(
+                    key,
+                    seconds,
+                    1,
+                    super::MAX_COMMAND_SECONDS,
+                    &format!("seconds {name} may run on a node before it counts as failed"),
+                );
+                *timeout = Some(seconds);
+                let template = c.template(&format!("{k}.{name}"), &raw, &scope.known)?;
+                if let Some(env) = scope.dirless.first() {
+                    if template.placeholders().any(|p| p == "dir") {
+                        c.error(
+                            format!("{env}.dir"),
+                            format!("{k}.{name} uses {{dir}} but this environment has no dir"),
+                            "set dir = \"/srv/...\" to the app's directory on its nodes",
+                        );
+                    }
+                }
+                Some(Some(template))
+            }
+        }
+    };
+    let pre = hook("pre_restart", pre, &mut rollout.pre_restart_timeout_seconds);
+    let post = hook(
+        "post_restart",
+        post,
+        &mut rollout.post_restart_timeout_seconds,
+    );
+    Some((pre?, post?))
+}
+
+/// How long a drain hook may run unless its app says.
+const DEFAULT_HOOK_SECONDS: u64 = 60;
 
 /// `{dir}` is there only where every environment of the app has a `dir`.
 fn check_dir_use(c: &mut Checker, scope: &Scope, (install, restart, health, version): &Checked) {

@@ -123,6 +123,9 @@ pub struct Deploy {
     /// Nodes that went away while restarting or baking (see `count_failures`).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub vanished: u32,
+    /// Nodes whose restart failed in a drain hook (see `count_failures`).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub hook_failures: u32,
 }
 
 fn is_zero(n: &u32) -> bool {
@@ -181,6 +184,7 @@ impl Deploy {
             clears: None,
             stopping: None,
             vanished: 0,
+            hook_failures: 0,
         }
     }
 
@@ -762,7 +766,8 @@ impl Deploy {
             .count();
         // Nodes that went away while restarting count against the budget too: a version
         // that takes its nodes down must not roll across the fleet. They are no verdict
-        // on it, though: only nodes that failed their checks mark it.
+        // on it, though: only nodes that failed their checks mark it (not those whose
+        // drain hook failed: those are the load balancer's).
         if unhealthy + self.vanished as usize > self.policy.failure_budget(self.nodes.len()) {
             let why = if names.is_empty() {
                 format!(
@@ -772,7 +777,8 @@ impl Deploy {
             } else {
                 reason(&names)
             };
-            self.revert_or_fail(why, unhealthy > 0, notices);
+            let served = unhealthy > self.hook_failures as usize;
+            self.revert_or_fail(why, served, notices);
             return false;
         }
         true

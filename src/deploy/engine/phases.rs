@@ -3,7 +3,7 @@
 use chrono::{DateTime, Duration, Utc};
 
 use super::*;
-use crate::deploy::command::{tail, Command, NodeResult, UNHEALTHY};
+use crate::deploy::command::{tail, Command, NodeResult, HOOK_FAILED, UNHEALTHY};
 use crate::deploy::history::Faulty;
 use crate::deploy::job::{DeployJob, Source};
 use crate::deploy::lists;
@@ -15,6 +15,8 @@ use crate::deploy::version::Version;
 /// `UNHEALTHY` line says), and the exit code and last line of its last check.
 struct Failure {
     checks: Option<String>,
+    /// Which drain hook failed, and how (what its `HOOK_FAILED` line says).
+    hook: Option<String>,
     detail: String,
 }
 
@@ -23,6 +25,7 @@ impl Failure {
         let NodeResult::Failed { exit_code, output } = r else {
             return Failure {
                 checks: None,
+                hook: None,
                 detail: String::new(),
             };
         };
@@ -31,13 +34,22 @@ impl Failure {
         // whole tail stays with the command's result.
         let mut lines = output.lines().rev().filter(|l| !l.trim().is_empty());
         let last = lines.next().unwrap_or("").trim();
-        let (checks, said) = match last.strip_prefix(UNHEALTHY) {
-            Some(checks) => (Some(checks.trim().to_string()), lines.next().unwrap_or("")),
-            None => (None, last),
+        let (checks, hook, said) = if let Some(checks) = last.strip_prefix(UNHEALTHY) {
+            let said = lines.next().unwrap_or("");
+            (Some(checks.trim().to_string()), None, said)
+        } else if let Some(hook) = last.strip_prefix(HOOK_FAILED) {
+            (
+                None,
+                Some(hook.trim().to_string()),
+                lines.next().unwrap_or(""),
+            )
+        } else {
+            (None, None, last)
         };
         let said: String = said.trim().chars().take(DETAIL_CHARS).collect();
         Failure {
             checks,
+            hook,
             detail: format!("exit {code}: {said}"),
         }
     }
@@ -47,9 +59,10 @@ impl Failure {
 /// 30 s, the last: exit 1: HTTP 502".
 impl std::fmt::Display for Failure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match &self.checks {
-            Some(checks) => write!(f, "{checks}, the last: {}", self.detail),
-            None => f.write_str(&self.detail),
+        match (&self.checks, &self.hook) {
+            (Some(checks), _) => write!(f, "{checks}, the last: {}", self.detail),
+            (None, Some(hook)) => write!(f, "{hook}, the last line: {}", self.detail),
+            (None, None) => f.write_str(&self.detail),
         }
     }
 }
@@ -548,6 +561,9 @@ impl Deploy {
                     let failure = Failure::of(&r);
                     if failure.checks.is_some() {
                         notices.push(Notice::Restarted { node });
+                    }
+                    if failure.hook.is_some() {
+                        self.hook_failures += 1;
                     }
                     failed.push((i, failure));
                 }

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 use chrono::{DateTime, Duration, TimeZone, Utc};
 
 use super::*;
-use crate::deploy::command::UNHEALTHY;
+use crate::deploy::command::{HOOK_FAILED, UNHEALTHY};
 use crate::deploy::command::{REFUSED, REFUSED_EXIT};
 use crate::deploy::job::{JobId, Source};
 
@@ -537,6 +537,55 @@ fn health_failure_on_node_k_rolls_back_nodes_1_to_k_and_fails_the_job() {
     );
     assert!(notices.iter().any(|n| matches!(n, Notice::RollingBack { to, nodes, .. } if to.as_str() == "1.0.0" && nodes == &["n1", "n2"])));
     assert!(twin.waited.is_empty(), "the node waited, not the deploy");
+}
+
+/// The log of a rollback from 1.1.0 that put 1.0.0 back on n1 and n2, after the
+/// install and the restarts of n1 and n2 (three commands).
+const N1_N2_PUT_BACK: [&str; 3] = [
+    "install 1.0.0 n1,n2,n3",
+    "restart n1 1.0.0",
+    "restart n2 1.0.0",
+];
+
+#[test]
+fn a_failed_drain_hook_fails_its_node_and_rolls_back_without_marking_the_version() {
+    let mut twin = Twin::new(&["n1", "n2", "n3"], Some("1.0.0"));
+    twin.fail.insert(
+        (CommandKind::Restart, "n2".into(), "1.1.0".into()),
+        NodeResult::Failed {
+            exit_code: Some(3),
+            output: format!("target group not found\n{HOOK_FAILED} pre_restart exited 3"),
+        },
+    );
+    let (outcome, _) = run(&mut twin, job("1.1.0", false), policy());
+    assert!(
+        matches!(&outcome, Outcome::Failed { reason, rolled_back: true, .. } if reason.contains("restart of n2 failed (pre_restart exited 3, the last line: exit 3: target group not found)")),
+        "{outcome:?}"
+    );
+    // The node whose hook failed is put back too (its hook may have half run).
+    assert_eq!(twin.log[3..], N1_N2_PUT_BACK);
+    assert!(
+        twin.faulty.is_empty(),
+        "a hook's failure is no verdict on the version"
+    );
+
+    // A health check failing beside it still is.
+    let mut twin =
+        Twin::new(&["n1", "n2", "n3"], Some("1.0.0")).fail(CommandKind::Health, "n1", "1.1.0");
+    twin.fail.insert(
+        (CommandKind::Restart, "n2".into(), "1.1.0".into()),
+        NodeResult::Failed {
+            exit_code: Some(3),
+            output: format!("{HOOK_FAILED} pre_restart exited 3"),
+        },
+    );
+    let policy = Rollout {
+        max_failed: crate::deploy::rollout::Share::Nodes(1),
+        ..policy()
+    };
+    let (outcome, _) = run(&mut twin, job("1.1.0", false), policy);
+    assert!(matches!(outcome, Outcome::Failed { .. }), "{outcome:?}");
+    assert_eq!(twin.faulty.len(), 1, "{:?}", twin.faulty);
 }
 
 #[test]
@@ -1537,14 +1586,7 @@ fn an_abort_seen_by_a_replayed_step_waits_for_the_command_the_failed_step_may_ha
         ),
         "{outcome:?}"
     );
-    assert_eq!(
-        twin.log[3..],
-        [
-            "install 1.0.0 n1,n2,n3",
-            "restart n1 1.0.0",
-            "restart n2 1.0.0"
-        ]
-    );
+    assert_eq!(twin.log[3..], N1_N2_PUT_BACK);
 }
 
 #[test]
