@@ -314,9 +314,15 @@ impl<R: RunCommand> SsmFleet<R> {
                     let was_unsure = record.unsure;
                     record.unsure = true;
                     *sent = Some(record.clone());
+                    // Its start-by time counts from this send, not from the first part's:
+                    // sending many parts may take a while.
+                    let script = match cmd.not_after {
+                        Some(_) => self.script_of(app, env, &cmd.sent_at((self.now)()), first)?,
+                        None => script.to_string(),
+                    };
                     let req = SendRequest {
                         nodes: nodes.to_vec(),
-                        script: script.to_string(),
+                        script,
                         dir: dir.clone(),
                         comment,
                         max_concurrency: share,
@@ -429,6 +435,29 @@ impl<R: RunCommand> SsmFleet<R> {
                 })
                 .collect(),
         })
+    }
+
+    /// The script of `cmd` on `node` (one of a part's nodes: they share it).
+    fn script_of(
+        &self,
+        app: &App,
+        env: &Environment,
+        cmd: &Command,
+        node: &str,
+    ) -> Result<String, PortError> {
+        let Nodes::Ssm { dir, vars, .. } = &env.nodes else {
+            return Err(format!("environment {} has no ssm_tags", env.name).into());
+        };
+        let site = Site {
+            node,
+            dir: dir.as_deref(),
+            vars,
+        };
+        match app.script(env, cmd, &site) {
+            Ok(Some(script)) => Ok(script),
+            Ok(None) => Err(format!("{:?} has no script on {node}", cmd.kind).into()),
+            Err(e) => Err(e.to_string().into()),
+        }
     }
 
     async fn report(
@@ -785,8 +814,9 @@ mod tests {
         lose_next_answer: bool,
         /// The next send is refused as throttled, and does not go out.
         throttle_next: bool,
-        /// Each send's TimeoutSeconds.
+        /// Each send's TimeoutSeconds, and its script.
         timeouts: Vec<u64>,
+        scripts: Vec<String>,
     }
 
     impl Twin {
@@ -827,6 +857,7 @@ mod tests {
             }
             let started = vec![None; req.nodes.len()];
             s.timeouts.push(req.timeout_seconds);
+            s.scripts.push(req.script.clone());
             s.commands
                 .push((req.comment.clone(), req.nodes.clone(), max, started));
             if std::mem::take(&mut s.lose_next_answer) {
@@ -961,6 +992,48 @@ ssm_tags = {{ "shipit:app" = "hello", "shipit:env" = "production" }}
             install("pip install {package}=={version} # {node}", 10, 0).await,
             (10, 10)
         );
+    }
+
+    #[tokio::test]
+    async fn each_part_must_start_within_the_delivery_timeout_of_its_own_send() {
+        let (config, job) = rig("pip install {package}=={version}");
+        // Every look at the clock is 50 s later: sending the parts takes a while.
+        let t0 = Utc::now();
+        let reads = Arc::new(std::sync::atomic::AtomicI64::new(0));
+        let clock = reads.clone();
+        let fleet =
+            SsmFleet::new(Twin::default(), config.clone()).with_clock(Arc::new(move || {
+                let n = clock.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                t0 + Duration::seconds(50 * n)
+            }));
+        let deadline = |script: &str| -> i64 {
+            let test = "\"$(date +%s)\" -gt ";
+            let at = script.find(test).expect("a start-by time") + test.len();
+            script[at..]
+                .split_whitespace()
+                .next()
+                .unwrap()
+                .parse()
+                .unwrap()
+        };
+        // 120 nodes, uncapped: three parts sent in one go, each given its own time.
+        let cmd = install_on(&job, "install", 120, 0);
+        fleet.run_on(&job, &cmd, 0, &mut None, false).await.unwrap();
+        let scripts = fleet.api.state.lock().unwrap().scripts.clone();
+        let deadlines: Vec<i64> = scripts.iter().map(|s| deadline(s)).collect();
+        assert_eq!(deadlines.len(), 3);
+        assert!(
+            deadlines.windows(2).all(|w| w[1] >= w[0] + 50),
+            "{deadlines:?}"
+        );
+        assert!(deadlines[0] >= t0.timestamp() + DELIVERY_TIMEOUT_SECONDS);
+        // Capped, it runs in waves: no start-by time.
+        let fleet = SsmFleet::new(Twin::default(), config.clone());
+        let cmd = install_on(&job, "capped", 10, 2);
+        fleet.run_on(&job, &cmd, 0, &mut None, false).await.unwrap();
+        let scripts = fleet.api.state.lock().unwrap().scripts.clone();
+        assert!(!scripts.is_empty());
+        assert!(scripts.iter().all(|s| !s.contains("\"$(date +%s)\" -gt ")));
     }
 
     #[tokio::test]

@@ -9,7 +9,7 @@ use super::{App, Environment};
 use crate::deploy::command::{
     Command, CommandKind, HOOK_FAILED, LATE, REFUSED, REFUSED_EXIT, UNHEALTHY,
 };
-use crate::deploy::rollout::Rollout;
+use crate::deploy::rollout::{Rollout, HOOK_KILL_GRACE_SECONDS};
 
 /// The first health check after a restart that fails is retried this soon (see
 /// `until_healthy`).
@@ -132,7 +132,7 @@ fn with_hooks(restart: &str, pre: Option<(String, u64)>, post: Option<(String, u
         // A rendered template quotes its values already; NUL is all quoting refuses.
         let quoted = shlex::try_quote(&script).map_or_else(|_| "false".into(), |q| q.into_owned());
         format!(
-            "timeout -k 5 {seconds} sh -c {quoted} || {{ shipit_status=$?; \
+            "timeout -k {HOOK_KILL_GRACE_SECONDS} {seconds} sh -c {quoted} || {{ shipit_status=$?; \
              if [ \"$shipit_status\" -eq 124 ] || [ \"$shipit_status\" -eq 137 ]; then \
              echo \"{HOOK_FAILED} {name} timed out after {seconds} s\" >&2; \
              else echo \"{HOOK_FAILED} {name} exited $shipit_status\" >&2; fi; \

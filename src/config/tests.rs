@@ -389,7 +389,11 @@ fn drain_hooks_are_templates_with_their_own_timeouts_counted_in_the_restart_s() 
         "post_restart_timeout_seconds = 7",
     ));
     assert!(errors.is_empty(), "{errors:?}");
-    assert_eq!(restart(c), 15 + 60 + 7, "60 s unless given");
+    assert_eq!(
+        restart(c),
+        15 + 60 + 7 + 2 * 5,
+        "60 s unless given, and 5 s to die"
+    );
     for (hooks, rollout, key) in [
         (
             "",

@@ -69,10 +69,12 @@ impl Rollout {
     pub fn command_seconds(&self, kind: CommandKind) -> u64 {
         match kind {
             CommandKind::Restart => {
+                // A hook past its time gets TERM, then KILL 5 s later.
+                let hook = |t: Option<u64>| t.map_or(0, |t| t + HOOK_KILL_GRACE_SECONDS);
                 self.command_timeout_seconds
                     + self.health_timeout_seconds
-                    + self.pre_restart_timeout_seconds.unwrap_or(0)
-                    + self.post_restart_timeout_seconds.unwrap_or(0)
+                    + hook(self.pre_restart_timeout_seconds)
+                    + hook(self.post_restart_timeout_seconds)
             }
             _ => self.command_timeout_seconds,
         }
@@ -88,6 +90,10 @@ impl Rollout {
         self.max_failed.of(total)
     }
 }
+
+/// How long a drain hook has to end after it is told to at its timeout, before it is
+/// killed (`timeout -k` in `App::script`).
+pub const HOOK_KILL_GRACE_SECONDS: u64 = 5;
 
 /// A number of nodes (`5`), or a share of an environment's nodes (`"20%"`, rounded down).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

@@ -322,6 +322,19 @@ fn check_hooks(
         post,
         &mut rollout.post_restart_timeout_seconds,
     );
+    // SSM runs no command longer than 48 h, the restart with its checks and hooks included.
+    let restart = rollout.command_seconds(crate::deploy::command::CommandKind::Restart);
+    let most = super::MAX_COMMAND_SECONDS;
+    if restart > most
+        && (rollout.pre_restart_timeout_seconds.is_some()
+            || rollout.post_restart_timeout_seconds.is_some())
+    {
+        c.error(
+            format!("{k}.rollout"),
+            format!("a restart may take {restart} s with its checks and hooks, past {most} s"),
+            "shorten command_timeout_seconds, health_timeout_seconds or the hooks' timeouts",
+        );
+    }
     Some((pre?, post?))
 }
 
