@@ -410,9 +410,27 @@ fn drain_hooks_are_templates_with_their_own_timeouts_counted_in_the_restart_s() 
             "",
             "apps.hello.pre_restart",
         ),
+        // Each within bounds, but past SSM's 48 h together.
+        (
+            r#"pre_restart = "true""#,
+            "pre_restart_timeout_seconds = 172800",
+            "apps.hello.rollout",
+        ),
     ] {
         assert_eq!(error_keys(&config(hooks, rollout)).1, [key]);
     }
+    // Past any sum: refused, without overflowing on the way.
+    let huge = config(
+        r#"pre_restart = "true""#,
+        "pre_restart_timeout_seconds = 18446744073709551615",
+    );
+    assert_eq!(
+        error_keys(&huge).1,
+        [
+            "apps.hello.rollout.pre_restart_timeout_seconds",
+            "apps.hello.rollout"
+        ]
+    );
 }
 
 #[test]

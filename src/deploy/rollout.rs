@@ -70,11 +70,13 @@ impl Rollout {
         match kind {
             CommandKind::Restart => {
                 // A hook past its time gets TERM, then KILL 5 s later.
-                let hook = |t: Option<u64>| t.map_or(0, |t| t + HOOK_KILL_GRACE_SECONDS);
+                // Saturating: `shipit check` adds them up before it bounds each.
+                let hook =
+                    |t: Option<u64>| t.map_or(0, |t| t.saturating_add(HOOK_KILL_GRACE_SECONDS));
                 self.command_timeout_seconds
-                    + self.health_timeout_seconds
-                    + hook(self.pre_restart_timeout_seconds)
-                    + hook(self.post_restart_timeout_seconds)
+                    .saturating_add(self.health_timeout_seconds)
+                    .saturating_add(hook(self.pre_restart_timeout_seconds))
+                    .saturating_add(hook(self.post_restart_timeout_seconds))
             }
             _ => self.command_timeout_seconds,
         }
