@@ -360,6 +360,8 @@ struct World {
     in_flight: Vec<(i64, SendRequest)>,
     /// The step under way hung this long in a call (see `SimRunCommand::send`).
     hung: Option<i64>,
+    /// The command just started was refused for reaching its node too late.
+    refused_late: bool,
 }
 
 /// What the schedules exercised, printed at the end so a reader sees the simulation is
@@ -824,6 +826,8 @@ struct SentCommand {
     nodes: Vec<String>,
     /// ListCommands reads that will still miss it.
     hidden: u32,
+    /// Its nodes that refused it for reaching them too late.
+    late: BTreeSet<String>,
 }
 
 /// The end of a command not delivered yet.
@@ -831,6 +835,8 @@ const HELD: i64 = i64::MAX;
 
 /// A command sent but not yet delivered to `node`.
 struct Held {
+    /// Its SendCommand (an index in `World::sent`).
+    command: usize,
     sent_at: i64,
     /// How long SSM lets it run once delivered.
     timeout_ms: i64,
@@ -912,19 +918,17 @@ fn start(
     }
     node.fence = cmd.fence;
     if late {
-        // Refused without a record on the node; kept here as this send's answer.
+        // Refused, and the node keeps no record of the key (a send in time runs it): the
+        // refusal is this send's answer only (see `receive` and `deliver_late`).
         w.stats.late += 1;
-        t.runs.entry(cmd.key.clone()).or_default().insert(
-            name.to_string(),
-            Run {
-                job: job.clone(),
-                end: now,
-                result: NodeResult::Failed {
-                    exit_code: Some(REFUSED_EXIT),
-                    output: format!("{LATE} this command had to start by …"),
-                },
-            },
-        );
+        if t.runs
+            .get(&cmd.key)
+            .and_then(|r| r.get(name))
+            .is_some_and(|r| r.end == HELD)
+        {
+            t.runs.get_mut(&cmd.key).expect("read above").remove(name);
+        }
+        w.refused_late = true;
         return;
     }
     // One check of what the node serves now.
@@ -1026,6 +1030,9 @@ fn deliver_late(w: &mut World) {
     for h in std::mem::take(&mut w.held) {
         if now - h.sent_at <= DELIVERY_TIMEOUT_SECONDS * 1000 {
             start(w, &h.target, &h.job, &h.cmd, &h.node, h.timeout_ms);
+            if std::mem::take(&mut w.refused_late) {
+                w.sent[h.command].late.insert(h.node.clone());
+            }
         }
     }
 }
@@ -1073,6 +1080,28 @@ fn read_script(script: &str) -> Option<(CommandKind, Version, u64, Option<DateTi
         None => None,
     };
     Some((kind, version, fence, not_after))
+}
+
+/// What SendCommand `c` answers for `node`: its refusal if it came too late, else what
+/// the node's run of its key shows (none: a held send it waited on came too late).
+fn answer(
+    w: &World,
+    c: &SentCommand,
+    node: &str,
+    runs: &HashMap<String, BTreeMap<String, Run>>,
+) -> NodeResult {
+    if c.late.contains(node) {
+        return NodeResult::Failed {
+            exit_code: Some(REFUSED_EXIT),
+            output: format!("{LATE} this command had to start by …"),
+        };
+    }
+    match runs.get(&c.key).and_then(|r| r.get(node)) {
+        Some(r) => seen(w, &c.key, node, r),
+        None => NodeResult::Gone {
+            detail: "DeliveryTimedOut".into(),
+        },
+    }
 }
 
 /// Where a result stands now: held back past the delivery timeout, SSM gave up on it.
@@ -1158,11 +1187,11 @@ impl RunCommand for SimRunCommand {
         guard.call()?;
         let w = &*guard;
         let c = &w.sent[id.parse::<usize>()?];
-        let runs = &w.targets[&c.target].runs[&c.key];
+        let runs = &w.targets[&c.target].runs;
         Ok(c.nodes
             .iter()
             .map(|n| {
-                let status = match seen(w, &c.key, n, &runs[n]) {
+                let status = match answer(w, c, n, runs) {
                     NodeResult::Running => Status::Running,
                     NodeResult::Succeeded | NodeResult::Reported { .. } => Status::Succeeded,
                     NodeResult::Failed { .. } => Status::Failed,
@@ -1182,8 +1211,8 @@ impl RunCommand for SimRunCommand {
         guard.call()?;
         let w = &*guard;
         let c = &w.sent[id.parse::<usize>()?];
-        let r = &w.targets[&c.target].runs[&c.key][node];
-        Ok(match seen(w, &c.key, node, r) {
+        let runs = &w.targets[&c.target].runs;
+        Ok(match answer(w, c, node, runs) {
             NodeResult::Failed { exit_code, output } => Some((exit_code, output)),
             NodeResult::Reported { output } => Some((Some(0), output)),
             NodeResult::Succeeded => Some((Some(0), String::new())),
@@ -1234,6 +1263,7 @@ fn receive(w: &mut World, config: &Config, req: &SendRequest) -> Result<String, 
         fence,
         not_after,
     };
+    let mut late = BTreeSet::new();
     for name in &req.nodes {
         let t = w.targets.get_mut(&target).expect("a simulated target");
         // The node's run record: a second send answers what the first run did.
@@ -1253,6 +1283,7 @@ fn receive(w: &mut World, config: &Config, req: &SendRequest) -> Result<String, 
             );
             let sent_at = w.now.load(Ordering::SeqCst);
             w.held.push(Held {
+                command: w.sent.len(),
                 sent_at,
                 timeout_ms,
                 target: target.clone(),
@@ -1263,6 +1294,9 @@ fn receive(w: &mut World, config: &Config, req: &SendRequest) -> Result<String, 
             continue;
         }
         start(w, &target, &job.id, &cmd, name, timeout_ms);
+        if std::mem::take(&mut w.refused_late) {
+            late.insert(name.clone());
+        }
     }
     let hidden = std::mem::take(&mut w.list_lag_next);
     w.sent.push(SentCommand {
@@ -1271,6 +1305,7 @@ fn receive(w: &mut World, config: &Config, req: &SendRequest) -> Result<String, 
         target,
         nodes: req.nodes.clone(),
         hidden,
+        late,
     });
     Ok((w.sent.len() - 1).to_string())
 }
@@ -1441,6 +1476,7 @@ impl Sim {
             slow_next: None,
             in_flight: vec![],
             hung: None,
+            refused_late: false,
         }));
         let ledger = Arc::new(SimLedger(world.clone()));
         let config = config();
