@@ -72,7 +72,9 @@ pub trait RunCommand: Send + Sync {
     /// [`Throttled`](crate::deploy::ports::Throttled) only when no attempt went out (see
     /// `OnlyThrottledSendsAgain`).
     async fn send(&self, req: &SendRequest) -> Result<String, PortError>;
-    /// The id of a command sent to `node` since `after` with `comment`.
+    /// The id of the command sent to `node` with `comment` after `after`, if ListCommands shows
+    /// one yet; of several (a key sent again), the newest SSM took: one that reached its
+    /// nodes too late and was refused there is older than a send that ran the key since.
     async fn find(
         &self,
         node: &str,
@@ -685,18 +687,21 @@ impl RunCommand for SdkRunCommand {
             )
             .into_paginator()
             .send();
+        // The newest of them: see `RunCommand::find`.
+        let mut newest: Option<(Option<(i64, u32)>, Option<String>)> = None;
         while let Some(page) = pages.next().await {
             let page = page.map_err(|e| sdk_err("SSM ListCommands", e))?;
-            if let Some(c) = page
-                .commands
-                .unwrap_or_default()
-                .into_iter()
-                .find(|c| c.comment.as_deref() == Some(comment))
-            {
-                return Ok(c.command_id);
+            for c in page.commands.unwrap_or_default() {
+                if c.comment.as_deref() != Some(comment) {
+                    continue;
+                }
+                let at = c.requested_date_time.map(|t| (t.secs(), t.subsec_nanos()));
+                if newest.as_ref().is_none_or(|(seen, _)| at > *seen) {
+                    newest = Some((at, c.command_id));
+                }
             }
         }
-        Ok(None)
+        Ok(newest.and_then(|(_, id)| id))
     }
 
     async fn statuses(&self, command_id: &str) -> Result<Vec<(String, Status)>, PortError> {
@@ -873,7 +878,7 @@ mod tests {
         ) -> Result<Option<String>, PortError> {
             let mut s = self.state.lock().unwrap();
             s.finds += 1;
-            let found = s.commands.iter().position(|c| c.0 == comment);
+            let found = s.commands.iter().rposition(|c| c.0 == comment);
             Ok(found.map(|i| i.to_string()))
         }
         async fn statuses(&self, id: &str) -> Result<Vec<(String, Status)>, PortError> {

@@ -1164,7 +1164,8 @@ impl RunCommand for SimRunCommand {
         w.call()?;
         let mut missed = false;
         let mut found = None;
-        for (i, c) in w.sent.iter_mut().enumerate() {
+        // Newest first, as `RunCommand::find` answers.
+        for (i, c) in w.sent.iter_mut().enumerate().rev() {
             if c.comment != comment || !c.nodes.iter().any(|n| n == node) {
                 continue;
             }

@@ -2173,3 +2173,31 @@ async fn a_waiting_job_cancelled_from_chat_never_runs_and_a_started_one_cannot_b
     assert!(text.contains("is not queued"), "{text}");
     assert_eq!(claims().await, kept);
 }
+
+/// A key sent again leaves two commands with one comment: the lookup answers the newest
+/// (one that reached its node too late and was refused there is the older).
+#[tokio::test]
+async fn of_two_commands_with_one_comment_the_lookup_finds_the_newest() {
+    use shipit::aws::fleet::{RunCommand, SendRequest};
+    let _turn = CONTROL.lock().await;
+    control(json!({})).await;
+    let rig = Rig::new(1).await;
+    let ssm = SdkRunCommand::new(rig.ssm.clone());
+    let req = SendRequest {
+        nodes: vec![rig.nodes[0].clone()],
+        script: "true".into(),
+        dir: None,
+        comment: format!("shipit {}:install 1/1", unique("k")),
+        max_concurrency: "100%".into(),
+        max_errors: "0".into(),
+        timeout_seconds: 60,
+    };
+    let first = ssm.send(&req).await.unwrap();
+    // Apart by more than the emulator's clock resolution.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let second = ssm.send(&req).await.unwrap();
+    assert_ne!(first, second);
+    let since = Utc::now() - chrono::Duration::minutes(5);
+    let found = ssm.find(&rig.nodes[0], &req.comment, since).await.unwrap();
+    assert_eq!(found, Some(second));
+}
