@@ -165,6 +165,10 @@ impl Driver {
                     .fleet
                     .run(job, cmd, deploy.policy.max_errors, sent, replayed)
                     .await?,
+                sent_at: sent
+                    .as_ref()
+                    .filter(|s| s.key == cmd.key)
+                    .and_then(|s| s.since),
             },
             Action::Record => {
                 let entry = HistoryEntry {

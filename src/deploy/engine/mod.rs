@@ -392,9 +392,14 @@ impl Deploy {
                 },
             ) => self.on_inspected(live, newer_queued, faulty, n),
             (Action::ResolveNodes, Observation::Nodes { nodes }) => self.on_nodes(nodes, n),
-            (Action::Run(cmd), Observation::Ran { key, results }) if key == cmd.key => {
-                self.on_ran(now, cmd, results, n)
-            }
+            (
+                Action::Run(cmd),
+                Observation::Ran {
+                    key,
+                    results,
+                    sent_at,
+                },
+            ) if key == cmd.key => self.on_ran(now, cmd, results, sent_at, n),
             (Action::Record, Observation::Recorded { written }) => {
                 self.wrote(written);
                 self.on_recorded()

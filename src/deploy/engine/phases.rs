@@ -354,6 +354,7 @@ impl Deploy {
         now: DateTime<Utc>,
         cmd: &Command,
         results: Vec<(String, NodeResult)>,
+        sent_at: Option<DateTime<Utc>>,
         notices: &mut Vec<Notice>,
     ) {
         // A map: a command of a large fleet has thousands of nodes.
@@ -365,7 +366,14 @@ impl Deploy {
             .iter()
             .any(|n| result_of(n) == NodeResult::Running)
         {
-            let since = *self.running_since.get_or_insert(now);
+            // A command sent after the deploy began to wait for it (a retried step that
+            // did not find it sends it anew) may run its full time from its send.
+            let since = match (self.running_since, sent_at) {
+                (Some(since), Some(sent)) => since.max(sent.min(now)),
+                (Some(since), None) => since,
+                (None, _) => now,
+            };
+            self.running_since = Some(since);
             let limit = self.policy.command_seconds(cmd.kind) as i64 + COMMAND_GRACE_SECONDS;
             if now - since <= Duration::seconds(limit) {
                 let elapsed = (now - since).num_milliseconds().max(0) as u64;

@@ -228,6 +228,7 @@ impl Twin {
                             .iter()
                             .map(|n| (n.clone(), NodeResult::Running))
                             .collect(),
+                        sent_at: None,
                     };
                 }
                 if self.lock.as_ref().is_some_and(|l| l.generation > cmd.fence) {
@@ -242,6 +243,7 @@ impl Twin {
                             .iter()
                             .map(|n| (n.clone(), refusal.clone()))
                             .collect(),
+                        sent_at: None,
                     };
                 }
                 if !self.results.contains_key(&cmd.key) {
@@ -314,6 +316,7 @@ impl Twin {
                         .filter(|(n, _)| !self.silent.contains(n))
                         .cloned()
                         .collect(),
+                    sent_at: None,
                 }
             }
             Action::Wait { millis } => {
@@ -656,7 +659,8 @@ fn a_replayed_or_stale_observation_is_refused_and_changes_nothing() {
             t0(),
             Observation::Ran {
                 key: "other".into(),
-                results: vec![]
+                results: vec![],
+                sent_at: None,
             }
         )
         .is_err());
@@ -1587,6 +1591,52 @@ fn an_abort_seen_by_a_replayed_step_waits_for_the_command_the_failed_step_may_ha
         "{outcome:?}"
     );
     assert_eq!(twin.log[3..], N1_N2_PUT_BACK);
+}
+
+#[test]
+fn a_command_a_retried_step_sends_late_is_waited_for_from_its_send() {
+    let mut twin = Twin::new(&["n1", "n2"], Some("1.0.0"));
+    let mut d = Deploy::new(job("1.1.0", false), policy());
+    let is_install = |a: &Action| matches!(a, Action::Run(c) if c.kind == CommandKind::Install);
+    while !is_install(&d.action()) {
+        let obs = twin.execute(&d.action());
+        d.observe(twin.now(), obs).unwrap();
+    }
+    // The step that was to send the install failed; its retry counts the install as
+    // running from its start, and is held up past the install's time before it sends
+    // it (not found: it never went out).
+    d.in_doubt(twin.now());
+    let waited = policy().command_seconds(CommandKind::Install) as i64 + COMMAND_GRACE_SECONDS;
+    twin.clock += (waited + 60) * 1000;
+    loop {
+        d.tick(twin.now());
+        if is_install(&d.action()) {
+            break;
+        }
+        let obs = twin.execute(&d.action());
+        d.observe(twin.now(), obs).unwrap();
+    }
+    let Action::Run(cmd) = d.action() else {
+        unreachable!()
+    };
+    let running = Observation::Ran {
+        key: cmd.key.clone(),
+        results: cmd
+            .nodes
+            .iter()
+            .map(|n| (n.clone(), NodeResult::Running))
+            .collect(),
+        sent_at: Some(twin.now()),
+    };
+    d.observe(twin.now(), running).unwrap();
+    // Given up on at once, it would end the deploy (and free the lock) while it runs.
+    assert!(
+        matches!(d.action(), Action::Wait { .. }),
+        "{:?}",
+        d.action()
+    );
+    let (outcome, _) = twin.drive(&mut d, None);
+    assert_eq!(outcome, succeeded());
 }
 
 #[test]

@@ -77,6 +77,11 @@ pub enum Observation {
     Ran {
         key: String,
         results: Vec<(String, NodeResult)>,
+        /// When the fleet sent the key's first command, if it keeps track: the deploy
+        /// waits for the command counted from then when that is later than its own first
+        /// look (a retried step counts from its start, and may send much later).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        sent_at: Option<DateTime<Utc>>,
     },
     Waited,
     /// `written`: the ledger's answer, what the lock's holders have written now.
