@@ -94,7 +94,11 @@ impl App {
             let hook = |template: &Option<Template>, seconds: Option<u64>| {
                 template
                     .as_ref()
-                    .map(|t| render(kind, t).map(|s| (s, seconds.unwrap_or(60))))
+                    .map(|t| {
+                        let seconds =
+                            seconds.unwrap_or(crate::deploy::rollout::DEFAULT_HOOK_SECONDS);
+                        render(kind, t).map(|s| (s, seconds))
+                    })
                     .transpose()
             };
             let r = &self.rollout;

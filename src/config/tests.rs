@@ -434,6 +434,28 @@ fn drain_hooks_are_templates_with_their_own_timeouts_counted_in_the_restart_s() 
 }
 
 #[test]
+fn a_hook_using_dir_needs_it_even_beside_a_broken_hook() {
+    let text = r#"
+        [apps.hello]
+        package = "hello-app"
+        install = "pip install {package}=={version}"
+        restart = "true"
+        health = "true"
+        pre_restart = "{dir}/bin/lb out"
+        post_restart = "lb in {nowhere}"
+        [apps.hello.environments.production]
+        ssm_tags = { "shipit:app" = "hello" }
+    "#;
+    assert_eq!(
+        error_keys(text).1,
+        [
+            "apps.hello.post_restart",
+            "apps.hello.environments.production.dir"
+        ]
+    );
+}
+
+#[test]
 fn layouts_are_in_place_or_releases_keeping_at_least_two() {
     let check = |lines: &str| {
         let text = format!(

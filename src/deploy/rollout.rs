@@ -55,6 +55,9 @@ pub struct Rollout {
     pub post_restart_timeout_seconds: Option<u64>,
 }
 
+/// How long a drain hook may run unless its app says (`shipit check` fills it in).
+pub const DEFAULT_HOOK_SECONDS: u64 = 60;
+
 impl Rollout {
     /// How many nodes the `number`th batch (from 0) restarts, out of `total`: at least one.
     pub fn batch_size(&self, number: usize, total: usize) -> usize {

@@ -72,7 +72,7 @@ pub(super) fn check_app(c: &mut Checker, base: &Path, name: String, a: RawApp) -
     let mut rollout = a.rollout;
     let hooks = check_hooks(c, &scope, &mut rollout, (a.pre_restart, a.post_restart));
     check_rollout(c, &k, &rollout);
-    check_dir_use(c, &scope, &commands);
+    check_dir_use(c, &scope, &commands, &hooks);
     let notify = check_notify(c, &k, a.notify, &name, repo.is_some());
     let gate = a.gate.and_then(|g| check_gate(c, &k, g, repo.is_some()));
     if gate.is_none() && repo.is_some() && !auto_deploy.is_empty() {
@@ -85,7 +85,7 @@ pub(super) fn check_app(c: &mut Checker, base: &Path, name: String, a: RawApp) -
     let (install, restart, health, version) = commands;
     let (package, tag_pattern) = (package?, tag_pattern?);
     let (install, restart, health, version) = (install?, restart?, health?, version?);
-    let (pre_restart, post_restart) = hooks?;
+    let (pre_restart, post_restart) = (hooks.0?, hooks.1?);
     Some(App {
         name,
         package,
@@ -271,14 +271,18 @@ fn check_commands(c: &mut Checker, scope: &Scope, raw: Commands) -> Checked {
     (install, restart, health, version)
 }
 
+/// The checked `pre_restart` and `post_restart`: `None` where one has a problem,
+/// `Some(None)` when the app has none.
+type Hooks = (Option<Option<Template>>, Option<Option<Template>>);
+
 /// The drain hooks, each with its timeout (60 s unless given; a timeout without its hook
-/// is a mistake). `None` where one has a problem.
+/// is a mistake).
 fn check_hooks(
     c: &mut Checker,
     scope: &Scope,
     rollout: &mut Rollout,
     (pre, post): (Option<String>, Option<String>),
-) -> Option<(Option<Template>, Option<Template>)> {
+) -> Hooks {
     let k = scope.key;
     let mut hook = |name: &str, raw: Option<String>, timeout: &mut Option<u64>| {
         let key = format!("{k}.rollout.{name}_timeout_seconds");
@@ -293,7 +297,7 @@ fn check_hooks(
                 Some(None)
             }
             (Some(raw), t) => {
-                let seconds = t.unwrap_or(DEFAULT_HOOK_SECONDS);
+                let seconds = t.unwrap_or(crate::deploy::rollout::DEFAULT_HOOK_SECONDS);
                 c.seconds(
                     key,
                     seconds,
@@ -302,17 +306,8 @@ fn check_hooks(
                     &format!("seconds {name} may run on a node before it counts as failed"),
                 );
                 *timeout = Some(seconds);
-                let template = c.template(&format!("{k}.{name}"), &raw, &scope.known)?;
-                if let Some(env) = scope.dirless.first() {
-                    if template.placeholders().any(|p| p == "dir") {
-                        c.error(
-                            format!("{env}.dir"),
-                            format!("{k}.{name} uses {{dir}} but this environment has no dir"),
-                            "set dir = \"/srv/...\" to the app's directory on its nodes",
-                        );
-                    }
-                }
-                Some(Some(template))
+                c.template(&format!("{k}.{name}"), &raw, &scope.known)
+                    .map(Some)
             }
         }
     };
@@ -335,14 +330,16 @@ fn check_hooks(
             "shorten command_timeout_seconds, health_timeout_seconds or the hooks' timeouts",
         );
     }
-    Some((pre?, post?))
+    (pre, post)
 }
 
-/// How long a drain hook may run unless its app says.
-const DEFAULT_HOOK_SECONDS: u64 = 60;
-
 /// `{dir}` is there only where every environment of the app has a `dir`.
-fn check_dir_use(c: &mut Checker, scope: &Scope, (install, restart, health, version): &Checked) {
+fn check_dir_use(
+    c: &mut Checker,
+    scope: &Scope,
+    (install, restart, health, version): &Checked,
+    (pre, post): &Hooks,
+) {
     let Some(env) = scope.dirless.first() else {
         return;
     };
@@ -351,6 +348,8 @@ fn check_dir_use(c: &mut Checker, scope: &Scope, (install, restart, health, vers
         ("restart", restart.as_ref()),
         ("health", health.as_ref().and_then(Option::as_ref)),
         ("version", version.as_ref().and_then(Option::as_ref)),
+        ("pre_restart", pre.as_ref().and_then(Option::as_ref)),
+        ("post_restart", post.as_ref().and_then(Option::as_ref)),
     ];
     for (what, t) in templates {
         if t.is_some_and(|t| t.placeholders().any(|p| p == "dir")) {
