@@ -291,21 +291,27 @@ pub fn print_story(story: &Story) {
 
 /// Each node's installed version against the live one; how many differ.
 pub fn print_drift(app: &str, live: &Version, nodes: &[NodeVersion]) -> usize {
-    println!("{:<16} {:<14} LIVE {live}", "NODE", "INSTALLED");
     let mut drifted = 0;
-    for n in nodes {
-        let installed = n
-            .installed
-            .as_ref()
-            .map_or("-".to_string(), |v| v.to_string());
-        let (in_sync, note) = match &n.installed {
-            Some(v) if v.same_as(live) => (true, "ok".to_string()),
-            Some(_) => (false, "differs".to_string()),
-            None => (false, format!("not installed: {}", n.detail)),
-        };
-        drifted += usize::from(!in_sync);
-        println!("{:<16} {installed:<14} {note}", n.node);
-    }
+    let rows: Vec<Vec<String>> = nodes
+        .iter()
+        .map(|n| {
+            let installed = n
+                .installed
+                .as_ref()
+                .map_or("-".to_string(), |v| v.to_string());
+            let (in_sync, note) = match &n.installed {
+                Some(v) if v.same_as(live) => (true, "ok".to_string()),
+                Some(_) => (false, "differs".to_string()),
+                None => (false, format!("not installed: {}", n.detail)),
+            };
+            drifted += usize::from(!in_sync);
+            vec![n.node.clone(), installed, note]
+        })
+        .collect();
+    print!(
+        "{}",
+        table(&["NODE", "INSTALLED", &format!("LIVE {live}")], &rows)
+    );
     if drifted > 0 {
         println!("{drifted} node(s) differ from {live}; `shipit sync {app}` brings them to it");
     }

@@ -321,6 +321,27 @@ fn stage_class(s: Stage) -> &'static str {
 mod tests {
     use super::*;
 
+    /// The Chromium test sees what a browser loaded; this is what the page could load at
+    /// all beyond its links (which the serve test checks): its style and script name no
+    /// other origin, font, stylesheet or module.
+    #[test]
+    fn the_page_s_style_and_script_name_nothing_from_elsewhere() {
+        for (name, text) in [("page.css", STYLE), ("page.js", SCRIPT)] {
+            for word in ["://", "url(", "@import", "import(", "src", "href"] {
+                assert!(!text.contains(word), "{name} says {word:?}");
+            }
+        }
+        for call in ["fetch(", "EventSource("] {
+            for (at, _) in SCRIPT.match_indices(call) {
+                let arg = SCRIPT[at + call.len()..].trim_start();
+                assert!(
+                    arg.starts_with("location.pathname") || arg.starts_with("\"/"),
+                    "{call}{arg:.40}"
+                );
+            }
+        }
+    }
+
     #[test]
     fn the_page_listens_polls_or_stays_and_its_main_part_comes_alone_when_asked() {
         let main = || html! { p { "hello <b>" } };

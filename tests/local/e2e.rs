@@ -49,8 +49,27 @@ fn shipit_json(ex: &Example, args: &[&str]) -> serde_json::Value {
 
 /// After the canary failed its health check on 1.2.0: the job says why, when, and what
 /// ran on each node, in `show` (by a prefix of its id), `jobs` and `history --all`.
-fn the_failed_deploy_keeps_its_story(ex: &Example, failed: &JobId) {
+async fn the_failed_deploy_keeps_its_story(ex: &Example, failed: &JobId) {
     let story = shipit_json(ex, &["show", &failed.as_str()[..8], "--json"]);
+    // The page's API tells the same story.
+    let (ingress, store) = shipit::run::local::ingress((*ex.config()).clone())
+        .await
+        .unwrap();
+    let served = crate::helpers::Served::start(ingress, store).await;
+    let api: Value = reqwest::get(format!("{}/api/jobs/{failed}", served.base))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let deploys: Value = reqwest::get(format!("{}/api/deploys", served.base))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    served.stop().await;
+    assert_eq!(api, story);
     assert_eq!(story["job"]["id"], failed.as_str());
     assert_eq!(story["status"], "failed");
     let reason = story["reason"].as_str().unwrap();
@@ -97,6 +116,14 @@ fn the_failed_deploy_keeps_its_story(ex: &Example, failed: &JobId) {
         .find(|q| q["job"]["id"] == failed.as_str())
         .unwrap();
     assert_eq!(listed["reason"], reason);
+    assert!(listed["ended_at"].is_string(), "{listed}");
+    let in_api = deploys["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|q| q["job"]["id"] == failed.as_str())
+        .unwrap();
+    assert_eq!(in_api, listed, "the API lists the job as `jobs` does");
     // DORA: two changes went live, the third failed and was put back at once.
     let stats = shipit_json(ex, &["stats", "--json"]);
     let f = &stats[0];
@@ -198,7 +225,7 @@ async fn installs_in_parallel_restarts_in_order_and_rolls_back_a_bad_version() {
         ["1.1.0", "1.0.0"],
         "a failed deploy is not history"
     );
-    the_failed_deploy_keeps_its_story(&ex, &failed);
+    the_failed_deploy_keeps_its_story(&ex, &failed).await;
     // Each node as last seen: node1 put back onto 1.1.0 by the failed deploy, the others
     // still on 1.1.0 since the deploy before.
     let status = shipit_json(&ex, &["status", "--json"]);
@@ -442,6 +469,14 @@ async fn sync_brings_a_new_node_and_a_drifted_one_to_the_live_version_and_no_oth
     assert_eq!(line("node3")[1..], ["1.1.0", "ok"]);
     assert_eq!(line("node4")[1..3], ["-", "not"], "{out}");
     assert!(out.contains("2 node(s) differ from 1.1.0"), "{out}");
+    // Columns line up under their heads.
+    let head = out.lines().next().unwrap();
+    let (installed, live) = (head.find("INSTALLED").unwrap(), head.find("LIVE").unwrap());
+    for l in out.lines().filter(|l| l.starts_with("node")) {
+        assert!(l[installed..].starts_with(['1', '-']), "{out}");
+        assert_eq!(&l[live - 1..live], " ", "{out}");
+        assert_ne!(&l[live..live + 1], " ", "{out}");
+    }
 
     let (code, out) = ex.shipit(&["sync", "hello"]);
     assert_eq!(code, 0, "{out}");

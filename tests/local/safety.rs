@@ -234,6 +234,26 @@ async fn an_older_upload_never_moves_production_back() {
     assert_eq!(ex.starts("node1", "1.0.0"), 0);
     let history = json(&ex, &["history", "hello", "--json"]);
     assert_eq!(history[0]["job"]["version"], "1.1.0");
+    // Why it was skipped is said by every view of the job, not only its notices.
+    let why = "1.0.0 is older than live 1.1.0; deploy it by hand to go back";
+    assert_eq!(upload["reason"], why, "{upload}");
+    assert_eq!(json(&ex, &["show", id.as_str(), "--json"])["reason"], why);
+    let ended = json(&ex, &["history", "hello", "--all", "--json"]);
+    assert_eq!(
+        (
+            &ended[0]["job"]["id"],
+            &ended[0]["status"],
+            &ended[0]["reason"]
+        ),
+        (
+            &upload["job"]["id"],
+            &serde_json::json!("skipped"),
+            &serde_json::json!(why)
+        ),
+        "{ended}"
+    );
+    let (_, out) = ex.shipit(&["history", "hello", "--all"]);
+    assert!(out.contains("skipped") && out.contains(why), "{out}");
 }
 
 /// `shipit ARGS` as user `user`, not waited for.
@@ -343,6 +363,19 @@ async fn abort_stops_a_running_deploy_and_unlock_cannot_touch_its_lock() {
         status[0]["faulty"],
         serde_json::json!([]),
         "an abort is no verdict"
+    );
+    // Kept with the ended jobs, with who stopped it.
+    let ended = json(&ex, &["history", "hello", "--all", "--json"]);
+    let aborted = ended
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["job"]["id"] == job.as_str())
+        .unwrap_or_else(|| panic!("no aborted job in {ended}"));
+    assert_eq!(aborted["status"], "aborted", "{aborted}");
+    assert!(
+        aborted["reason"].as_str().unwrap().contains("bob"),
+        "{aborted}"
     );
     let outcome = store.notices(&job, 0).await.unwrap();
     assert!(

@@ -734,14 +734,36 @@ async fn a_queued_job_is_cancelled_and_never_runs() {
         all.extend_from_slice(args);
         shipit(&all)
     };
-    let (code, out, err) = cli(&["deploy", "hello", "1.0.0"]);
-    assert_eq!(code, 0, "{err}");
+    // Asked from where no login shell set who is asking (a service, a container).
+    let out = Command::new(env!("CARGO_BIN_EXE_shipit"))
+        .args([
+            "--config",
+            path.to_str().unwrap(),
+            "deploy",
+            "hello",
+            "1.0.0",
+        ])
+        .env_remove("SHIPIT_CONFIG")
+        .env_remove("USER")
+        .env_remove("LOGNAME")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let out = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.contains("no `shipit serve` runs jobs from this store"),
         "{out}"
     );
     let store = shipit::local::store::Store::open(&config.server.state).unwrap();
-    let job = store.jobs(None).await.unwrap()[0].job.id.clone();
+    let queued = store.jobs(None).await.unwrap().remove(0);
+    let account = Command::new("id").arg("-un").output().unwrap();
+    let account = String::from_utf8(account.stdout).unwrap();
+    assert_eq!(
+        queued.job.requested_by,
+        account.trim(),
+        "the account that asked, not `cli`"
+    );
+    let job = queued.job.id.clone();
     let (code, out, err) = cli(&["cancel", &job.as_str()[..7]]);
     assert_eq!(code, 0, "{err}");
     assert!(out.starts_with(&format!("cancelled job {job}")), "{out}");
