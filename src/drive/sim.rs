@@ -285,6 +285,8 @@ struct Node {
     /// Terminated: resolving skips it, a send naming it is refused (InvalidInstanceId),
     /// and one held back for it is never delivered (DeliveryTimedOut).
     gone: bool,
+    /// When (ms) this instance joined under the name of a terminated one.
+    joined_at: Option<i64>,
 }
 
 /// A command started on a node: when it ends and what it answers then.
@@ -1757,6 +1759,7 @@ impl Sim {
                 let (app, env) = TARGETS[*target];
                 let live = {
                     let mut w = self.world.lock().unwrap();
+                    let now = w.now.load(Ordering::SeqCst);
                     let t = w.target(app, env);
                     // The first terminated node from `node` on comes back.
                     let Some(name) = (0..NODES.len())
@@ -1767,7 +1770,10 @@ impl Sim {
                     };
                     let n = t.nodes.get_mut(name).unwrap();
                     // A new instance: a clean disk, nothing served, no fence seen.
-                    *n = Node::default();
+                    *n = Node {
+                        joined_at: Some(now),
+                        ..Node::default()
+                    };
                     (name, t.history.first().map(|e| e.job.version.clone()))
                 };
                 let (name, Some(live)) = live else { return };
@@ -1986,13 +1992,19 @@ impl Sim {
                 job.id, live, job.app, job.env
             ));
         }
+        // SSM names every instance anew; the simulation gives a joining one the name of a
+        // terminated one, which a deploy that saw the old one pass cannot tell apart.
+        let requested = (job.requested_at - t0()).num_milliseconds();
         for n in deploy
             .nodes
             .iter()
             .filter(|n| n.state == crate::deploy::engine::NodeState::Healthy)
         {
-            let serving = &t.nodes[&n.name].serving;
-            if serving.as_ref() != Some(&job.version) {
+            let node = &t.nodes[&n.name];
+            let replaced = node.joined_at.is_some_and(|at| at >= requested)
+                && node.served_by.as_ref() != Some(&job.id);
+            let serving = &node.serving;
+            if serving.as_ref() != Some(&job.version) && !replaced {
                 broken.push(format!(
                     "(iii) job {} left {} healthy but it serves {:?}",
                     job.id, n.name, serving
