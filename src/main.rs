@@ -84,6 +84,10 @@ enum Command {
         /// With --dry-run: the plan as JSON.
         #[arg(long, requires = "dry_run")]
         json: bool,
+        /// Deploy outside the environment's windows or in a freeze, for this reason (only
+        /// its freeze_overriders; kept in history).
+        #[arg(long, value_name = "REASON")]
+        r#override: Option<String>,
     },
     /// Bring every node of APP to the live version: nodes added to the config, and nodes
     /// that drifted (another version installed by hand, say). Only those are touched.
@@ -276,14 +280,18 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             force,
             dry_run,
             json,
+            r#override,
         } => {
             let config = Arc::new(load(&cli.config)?);
             let store = open_store(&config)?;
+            let mut job = cli::deploy_job(&config, &app, &version, env.as_deref(), force)?;
+            if let Some(reason) = &r#override {
+                job = job.overriding(reason);
+            }
             if dry_run {
-                let job = cli::deploy_job(&config, &app, &version, env.as_deref(), force)?;
                 return print_plan(&config, &store, &job, json).await;
             }
-            let job = cli::deploy(&config, &store, &app, &version, env.as_deref(), force).await?;
+            let job = cli::queue_deploy(&config, &store, job).await?;
             return follow(config, &store, job, wait).await;
         }
         Command::Sync { app, env, check } => {

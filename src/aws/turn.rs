@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 
 use super::sdk_err;
 use crate::deploy::job::{DeployJob, JobId};
-use crate::deploy::ports::{Backlog, Cancel, PortError, Turn};
+use crate::deploy::ports::{Backlog, Cancel, HeldBack, PortError, Turn};
 use crate::deploy::status::JobStatus;
 use crate::deploy::version::newest_first;
 
@@ -228,7 +228,7 @@ impl SsmTurn {
 
 #[async_trait]
 impl Turn for SsmTurn {
-    async fn ahead(&self, job: &DeployJob) -> Result<Option<JobId>, PortError> {
+    async fn ahead(&self, job: &DeployJob, held: HeldBack<'_>) -> Result<Option<JobId>, PortError> {
         let tickets = self.tickets(job).await?;
         // A job without a ticket (started before tickets, or by hand) keeps no order.
         let Some(mine) = tickets.iter().position(|t| t.job.id == job.id) else {
@@ -237,11 +237,12 @@ impl Turn for SsmTurn {
         let mut stale = vec![];
         let mut ahead = None;
         for t in &tickets[..mine] {
-            if self.running(&t.job.id).await? {
+            if !self.running(&t.job.id).await? {
+                stale.push(t.name.clone());
+            } else if !held(&t.job) {
                 ahead = Some(t.job.id.clone());
                 break;
             }
-            stale.push(t.name.clone());
         }
         if !stale.is_empty() {
             tracing::warn!(tickets = ?stale, "queue tickets of executions that ended without removing them");

@@ -16,6 +16,7 @@ use chrono::Utc;
 use tokio::sync::watch;
 
 use crate::config::{App, Config};
+use crate::deploy::calendar;
 use crate::deploy::engine::Notice;
 use crate::deploy::history::rollback_target;
 use crate::deploy::job::{DeployJob, JobId, Source};
@@ -102,6 +103,24 @@ pub async fn deploy(
     force: bool,
 ) -> anyhow::Result<DeployJob> {
     let job = deploy_job(config, app, version, env, force)?;
+    queue_deploy(config, store, job).await
+}
+
+/// Queues a person's deploy, unless its environment's calendar refuses it now (see
+/// [`calendar::admit`]).
+pub async fn queue_deploy(
+    config: &Config,
+    store: &Store,
+    job: DeployJob,
+) -> anyhow::Result<DeployJob> {
+    let (_, env) = config.target(&job).map_err(|e| anyhow!(e))?;
+    calendar::admit(
+        env.calendar.as_ref(),
+        &env.freeze_overriders,
+        &job,
+        Utc::now(),
+    )
+    .map_err(|e| anyhow!("{e}; nothing was queued"))?;
     store
         .enqueue(std::slice::from_ref(&job))
         .await

@@ -62,7 +62,10 @@ pub fn print_status(status: &[EnvStatus]) {
             let jobs: Vec<String> = s
                 .jobs
                 .iter()
-                .map(|j| format!("{} {}", j.status, j.version))
+                .map(|j| match &j.held {
+                    Some(why) => format!("{} {} (waiting: {why})", j.status, j.version),
+                    None => format!("{} {}", j.status, j.version),
+                })
                 .collect();
             let lock = s.lock.as_ref().map(lock_phrase).unwrap_or_default();
             let faulty = if s.faulty.is_empty() {
@@ -155,6 +158,9 @@ pub fn print_history(entries: &[HistoryRow]) -> anyhow::Result<()> {
             .to_string();
         if j.forced_by.is_some() {
             source.push_str(", forced");
+        }
+        if let Some(o) = &j.overridden {
+            source.push_str(&format!(", outside the calendar (override: {})", o.reason));
         }
         if let Some(mark) = &row.faulty {
             source.push_str(&format!(" — {}", faulty_phrase(mark)));

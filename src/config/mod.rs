@@ -174,6 +174,11 @@ pub struct Environment {
     pub chat_forcers: Vec<String>,
     /// Who may lock, unlock and abort from chat; the deployers unless set.
     pub chat_lockers: Vec<String>,
+    /// When it takes deploys (rollbacks always); none: any time.
+    pub calendar: Option<crate::deploy::calendar::Calendar>,
+    /// Who may deploy outside the calendar with a reason (`--override`): Slack user ids,
+    /// or the accounts of CLI users.
+    pub freeze_overriders: Vec<String>,
 }
 
 /// What pins slash commands to one Slack workspace: a command signed with the app's

@@ -99,6 +99,15 @@ pub(super) struct RawEnvironment {
     #[serde(default)]
     pub(super) chat_forcers: Vec<String>,
     pub(super) chat_lockers: Option<Vec<String>>,
+    /// The IANA zone `windows` and `freezes` are written in.
+    pub(super) time_zone: Option<String>,
+    #[serde(default)]
+    pub(super) windows: Vec<String>,
+    #[serde(default)]
+    pub(super) freezes: Vec<crate::deploy::calendar::RawFreeze>,
+    /// Slack user ids, or the accounts of CLI users, who may deploy with `--override`.
+    #[serde(default)]
+    pub(super) freeze_overriders: Vec<String>,
 }
 
 #[derive(Deserialize)]

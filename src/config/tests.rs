@@ -456,6 +456,69 @@ fn a_hook_using_dir_needs_it_even_beside_a_broken_hook() {
 }
 
 #[test]
+fn calendars_are_checked_key_by_key() {
+    let config = |lines: &str| {
+        format!(
+            r#"
+            [apps.hello]
+            package = "hello-app"
+            install = "true"
+            restart = "true"
+            health = "true"
+            [apps.hello.environments.production]
+            nodes = [{{ name = "n1", dir = "n1" }}]
+            {lines}
+        "#
+        )
+    };
+    let ok = r#"time_zone = "Europe/Berlin"
+            windows = ["Mon-Thu 09:00-16:00"]
+            freezes = [{ yearly = "12-20..01-03", reason = "holidays" }]
+            freeze_overriders = ["U2CERLKJA", "ann"]"#;
+    let (c, errors) = error_keys(&config(ok));
+    assert!(errors.is_empty(), "{errors:?}");
+    let env = &c.unwrap().apps["hello"].environments["production"];
+    assert!(env.calendar.as_ref().unwrap().summary.contains("holidays"));
+    assert_eq!(env.freeze_overriders, ["U2CERLKJA", "ann"]);
+    let e = "apps.hello.environments.production";
+    for (lines, keys) in [
+        (
+            r#"windows = ["Mon-Thu 09:00-16:00"]"#.to_string(),
+            vec![format!("{e}.time_zone")],
+        ),
+        (
+            r#"time_zone = "Berlin"
+            windows = ["Mon 9-5"]
+            freezes = [{ monthly = "third Saturday", reason = "" }]
+            freeze_overriders = ["@ann"]"#
+                .to_string(),
+            vec![
+                format!("{e}.time_zone"),
+                format!("{e}.windows[0]"),
+                format!("{e}.freezes[0].reason"),
+                format!("{e}.freeze_overriders[0]"),
+            ],
+        ),
+    ] {
+        assert_eq!(error_keys(&config(&lines)).1, keys, "{lines}");
+    }
+    // An unknown key in a freeze is named with its place.
+    let (_, problems) = check_text(
+        &config(
+            r#"time_zone = "UTC"
+            freezes = [{ from = "2026-12-24", until = "2026-12-26", reason = "x", why = "y" }]"#,
+        ),
+        Path::new("d.toml"),
+    );
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.key.contains("freezes") && p.message.contains("why")),
+        "{problems:?}"
+    );
+}
+
+#[test]
 fn layouts_are_in_place_or_releases_keeping_at_least_two() {
     let check = |lines: &str| {
         let text = format!(

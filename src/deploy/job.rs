@@ -150,6 +150,16 @@ impl Source {
         }
     }
 
+    /// The person who asked, as `freeze_overriders` names them: a Slack user id, or a
+    /// CLI user's account.
+    pub fn person_id(&self) -> Option<&str> {
+        match self {
+            Source::Chat { user_id, .. } => Some(user_id),
+            Source::Cli { user, .. } => Some(user),
+            _ => None,
+        }
+    }
+
     /// Automatic triggers may be superseded by a newer version; human requests never are.
     pub fn is_automatic(&self) -> bool {
         matches!(self, Source::Tag { .. } | Source::Upload { .. })
@@ -170,6 +180,18 @@ pub struct DeployJob {
     /// Who sent this version out past the gate (`--force`); kept in history.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub forced_by: Option<String>,
+    /// Sent out while its environment's calendar was closed, by whom and why
+    /// (`--override`); kept in history.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub overridden: Option<Override>,
+}
+
+/// A deploy outside the environment's windows or inside a freeze, asked for by a freeze
+/// overrider.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Override {
+    pub by: String,
+    pub reason: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -200,6 +222,18 @@ impl DeployJob {
             source,
             requested_at: now,
             forced_by: None,
+            overridden: None,
+        }
+    }
+
+    /// The same job, let past its environment's calendar by whoever asked for it.
+    pub fn overriding(self, reason: &str) -> DeployJob {
+        DeployJob {
+            overridden: Some(Override {
+                by: self.requested_by.clone(),
+                reason: reason.to_string(),
+            }),
+            ..self
         }
     }
 

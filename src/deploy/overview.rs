@@ -63,6 +63,9 @@ pub struct ActiveJob {
     pub job: JobId,
     pub version: Version,
     pub status: JobStatus,
+    /// Why its environment's calendar holds it back now, and until when.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub held: Option<String>,
 }
 
 impl EnvStatus {
@@ -109,6 +112,9 @@ impl EnvStatus {
         }
         for j in &self.jobs {
             line.push_str(&format!(" — {}: {} (job {})", j.status, j.version, j.job));
+            if let Some(why) = &j.held {
+                line.push_str(&format!(", waiting: {why}"));
+            }
         }
         line
     }
@@ -194,6 +200,7 @@ mod tests {
             job: id.clone(),
             version: Version::parse("1.3.0").unwrap(),
             status: JobStatus::Queued,
+            held: None,
         }];
         assert_eq!(
             s.line(),

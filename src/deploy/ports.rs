@@ -119,13 +119,18 @@ pub trait Backlog: Send + Sync {
     async fn newer_queued(&self, job: &DeployJob) -> Result<Vec<DeployJob>, PortError>;
 }
 
+/// Whether a job is held back by its environment's calendar now.
+pub type HeldBack<'a> = &'a (dyn Fn(&DeployJob) -> bool + Send + Sync);
+
 /// Jobs of one app+env start in the order they were queued, where the queue does not
 /// hold that order itself: SQS FIFO hands jobs over in order, but to Step Functions
 /// executions that then run side by side and would race for the lock.
 #[async_trait]
 pub trait Turn: Send + Sync {
-    /// The oldest job queued before `job` on its app+env that has not ended, if any.
-    async fn ahead(&self, job: &DeployJob) -> Result<Option<JobId>, PortError>;
+    /// The oldest job queued before `job` on its app+env that has not ended, if any, but
+    /// for those `held` (its environment's calendar holds them back: they keep no place,
+    /// so that a rollback or an override is not stuck behind a job that waits for days).
+    async fn ahead(&self, job: &DeployJob, held: HeldBack<'_>) -> Result<Option<JobId>, PortError>;
     /// `job` ended: the one queued behind it may go.
     async fn leave(&self, job: &DeployJob) -> Result<(), PortError>;
     /// Who took `job` off the queue, if someone did: a read that may lag the cancel, for

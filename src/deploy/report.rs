@@ -28,6 +28,16 @@ pub fn forced_note(job: &DeployJob) -> String {
     forced_by_note(job.forced_by.as_deref())
 }
 
+/// `, outside the calendar (override by ann: hotfix for INC-42)`, if it was.
+pub fn override_note(job: &DeployJob) -> String {
+    job.overridden.as_ref().map_or(String::new(), |o| {
+        format!(
+            ", outside the calendar (override by {}: {})",
+            o.by, o.reason
+        )
+    })
+}
+
 /// The same, from who forced it.
 pub fn forced_by_note(forced_by: Option<&str>) -> String {
     forced_by.map_or(String::new(), |who| {
@@ -40,12 +50,13 @@ pub fn forced_by_note(forced_by: Option<&str>) -> String {
 pub fn history_line(entry: &HistoryEntry, mark: Option<&Faulty>) -> String {
     let job = &entry.job;
     format!(
-        "{} — job {} — {} — by {}{}{}{}{}",
+        "{} — job {} — {} — by {}{}{}{}{}{}",
         job.version,
         job.id,
         entry.recorded_at.format("%Y-%m-%d %H:%M UTC"),
         job.requested_by,
         forced_note(job),
+        override_note(job),
         entry
             .left_behind
             .as_ref()

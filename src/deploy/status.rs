@@ -100,6 +100,7 @@ pub fn describe(n: &Notice) -> String {
         Notice::Aborting { by } => {
             format!("abort asked by {by}: stopping after the command in flight")
         }
+        Notice::WaitingForWindow { why } => format!("waiting: {why}"),
         Notice::WaitingForLock { holder } => {
             format!("waiting: locked by {} ({})", holder.holder, holder.reason)
         }

@@ -16,6 +16,7 @@ use chrono::{DateTime, Utc};
 
 use crate::config::secrets::Secrets;
 use crate::config::{App, Config};
+use crate::deploy::calendar::{self, Closed};
 use crate::deploy::engine::{Action, Deploy, Notice, Observation, Outcome, Verdict};
 use crate::deploy::history::{faulty_mark, Faulty, HistoryEntry};
 use crate::deploy::job::{DeployJob, Source};
@@ -298,6 +299,14 @@ impl Driver {
         outcome
     }
 
+    /// What keeps `job` from changing its environment's nodes now (see
+    /// [`calendar::holds_back`]); nothing for a job of an app or environment no longer
+    /// configured (it ends at its next step).
+    pub fn held_back(&self, job: &DeployJob, now: DateTime<Utc>) -> Option<Closed> {
+        let (_, env) = self.config.target(job).ok()?;
+        calendar::holds_back(env.calendar.as_ref(), &env.freeze_overriders, job, now)
+    }
+
     /// Who took `job` off the queue, where the runtime decides that through the turn
     /// (a read that may lag: `Turn::start` decides).
     pub async fn cancelled(&self, job: &DeployJob) -> Result<Option<String>, PortError> {
@@ -319,8 +328,17 @@ impl Driver {
         if let Some(by) = self.cancelled(job).await? {
             return Ok(Observation::Cancelled { by, holder: None });
         }
+        // Checked at each try, just before the lock: nothing starts to change nodes
+        // outside the environment's calendar (a deploy under way goes on to its end).
+        if let Some(closed) = self.held_back(job, now) {
+            return Ok(Observation::Closed {
+                until: closed.until,
+                why: closed.why,
+            });
+        }
         if let Some(turn) = &self.turn {
-            if let Some(ahead) = turn.ahead(job).await? {
+            let held = |j: &DeployJob| self.held_back(j, now).is_some();
+            if let Some(ahead) = turn.ahead(job, &held).await? {
                 // Waits as for a held lock (backing off, within lock_wait_seconds).
                 return Ok(Observation::Lock {
                     taken: false,

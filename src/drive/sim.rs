@@ -48,7 +48,9 @@ use crate::deploy::history::{
 };
 use crate::deploy::job::{DeployJob, JobId, Source};
 use crate::deploy::lock::{take, LockInfo, Renewal, Unlocked, Written, DELIVERY_TIMEOUT_SECONDS};
-use crate::deploy::ports::{Gate, Ledger, Notify, NotifyMemo, PortError, Throttled, Turn};
+use crate::deploy::ports::{
+    Gate, HeldBack, Ledger, Notify, NotifyMemo, PortError, Throttled, Turn,
+};
 use crate::deploy::status::JobStatus;
 use crate::deploy::version::Version;
 
@@ -62,7 +64,7 @@ const VERSIONS: [&str; 5] = ["1.0.0", "1.1.0", "1.2.0", "1.3.0", "2.0.0"];
 fn config() -> Arc<Config> {
     // App b restarts in batches with one failure allowed, so that the invariants hold
     // for both ways of rolling out.
-    let app = |name: &str, batches: &str| {
+    let app = |name: &str, batches: &str, calendar: &str| {
         format!(
             r#"
 [apps.{name}]
@@ -79,13 +81,20 @@ command_timeout_seconds = 60
 {batches}
 [apps.{name}.environments.prod]
 ssm_tags = {{ "shipit:app" = "{name}", "shipit:env" = "prod" }}
+{calendar}
 "#
         )
     };
+    // b/prod takes deploys only in its windows and outside its freeze (t0 is a Friday,
+    // 08:00 UTC): closed from 08:20 to 08:50 and from 09:30 to 09:45; U1 may override.
+    let calendar = r#"time_zone = "UTC"
+windows = ["Fri 00:00-09:30", "Fri 09:45-24:00", "Sat-Thu 00:00-24:00"]
+freezes = [{ from = "2027-01-15T08:20", until = "2027-01-15T08:50", reason = "sim" }]
+freeze_overriders = ["U1"]"#;
     let text = format!(
         "[server]\nstate = \"sim.db\"\n{}{}",
-        app("a", ""),
-        app("b", "batches = [1, 2]\nmax_failed = 1")
+        app("a", "", ""),
+        app("b", "batches = [1, 2]\nmax_failed = 1", calendar)
     );
     Arc::new(
         Config::parse(&text, std::path::Path::new("sim.toml")).unwrap_or_else(|r| panic!("{r}")),
@@ -319,6 +328,9 @@ struct Target {
 /// Everything the twins share, and the invariants' bookkeeping.
 struct World {
     now: Arc<AtomicI64>,
+    config: Arc<Config>,
+    /// Jobs their calendar held back at some step.
+    held_jobs: BTreeSet<JobId>,
     targets: BTreeMap<(String, String), Target>,
     /// A version whose health check fails everywhere (a bad build).
     bad: Version,
@@ -409,6 +421,9 @@ struct Stats {
     /// Messages the dispatcher failed to handle (its ticket or execution call failed),
     /// delivered again later.
     undispatched: u64,
+    /// Automatic jobs their calendar held back a while, and people's deploys it refused.
+    held_back: u64,
+    refused: u64,
     reasons: BTreeMap<String, u64>,
 }
 
@@ -442,6 +457,18 @@ impl World {
 
     fn now(&self) -> DateTime<Utc> {
         t0() + chrono::Duration::milliseconds(self.now.load(Ordering::SeqCst))
+    }
+
+    /// Whether job `id`'s calendar holds it back now.
+    fn held(&self, id: &JobId) -> bool {
+        let Some(job) = self.jobs.get(id) else {
+            return false;
+        };
+        let Ok((_, env)) = self.config.target(job) else {
+            return false;
+        };
+        let (calendar, overriders) = (env.calendar.as_ref(), &env.freeze_overriders);
+        crate::deploy::calendar::holds_back(calendar, overriders, job, self.now()).is_some()
     }
 
     /// Before a write to app+env's history or marks: if a lag is due, reads go on
@@ -660,17 +687,31 @@ impl Ledger for SimLedger {
         let w = &mut *guard;
         w.call()?;
         let key = (app.to_string(), env.to_string());
+        let queued = w.fifo.get(&key).cloned().unwrap_or_default();
+        let held: BTreeSet<&JobId> = queued.iter().filter(|j| w.held(j)).collect();
+        let mine_held = lock.job.as_ref().is_some_and(|j| w.held(j));
         let t = w.targets.get_mut(&key).expect("a simulated target");
         let decided = take(t.lock.as_ref(), t.last_generation, lock, now);
-        // (vii) Jobs of one app+env take the lock in the order they were queued.
         if let (Ok(taken), Some(job)) = (&decided, &lock.job) {
             if t.lock.as_ref().and_then(|l| l.job.as_ref()) != Some(job) {
-                let queued = w.fifo.get(&key).map_or(&[][..], |q| &q[..]);
+                // (vii) Jobs of one app+env take the lock in the order they were queued,
+                // but for those their calendar holds back (they keep no place).
                 let mine = queued.iter().position(|j| j == job).unwrap_or(0);
-                if let Some(waiting) = queued[..mine].iter().find(|j| !w.ended.contains(j)) {
+                let waiting = queued[..mine]
+                    .iter()
+                    .find(|j| !w.ended.contains(j) && !held.contains(j));
+                if let Some(waiting) = waiting {
                     w.violations.push(format!(
                         "(vii) job {job} took {app}/{env} (generation {}) before job {waiting}, queued earlier, ended",
                         taken.generation
+                    ));
+                }
+                // (xv) No job starts to change an app+env its calendar holds it back from
+                // (outside its windows or in a freeze), unless it is a rollback or a
+                // freeze overrider's override.
+                if mine_held {
+                    w.violations.push(format!(
+                        "(xv) job {job} took {app}/{env} while its calendar held it back"
                     ));
                 }
             }
@@ -1358,7 +1399,7 @@ impl World {
 
 #[async_trait]
 impl Turn for SimTurn {
-    async fn ahead(&self, job: &DeployJob) -> Result<Option<JobId>, PortError> {
+    async fn ahead(&self, job: &DeployJob, held: HeldBack<'_>) -> Result<Option<JobId>, PortError> {
         let mut guard = self.0.lock().unwrap();
         let w = &mut *guard;
         let Some(tickets) = w.tickets.get(&(job.app.clone(), job.env.clone())) else {
@@ -1367,12 +1408,16 @@ impl Turn for SimTurn {
         let Some(mine) = tickets.iter().position(|j| *j == job.id) else {
             return Ok(None);
         };
-        // As `SsmTurn`: the tickets before the first running execution are stale (their
-        // executions ended, or never started) and are removed.
-        let ahead = tickets[..mine].iter().find(|j| w.running(j)).cloned();
+        // As `SsmTurn`: the tickets before the first running execution not held back are
+        // stale if their executions ended (or never started), and are removed.
+        let ahead = tickets[..mine]
+            .iter()
+            .find(|j| w.running(j) && !w.jobs.get(*j).is_some_and(held))
+            .cloned();
         let stale: Vec<JobId> = tickets[..mine]
             .iter()
             .take_while(|j| Some(*j) != ahead.as_ref())
+            .filter(|j| !w.running(j))
             .cloned()
             .collect();
         w.tickets
@@ -1452,8 +1497,11 @@ impl Sim {
             }
             targets.insert((app.to_string(), env.to_string()), t);
         }
+        let config = config();
         let world = Arc::new(Mutex::new(World {
             now: now.clone(),
+            config: config.clone(),
+            held_jobs: BTreeSet::new(),
             targets,
             bad: Version::parse(VERSIONS[(seed % VERSIONS.len() as u64) as usize]).unwrap(),
             faults: true,
@@ -1482,7 +1530,6 @@ impl Sim {
             refused_late: false,
         }));
         let ledger = Arc::new(SimLedger(world.clone()));
-        let config = config();
         let driver = Driver::new(
             config.clone(),
             ledger.clone(),
@@ -1664,14 +1711,19 @@ impl Sim {
                         Err(_) => return,
                     }
                 } else {
-                    DeployJob::new(
+                    let job = DeployJob::new(
                         app,
                         env,
                         format!("{app}-app").parse().unwrap(),
                         v,
                         source,
                         now,
-                    )
+                    );
+                    // Every other chat deploy overrides the calendar (U1 may).
+                    match kind {
+                        JobKind::Chat if n.is_multiple_of(2) => job.overriding("sim"),
+                        _ => job,
+                    }
                 };
                 self.queue(job);
             }
@@ -1872,6 +1924,10 @@ impl Sim {
                 };
             }
             failures = if retry { failures + 1 } else { 0 };
+            if state.deploy.as_ref().is_some_and(|d| d.closed.is_some()) {
+                let mut w = self.world.lock().unwrap();
+                w.held_jobs.insert(state.job.id.clone());
+            }
             hung = self.world.lock().unwrap().hung.take();
             if hung.is_some() {
                 break;
@@ -1964,9 +2020,15 @@ impl Sim {
         {
             w.stats.left_unhealthy += 1;
         }
+        if w.held_jobs.contains(&state.job.id) {
+            w.stats.held_back += 1;
+        }
         if let Some(r) = &state.reason {
             if r.contains("lost the lock") {
                 w.stats.lost_locks += 1;
+            }
+            if r.starts_with("refused: ") {
+                w.stats.refused += 1;
             }
             let short: String = r.chars().take(110).collect();
             *w.stats.reasons.entry(short).or_default() += 1;
@@ -2171,6 +2233,8 @@ impl Stats {
         self.sent_again += o.sent_again;
         self.undispatched += o.undispatched;
         self.slow_sends += o.slow_sends;
+        self.held_back += o.held_back;
+        self.refused += o.refused;
         self.late += o.late;
         self.shortened += o.shortened;
         for (k, v) in &o.reasons {
@@ -2266,7 +2330,9 @@ fn the_invariants_hold_on_thousands_of_random_schedules() {
                 && stats.sent_again > 0
                 && stats.undispatched > 0
                 && stats.slow_sends > 0
-                && stats.late > 0,
+                && stats.late > 0
+                && stats.held_back > 0
+                && stats.refused > 0,
             "{stats:#?}"
         );
     }

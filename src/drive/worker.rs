@@ -2,7 +2,7 @@
 //! step, saving the engine's state after every one, so a killed process resumes a deploy
 //! where it was (a finished command is never run again).
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,7 +13,7 @@ use tracing::Instrument;
 use super::{Driver, Outbound};
 use crate::config::Config;
 use crate::deploy::engine::{Action, Deploy, Notice, Observation, Outcome};
-use crate::deploy::job::DeployJob;
+use crate::deploy::job::{DeployJob, JobId};
 use crate::deploy::ports::{is_refused, NotifyMemo, PortError, Refused};
 use crate::local::fleet::LocalFleet;
 use crate::local::store::Store;
@@ -170,7 +170,13 @@ impl Worker {
                     }
                     resumed = true;
                 }
-                while let Some(q) = self.store.claim_next(Utc::now()).await? {
+                let now = Utc::now();
+                let held: BTreeSet<JobId> = driving
+                    .values()
+                    .filter(|j| self.driver.held_back(j, now).is_some())
+                    .map(|j| j.id.clone())
+                    .collect();
+                while let Some(q) = self.store.claim_next(now, &held).await? {
                     let (w, s, job) = (self.clone(), halted.clone(), q.job.clone());
                     driving.insert(
                         tasks.spawn(async move { w.drive(job, s).await }).id(),

@@ -7,6 +7,7 @@ use serde::Serialize;
 
 use crate::config::command::Site;
 use crate::config::{App, Config, Environment, Nodes};
+use crate::deploy::calendar;
 use crate::deploy::command::{Command, CommandKind};
 use crate::deploy::engine::Verdict;
 use crate::deploy::history::faulty_mark;
@@ -34,6 +35,8 @@ pub struct Plan {
     /// Who holds the app+env, if anyone.
     pub lock: Option<String>,
     pub lock_wait_seconds: u64,
+    /// The environment's windows and freezes, and what they do to this job now.
+    pub calendar: String,
     pub gate: GateAnswer,
     /// The nodes in restart order, in their batches; `None` where they are found only when
     /// the deploy runs (SSM tags).
@@ -147,6 +150,7 @@ pub async fn plan(
         faulty: faulty_mark(&faulty, &job.version).map(faulty_phrase),
         lock,
         lock_wait_seconds: app.rollout.lock_wait_seconds,
+        calendar: calendar_line(env, job, now),
         gate,
         batches,
         nodes_unknown,
@@ -164,6 +168,26 @@ pub enum PlanError {
     Port(#[from] PortError),
     #[error("{0}")]
     Script(#[from] crate::config::command::ScriptError),
+}
+
+fn calendar_line(env: &Environment, job: &DeployJob, now: DateTime<Utc>) -> String {
+    let Some(c) = &env.calendar else {
+        return "none: deploys at any time".into();
+    };
+    let overriders = &env.freeze_overriders;
+    let now_says = if matches!(job.source, Source::Rollback { .. }) {
+        "a rollback is never held back".to_string()
+    } else if let Err(refused) = calendar::admit(Some(c), overriders, job, now) {
+        format!("refused: {refused}")
+    } else if let Some(o) = &job.overridden {
+        format!("overridden by {}: {}", o.by, o.reason)
+    } else {
+        match calendar::holds_back(Some(c), overriders, job, now) {
+            Some(closed) => format!("closed, the deploy would wait: {}", closed.why),
+            None => "open now".into(),
+        }
+    };
+    format!("{}; {now_says}", c.summary)
 }
 
 /// `nodes` in the rollout's batches, as a deploy that installs everywhere restarts them.
@@ -260,6 +284,7 @@ impl Plan {
             ),
             None => "Lock: free".into(),
         });
+        out.push(format!("Calendar: {}", self.calendar));
         out.push(match &self.gate {
             GateAnswer::None => "Gate: none configured".into(),
             GateAnswer::Forced { by } => format!("Gate: not asked (forced by {by})"),

@@ -14,8 +14,9 @@ use crate::deploy::history::rollback_target;
 use crate::deploy::job::{DeployJob, JobId, Source};
 use crate::deploy::ports::{LockInfo, Unlocked};
 use crate::deploy::overview::{history, EnvStatus};
-use crate::deploy::report::{forced_note, history_line, lock_line, NOTHING_LIVE};
+use crate::deploy::report::{forced_note, history_line, lock_line, override_note, NOTHING_LIVE};
 use crate::deploy::status::JobStatus;
+use crate::deploy::calendar;
 use crate::deploy::version::Version;
 
 /// Slack's advice: refuse requests more than five minutes from now (replays).
@@ -26,6 +27,8 @@ Usage:
   /deploy APP VERSION [ENV]     deploy a version (e.g. /deploy hello 1.4.2)
   /deploy APP VERSION [ENV] --force   even if its tag is not merged or its checks not green
   /deploy APP VERSION [ENV] --dry-run   show what it would do (gate, lock, nodes, commands)
+  /deploy APP VERSION [ENV] --override REASON   outside the deploy windows or in a freeze
+                                (freeze_overriders only; kept in history)
   /deploy rollback APP [ENV]    put the previous version back (--dry-run: show it)
   /deploy status [APP]          what is live, and what is locked
   /deploy history APP [ENV]     the last deploys
@@ -68,6 +71,13 @@ pub struct SlashCommand {
 struct Flags {
     force: bool,
     dry_run: bool,
+}
+
+/// How a deploy was asked for: its flags, and the reason of `--override REASON`.
+#[derive(Debug, Clone, Copy)]
+struct Asked<'a> {
+    flags: Flags,
+    overriding: Option<&'a str>,
 }
 
 fn say(text: impl Into<String>) -> Reply {
@@ -197,6 +207,11 @@ impl Ingress {
             dry_run: words.contains(&"--dry-run"),
         };
         words.retain(|w| *w != "--force" && *w != "--dry-run");
+        // Everything after --override is its reason.
+        let overriding = words
+            .iter()
+            .position(|w| *w == "--override")
+            .map(|i| words.drain(i..).skip(1).collect::<Vec<_>>().join(" "));
         let other = |also_rollback: bool| {
             matches!(
                 words.first(),
@@ -206,6 +221,11 @@ impl Ingress {
         if flags.force && other(false) {
             return say(format!(
                 "--force goes only with /deploy APP VERSION; nothing was done.\n{USAGE}"
+            ));
+        }
+        if overriding.is_some() && other(false) {
+            return say(format!(
+                "--override goes only with /deploy APP VERSION; nothing was done.\n{USAGE}"
             ));
         }
         if flags.dry_run && other(true) {
@@ -244,7 +264,11 @@ impl Ingress {
             },
             ["deploy", app, version, env @ ..] | [app, version, env @ ..] if env.len() <= 1 => {
                 let env = env.first().copied();
-                self.chat_deploy(&cmd, app, version, env, flags, now).await
+                let asked = Asked {
+                    flags,
+                    overriding: overriding.as_deref(),
+                };
+                self.chat_deploy(&cmd, app, version, env, asked, now).await
             }
             _ => say(format!("I did not understand {:?}.\n{USAGE}", cmd.text)),
         }
@@ -336,10 +360,10 @@ impl Ingress {
         app: &str,
         version: &str,
         env: Option<&str>,
-        flags: Flags,
+        asked: Asked<'_>,
         now: DateTime<Utc>,
     ) -> Reply {
-        let Flags { force, dry_run } = flags;
+        let Flags { force, dry_run } = asked.flags;
         let app = match self.app(app) {
             Ok(a) => a,
             Err(e) => return say(e),
@@ -381,10 +405,18 @@ impl Ingress {
             now,
         );
         let job = if force { job.forced() } else { job };
-        match dry_run {
-            true => self.chat_plan(job, now).await,
-            false => self.chat_enqueue(job, "").await,
+        let job = match asked.overriding {
+            Some(reason) => job.overriding(reason),
+            None => job,
+        };
+        if dry_run {
+            return self.chat_plan(job, now).await;
         }
+        let (calendar, overriders) = (env.calendar.as_ref(), &env.freeze_overriders);
+        if let Err(refused) = calendar::admit(calendar, overriders, &job, now) {
+            return say(format!("{refused}. Nothing was queued."));
+        }
+        self.chat_enqueue(job, "").await
     }
 
     /// What the job would do, for the asker only; nothing is queued.
@@ -404,7 +436,7 @@ impl Ingress {
     }
 
     async fn chat_enqueue(&self, job: DeployJob, what: &str) -> Reply {
-        let forced = forced_note(&job);
+        let forced = format!("{}{}", forced_note(&job), override_note(&job));
         let text = format!(
             "Queued {what}{} {} to {} (job {}){forced}. Progress will be posted here.",
             job.app, job.version, job.env, job.id

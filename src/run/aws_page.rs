@@ -117,6 +117,7 @@ impl AwsPage {
                         deploy: self.executions.last_state(&job.id).await?,
                     });
                 }
+                let env_config = app.environments.get(env);
                 status.jobs = waiting
                     .into_iter()
                     .map(|j| ActiveJob {
@@ -124,6 +125,7 @@ impl AwsPage {
                             true => JobStatus::Running,
                             false => JobStatus::Queued,
                         },
+                        held: env_config.and_then(|e| super::overview::held_why(e, &j, now)),
                         job: j.id,
                         version: j.version,
                     })

@@ -129,7 +129,8 @@ pub fn dashboard(
                         }
                         @for j in &e.jobs {
                             p { span class=(status_class(j.status)) { (j.status) } " "
-                                a href={ "/jobs/" (j.job) } { (j.version.as_str()) } }
+                                a href={ "/jobs/" (j.job) } { (j.version.as_str()) }
+                                @if let Some(why) = &j.held { " — waiting: " (why) } }
                         }
                     }
                 }

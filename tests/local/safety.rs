@@ -256,6 +256,154 @@ async fn an_older_upload_never_moves_production_back() {
     assert!(out.contains("skipped") && out.contains(why), "{out}");
 }
 
+/// A freeze on a real `serve`: a person's deploy in it is refused with its words unless a
+/// freeze overrider overrides it (kept in history); an upload in it waits, saying until
+/// when, and deploys when it ends, not before.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_upload_inside_a_freeze_waits_and_deploys_when_it_ends() {
+    let ex = Example::with_wheels(2, &["1.0.0", "1.1.0", "1.2.0"]);
+    let (code, out) = ex.shipit(&["deploy", "hello", "1.0.0", "--wait"]);
+    assert_eq!(code, 0, "{out}");
+    let account = Command::new("id").arg("-un").output().unwrap();
+    let account = String::from_utf8(account.stdout)
+        .unwrap()
+        .trim()
+        .to_string();
+    // Whole seconds, as the config says it.
+    let until = chrono::DateTime::from_timestamp(chrono::Utc::now().timestamp() + 40, 0).unwrap();
+    let config = std::fs::read_to_string(ex.config_path()).unwrap().replacen(
+        "[apps.hello.environments.production]\n",
+        &format!(
+            "[apps.hello.environments.production]\ntime_zone = \"UTC\"\nfreezes = [{{ from = \"2026-01-01\", until = \"{}\", reason = \"test freeze\" }}]\nfreeze_overriders = [\"{account}\"]\n",
+            until.format("%Y-%m-%dT%H:%M:%S")
+        ),
+        1,
+    );
+    std::fs::write(ex.config_path(), config).unwrap();
+    let _serve = Serve::start(&ex);
+    let uploads = ex.config().server.package_dir.clone().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !ex
+        .store()
+        .has_seen_dir(&uploads.display().to_string())
+        .await
+        .unwrap()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "serve never looked at {uploads:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // A person's deploy: refused, nothing queued.
+    let before = json(&ex, &["jobs", "--json"]).as_array().unwrap().len();
+    let (code, out) = ex.shipit(&["deploy", "hello", "1.1.0"]);
+    assert_ne!(code, 0, "{out}");
+    assert!(
+        out.contains("hello/production takes no deploys now: frozen (test freeze) until")
+            && out.contains("--override REASON"),
+        "{out}"
+    );
+    assert_eq!(
+        json(&ex, &["jobs", "--json"]).as_array().unwrap().len(),
+        before
+    );
+
+    // An upload: queued, and waits.
+    let wheel = "hello_app-1.2.0-py3-none-any.whl";
+    std::fs::copy(
+        ex.dir.path().join("wheelhouse").join(wheel),
+        ex.dir.path().join("uploads").join(wheel),
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let upload = loop {
+        let status = json(&ex, &["status", "--json"]);
+        let held = status[0]["jobs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|j| j["version"] == "1.2.0" && j["held"].is_string())
+            .cloned();
+        if let Some(j) = held {
+            break j;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the upload never waited: {status}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(
+        upload["held"]
+            .as_str()
+            .unwrap()
+            .starts_with("frozen (test freeze) until"),
+        "{upload}"
+    );
+    let id: JobId = serde_json::from_value(upload["job"].clone()).unwrap();
+
+    // A freeze overrider's deploy goes out, and history says so; the waiting upload does
+    // not hold it up.
+    let (code, out) = ex.shipit(&[
+        "deploy",
+        "hello",
+        "1.1.0",
+        "--override",
+        "hotfix INC-1",
+        "--wait",
+    ]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        chrono::Utc::now() < until,
+        "the test was too slow to see the freeze"
+    );
+    assert_eq!(ex.served(), ["1.1.0", "1.1.0"]);
+    let history = json(&ex, &["history", "hello", "--json"]);
+    assert_eq!(
+        history[0]["job"]["overridden"],
+        serde_json::json!({"by": account, "reason": "hotfix INC-1"}),
+        "{history}"
+    );
+    let (_, out) = ex.shipit(&["history", "hello"]);
+    assert!(
+        out.contains("outside the calendar (override: hotfix INC-1)"),
+        "{out}"
+    );
+
+    // When the freeze ends, the upload goes out, and only then.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let story = loop {
+        let story = json(&ex, &["show", id.as_str(), "--json"]);
+        if story["status"] != "running" && story["status"] != "queued" {
+            break story;
+        }
+        assert!(Instant::now() < deadline, "the upload never ran: {story}");
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    assert_eq!(story["status"], "succeeded", "{story}");
+    assert_eq!(ex.served(), ["1.2.0", "1.2.0"]);
+    let first: chrono::DateTime<chrono::Utc> = story["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|s| s["started_at"].as_str()?.parse().ok())
+        .min()
+        .unwrap();
+    assert!(
+        first >= until,
+        "started {first}, in the freeze (until {until})"
+    );
+    let notices = ex.store().notices(&id, 0).await.unwrap();
+    assert!(
+        notices
+            .iter()
+            .any(|(_, n)| matches!(n, Notice::WaitingForWindow { why } if why.starts_with("frozen (test freeze)"))),
+        "{notices:?}"
+    );
+}
+
 /// `shipit ARGS` as user `user`, not waited for.
 fn spawn_as(ex: &Example, user: &str, args: &[&str]) -> Child {
     Command::new(env!("CARGO_BIN_EXE_shipit"))

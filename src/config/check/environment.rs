@@ -8,6 +8,7 @@ use crate::config::layout::{Layout, DEFAULT_KEEP_RELEASES};
 use crate::config::raw::{RawEnvironment, RawListedNode, RawSshDefaults};
 use crate::config::ssh::{self, Ssh, DEFAULT_CONNECT_TIMEOUT_SECONDS};
 use crate::config::{Environment, ListedNode, Nodes};
+use crate::deploy::calendar::{Calendar, RawFreeze};
 
 pub(super) fn check_environment(
     c: &mut Checker,
@@ -75,14 +76,66 @@ pub(super) fn check_environment(
     if let Some(lockers) = &e.chat_lockers {
         check_user_ids(c, &format!("{ek}.chat_lockers"), lockers);
     }
+    let calendar = check_calendar(c, &ek, e.time_zone, &e.windows, &e.freezes);
+    for (i, who) in e.freeze_overriders.iter().enumerate() {
+        let slack = who.starts_with(['U', 'W'])
+            && who.len() > 1
+            && who
+                .chars()
+                .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit());
+        let account = !who.is_empty()
+            && who.len() <= 32
+            && who
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "-_.".contains(c));
+        if !slack && !account {
+            c.error(
+                format!("{ek}.freeze_overriders[{i}]"),
+                format!("{who:?} is neither a Slack user id nor an account name"),
+                "a member id (\"U2CERLKJA\") for chat, or the login of a CLI user (\"ann\")",
+            );
+        }
+    }
     nodes.map(|nodes| Environment {
         name,
         nodes,
         layout,
+        calendar: calendar.flatten(),
+        freeze_overriders: e.freeze_overriders,
         chat_lockers: e.chat_lockers.unwrap_or_else(|| e.chat_deployers.clone()),
         chat_deployers: e.chat_deployers,
         chat_forcers: e.chat_forcers,
     })
+}
+
+/// `None` where it has a problem; `Some(None)`: deploys at any time.
+fn check_calendar(
+    c: &mut Checker,
+    ek: &str,
+    zone: Option<String>,
+    windows: &[String],
+    freezes: &[RawFreeze],
+) -> Option<Option<Calendar>> {
+    let Some(zone) = zone else {
+        if !windows.is_empty() || !freezes.is_empty() {
+            c.error(
+                format!("{ek}.time_zone"),
+                "windows and freezes need the time zone they are written in",
+                "time_zone = \"Europe/Berlin\" (an IANA name; \"UTC\" if you mean it)",
+            );
+            return None;
+        }
+        return Some(None);
+    };
+    match Calendar::parse(&zone, windows, freezes) {
+        Ok(calendar) => Some(Some(calendar)),
+        Err(problems) => {
+            for (key, problem, hint) in problems {
+                c.error(format!("{ek}.{key}"), problem, hint);
+            }
+            None
+        }
+    }
 }
 
 fn check_layout(c: &mut Checker, ek: &str, layout: Option<&str>, keep: Option<u32>) -> Layout {

@@ -56,6 +56,9 @@ pub const STATE_ROOM_BYTES: usize = STATE_MAX_BYTES - 12 * 1024;
 pub const DETAIL_CHARS: usize = 300;
 /// Longest pause between two tries of a held lock.
 pub const LOCK_RETRY_MAX_MILLIS: u64 = 60_000;
+/// A job the calendar holds back looks again at least this often (15 minutes), so that
+/// it learns of a cancel and says where it stands while it waits for a distant opening.
+pub const CALENDAR_LOOK_MILLIS: u64 = 15 * 60_000;
 /// Pending required checks are looked at again after 5 s, then twice as late each time,
 /// up to a minute: CI runs take minutes, and each look costs GitHub API calls.
 pub const VERIFY_FIRST_RETRY_MILLIS: u64 = 5_000;
@@ -75,6 +78,9 @@ pub struct Deploy {
     /// Set while the driver should wait before doing the phase's work.
     pub wait: Option<u64>,
     pub lock_waiting_since: Option<DateTime<Utc>>,
+    /// Why the environment's calendar holds this job back, as last said.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub closed: Option<String>,
     /// Lock tries so far while someone else holds it (for the back-off).
     pub lock_tries: u32,
     /// Held once taken, so that a rollback or failure still releases it.
@@ -169,6 +175,7 @@ impl Deploy {
             previous: None,
             wait: None,
             lock_waiting_since: None,
+            closed: None,
             lock_tries: 0,
             locked: false,
             outcome: None,
@@ -369,7 +376,11 @@ impl Deploy {
             }
             (Action::Verify, Observation::Verified { verdict }) => self.on_verdict(now, verdict, n),
             (Action::Lock { .. }, Observation::Lock { taken, holder }) => {
+                self.closed = None;
                 self.on_lock(now, taken, holder, n)
+            }
+            (Action::Lock { .. }, Observation::Closed { until, why }) => {
+                self.on_closed(now, until, why, n)
             }
             (Action::Verify | Action::Lock { .. }, Observation::Cancelled { by, holder }) => {
                 if holder.is_some() {

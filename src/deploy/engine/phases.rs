@@ -143,6 +143,30 @@ impl Deploy {
         }
     }
 
+    /// The calendar holds this job back: a person's deploy is refused (they may override),
+    /// an automatic one waits, not for the lock (its wait for the lock starts afresh).
+    pub(super) fn on_closed(
+        &mut self,
+        now: DateTime<Utc>,
+        until: DateTime<Utc>,
+        why: String,
+        notices: &mut Vec<Notice>,
+    ) {
+        if !self.job.source.is_automatic() {
+            let reason =
+                format!("refused: {why}; a freeze overrider may deploy with --override REASON");
+            return self.finish(Outcome::Skipped { reason }, notices);
+        }
+        self.lock_waiting_since = None;
+        self.lock_tries = 0;
+        if self.closed.as_deref() != Some(why.as_str()) {
+            notices.push(Notice::WaitingForWindow { why: why.clone() });
+            self.closed = Some(why);
+        }
+        let left = (until - now).num_milliseconds().max(1_000) as u64;
+        self.wait = Some(left.min(CALENDAR_LOOK_MILLIS));
+    }
+
     pub(super) fn on_lock(
         &mut self,
         now: DateTime<Utc>,

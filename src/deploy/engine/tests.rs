@@ -97,6 +97,8 @@ struct Twin {
     verifies: usize,
     /// Virtual time, in milliseconds: only waits advance it.
     clock: i64,
+    /// The environment's calendar holds jobs back until this time (ms), saying so.
+    closed_until: Option<i64>,
     /// What the ledger holds written (one more at each record or mark), handed with a
     /// free lock; and what the deploy released the lock with.
     written: Written,
@@ -152,6 +154,12 @@ impl Twin {
                     self.verdicts.remove(0)
                 };
                 Observation::Verified { verdict }
+            }
+            Action::Lock { .. } if self.closed_until.is_some_and(|t| self.clock < t) => {
+                Observation::Closed {
+                    until: t0() + Duration::milliseconds(self.closed_until.unwrap_or_default()),
+                    why: "frozen (holidays) until Mon 2027-01-04 00:00 Europe/Berlin".into(),
+                }
             }
             Action::Lock { lock } => match &self.lock {
                 Some(held) if held.job != lock.job => Observation::Lock {
@@ -412,6 +420,46 @@ impl Twin {
 fn run(twin: &mut Twin, job: DeployJob, policy: Rollout) -> (Outcome, Vec<Notice>) {
     let mut d = Deploy::new(job, policy);
     twin.drive(&mut d, None)
+}
+
+/// An automatic job the calendar holds back waits (past `lock_wait_seconds`, looking
+/// again at least every 15 minutes, saying why once), then deploys as any other.
+#[test]
+fn an_automatic_job_waits_for_its_calendar_and_then_deploys() {
+    let mut twin = Twin::new(&["n1", "n2"], Some("1.0.0"));
+    let closed_ms = 3 * 3_600_000 + 123;
+    twin.closed_until = Some(closed_ms);
+    let (outcome, notices) = run(&mut twin, job("1.1.0", true), policy());
+    assert_eq!(outcome, succeeded());
+    let said: Vec<&Notice> = notices
+        .iter()
+        .filter(|n| matches!(n, Notice::WaitingForWindow { .. }))
+        .collect();
+    assert_eq!(said.len(), 1, "{notices:?}");
+    assert!(twin.waited.iter().all(|&w| w <= CALENDAR_LOOK_MILLIS));
+    assert!(twin.waited.iter().sum::<u64>() >= closed_ms as u64);
+    assert_eq!(
+        twin.log[0], "install 1.1.0 n1,n2",
+        "nothing ran before it opened"
+    );
+    assert!(policy().lock_wait_seconds * 1000 < closed_ms as u64);
+}
+
+/// A person's deploy is refused with the calendar's words: nothing runs, the lock is
+/// never taken.
+#[test]
+fn a_person_s_deploy_the_calendar_holds_back_is_refused_with_its_words() {
+    let mut twin = Twin::new(&["n1", "n2"], Some("1.0.0"));
+    twin.closed_until = Some(60_000);
+    let (outcome, _) = run(&mut twin, job("1.1.0", false), policy());
+    let Outcome::Skipped { reason } = outcome else {
+        panic!("{outcome:?}")
+    };
+    assert_eq!(
+        reason,
+        "refused: frozen (holidays) until Mon 2027-01-04 00:00 Europe/Berlin; a freeze overrider may deploy with --override REASON"
+    );
+    assert!(twin.log.is_empty() && twin.lock.is_none() && twin.generation == 0);
 }
 
 #[test]

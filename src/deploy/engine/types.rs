@@ -74,6 +74,12 @@ pub enum Observation {
     Nodes {
         nodes: Vec<String>,
     },
+    /// Asked for the lock while the environment takes no deploys from this job: it opens
+    /// at `until`.
+    Closed {
+        until: DateTime<Utc>,
+        why: String,
+    },
     Ran {
         key: String,
         results: Vec<(String, NodeResult)>,
@@ -239,6 +245,11 @@ pub enum Notice {
     },
     WaitingForLock {
         holder: LockInfo,
+    },
+    /// The environment takes no deploys now (outside its windows, or frozen): an
+    /// automatic job waits, saying until when.
+    WaitingForWindow {
+        why: String,
     },
     /// Someone asked this deploy to stop: it does after the command in flight.
     Aborting {

@@ -1,5 +1,7 @@
 //! The queue: jobs in order, one running per app+env, and what is queued behind one.
 
+use std::collections::BTreeSet;
+
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use rusqlite::{params, OptionalExtension, TransactionBehavior};
@@ -123,19 +125,28 @@ impl Store {
     }
 
     /// Marks the oldest queued job whose app+env has nothing running as running, and
-    /// returns it: deploys of one app+env never overlap, others run side by side. A job
+    /// returns it: deploys of one app+env never overlap, others run side by side; a job
+    /// its calendar holds back (`held`) counts as nothing running, as it changes nothing
+    /// while it waits (it tries the lock, as any job does, once its calendar opens). A job
     /// that cannot be read (written by a newer shipit, or damaged) fails alone, with the
     /// reason as its last notice, and the next one is claimed.
-    pub async fn claim_next(&self, now: DateTime<Utc>) -> Result<Option<QueuedJob>, PortError> {
+    pub async fn claim_next(
+        &self,
+        now: DateTime<Utc>,
+        held: &BTreeSet<JobId>,
+    ) -> Result<Option<QueuedJob>, PortError> {
+        let held = serde_json::to_string(held).map_err(|e| e.to_string())?;
         self.with(move |c| {
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
             loop {
+                // Running jobs its calendar holds back (`held`) keep no place in their group.
                 let row: Option<(i64, String, String)> = tx
                     .query_row(
                         "SELECT seq, id, job FROM jobs j WHERE status = 'queued' AND NOT EXISTS
-                           (SELECT 1 FROM jobs r WHERE r.grp = j.grp AND r.status = 'running')
+                           (SELECT 1 FROM jobs r WHERE r.grp = j.grp AND r.status = 'running'
+                              AND r.id NOT IN (SELECT value FROM json_each(?1)))
                          ORDER BY seq LIMIT 1",
-                        [],
+                        [&held],
                         |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
                     )
                     .optional()?;

@@ -119,6 +119,10 @@ pub(super) fn status_line(d: &Deploy) -> (String, &'static str) {
                 "waiting for required checks".into(),
                 ":hourglass_flowing_sand:",
             ),
+            Phase::Lock if d.closed.is_some() => (
+                format!("waiting: {}", d.closed.as_deref().unwrap_or_default()),
+                ":calendar:",
+            ),
             Phase::Lock if d.lock_waiting_since.is_some() => {
                 ("waiting for the lock".into(), ":lock:")
             }

@@ -122,6 +122,7 @@ impl Round<'_> {
                     ":warning: {} was marked faulty ({}); deploying it because it was asked for by name",
                     mark.version, mark.why()
                 ),
+                Notice::WaitingForWindow { why } => format!(":calendar: waiting: {why}"),
                 _ => continue,
             };
             self.slack_api(
