@@ -16,7 +16,6 @@ use chrono::Utc;
 use tokio::sync::watch;
 
 use crate::config::{App, Config};
-use crate::deploy::calendar;
 use crate::deploy::engine::Notice;
 use crate::deploy::history::rollback_target;
 use crate::deploy::job::{DeployJob, JobId, Source};
@@ -107,20 +106,15 @@ pub async fn deploy(
 }
 
 /// Queues a person's deploy, unless its environment's calendar refuses it now (see
-/// [`calendar::admit`]).
+/// [`Environment::admit`](crate::config::Environment::admit)).
 pub async fn queue_deploy(
     config: &Config,
     store: &Store,
     job: DeployJob,
 ) -> anyhow::Result<DeployJob> {
     let (_, env) = config.target(&job).map_err(|e| anyhow!(e))?;
-    calendar::admit(
-        env.calendar.as_ref(),
-        &env.freeze_overriders,
-        &job,
-        Utc::now(),
-    )
-    .map_err(|e| anyhow!("{e}; nothing was queued"))?;
+    env.admit(&job, Utc::now())
+        .map_err(|e| anyhow!("{e}; nothing was queued"))?;
     store
         .enqueue(std::slice::from_ref(&job))
         .await

@@ -181,6 +181,30 @@ pub struct Environment {
     pub freeze_overriders: Vec<String>,
 }
 
+impl Environment {
+    /// What keeps `job` from changing this environment's nodes now (see
+    /// [`calendar::holds_back`](crate::deploy::calendar::holds_back)).
+    pub fn held_back(
+        &self,
+        job: &crate::deploy::job::DeployJob,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Option<crate::deploy::calendar::Closed> {
+        let (calendar, overriders) = (self.calendar.as_ref(), &self.freeze_overriders);
+        crate::deploy::calendar::holds_back(calendar, overriders, job, now)
+    }
+
+    /// Whether a person may queue `job` now (see
+    /// [`calendar::admit`](crate::deploy::calendar::admit)).
+    pub fn admit(
+        &self,
+        job: &crate::deploy::job::DeployJob,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<(), String> {
+        let (calendar, overriders) = (self.calendar.as_ref(), &self.freeze_overriders);
+        crate::deploy::calendar::admit(calendar, overriders, job, now)
+    }
+}
+
 /// What pins slash commands to one Slack workspace: a command signed with the app's
 /// secret but sent from another workspace it is installed in does not count.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -16,7 +16,7 @@ use chrono::{DateTime, Utc};
 
 use crate::config::secrets::Secrets;
 use crate::config::{App, Config};
-use crate::deploy::calendar::{self, Closed};
+use crate::deploy::calendar::Closed;
 use crate::deploy::engine::{Action, Deploy, Notice, Observation, Outcome, Verdict};
 use crate::deploy::history::{faulty_mark, Faulty, HistoryEntry};
 use crate::deploy::job::{DeployJob, Source};
@@ -300,11 +300,10 @@ impl Driver {
     }
 
     /// What keeps `job` from changing its environment's nodes now (see
-    /// [`calendar::holds_back`]); nothing for a job of an app or environment no longer
-    /// configured (it ends at its next step).
+    /// [`Environment::held_back`](crate::config::Environment::held_back)); nothing for a
+    /// job of an app or environment no longer configured (it ends at its next step).
     pub fn held_back(&self, job: &DeployJob, now: DateTime<Utc>) -> Option<Closed> {
-        let (_, env) = self.config.target(job).ok()?;
-        calendar::holds_back(env.calendar.as_ref(), &env.freeze_overriders, job, now)
+        self.config.target(job).ok()?.1.held_back(job, now)
     }
 
     /// Who took `job` off the queue, where the runtime decides that through the turn

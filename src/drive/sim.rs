@@ -467,8 +467,7 @@ impl World {
         let Ok((_, env)) = self.config.target(job) else {
             return false;
         };
-        let (calendar, overriders) = (env.calendar.as_ref(), &env.freeze_overriders);
-        crate::deploy::calendar::holds_back(calendar, overriders, job, self.now()).is_some()
+        env.held_back(job, self.now()).is_some()
     }
 
     /// Before a write to app+env's history or marks: if a lag is due, reads go on

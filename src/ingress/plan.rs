@@ -7,7 +7,6 @@ use serde::Serialize;
 
 use crate::config::command::Site;
 use crate::config::{App, Config, Environment, Nodes};
-use crate::deploy::calendar;
 use crate::deploy::command::{Command, CommandKind};
 use crate::deploy::engine::Verdict;
 use crate::deploy::history::faulty_mark;
@@ -174,15 +173,14 @@ fn calendar_line(env: &Environment, job: &DeployJob, now: DateTime<Utc>) -> Stri
     let Some(c) = &env.calendar else {
         return "none: deploys at any time".into();
     };
-    let overriders = &env.freeze_overriders;
     let now_says = if matches!(job.source, Source::Rollback { .. }) {
         "a rollback is never held back".to_string()
-    } else if let Err(refused) = calendar::admit(Some(c), overriders, job, now) {
+    } else if let Err(refused) = env.admit(job, now) {
         format!("refused: {refused}")
     } else if let Some(o) = &job.overridden {
         format!("overridden by {}: {}", o.by, o.reason)
     } else {
-        match calendar::holds_back(Some(c), overriders, job, now) {
+        match env.held_back(job, now) {
             Some(closed) => format!("closed, the deploy would wait: {}", closed.why),
             None => "open now".into(),
         }

@@ -16,7 +16,6 @@ use crate::deploy::ports::{LockInfo, Unlocked};
 use crate::deploy::overview::{history, EnvStatus};
 use crate::deploy::report::{forced_note, history_line, lock_line, override_note, NOTHING_LIVE};
 use crate::deploy::status::JobStatus;
-use crate::deploy::calendar;
 use crate::deploy::version::Version;
 
 /// Slack's advice: refuse requests more than five minutes from now (replays).
@@ -412,8 +411,7 @@ impl Ingress {
         if dry_run {
             return self.chat_plan(job, now).await;
         }
-        let (calendar, overriders) = (env.calendar.as_ref(), &env.freeze_overriders);
-        if let Err(refused) = calendar::admit(calendar, overriders, &job, now) {
+        if let Err(refused) = env.admit(&job, now) {
             return say(format!("{refused}. Nothing was queued."));
         }
         self.chat_enqueue(job, "").await

@@ -125,7 +125,7 @@ impl AwsPage {
                             true => JobStatus::Running,
                             false => JobStatus::Queued,
                         },
-                        held: env_config.and_then(|e| super::overview::held_why(e, &j, now)),
+                        held: env_config.and_then(|e| e.held_back(&j, now)).map(|c| c.why),
                         job: j.id,
                         version: j.version,
                     })

@@ -50,23 +50,13 @@ pub async fn status(
                     job: q.job.id.clone(),
                     version: q.job.version.clone(),
                     status: q.status,
-                    held: held_why(&app.environments[env], &q.job, now),
+                    held: app.environments[env].held_back(&q.job, now).map(|c| c.why),
                 })
                 .collect();
             out.push(status);
         }
     }
     Ok(out)
-}
-
-/// Why `job`'s calendar holds it back now (see `calendar::holds_back`).
-pub fn held_why(
-    env: &crate::config::Environment,
-    job: &crate::deploy::job::DeployJob,
-    now: DateTime<Utc>,
-) -> Option<String> {
-    let (calendar, overriders) = (env.calendar.as_ref(), &env.freeze_overriders);
-    crate::deploy::calendar::holds_back(calendar, overriders, job, now).map(|c| c.why)
 }
 
 /// The DORA figures of every app+env over the `days` before `now` (see `deploy::dora`).

@@ -1705,6 +1705,58 @@ async fn an_older_upload_is_superseded_by_a_newer_one_queued_behind_it() {
     assert_eq!(rig.log(&newer).await, expected_order(&rig.nodes, "1.2.0"));
 }
 
+/// On AWS the calendar's wait is the state machine's: the step hands it back (never past
+/// 15 minutes) having sent nothing, and once the freeze ends the upload deploys.
+#[tokio::test]
+async fn an_upload_in_a_freeze_hands_its_wait_to_the_state_machine_then_deploys() {
+    let mut rig = Rig::new(2).await;
+    let until = chrono::DateTime::from_timestamp(Utc::now().timestamp() + 8, 0).unwrap();
+    let text = config_text(&rig.fleet, "").replace(
+        "chat_deployers = [\"*\"]\n",
+        &format!(
+            "chat_deployers = [\"*\"]\ntime_zone = \"UTC\"\nfreezes = [{{ from = \"2026-01-01\", until = \"{}\", reason = \"aws freeze\" }}]\n",
+            until.format("%Y-%m-%dT%H:%M:%S")
+        ),
+    );
+    rig.config = Arc::new(parse(&text));
+    let upload = DeployJob::new(
+        "hello",
+        "production",
+        "hello-app".parse().unwrap(),
+        shipit::deploy::version::Version::parse("1.2.0").unwrap(),
+        Source::Upload {
+            location: "s3://packages/hello_app-1.2.0-py3-none-any.whl".into(),
+        },
+        Utc::now(),
+    );
+    // A step's budget shorter than the wait: the state machine's Wait does it.
+    let stepper = rig.stepper(Duration::from_secs(1));
+    let state = stepper
+        .step(StepInput::first(StepState::start(upload.clone())))
+        .await
+        .unwrap();
+    assert!(!state.done, "{state:?}");
+    assert!((1..=9).contains(&state.wait_seconds), "{state:?}");
+    let closed = state.deploy.as_ref().and_then(|d| d.closed.clone());
+    assert!(
+        closed
+            .as_deref()
+            .is_some_and(|c| c.starts_with("frozen (aws freeze) until")),
+        "{state:?}"
+    );
+    assert!(rig.commands(&upload).await.is_empty());
+    let lock = rig
+        .ledger
+        .lock_state("hello", "production", Utc::now())
+        .await
+        .unwrap();
+    assert!(lock.is_none(), "waiting, it holds no lock: {lock:?}");
+    let state = to_the_end(&stepper, state).await;
+    assert_eq!(state.status, Some(JobStatus::Succeeded), "{state:?}");
+    assert!(Utc::now() >= until);
+    assert_eq!(rig.log(&upload).await, expected_order(&rig.nodes, "1.2.0"));
+}
+
 #[tokio::test]
 async fn an_upload_waits_for_parameter_store_to_show_the_version_the_last_deploy_made_live() {
     let _turn = CONTROL.lock().await;

@@ -292,6 +292,8 @@ pub struct LocalApp {
     pub server: String,
     pub slack: String,
     pub app: String,
+    /// More keys for the production environment.
+    pub env: String,
     /// Whole tables after the app's (`[apps.hello.gate]`, `[apps.hello.notify]`, …).
     pub tables: String,
 }
@@ -308,6 +310,7 @@ impl Default for LocalApp {
             server: String::new(),
             slack: String::new(),
             app: String::new(),
+            env: String::new(),
             tables: String::new(),
         }
     }
@@ -345,6 +348,7 @@ health = {health:?}
 chat_deployers = [{deployers}]
 chat_forcers = [{forcers}]
 nodes = [{nodes}]
+{env}
 {tables}
 "#,
             server = self.server,
@@ -356,6 +360,7 @@ nodes = [{nodes}]
             deployers = self.deployers,
             forcers = self.forcers,
             nodes = nodes.join(", "),
+            env = self.env,
             tables = self.tables,
         );
         let path = dir.join("shipit.toml");

@@ -347,6 +347,58 @@ async fn a_worker_waits_while_another_holds_the_store() {
     running.await.unwrap();
 }
 
+/// In a freeze, `/deploy` is refused with its words and nothing is queued; someone not
+/// in `freeze_overriders` may not override; an overrider's `--override REASON` is queued,
+/// carrying who and why.
+#[tokio::test]
+async fn chat_deploys_in_a_freeze_are_refused_unless_a_freeze_overrider_overrides() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = LocalApp {
+        deployers: r#""*""#,
+        env: r#"time_zone = "Europe/Berlin"
+freezes = [{ from = "2026-01-01", until = "2099-12-31", reason = "audit" }]
+freeze_overriders = ["U0OVER1"]"#
+            .into(),
+        ..LocalApp::default()
+    }
+    .write(dir.path());
+    let (ingress, store) = local::ingress(config).await.unwrap();
+    let now = Utc::now();
+    let say = |user: &'static str, text: &'static str| {
+        let ingress = &ingress;
+        async move {
+            let form = slack_form(user, "someone", text, &unique("trigger"));
+            let reply = ingress.slack(&slack_headers(&form, now), &form, now).await;
+            reply.body["text"].as_str().unwrap().to_string()
+        }
+    };
+    let text = say("U0OTHER1", "hello 1.0.0").await;
+    assert!(
+        text.starts_with("hello/production takes no deploys now: frozen (audit) until Fri 2100-01-01 00:00 Europe/Berlin")
+            && text.ends_with("Nothing was queued."),
+        "{text}"
+    );
+    let text = say("U0OTHER1", "hello 1.0.0 --override I need it").await;
+    assert!(
+        text.contains("may not override the calendar of hello/production"),
+        "{text}"
+    );
+    assert!(store.jobs(None).await.unwrap().is_empty());
+    let text = say("U0OVER1", "hello 1.0.0 --override INC-7 hotfix").await;
+    assert!(
+        text.starts_with("Queued hello 1.0.0")
+            && text.contains("outside the calendar (override by"),
+        "{text}"
+    );
+    let jobs = store.jobs(None).await.unwrap();
+    let o = jobs[0].job.overridden.as_ref().unwrap();
+    assert_eq!(o.reason, "INC-7 hotfix");
+    assert!(o.by.contains("U0OVER1"), "{o:?}");
+    // --override is for deploys only.
+    let text = say("U0OVER1", "status --override x").await;
+    assert!(text.starts_with("--override goes only with"), "{text}");
+}
+
 /// Before: a user id that was not a deployer, carrying a deployer's `user_name`, deployed;
 /// so did a signed command from any other workspace the app is installed in.
 #[tokio::test]
