@@ -284,10 +284,13 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         } => {
             let config = Arc::new(load(&cli.config)?);
             let store = open_store(&config)?;
-            let mut job = cli::deploy_job(&config, &app, &version, env.as_deref(), force)?;
-            if let Some(reason) = &r#override {
-                job = job.overriding(reason);
-            }
+            let job = match &r#override {
+                Some(reason) => {
+                    let what = (app.as_str(), version.as_str(), env.as_deref());
+                    cli::override_job(&config, what, force, reason)?
+                }
+                None => cli::deploy_job(&config, &app, &version, env.as_deref(), force)?,
+            };
             if dry_run {
                 return print_plan(&config, &store, &job, json).await;
             }

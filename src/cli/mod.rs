@@ -72,6 +72,12 @@ fn cli_user() -> String {
             return user;
         }
     }
+    account()
+}
+
+/// The account of the process's uid, whatever the environment says: who overrides a
+/// calendar is checked against `freeze_overriders` by it.
+fn account() -> String {
     // SAFETY: getuid cannot fail; getpwuid's answer is read at once, before any other
     // call could reuse its buffer, and copied out.
     unsafe {
@@ -130,6 +136,30 @@ pub fn deploy_job(
     env: Option<&str>,
     force: bool,
 ) -> anyhow::Result<DeployJob> {
+    deploy_job_from(config, (app, version, env), force, cli_source())
+}
+
+/// The same, asked by the account running it, outside the environment's calendar
+/// (`--override REASON`).
+pub fn override_job(
+    config: &Config,
+    (app, version, env): (&str, &str, Option<&str>),
+    force: bool,
+    reason: &str,
+) -> anyhow::Result<DeployJob> {
+    let source = Source::Cli {
+        user: account(),
+        nonce: nonce(),
+    };
+    Ok(deploy_job_from(config, (app, version, env), force, source)?.overriding(reason))
+}
+
+fn deploy_job_from(
+    config: &Config,
+    (app, version, env): (&str, &str, Option<&str>),
+    force: bool,
+    source: Source,
+) -> anyhow::Result<DeployJob> {
     let (a, env) = target(config, app, env)?;
     let version = Version::parse(version).map_err(|e| anyhow!("{e}; nothing was queued"))?;
     let mut job = DeployJob::new(
@@ -137,7 +167,7 @@ pub fn deploy_job(
         &env,
         a.package.clone(),
         version,
-        cli_source(),
+        source,
         Utc::now(),
     );
     if force {

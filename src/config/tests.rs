@@ -486,6 +486,13 @@ fn calendars_are_checked_key_by_key() {
             r#"windows = ["Mon-Thu 09:00-16:00"]"#.to_string(),
             vec![format!("{e}.time_zone")],
         ),
+        // Frozen all year: nothing would ever deploy.
+        (
+            r#"time_zone = "UTC"
+            freezes = [{ yearly = "01-01..12-31", reason = "never" }]"#
+                .to_string(),
+            vec![format!("{e}.freezes")],
+        ),
         (
             r#"time_zone = "Berlin"
             windows = ["Mon 9-5"]

@@ -330,10 +330,15 @@ impl Driver {
         // Checked at each try, just before the lock: nothing starts to change nodes
         // outside the environment's calendar (a deploy under way goes on to its end).
         if let Some(closed) = self.held_back(job, now) {
-            return Ok(Observation::Closed {
-                until: closed.until,
-                why: closed.why,
-            });
+            // Unless an earlier try took the lock unseen (its answer lost): a job holding
+            // its lock goes on, as one that took it before the calendar closed does.
+            let held = self.ledger.lock_state(&job.app, &job.env, now).await?;
+            if held.and_then(|l| l.job).as_ref() != Some(&job.id) {
+                return Ok(Observation::Closed {
+                    until: closed.until,
+                    why: closed.why,
+                });
+            }
         }
         if let Some(turn) = &self.turn {
             let held = |j: &DeployJob| self.held_back(j, now).is_some();

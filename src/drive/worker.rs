@@ -13,7 +13,7 @@ use tracing::Instrument;
 use super::{Driver, Outbound};
 use crate::config::Config;
 use crate::deploy::engine::{Action, Deploy, Notice, Observation, Outcome};
-use crate::deploy::job::{DeployJob, JobId};
+use crate::deploy::job::DeployJob;
 use crate::deploy::ports::{is_refused, NotifyMemo, PortError, Refused};
 use crate::local::fleet::LocalFleet;
 use crate::local::store::Store;
@@ -170,13 +170,16 @@ impl Worker {
                     }
                     resumed = true;
                 }
-                let now = Utc::now();
-                let held: BTreeSet<JobId> = driving
-                    .values()
-                    .filter(|j| self.driver.held_back(j, now).is_some())
-                    .map(|j| j.id.clone())
-                    .collect();
-                while let Some(q) = self.store.claim_next(now, &held).await? {
+                // Jobs waiting for their calendar, as their last step left them (not those
+                // under way, holding their lock, when it closed).
+                let mut held = BTreeSet::new();
+                for id in driving.values().map(|j| &j.id) {
+                    let saved = self.store.load_deploy(id).await?;
+                    if saved.is_some_and(|d| d.closed.is_some() && !d.locked) {
+                        held.insert(id.clone());
+                    }
+                }
+                while let Some(q) = self.store.claim_next(Utc::now(), &held).await? {
                     let (w, s, job) = (self.clone(), halted.clone(), q.job.clone());
                     driving.insert(
                         tasks.spawn(async move { w.drive(job, s).await }).id(),

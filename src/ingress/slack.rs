@@ -201,16 +201,16 @@ impl Ingress {
             }
         }
         let mut words: Vec<&str> = cmd.text.split_whitespace().collect();
+        // Everything after --override is its reason, flags' words included.
+        let overriding = words
+            .iter()
+            .position(|w| *w == "--override")
+            .map(|i| words.drain(i..).skip(1).collect::<Vec<_>>().join(" "));
         let flags = Flags {
             force: words.contains(&"--force"),
             dry_run: words.contains(&"--dry-run"),
         };
         words.retain(|w| *w != "--force" && *w != "--dry-run");
-        // Everything after --override is its reason.
-        let overriding = words
-            .iter()
-            .position(|w| *w == "--override")
-            .map(|i| words.drain(i..).skip(1).collect::<Vec<_>>().join(" "));
         let other = |also_rollback: bool| {
             matches!(
                 words.first(),

@@ -1724,8 +1724,9 @@ async fn an_upload_in_a_freeze_hands_its_wait_to_the_state_machine_then_deploys(
         "production",
         "hello-app".parse().unwrap(),
         shipit::deploy::version::Version::parse("1.2.0").unwrap(),
+        // Its own: a job's id comes from where it was uploaded, and commands are found by it.
         Source::Upload {
-            location: "s3://packages/hello_app-1.2.0-py3-none-any.whl".into(),
+            location: format!("s3://{}/hello_app-1.2.0-py3-none-any.whl", unique("frozen")),
         },
         Utc::now(),
     );

@@ -261,7 +261,7 @@ async fn an_older_upload_never_moves_production_back() {
 /// when, and deploys when it ends, not before.
 #[tokio::test(flavor = "multi_thread")]
 async fn an_upload_inside_a_freeze_waits_and_deploys_when_it_ends() {
-    let ex = Example::with_wheels(2, &["1.0.0", "1.1.0", "1.2.0"]);
+    let ex = Example::with_wheels(2, &["1.0.0", "1.1.0", "1.2.0", "1.3.0"]);
     let (code, out) = ex.shipit(&["deploy", "hello", "1.0.0", "--wait"]);
     assert_eq!(code, 0, "{out}");
     let account = Command::new("id").arg("-un").output().unwrap();
@@ -343,6 +343,30 @@ async fn an_upload_inside_a_freeze_waits_and_deploys_when_it_ends() {
         "{upload}"
     );
     let id: JobId = serde_json::from_value(upload["job"].clone()).unwrap();
+    // A newer upload stays queued behind it (not claimed: uploads go out in order, the
+    // newest superseding the rest).
+    let wheel = "hello_app-1.3.0-py3-none-any.whl";
+    std::fs::copy(
+        ex.dir.path().join("wheelhouse").join(wheel),
+        ex.dir.path().join("uploads").join(wheel),
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let newer = loop {
+        let jobs = json(&ex, &["jobs", "--json"]);
+        let newer = jobs
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|j| j["job"]["version"] == "1.3.0")
+            .cloned();
+        if let Some(j) = newer {
+            break j;
+        }
+        assert!(Instant::now() < deadline, "1.3.0 was never queued: {jobs}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let newer: JobId = serde_json::from_value(newer["job"]["id"].clone()).unwrap();
 
     // A freeze overrider's deploy goes out, and history says so; the waiting upload does
     // not hold it up.
@@ -372,18 +396,25 @@ async fn an_upload_inside_a_freeze_waits_and_deploys_when_it_ends() {
         "{out}"
     );
 
-    // When the freeze ends, the upload goes out, and only then.
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let story = loop {
-        let story = json(&ex, &["show", id.as_str(), "--json"]);
-        if story["status"] != "running" && story["status"] != "queued" {
-            break story;
+    // When the freeze ends, the newest upload goes out (only then), the older superseded.
+    let ended = |id: &JobId| {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let story = json(&ex, &["show", id.as_str(), "--json"]);
+            if story["status"] != "running" && story["status"] != "queued" {
+                break story;
+            }
+            assert!(Instant::now() < deadline, "the upload never ran: {story}");
+            std::thread::sleep(Duration::from_millis(500));
         }
-        assert!(Instant::now() < deadline, "the upload never ran: {story}");
-        std::thread::sleep(Duration::from_millis(500));
     };
+    let older = ended(&id);
+    assert_eq!(older["status"], "skipped", "{older}");
+    assert_eq!(older["reason"], "superseded by 1.3.0, queued behind it");
+    let story = ended(&newer);
     assert_eq!(story["status"], "succeeded", "{story}");
-    assert_eq!(ex.served(), ["1.2.0", "1.2.0"]);
+    assert_eq!(ex.served(), ["1.3.0", "1.3.0"]);
+    assert_eq!(ex.starts("node1", "1.2.0"), 0);
     let first: chrono::DateTime<chrono::Utc> = story["steps"]
         .as_array()
         .unwrap()

@@ -353,12 +353,14 @@ async fn a_worker_waits_while_another_holds_the_store() {
 #[tokio::test]
 async fn chat_deploys_in_a_freeze_are_refused_unless_a_freeze_overrider_overrides() {
     let dir = tempfile::tempdir().unwrap();
+    let until = (Utc::now() + chrono::Duration::days(30)).format("%Y-%m-%d");
     let config = LocalApp {
         deployers: r#""*""#,
-        env: r#"time_zone = "Europe/Berlin"
-freezes = [{ from = "2026-01-01", until = "2099-12-31", reason = "audit" }]
+        env: format!(
+            r#"time_zone = "Europe/Berlin"
+freezes = [{{ from = "2026-01-01", until = "{until}", reason = "audit" }}]
 freeze_overriders = ["U0OVER1"]"#
-            .into(),
+        ),
         ..LocalApp::default()
     }
     .write(dir.path());
@@ -374,7 +376,7 @@ freeze_overriders = ["U0OVER1"]"#
     };
     let text = say("U0OTHER1", "hello 1.0.0").await;
     assert!(
-        text.starts_with("hello/production takes no deploys now: frozen (audit) until Fri 2100-01-01 00:00 Europe/Berlin")
+        text.starts_with("hello/production takes no deploys now: frozen (audit) until ")
             && text.ends_with("Nothing was queued."),
         "{text}"
     );

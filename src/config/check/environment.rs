@@ -128,7 +128,26 @@ fn check_calendar(
         return Some(None);
     };
     match Calendar::parse(&zone, windows, freezes) {
-        Ok(calendar) => Some(Some(calendar)),
+        Ok(calendar) => {
+            // Automatic jobs would wait for ever, and people could deploy only by override.
+            if calendar
+                .closed(chrono::Utc::now())
+                .is_some_and(|c| !c.opens)
+            {
+                let key = if freezes.is_empty() {
+                    "windows"
+                } else {
+                    "freezes"
+                };
+                c.error(
+                    format!("{ek}.{key}"),
+                    "no window outside the freezes for more than a year: nothing would deploy",
+                    "shorten the freezes, or widen the windows",
+                );
+                return None;
+            }
+            Some(Some(calendar))
+        }
         Err(problems) => {
             for (key, problem, hint) in problems {
                 c.error(format!("{ek}.{key}"), problem, hint);

@@ -59,11 +59,13 @@ struct Freeze {
     reason: String,
 }
 
-/// Closed now: opens again at `until`; `why` says so in words.
+/// Closed now: opens again at `until` (or, `opens` false, is still closed then: no
+/// opening within the horizon); `why` says so in words.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Closed {
     pub until: DateTime<Utc>,
     pub why: String,
+    pub opens: bool,
 }
 
 /// A problem with one part of the calendar: where (`windows[1]`, `freezes[0].yearly`, …),
@@ -184,32 +186,44 @@ impl Calendar {
         let start = Timestamp::from_second(now.timestamp()).ok()?;
         let horizon = start.as_second() + HORIZON_DAYS * 86_400;
         let mut t = start;
-        let mut frozen = None;
-        let mut outside = false;
+        // What holds deploys back now: a freeze (its reason), or the windows (`None`).
+        let mut now_frozen: Option<Option<String>> = None;
+        let mut blockers = 0;
         while t.as_second() < horizon {
             if let Some((end, reason)) = self.freeze_at(t) {
-                frozen.get_or_insert(reason);
+                now_frozen.get_or_insert(Some(reason));
                 t = end;
             } else if let Some(next) = self.next_window(t) {
-                outside = true;
+                now_frozen.get_or_insert(None);
                 t = next;
             } else {
                 break;
             }
+            blockers += 1;
         }
-        if t == start {
-            return None;
+        let first = now_frozen?;
+        if t.as_second() >= horizon {
+            let again = DateTime::from_timestamp(horizon, 0)?;
+            let why = format!("closed for more than {HORIZON_DAYS} days");
+            return Some(Closed {
+                until: again,
+                why,
+                opens: false,
+            });
         }
         let until = DateTime::from_timestamp(t.as_second(), 0)?;
         let when = self.show(t);
-        let why = match frozen {
-            Some(reason) if outside => {
-                format!("frozen ({reason}); the next window opens {when}")
-            }
-            Some(reason) => format!("frozen ({reason}) until {when}"),
-            None => format!("outside the deploy windows; the next opens {when}"),
+        let why = match (first, blockers) {
+            (Some(reason), 1) => format!("frozen ({reason}) until {when}"),
+            (Some(reason), _) => format!("frozen ({reason}); deploys resume {when}"),
+            (None, 1) => format!("outside the deploy windows; the next opens {when}"),
+            (None, _) => format!("outside the deploy windows; deploys resume {when}"),
         };
-        Some(Closed { until, why })
+        Some(Closed {
+            until,
+            why,
+            opens: true,
+        })
     }
 
     /// `t` as the environment's people read it: `Mon 2026-12-07 09:00 Europe/Berlin`.
@@ -260,16 +274,19 @@ impl Calendar {
         found
     }
 
-    /// `None` when `t` is inside a window (or there are none); else the next window's start.
+    /// `None` when `t` is inside a window (or there are none); else the next window's start
+    /// (or, none found, a later time to look again from: never `None`, which is open).
     fn next_window(&self, t: Timestamp) -> Option<Timestamp> {
         if self.windows.is_empty() {
             return None;
         }
         let today = t.to_zoned_datetime(self.zone.clone()).date();
         let mut next: Option<Timestamp> = None;
-        // A window ends by midnight: only today's can hold `t`; a week on, every window
-        // has come round.
-        for k in 0..=7 {
+        // A window ends by midnight: only today's can hold `t`. Every window comes round
+        // within a week, unless the clocks skip it (a window inside the skipped hour):
+        // two weeks, and past them, closed still (looked at again from then on).
+        const DAYS_AHEAD: i64 = 14;
+        for k in 0..=DAYS_AHEAD {
             let Ok(day) = today.checked_add(jiff::Span::new().days(k)) else {
                 continue;
             };
@@ -293,15 +310,21 @@ impl Calendar {
                 return next;
             }
         }
-        next
+        today
+            .checked_add(jiff::Span::new().days(DAYS_AHEAD + 1))
+            .ok()
+            .and_then(|d| self.midnight(d))
+            .filter(|later| *later > t)
+            .or(Some(Timestamp::MAX))
     }
 
     fn midnight(&self, day: Date) -> Option<Timestamp> {
         self.at(day, Time::midnight())
     }
 
-    /// The instant of a local time: in a gap (clocks put forward), the time after it; when
-    /// a time comes twice (put back), the first.
+    /// The instant of a local time: in a gap (clocks put forward), read with the offset
+    /// before the gap (02:30 in a skipped hour is 03:30 after it), as RFC 5545 does; when
+    /// a time comes twice (clocks put back), the first.
     fn at(&self, day: Date, time: Time) -> Option<Timestamp> {
         Civil::from_parts(day, time)
             .to_zoned_datetime(self.zone.clone())
@@ -335,23 +358,15 @@ fn parse_day(s: &str) -> Result<Weekday, String> {
         .ok_or_else(|| format!("{s:?} is not a day (Mon, Tue, … Sun)"))
 }
 
-/// `HH:MM`, and for a window's end `24:00` (`None`).
-fn parse_time(s: &str, end: bool) -> Result<Option<Time>, String> {
-    if end && s == "24:00" {
-        return Ok(None);
-    }
-    let bad = || {
-        format!(
-            "{s:?} is not a time (HH:MM, 00:00 to {})",
-            if end { "24:00" } else { "23:59" }
-        )
-    };
+/// `HH:MM`, 00:00 to 23:59.
+fn parse_time(s: &str) -> Result<Time, String> {
+    let bad = || format!("{s:?} is not a time (HH:MM)");
     let (h, m) = s.split_once(':').ok_or_else(bad)?;
     if h.len() != 2 || m.len() != 2 {
         return Err(bad());
     }
     let (h, m): (i8, i8) = (h.parse().map_err(|_| bad())?, m.parse().map_err(|_| bad())?);
-    Time::new(h, m, 0, 0).map(Some).map_err(|_| bad())
+    Time::new(h, m, 0, 0).map_err(|_| bad())
 }
 
 fn parse_window(s: &str) -> Result<Window, String> {
@@ -382,8 +397,12 @@ fn parse_window(s: &str) -> Result<Window, String> {
         }
     }
     let (from, to) = hours.trim().split_once('-').ok_or("hours as HH:MM-HH:MM")?;
-    let from = parse_time(from.trim(), false)?.ok_or("a window cannot start at 24:00")?;
-    let to = parse_time(to.trim(), true)?;
+    let from = parse_time(from.trim())?;
+    // 24:00: to the end of the day.
+    let to = match to.trim() {
+        "24:00" => None,
+        to => Some(parse_time(to)?),
+    };
     if to.is_some_and(|to| to <= from) {
         return Err(
             "the window ends before it starts; split one past midnight in two (\"Fri 22:00-24:00\", \"Sat 00:00-02:00\")"
@@ -463,7 +482,8 @@ fn parse_monthly(s: &str) -> Result<When, String> {
 }
 
 /// What holds `job` back from an environment with `calendar` now: nothing for a rollback
-/// (putting things back is never blocked) or an override by one of `overriders`.
+/// (putting things back is never blocked), a sync (it changes no version), or an override
+/// by one of `overriders`.
 pub fn holds_back(
     calendar: Option<&Calendar>,
     overriders: &[String],
@@ -475,7 +495,8 @@ pub fn holds_back(
             .source
             .person_id()
             .is_some_and(|id| overriders.iter().any(|o| o == id));
-    if overridden || matches!(job.source, Source::Rollback { .. }) {
+    // A sync only brings nodes to what is live already (a node that joined, drift).
+    if overridden || matches!(job.source, Source::Rollback { .. } | Source::Sync { .. }) {
         return None;
     }
     calendar?.closed(now)

@@ -87,6 +87,33 @@ fn a_window_in_the_skipped_hour_opens_after_it() {
         c.closed(utc("2027-03-28T02:00:00Z")).is_some(),
         "04:00 CEST ends it"
     );
+    // A time inside the skipped hour keeps the offset before it: 02:30 CET is 03:30 CEST.
+    let half = calendar("Europe/Berlin", &["Sun 02:30-04:00"], &[]);
+    assert_eq!(
+        half.closed(utc("2027-03-27T12:00:00Z")).unwrap().until,
+        utc("2027-03-28T01:30:00Z")
+    );
+    // A window the clocks skip whole is not there that day: the next is a week on, and
+    // until then it is closed (it was read as open, finding nothing within a week).
+    let skipped = calendar("Europe/Berlin", &["Sun 02:00-03:00"], &[]);
+    let closed = skipped.closed(utc("2027-03-21T02:30:00Z")).unwrap();
+    assert_eq!(closed.until, utc("2027-04-04T00:00:00Z"));
+    assert!(closed.opens);
+}
+
+#[test]
+fn a_calendar_that_never_opens_says_so() {
+    let c = calendar(
+        "UTC",
+        &["Mon 09:00-10:00"],
+        &[freeze(
+            r#"yearly = "01-01..12-31"
+reason = "never""#,
+        )],
+    );
+    let closed = c.closed(utc("2026-12-07T09:30:00Z")).unwrap();
+    assert!(!closed.opens, "{closed:?}");
+    assert_eq!(closed.until, utc("2028-01-11T09:30:00Z"));
 }
 
 #[test]
@@ -161,7 +188,7 @@ reason = "maintenance""#,
     assert_eq!(closed.until, utc("2026-12-20T15:00:00Z"));
     assert_eq!(
         closed.why,
-        "frozen (maintenance); the next window opens Sun 2026-12-20 10:00 America/New_York"
+        "frozen (maintenance); deploys resume Sun 2026-12-20 10:00 America/New_York"
     );
     // The second Saturday's window is open.
     assert_eq!(c.closed(utc("2026-12-12T15:30:00Z")), None);

@@ -56,8 +56,9 @@ pub const STATE_ROOM_BYTES: usize = STATE_MAX_BYTES - 12 * 1024;
 pub const DETAIL_CHARS: usize = 300;
 /// Longest pause between two tries of a held lock.
 pub const LOCK_RETRY_MAX_MILLIS: u64 = 60_000;
-/// A job the calendar holds back looks again at least this often (15 minutes), so that
-/// it learns of a cancel and says where it stands while it waits for a distant opening.
+/// A job the calendar holds back looks again this often (15 minutes; a fiftieth of the
+/// wait when the opening is further off), so that it learns of a cancel and says where it
+/// stands while it waits.
 pub const CALENDAR_LOOK_MILLIS: u64 = 15 * 60_000;
 /// Pending required checks are looked at again after 5 s, then twice as late each time,
 /// up to a minute: CI runs take minutes, and each look costs GitHub API calls.

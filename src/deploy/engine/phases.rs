@@ -155,6 +155,9 @@ impl Deploy {
         if !self.job.source.is_automatic() {
             let reason =
                 format!("refused: {why}; a freeze overrider may deploy with --override REASON");
+            // An earlier try at the lock may have taken it unseen (its answer lost): end
+            // through Unlock, which frees it only if this job holds it.
+            self.locked = true;
             return self.finish(Outcome::Skipped { reason }, notices);
         }
         self.lock_waiting_since = None;
@@ -163,8 +166,10 @@ impl Deploy {
             notices.push(Notice::WaitingForWindow { why: why.clone() });
             self.closed = Some(why);
         }
+        // Every 15 minutes, or a fiftieth of a long wait: each look is a few events of a
+        // Step Functions execution's 25,000.
         let left = (until - now).num_milliseconds().max(1_000) as u64;
-        self.wait = Some(left.min(CALENDAR_LOOK_MILLIS));
+        self.wait = Some(left.min(CALENDAR_LOOK_MILLIS.max(left / 50)));
     }
 
     pub(super) fn on_lock(

@@ -126,8 +126,9 @@ impl Store {
 
     /// Marks the oldest queued job whose app+env has nothing running as running, and
     /// returns it: deploys of one app+env never overlap, others run side by side; a job
-    /// its calendar holds back (`held`) counts as nothing running, as it changes nothing
-    /// while it waits (it tries the lock, as any job does, once its calendar opens). A job
+    /// its calendar holds back (`held`) counts as nothing running for a rollback or a
+    /// person's deploy, as it changes nothing while it waits (it tries the lock, as any
+    /// job does, once its calendar opens). A job
     /// that cannot be read (written by a newer shipit, or damaged) fails alone, with the
     /// reason as its last notice, and the next one is claimed.
     pub async fn claim_next(
@@ -139,12 +140,15 @@ impl Store {
         self.with(move |c| {
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
             loop {
-                // Running jobs its calendar holds back (`held`) keep no place in their group.
+                // Running jobs their calendar holds back (`held`) keep no place in their
+                // group for a rollback or a person's deploy; automatic jobs stay queued
+                // behind them (to be superseded, and to go out in order).
                 let row: Option<(i64, String, String)> = tx
                     .query_row(
                         "SELECT seq, id, job FROM jobs j WHERE status = 'queued' AND NOT EXISTS
                            (SELECT 1 FROM jobs r WHERE r.grp = j.grp AND r.status = 'running'
-                              AND r.id NOT IN (SELECT value FROM json_each(?1)))
+                              AND (r.id NOT IN (SELECT value FROM json_each(?1))
+                                   OR json_extract(j.job, '$.source.kind') IN ('tag', 'upload')))
                          ORDER BY seq LIMIT 1",
                         [&held],
                         |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
