@@ -358,6 +358,21 @@ fn cli_job(version: &str) -> DeployJob {
     crate::helpers::cli_job("test", version, &unique("n"))
 }
 
+/// An upload of `version` to `bucket` (a job's id comes from where it was uploaded: a
+/// test whose commands are found by it uploads to its own).
+fn upload_job(bucket: &str, version: &str, now: chrono::DateTime<Utc>) -> DeployJob {
+    DeployJob::new(
+        "hello",
+        "production",
+        "hello-app".parse().unwrap(),
+        shipit::deploy::version::Version::parse(version).unwrap(),
+        Source::Upload {
+            location: format!("s3://{bucket}/hello_app-{version}-py3-none-any.whl"),
+        },
+        now,
+    )
+}
+
 fn expected_order(nodes: &[String], version: &str) -> Vec<String> {
     let mut want = vec![format!("install {} {version}", nodes.join(","))];
     for n in nodes {
@@ -1603,16 +1618,7 @@ async fn jobs_of_one_app_take_the_lock_in_queue_order_so_an_older_job_cannot_und
         .await
         .unwrap();
     // An upload of 1.2.0 is queued; then someone rolls 1.1.0 back.
-    let upload = DeployJob::new(
-        "hello",
-        "production",
-        "hello-app".parse().unwrap(),
-        shipit::deploy::version::Version::parse("1.2.0").unwrap(),
-        Source::Upload {
-            location: "s3://packages/hello_app-1.2.0-py3-none-any.whl".into(),
-        },
-        now,
-    );
+    let upload = upload_job("packages", "1.2.0", now);
     let rollback = first.rollback(
         Some(&live.id),
         Source::Cli {
@@ -1677,18 +1683,7 @@ async fn an_older_upload_is_superseded_by_a_newer_one_queued_behind_it() {
     let sfn = aws_sdk_sfn::Client::new(&sdk);
     let machine = holding_machine(&sfn).await;
     let turn = Arc::new(turn_of(&sdk, &machine));
-    let upload = |v: &str| {
-        DeployJob::new(
-            "hello",
-            "production",
-            "hello-app".parse().unwrap(),
-            shipit::deploy::version::Version::parse(v).unwrap(),
-            Source::Upload {
-                location: format!("s3://packages/hello_app-{v}-py3-none-any.whl"),
-            },
-            Utc::now(),
-        )
-    };
+    let upload = |v: &str| upload_job("packages", v, Utc::now());
     let (older, newer) = (upload("1.1.0"), upload("1.2.0"));
     dispatched(&sfn, &turn, &machine, &[older.clone(), newer.clone()]).await;
     let stepper = rig.stepper_in_order(turn.clone(), Duration::from_secs(60));
@@ -1719,17 +1714,7 @@ async fn an_upload_in_a_freeze_hands_its_wait_to_the_state_machine_then_deploys(
         ),
     );
     rig.config = Arc::new(parse(&text));
-    let upload = DeployJob::new(
-        "hello",
-        "production",
-        "hello-app".parse().unwrap(),
-        shipit::deploy::version::Version::parse("1.2.0").unwrap(),
-        // Its own: a job's id comes from where it was uploaded, and commands are found by it.
-        Source::Upload {
-            location: format!("s3://{}/hello_app-1.2.0-py3-none-any.whl", unique("frozen")),
-        },
-        Utc::now(),
-    );
+    let upload = upload_job(&unique("frozen"), "1.2.0", Utc::now());
     // A step's budget shorter than the wait: the state machine's Wait does it.
     let stepper = rig.stepper(Duration::from_secs(1));
     let state = stepper
@@ -1773,16 +1758,7 @@ async fn an_upload_waits_for_parameter_store_to_show_the_version_the_last_deploy
     control(json!({ "param_lag": { "reads": 3, "contains": live } })).await;
     let tagged = rig.deploy_now(rig.job("1.3.0")).await;
     assert_eq!(tagged.status, Some(JobStatus::Succeeded), "{tagged:?}");
-    let upload = DeployJob::new(
-        "hello",
-        "production",
-        "hello-app".parse().unwrap(),
-        shipit::deploy::version::Version::parse("1.2.5").unwrap(),
-        Source::Upload {
-            location: "s3://packages/hello_app-1.2.5-py3-none-any.whl".into(),
-        },
-        Utc::now(),
-    );
+    let upload = upload_job("packages", "1.2.5", Utc::now());
     let state = rig.deploy_now(upload.clone()).await;
     control(json!({})).await;
     // Read before the record showed, 1.2.0 would be live, and the upload would lower 1.3.0.

@@ -102,6 +102,36 @@ impl Drop for Serve {
     }
 }
 
+/// Waits for serve's watcher to have taken note of what `uploads/` holds (its first look
+/// queues nothing).
+async fn watching(ex: &Example) {
+    let uploads = ex.config().server.package_dir.clone().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !ex
+        .store()
+        .has_seen_dir(&uploads.display().to_string())
+        .await
+        .unwrap()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "serve never looked at {uploads:?}: {}",
+            std::fs::read_to_string(Serve::log(ex)).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Drops the wheel of `version` into `uploads/`, as a package upload.
+fn drop_wheel(ex: &Example, version: &str) {
+    let wheel = format!("hello_app-{version}-py3-none-any.whl");
+    std::fs::copy(
+        ex.dir.path().join("wheelhouse").join(&wheel),
+        ex.dir.path().join("uploads").join(&wheel),
+    )
+    .unwrap();
+}
+
 fn json(ex: &Example, args: &[&str]) -> serde_json::Value {
     let (code, out) = ex.shipit(args);
     assert_eq!(code, 0, "{out}");
@@ -178,32 +208,12 @@ fn a_second_rollback_never_brings_back_the_version_rolled_back_from() {
 async fn an_older_upload_never_moves_production_back() {
     let ex = Example::new(2);
     let _serve = Serve::start(&ex);
-    // The watcher's first look only takes note of what is there: wait for it.
-    let uploads = ex.config().server.package_dir.clone().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !ex
-        .store()
-        .has_seen_dir(&uploads.display().to_string())
-        .await
-        .unwrap()
-    {
-        assert!(
-            Instant::now() < deadline,
-            "serve never looked at {uploads:?}: {}",
-            std::fs::read_to_string(Serve::log(&ex)).unwrap_or_default()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    watching(&ex).await;
     let (code, out) = ex.shipit(&["deploy", "hello", "1.1.0", "--wait"]);
     assert_eq!(code, 0, "{out}");
 
     // Before: the watcher queued 1.0.0 and production went back to it.
-    let wheel = "hello_app-1.0.0-py3-none-any.whl";
-    std::fs::copy(
-        ex.dir.path().join("wheelhouse").join(wheel),
-        ex.dir.path().join("uploads").join(wheel),
-    )
-    .unwrap();
+    drop_wheel(&ex, "1.0.0");
     let deadline = Instant::now() + Duration::from_secs(60);
     let upload = loop {
         let jobs = json(&ex, &["jobs", "--json"]);
@@ -281,20 +291,7 @@ async fn an_upload_inside_a_freeze_waits_and_deploys_when_it_ends() {
     );
     std::fs::write(ex.config_path(), config).unwrap();
     let _serve = Serve::start(&ex);
-    let uploads = ex.config().server.package_dir.clone().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !ex
-        .store()
-        .has_seen_dir(&uploads.display().to_string())
-        .await
-        .unwrap()
-    {
-        assert!(
-            Instant::now() < deadline,
-            "serve never looked at {uploads:?}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    watching(&ex).await;
 
     // A person's deploy: refused, nothing queued.
     let before = json(&ex, &["jobs", "--json"]).as_array().unwrap().len();
@@ -311,12 +308,7 @@ async fn an_upload_inside_a_freeze_waits_and_deploys_when_it_ends() {
     );
 
     // An upload: queued, and waits.
-    let wheel = "hello_app-1.2.0-py3-none-any.whl";
-    std::fs::copy(
-        ex.dir.path().join("wheelhouse").join(wheel),
-        ex.dir.path().join("uploads").join(wheel),
-    )
-    .unwrap();
+    drop_wheel(&ex, "1.2.0");
     let deadline = Instant::now() + Duration::from_secs(30);
     let upload = loop {
         let status = json(&ex, &["status", "--json"]);
@@ -345,12 +337,7 @@ async fn an_upload_inside_a_freeze_waits_and_deploys_when_it_ends() {
     let id: JobId = serde_json::from_value(upload["job"].clone()).unwrap();
     // A newer upload stays queued behind it (not claimed: uploads go out in order, the
     // newest superseding the rest).
-    let wheel = "hello_app-1.3.0-py3-none-any.whl";
-    std::fs::copy(
-        ex.dir.path().join("wheelhouse").join(wheel),
-        ex.dir.path().join("uploads").join(wheel),
-    )
-    .unwrap();
+    drop_wheel(&ex, "1.3.0");
     let deadline = Instant::now() + Duration::from_secs(30);
     let newer = loop {
         let jobs = json(&ex, &["jobs", "--json"]);
