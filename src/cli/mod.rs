@@ -574,6 +574,12 @@ pub async fn story(store: &Store, id: &str) -> anyhow::Result<Story> {
         .ok_or_else(|| anyhow!("job {} went away while being read", q.job.id))
 }
 
+/// Whether job `id`'s last step left it waiting for its calendar, without its lock.
+async fn waits_for_calendar(store: &Store, id: &JobId) -> bool {
+    let saved = store.load_deploy(id).await.ok().flatten();
+    saved.is_some_and(|d| d.closed.is_some() && !d.locked)
+}
+
 /// Takes a queued job (by its id or the start of it) off the queue: it never runs.
 pub async fn cancel(store: &Store, id: &str) -> anyhow::Result<QueuedJob> {
     let q = one_job(store, id).await?;
@@ -583,6 +589,14 @@ pub async fn cancel(store: &Store, id: &str) -> anyhow::Result<QueuedJob> {
         .map_err(port)?
     {
         None => Ok(q),
+        // Not built yet on one machine: the worker drives it, and would need to learn of
+        // the cancel under its claim (on AWS, the claim does this).
+        Some(JobStatus::Running) if waits_for_calendar(store, &q.job.id).await => bail!(
+            "job {} waits for its environment's calendar and cannot be cancelled on one machine yet: it deploys when the calendar opens, unless `shipit lock {} --env {}` before then makes it give up after lock_wait_seconds",
+            q.job.id,
+            q.job.app,
+            q.job.env
+        ),
         Some(JobStatus::Running) => bail!(
             "job {} is running: `shipit abort {} --env {}` stops it and puts back what it restarted",
             q.job.id,

@@ -161,6 +161,7 @@ impl Source {
     }
 
     /// Automatic triggers may be superseded by a newer version; human requests never are.
+    /// (The local store's claim names these kinds too.)
     pub fn is_automatic(&self) -> bool {
         matches!(self, Source::Tag { .. } | Source::Upload { .. })
     }

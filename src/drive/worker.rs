@@ -2,7 +2,7 @@
 //! step, saving the engine's state after every one, so a killed process resumes a deploy
 //! where it was (a finished command is never run again).
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -170,16 +170,7 @@ impl Worker {
                     }
                     resumed = true;
                 }
-                // Jobs waiting for their calendar, as their last step left them (not those
-                // under way, holding their lock, when it closed).
-                let mut held = BTreeSet::new();
-                for id in driving.values().map(|j| &j.id) {
-                    let saved = self.store.load_deploy(id).await?;
-                    if saved.is_some_and(|d| d.closed.is_some() && !d.locked) {
-                        held.insert(id.clone());
-                    }
-                }
-                while let Some(q) = self.store.claim_next(Utc::now(), &held).await? {
+                while let Some(q) = self.store.claim_next(Utc::now()).await? {
                     let (w, s, job) = (self.clone(), halted.clone(), q.job.clone());
                     driving.insert(
                         tasks.spawn(async move { w.drive(job, s).await }).id(),

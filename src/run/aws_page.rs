@@ -125,7 +125,10 @@ impl AwsPage {
                             true => JobStatus::Running,
                             false => JobStatus::Queued,
                         },
-                        held: env_config.and_then(|e| e.held_back(&j, now)).map(|c| c.why),
+                        held: (holder.as_ref() != Some(&j.id))
+                            .then(|| env_config.and_then(|e| e.held_back(&j, now)))
+                            .flatten()
+                            .map(|c| c.why),
                         job: j.id,
                         version: j.version,
                     })

@@ -43,6 +43,7 @@ pub async fn status(
                     })
                     .collect();
             }
+            let holder = status.lock.as_ref().and_then(|l| l.job.clone());
             status.jobs = jobs
                 .iter()
                 .filter(|q| q.job.group() == group && q.status.is_pending())
@@ -50,7 +51,11 @@ pub async fn status(
                     job: q.job.id.clone(),
                     version: q.job.version.clone(),
                     status: q.status,
-                    held: app.environments[env].held_back(&q.job, now).map(|c| c.why),
+                    // Not one under way, holding its lock, when the calendar closed.
+                    held: (holder.as_ref() != Some(&q.job.id))
+                        .then(|| app.environments[env].held_back(&q.job, now))
+                        .flatten()
+                        .map(|c| c.why),
                 })
                 .collect();
             out.push(status);

@@ -335,6 +335,12 @@ async fn an_upload_inside_a_freeze_waits_and_deploys_when_it_ends() {
         "{upload}"
     );
     let id: JobId = serde_json::from_value(upload["job"].clone()).unwrap();
+    let (code, out) = ex.shipit(&["cancel", id.as_str()]);
+    assert_ne!(code, 0, "{out}");
+    assert!(
+        out.contains("waits for its environment's calendar and cannot be cancelled"),
+        "{out}"
+    );
     // A newer upload stays queued behind it (not claimed: uploads go out in order, the
     // newest superseding the rest).
     drop_wheel(&ex, "1.3.0");
@@ -354,6 +360,9 @@ async fn an_upload_inside_a_freeze_waits_and_deploys_when_it_ends() {
         std::thread::sleep(Duration::from_millis(200));
     };
     let newer: JobId = serde_json::from_value(newer["job"]["id"].clone()).unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    let still = json(&ex, &["show", newer.as_str(), "--json"]);
+    assert_eq!(still["status"], "queued", "{still}");
 
     // A freeze overrider's deploy goes out, and history says so; the waiting upload does
     // not hold it up.

@@ -829,11 +829,7 @@ async fn a_queued_job_is_cancelled_and_never_runs() {
     );
     assert!(q.ended_at.is_some());
     assert!(
-        store
-            .claim_next(Utc::now(), &Default::default())
-            .await
-            .unwrap()
-            .is_none(),
+        store.claim_next(Utc::now()).await.unwrap().is_none(),
         "a cancelled job is never claimed"
     );
     let (code, _, err) = cli(&["cancel", job.as_str()]);
@@ -902,11 +898,7 @@ async fn the_page_shows_the_jobs_and_their_stories_and_says_when_they_change() {
         .await
         .unwrap();
     let now = Utc::now();
-    store
-        .claim_next(now, &Default::default())
-        .await
-        .unwrap()
-        .unwrap();
+    store.claim_next(now).await.unwrap().unwrap();
     let key = format!("{}:restart:1", job.id);
     store.command_started(&key, "n1", now).await.unwrap();
     let failed = shipit::deploy::command::NodeResult::Failed {

@@ -204,7 +204,12 @@ impl Calendar {
         let first = now_frozen?;
         if t.as_second() >= horizon {
             let again = DateTime::from_timestamp(horizon, 0)?;
-            let why = format!("closed for more than {HORIZON_DAYS} days");
+            let why = match first {
+                Some(reason) => format!("frozen ({reason}), no opening within {HORIZON_DAYS} days"),
+                None => {
+                    format!("outside the deploy windows, no opening within {HORIZON_DAYS} days")
+                }
+            };
             return Some(Closed {
                 until: again,
                 why,

@@ -113,6 +113,7 @@ reason = "never""#,
     );
     let closed = c.closed(utc("2026-12-07T09:30:00Z")).unwrap();
     assert!(!closed.opens, "{closed:?}");
+    assert_eq!(closed.why, "frozen (never), no opening within 400 days");
     assert_eq!(closed.until, utc("2028-01-11T09:30:00Z"));
 }
 

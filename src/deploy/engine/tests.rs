@@ -431,6 +431,7 @@ fn run(twin: &mut Twin, job: DeployJob, policy: Rollout) -> (Outcome, Vec<Notice
 fn an_automatic_job_waits_for_its_calendar_and_then_deploys() {
     let mut twin = Twin::new(&["n1", "n2"], Some("1.0.0"));
     let closed_ms = 3 * 3_600_000 + 123;
+    assert!(policy().lock_wait_seconds * 1000 < closed_ms as u64);
     twin.closed_until = Some(closed_ms);
     let (outcome, notices) = run(&mut twin, job("1.1.0", true), policy());
     assert_eq!(outcome, succeeded());
@@ -443,7 +444,21 @@ fn an_automatic_job_waits_for_its_calendar_and_then_deploys() {
     assert!(twin.waited.iter().sum::<u64>() >= closed_ms as u64);
     assert_eq!(twin.log[0], "install 1.1.0 n1,n2");
     assert!(twin.log_at[0] >= closed_ms, "nothing ran before it opened");
-    assert!(policy().lock_wait_seconds * 1000 < closed_ms as u64);
+}
+
+/// A month's wait is looked at a fiftieth of what is left apart, not every 15 minutes:
+/// each look costs a Step Functions execution some of its 25,000 events.
+#[test]
+fn a_long_wait_for_the_calendar_looks_again_less_often() {
+    let mut twin = Twin::new(&["n1"], Some("1.0.0"));
+    let closed_ms = 30 * 86_400_000;
+    twin.closed_until = Some(closed_ms);
+    let (outcome, _) = run(&mut twin, job("1.1.0", true), policy());
+    assert_eq!(outcome, succeeded());
+    let looks = twin.waited.iter().filter(|&&w| w >= 1_000).count();
+    assert!(looks < 400, "{looks} looks");
+    assert!(twin.waited[0] > CALENDAR_LOOK_MILLIS && twin.waited[0] <= closed_ms as u64 / 50);
+    assert!(twin.log_at[0] >= closed_ms);
 }
 
 /// A person's deploy is refused with the calendar's words: nothing runs, the lock is

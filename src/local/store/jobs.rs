@@ -1,7 +1,5 @@
 //! The queue: jobs in order, one running per app+env, and what is queued behind one.
 
-use std::collections::BTreeSet;
-
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use rusqlite::{params, OptionalExtension, TransactionBehavior};
@@ -125,32 +123,32 @@ impl Store {
     }
 
     /// Marks the oldest queued job whose app+env has nothing running as running, and
-    /// returns it: deploys of one app+env never overlap, others run side by side; a job
-    /// its calendar holds back (`held`) counts as nothing running for a rollback or a
-    /// person's deploy, as it changes nothing while it waits (it tries the lock, as any
-    /// job does, once its calendar opens). A job
+    /// returns it: deploys of one app+env never overlap, others run side by side. A job
+    /// waiting for its calendar counts as nothing running for a rollback or a person's
+    /// deploy, as it changes nothing while it waits (it tries the lock, as any job does,
+    /// once its calendar opens). A job
     /// that cannot be read (written by a newer shipit, or damaged) fails alone, with the
     /// reason as its last notice, and the next one is claimed.
-    pub async fn claim_next(
-        &self,
-        now: DateTime<Utc>,
-        held: &BTreeSet<JobId>,
-    ) -> Result<Option<QueuedJob>, PortError> {
-        let held = serde_json::to_string(held).map_err(|e| e.to_string())?;
+    pub async fn claim_next(&self, now: DateTime<Utc>) -> Result<Option<QueuedJob>, PortError> {
         self.with(move |c| {
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
             loop {
-                // Running jobs their calendar holds back (`held`) keep no place in their
-                // group for a rollback or a person's deploy; automatic jobs stay queued
-                // behind them (to be superseded, and to go out in order).
+                // A running job its calendar holds back (its last step saved it waiting,
+                // without its lock) keeps no place in its group for a rollback or a
+                // person's deploy; automatic jobs stay queued behind it, to be superseded
+                // and to go out in order. (The kinds are `Source::is_automatic`'s.)
                 let row: Option<(i64, String, String)> = tx
                     .query_row(
                         "SELECT seq, id, job FROM jobs j WHERE status = 'queued' AND NOT EXISTS
                            (SELECT 1 FROM jobs r WHERE r.grp = j.grp AND r.status = 'running'
-                              AND (r.id NOT IN (SELECT value FROM json_each(?1))
-                                   OR json_extract(j.job, '$.source.kind') IN ('tag', 'upload')))
+                              AND (NOT EXISTS (SELECT 1 FROM deploys d WHERE d.job_id = r.id
+                                     AND json_valid(d.state)
+                                     AND json_extract(d.state, '$.closed') IS NOT NULL
+                                     AND json_extract(d.state, '$.locked') = 0)
+                                   OR (json_valid(j.job)
+                                       AND json_extract(j.job, '$.source.kind') IN ('tag', 'upload'))))
                          ORDER BY seq LIMIT 1",
-                        [&held],
+                        [],
                         |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
                     )
                     .optional()?;
