@@ -574,10 +574,10 @@ pub async fn story(store: &Store, id: &str) -> anyhow::Result<Story> {
         .ok_or_else(|| anyhow!("job {} went away while being read", q.job.id))
 }
 
-/// Whether job `id`'s last step left it waiting for its calendar, without its lock.
+/// Whether job `id`'s last step left it waiting for its calendar.
 async fn waits_for_calendar(store: &Store, id: &JobId) -> bool {
     let saved = store.load_deploy(id).await.ok().flatten();
-    saved.is_some_and(|d| d.closed.is_some() && !d.locked)
+    saved.is_some_and(|d| d.waits_for_calendar())
 }
 
 /// Takes a queued job (by its id or the start of it) off the queue: it never runs.

@@ -203,6 +203,20 @@ impl Environment {
         let (calendar, overriders) = (self.calendar.as_ref(), &self.freeze_overriders);
         crate::deploy::calendar::admit(calendar, overriders, job, now)
     }
+
+    /// Why `job` waits for the calendar now, as status and the page say it: not of the job
+    /// holding the lock (`holder`), under way when the calendar closed.
+    pub fn waiting_why(
+        &self,
+        job: &crate::deploy::job::DeployJob,
+        holder: Option<&crate::deploy::job::JobId>,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Option<String> {
+        if holder == Some(&job.id) {
+            return None;
+        }
+        self.held_back(job, now).map(|c| c.why)
+    }
 }
 
 /// What pins slash commands to one Slack workspace: a command signed with the app's
@@ -344,6 +358,17 @@ impl Config {
     }
 
     /// A job's app and environment, or why the config has no such thing.
+    /// What keeps `job` from changing its environment's nodes now (see
+    /// [`Environment::held_back`]); nothing for a job of an app or environment no longer
+    /// configured (it ends at its next step).
+    pub fn held_back(
+        &self,
+        job: &DeployJob,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Option<crate::deploy::calendar::Closed> {
+        self.target(job).ok()?.1.held_back(job, now)
+    }
+
     pub fn target(&self, job: &DeployJob) -> Result<(&App, &Environment), String> {
         let app = self
             .app(&job.app)

@@ -16,7 +16,6 @@ use chrono::{DateTime, Utc};
 
 use crate::config::secrets::Secrets;
 use crate::config::{App, Config};
-use crate::deploy::calendar::Closed;
 use crate::deploy::engine::{Action, Deploy, Notice, Observation, Outcome, Verdict};
 use crate::deploy::history::{faulty_mark, Faulty, HistoryEntry};
 use crate::deploy::job::{DeployJob, Source};
@@ -299,13 +298,6 @@ impl Driver {
         outcome
     }
 
-    /// What keeps `job` from changing its environment's nodes now (see
-    /// [`Environment::held_back`](crate::config::Environment::held_back)); nothing for a
-    /// job of an app or environment no longer configured (it ends at its next step).
-    pub fn held_back(&self, job: &DeployJob, now: DateTime<Utc>) -> Option<Closed> {
-        self.config.target(job).ok()?.1.held_back(job, now)
-    }
-
     /// Who took `job` off the queue, where the runtime decides that through the turn
     /// (a read that may lag: `Turn::start` decides).
     pub async fn cancelled(&self, job: &DeployJob) -> Result<Option<String>, PortError> {
@@ -329,7 +321,7 @@ impl Driver {
         }
         // Checked at each try, just before the lock: nothing starts to change nodes
         // outside the environment's calendar (a deploy under way goes on to its end).
-        if let Some(closed) = self.held_back(job, now) {
+        if let Some(closed) = self.config.held_back(job, now) {
             // Unless an earlier try took the lock unseen (its answer lost): a job holding
             // its lock goes on, as one that took it before the calendar closed does.
             let held = self.ledger.lock_state(&job.app, &job.env, now).await?;
@@ -341,7 +333,7 @@ impl Driver {
             }
         }
         if let Some(turn) = &self.turn {
-            let held = |j: &DeployJob| self.held_back(j, now).is_some();
+            let held = |j: &DeployJob| self.config.held_back(j, now).is_some();
             if let Some(ahead) = turn.ahead(job, &held).await? {
                 // Waits as for a held lock (backing off, within lock_wait_seconds).
                 return Ok(Observation::Lock {

@@ -464,10 +464,7 @@ impl World {
         let Some(job) = self.jobs.get(id) else {
             return false;
         };
-        let Ok((_, env)) = self.config.target(job) else {
-            return false;
-        };
-        env.held_back(job, self.now()).is_some()
+        self.config.held_back(job, self.now()).is_some()
     }
 
     /// Before a write to app+env's history or marks: if a lag is due, reads go on

@@ -125,10 +125,7 @@ impl AwsPage {
                             true => JobStatus::Running,
                             false => JobStatus::Queued,
                         },
-                        held: (holder.as_ref() != Some(&j.id))
-                            .then(|| env_config.and_then(|e| e.held_back(&j, now)))
-                            .flatten()
-                            .map(|c| c.why),
+                        held: env_config.and_then(|e| e.waiting_why(&j, holder.as_ref(), now)),
                         job: j.id,
                         version: j.version,
                     })

@@ -51,11 +51,7 @@ pub async fn status(
                     job: q.job.id.clone(),
                     version: q.job.version.clone(),
                     status: q.status,
-                    // Not one under way, holding its lock, when the calendar closed.
-                    held: (holder.as_ref() != Some(&q.job.id))
-                        .then(|| app.environments[env].held_back(&q.job, now))
-                        .flatten()
-                        .map(|c| c.why),
+                    held: app.environments[env].waiting_why(&q.job, holder.as_ref(), now),
                 })
                 .collect();
             out.push(status);

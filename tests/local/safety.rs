@@ -335,6 +335,19 @@ async fn an_upload_inside_a_freeze_waits_and_deploys_when_it_ends() {
         "{upload}"
     );
     let id: JobId = serde_json::from_value(upload["job"].clone()).unwrap();
+    // Claimed, and told by its calendar to wait (status says so of a queued one too).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !ex
+        .store()
+        .notices(&id, 0)
+        .await
+        .unwrap()
+        .iter()
+        .any(|(_, n)| matches!(n, Notice::WaitingForWindow { .. }))
+    {
+        assert!(Instant::now() < deadline, "the upload never waited");
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let (code, out) = ex.shipit(&["cancel", id.as_str()]);
     assert_ne!(code, 0, "{out}");
     assert!(

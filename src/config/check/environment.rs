@@ -78,11 +78,7 @@ pub(super) fn check_environment(
     }
     let calendar = check_calendar(c, &ek, e.time_zone, &e.windows, &e.freezes);
     for (i, who) in e.freeze_overriders.iter().enumerate() {
-        let slack = who.starts_with(['U', 'W'])
-            && who.len() > 1
-            && who
-                .chars()
-                .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit());
+        let slack = is_slack_id(who);
         let account = !who.is_empty()
             && who.len() <= 32
             && who
@@ -385,12 +381,17 @@ fn ssh_node(
 
 /// Slack user ids (`U…`, `W…`) or `*`. Names are refused: Slack deprecated them, and one
 /// is unique only within one workspace, so a name says nothing about who sent a command.
+/// A Slack member id: `U…` or `W…`, upper-case letters and digits.
+fn is_slack_id(d: &str) -> bool {
+    d.starts_with(['U', 'W'])
+        && d.len() > 1
+        && d.chars()
+            .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit())
+}
+
 fn check_user_ids(c: &mut Checker, key: &str, ids: &[String]) {
     for (i, d) in ids.iter().enumerate() {
-        let id = (d.starts_with('U') || d.starts_with('W'))
-            && d.len() > 1
-            && d.chars()
-                .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit());
+        let id = is_slack_id(d);
         if d.starts_with('@') {
             c.error(
                 format!("{key}[{i}]"),

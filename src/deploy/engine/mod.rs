@@ -456,6 +456,12 @@ impl Deploy {
         }
     }
 
+    /// Waiting for its environment's calendar, without its lock (the local store's claim
+    /// reads the same from a saved state).
+    pub fn waits_for_calendar(&self) -> bool {
+        self.closed.is_some() && !self.locked
+    }
+
     /// The step that saved this state failed, and may have sent the command it was about
     /// to send before failing: that command counts as running from `now`, so that an
     /// abort seen first waits for it (as for any command in flight: looked up, or sent if
