@@ -188,6 +188,20 @@ enum Command {
         /// The job's id, or the start of it (see `shipit jobs`).
         job: String,
     },
+    /// Approve a deploy that waits for approval (its environment's approvers only; you
+    /// are the account running this).
+    Approve {
+        /// The job's id, or the start of it (see `shipit jobs`).
+        job: String,
+    },
+    /// Reject a deploy that waits for approval: it never runs.
+    Reject {
+        /// The job's id, or the start of it (see `shipit jobs`).
+        job: String,
+        /// Why, kept with the job.
+        #[arg(long)]
+        reason: Option<String>,
+    },
     /// One job's story: status, why, who asked, when, and what ran on each node.
     Show {
         /// The job's id, or the start of it (see `shipit jobs`).
@@ -421,6 +435,19 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 "cancelled job {} ({} {} to {}): it will not run",
                 q.job.id, q.job.app, q.job.version, q.job.env
             );
+        }
+        Command::Approve { job } => {
+            let config = load(&cli.config)?;
+            println!(
+                "{}",
+                cli::word(&config, &open_store(&config)?, &job, true, None).await?
+            );
+        }
+        Command::Reject { job, reason } => {
+            let config = load(&cli.config)?;
+            let store = open_store(&config)?;
+            let said = cli::word(&config, &store, &job, false, reason.as_deref()).await?;
+            println!("{said}");
         }
         Command::Show { job, json } => {
             let config = load(&cli.config)?;

@@ -16,7 +16,7 @@ use chrono::Utc;
 use tokio::sync::watch;
 
 use crate::config::{App, Config};
-use crate::deploy::engine::Notice;
+use crate::deploy::engine::{Deploy, Notice};
 use crate::deploy::history::rollback_target;
 use crate::deploy::job::{DeployJob, JobId, Source};
 use crate::deploy::ports::{Cancel, JobQueue, Ledger, LockInfo, Stories, Unlocked};
@@ -162,6 +162,19 @@ fn deploy_job_from(
 ) -> anyhow::Result<DeployJob> {
     let (a, env) = target(config, app, env)?;
     let version = Version::parse(version).map_err(|e| anyhow!("{e}; nothing was queued"))?;
+    // Where a second person must approve, the requester is the account running this, as
+    // for an approver: $USER could name anyone.
+    let approvals = a
+        .environments
+        .get(&env)
+        .is_some_and(|e| e.approvals.is_some());
+    let source = match source {
+        Source::Cli { nonce, .. } if approvals => Source::Cli {
+            user: account(),
+            nonce,
+        },
+        other => other,
+    };
     let mut job = DeployJob::new(
         &a.name,
         &env,
@@ -574,10 +587,33 @@ pub async fn story(store: &Store, id: &str) -> anyhow::Result<Story> {
         .ok_or_else(|| anyhow!("job {} went away while being read", q.job.id))
 }
 
-/// Whether job `id`'s last step left it waiting for its calendar.
-async fn waits_for_calendar(store: &Store, id: &JobId) -> bool {
+/// The account running this approves (or rejects) the job whose id is or starts with
+/// `id`: what to say of it.
+pub async fn word(
+    config: &Config,
+    store: &Store,
+    id: &str,
+    approved: bool,
+    reason: Option<&str>,
+) -> anyhow::Result<String> {
+    let q = one_job(store, id).await?;
+    let by = account();
+    let word = crate::ingress::approve::Word {
+        job: &q.job.id,
+        by: &by,
+        approved,
+        reason,
+    };
+    crate::ingress::approve::give(config, store, store, word, Utc::now())
+        .await
+        .map_err(|e| anyhow!(e))
+}
+
+/// The state job `id`'s last step left it in, where that was waiting for its calendar or
+/// for approval.
+async fn waiting_to_start(store: &Store, id: &JobId) -> Option<Deploy> {
     let saved = store.load_deploy(id).await.ok().flatten();
-    saved.is_some_and(|d| d.waits_for_calendar())
+    saved.filter(|d| d.waits_to_start())
 }
 
 /// Takes a queued job (by its id or the start of it) off the queue: it never runs.
@@ -589,20 +625,27 @@ pub async fn cancel(store: &Store, id: &str) -> anyhow::Result<QueuedJob> {
         .map_err(port)?
     {
         None => Ok(q),
-        // Not built yet on one machine: the worker drives it, and would need to learn of
-        // the cancel under its claim (on AWS, the claim does this).
-        Some(JobStatus::Running) if waits_for_calendar(store, &q.job.id).await => bail!(
+        Some(JobStatus::Running) => match waiting_to_start(store, &q.job.id).await {
+            Some(d) if d.approval_asked.is_some() => bail!(
+                "job {} waits for approval: an approver stops it with `shipit reject {}`",
+                q.job.id,
+                q.job.id
+            ),
+            // Not built yet on one machine: the worker drives it, and would need to learn
+            // of the cancel under its claim (on AWS, the claim does this).
+            Some(_) => bail!(
             "job {} waits for its environment's calendar and cannot be cancelled on one machine yet: it deploys when the calendar opens, unless `shipit lock {} --env {}` before then makes it give up after lock_wait_seconds",
             q.job.id,
             q.job.app,
             q.job.env
-        ),
-        Some(JobStatus::Running) => bail!(
-            "job {} is running: `shipit abort {} --env {}` stops it and puts back what it restarted",
-            q.job.id,
-            q.job.app,
-            q.job.env
-        ),
+            ),
+            None => bail!(
+                "job {} is running: `shipit abort {} --env {}` stops it and puts back what it restarted",
+                q.job.id,
+                q.job.app,
+                q.job.env
+            ),
+        },
         Some(status) => bail!("job {} is not queued: it is {status}", q.job.id),
     }
 }

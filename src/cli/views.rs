@@ -6,7 +6,7 @@ use chrono::{DateTime, Utc};
 use crate::deploy::dora::{dora_phrases, Figures};
 use crate::deploy::engine::{NodeState, Notice};
 pub use crate::deploy::overview::{ActiveJob, EnvStatus, HistoryRow, Live};
-use crate::deploy::report::{faulty_phrase, forced_note, lock_phrase, node_phrase, NOTHING_LIVE};
+use crate::deploy::report::{faulty_phrase, job_notes, lock_phrase, node_phrase, NOTHING_LIVE};
 use crate::deploy::status::describe;
 use crate::deploy::story::Story;
 use crate::deploy::version::Version;
@@ -162,6 +162,9 @@ pub fn print_history(entries: &[HistoryRow]) -> anyhow::Result<()> {
         if let Some(o) = &j.overridden {
             source.push_str(&format!(", outside the calendar (override: {})", o.reason));
         }
+        if !j.approved_by.is_empty() {
+            source.push_str(&format!(", approved by {}", j.approved_by.join(", ")));
+        }
         if let Some(mark) = &row.faulty {
             source.push_str(&format!(" — {}", faulty_phrase(mark)));
         }
@@ -244,7 +247,7 @@ pub fn print_story(story: &Story) {
     if let Some(reason) = &story.reason {
         println!("reason: {reason}");
     }
-    println!("asked by: {}{}", j.requested_by, forced_note(j));
+    println!("asked by: {}{}", j.requested_by, job_notes(j));
     let at = |t: Option<DateTime<Utc>>| t.map_or("-".into(), |t| t.format(WHEN).to_string());
     println!(
         "queued: {}   started: {}   ended: {}",

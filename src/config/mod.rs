@@ -179,6 +179,8 @@ pub struct Environment {
     /// Who may deploy outside the calendar with a reason (`--override`): Slack user ids,
     /// or the accounts of CLI users.
     pub freeze_overriders: Vec<String>,
+    /// Who must approve a deploy to it before it starts; none: nobody.
+    pub approvals: Option<crate::deploy::approval::Approvals>,
 }
 
 impl Environment {
@@ -367,6 +369,15 @@ impl Config {
         now: chrono::DateTime<chrono::Utc>,
     ) -> Option<crate::deploy::calendar::Closed> {
         self.target(job).ok()?.1.held_back(job, now)
+    }
+
+    /// The approvals `job` needs before it starts, if its environment asks for them and
+    /// it has none yet (see [`approval::needed`](crate::deploy::approval::needed)).
+    pub fn approvals_for(&self, job: &DeployJob) -> Option<&crate::deploy::approval::Approvals> {
+        let rules = self.target(job).ok()?.1.approvals.as_ref();
+        crate::deploy::approval::needed(rules, job)
+            .then_some(rules)
+            .flatten()
     }
 
     pub fn target(&self, job: &DeployJob) -> Result<(&App, &Environment), String> {

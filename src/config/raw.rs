@@ -108,6 +108,19 @@ pub(super) struct RawEnvironment {
     /// Slack user ids, or the accounts of CLI users, who may deploy with `--override`.
     #[serde(default)]
     pub(super) freeze_overriders: Vec<String>,
+    pub(super) approvals: Option<RawApprovals>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawApprovals {
+    pub(super) required: Option<u32>,
+    #[serde(default)]
+    pub(super) approvers: Vec<String>,
+    #[serde(default)]
+    pub(super) requester_may_approve: bool,
+    pub(super) grace_seconds: Option<u64>,
+    pub(super) timeout_seconds: Option<u64>,
 }
 
 #[derive(Deserialize)]

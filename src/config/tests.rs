@@ -767,3 +767,74 @@ nodes = [{ name = "n1", dir = "nodes/n1" }]
     let want = std::env::current_dir().unwrap().join("nodes/n1");
     assert_eq!(nodes[0].dir, want);
 }
+
+#[test]
+fn approvals_are_checked_key_by_key() {
+    let config = |line: &str| {
+        format!(
+            r#"
+            [apps.hello]
+            package = "hello-app"
+            install = "true"
+            restart = "true"
+            health = "true"
+            [apps.hello.environments.production]
+            nodes = [{{ name = "n1", dir = "n1" }}]
+            approvals = {line}
+        "#
+        )
+    };
+    let (c, errors) = error_keys(&config(r#"{ approvers = ["U2CERLKJA", "ann"] }"#));
+    assert!(errors.is_empty(), "{errors:?}");
+    let env = &c.unwrap().apps["hello"].environments["production"];
+    let rules = env.approvals.as_ref().unwrap();
+    assert_eq!(
+        (
+            rules.required,
+            rules.requester_may_approve,
+            rules.grace_seconds,
+            rules.timeout_seconds
+        ),
+        (1, false, 14_400, 86_400)
+    );
+    let e = "apps.hello.environments.production.approvals";
+    for (line, keys) in [
+        (
+            r#"{ required = 2, approvers = ["U1", "U1"] }"#,
+            vec![format!("{e}.approvers")],
+        ),
+        (
+            r#"{ required = 0, approvers = ["U1"] }"#,
+            vec![format!("{e}.required")],
+        ),
+        (
+            r#"{ approvers = ["@ann", "U1"], timeout_seconds = 10, grace_seconds = 99999999 }"#,
+            vec![
+                format!("{e}.approvers[0]"),
+                format!("{e}.timeout_seconds"),
+                format!("{e}.grace_seconds"),
+            ],
+        ),
+    ] {
+        assert_eq!(error_keys(&config(line)).1, keys, "{line}");
+    }
+    // One approver for one approval: their own deploys could never be approved.
+    let (_, problems) = check_text(&config(r#"{ approvers = ["U1"] }"#), Path::new("d.toml"));
+    assert!(
+        problems.iter().any(|p| p.severity == Severity::Warning
+            && p.key == format!("{e}.approvers")
+            && p.message.contains("can never be approved")),
+        "{problems:?}"
+    );
+    // An unknown key is named with its place.
+    let (_, problems) = check_text(
+        &config(r#"{ approvers = ["U1", "U2"], whom = 1 }"#),
+        Path::new("d.toml"),
+    );
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.key.contains("approvals") && p.message.contains("whom")),
+        "{problems:?}"
+    );
+}

@@ -104,6 +104,24 @@ pub fn chat_person(user_id: &str, user_name: &str) -> String {
     }
 }
 
+/// Whether `d` is a Slack user id (`U…`, or `W…` in an Enterprise Grid), as opposed to a
+/// name or a CLI user's account.
+pub fn is_slack_id(d: &str) -> bool {
+    d.starts_with(['U', 'W'])
+        && d.len() > 1
+        && d.chars()
+            .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit())
+}
+
+/// A person as Slack shows them: a user id as a mention, anyone else by name.
+pub fn mention(who: &str) -> String {
+    if is_slack_id(who) {
+        format!("<@{who}>")
+    } else {
+        who.to_string()
+    }
+}
+
 impl Source {
     /// Forgets Slack's reply address, here and in the command a rollback came from:
     /// whoever holds it may post as shipit for 30 minutes, so no copy a view shows or a
@@ -185,6 +203,10 @@ pub struct DeployJob {
     /// (`--override`); kept in history.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub overridden: Option<Override>,
+    /// Who approved it, where its environment needs approvals (see
+    /// [`approval`](crate::deploy::approval)); kept in history.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub approved_by: Vec<String>,
 }
 
 /// A deploy outside the environment's windows or inside a freeze, asked for by a freeze
@@ -224,6 +246,7 @@ impl DeployJob {
             requested_at: now,
             forced_by: None,
             overridden: None,
+            approved_by: vec![],
         }
     }
 

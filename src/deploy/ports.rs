@@ -5,6 +5,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use super::approval::Approval;
 use super::command::{Command, NodeResult};
 use super::dora::Figures;
 use super::engine::{Deploy, Notice, Verdict};
@@ -231,6 +232,17 @@ pub trait Ledger: Send + Sync {
             self.faulty(app, env).await?,
         ))
     }
+    /// Keeps a person's word on one of app+env's jobs (see
+    /// [`approval`](crate::deploy::approval)). Each person has one word on a job: `false`
+    /// if they had given it already (the first stays).
+    async fn approve(&self, app: &str, env: &str, word: &Approval) -> Result<bool, PortError>;
+    /// The words given on app+env's jobs at or after `since`, oldest first.
+    async fn approvals(
+        &self,
+        app: &str,
+        env: &str,
+        since: DateTime<Utc>,
+    ) -> Result<Vec<Approval>, PortError>;
     /// Takes the lock if it is free or its holder's lease lapsed (of two contenders,
     /// exactly one wins), with the next generation; a deploy asking again for the lock it
     /// holds gets it back as it stands. `Ok(the lock now held)`, `Err(whoever holds it)`.

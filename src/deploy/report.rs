@@ -38,6 +38,25 @@ pub fn override_note(job: &DeployJob) -> String {
     })
 }
 
+/// `, approved by U1, ann`, if it waited for approval.
+fn approved_note(job: &DeployJob) -> String {
+    match job.approved_by.as_slice() {
+        [] => String::new(),
+        by => format!(", approved by {}", by.join(", ")),
+    }
+}
+
+/// What was let through for a job, as one note: the gate forced, the calendar overridden,
+/// who approved it.
+pub fn job_notes(job: &DeployJob) -> String {
+    format!(
+        "{}{}{}",
+        forced_note(job),
+        override_note(job),
+        approved_note(job)
+    )
+}
+
 /// The same, from who forced it.
 pub fn forced_by_note(forced_by: Option<&str>) -> String {
     forced_by.map_or(String::new(), |who| {
@@ -50,13 +69,12 @@ pub fn forced_by_note(forced_by: Option<&str>) -> String {
 pub fn history_line(entry: &HistoryEntry, mark: Option<&Faulty>) -> String {
     let job = &entry.job;
     format!(
-        "{} — job {} — {} — by {}{}{}{}{}{}",
+        "{} — job {} — {} — by {}{}{}{}{}",
         job.version,
         job.id,
         entry.recorded_at.format("%Y-%m-%d %H:%M UTC"),
         job.requested_by,
-        forced_note(job),
-        override_note(job),
+        job_notes(job),
         entry
             .left_behind
             .as_ref()

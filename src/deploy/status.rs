@@ -101,6 +101,15 @@ pub fn describe(n: &Notice) -> String {
             format!("abort asked by {by}: stopping after the command in flight")
         }
         Notice::WaitingForWindow { why } => format!("waiting: {why}"),
+        Notice::AwaitingApproval {
+            have,
+            need,
+            approvers,
+        } => format!(
+            "waiting for approval ({have} of {need}) by {}",
+            crate::deploy::lists::names(approvers)
+        ),
+        Notice::Approved { by } => format!("approved by {}", by.join(", ")),
         Notice::WaitingForLock { holder } => {
             format!("waiting: locked by {} ({})", holder.holder, holder.reason)
         }

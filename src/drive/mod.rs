@@ -16,6 +16,7 @@ use chrono::{DateTime, Utc};
 
 use crate::config::secrets::Secrets;
 use crate::config::{App, Config};
+use crate::deploy::approval::{Approval, Standing};
 use crate::deploy::engine::{Action, Deploy, Notice, Observation, Outcome, Verdict};
 use crate::deploy::history::{faulty_mark, Faulty, HistoryEntry};
 use crate::deploy::job::{DeployJob, Source};
@@ -307,6 +308,21 @@ impl Driver {
         }
     }
 
+    /// The words given on `job`'s app+env that an approval rule may count now, where its
+    /// environment has approvals.
+    async fn words(&self, job: &DeployJob, now: DateTime<Utc>) -> Result<Vec<Approval>, PortError> {
+        let Some(rules) = self
+            .config
+            .target(job)
+            .ok()
+            .and_then(|(_, e)| e.approvals.as_ref())
+        else {
+            return Ok(vec![]);
+        };
+        let since = now - chrono::Duration::seconds(rules.reach_seconds() as i64);
+        self.ledger.approvals(&job.app, &job.env, since).await
+    }
+
     /// Tries the engine's lock, as a lease that lapses if this deploy stops renewing it.
     async fn take_lock(
         &self,
@@ -332,8 +348,25 @@ impl Driver {
                 });
             }
         }
+        // Then (the calendar open) its approvals, once: approved, the job keeps who did it
+        // and comes back for the lock.
+        let words = self.words(job, now).await?;
+        if let Some(rules) = self.config.approvals_for(job) {
+            return Ok(Observation::Approval {
+                standing: rules.standing(job, &words, now),
+                approvers: rules.approvers.clone(),
+                timeout_seconds: rules.timeout_seconds,
+            });
+        }
         if let Some(turn) = &self.turn {
-            let held = |j: &DeployJob| self.config.held_back(j, now).is_some();
+            // Jobs ahead that wait for their calendar or for approval keep no place: a
+            // rollback or an override is not stuck behind a job that may wait for days.
+            let held = |j: &DeployJob| {
+                self.config.held_back(j, now).is_some()
+                    || self.config.approvals_for(j).is_some_and(|rules| {
+                        !matches!(rules.standing(j, &words, now), Standing::Approved { .. })
+                    })
+            };
             if let Some(ahead) = turn.ahead(job, &held).await? {
                 // Waits as for a held lock (backing off, within lock_wait_seconds).
                 return Ok(Observation::Lock {

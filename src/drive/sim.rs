@@ -27,6 +27,7 @@
 //! `SHIPIT_SIM_SEEDS=N cargo test --lib sim -- --nocapture` runs N schedules (CI runs
 //! `CI_SEEDS`).
 
+use crate::deploy::approval::{Approval, Standing};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -91,9 +92,14 @@ ssm_tags = {{ "shipit:app" = "{name}", "shipit:env" = "prod" }}
 windows = ["Fri 00:00-09:30", "Fri 09:45-24:00", "Sat-Thu 00:00-24:00"]
 freezes = [{ from = "2027-01-15T08:20", until = "2027-01-15T08:50", reason = "sim" }]
 freeze_overriders = ["U1"]"#;
+    // a/prod needs one approval, from U1 or U2 (U1 asks for every chat deploy, so only
+    // U2's counts for those); one of a version carries over for 10 minutes; three hours
+    // without, a job is skipped (a `Run` alone moves the clock up to 40 looks on).
+    let approvals =
+        r#"approvals = { approvers = ["U1", "U2"], grace_seconds = 600, timeout_seconds = 10800 }"#;
     let text = format!(
         "[server]\nstate = \"sim.db\"\n{}{}",
-        app("a", "", ""),
+        app("a", "", approvals),
         app("b", "batches = [1, 2]\nmax_failed = 1", calendar)
     );
     Arc::new(
@@ -196,6 +202,13 @@ enum Event {
     LagReads(u32),
     /// Chat cancels the k-th job delivered, whatever it is doing (`SsmTurn::cancel`).
     Cancel(usize),
+    /// A person's word (approve or reject) on the k-th job queued that needs approval and
+    /// has not ended, as chat keeps it.
+    Word {
+        k: usize,
+        by: usize,
+        approve: bool,
+    },
     /// The next command sent is missing from the next `n` ListCommands reads (eventual
     /// consistency): a step replayed then sends it again.
     LagList(u32),
@@ -238,7 +251,12 @@ fn schedule(seed: u64) -> Vec<Event> {
                 },
                 15 => Event::Redeliver(rng.below(8) as usize),
                 16 => Event::Cancel(rng.below(8) as usize),
-                17..=47 => Event::Step(rng.below(8) as usize),
+                17..=22 => Event::Word {
+                    k: rng.below(8) as usize,
+                    by: rng.below(2) as usize,
+                    approve: rng.below(10) > 0,
+                },
+                23..=47 => Event::Step(rng.below(8) as usize),
                 48..=62 => Event::Run(rng.below(8) as usize),
                 63..=67 => Event::Crash(rng.below(8) as usize, rng.below(6) as usize),
                 68..=81 => Event::Advance(match rng.below(10) {
@@ -323,6 +341,8 @@ struct Target {
     versions: Written,
     /// What the last released lock handed on.
     handed: Written,
+    /// People's words on its jobs (see `approval`).
+    words: Vec<Approval>,
 }
 
 /// Everything the twins share, and the invariants' bookkeeping.
@@ -331,6 +351,9 @@ struct World {
     config: Arc<Config>,
     /// Jobs their calendar held back at some step.
     held_jobs: BTreeSet<JobId>,
+    /// Jobs needing approval that a read of the words, as a driver made it, showed
+    /// approved (see `SimLedger::approvals`).
+    approved: BTreeSet<JobId>,
     targets: BTreeMap<(String, String), Target>,
     /// A version whose health check fails everywhere (a bad build).
     bad: Version,
@@ -424,6 +447,10 @@ struct Stats {
     /// Automatic jobs their calendar held back a while, and people's deploys it refused.
     held_back: u64,
     refused: u64,
+    /// Words given; jobs approved, and of those by words on another deploy of the version.
+    words: u64,
+    approved: u64,
+    carried: u64,
     reasons: BTreeMap<String, u64>,
 }
 
@@ -459,12 +486,21 @@ impl World {
         t0() + chrono::Duration::milliseconds(self.now.load(Ordering::SeqCst))
     }
 
-    /// Whether job `id`'s calendar holds it back now.
+    /// Whether job `id` keeps no place in its queue now, as the driver's turn sees it:
+    /// its calendar holds it back, or it waits for approval.
     fn held(&self, id: &JobId) -> bool {
         let Some(job) = self.jobs.get(id) else {
             return false;
         };
-        self.config.held_back(job, self.now()).is_some()
+        let now = self.now();
+        self.config.held_back(job, now).is_some()
+            || self.config.approvals_for(job).is_some_and(|rules| {
+                let since = now - chrono::Duration::seconds(rules.reach_seconds() as i64);
+                let t = &self.targets[&(job.app.clone(), job.env.clone())];
+                let words: Vec<Approval> =
+                    t.words.iter().filter(|w| w.at >= since).cloned().collect();
+                !matches!(rules.standing(job, &words, now), Standing::Approved { .. })
+            })
     }
 
     /// Before a write to app+env's history or marks: if a lag is due, reads go on
@@ -661,6 +697,56 @@ impl Ledger for SimLedger {
         Ok(self.0.lock().unwrap().read(app, env).1)
     }
 
+    async fn approve(&self, app: &str, env: &str, word: &Approval) -> Result<bool, PortError> {
+        let mut w = self.0.lock().unwrap();
+        w.call()?;
+        let words = &mut w.target(app, env).words;
+        let first = !words.iter().any(|o| o.job == word.job && o.by == word.by);
+        if first {
+            words.push(word.clone());
+        }
+        w.answer()?;
+        Ok(first)
+    }
+
+    async fn approvals(
+        &self,
+        app: &str,
+        env: &str,
+        since: DateTime<Utc>,
+    ) -> Result<Vec<Approval>, PortError> {
+        let mut guard = self.0.lock().unwrap();
+        let w = &mut *guard;
+        w.call()?;
+        let now = w.now();
+        let words: Vec<Approval> = w
+            .target(app, env)
+            .words
+            .iter()
+            .filter(|o| o.at >= since)
+            .cloned()
+            .collect();
+        // What a driver may conclude from this read, for (xvi): each job of app+env still
+        // waiting that these words approve.
+        for job in w.jobs.values().filter(|j| j.app == app && j.env == env) {
+            let Some(rules) = w.config.approvals_for(job) else {
+                continue;
+            };
+            if w.ended.contains(&job.id) || w.approved.contains(&job.id) {
+                continue;
+            }
+            if let Standing::Approved { by } = rules.standing(job, &words, now) {
+                w.approved.insert(job.id.clone());
+                w.stats.approved += 1;
+                let own = words.iter().any(|o| o.job == job.id && by.contains(&o.by));
+                if !own {
+                    w.stats.carried += 1;
+                }
+            }
+        }
+        Ok(words)
+    }
+
     async fn inspect(
         &self,
         app: &str,
@@ -705,9 +791,18 @@ impl Ledger for SimLedger {
                 // (xv) No job starts to change an app+env its calendar holds it back from
                 // (outside its windows or in a freeze), unless it is a rollback or a
                 // freeze overrider's override.
-                if mine_held {
+                let calendar = |j: &DeployJob| w.config.held_back(j, now).is_some();
+                if mine_held && w.jobs.get(job).is_some_and(calendar) {
                     w.violations.push(format!(
                         "(xv) job {job} took {app}/{env} while its calendar held it back"
+                    ));
+                }
+                // (xvi) No job that needs approval takes the lock unless a read of the
+                // words showed it approved (rejected or timed out, it never does).
+                let needs = |j: &DeployJob| w.config.approvals_for(j).is_some();
+                if w.jobs.get(job).is_some_and(needs) && !w.approved.contains(job) {
+                    w.violations.push(format!(
+                        "(xvi) job {job} took {app}/{env} without an approval"
                     ));
                 }
             }
@@ -1498,6 +1593,7 @@ impl Sim {
             now: now.clone(),
             config: config.clone(),
             held_jobs: BTreeSet::new(),
+            approved: BTreeSet::new(),
             targets,
             bad: Version::parse(VERSIONS[(seed % VERSIONS.len() as u64) as usize]).unwrap(),
             faults: true,
@@ -1858,6 +1954,39 @@ impl Sim {
                 w.cancelled.insert(job.id.clone());
                 w.stats.cancelled += 1;
             }
+            Event::Word { k, by, approve } => {
+                let by = ["U1", "U2"][*by];
+                let job = {
+                    let w = self.world.lock().unwrap();
+                    // As `approve::give`: only on a job still pending that needs one, by
+                    // whoever may give that word.
+                    let waiting: Vec<&DeployJob> = self
+                        .queued
+                        .iter()
+                        .filter(|j| !w.ended.contains(&j.id))
+                        .filter(|j| {
+                            w.config
+                                .approvals_for(j)
+                                .is_some_and(|r| r.may(j, by, *approve).is_ok())
+                        })
+                        .collect();
+                    match waiting.get(*k % waiting.len().max(1)) {
+                        Some(job) => (*job).clone(),
+                        None => return,
+                    }
+                };
+                let word = Approval {
+                    job: job.id.clone(),
+                    version: job.version.clone(),
+                    by: by.into(),
+                    approved: *approve,
+                    reason: (!*approve).then(|| "sim".into()),
+                    at: now,
+                };
+                if let Ok(true) = self.ledger.approve(&job.app, &job.env, &word).await {
+                    self.world.lock().unwrap().stats.words += 1;
+                }
+            }
             Event::Delay => self.world.lock().unwrap().delay_next = true,
             Event::Throttle(n) => self.world.lock().unwrap().throttle_next = *n,
             Event::DeliverLate => deliver_late(&mut self.world.lock().unwrap()),
@@ -1920,7 +2049,8 @@ impl Sim {
                 };
             }
             failures = if retry { failures + 1 } else { 0 };
-            if state.deploy.as_ref().is_some_and(|d| d.closed.is_some()) {
+            let calendar = |d: &Deploy| d.closed.is_some() && d.approval_asked.is_none();
+            if state.deploy.as_ref().is_some_and(calendar) {
                 let mut w = self.world.lock().unwrap();
                 w.held_jobs.insert(state.job.id.clone());
             }
@@ -2231,6 +2361,9 @@ impl Stats {
         self.slow_sends += o.slow_sends;
         self.held_back += o.held_back;
         self.refused += o.refused;
+        self.words += o.words;
+        self.approved += o.approved;
+        self.carried += o.carried;
         self.late += o.late;
         self.shortened += o.shortened;
         for (k, v) in &o.reasons {
@@ -2329,6 +2462,16 @@ fn the_invariants_hold_on_thousands_of_random_schedules() {
                 && stats.late > 0
                 && stats.held_back > 0
                 && stats.refused > 0,
+            "{stats:#?}"
+        );
+        // Approvals given, carried over, rejected and timed out.
+        let reason = |start: &str| stats.reasons.keys().any(|r| r.starts_with(start));
+        assert!(
+            stats.words > 0
+                && stats.approved > 0
+                && stats.carried > 0
+                && reason("rejected by U")
+                && reason("not approved within"),
             "{stats:#?}"
         );
     }

@@ -3,8 +3,10 @@
 //! The handlers are plain async functions over headers and raw bytes, shared by the
 //! Lambda functions and `shipit serve`, so both answer every request the same way.
 
+pub mod approve;
 pub mod github;
 pub mod index;
+pub mod interactive;
 pub mod package;
 pub mod plan;
 pub mod slack;

@@ -36,6 +36,8 @@ pub struct Plan {
     pub lock_wait_seconds: u64,
     /// The environment's windows and freezes, and what they do to this job now.
     pub calendar: String,
+    /// Who must approve the deploy before it starts, if anyone.
+    pub approvals: String,
     pub gate: GateAnswer,
     /// The nodes in restart order, in their batches; `None` where they are found only when
     /// the deploy runs (SSM tags).
@@ -150,6 +152,7 @@ pub async fn plan(
         lock,
         lock_wait_seconds: app.rollout.lock_wait_seconds,
         calendar: calendar_line(env, job, now),
+        approvals: approvals_line(env, job),
         gate,
         batches,
         nodes_unknown,
@@ -186,6 +189,27 @@ fn calendar_line(env: &Environment, job: &DeployJob, now: DateTime<Utc>) -> Stri
         }
     };
     format!("{}; {now_says}", c.summary)
+}
+
+fn approvals_line(env: &Environment, job: &DeployJob) -> String {
+    let Some(rules) = &env.approvals else {
+        return "none needed".into();
+    };
+    if !crate::deploy::approval::needed(Some(rules), job) {
+        return "none needed (rollbacks and syncs never wait for one)".into();
+    }
+    format!(
+        "the deploy would wait for {} of {}{} (an approval of {} within {} counts; skipped after {} without)",
+        rules.required,
+        rules.approvers.join(", "),
+        match job.source.person_id() {
+            Some(me) if !rules.requester_may_approve => format!(", not {me}"),
+            _ => String::new(),
+        },
+        job.version,
+        crate::deploy::dora::human(rules.grace_seconds as i64),
+        crate::deploy::dora::human(rules.timeout_seconds as i64),
+    )
 }
 
 /// `nodes` in the rollout's batches, as a deploy that installs everywhere restarts them.
@@ -283,6 +307,7 @@ impl Plan {
             None => "Lock: free".into(),
         });
         out.push(format!("Calendar: {}", self.calendar));
+        out.push(format!("Approvals: {}", self.approvals));
         out.push(match &self.gate {
             GateAnswer::None => "Gate: none configured".into(),
             GateAnswer::Forced { by } => format!("Gate: not asked (forced by {by})"),

@@ -8,13 +8,13 @@ use http::HeaderMap;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{verify_hmac_sha256, Ingress, Reply};
+use super::{approve, interactive, verify_hmac_sha256, Ingress, Reply};
 use crate::config::{App, Environment, SlackWorkspace};
 use crate::deploy::history::rollback_target;
 use crate::deploy::job::{DeployJob, JobId, Source};
 use crate::deploy::ports::{LockInfo, Unlocked};
 use crate::deploy::overview::{history, EnvStatus};
-use crate::deploy::report::{forced_note, history_line, lock_line, override_note, NOTHING_LIVE};
+use crate::deploy::report::{history_line, job_notes, lock_line, NOTHING_LIVE};
 use crate::deploy::status::JobStatus;
 use crate::deploy::version::Version;
 
@@ -33,6 +33,8 @@ Usage:
   /deploy history APP [ENV]     the last deploys
   /deploy show JOB              a job's story: why it ended so, what ran on each node
   /deploy cancel JOB            take a queued job off the queue: it never runs
+  /deploy approve JOB           approve a deploy that waits for approval (approvers only)
+  /deploy reject JOB [REASON]   reject it: it never runs
   /deploy lock APP [ENV] REASON stop deploys until unlocked
   /deploy unlock APP [ENV]      remove a lock taken with /deploy lock
   /deploy abort APP [ENV]       stop the running deploy, putting back what it restarted
@@ -152,19 +154,30 @@ impl SlashCommand {
 
     /// Why this command does not come from the pinned workspace (and app), if it does not.
     fn foreign(&self, pin: &SlackWorkspace) -> Option<String> {
-        let checks = [
-            ("team_id", &pin.team_id, &self.team_id),
-            ("enterprise_id", &pin.enterprise_id, &self.enterprise_id),
-            ("api_app_id", &pin.api_app_id, &self.api_app_id),
-        ];
-        checks.into_iter().find_map(|(what, want, got)| match want {
-            Some(w) if got.as_ref() != Some(w) => Some(format!(
-                "{what} {} is not {w}",
-                got.as_deref().unwrap_or("(none)")
-            )),
-            _ => None,
-        })
+        unpinned(pin, &self.team_id, &self.enterprise_id, &self.api_app_id)
     }
+}
+
+/// Why a request signed by this app comes from a workspace (or app) other than the one
+/// it is pinned to, if it does.
+pub(super) fn unpinned(
+    pin: &SlackWorkspace,
+    team_id: &Option<String>,
+    enterprise_id: &Option<String>,
+    api_app_id: &Option<String>,
+) -> Option<String> {
+    let checks = [
+        ("team_id", &pin.team_id, team_id),
+        ("enterprise_id", &pin.enterprise_id, enterprise_id),
+        ("api_app_id", &pin.api_app_id, api_app_id),
+    ];
+    checks.into_iter().find_map(|(what, want, got)| match want {
+        Some(w) if got.as_ref() != Some(w) => Some(format!(
+            "{what} {} is not {w}",
+            got.as_deref().unwrap_or("(none)")
+        )),
+        _ => None,
+    })
 }
 
 impl Ingress {
@@ -177,6 +190,10 @@ impl Ingress {
         };
         if let Err(reply) = verify(secret, headers, body, now) {
             return reply;
+        }
+        // The app's one Request URL takes its buttons' clicks too, signed the same way.
+        if let Ok(form) = serde_urlencoded::from_bytes::<interactive::Form>(body) {
+            return self.interaction(form, now).await;
         }
         let cmd: SlashCommand = match serde_urlencoded::from_bytes(body) {
             Ok(c) => c,
@@ -214,7 +231,10 @@ impl Ingress {
         let other = |also_rollback: bool| {
             matches!(
                 words.first(),
-                Some(&("help" | "status" | "history" | "show" | "cancel" | "lock" | "unlock" | "abort"))
+                Some(
+                    &("help" | "status" | "history" | "show" | "cancel" | "lock" | "unlock"
+                        | "abort" | "approve" | "reject")
+                )
             ) || (!also_rollback && words.first() == Some(&"rollback"))
         };
         if flags.force && other(false) {
@@ -242,7 +262,14 @@ impl Ingress {
             },
             ["show", id] => self.show(&cmd, id).await,
             ["cancel", id] => self.chat_cancel(&cmd, id, now).await,
-            ["show" | "cancel", ..] => say(format!("Which job? Give its id.\n{USAGE}")),
+            ["approve", id] => self.chat_word(&cmd, id, true, None, now).await,
+            ["reject", id, reason @ ..] => {
+                let reason = reason.join(" ");
+                self.chat_word(&cmd, id, false, Some(&reason), now).await
+            }
+            ["show" | "cancel" | "approve" | "reject", ..] => {
+                say(format!("Which job? Give its id.\n{USAGE}"))
+            }
             ["rollback", rest @ ..] => match self.target(rest, 0) {
                 Ok((app, env, _)) => self.chat_rollback(&cmd, app, env, flags.dry_run, now).await,
                 Err(e) => say(e),
@@ -434,7 +461,7 @@ impl Ingress {
     }
 
     async fn chat_enqueue(&self, job: DeployJob, what: &str) -> Reply {
-        let forced = format!("{}{}", forced_note(&job), override_note(&job));
+        let forced = job_notes(&job);
         let text = format!(
             "Queued {what}{} {} to {} (job {}){forced}. Progress will be posted here.",
             job.app, job.version, job.env, job.id
@@ -662,6 +689,34 @@ impl Ingress {
             Ok(Some(status)) => say(format!("Job {job} ({what}) is not queued: it is {status}.")),
             // The runtime's error says what, if anything, was done.
             Err(e) => say(format!("Could not cancel job {job}: {e}.")),
+        }
+    }
+
+    /// An approver's word on a job waiting for approval (see `approve::give`).
+    async fn chat_word(
+        &self,
+        cmd: &SlashCommand,
+        id: &str,
+        approved: bool,
+        reason: Option<&str>,
+        now: DateTime<Utc>,
+    ) -> Reply {
+        let job = match job_id(id) {
+            Ok(job) => job,
+            Err(r) => return r,
+        };
+        let Some(stories) = &self.stories else {
+            return say("Approvals are not available where this shipit runs.");
+        };
+        let (config, ledger) = (&self.config, &*self.ledger);
+        let word = approve::Word {
+            job: &job,
+            by: &cmd.user_id,
+            approved,
+            reason,
+        };
+        match approve::give(config, ledger, &**stories, word, now).await {
+            Ok(said) | Err(said) => say(said),
         }
     }
 

@@ -7,6 +7,7 @@ use crate::config::{Config, Nodes};
 use crate::deploy::dora::Figures;
 use crate::deploy::overview::{ActiveJob, EnvStatus, NodeStatus};
 use crate::deploy::ports::PortError;
+use crate::deploy::status::JobStatus;
 use crate::local::store::jobs::QueuedJob;
 use crate::local::store::Store;
 
@@ -44,16 +45,27 @@ pub async fn status(
                     .collect();
             }
             let holder = status.lock.as_ref().and_then(|l| l.job.clone());
-            status.jobs = jobs
+            for q in jobs
                 .iter()
                 .filter(|q| q.job.group() == group && q.status.is_pending())
-                .map(|q| ActiveJob {
+            {
+                // A running job says what it waits for as its last step saw it (approval,
+                // too); a queued one what its calendar would say.
+                let saved = match q.status {
+                    JobStatus::Running => store.load_deploy(&q.job.id).await.map_err(port)?,
+                    _ => None,
+                };
+                let held = match saved {
+                    Some(d) if d.waits_to_start() => d.closed,
+                    _ => app.environments[env].waiting_why(&q.job, holder.as_ref(), now),
+                };
+                status.jobs.push(ActiveJob {
                     job: q.job.id.clone(),
                     version: q.job.version.clone(),
                     status: q.status,
-                    held: app.environments[env].waiting_why(&q.job, holder.as_ref(), now),
-                })
-                .collect();
+                    held,
+                });
+            }
             out.push(status);
         }
     }

@@ -1743,6 +1743,58 @@ async fn an_upload_in_a_freeze_hands_its_wait_to_the_state_machine_then_deploys(
     assert_eq!(rig.log(&upload).await, expected_order(&rig.nodes, "1.2.0"));
 }
 
+/// On AWS the wait for approval is the state machine's too: the step hands it back having
+/// sent nothing and holding no lock; an approver's word in Parameter Store (as chat
+/// keeps it) lets the deploy go, and history keeps who approved.
+#[tokio::test]
+async fn an_upload_waiting_for_approval_hands_its_wait_to_the_state_machine() {
+    let mut rig = Rig::new(2).await;
+    let text = config_text(&rig.fleet, "").replace(
+        "chat_deployers = [\"*\"]\n",
+        "chat_deployers = [\"*\"]\napprovals = { approvers = [\"U2\", \"U3\"] }\n",
+    );
+    rig.config = Arc::new(parse(&text));
+    let upload = upload_job(&unique("approved"), "1.2.0", Utc::now());
+    let stepper = rig.stepper(Duration::from_secs(1));
+    let state = stepper
+        .step(StepInput::first(StepState::start(upload.clone())))
+        .await
+        .unwrap();
+    assert!(!state.done && state.wait_seconds == 5, "{state:?}");
+    let closed = state.deploy.as_ref().and_then(|d| d.closed.clone());
+    assert!(
+        closed
+            .as_deref()
+            .is_some_and(|c| c.starts_with("waits for approval (0 of 1)")),
+        "{state:?}"
+    );
+    assert!(rig.commands(&upload).await.is_empty());
+    let lock = rig
+        .ledger
+        .lock_state("hello", "production", Utc::now())
+        .await
+        .unwrap();
+    assert!(lock.is_none(), "waiting, it holds no lock: {lock:?}");
+    let word = shipit::deploy::approval::Approval {
+        job: upload.id.clone(),
+        version: upload.version.clone(),
+        by: "U2".into(),
+        approved: true,
+        reason: None,
+        at: Utc::now(),
+    };
+    assert!(rig
+        .ledger
+        .approve("hello", "production", &word)
+        .await
+        .unwrap());
+    let state = to_the_end(&stepper, state).await;
+    assert_eq!(state.status, Some(JobStatus::Succeeded), "{state:?}");
+    assert_eq!(rig.log(&upload).await, expected_order(&rig.nodes, "1.2.0"));
+    let history = rig.ledger.history("hello", "production", 1).await.unwrap();
+    assert_eq!(history[0].job.approved_by, ["U2"]);
+}
+
 #[tokio::test]
 async fn an_upload_waits_for_parameter_store_to_show_the_version_the_last_deploy_made_live() {
     let _turn = CONTROL.lock().await;

@@ -226,14 +226,30 @@ fn parameter_store_access_stays_under_the_prefix_and_secrets_are_read_only() {
                 .unwrap_or_else(|| panic!("{}: parameter outside the prefix: {r}", s.role));
             if writes {
                 assert!(
-                    ["live/*", "lock/*", "faulty/*", "queue/*", "claim/*"].contains(&path),
+                    [
+                        "live/*",
+                        "lock/*",
+                        "faulty/*",
+                        "queue/*",
+                        "claim/*",
+                        "approvals/*"
+                    ]
+                    .contains(&path),
                     "{}: writes {path}",
                     s.role
                 );
             } else {
                 assert!(
-                    ["config", "live/*", "lock/*", "faulty/*", "queue/*", "claim/*"]
-                        .contains(&path)
+                    [
+                        "config",
+                        "live/*",
+                        "lock/*",
+                        "faulty/*",
+                        "queue/*",
+                        "claim/*",
+                        "approvals/*"
+                    ]
+                    .contains(&path)
                         || secret_parameter(path).is_some(),
                     "{}: reads {path}",
                     s.role
@@ -410,10 +426,16 @@ fn each_function_has_its_own_role_and_only_the_calls_it_makes() {
     for read in ["states:DescribeExecution", "states:GetExecutionHistory"] {
         assert_eq!(grants("slash-command")[read], executions, "{read}");
     }
-    // Chat writes no parameter but the lock's and a job's claim (`/deploy cancel`).
+    // Chat writes no parameter but the lock's, a job's claim (`/deploy cancel`) and
+    // people's words on jobs (`/deploy approve|reject`, the buttons).
     let claims = format!("{PARAMETER}claim/*");
     for write in ["ssm:PutParameter", "ssm:DeleteParameters"] {
-        let on: BTreeSet<String> = [format!("{PARAMETER}lock/*"), claims.clone()].into();
+        let on: BTreeSet<String> = [
+            format!("{PARAMETER}lock/*"),
+            claims.clone(),
+            format!("{PARAMETER}approvals/*"),
+        ]
+        .into();
         assert_eq!(grants("slash-command")[write], on, "{write}");
     }
     for call in [
@@ -605,7 +627,7 @@ fn calls(binary: &str) -> BTreeSet<&'static str> {
         "github-webhook" | "package-upload" => &ingress,
         // status, history, rollback, lock, unlock and abort: the ledger and its locks; a
         // dry run also lists the nodes; show reads the job's execution and commands;
-        // cancel makes the job's claim.
+        // cancel makes the job's claim; approve and reject keep a person's word.
         "slash-command" => &[
             "sqs:SendMessage",
             "ssm:GetParameter",

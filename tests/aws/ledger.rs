@@ -304,16 +304,72 @@ async fn locks_contract(ledger: &dyn Ledger, j1: &DeployJob, j2: &DeployJob) {
     assert_eq!(ledger.lock_state(app, env, lapsed).await.unwrap(), None);
 }
 
+/// People's words on jobs (approvals): one each per job, the first kept; read back
+/// oldest first, from a time on, per app+env; those too old for any rule go.
+async fn words_contract(ledger: &dyn Ledger) {
+    use shipit::deploy::approval::Approval;
+    let now = Utc::now();
+    let j = job("1.4.2", "words");
+    let word = |by: &str, approved: bool, at: chrono::DateTime<Utc>| Approval {
+        job: j.id.clone(),
+        version: j.version.clone(),
+        by: by.into(),
+        approved,
+        reason: (!approved).then(|| "not today".into()),
+        at,
+    };
+    let (app, env) = ("hello", "production");
+    let ancient = word("U1", true, now - Duration::days(40));
+    assert!(ledger.approve(app, env, &ancient).await.unwrap());
+    assert!(ledger
+        .approve(app, env, &word("U2", true, now - Duration::seconds(2)))
+        .await
+        .unwrap());
+    assert!(
+        !ledger
+            .approve(app, env, &word("U2", false, now))
+            .await
+            .unwrap(),
+        "the first word stands"
+    );
+    assert!(ledger
+        .approve(app, env, &word("U3", false, now))
+        .await
+        .unwrap());
+    assert!(ledger
+        .approve(app, "staging", &word("U4", true, now))
+        .await
+        .unwrap());
+    let words = ledger
+        .approvals(app, env, now - Duration::days(100))
+        .await
+        .unwrap();
+    let said: Vec<(&str, bool)> = words.iter().map(|w| (w.by.as_str(), w.approved)).collect();
+    assert_eq!(
+        said,
+        [("U2", true), ("U3", false)],
+        "the 40-day-old word went"
+    );
+    assert_eq!(words[1].reason.as_deref(), Some("not today"));
+    let later = ledger
+        .approvals(app, env, now - Duration::seconds(1))
+        .await
+        .unwrap();
+    assert_eq!(later.len(), 1);
+}
+
 #[tokio::test]
 async fn parameter_store_ledger_keeps_history_and_locks() {
     let ledger = ssm_ledger(aws_sdk_ssm::Client::new(&sdk().await));
     ledger_contract(&ledger).await;
+    words_contract(&ssm_ledger(aws_sdk_ssm::Client::new(&sdk().await))).await;
 }
 
 #[tokio::test]
 async fn sqlite_ledger_keeps_history_and_locks() {
     let dir = tempfile::tempdir().unwrap();
     ledger_contract(&Store::open(&dir.path().join("s.db")).unwrap()).await;
+    words_contract(&Store::open(&dir.path().join("w.db")).unwrap()).await;
 }
 
 async fn say(ingress: &shipit::ingress::Ingress, user: &str, text: &str) -> String {

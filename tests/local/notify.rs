@@ -40,6 +40,11 @@ impl Apis {
 /// App `hello` on nodes n1..n3. Installing writes the version to the node's directory;
 /// version 2.0.0 fails its health check on n2 with a line on stderr.
 fn setup(dir: &Path, apis: &Apis) -> (Arc<Config>, Store) {
+    setup_with(dir, apis, "")
+}
+
+/// The same, with more keys for the production environment.
+fn setup_with(dir: &Path, apis: &Apis, env: &str) -> (Arc<Config>, Store) {
     let tables = format!(
         r##"
 [apps.hello.rollout]
@@ -65,6 +70,7 @@ github = {{ token = "ghp-test", api_url = "{gh}" }}
         ),
         deployers: r#""*""#,
         slack: format!(r#"response_url_prefix = "{}/commands/""#, apis.slack.uri()),
+        env: env.to_string(),
         tables,
         ..LocalApp::default()
     }
@@ -528,4 +534,149 @@ async fn apm_down_is_logged_and_the_deploy_still_succeeds() {
         assert!(line.contains(job.as_str()), "{line}");
         assert!(line.contains("500"), "{line}");
     }
+}
+
+/// A signed click on a deploy message's button, as Slack posts it to the Request URL.
+fn click(user: &str, action: &str, job: &JobId, response_url: &str) -> Vec<u8> {
+    let payload = json!({
+        "type": "block_actions",
+        "user": {"id": user, "username": "someone"},
+        "team": {"id": "T1"},
+        "api_app_id": "A1",
+        "container": {"type": "message", "message_ts": TS, "channel_id": "C0DEPLOYS"},
+        "channel": {"id": "C0DEPLOYS"},
+        "response_url": response_url,
+        "actions": [{"type": "button", "block_id": "shipit_approval", "action_id": action,
+                     "value": job.to_string(), "action_ts": "1700000001.000200"}],
+    });
+    serde_urlencoded::to_string([("payload", payload.to_string())])
+        .unwrap()
+        .into_bytes()
+}
+
+/// Approval through Slack's buttons: while it waits, the deploy's message carries Approve
+/// and Reject; a click with a bad signature, or by someone who is not an approver, keeps
+/// nothing (the latter is told why, only to them); an approver's click lets the deploy
+/// go, and the message is updated in place to say who approved, without its buttons.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_approval_clicked_in_slack_lets_the_deploy_go_and_updates_its_message() {
+    let apis = Apis::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let rules = r#"approvals = { approvers = ["U2", "U3"] }"#;
+    let (config, store) = setup_with(dir.path(), &apis, rules);
+    slack_ok(&apis).await;
+    apm_ok(&apis).await;
+    Mock::given(method("POST"))
+        .and(path("/commands/T1/2/x"))
+        .and(body_partial_json(
+            json!({"response_type": "ephemeral", "replace_original": false}),
+        ))
+        .respond_with(ResponseTemplate::new(200).set_body_string("ok"))
+        .mount(&apis.slack)
+        .await;
+    let reply_to = format!("{}/commands/T1/2/x", apis.slack.uri());
+    let job = shipit::cli::deploy(&config, &store, "hello", "1.0.0", None, false)
+        .await
+        .unwrap();
+    let running = tokio::spawn({
+        let (config, store, id) = (config.clone(), store.clone(), job.id.clone());
+        async move { run(&config, &store, &id).await }
+    });
+    let buttons = |body: &Value| {
+        body["blocks"].as_array().is_some_and(|b| {
+            b.iter().any(|b| {
+                b["type"] == "actions"
+                    && b["elements"][0]["action_id"] == "shipit_approve"
+                    && b["elements"][1]["action_id"] == "shipit_reject"
+                    && b["elements"][0]["value"] == job.id.to_string()
+            })
+        })
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let posted = requests(&apis.slack, "/api/chat.postMessage").await;
+        if posted.iter().any(&buttons) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no buttons: {posted:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+
+    let (ingress, _) = shipit::run::local::ingress((*config).clone())
+        .await
+        .unwrap();
+    let words = || async {
+        use shipit::deploy::ports::Ledger;
+        let since = Utc::now() - chrono::Duration::hours(1);
+        store.approvals("hello", "production", since).await.unwrap()
+    };
+    // Signed for another body: refused before anything is read.
+    let now = Utc::now();
+    let forged = click("U2", "shipit_approve", &job.id, &reply_to);
+    let signed_other = slack_headers(&click("U2", "shipit_reject", &job.id, &reply_to), now);
+    assert_eq!(ingress.slack(&signed_other, &forged, now).await.status, 401);
+    // Malformed, or from another workspace: nothing kept.
+    let body = serde_urlencoded::to_string([("payload", "{not json")]).unwrap();
+    let reply = ingress
+        .slack(&slack_headers(body.as_bytes(), now), body.as_bytes(), now)
+        .await;
+    assert_eq!(reply.status, 400, "{reply:?}");
+    let elsewhere = String::from_utf8(click("U2", "shipit_approve", &job.id, &reply_to))
+        .unwrap()
+        .replace("%22T1%22", "%22T9%22");
+    assert!(elsewhere.contains("T9"), "{elsewhere}");
+    let reply = ingress
+        .slack(
+            &slack_headers(elsewhere.as_bytes(), now),
+            elsewhere.as_bytes(),
+            now,
+        )
+        .await;
+    assert!(reply.reason().contains("does not serve"), "{reply:?}");
+    assert!(words().await.is_empty());
+    // Not an approver: told so, nothing kept.
+    let body = click("U9", "shipit_approve", &job.id, &reply_to);
+    let reply = ingress.slack(&slack_headers(&body, now), &body, now).await;
+    assert_eq!(reply.status, 200);
+    assert!(words().await.is_empty());
+    // An approver.
+    let body = click("U2", "shipit_approve", &job.id, &reply_to);
+    let reply = ingress.slack(&slack_headers(&body, now), &body, now).await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(words().await.len(), 1);
+
+    assert_eq!(running.await.unwrap(), JobStatus::Succeeded);
+    let told: Vec<String> = requests(&apis.slack, "/commands/T1/2/x")
+        .await
+        .iter()
+        .map(|b| b["text"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(told.len(), 2, "{told:?}");
+    assert!(
+        told[0].starts_with("U9 is not an approver of hello/production"),
+        "{told:?}"
+    );
+    assert!(
+        told[1].starts_with(&format!("Approved job {}", job.id)),
+        "{told:?}"
+    );
+    let updates = requests(&apis.slack, "/api/chat.update").await;
+    let approved = updates
+        .iter()
+        .position(|u| u["blocks"].to_string().contains("approved by U2"))
+        .unwrap_or_else(|| panic!("no update says who approved: {updates:?}"));
+    assert!(
+        updates[approved..].iter().all(|u| !buttons(u)),
+        "{updates:?}"
+    );
+    let thread = requests(&apis.slack, "/api/chat.postMessage").await;
+    assert!(
+        thread
+            .iter()
+            .any(|m| m["thread_ts"] == TS && m["text"] == ":white_check_mark: approved by <@U2>"),
+        "{thread:?}"
+    );
 }

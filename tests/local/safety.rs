@@ -274,11 +274,7 @@ async fn an_upload_inside_a_freeze_waits_and_deploys_when_it_ends() {
     let ex = Example::with_wheels(2, &["1.0.0", "1.1.0", "1.2.0", "1.3.0"]);
     let (code, out) = ex.shipit(&["deploy", "hello", "1.0.0", "--wait"]);
     assert_eq!(code, 0, "{out}");
-    let account = Command::new("id").arg("-un").output().unwrap();
-    let account = String::from_utf8(account.stdout)
-        .unwrap()
-        .trim()
-        .to_string();
+    let account = account();
     // Whole seconds, as the config says it.
     let until = chrono::DateTime::from_timestamp(chrono::Utc::now().timestamp() + 40, 0).unwrap();
     let config = std::fs::read_to_string(ex.config_path()).unwrap().replacen(
@@ -406,21 +402,10 @@ async fn an_upload_inside_a_freeze_waits_and_deploys_when_it_ends() {
     );
 
     // When the freeze ends, the newest upload goes out (only then), the older superseded.
-    let ended = |id: &JobId| {
-        let deadline = Instant::now() + Duration::from_secs(120);
-        loop {
-            let story = json(&ex, &["show", id.as_str(), "--json"]);
-            if story["status"] != "running" && story["status"] != "queued" {
-                break story;
-            }
-            assert!(Instant::now() < deadline, "the upload never ran: {story}");
-            std::thread::sleep(Duration::from_millis(500));
-        }
-    };
-    let older = ended(&id);
+    let older = ended(&ex, &id);
     assert_eq!(older["status"], "skipped", "{older}");
     assert_eq!(older["reason"], "superseded by 1.3.0, queued behind it");
-    let story = ended(&newer);
+    let story = ended(&ex, &newer);
     assert_eq!(story["status"], "succeeded", "{story}");
     assert_eq!(ex.served(), ["1.3.0", "1.3.0"]);
     assert_eq!(ex.starts("node1", "1.2.0"), 0);
@@ -442,6 +427,134 @@ async fn an_upload_inside_a_freeze_waits_and_deploys_when_it_ends() {
             .any(|(_, n)| matches!(n, Notice::WaitingForWindow { why } if why.starts_with("frozen (test freeze)"))),
         "{notices:?}"
     );
+}
+
+/// The account running the tests: who `shipit` takes a CLI user to be where it matters.
+fn account() -> String {
+    let out = Command::new("id").arg("-un").output().unwrap();
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+/// Job `id`'s story once it has ended (two minutes at most).
+fn ended(ex: &Example, id: &JobId) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let story = json(ex, &["show", id.as_str(), "--json"]);
+        if story["status"] != "running" && story["status"] != "queued" {
+            return story;
+        }
+        assert!(Instant::now() < deadline, "job {id} never ended: {story}");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+/// Approvals on a real `serve`: an upload waits for one (status says so), and deploys
+/// once an approver approves it with `shipit approve`, history keeping who; a person may
+/// not approve their own deploy, and takes it back with `shipit reject`.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_upload_waits_for_approval_and_deploys_once_approved() {
+    let ex = Example::with_wheels(2, &["1.0.0", "1.1.0", "1.2.0"]);
+    let (code, out) = ex.shipit(&["deploy", "hello", "1.0.0", "--wait"]);
+    assert_eq!(code, 0, "{out}");
+    let me = account();
+    let config = std::fs::read_to_string(ex.config_path()).unwrap().replacen(
+        "[apps.hello.environments.production]\n",
+        &format!(
+            "[apps.hello.environments.production]\napprovals = {{ approvers = [\"{me}\", \"U2\"] }}\n"
+        ),
+        1,
+    );
+    std::fs::write(ex.config_path(), config).unwrap();
+    let _serve = Serve::start(&ex);
+    watching(&ex).await;
+
+    drop_wheel(&ex, "1.1.0");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let upload = loop {
+        let status = json(&ex, &["status", "--json"]);
+        let waiting = status[0]["jobs"].as_array().unwrap().iter().find(|j| {
+            j["version"] == "1.1.0"
+                && j["held"]
+                    .as_str()
+                    .is_some_and(|h| h.starts_with("waits for approval (0 of 1)"))
+        });
+        if let Some(j) = waiting {
+            break j.clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the upload never waited: {status}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let id: JobId = serde_json::from_value(upload["job"].clone()).unwrap();
+    let (code, out) = ex.shipit(&["cancel", id.as_str()]);
+    assert_ne!(code, 0, "{out}");
+    assert!(
+        out.contains("waits for approval: an approver stops it with `shipit reject"),
+        "{out}"
+    );
+    assert_eq!(ex.served(), ["1.0.0", "1.0.0"]);
+
+    let (code, out) = ex.shipit(&["approve", &id.as_str()[..8]]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.starts_with(&format!("Approved job {id} (hello 1.1.0 to production)")),
+        "{out}"
+    );
+    let (code, out) = ex.shipit(&["reject", id.as_str()]);
+    assert_ne!(code, 0, "{out}");
+    assert!(out.contains("the first word stands"), "{out}");
+    let story = ended(&ex, &id);
+    assert_eq!(story["status"], "succeeded", "{story}");
+    assert_eq!(ex.served(), ["1.1.0", "1.1.0"]);
+    let history = json(&ex, &["history", "hello", "--json"]);
+    assert_eq!(
+        history[0]["job"]["approved_by"],
+        serde_json::json!([me]),
+        "{history}"
+    );
+    let (_, out) = ex.shipit(&["history", "hello"]);
+    assert!(out.contains(&format!("approved by {me}")), "{out}");
+
+    // A person's own deploy: the plan says who must approve it; they may not, and they
+    // take it back.
+    let (code, out) = ex.shipit(&["deploy", "hello", "1.2.0", "--dry-run"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains(&format!(
+            "Approvals: the deploy would wait for 1 of {me}, U2, not {me}"
+        )),
+        "{out}"
+    );
+    let (code, out) = ex.shipit(&["deploy", "hello", "1.2.0"]);
+    assert_eq!(code, 0, "{out}");
+    let jobs = json(&ex, &["jobs", "--json"]);
+    let mine = jobs
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|j| j["job"]["version"] == "1.2.0")
+        .unwrap();
+    let mine: JobId = serde_json::from_value(mine["job"]["id"].clone()).unwrap();
+    let (code, out) = ex.shipit(&["approve", mine.as_str()]);
+    assert_ne!(code, 0, "{out}");
+    assert!(
+        out.contains(&format!(
+            "{me} asked for this deploy and may not approve it"
+        )),
+        "{out}"
+    );
+    let (code, out) = ex.shipit(&["reject", mine.as_str(), "--reason", "changed my mind"]);
+    assert_eq!(code, 0, "{out}");
+    let story = ended(&ex, &mine);
+    assert_eq!(story["status"], "skipped", "{story}");
+    assert_eq!(
+        story["reason"],
+        format!("rejected by {me}: changed my mind")
+    );
+    assert_eq!(ex.served(), ["1.1.0", "1.1.0"]);
+    assert_eq!(ex.starts("node1", "1.2.0"), 0);
 }
 
 /// `shipit ARGS` as user `user`, not waited for.

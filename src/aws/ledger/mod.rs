@@ -7,6 +7,7 @@ use backoff::ExponentialBackoff;
 use chrono::{DateTime, Utc};
 
 use super::{params, sdk_err};
+use crate::deploy::approval::{Approval, WORDS_KEPT_DAYS};
 use crate::deploy::history::{faulty_mark, fit, MARKS_MAX_BYTES};
 use crate::deploy::job::JobId;
 use crate::deploy::ports::{
@@ -19,7 +20,9 @@ mod lock;
 /// history is the deploy history); `{prefix}/lock/{app}/{env}/…` the lock, one parameter
 /// per generation (see `lock`); `{prefix}/faulty/{app}/{env}`
 /// lists the versions rolled back from, newest first, as many as fit in a standard
-/// parameter (4 KB): only a lock holder writes it.
+/// parameter (4 KB): only a lock holder writes it; `{prefix}/approvals/{app}/{env}/{job}.{by}`
+/// one person's word on a job (see `approval`), created once, pruned after
+/// `WORDS_KEPT_DAYS`.
 pub struct SsmLedger {
     client: aws_sdk_ssm::Client,
     prefix: String,
@@ -35,6 +38,10 @@ impl SsmLedger {
 
     fn live(&self, app: &str, env: &str) -> String {
         format!("{}/live/{app}/{env}", self.prefix)
+    }
+
+    fn words(&self, app: &str, env: &str) -> String {
+        format!("{}/approvals/{app}/{env}", self.prefix)
     }
 
     fn faulty_list(&self, app: &str, env: &str) -> String {
@@ -234,6 +241,47 @@ impl Ledger for SsmLedger {
             self.live_entry(app, env, seen.live).await?.0,
             self.marks(app, env, seen.faulty).await?.0,
         ))
+    }
+
+    async fn approve(&self, app: &str, env: &str, word: &Approval) -> Result<bool, PortError> {
+        let dir = self.words(app, env);
+        let name = format!("{dir}/{}.{}", word.job, word.by);
+        let first = params::put(&self.client, &name, &serde_json::to_string(word)?, false)
+            .await?
+            .is_some();
+        // Each word is one parameter: those no rule can count any more go, so that an
+        // environment's words stay well within Parameter Store's 10,000 a region.
+        let old = word.at - chrono::Duration::days(WORDS_KEPT_DAYS);
+        let stale: Vec<String> = params::under(&self.client, &dir)
+            .await?
+            .into_iter()
+            .filter(|(_, v)| serde_json::from_str::<Approval>(v).map_or(true, |w| w.at < old))
+            .map(|(n, _)| n)
+            .collect();
+        params::delete(&self.client, &stale).await?;
+        Ok(first)
+    }
+
+    async fn approvals(
+        &self,
+        app: &str,
+        env: &str,
+        since: DateTime<Utc>,
+    ) -> Result<Vec<Approval>, PortError> {
+        let mut words: Vec<Approval> = params::under(&self.client, &self.words(app, env))
+            .await?
+            .iter()
+            .filter_map(|(name, v)| match serde_json::from_str::<Approval>(v) {
+                Ok(w) => Some(w),
+                Err(e) => {
+                    tracing::warn!(parameter = %name, error = %e, "an approval that is not one: ignored");
+                    None
+                }
+            })
+            .filter(|w| w.at >= since)
+            .collect();
+        words.sort_by_key(|w| w.at);
+        Ok(words)
     }
 
     async fn try_lock(

@@ -5,10 +5,15 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use super::{valid_name, Checker, Scope};
 use crate::config::layout::{Layout, DEFAULT_KEEP_RELEASES};
-use crate::config::raw::{RawEnvironment, RawListedNode, RawSshDefaults};
+use crate::config::raw::{RawApprovals, RawEnvironment, RawListedNode, RawSshDefaults};
 use crate::config::ssh::{self, Ssh, DEFAULT_CONNECT_TIMEOUT_SECONDS};
-use crate::config::{Environment, ListedNode, Nodes};
+use crate::config::{Environment, ListedNode, Nodes, Severity};
+use crate::deploy::approval::{
+    Approvals, DEFAULT_GRACE_SECONDS, DEFAULT_TIMEOUT_SECONDS, MAX_GRACE_SECONDS,
+    MAX_TIMEOUT_SECONDS,
+};
 use crate::deploy::calendar::{Calendar, RawFreeze};
+use crate::deploy::job::is_slack_id;
 
 pub(super) fn check_environment(
     c: &mut Checker,
@@ -77,27 +82,15 @@ pub(super) fn check_environment(
         check_user_ids(c, &format!("{ek}.chat_lockers"), lockers);
     }
     let calendar = check_calendar(c, &ek, e.time_zone, &e.windows, &e.freezes);
-    for (i, who) in e.freeze_overriders.iter().enumerate() {
-        let slack = is_slack_id(who);
-        let account = !who.is_empty()
-            && who.len() <= 32
-            && who
-                .chars()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "-_.".contains(c));
-        if !slack && !account {
-            c.error(
-                format!("{ek}.freeze_overriders[{i}]"),
-                format!("{who:?} is neither a Slack user id nor an account name"),
-                "a member id (\"U2CERLKJA\") for chat, or the login of a CLI user (\"ann\")",
-            );
-        }
-    }
+    check_people(c, &format!("{ek}.freeze_overriders"), &e.freeze_overriders);
+    let approvals = e.approvals.and_then(|a| check_approvals(c, &ek, a));
     nodes.map(|nodes| Environment {
         name,
         nodes,
         layout,
         calendar: calendar.flatten(),
         freeze_overriders: e.freeze_overriders,
+        approvals,
         chat_lockers: e.chat_lockers.unwrap_or_else(|| e.chat_deployers.clone()),
         chat_deployers: e.chat_deployers,
         chat_forcers: e.chat_forcers,
@@ -379,14 +372,81 @@ fn ssh_node(
     }
 }
 
-/// Slack user ids (`U…`, `W…`) or `*`. Names are refused: Slack deprecated them, and one
-/// is unique only within one workspace, so a name says nothing about who sent a command.
-/// A Slack member id: `U…` or `W…`, upper-case letters and digits.
-fn is_slack_id(d: &str) -> bool {
-    d.starts_with(['U', 'W'])
-        && d.len() > 1
-        && d.chars()
-            .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit())
+/// People who act from chat or the CLI: Slack user ids, or CLI users' accounts.
+fn check_people(c: &mut Checker, key: &str, people: &[String]) {
+    for (i, who) in people.iter().enumerate() {
+        let slack = is_slack_id(who);
+        let account = !who.is_empty()
+            && who.len() <= 32
+            && who
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "-_.".contains(c));
+        if !slack && !account {
+            c.error(
+                format!("{key}[{i}]"),
+                format!("{who:?} is neither a Slack user id nor an account name"),
+                "a member id (\"U2CERLKJA\") for chat, or the login of a CLI user (\"ann\")",
+            );
+        }
+    }
+}
+
+fn check_approvals(c: &mut Checker, ek: &str, a: RawApprovals) -> Option<Approvals> {
+    let key = format!("{ek}.approvals");
+    let before = c.problems.len();
+    let required = a.required.unwrap_or(1);
+    check_people(c, &format!("{key}.approvers"), &a.approvers);
+    let mut people = a.approvers.clone();
+    people.sort();
+    people.dedup();
+    if required == 0 {
+        c.error(
+            format!("{key}.required"),
+            "required = 0 approves nothing",
+            "remove approvals, or require 1 or more",
+        );
+    } else if people.len() < required as usize {
+        c.error(
+            format!("{key}.approvers"),
+            format!(
+                "{} approvers for required = {required}: no deploy could be approved",
+                people.len()
+            ),
+            "name more approvers (Slack user ids or CLI accounts), or lower required",
+        );
+    } else if people.len() == required as usize && !a.requester_may_approve {
+        c.warning(
+            format!("{key}.approvers"),
+            "a deploy one of the approvers asks for can never be approved: the requester does not count",
+            "name one more approver, or set requester_may_approve = true",
+        );
+    }
+    let timeout_seconds = a.timeout_seconds.unwrap_or(DEFAULT_TIMEOUT_SECONDS);
+    if !(60..=MAX_TIMEOUT_SECONDS).contains(&timeout_seconds) {
+        c.error(
+            format!("{key}.timeout_seconds"),
+            format!("{timeout_seconds} s is not between 60 s and 7 days"),
+            "e.g. timeout_seconds = 86400 (a day): a deploy nobody approved by then is skipped",
+        );
+    }
+    let grace_seconds = a.grace_seconds.unwrap_or(DEFAULT_GRACE_SECONDS);
+    if grace_seconds > MAX_GRACE_SECONDS {
+        c.error(
+            format!("{key}.grace_seconds"),
+            format!("{grace_seconds} s is longer than 30 days"),
+            "e.g. grace_seconds = 14400: an approval of a version counts for another deploy of it for 4 hours",
+        );
+    }
+    let errors = c.problems[before..]
+        .iter()
+        .filter(|p| p.severity == Severity::Error);
+    (errors.count() == 0).then_some(Approvals {
+        required,
+        approvers: a.approvers,
+        requester_may_approve: a.requester_may_approve,
+        grace_seconds,
+        timeout_seconds,
+    })
 }
 
 fn check_user_ids(c: &mut Checker, key: &str, ids: &[String]) {

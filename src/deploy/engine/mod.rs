@@ -79,9 +79,15 @@ pub struct Deploy {
     /// Set while the driver should wait before doing the phase's work.
     pub wait: Option<u64>,
     pub lock_waiting_since: Option<DateTime<Utc>>,
-    /// Why the environment's calendar holds this job back, as last said.
+    /// Why this job waits before it takes its lock (its environment's calendar holds it
+    /// back, or it waits for approval), as last said.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub closed: Option<String>,
+    /// When this job first asked for approval, and how often it looked since.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval_asked: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub approval_looks: u32,
     /// Lock tries so far while someone else holds it (for the back-off).
     pub lock_tries: u32,
     /// Held once taken, so that a rollback or failure still releases it.
@@ -177,6 +183,8 @@ impl Deploy {
             wait: None,
             lock_waiting_since: None,
             closed: None,
+            approval_asked: None,
+            approval_looks: 0,
             lock_tries: 0,
             locked: false,
             outcome: None,
@@ -383,6 +391,14 @@ impl Deploy {
             (Action::Lock { .. }, Observation::Closed { until, why }) => {
                 self.on_closed(now, until, why, n)
             }
+            (
+                Action::Lock { .. },
+                Observation::Approval {
+                    standing,
+                    approvers,
+                    timeout_seconds,
+                },
+            ) => self.on_approval(now, standing, approvers, timeout_seconds, n),
             (Action::Verify | Action::Lock { .. }, Observation::Cancelled { by, holder }) => {
                 if holder.is_some() {
                     self.on_lock(now, true, holder, n);
@@ -456,9 +472,14 @@ impl Deploy {
         }
     }
 
-    /// Waiting for its environment's calendar, without its lock (the local store's claim
-    /// reads the same from a saved state).
-    pub fn waits_for_calendar(&self) -> bool {
+    /// Waiting for people to approve it (asked, not yet approved, not ended).
+    pub fn waits_for_approval(&self) -> bool {
+        self.approval_asked.is_some() && self.job.approved_by.is_empty() && self.outcome.is_none()
+    }
+
+    /// Waiting for its environment's calendar or for approval, without its lock (the local
+    /// store's claim reads the same from a saved state).
+    pub fn waits_to_start(&self) -> bool {
         self.closed.is_some() && !self.locked
     }
 

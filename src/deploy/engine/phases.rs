@@ -3,6 +3,7 @@
 use chrono::{DateTime, Duration, Utc};
 
 use super::*;
+use crate::deploy::approval::{look_millis, Standing};
 use crate::deploy::command::{tail, Command, NodeResult, HOOK_FAILED, UNHEALTHY};
 use crate::deploy::history::Faulty;
 use crate::deploy::job::{DeployJob, Source};
@@ -170,6 +171,61 @@ impl Deploy {
         // Step Functions execution's 25,000.
         let left = (until - now).num_milliseconds().max(1_000) as u64;
         self.wait = Some(left.min(CALENDAR_LOOK_MILLIS.max(left / 50)));
+    }
+
+    /// Where this job stands on its environment's approvals: approved, it goes for the
+    /// lock at once (and keeps who approved it); rejected, it is skipped; otherwise it
+    /// waits, not for the lock, saying so once, until `timeout_seconds` from its first ask.
+    pub(super) fn on_approval(
+        &mut self,
+        now: DateTime<Utc>,
+        standing: Standing,
+        approvers: Vec<String>,
+        timeout_seconds: u64,
+        notices: &mut Vec<Notice>,
+    ) {
+        match standing {
+            Standing::Approved { by } => {
+                notices.push(Notice::Approved { by: by.clone() });
+                self.job.approved_by = by;
+                self.closed = None;
+            }
+            Standing::Rejected { by, reason } => {
+                let why = reason.map(|r| format!(": {r}")).unwrap_or_default();
+                // As for a calendar's refusal: an earlier try may have taken the lock.
+                self.locked = true;
+                let reason = format!("rejected by {by}{why}");
+                self.finish(Outcome::Skipped { reason }, notices);
+            }
+            Standing::Waiting { have, need } => {
+                let asked = *self.approval_asked.get_or_insert_with(|| {
+                    notices.push(Notice::AwaitingApproval {
+                        have,
+                        need,
+                        approvers,
+                    });
+                    now
+                });
+                let waited = (now - asked).num_seconds().max(0);
+                if waited >= timeout_seconds as i64 {
+                    self.locked = true;
+                    let reason = format!(
+                        "not approved within {} ({have} of {need} approvals)",
+                        crate::deploy::dora::human(timeout_seconds as i64)
+                    );
+                    return self.finish(Outcome::Skipped { reason }, notices);
+                }
+                self.lock_waiting_since = None;
+                self.lock_tries = 0;
+                self.closed = Some(format!(
+                    "waits for approval ({have} of {need}): /deploy approve {id} or shipit approve {id}",
+                    id = self.job.id
+                ));
+                let left = (timeout_seconds as i64 - waited).max(1) as u64 * 1000;
+                self.wait = Some(look_millis(timeout_seconds, self.approval_looks).min(left));
+                self.approval_looks += 1;
+            }
+        }
     }
 
     pub(super) fn on_lock(

@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 use chrono::{DateTime, Duration, TimeZone, Utc};
 
 use super::*;
+use crate::deploy::approval::{self, Approval, Approvals};
 use crate::deploy::command::{HOOK_FAILED, UNHEALTHY};
 use crate::deploy::command::{REFUSED, REFUSED_EXIT};
 use crate::deploy::job::{JobId, Source};
@@ -101,6 +102,10 @@ struct Twin {
     clock: i64,
     /// The environment's calendar holds jobs back until this time (ms), saying so.
     closed_until: Option<i64>,
+    /// The environment's approvals, and people's words on the job, each given at its
+    /// time (`clock`, ms).
+    approvals: Option<Approvals>,
+    words: Vec<(i64, Approval)>,
     /// What the ledger holds written (one more at each record or mark), handed with a
     /// free lock; and what the deploy released the lock with.
     written: Written,
@@ -402,7 +407,27 @@ impl Twin {
             if let Action::Unlock = action {
                 self.released = Some(deploy.written());
             }
-            let mut obs = self.execute(&action);
+            let rules = self
+                .approvals
+                .clone()
+                .filter(|r| approval::needed(Some(r), &deploy.job));
+            let mut obs = match (&action, rules) {
+                (Action::Lock { .. }, Some(rules)) if self.closed_until.is_none() => {
+                    let clock = self.clock;
+                    let given: Vec<Approval> = self
+                        .words
+                        .iter()
+                        .filter(|(at, _)| *at <= clock)
+                        .map(|(_, w)| w.clone())
+                        .collect();
+                    Observation::Approval {
+                        standing: rules.standing(&deploy.job, &given, self.now()),
+                        approvers: rules.approvers.clone(),
+                        timeout_seconds: rules.timeout_seconds,
+                    }
+                }
+                _ => self.execute(&action),
+            };
             if let Observation::Inspected { faulty, .. } = &mut obs {
                 *faulty =
                     crate::deploy::history::faulty_mark(&self.faulty, &deploy.job.version).cloned();
@@ -459,6 +484,123 @@ fn a_long_wait_for_the_calendar_looks_again_less_often() {
     assert!(looks < 400, "{looks} looks");
     assert!(twin.waited[0] > CALENDAR_LOOK_MILLIS && twin.waited[0] <= closed_ms as u64 / 50);
     assert!(twin.log_at[0] >= closed_ms);
+}
+
+fn approvals() -> Approvals {
+    Approvals {
+        required: 1,
+        approvers: vec!["U1".into(), "U2".into()],
+        requester_may_approve: false,
+        grace_seconds: 3600,
+        timeout_seconds: 600,
+    }
+}
+
+fn word(twin: &mut Twin, at_ms: i64, job: &DeployJob, by: &str, approved: bool) {
+    let word = Approval {
+        job: job.id.clone(),
+        version: job.version.clone(),
+        by: by.into(),
+        approved,
+        reason: (!approved).then(|| "not on a Friday".into()),
+        at: t0() + Duration::milliseconds(at_ms),
+    };
+    twin.words.push((at_ms, word));
+}
+
+/// A deploy to an environment with approvals waits for them (not for the lock, saying so
+/// once), then deploys, keeping who approved it in what it records.
+#[test]
+fn a_deploy_waits_for_approval_then_deploys_keeping_who_approved() {
+    let mut twin = Twin::new(&["n1", "n2"], Some("1.0.0"));
+    twin.approvals = Some(approvals());
+    let j = job("1.1.0", true);
+    word(&mut twin, 30_000, &j, "U9", true);
+    word(&mut twin, 95_000, &j, "U2", true);
+    let (outcome, notices) = run(&mut twin, j, policy());
+    assert_eq!(outcome, succeeded());
+    let asked = notices
+        .iter()
+        .filter(|n| {
+            matches!(
+                n,
+                Notice::AwaitingApproval {
+                    have: 0,
+                    need: 1,
+                    ..
+                }
+            )
+        })
+        .count();
+    assert_eq!(asked, 1, "{notices:?}");
+    assert!(notices.contains(&Notice::Approved {
+        by: vec!["U2".into()]
+    }));
+    assert!(
+        twin.log_at[0] >= 95_000,
+        "nothing ran before it was approved"
+    );
+    assert_eq!(
+        twin.live.as_ref().unwrap().approved_by,
+        vec!["U2".to_string()]
+    );
+    // Soon at first, never more than a minute apart.
+    assert_eq!(twin.waited[0], 5_000);
+    assert!(
+        twin.waited.iter().all(|&w| w <= 60_000),
+        "{:?}",
+        twin.waited
+    );
+}
+
+/// One approver's rejection skips the job with their words: nothing runs, no lock.
+#[test]
+fn a_rejected_deploy_is_skipped_with_who_rejected_it() {
+    let mut twin = Twin::new(&["n1"], Some("1.0.0"));
+    twin.approvals = Some(approvals());
+    let j = job("1.1.0", false);
+    word(&mut twin, 20_000, &j, "U1", false);
+    let (outcome, _) = run(&mut twin, j, policy());
+    assert_eq!(
+        outcome,
+        Outcome::Skipped {
+            reason: "rejected by U1: not on a Friday".into()
+        }
+    );
+    assert!(twin.log.is_empty() && twin.lock.is_none() && twin.generation == 0);
+}
+
+/// Nobody approves within the timeout: skipped, saying so, nothing run.
+#[test]
+fn a_deploy_nobody_approves_in_time_is_skipped() {
+    let mut twin = Twin::new(&["n1"], Some("1.0.0"));
+    twin.approvals = Some(approvals());
+    let (outcome, _) = run(&mut twin, job("1.1.0", true), policy());
+    assert_eq!(
+        outcome,
+        Outcome::Skipped {
+            reason: "not approved within 10 min (0 of 1 approvals)".into()
+        }
+    );
+    assert!(
+        twin.clock >= 600_000 && twin.clock < 660_000,
+        "{}",
+        twin.clock
+    );
+    assert!(twin.log.is_empty() && twin.lock.is_none());
+}
+
+/// A rollback never waits for approval.
+#[test]
+fn a_rollback_needs_no_approval() {
+    let mut twin = Twin::new(&["n1"], Some("1.1.0"));
+    twin.approvals = Some(approvals());
+    let back = job("1.0.0", false).rollback(None, job("1.0.0", false).source, t0());
+    let (outcome, notices) = run(&mut twin, back, policy());
+    assert_eq!(outcome, succeeded());
+    assert!(!notices
+        .iter()
+        .any(|n| matches!(n, Notice::AwaitingApproval { .. })));
 }
 
 /// A person's deploy is refused with the calendar's words: nothing runs, the lock is

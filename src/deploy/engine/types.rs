@@ -4,6 +4,7 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use crate::deploy::approval::Standing;
 use crate::deploy::command::{Command, CommandKind, NodeResult};
 use crate::deploy::history::Faulty;
 use crate::deploy::job::DeployJob;
@@ -79,6 +80,14 @@ pub enum Observation {
     Closed {
         until: DateTime<Utc>,
         why: String,
+    },
+    /// Asked for the lock by a job its environment's approvals hold (see
+    /// [`approval`](crate::deploy::approval)): where it stands, who may approve it, and
+    /// how long it may wait from the first ask.
+    Approval {
+        standing: Standing,
+        approvers: Vec<String>,
+        timeout_seconds: u64,
     },
     Ran {
         key: String,
@@ -250,6 +259,17 @@ pub enum Notice {
     /// automatic job waits, saying until when.
     WaitingForWindow {
         why: String,
+    },
+    /// The deploy waits for `need` approvals (it has `have`) from `approvers` before it
+    /// starts: said once, when it first asks.
+    AwaitingApproval {
+        have: u32,
+        need: u32,
+        approvers: Vec<String>,
+    },
+    /// Enough approvers approved it (some perhaps an earlier deploy of the version).
+    Approved {
+        by: Vec<String>,
     },
     /// Someone asked this deploy to stop: it does after the command in flight.
     Aborting {

@@ -134,7 +134,7 @@ impl Store {
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
             loop {
                 // A running job its calendar holds back (its last step saved it waiting,
-                // without its lock: `Deploy::waits_for_calendar`) keeps no place in its group for a rollback or a
+                // without its lock: `Deploy::waits_to_start`) keeps no place in its group for a rollback or a
                 // person's deploy; automatic jobs stay queued behind it, to be superseded
                 // and to go out in order. (The kinds are `Source::is_automatic`'s.)
                 let row: Option<(i64, String, String)> = tx

@@ -5,6 +5,7 @@ use chrono::{DateTime, Utc};
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
 use super::{time, Store};
+use crate::deploy::approval::{Approval, WORDS_KEPT_DAYS};
 use crate::deploy::job::{DeployJob, JobId};
 use crate::deploy::lock::take;
 use crate::deploy::ports::{
@@ -170,6 +171,54 @@ impl Ledger for Store {
             })
             .await?;
         rows.iter().map(|m| Ok(serde_json::from_str(m)?)).collect()
+    }
+
+    async fn approve(&self, app: &str, env: &str, word: &Approval) -> Result<bool, PortError> {
+        let (app, env, job, by, at) = (
+            app.to_string(),
+            env.to_string(),
+            word.job.to_string(),
+            word.by.clone(),
+            word.at.timestamp_millis(),
+        );
+        let json = serde_json::to_string(word)?;
+        // As on AWS: words no rule can count any more go.
+        let old = at - WORDS_KEPT_DAYS * 86_400_000;
+        self.with(move |c| {
+            let tx = c.transaction()?;
+            let first = tx.execute(
+                "INSERT OR IGNORE INTO approvals (app, env, job_id, by, at_ms, word)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![app, env, job, by, at, json],
+            )? == 1;
+            tx.execute(
+                "DELETE FROM approvals WHERE app = ?1 AND env = ?2 AND at_ms < ?3",
+                params![app, env, old],
+            )?;
+            tx.commit()?;
+            Ok(first)
+        })
+        .await
+    }
+
+    async fn approvals(
+        &self,
+        app: &str,
+        env: &str,
+        since: DateTime<Utc>,
+    ) -> Result<Vec<Approval>, PortError> {
+        let (app, env, since) = (app.to_string(), env.to_string(), since.timestamp_millis());
+        let rows: Vec<String> = self
+            .with(move |c| {
+                let mut st = c.prepare(
+                    "SELECT word FROM approvals WHERE app = ?1 AND env = ?2 AND at_ms >= ?3
+                     ORDER BY at_ms, rowid",
+                )?;
+                let rows = st.query_map(params![app, env, since], |r| r.get(0))?;
+                rows.collect()
+            })
+            .await?;
+        rows.iter().map(|w| Ok(serde_json::from_str(w)?)).collect()
     }
 
     async fn try_lock(

@@ -117,6 +117,16 @@ CREATE TABLE IF NOT EXISTS worker_lease (
     holder  TEXT NOT NULL,
     expires TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS approvals (
+    app    TEXT NOT NULL,
+    env    TEXT NOT NULL,
+    job_id TEXT NOT NULL,
+    by     TEXT NOT NULL,
+    at_ms  INTEGER NOT NULL,
+    word   TEXT NOT NULL,
+    PRIMARY KEY (job_id, by)
+);
+CREATE INDEX IF NOT EXISTS approvals_by_env ON approvals(app, env, at_ms);
 CREATE TABLE IF NOT EXISTS seen_files (
     dir     TEXT NOT NULL,
     name    TEXT NOT NULL,

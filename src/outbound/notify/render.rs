@@ -5,9 +5,10 @@ use serde_json::{json, Value};
 
 use super::NotifyState;
 
+use crate::deploy::approval::{APPROVE_ACTION, REJECT_ACTION};
 use crate::deploy::engine::{Deploy, NodeState, Outcome, Phase};
 use crate::deploy::job::Source;
-use crate::deploy::report::{forced_note, node_phrase};
+use crate::deploy::report::{job_notes, node_phrase};
 
 /// Per-node lines in the Slack message up to this many nodes; counts per state beyond.
 const SLACK_NODE_LINES: usize = 12;
@@ -119,6 +120,9 @@ pub(super) fn status_line(d: &Deploy) -> (String, &'static str) {
                 "waiting for required checks".into(),
                 ":hourglass_flowing_sand:",
             ),
+            Phase::Lock if d.waits_for_approval() => {
+                (d.closed.clone().unwrap_or_default(), ":raising_hand:")
+            }
             Phase::Lock if d.closed.is_some() => (
                 format!("waiting: {}", d.closed.as_deref().unwrap_or_default()),
                 ":calendar:",
@@ -177,7 +181,7 @@ pub fn render(d: &Deploy, memo: &NotifyState, now: DateTime<Utc>) -> (String, Va
             "{emoji} *{}* {} on *{}*: {headline}", job.app, change(d), job.env)}}),
         json!({"type": "context", "elements": [{"type": "mrkdwn", "text": format!(
             "{}{} · job `{}`{}", trigger(&job.source),
-            forced_note(job),
+            job_notes(job),
             job.id,
             elapsed.map_or(String::new(), |e| format!(" · {e}")))}]}),
     ];
@@ -222,6 +226,17 @@ pub fn render(d: &Deploy, memo: &NotifyState, now: DateTime<Utc>) -> (String, Va
                 .push(json!({"type": "context", "elements": [{"type": "mrkdwn", "text": reason}]}));
         }
         _ => {}
+    }
+    if d.waits_for_approval() {
+        let id = job.id.to_string();
+        blocks.push(
+            json!({"type": "actions", "block_id": "shipit_approval", "elements": [
+                {"type": "button", "action_id": APPROVE_ACTION, "style": "primary", "value": id,
+                 "text": {"type": "plain_text", "text": "Approve"}},
+                {"type": "button", "action_id": REJECT_ACTION, "style": "danger", "value": id,
+                 "text": {"type": "plain_text", "text": "Reject"}},
+            ]}),
+        );
     }
     (text, Value::Array(blocks))
 }

@@ -5,6 +5,7 @@ use serde_json::{json, Value};
 
 use super::render::*;
 use super::*;
+use crate::deploy::job::mention;
 
 impl Round<'_> {
     pub(super) async fn slack(&self, memo: &NotifyState, msg: &mut Option<SlackMessage>) {
@@ -56,6 +57,8 @@ impl Round<'_> {
             matches!(
                 n,
                 Notice::Finished { .. }
+                    | Notice::AwaitingApproval { .. }
+                    | Notice::Approved { .. }
                     | Notice::InstallFailed { .. }
                     | Notice::Unhealthy { .. }
                     | Notice::RollingBack { .. }
@@ -123,6 +126,15 @@ impl Round<'_> {
                     mark.version, mark.why()
                 ),
                 Notice::WaitingForWindow { why } => format!(":calendar: waiting: {why}"),
+                Notice::AwaitingApproval { need, approvers, .. } => format!(
+                    ":raising_hand: waits for {need} approval(s) from {}: the buttons above, or `/deploy approve {id}`",
+                    approvers.iter().map(|a| mention(a)).collect::<Vec<_>>().join(", "),
+                    id = self.deploy.job.id
+                ),
+                Notice::Approved { by } => format!(
+                    ":white_check_mark: approved by {}",
+                    by.iter().map(|a| mention(a)).collect::<Vec<_>>().join(", ")
+                ),
                 _ => continue,
             };
             self.slack_api(
