@@ -626,7 +626,7 @@ pub async fn cancel(store: &Store, id: &str) -> anyhow::Result<QueuedJob> {
     {
         None => Ok(q),
         Some(JobStatus::Running) => match waiting_to_start(store, &q.job.id).await {
-            Some(d) if d.approval_asked.is_some() => bail!(
+            Some(d) if d.waits_for_approval() => bail!(
                 "job {} waits for approval: an approver stops it with `shipit reject {}`",
                 q.job.id,
                 q.job.id

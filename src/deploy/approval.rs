@@ -123,10 +123,20 @@ impl Approvals {
                 reason: no.reason.clone(),
             };
         }
+        // A deploy someone rejected passes none of its approvals on: asking again must not
+        // undo a rejection.
+        let rejected: Vec<&JobId> = words
+            .iter()
+            .filter(|w| !w.approved)
+            .map(|w| &w.job)
+            .collect();
         let mut by: Vec<String> = vec![];
         for w in words.iter().filter(counts).filter(|w| w.approved) {
             let this = w.job == job.id;
-            let carried = w.version == job.version && w.at + grace >= now && w.at <= now;
+            let carried = w.version == job.version
+                && w.at + grace >= now
+                && w.at <= now
+                && !rejected.contains(&&w.job);
             if (this || carried) && !by.contains(&w.by) {
                 by.push(w.by.clone());
             }
@@ -144,12 +154,12 @@ impl Approvals {
 }
 
 impl Approvals {
-    /// How far back words may count now: a job's own (given after it asked, at most
+    /// From when words may count at `now`: a job's own (given after it asked, at most
     /// `timeout_seconds` ago while it waits) and those carried over (`grace_seconds`).
-    pub fn reach_seconds(&self) -> u64 {
-        self.grace_seconds
-            .max(self.timeout_seconds)
-            .min(MAX_GRACE_SECONDS)
+    pub fn words_since(&self, now: DateTime<Utc>) -> DateTime<Utc> {
+        let reach = self.grace_seconds.max(self.timeout_seconds);
+        let reach = Duration::seconds(i64::try_from(reach).unwrap_or(i64::MAX / 1000));
+        now.checked_sub_signed(reach).unwrap_or(DateTime::<Utc>::MIN_UTC)
     }
 }
 
@@ -302,8 +312,16 @@ mod tests {
             r.standing(&other, &words, t(200)),
             Standing::Waiting { have: 0, need: 1 }
         );
-        // A rejection does not carry over.
+        // A rejection does not carry over, nor do approvals of a deploy someone rejected.
         let words = [word(&earlier, "U1", false, 100)];
+        assert_eq!(
+            r.standing(&again, &words, t(200)),
+            Standing::Waiting { have: 0, need: 1 }
+        );
+        let words = [
+            word(&earlier, "U1", true, 100),
+            word(&earlier, "U2", false, 110),
+        ];
         assert_eq!(
             r.standing(&again, &words, t(200)),
             Standing::Waiting { have: 0, need: 1 }

@@ -319,7 +319,7 @@ impl Driver {
         else {
             return Ok(vec![]);
         };
-        let since = now - chrono::Duration::seconds(rules.reach_seconds() as i64);
+        let since = rules.words_since(now);
         self.ledger.approvals(&job.app, &job.env, since).await
     }
 
@@ -350,8 +350,8 @@ impl Driver {
         }
         // Then (the calendar open) its approvals, once: approved, the job keeps who did it
         // and comes back for the lock.
-        let words = self.words(job, now).await?;
         if let Some(rules) = self.config.approvals_for(job) {
+            let words = self.words(job, now).await?;
             return Ok(Observation::Approval {
                 standing: rules.standing(job, &words, now),
                 approvers: rules.approvers.clone(),
@@ -361,11 +361,20 @@ impl Driver {
         if let Some(turn) = &self.turn {
             // Jobs ahead that wait for their calendar or for approval keep no place: a
             // rollback or an override is not stuck behind a job that may wait for days.
+            // Words that cannot be read hold nobody back (the order is kept).
+            let (words, unread) = match self.words(job, now).await {
+                Ok(words) => (words, false),
+                Err(e) => {
+                    tracing::warn!(job_id = %job.id, error = %e, "cannot read the approvals of the jobs ahead");
+                    (vec![], true)
+                }
+            };
             let held = |j: &DeployJob| {
                 self.config.held_back(j, now).is_some()
-                    || self.config.approvals_for(j).is_some_and(|rules| {
-                        !matches!(rules.standing(j, &words, now), Standing::Approved { .. })
-                    })
+                    || (!unread
+                        && self.config.approvals_for(j).is_some_and(|rules| {
+                            !matches!(rules.standing(j, &words, now), Standing::Approved { .. })
+                        }))
             };
             if let Some(ahead) = turn.ahead(job, &held).await? {
                 // Waits as for a held lock (backing off, within lock_wait_seconds).
@@ -423,10 +432,25 @@ impl Driver {
         let (Some(backlog), true) = (&self.backlog, job.source.is_automatic()) else {
             return Ok(None);
         };
+        let now = Utc::now();
+        let mut words = None;
         for newer in backlog.newer_queued(job).await? {
             // A sync sends out whatever is live at its turn: it supersedes nothing.
             if matches!(newer.source, Source::Sync { .. }) {
                 continue;
+            }
+            // Nor does one still waiting for approval: it may never get it.
+            if let Some(rules) = self.config.approvals_for(&newer) {
+                if words.is_none() {
+                    words = Some(self.words(job, now).await?);
+                }
+                let given = words.as_deref().unwrap_or_default();
+                if !matches!(
+                    rules.standing(&newer, given, now),
+                    Standing::Approved { .. }
+                ) {
+                    continue;
+                }
             }
             if newer.source.is_automatic() && faulty_mark(faulty, &newer.version).is_some() {
                 continue;

@@ -495,7 +495,7 @@ impl World {
         let now = self.now();
         self.config.held_back(job, now).is_some()
             || self.config.approvals_for(job).is_some_and(|rules| {
-                let since = now - chrono::Duration::seconds(rules.reach_seconds() as i64);
+                let since = rules.words_since(now);
                 let t = &self.targets[&(job.app.clone(), job.env.clone())];
                 let words: Vec<Approval> =
                     t.words.iter().filter(|w| w.at >= since).cloned().collect();

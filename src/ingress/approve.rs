@@ -5,7 +5,7 @@
 use chrono::{DateTime, Utc};
 
 use crate::config::Config;
-use crate::deploy::approval::{self, Approval};
+use crate::deploy::approval::{self, Approval, Standing};
 use crate::deploy::job::JobId;
 use crate::deploy::ports::{Ledger, Stories};
 
@@ -54,18 +54,47 @@ pub async fn give(
         return Err(format!("{what} needs no approval (rollbacks and syncs never wait for one)."));
     }
     rules.may(job, who, approved)?;
-    let reason = reason.map(str::trim).filter(|r| !r.is_empty());
+    // Too late for a word once the deploy went past its approval (or was turned down):
+    // it would be kept, and change nothing.
+    let words = ledger
+        .approvals(&job.app, &job.env, rules.words_since(now))
+        .await
+        .map_err(|e| format!("Could not read the approvals of {what}: {e}; nothing was done."))?;
+    let went_on = story.events.iter().any(|e| e.text.starts_with("approved by "));
+    match rules.standing(job, &words, now) {
+        Standing::Rejected { by, .. } => {
+            return Err(format!("{what} was rejected by {by} already: it will not run."))
+        }
+        Standing::Approved { by } if approved => {
+            return Ok(format!("{what} is approved already (by {}).", by.join(", ")))
+        }
+        Standing::Approved { .. } => {
+            return Err(format!(
+                "{what} is approved already: it goes ahead; `/deploy abort {} {}` stops it once it runs.",
+                job.app, job.env
+            ))
+        }
+        Standing::Waiting { .. } if went_on => {
+            return Err(format!("{what} was approved and went on: nothing to {verb}."))
+        }
+        Standing::Waiting { .. } => {}
+    }
+    // Kept whole in a 4 KB parameter on AWS.
+    let reason = reason
+        .map(str::trim)
+        .filter(|r| !r.is_empty())
+        .map(|r| crate::deploy::lists::clip(r, 500));
     let word = Approval {
         job: id.clone(),
         version: job.version.clone(),
         by: who.to_string(),
         approved,
-        reason: reason.map(str::to_string),
+        reason,
         at: now,
     };
     match ledger.approve(&job.app, &job.env, &word).await {
         Ok(true) if approved => Ok(format!(
-            "Approved {what}: it starts once {} approver(s) have (within about a minute).",
+            "Approved {what}: it starts once {} approver(s) have, when it next looks.",
             rules.required.max(1)
         )),
         Ok(true) => Ok(format!("Rejected {what}: it will not run.")),

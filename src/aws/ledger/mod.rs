@@ -252,13 +252,22 @@ impl Ledger for SsmLedger {
         // Each word is one parameter: those no rule can count any more go, so that an
         // environment's words stay well within Parameter Store's 10,000 a region.
         let old = word.at - chrono::Duration::days(WORDS_KEPT_DAYS);
-        let stale: Vec<String> = params::under(&self.client, &dir)
-            .await?
+        let listed = match params::under(&self.client, &dir).await {
+            Ok(listed) => listed,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot list approvals to prune; the next word tries again");
+                vec![]
+            }
+        };
+        let stale: Vec<String> = listed
             .into_iter()
             .filter(|(_, v)| serde_json::from_str::<Approval>(v).map_or(true, |w| w.at < old))
             .map(|(n, _)| n)
             .collect();
-        params::delete(&self.client, &stale).await?;
+        // The word is kept: failing to prune is for the next word to mend.
+        if let Err(e) = params::delete(&self.client, &stale).await {
+            tracing::warn!(error = %e, "cannot prune old approvals; the next word tries again");
+        }
         Ok(first)
     }
 

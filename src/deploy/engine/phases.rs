@@ -163,6 +163,9 @@ impl Deploy {
         }
         self.lock_waiting_since = None;
         self.lock_tries = 0;
+        // A wait for approval starts again once the calendar opens: its timeout is the
+        // approvers' time, not the freeze's.
+        self.approval_asked = None;
         if self.closed.as_deref() != Some(why.as_str()) {
             notices.push(Notice::WaitingForWindow { why: why.clone() });
             self.closed = Some(why);
@@ -190,25 +193,24 @@ impl Deploy {
                 self.job.approved_by = by;
                 self.closed = None;
             }
+            // Approval is asked before any try at the lock, and never again once given:
+            // no lock to free.
             Standing::Rejected { by, reason } => {
                 let why = reason.map(|r| format!(": {r}")).unwrap_or_default();
-                // As for a calendar's refusal: an earlier try may have taken the lock.
-                self.locked = true;
                 let reason = format!("rejected by {by}{why}");
                 self.finish(Outcome::Skipped { reason }, notices);
             }
             Standing::Waiting { have, need } => {
-                let asked = *self.approval_asked.get_or_insert_with(|| {
+                if self.approval_looks == 0 {
                     notices.push(Notice::AwaitingApproval {
                         have,
                         need,
                         approvers,
                     });
-                    now
-                });
+                }
+                let asked = *self.approval_asked.get_or_insert(now);
                 let waited = (now - asked).num_seconds().max(0);
                 if waited >= timeout_seconds as i64 {
-                    self.locked = true;
                     let reason = format!(
                         "not approved within {} ({have} of {need} approvals)",
                         crate::deploy::dora::human(timeout_seconds as i64)
