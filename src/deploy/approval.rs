@@ -159,7 +159,8 @@ impl Approvals {
     pub fn words_since(&self, now: DateTime<Utc>) -> DateTime<Utc> {
         let reach = self.grace_seconds.max(self.timeout_seconds);
         let reach = Duration::seconds(i64::try_from(reach).unwrap_or(i64::MAX / 1000));
-        now.checked_sub_signed(reach).unwrap_or(DateTime::<Utc>::MIN_UTC)
+        now.checked_sub_signed(reach)
+            .unwrap_or(DateTime::<Utc>::MIN_UTC)
     }
 }
 
