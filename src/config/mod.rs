@@ -181,6 +181,8 @@ pub struct Environment {
     pub freeze_overriders: Vec<String>,
     /// Who must approve a deploy to it before it starts; none: nobody.
     pub approvals: Option<crate::deploy::approval::Approvals>,
+    /// Where a version that went live here goes next, and after how long.
+    pub promote: Option<crate::deploy::promotion::Promote>,
 }
 
 impl Environment {

@@ -109,6 +109,14 @@ pub(super) struct RawEnvironment {
     #[serde(default)]
     pub(super) freeze_overriders: Vec<String>,
     pub(super) approvals: Option<RawApprovals>,
+    pub(super) promote: Option<RawPromote>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawPromote {
+    pub(super) to: String,
+    pub(super) after_seconds: Option<u64>,
 }
 
 #[derive(Deserialize)]

@@ -838,3 +838,62 @@ fn approvals_are_checked_key_by_key() {
         "{problems:?}"
     );
 }
+
+#[test]
+fn promotions_name_another_environment_and_never_go_round() {
+    let config = |staging: &str, production: &str| {
+        format!(
+            r#"
+            [apps.hello]
+            package = "hello-app"
+            install = "true"
+            restart = "true"
+            health = "true"
+            default_env = "production"
+            [apps.hello.environments.staging]
+            nodes = [{{ name = "s1", dir = "s1" }}]
+            {staging}
+            [apps.hello.environments.production]
+            nodes = [{{ name = "p1", dir = "p1" }}]
+            {production}
+        "#
+        )
+    };
+    let (c, errors) = error_keys(&config(r#"promote = { to = "production" }"#, ""));
+    assert!(errors.is_empty(), "{errors:?}");
+    let env = &c.unwrap().apps["hello"].environments["staging"];
+    let p = env.promote.as_ref().unwrap();
+    assert_eq!((p.to.as_str(), p.after_seconds), ("production", 3600));
+    let e = "apps.hello.environments";
+    for (staging, production, keys) in [
+        (
+            r#"promote = { to = "prod" }"#,
+            "",
+            vec![format!("{e}.staging.promote.to")],
+        ),
+        (
+            r#"promote = { to = "staging" }"#,
+            "",
+            vec![format!("{e}.staging.promote.to")],
+        ),
+        (
+            r#"promote = { to = "production", after_seconds = 90000 }"#,
+            "",
+            vec![format!("{e}.staging.promote.after_seconds")],
+        ),
+        (
+            r#"promote = { to = "production" }"#,
+            r#"promote = { to = "staging" }"#,
+            vec![
+                format!("{e}.production.promote.to"),
+                format!("{e}.staging.promote.to"),
+            ],
+        ),
+    ] {
+        assert_eq!(
+            error_keys(&config(staging, production)).1,
+            keys,
+            "{staging} {production}"
+        );
+    }
+}

@@ -86,6 +86,14 @@ pub enum Source {
         by: String,
         nonce: String,
     },
+    /// A version that went live on `from_env` with job `from_job`, sent on to this
+    /// environment (its `promote`): it goes at `due_at` if it is still live there, not
+    /// marked faulty.
+    Promotion {
+        from_env: String,
+        from_job: JobId,
+        due_at: DateTime<Utc>,
+    },
     /// A re-send of `restores`, the job that was live before `replaces`.
     Rollback {
         restores: JobId,
@@ -144,6 +152,7 @@ impl Source {
             Source::Chat { trigger_id, .. } => format!("chat:{trigger_id}"),
             Source::Cli { user, nonce } => format!("cli:{user}:{nonce}"),
             Source::Sync { nonce, .. } => format!("sync:{nonce}"),
+            Source::Promotion { from_job, .. } => format!("promote:{from_job}"),
             Source::Rollback {
                 restores,
                 requested_via,
@@ -164,6 +173,7 @@ impl Source {
             } => chat_person(user_id, user_name),
             Source::Cli { user, .. } => user.clone(),
             Source::Sync { by, .. } => by.clone(),
+            Source::Promotion { from_env, .. } => format!("promotion from {from_env}"),
             Source::Rollback { requested_via, .. } => requested_via.requester(),
         }
     }
@@ -181,7 +191,10 @@ impl Source {
     /// Automatic triggers may be superseded by a newer version; human requests never are.
     /// (The local store's claim names these kinds too.)
     pub fn is_automatic(&self) -> bool {
-        matches!(self, Source::Tag { .. } | Source::Upload { .. })
+        matches!(
+            self,
+            Source::Tag { .. } | Source::Upload { .. } | Source::Promotion { .. }
+        )
     }
 }
 

@@ -15,6 +15,7 @@ pub mod lists;
 pub mod lock;
 pub mod overview;
 pub mod ports;
+pub mod promotion;
 pub mod report;
 pub mod rollout;
 pub mod status;

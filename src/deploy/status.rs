@@ -110,6 +110,17 @@ pub fn describe(n: &Notice) -> String {
             crate::deploy::lists::names(approvers)
         ),
         Notice::Approved { by } => format!("approved by {}", by.join(", ")),
+        Notice::Promoting { promoted } => match &promoted.failed {
+            None => format!(
+                "promotion to {} queued: due at {}, if still live here and not marked faulty then",
+                promoted.to,
+                promoted.due_at.format("%Y-%m-%d %H:%M:%S UTC")
+            ),
+            Some(why) => format!(
+                "promotion to {} NOT queued: {why}; deploy it there by hand",
+                promoted.to
+            ),
+        },
         Notice::WaitingForLock { holder } => {
             format!("waiting: locked by {} ({})", holder.holder, holder.reason)
         }

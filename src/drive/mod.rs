@@ -17,13 +17,15 @@ use chrono::{DateTime, Utc};
 use crate::config::secrets::Secrets;
 use crate::config::{App, Config};
 use crate::deploy::approval::{Approval, Standing};
-use crate::deploy::engine::{Action, Deploy, Notice, Observation, Outcome, Verdict};
+use crate::deploy::engine::{Action, Deploy, Notice, Observation, Outcome, Promoted, Verdict};
 use crate::deploy::history::{faulty_mark, Faulty, HistoryEntry};
 use crate::deploy::job::{DeployJob, Source};
 use crate::deploy::lock::{lease_seconds, Written};
 use crate::deploy::ports::{
-    Backlog, Fleet, Gate, Ledger, LockInfo, Notify, NotifyMemo, PortError, Refused, Sent, Turn,
+    Backlog, Fleet, Gate, JobQueue, Ledger, LockInfo, Notify, NotifyMemo, PortError, Refused, Sent,
+    Turn,
 };
+use crate::deploy::promotion;
 use crate::deploy::rollout::Rollout;
 use crate::deploy::version::Version;
 use crate::outbound::gate::Gatekeeper;
@@ -58,6 +60,8 @@ pub struct Driver {
     /// Where jobs of one app+env would otherwise race for the lock (Step Functions
     /// executions): the order they were queued in. The SQLite queue keeps it itself.
     turn: Option<Arc<dyn Turn>>,
+    /// Where promotions are queued (see `promote`): the runtime's deploy queue.
+    queue: Option<Arc<dyn JobQueue>>,
     out: Outbound,
 }
 
@@ -75,6 +79,7 @@ impl Driver {
             fleet,
             backlog,
             turn: None,
+            queue: None,
             out,
         }
     }
@@ -82,6 +87,12 @@ impl Driver {
     /// Jobs of one app+env take the lock in queue order, as `turn` says.
     pub fn with_turn(mut self, turn: Arc<dyn Turn>) -> Driver {
         self.turn = Some(turn);
+        self
+    }
+
+    /// Promotions go to `queue`.
+    pub fn with_queue(mut self, queue: Arc<dyn JobQueue>) -> Driver {
+        self.queue = Some(queue);
         self
     }
 
@@ -177,8 +188,10 @@ impl Driver {
                     cleared: deploy.clears.clone(),
                     ..HistoryEntry::new(job.clone(), now)
                 };
+                let written = self.ledger.record(&entry, deploy.written()).await?;
                 Observation::Recorded {
-                    written: self.ledger.record(&entry, deploy.written()).await?,
+                    written,
+                    promoted: self.promote(job, now).await,
                 }
             }
             Action::MarkFaulty { version, reason } => {
@@ -308,6 +321,50 @@ impl Driver {
         }
     }
 
+    /// A job just made live on an environment that promotes: the promotion, queued (a
+    /// step replayed queues the same job again, which the queue takes once). Queuing it
+    /// may fail without failing the deploy, which says so.
+    async fn promote(&self, job: &DeployJob, now: DateTime<Utc>) -> Option<Promoted> {
+        let (_, env) = self.config.target(job).ok()?;
+        let promotion = env.promote.as_ref()?.job(job, now)?;
+        let Source::Promotion { due_at, .. } = promotion.source else {
+            return None;
+        };
+        let failed = match &self.queue {
+            None => Some("this runtime has no queue to send it to".to_string()),
+            Some(queue) => match queue.enqueue(std::slice::from_ref(&promotion)).await {
+                Ok(_) => None,
+                Err(e) => {
+                    tracing::warn!(job_id = %job.id, error = %e, "cannot queue the promotion");
+                    Some(e.to_string())
+                }
+            },
+        };
+        Some(Promoted {
+            to: promotion.env,
+            due_at,
+            failed,
+        })
+    }
+
+    /// For a promotion, where it stands now (see `promotion::standing`); `None` for other
+    /// jobs. What is live where it comes from is read only once it is due.
+    async fn promotion(
+        &self,
+        job: &DeployJob,
+        now: DateTime<Utc>,
+    ) -> Result<Option<promotion::Standing>, PortError> {
+        let Source::Promotion { from_env, .. } = &job.source else {
+            return Ok(None);
+        };
+        if promotion::not_due(job, now) {
+            return Ok(promotion::standing(job, None, &[], now));
+        }
+        let live = self.ledger.history(&job.app, from_env, 1).await?;
+        let faulty = self.ledger.faulty(&job.app, from_env).await?;
+        Ok(promotion::standing(job, live.first(), &faulty, now))
+    }
+
     /// The words given on `job`'s app+env that an approval rule may count now, where its
     /// environment has approvals.
     async fn words(&self, job: &DeployJob, now: DateTime<Utc>) -> Result<Vec<Approval>, PortError> {
@@ -348,6 +405,15 @@ impl Driver {
                 });
             }
         }
+        // A promotion waits for its time as for the calendar, then goes only if what it
+        // promotes is still live where it comes from.
+        match self.promotion(job, now).await? {
+            Some(promotion::Standing::Waits { until, why }) => {
+                return Ok(Observation::Closed { until, why })
+            }
+            Some(promotion::Standing::Refused(reason)) => return Ok(Observation::Skip { reason }),
+            Some(promotion::Standing::Goes) | None => {}
+        }
         // Then (the calendar open) its approvals, once: approved, the job keeps who did it
         // and comes back for the lock.
         if let Some(rules) = self.config.approvals_for(job) {
@@ -371,6 +437,7 @@ impl Driver {
             };
             let held = |j: &DeployJob| {
                 self.config.held_back(j, now).is_some()
+                    || promotion::not_due(j, now)
                     || (!unread
                         && self.config.approvals_for(j).is_some_and(|rules| {
                             !matches!(rules.standing(j, &words, now), Standing::Approved { .. })

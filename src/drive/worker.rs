@@ -63,7 +63,14 @@ impl Worker {
     pub fn new(config: Arc<Config>, store: Store, out: Outbound) -> Worker {
         let fleet = LocalFleet::new(store.clone(), config.clone());
         let ports = Arc::new(store.clone());
-        let driver = Driver::new(config, ports.clone(), Arc::new(fleet), Some(ports), out);
+        let driver = Driver::new(
+            config,
+            ports.clone(),
+            Arc::new(fleet),
+            Some(ports.clone()),
+            out,
+        )
+        .with_queue(ports);
         let (health, _) = watch::channel(WorkerHealth::Starting);
         Worker {
             driver,

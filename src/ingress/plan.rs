@@ -38,6 +38,8 @@ pub struct Plan {
     pub calendar: String,
     /// Who must approve the deploy before it starts, if anyone.
     pub approvals: String,
+    /// Where the version goes next once this deploy succeeds, if anywhere.
+    pub promotion: String,
     pub gate: GateAnswer,
     /// The nodes in restart order, in their batches; `None` where they are found only when
     /// the deploy runs (SSM tags).
@@ -153,6 +155,17 @@ pub async fn plan(
         lock_wait_seconds: app.rollout.lock_wait_seconds,
         calendar: calendar_line(env, job, now),
         approvals: approvals_line(env, job),
+        promotion: match &env.promote {
+            Some(p) if !matches!(job.source, Source::Rollback { .. } | Source::Sync { .. }) => {
+                format!(
+                    "to {} {} after this deploy succeeds, if {} is still live here and not marked faulty then",
+                    p.to,
+                    crate::deploy::dora::human(p.after_seconds as i64),
+                    job.version
+                )
+            }
+            _ => "none".into(),
+        },
         gate,
         batches,
         nodes_unknown,
@@ -237,6 +250,14 @@ fn source(job: &DeployJob) -> String {
         Source::Tag { repo, tag, .. } => format!("tag {tag} of {repo}"),
         Source::Upload { location } => format!("the upload {location}"),
         Source::Sync { .. } => "a sync to the live version".into(),
+        Source::Promotion {
+            from_env,
+            from_job,
+            due_at,
+        } => format!(
+            "a promotion from {from_env} (job {from_job}), due at {}",
+            due_at.format("%Y-%m-%d %H:%M:%S UTC")
+        ),
     }
 }
 
@@ -308,6 +329,7 @@ impl Plan {
         });
         out.push(format!("Calendar: {}", self.calendar));
         out.push(format!("Approvals: {}", self.approvals));
+        out.push(format!("Promotion: {}", self.promotion));
         out.push(match &self.gate {
             GateAnswer::None => "Gate: none configured".into(),
             GateAnswer::Forced { by } => format!("Gate: not asked (forced by {by})"),

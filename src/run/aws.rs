@@ -119,8 +119,8 @@ pub fn turn(sdk: &aws_config::SdkConfig, machine: &str) -> SsmTurn {
 }
 
 /// The deploy-step function: `SHIPIT_CONFIG`, `SHIPIT_SSM_PREFIX`,
-/// `SHIPIT_STATE_MACHINE_ARN` (its own state machine, for queue order), and optionally
-/// `SHIPIT_STEP_BUDGET_SECONDS`.
+/// `SHIPIT_STATE_MACHINE_ARN` (its own state machine, for queue order),
+/// `SHIPIT_QUEUE_URL` (where promotions go), and optionally `SHIPIT_STEP_BUDGET_SECONDS`.
 pub async fn stepper_from_env() -> anyhow::Result<Stepper> {
     let sdk = sdk_config().await;
     let ssm = ssm_client(&sdk);
@@ -143,7 +143,8 @@ pub async fn stepper_from_env() -> anyhow::Result<Stepper> {
         Some(queue.clone()),
         Outbound::new(config, secrets),
     )
-    .with_turn(queue);
+    .with_turn(queue)
+    .with_queue(Arc::new(deploy_queue(&sdk)?));
     Ok(Stepper::new(driver, Duration::from_secs(budget)).with_figures(Arc::new(executions)))
 }
 

@@ -1795,6 +1795,52 @@ async fn an_upload_waiting_for_approval_hands_its_wait_to_the_state_machine() {
     assert_eq!(history[0].job.approved_by, ["U2"]);
 }
 
+/// On AWS the step that records a success queues the promotion on the deploy queue (SQS
+/// FIFO, in the emulator); the promotion's own step hands its wait to the state machine,
+/// having sent nothing, until it is due.
+#[tokio::test]
+async fn a_deploy_that_went_live_queues_its_promotion_on_the_deploy_queue() {
+    let mut rig = Rig::new(2).await;
+    let text = config_text(&rig.fleet, "").replace(
+        "chat_deployers = [\"*\"]\n",
+        &format!(
+            "chat_deployers = [\"*\"]\npromote = {{ to = \"later\", after_seconds = 600 }}\n[apps.hello.environments.later]\nssm_tags = {{ \"shipit:app\" = \"hello\", \"shipit:fleet\" = \"{}\" }}\ndir = \"/srv/hello app\"\nvars = {{ port = \"8080\" }}\n",
+            rig.fleet
+        ),
+    )
+    .replace("[apps.hello]\n", "[apps.hello]\ndefault_env = \"production\"\n");
+    rig.config = Arc::new(parse(&text));
+    let fifo = crate::helpers::Fifo::new().await;
+    let stepper = Stepper::new(
+        rig.driver(None).with_queue(Arc::new(fifo.queue())),
+        Duration::from_secs(5),
+    );
+    let live = rig.job("1.2.0");
+    let state = to_the_end(&stepper, StepState::start(live.clone())).await;
+    assert_eq!(state.status, Some(JobStatus::Succeeded), "{state:?}");
+    let queued = fifo.drain().await;
+    assert_eq!(queued.len(), 1, "{queued:?}");
+    assert_eq!(queued[0].0, "hello/later");
+    let promotion = DeployJob::from_json(&queued[0].1).unwrap();
+    let Source::Promotion {
+        from_env,
+        from_job,
+        due_at,
+    } = &promotion.source
+    else {
+        panic!("{promotion:?}")
+    };
+    assert_eq!((from_env.as_str(), from_job), ("production", &live.id));
+    assert!((*due_at - Utc::now()).num_seconds() > 500, "{due_at}");
+    assert_eq!(promotion.version, live.version);
+    let state = stepper
+        .step(StepInput::first(StepState::start(promotion.clone())))
+        .await
+        .unwrap();
+    assert!(!state.done && state.wait_seconds > 0, "{state:?}");
+    assert!(rig.commands(&promotion).await.is_empty());
+}
+
 #[tokio::test]
 async fn an_upload_waits_for_parameter_store_to_show_the_version_the_last_deploy_made_live() {
     let _turn = CONTROL.lock().await;

@@ -473,7 +473,10 @@ fn each_function_has_its_own_role_and_only_the_calls_it_makes() {
     );
     assert!(!dispatch.contains_key("sqs:SendMessage"));
     let step = grants("deploy-step");
+    // It sends one kind of message, a promotion, to the deploy queue only.
+    assert_eq!(step["sqs:SendMessage"], queue);
     assert!(step.keys().all(|a| a.starts_with("ssm:")
+        || a == "sqs:SendMessage"
         || a.starts_with("logs:")
         || a == "kms:Decrypt"
         || [
@@ -661,6 +664,7 @@ fn calls(binary: &str) -> BTreeSet<&'static str> {
         // Starts the execution and leaves the job's queue ticket.
         "deploy-dispatch" => &["states:StartExecution", "ssm:PutParameter"],
         "deploy-step" => &[
+            "sqs:SendMessage",
             "ssm:GetParameter",
             "ssm:GetParameterHistory",
             "ssm:GetParametersByPath",

@@ -557,6 +557,93 @@ async fn an_upload_waits_for_approval_and_deploys_once_approved() {
     assert_eq!(ex.starts("node1", "1.2.0"), 0);
 }
 
+/// Promotion on a real `serve`: a version that went live on staging is queued for
+/// production at once, due `after_seconds` later, and deploys there then, not before;
+/// one rolled back on staging before its time is not promoted, saying why.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_version_live_on_staging_is_promoted_to_production_after_its_time() {
+    let ex = Example::with_wheels(3, &["1.0.0", "1.1.0", "1.2.0"]);
+    let production = &ex.nodes[..2];
+    let staging = &ex.nodes[2];
+    let config = format!(
+        "{}\n[apps.hello.environments.staging]\nnodes = [{{ name = \"{n}\", dir = \"nodes/{n}\", vars = {{ port = \"{p}\" }} }}]\npromote = {{ to = \"production\", after_seconds = 15 }}\n",
+        crate::helpers::pip_app_toml(production, 10).replace(
+            "[apps.hello]\n",
+            "[apps.hello]\ndefault_env = \"production\"\nauto_deploy = []\n"
+        ),
+        n = staging.0,
+        p = staging.1,
+    );
+    std::fs::write(ex.config_path(), config).unwrap();
+    let (code, out) = ex.shipit(&["deploy", "hello", "1.0.0", "--wait"]);
+    assert_eq!(code, 0, "{out}");
+    let _serve = Serve::start(&ex);
+    watching(&ex).await;
+
+    let (code, out) = ex.shipit(&["deploy", "hello", "1.1.0", "--env", "staging", "--dry-run"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains(
+            "Promotion: to production 15 s after this deploy succeeds, if 1.1.0 is still live here"
+        ),
+        "{out}"
+    );
+    let (code, out) = ex.shipit(&["deploy", "hello", "1.1.0", "--env", "staging", "--wait"]);
+    assert_eq!(code, 0, "{out}");
+    let live_at = chrono::Utc::now();
+    let promotion = |version: &str| {
+        let jobs = json(&ex, &["jobs", "--json"]);
+        let found =
+            jobs.as_array().unwrap().iter().find(|j| {
+                j["job"]["version"] == version && j["job"]["source"]["kind"] == "promotion"
+            });
+        let found = found.unwrap_or_else(|| panic!("no promotion of {version}: {jobs}"));
+        let id: JobId = serde_json::from_value(found["job"]["id"].clone()).unwrap();
+        (id, found["job"]["env"].clone())
+    };
+    let (id, env) = promotion("1.1.0");
+    assert_eq!(env, "production");
+    let story = ended(&ex, &id);
+    assert_eq!(story["status"], "succeeded", "{story}");
+    assert_eq!(ex.served(), ["1.1.0", "1.1.0", "1.1.0"]);
+    let first: chrono::DateTime<chrono::Utc> = story["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|s| s["started_at"].as_str()?.parse().ok())
+        .min()
+        .unwrap();
+    assert!(
+        first >= live_at + chrono::Duration::seconds(14),
+        "promoted at {first}, live on staging at {live_at}"
+    );
+    let history = json(&ex, &["history", "hello", "--json"]);
+    assert_eq!(
+        history[0]["job"]["source"]["from_env"], "staging",
+        "{history}"
+    );
+    let (_, out) = ex.shipit(&["show", id.as_str()]);
+    assert!(out.contains("promoted from staging at"), "{out}");
+
+    // Rolled back on staging before its time: not promoted.
+    let (code, out) = ex.shipit(&["deploy", "hello", "1.2.0", "--env", "staging", "--wait"]);
+    assert_eq!(code, 0, "{out}");
+    let (code, out) = ex.shipit(&["rollback", "hello", "--env", "staging", "--wait"]);
+    assert_eq!(code, 0, "{out}");
+    let (id, _) = promotion("1.2.0");
+    let story = ended(&ex, &id);
+    assert_eq!(story["status"], "skipped", "{story}");
+    assert!(
+        story["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("not promoted: staging runs 1.1.0 now"),
+        "{story}"
+    );
+    assert_eq!(ex.served(), ["1.1.0", "1.1.0", "1.1.0"]);
+    assert_eq!(ex.starts("node1", "1.2.0"), 0);
+}
+
 /// `shipit ARGS` as user `user`, not waited for.
 fn spawn_as(ex: &Example, user: &str, args: &[&str]) -> Child {
     Command::new(env!("CARGO_BIN_EXE_shipit"))

@@ -46,6 +46,7 @@ pub(super) fn check_app(c: &mut Checker, base: &Path, name: String, a: RawApp) -
             environments.insert(env.name.clone(), env);
         }
     }
+    check_promotions(c, &k, &environments);
     let default_env = check_default_env(c, &k, a.default_env, &environments);
     let auto_deploy = a.auto_deploy.unwrap_or_else(|| vec![default_env.clone()]);
     for (i, env) in auto_deploy.iter().enumerate() {
@@ -193,6 +194,48 @@ fn check_tag_pattern(c: &mut Checker, k: &str, raw: Option<&str>) -> Option<TagP
 }
 
 /// Where chat and CLI deploys go when they name no environment; empty if nowhere.
+/// Each `promote.to` names another environment of the app, and following them never
+/// comes back (a promotion would go round for ever).
+fn check_promotions(c: &mut Checker, k: &str, environments: &BTreeMap<String, Environment>) {
+    for (name, env) in environments {
+        let Some(p) = &env.promote else { continue };
+        let key = format!("{k}.environments.{name}.promote.to");
+        if !environments.contains_key(&p.to) || p.to == *name {
+            c.error(
+                key,
+                format!("{:?} is not another environment of this app", p.to),
+                format!(
+                    "one of {}",
+                    environments
+                        .keys()
+                        .filter(|e| *e != name)
+                        .cloned()
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            );
+            continue;
+        }
+        let mut seen = vec![name.as_str()];
+        let mut next = Some(p.to.as_str());
+        while let Some(to) = next {
+            if seen.contains(&to) {
+                c.error(
+                    &key,
+                    format!("promotions go round: {} → {to}", seen.join(" → ")),
+                    "end the chain at the last environment (production promotes nowhere)",
+                );
+                break;
+            }
+            seen.push(to);
+            next = environments
+                .get(to)
+                .and_then(|e| e.promote.as_ref())
+                .map(|p| p.to.as_str());
+        }
+    }
+}
+
 fn check_default_env(
     c: &mut Checker,
     k: &str,

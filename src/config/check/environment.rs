@@ -14,6 +14,7 @@ use crate::deploy::approval::{
 };
 use crate::deploy::calendar::{Calendar, RawFreeze};
 use crate::deploy::job::is_slack_id;
+use crate::deploy::promotion::{Promote, DEFAULT_AFTER_SECONDS, MAX_AFTER_SECONDS};
 
 pub(super) fn check_environment(
     c: &mut Checker,
@@ -84,6 +85,22 @@ pub(super) fn check_environment(
     let calendar = check_calendar(c, &ek, e.time_zone, &e.windows, &e.freezes);
     check_people(c, &format!("{ek}.freeze_overriders"), &e.freeze_overriders);
     let approvals = e.approvals.and_then(|a| check_approvals(c, &ek, a));
+    let promote = e.promote.and_then(|p| {
+        let after_seconds = p.after_seconds.unwrap_or(DEFAULT_AFTER_SECONDS);
+        if after_seconds > MAX_AFTER_SECONDS {
+            c.error(
+                format!("{ek}.promote.after_seconds"),
+                format!("{after_seconds} s is longer than a day"),
+                "e.g. after_seconds = 3600: live here an hour, then on",
+            );
+            return None;
+        }
+        // Whether `to` is another environment of the app: see `check_app`.
+        Some(Promote {
+            to: p.to,
+            after_seconds,
+        })
+    });
     nodes.map(|nodes| Environment {
         name,
         nodes,
@@ -91,6 +108,7 @@ pub(super) fn check_environment(
         calendar: calendar.flatten(),
         freeze_overriders: e.freeze_overriders,
         approvals,
+        promote,
         chat_lockers: e.chat_lockers.unwrap_or_else(|| e.chat_deployers.clone()),
         chat_deployers: e.chat_deployers,
         chat_forcers: e.chat_forcers,

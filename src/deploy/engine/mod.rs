@@ -22,7 +22,8 @@ mod phases;
 mod types;
 
 pub use types::{
-    Action, Batch, Mark, Node, NodeState, Notice, Observation, Outcome, Phase, Took, Verdict,
+    Action, Batch, Mark, Node, NodeState, Notice, Observation, Outcome, Phase, Promoted, Took,
+    Verdict,
 };
 
 /// How often to look at a command still running: every 250 ms for its first second and
@@ -391,6 +392,12 @@ impl Deploy {
             (Action::Lock { .. }, Observation::Closed { until, why }) => {
                 self.on_closed(now, until, why, n)
             }
+            (Action::Lock { .. }, Observation::Skip { reason }) => {
+                // An earlier try at the lock may have taken it unseen (its answer lost):
+                // end through Unlock, which frees it only if this job holds it.
+                self.locked = true;
+                self.finish(Outcome::Skipped { reason }, n);
+            }
             (
                 Action::Lock { .. },
                 Observation::Approval {
@@ -428,8 +435,11 @@ impl Deploy {
                     sent_at,
                 },
             ) if key == cmd.key => self.on_ran(now, cmd, results, sent_at, n),
-            (Action::Record, Observation::Recorded { written }) => {
+            (Action::Record, Observation::Recorded { written, promoted }) => {
                 self.wrote(written);
+                if let Some(promoted) = promoted {
+                    n.push(Notice::Promoting { promoted });
+                }
                 self.on_recorded()
             }
             (Action::MarkFaulty { version, reason }, Observation::MarkedFaulty { written }) => {

@@ -348,6 +348,7 @@ impl Twin {
                 self.written.live += 1;
                 Observation::Recorded {
                     written: self.written,
+                    promoted: None,
                 }
             }
             Action::MarkFaulty { version, reason } => {
@@ -857,6 +858,7 @@ fn a_replayed_or_stale_observation_is_refused_and_changes_nothing() {
             t0(),
             Observation::Recorded {
                 written: Written::default(),
+                promoted: None,
             },
         )
         .is_err());

@@ -81,6 +81,11 @@ pub enum Observation {
         until: DateTime<Utc>,
         why: String,
     },
+    /// Asked for the lock by a job that must not go at all (a promotion whose version is
+    /// no longer live where it comes from): it is skipped.
+    Skip {
+        reason: String,
+    },
     /// Asked for the lock by a job its environment's approvals hold (see
     /// [`approval`](crate::deploy::approval)): where it stands, who may approve it, and
     /// how long it may wait from the first ask.
@@ -99,16 +104,29 @@ pub enum Observation {
         sent_at: Option<DateTime<Utc>>,
     },
     Waited,
-    /// `written`: the ledger's answer, what the lock's holders have written now.
+    /// `written`: the ledger's answer, what the lock's holders have written now;
+    /// `promoted`: the promotion this success queued, if its environment promotes.
     Recorded {
         #[serde(default)]
         written: Written,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        promoted: Option<Promoted>,
     },
     MarkedFaulty {
         #[serde(default)]
         written: Written,
     },
     Unlocked,
+}
+
+/// The promotion a deploy queued on success (see `promotion`): where to, when it is due,
+/// or why it could not be queued.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Promoted {
+    pub to: String,
+    pub due_at: DateTime<Utc>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failed: Option<String>,
 }
 
 /// Whether a version may be deployed, from its source (GitHub) rather than from shipit.
@@ -270,6 +288,10 @@ pub enum Notice {
     /// Enough approvers approved it (some perhaps an earlier deploy of the version).
     Approved {
         by: Vec<String>,
+    },
+    /// Live here, the version is sent on to another environment (queued, due then).
+    Promoting {
+        promoted: Promoted,
     },
     /// Someone asked this deploy to stop: it does after the command in flight.
     Aborting {

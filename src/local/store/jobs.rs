@@ -146,7 +146,7 @@ impl Store {
                                      AND json_extract(d.state, '$.closed') IS NOT NULL
                                      AND json_extract(d.state, '$.locked') = 0)
                                    OR (json_valid(j.job)
-                                       AND json_extract(j.job, '$.source.kind') IN ('tag', 'upload'))))
+                                       AND json_extract(j.job, '$.source.kind') IN ('tag', 'upload', 'promotion'))))
                          ORDER BY seq LIMIT 1",
                         [],
                         |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),

@@ -52,6 +52,7 @@ pub fn trigger(source: &Source) -> String {
         Source::Chat { .. } => format!("/deploy by {}", source.requester()),
         Source::Cli { user, .. } => format!("shipit deploy by {user}"),
         Source::Sync { by, .. } => format!("sync by {by}"),
+        Source::Promotion { from_env, .. } => format!("promotion from {from_env}"),
         Source::Rollback { requested_via, .. } => {
             format!("rollback, {}", trigger(requested_via))
         }

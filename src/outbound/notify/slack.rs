@@ -131,6 +131,9 @@ impl Round<'_> {
                     approvers.iter().map(|a| mention(a)).collect::<Vec<_>>().join(", "),
                     id = self.deploy.job.id
                 ),
+                Notice::Promoting { .. } => {
+                    format!(":arrow_forward: {}", crate::deploy::status::describe(n))
+                }
                 Notice::Approved { by } => format!(
                     ":white_check_mark: approved by {}",
                     by.iter().map(|a| mention(a)).collect::<Vec<_>>().join(", ")
