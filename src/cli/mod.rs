@@ -633,11 +633,12 @@ pub async fn cancel(store: &Store, id: &str) -> anyhow::Result<QueuedJob> {
             ),
             // Not built yet on one machine: the worker drives it, and would need to learn
             // of the cancel under its claim (on AWS, the claim does this).
-            Some(_) => bail!(
-            "job {} waits for its environment's calendar and cannot be cancelled on one machine yet: it deploys when the calendar opens, unless `shipit lock {} --env {}` before then makes it give up after lock_wait_seconds",
-            q.job.id,
-            q.job.app,
-            q.job.env
+            Some(d) => bail!(
+                "job {} waits ({}) and cannot be cancelled on one machine yet: it goes when that wait ends, unless `shipit lock {} --env {}` before then makes it give up after lock_wait_seconds",
+                q.job.id,
+                d.closed.as_deref().unwrap_or("to start"),
+                q.job.app,
+                q.job.env
             ),
             None => bail!(
                 "job {} is running: `shipit abort {} --env {}` stops it and puts back what it restarted",

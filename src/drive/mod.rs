@@ -191,7 +191,7 @@ impl Driver {
                 let written = self.ledger.record(&entry, deploy.written()).await?;
                 Observation::Recorded {
                     written,
-                    promoted: self.promote(job, now).await,
+                    promoted: self.promote(deploy, now).await,
                 }
             }
             Action::MarkFaulty { version, reason } => {
@@ -324,15 +324,19 @@ impl Driver {
     /// A job just made live on an environment that promotes: the promotion, queued (a
     /// step replayed queues the same job again, which the queue takes once). Queuing it
     /// may fail without failing the deploy, which says so.
-    async fn promote(&self, job: &DeployJob, now: DateTime<Utc>) -> Option<Promoted> {
+    async fn promote(&self, deploy: &Deploy, now: DateTime<Utc>) -> Option<Promoted> {
+        let job = &deploy.job;
         let (_, env) = self.config.target(job).ok()?;
         let promotion = env.promote.as_ref()?.job(job, now)?;
         let Source::Promotion { due_at, .. } = promotion.source else {
             return None;
         };
-        let failed = match &self.queue {
-            None => Some("this runtime has no queue to send it to".to_string()),
-            Some(queue) => match queue.enqueue(std::slice::from_ref(&promotion)).await {
+        // Only what went live on every node goes on.
+        let left = deploy.outcome.as_ref().and_then(Outcome::left_behind);
+        let failed = match (&self.queue, left) {
+            (_, Some(left)) => Some(format!("this deploy left {left}")),
+            (None, None) => Some("this runtime has no queue to send it to".to_string()),
+            (Some(queue), None) => match queue.enqueue(std::slice::from_ref(&promotion)).await {
                 Ok(_) => None,
                 Err(e) => {
                     tracing::warn!(job_id = %job.id, error = %e, "cannot queue the promotion");
@@ -392,6 +396,16 @@ impl Driver {
         if let Some(by) = self.cancelled(job).await? {
             return Ok(Observation::Cancelled { by, holder: None });
         }
+        // A promotion waits for its time as for the calendar, then goes only if what it
+        // promotes is still live where it comes from (before any calendar wait: one that
+        // will not go is skipped at once).
+        match self.promotion(job, now).await? {
+            Some(promotion::Standing::Waits { until, why }) => {
+                return Ok(Observation::Closed { until, why })
+            }
+            Some(promotion::Standing::Refused(reason)) => return Ok(Observation::Skip { reason }),
+            Some(promotion::Standing::Goes) | None => {}
+        }
         // Checked at each try, just before the lock: nothing starts to change nodes
         // outside the environment's calendar (a deploy under way goes on to its end).
         if let Some(closed) = self.config.held_back(job, now) {
@@ -404,15 +418,6 @@ impl Driver {
                     why: closed.why,
                 });
             }
-        }
-        // A promotion waits for its time as for the calendar, then goes only if what it
-        // promotes is still live where it comes from.
-        match self.promotion(job, now).await? {
-            Some(promotion::Standing::Waits { until, why }) => {
-                return Ok(Observation::Closed { until, why })
-            }
-            Some(promotion::Standing::Refused(reason)) => return Ok(Observation::Skip { reason }),
-            Some(promotion::Standing::Goes) | None => {}
         }
         // Then (the calendar open) its approvals, once: approved, the job keeps who did it
         // and comes back for the lock.
@@ -504,6 +509,12 @@ impl Driver {
         for newer in backlog.newer_queued(job).await? {
             // A sync sends out whatever is live at its turn: it supersedes nothing.
             if matches!(newer.source, Source::Sync { .. }) {
+                continue;
+            }
+            // Nor a promotion not due yet, or one that will not go: it may never deploy.
+            if matches!(newer.source, Source::Promotion { .. })
+                && self.promotion(&newer, now).await? != Some(promotion::Standing::Goes)
+            {
                 continue;
             }
             // Nor does one still waiting for approval: it may never get it.

@@ -347,7 +347,8 @@ async fn an_upload_inside_a_freeze_waits_and_deploys_when_it_ends() {
     let (code, out) = ex.shipit(&["cancel", id.as_str()]);
     assert_ne!(code, 0, "{out}");
     assert!(
-        out.contains("waits for its environment's calendar and cannot be cancelled"),
+        out.contains("waits (frozen (test freeze) until")
+            && out.contains("cannot be cancelled on one machine yet"),
         "{out}"
     );
     // A newer upload stays queued behind it (not claimed: uploads go out in order, the

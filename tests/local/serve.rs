@@ -1041,3 +1041,70 @@ async fn chat_takes_a_queued_job_off_the_queue_for_who_may() {
     let text = say("U2CERLKJA", "cancel 12345".into()).await;
     assert!(text.contains("is not a job id"), "{text}");
 }
+
+/// `first` claimed, then saved as its last step left it: waiting to start (`why`),
+/// without its lock.
+async fn claimed_waiting(
+    store: &shipit::local::store::Store,
+    first: &shipit::deploy::job::DeployJob,
+    why: &str,
+) {
+    use shipit::deploy::ports::JobQueue;
+    let now = Utc::now();
+    store.enqueue(std::slice::from_ref(first)).await.unwrap();
+    let claimed = store.claim_next(now).await.unwrap().unwrap();
+    assert_eq!(claimed.job.id, first.id);
+    let mut d = shipit::deploy::engine::Deploy::new(first.clone(), Default::default());
+    d.closed = Some(why.into());
+    store.save_step(&d, &[], now).await.unwrap();
+}
+
+/// Who passes a running job that waits to start, on one machine: an upload queued behind
+/// an upload its calendar holds back stays queued (to go out in order, the newest
+/// superseding), but passes a promotion that waits for its time.
+#[tokio::test]
+async fn uploads_wait_behind_a_held_upload_but_pass_a_waiting_promotion() {
+    use shipit::deploy::job::{DeployJob, Source};
+    use shipit::deploy::ports::JobQueue;
+    let now = Utc::now();
+    let job = |version: &str, source: Source| {
+        let version = shipit::deploy::version::Version::parse(version).unwrap();
+        DeployJob::new(
+            "hello",
+            "production",
+            "hello-app".parse().unwrap(),
+            version,
+            source,
+            now,
+        )
+    };
+    let upload = |version: &str| {
+        let location = format!("uploads/hello_app-{version}-py3-none-any.whl");
+        job(version, Source::Upload { location })
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (_, store) = LocalApp::default().open(dir.path());
+    claimed_waiting(&store, &upload("1.1.0"), "frozen (x) until …").await;
+    store.enqueue(&[upload("1.2.0")]).await.unwrap();
+    assert!(
+        store.claim_next(now).await.unwrap().is_none(),
+        "an upload passed a held upload"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let (_, store) = LocalApp::default().open(dir.path());
+    let source = Source::Promotion {
+        from_env: "staging".into(),
+        from_job: upload("1.3.0").id,
+        due_at: now + chrono::Duration::hours(1),
+    };
+    claimed_waiting(&store, &job("1.3.0", source), "promoted from staging at …").await;
+    let later = upload("1.4.0");
+    store.enqueue(std::slice::from_ref(&later)).await.unwrap();
+    let passed = store.claim_next(now).await.unwrap().map(|q| q.job.id);
+    assert_eq!(
+        passed,
+        Some(later.id),
+        "the upload waited for a promotion's time"
+    );
+}

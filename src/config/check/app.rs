@@ -193,7 +193,6 @@ fn check_tag_pattern(c: &mut Checker, k: &str, raw: Option<&str>) -> Option<TagP
     }
 }
 
-/// Where chat and CLI deploys go when they name no environment; empty if nowhere.
 /// Each `promote.to` names another environment of the app, and following them never
 /// comes back (a promotion would go round for ever).
 fn check_promotions(c: &mut Checker, k: &str, environments: &BTreeMap<String, Environment>) {
@@ -236,6 +235,7 @@ fn check_promotions(c: &mut Checker, k: &str, environments: &BTreeMap<String, En
     }
 }
 
+/// Where chat and CLI deploys go when they name no environment; empty if nowhere.
 fn check_default_env(
     c: &mut Checker,
     k: &str,

@@ -133,10 +133,12 @@ impl Store {
         self.with(move |c| {
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
             loop {
-                // A running job its calendar holds back (its last step saved it waiting,
-                // without its lock: `Deploy::waits_to_start`) keeps no place in its group for a rollback or a
+                // A running job that waits to start (for its calendar, its approval or its
+                // promotion's time: its last step saved it waiting, without its lock, see
+                // `Deploy::waits_to_start`) keeps no place in its group for a rollback or a
                 // person's deploy; automatic jobs stay queued behind it, to be superseded
-                // and to go out in order. (The kinds are `Source::is_automatic`'s.)
+                // and to go out in order, but for a promotion, which waits for a time of
+                // its own. (The kinds are `Source::is_automatic`'s.)
                 let row: Option<(i64, String, String)> = tx
                     .query_row(
                         "SELECT seq, id, job FROM jobs j WHERE status = 'queued' AND NOT EXISTS
@@ -146,7 +148,9 @@ impl Store {
                                      AND json_extract(d.state, '$.closed') IS NOT NULL
                                      AND json_extract(d.state, '$.locked') = 0)
                                    OR (json_valid(j.job)
-                                       AND json_extract(j.job, '$.source.kind') IN ('tag', 'upload', 'promotion'))))
+                                       AND json_extract(j.job, '$.source.kind') IN ('tag', 'upload', 'promotion')
+                                       AND NOT (json_valid(r.job)
+                                                AND json_extract(r.job, '$.source.kind') = 'promotion'))))
                          ORDER BY seq LIMIT 1",
                         [],
                         |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
