@@ -208,16 +208,22 @@ impl Environment {
         crate::deploy::calendar::admit(calendar, overriders, job, now)
     }
 
-    /// Why `job` waits for the calendar now, as status and the page say it: not of the job
-    /// holding the lock (`holder`), under way when the calendar closed.
+    /// Why `job` waits to start now, as status and the page say it: as its last step
+    /// (`saved`) said it, waiting for its calendar, its approval or its promotion's time;
+    /// for a job not started, what its calendar would say. Not of the job holding the lock
+    /// (`holder`), under way when the calendar closed.
     pub fn waiting_why(
         &self,
         job: &crate::deploy::job::DeployJob,
         holder: Option<&crate::deploy::job::JobId>,
+        saved: Option<&crate::deploy::engine::Deploy>,
         now: chrono::DateTime<chrono::Utc>,
     ) -> Option<String> {
         if holder == Some(&job.id) {
             return None;
+        }
+        if let Some(d) = saved.filter(|d| d.waits_to_start()) {
+            return d.closed.clone();
         }
         self.held_back(job, now).map(|c| c.why)
     }

@@ -455,22 +455,26 @@ fn a_hook_using_dir_needs_it_even_beside_a_broken_hook() {
     );
 }
 
+/// App hello with one environment, production, on one listed node, and `lines` more
+/// keys of that environment.
+fn production_with(lines: &str) -> String {
+    format!(
+        r#"
+        [apps.hello]
+        package = "hello-app"
+        install = "true"
+        restart = "true"
+        health = "true"
+        [apps.hello.environments.production]
+        nodes = [{{ name = "n1", dir = "n1" }}]
+        {lines}
+    "#
+    )
+}
+
 #[test]
 fn calendars_are_checked_key_by_key() {
-    let config = |lines: &str| {
-        format!(
-            r#"
-            [apps.hello]
-            package = "hello-app"
-            install = "true"
-            restart = "true"
-            health = "true"
-            [apps.hello.environments.production]
-            nodes = [{{ name = "n1", dir = "n1" }}]
-            {lines}
-        "#
-        )
-    };
+    let config = production_with;
     let ok = r#"time_zone = "Europe/Berlin"
             windows = ["Mon-Thu 09:00-16:00"]
             freezes = [{ yearly = "12-20..01-03", reason = "holidays" }]
@@ -770,20 +774,7 @@ nodes = [{ name = "n1", dir = "nodes/n1" }]
 
 #[test]
 fn approvals_are_checked_key_by_key() {
-    let config = |line: &str| {
-        format!(
-            r#"
-            [apps.hello]
-            package = "hello-app"
-            install = "true"
-            restart = "true"
-            health = "true"
-            [apps.hello.environments.production]
-            nodes = [{{ name = "n1", dir = "n1" }}]
-            approvals = {line}
-        "#
-        )
-    };
+    let config = |line: &str| production_with(&format!("approvals = {line}"));
     let (c, errors) = error_keys(&config(r#"{ approvers = ["U2CERLKJA", "ann"] }"#));
     assert!(errors.is_empty(), "{errors:?}");
     let env = &c.unwrap().apps["hello"].environments["production"];
@@ -896,4 +887,48 @@ fn promotions_name_another_environment_and_never_go_round() {
             "{staging} {production}"
         );
     }
+}
+
+/// What status and the pages say a job waits for: its last step's words when it waits
+/// to start (approval, a promotion's time), else what its calendar says; nothing of the
+/// lock's holder.
+#[test]
+fn a_job_waits_for_what_its_last_step_said_else_for_its_calendar() {
+    // Frozen from yesterday for 200 days: closed now, open within the check's horizon.
+    let day = |d: i64| (chrono::Utc::now() + chrono::Duration::days(d)).format("%Y-%m-%d");
+    let text = production_with(&format!(
+        "time_zone = \"UTC\"\nfreezes = [{{ from = \"{}\", until = \"{}\", reason = \"long\" }}]",
+        day(-1),
+        day(200)
+    ));
+    let (c, errors) = error_keys(&text);
+    assert!(errors.is_empty(), "{errors:?}");
+    let env = &c.unwrap().apps["hello"].environments["production"];
+    let job = crate::deploy::job::DeployJob::new(
+        "hello",
+        "production",
+        "hello-app".parse().unwrap(),
+        crate::deploy::version::Version::parse("1.2.0").unwrap(),
+        crate::deploy::job::Source::Upload {
+            location: "u/hello_app-1.2.0-py3-none-any.whl".into(),
+        },
+        chrono::Utc::now(),
+    );
+    let now = chrono::Utc::now();
+    let calendar = env.waiting_why(&job, None, None, now).unwrap();
+    assert!(calendar.starts_with("frozen (long) until"), "{calendar}");
+    let mut saved = crate::deploy::engine::Deploy::new(job.clone(), Default::default());
+    saved.closed = Some("waits for approval (0 of 1): …".into());
+    let said = env.waiting_why(&job, None, Some(&saved), now);
+    assert_eq!(said.as_deref(), Some("waits for approval (0 of 1): …"));
+    saved.locked = true;
+    let said = env.waiting_why(&job, None, Some(&saved), now).unwrap();
+    assert!(
+        said.starts_with("frozen (long)"),
+        "a job holding its lock waits for nothing it said"
+    );
+    assert_eq!(
+        env.waiting_why(&job, Some(&job.id), Some(&saved), now),
+        None
+    );
 }

@@ -17,7 +17,7 @@ use http::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE};
 
 use super::page::{self, JobRow, Live, Running};
 use crate::aws::turn::SsmTurn;
-use crate::config::Config;
+use crate::config::{Config, Environment};
 use crate::deploy::dora::Figures;
 use crate::deploy::job::JobId;
 use crate::deploy::overview::{ActiveJob, EnvStatus};
@@ -118,18 +118,25 @@ impl AwsPage {
                     });
                 }
                 let env_config = app.environments.get(env);
-                status.jobs = waiting
-                    .into_iter()
-                    .map(|j| ActiveJob {
-                        status: match holder.as_ref() == Some(&j.id) {
+                for j in waiting {
+                    let holds = holder.as_ref() == Some(&j.id);
+                    // What a job waits for (its approval, its promotion's time), as its
+                    // last step said; one look at its execution each.
+                    let saved = match (holds, env_config) {
+                        (false, Some(_)) => self.executions.last_state(&j.id).await?,
+                        _ => None,
+                    };
+                    let why = |e: &Environment| e.waiting_why(&j, holder.as_ref(), saved.as_ref(), now);
+                    status.jobs.push(ActiveJob {
+                        status: match holds {
                             true => JobStatus::Running,
                             false => JobStatus::Queued,
                         },
-                        held: env_config.and_then(|e| e.waiting_why(&j, holder.as_ref(), now)),
+                        held: env_config.and_then(why),
                         job: j.id,
                         version: j.version,
-                    })
-                    .collect();
+                    });
+                }
                 envs.push(status);
             }
         }

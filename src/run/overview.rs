@@ -49,21 +49,16 @@ pub async fn status(
                 .iter()
                 .filter(|q| q.job.group() == group && q.status.is_pending())
             {
-                // A running job says what it waits for as its last step saw it (approval,
-                // too); a queued one what its calendar would say.
                 let saved = match q.status {
                     JobStatus::Running => store.load_deploy(&q.job.id).await.map_err(port)?,
                     _ => None,
                 };
-                let held = match saved {
-                    Some(d) if d.waits_to_start() => d.closed,
-                    _ => app.environments[env].waiting_why(&q.job, holder.as_ref(), now),
-                };
+                let env = &app.environments[env];
                 status.jobs.push(ActiveJob {
                     job: q.job.id.clone(),
                     version: q.job.version.clone(),
                     status: q.status,
-                    held,
+                    held: env.waiting_why(&q.job, holder.as_ref(), saved.as_ref(), now),
                 });
             }
             out.push(status);

@@ -1717,26 +1717,8 @@ async fn an_upload_in_a_freeze_hands_its_wait_to_the_state_machine_then_deploys(
     let upload = upload_job(&unique("frozen"), "1.2.0", Utc::now());
     // A step's budget shorter than the wait: the state machine's Wait does it.
     let stepper = rig.stepper(Duration::from_secs(1));
-    let state = stepper
-        .step(StepInput::first(StepState::start(upload.clone())))
-        .await
-        .unwrap();
-    assert!(!state.done, "{state:?}");
+    let state = waits_at_first(&rig, &stepper, &upload, "frozen (aws freeze) until").await;
     assert!((1..=9).contains(&state.wait_seconds), "{state:?}");
-    let closed = state.deploy.as_ref().and_then(|d| d.closed.clone());
-    assert!(
-        closed
-            .as_deref()
-            .is_some_and(|c| c.starts_with("frozen (aws freeze) until")),
-        "{state:?}"
-    );
-    assert!(rig.commands(&upload).await.is_empty());
-    let lock = rig
-        .ledger
-        .lock_state("hello", "production", Utc::now())
-        .await
-        .unwrap();
-    assert!(lock.is_none(), "waiting, it holds no lock: {lock:?}");
     let state = to_the_end(&stepper, state).await;
     assert_eq!(state.status, Some(JobStatus::Succeeded), "{state:?}");
     assert!(Utc::now() >= until);
@@ -1756,25 +1738,8 @@ async fn an_upload_waiting_for_approval_hands_its_wait_to_the_state_machine() {
     rig.config = Arc::new(parse(&text));
     let upload = upload_job(&unique("approved"), "1.2.0", Utc::now());
     let stepper = rig.stepper(Duration::from_secs(1));
-    let state = stepper
-        .step(StepInput::first(StepState::start(upload.clone())))
-        .await
-        .unwrap();
-    assert!(!state.done && state.wait_seconds == 5, "{state:?}");
-    let closed = state.deploy.as_ref().and_then(|d| d.closed.clone());
-    assert!(
-        closed
-            .as_deref()
-            .is_some_and(|c| c.starts_with("waits for approval (0 of 1)")),
-        "{state:?}"
-    );
-    assert!(rig.commands(&upload).await.is_empty());
-    let lock = rig
-        .ledger
-        .lock_state("hello", "production", Utc::now())
-        .await
-        .unwrap();
-    assert!(lock.is_none(), "waiting, it holds no lock: {lock:?}");
+    let state = waits_at_first(&rig, &stepper, &upload, "waits for approval (0 of 1)").await;
+    assert_eq!(state.wait_seconds, 5, "{state:?}");
     let word = shipit::deploy::approval::Approval {
         job: upload.id.clone(),
         version: upload.version.clone(),
@@ -1833,12 +1798,31 @@ async fn a_deploy_that_went_live_queues_its_promotion_on_the_deploy_queue() {
     assert_eq!((from_env.as_str(), from_job), ("production", &live.id));
     assert!((*due_at - Utc::now()).num_seconds() > 500, "{due_at}");
     assert_eq!(promotion.version, live.version);
+    let state = waits_at_first(&rig, &stepper, &promotion, "promoted from production at").await;
+    assert!(state.wait_seconds > 500, "{state:?}");
+}
+
+/// `job`'s first step, which hands a wait back to the state machine, saying why (its
+/// start), having sent nothing and holding no lock.
+async fn waits_at_first(rig: &Rig, stepper: &Stepper, job: &DeployJob, why: &str) -> StepState {
     let state = stepper
-        .step(StepInput::first(StepState::start(promotion.clone())))
+        .step(StepInput::first(StepState::start(job.clone())))
         .await
         .unwrap();
     assert!(!state.done && state.wait_seconds > 0, "{state:?}");
-    assert!(rig.commands(&promotion).await.is_empty());
+    let closed = state.deploy.as_ref().and_then(|d| d.closed.clone());
+    assert!(
+        closed.as_deref().is_some_and(|c| c.starts_with(why)),
+        "{state:?}"
+    );
+    assert!(rig.commands(job).await.is_empty());
+    let lock = rig
+        .ledger
+        .lock_state(&job.app, &job.env, Utc::now())
+        .await
+        .unwrap();
+    assert!(lock.is_none(), "waiting, it holds no lock: {lock:?}");
+    state
 }
 
 #[tokio::test]

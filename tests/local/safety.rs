@@ -305,32 +305,7 @@ async fn an_upload_inside_a_freeze_waits_and_deploys_when_it_ends() {
 
     // An upload: queued, and waits.
     drop_wheel(&ex, "1.2.0");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let upload = loop {
-        let status = json(&ex, &["status", "--json"]);
-        let held = status[0]["jobs"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|j| j["version"] == "1.2.0" && j["held"].is_string())
-            .cloned();
-        if let Some(j) = held {
-            break j;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the upload never waited: {status}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    };
-    assert!(
-        upload["held"]
-            .as_str()
-            .unwrap()
-            .starts_with("frozen (test freeze) until"),
-        "{upload}"
-    );
-    let id: JobId = serde_json::from_value(upload["job"].clone()).unwrap();
+    let id = held(&ex, "1.2.0", "frozen (test freeze) until");
     // Claimed, and told by its calendar to wait (status says so of a queued one too).
     let deadline = Instant::now() + Duration::from_secs(30);
     while !ex
@@ -436,6 +411,26 @@ fn account() -> String {
     String::from_utf8(out.stdout).unwrap().trim().to_string()
 }
 
+/// The job of `version` that `shipit status` says waits, for a reason starting `why`
+/// (within 30 s).
+fn held(ex: &Example, version: &str, why: &str) -> JobId {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let status = json(ex, &["status", "--json"]);
+        let waiting = status[0]["jobs"].as_array().unwrap().iter().find(|j| {
+            j["version"] == version && j["held"].as_str().is_some_and(|h| h.starts_with(why))
+        });
+        if let Some(j) = waiting {
+            return serde_json::from_value(j["job"].clone()).unwrap();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{version} never waited ({why}): {status}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 /// Job `id`'s story once it has ended (two minutes at most).
 fn ended(ex: &Example, id: &JobId) -> serde_json::Value {
     let deadline = Instant::now() + Duration::from_secs(120);
@@ -470,25 +465,7 @@ async fn an_upload_waits_for_approval_and_deploys_once_approved() {
     watching(&ex).await;
 
     drop_wheel(&ex, "1.1.0");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let upload = loop {
-        let status = json(&ex, &["status", "--json"]);
-        let waiting = status[0]["jobs"].as_array().unwrap().iter().find(|j| {
-            j["version"] == "1.1.0"
-                && j["held"]
-                    .as_str()
-                    .is_some_and(|h| h.starts_with("waits for approval (0 of 1)"))
-        });
-        if let Some(j) = waiting {
-            break j.clone();
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the upload never waited: {status}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    };
-    let id: JobId = serde_json::from_value(upload["job"].clone()).unwrap();
+    let id = held(&ex, "1.1.0", "waits for approval (0 of 1)");
     let (code, out) = ex.shipit(&["cancel", id.as_str()]);
     assert_ne!(code, 0, "{out}");
     assert!(
