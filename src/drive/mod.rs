@@ -164,7 +164,7 @@ impl Driver {
                     .await?;
                 Observation::Inspected {
                     live: live.map(|e| Box::new(e.job)),
-                    newer_queued: self.superseding(job, &faulty).await?,
+                    newer_queued: self.superseding(job, &faulty, now).await?,
                     faulty: faulty_mark(&faulty, &job.version).cloned(),
                 }
             }
@@ -500,11 +500,11 @@ impl Driver {
         &self,
         job: &DeployJob,
         faulty: &[Faulty],
+        now: DateTime<Utc>,
     ) -> Result<Option<Version>, PortError> {
         let (Some(backlog), true) = (&self.backlog, job.source.is_automatic()) else {
             return Ok(None);
         };
-        let now = Utc::now();
         let mut words = None;
         for newer in backlog.newer_queued(job).await? {
             // A sync sends out whatever is live at its turn: it supersedes nothing.
