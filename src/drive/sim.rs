@@ -28,6 +28,7 @@
 //! `CI_SEEDS`).
 
 use crate::deploy::approval::{Approval, Standing};
+use crate::deploy::promotion;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -50,7 +51,7 @@ use crate::deploy::history::{
 use crate::deploy::job::{DeployJob, JobId, Source};
 use crate::deploy::lock::{take, LockInfo, Renewal, Unlocked, Written, DELIVERY_TIMEOUT_SECONDS};
 use crate::deploy::ports::{
-    Gate, HeldBack, Ledger, Notify, NotifyMemo, PortError, Throttled, Turn,
+    Enqueued, Gate, HeldBack, JobQueue, Ledger, Notify, NotifyMemo, PortError, Throttled, Turn,
 };
 use crate::deploy::status::JobStatus;
 use crate::deploy::version::Version;
@@ -58,7 +59,7 @@ use crate::deploy::version::Version;
 /// Schedules run in CI: about two minutes on this 2-core machine in a debug build.
 const CI_SEEDS: u64 = 10_000;
 const EVENTS: usize = 100;
-const TARGETS: [(&str, &str); 2] = [("a", "prod"), ("b", "prod")];
+const TARGETS: [(&str, &str); 3] = [("a", "prod"), ("b", "prod"), ("a", "staging")];
 const NODES: [&str; 3] = ["n1", "n2", "n3"];
 const VERSIONS: [&str; 5] = ["1.0.0", "1.1.0", "1.2.0", "1.3.0", "2.0.0"];
 
@@ -70,6 +71,7 @@ fn config() -> Arc<Config> {
             r#"
 [apps.{name}]
 package = "{name}-app"
+default_env = "prod"
 install = "sim-install {{version}}"
 restart = "sim-restart {{version}}"
 health = "sim-health {{version}}"
@@ -97,8 +99,15 @@ freeze_overriders = ["U1"]"#;
     // without, a job is skipped (a `Run` alone moves the clock up to 40 looks on).
     let approvals =
         r#"approvals = { approvers = ["U1", "U2"], grace_seconds = 600, timeout_seconds = 10800 }"#;
+    // a/staging promotes what goes live there to a/prod five minutes later, through
+    // a/prod's approvals.
+    let staging = r#"
+[apps.a.environments.staging]
+ssm_tags = { "shipit:app" = "a", "shipit:env" = "staging" }
+promote = { to = "prod", after_seconds = 300 }
+"#;
     let text = format!(
-        "[server]\nstate = \"sim.db\"\n{}{}",
+        "[server]\nstate = \"sim.db\"\n{}{staging}{}",
         app("a", "", approvals),
         app("b", "batches = [1, 2]\nmax_failed = 1", calendar)
     );
@@ -343,6 +352,9 @@ struct Target {
     handed: Written,
     /// People's words on its jobs (see `approval`).
     words: Vec<Approval>,
+    /// When (ms) each job went live here, and each version was marked faulty, for (xvii).
+    live_log: Vec<(i64, JobId)>,
+    marks_log: Vec<(i64, Version)>,
 }
 
 /// Everything the twins share, and the invariants' bookkeeping.
@@ -399,6 +411,10 @@ struct World {
     hung: Option<i64>,
     /// The command just started was refused for reaching its node too late.
     refused_late: bool,
+    /// Promotions a driver queued (see `SimQueue`), for the simulation to deliver, and
+    /// when (ms) each job id was last sent, for SQS FIFO's deduplication.
+    promotions: Vec<DeployJob>,
+    promotion_sent: HashMap<JobId, i64>,
 }
 
 /// What the schedules exercised, printed at the end so a reader sees the simulation is
@@ -451,6 +467,9 @@ struct Stats {
     words: u64,
     approved: u64,
     carried: u64,
+    /// Promotions queued (once per job id), and those that went live.
+    promotions: u64,
+    promoted: u64,
     reasons: BTreeMap<String, u64>,
 }
 
@@ -487,13 +506,14 @@ impl World {
     }
 
     /// Whether job `id` keeps no place in its queue now, as the driver's turn sees it:
-    /// its calendar holds it back, or it waits for approval.
+    /// its calendar holds it back, it is a promotion not due, or it waits for approval.
     fn held(&self, id: &JobId) -> bool {
         let Some(job) = self.jobs.get(id) else {
             return false;
         };
         let now = self.now();
         self.config.held_back(job, now).is_some()
+            || promotion::not_due(job, now)
             || self.config.approvals_for(job).is_some_and(|rules| {
                 let since = rules.words_since(now);
                 let t = &self.targets[&(job.app.clone(), job.env.clone())];
@@ -501,6 +521,36 @@ impl World {
                     t.words.iter().filter(|w| w.at >= since).cloned().collect();
                 !matches!(rules.standing(job, &words, now), Standing::Approved { .. })
             })
+    }
+
+    /// (xvii) Why promotion `job` must not take its lock now, if it must not: a promotion
+    /// goes only once due, and only if what it promotes was live where it comes from, and
+    /// its version not marked faulty there, as a read may see them (up to `LAG_MS` old).
+    fn wrong_promotion(&self, job: &DeployJob) -> Option<String> {
+        let Source::Promotion {
+            from_env,
+            from_job,
+            due_at,
+        } = &job.source
+        else {
+            return None;
+        };
+        if self.now() < *due_at {
+            return Some(format!("before it was due at {due_at}"));
+        }
+        let t = &self.targets[&(job.app.clone(), from_env.clone())];
+        let since = self.now.load(Ordering::SeqCst) - LAG_MS;
+        let live_then = t.live_log.iter().rfind(|e| e.0 <= since).map(|(_, j)| j);
+        let mut live_since = t.live_log.iter().filter(|e| e.0 > since).map(|(_, j)| j);
+        if live_then != Some(from_job) && !live_since.any(|j| j == from_job) {
+            return Some(format!("though job {from_job} was not live on {from_env}"));
+        }
+        let marked = t
+            .marks_log
+            .iter()
+            .rfind(|(_, v)| v.same_as(&job.version))
+            .is_some_and(|e| e.0 <= since && faulty_mark(&t.faulty, &job.version).is_some());
+        marked.then(|| format!("though {} was marked faulty on {from_env}", job.version))
     }
 
     /// Before a write to app+env's history or marks: if a lag is due, reads go on
@@ -589,6 +639,7 @@ impl Ledger for SimLedger {
             return Ok(versions.max(seen));
         }
         w.lag_write(&job.app, &job.env);
+        let at = w.now.load(Ordering::SeqCst);
         let t = w.target(&job.app, &job.env);
         let live = t.history.first().map(|e| e.job.version.clone());
         let faulty = faulty_mark(&t.faulty, &job.version).is_some();
@@ -611,6 +662,7 @@ impl Ledger for SimLedger {
         }
         t.history.insert(0, entry.clone());
         t.versions.live += 1;
+        t.live_log.push((at, job.id.clone()));
         if let Some(cleared) = &entry.cleared {
             // The list as read, written back without the mark: a read older than the
             // last write would lose the marks it missed.
@@ -684,9 +736,11 @@ impl Ledger for SimLedger {
                 value.len()
             ));
         }
+        let at = w.now.load(Ordering::SeqCst);
         let t = w.target(app, env);
         t.faulty = marks;
         t.versions.faulty += 1;
+        t.marks_log.push((at, mark.version.clone()));
         let written = t.versions.max(seen);
         w.stats.faulty_marked += 1;
         w.answer()?;
@@ -772,6 +826,10 @@ impl Ledger for SimLedger {
         let queued = w.fifo.get(&key).cloned().unwrap_or_default();
         let held: BTreeSet<&JobId> = queued.iter().filter(|j| w.held(j)).collect();
         let mine_held = lock.job.as_ref().is_some_and(|j| w.held(j));
+        let wrong = lock
+            .job
+            .as_ref()
+            .and_then(|j| w.wrong_promotion(w.jobs.get(j)?));
         let t = w.targets.get_mut(&key).expect("a simulated target");
         let decided = take(t.lock.as_ref(), t.last_generation, lock, now);
         if let (Ok(taken), Some(job)) = (&decided, &lock.job) {
@@ -804,6 +862,10 @@ impl Ledger for SimLedger {
                     w.violations.push(format!(
                         "(xvi) job {job} took {app}/{env} without an approval"
                     ));
+                }
+                if let Some(why) = wrong {
+                    w.violations
+                        .push(format!("(xvii) job {job} took {app}/{env} {why}"));
                 }
             }
         }
@@ -951,6 +1013,41 @@ impl Ledger for SimLedger {
 /// back (a node unreachable, SSM's queue) reaches its node late, after its deploy may
 /// have lost the lock (what the fence is for), or is given up on (DeliveryTimedOut).
 struct SimRunCommand(Shared, Arc<Config>);
+
+/// SQS FIFO under the drivers' promotions: a job id sent again within five minutes of its
+/// first send is taken once (it is the deduplication id); past that, it is a new message.
+struct SimQueue(Shared);
+
+/// SQS FIFO's deduplication interval.
+const DEDUP_MS: i64 = 300_000;
+
+#[async_trait]
+impl JobQueue for SimQueue {
+    async fn enqueue(&self, jobs: &[DeployJob]) -> Result<Vec<Enqueued>, PortError> {
+        let mut w = self.0.lock().unwrap();
+        w.call()?;
+        let now = w.now.load(Ordering::SeqCst);
+        let mut answers = vec![];
+        for job in jobs {
+            let first = !w.promotion_sent.contains_key(&job.id);
+            if w.promotion_sent
+                .get(&job.id)
+                .is_some_and(|at| now - at < DEDUP_MS)
+            {
+                answers.push(Enqueued::Duplicate);
+                continue;
+            }
+            if first {
+                w.stats.promotions += 1;
+            }
+            w.promotion_sent.insert(job.id.clone(), now);
+            w.promotions.push(job.clone());
+            answers.push(Enqueued::Queued);
+        }
+        w.answer()?;
+        Ok(answers)
+    }
+}
 
 /// One SendCommand, as ListCommands would list it.
 struct SentCommand {
@@ -1620,6 +1717,8 @@ impl Sim {
             in_flight: vec![],
             hung: None,
             refused_late: false,
+            promotions: vec![],
+            promotion_sent: HashMap::new(),
         }));
         let ledger = Arc::new(SimLedger(world.clone()));
         let driver = Driver::new(
@@ -1638,7 +1737,8 @@ impl Sim {
                 notifier: Arc::new(Quiet),
             },
         )
-        .with_turn(Arc::new(SimTurn(world.clone())));
+        .with_turn(Arc::new(SimTurn(world.clone())))
+        .with_queue(Arc::new(SimQueue(world.clone())));
         let stepper = Stepper::new(driver, Duration::ZERO).with_clock(virtual_clock(&now));
         Sim {
             world,
@@ -2049,10 +2149,17 @@ impl Sim {
                 };
             }
             failures = if retry { failures + 1 } else { 0 };
-            let calendar = |d: &Deploy| d.closed.is_some() && d.approval_asked.is_none();
-            if state.deploy.as_ref().is_some_and(calendar) {
+            {
                 let mut w = self.world.lock().unwrap();
-                w.held_jobs.insert(state.job.id.clone());
+                let now = w.now();
+                let calendar = |d: &Deploy| {
+                    d.closed.is_some()
+                        && d.approval_asked.is_none()
+                        && w.config.held_back(&d.job, now).is_some()
+                };
+                if state.deploy.as_ref().is_some_and(calendar) {
+                    w.held_jobs.insert(state.job.id.clone());
+                }
             }
             hung = self.world.lock().unwrap().hung.take();
             if hung.is_some() {
@@ -2092,6 +2199,11 @@ impl Sim {
             state,
             failures,
         };
+        // SQS delivers the promotions the step queued.
+        let promotions = std::mem::take(&mut self.world.lock().unwrap().promotions);
+        for job in promotions {
+            self.queue(job);
+        }
     }
 
     /// The state machine's Catch → Abort: the step with the error, tried up to 6 times.
@@ -2137,6 +2249,11 @@ impl Sim {
         }
         w.ended.insert(state.job.id.clone());
         w.stats.jobs += 1;
+        if matches!(state.job.source, Source::Promotion { .. })
+            && state.status == Some(JobStatus::Succeeded)
+        {
+            w.stats.promoted += 1;
+        }
         let status = state.status.map_or("?".to_string(), |s| s.to_string());
         *w.stats.outcomes.entry(status).or_default() += 1;
         let outcome = state.deploy.as_ref().and_then(|d| d.outcome.as_ref());
@@ -2364,6 +2481,8 @@ impl Stats {
         self.words += o.words;
         self.approved += o.approved;
         self.carried += o.carried;
+        self.promotions += o.promotions;
+        self.promoted += o.promoted;
         self.late += o.late;
         self.shortened += o.shortened;
         for (k, v) in &o.reasons {
@@ -2472,6 +2591,11 @@ fn the_invariants_hold_on_thousands_of_random_schedules() {
                 && stats.carried > 0
                 && reason("rejected by U")
                 && reason("not approved within"),
+            "{stats:#?}"
+        );
+        // Promotions queued, gone live, and refused for what became of their source.
+        assert!(
+            stats.promotions > 0 && stats.promoted > 0 && reason("not promoted: "),
             "{stats:#?}"
         );
     }
