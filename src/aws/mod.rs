@@ -1,6 +1,7 @@
 //! AWS adapters: the SQS FIFO deploy queue, the Parameter Store ledger, SSM Run Command
 //! as the fleet, and what the node-joined function does.
 
+pub mod calendar;
 pub mod fleet;
 outside_input! {
     pub mod joined;

@@ -183,6 +183,9 @@ pub struct Environment {
     pub approvals: Option<crate::deploy::approval::Approvals>,
     /// Where a version that went live here goes next, and after how long.
     pub promote: Option<crate::deploy::promotion::Promote>,
+    /// An SSM Change Calendar (its document's name or ARN), read before each deploy
+    /// takes its lock: closed, it holds deploys back as `calendar` does (AWS only).
+    pub change_calendar: Option<String>,
 }
 
 impl Environment {

@@ -110,6 +110,8 @@ pub(super) struct RawEnvironment {
     pub(super) freeze_overriders: Vec<String>,
     pub(super) approvals: Option<RawApprovals>,
     pub(super) promote: Option<RawPromote>,
+    /// An SSM Change Calendar (document name or ARN) that holds deploys back too (AWS).
+    pub(super) change_calendar: Option<String>,
 }
 
 #[derive(Deserialize)]

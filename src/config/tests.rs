@@ -889,6 +889,42 @@ fn promotions_name_another_environment_and_never_go_round() {
     }
 }
 
+/// A change calendar is an SSM document's name or ARN, on an ssm_tags environment only.
+#[test]
+fn a_change_calendar_is_an_ssm_document_on_an_ssm_environment() {
+    let config = |nodes: &str, calendar: &str| {
+        format!(
+            r#"
+            [apps.hello]
+            package = "hello-app"
+            install = "true"
+            restart = "true"
+            health = "true"
+            [apps.hello.environments.production]
+            {nodes}
+            change_calendar = "{calendar}"
+        "#
+        )
+    };
+    let ssm = r#"ssm_tags = { "shipit:app" = "hello" }"#;
+    let arn = "arn:aws:ssm:eu-west-1:123456789012:document/prod-changes";
+    for name in ["prod-changes", arn] {
+        let (c, errors) = error_keys(&config(ssm, name));
+        assert!(errors.is_empty(), "{name}: {errors:?}");
+        let env = &c.unwrap().apps["hello"].environments["production"];
+        assert_eq!(env.change_calendar.as_deref(), Some(name));
+    }
+    let key = vec!["apps.hello.environments.production.change_calendar".to_string()];
+    for (nodes, name) in [
+        (r#"nodes = [{ name = "n1", dir = "n1" }]"#, "prod-changes"),
+        (ssm, "no"),
+        (ssm, "prod changes"),
+        (ssm, "document/prod-changes"),
+    ] {
+        assert_eq!(error_keys(&config(nodes, name)).1, key, "{nodes} {name}");
+    }
+}
+
 /// What status and the pages say a job waits for: its last step's words when it waits
 /// to start (approval, a promotion's time), else what its calendar says; nothing of the
 /// lock's holder.

@@ -60,6 +60,19 @@ pub trait JobQueue: Send + Sync {
     async fn enqueue(&self, jobs: &[DeployJob]) -> Result<Vec<Enqueued>, PortError>;
 }
 
+/// An SSM Change Calendar's state at a time: open or not, and when that next changes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CalendarState {
+    pub open: bool,
+    pub next_change: Option<DateTime<Utc>>,
+}
+
+/// Where an environment's `change_calendar` is read (SSM's GetCalendarState, on AWS).
+#[async_trait]
+pub trait ChangeCalendars: Send + Sync {
+    async fn state(&self, name: &str, at: DateTime<Utc>) -> Result<CalendarState, PortError>;
+}
+
 /// Whether a version may go out, asked of where it comes from (GitHub) before the lock.
 #[async_trait]
 pub trait Gate: Send + Sync {

@@ -17,13 +17,14 @@ use chrono::{DateTime, Utc};
 use crate::config::secrets::Secrets;
 use crate::config::{App, Config};
 use crate::deploy::approval::{Approval, Standing};
+use crate::deploy::calendar::{self, Closed};
 use crate::deploy::engine::{Action, Deploy, Notice, Observation, Outcome, Promoted, Verdict};
 use crate::deploy::history::{faulty_mark, Faulty, HistoryEntry};
 use crate::deploy::job::{DeployJob, Source};
 use crate::deploy::lock::{lease_seconds, Written};
 use crate::deploy::ports::{
-    Backlog, Fleet, Gate, JobQueue, Ledger, LockInfo, Notify, NotifyMemo, PortError, Refused, Sent,
-    Turn,
+    Backlog, ChangeCalendars, Fleet, Gate, JobQueue, Ledger, LockInfo, Notify, NotifyMemo,
+    PortError, Refused, Sent, Turn,
 };
 use crate::deploy::promotion;
 use crate::deploy::rollout::Rollout;
@@ -62,6 +63,8 @@ pub struct Driver {
     turn: Option<Arc<dyn Turn>>,
     /// Where promotions are queued (see `promote`): the runtime's deploy queue.
     queue: Option<Arc<dyn JobQueue>>,
+    /// Where environments' `change_calendar`s are read (SSM, on AWS).
+    calendars: Option<Arc<dyn ChangeCalendars>>,
     out: Outbound,
 }
 
@@ -80,6 +83,7 @@ impl Driver {
             backlog,
             turn: None,
             queue: None,
+            calendars: None,
             out,
         }
     }
@@ -94,6 +98,28 @@ impl Driver {
     pub fn with_queue(mut self, queue: Arc<dyn JobQueue>) -> Driver {
         self.queue = Some(queue);
         self
+    }
+
+    /// Environments' change calendars are read from `calendars`.
+    pub fn with_calendars(mut self, calendars: Arc<dyn ChangeCalendars>) -> Driver {
+        self.calendars = Some(calendars);
+        self
+    }
+
+    /// What `job`'s environment's SSM Change Calendar holds back now (whichever job:
+    /// see `calendar::exempt`), where it names one: read at each try for the lock, as
+    /// the config's calendar is looked at.
+    async fn change_calendar(&self, job: &DeployJob, now: DateTime<Utc>) -> Option<Closed> {
+        let (_, env) = self.config.target(job).ok()?;
+        let name = env.change_calendar.as_deref()?;
+        let state = match &self.calendars {
+            Some(calendars) => calendars.state(name, now).await.map_err(|e| {
+                tracing::warn!(job_id = %job.id, calendar = name, error = %e, "cannot read the change calendar");
+                e.to_string()
+            }),
+            None => Err("this runtime has no SSM to read it from".to_string()),
+        };
+        calendar::change_calendar_closed(name, state, now)
     }
 
     /// Where history, locks and marks are kept.
@@ -407,8 +433,19 @@ impl Driver {
             Some(promotion::Standing::Goes) | None => {}
         }
         // Checked at each try, just before the lock: nothing starts to change nodes
-        // outside the environment's calendar (a deploy under way goes on to its end).
-        if let Some(closed) = self.config.held_back(job, now) {
+        // outside the environment's calendar or its change calendar (a deploy under way
+        // goes on to its end).
+        let change = self.change_calendar(job, now).await;
+        let exempt = |j: &DeployJob| {
+            self.config
+                .target(j)
+                .is_ok_and(|(_, e)| calendar::exempt(&e.freeze_overriders, j))
+        };
+        let closed = self
+            .config
+            .held_back(job, now)
+            .or_else(|| change.clone().filter(|_| !exempt(job)));
+        if let Some(closed) = closed {
             // Unless an earlier try took the lock unseen (its answer lost): a job holding
             // its lock goes on, as one that took it before the calendar closed does.
             let held = self.ledger.lock_state(&job.app, &job.env, now).await?;
@@ -442,6 +479,7 @@ impl Driver {
             };
             let held = |j: &DeployJob| {
                 self.config.held_back(j, now).is_some()
+                    || (change.is_some() && !exempt(j))
                     || promotion::not_due(j, now)
                     || (!unread
                         && self.config.approvals_for(j).is_some_and(|rules| {

@@ -8,7 +8,9 @@
 //! deliveries, failing installs and health checks, chat locks, unlocks and aborts, calls
 //! that fail (before or after they took effect: a lost answer) until the state machine's
 //! Retry gives up and its Catch winds the deploy down, nodes terminated mid-rollout and
-//! new ones joining (with the sync job that brings them to the live version).
+//! new ones joining (with the sync job that brings them to the live version), and
+//! staging's successes promoted to production through its approvals (the promotions
+//! queued on a twin of SQS FIFO's deduplication).
 //!
 //! Jobs take the lock in queue order through the same `Turn` port the Step Functions
 //! driver uses (a twin of the dispatcher's tickets), and chat cancels waiting jobs as

@@ -186,6 +186,17 @@ pub enum PlanError {
 }
 
 fn calendar_line(env: &Environment, job: &DeployJob, now: DateTime<Utc>) -> String {
+    let line = config_calendar_line(env, job, now);
+    match (&env.change_calendar, &env.calendar) {
+        (None, _) => line,
+        (Some(name), None) => format!("the SSM change calendar {name}, read as the deploy starts"),
+        (Some(name), Some(_)) => {
+            format!("{line}; and the SSM change calendar {name}, read as the deploy starts")
+        }
+    }
+}
+
+fn config_calendar_line(env: &Environment, job: &DeployJob, now: DateTime<Utc>) -> String {
     let Some(c) = &env.calendar else {
         return "none: deploys at any time".into();
     };
@@ -424,5 +435,42 @@ mod tests {
             .map(Vec::len)
             .collect();
         assert_eq!(one, [1, 1, 1]);
+    }
+
+    /// --dry-run names an environment's change calendar, beside its own calendar.
+    #[test]
+    fn the_calendar_line_names_the_change_calendar() {
+        let text = |extra: &str| {
+            format!(
+                "[apps.hello]\npackage = \"hello-app\"\ninstall = \"true\"\nrestart = \"true\"\nhealth = \"true\"\n\
+                 [apps.hello.environments.production]\nssm_tags = {{ \"shipit:app\" = \"hello\" }}\n{extra}"
+            )
+        };
+        let line = |extra: &str| {
+            let config = crate::config::Config::parse(&text(extra), std::path::Path::new("t.toml"))
+                .unwrap_or_else(|e| panic!("{e}"));
+            let env = &config.apps["hello"].environments["production"];
+            let job = DeployJob::new(
+                "hello",
+                "production",
+                "hello-app".parse().unwrap(),
+                crate::deploy::version::Version::parse("1.2.0").unwrap(),
+                Source::Upload {
+                    location: "s3://p/hello_app-1.2.0-py3-none-any.whl".into(),
+                },
+                Utc::now(),
+            );
+            calendar_line(env, &job, Utc::now())
+        };
+        assert_eq!(line(""), "none: deploys at any time");
+        assert_eq!(
+            line("change_calendar = \"prod-changes\"\n"),
+            "the SSM change calendar prod-changes, read as the deploy starts"
+        );
+        let both = line("change_calendar = \"prod-changes\"\ntime_zone = \"UTC\"\nwindows = [\"Mon-Sun 00:00-24:00\"]\n");
+        assert!(
+            both.ends_with("open now; and the SSM change calendar prod-changes, read as the deploy starts"),
+            "{both}"
+        );
     }
 }

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use anyhow::{anyhow, Context};
 
+use crate::aws::calendar::SsmCalendars;
 use crate::aws::fleet::{SdkRunCommand, SsmFleet};
 use crate::aws::ledger::SsmLedger;
 use crate::aws::queue::SqsQueue;
@@ -144,7 +145,8 @@ pub async fn stepper_from_env() -> anyhow::Result<Stepper> {
         Outbound::new(config, secrets),
     )
     .with_turn(queue)
-    .with_queue(Arc::new(deploy_queue(&sdk)?));
+    .with_queue(Arc::new(deploy_queue(&sdk)?))
+    .with_calendars(Arc::new(SsmCalendars::new(ssm_client(&sdk))));
     Ok(Stepper::new(driver, Duration::from_secs(budget)).with_figures(Arc::new(executions)))
 }
 

@@ -11,6 +11,7 @@ use crate::helpers::{sdk, unique};
 use aws_sdk_sfn::types::{ExecutionStatus, HistoryEventType};
 use chrono::Utc;
 use serde_json::{json, Value};
+use shipit::aws::calendar::SsmCalendars;
 use shipit::aws::fleet::{SdkRunCommand, SsmFleet};
 use shipit::aws::ledger::SsmLedger;
 use shipit::aws::queue::SqsQueue;
@@ -216,7 +217,8 @@ impl Rig {
             Arc::new(fleet),
             backlog,
             Outbound::new(self.config.clone(), Arc::new(Secrets::new(None))),
-        );
+        )
+        .with_calendars(Arc::new(SsmCalendars::new(self.ssm.clone())));
         match queue {
             Some(q) => driver.with_turn(q),
             None => driver,
@@ -1718,6 +1720,38 @@ async fn an_upload_in_a_freeze_hands_its_wait_to_the_state_machine_then_deploys(
     // A step's budget shorter than the wait: the state machine's Wait does it.
     let stepper = rig.stepper(Duration::from_secs(1));
     let state = waits_at_first(&rig, &stepper, &upload, "frozen (aws freeze) until").await;
+    assert!((1..=9).contains(&state.wait_seconds), "{state:?}");
+    let state = to_the_end(&stepper, state).await;
+    assert_eq!(state.status, Some(JobStatus::Succeeded), "{state:?}");
+    assert!(Utc::now() >= until);
+    assert_eq!(rig.log(&upload).await, expected_order(&rig.nodes, "1.2.0"));
+}
+
+/// An environment's SSM Change Calendar holds deploys back as the config's calendar does,
+/// read at each try for the lock: a person's deploy is refused with its words; an
+/// upload's step hands the wait to the state machine (sending nothing, holding no lock)
+/// and the upload deploys once the calendar's event ends.
+#[tokio::test]
+async fn a_closed_change_calendar_holds_an_upload_back_until_it_opens() {
+    use crate::emulator::{change_calendar, ical};
+    let mut rig = Rig::new(2).await;
+    let name = unique("changes");
+    let until = chrono::DateTime::from_timestamp(Utc::now().timestamp() + 8, 0).unwrap();
+    let from = Utc::now() - chrono::Duration::hours(1);
+    change_calendar(&rig.ssm, &name, true, &[(ical(from), ical(until))]).await;
+    let text = config_text(&rig.fleet, "").replace(
+        "chat_deployers = [\"*\"]\n",
+        &format!("chat_deployers = [\"*\"]\nchange_calendar = \"{name}\"\n"),
+    );
+    rig.config = Arc::new(parse(&text));
+    let stepper = rig.stepper(Duration::from_secs(1));
+    let why = format!("the change calendar {name} is closed until");
+    let person = to_the_end(&stepper, StepState::start(rig.job("1.2.0"))).await;
+    assert_eq!(person.status, Some(JobStatus::Skipped), "{person:?}");
+    let refused = person.reason.clone().unwrap_or_default();
+    assert!(refused.starts_with(&format!("refused: {why}")), "{refused}");
+    let upload = upload_job(&unique("changes"), "1.2.0", Utc::now());
+    let state = waits_at_first(&rig, &stepper, &upload, &why).await;
     assert!((1..=9).contains(&state.wait_seconds), "{state:?}");
     let state = to_the_end(&stepper, state).await;
     assert_eq!(state.status, Some(JobStatus::Succeeded), "{state:?}");

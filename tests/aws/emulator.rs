@@ -693,3 +693,176 @@ async fn invocations_are_listed_by_when_their_command_was_sent_with_their_times(
     assert_eq!(code(bad), "ValidationException");
     control(serde_json::json!({})).await;
 }
+
+/// Creates SSM Change Calendar `name`: open by default (`open`), each event (UTC, or
+/// `TZID=…:local` as written) turning it the other way.
+pub async fn change_calendar(
+    ssm: &aws_sdk_ssm::Client,
+    name: &str,
+    open: bool,
+    events: &[(String, String)],
+) {
+    let mut lines = vec![
+        "BEGIN:VCALENDAR".to_string(),
+        "PRODID:-//AWS//Change Calendar 1.0//EN".into(),
+        "VERSION:2.0".into(),
+        format!(
+            "X-CALENDAR-TYPE:{}",
+            if open {
+                "DEFAULT_OPEN"
+            } else {
+                "DEFAULT_CLOSED"
+            }
+        ),
+    ];
+    for (i, (start, end)) in events.iter().enumerate() {
+        let at = |prop: &str, t: &str| match t.split_once(':') {
+            Some((zone, local)) => format!("{prop};{zone}:{local}"),
+            None => format!("{prop}:{t}"),
+        };
+        lines.extend([
+            "BEGIN:VEVENT".to_string(),
+            format!("UID:{name}-{i}"),
+            at("DTSTART", start),
+            at("DTEND", end),
+            "SUMMARY:shipit test".into(),
+            "END:VEVENT".into(),
+        ]);
+    }
+    lines.push("END:VCALENDAR".into());
+    ssm.create_document()
+        .name(name)
+        .content(lines.join("\r\n") + "\r\n")
+        .document_type(aws_sdk_ssm::types::DocumentType::ChangeCalendar)
+        .document_format(aws_sdk_ssm::types::DocumentFormat::Text)
+        .send()
+        .await
+        .unwrap();
+}
+
+/// An iCalendar time (UTC).
+pub fn ical(t: chrono::DateTime<Utc>) -> String {
+    t.format("%Y%m%dT%H%M%SZ").to_string()
+}
+
+/// GetCalendarState: OPEN only if every calendar named is open at the time asked, with
+/// the next time that changes; an event closes a calendar open by default and opens one
+/// closed by default, in UTC or its own time zone (Berlin's 10:00 in winter is 09:00 UTC).
+#[tokio::test]
+async fn a_change_calendar_is_open_or_closed_by_its_events_with_the_next_change() {
+    let ssm = ssm().await;
+    let now = Utc::now();
+    let (freeze, windows) = (unique("freeze-cal"), unique("window-cal"));
+    let (from, until) = (now - Duration::hours(1), now + Duration::hours(1));
+    change_calendar(&ssm, &freeze, true, &[(ical(from), ical(until))]).await;
+    change_calendar(
+        &ssm,
+        &windows,
+        false,
+        &[(
+            "TZID=Europe/Berlin:20270112T100000".into(),
+            "TZID=Europe/Berlin:20270112T120000".into(),
+        )],
+    )
+    .await;
+    let state = |names: Vec<&String>, at: String| {
+        let ssm = ssm.clone();
+        let names: Vec<String> = names.into_iter().cloned().collect();
+        async move {
+            let out = ssm
+                .get_calendar_state()
+                .set_calendar_names(Some(names))
+                .at_time(at)
+                .send()
+                .await
+                .unwrap();
+            (
+                out.state().unwrap().as_str().to_string(),
+                out.next_transition_time().map(str::to_string),
+            )
+        }
+    };
+    let iso = |t: chrono::DateTime<Utc>| t.to_rfc3339_opts(SecondsFormat::Secs, true);
+    assert_eq!(
+        state(vec![&freeze], iso(now)).await,
+        ("CLOSED".into(), Some(iso(until)))
+    );
+    assert_eq!(
+        state(vec![&freeze], iso(now + Duration::hours(2))).await,
+        ("OPEN".into(), None)
+    );
+    assert_eq!(
+        state(vec![&windows], "2027-01-12T09:30:00Z".into()).await,
+        ("OPEN".into(), Some("2027-01-12T11:00:00Z".into()))
+    );
+    assert_eq!(
+        state(vec![&windows], "2027-01-12T08:30:00Z".into()).await,
+        ("CLOSED".into(), Some("2027-01-12T09:00:00Z".into()))
+    );
+    // Both: closed if either is.
+    assert_eq!(
+        state(vec![&windows, &freeze], iso(now + Duration::hours(2)))
+            .await
+            .0,
+        "CLOSED"
+    );
+    // By ARN too.
+    let arn = format!("arn:aws:ssm:us-east-1:123456789012:document/{freeze}");
+    assert_eq!(state(vec![&arn], iso(now)).await.0, "CLOSED");
+}
+
+/// What GetCalendarState and CreateDocument refuse: a calendar that is not there
+/// (InvalidDocument), a document of another type (InvalidDocumentType), no names
+/// (ValidationException); a ChangeCalendar document that is not an iCalendar with its
+/// X-CALENDAR-TYPE (InvalidDocumentContent), a name taken (DocumentAlreadyExists).
+#[tokio::test]
+async fn get_calendar_state_refuses_what_is_not_a_change_calendar() {
+    let ssm = ssm().await;
+    let get = |names: Vec<String>| {
+        ssm.get_calendar_state()
+            .set_calendar_names(Some(names))
+            .send()
+    };
+    assert_eq!(code(get(vec![unique("nowhere")]).await), "InvalidDocument");
+    let command = unique("a-command");
+    ssm.create_document()
+        .name(&command)
+        .content(r#"{"schemaVersion": "2.2", "description": "x", "mainSteps": [{"action": "aws:runShellScript", "name": "run", "inputs": {"runCommand": ["true"]}}]}"#)
+        .document_type(aws_sdk_ssm::types::DocumentType::Command)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(code(get(vec![command]).await), "InvalidDocumentType");
+    assert_eq!(code(get(vec![]).await), "ValidationException");
+    let create = |name: &str, content: &str| {
+        ssm.create_document()
+            .name(name)
+            .content(content)
+            .document_type(aws_sdk_ssm::types::DocumentType::ChangeCalendar)
+            .document_format(aws_sdk_ssm::types::DocumentFormat::Text)
+            .send()
+    };
+    let name = unique("typeless-cal");
+    assert_eq!(
+        code(create(&name, "BEGIN:VCALENDAR\r\nVERSION:2.0\r\nEND:VCALENDAR\r\n").await),
+        "InvalidDocumentContent"
+    );
+    assert_eq!(
+        code(create(&name, "not a calendar").await),
+        "InvalidDocumentContent"
+    );
+    let taken = unique("taken-cal");
+    change_calendar(&ssm, &taken, true, &[]).await;
+    assert_eq!(
+        code(
+            create(
+                &taken,
+                "BEGIN:VCALENDAR\r\nX-CALENDAR-TYPE:DEFAULT_OPEN\r\nEND:VCALENDAR\r\n"
+            )
+            .await
+        ),
+        "DocumentAlreadyExists"
+    );
+    let open = get(vec![taken]).await.unwrap();
+    assert_eq!(open.state().map(|s| s.as_str()), Some("OPEN"));
+}

@@ -675,6 +675,7 @@ fn calls(binary: &str) -> BTreeSet<&'static str> {
             "ssm:ListCommands",
             "ssm:ListCommandInvocations",
             "ssm:GetCommandInvocation",
+            "ssm:GetCalendarState",
             "states:DescribeExecution",
             "states:GetExecutionHistory",
             "states:ListExecutions",

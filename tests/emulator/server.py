@@ -43,6 +43,14 @@ Added to moto 5.2.5, following the AWS API reference for each shape:
   write (the version before, or ParameterNotFound for a new one) for the next
   `param_lag.reads` reads: AWS does not promise that a read sees a write it has just
   acknowledged.
+- SSM Change Calendar: CreateDocument takes a `ChangeCalendar` document (iCalendar TEXT,
+  which moto refuses), and GetCalendarState answers OPEN only if every calendar named is
+  open at AtTime (default now), with NextTransitionTime; X-CALENDAR-TYPE DEFAULT_OPEN or
+  DEFAULT_CLOSED, VEVENTs with DTSTART/DTEND in UTC, a TZID, X-WR-TIMEZONE or whole days.
+  Refused: content that is not a Change Calendar (InvalidDocumentContent), a calendar
+  not there (InvalidDocument), another document type (InvalidDocumentType), no names
+  (ValidationException); an RRULE, which the emulator does not expand, is
+  UnsupportedCalendarException (AWS reads it).
 - SQS FIFO sequence numbers: moto draws each at random; AWS's "continues to increase
   for a particular MessageGroupId" (SendMessage, SequenceNumber). Now they grow per
   queue and group, by uneven steps (AWS: "large, non-consecutive"), 20 digits.
@@ -560,6 +568,167 @@ SimpleSystemManagerResponse.get_parameter = get_parameter_lagging(
 for op, attr in [("SendCommand", "send_command"), ("GetCommandInvocation", "get_command_invocation"),
                  ("ListCommands", "list_commands")]:
     setattr(SimpleSystemManagerResponse, attr, throttled(op, getattr(SimpleSystemManagerResponse, attr)))
+
+
+# --- SSM Change Calendar: CreateDocument (ChangeCalendar) and GetCalendarState ----------
+
+class InvalidDocumentType(ServiceException):
+    code = "InvalidDocumentType"
+
+
+class UnsupportedCalendarException(ServiceException):
+    code = "UnsupportedCalendarException"
+
+
+# Change Calendar documents by name: their iCalendar text. moto takes only JSON and YAML
+# documents; AWS keeps a calendar as TEXT.
+CALENDARS = {}
+UTC = datetime.timezone.utc
+
+
+def unfold(content):
+    """iCalendar's content lines (RFC 5545 3.1: a line that begins with a space or a
+    tab continues the one before)."""
+    lines = []
+    for raw in content.replace("\r\n", "\n").split("\n"):
+        if raw[:1] in (" ", "\t") and lines:
+            lines[-1] += raw[1:]
+        elif raw.strip():
+            lines.append(raw.strip())
+    return lines
+
+
+def calendar_parts(content):
+    """Whether a calendar is open by default, its X-WR-TIMEZONE, and each VEVENT's
+    properties ({name: (params, value)}). InvalidDocumentContent for what is not a
+    Change Calendar (CreateDocument's error for content that is not valid)."""
+    lines = unfold(content)
+    if not lines or lines[0] != "BEGIN:VCALENDAR" or lines[-1] != "END:VCALENDAR":
+        raise ssm_exceptions.InvalidDocumentContent("The content for the document is not valid.")
+    default, zone, events, event = None, "UTC", [], None
+    for line in lines:
+        head, _, value = line.partition(":")
+        name, *params = head.split(";")
+        params = dict(p.split("=", 1) for p in params if "=" in p)
+        name = name.upper()
+        if name == "X-CALENDAR-TYPE":
+            default = value
+        elif name == "X-WR-TIMEZONE":
+            zone = value
+        elif (name, value) == ("BEGIN", "VEVENT"):
+            event = {}
+        elif (name, value) == ("END", "VEVENT") and event is not None:
+            events.append(event)
+            event = None
+        elif event is not None:
+            event[name] = (params, value)
+    if default not in ("DEFAULT_OPEN", "DEFAULT_CLOSED"):
+        raise ssm_exceptions.InvalidDocumentContent(
+            "The content for the document is not valid: X-CALENDAR-TYPE must be "
+            "DEFAULT_OPEN or DEFAULT_CLOSED.")
+    return default == "DEFAULT_OPEN", zone, events
+
+
+def moment(params, value, zone):
+    """A DTSTART or DTEND as a UTC time: UTC (…Z), local in its TZID or the calendar's
+    time zone, or a whole day (VALUE=DATE)."""
+    import zoneinfo
+    try:
+        if value.endswith("Z"):
+            return datetime.datetime.strptime(value, "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
+        form = "%Y%m%d" if params.get("VALUE") == "DATE" else "%Y%m%dT%H%M%S"
+        local = datetime.datetime.strptime(value, form)
+        return local.replace(tzinfo=zoneinfo.ZoneInfo(params.get("TZID", zone))).astimezone(UTC)
+    except (ValueError, zoneinfo.ZoneInfoNotFoundError) as e:
+        raise UnsupportedCalendarException(f"The calendar entry is not supported: {e}")
+
+
+def calendar_events(name, documents):
+    """Calendar `name` (or its ARN) read: open by default?, [(start, end)] in UTC;
+    `documents`: moto's other documents."""
+    name = name.split(":document/")[-1]
+    content = CALENDARS.get(name)
+    if content is None:
+        if name in documents:
+            raise InvalidDocumentType(
+                f"The SSM document type of {name} is not valid: GetCalendarState reads "
+                "ChangeCalendar documents.")
+        raise ssm_exceptions.InvalidDocument("The specified SSM document does not exist.")
+    default_open, zone, events = calendar_parts(content)
+    spans = []
+    for event in events:
+        # Recurrence is not modelled here: refused rather than read as a single event.
+        if "RRULE" in event or "DTSTART" not in event or "DTEND" not in event:
+            raise UnsupportedCalendarException(
+                "The calendar entry is not supported (the emulator reads events with "
+                "DTSTART and DTEND, without RRULE).")
+        spans.append((moment(*event["DTSTART"], zone), moment(*event["DTEND"], zone)))
+    return default_open, spans
+
+
+def closed_at(calendar, t):
+    default_open, spans = calendar
+    inside = any(start <= t < end for start, end in spans)
+    # An event closes a calendar open by default, and opens one closed by default.
+    return default_open == inside
+
+
+def iso(t):
+    return t.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def create_document_calendar(original):
+    """CreateDocument: a ChangeCalendar document (TEXT, iCalendar) is kept for
+    GetCalendarState; its name as any document's; content that is not a Change Calendar
+    is InvalidDocumentContent; a name taken, DocumentAlreadyExists."""
+    def create_document(self):
+        if self._get_param("DocumentType") != "ChangeCalendar":
+            return original(self)
+        name = self._get_param("Name") or ""
+        if not re.fullmatch(r"[a-zA-Z0-9_\-.]{3,128}", name) or re.match(
+                r"(aws-|amazon|amzn)", name.lower()):
+            raise Invalid(f"Invalid document name {name}")
+        content = self._get_param("Content") or ""
+        calendar_parts(content)
+        with LOCK:
+            if name in CALENDARS or name in self.ssm_backend._documents:
+                raise ssm_exceptions.DocumentAlreadyExists("The specified document already exists.")
+            CALENDARS[name] = content
+        return ActionResult({"DocumentDescription": {
+            "Name": name, "DocumentType": "ChangeCalendar", "DocumentFormat": "TEXT",
+            "Status": "Active", "DocumentVersion": "1", "LatestVersion": "1",
+            "DefaultVersion": "1", "Owner": self.current_account,
+            "CreatedDate": datetime.datetime.now(UTC)}})
+    return create_document
+
+
+def get_calendar_state(self):
+    """GetCalendarState: OPEN only if every calendar named is open at AtTime (default:
+    now), with the next time that changes, if any."""
+    names = self._get_param("CalendarNames") or []
+    if not names:
+        raise Invalid("1 validation error detected: Value at 'calendarNames' failed to "
+                      "satisfy constraint: Member must not be null or empty")
+    at = self._get_param("AtTime")
+    try:
+        t = datetime.datetime.fromisoformat(at.replace("Z", "+00:00")) if at else \
+            datetime.datetime.now(UTC)
+    except ValueError:
+        raise Invalid(f"AtTime {at!r} is not an ISO 8601 time")
+    t = t if t.tzinfo else t.replace(tzinfo=UTC)
+    calendars = [calendar_events(n, self.ssm_backend._documents) for n in names]
+    closed = any(closed_at(c, t) for c in calendars)
+    bounds = sorted({b for _, spans in calendars for span in spans for b in span if b > t})
+    change = next((b for b in bounds if any(closed_at(c, b) for c in calendars) != closed), None)
+    result = {"State": "CLOSED" if closed else "OPEN", "AtTime": at or iso(t)}
+    if change:
+        result["NextTransitionTime"] = iso(change)
+    return ActionResult(result)
+
+
+SimpleSystemManagerResponse.create_document = create_document_calendar(
+    SimpleSystemManagerResponse.create_document)
+SimpleSystemManagerResponse.get_calendar_state = throttled("GetCalendarState", get_calendar_state)
 
 
 # --- SQS FIFO: sequence numbers that grow within a message group -------------------------

@@ -101,6 +101,42 @@ pub(super) fn check_environment(
             after_seconds,
         })
     });
+    let change_calendar = e.change_calendar.filter(|name| {
+        let key = format!("{ek}.change_calendar");
+        if matches!(nodes, Some(Nodes::Listed(_))) {
+            c.error(
+                &key,
+                "a change calendar is read from SSM, for ssm_tags environments on AWS",
+                "use windows and freezes for listed nodes",
+            );
+            return false;
+        }
+        // A document's name (SSM: 3 to 128 of these), or its ARN.
+        let document = name
+            .rsplit_once(":document/")
+            .map_or(
+                name.as_str(),
+                |(arn, n)| {
+                    if arn.starts_with("arn:") {
+                        n
+                    } else {
+                        ""
+                    }
+                },
+            );
+        let valid = (3..=128).contains(&document.len())
+            && document
+                .chars()
+                .all(|ch| ch.is_ascii_alphanumeric() || "_-.".contains(ch));
+        if !valid {
+            c.error(
+                &key,
+                format!("{name:?} is not an SSM document name or ARN"),
+                "the Change Calendar's name, e.g. change_calendar = \"production-changes\"",
+            );
+        }
+        valid
+    });
     nodes.map(|nodes| Environment {
         name,
         nodes,
@@ -109,6 +145,7 @@ pub(super) fn check_environment(
         freeze_overriders: e.freeze_overriders,
         approvals,
         promote,
+        change_calendar,
         chat_lockers: e.chat_lockers.unwrap_or_else(|| e.chat_deployers.clone()),
         chat_deployers: e.chat_deployers,
         chat_forcers: e.chat_forcers,

@@ -495,16 +495,62 @@ pub fn holds_back(
     job: &DeployJob,
     now: DateTime<Utc>,
 ) -> Option<Closed> {
+    if exempt(overriders, job) {
+        return None;
+    }
+    calendar?.closed(now)
+}
+
+/// Whether no calendar holds `job` back: a rollback, a sync, or an override by one of
+/// `overriders`.
+pub fn exempt(overriders: &[String], job: &DeployJob) -> bool {
     let overridden = job.overridden.is_some()
         && job
             .source
             .person_id()
             .is_some_and(|id| overriders.iter().any(|o| o == id));
     // A sync only brings nodes to what is live already (a node that joined, drift).
-    if overridden || matches!(job.source, Source::Rollback { .. } | Source::Sync { .. }) {
-        return None;
-    }
-    calendar?.closed(now)
+    overridden || matches!(job.source, Source::Rollback { .. } | Source::Sync { .. })
+}
+
+/// How long a deploy held back by an SSM Change Calendar with no opening scheduled, or
+/// one that cannot be read, waits before it looks again (it looks every 15 minutes
+/// meanwhile: see the engine's calendar wait).
+const CHANGE_CALENDAR_HORIZON_HOURS: i64 = 24;
+
+/// What SSM Change Calendar `name` holds back at `now`, given its state as read (or why
+/// it could not be): nothing while it is open. One that cannot be read holds deploys
+/// back, as a closed one does: a change window that cannot be seen is not open.
+pub fn change_calendar_closed(
+    name: &str,
+    state: Result<crate::deploy::ports::CalendarState, String>,
+    now: DateTime<Utc>,
+) -> Option<Closed> {
+    let later = now + chrono::Duration::hours(CHANGE_CALENDAR_HORIZON_HOURS);
+    let (until, why, opens) = match state {
+        Ok(s) if s.open => return None,
+        Ok(s) => match s.next_change {
+            Some(at) => (
+                at,
+                format!(
+                    "the change calendar {name} is closed until {}",
+                    at.format("%a %Y-%m-%d %H:%M UTC")
+                ),
+                true,
+            ),
+            None => (
+                later,
+                format!("the change calendar {name} is closed, with no opening scheduled"),
+                false,
+            ),
+        },
+        Err(e) => (
+            later,
+            format!("the change calendar {name} cannot be read ({e}): deploys wait until it can"),
+            false,
+        ),
+    };
+    Some(Closed { until, why, opens })
 }
 
 /// Whether a person may queue `job` now: an override needs a reason and one of

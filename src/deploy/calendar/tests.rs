@@ -260,3 +260,50 @@ reason = "x""#,
     assert!(problems[0].1.contains("is not after"), "{problems:?}");
     assert!(Calendar::parse("UTC", &windows[3..], &[]).is_ok());
 }
+
+/// An SSM Change Calendar holds deploys back while closed, until its next change; one
+/// closed for good, or that cannot be read, holds them back too (looked at again later).
+#[test]
+fn a_change_calendar_holds_back_while_closed_or_unread() {
+    use crate::deploy::ports::CalendarState;
+    let now = utc("2026-12-07T20:00:00Z");
+    let state = |open: bool, next: Option<&str>| {
+        Ok(CalendarState {
+            open,
+            next_change: next.map(utc),
+        })
+    };
+    assert_eq!(
+        change_calendar_closed(
+            "prod-changes",
+            state(true, Some("2026-12-07T21:00:00Z")),
+            now
+        ),
+        None
+    );
+    let closed = change_calendar_closed(
+        "prod-changes",
+        state(false, Some("2026-12-07T21:30:00Z")),
+        now,
+    )
+    .unwrap();
+    assert_eq!(closed.until, utc("2026-12-07T21:30:00Z"));
+    assert_eq!(
+        closed.why,
+        "the change calendar prod-changes is closed until Mon 2026-12-07 21:30 UTC"
+    );
+    assert!(closed.opens);
+    let shut = change_calendar_closed("prod-changes", state(false, None), now).unwrap();
+    assert_eq!(
+        shut.why,
+        "the change calendar prod-changes is closed, with no opening scheduled"
+    );
+    assert!(!shut.opens && shut.until > now);
+    let unread =
+        change_calendar_closed("prod-changes", Err("InvalidDocument".into()), now).unwrap();
+    assert_eq!(
+        unread.why,
+        "the change calendar prod-changes cannot be read (InvalidDocument): deploys wait until it can"
+    );
+    assert!(!unread.opens && unread.until > now);
+}
