@@ -2,6 +2,7 @@
 //! before each deploy takes its lock.
 
 use async_trait::async_trait;
+use aws_sdk_ssm::error::ProvideErrorMetadata;
 use aws_sdk_ssm::types::CalendarState as SsmState;
 use chrono::{DateTime, SecondsFormat, Utc};
 
@@ -16,30 +17,67 @@ impl SsmCalendars {
     }
 }
 
+/// GetCalendarState's errors that asking again will not mend: the calendar is not there,
+/// is not a calendar, holds what SSM cannot read, or this role may not read it.
+const LASTING: [&str; 4] = [
+    "InvalidDocument",
+    "InvalidDocumentType",
+    "UnsupportedCalendarException",
+    "AccessDeniedException",
+];
+
 #[async_trait]
 impl ChangeCalendars for SsmCalendars {
-    async fn state(&self, name: &str, at: DateTime<Utc>) -> Result<CalendarState, PortError> {
-        let out = self
+    async fn state(
+        &self,
+        name: &str,
+        at: DateTime<Utc>,
+    ) -> Result<Result<CalendarState, String>, PortError> {
+        let out = match self
             .0
             .get_calendar_state()
             .calendar_names(name)
             .at_time(at.to_rfc3339_opts(SecondsFormat::Secs, true))
             .send()
             .await
-            .map_err(|e| sdk_err("SSM GetCalendarState", e))?;
-        let open = match out.state() {
-            Some(SsmState::Open) => true,
-            Some(SsmState::Closed) => false,
-            other => return Err(format!("GetCalendarState answered the state {other:?}").into()),
+        {
+            Ok(out) => out,
+            Err(e) => {
+                let code = e.as_service_error().and_then(|s| s.code()).unwrap_or("");
+                if LASTING.contains(&code) {
+                    let message = e.as_service_error().and_then(|s| s.message()).unwrap_or("");
+                    return Ok(Err(format!("{code}: {message}")));
+                }
+                return Err(sdk_err("SSM GetCalendarState", e));
+            }
         };
-        let next_change = match out.next_transition_time() {
-            Some(t) => Some(
-                DateTime::parse_from_rfc3339(t)
-                    .map_err(|e| format!("GetCalendarState's NextTransitionTime {t:?}: {e}"))?
-                    .with_timezone(&Utc),
-            ),
-            None => None,
+        let closed = match out.state() {
+            Some(SsmState::Open) => {
+                return Ok(Ok(CalendarState {
+                    open: true,
+                    next_change: None,
+                }))
+            }
+            Some(SsmState::Closed) => CalendarState {
+                open: false,
+                next_change: None,
+            },
+            other => {
+                return Ok(Err(format!(
+                    "GetCalendarState answered the state {other:?}"
+                )))
+            }
         };
-        Ok(CalendarState { open, next_change })
+        // Only a closed calendar's next change matters: when to look again.
+        let next_change = out.next_transition_time().and_then(|t| {
+            DateTime::parse_from_rfc3339(t)
+                .inspect_err(|e| tracing::warn!(calendar = name, next = t, error = %e, "cannot read NextTransitionTime"))
+                .ok()
+                .map(|t| t.with_timezone(&Utc))
+        });
+        Ok(Ok(CalendarState {
+            next_change,
+            ..closed
+        }))
     }
 }

@@ -920,6 +920,12 @@ fn a_change_calendar_is_an_ssm_document_on_an_ssm_environment() {
         (ssm, "no"),
         (ssm, "prod changes"),
         (ssm, "document/prod-changes"),
+        (ssm, "arn::document/prod-changes"),
+        (ssm, "arn:aws:ssm:eu-west-1:12345:document/prod-changes"),
+        (
+            ssm,
+            "arn:aws:s3:eu-west-1:123456789012:document/prod-changes",
+        ),
     ] {
         assert_eq!(error_keys(&config(nodes, name)).1, key, "{nodes} {name}");
     }

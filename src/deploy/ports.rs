@@ -70,7 +70,14 @@ pub struct CalendarState {
 /// Where an environment's `change_calendar` is read (SSM's GetCalendarState, on AWS).
 #[async_trait]
 pub trait ChangeCalendars: Send + Sync {
-    async fn state(&self, name: &str, at: DateTime<Utc>) -> Result<CalendarState, PortError>;
+    /// Its state at `at`; `Ok(Err(why))` for a calendar that cannot be read however often
+    /// it is asked (not there, not a calendar, not readable by this role); `Err` for a
+    /// failure worth trying again (throttled, a timeout, a 5xx).
+    async fn state(
+        &self,
+        name: &str,
+        at: DateTime<Utc>,
+    ) -> Result<Result<CalendarState, String>, PortError>;
 }
 
 /// Whether a version may go out, asked of where it comes from (GitHub) before the lock.

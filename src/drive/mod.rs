@@ -109,17 +109,28 @@ impl Driver {
     /// What `job`'s environment's SSM Change Calendar holds back now (whichever job:
     /// see `calendar::exempt`), where it names one: read at each try for the lock, as
     /// the config's calendar is looked at.
-    async fn change_calendar(&self, job: &DeployJob, now: DateTime<Utc>) -> Option<Closed> {
-        let (_, env) = self.config.target(job).ok()?;
-        let name = env.change_calendar.as_deref()?;
+    /// A failure worth trying again fails the step (the state machine tries it again).
+    async fn change_calendar(
+        &self,
+        job: &DeployJob,
+        now: DateTime<Utc>,
+    ) -> Result<Option<Closed>, PortError> {
+        let Some(name) = self
+            .config
+            .target(job)
+            .ok()
+            .and_then(|(_, env)| env.change_calendar.as_deref())
+        else {
+            return Ok(None);
+        };
         let state = match &self.calendars {
-            Some(calendars) => calendars.state(name, now).await.map_err(|e| {
-                tracing::warn!(job_id = %job.id, calendar = name, error = %e, "cannot read the change calendar");
-                e.to_string()
-            }),
+            Some(calendars) => calendars.state(name, now).await?,
             None => Err("this runtime has no SSM to read it from".to_string()),
         };
-        calendar::change_calendar_closed(name, state, now)
+        if let Err(why) = &state {
+            tracing::warn!(job_id = %job.id, calendar = name, error = %why, "cannot read the change calendar");
+        }
+        Ok(calendar::change_calendar_closed(name, state, now))
     }
 
     /// Where history, locks and marks are kept.
@@ -435,7 +446,7 @@ impl Driver {
         // Checked at each try, just before the lock: nothing starts to change nodes
         // outside the environment's calendar or its change calendar (a deploy under way
         // goes on to its end).
-        let change = self.change_calendar(job, now).await;
+        let change = self.change_calendar(job, now).await?;
         let exempt = |j: &DeployJob| {
             self.config
                 .target(j)

@@ -10,7 +10,8 @@
 //! Retry gives up and its Catch winds the deploy down, nodes terminated mid-rollout and
 //! new ones joining (with the sync job that brings them to the live version), and
 //! staging's successes promoted to production through its approvals (the promotions
-//! queued on a twin of SQS FIFO's deduplication).
+//! queued on a twin of SQS FIFO's deduplication), and an SSM Change Calendar that closes
+//! beside b/prod's own windows and freezes.
 //!
 //! Jobs take the lock in queue order through the same `Turn` port the Step Functions
 //! driver uses (a twin of the dispatcher's tickets), and chat cancels waiting jobs as
@@ -92,10 +93,12 @@ ssm_tags = {{ "shipit:app" = "{name}", "shipit:env" = "prod" }}
     };
     // b/prod takes deploys only in its windows and outside its freeze (t0 is a Friday,
     // 08:00 UTC): closed from 08:20 to 08:50 and from 09:30 to 09:45; U1 may override.
+    // Its SSM Change Calendar closes at random too (`Event::CloseChanges`).
     let calendar = r#"time_zone = "UTC"
 windows = ["Fri 00:00-09:30", "Fri 09:45-24:00", "Sat-Thu 00:00-24:00"]
 freezes = [{ from = "2027-01-15T08:20", until = "2027-01-15T08:50", reason = "sim" }]
-freeze_overriders = ["U1"]"#;
+freeze_overriders = ["U1"]
+change_calendar = "b-changes""#;
     // a/prod needs one approval, from U1 or U2 (U1 asks for every chat deploy, so only
     // U2's counts for those); one of a version carries over for 10 minutes; three hours
     // without, a job is skipped (a `Run` alone moves the clock up to 40 looks on).
@@ -223,6 +226,9 @@ enum Event {
     /// The next command sent is missing from the next `n` ListCommands reads (eventual
     /// consistency): a step replayed then sends it again.
     LagList(u32),
+    /// b/prod's SSM Change Calendar closes for this many ms from now (its reads fail
+    /// like any call).
+    CloseChanges(i64),
     /// The next SendCommand request reaches SSM this many ms after it was made (a slow
     /// network), its sender having waited for the answer until the SDK gave up. AWS refuses a request signed
     /// more than five minutes before it arrives (Signature Version 4), so at most that.
@@ -245,7 +251,7 @@ const READS_BEFORE_GIVING_UP: u32 = 8;
 
 fn schedule(seed: u64) -> Vec<Event> {
     let mut rng = Rng::new(seed);
-    let kinds = 7;
+    let kinds = 8;
     (0..EVENTS)
         .map(|_| {
             let target = rng.below(TARGETS.len() as u64) as usize;
@@ -283,6 +289,7 @@ fn schedule(seed: u64) -> Vec<Event> {
                     0 => Event::DeliverLate,
                     4 => Event::LagReads(1 + rng.below(3) as u32),
                     5 => Event::LagList(1 + rng.below(3) as u32),
+                    7 => Event::CloseChanges(1 + rng.below(1_200_000) as i64),
                     6 => Event::SlowSend(1 + rng.below(300_000) as i64),
                     1 => Event::FailCalls {
                         // At most 5: three failed tries of a step, two of its Abort.
@@ -354,9 +361,10 @@ struct Target {
     handed: Written,
     /// People's words on its jobs (see `approval`).
     words: Vec<Approval>,
-    /// When (ms) each job went live here, and each version was marked faulty, for (xvii).
+    /// When (ms) each job went live here, and the versions marked faulty after each
+    /// write of the marks, for (xvii).
     live_log: Vec<(i64, JobId)>,
-    marks_log: Vec<(i64, Version)>,
+    marks_log: Vec<(i64, Vec<Version>)>,
 }
 
 /// Everything the twins share, and the invariants' bookkeeping.
@@ -417,6 +425,9 @@ struct World {
     /// when (ms) each job id was last sent, for SQS FIFO's deduplication.
     promotions: Vec<DeployJob>,
     promotion_sent: HashMap<JobId, i64>,
+    /// Until when (ms) b/prod's change calendar is closed; jobs a step saw it hold back.
+    changes_closed_until: Option<i64>,
+    change_held: BTreeSet<JobId>,
 }
 
 /// What the schedules exercised, printed at the end so a reader sees the simulation is
@@ -469,6 +480,8 @@ struct Stats {
     words: u64,
     approved: u64,
     carried: u64,
+    /// Automatic jobs b/prod's change calendar held back a while.
+    change_held: u64,
     /// Promotions queued (once per job id), and those that went live.
     promotions: u64,
     promoted: u64,
@@ -515,6 +528,7 @@ impl World {
         };
         let now = self.now();
         self.config.held_back(job, now).is_some()
+            || self.change_closed(job)
             || promotion::not_due(job, now)
             || self.config.approvals_for(job).is_some_and(|rules| {
                 let since = rules.words_since(now);
@@ -523,6 +537,17 @@ impl World {
                     t.words.iter().filter(|w| w.at >= since).cloned().collect();
                 !matches!(rules.standing(job, &words, now), Standing::Approved { .. })
             })
+    }
+
+    /// Whether `job`'s environment's change calendar holds it back now.
+    fn change_closed(&self, job: &DeployJob) -> bool {
+        let Ok((_, env)) = self.config.target(job) else {
+            return false;
+        };
+        let now = self.now.load(Ordering::SeqCst);
+        env.change_calendar.is_some()
+            && !crate::deploy::calendar::exempt(&env.freeze_overriders, job)
+            && self.changes_closed_until.is_some_and(|until| now < until)
     }
 
     /// (xvii) Why promotion `job` must not take its lock now, if it must not: a promotion
@@ -547,12 +572,13 @@ impl World {
         if live_then != Some(from_job) && !live_since.any(|j| j == from_job) {
             return Some(format!("though job {from_job} was not live on {from_env}"));
         }
-        let marked = t
-            .marks_log
-            .iter()
-            .rfind(|(_, v)| v.same_as(&job.version))
-            .is_some_and(|e| e.0 <= since && faulty_mark(&t.faulty, &job.version).is_some());
-        marked.then(|| format!("though {} was marked faulty on {from_env}", job.version))
+        // Marked in every state a read may have answered: the one at `since` and each after.
+        let marked =
+            |(_, marks): &(i64, Vec<Version>)| marks.iter().any(|v| v.same_as(&job.version));
+        let then = t.marks_log.iter().rfind(|e| e.0 <= since);
+        let always =
+            then.is_some_and(marked) && t.marks_log.iter().filter(|e| e.0 > since).all(marked);
+        always.then(|| format!("though {} was marked faulty on {from_env}", job.version))
     }
 
     /// Before a write to app+env's history or marks: if a lag is due, reads go on
@@ -674,6 +700,8 @@ impl Ledger for SimLedger {
             if kept.len() != before {
                 t.faulty = kept;
                 t.versions.faulty += 1;
+                t.marks_log
+                    .push((at, t.faulty.iter().map(|f| f.version.clone()).collect()));
             }
         }
         let written = t.versions.max(seen);
@@ -742,7 +770,8 @@ impl Ledger for SimLedger {
         let t = w.target(app, env);
         t.faulty = marks;
         t.versions.faulty += 1;
-        t.marks_log.push((at, mark.version.clone()));
+        t.marks_log
+            .push((at, t.faulty.iter().map(|f| f.version.clone()).collect()));
         let written = t.versions.max(seen);
         w.stats.faulty_marked += 1;
         w.answer()?;
@@ -828,6 +857,11 @@ impl Ledger for SimLedger {
         let queued = w.fifo.get(&key).cloned().unwrap_or_default();
         let held: BTreeSet<&JobId> = queued.iter().filter(|j| w.held(j)).collect();
         let mine_held = lock.job.as_ref().is_some_and(|j| w.held(j));
+        let change_closed = lock
+            .job
+            .as_ref()
+            .and_then(|j| w.jobs.get(j))
+            .is_some_and(|j| w.change_closed(j));
         let wrong = lock
             .job
             .as_ref()
@@ -855,6 +889,11 @@ impl Ledger for SimLedger {
                 if mine_held && w.jobs.get(job).is_some_and(calendar) {
                     w.violations.push(format!(
                         "(xv) job {job} took {app}/{env} while its calendar held it back"
+                    ));
+                }
+                if change_closed {
+                    w.violations.push(format!(
+                        "(xv) job {job} took {app}/{env} while its change calendar was closed"
                     ));
                 }
                 // (xvi) No job that needs approval takes the lock unless a read of the
@@ -1015,6 +1054,31 @@ impl Ledger for SimLedger {
 /// back (a node unreachable, SSM's queue) reaches its node late, after its deploy may
 /// have lost the lock (what the fence is for), or is given up on (DeliveryTimedOut).
 struct SimRunCommand(Shared, Arc<Config>);
+
+/// SSM's GetCalendarState on b/prod's change calendar: closed until
+/// `changes_closed_until`, failing like any call.
+struct SimCalendars(Shared);
+
+#[async_trait]
+impl crate::deploy::ports::ChangeCalendars for SimCalendars {
+    async fn state(
+        &self,
+        _name: &str,
+        at: DateTime<Utc>,
+    ) -> Result<Result<crate::deploy::ports::CalendarState, String>, PortError> {
+        let mut w = self.0.lock().unwrap();
+        w.call()?;
+        let until = w
+            .changes_closed_until
+            .map(|ms| t0() + chrono::Duration::milliseconds(ms))
+            .filter(|until| at < *until);
+        w.answer()?;
+        Ok(Ok(crate::deploy::ports::CalendarState {
+            open: until.is_none(),
+            next_change: until,
+        }))
+    }
+}
 
 /// SQS FIFO under the drivers' promotions: a job id sent again within five minutes of its
 /// first send is taken once (it is the deduplication id); past that, it is a new message.
@@ -1721,6 +1785,8 @@ impl Sim {
             refused_late: false,
             promotions: vec![],
             promotion_sent: HashMap::new(),
+            changes_closed_until: None,
+            change_held: BTreeSet::new(),
         }));
         let ledger = Arc::new(SimLedger(world.clone()));
         let driver = Driver::new(
@@ -1740,7 +1806,8 @@ impl Sim {
             },
         )
         .with_turn(Arc::new(SimTurn(world.clone())))
-        .with_queue(Arc::new(SimQueue(world.clone())));
+        .with_queue(Arc::new(SimQueue(world.clone())))
+        .with_calendars(Arc::new(SimCalendars(world.clone())));
         let stepper = Stepper::new(driver, Duration::ZERO).with_clock(virtual_clock(&now));
         Sim {
             world,
@@ -1995,6 +2062,11 @@ impl Sim {
             }
             Event::LagReads(n) => self.world.lock().unwrap().lag_next = *n,
             Event::LagList(n) => self.world.lock().unwrap().list_lag_next = *n,
+            Event::CloseChanges(ms) => {
+                let mut w = self.world.lock().unwrap();
+                let now = w.now.load(Ordering::SeqCst);
+                w.changes_closed_until = Some(now + ms);
+            }
             Event::SlowSend(ms) => self.world.lock().unwrap().slow_next = Some(*ms),
             Event::Terminate { target, node } => {
                 let (app, env) = TARGETS[*target];
@@ -2162,6 +2234,14 @@ impl Sim {
                 if state.deploy.as_ref().is_some_and(calendar) {
                     w.held_jobs.insert(state.job.id.clone());
                 }
+                let changes = |d: &Deploy| {
+                    d.closed
+                        .as_deref()
+                        .is_some_and(|c| c.starts_with("the change calendar"))
+                };
+                if state.deploy.as_ref().is_some_and(changes) {
+                    w.change_held.insert(state.job.id.clone());
+                }
             }
             hung = self.world.lock().unwrap().hung.take();
             if hung.is_some() {
@@ -2268,6 +2348,9 @@ impl Sim {
         if w.held_jobs.contains(&state.job.id) {
             w.stats.held_back += 1;
         }
+        if w.change_held.contains(&state.job.id) {
+            w.stats.change_held += 1;
+        }
         if let Some(r) = &state.reason {
             if r.contains("lost the lock") {
                 w.stats.lost_locks += 1;
@@ -2357,6 +2440,7 @@ impl Sim {
         {
             let mut w = self.world.lock().unwrap();
             w.faults = false;
+            w.changes_closed_until = None;
             w.delay_next = false;
             w.throttle_next = 0;
             w.fail_next = 0;
@@ -2483,6 +2567,7 @@ impl Stats {
         self.words += o.words;
         self.approved += o.approved;
         self.carried += o.carried;
+        self.change_held += o.change_held;
         self.promotions += o.promotions;
         self.promoted += o.promoted;
         self.late += o.late;
@@ -2582,6 +2667,7 @@ fn the_invariants_hold_on_thousands_of_random_schedules() {
                 && stats.slow_sends > 0
                 && stats.late > 0
                 && stats.held_back > 0
+                && stats.change_held > 0
                 && stats.refused > 0,
             "{stats:#?}"
         );

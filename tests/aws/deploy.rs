@@ -1759,6 +1759,24 @@ async fn a_closed_change_calendar_holds_an_upload_back_until_it_opens() {
     assert_eq!(rig.log(&upload).await, expected_order(&rig.nodes, "1.2.0"));
 }
 
+/// A change calendar that cannot be read (here: not there) holds deploys back as a closed
+/// one does, saying why, and is looked at again within 15 minutes.
+#[tokio::test]
+async fn a_change_calendar_that_cannot_be_read_holds_an_upload_back() {
+    let mut rig = Rig::new(1).await;
+    let name = unique("missing-changes");
+    let text = config_text(&rig.fleet, "").replace(
+        "chat_deployers = [\"*\"]\n",
+        &format!("chat_deployers = [\"*\"]\nchange_calendar = \"{name}\"\n"),
+    );
+    rig.config = Arc::new(parse(&text));
+    let stepper = rig.stepper(Duration::from_secs(1));
+    let upload = upload_job(&unique("unread"), "1.2.0", Utc::now());
+    let why = format!("the change calendar {name} cannot be read (InvalidDocument");
+    let state = waits_at_first(&rig, &stepper, &upload, &why).await;
+    assert!(state.wait_seconds <= 15 * 60, "{state:?}");
+}
+
 /// On AWS the wait for approval is the state machine's too: the step hands it back having
 /// sent nothing and holding no lock; an approver's word in Parameter Store (as chat
 /// keeps it) lets the deploy go, and history keeps who approved.
@@ -2048,8 +2066,10 @@ async fn a_failed_jobs_story_is_told_from_its_execution_and_its_commands() {
     assert!(story.steps.iter().all(|s| s.node == *n1 || s.node == *n2));
     let unknown = shipit::deploy::job::JobId::parse("0123456789abcdef0123").unwrap();
     assert_eq!(stories.story(&unknown).await.unwrap(), None);
-    // Read against the clock (as chat reads it), a story that fits in one page of each
-    // read is whole, and not said to be cut short.
+    // Read against the clock (as chat reads it), a story is whole, or says it is cut
+    // short and shows part of it: one page of each read, where other tests running at
+    // once put their commands in the same window (the 120-node fleet's push this job's
+    // past the first page of invocations).
     let hurried = ExecutionStories::new(
         aws_sdk_sfn::Client::new(&sdk().await),
         rig.ssm.clone(),
@@ -2057,12 +2077,13 @@ async fn a_failed_jobs_story_is_told_from_its_execution_and_its_commands() {
     )
     .within(Duration::ZERO);
     let quick = hurried.story(&job.id).await.unwrap().unwrap();
-    assert_eq!(quick.steps, story.steps);
-    assert!(
-        quick.events.iter().all(|e| !e.text.contains("cut short")),
-        "{:?}",
-        quick.events
-    );
+    match quick.events.iter().any(|e| e.text.contains("cut short")) {
+        false => assert_eq!(quick.steps, story.steps),
+        true => assert!(
+            quick.steps.iter().all(|s| story.steps.contains(s)),
+            "{quick:?}"
+        ),
+    }
 
     let fifo = crate::helpers::Fifo::new().await;
     let ingress = crate::helpers::ingress(Arc::new(fifo.queue()), rig.ledger.clone())

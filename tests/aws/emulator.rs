@@ -814,7 +814,9 @@ async fn a_change_calendar_is_open_or_closed_by_its_events_with_the_next_change(
 /// What GetCalendarState and CreateDocument refuse: a calendar that is not there
 /// (InvalidDocument), a document of another type (InvalidDocumentType), no names
 /// (ValidationException); a ChangeCalendar document that is not an iCalendar with its
-/// X-CALENDAR-TYPE (InvalidDocumentContent), a name taken (DocumentAlreadyExists).
+/// X-CALENDAR-TYPE or with a time that is not one (InvalidDocumentContent), a name taken
+/// (DocumentAlreadyExists); and one with an RRULE, which the emulator does not expand
+/// (UnsupportedCalendarException).
 #[tokio::test]
 async fn get_calendar_state_refuses_what_is_not_a_change_calendar() {
     let ssm = ssm().await;
@@ -850,6 +852,22 @@ async fn get_calendar_state_refuses_what_is_not_a_change_calendar() {
     assert_eq!(
         code(create(&name, "not a calendar").await),
         "InvalidDocumentContent"
+    );
+    let event = |lines: &str| {
+        format!("BEGIN:VCALENDAR\r\nX-CALENDAR-TYPE:DEFAULT_OPEN\r\nBEGIN:VEVENT\r\n{lines}END:VEVENT\r\nEND:VCALENDAR\r\n")
+    };
+    let bad_time = event("DTSTART:20271312T100000Z\r\nDTEND:20270112T120000Z\r\n");
+    assert_eq!(
+        code(create(&name, &bad_time).await),
+        "InvalidDocumentContent"
+    );
+    // A recurring event AWS reads; the emulator does not expand it, and says so.
+    let weekly = unique("weekly-cal");
+    let rule = "DTSTART:20270111T090000Z\r\nDTEND:20270111T170000Z\r\nRRULE:FREQ=WEEKLY\r\n";
+    create(&weekly, &event(rule)).await.unwrap();
+    assert_eq!(
+        code(get(vec![weekly]).await),
+        "UnsupportedCalendarException"
     );
     let taken = unique("taken-cal");
     change_calendar(&ssm, &taken, true, &[]).await;

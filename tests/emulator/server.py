@@ -49,8 +49,9 @@ Added to moto 5.2.5, following the AWS API reference for each shape:
   DEFAULT_CLOSED, VEVENTs with DTSTART/DTEND in UTC, a TZID, X-WR-TIMEZONE or whole days.
   Refused: content that is not a Change Calendar (InvalidDocumentContent), a calendar
   not there (InvalidDocument), another document type (InvalidDocumentType), no names
-  (ValidationException); an RRULE, which the emulator does not expand, is
-  UnsupportedCalendarException (AWS reads it).
+  (ValidationException), a time that is not one (InvalidDocumentContent); an RRULE,
+  RDATE or EXDATE, which the emulator does not expand, is UnsupportedCalendarException
+  (AWS reads them).
 - SQS FIFO sequence numbers: moto draws each at random; AWS's "continues to increase
   for a particular MessageGroupId" (SendMessage, SequenceNumber). Now they grow per
   queue and group, by uneven steps (AWS: "large, non-consecutive"), 20 digits.
@@ -638,7 +639,8 @@ def moment(params, value, zone):
             return datetime.datetime.strptime(value, "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
         form = "%Y%m%d" if params.get("VALUE") == "DATE" else "%Y%m%dT%H%M%S"
         local = datetime.datetime.strptime(value, form)
-        return local.replace(tzinfo=zoneinfo.ZoneInfo(params.get("TZID", zone))).astimezone(UTC)
+        tz = params.get("TZID", zone).strip('"')
+        return local.replace(tzinfo=zoneinfo.ZoneInfo(tz)).astimezone(UTC)
     except (ValueError, zoneinfo.ZoneInfoNotFoundError) as e:
         raise UnsupportedCalendarException(f"The calendar entry is not supported: {e}")
 
@@ -658,10 +660,10 @@ def calendar_events(name, documents):
     spans = []
     for event in events:
         # Recurrence is not modelled here: refused rather than read as a single event.
-        if "RRULE" in event or "DTSTART" not in event or "DTEND" not in event:
+        if {"RRULE", "RDATE", "EXDATE"} & event.keys() or not {"DTSTART", "DTEND"} <= event.keys():
             raise UnsupportedCalendarException(
                 "The calendar entry is not supported (the emulator reads events with "
-                "DTSTART and DTEND, without RRULE).")
+                "DTSTART and DTEND, without RRULE, RDATE or EXDATE).")
         spans.append((moment(*event["DTSTART"], zone), moment(*event["DTEND"], zone)))
     return default_open, spans
 
@@ -689,7 +691,15 @@ def create_document_calendar(original):
                 r"(aws-|amazon|amzn)", name.lower()):
             raise Invalid(f"Invalid document name {name}")
         content = self._get_param("Content") or ""
-        calendar_parts(content)
+        _, zone, events = calendar_parts(content)
+        for event in events:
+            for prop in ("DTSTART", "DTEND"):
+                if prop in event:
+                    try:
+                        moment(*event[prop], zone)
+                    except UnsupportedCalendarException as e:
+                        raise ssm_exceptions.InvalidDocumentContent(
+                            f"The content for the document is not valid: {prop} {e}")
         with LOCK:
             if name in CALENDARS or name in self.ssm_backend._documents:
                 raise ssm_exceptions.DocumentAlreadyExists("The specified document already exists.")

@@ -111,23 +111,7 @@ pub(super) fn check_environment(
             );
             return false;
         }
-        // A document's name (SSM: 3 to 128 of these), or its ARN.
-        let document = name
-            .rsplit_once(":document/")
-            .map_or(
-                name.as_str(),
-                |(arn, n)| {
-                    if arn.starts_with("arn:") {
-                        n
-                    } else {
-                        ""
-                    }
-                },
-            );
-        let valid = (3..=128).contains(&document.len())
-            && document
-                .chars()
-                .all(|ch| ch.is_ascii_alphanumeric() || "_-.".contains(ch));
+        let valid = calendar_document(name).is_some();
         if !valid {
             c.error(
                 &key,
@@ -150,6 +134,30 @@ pub(super) fn check_environment(
         chat_deployers: e.chat_deployers,
         chat_forcers: e.chat_forcers,
     })
+}
+
+/// The document a change calendar names: its name (SSM: 3 to 128 letters, digits, `_`,
+/// `-`, `.`), or in its ARN (`arn:PARTITION:ssm:REGION:ACCOUNT:document/NAME`).
+fn calendar_document(name: &str) -> Option<&str> {
+    let document = match name.strip_prefix("arn:") {
+        Some(rest) => match rest.splitn(5, ':').collect::<Vec<_>>()[..] {
+            [partition, "ssm", region, account, resource]
+                if !partition.is_empty()
+                    && !region.is_empty()
+                    && account.len() == 12
+                    && account.bytes().all(|b| b.is_ascii_digit()) =>
+            {
+                resource.strip_prefix("document/")?
+            }
+            _ => return None,
+        },
+        None => name,
+    };
+    let valid = (3..=128).contains(&document.len())
+        && document
+            .chars()
+            .all(|ch| ch.is_ascii_alphanumeric() || "_-.".contains(ch));
+    valid.then_some(document)
 }
 
 /// `None` where it has a problem; `Some(None)`: deploys at any time.

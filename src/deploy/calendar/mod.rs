@@ -513,10 +513,9 @@ pub fn exempt(overriders: &[String], job: &DeployJob) -> bool {
     overridden || matches!(job.source, Source::Rollback { .. } | Source::Sync { .. })
 }
 
-/// How long a deploy held back by an SSM Change Calendar with no opening scheduled, or
-/// one that cannot be read, waits before it looks again (it looks every 15 minutes
-/// meanwhile: see the engine's calendar wait).
-const CHANGE_CALENDAR_HORIZON_HOURS: i64 = 24;
+/// When a deploy held back by an SSM Change Calendar with no opening scheduled, or one
+/// that cannot be read, looks again: the engine's calendar look.
+const CHANGE_CALENDAR_LOOK_MINUTES: i64 = 15;
 
 /// What SSM Change Calendar `name` holds back at `now`, given its state as read (or why
 /// it could not be): nothing while it is open. One that cannot be read holds deploys
@@ -526,7 +525,7 @@ pub fn change_calendar_closed(
     state: Result<crate::deploy::ports::CalendarState, String>,
     now: DateTime<Utc>,
 ) -> Option<Closed> {
-    let later = now + chrono::Duration::hours(CHANGE_CALENDAR_HORIZON_HOURS);
+    let later = now + chrono::Duration::minutes(CHANGE_CALENDAR_LOOK_MINUTES);
     let (until, why, opens) = match state {
         Ok(s) if s.open => return None,
         Ok(s) => match s.next_change {
@@ -546,7 +545,7 @@ pub fn change_calendar_closed(
         },
         Err(e) => (
             later,
-            format!("the change calendar {name} cannot be read ({e}): deploys wait until it can"),
+            format!("the change calendar {name} cannot be read ({e})"),
             false,
         ),
     };

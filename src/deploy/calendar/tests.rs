@@ -303,7 +303,50 @@ fn a_change_calendar_holds_back_while_closed_or_unread() {
         change_calendar_closed("prod-changes", Err("InvalidDocument".into()), now).unwrap();
     assert_eq!(
         unread.why,
-        "the change calendar prod-changes cannot be read (InvalidDocument): deploys wait until it can"
+        "the change calendar prod-changes cannot be read (InvalidDocument)"
     );
     assert!(!unread.opens && unread.until > now);
+    // Looked at again within the engine's calendar look.
+    assert!(unread.until - now <= chrono::Duration::minutes(15));
+}
+
+/// No calendar (the config's or a change calendar) holds back a rollback, a sync, or an
+/// override by a freeze overrider; anything else it does.
+#[test]
+fn rollbacks_syncs_and_overriders_overrides_are_exempt() {
+    use crate::deploy::job::{DeployJob, Source};
+    let now = utc("2026-12-07T20:00:00Z");
+    let chat = |user: &str| Source::Chat {
+        user_id: user.into(),
+        user_name: "ann".into(),
+        channel_id: "C1".into(),
+        channel_name: "deploys".into(),
+        trigger_id: "t".into(),
+        response_url: None,
+    };
+    let job = |source: Source| {
+        DeployJob::new(
+            "hello",
+            "production",
+            "hello-app".parse().unwrap(),
+            crate::deploy::version::Version::parse("1.2.0").unwrap(),
+            source,
+            now,
+        )
+    };
+    let overriders = ["U1".to_string()];
+    let upload = job(Source::Upload {
+        location: "s3://p/hello_app-1.2.0-py3-none-any.whl".into(),
+    });
+    assert!(!exempt(&overriders, &upload));
+    assert!(!exempt(&overriders, &job(chat("U1"))));
+    assert!(exempt(&overriders, &job(chat("U1")).overriding("hotfix")));
+    assert!(!exempt(&overriders, &job(chat("U2")).overriding("hotfix")));
+    assert!(exempt(&overriders, &upload.rollback(None, chat("U2"), now)));
+    let sync = job(Source::Sync {
+        nodes: vec!["n1".into()],
+        by: "node-joined".into(),
+        nonce: "j".into(),
+    });
+    assert!(exempt(&overriders, &sync));
 }
