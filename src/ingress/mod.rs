@@ -113,6 +113,9 @@ pub struct Ingress {
     pub stories: Option<Arc<dyn Stories>>,
     /// Where `/deploy cancel JOB` takes a queued job off the queue.
     pub cancel: Option<Arc<dyn Cancel>>,
+    /// Where a person's deploy reads its environment's change calendar before it is
+    /// queued; without one it is read when the deploy starts.
+    pub calendars: Option<Arc<dyn crate::deploy::ports::ChangeCalendars>>,
     github_secret: Option<String>,
     slack_secret: Option<String>,
 }
@@ -153,6 +156,7 @@ impl Ingress {
             fleet: None,
             stories: None,
             cancel: None,
+            calendars: None,
             github_secret,
             slack_secret,
         })
@@ -175,6 +179,16 @@ impl Ingress {
     pub fn with_cancel(self, cancel: Arc<dyn Cancel>) -> Ingress {
         Ingress {
             cancel: Some(cancel),
+            ..self
+        }
+    }
+
+    pub fn with_calendars(
+        self,
+        calendars: Arc<dyn crate::deploy::ports::ChangeCalendars>,
+    ) -> Ingress {
+        Ingress {
+            calendars: Some(calendars),
             ..self
         }
     }

@@ -441,7 +441,45 @@ impl Ingress {
         if let Err(refused) = env.admit(&job, now) {
             return say(format!("{refused}. Nothing was queued."));
         }
+        if let Some(refused) = self.change_calendar_refuses(env, &job, now).await {
+            return say(format!("{refused}. Nothing was queued."));
+        }
         self.chat_enqueue(job, "").await
+    }
+
+    /// Why `job` is refused now by its environment's SSM Change Calendar, as its deploy
+    /// would be when it starts. A read that fails for a while, or takes more than a
+    /// second (Slack wants its answer within 3 s), refuses nothing: the deploy reads it
+    /// again before it takes the lock.
+    async fn change_calendar_refuses(
+        &self,
+        env: &Environment,
+        job: &DeployJob,
+        now: DateTime<Utc>,
+    ) -> Option<String> {
+        let (Some(name), Some(calendars)) = (&env.change_calendar, &self.calendars) else {
+            return None;
+        };
+        if crate::deploy::calendar::exempt(&env.freeze_overriders, job) {
+            return None;
+        }
+        let read = tokio::time::timeout(
+            std::time::Duration::from_secs(1),
+            calendars.state(name, now),
+        );
+        let state = match read.await {
+            Ok(Ok(state)) => state,
+            Ok(Err(e)) => {
+                tracing::warn!(calendar = %name, error = %e, "cannot read the change calendar; the deploy reads it when it starts");
+                return None;
+            }
+            Err(_) => {
+                tracing::warn!(calendar = %name, "the change calendar took over a second; the deploy reads it when it starts");
+                return None;
+            }
+        };
+        let closed = crate::deploy::calendar::change_calendar_closed(name, state, now)?;
+        Some(crate::deploy::calendar::refusal(job, &closed))
     }
 
     /// What the job would do, for the asker only; nothing is queued.

@@ -75,6 +75,7 @@ pub async fn ingress_from_env(hooks: &[Hook]) -> anyhow::Result<Ingress> {
         .with_gate(Arc::new(Gatekeeper::new(config.clone(), secrets)))
         .with_fleet(Arc::new(SsmFleet::new(SdkRunCommand::new(ssm), config)))
         .with_stories(Arc::new(stories))
+        .with_calendars(Arc::new(SsmCalendars::new(ssm_client(&sdk))))
         .with_cancel(Arc::new(turn(&sdk, &machine))))
 }
 

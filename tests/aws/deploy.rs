@@ -143,6 +143,14 @@ fn parse(text: &str) -> Config {
     Config::parse(text, Path::new("aws.toml")).unwrap_or_else(|r| panic!("{r}"))
 }
 
+/// `config_text` with `lines` added to the production environment.
+fn production_with(fleet: &str, lines: &str) -> String {
+    config_text(fleet, "").replace(
+        "chat_deployers = [\"*\"]\n",
+        &format!("chat_deployers = [\"*\"]\n{lines}"),
+    )
+}
+
 fn config_text(fleet: &str, rollout: &str) -> String {
     format!(
         r#"
@@ -1708,10 +1716,10 @@ async fn an_older_upload_is_superseded_by_a_newer_one_queued_behind_it() {
 async fn an_upload_in_a_freeze_hands_its_wait_to_the_state_machine_then_deploys() {
     let mut rig = Rig::new(2).await;
     let until = chrono::DateTime::from_timestamp(Utc::now().timestamp() + 8, 0).unwrap();
-    let text = config_text(&rig.fleet, "").replace(
-        "chat_deployers = [\"*\"]\n",
+    let text = production_with(
+        &rig.fleet,
         &format!(
-            "chat_deployers = [\"*\"]\ntime_zone = \"UTC\"\nfreezes = [{{ from = \"2026-01-01\", until = \"{}\", reason = \"aws freeze\" }}]\n",
+            "time_zone = \"UTC\"\nfreezes = [{{ from = \"2026-01-01\", until = \"{}\", reason = \"aws freeze\" }}]\n",
             until.format("%Y-%m-%dT%H:%M:%S")
         ),
     );
@@ -1728,7 +1736,8 @@ async fn an_upload_in_a_freeze_hands_its_wait_to_the_state_machine_then_deploys(
 }
 
 /// An environment's SSM Change Calendar holds deploys back as the config's calendar does,
-/// read at each try for the lock: a person's deploy is refused with its words; an
+/// read at each try for the lock: a person's deploy is refused with its words, by chat
+/// before it is queued and by its step if it was queued before; an
 /// upload's step hands the wait to the state machine (sending nothing, holding no lock)
 /// and the upload deploys once the calendar's event ends.
 #[tokio::test]
@@ -1739,13 +1748,30 @@ async fn a_closed_change_calendar_holds_an_upload_back_until_it_opens() {
     let until = chrono::DateTime::from_timestamp(Utc::now().timestamp() + 8, 0).unwrap();
     let from = Utc::now() - chrono::Duration::hours(1);
     change_calendar(&rig.ssm, &name, true, &[(ical(from), ical(until))]).await;
-    let text = config_text(&rig.fleet, "").replace(
-        "chat_deployers = [\"*\"]\n",
-        &format!("chat_deployers = [\"*\"]\nchange_calendar = \"{name}\"\n"),
-    );
+    let text = production_with(&rig.fleet, &format!("change_calendar = \"{name}\"\n"));
     rig.config = Arc::new(parse(&text));
     let stepper = rig.stepper(Duration::from_secs(1));
     let why = format!("the change calendar {name} is closed until");
+    // Chat reads it before it queues a person's deploy.
+    let fifo = crate::helpers::Fifo::new().await;
+    let ingress = shipit::ingress::Ingress::new(
+        rig.config.clone(),
+        Arc::new(fifo.queue()),
+        rig.ledger.clone(),
+        &Secrets::new(None),
+        &shipit::ingress::Hook::ALL,
+    )
+    .await
+    .unwrap()
+    .with_calendars(Arc::new(SsmCalendars::new(rig.ssm.clone())));
+    let text = chat(&ingress, "hello 1.2.0".into()).await;
+    assert!(
+        text.starts_with(&format!("hello/production takes no deploys now: {why}"))
+            && text.ends_with("Nothing was queued."),
+        "{text}"
+    );
+    assert!(fifo.drain().await.is_empty());
+    // One queued before it closed is refused when it starts.
     let person = to_the_end(&stepper, StepState::start(rig.job("1.2.0"))).await;
     assert_eq!(person.status, Some(JobStatus::Skipped), "{person:?}");
     let refused = person.reason.clone().unwrap_or_default();
@@ -1765,10 +1791,7 @@ async fn a_closed_change_calendar_holds_an_upload_back_until_it_opens() {
 async fn a_change_calendar_that_cannot_be_read_holds_an_upload_back() {
     let mut rig = Rig::new(1).await;
     let name = unique("missing-changes");
-    let text = config_text(&rig.fleet, "").replace(
-        "chat_deployers = [\"*\"]\n",
-        &format!("chat_deployers = [\"*\"]\nchange_calendar = \"{name}\"\n"),
-    );
+    let text = production_with(&rig.fleet, &format!("change_calendar = \"{name}\"\n"));
     rig.config = Arc::new(parse(&text));
     let stepper = rig.stepper(Duration::from_secs(1));
     let upload = upload_job(&unique("unread"), "1.2.0", Utc::now());
@@ -1783,10 +1806,7 @@ async fn a_change_calendar_that_cannot_be_read_holds_an_upload_back() {
 #[tokio::test]
 async fn an_upload_waiting_for_approval_hands_its_wait_to_the_state_machine() {
     let mut rig = Rig::new(2).await;
-    let text = config_text(&rig.fleet, "").replace(
-        "chat_deployers = [\"*\"]\n",
-        "chat_deployers = [\"*\"]\napprovals = { approvers = [\"U2\", \"U3\"] }\n",
-    );
+    let text = production_with(&rig.fleet, "approvals = { approvers = [\"U2\", \"U3\"] }\n");
     rig.config = Arc::new(parse(&text));
     let upload = upload_job(&unique("approved"), "1.2.0", Utc::now());
     let stepper = rig.stepper(Duration::from_secs(1));
@@ -1818,10 +1838,10 @@ async fn an_upload_waiting_for_approval_hands_its_wait_to_the_state_machine() {
 #[tokio::test]
 async fn a_deploy_that_went_live_queues_its_promotion_on_the_deploy_queue() {
     let mut rig = Rig::new(2).await;
-    let text = config_text(&rig.fleet, "").replace(
-        "chat_deployers = [\"*\"]\n",
+    let text = production_with(
+        &rig.fleet,
         &format!(
-            "chat_deployers = [\"*\"]\npromote = {{ to = \"later\", after_seconds = 600 }}\n[apps.hello.environments.later]\nssm_tags = {{ \"shipit:app\" = \"hello\", \"shipit:fleet\" = \"{}\" }}\ndir = \"/srv/hello app\"\nvars = {{ port = \"8080\" }}\n",
+            "promote = {{ to = \"later\", after_seconds = 600 }}\n[apps.hello.environments.later]\nssm_tags = {{ \"shipit:app\" = \"hello\", \"shipit:fleet\" = \"{}\" }}\ndir = \"/srv/hello app\"\nvars = {{ port = \"8080\" }}\n",
             rig.fleet
         ),
     )

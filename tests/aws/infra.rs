@@ -630,7 +630,8 @@ fn calls(binary: &str) -> BTreeSet<&'static str> {
         "github-webhook" | "package-upload" => &ingress,
         // status, history, rollback, lock, unlock and abort: the ledger and its locks; a
         // dry run also lists the nodes; show reads the job's execution and commands;
-        // cancel makes the job's claim; approve and reject keep a person's word.
+        // cancel makes the job's claim; approve and reject keep a person's word; a
+        // person's deploy reads its environment's change calendar.
         "slash-command" => &[
             "sqs:SendMessage",
             "ssm:GetParameter",
@@ -640,6 +641,7 @@ fn calls(binary: &str) -> BTreeSet<&'static str> {
             "ssm:DeleteParameters",
             "ssm:DescribeInstanceInformation",
             "ssm:ListCommandInvocations",
+            "ssm:GetCalendarState",
             "states:DescribeExecution",
             "states:GetExecutionHistory",
         ],

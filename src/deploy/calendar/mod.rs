@@ -577,12 +577,17 @@ pub fn admit(
         }
     }
     match holds_back(calendar, overriders, job, now) {
-        Some(closed) if !job.source.is_automatic() => Err(format!(
-            "{}/{} takes no deploys now: {}; a freeze overrider may deploy with --override REASON",
-            job.app, job.env, closed.why
-        )),
+        Some(closed) if !job.source.is_automatic() => Err(refusal(job, &closed)),
         _ => Ok(()),
     }
+}
+
+/// A person's deploy refused because of `closed`, in the words chat and the CLI answer.
+pub fn refusal(job: &DeployJob, closed: &Closed) -> String {
+    format!(
+        "{}/{} takes no deploys now: {}; a freeze overrider may deploy with --override REASON",
+        job.app, job.env, closed.why
+    )
 }
 
 #[cfg(test)]
