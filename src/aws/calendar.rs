@@ -6,7 +6,7 @@ use aws_sdk_ssm::error::ProvideErrorMetadata;
 use aws_sdk_ssm::types::CalendarState as SsmState;
 use chrono::{DateTime, SecondsFormat, Utc};
 
-use super::sdk_err;
+use super::{sdk_err, throttling};
 use crate::deploy::ports::{CalendarState, ChangeCalendars, PortError};
 
 pub struct SsmCalendars(aws_sdk_ssm::Client);
@@ -16,15 +16,6 @@ impl SsmCalendars {
         SsmCalendars(client)
     }
 }
-
-/// GetCalendarState's errors that asking again will not mend: the calendar is not there,
-/// is not a calendar, holds what SSM cannot read, or this role may not read it.
-const LASTING: [&str; 4] = [
-    "InvalidDocument",
-    "InvalidDocumentType",
-    "UnsupportedCalendarException",
-    "AccessDeniedException",
-];
 
 #[async_trait]
 impl ChangeCalendars for SsmCalendars {
@@ -43,41 +34,44 @@ impl ChangeCalendars for SsmCalendars {
         {
             Ok(out) => out,
             Err(e) => {
-                let code = e.as_service_error().and_then(|s| s.code()).unwrap_or("");
-                if LASTING.contains(&code) {
-                    let message = e.as_service_error().and_then(|s| s.message()).unwrap_or("");
-                    return Ok(Err(format!("{code}: {message}")));
+                // A refusal of the request (not there, not a calendar, not readable by
+                // this role, another region's ARN) is not mended by asking again;
+                // throttling, a 5xx or no answer may be.
+                let status = e.raw_response().map(|r| r.status().as_u16());
+                let code = e.as_service_error().and_then(|s| s.code());
+                if status.is_some_and(|s| (400..500).contains(&s)) && !throttling(code) {
+                    let message = e.as_service_error().and_then(|s| s.message());
+                    return Ok(Err(format!(
+                        "{}: {}",
+                        code.unwrap_or("refused"),
+                        message.unwrap_or_default()
+                    )));
                 }
                 return Err(sdk_err("SSM GetCalendarState", e));
             }
         };
-        let closed = match out.state() {
+        let next_change = match out.state() {
             Some(SsmState::Open) => {
                 return Ok(Ok(CalendarState {
                     open: true,
                     next_change: None,
                 }))
             }
-            Some(SsmState::Closed) => CalendarState {
-                open: false,
-                next_change: None,
-            },
+            // Only a closed calendar's next change matters: when to look again.
+            Some(SsmState::Closed) => out.next_transition_time().and_then(|t| {
+                DateTime::parse_from_rfc3339(t)
+                    .inspect_err(|e| tracing::warn!(calendar = name, next = t, error = %e, "cannot read NextTransitionTime"))
+                    .ok()
+                    .map(|t| t.with_timezone(&Utc))
+            }),
             other => {
-                return Ok(Err(format!(
-                    "GetCalendarState answered the state {other:?}"
-                )))
+                let said = other.map_or("none", |s| s.as_str());
+                return Ok(Err(format!("GetCalendarState answered the state {said}")));
             }
         };
-        // Only a closed calendar's next change matters: when to look again.
-        let next_change = out.next_transition_time().and_then(|t| {
-            DateTime::parse_from_rfc3339(t)
-                .inspect_err(|e| tracing::warn!(calendar = name, next = t, error = %e, "cannot read NextTransitionTime"))
-                .ok()
-                .map(|t| t.with_timezone(&Utc))
-        });
         Ok(Ok(CalendarState {
+            open: false,
             next_change,
-            ..closed
         }))
     }
 }

@@ -200,6 +200,12 @@ impl Environment {
         crate::deploy::calendar::holds_back(calendar, overriders, job, now)
     }
 
+    /// Whether no calendar of this environment (its own, its change calendar) holds `job`
+    /// back (see [`calendar::exempt`](crate::deploy::calendar::exempt)).
+    pub fn exempt(&self, job: &crate::deploy::job::DeployJob) -> bool {
+        crate::deploy::calendar::exempt(&self.freeze_overriders, job)
+    }
+
     /// Whether a person may queue `job` now (see
     /// [`calendar::admit`](crate::deploy::calendar::admit)).
     pub fn admit(

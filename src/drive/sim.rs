@@ -546,7 +546,7 @@ impl World {
         };
         let now = self.now.load(Ordering::SeqCst);
         env.change_calendar.is_some()
-            && !crate::deploy::calendar::exempt(&env.freeze_overriders, job)
+            && !env.exempt(job)
             && self.changes_closed_until.is_some_and(|until| now < until)
     }
 
@@ -2241,6 +2241,17 @@ impl Sim {
                 };
                 if state.deploy.as_ref().is_some_and(changes) {
                     w.change_held.insert(state.job.id.clone());
+                    // (xv) … and a rollback, a sync or an override is never held back.
+                    let exempt = w
+                        .config
+                        .target(&state.job)
+                        .is_ok_and(|(_, e)| e.exempt(&state.job));
+                    if exempt {
+                        w.violations.push(format!(
+                            "(xv) job {} ({:?}) was held back by its change calendar",
+                            state.job.id, state.job.source
+                        ));
+                    }
                 }
             }
             hung = self.world.lock().unwrap().hung.take();

@@ -187,12 +187,16 @@ pub enum PlanError {
 
 fn calendar_line(env: &Environment, job: &DeployJob, now: DateTime<Utc>) -> String {
     let line = config_calendar_line(env, job, now);
-    match (&env.change_calendar, &env.calendar) {
-        (None, _) => line,
-        (Some(name), None) => format!("the SSM change calendar {name}, read as the deploy starts"),
-        (Some(name), Some(_)) => {
-            format!("{line}; and the SSM change calendar {name}, read as the deploy starts")
-        }
+    let Some(name) = &env.change_calendar else {
+        return line;
+    };
+    let change = match env.exempt(job) {
+        true => format!("the SSM change calendar {name}, which this deploy passes"),
+        false => format!("the SSM change calendar {name}, read as the deploy starts"),
+    };
+    match &env.calendar {
+        None => change,
+        Some(_) => format!("{line}; and {change}"),
     }
 }
 

@@ -460,7 +460,7 @@ impl Ingress {
         let (Some(name), Some(calendars)) = (&env.change_calendar, &self.calendars) else {
             return None;
         };
-        if crate::deploy::calendar::exempt(&env.freeze_overriders, job) {
+        if env.exempt(job) {
             return None;
         }
         let read = tokio::time::timeout(

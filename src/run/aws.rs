@@ -73,9 +73,12 @@ pub async fn ingress_from_env(hooks: &[Hook]) -> anyhow::Result<Ingress> {
         .within(Duration::from_millis(1500));
     Ok(ingress
         .with_gate(Arc::new(Gatekeeper::new(config.clone(), secrets)))
-        .with_fleet(Arc::new(SsmFleet::new(SdkRunCommand::new(ssm), config)))
+        .with_fleet(Arc::new(SsmFleet::new(
+            SdkRunCommand::new(ssm.clone()),
+            config,
+        )))
         .with_stories(Arc::new(stories))
-        .with_calendars(Arc::new(SsmCalendars::new(ssm_client(&sdk))))
+        .with_calendars(Arc::new(SsmCalendars::new(ssm)))
         .with_cancel(Arc::new(turn(&sdk, &machine))))
 }
 
@@ -141,13 +144,16 @@ pub async fn stepper_from_env() -> anyhow::Result<Stepper> {
     let driver = Driver::new(
         config.clone(),
         Arc::new(SsmLedger::new(ssm.clone(), &ssm_prefix())),
-        Arc::new(SsmFleet::new(SdkRunCommand::new(ssm), config.clone())),
+        Arc::new(SsmFleet::new(
+            SdkRunCommand::new(ssm.clone()),
+            config.clone(),
+        )),
         Some(queue.clone()),
         Outbound::new(config, secrets),
     )
     .with_turn(queue)
     .with_queue(Arc::new(deploy_queue(&sdk)?))
-    .with_calendars(Arc::new(SsmCalendars::new(ssm_client(&sdk))));
+    .with_calendars(Arc::new(SsmCalendars::new(ssm)));
     Ok(Stepper::new(driver, Duration::from_secs(budget)).with_figures(Arc::new(executions)))
 }
 

@@ -364,6 +364,21 @@ async fn chat(ingress: &shipit::ingress::Ingress, text: String) -> String {
     reply.body["text"].as_str().unwrap().to_string()
 }
 
+/// Chat over `rig`'s config and ledger, queuing on `fifo` and reading change calendars
+/// from the emulator, as the slash-command function's.
+async fn chat_ingress(rig: &Rig, fifo: &crate::helpers::Fifo) -> shipit::ingress::Ingress {
+    shipit::ingress::Ingress::new(
+        rig.config.clone(),
+        Arc::new(fifo.queue()),
+        rig.ledger.clone(),
+        &Secrets::new(None),
+        &shipit::ingress::Hook::ALL,
+    )
+    .await
+    .unwrap()
+    .with_calendars(Arc::new(SsmCalendars::new(rig.ssm.clone())))
+}
+
 fn cli_job(version: &str) -> DeployJob {
     crate::helpers::cli_job("test", version, &unique("n"))
 }
@@ -1754,16 +1769,7 @@ async fn a_closed_change_calendar_holds_an_upload_back_until_it_opens() {
     let why = format!("the change calendar {name} is closed until");
     // Chat reads it before it queues a person's deploy.
     let fifo = crate::helpers::Fifo::new().await;
-    let ingress = shipit::ingress::Ingress::new(
-        rig.config.clone(),
-        Arc::new(fifo.queue()),
-        rig.ledger.clone(),
-        &Secrets::new(None),
-        &shipit::ingress::Hook::ALL,
-    )
-    .await
-    .unwrap()
-    .with_calendars(Arc::new(SsmCalendars::new(rig.ssm.clone())));
+    let ingress = chat_ingress(&rig, &fifo).await;
     let text = chat(&ingress, "hello 1.2.0".into()).await;
     assert!(
         text.starts_with(&format!("hello/production takes no deploys now: {why}"))
@@ -1783,6 +1789,44 @@ async fn a_closed_change_calendar_holds_an_upload_back_until_it_opens() {
     assert_eq!(state.status, Some(JobStatus::Succeeded), "{state:?}");
     assert!(Utc::now() >= until);
     assert_eq!(rig.log(&upload).await, expected_order(&rig.nodes, "1.2.0"));
+}
+
+/// Chat's read of a change calendar before it queues a person's deploy refuses nothing
+/// when SSM throttles it past the SDK's tries: the deploy reads it again when it starts.
+#[tokio::test]
+async fn chat_queues_a_deploy_when_its_change_calendar_read_is_throttled() {
+    use crate::emulator::{change_calendar, ical};
+    let _turn = CONTROL.lock().await;
+    let mut rig = Rig::new(1).await;
+    let name = unique("throttled-changes");
+    let from = Utc::now() - chrono::Duration::hours(1);
+    change_calendar(
+        &rig.ssm,
+        &name,
+        true,
+        &[(ical(from), ical(from + chrono::Duration::hours(2)))],
+    )
+    .await;
+    rig.config = Arc::new(parse(&production_with(
+        &rig.fleet,
+        &format!("change_calendar = \"{name}\"\n"),
+    )));
+    let fifo = crate::helpers::Fifo::new().await;
+    let ingress = chat_ingress(&rig, &fifo).await;
+    control(json!({ "throttle": { "GetCalendarState": 20 } })).await;
+    let text = chat(&ingress, "hello 1.2.0".into()).await;
+    control(json!({})).await;
+    assert!(
+        text.starts_with("Queued hello 1.2.0 to production"),
+        "{text}"
+    );
+    assert_eq!(fifo.drain().await.len(), 1);
+    // Read as it is, it refuses.
+    let text = chat(&ingress, "hello 1.2.0".into()).await;
+    assert!(
+        text.contains("takes no deploys now: the change calendar"),
+        "{text}"
+    );
 }
 
 /// A change calendar that cannot be read (here: not there) holds deploys back as a closed

@@ -815,8 +815,8 @@ async fn a_change_calendar_is_open_or_closed_by_its_events_with_the_next_change(
 /// (InvalidDocument), a document of another type (InvalidDocumentType), no names
 /// (ValidationException); a ChangeCalendar document that is not an iCalendar with its
 /// X-CALENDAR-TYPE or with a time that is not one (InvalidDocumentContent), a name taken
-/// (DocumentAlreadyExists); and one with an RRULE, which the emulator does not expand
-/// (UnsupportedCalendarException).
+/// (DocumentAlreadyExists); and one with an RRULE or RDATE, which the emulator does not
+/// expand (UnsupportedCalendarException).
 #[tokio::test]
 async fn get_calendar_state_refuses_what_is_not_a_change_calendar() {
     let ssm = ssm().await;
@@ -869,6 +869,10 @@ async fn get_calendar_state_refuses_what_is_not_a_change_calendar() {
         code(get(vec![weekly]).await),
         "UnsupportedCalendarException"
     );
+    let extra = unique("rdate-cal");
+    let rdate = "DTSTART:20270111T090000Z\r\nDTEND:20270111T170000Z\r\nRDATE:20270118T090000Z\r\n";
+    create(&extra, &event(rdate)).await.unwrap();
+    assert_eq!(code(get(vec![extra]).await), "UnsupportedCalendarException");
     let taken = unique("taken-cal");
     change_calendar(&ssm, &taken, true, &[]).await;
     assert_eq!(

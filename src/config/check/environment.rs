@@ -111,7 +111,7 @@ pub(super) fn check_environment(
             );
             return false;
         }
-        let valid = calendar_document(name).is_some();
+        let valid = is_calendar_document(name);
         if !valid {
             c.error(
                 &key,
@@ -136,9 +136,9 @@ pub(super) fn check_environment(
     })
 }
 
-/// The document a change calendar names: its name (SSM: 3 to 128 letters, digits, `_`,
-/// `-`, `.`), or in its ARN (`arn:PARTITION:ssm:REGION:ACCOUNT:document/NAME`).
-fn calendar_document(name: &str) -> Option<&str> {
+/// Whether a change calendar names a document: by its name (SSM: 3 to 128 letters,
+/// digits, `_`, `-`, `.`), or by its ARN (`arn:PARTITION:ssm:REGION:ACCOUNT:document/NAME`).
+fn is_calendar_document(name: &str) -> bool {
     let document = match name.strip_prefix("arn:") {
         Some(rest) => match rest.splitn(5, ':').collect::<Vec<_>>()[..] {
             [partition, "ssm", region, account, resource]
@@ -147,17 +147,19 @@ fn calendar_document(name: &str) -> Option<&str> {
                     && account.len() == 12
                     && account.bytes().all(|b| b.is_ascii_digit()) =>
             {
-                resource.strip_prefix("document/")?
+                match resource.strip_prefix("document/") {
+                    Some(document) => document,
+                    None => return false,
+                }
             }
-            _ => return None,
+            _ => return false,
         },
         None => name,
     };
-    let valid = (3..=128).contains(&document.len())
+    (3..=128).contains(&document.len())
         && document
             .chars()
-            .all(|ch| ch.is_ascii_alphanumeric() || "_-.".contains(ch));
-    valid.then_some(document)
+            .all(|ch| ch.is_ascii_alphanumeric() || "_-.".contains(ch))
 }
 
 /// `None` where it has a problem; `Some(None)`: deploys at any time.

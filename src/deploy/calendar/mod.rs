@@ -513,10 +513,6 @@ pub fn exempt(overriders: &[String], job: &DeployJob) -> bool {
     overridden || matches!(job.source, Source::Rollback { .. } | Source::Sync { .. })
 }
 
-/// When a deploy held back by an SSM Change Calendar with no opening scheduled, or one
-/// that cannot be read, looks again: the engine's calendar look.
-const CHANGE_CALENDAR_LOOK_MINUTES: i64 = 15;
-
 /// What SSM Change Calendar `name` holds back at `now`, given its state as read (or why
 /// it could not be): nothing while it is open. One that cannot be read holds deploys
 /// back, as a closed one does: a change window that cannot be seen is not open.
@@ -525,7 +521,9 @@ pub fn change_calendar_closed(
     state: Result<crate::deploy::ports::CalendarState, String>,
     now: DateTime<Utc>,
 ) -> Option<Closed> {
-    let later = now + chrono::Duration::minutes(CHANGE_CALENDAR_LOOK_MINUTES);
+    // No opening to wait for: looked at again as often as the engine looks at a calendar.
+    let later =
+        now + chrono::Duration::milliseconds(crate::deploy::engine::CALENDAR_LOOK_MILLIS as i64);
     let (until, why, opens) = match state {
         Ok(s) if s.open => return None,
         Ok(s) => match s.next_change {
