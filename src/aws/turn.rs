@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 
 use super::sdk_err;
 use crate::deploy::job::{DeployJob, JobId};
-use crate::deploy::ports::{Backlog, Cancel, HeldBack, PortError, Turn};
+use crate::deploy::ports::{Backlog, Cancel, Claims, HeldBack, PortError, Turn};
 use crate::deploy::status::JobStatus;
 use crate::deploy::version::newest_first;
 
@@ -262,7 +262,10 @@ impl Turn for SsmTurn {
         params::delete(&self.ssm, &mine).await?;
         self.clear_claims(&job.app, &job.env, &job.id).await
     }
+}
 
+#[async_trait]
+impl Claims for SsmTurn {
     async fn cancelled(&self, job: &DeployJob) -> Result<Option<String>, PortError> {
         Ok(match self.claim(job).await? {
             Some(Claim::Cancelled { by, .. }) => Some(by),

@@ -16,7 +16,7 @@ use chrono::Utc;
 use tokio::sync::watch;
 
 use crate::config::{App, Config};
-use crate::deploy::engine::{Deploy, Notice};
+use crate::deploy::engine::Notice;
 use crate::deploy::history::rollback_target;
 use crate::deploy::job::{DeployJob, JobId, Source};
 use crate::deploy::ports::{Cancel, JobQueue, Ledger, LockInfo, Stories, Unlocked};
@@ -609,13 +609,6 @@ pub async fn word(
         .map_err(|e| anyhow!(e))
 }
 
-/// The state job `id`'s last step left it in, where that was waiting for its calendar or
-/// for approval.
-async fn waiting_to_start(store: &Store, id: &JobId) -> Option<Deploy> {
-    let saved = store.load_deploy(id).await.ok().flatten();
-    saved.filter(|d| d.waits_to_start())
-}
-
 /// Takes a queued job (by its id or the start of it) off the queue: it never runs.
 pub async fn cancel(store: &Store, id: &str) -> anyhow::Result<QueuedJob> {
     let q = one_job(store, id).await?;
@@ -625,28 +618,12 @@ pub async fn cancel(store: &Store, id: &str) -> anyhow::Result<QueuedJob> {
         .map_err(port)?
     {
         None => Ok(q),
-        Some(JobStatus::Running) => match waiting_to_start(store, &q.job.id).await {
-            Some(d) if d.waits_for_approval() => bail!(
-                "job {} waits for approval: an approver stops it with `shipit reject {}`",
-                q.job.id,
-                q.job.id
-            ),
-            // Not built yet on one machine: the worker drives it, and would need to learn
-            // of the cancel under its claim (on AWS, the claim does this).
-            Some(d) => bail!(
-                "job {} waits ({}) and cannot be cancelled on one machine yet: it goes when that wait ends, unless `shipit lock {} --env {}` before then makes it give up after lock_wait_seconds",
-                q.job.id,
-                d.closed.as_deref().unwrap_or("to start"),
-                q.job.app,
-                q.job.env
-            ),
-            None => bail!(
-                "job {} is running: `shipit abort {} --env {}` stops it and puts back what it restarted",
-                q.job.id,
-                q.job.app,
-                q.job.env
-            ),
-        },
+        Some(JobStatus::Running) => bail!(
+            "job {} is running: `shipit abort {} --env {}` stops it and puts back what it restarted",
+            q.job.id,
+            q.job.app,
+            q.job.env
+        ),
         Some(status) => bail!("job {} is not queued: it is {status}", q.job.id),
     }
 }

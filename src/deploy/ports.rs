@@ -120,7 +120,7 @@ pub trait Stories: Send + Sync {
 }
 
 /// Taking a job off the queue before it starts, decided in one step with the start of
-/// the job (the worker's claim in SQLite; on AWS, [`Turn::start`]).
+/// the job ([`Claims::start`]: the job's row in SQLite, its claim on AWS).
 #[async_trait]
 pub trait Cancel: Send + Sync {
     /// `Ok(None)` once `job` will not run (cancelled by `by`); `Ok(Some(status))` when it
@@ -147,13 +147,19 @@ pub type HeldBack<'a> = &'a (dyn Fn(&DeployJob) -> bool + Send + Sync);
 /// hold that order itself: SQS FIFO hands jobs over in order, but to Step Functions
 /// executions that then run side by side and would race for the lock.
 #[async_trait]
-pub trait Turn: Send + Sync {
+pub trait Turn: Claims {
     /// The oldest job queued before `job` on its app+env that has not ended, if any, but
     /// for those `held` (its environment's calendar holds them back: they keep no place,
     /// so that a rollback or an override is not stuck behind a job that waits for days).
     async fn ahead(&self, job: &DeployJob, held: HeldBack<'_>) -> Result<Option<JobId>, PortError>;
     /// `job` ended: the one queued behind it may go.
     async fn leave(&self, job: &DeployJob) -> Result<(), PortError>;
+}
+
+/// Whether a job the runtime is driving was cancelled before it started (it may wait to
+/// start for a while: its calendar, an approval, a promotion's time, its turn).
+#[async_trait]
+pub trait Claims: Send + Sync {
     /// Who took `job` off the queue, if someone did: a read that may lag the cancel, for
     /// a job still waiting to end early. `start` is what decides.
     async fn cancelled(&self, job: &DeployJob) -> Result<Option<String>, PortError>;

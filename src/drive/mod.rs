@@ -23,7 +23,7 @@ use crate::deploy::history::{faulty_mark, Faulty, HistoryEntry};
 use crate::deploy::job::{DeployJob, Source};
 use crate::deploy::lock::{lease_seconds, Written};
 use crate::deploy::ports::{
-    Backlog, ChangeCalendars, Fleet, Gate, JobQueue, Ledger, LockInfo, Notify, NotifyMemo,
+    Backlog, ChangeCalendars, Claims, Fleet, Gate, JobQueue, Ledger, LockInfo, Notify, NotifyMemo,
     PortError, Refused, Sent, Turn,
 };
 use crate::deploy::promotion;
@@ -61,6 +61,9 @@ pub struct Driver {
     /// Where jobs of one app+env would otherwise race for the lock (Step Functions
     /// executions): the order they were queued in. The SQLite queue keeps it itself.
     turn: Option<Arc<dyn Turn>>,
+    /// Where a job waiting to start learns it was cancelled, and where its start is
+    /// decided against a cancel: the turn on AWS, the job's row in SQLite.
+    claims: Option<Arc<dyn Claims>>,
     /// Where promotions are queued (see `promote`): the runtime's deploy queue.
     queue: Option<Arc<dyn JobQueue>>,
     /// Where environments' `change_calendar`s are read (SSM, on AWS).
@@ -82,6 +85,7 @@ impl Driver {
             fleet,
             backlog,
             turn: None,
+            claims: None,
             queue: None,
             calendars: None,
             out,
@@ -90,7 +94,14 @@ impl Driver {
 
     /// Jobs of one app+env take the lock in queue order, as `turn` says.
     pub fn with_turn(mut self, turn: Arc<dyn Turn>) -> Driver {
+        self.claims = Some(turn.clone());
         self.turn = Some(turn);
+        self
+    }
+
+    /// A cancel reaches a job waiting to start through `claims` (where there is no turn).
+    pub fn with_claims(mut self, claims: Arc<dyn Claims>) -> Driver {
+        self.claims = Some(claims);
         self
     }
 
@@ -349,11 +360,11 @@ impl Driver {
         outcome
     }
 
-    /// Who took `job` off the queue, where the runtime decides that through the turn
-    /// (a read that may lag: `Turn::start` decides).
+    /// Who took `job` off the queue before it started (a read that may lag:
+    /// `Claims::start` decides).
     pub async fn cancelled(&self, job: &DeployJob) -> Result<Option<String>, PortError> {
-        match &self.turn {
-            Some(turn) => turn.cancelled(job).await,
+        match &self.claims {
+            Some(claims) => claims.cancelled(job).await,
             None => Ok(None),
         }
     }
@@ -532,8 +543,8 @@ impl Driver {
         // Held (taken now, or by an earlier try of this step), before any node: from here
         // the job can only run, unless it was cancelled first.
         if taken || holder.job.as_ref() == Some(&job.id) {
-            if let Some(turn) = &self.turn {
-                if let Some(by) = turn.start(job).await? {
+            if let Some(claims) = &self.claims {
+                if let Some(by) = claims.start(job).await? {
                     return Ok(Observation::Cancelled {
                         by,
                         holder: Some(holder),

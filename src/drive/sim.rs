@@ -1688,7 +1688,10 @@ impl Turn for SimTurn {
         }
         Ok(())
     }
+}
 
+#[async_trait]
+impl crate::deploy::ports::Claims for SimTurn {
     async fn cancelled(&self, job: &DeployJob) -> Result<Option<String>, PortError> {
         let mut w = self.0.lock().unwrap();
         w.call()?;

@@ -25,6 +25,9 @@ const LEASE_RENEW: Duration = Duration::from_secs(2);
 pub const LEASE_TTL_SECONDS: i64 = 10;
 /// Pause before retrying a step whose I/O failed (the state is unchanged, so it is safe).
 const RETRY_PAUSE: Duration = Duration::from_secs(2);
+/// How often a job waiting to start (its calendar, an approval, its time) looks for a
+/// cancel during a wait that may last minutes.
+const CANCEL_LOOK: Duration = Duration::from_secs(1);
 const MAX_STEP_RETRIES: u32 = 5;
 
 #[derive(Clone)]
@@ -70,7 +73,8 @@ impl Worker {
             Some(ports.clone()),
             out,
         )
-        .with_queue(ports);
+        .with_queue(ports.clone())
+        .with_claims(ports);
         let (health, _) = watch::channel(WorkerHealth::Starting);
         Worker {
             driver,
@@ -347,9 +351,19 @@ impl Worker {
         loop {
             let result = match action {
                 Action::Wait { millis } => {
-                    tokio::select! {
-                        _ = tokio::time::sleep(Duration::from_millis(*millis)) => Ok(Observation::Waited),
-                        _ = shutdown.changed() => return Err(Stop::Shutdown),
+                    let waited = tokio::time::sleep(Duration::from_millis(*millis));
+                    tokio::pin!(waited);
+                    loop {
+                        tokio::select! {
+                            _ = &mut waited => break Ok(Observation::Waited),
+                            _ = shutdown.changed() => return Err(Stop::Shutdown),
+                            // Cut short by a cancel: its next step (the lock's) ends it.
+                            _ = tokio::time::sleep(CANCEL_LOOK), if deploy.waits_to_start() => {
+                                if let Ok(Some(_)) = self.driver.cancelled(&deploy.job).await {
+                                    break Ok(Observation::Waited);
+                                }
+                            }
+                        }
                     }
                 }
                 // Local commands end within the call: nothing to carry between steps.

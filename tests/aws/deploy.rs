@@ -2295,7 +2295,7 @@ async fn a_waiting_job_cancelled_from_chat_never_runs_and_a_started_one_cannot_b
     // A test that has the emulator run executions switches it for every machine, and
     // executions started before the switch are no longer found: take turns with those.
     let _turn = CONTROL.lock().await;
-    use shipit::deploy::ports::Turn;
+    use shipit::deploy::ports::{Claims, Turn};
     let rig = Rig::new(2).await;
     let sdk = sdk().await;
     let sfn = aws_sdk_sfn::Client::new(&sdk);

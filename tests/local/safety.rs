@@ -306,26 +306,7 @@ async fn an_upload_inside_a_freeze_waits_and_deploys_when_it_ends() {
     // An upload: queued, and waits.
     drop_wheel(&ex, "1.2.0");
     let id = held(&ex, "1.2.0", "frozen (test freeze) until");
-    // Claimed, and told by its calendar to wait (status says so of a queued one too).
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !ex
-        .store()
-        .notices(&id, 0)
-        .await
-        .unwrap()
-        .iter()
-        .any(|(_, n)| matches!(n, Notice::WaitingForWindow { .. }))
-    {
-        assert!(Instant::now() < deadline, "the upload never waited");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let (code, out) = ex.shipit(&["cancel", id.as_str()]);
-    assert_ne!(code, 0, "{out}");
-    assert!(
-        out.contains("waits (frozen (test freeze) until")
-            && out.contains("cannot be cancelled on one machine yet"),
-        "{out}"
-    );
+    told_to_wait(&ex, &id).await;
     // A newer upload stays queued behind it (not claimed: uploads go out in order, the
     // newest superseding the rest).
     drop_wheel(&ex, "1.3.0");
@@ -403,6 +384,67 @@ async fn an_upload_inside_a_freeze_waits_and_deploys_when_it_ends() {
             .any(|(_, n)| matches!(n, Notice::WaitingForWindow { why } if why.starts_with("frozen (test freeze)"))),
         "{notices:?}"
     );
+}
+
+/// An upload the worker drives while it waits for its calendar is cancelled on one
+/// machine too: it ends cancelled within seconds, long before the freeze ends, and never
+/// reaches a node.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_upload_waiting_for_its_calendar_can_be_cancelled() {
+    let ex = Example::with_wheels(1, &["1.0.0", "1.2.0"]);
+    let (code, out) = ex.shipit(&["deploy", "hello", "1.0.0", "--wait"]);
+    assert_eq!(code, 0, "{out}");
+    let until = chrono::Utc::now() + chrono::Duration::minutes(10);
+    let config = std::fs::read_to_string(ex.config_path()).unwrap().replacen(
+        "[apps.hello.environments.production]\n",
+        &format!(
+            "[apps.hello.environments.production]\ntime_zone = \"UTC\"\nfreezes = [{{ from = \"2026-01-01\", until = \"{}\", reason = \"long freeze\" }}]\n",
+            until.format("%Y-%m-%dT%H:%M:%S")
+        ),
+        1,
+    );
+    std::fs::write(ex.config_path(), config).unwrap();
+    let _serve = Serve::start(&ex);
+    watching(&ex).await;
+    drop_wheel(&ex, "1.2.0");
+    let id = held(&ex, "1.2.0", "frozen (long freeze) until");
+    told_to_wait(&ex, &id).await;
+    let (code, out) = ex.shipit(&["cancel", id.as_str()]);
+    assert_eq!(code, 0, "{out}");
+    let asked = Instant::now();
+    let story = ended(&ex, &id);
+    assert!(
+        asked.elapsed() < Duration::from_secs(60),
+        "ended only after {:?}",
+        asked.elapsed()
+    );
+    assert_eq!(story["status"], "cancelled", "{story}");
+    assert!(
+        story["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("cancelled")),
+        "{story}"
+    );
+    assert!(chrono::Utc::now() < until);
+    assert_eq!(ex.starts("node1", "1.2.0"), 0);
+    assert_eq!(ex.served(), ["1.0.0"]);
+}
+
+/// Waits until the worker claimed job `id` and its calendar told it to wait (status says
+/// "waits" of a queued one too).
+async fn told_to_wait(ex: &Example, id: &JobId) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !ex
+        .store()
+        .notices(id, 0)
+        .await
+        .unwrap()
+        .iter()
+        .any(|(_, n)| matches!(n, Notice::WaitingForWindow { .. }))
+    {
+        assert!(Instant::now() < deadline, "the upload never waited");
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// The account running the tests: who `shipit` takes a CLI user to be where it matters.

@@ -7,7 +7,7 @@ use rusqlite::{params, OptionalExtension, TransactionBehavior};
 use super::{time, Store};
 use crate::deploy::engine::{Notice, Outcome};
 use crate::deploy::job::{DeployJob, JobId};
-use crate::deploy::ports::{Backlog, Cancel, Enqueued, JobQueue, PortError};
+use crate::deploy::ports::{Backlog, Cancel, Claims, Enqueued, JobQueue, PortError};
 use crate::deploy::status::JobStatus;
 use crate::deploy::version::newest_first;
 
@@ -365,6 +365,7 @@ impl Cancel for Store {
         now: DateTime<Utc>,
     ) -> Result<Option<JobStatus>, PortError> {
         let (id, reason) = (job.id.to_string(), Outcome::cancelled(by).why());
+        let by = by.to_string();
         let status: Option<String> = self
             .with(move |c| {
                 let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -373,7 +374,15 @@ impl Cancel for Store {
                      WHERE id = ?1 AND status = 'queued'",
                     params![id, now.to_rfc3339(), reason],
                 )?;
-                let status = match n {
+                // One the worker drives that has not started (it waits for its calendar,
+                // an approval, its time or the lock): it ends at its next look, and
+                // `start` will not let it touch a node.
+                let asked = tx.execute(
+                    "UPDATE jobs SET cancel_by = ?2
+                     WHERE id = ?1 AND status = 'running' AND cancel_by IS NULL",
+                    params![id, by],
+                )?;
+                let status = match n + asked {
                     1 => None,
                     _ => Some(tx.query_row(
                         "SELECT status FROM jobs WHERE id = ?1",
@@ -386,6 +395,51 @@ impl Cancel for Store {
             })
             .await?;
         Ok(status.map(|s| s.parse()).transpose()?)
+    }
+}
+
+#[async_trait]
+impl Claims for Store {
+    async fn cancelled(&self, job: &DeployJob) -> Result<Option<String>, PortError> {
+        let id = job.id.to_string();
+        let by: Option<String> = self
+            .with(move |c| {
+                c.query_row(
+                    "SELECT cancel_by FROM jobs WHERE id = ?1",
+                    params![id],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map(Option::flatten)
+            })
+            .await?;
+        Ok(by.filter(|b| !b.is_empty()))
+    }
+
+    /// One transaction, as `cancel`'s is: a cancel asked first wins; after this, none
+    /// is taken ('' marks the start).
+    async fn start(&self, job: &DeployJob) -> Result<Option<String>, PortError> {
+        let id = job.id.to_string();
+        let by: Option<String> = self
+            .with(move |c| {
+                let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                tx.execute(
+                    "UPDATE jobs SET cancel_by = '' WHERE id = ?1 AND cancel_by IS NULL",
+                    params![id],
+                )?;
+                let by = tx
+                    .query_row(
+                        "SELECT cancel_by FROM jobs WHERE id = ?1",
+                        params![id],
+                        |r| r.get(0),
+                    )
+                    .optional()?
+                    .flatten();
+                tx.commit()?;
+                Ok(by)
+            })
+            .await?;
+        Ok(by.filter(|b: &String| !b.is_empty()))
     }
 }
 
@@ -454,5 +508,49 @@ mod tests {
             "each job queued once, the second send a duplicate"
         );
         assert_eq!(store.jobs(None).await.unwrap().len(), 64);
+    }
+
+    /// A job the worker drives but that has not started is cancelled through its row, and
+    /// `start` then refuses it; once started, a cancel changes nothing.
+    #[tokio::test]
+    async fn a_cancel_and_the_start_of_a_claimed_job_are_decided_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("s.db")).unwrap();
+        let (waiting, started) = (job(1), job(2));
+        store.enqueue(std::slice::from_ref(&waiting)).await.unwrap();
+        store.claim_next(Utc::now()).await.unwrap().unwrap();
+        assert_eq!(
+            store.cancel(&waiting, "ann", Utc::now()).await.unwrap(),
+            None
+        );
+        assert_eq!(
+            store.cancelled(&waiting).await.unwrap().as_deref(),
+            Some("ann")
+        );
+        assert_eq!(store.start(&waiting).await.unwrap().as_deref(), Some("ann"));
+        // Asked again, the same answers; a second cancel changes nothing.
+        assert_eq!(store.start(&waiting).await.unwrap().as_deref(), Some("ann"));
+        assert_eq!(
+            store.cancel(&waiting, "bob", Utc::now()).await.unwrap(),
+            Some(JobStatus::Running)
+        );
+        assert_eq!(
+            store.cancelled(&waiting).await.unwrap().as_deref(),
+            Some("ann")
+        );
+
+        store
+            .finish(&waiting.id, &Outcome::cancelled("ann"), Utc::now())
+            .await
+            .unwrap();
+        store.enqueue(std::slice::from_ref(&started)).await.unwrap();
+        let claimed = store.claim_next(Utc::now()).await.unwrap().unwrap();
+        assert_eq!(claimed.job.id, started.id);
+        assert_eq!(store.start(&started).await.unwrap(), None);
+        assert_eq!(
+            store.cancel(&started, "ann", Utc::now()).await.unwrap(),
+            Some(JobStatus::Running)
+        );
+        assert_eq!(store.cancelled(&started).await.unwrap(), None);
     }
 }

@@ -159,6 +159,8 @@ impl Store {
             ("jobs", "started_at TEXT"),
             ("jobs", "ended_at TEXT"),
             ("jobs", "reason TEXT"),
+            // Who cancelled a job the worker drives before it started; '' once it started.
+            ("jobs", "cancel_by TEXT"),
             ("commands", "started_at TEXT"),
         ] {
             let name = column.split(' ').next().unwrap_or(column);
