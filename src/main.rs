@@ -183,7 +183,8 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Take a queued job off the queue before it starts (a running one: see `abort`).
+    /// Take a queued job, or one waiting to start, off the queue (a running one: see
+    /// `abort`).
     Cancel {
         /// The job's id, or the start of it (see `shipit jobs`).
         job: String,

@@ -32,7 +32,7 @@ Usage:
   /deploy status [APP]          what is live, and what is locked
   /deploy history APP [ENV]     the last deploys
   /deploy show JOB              a job's story: why it ended so, what ran on each node
-  /deploy cancel JOB            take a queued job off the queue: it never runs
+  /deploy cancel JOB            a queued or waiting job: it never runs
   /deploy approve JOB           approve a deploy that waits for approval (approvers only)
   /deploy reject JOB [REASON]   reject it: it never runs
   /deploy lock APP [ENV] REASON stop deploys until unlocked

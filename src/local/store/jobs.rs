@@ -384,8 +384,11 @@ impl Cancel for Store {
                 )?;
                 let status = match n + asked {
                     1 => None,
+                    // A cancel asked already of one that has not started yet: it is
+                    // cancelled, as on AWS.
                     _ => Some(tx.query_row(
-                        "SELECT status FROM jobs WHERE id = ?1",
+                        "SELECT CASE WHEN status = 'running' AND cancel_by <> '' THEN 'cancelled'
+                                ELSE status END FROM jobs WHERE id = ?1",
                         params![id],
                         |r| r.get(0),
                     )?),
@@ -532,7 +535,7 @@ mod tests {
         assert_eq!(store.start(&waiting).await.unwrap().as_deref(), Some("ann"));
         assert_eq!(
             store.cancel(&waiting, "bob", Utc::now()).await.unwrap(),
-            Some(JobStatus::Running)
+            Some(JobStatus::Cancelled)
         );
         assert_eq!(
             store.cancelled(&waiting).await.unwrap().as_deref(),

@@ -171,6 +171,11 @@ impl Store {
                 .exists([])?;
             if !has {
                 conn.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column}"))?;
+                if name == "cancel_by" {
+                    // Jobs running before a cancel could reach them may be past their
+                    // start: none of them is cancelled that way.
+                    conn.execute_batch("UPDATE jobs SET cancel_by = '' WHERE status = 'running'")?;
+                }
             }
         }
         Ok(Store {
