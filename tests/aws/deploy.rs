@@ -1742,12 +1742,7 @@ async fn an_upload_in_a_freeze_hands_its_wait_to_the_state_machine_then_deploys(
     let upload = upload_job(&unique("frozen"), "1.2.0", Utc::now());
     // A step's budget shorter than the wait: the state machine's Wait does it.
     let stepper = rig.stepper(Duration::from_secs(1));
-    let state = waits_at_first(&rig, &stepper, &upload, "frozen (aws freeze) until").await;
-    assert!((1..=9).contains(&state.wait_seconds), "{state:?}");
-    let state = to_the_end(&stepper, state).await;
-    assert_eq!(state.status, Some(JobStatus::Succeeded), "{state:?}");
-    assert!(Utc::now() >= until);
-    assert_eq!(rig.log(&upload).await, expected_order(&rig.nodes, "1.2.0"));
+    waits_then_deploys(&rig, &stepper, &upload, "frozen (aws freeze) until", until).await;
 }
 
 /// An environment's SSM Change Calendar holds deploys back as the config's calendar does,
@@ -1783,12 +1778,7 @@ async fn a_closed_change_calendar_holds_an_upload_back_until_it_opens() {
     let refused = person.reason.clone().unwrap_or_default();
     assert!(refused.starts_with(&format!("refused: {why}")), "{refused}");
     let upload = upload_job(&unique("changes"), "1.2.0", Utc::now());
-    let state = waits_at_first(&rig, &stepper, &upload, &why).await;
-    assert!((1..=9).contains(&state.wait_seconds), "{state:?}");
-    let state = to_the_end(&stepper, state).await;
-    assert_eq!(state.status, Some(JobStatus::Succeeded), "{state:?}");
-    assert!(Utc::now() >= until);
-    assert_eq!(rig.log(&upload).await, expected_order(&rig.nodes, "1.2.0"));
+    waits_then_deploys(&rig, &stepper, &upload, &why, until).await;
 }
 
 /// Chat's read of a change calendar before it queues a person's deploy refuses nothing
@@ -1920,6 +1910,24 @@ async fn a_deploy_that_went_live_queues_its_promotion_on_the_deploy_queue() {
 
 /// `job`'s first step, which hands a wait back to the state machine, saying why (its
 /// start), having sent nothing and holding no lock.
+/// `upload` waits at its first step (`why`), handing the state machine a wait of at most
+/// 9 s, then deploys once its calendar opens at `until`, not before.
+async fn waits_then_deploys(
+    rig: &Rig,
+    stepper: &Stepper,
+    upload: &DeployJob,
+    why: &str,
+    until: chrono::DateTime<Utc>,
+) {
+    let state = waits_at_first(rig, stepper, upload, why).await;
+    assert!((1..=9).contains(&state.wait_seconds), "{state:?}");
+    let state = to_the_end(stepper, state).await;
+    assert_eq!(state.status, Some(JobStatus::Succeeded), "{state:?}");
+    assert!(Utc::now() >= until);
+    let version = upload.version.to_string();
+    assert_eq!(rig.log(upload).await, expected_order(&rig.nodes, &version));
+}
+
 async fn waits_at_first(rig: &Rig, stepper: &Stepper, job: &DeployJob, why: &str) -> StepState {
     let state = stepper
         .step(StepInput::first(StepState::start(job.clone())))
