@@ -247,6 +247,30 @@ pub struct SlackWorkspace {
     pub api_app_id: Option<String>,
 }
 
+impl SlackWorkspace {
+    /// Why a request signed by this app comes from a workspace (or app) other than this
+    /// pin, if it does.
+    pub fn unpinned(
+        &self,
+        team_id: &Option<String>,
+        enterprise_id: &Option<String>,
+        api_app_id: &Option<String>,
+    ) -> Option<String> {
+        let checks = [
+            ("team_id", &self.team_id, team_id),
+            ("enterprise_id", &self.enterprise_id, enterprise_id),
+            ("api_app_id", &self.api_app_id, api_app_id),
+        ];
+        checks.into_iter().find_map(|(what, want, got)| match want {
+            Some(w) if got.as_ref() != Some(w) => Some(format!(
+                "{what} {} is not {w}",
+                got.as_deref().unwrap_or("(none)")
+            )),
+            _ => None,
+        })
+    }
+}
+
 #[derive(Debug, Clone)]
 pub enum Nodes {
     /// Managed nodes found through SSM by their tags.

@@ -119,8 +119,8 @@ impl Driver {
 
     /// What `job`'s environment's SSM Change Calendar holds back now (whichever job:
     /// see `calendar::exempt`), where it names one: read at each try for the lock, as
-    /// the config's calendar is looked at.
-    /// A failure worth trying again fails the step (the state machine tries it again).
+    /// the config's calendar is looked at. A failure worth trying again is an error, so
+    /// the step fails and is tried again.
     async fn change_calendar(
         &self,
         job: &DeployJob,

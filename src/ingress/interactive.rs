@@ -10,7 +10,6 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::approve::{self, Word};
-use super::slack::unpinned;
 use super::{Ingress, Reply};
 use crate::deploy::approval::{APPROVE_ACTION, REJECT_ACTION};
 use crate::deploy::job::JobId;
@@ -60,7 +59,10 @@ impl Ingress {
             return Reply::ignored(200, format!("{} interactions are not shipit's", p.kind));
         }
         let (team, enterprise) = (p.team.map(|t| t.id), p.enterprise.map(|e| e.id));
-        if let Some(why) = unpinned(&self.config.slack_workspace, &team, &enterprise, &p.api_app_id) {
+        if let Some(why) = self
+            .config
+            .slack_workspace
+            .unpinned(&team, &enterprise, &p.api_app_id) {
             tracing::warn!(user_id = %p.user.id, %why, "interaction from another workspace refused");
             return Reply::ignored(200, "from a workspace shipit does not serve; nothing was done");
         }

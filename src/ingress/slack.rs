@@ -154,30 +154,8 @@ impl SlashCommand {
 
     /// Why this command does not come from the pinned workspace (and app), if it does not.
     fn foreign(&self, pin: &SlackWorkspace) -> Option<String> {
-        unpinned(pin, &self.team_id, &self.enterprise_id, &self.api_app_id)
+        pin.unpinned(&self.team_id, &self.enterprise_id, &self.api_app_id)
     }
-}
-
-/// Why a request signed by this app comes from a workspace (or app) other than the one
-/// it is pinned to, if it does.
-pub(super) fn unpinned(
-    pin: &SlackWorkspace,
-    team_id: &Option<String>,
-    enterprise_id: &Option<String>,
-    api_app_id: &Option<String>,
-) -> Option<String> {
-    let checks = [
-        ("team_id", &pin.team_id, team_id),
-        ("enterprise_id", &pin.enterprise_id, enterprise_id),
-        ("api_app_id", &pin.api_app_id, api_app_id),
-    ];
-    checks.into_iter().find_map(|(what, want, got)| match want {
-        Some(w) if got.as_ref() != Some(w) => Some(format!(
-            "{what} {} is not {w}",
-            got.as_deref().unwrap_or("(none)")
-        )),
-        _ => None,
-    })
 }
 
 impl Ingress {

@@ -103,6 +103,15 @@ impl Example {
         self.dir.path().join("shipit.toml")
     }
 
+    /// Adds `lines` to the production environment's table of the config.
+    pub fn production_with(&self, lines: &str) {
+        let header = "[apps.hello.environments.production]\n";
+        let config = std::fs::read_to_string(self.config_path()).unwrap();
+        assert!(config.contains(header), "{config}");
+        let config = config.replacen(header, &format!("{header}{lines}"), 1);
+        std::fs::write(self.config_path(), config).unwrap();
+    }
+
     pub fn config(&self) -> Arc<Config> {
         Arc::new(Config::load(&self.config_path()).unwrap())
     }

@@ -277,15 +277,10 @@ async fn an_upload_inside_a_freeze_waits_and_deploys_when_it_ends() {
     let account = account();
     // Whole seconds, as the config says it.
     let until = chrono::DateTime::from_timestamp(chrono::Utc::now().timestamp() + 40, 0).unwrap();
-    let config = std::fs::read_to_string(ex.config_path()).unwrap().replacen(
-        "[apps.hello.environments.production]\n",
-        &format!(
-            "[apps.hello.environments.production]\ntime_zone = \"UTC\"\nfreezes = [{{ from = \"2026-01-01\", until = \"{}\", reason = \"test freeze\" }}]\nfreeze_overriders = [\"{account}\"]\n",
-            until.format("%Y-%m-%dT%H:%M:%S")
-        ),
-        1,
-    );
-    std::fs::write(ex.config_path(), config).unwrap();
+    ex.production_with(&format!(
+        "time_zone = \"UTC\"\nfreezes = [{{ from = \"2026-01-01\", until = \"{}\", reason = \"test freeze\" }}]\nfreeze_overriders = [\"{account}\"]\n",
+        until.format("%Y-%m-%dT%H:%M:%S")
+    ));
     let _serve = Serve::start(&ex);
     watching(&ex).await;
 
@@ -395,15 +390,10 @@ async fn an_upload_waiting_for_its_calendar_can_be_cancelled() {
     let (code, out) = ex.shipit(&["deploy", "hello", "1.0.0", "--wait"]);
     assert_eq!(code, 0, "{out}");
     let until = chrono::Utc::now() + chrono::Duration::minutes(10);
-    let config = std::fs::read_to_string(ex.config_path()).unwrap().replacen(
-        "[apps.hello.environments.production]\n",
-        &format!(
-            "[apps.hello.environments.production]\ntime_zone = \"UTC\"\nfreezes = [{{ from = \"2026-01-01\", until = \"{}\", reason = \"long freeze\" }}]\n",
-            until.format("%Y-%m-%dT%H:%M:%S")
-        ),
-        1,
-    );
-    std::fs::write(ex.config_path(), config).unwrap();
+    ex.production_with(&format!(
+        "time_zone = \"UTC\"\nfreezes = [{{ from = \"2026-01-01\", until = \"{}\", reason = \"long freeze\" }}]\n",
+        until.format("%Y-%m-%dT%H:%M:%S")
+    ));
     let _serve = Serve::start(&ex);
     watching(&ex).await;
     drop_wheel(&ex, "1.2.0");
@@ -495,14 +485,9 @@ async fn an_upload_waits_for_approval_and_deploys_once_approved() {
     let (code, out) = ex.shipit(&["deploy", "hello", "1.0.0", "--wait"]);
     assert_eq!(code, 0, "{out}");
     let me = account();
-    let config = std::fs::read_to_string(ex.config_path()).unwrap().replacen(
-        "[apps.hello.environments.production]\n",
-        &format!(
-            "[apps.hello.environments.production]\napprovals = {{ approvers = [\"{me}\", \"U2\"] }}\n"
-        ),
-        1,
-    );
-    std::fs::write(ex.config_path(), config).unwrap();
+    ex.production_with(&format!(
+        "approvals = {{ approvers = [\"{me}\", \"U2\"] }}\n"
+    ));
     let _serve = Serve::start(&ex);
     watching(&ex).await;
 
