@@ -132,6 +132,40 @@ pub struct App {
     pub gate: Option<Gate>,
     /// The package index the app follows: a new release of its package there deploys.
     pub index: Option<PackageIndex>,
+    /// Metric checks of every environment's deploys (see `Config::checks_for`).
+    pub checks: Vec<Check>,
+}
+
+/// A metric check (see [`checks`](crate::deploy::checks)): read during the canary's bake,
+/// after each batch and while watching.
+#[derive(Debug, Clone)]
+pub struct Check {
+    pub name: String,
+    pub no_data: crate::deploy::checks::NoData,
+    pub source: CheckSource,
+}
+
+#[derive(Debug, Clone)]
+pub enum CheckSource {
+    /// An instant query through Prometheus's HTTP API (`/api/v1/query`): every sample it
+    /// returns must meet `condition`. `{version}`, `{app}` and `{env}` in the query
+    /// become PromQL strings.
+    Prometheus {
+        url: String,
+        query: String,
+        condition: crate::deploy::checks::Condition,
+        token: Option<Secret>,
+    },
+}
+
+impl Check {
+    /// What a deploy carries of it.
+    pub fn rule(&self) -> crate::deploy::checks::Rule {
+        crate::deploy::checks::Rule {
+            name: self.name.clone(),
+            no_data: self.no_data,
+        }
+    }
 }
 
 /// A PyPI-style index (PEP 503 / PEP 691 simple API): pypiserver, devpi, Artifactory,
@@ -186,6 +220,8 @@ pub struct Environment {
     /// An SSM Change Calendar (its document's name or ARN), read before each deploy
     /// takes its lock: closed, it holds deploys back as `calendar` does (AWS only).
     pub change_calendar: Option<String>,
+    /// Checks of its deploys besides the app's (replacing those of the same name).
+    pub checks: Vec<Check>,
 }
 
 impl Environment {
@@ -419,6 +455,25 @@ impl Config {
         crate::deploy::approval::needed(rules, job)
             .then_some(rules)
             .flatten()
+    }
+
+    /// The checks of `job`'s app+env: the app's, each replaced by the environment's of
+    /// the same name, then the environment's others.
+    pub fn checks_for(&self, job: &DeployJob) -> Vec<&Check> {
+        let Ok((app, env)) = self.target(job) else {
+            return vec![];
+        };
+        let mut checks: Vec<&Check> = app
+            .checks
+            .iter()
+            .map(|c| env.checks.iter().find(|e| e.name == c.name).unwrap_or(c))
+            .collect();
+        checks.extend(
+            env.checks
+                .iter()
+                .filter(|e| !app.checks.iter().any(|c| c.name == e.name)),
+        );
+        checks
     }
 
     pub fn target(&self, job: &DeployJob) -> Result<(&App, &Environment), String> {

@@ -67,6 +67,23 @@ pub(super) struct RawApp {
     #[serde(default)]
     pub(super) notify: RawNotify,
     pub(super) gate: Option<RawGate>,
+    /// Metric checks of every environment's deploys (`[[apps.X.checks]]`).
+    #[serde(default)]
+    pub(super) checks: Vec<RawCheck>,
+}
+
+/// A metric check: a Prometheus query held to a condition.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawCheck {
+    pub(super) name: String,
+    /// The Prometheus server's URL (`http://prometheus:9090`).
+    pub(super) prometheus: Option<String>,
+    pub(super) query: Option<String>,
+    pub(super) condition: Option<String>,
+    /// A bearer token for the Prometheus API (a secret reference).
+    pub(super) token: Option<String>,
+    pub(super) no_data: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -112,6 +129,10 @@ pub(super) struct RawEnvironment {
     pub(super) promote: Option<RawPromote>,
     /// An SSM Change Calendar (document name or ARN) that holds deploys back too (AWS).
     pub(super) change_calendar: Option<String>,
+    /// Checks of this environment's deploys besides the app's (replacing one of the same
+    /// name).
+    #[serde(default)]
+    pub(super) checks: Vec<RawCheck>,
 }
 
 #[derive(Deserialize)]

@@ -974,3 +974,115 @@ fn a_job_waits_for_what_its_last_step_said_else_for_its_calendar() {
         None
     );
 }
+
+#[test]
+fn checks_are_the_app_s_with_the_environment_s_over_them_and_each_is_checked() {
+    let text = format!(
+        r#"{GOOD}
+        [[apps.hello.checks]]
+        name = "errors"
+        prometheus = "http://prometheus:9090/"
+        query = 'sum(rate(x{{version={{version}}}}[1m]))'
+        condition = "< 0.01"
+        [[apps.hello.checks]]
+        name = "latency"
+        prometheus = "https://prom.example"
+        query = "histogram_quantile(0.99, x)"
+        condition = "<= 0.3"
+        token = "env:PROM"
+        no_data = "pass"
+        [[apps.hello.environments.production.checks]]
+        name = "errors"
+        prometheus = "http://prometheus:9090"
+        query = "y"
+        condition = "< 0.05"
+        [[apps.hello.environments.production.checks]]
+        name = "saturation"
+        prometheus = "http://prometheus:9090"
+        query = "z"
+        condition = "< 0.9"
+        "#
+    );
+    let c = Config::parse(&text, Path::new("x.toml")).unwrap();
+    let job = crate::deploy::job::DeployJob::new(
+        "hello",
+        "production",
+        "hello-app".parse().unwrap(),
+        crate::deploy::version::Version::parse("1.0.0").unwrap(),
+        crate::deploy::job::Source::Cli {
+            user: "ann".into(),
+            nonce: "1".into(),
+        },
+        chrono::Utc::now(),
+    );
+    let checks = c.checks_for(&job);
+    let shown: Vec<String> = checks
+        .iter()
+        .map(|check| {
+            let crate::config::CheckSource::Prometheus {
+                url,
+                query,
+                condition,
+                token,
+            } = &check.source;
+            format!(
+                "{} {url} {query} {condition} {} {}",
+                check.name,
+                check.no_data,
+                token.is_some()
+            )
+        })
+        .collect();
+    assert_eq!(
+        shown,
+        [
+            "errors http://prometheus:9090 y < 0.05 fail false",
+            "latency https://prom.example histogram_quantile(0.99, x) <= 0.3 pass true",
+            "saturation http://prometheus:9090 z < 0.9 fail false",
+        ]
+    );
+
+    let bad = format!(
+        r#"{GOOD}
+        [[apps.hello.checks]]
+        name = "Errors"
+        prometheus = "http://prometheus:9090"
+        query = "x"
+        condition = "0.01"
+        no_data = "pause"
+        [[apps.hello.checks]]
+        name = "b"
+        prometheus = "http://prometheus:9090"
+        token = "env:PROM"
+        [[apps.hello.checks]]
+        name = "b"
+        query = "x"
+        condition = "< 1"
+        [apps.hello.rollout]
+        check_interval_seconds = 0
+        "#
+    );
+    let err = Config::parse(&bad, Path::new("x.toml")).unwrap_err();
+    let keys: Vec<&str> = err
+        .problems
+        .iter()
+        .filter(|p| p.severity == Severity::Error)
+        .map(|p| p.key.as_str())
+        .collect();
+    assert_eq!(
+        keys,
+        [
+            "apps.hello.rollout.check_interval_seconds",
+            "apps.hello.checks[0].name",
+            "apps.hello.checks[0].no_data",
+            "apps.hello.checks[0].condition",
+            // A token goes only to https (or this machine).
+            "apps.hello.checks[1].prometheus",
+            "apps.hello.checks[1].query",
+            "apps.hello.checks[1].condition",
+            "apps.hello.checks[2].name",
+            "apps.hello.checks[2]",
+        ],
+        "{err}"
+    );
+}

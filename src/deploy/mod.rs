@@ -4,6 +4,7 @@
 
 pub mod approval;
 pub mod calendar;
+pub mod checks;
 pub mod command;
 pub mod dora;
 pub mod engine;

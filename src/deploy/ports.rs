@@ -6,6 +6,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::approval::Approval;
+use super::checks::Reading;
 use super::command::{Command, NodeResult};
 use super::dora::Figures;
 use super::engine::{Deploy, Notice, Verdict};
@@ -58,6 +59,14 @@ pub trait JobQueue: Send + Sync {
     /// Queues jobs in order; all of them or, on error, as many as the error says nothing
     /// about (callers treat an error as "retry the whole event", which dedupe makes safe).
     async fn enqueue(&self, jobs: &[DeployJob]) -> Result<Vec<Enqueued>, PortError>;
+}
+
+/// Where a deploy's metric checks are read (Prometheus's HTTP API).
+#[async_trait]
+pub trait Checks: Send + Sync {
+    /// One reading of each of `names`, checks of `job`'s app+env. Never fails: a check
+    /// that cannot be read has no data, and says why (its `no_data` decides).
+    async fn read(&self, job: &DeployJob, names: &[String]) -> Vec<(String, Reading)>;
 }
 
 /// An SSM Change Calendar's state at a time: open or not, and when that next changes.

@@ -53,6 +53,18 @@ pub struct Rollout {
     pub pre_restart_timeout_seconds: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub post_restart_timeout_seconds: Option<u64>,
+    /// Seconds the app's checks are read after the last node, before the deploy counts
+    /// as done (the post-deploy watch; 0: none).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub watch_seconds: u64,
+    /// How often checks are read while the canary bakes, after a batch and while
+    /// watching.
+    #[serde(default = "default_check_interval")]
+    pub check_interval_seconds: u64,
+    /// How long a check without data is read again, after its stage's time, before its
+    /// `no_data` applies.
+    #[serde(default = "default_check_wait")]
+    pub check_wait_seconds: u64,
 }
 
 /// How long a drain hook may run unless its app says (`shipit check` fills it in).
@@ -184,8 +196,23 @@ impl Default for Rollout {
             max_failed: Share::None,
             pre_restart_timeout_seconds: None,
             post_restart_timeout_seconds: None,
+            watch_seconds: 0,
+            check_interval_seconds: default_check_interval(),
+            check_wait_seconds: default_check_wait(),
         }
     }
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+fn default_check_interval() -> u64 {
+    10
+}
+
+fn default_check_wait() -> u64 {
+    60
 }
 
 fn yes() -> bool {

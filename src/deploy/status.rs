@@ -130,6 +130,14 @@ pub fn describe(n: &Notice) -> String {
         Notice::Healthy { node } => format!("{node}: healthy"),
         Notice::Unhealthy { node, detail } => format!("{node}: UNHEALTHY: {detail}"),
         Notice::Gone { node, detail } => format!("{node}: GONE: {detail}"),
+        Notice::CheckFailed {
+            check,
+            stage,
+            detail,
+        } => format!("check {check} FAILED {stage}: {detail}"),
+        Notice::ChecksPassed { stage, readings } => {
+            format!("checks passed {stage}: {}", readings.join("; "))
+        }
         Notice::RollingBack { to, nodes, reason } => format!(
             "rolling back to {to} ({}): {reason}",
             if nodes.is_empty() {

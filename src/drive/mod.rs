@@ -23,12 +23,13 @@ use crate::deploy::history::{faulty_mark, Faulty, HistoryEntry};
 use crate::deploy::job::{DeployJob, Source};
 use crate::deploy::lock::{lease_seconds, Written};
 use crate::deploy::ports::{
-    Backlog, ChangeCalendars, Claims, Fleet, Gate, JobQueue, Ledger, LockInfo, Notify, NotifyMemo,
-    PortError, Refused, Sent, Turn,
+    Backlog, ChangeCalendars, Checks, Claims, Fleet, Gate, JobQueue, Ledger, LockInfo, Notify,
+    NotifyMemo, PortError, Refused, Sent, Turn,
 };
 use crate::deploy::promotion;
 use crate::deploy::rollout::Rollout;
 use crate::deploy::version::Version;
+use crate::outbound::checks::CheckReader;
 use crate::outbound::gate::Gatekeeper;
 use crate::outbound::notify::Notifier;
 
@@ -37,6 +38,7 @@ use crate::outbound::notify::Notifier;
 #[derive(Clone)]
 pub struct Outbound {
     pub gate: Arc<dyn Gate>,
+    pub checks: Arc<dyn Checks>,
     pub notifier: Arc<dyn Notify>,
 }
 
@@ -44,6 +46,7 @@ impl Outbound {
     pub fn new(config: Arc<Config>, secrets: Arc<Secrets>) -> Outbound {
         Outbound {
             gate: Arc::new(Gatekeeper::new(config.clone(), secrets.clone())),
+            checks: Arc::new(CheckReader::new(config.clone(), secrets.clone())),
             notifier: Arc::new(Notifier::new(config, secrets)),
         }
     }
@@ -160,9 +163,16 @@ impl Driver {
         }
     }
 
-    /// A job's first engine state, with its app's rollout policy.
+    /// A job's first engine state, with its app's rollout policy and its app+env's
+    /// checks.
     pub fn start(&self, job: &DeployJob) -> Result<Deploy, Refused> {
-        Ok(Deploy::new(job.clone(), self.app(job)?.rollout.clone()))
+        let checks = self
+            .config
+            .checks_for(job)
+            .iter()
+            .map(|c| c.rule())
+            .collect();
+        Ok(Deploy::new(job.clone(), self.app(job)?.rollout.clone()).with_checks(checks))
     }
 
     fn app(&self, job: &DeployJob) -> Result<&App, Refused> {
@@ -229,6 +239,9 @@ impl Driver {
                     .as_ref()
                     .filter(|s| s.key == cmd.key)
                     .and_then(|s| s.since),
+            },
+            Action::Check { checks, .. } => Observation::Checked {
+                readings: self.out.checks.read(job, checks).await,
             },
             Action::Record => {
                 let entry = HistoryEntry {

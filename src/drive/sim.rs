@@ -10,8 +10,9 @@
 //! Retry gives up and its Catch winds the deploy down, nodes terminated mid-rollout and
 //! new ones joining (with the sync job that brings them to the live version), and
 //! staging's successes promoted to production through its approvals (the promotions
-//! queued on a twin of SQS FIFO's deduplication), and an SSM Change Calendar that closes
-//! beside b/prod's own windows and freezes.
+//! queued on a twin of SQS FIFO's deduplication), an SSM Change Calendar that closes
+//! beside b/prod's own windows and freezes, and b/prod's metric checks, which fail for a
+//! version that serves badly, go red fleet-wide for a while, or go dark (no data).
 //!
 //! Jobs take the lock in queue order through the same `Turn` port the Step Functions
 //! driver uses (a twin of the dispatcher's tickets), and chat cancels waiting jobs as
@@ -111,10 +112,29 @@ change_calendar = "b-changes""#;
 ssm_tags = { "shipit:app" = "a", "shipit:env" = "staging" }
 promote = { to = "prod", after_seconds = 300 }
 "#;
+    // b/prod reads two checks (see `SimChecks`): after each batch, and for 30 s after
+    // the last node.
+    let checks = r#"
+[[apps.b.checks]]
+name = "errors"
+prometheus = "http://127.0.0.1:9"
+query = "sum(rate(errors{version={version}}[1m]))"
+condition = "< 1"
+[[apps.b.checks]]
+name = "latency"
+prometheus = "http://127.0.0.1:9"
+query = "max(latency{version={version}})"
+condition = "< 0.5"
+no_data = "pass"
+"#;
     let text = format!(
-        "[server]\nstate = \"sim.db\"\n{}{staging}{}",
+        "[server]\nstate = \"sim.db\"\n{}{staging}{}{checks}",
         app("a", "", approvals),
-        app("b", "batches = [1, 2]\nmax_failed = 1", calendar)
+        app(
+            "b",
+            "batches = [1, 2]\nmax_failed = 1\nwatch_seconds = 30\ncheck_interval_seconds = 10\ncheck_wait_seconds = 20",
+            calendar
+        )
     );
     Arc::new(
         Config::parse(&text, std::path::Path::new("sim.toml")).unwrap_or_else(|r| panic!("{r}")),
@@ -233,6 +253,10 @@ enum Event {
     /// network), its sender having waited for the answer until the SDK gave up. AWS refuses a request signed
     /// more than five minutes before it arrives (Signature Version 4), so at most that.
     SlowSend(i64),
+    /// b/prod's metrics answer no data for this many ms (the metrics source is down).
+    Dark(i64),
+    /// b/prod's `errors` check fails for this many ms whatever is deployed (an incident).
+    Red(i64),
 }
 
 /// How long a read may lag a write. AWS names no bound; the ledger relies on one well
@@ -251,7 +275,7 @@ const READS_BEFORE_GIVING_UP: u32 = 8;
 
 fn schedule(seed: u64) -> Vec<Event> {
     let mut rng = Rng::new(seed);
-    let kinds = 8;
+    let kinds = 10;
     (0..EVENTS)
         .map(|_| {
             let target = rng.below(TARGETS.len() as u64) as usize;
@@ -291,6 +315,8 @@ fn schedule(seed: u64) -> Vec<Event> {
                     5 => Event::LagList(1 + rng.below(3) as u32),
                     7 => Event::CloseChanges(1 + rng.below(1_200_000) as i64),
                     6 => Event::SlowSend(1 + rng.below(300_000) as i64),
+                    8 => Event::Dark(1 + rng.below(120_000) as i64),
+                    9 => Event::Red(1 + rng.below(600_000) as i64),
                     1 => Event::FailCalls {
                         // At most 5: three failed tries of a step, two of its Abort.
                         n: 1 + rng.below(5) as u32,
@@ -428,6 +454,15 @@ struct World {
     /// Until when (ms) b/prod's change calendar is closed; jobs a step saw it hold back.
     changes_closed_until: Option<i64>,
     change_held: BTreeSet<JobId>,
+    /// A version that passes its health checks but fails b/prod's `errors` check while
+    /// it serves there; until when (ms) the checks have no data, and `errors` fails.
+    serves_badly: Version,
+    dark_until: Option<i64>,
+    red_until: Option<i64>,
+    /// Per job, its last reading of its checks (when, and whether `errors` passed), and
+    /// when its last forward restart ended, for (xviii).
+    last_reading: HashMap<JobId, (i64, bool)>,
+    restarted_until: HashMap<JobId, i64>,
 }
 
 /// What the schedules exercised, printed at the end so a reader sees the simulation is
@@ -485,6 +520,10 @@ struct Stats {
     /// Promotions queued (once per job id), and those that went live.
     promotions: u64,
     promoted: u64,
+    /// Readings of b/prod's checks, and those in which `errors` failed or had no data.
+    checks_read: u64,
+    checks_failed: u64,
+    checks_dark: u64,
     reasons: BTreeMap<String, u64>,
 }
 
@@ -667,6 +706,21 @@ impl Ledger for SimLedger {
             return Ok(versions.max(seen));
         }
         w.lag_write(&job.app, &job.env);
+        // (xviii) A job of an environment with checks goes live only after a reading in
+        // which they passed, taken after its last restart ended (a rollback and a sync
+        // read none).
+        let reads = !w.config.checks_for(job).is_empty()
+            && !matches!(job.source, Source::Rollback { .. } | Source::Sync { .. });
+        if reads {
+            let last = w.last_reading.get(&job.id).copied();
+            let restarted = w.restarted_until.get(&job.id).copied().unwrap_or(0);
+            if !last.is_some_and(|(at, passed)| passed && at >= restarted) {
+                w.violations.push(format!(
+                    "(xviii) job {} went live on {}/{} without its checks passing after its last restart (last reading {last:?}, restarts until {restarted})",
+                    job.id, job.app, job.env
+                ));
+            }
+        }
         let at = w.now.load(Ordering::SeqCst);
         let t = w.target(&job.app, &job.env);
         let live = t.history.first().map(|e| e.job.version.clone());
@@ -1080,6 +1134,70 @@ impl crate::deploy::ports::ChangeCalendars for SimCalendars {
     }
 }
 
+/// b/prod's metric checks, as Prometheus would answer them: no data while dark (and for
+/// a version no node serves); `errors` fails while red, and for `serves_badly` while a
+/// node serves it; the rest pass.
+struct SimChecks(Shared);
+
+#[async_trait]
+impl crate::deploy::ports::Checks for SimChecks {
+    async fn read(
+        &self,
+        job: &DeployJob,
+        names: &[String],
+    ) -> Vec<(String, crate::deploy::checks::Reading)> {
+        use crate::deploy::checks::Reading;
+        let mut w = self.0.lock().unwrap();
+        let now = w.now.load(Ordering::SeqCst);
+        if matches!(job.source, Source::Rollback { .. } | Source::Sync { .. }) {
+            w.violations.push(format!(
+                "(xviii) job {} ({:?}) read checks: a rollback or sync must not wait for them",
+                job.id, job.source
+            ));
+        }
+        let dark = w.dark_until.is_some_and(|until| now < until);
+        let red = w.red_until.is_some_and(|until| now < until);
+        let bad = w.serves_badly.clone();
+        let serving = |v: &Version| {
+            w.targets[&(job.app.clone(), job.env.clone())]
+                .nodes
+                .values()
+                .any(|n| !n.gone && n.serving.as_ref().is_some_and(|s| s.same_as(v)))
+        };
+        let served = serving(&job.version);
+        let fails = red || (job.version.same_as(&bad) && serving(&bad));
+        let readings: Vec<(String, Reading)> = names
+            .iter()
+            .map(|name| {
+                let r = if dark || !served {
+                    Reading::NoData {
+                        detail: "the query returned no series".into(),
+                    }
+                } else if name == "errors" && fails {
+                    Reading::Fail {
+                        detail: "3 (needs < 1)".into(),
+                    }
+                } else {
+                    Reading::Pass {
+                        detail: "0 (needs < 1)".into(),
+                    }
+                };
+                (name.clone(), r)
+            })
+            .collect();
+        let errors = readings.iter().find(|(n, _)| n == "errors").map(|(_, r)| r);
+        let passed = matches!(errors, Some(Reading::Pass { .. }));
+        w.stats.checks_read += 1;
+        match errors {
+            Some(Reading::Fail { .. }) => w.stats.checks_failed += 1,
+            Some(Reading::NoData { .. }) => w.stats.checks_dark += 1,
+            _ => {}
+        }
+        w.last_reading.insert(job.id.clone(), (now, passed));
+        readings
+    }
+}
+
 /// SQS FIFO under the drivers' promotions: a job id sent again within five minutes of its
 /// first send is taken once (it is the deduplication id); past that, it is a new message.
 struct SimQueue(Shared);
@@ -1306,6 +1424,10 @@ fn start(
             result,
         },
     );
+    if cmd.kind == CommandKind::Restart && !cmd.key.contains(":revert:") {
+        let until = w.restarted_until.entry(job.clone()).or_default();
+        *until = (*until).max(now + took);
+    }
     // (ii) No node is restarted twice by one deploy (the rollback's restart aside).
     if cmd.kind == CommandKind::Restart && !cmd.key.contains(":revert:") {
         let count = w
@@ -1790,6 +1912,12 @@ impl Sim {
             promotion_sent: HashMap::new(),
             changes_closed_until: None,
             change_held: BTreeSet::new(),
+            serves_badly: Version::parse(VERSIONS[((seed + 2) % VERSIONS.len() as u64) as usize])
+                .unwrap(),
+            dark_until: None,
+            red_until: None,
+            last_reading: HashMap::new(),
+            restarted_until: HashMap::new(),
         }));
         let ledger = Arc::new(SimLedger(world.clone()));
         let driver = Driver::new(
@@ -1805,6 +1933,7 @@ impl Sim {
             None,
             Outbound {
                 gate: Arc::new(Pass),
+                checks: Arc::new(SimChecks(world.clone())),
                 notifier: Arc::new(Quiet),
             },
         )
@@ -2071,6 +2200,16 @@ impl Sim {
                 w.changes_closed_until = Some(now + ms);
             }
             Event::SlowSend(ms) => self.world.lock().unwrap().slow_next = Some(*ms),
+            Event::Dark(ms) => {
+                let mut w = self.world.lock().unwrap();
+                let now = w.now.load(Ordering::SeqCst);
+                w.dark_until = Some(now + ms);
+            }
+            Event::Red(ms) => {
+                let mut w = self.world.lock().unwrap();
+                let now = w.now.load(Ordering::SeqCst);
+                w.red_until = Some(now + ms);
+            }
             Event::Terminate { target, node } => {
                 let (app, env) = TARGETS[*target];
                 let mut w = self.world.lock().unwrap();
@@ -2584,6 +2723,9 @@ impl Stats {
         self.change_held += o.change_held;
         self.promotions += o.promotions;
         self.promoted += o.promoted;
+        self.checks_read += o.checks_read;
+        self.checks_failed += o.checks_failed;
+        self.checks_dark += o.checks_dark;
         self.late += o.late;
         self.shortened += o.shortened;
         for (k, v) in &o.reasons {
@@ -2693,6 +2835,15 @@ fn the_invariants_hold_on_thousands_of_random_schedules() {
                 && stats.carried > 0
                 && reason("rejected by U")
                 && reason("not approved within"),
+            "{stats:#?}"
+        );
+        // Checks read, failing (rolled back for it) and without data (rolled back too).
+        assert!(
+            stats.checks_read > 0
+                && stats.checks_failed > 0
+                && stats.checks_dark > 0
+                && reason("check errors failed ")
+                && reason("check errors after "),
             "{stats:#?}"
         );
         // Promotions queued, gone live, and refused for what became of their source.

@@ -40,6 +40,8 @@ pub struct Plan {
     pub approvals: String,
     /// Where the version goes next once this deploy succeeds, if anywhere.
     pub promotion: String,
+    /// The metric checks the deploy would read, and when.
+    pub checks: String,
     pub gate: GateAnswer,
     /// The nodes in restart order, in their batches; `None` where they are found only when
     /// the deploy runs (SSM tags).
@@ -166,6 +168,7 @@ pub async fn plan(
             }
             _ => "none".into(),
         },
+        checks: checks_line(config, app, job),
         gate,
         batches,
         nodes_unknown,
@@ -237,6 +240,34 @@ fn approvals_line(env: &Environment, job: &DeployJob) -> String {
         job.version,
         crate::deploy::dora::human(rules.grace_seconds as i64),
         crate::deploy::dora::human(rules.timeout_seconds as i64),
+    )
+}
+
+fn checks_line(config: &Config, app: &App, job: &DeployJob) -> String {
+    let checks = config.checks_for(job);
+    if checks.is_empty() {
+        return "none".into();
+    }
+    if matches!(job.source, Source::Rollback { .. } | Source::Sync { .. }) {
+        return "none read (a rollback or a sync never waits for a check)".into();
+    }
+    let names: Vec<String> = checks
+        .iter()
+        .map(|c| {
+            let crate::config::CheckSource::Prometheus { condition, .. } = &c.source;
+            format!("{} (Prometheus, {condition}, no data: {})", c.name, c.no_data)
+        })
+        .collect();
+    let r = &app.rollout;
+    format!(
+        "{}; read every {} s through the canary's bake, after each batch{}, each waited for up to {} s without data",
+        names.join(", "),
+        r.check_interval_seconds,
+        match r.watch_seconds {
+            0 => String::new(),
+            w => format!(" and for {w} s after the last node"),
+        },
+        r.check_wait_seconds
     )
 }
 
@@ -345,6 +376,7 @@ impl Plan {
         out.push(format!("Calendar: {}", self.calendar));
         out.push(format!("Approvals: {}", self.approvals));
         out.push(format!("Promotion: {}", self.promotion));
+        out.push(format!("Checks: {}", self.checks));
         out.push(match &self.gate {
             GateAnswer::None => "Gate: none configured".into(),
             GateAnswer::Forced { by } => format!("Gate: not asked (forced by {by})"),

@@ -109,10 +109,18 @@ fn config_uses_ssm(c: &Config) -> bool {
             .flatten(),
         )
     });
+    let checks = c.apps.values().flat_map(|a| {
+        let env = a.environments.values().flat_map(|e| &e.checks);
+        a.checks.iter().chain(env).filter_map(|check| {
+            let crate::config::CheckSource::Prometheus { token, .. } = &check.source;
+            token.as_ref()
+        })
+    });
     [&c.github_secret, &c.slack_secret, &c.server.api_token]
         .into_iter()
         .flatten()
         .chain(notify)
+        .chain(checks)
         .any(|s| matches!(s, Secret::Ssm(_)))
 }
 

@@ -5,6 +5,7 @@
 #[path = "../helpers/mod.rs"]
 mod helpers;
 
+mod checks;
 mod e2e;
 mod example;
 mod fuzz_replay;

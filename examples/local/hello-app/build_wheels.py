@@ -1,6 +1,8 @@
 #!/usr/bin/env python3
 """Builds hello-app wheels offline, with the standard library only (no index, no build
-backend): `build_wheels.py OUT_DIR VERSION[:broken] ...`.
+backend): `build_wheels.py OUT_DIR VERSION[:FLAG,...] ...`, where a flag is `broken` (it
+will not start), `errors=N` (N of every 100 requests to /hello answer 500) or
+`latency=MS` (each takes MS longer).
 
 A wheel is a zip of the package plus a .dist-info with METADATA, WHEEL and RECORD (the
 sha256 and size of every file); pip installs it like any other.
@@ -19,13 +21,15 @@ def record_line(name, data):
     return f"{name},sha256={digest},{len(data)}"
 
 
-def build(out, version, broken):
+def build(out, version, flags):
     files = {}
     for path in sorted(SRC.glob("*.py")):
         text = path.read_text()
         if path.name == "__init__.py":
             text = text.replace('__version__ = "0.0.0"', f'__version__ = "{version}"')
-            text = text.replace("BROKEN_ON_PURPOSE = False", f"BROKEN_ON_PURPOSE = {broken}")
+            text = text.replace("BROKEN_ON_PURPOSE = False", f"BROKEN_ON_PURPOSE = {'broken' in flags}")
+            text = text.replace("ERROR_PERCENT = 0", f"ERROR_PERCENT = {int(flags.get('errors', 0))}")
+            text = text.replace("ADDED_LATENCY_MS = 0", f"ADDED_LATENCY_MS = {int(flags.get('latency', 0))}")
         files[f"hello_app/{path.name}"] = text.encode()
     info = f"hello_app-{version}.dist-info"
     files[f"{info}/METADATA"] = (
@@ -50,8 +54,9 @@ def main():
     out = pathlib.Path(sys.argv[1])
     out.mkdir(parents=True, exist_ok=True)
     for spec in sys.argv[2:]:
-        version, _, flag = spec.partition(":")
-        build(out, version, flag == "broken")
+        version, _, spec_flags = spec.partition(":")
+        flags = dict(f.partition("=")[::2] for f in spec_flags.split(",") if f)
+        build(out, version, flags)
 
 
 if __name__ == "__main__":

@@ -74,6 +74,7 @@ pub(super) fn check_app(c: &mut Checker, base: &Path, name: String, a: RawApp) -
     let hooks = check_hooks(c, &scope, &mut rollout, (a.pre_restart, a.post_restart));
     check_rollout(c, &k, &rollout);
     check_dir_use(c, &scope, &commands, &hooks);
+    let checks = super::checks::check_checks(c, &k, a.checks);
     let notify = check_notify(c, &k, a.notify, &name, repo.is_some());
     let gate = a.gate.and_then(|g| check_gate(c, &k, g, repo.is_some()));
     if gate.is_none() && repo.is_some() && !auto_deploy.is_empty() {
@@ -105,6 +106,7 @@ pub(super) fn check_app(c: &mut Checker, base: &Path, name: String, a: RawApp) -
         notify,
         gate,
         index,
+        checks,
     })
 }
 
@@ -435,6 +437,24 @@ fn check_rollout(c: &mut Checker, k: &str, rollout: &Rollout) {
             r.lock_wait_seconds,
             0,
             "how long a deploy waits for a held lock",
+        ),
+        (
+            "watch_seconds",
+            r.watch_seconds,
+            0,
+            "how long checks are read after the last node",
+        ),
+        (
+            "check_interval_seconds",
+            r.check_interval_seconds,
+            1,
+            "how often checks are read",
+        ),
+        (
+            "check_wait_seconds",
+            r.check_wait_seconds,
+            0,
+            "how long a check without data is read again",
         ),
     ];
     for (name, value, min, hint) in waits {

@@ -121,8 +121,10 @@ pub(super) fn check_environment(
         }
         valid
     });
+    let checks = super::checks::check_checks(c, &ek, e.checks);
     nodes.map(|nodes| Environment {
         name,
+        checks,
         nodes,
         layout,
         calendar: calendar.flatten(),

@@ -4,6 +4,7 @@
 //! environment in `environment`, the gate and notifiers in `notify`.
 
 mod app;
+mod checks;
 mod environment;
 mod notify;
 

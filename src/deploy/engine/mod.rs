@@ -10,6 +10,7 @@
 use chrono::{DateTime, Duration, Utc};
 use serde::{Deserialize, Serialize};
 
+use super::checks::{Rule, Stage};
 use super::command::{Command, CommandKind, NodeResult};
 use super::history::Faulty;
 use super::job::{DeployJob, Source};
@@ -140,6 +141,10 @@ pub struct Deploy {
     /// Nodes whose restart failed in a drain hook (see `count_failures`).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub hook_failures: u32,
+    /// The app+env's metric checks, read on the canary, after each batch and while
+    /// watching (see `Phase::Checks`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub checks: Vec<Rule>,
 }
 
 fn is_zero(n: &u32) -> bool {
@@ -202,7 +207,23 @@ impl Deploy {
             stopping: None,
             vanished: 0,
             hook_failures: 0,
+            checks: vec![],
         }
+    }
+
+    /// This deploy reads `checks` as it goes (a rollback or a sync reads none).
+    pub fn with_checks(mut self, checks: Vec<Rule>) -> Deploy {
+        self.checks = checks;
+        self
+    }
+
+    /// Whether this deploy reads checks: a rollback must not wait for (or be stopped by)
+    /// a check that may still be red from what it undoes, and a sync puts back what is
+    /// live already.
+    fn reads_checks(&self) -> bool {
+        !self.checks.is_empty()
+            && !self.is_sync()
+            && !matches!(self.job.source, Source::Rollback { .. })
     }
 
     fn is_sync(&self) -> bool {
@@ -342,6 +363,10 @@ impl Deploy {
                 v,
                 self.batch_names(batch, |s| s == NodeState::Healthy),
             ),
+            Phase::Checks { stage, .. } => Action::Check {
+                stage: *stage,
+                checks: self.checks.iter().map(|c| c.name.clone()).collect(),
+            },
             Phase::Revert { to, .. } => self.run(
                 self.key("revert:install"),
                 CommandKind::Install,
@@ -435,6 +460,9 @@ impl Deploy {
                     sent_at,
                 },
             ) if key == cmd.key => self.on_ran(now, cmd, results, sent_at, n),
+            (Action::Check { .. }, Observation::Checked { readings }) => {
+                self.on_checked(readings, n)
+            }
             (Action::Record, Observation::Recorded { written, promoted }) => {
                 self.wrote(written);
                 if let Some(promoted) = promoted {
@@ -608,6 +636,7 @@ impl Deploy {
                 | Phase::Install
                 | Phase::Restart { .. }
                 | Phase::Bake { .. }
+                | Phase::Checks { .. }
         );
         if let (Some(by), false, true, None) = (
             self.abort_asked.clone(),
@@ -758,36 +787,44 @@ impl Deploy {
     /// is left.
     fn restart_from(&mut self, index: usize, number: usize) {
         let batch = self.batch_from(index, number, |s| s == NodeState::Installed);
-        if batch.nodes.is_empty() {
-            self.outcome = Some(Outcome::Succeeded {
-                failed_installs: lists::capped(self.names_where(|s| s == NodeState::InstallFailed)),
-                unhealthy: lists::capped(self.names_where(|s| s == NodeState::Unhealthy)),
-                gone: lists::capped(self.names_where(|s| s == NodeState::Gone)),
-            });
-            // A rollback that went out replaced the version it undoes: marked before it
-            // is recorded, while the lock is surely this deploy's.
-            if let (Source::Rollback { .. }, Some(from)) = (&self.job.source, &self.previous) {
-                if !from.same_as(&self.job.version) {
-                    self.mark = Some(Mark {
-                        version: from.clone(),
-                        reason: format!(
-                            "rolled back to {} by {} (job {})",
-                            self.job.version, self.job.requested_by, self.job.id
-                        ),
-                    });
-                }
-            }
-            // A sync changes no history: the live version stays the live version.
-            self.phase = if self.is_sync() {
-                Phase::Unlock
-            } else {
-                Phase::Record
-            };
+        if batch.nodes.is_empty() && self.reads_checks() && self.policy.watch_seconds > 0 {
+            self.check(Stage::Watch, None);
+        } else if batch.nodes.is_empty() {
+            self.succeed();
         } else {
             self.phase = Phase::Restart { batch };
             // Before each batch, make sure the lock is still ours and nobody asked to stop.
             self.renew_due = true;
         }
+    }
+
+    /// Every node that installed went live (or failed within the rollout's budget): record
+    /// it.
+    fn succeed(&mut self) {
+        self.outcome = Some(Outcome::Succeeded {
+            failed_installs: lists::capped(self.names_where(|s| s == NodeState::InstallFailed)),
+            unhealthy: lists::capped(self.names_where(|s| s == NodeState::Unhealthy)),
+            gone: lists::capped(self.names_where(|s| s == NodeState::Gone)),
+        });
+        // A rollback that went out replaced the version it undoes: marked before it
+        // is recorded, while the lock is surely this deploy's.
+        if let (Source::Rollback { .. }, Some(from)) = (&self.job.source, &self.previous) {
+            if !from.same_as(&self.job.version) {
+                self.mark = Some(Mark {
+                    version: from.clone(),
+                    reason: format!(
+                        "rolled back to {} by {} (job {})",
+                        self.job.version, self.job.requested_by, self.job.id
+                    ),
+                });
+            }
+        }
+        // A sync changes no history: the live version stays the live version.
+        self.phase = if self.is_sync() {
+            Phase::Unlock
+        } else {
+            Phase::Record
+        };
     }
 
     /// The batch after `batch`: next in node order, one further in the rollout's sizes.

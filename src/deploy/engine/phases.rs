@@ -4,6 +4,7 @@ use chrono::{DateTime, Duration, Utc};
 
 use super::*;
 use crate::deploy::approval::{look_millis, Standing};
+use crate::deploy::checks::{NoData, Reading, Rule, Stage};
 use crate::deploy::command::{tail, Command, NodeResult, HOOK_FAILED, UNHEALTHY};
 use crate::deploy::history::Faulty;
 use crate::deploy::job::{DeployJob, Source};
@@ -698,11 +699,151 @@ impl Deploy {
             .iter()
             .any(|&i| self.nodes[i].state == NodeState::Healthy);
         let policy = &self.policy;
-        if batch.number == 0 && policy.canary && policy.bake_seconds > 0 && more && healthy {
+        let bakes =
+            batch.number == 0 && policy.canary && policy.bake_seconds > 0 && more && healthy;
+        // The last batch's checks are the watch's, when there is one (see `restart_from`).
+        let last_checked = more || policy.watch_seconds == 0;
+        if bakes && self.reads_checks() {
+            self.check(Stage::Canary, Some(batch));
+        } else if bakes {
             self.wait = Some(policy.bake_seconds * 1000);
             self.phase = Phase::Bake { batch };
+        } else if self.reads_checks() && last_checked {
+            self.check(Stage::Batch, Some(batch));
         } else {
             self.restart_after(&batch);
+        }
+    }
+
+    /// How long a stage's checks are read whatever they say (unless one fails).
+    fn stage_millis(&self, stage: Stage) -> u64 {
+        match stage {
+            Stage::Canary => self.policy.bake_seconds * 1000,
+            Stage::Batch => 0,
+            Stage::Watch => self.policy.watch_seconds * 1000,
+        }
+    }
+
+    /// The wait before the next reading of a stage that has waited `waited` ms: an
+    /// interval, and no further than the stage's end while it lasts.
+    fn check_step(&self, stage: Stage, waited: u64) -> u64 {
+        let interval = self.policy.check_interval_seconds.max(1) * 1000;
+        let end = self.stage_millis(stage);
+        if waited < end {
+            interval.min(end - waited)
+        } else {
+            interval
+        }
+    }
+
+    /// Starts reading the checks of `stage`, after `batch` restarted (none: the watch).
+    /// The first reading comes an interval later: rates need samples of the new version.
+    pub(super) fn check(&mut self, stage: Stage, batch: Option<Batch>) {
+        let step = self.check_step(stage, 0);
+        self.wait = Some(step);
+        self.phase = Phase::Checks {
+            stage,
+            batch,
+            waited: step,
+        };
+    }
+
+    /// A reading of every check: one that fails rolls the deploy back (marking the
+    /// version if it served on a node this deploy restarted); once the stage's time is
+    /// over and every check has data (or its data wait is over), the rollout goes on.
+    pub(super) fn on_checked(
+        &mut self,
+        readings: Vec<(String, Reading)>,
+        notices: &mut Vec<Notice>,
+    ) {
+        let Phase::Checks {
+            stage,
+            batch,
+            waited,
+        } = self.phase.clone()
+        else {
+            return;
+        };
+        let reading = |name: &str| {
+            readings
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, r)| r.clone())
+                .unwrap_or(Reading::NoData {
+                    detail: "not read".into(),
+                })
+        };
+        let read: Vec<(Rule, Reading)> = self
+            .checks
+            .iter()
+            .map(|rule| (rule.clone(), reading(&rule.name)))
+            .collect();
+        if let Some((rule, Reading::Fail { detail })) =
+            read.iter().find(|(_, r)| matches!(r, Reading::Fail { .. }))
+        {
+            notices.push(Notice::CheckFailed {
+                check: rule.name.clone(),
+                stage,
+                detail: detail.clone(),
+            });
+            let reason = format!("check {} failed {stage}: {detail}", rule.name);
+            // A verdict on the version once it served on a node this deploy restarted (a
+            // query of `{version}` also sees nodes an earlier deploy left on it).
+            let served = self.nodes.iter().any(|n| was_restarted(n.state));
+            return self.revert_or_fail(reason, served, notices);
+        }
+        let missing: Vec<&(Rule, Reading)> = read
+            .iter()
+            .filter(|(rule, r)| matches!(r, Reading::NoData { .. }) && rule.no_data == NoData::Fail)
+            .collect();
+        let end = self.stage_millis(stage);
+        let wait = self.policy.check_wait_seconds * 1000;
+        if waited < end || (!missing.is_empty() && waited < end + wait) {
+            let step = self.check_step(stage, waited);
+            self.wait = Some(step);
+            self.phase = Phase::Checks {
+                stage,
+                batch,
+                waited: waited + step,
+            };
+            return;
+        }
+        if let Some((rule, r)) = missing.first() {
+            let detail = format!(
+                "no data {} s after {}: {}",
+                waited / 1000,
+                match stage {
+                    Stage::Watch => "the last node",
+                    _ => "the restart",
+                },
+                r.detail()
+            );
+            notices.push(Notice::CheckFailed {
+                check: rule.name.clone(),
+                stage,
+                detail: detail.clone(),
+            });
+            // No data may be the metrics' fault, not the version's: nothing is marked.
+            let reason = format!("check {} {stage}: {detail} (no_data = \"fail\")", rule.name);
+            return self.revert_or_fail(reason, false, notices);
+        }
+        notices.push(Notice::ChecksPassed {
+            stage,
+            readings: read
+                .iter()
+                .map(|(rule, r)| match r {
+                    Reading::NoData { detail } => {
+                        format!("{}: no data, passed over ({detail})", rule.name)
+                    }
+                    r => format!("{}: {}", rule.name, r.detail()),
+                })
+                .collect(),
+        });
+        match (stage, batch) {
+            // The bake's time is spent: its closing health check at once.
+            (Stage::Canary, Some(batch)) => self.phase = Phase::Bake { batch },
+            (Stage::Batch, Some(batch)) => self.restart_after(&batch),
+            _ => self.succeed(),
         }
     }
 

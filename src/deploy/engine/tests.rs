@@ -6,6 +6,7 @@ use chrono::{DateTime, Duration, TimeZone, Utc};
 
 use super::*;
 use crate::deploy::approval::{self, Approval, Approvals};
+use crate::deploy::checks::{NoData, Reading, Rule, Stage};
 use crate::deploy::command::{HOOK_FAILED, UNHEALTHY};
 use crate::deploy::command::{REFUSED, REFUSED_EXIT};
 use crate::deploy::job::{JobId, Source};
@@ -110,6 +111,10 @@ struct Twin {
     /// free lock; and what the deploy released the lock with.
     written: Written,
     released: Option<Written>,
+    /// What the checks read, one entry per read in turn (a check missing from an entry
+    /// passes); every check passes once they run out. Each read is logged as
+    /// "checks STAGE".
+    readings: Vec<Vec<(&'static str, Reading)>>,
 }
 
 impl Twin {
@@ -333,6 +338,30 @@ impl Twin {
                         .cloned()
                         .collect(),
                     sent_at: None,
+                }
+            }
+            Action::Check { stage, checks } => {
+                self.log.push(format!("checks {stage:?}").to_lowercase());
+                self.log_at.push(self.clock);
+                let script = if self.readings.is_empty() {
+                    vec![]
+                } else {
+                    self.readings.remove(0)
+                };
+                Observation::Checked {
+                    readings: checks
+                        .iter()
+                        .map(|name| {
+                            let r = script
+                                .iter()
+                                .find(|(n, _)| n == name)
+                                .map(|(_, r)| r.clone())
+                                .unwrap_or(Reading::Pass {
+                                    detail: "0 (needs < 1)".into(),
+                                });
+                            (name.clone(), r)
+                        })
+                        .collect(),
                 }
             }
             Action::Wait { millis } => {
@@ -2320,4 +2349,273 @@ fn a_lock_got_back_as_it_stood_is_renewed_before_anything_is_done_under_it() {
     .unwrap();
     d.tick(now);
     assert_eq!(d.action(), Action::Inspect);
+}
+
+fn rules(no_data: &[(&str, NoData)]) -> Vec<Rule> {
+    no_data
+        .iter()
+        .map(|(name, no_data)| Rule {
+            name: name.to_string(),
+            no_data: *no_data,
+        })
+        .collect()
+}
+
+fn fail(detail: &str) -> Reading {
+    Reading::Fail {
+        detail: detail.into(),
+    }
+}
+
+fn no_data() -> Reading {
+    Reading::NoData {
+        detail: "the query returned no series".into(),
+    }
+}
+
+fn checked(policy: Rollout) -> Rollout {
+    Rollout {
+        check_interval_seconds: 10,
+        check_wait_seconds: 30,
+        ..policy
+    }
+}
+
+fn run_checked(
+    twin: &mut Twin,
+    job: DeployJob,
+    policy: Rollout,
+    checks: Vec<Rule>,
+) -> (Outcome, Vec<Notice>) {
+    let mut d = Deploy::new(job, checked(policy)).with_checks(checks);
+    twin.drive(&mut d, None)
+}
+
+#[test]
+fn checks_are_read_through_the_bake_after_each_batch_and_while_watching() {
+    let mut twin = Twin::new(&["n1", "n2", "n3"], Some("1.0.0"));
+    let policy = Rollout {
+        bake_seconds: 25,
+        watch_seconds: 20,
+        ..policy()
+    };
+    let (outcome, notices) = run_checked(
+        &mut twin,
+        job("1.1.0", false),
+        policy,
+        rules(&[("errors", NoData::Fail)]),
+    );
+    assert_eq!(outcome, succeeded());
+    assert_eq!(
+        twin.log,
+        [
+            "install 1.1.0 n1,n2,n3",
+            "restart n1 1.1.0",
+            // The bake, read every 10 s and at its end; then the canary's health once.
+            "checks canary",
+            "checks canary",
+            "checks canary",
+            "health n1 1.1.0",
+            "restart n2 1.1.0",
+            "checks batch",
+            "restart n3 1.1.0",
+            // The last node's checks are the watch's.
+            "checks watch",
+            "checks watch",
+        ]
+    );
+    assert_eq!(twin.waited, [10_000, 10_000, 5_000, 10_000, 10_000, 10_000]);
+    let passed = notices
+        .iter()
+        .filter(|n| matches!(n, Notice::ChecksPassed { .. }))
+        .count();
+    assert_eq!(passed, 3, "{notices:?}");
+    assert_eq!(twin.recorded.len(), 1);
+}
+
+#[test]
+fn a_failing_check_rolls_back_what_restarted_and_marks_the_version() {
+    for (stage, reads, restarted) in [
+        (Stage::Canary, 1, vec!["n1"]),
+        (Stage::Batch, 3, vec!["n1", "n2"]),
+        (Stage::Watch, 4, vec!["n1", "n2", "n3"]),
+    ] {
+        let mut twin = Twin::new(&["n1", "n2", "n3"], Some("1.0.0"));
+        // Passing reads up to the one that fails.
+        twin.readings = vec![vec![]; reads - 1];
+        twin.readings
+            .push(vec![("errors", fail("0.05 (needs < 0.01)"))]);
+        let policy = Rollout {
+            bake_seconds: 20,
+            watch_seconds: 20,
+            ..policy()
+        };
+        let (outcome, notices) = run_checked(
+            &mut twin,
+            job("1.1.0", false),
+            policy,
+            rules(&[("latency", NoData::Fail), ("errors", NoData::Fail)]),
+        );
+        let Outcome::Failed {
+            reason,
+            rolled_back: true,
+            ..
+        } = &outcome
+        else {
+            panic!("{stage:?}: {outcome:?}");
+        };
+        assert_eq!(
+            *reason,
+            format!("check errors failed {stage}: 0.05 (needs < 0.01)")
+        );
+        assert!(notices.contains(&Notice::CheckFailed {
+            check: "errors".into(),
+            stage,
+            detail: "0.05 (needs < 0.01)".into(),
+        }));
+        // Marked before the rollback, which restarts exactly what had restarted.
+        assert_eq!(twin.faulty.len(), 1, "{stage:?}");
+        assert_eq!(twin.faulty[0].version.to_string(), "1.1.0");
+        let back: Vec<String> = restarted
+            .iter()
+            .map(|n| format!("restart {n} 1.0.0"))
+            .collect();
+        let after = &twin.log[twin.marked_at[0]..];
+        assert_eq!(after[0], "install 1.0.0 n1,n2,n3", "{stage:?}");
+        assert_eq!(after[1..], back[..], "{stage:?}");
+        assert!(twin.recorded.is_empty(), "{stage:?}");
+    }
+}
+
+#[test]
+fn a_check_without_data_is_read_again_then_follows_its_no_data() {
+    // No data at first: read again, and the rollout waits for it.
+    let mut twin = Twin::new(&["n1", "n2"], Some("1.0.0"));
+    twin.readings = vec![vec![("errors", no_data())], vec![("errors", no_data())]];
+    let (outcome, _) = run_checked(
+        &mut twin,
+        job("1.1.0", false),
+        policy(),
+        rules(&[("errors", NoData::Fail)]),
+    );
+    assert_eq!(outcome, succeeded());
+    assert_eq!(
+        twin.log,
+        [
+            "install 1.1.0 n1,n2",
+            "restart n1 1.1.0",
+            "checks batch",
+            "checks batch",
+            "checks batch",
+            "restart n2 1.1.0",
+            "checks batch",
+        ]
+    );
+
+    // No data past the wait: `fail` rolls back, marking nothing (the metrics may be
+    // at fault, not the version).
+    let mut twin = Twin::new(&["n1", "n2"], Some("1.0.0"));
+    twin.readings = vec![vec![("errors", no_data())]; 10];
+    let (outcome, notices) = run_checked(
+        &mut twin,
+        job("1.1.0", false),
+        policy(),
+        rules(&[("errors", NoData::Fail)]),
+    );
+    assert!(
+        matches!(&outcome, Outcome::Failed { rolled_back: true, reason, .. }
+            if reason.starts_with("check errors after a batch: no data 30 s after the restart")),
+        "{outcome:?}"
+    );
+    assert_eq!(twin.log.iter().filter(|l| *l == "checks batch").count(), 3);
+    assert!(twin.faulty.is_empty());
+    assert!(notices
+        .iter()
+        .any(|n| matches!(n, Notice::CheckFailed { check, .. } if check == "errors")));
+
+    // `pass`: passed over once its wait is over, saying so.
+    let mut twin = Twin::new(&["n1"], Some("1.0.0"));
+    twin.readings = vec![vec![("errors", no_data())]; 10];
+    let (outcome, notices) = run_checked(
+        &mut twin,
+        job("1.1.0", false),
+        policy(),
+        rules(&[("errors", NoData::Pass)]),
+    );
+    assert_eq!(outcome, succeeded());
+    assert_eq!(twin.log.iter().filter(|l| *l == "checks batch").count(), 1);
+    assert!(notices
+        .iter()
+        .any(|n| matches!(n, Notice::ChecksPassed { readings, .. }
+        if readings[0].starts_with("errors: no data, passed over"))));
+}
+
+#[test]
+fn a_rollback_and_a_sync_read_no_checks() {
+    let mut twin = Twin::new(&["n1", "n2"], Some("1.1.0"));
+    twin.readings = vec![vec![("errors", fail("red since the last deploy"))]; 10];
+    let live = twin.live.clone().unwrap();
+    let policy = Rollout {
+        watch_seconds: 60,
+        ..policy()
+    };
+    let (outcome, _) = run_checked(
+        &mut twin,
+        rollback_of(&live, "1.0.0"),
+        policy.clone(),
+        rules(&[("errors", NoData::Fail)]),
+    );
+    assert_eq!(outcome, succeeded());
+    assert!(
+        !twin.log.iter().any(|l| l.starts_with("checks")),
+        "{:?}",
+        twin.log
+    );
+
+    let mut twin = Twin::new(&["n1", "n2"], Some("1.1.0"));
+    twin.readings = vec![vec![("errors", fail("red"))]; 10];
+    twin.installed.insert("n1".into(), "1.1.0".into());
+    let (outcome, _) = run_checked(
+        &mut twin,
+        sync_job(&["n1", "n2"], "1.1.0"),
+        policy,
+        rules(&[("errors", NoData::Fail)]),
+    );
+    assert!(matches!(outcome, Outcome::Succeeded { .. }), "{outcome:?}");
+    assert!(
+        !twin.log.iter().any(|l| l.starts_with("checks")),
+        "{:?}",
+        twin.log
+    );
+}
+
+#[test]
+fn an_abort_while_checks_are_read_puts_everything_back() {
+    let mut twin = Twin::new(&["n1", "n2"], Some("1.0.0"));
+    twin.abort_after = Some("restart n2 1.1.0".into());
+    let policy = Rollout {
+        watch_seconds: 600,
+        ..policy()
+    };
+    let (outcome, _) = run_checked(
+        &mut twin,
+        job("1.1.0", false),
+        policy,
+        rules(&[("errors", NoData::Fail)]),
+    );
+    assert!(
+        matches!(
+            outcome,
+            Outcome::Aborted {
+                rolled_back: true,
+                ..
+            }
+        ),
+        "{outcome:?}"
+    );
+    assert!(twin.log.ends_with(&[
+        "restart n1 1.0.0".to_string(),
+        "restart n2 1.0.0".to_string()
+    ]));
+    assert!(twin.faulty.is_empty());
 }

@@ -5,6 +5,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::deploy::approval::Standing;
+use crate::deploy::checks::{Reading, Stage};
 use crate::deploy::command::{Command, CommandKind, NodeResult};
 use crate::deploy::history::Faulty;
 use crate::deploy::job::DeployJob;
@@ -30,6 +31,9 @@ pub enum Action {
     ResolveNodes,
     /// Answer `Observation::Ran` with a result for every node of the command.
     Run(Command),
+    /// Read these checks of the job's app+env (by name) once; answer
+    /// `Observation::Checked` with a reading of each.
+    Check { stage: Stage, checks: Vec<String> },
     /// Answer `Observation::Waited` after this long.
     Wait { millis: u64 },
     /// The job is now live: record it (and lift the faulty mark on its version, if a
@@ -104,6 +108,9 @@ pub enum Observation {
         sent_at: Option<DateTime<Utc>>,
     },
     Waited,
+    Checked {
+        readings: Vec<(String, Reading)>,
+    },
     /// `written`: the ledger's answer, what the lock's holders have written now;
     /// `promoted`: the promotion this success queued, if its environment promotes.
     Recorded {
@@ -320,6 +327,18 @@ pub enum Notice {
         node: String,
         detail: String,
     },
+    /// A check failed (or had no data past its wait, where that fails): the deploy rolls
+    /// back.
+    CheckFailed {
+        check: String,
+        stage: Stage,
+        detail: String,
+    },
+    /// Every check passed (or was passed over for lack of data): each as `name: detail`.
+    ChecksPassed {
+        stage: Stage,
+        readings: Vec<String>,
+    },
     RollingBack {
         to: Version,
         nodes: Vec<String>,
@@ -478,6 +497,16 @@ pub enum Phase {
     /// Watch the first batch (the canary) for `bake_seconds`, then check it once more.
     Bake {
         batch: Batch,
+    },
+    /// Read the checks every `check_interval_seconds` through the stage's time (the
+    /// bake, the watch; none after a batch), then until each has data or
+    /// `check_wait_seconds` more have passed. `waited`: ms of waits so far; `batch`: the
+    /// batch just restarted (none while watching).
+    Checks {
+        stage: Stage,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        batch: Option<Batch>,
+        waited: u64,
     },
     /// Put the previous version back on disk wherever the new one was installed; then
     /// restart, in order and in the same batches, the nodes this deploy restarted.

@@ -140,6 +140,10 @@ pub(super) fn status_line(d: &Deploy) -> (String, &'static str) {
                 "restarting one node at a time".into(),
                 ":arrows_counterclockwise:",
             ),
+            Phase::Checks { stage, .. } => (
+                format!("reading its checks {stage}"),
+                ":chart_with_upwards_trend:",
+            ),
             Phase::Revert { .. } | Phase::RevertRestart { .. } => {
                 ("rolling back".into(), ":leftwards_arrow_with_hook:")
             }

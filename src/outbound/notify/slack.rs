@@ -61,6 +61,7 @@ impl Round<'_> {
                     | Notice::Approved { .. }
                     | Notice::InstallFailed { .. }
                     | Notice::Unhealthy { .. }
+                    | Notice::CheckFailed { .. }
                     | Notice::RollingBack { .. }
                     | Notice::MarkedFaulty { .. }
                     | Notice::DeployingFaulty { .. }
@@ -110,6 +111,11 @@ impl Round<'_> {
                 Notice::Unhealthy { node, detail } => {
                     format!(":x: `{node}` is unhealthy:\n```{detail}```")
                 }
+                Notice::CheckFailed {
+                    check,
+                    stage,
+                    detail,
+                } => format!(":x: check `{check}` failed {stage}:\n```{detail}```"),
                 Notice::RollingBack { to, nodes, reason } => format!(
                     ":leftwards_arrow_with_hook: rolling back to {to}{}: {reason}",
                     if nodes.is_empty() {

@@ -1,0 +1,231 @@
+//! Metric checks against a real Prometheus (Debian's `prometheus`, started here on
+//! loopback) scraping the real example services every second, under this test's own
+//! load: a version whose service answers 5 % errors fails its check on the canary and is
+//! rolled back; good versions pass; a check with no data follows its `no_data`.
+
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::e2e::deploy;
+use crate::example::{free_port, Example};
+use shipit::deploy::engine::Notice;
+use shipit::deploy::status::JobStatus;
+
+/// A Prometheus of its own, scraping `targets` every second; stopped when dropped.
+struct Prometheus {
+    child: Child,
+    url: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Prometheus {
+    async fn start(targets: &[u16]) -> Prometheus {
+        let dir = tempfile::tempdir().unwrap();
+        let targets: Vec<String> = targets.iter().map(|p| format!("'127.0.0.1:{p}'")).collect();
+        let config = format!(
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: hello\n    static_configs:\n      - targets: [{}]\n",
+            targets.join(", ")
+        );
+        std::fs::write(dir.path().join("prometheus.yml"), config).unwrap();
+        let port = free_port();
+        let child = Command::new("prometheus")
+            .arg(format!(
+                "--config.file={}",
+                dir.path().join("prometheus.yml").display()
+            ))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.path().join("data").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .arg("--log.level=warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("prometheus (Debian's package; scripts/test installs it)");
+        let url = format!("http://127.0.0.1:{port}");
+        let prometheus = Prometheus {
+            child,
+            url,
+            _dir: dir,
+        };
+        let ready = format!("{}/-/ready", prometheus.url);
+        let until = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < until {
+            if reqwest::get(&ready)
+                .await
+                .is_ok_and(|r| r.status().is_success())
+            {
+                return prometheus;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        panic!("prometheus did not get ready within 60 s");
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Requests to every node's /hello, one after another per node, until dropped.
+struct Load {
+    stop: Arc<AtomicBool>,
+}
+
+impl Load {
+    fn start(ports: &[u16]) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        for &port in ports {
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                let http = reqwest::Client::builder()
+                    .timeout(Duration::from_secs(2))
+                    .build()
+                    .unwrap();
+                let url = format!("http://127.0.0.1:{port}/hello");
+                while !stop.load(Ordering::Relaxed) {
+                    // Restarts refuse a few: the service counts only what it answers.
+                    if http.get(&url).send().await.is_err() {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                    tokio::time::sleep(Duration::from_millis(4)).await;
+                }
+            });
+        }
+        Load { stop }
+    }
+}
+
+impl Drop for Load {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// The error ratio of the version deployed, in the last 5 s (one sample a second).
+const ERRORS: &str = r#"sum(rate(hello_requests_total{version={version},code="500"}[5s])) / sum(rate(hello_requests_total{version={version}}[5s]))"#;
+
+fn check(name: &str, url: &str, query: &str, no_data: &str) -> String {
+    format!(
+        "[[apps.hello.checks]]\nname = \"{name}\"\nprometheus = \"{url}\"\nquery = '{query}'\ncondition = \"< 0.01\"\nno_data = \"{no_data}\"\n"
+    )
+}
+
+/// The config with `checks`, read every second; a 6 s bake on the canary and a 3 s watch
+/// after the last node.
+fn with_checks(ex: &Example, checks: &[String]) {
+    ex.write_config();
+    let path = ex.config_path();
+    let config = std::fs::read_to_string(&path).unwrap();
+    let config = config.replacen(
+        "[apps.hello.rollout]\n",
+        "[apps.hello.rollout]\nbake_seconds = 6\nwatch_seconds = 3\ncheck_interval_seconds = 1\ncheck_wait_seconds = 6\n",
+        1,
+    );
+    std::fs::write(&path, format!("{config}\n{}", checks.join("\n"))).unwrap();
+}
+
+fn check_notices(notices: &[Notice]) -> Vec<String> {
+    notices
+        .iter()
+        .filter(|n| matches!(n, Notice::CheckFailed { .. } | Notice::ChecksPassed { .. }))
+        .map(shipit::deploy::status::describe)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn prometheus_checks_roll_back_a_version_that_serves_errors_and_follow_no_data() {
+    let ex = Example::with_wheels(3, &["1.0.0", "1.1.0", "1.3.0:errors=5", "1.4.0", "1.5.0"]);
+    let ports: Vec<u16> = ex.nodes.iter().map(|(_, p)| *p).collect();
+    let prometheus = Prometheus::start(&ports).await;
+    let _load = Load::start(&ports);
+    let errors = check("errors", &prometheus.url, ERRORS, "fail");
+    with_checks(&ex, std::slice::from_ref(&errors));
+
+    let (_, status, notices) = deploy(&ex, "1.0.0").await;
+    assert_eq!(status, JobStatus::Succeeded, "{notices:#?}");
+    let (_, status, notices) = deploy(&ex, "1.1.0").await;
+    assert_eq!(status, JobStatus::Succeeded, "{notices:#?}");
+    let read = check_notices(&notices);
+    // The canary's bake, after the second node, and the watch after the last.
+    assert_eq!(read.len(), 3, "{read:#?}");
+    assert!(
+        read.iter()
+            .all(|r| r.starts_with("checks passed ") && r.contains("errors: 0 (needs < 0.01)")),
+        "{read:#?}"
+    );
+
+    // 5 % errors: the canary's check fails, it is put back, 1.3.0 is marked faulty and
+    // the other nodes never ran it.
+    let (failed, status, notices) = deploy(&ex, "1.3.0").await;
+    assert_eq!(status, JobStatus::Failed, "{notices:#?}");
+    let read = check_notices(&notices);
+    assert_eq!(read.len(), 1, "{read:#?}");
+    assert!(
+        read[0].starts_with("check errors FAILED on the canary: 0.0")
+            && read[0].ends_with("(needs < 0.01)"),
+        "{read:#?}"
+    );
+    assert!(notices
+        .iter()
+        .any(|n| matches!(n, Notice::MarkedFaulty { version, .. } if version.as_str() == "1.3.0")));
+    assert_eq!(ex.served(), ["1.1.0", "1.1.0", "1.1.0"]);
+    assert_eq!(ex.starts("node2", "1.3.0"), 0);
+    // `show` says which check failed, with its value and threshold.
+    let (code, shown) = ex.shipit(&["show", &failed.to_string()]);
+    assert_eq!(code, 0, "{shown}");
+    assert!(
+        shown.contains("check errors failed on the canary: 0.0")
+            && shown.contains("(needs < 0.01)"),
+        "{shown}"
+    );
+
+    // A check with no data passes over it when told to, saying so...
+    let absent = r#"sum(rate(hello_not_exported_total{version={version}}[5s]))"#;
+    with_checks(
+        &ex,
+        &[
+            errors.clone(),
+            check("absent", &prometheus.url, absent, "pass"),
+        ],
+    );
+    let (_, status, notices) = deploy(&ex, "1.4.0").await;
+    assert_eq!(status, JobStatus::Succeeded, "{notices:#?}");
+    let read = check_notices(&notices);
+    assert!(
+        read.iter()
+            .all(|r| r.contains("absent: no data, passed over (the query returned no series)")),
+        "{read:#?}"
+    );
+    assert_eq!(ex.served(), ["1.4.0", "1.4.0", "1.4.0"]);
+
+    // ...and rolls back when it must fail, once its data wait is over, marking nothing.
+    with_checks(
+        &ex,
+        &[errors, check("absent", &prometheus.url, absent, "fail")],
+    );
+    let (code, out) = ex.shipit(&["deploy", "hello", "1.5.0", "--dry-run"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("Checks: errors (Prometheus, < 0.01, no data: fail), absent (Prometheus, < 0.01, no data: fail); read every 1 s through the canary's bake, after each batch and for 3 s after the last node, each waited for up to 6 s without data"),
+        "{out}"
+    );
+    let (_, status, notices) = deploy(&ex, "1.5.0").await;
+    assert_eq!(status, JobStatus::Failed, "{notices:#?}");
+    let read = check_notices(&notices);
+    assert_eq!(
+        read,
+        ["check absent FAILED on the canary: no data 12 s after the restart: the query returned no series"],
+        "{notices:#?}"
+    );
+    assert!(!notices
+        .iter()
+        .any(|n| matches!(n, Notice::MarkedFaulty { .. })));
+    assert_eq!(ex.served(), ["1.4.0", "1.4.0", "1.4.0"]);
+}
