@@ -156,6 +156,16 @@ pub enum CheckSource {
         condition: crate::deploy::checks::Condition,
         token: Option<Secret>,
     },
+    /// Canary versus baseline (see [`analysis`](crate::deploy::analysis)): each node's
+    /// Prometheus text at `metrics_url` (`{node_host}`, `{node}` and the node's vars
+    /// filled in), `requests` a counter labelled `code` (5xx are errors), `latency` a
+    /// histogram in seconds.
+    Analysis {
+        metrics_url: Template,
+        requests: String,
+        latency: Option<String>,
+        settings: crate::deploy::analysis::Settings,
+    },
 }
 
 impl Check {
@@ -164,6 +174,14 @@ impl Check {
         crate::deploy::checks::Rule {
             name: self.name.clone(),
             no_data: self.no_data,
+            analysis: match &self.source {
+                CheckSource::Analysis { settings, .. } => Some(*settings),
+                CheckSource::Prometheus { .. } => None,
+            },
+            per_version: match &self.source {
+                CheckSource::Analysis { .. } => true,
+                CheckSource::Prometheus { query, .. } => query.contains("{version}"),
+            },
         }
     }
 }

@@ -84,6 +84,14 @@ pub(super) struct RawCheck {
     /// A bearer token for the Prometheus API (a secret reference).
     pub(super) token: Option<String>,
     pub(super) no_data: Option<String>,
+    /// Canary versus baseline: each node's metrics URL (`http://{node_host}:{port}/metrics`),
+    /// its request counter and latency histogram, the false-alarm rate and the requests
+    /// each side needs.
+    pub(super) analysis: Option<String>,
+    pub(super) requests: Option<String>,
+    pub(super) latency: Option<String>,
+    pub(super) alpha: Option<f64>,
+    pub(super) min_requests: Option<u64>,
 }
 
 #[derive(Deserialize)]

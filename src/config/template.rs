@@ -29,6 +29,8 @@ pub enum TemplateError {
     Missing(String),
     #[error("value for {{{0}}} holds a NUL byte and cannot be passed to a shell")]
     Unquotable(String),
+    #[error("value for {{{0}}} is not a host name, address or port")]
+    NotInUrl(String),
 }
 
 impl Template {
@@ -99,6 +101,36 @@ impl Template {
                     let quoted =
                         shlex::try_quote(v).map_err(|_| TemplateError::Unquotable(name.clone()))?;
                     out.push_str(&quoted);
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+impl Template {
+    /// A URL, with every value as it is: each must be a host name, an address or a port
+    /// (letters, digits, `.`, `-`, `_`, `:`, or an IPv6 address in brackets), so that no
+    /// value can change the URL's shape.
+    pub fn render_url<'v>(
+        &self,
+        value: impl Fn(&str) -> Option<&'v str>,
+    ) -> Result<String, TemplateError> {
+        let mut out = String::with_capacity(self.source.len() + 32);
+        for part in &self.parts {
+            match part {
+                Part::Text(t) => out.push_str(t),
+                Part::Var(name) => {
+                    let v = value(name).ok_or_else(|| TemplateError::Missing(name.clone()))?;
+                    let plain = !v.is_empty()
+                        && v.chars().all(|c| {
+                            c.is_ascii_alphanumeric()
+                                || matches!(c, '.' | '-' | '_' | ':' | '[' | ']')
+                        });
+                    if !plain {
+                        return Err(TemplateError::NotInUrl(name.clone()));
+                    }
+                    out.push_str(v);
                 }
             }
         }

@@ -1001,6 +1001,11 @@ fn checks_are_the_app_s_with_the_environment_s_over_them_and_each_is_checked() {
         prometheus = "http://prometheus:9090"
         query = "z"
         condition = "< 0.9"
+        [[apps.hello.environments.production.checks]]
+        name = "versus"
+        analysis = "http://127.0.0.1:{{port}}/metrics"
+        requests = "hello_requests_total"
+        latency = "hello_request_seconds"
         "#
     );
     let c = Config::parse(&text, Path::new("x.toml")).unwrap();
@@ -1019,26 +1024,41 @@ fn checks_are_the_app_s_with_the_environment_s_over_them_and_each_is_checked() {
     let shown: Vec<String> = checks
         .iter()
         .map(|check| {
-            let crate::config::CheckSource::Prometheus {
-                url,
-                query,
-                condition,
-                token,
-            } = &check.source;
+            let rule = check.rule();
+            let what = match &check.source {
+                crate::config::CheckSource::Prometheus {
+                    url,
+                    query,
+                    condition,
+                    token,
+                } => format!("{url} {query} {condition} {}", token.is_some()),
+                crate::config::CheckSource::Analysis {
+                    metrics_url,
+                    requests,
+                    latency,
+                    settings,
+                } => format!(
+                    "{} {requests} {latency:?} {} {}",
+                    metrics_url
+                        .render_url(|v| (v == "port").then_some("8001"))
+                        .unwrap(),
+                    settings.alpha(),
+                    settings.min_requests
+                ),
+            };
             format!(
-                "{} {url} {query} {condition} {} {}",
-                check.name,
-                check.no_data,
-                token.is_some()
+                "{} {what} {} per_version={}",
+                check.name, check.no_data, rule.per_version
             )
         })
         .collect();
     assert_eq!(
         shown,
         [
-            "errors http://prometheus:9090 y < 0.05 fail false",
-            "latency https://prom.example histogram_quantile(0.99, x) <= 0.3 pass true",
-            "saturation http://prometheus:9090 z < 0.9 fail false",
+            "errors http://prometheus:9090 y < 0.05 false fail per_version=false",
+            "latency https://prom.example histogram_quantile(0.99, x) <= 0.3 true pass per_version=false",
+            "saturation http://prometheus:9090 z < 0.9 false fail per_version=false",
+            "versus http://127.0.0.1:8001/metrics hello_requests_total Some(\"hello_request_seconds\") 0.01 200 fail per_version=true",
         ]
     );
 
@@ -1056,6 +1076,17 @@ fn checks_are_the_app_s_with_the_environment_s_over_them_and_each_is_checked() {
         token = "env:PROM"
         [[apps.hello.checks]]
         name = "b"
+        query = "x"
+        condition = "< 1"
+        [[apps.hello.checks]]
+        name = "c"
+        analysis = "ftp://{{port}}"
+        requests = "2xx"
+        alpha = 0.5
+        [[apps.hello.checks]]
+        name = "d"
+        prometheus = "http://127.0.0.1:1@evil.example"
+        token = "env:PROM"
         query = "x"
         condition = "< 1"
         [apps.hello.rollout]
@@ -1082,6 +1113,10 @@ fn checks_are_the_app_s_with_the_environment_s_over_them_and_each_is_checked() {
             "apps.hello.checks[1].condition",
             "apps.hello.checks[2].name",
             "apps.hello.checks[2]",
+            "apps.hello.checks[3].analysis",
+            "apps.hello.checks[3].requests",
+            "apps.hello.checks[3].alpha",
+            "apps.hello.checks[4].prometheus",
         ],
         "{err}"
     );

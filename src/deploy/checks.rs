@@ -7,6 +7,8 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+pub use super::analysis::{Scrape, Settings};
+
 /// What a check that has no data counts as once its data wait is over.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -19,13 +21,34 @@ pub enum NoData {
     Pass,
 }
 
-/// A check as a deploy carries it: its name (what the driver evaluates it by) and what
-/// no data means for it.
+/// A check as a deploy carries it: its name (what the driver evaluates it by), what no
+/// data means for it, and for a canary-versus-baseline analysis its settings (the engine
+/// keeps its tally and judges it).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Rule {
     pub name: String,
     #[serde(default, skip_serializing_if = "is_fail")]
     pub no_data: NoData,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub analysis: Option<Settings>,
+    /// It reads the deployed version's own figures (its query names `{version}`, or it
+    /// compares canary and baseline): only then is its failure a verdict on the version.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub per_version: bool,
+}
+
+/// The nodes an analysis compares as it reads: those on the new version (restarted by
+/// the deploy and healthy) and those still serving the old one.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Groups {
+    pub canary: Vec<String>,
+    pub baseline: Vec<String>,
+}
+
+impl Groups {
+    pub fn is_empty(&self) -> bool {
+        self.canary.is_empty() && self.baseline.is_empty()
+    }
 }
 
 impl fmt::Display for NoData {
@@ -57,14 +80,25 @@ pub enum Reading {
     NoData {
         detail: String,
     },
+    /// The check itself is broken (its query or token refused): the deploy rolls back,
+    /// whatever `no_data` says, marking nothing.
+    Refused {
+        detail: String,
+    },
+    /// An analysis's scrape of both groups, for the engine to add to its tally and judge.
+    Scraped {
+        scrape: Box<Scrape>,
+    },
 }
 
 impl Reading {
     pub fn detail(&self) -> &str {
         match self {
-            Reading::Pass { detail } | Reading::Fail { detail } | Reading::NoData { detail } => {
-                detail
-            }
+            Reading::Pass { detail }
+            | Reading::Fail { detail }
+            | Reading::NoData { detail }
+            | Reading::Refused { detail } => detail,
+            Reading::Scraped { .. } => "scraped",
         }
     }
 }
@@ -211,7 +245,11 @@ impl fmt::Display for Shown {
         } else if v.abs() >= 1e-3 && v.abs() < 1e6 {
             let digits = (3 - v.abs().log10().floor() as i32).max(0) as usize;
             let text = format!("{v:.digits$}");
-            let text = text.trim_end_matches('0').trim_end_matches('.');
+            // Only a fraction's trailing zeros go: 1230 keeps its own.
+            let text = match text.contains('.') {
+                true => text.trim_end_matches('0').trim_end_matches('.'),
+                false => &text,
+            };
             f.write_str(text)
         } else {
             write!(f, "{v:.3e}")
@@ -316,6 +354,10 @@ mod tests {
         assert_eq!(Shown(0.048_123_4).to_string(), "0.04812");
         assert_eq!(Shown(12.0).to_string(), "12");
         assert_eq!(Shown(1234.5678).to_string(), "1235");
+        assert_eq!(Shown(1230.4).to_string(), "1230");
+        assert_eq!(Shown(9999.6).to_string(), "10000");
+        assert_eq!(Shown(1500.5).to_string(), "1500");
+        assert_eq!(Shown(0.10004).to_string(), "0.1");
         assert_eq!(Shown(0.000_012).to_string(), "1.200e-5");
     }
 

@@ -2,6 +2,7 @@
 //! and the ports it talks through. Nothing here does I/O, reads a clock, or knows the
 //! config file format, an adapter, tokio or AWS.
 
+pub mod analysis;
 pub mod approval;
 pub mod calendar;
 pub mod checks;

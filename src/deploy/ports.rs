@@ -6,7 +6,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::approval::Approval;
-use super::checks::Reading;
+use super::checks::{Groups, Reading};
 use super::command::{Command, NodeResult};
 use super::dora::Figures;
 use super::engine::{Deploy, Notice, Verdict};
@@ -64,9 +64,15 @@ pub trait JobQueue: Send + Sync {
 /// Where a deploy's metric checks are read (Prometheus's HTTP API).
 #[async_trait]
 pub trait Checks: Send + Sync {
-    /// One reading of each of `names`, checks of `job`'s app+env. Never fails: a check
-    /// that cannot be read has no data, and says why (its `no_data` decides).
-    async fn read(&self, job: &DeployJob, names: &[String]) -> Vec<(String, Reading)>;
+    /// One reading of each of `names`, checks of `job`'s app+env (an analysis scrapes
+    /// `groups`). Never fails: a check that cannot be read has no data, and says why (its
+    /// `no_data` decides).
+    async fn read(
+        &self,
+        job: &DeployJob,
+        names: &[String],
+        groups: &Groups,
+    ) -> Vec<(String, Reading)>;
 }
 
 /// An SSM Change Calendar's state at a time: open or not, and when that next changes.

@@ -240,8 +240,8 @@ impl Driver {
                     .filter(|s| s.key == cmd.key)
                     .and_then(|s| s.since),
             },
-            Action::Check { checks, .. } => Observation::Checked {
-                readings: self.out.checks.read(job, checks).await,
+            Action::Check { checks, groups, .. } => Observation::Checked {
+                readings: self.out.checks.read(job, checks, groups).await,
             },
             Action::Record => {
                 let entry = HistoryEntry {

@@ -275,7 +275,8 @@ const READS_BEFORE_GIVING_UP: u32 = 8;
 
 fn schedule(seed: u64) -> Vec<Event> {
     let mut rng = Rng::new(seed);
-    let kinds = 10;
+    // Join has two of these: a sync needs a node terminated and one joining.
+    let kinds = 11;
     (0..EVENTS)
         .map(|_| {
             let target = rng.below(TARGETS.len() as u64) as usize;
@@ -1145,6 +1146,7 @@ impl crate::deploy::ports::Checks for SimChecks {
         &self,
         job: &DeployJob,
         names: &[String],
+        _groups: &crate::deploy::checks::Groups,
     ) -> Vec<(String, crate::deploy::checks::Reading)> {
         use crate::deploy::checks::Reading;
         let mut w = self.0.lock().unwrap();

@@ -254,19 +254,36 @@ fn checks_line(config: &Config, app: &App, job: &DeployJob) -> String {
     let names: Vec<String> = checks
         .iter()
         .map(|c| {
-            let crate::config::CheckSource::Prometheus { condition, .. } = &c.source;
-            format!("{} (Prometheus, {condition}, no data: {})", c.name, c.no_data)
+            let what = match &c.source {
+                crate::config::CheckSource::Prometheus { condition, .. } => {
+                    format!("Prometheus, {condition}")
+                }
+                crate::config::CheckSource::Analysis { settings, .. } => format!(
+                    "canary versus baseline, alpha {}, at least {} requests a side",
+                    settings.alpha(),
+                    settings.min_requests
+                ),
+            };
+            format!("{} ({what}, no data: {})", c.name, c.no_data)
         })
         .collect();
     let r = &app.rollout;
+    let mut when = vec![];
+    if r.canary && r.bake_seconds > 0 {
+        when.push(format!("through the canary's {} s bake", r.bake_seconds));
+    }
+    match r.watch_seconds {
+        0 => when.push("after each batch".to_string()),
+        w => {
+            when.push("after each batch but the last".to_string());
+            when.push(format!("for {w} s after the last node"));
+        }
+    }
     format!(
-        "{}; read every {} s through the canary's bake, after each batch{}, each waited for up to {} s without data",
+        "{}; read every {} s {}, each waited for up to {} s without data",
         names.join(", "),
         r.check_interval_seconds,
-        match r.watch_seconds {
-            0 => String::new(),
-            w => format!(" and for {w} s after the last node"),
-        },
+        when.join(", "),
         r.check_wait_seconds
     )
 }

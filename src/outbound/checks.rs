@@ -8,8 +8,9 @@ use serde_json::Value;
 
 use super::http::{excerpt, Client};
 use crate::config::secrets::Secrets;
-use crate::config::{Check, CheckSource, Config};
-use crate::deploy::checks::{promql, Reading};
+use crate::config::{Check, CheckSource, Config, Nodes};
+use crate::deploy::analysis::{Scrape, Served};
+use crate::deploy::checks::{promql, Groups, Reading};
 use crate::deploy::job::DeployJob;
 use crate::deploy::ports::Checks;
 
@@ -37,7 +38,12 @@ impl CheckReader {
             query,
             condition,
             token,
-        } = &check.source;
+        } = &check.source
+        else {
+            return Reading::NoData {
+                detail: "not a Prometheus check".into(),
+            };
+        };
         let query = promql(query, &job.version.to_string(), &job.app, &job.env);
         let mut request = self
             .http
@@ -47,7 +53,7 @@ impl CheckReader {
             match self.secrets.resolve(token).await {
                 Ok(t) => request = request.bearer_auth(t),
                 Err(e) => {
-                    return Reading::NoData {
+                    return Reading::Refused {
                         detail: format!("cannot read the Prometheus token: {e}"),
                     }
                 }
@@ -70,13 +76,17 @@ impl CheckReader {
                 .get("error")
                 .and_then(Value::as_str)
                 .map_or_else(|| excerpt(&body, 200), str::to_string);
-            return Reading::NoData {
-                detail: format!("Prometheus answered {}: {why}", status.as_u16()),
+            let detail = format!("Prometheus answered {}: {why}", status.as_u16());
+            // A query or a token Prometheus refuses is the check's fault, and no wait
+            // mends it; an overloaded or failing server may answer later.
+            return match super::http::is_transient(status) || status.is_success() {
+                true => Reading::NoData { detail },
+                false => Reading::Refused { detail },
             };
         }
         match samples(parsed.get("data").unwrap_or(&Value::Null)) {
             Ok(values) => condition.judge(&values),
-            Err(why) => Reading::NoData {
+            Err(why) => Reading::Refused {
                 detail: format!("Prometheus's answer: {why}"),
             },
         }
@@ -85,24 +95,206 @@ impl CheckReader {
 
 #[async_trait]
 impl Checks for CheckReader {
-    async fn read(&self, job: &DeployJob, names: &[String]) -> Vec<(String, Reading)> {
+    async fn read(
+        &self,
+        job: &DeployJob,
+        names: &[String],
+        groups: &Groups,
+    ) -> Vec<(String, Reading)> {
         let checks = self.config.checks_for(job);
-        let mut readings = vec![];
-        for name in names {
+        // At once: each may take up to READ_TIMEOUT, and a step has a budget.
+        let checks = &checks;
+        let reads = names.iter().map(|name| async move {
             let reading = match checks.iter().find(|c| &c.name == name) {
-                Some(check) => self.read_one(job, check).await,
+                Some(check @ Check {
+                    source: CheckSource::Prometheus { .. },
+                    ..
+                }) => self.read_one(job, check).await,
+                Some(Check {
+                    source:
+                        CheckSource::Analysis {
+                            metrics_url,
+                            requests,
+                            latency,
+                            ..
+                        },
+                    ..
+                }) => {
+                    let metrics = Metrics {
+                        requests,
+                        latency: latency.as_deref(),
+                    };
+                    self.scrape(job, metrics_url, metrics, groups).await
+                }
                 // The config changed under a running deploy: nothing to read it by.
                 None => Reading::NoData {
                     detail: format!("no check named {name} in the config now"),
                 },
             };
-            if let Reading::NoData { detail } = &reading {
+            if let Reading::NoData { detail } | Reading::Refused { detail } = &reading {
                 tracing::warn!(job_id = %job.id, check = %name, %detail, "check without data");
             }
-            readings.push((name.clone(), reading));
-        }
-        readings
+            (name.clone(), reading)
+        });
+        futures_util::future::join_all(reads).await
     }
+}
+
+/// The metrics an analysis reads from each node's Prometheus text.
+#[derive(Clone, Copy)]
+struct Metrics<'a> {
+    requests: &'a str,
+    latency: Option<&'a str>,
+}
+
+/// How many nodes an analysis scrapes at once.
+const SCRAPES_AT_ONCE: usize = 32;
+
+impl CheckReader {
+    /// Every node of both groups at once (as near the same moment as can be): each
+    /// group's counters summed.
+    async fn scrape(
+        &self,
+        job: &DeployJob,
+        metrics_url: &crate::config::template::Template,
+        metrics: Metrics<'_>,
+        groups: &Groups,
+    ) -> Reading {
+        let Ok((_, env)) = self.config.target(job) else {
+            return Reading::NoData {
+                detail: "the app or environment left the config".into(),
+            };
+        };
+        let Nodes::Listed(listed) = &env.nodes else {
+            return Reading::NoData {
+                detail: "an analysis scrapes listed nodes only".into(),
+            };
+        };
+        let url = |name: &str| -> Result<String, String> {
+            let node = listed
+                .iter()
+                .find(|n| n.name == name)
+                .ok_or_else(|| format!("{name} is not in the config now"))?;
+            let host = node.ssh.as_ref().map_or("127.0.0.1", |s| s.host.as_str());
+            metrics_url
+                .render_url(|var| match var {
+                    "node" => Some(node.name.as_str()),
+                    "node_host" => Some(host),
+                    v => node.vars.get(v).map(String::as_str),
+                })
+                .map_err(|e| format!("{name}'s metrics_url: {e}"))
+        };
+        let all: Vec<(bool, String)> = groups
+            .canary
+            .iter()
+            .map(|n| (true, n.clone()))
+            .chain(groups.baseline.iter().map(|n| (false, n.clone())))
+            .collect();
+        let mut scrape = Scrape::default();
+        let mut problems = vec![];
+        for part in all.chunks(SCRAPES_AT_ONCE) {
+            let mut set = tokio::task::JoinSet::new();
+            for (canary, name) in part.iter().cloned() {
+                let http: reqwest::Client = (*self.http).clone();
+                let (requests, latency) = (metrics.requests.to_string(), metrics.latency.map(str::to_string));
+                let target = url(&name);
+                set.spawn(async move {
+                    let served = match target {
+                        Ok(target) => read_node(&http, &target, &requests, latency.as_deref()).await,
+                        Err(e) => Err(e),
+                    };
+                    (canary, name, served)
+                });
+            }
+            while let Some(done) = set.join_next().await {
+                let Ok((canary, name, served)) = done else { continue };
+                match served {
+                    Ok(served) => {
+                        let (group, count) = if canary {
+                            (&mut scrape.canary, &mut scrape.answered.0)
+                        } else {
+                            (&mut scrape.baseline, &mut scrape.answered.1)
+                        };
+                        group.add(&served);
+                        *count = count.saturating_add(1);
+                    }
+                    Err(e) => {
+                        problems.push(format!("{name}: {e}"));
+                        scrape.unanswered.push(name);
+                    }
+                }
+            }
+        }
+        scrape.unanswered.sort();
+        if scrape.answered.0 == 0 || scrape.answered.1 == 0 {
+            problems.sort();
+            return Reading::NoData {
+                detail: format!(
+                    "no node of the {} answered: {}",
+                    if scrape.answered.0 == 0 { "canary" } else { "baseline" },
+                    crate::deploy::lists::names(&problems)
+                ),
+            };
+        }
+        Reading::Scraped {
+            scrape: Box::new(scrape),
+        }
+    }
+}
+
+/// What one node says it served: its request counter (5xx `code`s as errors) and its
+/// latency histogram, each summed over its series.
+async fn read_node(
+    http: &reqwest::Client,
+    url: &str,
+    requests: &str,
+    latency: Option<&str>,
+) -> Result<Served, String> {
+    let answer = http
+        .get(url)
+        .send()
+        .await
+        .map_err(|e| e.without_url().to_string())?;
+    if !answer.status().is_success() {
+        return Err(format!("answered {}", answer.status().as_u16()));
+    }
+    let text = answer.text().await.map_err(|e| e.without_url().to_string())?;
+    let parsed = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string())))
+        .map_err(|e| format!("not Prometheus text: {e}"))?;
+    let mut served = Served::default();
+    let mut found = false;
+    let mut buckets: Vec<(f64, u64)> = vec![];
+    for sample in &parsed.samples {
+        match &sample.value {
+            prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Untyped(v)
+                if sample.metric == requests =>
+            {
+                found = true;
+                let n = v.max(0.0) as u64;
+                served.requests = served.requests.saturating_add(n);
+                if sample.labels.get("code").is_some_and(|c| c.starts_with('5')) {
+                    served.errors = served.errors.saturating_add(n);
+                }
+            }
+            prometheus_parse::Value::Histogram(counts)
+                if latency.is_some_and(|l| sample.metric == l || sample.metric == format!("{l}_bucket")) =>
+            {
+                for c in counts {
+                    match buckets.iter_mut().find(|(le, _)| *le == c.less_than) {
+                        Some(b) => b.1 = b.1.saturating_add(c.count.max(0.0) as u64),
+                        None => buckets.push((c.less_than, c.count.max(0.0) as u64)),
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    if !found {
+        return Err(format!("no {requests} in its metrics"));
+    }
+    buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+    served.buckets = buckets.into_iter().map(|(le, n)| (le.to_string(), n)).collect();
+    Ok(served)
 }
 
 /// The samples of an instant query's `data`: each series's labels (as PromQL writes a

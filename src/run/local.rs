@@ -111,10 +111,13 @@ fn config_uses_ssm(c: &Config) -> bool {
     });
     let checks = c.apps.values().flat_map(|a| {
         let env = a.environments.values().flat_map(|e| &e.checks);
-        a.checks.iter().chain(env).filter_map(|check| {
-            let crate::config::CheckSource::Prometheus { token, .. } = &check.source;
-            token.as_ref()
-        })
+        a.checks
+            .iter()
+            .chain(env)
+            .filter_map(|check| match &check.source {
+                crate::config::CheckSource::Prometheus { token, .. } => token.as_ref(),
+                crate::config::CheckSource::Analysis { .. } => None,
+            })
     });
     [&c.github_secret, &c.slack_secret, &c.server.api_token]
         .into_iter()

@@ -213,7 +213,7 @@ async fn prometheus_checks_roll_back_a_version_that_serves_errors_and_follow_no_
     let (code, out) = ex.shipit(&["deploy", "hello", "1.5.0", "--dry-run"]);
     assert_eq!(code, 0, "{out}");
     assert!(
-        out.contains("Checks: errors (Prometheus, < 0.01, no data: fail), absent (Prometheus, < 0.01, no data: fail); read every 1 s through the canary's bake, after each batch and for 3 s after the last node, each waited for up to 6 s without data"),
+        out.contains("Checks: errors (Prometheus, < 0.01, no data: fail), absent (Prometheus, < 0.01, no data: fail); read every 1 s through the canary's 6 s bake, after each batch but the last, for 3 s after the last node, each waited for up to 6 s without data"),
         "{out}"
     );
     let (_, status, notices) = deploy(&ex, "1.5.0").await;
@@ -228,4 +228,49 @@ async fn prometheus_checks_roll_back_a_version_that_serves_errors_and_follow_no_
         .iter()
         .any(|n| matches!(n, Notice::MarkedFaulty { .. })));
     assert_eq!(ex.served(), ["1.4.0", "1.4.0", "1.4.0"]);
+}
+
+/// Compares the canary with the nodes still on the old version, over their own metrics.
+fn versus_check() -> String {
+    "[[apps.hello.checks]]\nname = \"versus\"\nanalysis = \"http://{node_host}:{port}/metrics\"\nrequests = \"hello_requests_total\"\nlatency = \"hello_request_seconds\"\nmin_requests = 150\n".into()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn canary_analysis_rolls_back_more_errors_or_latency_than_the_baseline_s_and_passes_a_good_version(
+) {
+    let ex = Example::with_wheels(3, &["1.0.0", "1.1.0", "1.3.0:errors=3", "1.6.0:latency=40"]);
+    let ports: Vec<u16> = ex.nodes.iter().map(|(_, p)| *p).collect();
+    let _load = Load::start(&ports);
+    with_checks(&ex, &[versus_check()]);
+    let (_, status, notices) = deploy(&ex, "1.0.0").await;
+    assert_eq!(status, JobStatus::Succeeded, "{notices:#?}");
+
+    for (version, seen) in [
+        ("1.3.0", "on node1 (1.3.0) vs 0.0 % "),
+        ("1.6.0", " of requests slower than 0.0"),
+    ] {
+        let (_, status, notices) = deploy(&ex, version).await;
+        assert_eq!(status, JobStatus::Failed, "{version}: {notices:#?}");
+        let read = check_notices(&notices);
+        assert_eq!(read.len(), 1, "{version}: {read:#?}");
+        assert!(
+            read[0].starts_with("check versus FAILED on the canary: ") && read[0].contains(seen),
+            "{version}: {read:#?}"
+        );
+        assert!(read[0].contains("on 2 baseline nodes (1.0.0)"), "{read:#?}");
+        assert_eq!(ex.served(), ["1.0.0", "1.0.0", "1.0.0"], "{version}");
+        assert_eq!(ex.starts("node2", version), 0, "{version}");
+    }
+
+    let (_, status, notices) = deploy(&ex, "1.1.0").await;
+    assert_eq!(status, JobStatus::Succeeded, "{notices:#?}");
+    let read = check_notices(&notices);
+    // The canary against two nodes, then two against one; the last batch has no baseline.
+    assert_eq!(read.len(), 2, "{read:#?}");
+    assert!(
+        read[0].starts_with("checks passed on the canary: versus: error ratio 0.0 % "),
+        "{read:#?}"
+    );
+    assert!(read[1].contains("on node1, node2 (1.1.0) vs "), "{read:#?}");
+    assert_eq!(ex.served(), ["1.1.0", "1.1.0", "1.1.0"]);
 }

@@ -75,6 +75,21 @@ pub(super) fn check_app(c: &mut Checker, base: &Path, name: String, a: RawApp) -
     check_rollout(c, &k, &rollout);
     check_dir_use(c, &scope, &commands, &hooks);
     let checks = super::checks::check_checks(c, &k, a.checks);
+    // An analysis scrapes each node over HTTP: nodes on AWS are found by tags, without an
+    // address shipit could reach.
+    for env in environments.values() {
+        let analyses = checks
+            .iter()
+            .chain(&env.checks)
+            .any(|ch| matches!(ch.source, crate::config::CheckSource::Analysis { .. }));
+        if analyses && matches!(env.nodes, crate::config::Nodes::Ssm { .. }) {
+            c.error(
+                format!("{k}.environments.{}", env.name),
+                "a canary-versus-baseline analysis scrapes listed nodes; this environment's are found by ssm_tags",
+                "read the comparison from Prometheus instead (a check with prometheus and query)",
+            );
+        }
+    }
     let notify = check_notify(c, &k, a.notify, &name, repo.is_some());
     let gate = a.gate.and_then(|g| check_gate(c, &k, g, repo.is_some()));
     if gate.is_none() && repo.is_some() && !auto_deploy.is_empty() {

@@ -4,8 +4,105 @@ use std::collections::BTreeSet;
 
 use super::{check_url, valid_name, Checker};
 use crate::config::raw::RawCheck;
+use crate::config::template::Template;
 use crate::config::{Check, CheckSource};
+use crate::deploy::analysis::Settings;
 use crate::deploy::checks::{Condition, NoData};
+
+/// The false-alarm rate and the requests a side needs unless the check says.
+const DEFAULT_ALPHA: f64 = 0.01;
+const DEFAULT_MIN_REQUESTS: u64 = 200;
+
+fn check_analysis(
+    c: &mut Checker,
+    k: &str,
+    url: String,
+    requests: Option<String>,
+    latency: Option<String>,
+    alpha: Option<f64>,
+    min_requests: Option<u64>,
+) -> Option<CheckSource> {
+    let metrics_url = match Template::parse(&url) {
+        Ok(t) if url.starts_with("http://") || url.starts_with("https://") => Some(t),
+        Ok(_) => {
+            c.error(
+                format!("{k}.analysis"),
+                format!("{url:?} is not an http(s) URL"),
+                "each node's metrics, e.g. \"http://{node_host}:{port}/metrics\"",
+            );
+            None
+        }
+        Err(e) => {
+            c.error(
+                format!("{k}.analysis"),
+                e.to_string(),
+                "placeholders are {node}, {node_host} and the node's vars",
+            );
+            None
+        }
+    };
+    let metric = |c: &mut Checker, key: &str, name: Option<&str>, needed: bool| -> Option<String> {
+        match name {
+            Some(n) if is_metric_name(n) => Some(n.to_string()),
+            Some(n) => {
+                c.error(
+                    format!("{k}.{key}"),
+                    format!("{n:?} is not a metric name"),
+                    "letters, digits, '_' and ':', not starting with a digit",
+                );
+                None
+            }
+            None if needed => {
+                c.error(
+                    format!("{k}.{key}"),
+                    "an analysis needs the nodes' request counter",
+                    "requests = \"http_requests_total\" (labelled code=\"…\": 5xx are errors)",
+                );
+                None
+            }
+            None => None,
+        }
+    };
+    let requests = metric(c, "requests", requests.as_deref(), true);
+    let latency_ok = latency.as_deref().is_none_or(is_metric_name);
+    let latency = metric(c, "latency", latency.as_deref(), false);
+    let alpha = alpha.unwrap_or(DEFAULT_ALPHA);
+    let alpha_ok = alpha > 0.0 && alpha <= 0.2;
+    if !alpha_ok {
+        c.error(
+            format!("{k}.alpha"),
+            format!("{alpha} is not a false-alarm rate shipit takes"),
+            "more than 0 and at most 0.2, e.g. alpha = 0.01",
+        );
+    }
+    let min_requests = min_requests.unwrap_or(DEFAULT_MIN_REQUESTS);
+    if min_requests == 0 {
+        c.error(
+            format!("{k}.min_requests"),
+            "0 requests prove nothing",
+            "how many requests each side must serve before the canary passes, e.g. 200",
+        );
+    }
+    if !alpha_ok || min_requests == 0 || !latency_ok {
+        return None;
+    }
+    Some(CheckSource::Analysis {
+        metrics_url: metrics_url?,
+        requests: requests?,
+        latency,
+        settings: Settings {
+            alpha_ppm: (alpha * 1e6).round() as u32,
+            min_requests,
+        },
+    })
+}
+
+/// A Prometheus metric name.
+fn is_metric_name(n: &str) -> bool {
+    let mut chars = n.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_' || c == ':')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
+}
 
 /// `key`: `apps.X` or `apps.X.environments.E`.
 pub(super) fn check_checks(c: &mut Checker, key: &str, raw: Vec<RawCheck>) -> Vec<Check> {
@@ -31,6 +128,17 @@ pub(super) fn check_checks(c: &mut Checker, key: &str, raw: Vec<RawCheck>) -> Ve
             checks.push(check);
         }
     }
+    let analyses = checks
+        .iter()
+        .filter(|ch| matches!(ch.source, CheckSource::Analysis { .. }))
+        .count();
+    if analyses > 1 {
+        c.error(
+            format!("{key}.checks"),
+            format!("{analyses} analyses: a deploy compares its canary with its baseline once"),
+            "keep one check with analysis = \"…\"",
+        );
+    }
     checks
 }
 
@@ -47,10 +155,25 @@ fn check_one(c: &mut Checker, k: &str, r: RawCheck) -> Option<Check> {
             None
         }
     };
+    if let Some(url) = r.analysis {
+        if r.prometheus.is_some() || r.query.is_some() || r.condition.is_some() {
+            c.error(
+                k,
+                "a check is either a Prometheus query or an analysis, not both",
+                "split it into two checks",
+            );
+        }
+        let source = check_analysis(c, k, url, r.requests, r.latency, r.alpha, r.min_requests);
+        return Some(Check {
+            name: r.name,
+            no_data: no_data?,
+            source: source?,
+        });
+    }
     let Some(url) = r.prometheus else {
         c.error(
             k,
-            "the check reads nothing: no prometheus",
+            "the check reads nothing: neither prometheus nor analysis",
             "prometheus = \"http://prometheus:9090\", with query and condition",
         );
         return None;
@@ -63,7 +186,11 @@ fn check_one(c: &mut Checker, k: &str, r: RawCheck) -> Option<Check> {
             Some(c.secret(&format!("{k}.token"), t)?)
         }
         None => {
-            if !(url.starts_with("http://") || url.starts_with("https://")) || url.len() < 10 {
+            let plain = !url.contains(['?', '#', '@', ' ']);
+            if !(url.starts_with("http://") || url.starts_with("https://"))
+                || url.len() < 10
+                || !plain
+            {
                 c.error(
                     format!("{k}.prometheus"),
                     format!("{url:?} is not an http(s) URL"),

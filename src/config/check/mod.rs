@@ -439,6 +439,8 @@ pub(super) fn valid_repo(s: &str) -> bool {
 /// An endpoint shipit will send a token to: https, or http to this machine only.
 pub(super) fn check_url(c: &mut Checker, key: &str, url: &str) {
     let ok = match url.split_once("://") {
+        // No user info: `http://127.0.0.1:1@elsewhere` goes elsewhere.
+        Some((_, rest)) if rest.split('/').next().is_some_and(|a| a.contains('@')) => false,
         Some(("https", rest)) => !rest.is_empty(),
         Some(("http", rest)) => ["127.0.0.1", "localhost", "[::1]"].iter().any(|h| {
             rest.strip_prefix(h)

@@ -10,7 +10,7 @@
 use chrono::{DateTime, Duration, Utc};
 use serde::{Deserialize, Serialize};
 
-use super::checks::{Rule, Stage};
+use super::checks::{Groups, Rule, Stage};
 use super::command::{Command, CommandKind, NodeResult};
 use super::history::Faulty;
 use super::job::{DeployJob, Source};
@@ -217,6 +217,28 @@ impl Deploy {
         self
     }
 
+    /// The nodes an analysis compares now: those restarted onto the new version and
+    /// healthy, and those not restarted yet.
+    fn groups(&self) -> Groups {
+        Groups {
+            canary: self.names_where(|s| s == NodeState::Healthy),
+            baseline: self.names_where(|s| s == NodeState::Installed),
+        }
+    }
+
+    /// The checks to read now: an analysis only while nodes serve both versions (not on
+    /// a first deploy, nor while watching or after a last batch).
+    fn reading_now(&self) -> Vec<&Rule> {
+        let both = {
+            let g = self.groups();
+            self.previous.is_some() && !g.canary.is_empty() && !g.baseline.is_empty()
+        };
+        self.checks
+            .iter()
+            .filter(|r| r.analysis.is_none() || both)
+            .collect()
+    }
+
     /// Whether this deploy reads checks: a rollback must not wait for (or be stopped by)
     /// a check that may still be red from what it undoes, and a sync puts back what is
     /// live already.
@@ -363,10 +385,19 @@ impl Deploy {
                 v,
                 self.batch_names(batch, |s| s == NodeState::Healthy),
             ),
-            Phase::Checks { stage, .. } => Action::Check {
-                stage: *stage,
-                checks: self.checks.iter().map(|c| c.name.clone()).collect(),
-            },
+            Phase::Checks { stage, .. } => {
+                let rules = self.reading_now();
+                let groups = if rules.iter().any(|r| r.analysis.is_some()) {
+                    self.groups()
+                } else {
+                    Groups::default()
+                };
+                Action::Check {
+                    stage: *stage,
+                    checks: rules.iter().map(|c| c.name.clone()).collect(),
+                    groups,
+                }
+            }
             Phase::Revert { to, .. } => self.run(
                 self.key("revert:install"),
                 CommandKind::Install,

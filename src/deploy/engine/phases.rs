@@ -3,6 +3,7 @@
 use chrono::{DateTime, Duration, Utc};
 
 use super::*;
+use crate::deploy::analysis::{self, Settings, Tally};
 use crate::deploy::approval::{look_millis, Standing};
 use crate::deploy::checks::{NoData, Reading, Rule, Stage};
 use crate::deploy::command::{tail, Command, NodeResult, HOOK_FAILED, UNHEALTHY};
@@ -739,13 +740,40 @@ impl Deploy {
     /// Starts reading the checks of `stage`, after `batch` restarted (none: the watch).
     /// The first reading comes an interval later: rates need samples of the new version.
     pub(super) fn check(&mut self, stage: Stage, batch: Option<Batch>) {
+        if self.reading_now().is_empty() {
+            // Only an analysis, and no node left on the old version to compare with.
+            if stage == Stage::Canary {
+                self.wait = Some(self.policy.bake_seconds * 1000);
+            }
+            return self.after_checks(stage, batch);
+        }
         let step = self.check_step(stage, 0);
         self.wait = Some(step);
         self.phase = Phase::Checks {
             stage,
             batch,
             waited: step,
+            tally: None,
         };
+    }
+
+    /// The analysis's verdict on what `tally` added up, as a reading.
+    fn judged(&self, tally: &Tally, settings: Settings) -> Reading {
+        let g = self.groups();
+        let canary = format!("{} ({})", lists::names(&g.canary), self.job.version);
+        let baseline = format!(
+            "{} baseline node{} ({})",
+            g.baseline.len(),
+            if g.baseline.len() == 1 { "" } else { "s" },
+            self.previous
+                .as_ref()
+                .map_or("the old version".to_string(), |v| v.to_string())
+        );
+        match analysis::judge(tally, settings, &canary, &baseline) {
+            analysis::Verdict::Worse(detail) => Reading::Fail { detail },
+            analysis::Verdict::Pass(detail) => Reading::Pass { detail },
+            analysis::Verdict::Inconclusive(detail) => Reading::NoData { detail },
+        }
     }
 
     /// A reading of every check: one that fails rolls the deploy back (marking the
@@ -760,10 +788,12 @@ impl Deploy {
             stage,
             batch,
             waited,
+            tally,
         } = self.phase.clone()
         else {
             return;
         };
+        let mut tally = tally.unwrap_or_default();
         let reading = |name: &str| {
             readings
                 .iter()
@@ -774,9 +804,24 @@ impl Deploy {
                 })
         };
         let read: Vec<(Rule, Reading)> = self
-            .checks
-            .iter()
-            .map(|rule| (rule.clone(), reading(&rule.name)))
+            .reading_now()
+            .into_iter()
+            .cloned()
+            .collect::<Vec<Rule>>()
+            .into_iter()
+            .map(|rule| {
+                let r = match (rule.analysis, reading(&rule.name)) {
+                    (Some(settings), Reading::Scraped { scrape }) => {
+                        tally.add(*scrape);
+                        self.judged(&tally, settings)
+                    }
+                    (None, Reading::Scraped { .. }) => Reading::NoData {
+                        detail: "a scrape, for a check that compares nothing".into(),
+                    },
+                    (_, r) => r,
+                };
+                (rule, r)
+            })
             .collect();
         if let Some((rule, Reading::Fail { detail })) =
             read.iter().find(|(_, r)| matches!(r, Reading::Fail { .. }))
@@ -787,10 +832,30 @@ impl Deploy {
                 detail: detail.clone(),
             });
             let reason = format!("check {} failed {stage}: {detail}", rule.name);
-            // A verdict on the version once it served on a node this deploy restarted (a
-            // query of `{version}` also sees nodes an earlier deploy left on it).
-            let served = self.nodes.iter().any(|n| was_restarted(n.state));
-            return self.revert_or_fail(reason, served, notices);
+            // A verdict on the version when the check reads the version's own figures and
+            // it served on a node this deploy restarted (not only one whose drain hook
+            // failed; a query of `{version}` also sees nodes an earlier deploy left on
+            // it). A fleet-wide figure may be red for any reason.
+            let healthy = self.nodes.iter().any(|n| n.state == NodeState::Healthy);
+            let unhealthy = self
+                .nodes
+                .iter()
+                .filter(|n| n.state == NodeState::Unhealthy)
+                .count();
+            let served = healthy || unhealthy > self.hook_failures as usize;
+            return self.revert_or_fail(reason, served && rule.per_version, notices);
+        }
+        if let Some((rule, Reading::Refused { detail })) = read
+            .iter()
+            .find(|(_, r)| matches!(r, Reading::Refused { .. }))
+        {
+            notices.push(Notice::CheckFailed {
+                check: rule.name.clone(),
+                stage,
+                detail: detail.clone(),
+            });
+            let reason = format!("check {} could not be read {stage}: {detail}", rule.name);
+            return self.revert_or_fail(reason, false, notices);
         }
         let missing: Vec<&(Rule, Reading)> = read
             .iter()
@@ -805,6 +870,7 @@ impl Deploy {
                 stage,
                 batch,
                 waited: waited + step,
+                tally: (tally != Tally::default()).then_some(tally),
             };
             return;
         }
@@ -839,8 +905,14 @@ impl Deploy {
                 })
                 .collect(),
         });
+        // The bake's time is spent: its closing health check at once.
+        self.after_checks(stage, batch);
+    }
+
+    /// What follows a stage's checks: the canary's closing health check, the next batch,
+    /// or (after the watch) the success.
+    fn after_checks(&mut self, stage: Stage, batch: Option<Batch>) {
         match (stage, batch) {
-            // The bake's time is spent: its closing health check at once.
             (Stage::Canary, Some(batch)) => self.phase = Phase::Bake { batch },
             (Stage::Batch, Some(batch)) => self.restart_after(&batch),
             _ => self.succeed(),

@@ -5,8 +5,9 @@ use std::collections::{BTreeMap, HashMap};
 use chrono::{DateTime, Duration, TimeZone, Utc};
 
 use super::*;
+use crate::deploy::analysis::{Scrape, Served, Settings};
 use crate::deploy::approval::{self, Approval, Approvals};
-use crate::deploy::checks::{NoData, Reading, Rule, Stage};
+use crate::deploy::checks::{Groups, NoData, Reading, Rule, Stage};
 use crate::deploy::command::{HOOK_FAILED, UNHEALTHY};
 use crate::deploy::command::{REFUSED, REFUSED_EXIT};
 use crate::deploy::job::{JobId, Source};
@@ -115,6 +116,8 @@ struct Twin {
     /// passes); every check passes once they run out. Each read is logged as
     /// "checks STAGE".
     readings: Vec<Vec<(&'static str, Reading)>>,
+    /// The nodes each read of the checks compared (an analysis's groups).
+    groups: Vec<Groups>,
 }
 
 impl Twin {
@@ -340,7 +343,12 @@ impl Twin {
                     sent_at: None,
                 }
             }
-            Action::Check { stage, checks } => {
+            Action::Check {
+                stage,
+                checks,
+                groups,
+            } => {
+                self.groups.push(groups.clone());
                 self.log.push(format!("checks {stage:?}").to_lowercase());
                 self.log_at.push(self.clock);
                 let script = if self.readings.is_empty() {
@@ -2357,6 +2365,8 @@ fn rules(no_data: &[(&str, NoData)]) -> Vec<Rule> {
         .map(|(name, no_data)| Rule {
             name: name.to_string(),
             no_data: *no_data,
+            analysis: None,
+            per_version: true,
         })
         .collect()
 }
@@ -2617,5 +2627,135 @@ fn an_abort_while_checks_are_read_puts_everything_back() {
         "restart n1 1.0.0".to_string(),
         "restart n2 1.0.0".to_string()
     ]));
+    assert!(twin.faulty.is_empty());
+}
+
+fn scraped(canary: (u64, u64), baseline: (u64, u64)) -> Reading {
+    let served = |(requests, errors)| Served {
+        requests,
+        errors,
+        buckets: vec![],
+    };
+    Reading::Scraped {
+        scrape: Box::new(Scrape {
+            canary: served(canary),
+            baseline: served(baseline),
+            answered: (1, 2),
+            unanswered: vec![],
+        }),
+    }
+}
+
+fn versus() -> Vec<Rule> {
+    vec![Rule {
+        name: "versus".into(),
+        no_data: NoData::Fail,
+        analysis: Some(Settings {
+            alpha_ppm: 10_000,
+            min_requests: 100,
+        }),
+        per_version: true,
+    }]
+}
+
+#[test]
+fn the_canary_is_compared_with_the_nodes_still_on_the_old_version() {
+    let baked = Rollout {
+        bake_seconds: 30,
+        ..policy()
+    };
+    // 5 % errors on the canary, none on the baseline: worse at the first window.
+    let mut twin = Twin::new(&["n1", "n2", "n3"], Some("1.0.0"));
+    twin.readings = vec![
+        vec![("versus", scraped((0, 0), (0, 0)))],
+        vec![("versus", scraped((200, 10), (400, 0)))],
+    ];
+    let (outcome, notices) = run_checked(&mut twin, job("1.1.0", false), baked.clone(), versus());
+    assert!(
+        matches!(&outcome, Outcome::Failed { reason, rolled_back: true, .. }
+            if reason == "check versus failed on the canary: error ratio 5.0 % (10 of 200) on n1 (1.1.0) vs 0.0 % (0 of 400) on 2 baseline nodes (1.0.0), p < 0.001"),
+        "{outcome:?}"
+    );
+    assert_eq!(
+        twin.groups[0],
+        Groups {
+            canary: vec!["n1".into()],
+            baseline: vec!["n2".into(), "n3".into()],
+        }
+    );
+    assert_eq!(twin.faulty.len(), 1);
+    assert!(notices
+        .iter()
+        .any(|n| matches!(n, Notice::CheckFailed { .. })));
+
+    // Alike: it passes once the bake is over, then n1 and n2 are compared with n3; the
+    // last batch has nothing left to compare with and is not read.
+    let mut twin = Twin::new(&["n1", "n2", "n3"], Some("1.0.0"));
+    twin.readings = vec![
+        vec![("versus", scraped((0, 0), (0, 0)))],
+        vec![("versus", scraped((200, 1), (400, 2)))],
+        vec![("versus", scraped((400, 2), (800, 4)))],
+        vec![("versus", scraped((0, 0), (0, 0)))],
+        vec![("versus", scraped((300, 1), (150, 1)))],
+    ];
+    let (outcome, _) = run_checked(&mut twin, job("1.1.0", false), baked, versus());
+    assert_eq!(outcome, succeeded());
+    assert_eq!(
+        twin.log,
+        [
+            "install 1.1.0 n1,n2,n3",
+            "restart n1 1.1.0",
+            "checks canary",
+            "checks canary",
+            "checks canary",
+            "health n1 1.1.0",
+            "restart n2 1.1.0",
+            // A first scrape, then a window of enough requests.
+            "checks batch",
+            "checks batch",
+            "restart n3 1.1.0",
+        ]
+    );
+    assert_eq!(twin.groups[3].canary, ["n1", "n2"]);
+    assert_eq!(twin.groups[3].baseline, ["n3"]);
+}
+
+#[test]
+fn a_fleet_wide_check_rolls_back_without_marking_and_a_broken_one_whatever_no_data_says() {
+    let mut twin = Twin::new(&["n1", "n2"], Some("1.0.0"));
+    twin.readings = vec![vec![("errors", fail("0.2 (needs < 0.01)"))]];
+    let mut fleet_wide = rules(&[("errors", NoData::Fail)]);
+    fleet_wide[0].per_version = false;
+    let (outcome, _) = run_checked(&mut twin, job("1.1.0", false), policy(), fleet_wide);
+    assert!(
+        matches!(
+            outcome,
+            Outcome::Failed {
+                rolled_back: true,
+                ..
+            }
+        ),
+        "{outcome:?}"
+    );
+    assert!(twin.faulty.is_empty());
+
+    let mut twin = Twin::new(&["n1", "n2"], Some("1.0.0"));
+    twin.readings = vec![vec![(
+        "errors",
+        Reading::Refused {
+            detail: "Prometheus answered 400: parse error".into(),
+        },
+    )]];
+    let (outcome, _) = run_checked(
+        &mut twin,
+        job("1.1.0", false),
+        policy(),
+        rules(&[("errors", NoData::Pass)]),
+    );
+    assert!(
+        matches!(&outcome, Outcome::Failed { rolled_back: true, reason, .. }
+            if reason == "check errors could not be read after a batch: Prometheus answered 400: parse error"),
+        "{outcome:?}"
+    );
     assert!(twin.faulty.is_empty());
 }

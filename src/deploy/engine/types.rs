@@ -4,8 +4,9 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use crate::deploy::analysis::Tally;
 use crate::deploy::approval::Standing;
-use crate::deploy::checks::{Reading, Stage};
+use crate::deploy::checks::{Groups, Reading, Stage};
 use crate::deploy::command::{Command, CommandKind, NodeResult};
 use crate::deploy::history::Faulty;
 use crate::deploy::job::DeployJob;
@@ -31,9 +32,14 @@ pub enum Action {
     ResolveNodes,
     /// Answer `Observation::Ran` with a result for every node of the command.
     Run(Command),
-    /// Read these checks of the job's app+env (by name) once; answer
-    /// `Observation::Checked` with a reading of each.
-    Check { stage: Stage, checks: Vec<String> },
+    /// Read these checks of the job's app+env (by name) once, an analysis comparing
+    /// `groups`; answer `Observation::Checked` with a reading of each.
+    Check {
+        stage: Stage,
+        checks: Vec<String>,
+        #[serde(default, skip_serializing_if = "Groups::is_empty")]
+        groups: Groups,
+    },
     /// Answer `Observation::Waited` after this long.
     Wait { millis: u64 },
     /// The job is now live: record it (and lift the faulty mark on its version, if a
@@ -507,6 +513,9 @@ pub enum Phase {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         batch: Option<Batch>,
         waited: u64,
+        /// What the stage's canary-versus-baseline analysis has added up.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        tally: Option<Tally>,
     },
     /// Put the previous version back on disk wherever the new one was installed; then
     /// restart, in order and in the same batches, the nodes this deploy restarted.
