@@ -2444,3 +2444,92 @@ async fn of_two_commands_with_one_comment_the_lookup_finds_the_newest() {
     let found = ssm.find(&rig.nodes[0], &req.comment, since).await.unwrap();
     assert_eq!(found, Some(second));
 }
+
+/// A Prometheus check on AWS: read by the deploy step over HTTP with its bearer token
+/// (a local stand-in checks path, query and header), its waits handed to the state
+/// machine as bake time is, and a version whose error ratio is past the threshold rolled
+/// back after the canary.
+#[tokio::test]
+async fn a_prometheus_check_is_read_by_the_step_and_its_waits_go_to_the_state_machine() {
+    use wiremock::matchers::{header, method, path, query_param_contains};
+    use wiremock::{Mock, MockServer, ResponseTemplate};
+    let _turn = CONTROL.lock().await;
+    control(json!({})).await;
+    let prometheus = MockServer::start().await;
+    let answer = |ratio: &str| {
+        ResponseTemplate::new(200).set_body_json(json!({"status": "success", "data": {
+            "resultType": "vector",
+            "result": [{"metric": {}, "value": [1.7e9, ratio]}]}}))
+    };
+    for (version, ratio) in [("1.0.0", "0"), ("1.1.0", "0.001"), ("1.2.0", "0.05")] {
+        Mock::given(method("GET"))
+            .and(path("/api/v1/query"))
+            .and(header("authorization", "Bearer tok-123"))
+            .and(query_param_contains(
+                "query",
+                format!("version=\"{version}\""),
+            ))
+            .respond_with(answer(ratio))
+            .mount(&prometheus)
+            .await;
+    }
+    let mut rig = Rig::new(3).await;
+    let text = format!(
+        "{}\n[[apps.hello.checks]]\nname = \"errors\"\nprometheus = \"{}\"\ntoken = \"tok-123\"\nquery = 'sum(rate(errors{{version={{version}}}}[1m]))'\ncondition = \"< 0.01\"\n",
+        config_text(&rig.fleet, "check_interval_seconds = 3"),
+        prometheus.uri()
+    );
+    rig.config = Arc::new(parse(&text));
+    // A budget shorter than the interval: each wait for the next reading goes back to
+    // the state machine's Wait state.
+    let stepper = rig.stepper(Duration::from_secs(1));
+    let deploy = |job: DeployJob| {
+        let stepper = &stepper;
+        async move {
+            let mut state = StepState::start(job);
+            let mut handed = 0;
+            for _ in 0..200 {
+                state = stepper.step(StepInput::first(state)).await.expect("step");
+                if state.done {
+                    return (state, handed);
+                }
+                let reading = state.deploy.as_ref().is_some_and(|d| {
+                    matches!(d.phase, shipit::deploy::engine::Phase::Checks { .. })
+                });
+                if reading && state.wait_seconds >= 2 {
+                    handed += 1;
+                }
+                tokio::time::sleep(Duration::from_secs(state.wait_seconds)).await;
+            }
+            panic!("deploy did not finish: {state:?}");
+        }
+    };
+    let (end, _) = deploy(rig.job("1.0.0")).await;
+    assert_eq!(end.status, Some(JobStatus::Succeeded), "{end:?}");
+    let (end, handed) = deploy(rig.job("1.1.0")).await;
+    assert_eq!(end.status, Some(JobStatus::Succeeded), "{end:?}");
+    // One reading after each of the three nodes, each waited for by the state machine.
+    assert_eq!(handed, 3, "{end:?}");
+    let job = rig.job("1.2.0");
+    let (end, _) = deploy(job.clone()).await;
+    assert_eq!(end.status, Some(JobStatus::Failed), "{end:?}");
+    assert_eq!(
+        end.reason.as_deref(),
+        Some("check errors failed after a batch: 0.05 (needs < 0.01)")
+    );
+    let (n1, all) = (&rig.nodes[0], rig.nodes.join(","));
+    assert_eq!(
+        rig.log(&job).await,
+        [
+            format!("install {all} 1.2.0"),
+            format!("restart {n1} 1.2.0"),
+            format!("revert install {all} 1.1.0"),
+            format!("revert restart {n1} 1.1.0"),
+        ]
+    );
+    let marks = rig.ledger.faulty("hello", "production").await.unwrap();
+    assert!(
+        marks.iter().any(|m| m.version.as_str() == "1.2.0"),
+        "{marks:?}"
+    );
+}

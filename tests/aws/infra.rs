@@ -283,6 +283,7 @@ fn each_function_reads_only_the_secrets_it_uses() {
                 "GitHubTokenSecret",
                 "NewRelicKeySecret",
                 "DatadogKeySecret",
+                "PrometheusTokenSecret",
             ]
             .into(),
         ),
