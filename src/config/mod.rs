@@ -166,6 +166,14 @@ pub enum CheckSource {
         latency: Option<String>,
         settings: crate::deploy::analysis::Settings,
     },
+    /// Datadog monitors, by id, or every one carrying all `tags` (`{app}` and `{env}`
+    /// filled in), read through the app's `notify.datadog` (its API key and site) with
+    /// `app_key`: one alerting fails the check. Fleet-wide: no verdict on the version.
+    Datadog {
+        monitors: Vec<u64>,
+        tags: Vec<String>,
+        app_key: Secret,
+    },
 }
 
 impl Check {
@@ -176,11 +184,12 @@ impl Check {
             no_data: self.no_data,
             analysis: match &self.source {
                 CheckSource::Analysis { settings, .. } => Some(*settings),
-                CheckSource::Prometheus { .. } => None,
+                CheckSource::Prometheus { .. } | CheckSource::Datadog { .. } => None,
             },
             per_version: match &self.source {
                 CheckSource::Analysis { .. } => true,
                 CheckSource::Prometheus { query, .. } => query.contains("{version}"),
+                CheckSource::Datadog { .. } => false,
             },
         }
     }

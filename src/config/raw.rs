@@ -92,6 +92,11 @@ pub(super) struct RawCheck {
     pub(super) latency: Option<String>,
     pub(super) alpha: Option<f64>,
     pub(super) min_requests: Option<u64>,
+    /// Datadog monitors, by id or by tags (all of them), read through `notify.datadog`'s
+    /// API key and site, with this application key.
+    pub(super) datadog_monitors: Option<Vec<u64>>,
+    pub(super) datadog_tags: Option<Vec<String>>,
+    pub(super) app_key: Option<String>,
 }
 
 #[derive(Deserialize)]

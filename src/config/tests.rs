@@ -1002,6 +1002,12 @@ fn checks_are_the_app_s_with_the_environment_s_over_them_and_each_is_checked() {
         query = "z"
         condition = "< 0.9"
         [[apps.hello.environments.production.checks]]
+        name = "monitors"
+        datadog_tags = ["service:{{app}}"]
+        app_key = "env:DD_APP"
+        [apps.hello.notify.datadog]
+        api_key = "env:DD_API"
+        [[apps.hello.environments.production.checks]]
         name = "versus"
         analysis = "http://127.0.0.1:{{port}}/metrics"
         requests = "hello_requests_total"
@@ -1032,6 +1038,9 @@ fn checks_are_the_app_s_with_the_environment_s_over_them_and_each_is_checked() {
                     condition,
                     token,
                 } => format!("{url} {query} {condition} {}", token.is_some()),
+                crate::config::CheckSource::Datadog { monitors, tags, .. } => {
+                    format!("datadog {monitors:?} {tags:?}")
+                }
                 crate::config::CheckSource::Analysis {
                     metrics_url,
                     requests,
@@ -1058,6 +1067,7 @@ fn checks_are_the_app_s_with_the_environment_s_over_them_and_each_is_checked() {
             "errors http://prometheus:9090 y < 0.05 false fail per_version=false",
             "latency https://prom.example histogram_quantile(0.99, x) <= 0.3 true pass per_version=false",
             "saturation http://prometheus:9090 z < 0.9 false fail per_version=false",
+            "monitors datadog [] [\"service:{app}\"] fail per_version=false",
             "versus http://127.0.0.1:8001/metrics hello_requests_total Some(\"hello_request_seconds\") 0.01 200 fail per_version=true",
         ]
     );
@@ -1089,6 +1099,10 @@ fn checks_are_the_app_s_with_the_environment_s_over_them_and_each_is_checked() {
         token = "env:PROM"
         query = "x"
         condition = "< 1"
+        [[apps.hello.checks]]
+        name = "e"
+        datadog_monitors = [1]
+        datadog_tags = ["service:x"]
         [apps.hello.rollout]
         check_interval_seconds = 0
         "#
@@ -1117,7 +1131,21 @@ fn checks_are_the_app_s_with_the_environment_s_over_them_and_each_is_checked() {
             "apps.hello.checks[3].requests",
             "apps.hello.checks[3].alpha",
             "apps.hello.checks[4].prometheus",
+            // By id or by tags, with an application key.
+            "apps.hello.checks[5]",
+            "apps.hello.checks[5].app_key",
         ],
+        "{err}"
+    );
+    // Through notify.datadog's API key and site.
+    let without = format!(
+        "{GOOD}\n[[apps.hello.checks]]\nname = \"m\"\ndatadog_monitors = [1]\napp_key = \"env:DD_APP\"\n"
+    );
+    let err = Config::parse(&without, Path::new("x.toml")).unwrap_err();
+    assert!(
+        err.problems
+            .iter()
+            .any(|p| p.key == "apps.hello.checks" && p.message.contains("notify.datadog")),
         "{err}"
     );
 }

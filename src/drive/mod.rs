@@ -430,6 +430,52 @@ impl Driver {
         Ok(promotion::standing(job, live.first(), &faulty, now))
     }
 
+    /// Why promotion `job` must not go, if a check of the environment it comes from reads
+    /// red now (or has no data where that fails): its checks are read there once more,
+    /// as a deploy reads them (a comparison with a baseline is not: nothing there runs
+    /// the old version).
+    async fn red_where_promoted_from(&self, job: &DeployJob) -> Option<String> {
+        let Source::Promotion { from_env, .. } = &job.source else {
+            return None;
+        };
+        let from = DeployJob {
+            env: from_env.clone(),
+            ..job.clone()
+        };
+        let checks: Vec<_> = self
+            .config
+            .checks_for(&from)
+            .into_iter()
+            .map(|c| c.rule())
+            .filter(|r| r.analysis.is_none())
+            .collect();
+        if checks.is_empty() {
+            return None;
+        }
+        let names: Vec<String> = checks.iter().map(|r| r.name.clone()).collect();
+        let readings = self
+            .out
+            .checks
+            .read(&from, &names, &crate::deploy::checks::Groups::default())
+            .await;
+        readings.into_iter().find_map(|(name, reading)| {
+            use crate::deploy::checks::{NoData, Reading};
+            let no_data = checks
+                .iter()
+                .find(|r| r.name == name)
+                .map_or(NoData::Fail, |r| r.no_data);
+            match reading {
+                Reading::Fail { detail } | Reading::Refused { detail } => Some(format!(
+                    "not promoted: check {name} reads red on {from_env}: {detail}"
+                )),
+                Reading::NoData { detail } if no_data == NoData::Fail => Some(format!(
+                    "not promoted: check {name} has no data on {from_env}: {detail}"
+                )),
+                _ => None,
+            }
+        })
+    }
+
     /// The words given on `job`'s app+env that an approval rule may count now, where its
     /// environment has approvals.
     async fn words(&self, job: &DeployJob, now: DateTime<Utc>) -> Result<Vec<Approval>, PortError> {
@@ -458,14 +504,19 @@ impl Driver {
             return Ok(Observation::Cancelled { by, holder: None });
         }
         // A promotion waits for its time as for the calendar, then goes only if what it
-        // promotes is still live where it comes from (before any calendar wait: one that
-        // will not go is skipped at once).
+        // promotes is still live where it comes from, and its checks there are not red
+        // (before any calendar wait: one that will not go is skipped at once).
         match self.promotion(job, now).await? {
             Some(promotion::Standing::Waits { until, why }) => {
                 return Ok(Observation::Closed { until, why })
             }
             Some(promotion::Standing::Refused(reason)) => return Ok(Observation::Skip { reason }),
-            Some(promotion::Standing::Goes) | None => {}
+            Some(promotion::Standing::Goes) => {
+                if let Some(reason) = self.red_where_promoted_from(job).await {
+                    return Ok(Observation::Skip { reason });
+                }
+            }
+            None => {}
         }
         // Checked at each try, just before the lock: nothing starts to change nodes
         // outside the environment's calendar or its change calendar (a deploy under way

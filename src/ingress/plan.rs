@@ -258,6 +258,20 @@ fn checks_line(config: &Config, app: &App, job: &DeployJob) -> String {
                 crate::config::CheckSource::Prometheus { condition, .. } => {
                     format!("Prometheus, {condition}")
                 }
+                crate::config::CheckSource::Datadog { monitors, tags, .. } => {
+                    match monitors.is_empty() {
+                        false => format!(
+                            "Datadog monitor{} {}",
+                            if monitors.len() == 1 { "" } else { "s" },
+                            monitors
+                                .iter()
+                                .map(u64::to_string)
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        ),
+                        true => format!("Datadog monitors tagged {}", tags.join(", ")),
+                    }
+                }
                 crate::config::CheckSource::Analysis { settings, .. } => format!(
                     "canary versus baseline, alpha {}, at least {} requests a side",
                     settings.alpha(),

@@ -126,6 +126,15 @@ impl Checks for CheckReader {
                     };
                     self.scrape(job, metrics_url, metrics, groups).await
                 }
+                Some(Check {
+                    source:
+                        CheckSource::Datadog {
+                            monitors,
+                            tags,
+                            app_key,
+                        },
+                    ..
+                }) => self.monitors(job, monitors, tags, app_key).await,
                 // The config changed under a running deploy: nothing to read it by.
                 None => Reading::NoData {
                     detail: format!("no check named {name} in the config now"),
@@ -137,6 +146,134 @@ impl Checks for CheckReader {
             (name.clone(), reading)
         });
         futures_util::future::join_all(reads).await
+    }
+}
+
+impl CheckReader {
+    /// Datadog monitors by id, or those carrying every tag: one in `Alert` fails.
+    async fn monitors(
+        &self,
+        job: &DeployJob,
+        ids: &[u64],
+        tags: &[String],
+        app_key: &crate::config::secrets::Secret,
+    ) -> Reading {
+        let Some(dd) = self
+            .config
+            .app(&job.app)
+            .and_then(|a| a.notify.datadog.as_ref())
+        else {
+            return Reading::Refused {
+                detail: "the app has no notify.datadog to read monitors through".into(),
+            };
+        };
+        let keys = (
+            self.secrets.resolve(&dd.api_key).await,
+            self.secrets.resolve(app_key).await,
+        );
+        let (api_key, app_key) = match keys {
+            (Ok(api), Ok(app)) => (api, app),
+            (Err(e), _) | (_, Err(e)) => {
+                return Reading::Refused {
+                    detail: format!("cannot read the Datadog keys: {e}"),
+                }
+            }
+        };
+        let get = |url: String| {
+            let request = self
+                .http
+                .get(url)
+                .header("DD-API-KEY", &api_key)
+                .header("DD-APPLICATION-KEY", &app_key);
+            async move {
+                let answer = request
+                    .send()
+                    .await
+                    .map_err(|e| Reading::NoData {
+                        detail: format!("Datadog did not answer: {}", e.without_url()),
+                    })?;
+                let status = answer.status();
+                let body = answer.text().await.unwrap_or_default();
+                if !status.is_success() {
+                    let detail = format!("Datadog answered {}: {}", status.as_u16(), excerpt(&body, 200));
+                    // A key or a monitor Datadog does not know is the check's fault.
+                    return Err(match super::http::is_transient(status) {
+                        true => Reading::NoData { detail },
+                        false => Reading::Refused { detail },
+                    });
+                }
+                serde_json::from_str::<Value>(&body).map_err(|e| Reading::NoData {
+                    detail: format!("Datadog's answer is not JSON: {e}"),
+                })
+            }
+        };
+        let api = &dd.api_url;
+        let answers: Vec<Result<Value, Reading>> = if ids.is_empty() {
+            let tags: Vec<String> = tags
+                .iter()
+                .map(|t| t.replace("{app}", &job.app).replace("{env}", &job.env))
+                .collect();
+            let query = serde_urlencoded::to_string([("monitor_tags", tags.join(","))])
+                .unwrap_or_default();
+            match get(format!("{api}/api/v1/monitor?{query}")).await {
+                Ok(Value::Array(list)) => list.into_iter().map(Ok).collect(),
+                Ok(_) => vec![Err(Reading::NoData {
+                    detail: "Datadog's answer is not a list of monitors".into(),
+                })],
+                Err(r) => vec![Err(r)],
+            }
+        } else {
+            futures_util::future::join_all(
+                ids.iter().map(|id| get(format!("{api}/api/v1/monitor/{id}"))),
+            )
+            .await
+        };
+        judge_monitors(answers, tags)
+    }
+}
+
+/// One monitor alerting fails; none found, or all without data, is no data.
+fn judge_monitors(answers: Vec<Result<Value, Reading>>, tags: &[String]) -> Reading {
+    let mut states = vec![];
+    for answer in answers {
+        match answer {
+            Ok(m) => {
+                let id = m.get("id").and_then(Value::as_u64).unwrap_or_default();
+                let name = m.get("name").and_then(Value::as_str).unwrap_or_default();
+                let state = m
+                    .get("overall_state")
+                    .and_then(Value::as_str)
+                    .unwrap_or("Unknown");
+                states.push((id, name.to_string(), state.to_string()));
+            }
+            Err(r) => return r,
+        }
+    }
+    if let Some((id, name, state)) = states.iter().find(|s| s.2 == "Alert") {
+        return Reading::Fail {
+            detail: format!("Datadog monitor {id} ({name}) is {state}"),
+        };
+    }
+    if states.is_empty() {
+        return Reading::NoData {
+            detail: format!("no Datadog monitor is tagged {}", tags.join(", ")),
+        };
+    }
+    if states.iter().all(|s| s.2 == "No Data") {
+        return Reading::NoData {
+            detail: format!("{} Datadog monitor(s), all without data", states.len()),
+        };
+    }
+    let mut counts: Vec<(String, usize)> = vec![];
+    for (_, _, state) in &states {
+        match counts.iter_mut().find(|(s, _)| s == state) {
+            Some(c) => c.1 = c.1.saturating_add(1),
+            None => counts.push((state.clone(), 1)),
+        }
+    }
+    let said: Vec<String> = counts.iter().map(|(s, n)| format!("{n} {s}")).collect();
+    Reading::Pass {
+        detail: format!("Datadog monitors: {} (none Alert)", said.join(", ")),
     }
 }
 

@@ -116,6 +116,7 @@ fn config_uses_ssm(c: &Config) -> bool {
             .chain(env)
             .filter_map(|check| match &check.source {
                 crate::config::CheckSource::Prometheus { token, .. } => token.as_ref(),
+                crate::config::CheckSource::Datadog { app_key, .. } => Some(app_key),
                 crate::config::CheckSource::Analysis { .. } => None,
             })
     });

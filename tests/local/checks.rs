@@ -274,3 +274,68 @@ async fn canary_analysis_rolls_back_more_errors_or_latency_than_the_baseline_s_a
     assert!(read[1].contains("on node1, node2 (1.1.0) vs "), "{read:#?}");
     assert_eq!(ex.served(), ["1.1.0", "1.1.0", "1.1.0"]);
 }
+
+/// Datadog monitors through a local stand-in for Datadog's API that checks the path, both
+/// keys and the tags asked for: one alerting rolls the deploy back, marking nothing (a
+/// monitor is no verdict on the version); by tags, none alerting passes.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_datadog_monitor_alerting_rolls_back_without_marking_the_version() {
+    use wiremock::matchers::{header, method, path, query_param};
+    use wiremock::{Mock, MockServer, ResponseTemplate};
+    let datadog = MockServer::start().await;
+    let monitor = |state: &str| {
+        Mock::given(method("GET"))
+            .and(path("/api/v1/monitor/111"))
+            .and(header("DD-API-KEY", "key-1"))
+            .and(header("DD-APPLICATION-KEY", "app-2"))
+            .respond_with(ResponseTemplate::new(200).set_body_json(
+                serde_json::json!({"id": 111, "name": "hello 5xx", "overall_state": state}),
+            ))
+    };
+    let ex = Example::with_wheels(2, &["1.0.0", "1.1.0", "1.4.0"]);
+    let notify = format!(
+        "[apps.hello.notify.datadog]\napi_key = \"key-1\"\nsite = \"{}\"\n",
+        datadog.uri()
+    );
+    let by_id = "[[apps.hello.checks]]\nname = \"monitors\"\ndatadog_monitors = [111]\napp_key = \"app-2\"\n";
+    with_checks(&ex, &[notify.clone(), by_id.to_string()]);
+    monitor("OK").mount(&datadog).await;
+    let (_, status, notices) = deploy(&ex, "1.0.0").await;
+    assert_eq!(status, JobStatus::Succeeded, "{notices:#?}");
+    assert!(check_notices(&notices)
+        .iter()
+        .all(|r| r.contains("monitors: Datadog monitors: 1 OK (none Alert)")));
+
+    datadog.reset().await;
+    monitor("Alert").mount(&datadog).await;
+    let (_, status, notices) = deploy(&ex, "1.1.0").await;
+    assert_eq!(status, JobStatus::Failed, "{notices:#?}");
+    assert_eq!(
+        check_notices(&notices),
+        ["check monitors FAILED on the canary: Datadog monitor 111 (hello 5xx) is Alert"]
+    );
+    assert!(!notices
+        .iter()
+        .any(|n| matches!(n, Notice::MarkedFaulty { .. })));
+    assert_eq!(ex.served(), ["1.0.0", "1.0.0"]);
+
+    datadog.reset().await;
+    Mock::given(method("GET"))
+        .and(path("/api/v1/monitor"))
+        .and(query_param("monitor_tags", "service:hello,env:production"))
+        .and(header("DD-API-KEY", "key-1"))
+        .and(header("DD-APPLICATION-KEY", "app-2"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(serde_json::json!([
+            {"id": 7, "name": "a", "overall_state": "OK"},
+            {"id": 8, "name": "b", "overall_state": "Warn"},
+        ])))
+        .mount(&datadog)
+        .await;
+    let by_tags = "[[apps.hello.checks]]\nname = \"monitors\"\ndatadog_tags = [\"service:{app}\", \"env:{env}\"]\napp_key = \"app-2\"\n";
+    with_checks(&ex, &[notify, by_tags.to_string()]);
+    let (_, status, notices) = deploy(&ex, "1.4.0").await;
+    assert_eq!(status, JobStatus::Succeeded, "{notices:#?}");
+    assert!(check_notices(&notices)
+        .iter()
+        .all(|r| r.contains("monitors: Datadog monitors: 1 OK, 1 Warn (none Alert)")));
+}

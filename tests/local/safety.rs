@@ -558,20 +558,39 @@ async fn an_upload_waits_for_approval_and_deploys_once_approved() {
 
 /// Promotion on a real `serve`: a version that went live on staging is queued for
 /// production at once, due `after_seconds` later, and deploys there then, not before;
-/// one rolled back on staging before its time is not promoted, saying why.
+/// one rolled back on staging before its time is not promoted, saying why, and neither is
+/// one whose staging checks read red at its time (a Datadog monitor, through a local
+/// stand-in).
 #[tokio::test(flavor = "multi_thread")]
 async fn a_version_live_on_staging_is_promoted_to_production_after_its_time() {
-    let ex = Example::with_wheels(3, &["1.0.0", "1.1.0", "1.2.0"]);
+    use wiremock::matchers::{method, path};
+    use wiremock::{Mock, MockServer, ResponseTemplate};
+    let datadog = MockServer::start().await;
+    let monitor = |state: &str| {
+        Mock::given(method("GET"))
+            .and(path("/api/v1/monitor/5"))
+            .respond_with(ResponseTemplate::new(200).set_body_json(
+                serde_json::json!({"id": 5, "name": "staging 5xx", "overall_state": state}),
+            ))
+    };
+    monitor("OK").mount(&datadog).await;
+    let ex = Example::with_wheels(3, &["1.0.0", "1.1.0", "1.2.0", "1.3.0"]);
     let production = &ex.nodes[..2];
     let staging = &ex.nodes[2];
     let config = format!(
-        "{}\n[apps.hello.environments.staging]\nnodes = [{{ name = \"{n}\", dir = \"nodes/{n}\", vars = {{ port = \"{p}\" }} }}]\npromote = {{ to = \"production\", after_seconds = 15 }}\n",
-        crate::helpers::pip_app_toml(production, 10).replace(
-            "[apps.hello]\n",
-            "[apps.hello]\ndefault_env = \"production\"\nauto_deploy = []\n"
-        ),
+        "{}\n[apps.hello.environments.staging]\nnodes = [{{ name = \"{n}\", dir = \"nodes/{n}\", vars = {{ port = \"{p}\" }} }}]\npromote = {{ to = \"production\", after_seconds = 15 }}\n[[apps.hello.environments.staging.checks]]\nname = \"monitors\"\ndatadog_monitors = [5]\napp_key = \"app\"\n[apps.hello.notify.datadog]\napi_key = \"key\"\nsite = \"{dd}\"\n",
+        crate::helpers::pip_app_toml(production, 10)
+            .replace(
+                "[apps.hello]\n",
+                "[apps.hello]\ndefault_env = \"production\"\nauto_deploy = []\n"
+            )
+            .replace(
+                "[apps.hello.rollout]\n",
+                "[apps.hello.rollout]\ncheck_interval_seconds = 1\n"
+            ),
         n = staging.0,
         p = staging.1,
+        dd = datadog.uri(),
     );
     std::fs::write(ex.config_path(), config).unwrap();
     let (code, out) = ex.shipit(&["deploy", "hello", "1.0.0", "--wait"]);
@@ -641,6 +660,21 @@ async fn a_version_live_on_staging_is_promoted_to_production_after_its_time() {
     );
     assert_eq!(ex.served(), ["1.1.0", "1.1.0", "1.1.0"]);
     assert_eq!(ex.starts("node1", "1.2.0"), 0);
+
+    // Live on staging, its monitor passing; then it alerts before the promotion's time.
+    let (code, out) = ex.shipit(&["deploy", "hello", "1.3.0", "--env", "staging", "--wait"]);
+    assert_eq!(code, 0, "{out}");
+    datadog.reset().await;
+    monitor("Alert").mount(&datadog).await;
+    let (id, _) = promotion("1.3.0");
+    let story = ended(&ex, &id);
+    assert_eq!(story["status"], "skipped", "{story}");
+    assert_eq!(
+        story["reason"],
+        "not promoted: check monitors reads red on staging: Datadog monitor 5 (staging 5xx) is Alert",
+        "{story}"
+    );
+    assert_eq!(ex.served(), ["1.1.0", "1.1.0", "1.3.0"]);
 }
 
 /// `shipit ARGS` as user `user`, not waited for.

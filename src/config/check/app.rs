@@ -75,6 +75,20 @@ pub(super) fn check_app(c: &mut Checker, base: &Path, name: String, a: RawApp) -
     check_rollout(c, &k, &rollout);
     check_dir_use(c, &scope, &commands, &hooks);
     let checks = super::checks::check_checks(c, &k, a.checks);
+    let datadog = |ch: &&crate::config::Check| {
+        matches!(ch.source, crate::config::CheckSource::Datadog { .. })
+    };
+    let reads_datadog = checks.iter().any(|ch| datadog(&ch))
+        || environments
+            .values()
+            .any(|e| e.checks.iter().any(|ch| datadog(&ch)));
+    if reads_datadog && a.notify.datadog.is_none() {
+        c.error(
+            format!("{k}.checks"),
+            "a Datadog check reads through notify.datadog's API key and site, and the app has none",
+            "add [apps.NAME.notify.datadog] with api_key (and site)",
+        );
+    }
     // An analysis scrapes each node over HTTP: nodes on AWS are found by tags, without an
     // address shipit could reach.
     for env in environments.values() {

@@ -155,6 +155,62 @@ fn check_one(c: &mut Checker, k: &str, r: RawCheck) -> Option<Check> {
             None
         }
     };
+    if r.datadog_monitors.is_some() || r.datadog_tags.is_some() {
+        let others = r.analysis.is_some() || r.prometheus.is_some() || r.query.is_some();
+        if others || r.condition.is_some() || r.token.is_some() {
+            c.error(
+                k,
+                "a Datadog check reads monitors: no prometheus, query, condition, token or analysis",
+                "split it into two checks",
+            );
+        }
+        let monitors = r.datadog_monitors.unwrap_or_default();
+        let tags = r.datadog_tags.unwrap_or_default();
+        let bad_tag = tags.iter().find(|t| {
+            t.is_empty()
+                || !t.chars().all(|ch| {
+                    ch.is_ascii_alphanumeric()
+                        || matches!(ch, ':' | '_' | '-' | '.' | '/' | '{' | '}')
+                })
+        });
+        if let Some(t) = bad_tag {
+            c.error(
+                format!("{k}.datadog_tags"),
+                format!("{t:?} is not a Datadog tag"),
+                "key:value, e.g. \"service:hello\" or \"env:{env}\"",
+            );
+        }
+        if monitors.is_empty() == tags.is_empty() {
+            c.error(
+                k,
+                "a Datadog check names its monitors either by id or by tags",
+                "datadog_monitors = [12345] or datadog_tags = [\"service:hello\"]",
+            );
+        }
+        let app_key = match &r.app_key {
+            Some(key) => c.secret(&format!("{k}.app_key"), key),
+            None => {
+                c.error(
+                    format!("{k}.app_key"),
+                    "reading monitors needs a Datadog application key",
+                    "app_key = \"ssm:/shipit/secrets/datadog-app\" (the API key and site are notify.datadog's)",
+                );
+                None
+            }
+        };
+        if bad_tag.is_some() || monitors.is_empty() == tags.is_empty() {
+            return None;
+        }
+        return Some(Check {
+            name: r.name,
+            no_data: no_data?,
+            source: CheckSource::Datadog {
+                monitors,
+                tags,
+                app_key: app_key?,
+            },
+        });
+    }
     if let Some(url) = r.analysis {
         if r.prometheus.is_some() || r.query.is_some() || r.condition.is_some() {
             c.error(
