@@ -92,23 +92,13 @@ impl Template {
         &self,
         value: impl Fn(&str) -> Option<&'v str>,
     ) -> Result<String, TemplateError> {
-        let mut out = String::with_capacity(self.source.len() + 32);
-        for part in &self.parts {
-            match part {
-                Part::Text(t) => out.push_str(t),
-                Part::Var(name) => {
-                    let v = value(name).ok_or_else(|| TemplateError::Missing(name.clone()))?;
-                    let quoted =
-                        shlex::try_quote(v).map_err(|_| TemplateError::Unquotable(name.clone()))?;
-                    out.push_str(&quoted);
-                }
-            }
-        }
-        Ok(out)
+        self.fill(value, |name, v| {
+            shlex::try_quote(v)
+                .map(|q| q.into_owned())
+                .map_err(|_| TemplateError::Unquotable(name.to_string()))
+        })
     }
-}
 
-impl Template {
     /// A URL, with every value as it is: each must be a host name, an address or a port
     /// (letters, digits, `.`, `-`, `_`, `:`, or an IPv6 address in brackets), so that no
     /// value can change the URL's shape.
@@ -116,21 +106,31 @@ impl Template {
         &self,
         value: impl Fn(&str) -> Option<&'v str>,
     ) -> Result<String, TemplateError> {
+        self.fill(value, |name, v| {
+            let plain = !v.is_empty()
+                && v.chars().all(|c| {
+                    c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | ':' | '[' | ']')
+                });
+            match plain {
+                true => Ok(v.to_string()),
+                false => Err(TemplateError::NotInUrl(name.to_string())),
+            }
+        })
+    }
+
+    /// The text, each placeholder's value (`value`) as `written` writes it.
+    fn fill<'v>(
+        &self,
+        value: impl Fn(&str) -> Option<&'v str>,
+        written: impl Fn(&str, &str) -> Result<String, TemplateError>,
+    ) -> Result<String, TemplateError> {
         let mut out = String::with_capacity(self.source.len() + 32);
         for part in &self.parts {
             match part {
                 Part::Text(t) => out.push_str(t),
                 Part::Var(name) => {
                     let v = value(name).ok_or_else(|| TemplateError::Missing(name.clone()))?;
-                    let plain = !v.is_empty()
-                        && v.chars().all(|c| {
-                            c.is_ascii_alphanumeric()
-                                || matches!(c, '.' | '-' | '_' | ':' | '[' | ']')
-                        });
-                    if !plain {
-                        return Err(TemplateError::NotInUrl(name.clone()));
-                    }
-                    out.push_str(v);
+                    out.push_str(&written(name, v)?);
                 }
             }
         }

@@ -28,13 +28,7 @@ impl Served {
     /// What was served between `before` and `self`, if the counters only grew (a node
     /// restarted meanwhile resets its own: that window is not counted).
     fn since(&self, before: &Served) -> Option<Served> {
-        let same_buckets = self.buckets.len() == before.buckets.len()
-            && self
-                .buckets
-                .iter()
-                .zip(&before.buckets)
-                .all(|(a, b)| a.0 == b.0);
-        let buckets = if same_buckets {
+        let buckets = if self.same_bounds(before) {
             self.buckets
                 .iter()
                 .zip(&before.buckets)
@@ -50,18 +44,22 @@ impl Served {
         })
     }
 
+    /// Whether both histograms have the same buckets (none alike too).
+    fn same_bounds(&self, other: &Served) -> bool {
+        self.buckets.len() == other.buckets.len()
+            && self
+                .buckets
+                .iter()
+                .zip(&other.buckets)
+                .all(|(a, b)| a.0 == b.0)
+    }
+
     /// Adds another's counts (another node's, another window's).
     pub fn add(&mut self, other: &Served) {
         // Saturating: the counts are what nodes say.
         self.requests = self.requests.saturating_add(other.requests);
         self.errors = self.errors.saturating_add(other.errors);
-        let same_bounds = self.buckets.len() == other.buckets.len()
-            && self
-                .buckets
-                .iter()
-                .zip(&other.buckets)
-                .all(|(a, b)| a.0 == b.0);
-        if same_bounds {
+        if self.same_bounds(other) {
             for (a, b) in self.buckets.iter_mut().zip(&other.buckets) {
                 a.1 = a.1.saturating_add(b.1);
             }
@@ -200,14 +198,7 @@ pub struct Slower {
 /// alarms in 1,000 runs against its 0.005 share; `cargo bench --bench analysis`.) 1
 /// without comparable histograms.
 pub fn latency_p(canary: &Served, baseline: &Served) -> (f64, Option<Slower>) {
-    if canary.buckets.is_empty()
-        || canary.buckets.len() != baseline.buckets.len()
-        || canary
-            .buckets
-            .iter()
-            .zip(&baseline.buckets)
-            .any(|(a, b)| a.0 != b.0)
-    {
+    if canary.buckets.is_empty() || !canary.same_bounds(baseline) {
         return (1.0, None);
     }
     let total = |s: &Served| s.buckets.last().map_or(0, |b| b.1);
