@@ -13,7 +13,7 @@
 //!
 //! `cargo bench --bench analysis`
 
-use shipit::deploy::analysis::{judge, Scrape, Served, Settings, Tally, Verdict};
+use shipit::deploy::analysis::{judge, NodeServed, Scrape, Served, Settings, Tally, Verdict};
 
 const RUNS: u64 = 1_000;
 const WINDOWS: u32 = 30;
@@ -82,22 +82,27 @@ fn run(seed: u64, canary: Version, baseline: Version, settings: Settings) -> Opt
     let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
     let mut tally = Tally::default();
     let (mut c, mut b) = (nothing(), nothing());
-    // The first scrape opens the first window.
-    tally.add(Scrape {
-        canary: c.clone(),
-        baseline: b.clone(),
-        answered: (1, 2),
+    let scrape = |c: &Served, b: &Served| Scrape {
+        nodes: vec![
+            NodeServed {
+                node: "canary".into(),
+                canary: true,
+                served: c.clone(),
+            },
+            NodeServed {
+                node: "baseline".into(),
+                canary: false,
+                served: b.clone(),
+            },
+        ],
         unanswered: vec![],
-    });
+    };
+    // The first scrape opens the first window.
+    tally.add(scrape(&c, &b));
     for _ in 0..WINDOWS {
         serve(&mut rng, canary, 1, &mut c);
         serve(&mut rng, baseline, 2, &mut b);
-        tally.add(Scrape {
-            canary: c.clone(),
-            baseline: b.clone(),
-            answered: (1, 2),
-            unanswered: vec![],
-        });
+        tally.add(scrape(&c, &b));
         if let Verdict::Worse(why) = judge(&tally, settings, "canary", "baseline") {
             return Some((tally.canary.requests, why.starts_with("error ratio")));
         }

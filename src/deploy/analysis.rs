@@ -73,14 +73,20 @@ impl Served {
     }
 }
 
-/// One scrape of both groups, at the same moment.
+/// One node's counters as a scrape read them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeServed {
+    pub node: String,
+    /// On the new version (else the baseline).
+    pub canary: bool,
+    pub served: Served,
+}
+
+/// One scrape of both groups, at the same moment: each node that answered, and those
+/// that did not.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Scrape {
-    pub canary: Served,
-    pub baseline: Served,
-    /// How many nodes of each group answered, and which did not (a window is counted
-    /// only between two scrapes the same nodes answered).
-    pub answered: (u32, u32),
+    pub nodes: Vec<NodeServed>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub unanswered: Vec<String>,
 }
@@ -88,9 +94,9 @@ pub struct Scrape {
 /// What a stage's analysis has added up so far.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Tally {
-    /// The last scrape, to count the next window from.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last: Option<Scrape>,
+    /// Each node's counters at the last scrape, to count the next window from.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub last: Vec<NodeServed>,
     pub canary: Served,
     pub baseline: Served,
     /// Windows counted (each a look at the tests).
@@ -98,30 +104,39 @@ pub struct Tally {
 }
 
 impl Tally {
-    /// Adds the window since the last scrape; false when it could not be counted (the
-    /// first scrape, other nodes answering, counters that went down).
+    /// Adds the window since the last scrape, node by node: a node that did not answer
+    /// either time, or whose counters went down (it restarted), adds nothing. False when
+    /// the window could not be counted for both groups (the first scrape, say).
     pub fn add(&mut self, scrape: Scrape) -> bool {
-        let counted = match &self.last {
-            Some(last)
-                if last.answered == scrape.answered && last.unanswered == scrape.unanswered =>
-            {
-                match (
-                    scrape.canary.since(&last.canary),
-                    scrape.baseline.since(&last.baseline),
-                ) {
-                    (Some(c), Some(b)) => {
-                        self.canary.add(&c);
-                        self.baseline.add(&b);
-                        self.looks += 1;
-                        true
-                    }
-                    _ => false,
-                }
+        let (mut canary, mut baseline) = (None::<Served>, None::<Served>);
+        for now in &scrape.nodes {
+            let before = self
+                .last
+                .iter()
+                .find(|b| b.node == now.node && b.canary == now.canary);
+            let Some(window) = before.and_then(|b| now.served.since(&b.served)) else {
+                continue;
+            };
+            let group = if now.canary {
+                &mut canary
+            } else {
+                &mut baseline
+            };
+            match group {
+                Some(g) => g.add(&window),
+                None => *group = Some(window),
+            }
+        }
+        self.last = scrape.nodes;
+        match (canary, baseline) {
+            (Some(c), Some(b)) => {
+                self.canary.add(&c);
+                self.baseline.add(&b);
+                self.looks = self.looks.saturating_add(1);
+                true
             }
             _ => false,
-        };
-        self.last = Some(scrape);
-        counted
+        }
     }
 }
 
@@ -174,8 +189,13 @@ fn fisher((ha, na): (u64, u64), (hb, nb): (u64, u64)) -> f64 {
     if ha == 0 || na == 0 || nb == 0 {
         return 1.0;
     }
-    match Hypergeometric::new(na + nb, ha + hb, na) {
-        // P(X >= ha) = P(X > ha - 1)
+    let (Some(n), Some(hits)) = (na.checked_add(nb), ha.checked_add(hb)) else {
+        return 1.0;
+    };
+    match Hypergeometric::new(n, hits, na) {
+        // P(X >= ha) = P(X > ha - 1), summed from whichever end has fewer terms (statrs
+        // adds them one by one).
+        Ok(h) if ha < hits.min(na) - ha => (1.0 - h.cdf(ha - 1)).max(0.0),
         Ok(h) => h.sf(ha - 1),
         Err(_) => 1.0,
     }
@@ -210,7 +230,10 @@ pub fn latency_p(canary: &Served, baseline: &Served) -> (f64, Option<Slower>) {
         .take(canary.buckets.len().saturating_sub(1))
         .map(|(c, b)| (c.0.clone(), n1.saturating_sub(c.1), n2.saturating_sub(b.1)))
         // Only bounds that split the requests tell anything.
-        .filter(|(_, c, b)| c + b > 0 && c + b < n1 + n2)
+        .filter(|(_, c, b)| {
+            let above = c.saturating_add(*b);
+            above > 0 && above < n1.saturating_add(n2)
+        })
         .collect();
     let tested = bounds.len() as f64;
     let best = bounds
@@ -359,31 +382,59 @@ mod tests {
     }
 
     #[test]
-    fn windows_count_only_between_scrapes_of_the_same_nodes_with_growing_counters() {
-        let scrape = |c: u64, b: u64, answered: (u32, u32)| Scrape {
-            canary: served(c, 0, &[c, 0, 0, 0, 0, 0]),
-            baseline: served(b, 0, &[b, 0, 0, 0, 0, 0]),
-            answered,
+    fn windows_count_node_by_node_and_not_across_a_restart() {
+        let node = |name: &str, canary: bool, n: u64| NodeServed {
+            node: name.into(),
+            canary,
+            served: served(n, n / 100, &[n, 0, 0, 0, 0, 0]),
+        };
+        let scrape = |nodes: Vec<NodeServed>| Scrape {
+            nodes,
             unanswered: vec![],
         };
         let mut t = Tally::default();
-        assert!(!t.add(scrape(10, 100, (1, 2))));
-        assert!(t.add(scrape(30, 160, (1, 2))));
+        assert!(!t.add(scrape(vec![
+            node("c", true, 10),
+            node("a", false, 100),
+            node("b", false, 100)
+        ])));
+        assert!(t.add(scrape(vec![
+            node("c", true, 30),
+            node("a", false, 160),
+            node("b", false, 130)
+        ])));
         assert_eq!(
             (t.canary.requests, t.baseline.requests, t.looks),
-            (20, 60, 1)
+            (20, 90, 1)
         );
         assert_eq!(t.canary.buckets[0], ("0.005".to_string(), 20));
-        // A node did not answer: that window is not counted, the next one is.
-        assert!(!t.add(scrape(40, 100, (1, 1))));
-        assert!(t.add(scrape(45, 130, (1, 1))));
+        // b did not answer: a alone counts for the baseline; then b is back, counted from
+        // its new reading only.
+        assert!(t.add(scrape(vec![node("c", true, 40), node("a", false, 200)])));
         assert_eq!(
             (t.canary.requests, t.baseline.requests, t.looks),
-            (25, 90, 2)
+            (30, 130, 2)
         );
-        // A counter went down (a restart): not counted.
-        assert!(!t.add(scrape(3, 140, (1, 1))));
-        assert_eq!(t.looks, 2);
+        assert!(t.add(scrape(vec![
+            node("c", true, 45),
+            node("a", false, 210),
+            node("b", false, 500)
+        ])));
+        assert_eq!((t.canary.requests, t.baseline.requests), (35, 140));
+        // a restarted (its counters went down, though the group's total rose): a adds
+        // nothing, b does.
+        assert!(t.add(scrape(vec![
+            node("c", true, 50),
+            node("a", false, 3),
+            node("b", false, 900)
+        ])));
+        assert_eq!(
+            (t.canary.requests, t.baseline.requests, t.looks),
+            (40, 540, 4)
+        );
+        // No canary node counted: no look.
+        assert!(!t.add(scrape(vec![node("a", false, 10)])));
+        assert_eq!(t.looks, 4);
     }
 
     #[test]
@@ -393,7 +444,7 @@ mod tests {
             min_requests: 200,
         };
         let tally = |c: Served, b: Served| Tally {
-            last: None,
+            last: vec![],
             canary: c,
             baseline: b,
             looks: 1,

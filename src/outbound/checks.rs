@@ -9,7 +9,8 @@ use serde_json::Value;
 use super::http::{excerpt, Client};
 use crate::config::secrets::Secrets;
 use crate::config::{Check, CheckSource, Config, Nodes};
-use crate::deploy::analysis::{Scrape, Served};
+use crate::deploy::analysis::{NodeServed, Scrape, Served};
+use futures_util::StreamExt;
 use crate::deploy::checks::{promql, Groups, Reading};
 use crate::deploy::job::DeployJob;
 use crate::deploy::ports::Checks;
@@ -28,7 +29,8 @@ impl CheckReader {
         CheckReader {
             config,
             secrets,
-            http: Client::new(READ_TIMEOUT),
+            // Custom headers (Datadog's keys) would follow a redirect to another host.
+            http: Client::without_redirects(READ_TIMEOUT),
         }
     }
 
@@ -52,11 +54,7 @@ impl CheckReader {
         if let Some(token) = token {
             match self.secrets.resolve(token).await {
                 Ok(t) => request = request.bearer_auth(t),
-                Err(e) => {
-                    return Reading::Refused {
-                        detail: format!("cannot read the Prometheus token: {e}"),
-                    }
-                }
+                Err(e) => return secret_missing("the Prometheus token", e),
             }
         }
         let answer = match request.send().await {
@@ -79,7 +77,9 @@ impl CheckReader {
             let detail = format!("Prometheus answered {}: {why}", status.as_u16());
             // A query or a token Prometheus refuses is the check's fault, and no wait
             // mends it; an overloaded or failing server may answer later.
-            return match super::http::is_transient(status) || status.is_success() {
+            // 422 is Prometheus's "the query could not be executed" (data-dependent).
+            let later = super::http::is_transient(status) || status.is_success() || status.as_u16() == 422;
+            return match later {
                 true => Reading::NoData { detail },
                 false => Reading::Refused { detail },
             };
@@ -173,11 +173,7 @@ impl CheckReader {
         );
         let (api_key, app_key) = match keys {
             (Ok(api), Ok(app)) => (api, app),
-            (Err(e), _) | (_, Err(e)) => {
-                return Reading::Refused {
-                    detail: format!("cannot read the Datadog keys: {e}"),
-                }
-            }
+            (Err(e), _) | (_, Err(e)) => return secret_missing("the Datadog keys", e),
         };
         let get = |url: String| {
             let request = self
@@ -232,9 +228,20 @@ impl CheckReader {
     }
 }
 
+/// A secret that cannot be read: a missing variable or SSM client stays missing, SSM's
+/// own failure may pass.
+fn secret_missing(what: &str, e: crate::config::secrets::SecretError) -> Reading {
+    let detail = format!("cannot read {what}: {e}");
+    match e {
+        crate::config::secrets::SecretError::Ssm { .. } => Reading::NoData { detail },
+        _ => Reading::Refused { detail },
+    }
+}
+
 /// One monitor alerting fails; none found, or all without data, is no data.
 fn judge_monitors(answers: Vec<Result<Value, Reading>>, tags: &[String]) -> Reading {
     let mut states = vec![];
+    let mut failed = None;
     for answer in answers {
         match answer {
             Ok(m) => {
@@ -246,13 +253,19 @@ fn judge_monitors(answers: Vec<Result<Value, Reading>>, tags: &[String]) -> Read
                     .unwrap_or("Unknown");
                 states.push((id, name.to_string(), state.to_string()));
             }
-            Err(r) => return r,
+            Err(r) => {
+                failed.get_or_insert(r);
+            }
         }
     }
+    // One alerting is the verdict, whatever another's read said.
     if let Some((id, name, state)) = states.iter().find(|s| s.2 == "Alert") {
         return Reading::Fail {
             detail: format!("Datadog monitor {id} ({name}) is {state}"),
         };
+    }
+    if let Some(r) = failed {
+        return r;
     }
     if states.is_empty() {
         return Reading::NoData {
@@ -327,48 +340,46 @@ impl CheckReader {
             .map(|n| (true, n.clone()))
             .chain(groups.baseline.iter().map(|n| (false, n.clone())))
             .collect();
+        // At most SCRAPES_AT_ONCE in flight, the next as soon as one ends: a node that
+        // does not answer holds up only its own slot.
+        let http: &reqwest::Client = &self.http;
+        let reads = futures_util::stream::iter(all.into_iter().map(|(canary, name)| {
+            let target = url(&name);
+            async move {
+                let served = match target {
+                    Ok(target) => read_node(http, &target, metrics).await,
+                    Err(e) => Err(e),
+                };
+                (canary, name, served)
+            }
+        }))
+        .buffer_unordered(SCRAPES_AT_ONCE)
+        .collect::<Vec<_>>()
+        .await;
         let mut scrape = Scrape::default();
         let mut problems = vec![];
-        for part in all.chunks(SCRAPES_AT_ONCE) {
-            let mut set = tokio::task::JoinSet::new();
-            for (canary, name) in part.iter().cloned() {
-                let http: reqwest::Client = (*self.http).clone();
-                let (requests, latency) = (metrics.requests.to_string(), metrics.latency.map(str::to_string));
-                let target = url(&name);
-                set.spawn(async move {
-                    let served = match target {
-                        Ok(target) => read_node(&http, &target, &requests, latency.as_deref()).await,
-                        Err(e) => Err(e),
-                    };
-                    (canary, name, served)
-                });
-            }
-            while let Some(done) = set.join_next().await {
-                let Ok((canary, name, served)) = done else { continue };
-                match served {
-                    Ok(served) => {
-                        let (group, count) = if canary {
-                            (&mut scrape.canary, &mut scrape.answered.0)
-                        } else {
-                            (&mut scrape.baseline, &mut scrape.answered.1)
-                        };
-                        group.add(&served);
-                        *count = count.saturating_add(1);
-                    }
-                    Err(e) => {
-                        problems.push(format!("{name}: {e}"));
-                        scrape.unanswered.push(name);
-                    }
+        for (canary, node, served) in reads {
+            match served {
+                Ok(served) => scrape.nodes.push(NodeServed {
+                    node,
+                    canary,
+                    served,
+                }),
+                Err(e) => {
+                    problems.push(format!("{node}: {e}"));
+                    scrape.unanswered.push(node);
                 }
             }
         }
+        scrape.nodes.sort_by(|a, b| a.node.cmp(&b.node));
         scrape.unanswered.sort();
-        if scrape.answered.0 == 0 || scrape.answered.1 == 0 {
+        let answered = |canary: bool| scrape.nodes.iter().any(|n| n.canary == canary);
+        if !answered(true) || !answered(false) {
             problems.sort();
             return Reading::NoData {
                 detail: format!(
                     "no node of the {} answered: {}",
-                    if scrape.answered.0 == 0 { "canary" } else { "baseline" },
+                    if answered(true) { "baseline" } else { "canary" },
                     crate::deploy::lists::names(&problems)
                 ),
             };
@@ -379,15 +390,14 @@ impl CheckReader {
     }
 }
 
+/// The most of a node's metrics text read (a node is not trusted to stop).
+const METRICS_MAX_BYTES: usize = 4 << 20;
+
 /// What one node says it served: its request counter (5xx `code`s as errors) and its
 /// latency histogram, each summed over its series.
-async fn read_node(
-    http: &reqwest::Client,
-    url: &str,
-    requests: &str,
-    latency: Option<&str>,
-) -> Result<Served, String> {
-    let answer = http
+async fn read_node(http: &reqwest::Client, url: &str, metrics: Metrics<'_>) -> Result<Served, String> {
+    let Metrics { requests, latency } = metrics;
+    let mut answer = http
         .get(url)
         .send()
         .await
@@ -395,19 +405,34 @@ async fn read_node(
     if !answer.status().is_success() {
         return Err(format!("answered {}", answer.status().as_u16()));
     }
-    let text = answer.text().await.map_err(|e| e.without_url().to_string())?;
+    let mut body = vec![];
+    while let Some(chunk) = answer.chunk().await.map_err(|e| e.without_url().to_string())? {
+        body.extend_from_slice(&chunk);
+        if body.len() > METRICS_MAX_BYTES {
+            return Err(format!("its metrics are past {METRICS_MAX_BYTES} bytes"));
+        }
+    }
+    let text = String::from_utf8_lossy(&body);
     let parsed = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string())))
         .map_err(|e| format!("not Prometheus text: {e}"))?;
     let mut served = Served::default();
     let mut found = false;
     let mut buckets: Vec<(f64, u64)> = vec![];
+    let (mut series_bounds, mut mixed): (Option<Vec<f64>>, bool) = (None, false);
+    // A count is a whole number, not negative, and finite.
+    let count = |v: f64| -> Result<u64, String> {
+        match v.is_finite() && v >= 0.0 && v.fract() == 0.0 && v < 1e18 {
+            true => Ok(v as u64),
+            false => Err(format!("{v} is not a count")),
+        }
+    };
     for sample in &parsed.samples {
         match &sample.value {
             prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Untyped(v)
                 if sample.metric == requests =>
             {
                 found = true;
-                let n = v.max(0.0) as u64;
+                let n = count(*v)?;
                 served.requests = served.requests.saturating_add(n);
                 if sample.labels.get("code").is_some_and(|c| c.starts_with('5')) {
                     served.errors = served.errors.saturating_add(n);
@@ -416,10 +441,18 @@ async fn read_node(
             prometheus_parse::Value::Histogram(counts)
                 if latency.is_some_and(|l| sample.metric == l || sample.metric == format!("{l}_bucket")) =>
             {
+                let bounds: Vec<f64> = counts.iter().map(|c| c.less_than).collect();
+                match &series_bounds {
+                    // Series with other buckets cannot be added up: no latency from it.
+                    Some(first) if *first != bounds => mixed = true,
+                    Some(_) => {}
+                    None => series_bounds = Some(bounds),
+                }
                 for c in counts {
+                    let n = count(c.count)?;
                     match buckets.iter_mut().find(|(le, _)| *le == c.less_than) {
-                        Some(b) => b.1 = b.1.saturating_add(c.count.max(0.0) as u64),
-                        None => buckets.push((c.less_than, c.count.max(0.0) as u64)),
+                        Some(b) => b.1 = b.1.saturating_add(n),
+                        None => buckets.push((c.less_than, n)),
                     }
                 }
             }
@@ -430,7 +463,9 @@ async fn read_node(
         return Err(format!("no {requests} in its metrics"));
     }
     buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
-    served.buckets = buckets.into_iter().map(|(le, n)| (le.to_string(), n)).collect();
+    if !mixed {
+        served.buckets = buckets.into_iter().map(|(le, n)| (le.to_string(), n)).collect();
+    }
     Ok(served)
 }
 

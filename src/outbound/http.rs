@@ -12,6 +12,7 @@ use reqwest::StatusCode;
 /// ever call out (most deploy steps do not notify, most chat commands ask no gate).
 pub struct Client {
     timeout: Duration,
+    redirects: bool,
     built: OnceLock<reqwest::Client>,
 }
 
@@ -19,7 +20,16 @@ impl Client {
     pub fn new(timeout: Duration) -> Client {
         Client {
             timeout,
+            redirects: true,
             built: OnceLock::new(),
+        }
+    }
+
+    /// A client that follows no redirect: what it sends goes where it was sent only.
+    pub fn without_redirects(timeout: Duration) -> Client {
+        Client {
+            redirects: false,
+            ..Client::new(timeout)
         }
     }
 }
@@ -29,8 +39,13 @@ impl std::ops::Deref for Client {
 
     fn deref(&self) -> &reqwest::Client {
         self.built.get_or_init(|| {
+            let redirects = match self.redirects {
+                true => reqwest::redirect::Policy::default(),
+                false => reqwest::redirect::Policy::none(),
+            };
             reqwest::Client::builder()
                 .timeout(self.timeout)
+                .redirect(redirects)
                 .user_agent(concat!("shipit/", env!("CARGO_PKG_VERSION")))
                 .build()
                 .expect("an HTTP client with default TLS settings")

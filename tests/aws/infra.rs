@@ -284,6 +284,7 @@ fn each_function_reads_only_the_secrets_it_uses() {
                 "NewRelicKeySecret",
                 "DatadogKeySecret",
                 "PrometheusTokenSecret",
+                "DatadogAppKeySecret",
             ]
             .into(),
         ),

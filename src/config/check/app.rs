@@ -92,10 +92,21 @@ pub(super) fn check_app(c: &mut Checker, base: &Path, name: String, a: RawApp) -
     // An analysis scrapes each node over HTTP: nodes on AWS are found by tags, without an
     // address shipit could reach.
     for env in environments.values() {
-        let analyses = checks
-            .iter()
-            .chain(&env.checks)
-            .any(|ch| matches!(ch.source, crate::config::CheckSource::Analysis { .. }));
+        // The app's checks as this environment has them (see `Config::checks_for`).
+        let named = |name: &str| env.checks.iter().any(|e| e.name == name);
+        let its = checks.iter().filter(|c| !named(&c.name)).chain(&env.checks);
+        let analysis = |ch: &&crate::config::Check| {
+            matches!(ch.source, crate::config::CheckSource::Analysis { .. })
+        };
+        let count = its.filter(analysis).count();
+        if count > 1 {
+            c.error(
+                format!("{k}.environments.{}", env.name),
+                format!("{count} analyses with the app's: a deploy compares its canary with its baseline once"),
+                "keep one check with analysis = \"…\" (one of the environment's replaces the app's of its name)",
+            );
+        }
+        let analyses = count > 0;
         if analyses && matches!(env.nodes, crate::config::Nodes::Ssm { .. }) {
             c.error(
                 format!("{k}.environments.{}", env.name),

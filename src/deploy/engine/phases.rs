@@ -720,6 +720,10 @@ impl Deploy {
     fn stage_millis(&self, stage: Stage) -> u64 {
         match stage {
             Stage::Canary => self.policy.bake_seconds * 1000,
+            // An analysis needs two scrapes for its first window.
+            Stage::Batch if self.reading_now().iter().any(|r| r.analysis.is_some()) => {
+                self.policy.check_interval_seconds.max(1) * 2000
+            }
             Stage::Batch => 0,
             Stage::Watch => self.policy.watch_seconds * 1000,
         }

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 use chrono::{DateTime, Duration, TimeZone, Utc};
 
 use super::*;
-use crate::deploy::analysis::{Scrape, Served, Settings};
+use crate::deploy::analysis::{NodeServed, Scrape, Served, Settings};
 use crate::deploy::approval::{self, Approval, Approvals};
 use crate::deploy::checks::{Groups, NoData, Reading, Rule, Stage};
 use crate::deploy::command::{HOOK_FAILED, UNHEALTHY};
@@ -2636,11 +2636,14 @@ fn scraped(canary: (u64, u64), baseline: (u64, u64)) -> Reading {
         errors,
         buckets: vec![],
     };
+    let node = |name: &str, canary: bool, counts| NodeServed {
+        node: name.into(),
+        canary,
+        served: served(counts),
+    };
     Reading::Scraped {
         scrape: Box::new(Scrape {
-            canary: served(canary),
-            baseline: served(baseline),
-            answered: (1, 2),
+            nodes: vec![node("n1", true, canary), node("n2", false, baseline)],
             unanswered: vec![],
         }),
     }
