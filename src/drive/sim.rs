@@ -9,10 +9,11 @@
 //! that fail (before or after they took effect: a lost answer) until the state machine's
 //! Retry gives up and its Catch winds the deploy down, nodes terminated mid-rollout and
 //! new ones joining (with the sync job that brings them to the live version), and
-//! staging's successes promoted to production through its approvals (the promotions
-//! queued on a twin of SQS FIFO's deduplication), an SSM Change Calendar that closes
-//! beside b/prod's own windows and freezes, and b/prod's metric checks, which fail for a
-//! version that serves badly, go red fleet-wide for a while, or go dark (no data).
+//! staging's successes promoted to production through its approvals and only while
+//! staging's check is not red (the promotions queued on a twin of SQS FIFO's
+//! deduplication), an SSM Change Calendar that closes beside b/prod's own windows and
+//! freezes, and metric checks (b/prod's, a/staging's), which fail for a version that
+//! serves badly, go red fleet-wide for a while, or go dark (no data).
 //!
 //! Jobs take the lock in queue order through the same `Turn` port the Step Functions
 //! driver uses (a twin of the dispatcher's tickets), and chat cancels waiting jobs as
@@ -106,11 +107,16 @@ change_calendar = "b-changes""#;
     let approvals =
         r#"approvals = { approvers = ["U1", "U2"], grace_seconds = 600, timeout_seconds = 10800 }"#;
     // a/staging promotes what goes live there to a/prod five minutes later, through
-    // a/prod's approvals.
+    // a/prod's approvals, unless its fleet-wide check reads red then.
     let staging = r#"
 [apps.a.environments.staging]
 ssm_tags = { "shipit:app" = "a", "shipit:env" = "staging" }
 promote = { to = "prod", after_seconds = 300 }
+[[apps.a.environments.staging.checks]]
+name = "errors"
+prometheus = "http://127.0.0.1:9"
+query = "sum(rate(errors[1m]))"
+condition = "< 1"
 "#;
     // b/prod reads two checks (see `SimChecks`): after each batch, and for 30 s after
     // the last node.
@@ -618,7 +624,27 @@ impl World {
         let then = t.marks_log.iter().rfind(|e| e.0 <= since);
         let always =
             then.is_some_and(marked) && t.marks_log.iter().filter(|e| e.0 > since).all(marked);
-        always.then(|| format!("though {} was marked faulty on {from_env}", job.version))
+        if always {
+            return Some(format!(
+                "though {} was marked faulty on {from_env}",
+                job.version
+            ));
+        }
+        // And only on a reading of its source's checks, made once due, that passed.
+        let from = DeployJob {
+            env: from_env.clone(),
+            ..job.clone()
+        };
+        if self.config.checks_for(&from).is_empty() {
+            return None;
+        }
+        let due = (*due_at - t0()).num_milliseconds();
+        match self.last_reading.get(&job.id) {
+            Some((at, true)) if *at >= due => None,
+            last => Some(format!(
+                "without a passing reading of {from_env}'s checks once due (last: {last:?})"
+            )),
+        }
     }
 
     /// Before a write to app+env's history or marks: if a lag is due, reads go on
@@ -2848,9 +2874,13 @@ fn the_invariants_hold_on_thousands_of_random_schedules() {
                 && reason("check errors after "),
             "{stats:#?}"
         );
-        // Promotions queued, gone live, and refused for what became of their source.
+        // Promotions queued, gone live, and refused for what became of their source,
+        // its checks among it.
         assert!(
-            stats.promotions > 0 && stats.promoted > 0 && reason("not promoted: "),
+            stats.promotions > 0
+                && stats.promoted > 0
+                && reason("not promoted: ")
+                && reason("not promoted: check errors reads red on staging"),
             "{stats:#?}"
         );
     }

@@ -286,7 +286,12 @@ fn checks_line(config: &Config, app: &App, job: &DeployJob) -> String {
     if r.canary && r.bake_seconds > 0 {
         when.push(format!("through the canary's {} s bake", r.bake_seconds));
     }
+    // An analysis is read only while some node still runs the old version.
+    let only_analysis = checks
+        .iter()
+        .all(|c| matches!(c.source, crate::config::CheckSource::Analysis { .. }));
     match r.watch_seconds {
+        _ if only_analysis => when.push("after each batch but the last".to_string()),
         0 => when.push("after each batch".to_string()),
         w => {
             when.push("after each batch but the last".to_string());
