@@ -10,7 +10,10 @@
 //! mix of them (a load balancer spreading traffic evenly).
 
 use serde::{Deserialize, Serialize};
-use statrs::distribution::{DiscreteCDF, Hypergeometric};
+use statrs::distribution::{ContinuousCDF, DiscreteCDF, Hypergeometric, Normal};
+
+/// The most terms Fisher's test adds exactly (see `fisher`).
+const EXACT_TERMS: u64 = 20_000;
 
 /// What one group of nodes has served since it started counting: cumulative counters,
 /// summed over the group's nodes.
@@ -192,9 +195,20 @@ fn fisher((ha, na): (u64, u64), (hb, nb): (u64, u64)) -> f64 {
     let (Some(n), Some(hits)) = (na.checked_add(nb), ha.checked_add(hb)) else {
         return 1.0;
     };
+    // statrs adds the terms one by one: past EXACT_TERMS (a busy service), the normal
+    // approximation, which at such counts is as good.
+    let terms = ha.min(hits.min(na) - ha);
+    if terms > EXACT_TERMS {
+        let (n, k, d) = (n as f64, hits as f64, na as f64);
+        let mean = d * k / n;
+        let variance = d * (k / n) * ((n - k) / n) * ((n - d) / (n - 1.0));
+        if variance <= 0.0 {
+            return 1.0;
+        }
+        return Normal::standard().sf((ha as f64 - 0.5 - mean) / variance.sqrt());
+    }
     match Hypergeometric::new(n, hits, na) {
-        // P(X >= ha) = P(X > ha - 1), summed from whichever end has fewer terms (statrs
-        // adds them one by one).
+        // P(X >= ha) = P(X > ha - 1), summed from whichever end has fewer terms.
         Ok(h) if ha < hits.min(na) - ha => (1.0 - h.cdf(ha - 1)).max(0.0),
         Ok(h) => h.sf(ha - 1),
         Err(_) => 1.0,
@@ -361,6 +375,19 @@ mod tests {
         // Better than the baseline.
         assert!(errors_p(&served(1000, 1, &[]), &served(1000, 10, &[])) > 0.99);
         assert_eq!(errors_p(&served(0, 0, &[]), &served(10, 1, &[])), 1.0);
+        // A busy service: the normal approximation, the same answers.
+        let worse = errors_p(
+            &served(1_000_000, 30_000, &[]),
+            &served(2_000_000, 40_000, &[]),
+        );
+        assert!(worse < 1e-12, "{worse}");
+        let same = errors_p(
+            &served(1_000_000, 20_100, &[]),
+            &served(2_000_000, 40_000, &[]),
+        );
+        assert!(same > 0.05 && same < 0.95, "{same}");
+        let exact = errors_p(&served(100_000, 2_050, &[]), &served(200_000, 4_000, &[]));
+        assert!(exact > 0.05 && exact < 0.95, "{exact}");
     }
 
     #[test]

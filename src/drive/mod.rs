@@ -33,6 +33,13 @@ use crate::outbound::checks::CheckReader;
 use crate::outbound::gate::Gatekeeper;
 use crate::outbound::notify::Notifier;
 
+/// Why a promotion's source checks hold it back: one reads red (it is not promoted), or
+/// one has no data where that fails (read again for a while).
+enum Red {
+    Red(String),
+    NoData(String),
+}
+
 /// What a deploy asks of and tells the world outside: the gate (GitHub) before it
 /// starts, the notifiers as it goes.
 #[derive(Clone)]
@@ -434,7 +441,7 @@ impl Driver {
     /// red now (or has no data where that fails): its checks are read there once more,
     /// as a deploy reads them (a comparison with a baseline is not: nothing there runs
     /// the old version).
-    async fn red_where_promoted_from(&self, job: &DeployJob) -> Option<String> {
+    async fn red_where_promoted_from(&self, job: &DeployJob) -> Option<Red> {
         let Source::Promotion { from_env, .. } = &job.source else {
             return None;
         };
@@ -465,11 +472,11 @@ impl Driver {
                 .find(|r| r.name == name)
                 .map_or(NoData::Fail, |r| r.no_data);
             match reading {
-                Reading::Fail { detail } | Reading::Refused { detail } => Some(format!(
+                Reading::Fail { detail } | Reading::Refused { detail } => Some(Red::Red(format!(
                     "not promoted: check {name} reads red on {from_env}: {detail}"
-                )),
-                Reading::NoData { detail } if no_data == NoData::Fail => Some(format!(
-                    "not promoted: check {name} has no data on {from_env}: {detail}"
+                ))),
+                Reading::NoData { detail } if no_data == NoData::Fail => Some(Red::NoData(
+                    format!("not promoted: check {name} has no data on {from_env}: {detail}"),
                 )),
                 _ => None,
             }
@@ -511,11 +518,33 @@ impl Driver {
                 return Ok(Observation::Closed { until, why })
             }
             Some(promotion::Standing::Refused(reason)) => return Ok(Observation::Skip { reason }),
-            Some(promotion::Standing::Goes) => {
-                if let Some(reason) = self.red_where_promoted_from(job).await {
-                    return Ok(Observation::Skip { reason });
+            Some(promotion::Standing::Goes) => match self.red_where_promoted_from(job).await {
+                Some(Red::Red(reason)) => return Ok(Observation::Skip { reason }),
+                // No data (the metrics source down for a moment): read again, within the
+                // check's data wait from the promotion's time, then not promoted.
+                Some(Red::NoData(reason)) => {
+                    let app = self.app(job).map_err(|e| Box::new(e) as PortError)?;
+                    let r = &app.rollout;
+                    let Source::Promotion { due_at, .. } = &job.source else {
+                        return Ok(Observation::Skip { reason });
+                    };
+                    let gives_up = *due_at + chrono::Duration::seconds(r.check_wait_seconds as i64);
+                    if now >= gives_up {
+                        return Ok(Observation::Skip { reason });
+                    }
+                    let again =
+                        now + chrono::Duration::seconds(r.check_interval_seconds.max(1) as i64);
+                    return Ok(Observation::Closed {
+                        until: again.min(gives_up),
+                        why: format!(
+                            "{}; read again until {}",
+                            reason.trim_start_matches("not promoted: "),
+                            gives_up.format("%Y-%m-%d %H:%M:%S UTC")
+                        ),
+                    });
                 }
-            }
+                None => {}
+            },
             None => {}
         }
         // Checked at each try, just before the lock: nothing starts to change nodes
