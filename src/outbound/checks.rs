@@ -1,21 +1,24 @@
-//! Reads a deploy's metric checks: Prometheus instant queries over its HTTP API.
+//! Reads a deploy's metric checks: Prometheus instant queries over its HTTP API, Datadog
+//! monitors over theirs, and the nodes' own Prometheus text for a canary-versus-baseline
+//! analysis (which the engine judges).
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use futures_util::StreamExt;
 use serde_json::Value;
 
 use super::http::{excerpt, Client};
 use crate::config::secrets::Secrets;
 use crate::config::{Check, CheckSource, Config, Nodes};
 use crate::deploy::analysis::{NodeServed, Scrape, Served};
-use futures_util::StreamExt;
 use crate::deploy::checks::{promql, Groups, Reading};
 use crate::deploy::job::DeployJob;
 use crate::deploy::ports::Checks;
 
-/// How long one reading may take: a deploy step reads every check in turn.
+/// How long one request may take: a deploy step reads its checks at once, and waits for
+/// the slowest.
 const READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub struct CheckReader {

@@ -781,8 +781,9 @@ impl Deploy {
     }
 
     /// A reading of every check: one that fails rolls the deploy back (marking the
-    /// version if it served on a node this deploy restarted); once the stage's time is
-    /// over and every check has data (or its data wait is over), the rollout goes on.
+    /// version if the check reads its own figures and it served on a node this deploy
+    /// restarted); once the stage's time is over and every check has data (or its data
+    /// wait is over), the rollout goes on.
     pub(super) fn on_checked(
         &mut self,
         readings: Vec<(String, Reading)>,
@@ -807,11 +808,8 @@ impl Deploy {
                     detail: "not read".into(),
                 })
         };
-        let read: Vec<(Rule, Reading)> = self
-            .reading_now()
-            .into_iter()
-            .cloned()
-            .collect::<Vec<Rule>>()
+        let rules: Vec<Rule> = self.reading_now().into_iter().cloned().collect();
+        let read: Vec<(Rule, Reading)> = rules
             .into_iter()
             .map(|rule| {
                 let r = match (rule.analysis, reading(&rule.name)) {
