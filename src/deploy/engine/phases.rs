@@ -828,11 +828,6 @@ impl Deploy {
         if let Some((rule, Reading::Fail { detail })) =
             read.iter().find(|(_, r)| matches!(r, Reading::Fail { .. }))
         {
-            notices.push(Notice::CheckFailed {
-                check: rule.name.clone(),
-                stage,
-                detail: detail.clone(),
-            });
             let reason = format!("check {} failed {stage}: {detail}", rule.name);
             // A verdict on the version when the check reads the version's own figures and
             // it served on a node this deploy restarted (not only one whose drain hook
@@ -845,19 +840,15 @@ impl Deploy {
                 .filter(|n| n.state == NodeState::Unhealthy)
                 .count();
             let served = healthy || unhealthy > self.hook_failures as usize;
-            return self.revert_or_fail(reason, served && rule.per_version, notices);
+            let marks = served && rule.per_version;
+            return self.check_failed(&rule.name, stage, detail, reason, marks, notices);
         }
         if let Some((rule, Reading::Refused { detail })) = read
             .iter()
             .find(|(_, r)| matches!(r, Reading::Refused { .. }))
         {
-            notices.push(Notice::CheckFailed {
-                check: rule.name.clone(),
-                stage,
-                detail: detail.clone(),
-            });
             let reason = format!("check {} could not be read {stage}: {detail}", rule.name);
-            return self.revert_or_fail(reason, false, notices);
+            return self.check_failed(&rule.name, stage, detail, reason, false, notices);
         }
         let missing: Vec<&(Rule, Reading)> = read
             .iter()
@@ -886,14 +877,9 @@ impl Deploy {
                 },
                 r.detail()
             );
-            notices.push(Notice::CheckFailed {
-                check: rule.name.clone(),
-                stage,
-                detail: detail.clone(),
-            });
             // No data may be the metrics' fault, not the version's: nothing is marked.
             let reason = format!("check {} {stage}: {detail} (no_data = \"fail\")", rule.name);
-            return self.revert_or_fail(reason, false, notices);
+            return self.check_failed(&rule.name, stage, &detail, reason, false, notices);
         }
         notices.push(Notice::ChecksPassed {
             stage,
@@ -909,6 +895,25 @@ impl Deploy {
         });
         // The bake's time is spent: its closing health check at once.
         self.after_checks(stage, batch);
+    }
+
+    /// `check` failed `stage` (`detail`, as chat says it): the deploy rolls back, ending
+    /// with `reason`, marking its version faulty if `marks`.
+    fn check_failed(
+        &mut self,
+        check: &str,
+        stage: Stage,
+        detail: &str,
+        reason: String,
+        marks: bool,
+        notices: &mut Vec<Notice>,
+    ) {
+        notices.push(Notice::CheckFailed {
+            check: check.to_string(),
+            stage,
+            detail: detail.to_string(),
+        });
+        self.revert_or_fail(reason, marks, notices);
     }
 
     /// What follows a stage's checks: the canary's closing health check, the next batch,
