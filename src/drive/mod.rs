@@ -33,8 +33,9 @@ use crate::outbound::checks::CheckReader;
 use crate::outbound::gate::Gatekeeper;
 use crate::outbound::notify::Notifier;
 
-/// Why a promotion's source checks hold it back: one reads red (it is not promoted), or
-/// one has no data where that fails (read again for a while).
+/// Why a promotion's source checks hold it back ("check … reads red on staging: …"):
+/// one reads red (it is not promoted), or one has no data where that fails (read again
+/// for a while).
 enum Red {
     Red(String),
     NoData(String),
@@ -473,10 +474,10 @@ impl Driver {
                 .map_or(NoData::Fail, |r| r.no_data);
             match reading {
                 Reading::Fail { detail } | Reading::Refused { detail } => Some(Red::Red(format!(
-                    "not promoted: check {name} reads red on {from_env}: {detail}"
+                    "check {name} reads red on {from_env}: {detail}"
                 ))),
                 Reading::NoData { detail } if no_data == NoData::Fail => Some(Red::NoData(
-                    format!("not promoted: check {name} has no data on {from_env}: {detail}"),
+                    format!("check {name} has no data on {from_env}: {detail}"),
                 )),
                 _ => None,
             }
@@ -519,10 +520,14 @@ impl Driver {
             }
             Some(promotion::Standing::Refused(reason)) => return Ok(Observation::Skip { reason }),
             Some(promotion::Standing::Goes) => match self.red_where_promoted_from(job).await {
-                Some(Red::Red(reason)) => return Ok(Observation::Skip { reason }),
+                Some(Red::Red(why)) => {
+                    let reason = format!("not promoted: {why}");
+                    return Ok(Observation::Skip { reason });
+                }
                 // No data (the metrics source down for a moment): read again, within the
                 // check's data wait from the promotion's time, then not promoted.
-                Some(Red::NoData(reason)) => {
+                Some(Red::NoData(why)) => {
+                    let reason = format!("not promoted: {why}");
                     let app = self.app(job).map_err(|e| Box::new(e) as PortError)?;
                     let r = &app.rollout;
                     let Source::Promotion { due_at, .. } = &job.source else {
@@ -537,8 +542,7 @@ impl Driver {
                     return Ok(Observation::Closed {
                         until: again.min(gives_up),
                         why: format!(
-                            "{}; read again until {}",
-                            reason.trim_start_matches("not promoted: "),
+                            "{why}; read again until {}",
                             gives_up.format("%Y-%m-%d %H:%M:%S UTC")
                         ),
                     });

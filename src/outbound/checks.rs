@@ -11,7 +11,7 @@ use serde_json::Value;
 
 use super::http::{excerpt, Client};
 use crate::config::secrets::Secrets;
-use crate::config::{Check, CheckSource, Config, Nodes};
+use crate::config::{CheckSource, Config, Nodes};
 use crate::deploy::analysis::{NodeServed, Scrape, Served};
 use crate::deploy::checks::{promql, Groups, Reading};
 use crate::deploy::job::DeployJob;
@@ -37,18 +37,15 @@ impl CheckReader {
         }
     }
 
-    async fn read_one(&self, job: &DeployJob, check: &Check) -> Reading {
-        let CheckSource::Prometheus {
-            url,
-            query,
-            condition,
-            token,
-        } = &check.source
-        else {
-            return Reading::NoData {
-                detail: "not a Prometheus check".into(),
-            };
-        };
+    /// A Prometheus check: its instant query, each sample held to `condition`.
+    async fn query(
+        &self,
+        job: &DeployJob,
+        url: &str,
+        query: &str,
+        condition: crate::deploy::checks::Condition,
+        token: Option<&crate::config::secrets::Secret>,
+    ) -> Reading {
         let query = promql(query, &job.version.to_string(), &job.app, &job.env);
         let mut request = self
             .http
@@ -108,19 +105,20 @@ impl Checks for CheckReader {
         // At once: each may take up to READ_TIMEOUT, and a step has a budget.
         let checks = &checks;
         let reads = names.iter().map(|name| async move {
-            let reading = match checks.iter().find(|c| &c.name == name) {
-                Some(check @ Check {
-                    source: CheckSource::Prometheus { .. },
-                    ..
-                }) => self.read_one(job, check).await,
-                Some(Check {
-                    source:
-                        CheckSource::Analysis {
-                            metrics_url,
-                            requests,
-                            latency,
-                            ..
-                        },
+            let reading = match checks.iter().find(|c| &c.name == name).map(|c| &c.source) {
+                Some(CheckSource::Prometheus {
+                    url,
+                    query,
+                    condition,
+                    token,
+                }) => {
+                    self.query(job, url, query, *condition, token.as_ref())
+                        .await
+                }
+                Some(CheckSource::Analysis {
+                    metrics_url,
+                    requests,
+                    latency,
                     ..
                 }) => {
                     let metrics = Metrics {
@@ -129,14 +127,10 @@ impl Checks for CheckReader {
                     };
                     self.scrape(job, metrics_url, metrics, groups).await
                 }
-                Some(Check {
-                    source:
-                        CheckSource::Datadog {
-                            monitors,
-                            tags,
-                            app_key,
-                        },
-                    ..
+                Some(CheckSource::Datadog {
+                    monitors,
+                    tags,
+                    app_key,
                 }) => self.monitors(job, monitors, tags, app_key).await,
                 // The config changed under a running deploy: nothing to read it by.
                 None => Reading::NoData {
