@@ -174,6 +174,10 @@ pub enum CheckSource {
         tags: Vec<String>,
         app_key: Secret,
     },
+    /// CloudWatch alarms by name (`{app}` and `{env}` filled in), read through
+    /// DescribeAlarms with the runtime's AWS credentials: one in ALARM fails the check.
+    /// Fleet-wide, as Datadog's.
+    CloudWatch { alarms: Vec<String> },
 }
 
 impl Check {
@@ -184,12 +188,14 @@ impl Check {
             no_data: self.no_data,
             analysis: match &self.source {
                 CheckSource::Analysis { settings, .. } => Some(*settings),
-                CheckSource::Prometheus { .. } | CheckSource::Datadog { .. } => None,
+                CheckSource::Prometheus { .. }
+                | CheckSource::Datadog { .. }
+                | CheckSource::CloudWatch { .. } => None,
             },
             per_version: match &self.source {
                 CheckSource::Analysis { .. } => true,
                 CheckSource::Prometheus { query, .. } => query.contains("{version}"),
-                CheckSource::Datadog { .. } => false,
+                CheckSource::Datadog { .. } | CheckSource::CloudWatch { .. } => false,
             },
         }
     }

@@ -97,6 +97,8 @@ pub(super) struct RawCheck {
     pub(super) datadog_monitors: Option<Vec<u64>>,
     pub(super) datadog_tags: Option<Vec<String>>,
     pub(super) app_key: Option<String>,
+    /// CloudWatch alarms by name (`{app}` and `{env}` filled in).
+    pub(super) cloudwatch_alarms: Option<Vec<String>>,
 }
 
 #[derive(Deserialize)]

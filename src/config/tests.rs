@@ -1012,6 +1012,10 @@ fn checks_are_the_app_s_with_the_environment_s_over_them_and_each_is_checked() {
         analysis = "http://127.0.0.1:{{port}}/metrics"
         requests = "hello_requests_total"
         latency = "hello_request_seconds"
+        [[apps.hello.environments.production.checks]]
+        name = "alarms"
+        cloudwatch_alarms = ["{{app}}-{{env}}-5xx", "elb-latency"]
+        no_data = "pass"
         "#
     );
     let c = Config::parse(&text, Path::new("x.toml")).unwrap();
@@ -1041,6 +1045,9 @@ fn checks_are_the_app_s_with_the_environment_s_over_them_and_each_is_checked() {
                 crate::config::CheckSource::Datadog { monitors, tags, .. } => {
                     format!("datadog {monitors:?} {tags:?}")
                 }
+                crate::config::CheckSource::CloudWatch { alarms } => {
+                    format!("cloudwatch {alarms:?}")
+                }
                 crate::config::CheckSource::Analysis {
                     metrics_url,
                     requests,
@@ -1069,6 +1076,7 @@ fn checks_are_the_app_s_with_the_environment_s_over_them_and_each_is_checked() {
             "saturation http://prometheus:9090 z < 0.9 false fail per_version=false",
             "monitors datadog [] [\"service:{app}\"] fail per_version=false",
             "versus http://127.0.0.1:8001/metrics hello_requests_total Some(\"hello_request_seconds\") 0.01 200 fail per_version=true",
+            "alarms cloudwatch [\"{app}-{env}-5xx\", \"elb-latency\"] pass per_version=false",
         ]
     );
 
@@ -1103,6 +1111,13 @@ fn checks_are_the_app_s_with_the_environment_s_over_them_and_each_is_checked() {
         name = "e"
         datadog_monitors = [1]
         datadog_tags = ["service:x"]
+        [[apps.hello.checks]]
+        name = "f"
+        cloudwatch_alarms = []
+        [[apps.hello.checks]]
+        name = "g"
+        cloudwatch_alarms = ["ok", "bad\u0007"]
+        condition = "< 1"
         [apps.hello.rollout]
         check_interval_seconds = 0
         "#
@@ -1134,6 +1149,10 @@ fn checks_are_the_app_s_with_the_environment_s_over_them_and_each_is_checked() {
             // By id or by tags, with an application key.
             "apps.hello.checks[5]",
             "apps.hello.checks[5].app_key",
+            // 1 to 100 names DescribeAlarms takes, and nothing but alarms.
+            "apps.hello.checks[6].cloudwatch_alarms",
+            "apps.hello.checks[7]",
+            "apps.hello.checks[7].cloudwatch_alarms",
         ],
         "{err}"
     );

@@ -272,6 +272,11 @@ fn checks_line(config: &Config, app: &App, job: &DeployJob) -> String {
                         true => format!("Datadog monitors tagged {}", tags.join(", ")),
                     }
                 }
+                crate::config::CheckSource::CloudWatch { alarms } => format!(
+                    "CloudWatch alarm{} {}",
+                    if alarms.len() == 1 { "" } else { "s" },
+                    alarms.join(", ")
+                ),
                 crate::config::CheckSource::Analysis { settings, .. } => format!(
                     "canary versus baseline, alpha {}, at least {} requests a side",
                     settings.alpha(),

@@ -1,6 +1,6 @@
 //! Reads a deploy's metric checks: Prometheus instant queries over its HTTP API, Datadog
-//! monitors over theirs, and the nodes' own Prometheus text for a canary-versus-baseline
-//! analysis (which the engine judges).
+//! monitors over theirs, CloudWatch alarms through the SDK, and the nodes' own Prometheus
+//! text for a canary-versus-baseline analysis (which the engine judges).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,6 +25,8 @@ pub struct CheckReader {
     config: Arc<Config>,
     secrets: Arc<Secrets>,
     http: Client,
+    /// Made at the first CloudWatch check: a config without one needs no AWS credentials.
+    cloudwatch: tokio::sync::OnceCell<aws_sdk_cloudwatch::Client>,
 }
 
 impl CheckReader {
@@ -34,6 +36,7 @@ impl CheckReader {
             secrets,
             // Custom headers (Datadog's keys) would follow a redirect to another host.
             http: Client::without_redirects(READ_TIMEOUT),
+            cloudwatch: tokio::sync::OnceCell::new(),
         }
     }
 
@@ -132,6 +135,7 @@ impl Checks for CheckReader {
                     tags,
                     app_key,
                 }) => self.monitors(job, monitors, tags, app_key).await,
+                Some(CheckSource::CloudWatch { alarms }) => self.alarms(job, alarms).await,
                 // The config changed under a running deploy: nothing to read it by.
                 None => Reading::NoData {
                     detail: format!("no check named {name} in the config now"),
@@ -222,6 +226,123 @@ impl CheckReader {
             .await
         };
         judge_monitors(answers, tags)
+    }
+}
+
+impl CheckReader {
+    /// CloudWatch alarms by name, metric and composite alike: one in ALARM fails.
+    async fn alarms(&self, job: &DeployJob, names: &[String]) -> Reading {
+        use aws_sdk_cloudwatch::types::AlarmType;
+        let names: Vec<String> = names
+            .iter()
+            .map(|n| n.replace("{app}", &job.app).replace("{env}", &job.env))
+            .collect();
+        let client = self
+            .cloudwatch
+            .get_or_init(|| async { aws_sdk_cloudwatch::Client::new(&crate::aws::sdk_config().await) })
+            .await;
+        // Without AlarmTypes, DescribeAlarms leaves composite alarms out.
+        let mut pages = client
+            .describe_alarms()
+            .set_alarm_names(Some(names.clone()))
+            .alarm_types(AlarmType::MetricAlarm)
+            .alarm_types(AlarmType::CompositeAlarm)
+            .into_paginator()
+            .send();
+        let mut found = vec![];
+        while let Some(page) = pages.next().await {
+            let page = match page {
+                Ok(page) => page,
+                Err(e) => return alarms_unread(e),
+            };
+            let metric = page
+                .metric_alarms()
+                .iter()
+                .map(|a| (a.alarm_name(), a.state_value(), a.state_reason()));
+            let composite = page
+                .composite_alarms()
+                .iter()
+                .map(|a| (a.alarm_name(), a.state_value(), a.state_reason()));
+            for (name, state, reason) in metric.chain(composite) {
+                found.push(Alarm {
+                    name: name.unwrap_or_default().to_string(),
+                    state: state.map_or("", |s| s.as_str()).to_string(),
+                    reason: reason.unwrap_or_default().to_string(),
+                });
+            }
+        }
+        judge_alarms(&names, &found)
+    }
+}
+
+/// A DescribeAlarms that failed: throttled, timed out or unreachable may pass; refused
+/// (no credentials, no permission, a request CloudWatch will not take) stays refused.
+fn alarms_unread(
+    e: aws_sdk_cloudwatch::error::SdkError<
+        aws_sdk_cloudwatch::operation::describe_alarms::DescribeAlarmsError,
+        aws_smithy_runtime_api::client::orchestrator::HttpResponse,
+    >,
+) -> Reading {
+    use aws_sdk_cloudwatch::error::{ProvideErrorMetadata, SdkError};
+    let status = e.raw_response().map(|r| r.status().as_u16());
+    let throttled = e.code().is_some_and(|c| c.starts_with("Throttl")) || status == Some(429);
+    let refused = match &e {
+        SdkError::ConstructionFailure(_) => true,
+        // Neither a connection's nor a timeout's: no credentials to sign with, which
+        // stay missing.
+        SdkError::DispatchFailure(d) => d.is_user() || d.is_other(),
+        SdkError::ServiceError(_) => !throttled && status.is_some_and(|s| s < 500),
+        _ => false,
+    };
+    let detail = format!(
+        "CloudWatch DescribeAlarms failed: {}",
+        aws_sdk_cloudwatch::error::DisplayErrorContext(&e)
+    );
+    match refused {
+        true => Reading::Refused { detail },
+        false => Reading::NoData { detail },
+    }
+}
+
+/// One alarm as DescribeAlarms answers it.
+struct Alarm {
+    name: String,
+    state: String,
+    reason: String,
+}
+
+/// One alarm in ALARM fails, with its reason; a name CloudWatch does not know is the
+/// check's fault (as a Datadog monitor id is); all INSUFFICIENT_DATA is no data.
+fn judge_alarms(names: &[String], found: &[Alarm]) -> Reading {
+    if let Some(a) = found.iter().find(|a| a.state == "ALARM") {
+        return Reading::Fail {
+            detail: format!("CloudWatch alarm {} is ALARM: {}", a.name, excerpt(&a.reason, 200)),
+        };
+    }
+    let missing: Vec<String> = names
+        .iter()
+        .filter(|n| !found.iter().any(|a| &a.name == *n))
+        .cloned()
+        .collect();
+    if !missing.is_empty() {
+        return Reading::Refused {
+            detail: format!(
+                "CloudWatch has no alarm named {}",
+                crate::deploy::lists::names(&missing)
+            ),
+        };
+    }
+    if found.iter().all(|a| a.state == "INSUFFICIENT_DATA") {
+        return Reading::NoData {
+            detail: format!("{} CloudWatch alarm(s), all INSUFFICIENT_DATA", found.len()),
+        };
+    }
+    let ok = found.iter().filter(|a| a.state == "OK").count();
+    Reading::Pass {
+        detail: format!(
+            "CloudWatch alarms: {ok} OK, {} INSUFFICIENT_DATA (none ALARM)",
+            found.len().saturating_sub(ok)
+        ),
     }
 }
 
@@ -510,8 +631,58 @@ fn samples(data: &Value) -> Result<Vec<(String, f64)>, String> {
 
 #[cfg(test)]
 mod tests {
-    use super::samples;
+    use super::{judge_alarms, samples, Alarm};
+    use crate::deploy::checks::Reading;
     use serde_json::json;
+
+    /// No credentials stay missing (refused); a CloudWatch that cannot be reached may
+    /// answer later (no data). The SDK's own errors, through its HTTP client.
+    #[tokio::test]
+    async fn describe_alarms_without_credentials_is_refused_and_unreachable_is_no_data() {
+        let sdk = crate::aws::sdk_config().await;
+        let client = |credentials: bool| {
+            let mut conf = aws_sdk_cloudwatch::config::Builder::from(&sdk)
+                .region(aws_sdk_cloudwatch::config::Region::new("us-east-1"))
+                // Nothing listens on port 1 of this machine.
+                .endpoint_url("http://127.0.0.1:1")
+                .retry_config(aws_config::retry::RetryConfig::disabled());
+            conf.set_credentials_provider(credentials.then(|| {
+                aws_sdk_cloudwatch::config::SharedCredentialsProvider::new(
+                    aws_sdk_cloudwatch::config::Credentials::new("id", "secret", None, None, "test"),
+                )
+            }));
+            aws_sdk_cloudwatch::Client::from_conf(conf.build())
+        };
+        let read = |c: aws_sdk_cloudwatch::Client| async move {
+            let e = c.describe_alarms().send().await.expect_err("nothing answers");
+            super::alarms_unread(e)
+        };
+        assert!(matches!(read(client(false)).await, Reading::Refused { .. }));
+        assert!(matches!(read(client(true)).await, Reading::NoData { .. }));
+    }
+
+    #[test]
+    fn one_alarm_in_alarm_fails_and_an_unknown_name_is_the_checks_fault() {
+        let alarm = |name: &str, state: &str| Alarm {
+            name: name.into(),
+            state: state.into(),
+            reason: format!("{name} crossed its threshold"),
+        };
+        let names = |n: &[&str]| n.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let read = |n: &[&str], found: &[Alarm]| judge_alarms(&names(n), found);
+        let both = [alarm("a", "OK"), alarm("b", "ALARM")];
+        assert!(matches!(read(&["a", "b"], &both), Reading::Fail { detail }
+            if detail == "CloudWatch alarm b is ALARM: b crossed its threshold"));
+        // ALARM is the verdict even when another name is not there.
+        assert!(matches!(read(&["a", "b", "c"], &both), Reading::Fail { .. }));
+        let ok = [alarm("a", "OK"), alarm("b", "INSUFFICIENT_DATA")];
+        assert!(matches!(read(&["a", "b", "c"], &ok), Reading::Refused { detail }
+            if detail.contains("no alarm named c")));
+        assert!(matches!(read(&["a", "b"], &ok), Reading::Pass { detail }
+            if detail.contains("1 OK, 1 INSUFFICIENT_DATA")));
+        let dark = [alarm("b", "INSUFFICIENT_DATA")];
+        assert!(matches!(read(&["b"], &dark), Reading::NoData { .. }));
+    }
 
     #[test]
     fn instant_vectors_and_scalars_are_read() {

@@ -117,7 +117,8 @@ fn config_uses_ssm(c: &Config) -> bool {
             .filter_map(|check| match &check.source {
                 crate::config::CheckSource::Prometheus { token, .. } => token.as_ref(),
                 crate::config::CheckSource::Datadog { app_key, .. } => Some(app_key),
-                crate::config::CheckSource::Analysis { .. } => None,
+                crate::config::CheckSource::Analysis { .. }
+                | crate::config::CheckSource::CloudWatch { .. } => None,
             })
     });
     [&c.github_secret, &c.slack_secret, &c.server.api_token]

@@ -2533,3 +2533,69 @@ async fn a_prometheus_check_is_read_by_the_step_and_its_waits_go_to_the_state_ma
         "{marks:?}"
     );
 }
+
+/// A CloudWatch alarm check, read by the step through the SDK (CBOR, as on AWS): an
+/// alarm in ALARM rolls the deploy back after its first batch, marking nothing (an alarm
+/// is fleet-wide); once OK the same version deploys; an alarm CloudWatch does not know
+/// fails the check whatever `no_data` says.
+#[tokio::test]
+async fn a_cloudwatch_alarm_in_alarm_rolls_back_and_an_ok_one_lets_the_deploy_through() {
+    let _turn = CONTROL.lock().await;
+    control(json!({})).await;
+    let cw = aws_sdk_cloudwatch::Client::new(&sdk().await);
+    let tag = unique("5xx");
+    let alarm = format!("hello-production-{tag}");
+    crate::emulator::alarm(&cw, &alarm, "OK").await;
+    let mut rig = Rig::new(2).await;
+    let with = |alarms: &str| {
+        format!(
+            "{}\n[[apps.hello.checks]]\nname = \"alarms\"\ncloudwatch_alarms = [{alarms}]\nno_data = \"pass\"\n",
+            config_text(&rig.fleet, "")
+        )
+    };
+    rig.config = Arc::new(parse(&with(&format!("\"{{app}}-{{env}}-{tag}\""))));
+    let first = rig.deploy(rig.job("1.0.0")).await;
+    assert_eq!(first.status, Some(JobStatus::Succeeded), "{first:?}");
+
+    crate::emulator::alarm(&cw, &alarm, "ALARM").await;
+    let job = rig.job("1.1.0");
+    let end = rig.deploy(job.clone()).await;
+    assert_eq!(end.status, Some(JobStatus::Failed), "{end:?}");
+    assert_eq!(
+        end.reason.as_deref(),
+        Some(
+            format!(
+                "check alarms failed after a batch: CloudWatch alarm {alarm} is ALARM: {alarm} set ALARM by the test"
+            )
+            .as_str()
+        )
+    );
+    let (n1, all) = (&rig.nodes[0], rig.nodes.join(","));
+    assert_eq!(
+        rig.log(&job).await,
+        [
+            format!("install {all} 1.1.0"),
+            format!("restart {n1} 1.1.0"),
+            format!("revert install {all} 1.0.0"),
+            format!("revert restart {n1} 1.0.0"),
+        ]
+    );
+    let marks = rig.ledger.faulty("hello", "production").await.unwrap();
+    assert!(
+        marks.is_empty(),
+        "a fleet-wide alarm marks nothing: {marks:?}"
+    );
+
+    crate::emulator::alarm(&cw, &alarm, "OK").await;
+    let end = rig.deploy(rig.job("1.1.0")).await;
+    assert_eq!(end.status, Some(JobStatus::Succeeded), "{end:?}");
+
+    rig.config = Arc::new(parse(&with(&format!("\"{alarm}\", \"{tag}-gone\""))));
+    let end = rig.deploy(rig.job("1.2.0")).await;
+    assert_eq!(end.status, Some(JobStatus::Failed), "{end:?}");
+    let reason = end.reason.unwrap_or_default();
+    assert!(
+        reason.contains(&format!("CloudWatch has no alarm named {tag}-gone")),
+        "{reason}"
+    );
+}

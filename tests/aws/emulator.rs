@@ -1,6 +1,6 @@
-//! The emulator itself, rule by rule: what it adds to moto must refuse what SSM refuses
-//! (each rule from the SSM API reference, named in tests/emulator/server.py), or a wrong
-//! client would look right against it.
+//! The emulator itself, rule by rule: what it adds to moto must refuse what SSM and
+//! CloudWatch refuse (each rule from the service's API reference, named in
+//! tests/emulator/server.py), or a wrong client would look right against it.
 
 use aws_sdk_ssm::types::{CommandFilter, CommandFilterKey};
 use chrono::{Duration, SecondsFormat, Utc};
@@ -887,4 +887,120 @@ async fn get_calendar_state_refuses_what_is_not_a_change_calendar() {
     );
     let open = get(vec![taken]).await.unwrap();
     assert_eq!(open.state().map(|s| s.as_str()), Some("OPEN"));
+}
+
+/// CloudWatch through the SDK for Rust, which speaks Smithy RPC v2 CBOR to it (the
+/// emulator bridges it to moto): a metric alarm named `name` in `state`.
+pub async fn alarm(cw: &aws_sdk_cloudwatch::Client, name: &str, state: &str) {
+    use aws_sdk_cloudwatch::types::{ComparisonOperator, StateValue, Statistic};
+    cw.put_metric_alarm()
+        .alarm_name(name)
+        .namespace("shipit/test")
+        .metric_name("errors")
+        .statistic(Statistic::Sum)
+        .period(60)
+        .evaluation_periods(1)
+        .threshold(1.0)
+        .comparison_operator(ComparisonOperator::GreaterThanThreshold)
+        .send()
+        .await
+        .expect("PutMetricAlarm");
+    cw.set_alarm_state()
+        .alarm_name(name)
+        .state_value(StateValue::from(state))
+        .state_reason(format!("{name} set {state} by the test"))
+        .send()
+        .await
+        .expect("SetAlarmState");
+}
+
+/// DescribeAlarms (CloudWatch API reference): AlarmNames holds at most 100 names and
+/// MaxRecords is within 1..100; pages of MaxRecords follow NextToken, and a token it
+/// did not hand out is InvalidNextToken.
+#[tokio::test]
+async fn describe_alarms_takes_100_names_and_pages_by_max_records() {
+    let cw = aws_sdk_cloudwatch::Client::new(&sdk().await);
+    let prefix = unique("paged");
+    let names: Vec<String> = (0..3).map(|i| format!("{prefix}-{i}")).collect();
+    for name in &names {
+        alarm(&cw, name, "OK").await;
+    }
+    let describe = || cw.describe_alarms().set_alarm_names(Some(names.clone()));
+    let first = describe().max_records(2).send().await.unwrap();
+    assert_eq!(first.metric_alarms().len(), 2);
+    let token = first.next_token().expect("a second page").to_string();
+    let second = describe()
+        .max_records(2)
+        .next_token(token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(second.metric_alarms().len(), 1);
+    assert_eq!(second.next_token(), None);
+    let all = describe().send().await.unwrap();
+    assert_eq!(all.metric_alarms().len(), 3, "50 a page unless asked");
+    let many: Vec<String> = (0..101).map(|i| format!("{prefix}-{i}")).collect();
+    let refused = cw
+        .describe_alarms()
+        .set_alarm_names(Some(many))
+        .send()
+        .await;
+    assert_eq!(code(refused), "ValidationError");
+    for size in [0, 101] {
+        assert_eq!(
+            code(describe().max_records(size).send().await),
+            "ValidationError"
+        );
+    }
+    assert_eq!(
+        code(describe().next_token("not-a-token").send().await),
+        "InvalidNextToken"
+    );
+}
+
+/// DescribeAlarms without AlarmTypes answers metric alarms only, "even if composite
+/// alarms exist" (CloudWatch API reference): a reader that does not ask for both misses
+/// a composite alarm.
+#[tokio::test]
+async fn describe_alarms_leaves_composite_alarms_out_unless_asked() {
+    use aws_sdk_cloudwatch::types::{AlarmType, StateValue};
+    let cw = aws_sdk_cloudwatch::Client::new(&sdk().await);
+    let (metric, composite) = (unique("metric"), unique("composite"));
+    alarm(&cw, &metric, "OK").await;
+    cw.put_composite_alarm()
+        .alarm_name(&composite)
+        .alarm_rule(format!("ALARM(\"{metric}\")"))
+        .send()
+        .await
+        .expect("PutCompositeAlarm");
+    cw.set_alarm_state()
+        .alarm_name(&composite)
+        .state_value(StateValue::Alarm)
+        .state_reason("set by the test")
+        .send()
+        .await
+        .unwrap();
+    let names = Some(vec![metric.clone(), composite.clone()]);
+    let default = cw
+        .describe_alarms()
+        .set_alarm_names(names.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(default.metric_alarms().len(), 1);
+    assert!(default.composite_alarms().is_empty());
+    let both = cw
+        .describe_alarms()
+        .set_alarm_names(names)
+        .alarm_types(AlarmType::MetricAlarm)
+        .alarm_types(AlarmType::CompositeAlarm)
+        .send()
+        .await
+        .unwrap();
+    let states: Vec<_> = both
+        .composite_alarms()
+        .iter()
+        .map(|a| (a.alarm_name(), a.state_value().map(|s| s.as_str())))
+        .collect();
+    assert_eq!(states, [(Some(composite.as_str()), Some("ALARM"))]);
 }

@@ -477,10 +477,16 @@ fn each_function_has_its_own_role_and_only_the_calls_it_makes() {
     let step = grants("deploy-step");
     // It sends one kind of message, a promotion, to the deploy queue only.
     assert_eq!(step["sqs:SendMessage"], queue);
+    // The checks' alarms only, as the template's CheckAlarmNames names them.
+    assert_eq!(
+        step["cloudwatch:DescribeAlarms"],
+        ["arn:${AWS::Partition}:cloudwatch:${AWS::Region}:${AWS::AccountId}:alarm:${CheckAlarmNames}".to_string()].into()
+    );
     assert!(step.keys().all(|a| a.starts_with("ssm:")
         || a == "sqs:SendMessage"
         || a.starts_with("logs:")
         || a == "kms:Decrypt"
+        || a == "cloudwatch:DescribeAlarms"
         || [
             "states:DescribeExecution",
             "states:GetExecutionHistory",
@@ -683,6 +689,7 @@ fn calls(binary: &str) -> BTreeSet<&'static str> {
             "states:DescribeExecution",
             "states:GetExecutionHistory",
             "states:ListExecutions",
+            "cloudwatch:DescribeAlarms",
         ],
         other => panic!("no calls listed for {other}"),
     };
@@ -790,6 +797,7 @@ fn the_calls_above_are_every_aws_operation_the_code_makes() {
             | "list_executions" => {
                 format!("states:{pascal}")
             }
+            "describe_alarms" => format!("cloudwatch:{pascal}"),
             _ => format!("ssm:{pascal}"),
         }
     }

@@ -58,6 +58,16 @@ Added to moto 5.2.5, following the AWS API reference for each shape:
 - Step Functions: States.DataLimitExceeded (a state's data past 256 KB, which moto
   checks) is terminal: no Retry or Catch takes it, as States.ALL does not on AWS; moto
   retried and caught it like any other error.
+- CloudWatch in Smithy RPC v2 CBOR, the only protocol the SDK for Rust speaks to it
+  (moto reads JSON and query): `POST /service/GraniteServiceVersion20100801/operation/OP`
+  is handed to moto as AWS JSON 1.0 and its answer or error written back in CBOR, member
+  by member from botocore's model of the operation (an error with its query-compatible
+  code in `x-amzn-query-error`, as AWS sends it). PutCompositeAlarm reaches moto's
+  PutMetricAlarm (which reads AlarmRule), as moto means it to. DescribeAlarms as the
+  CloudWatch API reference has it: AlarmNames at most 100 and MaxRecords within 1..100
+  (ValidationError); without AlarmTypes only metric alarms; pages of MaxRecords (default
+  50) by NextToken, an unknown one InvalidNextToken. moto evaluates no composite rule:
+  a test sets a composite alarm's state itself.
 - Lambda without Docker (`lambda-simple`): a canned result shaped like a function error,
   `{"errorType": …, "errorMessage": …}`, comes back as one (`X-Amz-Function-Error:
   Unhandled`), so Step Functions' Retry and Catch can be run.
@@ -86,6 +96,7 @@ Added to moto 5.2.5, following the AWS API reference for each shape:
 The first rule whose instance and text match decides an invocation's outcome.
 """
 
+import base64
 import datetime
 import io
 import json
@@ -96,7 +107,12 @@ import signal
 import sys
 import threading
 
+import botocore.session
+from botocore.parsers import JSONParser, RpcV2CBORParser
+from botocore.serialize import RpcV2CBORSerializer
 from moto.awslambda_simple.models import LambdaSimpleBackend
+from moto.cloudwatch import exceptions as cw_exceptions
+from moto.cloudwatch.responses import CloudWatchResponse
 from moto.stepfunctions.parser.asl.component.common.error_name.error_equals_decl import (
     ErrorEqualsDecl)
 from moto.core.exceptions import ServiceException
@@ -110,6 +126,7 @@ from moto.ssm.responses import SimpleSystemManagerResponse
 from werkzeug.serving import run_simple
 
 LOCK = threading.Lock()
+CLOUDWATCH_MODEL = botocore.session.get_session().get_service_model("cloudwatch")
 DEFAULTS = {"rules": [], "offline": [], "pending_reads": 1, "seconds": 0, "invisible_reads": 1,
             "throttle": {}, "rates": {}, "lost_answers": {}, "list_lag": {}, "param_lag": {}}
 CONTROL = dict(DEFAULTS)
@@ -801,6 +818,113 @@ def error_equals(self, env):
 ErrorEqualsDecl._eval_body = error_equals
 
 
+# --- CloudWatch --------------------------------------------------------------------------
+
+def describe_alarms(self):
+    """DescribeAlarms as the CloudWatch API reference has it, where moto is lenient:
+    AlarmNames holds at most 100 names and MaxRecords is within 1..100 (ValidationError);
+    without AlarmTypes only metric alarms are answered, "even if composite alarms exist";
+    pages of MaxRecords (default 50) alarms, metric ones first, by NextToken (one not
+    handed out is InvalidNextToken)."""
+    maybe_throttle("DescribeAlarms")
+    names = self._get_param("AlarmNames", [])
+    if len(names) > 100:
+        raise cw_exceptions.ValidationError(
+            f"1 validation error detected: Value at 'alarmNames' failed to satisfy "
+            f"constraint: Member must have length less than or equal to 100 ({len(names)})")
+    size = self._get_param("MaxRecords")
+    if size is not None and not 1 <= int(size) <= 100:
+        raise cw_exceptions.ValidationError(
+            f"1 validation error detected: Value '{size}' at 'maxRecords' failed to satisfy "
+            f"constraint: Member must have value between 1 and 100")
+    token = self._get_param("NextToken")
+    if token is not None and not token.isdigit():
+        raise InvalidNextToken("The service cannot recognize the token")
+    types = self._get_param("AlarmTypes") or ["MetricAlarm"]
+    answer = ORIGINAL_DESCRIBE_ALARMS(self).result
+    alarms = [("MetricAlarms", a) for a in answer["MetricAlarms"] if "MetricAlarm" in types]
+    alarms += [("CompositeAlarms", a) for a in answer["CompositeAlarms"]
+               if "CompositeAlarm" in types]
+    items, token = page(alarms, int(size or 50), token)
+    result = {"MetricAlarms": [a for k, a in items if k == "MetricAlarms"],
+              "CompositeAlarms": [a for k, a in items if k == "CompositeAlarms"]}
+    if token:
+        result["NextToken"] = token
+    return ActionResult(result)
+
+
+class InvalidNextToken(ServiceException):
+    code = "InvalidNextToken"
+
+
+ORIGINAL_DESCRIBE_ALARMS = CloudWatchResponse.describe_alarms
+CloudWatchResponse.describe_alarms = describe_alarms
+# moto's PutMetricAlarm reads AlarmRule "to re-use this method for composite alarms", but
+# routes no PutCompositeAlarm to it.
+CloudWatchResponse.put_composite_alarm = CloudWatchResponse.put_metric_alarm
+
+CLOUDWATCH_RPC = "/service/GraniteServiceVersion20100801/operation/"
+
+
+def cbor_to_json(value):
+    """A decoded CBOR request as the JSON protocol writes it (AWS JSON 1.0)."""
+    if isinstance(value, dict):
+        return {k: cbor_to_json(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [cbor_to_json(v) for v in value]
+    if isinstance(value, datetime.datetime):
+        return aware(value).timestamp()
+    if isinstance(value, (bytes, bytearray)):
+        return base64.b64encode(value).decode()
+    return value
+
+
+def cloudwatch_rpc(app, environ, start_response):
+    """CloudWatch over Smithy RPC v2 CBOR, which the SDK for Rust speaks and moto does not:
+    the request is handed to moto in AWS JSON 1.0 (which CloudWatch also serves), and its
+    answer, or error, is written back in CBOR, each member by the operation's shape."""
+    operation = environ["PATH_INFO"][len(CLOUDWATCH_RPC):]
+    size = int(environ.get("CONTENT_LENGTH") or 0)
+    body = environ["wsgi.input"].read(size)
+    params = RpcV2CBORParser()._initial_body_parse(body) or {}
+    as_json = json.dumps(cbor_to_json(params)).encode()
+    inner = dict(environ)
+    inner.update({"PATH_INFO": "/", "CONTENT_TYPE": "application/x-amz-json-1.0",
+                  "CONTENT_LENGTH": str(len(as_json)), "wsgi.input": io.BytesIO(as_json),
+                  "HTTP_X_AMZ_TARGET": f"GraniteServiceVersion20100801.{operation}"})
+    inner.pop("HTTP_SMITHY_PROTOCOL", None)
+    answered = {}
+    chunks = app(inner, lambda status, headers, *_: answered.update(status=status,
+                                                                     headers=headers))
+    text = b"".join(chunks)
+    status = answered["status"]
+    out = bytearray()
+    if status.startswith("2"):
+        shape = CLOUDWATCH_MODEL.operation_model(operation).output_shape
+        parsed = JSONParser().parse({"body": text, "headers": {}, "status_code": 200}, shape)
+        parsed.pop("ResponseMetadata", None)
+        if shape is not None:
+            RpcV2CBORSerializer()._serialize_data_item(out, parsed, shape)
+    else:
+        try:
+            error = json.loads(text or b"{}")
+        except ValueError:
+            error = {"__type": "InternalFailure", "message": text[:200].decode(errors="replace")}
+        code = error.get("__type", "InternalFailure").rpartition("#")[2]
+        message = error.get("message") or error.get("Message") or ""
+        writer = RpcV2CBORSerializer()
+        out.extend(writer._get_initial_byte(writer.MAP_MAJOR_TYPE, 2))
+        for item in ("__type", code, "message", message):
+            writer._serialize_type_string(out, item, None, None)
+    # CloudWatch is awsQueryCompatible: an error's query-protocol code rides along in
+    # x-amzn-query-error ("ValidationError;Sender"), which the SDKs read.
+    kept = [(k, v) for k, v in answered["headers"] if k.lower() == "x-amzn-query-error"]
+    start_response(status, kept + [("Content-Type", "application/cbor"),
+                                   ("smithy-protocol", "rpc-v2-cbor"),
+                                   ("Content-Length", str(len(out)))])
+    return [bytes(out)]
+
+
 # --- The control endpoint ---------------------------------------------------------------
 
 def most_in_flight(comment):
@@ -842,6 +966,8 @@ def with_control(app):
             seen = {"most": most_in_flight(comment)}
             start_response("200 OK", [("Content-Type", "application/json")])
             return [json.dumps(seen).encode()]
+        if environ.get("PATH_INFO", "").startswith(CLOUDWATCH_RPC):
+            return cloudwatch_rpc(app, environ, start_response)
         operation = environ.get("HTTP_X_AMZ_TARGET", "").rpartition(".")[2]
         lose = False
         with LOCK:

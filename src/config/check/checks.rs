@@ -97,6 +97,32 @@ fn check_analysis(
     })
 }
 
+/// What DescribeAlarms takes in one call: 1 to 100 names of 1 to 255 characters (the
+/// CloudWatch API reference), `{app}` and `{env}` counted as written.
+fn check_alarm_names(c: &mut Checker, k: &str, alarms: Vec<String>) -> Option<Vec<String>> {
+    let key = format!("{k}.cloudwatch_alarms");
+    if alarms.is_empty() || alarms.len() > 100 {
+        c.error(
+            key,
+            format!("{} alarm names: one check reads 1 to 100", alarms.len()),
+            "cloudwatch_alarms = [\"{app}-{env}-5xx\"] (split a longer list into checks)",
+        );
+        return None;
+    }
+    let bad = alarms.iter().find(|a| {
+        a.trim().is_empty() || a.chars().count() > 255 || a.chars().any(char::is_control)
+    });
+    if let Some(a) = bad {
+        c.error(
+            key,
+            format!("{a:?} is not a CloudWatch alarm name"),
+            "1 to 255 characters, no control characters",
+        );
+        return None;
+    }
+    Some(alarms)
+}
+
 /// A Prometheus metric name.
 fn is_metric_name(n: &str) -> bool {
     let mut chars = n.chars();
@@ -155,6 +181,25 @@ fn check_one(c: &mut Checker, k: &str, r: RawCheck) -> Option<Check> {
             None
         }
     };
+    if let Some(alarms) = r.cloudwatch_alarms {
+        let others = r.analysis.is_some() || r.prometheus.is_some() || r.query.is_some();
+        let datadog =
+            r.datadog_monitors.is_some() || r.datadog_tags.is_some() || r.app_key.is_some();
+        if others || datadog || r.condition.is_some() || r.token.is_some() {
+            c.error(
+                k,
+                "a CloudWatch check reads alarms by name: nothing else",
+                "split it into two checks",
+            );
+        }
+        return Some(Check {
+            name: r.name,
+            no_data: no_data?,
+            source: CheckSource::CloudWatch {
+                alarms: check_alarm_names(c, k, alarms)?,
+            },
+        });
+    }
     if r.datadog_monitors.is_some() || r.datadog_tags.is_some() {
         let others = r.analysis.is_some() || r.prometheus.is_some() || r.query.is_some();
         if others || r.condition.is_some() || r.token.is_some() {
