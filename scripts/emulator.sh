@@ -1,12 +1,13 @@
 # Sourced by scripts/test and scripts/lambda-watch: the AWS API emulator (moto 5.2.5 with
 # tests/emulator/server.py's additions) in the venv $venv, started on a free loopback port.
 
-# Installs moto into $venv if it is not there.
+# Installs moto into $venv if it is not there. botocore is pinned too: the emulator's
+# CloudWatch bridge encodes CBOR with its codec and model.
 emulator_install() {
-  if ! "$venv/bin/python" -c 'import moto, sys; sys.exit(moto.__version__ != "5.2.5")' 2>/dev/null; then
+  if ! "$venv/bin/python" -c 'import moto, botocore, sys; sys.exit(moto.__version__ != "5.2.5" or botocore.__version__ != "1.44.18")' 2>/dev/null; then
     echo "installing the moto emulator into $venv" >&2
     python3 -m venv "$venv"
-    "$venv/bin/pip" install --quiet --disable-pip-version-check 'moto[sqs,ssm,ec2,stepfunctions]==5.2.5' flask flask-cors
+    "$venv/bin/pip" install --quiet --disable-pip-version-check 'moto[sqs,ssm,ec2,stepfunctions]==5.2.5' 'boto3==1.44.18' 'botocore==1.44.18' flask flask-cors
   fi
 }
 
