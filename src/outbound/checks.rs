@@ -641,11 +641,14 @@ mod tests {
     async fn describe_alarms_without_credentials_is_refused_and_unreachable_is_no_data() {
         let sdk = crate::aws::sdk_config().await;
         let client = |credentials: bool| {
-            let mut conf = aws_sdk_cloudwatch::config::Builder::from(&sdk)
+            // Not from `sdk`, whose credentials (the environment's) it would keep.
+            let mut conf = aws_sdk_cloudwatch::config::Builder::new()
+                .behavior_version(aws_sdk_cloudwatch::config::BehaviorVersion::latest())
                 .region(aws_sdk_cloudwatch::config::Region::new("us-east-1"))
                 // Nothing listens on port 1 of this machine.
                 .endpoint_url("http://127.0.0.1:1")
                 .retry_config(aws_config::retry::RetryConfig::disabled());
+            conf.set_http_client(sdk.http_client());
             conf.set_credentials_provider(credentials.then(|| {
                 aws_sdk_cloudwatch::config::SharedCredentialsProvider::new(
                     aws_sdk_cloudwatch::config::Credentials::new("id", "secret", None, None, "test"),
