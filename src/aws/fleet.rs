@@ -946,6 +946,7 @@ ssm_tags = {{ "shipit:app" = "hello", "shipit:env" = "production" }}
             concurrency: cap,
             fence: 0,
             not_after: None,
+            check: None,
         }
     }
 

@@ -250,6 +250,7 @@ pub async fn drift(
         // Reading versions changes nothing: no lock, no fence.
         fence: 0,
         not_after: None,
+        check: None,
     };
     let results = crate::local::fleet::LocalFleet::new(store.clone(), config.clone())
         .run_on(a, e, &cmd)

@@ -44,6 +44,24 @@ impl App {
         let (kind, version) = (cmd.kind, &cmd.version);
         let layout_version;
         let template = match kind {
+            CommandKind::Check => {
+                // The environment's check of that name, or else the app's (`checks_for`).
+                let name = cmd.check.as_deref().unwrap_or_default();
+                let named = env
+                    .checks
+                    .iter()
+                    .chain(&self.checks)
+                    .find(|c| c.name == name);
+                match named.map(|c| &c.source) {
+                    Some(super::CheckSource::Node { command }) => command,
+                    _ => {
+                        return Err(ScriptError::Render {
+                            kind,
+                            reason: format!("no node check named {name:?}"),
+                        })
+                    }
+                }
+            }
             CommandKind::Install => &self.install,
             CommandKind::Restart => &self.restart,
             CommandKind::Health => match &self.health {

@@ -76,7 +76,7 @@ impl Layout {
                  {}",
                 prune(keep)
             ),
-            CommandKind::Health | CommandKind::Version => script.to_string(),
+            CommandKind::Health | CommandKind::Version | CommandKind::Check => script.to_string(),
         }
     }
 

@@ -178,6 +178,10 @@ pub enum CheckSource {
     /// DescribeAlarms with the runtime's AWS credentials: one in ALARM fails the check.
     /// Fleet-wide, as Datadog's.
     CloudWatch { alarms: Vec<String> },
+    /// A command run on every node the deploy restarted (through the fleet, as `health`
+    /// is, with the same placeholders): exit 0 on each that answers passes, another
+    /// exit fails. Read on the nodes of the version, so a failure marks it.
+    Node { command: template::Template },
 }
 
 impl Check {
@@ -190,13 +194,15 @@ impl Check {
                 CheckSource::Analysis { settings, .. } => Some(*settings),
                 CheckSource::Prometheus { .. }
                 | CheckSource::Datadog { .. }
-                | CheckSource::CloudWatch { .. } => None,
+                | CheckSource::CloudWatch { .. }
+                | CheckSource::Node { .. } => None,
             },
             per_version: match &self.source {
-                CheckSource::Analysis { .. } => true,
+                CheckSource::Analysis { .. } | CheckSource::Node { .. } => true,
                 CheckSource::Prometheus { query, .. } => query.contains("{version}"),
                 CheckSource::Datadog { .. } | CheckSource::CloudWatch { .. } => false,
             },
+            on_nodes: matches!(self.source, CheckSource::Node { .. }),
         }
     }
 }

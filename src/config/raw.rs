@@ -99,6 +99,8 @@ pub(super) struct RawCheck {
     pub(super) app_key: Option<String>,
     /// CloudWatch alarms by name (`{app}` and `{env}` filled in).
     pub(super) cloudwatch_alarms: Option<Vec<String>>,
+    /// A node check: a command template run on the nodes the deploy restarted.
+    pub(super) check: Option<String>,
 }
 
 #[derive(Deserialize)]

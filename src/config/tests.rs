@@ -1016,6 +1016,9 @@ fn checks_are_the_app_s_with_the_environment_s_over_them_and_each_is_checked() {
         name = "alarms"
         cloudwatch_alarms = ["{{app}}-{{env}}-5xx", "elb-latency"]
         no_data = "pass"
+        [[apps.hello.environments.production.checks]]
+        name = "disk"
+        check = "test $(df --output=pcent {{dir}} | tail -1 | tr -dc 0-9) -lt 90"
         "#
     );
     let c = Config::parse(&text, Path::new("x.toml")).unwrap();
@@ -1045,6 +1048,7 @@ fn checks_are_the_app_s_with_the_environment_s_over_them_and_each_is_checked() {
                 crate::config::CheckSource::Datadog { monitors, tags, .. } => {
                     format!("datadog {monitors:?} {tags:?}")
                 }
+                crate::config::CheckSource::Node { command } => format!("node {command}"),
                 crate::config::CheckSource::CloudWatch { alarms } => {
                     format!("cloudwatch {alarms:?}")
                 }
@@ -1077,6 +1081,7 @@ fn checks_are_the_app_s_with_the_environment_s_over_them_and_each_is_checked() {
             "monitors datadog [] [\"service:{app}\"] fail per_version=false",
             "versus http://127.0.0.1:8001/metrics hello_requests_total Some(\"hello_request_seconds\") 0.01 200 fail per_version=true",
             "alarms cloudwatch [\"{app}-{env}-5xx\", \"elb-latency\"] pass per_version=false",
+            "disk node test $(df --output=pcent {dir} | tail -1 | tr -dc 0-9) -lt 90 fail per_version=true",
         ]
     );
 
@@ -1118,6 +1123,13 @@ fn checks_are_the_app_s_with_the_environment_s_over_them_and_each_is_checked() {
         name = "g"
         cloudwatch_alarms = ["ok", "bad\u0007"]
         condition = "< 1"
+        [[apps.hello.checks]]
+        name = "h"
+        check = "curl {{nowhere}}"
+        [[apps.hello.checks]]
+        name = "i"
+        check = "true"
+        query = "x"
         [apps.hello.rollout]
         check_interval_seconds = 0
         "#
@@ -1153,6 +1165,9 @@ fn checks_are_the_app_s_with_the_environment_s_over_them_and_each_is_checked() {
             "apps.hello.checks[6].cloudwatch_alarms",
             "apps.hello.checks[7]",
             "apps.hello.checks[7].cloudwatch_alarms",
+            // Placeholders a node has, and nothing but the command.
+            "apps.hello.checks[8].check",
+            "apps.hello.checks[9]",
         ],
         "{err}"
     );

@@ -35,6 +35,10 @@ pub struct Rule {
     /// compares canary and baseline): only then is its failure a verdict on the version.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub per_version: bool,
+    /// A node check: read by running its command on the nodes the deploy restarted (a
+    /// `CommandKind::Check` through the fleet), not through the `Checks` port.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub on_nodes: bool,
 }
 
 /// The nodes an analysis compares as it reads: those on the new version (restarted by

@@ -40,6 +40,8 @@ pub enum CommandKind {
     Health,
     /// Print the installed version (answered `NodeResult::Reported`).
     Version,
+    /// One reading of a node check (`Command::check` names it): exit 0 passes.
+    Check,
 }
 
 /// A command for the fleet: run `kind` for `version` on `nodes`, at most `concurrency` at
@@ -63,6 +65,9 @@ pub struct Command {
     /// was sent under has lapsed. Unset: no limit (a plan shown to a reader).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub not_after: Option<DateTime<Utc>>,
+    /// The node check a `CommandKind::Check` command reads.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub check: Option<String>,
 }
 
 impl Command {

@@ -118,8 +118,8 @@ prometheus = "http://127.0.0.1:9"
 query = "sum(rate(errors[1m]))"
 condition = "< 1"
 "#;
-    // b/prod reads two checks (see `SimChecks`): after each batch, and for 30 s after
-    // the last node.
+    // b/prod reads two checks (see `SimChecks`) and one on its nodes (a sick node or a
+    // bad version fails it): after each batch, and for 30 s after the last node.
     let checks = r#"
 [[apps.b.checks]]
 name = "errors"
@@ -131,6 +131,10 @@ name = "latency"
 prometheus = "http://127.0.0.1:9"
 query = "max(latency{version={version}})"
 condition = "< 0.5"
+no_data = "pass"
+[[apps.b.checks]]
+name = "disk"
+check = "sim-check {version}"
 no_data = "pass"
 "#;
     let text = format!(
@@ -531,6 +535,9 @@ struct Stats {
     checks_read: u64,
     checks_failed: u64,
     checks_dark: u64,
+    /// Node check commands run on a node, and those that failed there.
+    node_checks: u64,
+    node_checks_failed: u64,
     reasons: BTreeMap<String, u64>,
 }
 
@@ -1410,6 +1417,14 @@ fn start(
             }
         }
         CommandKind::Health => (1_000, check(node)),
+        CommandKind::Check => {
+            let read = check(node);
+            w.stats.node_checks += 1;
+            if read != NodeResult::Succeeded {
+                w.stats.node_checks_failed += 1;
+            }
+            (1_000, read)
+        }
         CommandKind::Version => (
             500,
             NodeResult::Reported {
@@ -1497,6 +1512,8 @@ fn read_script(script: &str) -> Option<(CommandKind, Version, u64, Option<DateTi
         (CommandKind::Restart, v)
     } else if let Some(v) = after("sim-health ") {
         (CommandKind::Health, v)
+    } else if let Some(v) = after("sim-check ") {
+        (CommandKind::Check, v)
     } else if script.contains("sim-version") {
         // The probe's version is the job's: the node reports what it has.
         (CommandKind::Version, Version::parse("0").ok()?)
@@ -1710,6 +1727,7 @@ fn receive(w: &mut World, config: &Config, req: &SendRequest) -> Result<String, 
         concurrency: 0,
         fence,
         not_after,
+        check: None,
     };
     let mut late = BTreeSet::new();
     for name in &req.nodes {
@@ -2754,6 +2772,8 @@ impl Stats {
         self.checks_read += o.checks_read;
         self.checks_failed += o.checks_failed;
         self.checks_dark += o.checks_dark;
+        self.node_checks += o.node_checks;
+        self.node_checks_failed += o.node_checks_failed;
         self.late += o.late;
         self.shortened += o.shortened;
         for (k, v) in &o.reasons {
@@ -2872,6 +2892,11 @@ fn the_invariants_hold_on_thousands_of_random_schedules() {
                 && stats.checks_dark > 0
                 && reason("check errors failed ")
                 && reason("check errors after "),
+            "{stats:#?}"
+        );
+        // The node check run through the fleet, failing on a sick node.
+        assert!(
+            stats.node_checks > 0 && stats.node_checks_failed > 0 && reason("check disk failed "),
             "{stats:#?}"
         );
         // Promotions queued, gone live, and refused for what became of their source,

@@ -272,6 +272,9 @@ fn checks_line(config: &Config, app: &App, job: &DeployJob) -> String {
                         true => format!("Datadog monitors tagged {}", tags.join(", ")),
                     }
                 }
+                crate::config::CheckSource::Node { command } => {
+                    format!("on the nodes: {command}")
+                }
                 crate::config::CheckSource::CloudWatch { alarms } => format!(
                     "CloudWatch alarm{} {}",
                     if alarms.len() == 1 { "" } else { "s" },
@@ -372,6 +375,7 @@ fn commands(app: &App, env: &Environment, job: &DeployJob) -> Result<Commands, P
             concurrency: 0,
             fence: 0,
             not_after: None,
+            check: None,
         };
         app.script(env, &cmd, &site)
     };

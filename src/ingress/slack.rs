@@ -40,7 +40,7 @@ Usage:
   /deploy abort APP [ENV]       stop the running deploy, putting back what it restarted
   /deploy help
 A version is FAULTY once rolled back from after it served (it failed its restart, health
-check or bake on a node, or a rollback replaced it): rollbacks and automatic deploys skip
+check, bake or a check of its own figures on a node, or a rollback replaced it): rollbacks and automatic deploys skip
 it; deploying it by name goes ahead, and lifts the mark once it succeeds.";
 
 /// The form Slack posts; see api.slack.com/interactivity/slash-commands.

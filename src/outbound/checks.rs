@@ -136,6 +136,10 @@ impl Checks for CheckReader {
                     app_key,
                 }) => self.monitors(job, monitors, tags, app_key).await,
                 Some(CheckSource::CloudWatch { alarms }) => self.alarms(job, alarms).await,
+                // The engine runs a node check through the fleet; never asked here.
+                Some(CheckSource::Node { .. }) => Reading::Refused {
+                    detail: format!("{name} is a node check, run on the nodes"),
+                },
                 // The config changed under a running deploy: nothing to read it by.
                 None => Reading::NoData {
                     detail: format!("no check named {name} in the config now"),

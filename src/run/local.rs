@@ -118,7 +118,8 @@ fn config_uses_ssm(c: &Config) -> bool {
                 crate::config::CheckSource::Prometheus { token, .. } => token.as_ref(),
                 crate::config::CheckSource::Datadog { app_key, .. } => Some(app_key),
                 crate::config::CheckSource::Analysis { .. }
-                | crate::config::CheckSource::CloudWatch { .. } => None,
+                | crate::config::CheckSource::CloudWatch { .. }
+                | crate::config::CheckSource::Node { .. } => None,
             })
     });
     [&c.github_secret, &c.slack_secret, &c.server.api_token]

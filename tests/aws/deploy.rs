@@ -2599,3 +2599,58 @@ async fn a_cloudwatch_alarm_in_alarm_rolls_back_and_an_ok_one_lets_the_deploy_th
         "{reason}"
     );
 }
+
+/// A node check through SSM Run Command: its command goes to the nodes the deploy
+/// restarted, one send per reading, and one node answering exit 1 rolls the deploy back
+/// and marks the version.
+#[tokio::test]
+async fn a_node_check_runs_through_run_command_and_a_failing_node_rolls_back() {
+    let _turn = CONTROL.lock().await;
+    control(json!({})).await;
+    let mut rig = Rig::new(2).await;
+    let text = format!(
+        "{}\n[[apps.hello.checks]]\nname = \"disk\"\ncheck = \"test $(df --output=pcent {{dir}} | tail -1 | tr -dc 0-9) -lt 90\"\n",
+        config_text(&rig.fleet, "")
+    );
+    rig.config = Arc::new(parse(&text));
+    let first = rig.job("1.0.0");
+    let end = rig.deploy(first.clone()).await;
+    assert_eq!(end.status, Some(JobStatus::Succeeded), "{end:?}");
+    let checks: Vec<(String, Vec<String>, String)> = rig
+        .commands(&first)
+        .await
+        .into_iter()
+        .filter(|(comment, _, _)| comment.contains(":check:disk:"))
+        .collect();
+    // After each of the two nodes, on the nodes restarted so far, in the app's directory.
+    assert_eq!(checks.len(), 2, "{checks:?}");
+    assert_eq!(checks[0].1, [rig.nodes[0].clone()]);
+    assert_eq!(checks[1].1.len(), 2);
+    assert!(
+        checks[0].2.contains("df --output=pcent '/srv/hello app'"),
+        "{}",
+        checks[0].2
+    );
+
+    control(json!({ "rules": [{
+        "instance": rig.nodes[0], "contains": "df --output=pcent",
+        "status": "Failed", "exit_code": 1, "stderr": "97"
+    }]}))
+    .await;
+    let job = rig.job("1.1.0");
+    let end = rig.deploy(job.clone()).await;
+    assert_eq!(end.status, Some(JobStatus::Failed), "{end:?}");
+    let reason = end.reason.unwrap_or_default();
+    assert!(
+        reason.starts_with(&format!(
+            "check disk failed after a batch: failed on {} (exit 1: 97)",
+            rig.nodes[0]
+        )),
+        "{reason}"
+    );
+    let marks = rig.ledger.faulty("hello", "production").await.unwrap();
+    assert!(
+        marks.iter().any(|m| m.version.as_str() == "1.1.0"),
+        "{marks:?}"
+    );
+}

@@ -1,7 +1,8 @@
 //! Metric checks against a real Prometheus (Debian's `prometheus`, started here on
 //! loopback) scraping the real example services every second, under this test's own
 //! load: a version whose service answers 5 % errors fails its check on the canary and is
-//! rolled back; good versions pass; a check with no data follows its `no_data`.
+//! rolled back; good versions pass; a check with no data follows its `no_data`. Also the
+//! canary analysis, Datadog monitors through a stand-in, and node checks on real nodes.
 
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -338,4 +339,57 @@ async fn a_datadog_monitor_alerting_rolls_back_without_marking_the_version() {
     assert!(check_notices(&notices)
         .iter()
         .all(|r| r.contains("monitors: Datadog monitors: 1 OK, 1 Warn (none Alert)")));
+}
+
+/// What a node check sees on its node alone: the service's own count of 500s, from its
+/// local port.
+const NODE_ERRORS_PY: &str = r#"import sys, urllib.request
+text = urllib.request.urlopen(f"http://127.0.0.1:{sys.argv[1]}/metrics", timeout=5).read().decode()
+errors = sum(int(float(l.split()[-1])) for l in text.splitlines() if 'code="500"' in l)
+if errors:
+    sys.exit(f"{errors} requests answered 500 here")
+"#;
+
+/// A node check (`check = "…"`) runs on each node the deploy restarted, in its directory,
+/// through the local fleet: a version whose service answers errors fails it on the
+/// canary, is rolled back and marked (it read the version's own nodes); a good version
+/// passes it on every node.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_node_check_fails_on_the_canary_for_a_version_that_serves_errors() {
+    let ex = Example::with_wheels(2, &["1.0.0", "1.1.0", "1.3.0:errors=5"]);
+    let ports: Vec<u16> = ex.nodes.iter().map(|(_, p)| *p).collect();
+    for (node, _) in &ex.nodes {
+        let dir = ex.dir.path().join("nodes").join(node);
+        std::fs::write(dir.join("errors_seen.py"), NODE_ERRORS_PY).unwrap();
+    }
+    let _load = Load::start(&ports);
+    let check = "[[apps.hello.checks]]\nname = \"served\"\ncheck = \"venv/bin/python errors_seen.py {port}\"\n";
+    with_checks(&ex, &[check.to_string()]);
+    let (_, status, notices) = deploy(&ex, "1.0.0").await;
+    assert_eq!(status, JobStatus::Succeeded, "{notices:#?}");
+
+    let (_, status, notices) = deploy(&ex, "1.3.0").await;
+    assert_eq!(status, JobStatus::Failed, "{notices:#?}");
+    let read = check_notices(&notices);
+    assert!(
+        read.iter().any(|r| r
+            .starts_with("check served FAILED on the canary: failed on node1 (exit 1: ")
+            && r.contains("requests answered 500 here)")),
+        "{read:#?}"
+    );
+    assert!(notices
+        .iter()
+        .any(|n| matches!(n, Notice::MarkedFaulty { version, .. } if version.as_str() == "1.3.0")));
+    assert_eq!(ex.served(), ["1.0.0", "1.0.0"]);
+    assert_eq!(ex.starts("node2", "1.3.0"), 0);
+
+    let (_, status, notices) = deploy(&ex, "1.1.0").await;
+    assert_eq!(status, JobStatus::Succeeded, "{notices:#?}");
+    let read = check_notices(&notices);
+    assert!(
+        read.last()
+            .is_some_and(|r| r.contains("served: exit 0 on 2 nodes")),
+        "{read:#?}"
+    );
+    assert_eq!(ex.served(), ["1.1.0", "1.1.0"]);
 }

@@ -372,6 +372,7 @@ async fn the_fleet_runs_a_command_key_once_however_often_it_is_asked() {
         concurrency: 0,
         fence: 0,
         not_after: None,
+        check: None,
     };
     let before = ex.starts("node1", "1.0.0");
     for _ in 0..3 {
@@ -860,6 +861,7 @@ fn install(key: &str) -> shipit::deploy::command::Command {
         concurrency: 0,
         fence: 0,
         not_after: None,
+        check: None,
     }
 }
 

@@ -296,6 +296,7 @@ async fn over_ssh_a_replayed_command_key_runs_once() {
         concurrency: 0,
         fence: 0,
         not_after: None,
+        check: None,
     };
     let before = ex.starts("node1", "1.0.0");
     for _ in 0..3 {

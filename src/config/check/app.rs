@@ -74,7 +74,7 @@ pub(super) fn check_app(c: &mut Checker, base: &Path, name: String, a: RawApp) -
     let hooks = check_hooks(c, &scope, &mut rollout, (a.pre_restart, a.post_restart));
     check_rollout(c, &k, &rollout);
     check_dir_use(c, &scope, &commands, &hooks);
-    let checks = super::checks::check_checks(c, &k, a.checks);
+    let checks = super::checks::check_checks(c, &k, a.checks, &scope.known);
     let datadog = |ch: &&crate::config::Check| {
         matches!(ch.source, crate::config::CheckSource::Datadog { .. })
     };

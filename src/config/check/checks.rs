@@ -131,7 +131,13 @@ fn is_metric_name(n: &str) -> bool {
 }
 
 /// `key`: `apps.X` or `apps.X.environments.E`.
-pub(super) fn check_checks(c: &mut Checker, key: &str, raw: Vec<RawCheck>) -> Vec<Check> {
+/// `known`: the placeholders a node check's command may use.
+pub(super) fn check_checks(
+    c: &mut Checker,
+    key: &str,
+    raw: Vec<RawCheck>,
+    known: &BTreeSet<String>,
+) -> Vec<Check> {
     let mut names = BTreeSet::new();
     let mut checks = vec![];
     for (i, r) in raw.into_iter().enumerate() {
@@ -150,7 +156,7 @@ pub(super) fn check_checks(c: &mut Checker, key: &str, raw: Vec<RawCheck>) -> Ve
                 "give each check its own name",
             );
         }
-        if let Some(check) = check_one(c, &k, r) {
+        if let Some(check) = check_one(c, &k, r, known) {
             checks.push(check);
         }
     }
@@ -168,7 +174,7 @@ pub(super) fn check_checks(c: &mut Checker, key: &str, raw: Vec<RawCheck>) -> Ve
     checks
 }
 
-fn check_one(c: &mut Checker, k: &str, r: RawCheck) -> Option<Check> {
+fn check_one(c: &mut Checker, k: &str, r: RawCheck, known: &BTreeSet<String>) -> Option<Check> {
     let no_data = match r.no_data.as_deref() {
         None | Some("fail") => Some(NoData::Fail),
         Some("pass") => Some(NoData::Pass),
@@ -181,6 +187,26 @@ fn check_one(c: &mut Checker, k: &str, r: RawCheck) -> Option<Check> {
             None
         }
     };
+    if let Some(command) = r.check {
+        let metrics = r.analysis.is_some() || r.prometheus.is_some() || r.query.is_some();
+        let others = r.datadog_monitors.is_some()
+            || r.datadog_tags.is_some()
+            || r.cloudwatch_alarms.is_some();
+        if metrics || others || r.condition.is_some() || r.token.is_some() || r.app_key.is_some() {
+            c.error(
+                k,
+                "a node check runs its command on the nodes: nothing else",
+                "split it into two checks",
+            );
+        }
+        return Some(Check {
+            name: r.name,
+            no_data: no_data?,
+            source: CheckSource::Node {
+                command: c.template(&format!("{k}.check"), &command, known)?,
+            },
+        });
+    }
     if let Some(alarms) = r.cloudwatch_alarms {
         let others = r.analysis.is_some() || r.prometheus.is_some() || r.query.is_some();
         let datadog =

@@ -121,7 +121,7 @@ pub(super) fn check_environment(
         }
         valid
     });
-    let checks = super::checks::check_checks(c, &ek, e.checks);
+    let checks = super::checks::check_checks(c, &ek, e.checks, &scope.known);
     nodes.map(|nodes| Environment {
         name,
         checks,

@@ -269,6 +269,7 @@ impl Deploy {
             },
             fence: self.lease.as_ref().map_or(0, |l| l.generation),
             not_after: None,
+            check: None,
         })
     }
 
@@ -385,8 +386,34 @@ impl Deploy {
                 v,
                 self.batch_names(batch, |s| s == NodeState::Healthy),
             ),
-            Phase::Checks { stage, .. } => {
+            Phase::Checks {
+                stage,
+                batch,
+                waited,
+                on_nodes,
+                ..
+            } => {
                 let rules = self.reading_now();
+                let unread = |r: &&&Rule| r.on_nodes && !on_nodes.iter().any(|(n, _)| n == &r.name);
+                if let Some(rule) = rules.iter().find(unread) {
+                    // Unique to this reading, and short: SSM's comment holds 100 characters.
+                    let look = format!(
+                        "check:{}:{}{}.{waited}",
+                        rule.name,
+                        match stage {
+                            Stage::Canary => 'c',
+                            Stage::Batch => 'b',
+                            Stage::Watch => 'w',
+                        },
+                        batch.as_ref().map_or(0, |b| b.number)
+                    );
+                    let nodes = self.names_where(|s| s == NodeState::Healthy);
+                    let mut action = self.run(self.key(&look), CommandKind::Check, v, nodes);
+                    if let Action::Run(cmd) = &mut action {
+                        cmd.check = Some(rule.name.clone());
+                    }
+                    return action;
+                }
                 let groups = if rules.iter().any(|r| r.analysis.is_some()) {
                     self.groups()
                 } else {
@@ -394,7 +421,11 @@ impl Deploy {
                 };
                 Action::Check {
                     stage: *stage,
-                    checks: rules.iter().map(|c| c.name.clone()).collect(),
+                    checks: rules
+                        .iter()
+                        .filter(|c| !c.on_nodes)
+                        .map(|c| c.name.clone())
+                        .collect(),
                     groups,
                 }
             }
@@ -806,6 +837,7 @@ impl Deploy {
             Phase::Install => self.on_install(&cmd, result_of, notices),
             Phase::Restart { batch } => self.on_restart(batch, result_of, notices),
             Phase::Bake { batch } => self.on_bake(batch, result_of, notices),
+            Phase::Checks { .. } => self.on_node_check(&cmd, result_of),
             Phase::Revert { to, reason } => self.on_revert(&cmd, to, reason, result_of, notices),
             Phase::RevertRestart { to, batch, reason } => {
                 self.on_revert_restart(to, batch, reason, result_of, notices)

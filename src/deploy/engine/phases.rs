@@ -758,7 +758,53 @@ impl Deploy {
             batch,
             waited: step,
             tally: None,
+            on_nodes: vec![],
         };
+    }
+
+    /// A node check's reading from its command's results: a node that exits other than
+    /// 0 (or does not finish in time) fails it; nodes that went away, or whose command
+    /// came too late to run, do not count; no node answering is no data.
+    pub(super) fn on_node_check(&mut self, cmd: &Command, result_of: &dyn Fn(&str) -> NodeResult) {
+        let Phase::Checks { on_nodes, .. } = &mut self.phase else {
+            return;
+        };
+        let (mut passed, mut failed, mut away) = (0usize, vec![], vec![]);
+        for node in &cmd.nodes {
+            match result_of(node) {
+                NodeResult::Succeeded | NodeResult::Reported { .. } => passed += 1,
+                NodeResult::Failed { exit_code, output } => {
+                    let exit =
+                        exit_code.map_or("did not finish".to_string(), |c| format!("exit {c}"));
+                    failed.push(format!("{node} ({exit}: {})", last_line(&output)));
+                }
+                NodeResult::Gone { .. } | NodeResult::Running => away.push(node.clone()),
+            }
+        }
+        let reading = if !failed.is_empty() {
+            Reading::Fail {
+                detail: format!("failed on {}", lists::names(&failed)),
+            }
+        } else if passed == 0 {
+            Reading::NoData {
+                detail: match away.is_empty() {
+                    true => "no node on the version to run it on".into(),
+                    false => format!("no node answered ({})", lists::names(&away)),
+                },
+            }
+        } else {
+            Reading::Pass {
+                detail: format!(
+                    "exit 0 on {passed} node{}{}",
+                    if passed == 1 { "" } else { "s" },
+                    match away.len() {
+                        0 => String::new(),
+                        n => format!(", {n} gone"),
+                    }
+                ),
+            }
+        };
+        on_nodes.push((cmd.check.clone().unwrap_or_default(), reading));
     }
 
     /// The analysis's verdict on what `tally` added up, as a reading.
@@ -794,10 +840,12 @@ impl Deploy {
             batch,
             waited,
             tally,
+            on_nodes,
         } = self.phase.clone()
         else {
             return;
         };
+        let readings: Vec<(String, Reading)> = on_nodes.into_iter().chain(readings).collect();
         let mut tally = tally.unwrap_or_default();
         let reading = |name: &str| {
             readings
@@ -864,6 +912,7 @@ impl Deploy {
                 batch,
                 waited: waited + step,
                 tally: (tally != Tally::default()).then_some(tally),
+                on_nodes: vec![],
             };
             return;
         }

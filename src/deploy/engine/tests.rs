@@ -2367,6 +2367,7 @@ fn rules(no_data: &[(&str, NoData)]) -> Vec<Rule> {
             no_data: *no_data,
             analysis: None,
             per_version: true,
+            on_nodes: false,
         })
         .collect()
 }
@@ -2658,6 +2659,7 @@ fn versus() -> Vec<Rule> {
             min_requests: 100,
         }),
         per_version: true,
+        on_nodes: false,
     }]
 }
 
@@ -2760,5 +2762,127 @@ fn a_fleet_wide_check_rolls_back_without_marking_and_a_broken_one_whatever_no_da
             if reason == "check errors could not be read after a batch: Prometheus answered 400: parse error"),
         "{outcome:?}"
     );
+    assert!(twin.faulty.is_empty());
+}
+
+fn node_check(name: &str) -> Rule {
+    Rule {
+        name: name.into(),
+        no_data: NoData::Fail,
+        analysis: None,
+        per_version: true,
+        on_nodes: true,
+    }
+}
+
+/// A node check is run through the fleet on every node this deploy restarted, before
+/// each reading of the other checks, a command of its own each time.
+#[test]
+fn a_node_check_runs_on_the_restarted_nodes_before_the_other_checks() {
+    let mut twin = Twin::new(&["n1", "n2", "n3"], Some("1.0.0"));
+    let policy = Rollout {
+        watch_seconds: 10,
+        ..policy()
+    };
+    let mut checks = rules(&[("errors", NoData::Fail)]);
+    checks.push(node_check("disk"));
+    let (outcome, notices) = run_checked(&mut twin, job("1.1.0", false), policy, checks);
+    assert_eq!(outcome, succeeded());
+    assert_eq!(
+        twin.log,
+        [
+            "install 1.1.0 n1,n2,n3",
+            "restart n1 1.1.0",
+            "check n1 1.1.0",
+            "checks batch",
+            "restart n2 1.1.0",
+            "check n1,n2 1.1.0",
+            "checks batch",
+            "restart n3 1.1.0",
+            "check n1,n2,n3 1.1.0",
+            "checks watch",
+        ]
+    );
+    let said: Vec<&Vec<String>> = notices
+        .iter()
+        .filter_map(|n| match n {
+            Notice::ChecksPassed { readings, .. } => Some(readings),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        said.last().map(|r| r.as_slice()),
+        Some(
+            &[
+                "errors: 0 (needs < 1)".to_string(),
+                "disk: exit 0 on 3 nodes".to_string()
+            ][..]
+        ),
+        "{notices:?}"
+    );
+}
+
+/// A node where the check exits other than 0 fails it: the deploy rolls back and marks
+/// the version (the check ran on its own nodes). A node gone is left out; with every
+/// node gone the check has no data.
+#[test]
+fn a_node_check_failing_on_a_node_rolls_back_and_marks_and_a_gone_node_is_left_out() {
+    let mut twin =
+        Twin::new(&["n1", "n2", "n3"], Some("1.0.0")).fail(CommandKind::Check, "n2", "1.1.0");
+    let (outcome, notices) = run_checked(
+        &mut twin,
+        job("1.1.0", false),
+        policy(),
+        vec![node_check("disk")],
+    );
+    let Outcome::Failed {
+        reason,
+        rolled_back: true,
+        ..
+    } = &outcome
+    else {
+        panic!("{outcome:?}");
+    };
+    assert_eq!(
+        reason,
+        "check disk failed after a batch: failed on n2 (exit 1: n2 broke)"
+    );
+    assert!(notices
+        .iter()
+        .any(|n| matches!(n, Notice::CheckFailed { check, .. } if check == "disk")));
+    assert_eq!(twin.faulty.len(), 1);
+    assert_eq!(twin.faulty[0].version.to_string(), "1.1.0");
+    assert!(twin.recorded.is_empty());
+
+    // n2's check finds it gone: the others decide.
+    let mut twin = Twin::new(&["n1", "n2"], Some("1.0.0"));
+    twin.gone.push((CommandKind::Check, "n2".into()));
+    let (outcome, notices) = run_checked(
+        &mut twin,
+        job("1.1.0", false),
+        policy(),
+        vec![node_check("disk")],
+    );
+    assert_eq!(outcome, succeeded(), "{notices:?}");
+    assert!(
+        notices
+            .iter()
+            .any(|n| matches!(n, Notice::ChecksPassed { readings, .. }
+            if readings == &["disk: exit 0 on 1 node, 1 gone".to_string()])),
+        "{notices:?}"
+    );
+    // Every node gone: no data, read again, then `no_data` decides (marking nothing).
+    let mut twin = Twin::new(&["n1"], Some("1.0.0"));
+    twin.gone.push((CommandKind::Check, "n1".into()));
+    let (outcome, _) = run_checked(
+        &mut twin,
+        job("1.1.0", false),
+        policy(),
+        vec![node_check("disk")],
+    );
+    let Outcome::Failed { reason, .. } = &outcome else {
+        panic!("{outcome:?}");
+    };
+    assert!(reason.contains("no node answered (n1)"), "{reason}");
     assert!(twin.faulty.is_empty());
 }

@@ -516,6 +516,10 @@ pub enum Phase {
         /// What the stage's canary-versus-baseline analysis has added up.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         tally: Option<Tally>,
+        /// This reading's node checks read so far, each through the fleet, before the
+        /// others are read through the `Checks` port.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        on_nodes: Vec<(String, Reading)>,
     },
     /// Put the previous version back on disk wherever the new one was installed; then
     /// restart, in order and in the same batches, the nodes this deploy restarted.
@@ -628,8 +632,9 @@ impl Took {
         match kind {
             CommandKind::Restart => Some(&mut self.restart),
             CommandKind::Health => Some(&mut self.health),
-            // An install runs once a deploy, a version probe too: nothing to learn from.
-            CommandKind::Install | CommandKind::Version => None,
+            // An install runs once a deploy, a version probe too: nothing to learn from. A
+            // node check is the operator's own command, each its own time.
+            CommandKind::Install | CommandKind::Version | CommandKind::Check => None,
         }
     }
 }
