@@ -6,7 +6,7 @@ use aws_sdk_ssm::error::ProvideErrorMetadata;
 use aws_sdk_ssm::types::CalendarState as SsmState;
 use chrono::{DateTime, SecondsFormat, Utc};
 
-use super::{sdk_err, throttling};
+use super::{refused, sdk_err};
 use crate::deploy::ports::{CalendarState, ChangeCalendars, PortError};
 
 pub struct SsmCalendars(aws_sdk_ssm::Client);
@@ -37,9 +37,8 @@ impl ChangeCalendars for SsmCalendars {
                 // A refusal of the request (not there, not a calendar, not readable by
                 // this role, another region's ARN) is not mended by asking again;
                 // throttling, a 5xx or no answer may be.
-                let status = e.raw_response().map(|r| r.status().as_u16());
-                let code = e.as_service_error().and_then(|s| s.code());
-                if status.is_some_and(|s| (400..500).contains(&s)) && !throttling(code) {
+                if refused(&e) {
+                    let code = e.as_service_error().and_then(|s| s.code());
                     let message = e.as_service_error().and_then(|s| s.message());
                     return Ok(Err(format!(
                         "{}: {}",

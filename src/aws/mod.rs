@@ -81,6 +81,15 @@ where
     }
 }
 
+/// Whether AWS refused the request itself (a 4xx that is not throttling: not there, not
+/// allowed, not valid), which asking again does not mend; throttling, a 5xx or no answer
+/// may pass.
+pub(crate) fn refused<E: ProvideErrorMetadata>(e: &aws_sdk_ssm::error::SdkError<E>) -> bool {
+    let status = e.raw_response().map(|r| r.status().as_u16());
+    let code = e.as_service_error().and_then(|s| s.code());
+    status.is_some_and(|s| (400..500).contains(&s)) && !throttling(code)
+}
+
 /// Whether an AWS error code is one the SDK itself retries as throttling: the service
 /// refused the call before doing anything.
 pub(crate) fn throttling(code: Option<&str>) -> bool {

@@ -45,14 +45,8 @@ impl App {
         let layout_version;
         let template = match kind {
             CommandKind::Check => {
-                // The environment's check of that name, or else the app's (`checks_for`).
                 let name = cmd.check.as_deref().unwrap_or_default();
-                let named = env
-                    .checks
-                    .iter()
-                    .chain(&self.checks)
-                    .find(|c| c.name == name);
-                match named.map(|c| &c.source) {
+                match self.check_named(env, name).map(|c| &c.source) {
                     Some(super::CheckSource::Node { command }) => command,
                     _ => {
                         return Err(ScriptError::Render {

@@ -184,6 +184,16 @@ pub enum CheckSource {
     Node { command: template::Template },
 }
 
+impl App {
+    /// The check `name` as `env` has it: its own of that name, or else the app's.
+    pub fn check_named<'a>(&'a self, env: &'a Environment, name: &str) -> Option<&'a Check> {
+        env.checks
+            .iter()
+            .chain(&self.checks)
+            .find(|c| c.name == name)
+    }
+}
+
 impl Check {
     /// What a deploy carries of it.
     pub fn rule(&self) -> crate::deploy::checks::Rule {
@@ -505,7 +515,7 @@ impl Config {
         let mut checks: Vec<&Check> = app
             .checks
             .iter()
-            .map(|c| env.checks.iter().find(|e| e.name == c.name).unwrap_or(c))
+            .filter_map(|c| app.check_named(env, &c.name))
             .collect();
         checks.extend(
             env.checks

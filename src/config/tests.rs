@@ -173,6 +173,17 @@ fn ssm_environments_name_their_directory_for_dir() {
             "apps.hello.environments.production.dir"
         );
     }
+    // A node check runs where the commands do: its {dir} needs one too.
+    let check = "[[apps.hello.checks]]\nname = \"disk\"\ncheck = \"df {dir}\"\n";
+    let without = text("").replace("{dir}/venv", "venv") + check;
+    let err = Config::parse(&without, Path::new("x.toml")).unwrap_err();
+    assert!(
+        err.problems
+            .iter()
+            .any(|p| p.key == "apps.hello.environments.production.dir"
+                && p.message == "check disk uses {dir} but this environment has no dir"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -18,6 +18,7 @@ use crate::config::secrets::Secrets;
 use crate::config::{App, Config};
 use crate::deploy::approval::{Approval, Standing};
 use crate::deploy::calendar::{self, Closed};
+use crate::deploy::command::NodeResult;
 use crate::deploy::engine::{Action, Deploy, Notice, Observation, Outcome, Promoted, Verdict};
 use crate::deploy::history::{faulty_mark, Faulty, HistoryEntry};
 use crate::deploy::job::{DeployJob, Source};
@@ -236,6 +237,18 @@ impl Driver {
             }
             Action::ResolveNodes => Observation::Nodes {
                 nodes: self.fleet.resolve(job).await?,
+            },
+            Action::Run(cmd) if self.node_check_left(job, cmd) => Observation::Ran {
+                key: cmd.key.clone(),
+                results: cmd
+                    .nodes
+                    .iter()
+                    .map(|n| {
+                        let detail = "the node check is not in the config now".to_string();
+                        (n.clone(), NodeResult::Gone { detail })
+                    })
+                    .collect(),
+                sent_at: None,
             },
             Action::Run(cmd) => Observation::Ran {
                 key: cmd.key.clone(),
@@ -652,6 +665,18 @@ impl Driver {
         Ok(Observation::Lock {
             taken,
             holder: Some(holder),
+        })
+    }
+
+    /// A node check's command whose check left the config under the running deploy: its
+    /// nodes cannot be asked, which is no data, not the version's failure.
+    fn node_check_left(&self, job: &DeployJob, cmd: &crate::deploy::command::Command) -> bool {
+        let Some(name) = &cmd.check else {
+            return false;
+        };
+        !self.config.target(job).is_ok_and(|(app, env)| {
+            app.check_named(env, name)
+                .is_some_and(|c| matches!(c.source, crate::config::CheckSource::Node { .. }))
         })
     }
 

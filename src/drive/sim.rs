@@ -2894,7 +2894,9 @@ fn the_invariants_hold_on_thousands_of_random_schedules() {
                 && reason("check errors after "),
             "{stats:#?}"
         );
-        // The node check run through the fleet, failing on a sick node.
+        // A node check goes through the fleet (fenced, timed out, gone like any command):
+        // the runs prove its commands reach nodes, and its failures that a node sick after
+        // its restart rolls the deploy back through it.
         assert!(
             stats.node_checks > 0 && stats.node_checks_failed > 0 && reason("check disk failed "),
             "{stats:#?}"

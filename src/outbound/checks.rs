@@ -279,25 +279,31 @@ impl CheckReader {
     }
 }
 
-/// A DescribeAlarms that failed: throttled, timed out or unreachable may pass; refused
-/// (no credentials, no permission, a request CloudWatch will not take) stays refused.
+/// A DescribeAlarms that failed: throttled, timed out, unreachable or a credentials
+/// provider that failed for now may pass; refused (no credentials configured, no
+/// permission, a request CloudWatch will not take) stays refused.
 fn alarms_unread(
     e: aws_sdk_cloudwatch::error::SdkError<
         aws_sdk_cloudwatch::operation::describe_alarms::DescribeAlarmsError,
-        aws_smithy_runtime_api::client::orchestrator::HttpResponse,
     >,
 ) -> Reading {
-    use aws_sdk_cloudwatch::error::{ProvideErrorMetadata, SdkError};
-    let status = e.raw_response().map(|r| r.status().as_u16());
-    let throttled = e.code().is_some_and(|c| c.starts_with("Throttl")) || status == Some(429);
-    let refused = match &e {
-        SdkError::ConstructionFailure(_) => true,
-        // Neither a connection's nor a timeout's: no credentials to sign with, which
-        // stay missing.
-        SdkError::DispatchFailure(d) => d.is_user() || d.is_other(),
-        SdkError::ServiceError(_) => !throttled && status.is_some_and(|s| s < 500),
-        _ => false,
-    };
+    use aws_credential_types::provider::error::CredentialsError;
+    // The credentials error travels down the dispatch failure's sources.
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&e);
+    let mut unconfigured = false;
+    while let Some(c) = cause {
+        if let Some(c) = c.downcast_ref::<CredentialsError>() {
+            unconfigured = matches!(
+                c,
+                CredentialsError::CredentialsNotLoaded(_) | CredentialsError::InvalidConfiguration(_)
+            );
+            break;
+        }
+        cause = c.source();
+    }
+    let refused = unconfigured
+        || matches!(e, aws_sdk_cloudwatch::error::SdkError::ConstructionFailure(_))
+        || crate::aws::refused(&e);
     let detail = format!(
         "CloudWatch DescribeAlarms failed: {}",
         aws_sdk_cloudwatch::error::DisplayErrorContext(&e)
@@ -331,7 +337,7 @@ fn judge_alarms(names: &[String], found: &[Alarm]) -> Reading {
     if !missing.is_empty() {
         return Reading::Refused {
             detail: format!(
-                "CloudWatch has no alarm named {}",
+                "CloudWatch has no alarm named {} (or, for a composite alarm, this role may not read every alarm)",
                 crate::deploy::lists::names(&missing)
             ),
         };
@@ -639,6 +645,22 @@ mod tests {
     use crate::deploy::checks::Reading;
     use serde_json::json;
 
+    /// A provider that finds no credentials, as the default chain does on a machine
+    /// without any.
+    #[derive(Debug)]
+    struct NoCredentials;
+
+    impl aws_credential_types::provider::ProvideCredentials for NoCredentials {
+        fn provide_credentials<'a>(&'a self) -> aws_credential_types::provider::future::ProvideCredentials<'a>
+        where
+            Self: 'a,
+        {
+            aws_credential_types::provider::future::ProvideCredentials::ready(Err(
+                aws_credential_types::provider::error::CredentialsError::not_loaded("no credentials here"),
+            ))
+        }
+    }
+
     /// No credentials stay missing (refused); a CloudWatch that cannot be reached may
     /// answer later (no data). The SDK's own errors, through its HTTP client.
     #[tokio::test]
@@ -653,10 +675,11 @@ mod tests {
                 .endpoint_url("http://127.0.0.1:1")
                 .retry_config(aws_config::retry::RetryConfig::disabled());
             conf.set_http_client(sdk.http_client());
-            conf.set_credentials_provider(credentials.then(|| {
-                aws_sdk_cloudwatch::config::SharedCredentialsProvider::new(
+            conf.set_credentials_provider(Some(match credentials {
+                true => aws_sdk_cloudwatch::config::SharedCredentialsProvider::new(
                     aws_sdk_cloudwatch::config::Credentials::new("id", "secret", None, None, "test"),
-                )
+                ),
+                false => aws_sdk_cloudwatch::config::SharedCredentialsProvider::new(NoCredentials),
             }));
             aws_sdk_cloudwatch::Client::from_conf(conf.build())
         };

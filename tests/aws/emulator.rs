@@ -914,9 +914,9 @@ pub async fn alarm(cw: &aws_sdk_cloudwatch::Client, name: &str, state: &str) {
         .expect("SetAlarmState");
 }
 
-/// DescribeAlarms (CloudWatch API reference): AlarmNames holds at most 100 names and
-/// MaxRecords is within 1..100; pages of MaxRecords follow NextToken, and a token it
-/// did not hand out is InvalidNextToken.
+/// DescribeAlarms (CloudWatch API reference): AlarmNames holds at most 100 names of 1 to
+/// 255 characters and MaxRecords is within 1..100; pages of MaxRecords follow NextToken,
+/// and a token it did not hand out is InvalidNextToken.
 #[tokio::test]
 async fn describe_alarms_takes_100_names_and_pages_by_max_records() {
     let cw = aws_sdk_cloudwatch::Client::new(&sdk().await);
@@ -952,10 +952,18 @@ async fn describe_alarms_takes_100_names_and_pages_by_max_records() {
             "ValidationError"
         );
     }
-    assert_eq!(
-        code(describe().next_token("not-a-token").send().await),
-        "InvalidNextToken"
-    );
+    let long = cw
+        .describe_alarms()
+        .alarm_names("x".repeat(256))
+        .send()
+        .await;
+    assert_eq!(code(long), "ValidationError");
+    for token in ["not-a-token", "2"] {
+        assert_eq!(
+            code(describe().next_token(token).send().await),
+            "InvalidNextToken"
+        );
+    }
 }
 
 /// DescribeAlarms without AlarmTypes answers metric alarms only, "even if composite

@@ -118,12 +118,14 @@ fn no_wildcard_actions_and_star_resources_only_where_aws_allows_nothing_else() {
     let t = template();
     let all = statements(&t);
     assert!(all.len() > 10, "found only {} statements", all.len());
-    // These take no resource ARN in IAM: "*" is the only way to allow them.
+    // These take no resource ARN in IAM: "*" is the only way to allow them. DescribeAlarms
+    // answers composite alarms only to "*" (CheckCompositeAlarms).
     let star_ok: BTreeSet<&str> = [
         "ssm:DescribeInstanceInformation",
         "ssm:ListCommands",
         "ssm:ListCommandInvocations",
         "ssm:GetCommandInvocation",
+        "cloudwatch:DescribeAlarms",
     ]
     .into();
     for s in &all {
@@ -477,10 +479,15 @@ fn each_function_has_its_own_role_and_only_the_calls_it_makes() {
     let step = grants("deploy-step");
     // It sends one kind of message, a promotion, to the deploy queue only.
     assert_eq!(step["sqs:SendMessage"], queue);
-    // The checks' alarms only, as the template's CheckAlarmNames names them.
+    // The checks' alarms only, as the template's CheckAlarmNames names them, or (for
+    // composite alarms, with CheckCompositeAlarms) every one.
     assert_eq!(
         step["cloudwatch:DescribeAlarms"],
-        ["arn:${AWS::Partition}:cloudwatch:${AWS::Region}:${AWS::AccountId}:alarm:${CheckAlarmNames}".to_string()].into()
+        [
+            "arn:${AWS::Partition}:cloudwatch:${AWS::Region}:${AWS::AccountId}:alarm:${CheckAlarmNames}".to_string(),
+            "*".to_string()
+        ]
+        .into()
     );
     assert!(step.keys().all(|a| a.starts_with("ssm:")
         || a == "sqs:SendMessage"

@@ -822,35 +822,50 @@ ErrorEqualsDecl._eval_body = error_equals
 
 def describe_alarms(self):
     """DescribeAlarms as the CloudWatch API reference has it, where moto is lenient:
-    AlarmNames holds at most 100 names and MaxRecords is within 1..100 (ValidationError);
-    without AlarmTypes only metric alarms are answered, "even if composite alarms exist";
-    pages of MaxRecords (default 50) alarms, metric ones first, by NextToken (one not
-    handed out is InvalidNextToken)."""
+    AlarmNames holds at most 100 names of 1 to 255 characters and MaxRecords is within
+    1..100 (ValidationError); without AlarmTypes only metric alarms are answered, "even
+    if composite alarms exist"; pages of MaxRecords (default 50) alarms, metric ones
+    first, by NextToken (one not handed out is InvalidNextToken). Not modelled: IAM,
+    which answers composite alarms only to a grant on "*"."""
     maybe_throttle("DescribeAlarms")
     names = self._get_param("AlarmNames", [])
     if len(names) > 100:
         raise cw_exceptions.ValidationError(
             f"1 validation error detected: Value at 'alarmNames' failed to satisfy "
             f"constraint: Member must have length less than or equal to 100 ({len(names)})")
+    if any(not 1 <= len(n) <= 255 for n in names):
+        raise cw_exceptions.ValidationError(
+            "1 validation error detected: Value at 'alarmNames' failed to satisfy "
+            "constraint: Member must satisfy constraint: [Member must have length less "
+            "than or equal to 255, Member must have length greater than or equal to 1]")
     size = self._get_param("MaxRecords")
     if size is not None and not 1 <= int(size) <= 100:
         raise cw_exceptions.ValidationError(
             f"1 validation error detected: Value '{size}' at 'maxRecords' failed to satisfy "
             f"constraint: Member must have value between 1 and 100")
     token = self._get_param("NextToken")
-    if token is not None and not token.isdigit():
+    with LOCK:
+        known = token is None or token in ALARM_TOKENS
+    if not known:
         raise InvalidNextToken("The service cannot recognize the token")
     types = self._get_param("AlarmTypes") or ["MetricAlarm"]
     answer = ORIGINAL_DESCRIBE_ALARMS(self).result
     alarms = [("MetricAlarms", a) for a in answer["MetricAlarms"] if "MetricAlarm" in types]
     alarms += [("CompositeAlarms", a) for a in answer["CompositeAlarms"]
                if "CompositeAlarm" in types]
-    items, token = page(alarms, int(size or 50), token)
+    items, rest = page(alarms, int(size or 50), ALARM_TOKENS.get(token))
     result = {"MetricAlarms": [a for k, a in items if k == "MetricAlarms"],
               "CompositeAlarms": [a for k, a in items if k == "CompositeAlarms"]}
-    if token:
-        result["NextToken"] = token
+    if rest:
+        # Opaque, as AWS's: only a token handed out is taken back.
+        handed = os.urandom(12).hex()
+        with LOCK:
+            ALARM_TOKENS[handed] = rest
+        result["NextToken"] = handed
     return ActionResult(result)
+
+
+ALARM_TOKENS = {}
 
 
 class InvalidNextToken(ServiceException):

@@ -90,11 +90,27 @@ pub(super) fn check_app(c: &mut Checker, base: &Path, name: String, a: RawApp) -
         );
     }
     // An analysis scrapes each node over HTTP: nodes on AWS are found by tags, without an
-    // address shipit could reach.
+    // address shipit could reach. A node check runs where the other commands do.
     for env in environments.values() {
         // The app's checks as this environment has them (see `Config::checks_for`).
         let named = |name: &str| env.checks.iter().any(|e| e.name == name);
         let its = checks.iter().filter(|c| !named(&c.name)).chain(&env.checks);
+        let ek = format!("{k}.environments.{}", env.name);
+        for ch in its.clone() {
+            let crate::config::CheckSource::Node { command } = &ch.source else {
+                continue;
+            };
+            if scope.dirless.contains(&ek) && command.placeholders().any(|p| p == "dir") {
+                c.error(
+                    format!("{ek}.dir"),
+                    format!(
+                        "check {} uses {{dir}} but this environment has no dir",
+                        ch.name
+                    ),
+                    "set dir = \"/srv/...\" to the app's directory on its nodes",
+                );
+            }
+        }
         let analysis = |ch: &&crate::config::Check| {
             matches!(ch.source, crate::config::CheckSource::Analysis { .. })
         };

@@ -130,6 +130,44 @@ fn is_metric_name(n: &str) -> bool {
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
 }
 
+/// The keys set on a check that say what it reads and how: each belongs to one kind.
+fn source_keys(r: &RawCheck) -> Vec<&'static str> {
+    [
+        ("check", r.check.is_some()),
+        ("cloudwatch_alarms", r.cloudwatch_alarms.is_some()),
+        ("datadog_monitors", r.datadog_monitors.is_some()),
+        ("datadog_tags", r.datadog_tags.is_some()),
+        ("app_key", r.app_key.is_some()),
+        ("analysis", r.analysis.is_some()),
+        ("requests", r.requests.is_some()),
+        ("latency", r.latency.is_some()),
+        ("alpha", r.alpha.is_some()),
+        ("min_requests", r.min_requests.is_some()),
+        ("prometheus", r.prometheus.is_some()),
+        ("query", r.query.is_some()),
+        ("condition", r.condition.is_some()),
+        ("token", r.token.is_some()),
+    ]
+    .into_iter()
+    .filter_map(|(key, set)| set.then_some(key))
+    .collect()
+}
+
+/// Refuses the keys of `set` that are not the kind's `own`: a check reads one source.
+fn only(c: &mut Checker, k: &str, set: &[&str], own: &[&str], what: &str) {
+    let other: Vec<&str> = set.iter().copied().filter(|s| !own.contains(s)).collect();
+    if !other.is_empty() {
+        c.error(
+            k,
+            format!(
+                "{what}: {} belong to another kind of check",
+                other.join(", ")
+            ),
+            "split it into two checks",
+        );
+    }
+}
+
 /// `key`: `apps.X` or `apps.X.environments.E`.
 /// `known`: the placeholders a node check's command may use.
 pub(super) fn check_checks(
@@ -187,18 +225,15 @@ fn check_one(c: &mut Checker, k: &str, r: RawCheck, known: &BTreeSet<String>) ->
             None
         }
     };
+    let set = source_keys(&r);
     if let Some(command) = r.check {
-        let metrics = r.analysis.is_some() || r.prometheus.is_some() || r.query.is_some();
-        let others = r.datadog_monitors.is_some()
-            || r.datadog_tags.is_some()
-            || r.cloudwatch_alarms.is_some();
-        if metrics || others || r.condition.is_some() || r.token.is_some() || r.app_key.is_some() {
-            c.error(
-                k,
-                "a node check runs its command on the nodes: nothing else",
-                "split it into two checks",
-            );
-        }
+        only(
+            c,
+            k,
+            &set,
+            &["check"],
+            "a node check runs its command on the nodes",
+        );
         return Some(Check {
             name: r.name,
             no_data: no_data?,
@@ -208,16 +243,8 @@ fn check_one(c: &mut Checker, k: &str, r: RawCheck, known: &BTreeSet<String>) ->
         });
     }
     if let Some(alarms) = r.cloudwatch_alarms {
-        let others = r.analysis.is_some() || r.prometheus.is_some() || r.query.is_some();
-        let datadog =
-            r.datadog_monitors.is_some() || r.datadog_tags.is_some() || r.app_key.is_some();
-        if others || datadog || r.condition.is_some() || r.token.is_some() {
-            c.error(
-                k,
-                "a CloudWatch check reads alarms by name: nothing else",
-                "split it into two checks",
-            );
-        }
+        let own = ["cloudwatch_alarms"];
+        only(c, k, &set, &own, "a CloudWatch check reads alarms by name");
         return Some(Check {
             name: r.name,
             no_data: no_data?,
@@ -227,14 +254,8 @@ fn check_one(c: &mut Checker, k: &str, r: RawCheck, known: &BTreeSet<String>) ->
         });
     }
     if r.datadog_monitors.is_some() || r.datadog_tags.is_some() {
-        let others = r.analysis.is_some() || r.prometheus.is_some() || r.query.is_some();
-        if others || r.condition.is_some() || r.token.is_some() {
-            c.error(
-                k,
-                "a Datadog check reads monitors: no prometheus, query, condition, token or analysis",
-                "split it into two checks",
-            );
-        }
+        let own = ["datadog_monitors", "datadog_tags", "app_key"];
+        only(c, k, &set, &own, "a Datadog check reads monitors");
         let monitors = r.datadog_monitors.unwrap_or_default();
         let tags = r.datadog_tags.unwrap_or_default();
         let bad_tag = tags.iter().find(|t| {
@@ -283,13 +304,8 @@ fn check_one(c: &mut Checker, k: &str, r: RawCheck, known: &BTreeSet<String>) ->
         });
     }
     if let Some(url) = r.analysis {
-        if r.prometheus.is_some() || r.query.is_some() || r.condition.is_some() {
-            c.error(
-                k,
-                "a check is either a Prometheus query or an analysis, not both",
-                "split it into two checks",
-            );
-        }
+        let own = ["analysis", "requests", "latency", "alpha", "min_requests"];
+        only(c, k, &set, &own, "an analysis compares canary and baseline");
         let source = check_analysis(c, k, url, r.requests, r.latency, r.alpha, r.min_requests);
         return Some(Check {
             name: r.name,
@@ -300,11 +316,13 @@ fn check_one(c: &mut Checker, k: &str, r: RawCheck, known: &BTreeSet<String>) ->
     let Some(url) = r.prometheus else {
         c.error(
             k,
-            "the check reads nothing: neither prometheus nor analysis",
+            "the check reads nothing: no prometheus, analysis, datadog_monitors, datadog_tags, cloudwatch_alarms or check",
             "prometheus = \"http://prometheus:9090\", with query and condition",
         );
         return None;
     };
+    let own = ["prometheus", "query", "condition", "token"];
+    only(c, k, &set, &own, "a Prometheus check reads one query");
     let url = url.trim_end_matches('/').to_string();
     let token = match &r.token {
         Some(t) => {

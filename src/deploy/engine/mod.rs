@@ -227,15 +227,15 @@ impl Deploy {
     }
 
     /// The checks to read now: an analysis only while nodes serve both versions (not on
-    /// a first deploy, nor while watching or after a last batch).
+    /// a first deploy, nor while watching or after a last batch); a node check only while
+    /// a node serves the version (none may, within a failure budget).
     fn reading_now(&self) -> Vec<&Rule> {
-        let both = {
-            let g = self.groups();
-            self.previous.is_some() && !g.canary.is_empty() && !g.baseline.is_empty()
-        };
+        let g = self.groups();
+        let both = self.previous.is_some() && !g.canary.is_empty() && !g.baseline.is_empty();
         self.checks
             .iter()
             .filter(|r| r.analysis.is_none() || both)
+            .filter(|r| !r.on_nodes || !g.canary.is_empty())
             .collect()
     }
 

@@ -775,7 +775,7 @@ impl Deploy {
                 NodeResult::Succeeded | NodeResult::Reported { .. } => passed += 1,
                 NodeResult::Failed { exit_code, output } => {
                     let exit =
-                        exit_code.map_or("did not finish".to_string(), |c| format!("exit {c}"));
+                        exit_code.map_or("no exit code".to_string(), |c| format!("exit {c}"));
                     failed.push(format!("{node} ({exit}: {})", last_line(&output)));
                 }
                 NodeResult::Gone { .. } | NodeResult::Running => away.push(node.clone()),
@@ -787,10 +787,7 @@ impl Deploy {
             }
         } else if passed == 0 {
             Reading::NoData {
-                detail: match away.is_empty() {
-                    true => "no node on the version to run it on".into(),
-                    false => format!("no node answered ({})", lists::names(&away)),
-                },
+                detail: format!("no node answered ({})", lists::names(&away)),
             }
         } else {
             Reading::Pass {
@@ -799,7 +796,7 @@ impl Deploy {
                     if passed == 1 { "" } else { "s" },
                     match away.len() {
                         0 => String::new(),
-                        n => format!(", {n} gone"),
+                        n => format!(", {n} did not answer"),
                     }
                 ),
             }

@@ -2868,7 +2868,7 @@ fn a_node_check_failing_on_a_node_rolls_back_and_marks_and_a_gone_node_is_left_o
         notices
             .iter()
             .any(|n| matches!(n, Notice::ChecksPassed { readings, .. }
-            if readings == &["disk: exit 0 on 1 node, 1 gone".to_string()])),
+            if readings == &["disk: exit 0 on 1 node, 1 did not answer".to_string()])),
         "{notices:?}"
     );
     // Every node gone: no data, read again, then `no_data` decides (marking nothing).
@@ -2885,4 +2885,41 @@ fn a_node_check_failing_on_a_node_rolls_back_and_marks_and_a_gone_node_is_left_o
     };
     assert!(reason.contains("no node answered (n1)"), "{reason}");
     assert!(twin.faulty.is_empty());
+}
+
+/// With no node healthy on the version (one failed within `max_failed`), a node check
+/// has nowhere to run and is not read, rather than read again until it lacks data.
+#[test]
+fn a_node_check_waits_for_a_healthy_node_on_the_version() {
+    let mut twin =
+        Twin::new(&["n1", "n2", "n3"], Some("1.0.0")).fail(CommandKind::Health, "n1", "1.1.0");
+    let policy = Rollout {
+        canary: false,
+        max_failed: crate::deploy::rollout::Share::Nodes(1),
+        ..policy()
+    };
+    let (outcome, notices) = run_checked(
+        &mut twin,
+        job("1.1.0", false),
+        policy,
+        vec![node_check("disk")],
+    );
+    assert!(
+        matches!(outcome, Outcome::Succeeded { .. }),
+        "{outcome:?} {notices:?}"
+    );
+    assert_eq!(
+        twin.log,
+        [
+            "install 1.1.0 n1,n2,n3",
+            "restart n1 1.1.0",
+            // Nothing read after n1: no node serves the version.
+            "restart n2 1.1.0",
+            "check n2 1.1.0",
+            "checks batch",
+            "restart n3 1.1.0",
+            "check n2,n3 1.1.0",
+            "checks batch",
+        ]
+    );
 }
