@@ -624,6 +624,37 @@ impl SdkRunCommand {
     }
 }
 
+/// Each managed node's IP address as SSM's agent reports it (DescribeInstanceInformation's
+/// IPAddress), for `ids`: where an analysis scrapes the node's metrics.
+pub async fn addresses(
+    client: &aws_sdk_ssm::Client,
+    ids: &[String],
+) -> Result<BTreeMap<String, String>, PortError> {
+    let mut found = BTreeMap::new();
+    // The InstanceIds filter takes at most 50 values.
+    for chunk in ids.chunks(50) {
+        let filter = InstanceInformationStringFilter::builder()
+            .key("InstanceIds")
+            .set_values(Some(chunk.to_vec()))
+            .build()?;
+        let mut pages = client
+            .describe_instance_information()
+            .filters(filter)
+            .max_results(50)
+            .into_paginator()
+            .send();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| sdk_err("SSM DescribeInstanceInformation", e))?;
+            for i in page.instance_information_list.unwrap_or_default() {
+                if let (Some(id), Some(ip)) = (i.instance_id, i.ip_address) {
+                    found.insert(id, ip);
+                }
+            }
+        }
+    }
+    Ok(found)
+}
+
 #[async_trait]
 impl RunCommand for SdkRunCommand {
     async fn online_nodes(

@@ -25,8 +25,9 @@ pub struct CheckReader {
     config: Arc<Config>,
     secrets: Arc<Secrets>,
     http: Client,
-    /// Made at the first CloudWatch check: a config without one needs no AWS credentials.
-    cloudwatch: tokio::sync::OnceCell<aws_sdk_cloudwatch::Client>,
+    /// Loaded at the first check that reads AWS (CloudWatch alarms, an analysis of SSM
+    /// nodes): a config without one needs no AWS credentials.
+    aws: tokio::sync::OnceCell<aws_config::SdkConfig>,
 }
 
 impl CheckReader {
@@ -36,7 +37,7 @@ impl CheckReader {
             secrets,
             // Custom headers (Datadog's keys) would follow a redirect to another host.
             http: Client::without_redirects(READ_TIMEOUT),
-            cloudwatch: tokio::sync::OnceCell::new(),
+            aws: tokio::sync::OnceCell::new(),
         }
     }
 
@@ -234,6 +235,10 @@ impl CheckReader {
 }
 
 impl CheckReader {
+    async fn aws(&self) -> &aws_config::SdkConfig {
+        self.aws.get_or_init(crate::aws::sdk_config).await
+    }
+
     /// CloudWatch alarms by name, metric and composite alike: one in ALARM fails.
     async fn alarms(&self, job: &DeployJob, names: &[String]) -> Reading {
         use aws_sdk_cloudwatch::types::AlarmType;
@@ -241,10 +246,7 @@ impl CheckReader {
             .iter()
             .map(|n| n.replace("{app}", &job.app).replace("{env}", &job.env))
             .collect();
-        let client = self
-            .cloudwatch
-            .get_or_init(|| async { aws_sdk_cloudwatch::Client::new(&crate::aws::sdk_config().await) })
-            .await;
+        let client = aws_sdk_cloudwatch::Client::new(self.aws().await);
         // Without AlarmTypes, DescribeAlarms leaves composite alarms out.
         let mut pages = client
             .describe_alarms()
@@ -443,31 +445,51 @@ impl CheckReader {
                 detail: "the app or environment left the config".into(),
             };
         };
-        let Nodes::Listed(listed) = &env.nodes else {
-            return Reading::NoData {
-                detail: "an analysis scrapes listed nodes only".into(),
-            };
-        };
-        let url = |name: &str| -> Result<String, String> {
-            let node = listed
-                .iter()
-                .find(|n| n.name == name)
-                .ok_or_else(|| format!("{name} is not in the config now"))?;
-            let host = node.ssh.as_ref().map_or("127.0.0.1", |s| s.host.as_str());
-            metrics_url
-                .render_url(|var| match var {
-                    "node" => Some(node.name.as_str()),
-                    "node_host" => Some(host),
-                    v => node.vars.get(v).map(String::as_str),
-                })
-                .map_err(|e| format!("{name}'s metrics_url: {e}"))
-        };
         let all: Vec<(bool, String)> = groups
             .canary
             .iter()
             .map(|n| (true, n.clone()))
             .chain(groups.baseline.iter().map(|n| (false, n.clone())))
             .collect();
+        // An SSM node's address is the one its agent reports.
+        let addresses = match &env.nodes {
+            Nodes::Ssm { .. } => {
+                let ssm = aws_sdk_ssm::Client::new(self.aws().await);
+                let ids: Vec<String> = all.iter().map(|(_, n)| n.clone()).collect();
+                match crate::aws::fleet::addresses(&ssm, &ids).await {
+                    Ok(found) => found,
+                    Err(e) => {
+                        return Reading::NoData {
+                            detail: format!("the nodes' addresses could not be read: {e}"),
+                        }
+                    }
+                }
+            }
+            Nodes::Listed(_) => Default::default(),
+        };
+        let url = |name: &str| -> Result<String, String> {
+            let (host, vars) = match &env.nodes {
+                Nodes::Listed(listed) => {
+                    let node = listed
+                        .iter()
+                        .find(|n| n.name == name)
+                        .ok_or_else(|| format!("{name} is not in the config now"))?;
+                    let host = node.ssh.as_ref().map_or("127.0.0.1", |s| s.host.as_str());
+                    (host, &node.vars)
+                }
+                Nodes::Ssm { vars, .. } => match addresses.get(name) {
+                    Some(ip) => (ip.as_str(), vars),
+                    None => return Err("SSM reports no address for it".into()),
+                },
+            };
+            metrics_url
+                .render_url(|var| match var {
+                    "node" => Some(name),
+                    "node_host" => Some(host),
+                    v => vars.get(v).map(String::as_str),
+                })
+                .map_err(|e| format!("{name}'s metrics_url: {e}"))
+        };
         // At most SCRAPES_AT_ONCE in flight, the next as soon as one ends: a node that
         // does not answer holds up only its own slot.
         let http: &reqwest::Client = &self.http;

@@ -3,6 +3,7 @@
 //! instances the test creates with tags; history and locks live in Parameter Store; the
 //! state machine definition in infra/ runs in the emulator's Step Functions.
 
+use std::collections::BTreeSet;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -2653,4 +2654,85 @@ async fn a_node_check_runs_through_run_command_and_a_failing_node_rolls_back() {
         marks.iter().any(|m| m.version.as_str() == "1.1.0"),
         "{marks:?}"
     );
+}
+
+/// A node's Prometheus text whose request counter grows by 150 a scrape, `errors` of
+/// them 500s.
+struct Serving {
+    errors: u64,
+    served: std::sync::atomic::AtomicU64,
+}
+
+impl wiremock::Respond for Serving {
+    fn respond(&self, _: &wiremock::Request) -> wiremock::ResponseTemplate {
+        let n = 150
+            + self
+                .served
+                .fetch_add(150, std::sync::atomic::Ordering::Relaxed);
+        let errors = n / 150 * self.errors;
+        wiremock::ResponseTemplate::new(200).set_body_string(format!(
+            "# TYPE hello_requests_total counter\nhello_requests_total{{code=\"200\"}} {}\nhello_requests_total{{code=\"500\"}} {errors}\n",
+            n - errors
+        ))
+    }
+}
+
+/// The canary analysis on SSM nodes: each node is scraped at the address its agent
+/// reports (DescribeInstanceInformation's IPAddress, as `{node_host}`), the canary and
+/// the nodes still on the old version alike; a canary serving 10 % errors against none
+/// is rolled back after its bake's first windows.
+#[tokio::test]
+async fn an_analysis_scrapes_ssm_nodes_at_the_addresses_their_agents_report() {
+    use wiremock::matchers::{method, path};
+    use wiremock::{Mock, MockServer};
+    let _turn = CONTROL.lock().await;
+    control(json!({})).await;
+    let mut rig = Rig::new(3).await;
+    let ssm = aws_sdk_ssm::Client::new(&sdk().await);
+    let addresses = shipit::aws::fleet::addresses(&ssm, &rig.nodes)
+        .await
+        .unwrap();
+    assert_eq!(addresses.len(), 3, "{addresses:?}");
+    // The emulator's addresses reach nothing here: the stand-in serves each under its path.
+    let nodes = MockServer::start().await;
+    for (i, node) in rig.nodes.iter().enumerate() {
+        Mock::given(method("GET"))
+            .and(path(format!("/{}/metrics", addresses[node])))
+            .respond_with(Serving {
+                errors: if i == 0 { 15 } else { 0 },
+                served: Default::default(),
+            })
+            .mount(&nodes)
+            .await;
+    }
+    let text = format!(
+        "{}\n[[apps.hello.checks]]\nname = \"versus\"\nanalysis = \"http://127.0.0.1:{}/{{node_host}}/metrics\"\nrequests = \"hello_requests_total\"\nmin_requests = 100\n",
+        config_text(&rig.fleet, "bake_seconds = 4\ncheck_interval_seconds = 1"),
+        nodes.address().port()
+    );
+    rig.config = Arc::new(parse(&text));
+    let first = rig.deploy(rig.job("1.0.0")).await;
+    assert_eq!(first.status, Some(JobStatus::Succeeded), "{first:?}");
+    let end = rig.deploy(rig.job("1.1.0")).await;
+    assert_eq!(end.status, Some(JobStatus::Failed), "{end:?}");
+    let reason = end.reason.unwrap_or_default();
+    assert!(
+        reason.starts_with("check versus failed on the canary: error ratio 10.0 % ")
+            && reason.contains(&format!("on {} (1.1.0) vs 0.0 % ", rig.nodes[0]))
+            && reason.contains("on 2 baseline nodes (1.0.0)"),
+        "{reason}"
+    );
+    let scraped: BTreeSet<String> = nodes
+        .received_requests()
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.url.path().to_string())
+        .collect();
+    let expected: BTreeSet<String> = rig
+        .nodes
+        .iter()
+        .map(|n| format!("/{}/metrics", addresses[n]))
+        .collect();
+    assert_eq!(scraped, expected);
 }

@@ -89,8 +89,7 @@ pub(super) fn check_app(c: &mut Checker, base: &Path, name: String, a: RawApp) -
             "add [apps.NAME.notify.datadog] with api_key (and site)",
         );
     }
-    // An analysis scrapes each node over HTTP: nodes on AWS are found by tags, without an
-    // address shipit could reach. A node check runs where the other commands do.
+    // One analysis an environment; a node check runs where the other commands do.
     for env in environments.values() {
         // The app's checks as this environment has them (see `Config::checks_for`).
         let named = |name: &str| env.checks.iter().any(|e| e.name == name);
@@ -120,14 +119,6 @@ pub(super) fn check_app(c: &mut Checker, base: &Path, name: String, a: RawApp) -
                 format!("{k}.environments.{}", env.name),
                 format!("{count} analyses with the app's: a deploy compares its canary with its baseline once"),
                 "keep one check with analysis = \"…\" (one of the environment's replaces the app's of its name)",
-            );
-        }
-        let analyses = count > 0;
-        if analyses && matches!(env.nodes, crate::config::Nodes::Ssm { .. }) {
-            c.error(
-                format!("{k}.environments.{}", env.name),
-                "a canary-versus-baseline analysis scrapes listed nodes; this environment's are found by ssm_tags",
-                "read the comparison from Prometheus instead (a check with prometheus and query)",
             );
         }
     }
