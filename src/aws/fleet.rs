@@ -583,76 +583,69 @@ impl SdkRunCommand {
         tags: &BTreeMap<String, String>,
         instance: Option<&str>,
     ) -> Result<Vec<String>, PortError> {
-        let mut filters = vec![InstanceInformationStringFilter::builder()
-            .key("PingStatus")
-            .values("Online")
-            .build()?];
-        for (k, v) in tags {
-            filters.push(
-                InstanceInformationStringFilter::builder()
-                    .key(format!("tag:{k}"))
-                    .values(v)
-                    .build()?,
-            );
-        }
-        if let Some(id) = instance {
-            filters.push(
-                InstanceInformationStringFilter::builder()
-                    .key("InstanceIds")
-                    .values(id)
-                    .build()?,
-            );
-        }
-        let mut pages = self
-            .client
-            .describe_instance_information()
-            .set_filters(Some(filters))
-            .max_results(50)
-            .into_paginator()
-            .send();
-        let mut nodes = vec![];
-        while let Some(page) = pages.next().await {
-            let page = page.map_err(|e| sdk_err("SSM DescribeInstanceInformation", e))?;
-            nodes.extend(
-                page.instance_information_list
-                    .unwrap_or_default()
-                    .into_iter()
-                    .filter_map(|i| i.instance_id),
-            );
-        }
-        Ok(nodes)
+        let nodes = describe_nodes(&self.client, tags, instance).await?;
+        Ok(nodes.into_iter().map(|(id, _)| id).collect())
     }
 }
 
-/// Each managed node's IP address as SSM's agent reports it (DescribeInstanceInformation's
-/// IPAddress), for `ids`: where an analysis scrapes the node's metrics.
+/// The online managed nodes carrying every tag (and, with `instance`, only that one), each
+/// with the IP address its SSM agent reports.
+async fn describe_nodes(
+    client: &aws_sdk_ssm::Client,
+    tags: &BTreeMap<String, String>,
+    instance: Option<&str>,
+) -> Result<Vec<(String, Option<String>)>, PortError> {
+    let mut filters = vec![InstanceInformationStringFilter::builder()
+        .key("PingStatus")
+        .values("Online")
+        .build()?];
+    for (k, v) in tags {
+        filters.push(
+            InstanceInformationStringFilter::builder()
+                .key(format!("tag:{k}"))
+                .values(v)
+                .build()?,
+        );
+    }
+    if let Some(id) = instance {
+        filters.push(
+            InstanceInformationStringFilter::builder()
+                .key("InstanceIds")
+                .values(id)
+                .build()?,
+        );
+    }
+    let mut pages = client
+        .describe_instance_information()
+        .set_filters(Some(filters))
+        .max_results(50)
+        .into_paginator()
+        .send();
+    let mut nodes = vec![];
+    while let Some(page) = pages.next().await {
+        let page = page.map_err(|e| sdk_err("SSM DescribeInstanceInformation", e))?;
+        nodes.extend(
+            page.instance_information_list
+                .unwrap_or_default()
+                .into_iter()
+                .filter_map(|i| Some((i.instance_id?, i.ip_address))),
+        );
+    }
+    Ok(nodes)
+}
+
+/// The IP address each online node of `tags` reports through its SSM agent: where an
+/// analysis scrapes its metrics. By tags, not by ids: an id no longer valid (a node
+/// terminated mid-deploy) would fail the whole call.
 pub async fn addresses(
     client: &aws_sdk_ssm::Client,
-    ids: &[String],
+    tags: &BTreeMap<String, String>,
 ) -> Result<BTreeMap<String, String>, PortError> {
-    let mut found = BTreeMap::new();
-    // The InstanceIds filter takes at most 50 values.
-    for chunk in ids.chunks(50) {
-        let filter = InstanceInformationStringFilter::builder()
-            .key("InstanceIds")
-            .set_values(Some(chunk.to_vec()))
-            .build()?;
-        let mut pages = client
-            .describe_instance_information()
-            .filters(filter)
-            .max_results(50)
-            .into_paginator()
-            .send();
-        while let Some(page) = pages.next().await {
-            let page = page.map_err(|e| sdk_err("SSM DescribeInstanceInformation", e))?;
-            for i in page.instance_information_list.unwrap_or_default() {
-                if let (Some(id), Some(ip)) = (i.instance_id, i.ip_address) {
-                    found.insert(id, ip);
-                }
-            }
-        }
-    }
-    Ok(found)
+    let nodes = describe_nodes(client, tags, None).await?;
+    Ok(nodes
+        .into_iter()
+        .filter_map(|(id, ip)| Some((id, ip?)))
+        .collect())
 }
 
 #[async_trait]

@@ -11,7 +11,7 @@ mod params;
 pub mod queue;
 pub mod turn;
 
-use aws_runtime::retries::classifiers::THROTTLING_ERRORS;
+use aws_runtime::retries::classifiers::{THROTTLING_ERRORS, TRANSIENT_ERRORS};
 use aws_sdk_ssm::error::{DisplayErrorContext, ProvideErrorMetadata};
 use aws_smithy_http_client::tls::{rustls_provider::CryptoMode, Provider};
 use aws_smithy_runtime_api::client::connector_metadata::ConnectorMetadata;
@@ -81,13 +81,30 @@ where
     }
 }
 
-/// Whether AWS refused the request itself (a 4xx that is not throttling: not there, not
-/// allowed, not valid), which asking again does not mend; throttling, a 5xx or no answer
-/// may pass.
-pub(crate) fn refused<E: ProvideErrorMetadata>(e: &aws_sdk_ssm::error::SdkError<E>) -> bool {
+/// The SSM client: Run Command and Parameter Store throttle busy accounts, so it retries
+/// more than the default, with the SDK's adaptive back-off.
+pub fn ssm_client(sdk: &aws_config::SdkConfig) -> aws_sdk_ssm::Client {
+    let conf = aws_sdk_ssm::config::Builder::from(sdk)
+        .retry_config(aws_config::retry::RetryConfig::adaptive().with_max_attempts(8))
+        .build();
+    aws_sdk_ssm::Client::from_conf(conf)
+}
+
+/// Whether AWS refused the request itself (a 4xx that is neither throttling nor a
+/// request timeout: not there, not allowed, not valid), which asking again does not
+/// mend; the others, a 5xx or no answer may pass. Any service's error.
+pub(crate) fn refused<E: ProvideErrorMetadata>(
+    e: &aws_smithy_runtime_api::client::result::SdkError<
+        E,
+        aws_smithy_runtime_api::client::orchestrator::HttpResponse,
+    >,
+) -> bool {
     let status = e.raw_response().map(|r| r.status().as_u16());
     let code = e.as_service_error().and_then(|s| s.code());
-    status.is_some_and(|s| (400..500).contains(&s)) && !throttling(code)
+    let passing = throttling(code)
+        || code.is_some_and(|c| TRANSIENT_ERRORS.contains(&c))
+        || status == Some(429);
+    status.is_some_and(|s| (400..500).contains(&s)) && !passing
 }
 
 /// Whether an AWS error code is one the SDK itself retries as throttling: the service

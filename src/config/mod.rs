@@ -184,6 +184,17 @@ pub enum CheckSource {
     Node { command: template::Template },
 }
 
+/// An environment's checks: the app's, each replaced by the environment's of its name,
+/// then the environment's own others.
+pub fn checks_in<'a>(app: &'a [Check], env: &'a [Check]) -> Vec<&'a Check> {
+    let mut checks: Vec<&Check> = app
+        .iter()
+        .map(|c| env.iter().find(|e| e.name == c.name).unwrap_or(c))
+        .collect();
+    checks.extend(env.iter().filter(|e| !app.iter().any(|c| c.name == e.name)));
+    checks
+}
+
 impl App {
     /// The check `name` as `env` has it: its own of that name, or else the app's.
     pub fn check_named<'a>(&'a self, env: &'a Environment, name: &str) -> Option<&'a Check> {
@@ -512,17 +523,7 @@ impl Config {
         let Ok((app, env)) = self.target(job) else {
             return vec![];
         };
-        let mut checks: Vec<&Check> = app
-            .checks
-            .iter()
-            .filter_map(|c| app.check_named(env, &c.name))
-            .collect();
-        checks.extend(
-            env.checks
-                .iter()
-                .filter(|e| !app.checks.iter().any(|c| c.name == e.name)),
-        );
-        checks
+        checks_in(&app.checks, &env.checks)
     }
 
     pub fn target(&self, job: &DeployJob) -> Result<(&App, &Environment), String> {

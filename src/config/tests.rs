@@ -1194,3 +1194,44 @@ fn checks_are_the_app_s_with_the_environment_s_over_them_and_each_is_checked() {
         "{err}"
     );
 }
+
+#[test]
+fn an_analysis_on_ssm_nodes_is_taken_with_a_warning_and_a_check_reads_one_kind() {
+    let base = ssm_app(
+        r#""shipit:app" = "hello", "shipit:env" = "production""#,
+        "dir = \"/srv/hello\"",
+    );
+    let versus = "[[apps.hello.checks]]\nname = \"versus\"\nanalysis = \"http://{node_host}:{port}/metrics\"\nrequests = \"hello_requests_total\"\n";
+    let (config, problems) = check_text(&format!("{base}{versus}"), Path::new("x.toml"));
+    assert!(config.is_some(), "{problems:?}");
+    assert!(
+        problems.iter().any(|p| p.severity == Severity::Warning
+            && p.key == "apps.hello.environments.production"
+            && p.message.contains("deploy-step must reach them")),
+        "{problems:?}"
+    );
+    // Keys of another kind are named, whichever kind the check is.
+    for (check, named) in [
+        (
+            "prometheus = \"http://p:9090\"\nquery = \"x\"\ncondition = \"< 1\"\nalpha = 0.1",
+            "alpha",
+        ),
+        ("check = \"true\"\ntoken = \"env:T\"", "token"),
+        (
+            "cloudwatch_alarms = [\"a\"]\nrequests = \"r\"\nquery = \"q\"",
+            "requests, query",
+        ),
+        (
+            "analysis = \"http://{node_host}/m\"\nrequests = \"r\"\napp_key = \"env:K\"",
+            "app_key",
+        ),
+    ] {
+        let text = format!("{base}[[apps.hello.checks]]\nname = \"c\"\n{check}\n");
+        let err = Config::parse(&text, Path::new("x.toml")).unwrap_err();
+        assert!(
+            err.problems.iter().any(|p| p.key == "apps.hello.checks[0]"
+                && p.message.ends_with(&format!(": {named} (another kind's)"))),
+            "{check}: {err}"
+        );
+    }
+}

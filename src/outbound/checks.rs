@@ -290,22 +290,29 @@ fn alarms_unread(
     >,
 ) -> Reading {
     use aws_credential_types::provider::error::CredentialsError;
-    // The credentials error travels down the dispatch failure's sources.
+    use aws_sdk_cloudwatch::error::SdkError;
+    // A credentials error travels down a dispatch failure's sources.
     let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&e);
-    let mut unconfigured = false;
+    let mut credentials = None;
     while let Some(c) = cause {
         if let Some(c) = c.downcast_ref::<CredentialsError>() {
-            unconfigured = matches!(
+            credentials = Some(matches!(
                 c,
                 CredentialsError::CredentialsNotLoaded(_) | CredentialsError::InvalidConfiguration(_)
-            );
+            ));
             break;
         }
         cause = c.source();
     }
-    let refused = unconfigured
-        || matches!(e, aws_sdk_cloudwatch::error::SdkError::ConstructionFailure(_))
-        || crate::aws::refused(&e);
+    let refused = match (&e, credentials) {
+        // None configured stays so; a provider failing (a timeout, STS) may pass.
+        (_, Some(unconfigured)) => unconfigured,
+        (SdkError::ConstructionFailure(_), None) => true,
+        // Failing before it was sent (no region, no endpoint) is the setup's, and stays;
+        // on the way, a connection's or a timeout's, may pass.
+        (SdkError::DispatchFailure(d), None) => d.is_user() || (d.is_other() && d.as_other().is_none()),
+        (_, None) => crate::aws::refused(&e),
+    };
     let detail = format!(
         "CloudWatch DescribeAlarms failed: {}",
         aws_sdk_cloudwatch::error::DisplayErrorContext(&e)
@@ -339,7 +346,7 @@ fn judge_alarms(names: &[String], found: &[Alarm]) -> Reading {
     if !missing.is_empty() {
         return Reading::Refused {
             detail: format!(
-                "CloudWatch has no alarm named {} (or, for a composite alarm, this role may not read every alarm)",
+                "CloudWatch has no alarm named {} (a composite alarm is answered only to a grant on every alarm)",
                 crate::deploy::lists::names(&missing)
             ),
         };
@@ -451,12 +458,11 @@ impl CheckReader {
             .map(|n| (true, n.clone()))
             .chain(groups.baseline.iter().map(|n| (false, n.clone())))
             .collect();
-        // An SSM node's address is the one its agent reports.
+        // SSM nodes have no address in the config: their agents' are the only ones known.
         let addresses = match &env.nodes {
-            Nodes::Ssm { .. } => {
-                let ssm = aws_sdk_ssm::Client::new(self.aws().await);
-                let ids: Vec<String> = all.iter().map(|(_, n)| n.clone()).collect();
-                match crate::aws::fleet::addresses(&ssm, &ids).await {
+            Nodes::Ssm { tags, .. } => {
+                let ssm = crate::aws::ssm_client(self.aws().await);
+                match crate::aws::fleet::addresses(&ssm, tags).await {
                     Ok(found) => found,
                     Err(e) => {
                         return Reading::NoData {

@@ -20,14 +20,7 @@ use crate::drive::{Driver, Outbound};
 use crate::ingress::{Hook, Ingress};
 use crate::outbound::gate::Gatekeeper;
 
-/// The SSM client for Lambda: Run Command and Parameter Store throttle busy accounts, so
-/// it retries more than the default, with the SDK's adaptive back-off.
-pub fn ssm_client(sdk: &aws_config::SdkConfig) -> aws_sdk_ssm::Client {
-    let conf = aws_sdk_ssm::config::Builder::from(sdk)
-        .retry_config(aws_config::retry::RetryConfig::adaptive().with_max_attempts(8))
-        .build();
-    aws_sdk_ssm::Client::from_conf(conf)
-}
+pub use crate::aws::ssm_client;
 
 /// `SHIPIT_CONFIG`: a file path, or `ssm:/path` of a String parameter holding the TOML.
 async fn config_from_env(secrets: &Secrets) -> anyhow::Result<Config> {

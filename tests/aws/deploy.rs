@@ -2689,9 +2689,13 @@ async fn an_analysis_scrapes_ssm_nodes_at_the_addresses_their_agents_report() {
     control(json!({})).await;
     let mut rig = Rig::new(3).await;
     let ssm = aws_sdk_ssm::Client::new(&sdk().await);
-    let addresses = shipit::aws::fleet::addresses(&ssm, &rig.nodes)
-        .await
-        .unwrap();
+    let tags = [
+        ("shipit:app", "hello"),
+        ("shipit:fleet", rig.fleet.as_str()),
+    ]
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .into();
+    let addresses = shipit::aws::fleet::addresses(&ssm, &tags).await.unwrap();
     assert_eq!(addresses.len(), 3, "{addresses:?}");
     // The emulator's addresses reach nothing here: the stand-in serves each under its path.
     let nodes = MockServer::start().await;

@@ -853,7 +853,9 @@ def describe_alarms(self):
     alarms = [("MetricAlarms", a) for a in answer["MetricAlarms"] if "MetricAlarm" in types]
     alarms += [("CompositeAlarms", a) for a in answer["CompositeAlarms"]
                if "CompositeAlarm" in types]
-    items, rest = page(alarms, int(size or 50), ALARM_TOKENS.get(token))
+    with LOCK:
+        start = ALARM_TOKENS.get(token)
+    items, rest = page(alarms, int(size or 50), start)
     result = {"MetricAlarms": [a for k, a in items if k == "MetricAlarms"],
               "CompositeAlarms": [a for k, a in items if k == "CompositeAlarms"]}
     if rest:

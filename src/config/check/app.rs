@@ -89,13 +89,12 @@ pub(super) fn check_app(c: &mut Checker, base: &Path, name: String, a: RawApp) -
             "add [apps.NAME.notify.datadog] with api_key (and site)",
         );
     }
-    // One analysis an environment; a node check runs where the other commands do.
+    // Per environment, its checks as it has them: a node check runs where the other
+    // commands do, an analysis compares once, and on SSM nodes needs a route to them.
     for env in environments.values() {
-        // The app's checks as this environment has them (see `Config::checks_for`).
-        let named = |name: &str| env.checks.iter().any(|e| e.name == name);
-        let its = checks.iter().filter(|c| !named(&c.name)).chain(&env.checks);
+        let its = crate::config::checks_in(&checks, &env.checks);
         let ek = format!("{k}.environments.{}", env.name);
-        for ch in its.clone() {
+        for ch in &its {
             let crate::config::CheckSource::Node { command } = &ch.source else {
                 continue;
             };
@@ -110,15 +109,22 @@ pub(super) fn check_app(c: &mut Checker, base: &Path, name: String, a: RawApp) -
                 );
             }
         }
-        let analysis = |ch: &&crate::config::Check| {
+        let analysis = |ch: &&&crate::config::Check| {
             matches!(ch.source, crate::config::CheckSource::Analysis { .. })
         };
-        let count = its.filter(analysis).count();
+        let count = its.iter().filter(analysis).count();
         if count > 1 {
             c.error(
                 format!("{k}.environments.{}", env.name),
                 format!("{count} analyses with the app's: a deploy compares its canary with its baseline once"),
                 "keep one check with analysis = \"…\" (one of the environment's replaces the app's of its name)",
+            );
+        }
+        if count > 0 && matches!(env.nodes, crate::config::Nodes::Ssm { .. }) {
+            c.warning(
+                format!("{k}.environments.{}", env.name),
+                "the analysis scrapes each node at the address its SSM agent reports: on AWS, deploy-step must reach them (run it in the nodes' VPC, with endpoints for SSM, SQS, Step Functions and CloudWatch); the template does not set that up",
+                "read the comparison from Prometheus instead (a check with prometheus and query), or give deploy-step a VpcConfig",
             );
         }
     }

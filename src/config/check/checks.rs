@@ -159,10 +159,7 @@ fn only(c: &mut Checker, k: &str, set: &[&str], own: &[&str], what: &str) {
     if !other.is_empty() {
         c.error(
             k,
-            format!(
-                "{what}: {} belong to another kind of check",
-                other.join(", ")
-            ),
+            format!("{what}: {} (another kind's)", other.join(", ")),
             "split it into two checks",
         );
     }

@@ -745,7 +745,8 @@ impl Deploy {
     /// The first reading comes an interval later: rates need samples of the new version.
     pub(super) fn check(&mut self, stage: Stage, batch: Option<Batch>) {
         if self.reading_now().is_empty() {
-            // Only an analysis, and no node left on the old version to compare with.
+            // Nothing to read: an analysis with no node left on the old version, or node
+            // checks with no node healthy on the new one. The bake still takes its time.
             if stage == Stage::Canary {
                 self.wait = Some(self.policy.bake_seconds * 1000);
             }
@@ -778,7 +779,8 @@ impl Deploy {
                         exit_code.map_or("no exit code".to_string(), |c| format!("exit {c}"));
                     failed.push(format!("{node} ({exit}: {})", last_line(&output)));
                 }
-                NodeResult::Gone { .. } | NodeResult::Running => away.push(node.clone()),
+                NodeResult::Gone { detail } => away.push((node.clone(), detail)),
+                NodeResult::Running => away.push((node.clone(), String::new())),
             }
         }
         let reading = if !failed.is_empty() {
@@ -786,8 +788,16 @@ impl Deploy {
                 detail: format!("failed on {}", lists::names(&failed)),
             }
         } else if passed == 0 {
+            // One reason for all (the check left the config, say) is said once.
+            let why = match away.first() {
+                Some((_, first)) if !first.is_empty() && away.iter().all(|(_, d)| d == first) => {
+                    format!(": {first}")
+                }
+                _ => String::new(),
+            };
+            let names: Vec<String> = away.iter().map(|(n, _)| n.clone()).collect();
             Reading::NoData {
-                detail: format!("no node answered ({})", lists::names(&away)),
+                detail: format!("no node answered ({}){why}", lists::names(&names)),
             }
         } else {
             Reading::Pass {
